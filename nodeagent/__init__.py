@@ -1,0 +1,1 @@
+"""nodeagent package."""

@@ -1,0 +1,1 @@
+"""nodemesh: a service mesh for Kubernetes with one proxy per node."""

@@ -1,0 +1,1 @@
+"""The local multi-node lab: Kubernetes-shaped pods in network namespaces."""
