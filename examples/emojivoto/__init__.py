@@ -1,0 +1,1 @@
+"""emojivoto rewritten in Python: emoji, voting, web and vote-bot, the mesh demo application."""

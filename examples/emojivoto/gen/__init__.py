@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for the emojivoto services (regenerate with generate.sh)."""
