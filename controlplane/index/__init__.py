@@ -1,0 +1,27 @@
+"""The one cluster index every control plane service reads (sans-io: no asyncio, no grpc)."""
+
+from controlplane.index.changes import (
+    Change,
+    NodeRemoved,
+    NodeUpdated,
+    PodRemoved,
+    PodUpdated,
+    ServiceRemoved,
+    ServiceUpdated,
+    WorkloadRemoved,
+    WorkloadUpdated,
+)
+from controlplane.index.cluster import ClusterIndex
+
+__all__ = [
+    "Change",
+    "ClusterIndex",
+    "NodeRemoved",
+    "NodeUpdated",
+    "PodRemoved",
+    "PodUpdated",
+    "ServiceRemoved",
+    "ServiceUpdated",
+    "WorkloadRemoved",
+    "WorkloadUpdated",
+]

@@ -1,0 +1,1 @@
+"""Sources of Kubernetes-shaped objects: the API server (`kube`) or the lab's files (`local`)."""
