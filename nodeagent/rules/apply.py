@@ -1,0 +1,214 @@
+"""Execute a nat plan inside a pod's network namespace (blocking; call from a worker thread).
+
+Writes go through python-iptables (`iptc`), which drives libiptc and therefore the *legacy*
+tables: look at them with `iptables-legacy-save`, not the nft-backed `iptables-save`. Reads use
+`nsenter --net=<netns> iptables-legacy-save -t nat`: python-iptables reads a match's parameters
+by pointing the whole process's fd 1 at a pipe while libxtables prints them, which in a
+multi-threaded agent would swallow (or break, when the pipe fills) whatever another thread
+writes to stdout meanwhile. Writing does not print, so nothing here touches fd 1.
+
+Library paths: on this Debian 12 machine python-iptables finds libxtables.so.12 and libip4tc.so.2
+(package `iptables`) with ctypes.util.find_library and needs no setting. The extension directory
+it would find by running `ldconfig -N -v` at import; `_iptc()` sets XTABLES_LIBDIR to
+/usr/lib/<multiarch>/xtables first when that exists, which skips the subprocess (an explicitly
+set XTABLES_LIBDIR is left alone).
+
+python-iptables caches one `Table` object per table name for the whole process, and its handle
+belongs to the netns the handle was opened in. With autocommit on, `refresh()` and `close()`
+*commit* the old handle before dropping it: refreshing a handle opened in another netns would
+write that netns's whole nat table into the current one. So autocommit is switched off before
+every refresh, all iptc work in the process is serialised by `_LOCK`, and the handle is closed
+(without a commit) before the thread leaves the pod's netns. Anything else in the process that
+uses iptc must go through this module.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import importlib
+import os
+import subprocess
+import sysconfig
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any
+
+from nodeagent.rules.diff import RuleDiff, diff_plan
+from nodeagent.rules.model import NatPlan, NatState, RuleSpec, is_owned_chain
+from nodeagent.rules.saved import parse_save
+from nodemesh.netns import CLONE_NEWNET, NetnsError, NetnsId, netns_path
+
+_LOCK = threading.Lock()
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+SAVE_TIMEOUT = 10.0
+
+
+class RulesError(RuntimeError):
+    """The nat rules of a netns could not be read or written."""
+
+
+def _iptc() -> ModuleType:
+    if "XTABLES_LIBDIR" not in os.environ:
+        multiarch = sysconfig.get_config_var("MULTIARCH")
+        candidate = f"/usr/lib/{multiarch}/xtables" if multiarch else ""
+        if candidate and os.path.isdir(candidate):
+            os.environ["XTABLES_LIBDIR"] = candidate
+    return importlib.import_module("iptc")
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise NetnsError(err, f"setns: {os.strerror(err)}")
+
+
+@contextmanager
+def _entered(path: str) -> Iterator[None]:
+    """Run the body with this thread inside the netns at `path`, then switch back."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        try:
+            target = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise NetnsError(e.errno, f"cannot open network namespace {path}: {e.strerror}") from e
+        try:
+            # A wrong path must never turn into rewriting the node's own nat table.
+            if NetnsId.of(path) == NetnsId.of("/proc/thread-self/ns/net"):
+                raise RulesError(f"{path} is the agent's own network namespace")
+            _setns(target)
+            try:
+                yield
+            finally:
+                _setns(home)
+        finally:
+            os.close(target)
+    finally:
+        os.close(home)
+
+
+def read_state(netns: str) -> NatState:
+    """The whole nat table of `netns`, parsed from iptables-legacy-save."""
+    path = netns_path(netns)
+    try:
+        done = subprocess.run(
+            ["nsenter", f"--net={path}", "iptables-legacy-save", "-t", "nat"],
+            capture_output=True,
+            text=True,
+            timeout=SAVE_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RulesError(f"iptables-legacy-save in {path}: {e}") from e
+    if done.returncode != 0:
+        raise RulesError(f"iptables-legacy-save in {path}: {done.stderr.strip()}")
+    return parse_save(done.stdout)
+
+
+def _to_iptc(iptc: Any, spec: RuleSpec) -> Any:
+    if spec.unparsed:
+        raise ValueError(f"cannot write an observed-only rule: {spec}")
+    rule = iptc.Rule()
+    if spec.destination is not None:
+        rule.dst = spec.destination
+    if spec.out_interface is not None:
+        rule.out_interface = spec.out_interface
+    if spec.protocol is not None:
+        rule.protocol = spec.protocol
+    # Same match order as render_rule, so iptables-save prints what the plan says.
+    if spec.mark is not None:
+        rule.create_match("mark").mark = spec.mark
+    if spec.dport is not None:
+        rule.create_match(spec.protocol).dport = str(spec.dport)
+    if spec.dports:
+        rule.create_match("multiport").dports = ",".join(spec.dports)
+    if spec.comment is not None:
+        rule.create_match("comment").comment = spec.comment
+    rule.target = iptc.Target(rule, spec.target)
+    if spec.to_ports is not None:
+        rule.target.to_ports = str(spec.to_ports)
+    return rule
+
+
+def _rewrite(observed: NatState, plan: NatPlan | None) -> None:
+    """Make the current netns's nat table hold exactly `plan` (None: nothing), in one commit."""
+    iptc = _iptc()
+    table = iptc.Table(iptc.Table.NAT, autocommit=False)
+    table.refresh()
+    try:
+        wanted = {c.name: c for c in plan.chains} if plan else {}
+        kept_jumps: set[RuleSpec] = set()
+        for name, specs in observed.chains.items():
+            if is_owned_chain(name) or not any(s.is_jump_to_owned for s in specs):
+                continue
+            chain = iptc.Chain(table, name)
+            rules = chain.rules
+            if len(rules) != len(specs):
+                raise RulesError(f"nat chain {name} changed while nodemesh was applying rules")
+            for spec, rule in zip(specs, rules, strict=True):
+                if not spec.is_jump_to_owned:
+                    continue
+                if rule.target.name != spec.target:
+                    raise RulesError(f"nat chain {name} changed while nodemesh was applying")
+                if plan and spec in plan.jumps and spec not in kept_jumps:
+                    kept_jumps.add(spec)
+                else:
+                    chain.delete_rule(rule)
+        # Flush every owned chain before deleting any: they may jump into each other.
+        for name in observed.chains:
+            if is_owned_chain(name):
+                table.flush_entries(name)
+        for name in observed.chains:
+            if is_owned_chain(name) and name not in wanted:
+                table.delete_chain(name)
+        for name, chain_plan in wanted.items():
+            if not table.is_chain(name):
+                table.create_chain(name)
+            chain = iptc.Chain(table, name)
+            for spec in chain_plan.rules:
+                chain.append_rule(_to_iptc(iptc, spec))
+        for jump in plan.jumps if plan else ():
+            if jump not in kept_jumps:
+                iptc.Chain(table, jump.chain).insert_rule(_to_iptc(iptc, jump))
+        table.commit()
+    except iptc.IPTCError as e:
+        raise RulesError(f"nat table: {e}") from e
+    finally:
+        # autocommit is off, so this drops the handle (and anything uncommitted) without writing.
+        table.close()
+
+
+def apply_plan(netns: str, plan: NatPlan) -> RuleDiff:
+    """Make nodemesh's chains in `netns` match `plan`; return what was wrong before.
+
+    When nothing differs nothing is written, so re-applying costs one read and leaves the
+    kernel's table (and its counters) untouched.
+    """
+    path = netns_path(netns)
+    with _LOCK:
+        before = read_state(path)
+        diff = diff_plan(plan, before)
+        if not diff.in_sync:
+            with _entered(path):
+                _rewrite(before, plan)
+        return diff
+
+
+def remove_rules(netns: str) -> NatState:
+    """Delete every nodemesh chain and every jump into one; return what was removed."""
+    path = netns_path(netns)
+    with _LOCK:
+        state = read_state(path)
+        owned = state.owned()
+        if owned.chains:
+            with _entered(path):
+                _rewrite(state, None)
+        return owned
+
+
+def inspect_rules(netns: str, *, everything: bool = False) -> NatState:
+    """The nodemesh chains and jumps in `netns` (or the whole nat table with everything=True)."""
+    state = read_state(netns_path(netns))
+    return state if everything else state.owned()

@@ -1,0 +1,161 @@
+"""The data a nat rule plan is made of: one rule, one chain, the whole plan, an observed table.
+
+A rule is described by the few fields nodemesh uses. `render_rule` prints it exactly as
+iptables-legacy-save prints the same rule, so a planned rule and an observed one can be compared
+as data (after parsing) or as text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+TABLE = "nat"
+# Every chain nodemesh owns starts with this; anything else in the table belongs to someone else.
+OWNED_PREFIX = "NODEMESH_"
+OUTPUT_CHAIN = "NODEMESH_OUTPUT"
+PREROUTING_CHAIN = "NODEMESH_PREROUTING"
+BUILTIN_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+# The kernel limit is 29 characters plus NUL (XT_EXTENSION_MAXNAMELEN); keep a margin.
+MAX_CHAIN_NAME = 28
+
+
+def is_owned_chain(name: str) -> bool:
+    return name.startswith(OWNED_PREFIX)
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One iptables rule, restricted to the matches and targets nodemesh plans.
+
+    Matches are rendered in a fixed order (mark, port, comment) and applied in the same order, so
+    iptables-save shows them the way `render_rule` does. `unparsed` holds whatever an observed rule
+    carries beyond these fields: when set it holds the observed rule's words (everything after
+    the chain name) and the other fields are left empty, so it never equals a planned rule.
+    """
+
+    chain: str
+    target: str
+    protocol: str | None = None
+    destination: str | None = None
+    out_interface: str | None = None
+    mark: str | None = None
+    dport: int | None = None
+    dports: tuple[str, ...] = ()
+    to_ports: int | None = None
+    comment: str | None = None
+    unparsed: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.destination is not None:
+            net = ipaddress.ip_network(self.destination, strict=False)
+            object.__setattr__(self, "destination", net.with_prefixlen)
+        if (self.dport is not None or self.dports) and self.protocol not in ("tcp", "udp"):
+            raise ValueError(f"a port match needs -p tcp or -p udp, not {self.protocol!r}")
+        if self.comment is not None and any(c in self.comment for c in "\"'\\"):
+            raise ValueError("comments with quotes or backslashes are not supported")
+
+    @property
+    def is_jump_to_owned(self) -> bool:
+        return is_owned_chain(self.target)
+
+
+def _quote_comment(comment: str) -> str:
+    # libxtables' xtables_save_string leaves a value bare only when it is all [A-Za-z0-9_-].
+    if comment and all((c.isascii() and c.isalnum()) or c in "_-" for c in comment):
+        return comment
+    return f'"{comment}"'
+
+
+def render_rule(rule: RuleSpec) -> str:
+    """The rule as an `-A CHAIN ...` line, in iptables-save's own word order."""
+    if rule.unparsed:
+        return shlex.join(["-A", rule.chain, *rule.unparsed])
+    words = ["-A", rule.chain]
+    if rule.destination is not None:
+        words += ["-d", rule.destination]
+    if rule.out_interface is not None:
+        words += ["-o", rule.out_interface]
+    if rule.protocol is not None:
+        words += ["-p", rule.protocol]
+    if rule.mark is not None:
+        words += ["-m", "mark", "--mark", rule.mark]
+    if rule.dport is not None:
+        words += ["-m", rule.protocol or "", "--dport", str(rule.dport)]
+    if rule.dports:
+        words += ["-m", "multiport", "--dports", ",".join(rule.dports)]
+    if rule.comment is not None:
+        words += ["-m", "comment", "--comment", _quote_comment(rule.comment)]
+    words += ["-j", rule.target]
+    if rule.to_ports is not None:
+        words += ["--to-ports", str(rule.to_ports)]
+    return " ".join(words)
+
+
+@dataclass(frozen=True)
+class ChainPlan:
+    """One nodemesh-owned chain and its rules, in order."""
+
+    name: str
+    rules: tuple[RuleSpec, ...]
+
+    def __post_init__(self) -> None:
+        if not is_owned_chain(self.name) or len(self.name) > MAX_CHAIN_NAME:
+            raise ValueError(f"bad nodemesh chain name {self.name!r}")
+        for rule in self.rules:
+            if rule.chain != self.name:
+                raise ValueError(f"rule for {rule.chain} listed under {self.name}")
+
+
+@dataclass(frozen=True)
+class NatPlan:
+    """Everything nodemesh wants in a pod netns's nat table.
+
+    `jumps` are the rules in built-in chains that send traffic into nodemesh's chains; each goes
+    first in its built-in chain and exists exactly once.
+    """
+
+    chains: tuple[ChainPlan, ...]
+    jumps: tuple[RuleSpec, ...]
+
+    def __post_init__(self) -> None:
+        names = {c.name for c in self.chains}
+        for jump in self.jumps:
+            if jump.chain not in BUILTIN_CHAINS or jump.target not in names:
+                raise ValueError(f"jump {render_rule(jump)!r} does not join a built-in chain")
+
+    def chain(self, name: str) -> ChainPlan:
+        for c in self.chains:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def rules(self) -> Iterator[RuleSpec]:
+        """Every rule of the plan, jumps first."""
+        yield from self.jumps
+        for c in self.chains:
+            yield from c.rules
+
+
+@dataclass(frozen=True)
+class NatState:
+    """The nat table as observed: chain name -> its rules in order (built-in chains included)."""
+
+    chains: Mapping[str, tuple[RuleSpec, ...]]
+
+    def owned(self) -> NatState:
+        """Only what nodemesh owns: its chains and the jumps into them from built-in chains."""
+        kept: dict[str, tuple[RuleSpec, ...]] = {}
+        for name, rules in self.chains.items():
+            if is_owned_chain(name):
+                kept[name] = rules
+            else:
+                jumps = tuple(r for r in rules if r.is_jump_to_owned)
+                if jumps:
+                    kept[name] = jumps
+        return NatState(kept)
+
+    def rule_count(self) -> int:
+        return sum(len(rules) for rules in self.chains.values())
