@@ -1,0 +1,480 @@
+"""HTTP/1.1 observer: request and response events from both directions, bytes untouched.
+
+The caller relays every byte itself and feeds a copy here: client->server bytes to
+``feed_client`` and server->client bytes to ``feed_server``, each *before* relaying them so
+a response is never seen before its request. Events carry no clocks; stamp them on return.
+Responses are matched to requests in order (pipelining). After ``Upgraded`` or
+``ConnectTunnel`` the connection is no longer HTTP and the caller relays it opaquely.
+
+Limits (documented rather than hidden): a request that asks to upgrade *and* carries a body
+is switched at the end of its headers by llhttp, so if the server then declines, the body is
+re-read as a new request and usually ends in ProtocolError (the caller falls back to opaque).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum, auto
+from itertools import islice
+
+import httptools
+
+from nodeagent.protocol.errors import ProtocolError
+
+__all__ = [
+    "ConnectTunnel",
+    "ExchangeAborted",
+    "Http1Error",
+    "Http1Observer",
+    "ProtocolError",
+    "RequestEnded",
+    "RequestStarted",
+    "ResponseEnded",
+    "ResponseStarted",
+    "Upgraded",
+]
+
+# A request line plus headers larger than this is refused; real clients stay far below it.
+MAX_HEADER_BYTES = 64 * 1024
+# Bytes a client may send after an upgrade request before the server has answered it.
+MAX_UPGRADE_BUFFER = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStarted:
+    seq: int
+    method: str
+    authority: str
+    path: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEnded:
+    seq: int
+    body_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseStarted:
+    seq: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseEnded:
+    seq: int
+    body_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Upgraded:
+    """101 Switching Protocols: the rest of the connection is opaque."""
+
+    seq: int
+    protocol: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectTunnel:
+    """2xx to CONNECT: the rest of the connection is opaque."""
+
+    seq: int
+    authority: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeAborted:
+    """The connection closed before this exchange's response was complete."""
+
+    seq: int
+    reason: str
+
+
+Http1Event = (
+    RequestStarted
+    | RequestEnded
+    | ResponseStarted
+    | ResponseEnded
+    | Upgraded
+    | ConnectTunnel
+    | ExchangeAborted
+)
+
+
+class Http1Error(ProtocolError):
+    """Malformed or out-of-order HTTP/1 traffic."""
+
+
+class State(Enum):
+    IDLE = auto()
+    HEADERS = auto()
+    BODY = auto()
+    INTERIM = auto()  # a 1xx response other than 101, which is never the final one
+    UPGRADE_PENDING = auto()  # request asked to switch; waiting for the server's answer
+    TUNNEL = auto()
+
+
+class Trigger(Enum):
+    BEGIN = auto()
+    HEADERS_FINAL = auto()
+    HEADERS_INTERIM = auto()
+    COMPLETE = auto()
+    UPGRADE_REQUESTED = auto()
+    UPGRADE_ACCEPTED = auto()
+    UPGRADE_DECLINED = auto()
+    SWITCHED = auto()
+
+
+# Allowed transitions per direction, as h11 tabulates them: a pair missing here is a
+# ProtocolError, never a silent fall-through.
+CLIENT_TRANSITIONS: dict[tuple[State, Trigger], State] = {
+    (State.IDLE, Trigger.BEGIN): State.HEADERS,
+    (State.HEADERS, Trigger.HEADERS_FINAL): State.BODY,
+    (State.BODY, Trigger.COMPLETE): State.IDLE,
+    (State.IDLE, Trigger.UPGRADE_REQUESTED): State.UPGRADE_PENDING,
+    (State.UPGRADE_PENDING, Trigger.UPGRADE_ACCEPTED): State.TUNNEL,
+    (State.UPGRADE_PENDING, Trigger.UPGRADE_DECLINED): State.IDLE,
+}
+SERVER_TRANSITIONS: dict[tuple[State, Trigger], State] = {
+    (State.IDLE, Trigger.BEGIN): State.HEADERS,
+    (State.HEADERS, Trigger.HEADERS_INTERIM): State.INTERIM,
+    (State.INTERIM, Trigger.COMPLETE): State.IDLE,
+    (State.HEADERS, Trigger.HEADERS_FINAL): State.BODY,
+    (State.BODY, Trigger.COMPLETE): State.IDLE,
+    (State.HEADERS, Trigger.SWITCHED): State.TUNNEL,
+    # llhttp still reports the end of a 101 or a CONNECT 2xx message after the switch.
+    (State.TUNNEL, Trigger.COMPLETE): State.TUNNEL,
+}
+
+
+@dataclass(slots=True)
+class _Exchange:
+    seq: int
+    method: str
+    authority: str
+    upgrade: bool
+    response_started: bool = False
+
+    @property
+    def headers_only(self) -> bool:
+        # Responses to these have no body whatever their headers say, which llhttp cannot
+        # know, so their header block is cut out before it reaches the parser.
+        return self.method in ("HEAD", "CONNECT")
+
+
+def _target(method: str, url: bytes, host: bytes | None) -> tuple[str, str]:
+    """(authority, path) from the request target and Host header."""
+    if method == "CONNECT":
+        return url.decode("latin-1"), ""
+    scheme_end = url.find(b"://")
+    if not url.startswith(b"/") and scheme_end > 0:
+        rest = url[scheme_end + 3 :]
+        slash = rest.find(b"/")
+        authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+        return authority.decode("latin-1"), path.decode("latin-1")
+    return (host or b"").decode("latin-1"), url.decode("latin-1")
+
+
+class _Side:
+    """One direction: its parser, its state machine and the message being read."""
+
+    transitions: dict[tuple[State, Trigger], State]
+    name: str
+
+    def __init__(self, observer: Http1Observer) -> None:
+        self.observer = observer
+        self.state = State.IDLE
+        self.header_bytes = 0
+        self.body_bytes = 0
+
+    def step(self, trigger: Trigger) -> None:
+        new = self.transitions.get((self.state, trigger))
+        if new is None:
+            raise Http1Error(f"{self.name}: {trigger.name} not allowed in {self.state.name}")
+        self.state = new
+
+    def count_header(self, n: int) -> None:
+        self.header_bytes += n
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise Http1Error(f"{self.name}: header section over {MAX_HEADER_BYTES} bytes")
+
+    def run(
+        self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes
+    ) -> int | None:
+        """Feed the parser; returns the upgrade offset when llhttp paused for one."""
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            if self.state is State.TUNNEL:
+                return None
+            return int(exc.args[0])
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, Http1Error):
+                raise cause from None
+            if self.state is State.TUNNEL:
+                return None  # llhttp objects to a 101 without Upgrade header; we switched
+            raise Http1Error(f"{self.name}: {exc}") from exc
+        if self.state is State.HEADERS:
+            # Bounds what httptools accumulates for a header that never ends.
+            self.count_header(len(data))
+        return None
+
+
+class _RequestSide(_Side):
+    transitions = CLIENT_TRANSITIONS
+    name = "request"
+
+    def __init__(self, observer: Http1Observer) -> None:
+        super().__init__(observer)
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.host: bytes | None = None
+        self.exchange: _Exchange | None = None
+        self.held = bytearray()  # client bytes sent while an upgrade awaits its answer
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.step(Trigger.BEGIN)
+        self.url = b""
+        self.host = None
+        self.header_bytes = 0
+        self.body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.count_header(len(url))
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.count_header(len(name) + len(value))
+        if name.lower() == b"host":
+            self.host = value
+
+    def on_headers_complete(self) -> None:
+        self.step(Trigger.HEADERS_FINAL)
+        self.header_bytes = 0
+        method = self.parser.get_method().decode("ascii")
+        authority, path = _target(method, self.url, self.host)
+        obs = self.observer
+        obs.seq += 1
+        self.exchange = _Exchange(obs.seq, method, authority, self.parser.should_upgrade())
+        obs.pending.append(self.exchange)
+        obs.out.append(
+            RequestStarted(obs.seq, method, authority, path, self.parser.get_http_version())
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+
+    def on_message_complete(self) -> None:
+        self.step(Trigger.COMPLETE)
+        assert self.exchange is not None
+        self.observer.out.append(RequestEnded(self.exchange.seq, self.body_bytes))
+
+    def feed(self, data: bytes) -> None:
+        if self.state is State.TUNNEL:
+            return
+        if self.state is State.UPGRADE_PENDING:
+            self.hold(data)
+            return
+        offset = self.run(self.parser, data)
+        if offset is not None:
+            self.step(Trigger.UPGRADE_REQUESTED)
+            self.hold(data[offset:])
+
+    def hold(self, data: bytes) -> None:
+        self.held += data
+        if len(self.held) > MAX_UPGRADE_BUFFER:
+            raise Http1Error("request: too many bytes sent before the upgrade was answered")
+
+    def upgrade_answered(self, *, accepted: bool) -> None:
+        if accepted:
+            self.step(Trigger.UPGRADE_ACCEPTED)
+            self.held.clear()
+            return
+        self.step(Trigger.UPGRADE_DECLINED)
+        held, self.held = bytes(self.held), bytearray()
+        if held:
+            self.feed(held)
+
+
+class _ResponseSide(_Side):
+    transitions = SERVER_TRANSITIONS
+    name = "response"
+
+    def __init__(self, observer: Http1Observer) -> None:
+        super().__init__(observer)
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: _Exchange | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.upgrade_to = b""
+        self.block = bytearray()  # header block being cut out for HEAD/CONNECT
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        if not self.observer.pending:
+            raise Http1Error("response: bytes from the server with no request outstanding")
+        self.step(Trigger.BEGIN)
+        self.exchange = self.observer.pending[0]
+        self.header_bytes = 0
+        self.body_bytes = 0
+        self.content_length = None
+        self.chunked = False
+        self.upgrade_to = b""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.count_header(len(name) + len(value))
+        lname = name.lower()
+        if lname == b"content-length" and value.strip().isdigit():
+            self.content_length = int(value)
+        elif lname == b"transfer-encoding":
+            self.chunked = b"chunked" in value.lower()
+        elif lname == b"upgrade":
+            self.upgrade_to = value
+
+    def on_headers_complete(self) -> None:
+        ex = self.exchange
+        assert ex is not None
+        status = self.parser.get_status_code()
+        obs = self.observer
+        if 100 <= status < 200 and status != 101:
+            self.step(Trigger.HEADERS_INTERIM)
+            return
+        switched = status == 101 or (ex.method == "CONNECT" and 200 <= status < 300)
+        if switched:
+            if status == 101 and not ex.upgrade:
+                raise Http1Error("response: 101 to a request that did not ask to upgrade")
+            self.step(Trigger.SWITCHED)
+            obs.pending.popleft()
+            obs.out.append(ResponseStarted(ex.seq, status))
+            obs.out.append(ResponseEnded(ex.seq, 0))
+            if status == 101:
+                obs.out.append(Upgraded(ex.seq, self.upgrade_to.decode("latin-1")))
+            else:
+                obs.out.append(ConnectTunnel(ex.seq, ex.authority))
+            obs.request.upgrade_answered(accepted=True)
+            return
+        self.step(Trigger.HEADERS_FINAL)
+        ex.response_started = True
+        obs.out.append(ResponseStarted(ex.seq, status))
+        if ex.upgrade and obs.request.state is State.UPGRADE_PENDING:
+            obs.request.upgrade_answered(accepted=False)
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+
+    def on_message_complete(self) -> None:
+        state = self.state
+        self.step(Trigger.COMPLETE)
+        if state is State.BODY:
+            self.finish()
+
+    def finish(self) -> None:
+        ex = self.observer.pending.popleft()
+        self.observer.out.append(ResponseEnded(ex.seq, self.body_bytes))
+
+    def needs_eof(self) -> bool:
+        return self.state is State.BODY and self.content_length is None and not self.chunked
+
+    # feeding
+    def feed(self, data: bytes) -> None:
+        pending = self.observer.pending
+        while data and self.state is not State.TUNNEL:
+            if self.state is State.IDLE and pending and pending[0].headers_only:
+                data = self.feed_header_block(data)
+            elif any(ex.headers_only for ex in islice(pending, 1, None)):
+                data = self.feed_until_response_ends(data)
+            else:
+                self.run(self.parser, data)
+                data = b""
+
+    def feed_header_block(self, data: bytes) -> bytes:
+        self.block += data
+        end = self.block.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.block) > MAX_HEADER_BYTES:
+                raise Http1Error(f"response: header section over {MAX_HEADER_BYTES} bytes")
+            return b""
+        head, rest = bytes(self.block[: end + 4]), bytes(self.block[end + 4 :])
+        self.block.clear()
+        ex = self.observer.pending[0]
+        self.run(self.parser, head)
+        if self.state is State.BODY and ex.method == "HEAD":
+            self.step(Trigger.COMPLETE)
+            self.finish()
+        if ex.method == "HEAD" and self.state is State.IDLE:
+            # llhttp still expects the body the headers announced: start clean.
+            self.parser = httptools.HttpResponseParser(self)
+        return rest
+
+    def feed_until_response_ends(self, data: bytes) -> bytes:
+        """Feed no byte past the end of the current response (a HEAD or CONNECT follows)."""
+        current = self.observer.pending[0]
+        pos = 0
+        while pos < len(data):
+            step = 1
+            if self.state is State.BODY and not self.chunked and self.content_length:
+                step = max(1, self.content_length - self.body_bytes)
+            self.run(self.parser, data[pos : pos + step])
+            pos += step
+            pending = self.observer.pending
+            if self.state is State.TUNNEL or not pending or pending[0] is not current:
+                break
+        return data[pos:]
+
+
+class Http1Observer:
+    """Watches one HTTP/1.x connection in both directions."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.pending: deque[_Exchange] = deque()
+        self.out: list[Http1Event] = []
+        self.request = _RequestSide(self)
+        self.response = _ResponseSide(self)
+        self.failed: Http1Error | None = None
+        self.closed = False
+
+    @property
+    def tunnel(self) -> bool:
+        """True once the connection switched protocols: relay the rest opaquely."""
+        return self.response.state is State.TUNNEL
+
+    def feed_client(self, data: bytes) -> list[Http1Event]:
+        return self._feed(self.request.feed, data)
+
+    def feed_server(self, data: bytes) -> list[Http1Event]:
+        return self._feed(self.response.feed, data)
+
+    def _feed(self, feed: Callable[[bytes], None], data: bytes) -> list[Http1Event]:
+        if self.failed is not None:
+            raise Http1Error(f"observer already failed: {self.failed.reason}")
+        if self.closed:
+            raise Http1Error("observer is closed")
+        self.out = []
+        try:
+            feed(bytes(data))
+        except Http1Error as exc:
+            self.failed = exc
+            raise Http1Error(exc.reason, events=self.out) from None
+        return self.out
+
+    def close(self) -> list[Http1Event]:
+        """The connection ended: settle what is outstanding."""
+        if self.closed or self.failed is not None or self.tunnel:
+            self.closed = True
+            return []
+        self.closed = True
+        out: list[Http1Event] = []
+        if self.response.needs_eof() and self.pending:
+            ex = self.pending.popleft()
+            out.append(ResponseEnded(ex.seq, self.response.body_bytes))
+        for ex in self.pending:
+            reason = "response truncated" if ex.response_started else "no response"
+            out.append(ExchangeAborted(ex.seq, reason))
+        self.pending.clear()
+        return out
