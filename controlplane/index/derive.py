@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from controlplane.index import mesh
+from nodemesh.identity import spiffe_id
 from nodemesh.model import (
     Endpoint,
     EndpointPort,
@@ -21,10 +22,6 @@ from nodemesh.model import (
 
 Obj = dict[str, Any]
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-
-
-def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
-    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
 
 
 def d(value: Any) -> dict[str, Any]:

@@ -1,0 +1,177 @@
+"""Destination service: a snapshot for the agent's node, then deltas, through a bounded queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from controlplane.index import (
+    Change,
+    ClusterIndex,
+    PodRemoved,
+    PodUpdated,
+    ServiceRemoved,
+    ServiceUpdated,
+    WorkloadRemoved,
+    WorkloadUpdated,
+)
+from controlplane.metrics import DESTINATION_OVERFLOWS, DESTINATION_SUBSCRIBERS, DESTINATION_UPDATES
+from nodemesh import destination_codec as codec
+from nodemesh.api import destination_pb2 as pb
+from nodemesh.api import destination_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_OVERFLOWED = object()
+# Parts of a snapshot, so one message stays far below gRPC's default 4 MiB receive limit.
+SNAPSHOT_PART = 500
+
+
+@dataclass(eq=False)
+class Subscriber:
+    node: str
+    agent_version: str
+    queue: asyncio.Queue[pb.Update | object]
+    task: asyncio.Task[object] | None = None
+    overflowed: bool = False
+    _kill: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class DestinationHub:
+    """Fans index changes out to subscribers. `publish` never waits: a full queue closes that
+    subscriber (it reconnects and gets a fresh snapshot) instead of holding up the index."""
+
+    def __init__(self, index: ClusterIndex, *, queue_size: int = 1000, kill_after: float = 10.0):
+        self.index = index
+        self.queue_size = queue_size
+        self.kill_after = kill_after
+        self.subscribers: set[Subscriber] = set()
+        self.closed_slow = 0
+
+    def subscribe(self, node: str, agent_version: str) -> tuple[Subscriber, list[pb.Update]]:
+        """Register and return the snapshot; nothing can change the index in between."""
+        sub = Subscriber(node, agent_version, asyncio.Queue(self.queue_size))
+        self.subscribers.add(sub)
+        DESTINATION_SUBSCRIBERS.set(len(self.subscribers))
+        return sub, self.snapshot(node)
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        if sub._kill is not None:
+            sub._kill.cancel()
+        DESTINATION_SUBSCRIBERS.set(len(self.subscribers))
+
+    def snapshot(self, node: str) -> list[pb.Update]:
+        services = [codec.service_to_pb(s) for _, s in sorted(self.index.services.items())]
+        workloads = [codec.workload_to_pb(w) for _, w in sorted(self.index.workloads.items())]
+        pods = [codec.pod_to_pb(p) for p in self.index.pods_on_node(node)]
+        parts: list[pb.Update] = []
+        for kind, items in (("services", services), ("workloads", workloads), ("pods", pods)):
+            for i in range(0, len(items), SNAPSHOT_PART):
+                snap = pb.Snapshot(**{kind: items[i : i + SNAPSHOT_PART]})
+                parts.append(pb.Update(revision=self.index.revision, snapshot=snap))
+        if not parts:
+            parts.append(pb.Update(revision=self.index.revision, snapshot=pb.Snapshot()))
+        parts[-1].snapshot.last = True
+        return parts
+
+    def publish(self, changes: list[Change], revision: int) -> None:
+        if not changes or not self.subscribers:
+            return
+        shared = pb.Delta()
+        by_node: dict[str, pb.Delta] = {}
+        for c in changes:
+            if isinstance(c, ServiceUpdated):
+                shared.services_updated.append(codec.service_to_pb(c.service))
+            elif isinstance(c, ServiceRemoved):
+                shared.services_removed.append(codec.service_key_to_pb(c.key))
+            elif isinstance(c, WorkloadUpdated):
+                shared.workloads_updated.append(codec.workload_to_pb(c.workload))
+            elif isinstance(c, WorkloadRemoved):
+                shared.workloads_removed.append(codec.workload_ref_to_pb(c.ref))
+            elif isinstance(c, PodUpdated):
+                by_node.setdefault(c.pod.node, pb.Delta()).pods_updated.append(
+                    codec.pod_to_pb(c.pod)
+                )
+            elif isinstance(c, PodRemoved):
+                by_node.setdefault(c.node, pb.Delta()).pods_removed.append(
+                    codec.pod_key_to_pb(c.key)
+                )
+        has_shared = shared.ByteSize() > 0
+        common = pb.Update(revision=revision, delta=shared)
+        per_node: dict[str, pb.Update] = {}
+        for sub in list(self.subscribers):
+            update = per_node.get(sub.node)
+            if update is None:
+                own = by_node.get(sub.node)
+                if own is None:
+                    if not has_shared:
+                        continue
+                    update = common
+                else:
+                    delta = pb.Delta()
+                    delta.CopyFrom(shared)
+                    delta.MergeFrom(own)
+                    update = pb.Update(revision=revision, delta=delta)
+                per_node[sub.node] = update
+            try:
+                sub.queue.put_nowait(update)
+            except asyncio.QueueFull:
+                self._overflow(sub)
+
+    def _overflow(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        DESTINATION_SUBSCRIBERS.set(len(self.subscribers))
+        self.closed_slow += 1
+        DESTINATION_OVERFLOWS.inc()
+        sub.overflowed = True
+        log.warning("destination stream of node %s fell behind; closing it", sub.node)
+        while not sub.queue.empty():
+            sub.queue.get_nowait()
+        sub.queue.put_nowait(_OVERFLOWED)
+        # A handler stuck writing to a client that stopped reading never sees the marker;
+        # cancelling it ends the RPC and frees what it holds.
+        if sub.task is not None:
+            sub._kill = asyncio.get_running_loop().call_later(self.kill_after, sub.task.cancel)
+
+
+class DestinationService(pb_grpc.DestinationServicer):
+    def __init__(self, hub: DestinationHub, *, node_of: Callable[..., str | None] | None = None):
+        self.hub = hub
+        # Hook for authenticated agents: returns the node the caller proved it is (or None).
+        self.node_of = node_of
+
+    async def Subscribe(  # noqa: N802 (gRPC method name)
+        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.Update]:
+        if not request.node:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node must be set")
+        if self.node_of is not None:
+            proven = self.node_of(context)
+            if proven != request.node:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"caller is not the agent of node {request.node!r}",
+                )
+        sub, snapshot = self.hub.subscribe(request.node, request.agent_version)
+        sub.task = asyncio.current_task()
+        try:
+            for part in snapshot:
+                DESTINATION_UPDATES.labels("snapshot").inc()
+                yield part
+            while True:
+                item = await sub.queue.get()
+                if item is _OVERFLOWED:
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "agent fell behind the destination stream; reconnect for a new snapshot",
+                    )
+                assert isinstance(item, pb.Update)
+                DESTINATION_UPDATES.labels("delta").inc()
+                yield item
+        finally:
+            self.hub.unsubscribe(sub)
