@@ -1,0 +1,45 @@
+"""The rendered nat plan for each case in tests/golden/rules/ is pinned.
+
+Regenerate after an intended change with NODEMESH_UPDATE_GOLDEN=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from nodeagent.rules import RedirectSettings, build_plan, parse_save, render_restore
+
+GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "rules"
+CASES = sorted(p.stem for p in GOLDEN.glob("*.json"))
+
+
+def test_cases_exist() -> None:
+    assert {"default", "skips", "no-dns", "many-skips"} <= set(CASES)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_plan_matches_golden(case: str) -> None:
+    settings = RedirectSettings.from_dict(json.loads((GOLDEN / f"{case}.json").read_text()))
+    text = render_restore(build_plan(settings))
+    golden = GOLDEN / f"{case}.rules"
+    if os.environ.get("NODEMESH_UPDATE_GOLDEN") == "1":
+        golden.write_text(text)
+    assert golden.exists(), f"{golden} missing: run with NODEMESH_UPDATE_GOLDEN=1"
+    assert text == golden.read_text()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden_text_parses_back_to_the_plan(case: str) -> None:
+    # The golden file doubles as the expected iptables-save text; parsing it must give back
+    # exactly the planned rules, or diffing against a real table would report phantom changes.
+    plan = build_plan(RedirectSettings.from_dict(json.loads((GOLDEN / f"{case}.json").read_text())))
+    state = parse_save((GOLDEN / f"{case}.rules").read_text())
+    for chain in plan.chains:
+        assert state.chains[chain.name] == chain.rules
+    assert state.chains["OUTPUT"] + state.chains["PREROUTING"] == tuple(
+        sorted(plan.jumps, key=lambda j: j.chain)
+    )
