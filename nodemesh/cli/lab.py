@@ -1,0 +1,383 @@
+"""`nodemesh lab ...`: the local multi-node lab (up, down, status, apply, delete, exec, logs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from nodemesh.lab.client import LabClient, LabRequestFailed, LabUnavailable
+from nodemesh.lab.config import Forward, ForwardError, LabConfig
+from nodemesh.lab.ledger import Ledger
+from nodemesh.lab.manifests import ManifestError, parse
+from nodemesh.lab.paths import LabNameError, LabPaths, check_name, existing_labs
+from nodemesh.lab.teardown import down as teardown
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_MANIFEST = REPO / "manifests" / "examples" / "emojivoto.yml"
+NEEDED = {
+    "ip": "iproute2",
+    "nsenter": "util-linux",
+    "iptables-legacy-restore": "iptables",
+    "/usr/lib/cni/bridge": "containernetworking-plugins",
+    "/usr/lib/cni/host-local": "containernetworking-plugins",
+    "/usr/lib/cni/loopback": "containernetworking-plugins",
+}
+
+
+def fail(message: str) -> NoReturn:
+    raise click.ClickException(message)
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        fail(
+            "nodemesh lab must run as root: it creates network namespaces, links and iptables "
+            "rules. Run it again with sudo."
+        )
+
+
+def lab_paths(name: str) -> LabPaths:
+    try:
+        return LabPaths(check_name(name))
+    except LabNameError as e:
+        fail(str(e))
+
+
+def running_lab(name: str) -> LabPaths:
+    paths = lab_paths(name)
+    if not paths.config.exists():
+        others = existing_labs()
+        hint = f" (labs here: {', '.join(others)})" if others else " (start one: nodemesh lab up)"
+        fail(f"no lab named {name!r}{hint}")
+    return paths
+
+
+name_option = click.option(
+    "--name", default=lambda: os.environ.get("NODEMESH_LAB", "lab"), show_default="lab",
+    help="Lab name (env NODEMESH_LAB).",
+)  # fmt: skip
+
+
+@click.group()
+def lab() -> None:
+    """A local multi-node cluster made of network namespaces (root only)."""
+
+
+@lab.command()
+@name_option
+@click.option("--nodes", type=click.IntRange(1, 9), default=2, show_default=True)
+@click.option("--mesh/--no-mesh", default=None, help="Run the mesh (default: when available).")
+@click.option("--demo", is_flag=True, help="Deploy the emojivoto example and wait for it.")
+@click.option(
+    "--forward", "forwards", multiple=True, metavar="[HOST:]PORT:NS/SVC:PORT",
+    help="Forward a local port to a Service port (repeatable).",
+)  # fmt: skip
+@click.option("--demo-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--timeout", type=click.IntRange(10, 3600), default=240, show_default=True)
+def up(
+    name: str,
+    nodes: int,
+    mesh: bool | None,
+    demo: bool,
+    forwards: tuple[str, ...],
+    demo_port: int,
+    timeout: int,
+) -> None:
+    """Create a lab: underlay, NODES node namespaces, and its supervisor."""
+    need_root()
+    paths = lab_paths(name)
+    if paths.root.exists():
+        fail(
+            f"lab {name!r} already exists ({paths.root}); remove it with: nodemesh lab down --name {name}"
+        )
+    missing = [f"{exe} (apt package {pkg})" for exe, pkg in NEEDED.items() if not _have(exe)]
+    if missing:
+        fail("missing on this machine: " + ", ".join(missing) + "; run scripts/bootstrap")
+    if mesh:
+        fail(
+            "the mesh (control plane and node agents) is not part of this build yet: use --no-mesh"
+        )
+    try:
+        fwd = [Forward.parse(f) for f in forwards]
+    except ForwardError as e:
+        fail(str(e))
+    if demo and not any(f.service == "web-svc" for f in fwd):
+        fwd.append(Forward("127.0.0.1", demo_port, "emojivoto", "web-svc", 80))
+    started = time.monotonic()
+    paths.root.mkdir(parents=True, mode=0o700)
+    LabConfig(name=name, nodes=nodes, mesh=False, forwards=fwd).save(paths.config)
+    try:
+        _start_supervisor(paths, timeout=timeout)
+        if demo:
+            _apply_file(paths, DEMO_MANIFEST)
+            _wait_ready(paths, timeout=timeout - (time.monotonic() - started))
+    except (click.ClickException, KeyboardInterrupt):
+        click.echo(f"lab {name!r} did not come up; removing what was made", err=True)
+        teardown(paths)
+        raise
+    elapsed = time.monotonic() - started
+    status = LabClient(paths).call({"op": "status"})["status"]
+    click.echo(f"lab {name!r} is up with {nodes} node(s) in {elapsed:.1f} s (no mesh yet)")
+    _print_status(status)
+    if demo:
+        web = next(f for f in fwd if f.service == "web-svc")
+        click.echo("")
+        click.echo(f"emojivoto: open http://{web.host}:{web.local_port}/ in a browser")
+        click.echo(
+            "  vote-bot ground truth: nodemesh lab exec deploy/vote-bot -n emojivoto "
+            '-- python3 -c "import urllib.request as u;'
+            "print(u.urlopen('http://127.0.0.1:8081/stats').read().decode())\""
+        )
+    click.echo(f"  status:   nodemesh lab status --name {name}")
+    click.echo(f"  remove:   nodemesh lab down --name {name}")
+
+
+def _have(exe: str) -> bool:
+    return Path(exe).exists() if exe.startswith("/") else shutil.which(exe) is not None
+
+
+def _start_supervisor(paths: LabPaths, *, timeout: float) -> None:
+    log = open(paths.supervisor_log, "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nodemesh.lab.supervisor", "--name", paths.name],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True, cwd="/",
+    )  # fmt: skip
+    log.close()
+    Ledger(paths.ledger).process(proc.pid, role="supervisor")
+    state_file = paths.root / "state.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if state_file.exists():
+            state = json.loads(state_file.read_text())
+            if state["state"] == "running":
+                return
+            if state["state"] == "failed":
+                fail(f"lab supervisor failed: {state.get('error')}\n{_tail(paths.supervisor_log)}")
+        if proc.poll() is not None:
+            fail(f"lab supervisor exited ({proc.returncode}):\n{_tail(paths.supervisor_log)}")
+        time.sleep(0.05)
+    fail(f"lab supervisor did not start within {timeout} s:\n{_tail(paths.supervisor_log)}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _read_manifest(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    source = "<stdin>" if str(path) == "-" else str(path)
+    try:
+        text = sys.stdin.read() if source == "<stdin>" else path.read_text()
+    except OSError as e:
+        fail(f"{source}: cannot read: {e.strerror}")
+    try:
+        manifests = parse(text, source=source)
+    except ManifestError as e:
+        fail(str(e))
+    return source, [{"obj": m.obj, "index": m.index} for m in manifests]
+
+
+def _apply_file(paths: LabPaths, path: Path) -> list[str]:
+    source, docs = _read_manifest(path)
+    return _call(paths, {"op": "apply", "docs": docs, "source": source})["results"]  # type: ignore[no-any-return]
+
+
+def _call(paths: LabPaths, request: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return LabClient(paths).call(request)
+    except (LabUnavailable, LabRequestFailed) as e:
+        fail(str(e))
+
+
+def _wait_ready(paths: LabPaths, *, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = _call(paths, {"op": "status"})["status"]
+        pods = status["pods"]
+        if pods and all(p["ready"] for p in pods):
+            return status  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            waiting = ", ".join(
+                f"{p['namespace']}/{p['name']} ({p['phase']}{': ' + p['message'] if p['message'] else ''})"
+                for p in pods
+                if not p["ready"]
+            )
+            fail(f"pods not ready after {timeout:.0f} s: {waiting}")
+        time.sleep(0.2)
+
+
+@lab.command()
+@name_option
+def down(name: str) -> None:
+    """Remove a lab: every namespace, link, rule, file and process it made."""
+    need_root()
+    paths = lab_paths(name)
+    if not paths.root.exists():
+        click.echo(f"no lab named {name!r}; nothing to remove")
+        return
+    removed = teardown(paths)
+    for problem in removed.problems:
+        click.echo(f"warning: {problem}", err=True)
+    click.echo(
+        f"lab {name!r} removed: {len(removed.netns)} network namespace(s), "
+        f"{len(set(removed.processes))} process(es), {len(removed.paths)} path(s)"
+    )
+
+
+@lab.command()
+@name_option
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def status(name: str, output: str) -> None:
+    """Show nodes, pods, services and port-forwards."""
+    need_root()
+    paths = running_lab(name)
+    st = _call(paths, {"op": "status"})["status"]
+    if output == "json":
+        click.echo(json.dumps(st, indent=2))
+    else:
+        _print_status(st)
+
+
+def _print_status(st: dict[str, Any]) -> None:
+    click.echo("NODE      IP            POD CIDR")
+    for n in st["nodes"]:
+        click.echo(f"{n['name']:<9} {n['ip']:<13} {n['podCIDR']}")
+    if st["pods"]:
+        click.echo("")
+        rows = [("NAMESPACE", "POD", "NODE", "IP", "READY", "RESTARTS")]
+        for p in sorted(st["pods"], key=lambda p: (p["namespace"], p["name"])):
+            rows.append(
+                (p["namespace"], p["name"], p["node"], p["ip"] or "-",
+                 "yes" if p["ready"] else p["phase"].lower() or "no", str(p["restarts"]))
+            )  # fmt: skip
+        _table(rows)
+    if st["services"]:
+        click.echo("")
+        rows = [("NAMESPACE", "SERVICE", "CLUSTER-IP", "PORTS")]
+        for s in sorted(st["services"], key=lambda s: (s["namespace"], s["name"])):
+            rows.append((s["namespace"], s["name"], s["clusterIP"], ",".join(map(str, s["ports"]))))
+        _table(rows)
+    for f in st["forwards"]:
+        click.echo(f"forward: {f}")
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+@lab.command()
+@name_option
+@click.option("-f", "--filename", type=click.Path(path_type=Path), required=True)
+@click.option("--wait", is_flag=True, help="Wait until every pod of the lab is ready.")
+@click.option("--timeout", type=click.IntRange(1, 3600), default=120, show_default=True)
+def apply(name: str, filename: Path, wait: bool, timeout: int) -> None:
+    """Create or update the objects in FILE (Namespace, Deployment, Service, Pod, ...)."""
+    need_root()
+    paths = running_lab(name)
+    for line in _apply_file(paths, filename):
+        click.echo(line)
+    if wait:
+        _wait_ready(paths, timeout=timeout)
+
+
+@lab.command()
+@name_option
+@click.option("-f", "--filename", type=click.Path(path_type=Path), required=True)
+def delete(name: str, filename: Path) -> None:
+    """Delete the objects in FILE."""
+    need_root()
+    paths = running_lab(name)
+    _source, docs = _read_manifest(filename)
+    refs = []
+    for d in docs:
+        obj = d["obj"]
+        ns = (
+            ""
+            if obj["kind"] in ("Namespace", "Node")
+            else obj["metadata"].get("namespace", "default")
+        )
+        refs.append({"kind": obj["kind"], "namespace": ns, "name": obj["metadata"]["name"]})
+    for line in _call(paths, {"op": "delete", "refs": refs})["results"]:
+        click.echo(line)
+
+
+def _find_pod(paths: LabPaths, pod: str, namespace: str) -> dict[str, Any]:
+    status = _call(paths, {"op": "status"})["status"]
+    pods = [p for p in status["pods"] if p["namespace"] == namespace]
+    if "/" in pod:
+        kind, _, owner = pod.partition("/")
+        if kind not in ("deploy", "deployment", "ds", "daemonset", "pod", "po"):
+            fail(f"{pod!r}: use POD, deploy/NAME or pod/NAME")
+        if kind in ("pod", "po"):
+            pods = [p for p in pods if p["name"] == owner]
+        else:
+            pods = sorted(
+                (p for p in pods if p["name"].startswith(owner + "-") and p["ready"]),
+                key=lambda p: p["name"],
+            )
+    else:
+        pods = [p for p in pods if p["name"] == pod]
+    if not pods:
+        fail(f"no ready pod {pod!r} in namespace {namespace!r} of lab {paths.name!r}")
+    return pods[0]
+
+
+@lab.command(name="exec", context_settings={"ignore_unknown_options": True})
+@name_option
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.argument("pod")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def exec_(name: str, namespace: str, pod: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside POD's network namespace (POD may be deploy/NAME)."""
+    need_root()
+    paths = running_lab(name)
+    p = _find_pod(paths, pod, namespace)
+    netns = paths.pod_netns(p["namespace"], p["name"])
+    env = dict(os.environ, POD_NAME=p["name"], POD_NAMESPACE=p["namespace"], POD_IP=p["ip"],
+               NODE_NAME=p["node"])  # fmt: skip
+    os.execvpe("ip", ["ip", "netns", "exec", netns, *command], env)
+
+
+@lab.command()
+@name_option
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-c", "--container", help="Container name (default: the first).")
+@click.option("-f", "--follow", is_flag=True)
+@click.argument("pod")
+def logs(name: str, namespace: str, container: str | None, follow: bool, pod: str) -> None:
+    """Print a pod container's log (-f to follow)."""
+    need_root()
+    paths = running_lab(name)
+    p = _find_pod(paths, pod, namespace)
+    logdir = paths.logs(p["namespace"], p["name"])
+    files = sorted(logdir.glob("*.log"))
+    if container:
+        files = [f for f in files if f.stem == container]
+    if not files:
+        fail(
+            f"no log for {p['namespace']}/{p['name']}"
+            + (f" container {container}" if container else "")
+        )
+    with open(files[0], "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            elif not follow:
+                return
+            else:
+                time.sleep(0.2)

@@ -1,0 +1,67 @@
+"""The lab's object store: Kubernetes-shaped objects in memory, mirrored as YAML files.
+
+Layout (what the control plane's local source reads): objects/<Kind>/<namespace>/<name>.yaml for
+namespaced kinds, objects/<Kind>/<name>.yaml for cluster-scoped ones. Files are replaced
+atomically (temp file + rename) so a reader never sees half an object.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nodemesh.lab.manifests import ObjectRef, ref_of
+
+
+class Store:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._objects: dict[ObjectRef, dict[str, Any]] = {}
+        self._version = 0
+
+    def path_of(self, ref: ObjectRef) -> Path:
+        if ref.namespace:
+            return self.directory / ref.kind / ref.namespace / f"{ref.name}.yaml"
+        return self.directory / ref.kind / f"{ref.name}.yaml"
+
+    def get(self, ref: ObjectRef) -> dict[str, Any] | None:
+        return self._objects.get(ref)
+
+    def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return [
+            o
+            for r, o in self._objects.items()
+            if r.kind == kind and (namespace is None or r.namespace == namespace)
+        ]
+
+    def all(self) -> Iterator[dict[str, Any]]:
+        yield from self._objects.values()
+
+    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store (create or replace) `obj`, giving it the next resourceVersion."""
+        ref = ref_of(obj)
+        self._version += 1
+        obj["metadata"]["resourceVersion"] = str(self._version)
+        self._objects[ref] = obj
+        path = self.path_of(ref)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+        tmp.write_text(yaml.safe_dump(obj, sort_keys=False), encoding="utf-8")
+        os.replace(tmp, path)
+        return obj
+
+    def delete(self, ref: ObjectRef) -> dict[str, Any] | None:
+        obj = self._objects.pop(ref, None)
+        try:
+            os.unlink(self.path_of(ref))
+        except FileNotFoundError:
+            pass
+        return obj
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [copy.deepcopy(o) for o in self._objects.values()]

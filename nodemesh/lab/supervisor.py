@@ -1,0 +1,514 @@
+"""The lab supervisor: one long-lived process per lab that plays the API server, the controllers,
+the kubelets and kube-proxy. It builds the network, serves a small JSON API on a unix socket
+(apply, delete, status, shutdown), reconciles Deployments/DaemonSets into Pods, runs the pods,
+keeps EndpointSlices, Service rules and hosts files current, and serves localhost port-forwards.
+
+Run as `python -m nodemesh.lab.supervisor --name LAB` by `nodemesh lab up`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import logging
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from nodemesh.lab import objects
+from nodemesh.lab.cni import CniRunner
+from nodemesh.lab.config import LabConfig
+from nodemesh.lab.forward import Forwarder
+from nodemesh.lab.ledger import Ledger
+from nodemesh.lab.manifests import (
+    CLUSTER_SCOPED,
+    Manifest,
+    ManifestError,
+    ObjectRef,
+    check_references,
+    ref_of,
+    selects,
+)
+from nodemesh.lab.network import (
+    Network,
+    NodeSpec,
+    bridge_conflist,
+    render_service_rules,
+    service_routes,
+)
+from nodemesh.lab.paths import LabPaths
+from nodemesh.lab.pods import LabContext, NodeContext, PodRunner
+from nodemesh.lab.store import Store
+from nodemesh.tasks import spawn
+
+log = logging.getLogger("nodemesh.lab.supervisor")
+
+BASE_NAMESPACES = ("default", "kube-system", "nodemesh")
+CNI_PATH = ("/usr/lib/cni", "/opt/cni/bin")
+
+
+class Supervisor:
+    def __init__(self, config: LabConfig) -> None:
+        self.config = config
+        self.paths = LabPaths(config.name)
+        self.ledger = Ledger(self.paths.ledger)
+        self.store = Store(self.paths.objects)
+        self.nodes = [NodeSpec(i) for i in range(1, config.nodes + 1)]
+        self.network = Network(self.paths, self.ledger, self.nodes)
+        self.runners: dict[ObjectRef, PodRunner] = {}
+        self.rng = random.Random()
+        self._dirty = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._last_rules: dict[str, str] = {}
+        self._last_services: list[Any] = []
+        self.forwarder = Forwarder(self)
+        venv_bin = str(Path(sys.executable).parent)
+        self.lab = LabContext(
+            paths=self.paths,
+            ledger=self.ledger,
+            nodes={},
+            env_path=f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            on_change=self._pod_changed,
+            services=lambda: self.store.list("Service"),
+        )
+
+    # ----- start-up --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.network.build()
+        for node in self.nodes:
+            conf_dir = self.paths.cni_conf_dir(node.name)
+            conf_dir.mkdir(parents=True, exist_ok=True)
+            self.paths.cni_bin_dir(node.name).mkdir(parents=True, exist_ok=True)
+            conflist = bridge_conflist(node, ipam_dir=str(self.paths.ipam_dir(node.name)))
+            (conf_dir / "10-lab-bridge.conflist").write_text(json.dumps(conflist, indent=2))
+            netns = self.paths.node_netns(node.name)
+            self.lab.nodes[node.name] = NodeContext(
+                spec=node,
+                netns=netns,
+                conf_dir=conf_dir,
+                cni=CniRunner(
+                    node_netns_path=f"/run/netns/{netns}",
+                    cni_path=[str(self.paths.cni_bin_dir(node.name)), *CNI_PATH],
+                ),
+            )
+            self.store.put(self._node_object(node))
+        for ns in BASE_NAMESPACES:
+            self.store.put(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(ns, namespace=None)}
+            )
+        await self.forwarder.start(self.config.forwards)
+        spawn(self._reconcile_loop(), name="reconcile")
+
+    def _node_object(self, node: NodeSpec) -> dict[str, Any]:
+        labels = {
+            "kubernetes.io/hostname": node.name,
+            "kubernetes.io/os": "linux",
+            "lab.nodemesh.io/lab": self.config.name,
+        }
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {**_meta(node.name, namespace=None), "labels": labels},
+            "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": node.ip},
+                    {"type": "Hostname", "address": node.name},
+                ],
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "nodeInfo": {"kubeletVersion": "v1.29.0-lab", "operatingSystem": "linux"},
+            },
+        }
+
+    # ----- API ---------------------------------------------------------------------------------
+
+    async def apply(self, docs: list[dict[str, Any]], source: str) -> list[str]:
+        manifests = [Manifest(d["obj"], source, d["index"]) for d in docs]
+        check_references(
+            manifests,
+            existing=self.store.all(),
+            which=lambda exe: _which(exe, self.lab.env_path),
+        )
+        results = []
+        for m in manifests:
+            obj = copy.deepcopy(m.obj)
+            ref = m.ref
+            if ref.kind not in CLUSTER_SCOPED:
+                obj["metadata"]["namespace"] = ref.namespace
+            old = self.store.get(ref)
+            meta = obj["metadata"]
+            meta["uid"] = old["metadata"]["uid"] if old else objects.new_uid()
+            meta["creationTimestamp"] = (
+                old["metadata"]["creationTimestamp"] if old else objects.now()
+            )
+            meta.setdefault("generation", 1)
+            if ref.kind == "Service":
+                spec = obj["spec"]
+                if old and old["spec"].get("clusterIP"):
+                    spec["clusterIP"] = old["spec"]["clusterIP"]
+                elif spec.get("clusterIP") not in (None, "", "None"):
+                    pass  # honour a requested ClusterIP
+                elif spec.get("clusterIP") != "None":
+                    used = [s["spec"].get("clusterIP", "") for s in self.store.list("Service")]
+                    spec["clusterIP"] = objects.allocate_cluster_ip(used)
+                spec["clusterIPs"] = [spec["clusterIP"]]
+                spec.setdefault("type", "ClusterIP")
+            if ref.kind == "Pod":
+                if old:
+                    results.append(f"{ref} unchanged")
+                    continue
+                obj["spec"].setdefault("serviceAccountName", "default")
+                obj["status"] = {"phase": "Pending"}
+            self.store.put(obj)
+            results.append(f"{ref} {'configured' if old else 'created'}")
+        self._dirty.set()
+        return results
+
+    async def delete(self, refs: list[dict[str, str]]) -> list[str]:
+        results = []
+        for r in refs:
+            ref = ObjectRef(r["kind"], r.get("namespace", ""), r["name"])
+            if self.store.get(ref) is None:
+                results.append(f"{ref} not found")
+                continue
+            if ref.kind == "Namespace":
+                for obj in list(self.store.all()):
+                    oref = ref_of(obj)
+                    if oref.namespace == ref.name:
+                        self.store.delete(oref)
+            self.store.delete(ref)
+            results.append(f"{ref} deleted")
+        self._dirty.set()
+        await self.settle()
+        return results
+
+    async def settle(self) -> None:
+        """Wait until the reconciler has caught up with the latest change."""
+        for _ in range(600):
+            if not self._dirty.is_set():
+                return
+            await asyncio.sleep(0.05)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "pid": os.getpid(),
+            "nodes": [{"name": n.name, "ip": n.ip, "podCIDR": n.pod_cidr} for n in self.nodes],
+            "pods": [
+                {
+                    "namespace": p["metadata"]["namespace"],
+                    "name": p["metadata"]["name"],
+                    "node": p["spec"].get("nodeName", ""),
+                    "ip": p.get("status", {}).get("podIP", ""),
+                    "phase": p.get("status", {}).get("phase", ""),
+                    "ready": objects.is_ready(p),
+                    "restarts": sum(
+                        c.get("restartCount", 0)
+                        for c in p.get("status", {}).get("containerStatuses") or []
+                    ),
+                    "message": p.get("status", {}).get("message", ""),
+                }
+                for p in self.store.list("Pod")
+            ],
+            "services": [
+                {
+                    "namespace": s["metadata"]["namespace"],
+                    "name": s["metadata"]["name"],
+                    "clusterIP": s["spec"].get("clusterIP"),
+                    "ports": [p["port"] for p in s["spec"]["ports"]],
+                }
+                for s in self.store.list("Service")
+            ],
+            "forwards": self.forwarder.describe(),
+        }
+
+    # ----- controllers -------------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._dirty.wait()
+            await asyncio.sleep(0.02)  # batch bursts of changes
+            self._dirty.clear()
+            try:
+                await self._reconcile()
+            except Exception:
+                log.exception("reconcile failed")
+                await asyncio.sleep(1)
+                self._dirty.set()
+
+    async def _reconcile(self) -> None:
+        self._reconcile_deployments()
+        self._reconcile_daemonsets()
+        await self._reconcile_pods()
+        await self._reconcile_endpoints()
+
+    def _reconcile_deployments(self) -> None:
+        deployments = {ref_of(d): d for d in self.store.list("Deployment")}
+        for rs in self.store.list("ReplicaSet"):
+            owner = _owner(rs)
+            dep = next((d for d in deployments.values() if d["metadata"]["uid"] == owner), None)
+            wanted = objects.replicaset_for(dep)["metadata"]["name"] if dep else None
+            if rs["metadata"]["name"] != wanted:
+                self.store.delete(ref_of(rs))  # its pods go with it below
+        for dep in deployments.values():
+            want = objects.replicaset_for(dep)
+            rs_ref = ref_of(want)
+            rs = self.store.get(rs_ref)
+            replicas = dep["spec"].get("replicas", 1)
+            if rs is None:
+                rs = want
+            elif rs["spec"]["replicas"] == replicas:
+                self._update_rs_status(rs, dep)
+                continue
+            rs["spec"]["replicas"] = replicas
+            self.store.put(rs)
+            self._update_rs_status(rs, dep)
+        for rs in self.store.list("ReplicaSet"):
+            pods = [
+                p
+                for p in self.store.list("Pod", rs["metadata"]["namespace"])
+                if _owner(p) == rs["metadata"]["uid"]
+            ]
+            missing = rs["spec"]["replicas"] - len(pods)
+            for _ in range(missing):
+                name = f"{rs['metadata']['name']}-{objects.random_suffix(self.rng)}"
+                self.store.put(objects.pod_from_template(rs, name=name))
+            if missing < 0:
+                # Scale down the newest pods first, not-ready ones before ready ones.
+                victims = sorted(
+                    pods,
+                    key=lambda p: (objects.is_ready(p), p["metadata"]["creationTimestamp"]),
+                )
+                for p in victims[:-missing]:
+                    self.store.delete(ref_of(p))
+        rs_uids = {rs["metadata"]["uid"] for rs in self.store.list("ReplicaSet")}
+        for p in self.store.list("Pod"):
+            if _owner_kind(p) == "ReplicaSet" and _owner(p) not in rs_uids:
+                self.store.delete(ref_of(p))
+
+    def _update_rs_status(self, rs: dict[str, Any], dep: dict[str, Any]) -> None:
+        pods = [
+            p
+            for p in self.store.list("Pod", rs["metadata"]["namespace"])
+            if _owner(p) == rs["metadata"]["uid"]
+        ]
+        ready = sum(1 for p in pods if objects.is_ready(p))
+        status = {"replicas": len(pods), "readyReplicas": ready, "availableReplicas": ready}
+        if rs.get("status") != status:
+            rs["status"] = status
+            self.store.put(rs)
+        dstatus = {**status, "updatedReplicas": len(pods), "observedGeneration": 1}
+        if dep.get("status") != dstatus:
+            dep["status"] = dstatus
+            self.store.put(dep)
+
+    def _reconcile_daemonsets(self) -> None:
+        sets = self.store.list("DaemonSet")
+        uids = {d["metadata"]["uid"] for d in sets}
+        for ds in sets:
+            pods = [p for p in self.store.list("Pod") if _owner(p) == ds["metadata"]["uid"]]
+            have = {p["spec"].get("nodeName") for p in pods}
+            selector = ds["spec"]["template"]["spec"].get("nodeSelector") or {}
+            for node in self.nodes:
+                labels = self._node_object(node)["metadata"]["labels"]
+                if node.name not in have and selects(selector, labels):
+                    name = f"{ds['metadata']['name']}-{objects.random_suffix(self.rng)}"
+                    self.store.put(objects.pod_from_template(ds, name=name, node=node.name))
+        for p in self.store.list("Pod"):
+            if _owner_kind(p) == "DaemonSet" and _owner(p) not in uids:
+                self.store.delete(ref_of(p))
+
+    async def _reconcile_pods(self) -> None:
+        pods = {ref_of(p): p for p in self.store.list("Pod")}
+        gone = [ref for ref in self.runners if ref not in pods]
+        if gone:
+            await asyncio.gather(*(self.runners.pop(ref).stop() for ref in gone))
+        node_infos = [
+            objects.NodeInfo(n.name, self._node_object(n)["metadata"]["labels"]) for n in self.nodes
+        ]
+        for ref, pod in pods.items():
+            if ref in self.runners:
+                continue
+            if not pod["spec"].get("nodeName"):
+                try:
+                    pod["spec"]["nodeName"] = objects.schedule(
+                        pod, nodes=node_infos, pods=pods.values()
+                    )
+                except objects.SchedulingError as e:
+                    pod["status"] = {
+                        "phase": "Pending",
+                        "reason": "Unschedulable",
+                        "message": str(e),
+                    }
+                    self.store.put(pod)
+                    continue
+                self.store.put(pod)
+            runner = PodRunner(pod, lab=self.lab)
+            self.runners[ref] = runner
+            runner.start()
+
+    def _pod_changed(self, pod: dict[str, Any]) -> None:
+        ref = ref_of(pod)
+        if ref in self.runners and self.store.get(ref) is pod:
+            self.store.put(pod)
+            self._dirty.set()
+
+    async def _reconcile_endpoints(self) -> None:
+        services = self.store.list("Service")
+        pods = self.store.list("Pod")
+        wanted: dict[ObjectRef, dict[str, Any]] = {}
+        for svc in services:
+            name = f"{svc['metadata']['name']}-{svc['metadata']['uid'][:5]}"
+            es = objects.endpointslice_for(svc, pods, name=name)
+            wanted[ref_of(es)] = es
+        for es in self.store.list("EndpointSlice"):
+            ref = ref_of(es)
+            if ref not in wanted:
+                self.store.delete(ref)
+        for ref, es in wanted.items():
+            old = self.store.get(ref)
+            if old and _same_slice(old, es):
+                continue
+            if old:
+                es["metadata"]["uid"] = old["metadata"]["uid"]
+            self.store.put(es)
+        rules = render_service_rules(service_routes(services, wanted.values()))
+        for node in self.nodes:
+            if self._last_rules.get(node.name) != rules:
+                await self.network.iptables_restore(node, rules)
+                self._last_rules[node.name] = rules
+        svc_view = [
+            (s["metadata"]["namespace"], s["metadata"]["name"], s["spec"].get("clusterIP"))
+            for s in services
+        ]
+        if svc_view != self._last_services:
+            self._last_services = svc_view
+            for runner in self.runners.values():
+                runner.write_hosts()
+
+    # ----- shutdown ----------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        self._stopping.set()
+        await self.forwarder.stop()
+        await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
+        self.runners.clear()
+
+
+def _which(exe: str, path: str) -> str | None:
+    import shutil
+
+    if "/" in exe:
+        return exe if os.access(exe, os.X_OK) else None
+    return shutil.which(exe, path=path)
+
+
+def _meta(name: str, *, namespace: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "uid": objects.new_uid(),
+        "creationTimestamp": objects.now(),
+    }
+    if namespace:
+        meta["namespace"] = namespace
+    return meta
+
+
+def _owner(obj: dict[str, Any]) -> str | None:
+    refs = obj["metadata"].get("ownerReferences") or []
+    return refs[0]["uid"] if refs else None
+
+
+def _owner_kind(obj: dict[str, Any]) -> str | None:
+    refs = obj["metadata"].get("ownerReferences") or []
+    return refs[0]["kind"] if refs else None
+
+
+def _same_slice(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(a["endpoints"] == b["endpoints"] and a["ports"] == b["ports"])
+
+
+# ----- the process ---------------------------------------------------------------------------
+
+
+async def serve(config: LabConfig) -> int:
+    sup = Supervisor(config)
+    paths = sup.paths
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            req = json.loads(line)
+            op = req.get("op")
+            if op == "apply":
+                reply: dict[str, Any] = {
+                    "ok": True,
+                    "results": await sup.apply(req["docs"], req["source"]),
+                }
+            elif op == "delete":
+                reply = {"ok": True, "results": await sup.delete(req["refs"])}
+            elif op == "status":
+                reply = {"ok": True, "status": sup.status()}
+            elif op == "shutdown":
+                stop.set()
+                reply = {"ok": True}
+            else:
+                reply = {"ok": False, "error": f"unknown operation {op!r}"}
+        except ManifestError as e:
+            reply = {"ok": False, "error": str(e)}
+        except (ValueError, KeyError, TypeError) as e:
+            reply = {"ok": False, "error": f"bad request: {e}"}
+        writer.write(json.dumps(reply).encode() + b"\n")
+        try:
+            await writer.drain()
+        finally:
+            writer.close()
+
+    try:
+        await sup.start()
+    except Exception as e:
+        log.exception("lab start failed")
+        _write_state(paths, {"state": "failed", "error": str(e)})
+        await sup.shutdown()
+        return 1
+    server = await asyncio.start_unix_server(handle, path=str(paths.socket))
+    os.chmod(paths.socket, 0o600)
+    _write_state(paths, {"state": "running", "pid": os.getpid()})
+    log.info("lab %s is up", config.name)
+    await stop.wait()
+    log.info("lab %s shutting down", config.name)
+    server.close()
+    await sup.shutdown()
+    _write_state(paths, {"state": "stopped"})
+    return 0
+
+
+def _write_state(paths: LabPaths, state: dict[str, Any]) -> None:
+    tmp = paths.root / ".state.json.tmp"
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, paths.root / "state.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nodemesh-lab-supervisor")
+    parser.add_argument("--name", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = LabConfig.load(LabPaths(args.name).config)
+    return asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
