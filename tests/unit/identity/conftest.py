@@ -1,0 +1,48 @@
+"""Shared CA material for the identity tests (made once per session: key generation is slow)."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.identity import CertificateAuthority
+from nodemesh.identity import CaMaterial, create_issuer, create_trust_anchor
+
+TD = "cluster.local"
+WEB = f"spiffe://{TD}/ns/emojivoto/sa/web"
+EMOJI = f"spiffe://{TD}/ns/emojivoto/sa/emoji"
+
+# node -> the (namespace, service account) pairs of the pods scheduled there.
+PODS = {
+    "node1": [("emojivoto", "web"), ("emojivoto", "web"), ("kube-system", "coredns")],
+    "node2": [("emojivoto", "emoji")],
+}
+
+
+@pytest.fixture(scope="session")
+def anchor() -> CaMaterial:
+    return create_trust_anchor(trust_domain=TD)
+
+
+@pytest.fixture(scope="session")
+def issuer(anchor: CaMaterial) -> CaMaterial:
+    return create_issuer(anchor, trust_domain=TD)
+
+
+@pytest.fixture(scope="session")
+def foreign_anchor() -> CaMaterial:
+    return create_trust_anchor(trust_domain=TD)
+
+
+@pytest.fixture(scope="session")
+def foreign_issuer(foreign_anchor: CaMaterial) -> CaMaterial:
+    return create_issuer(foreign_anchor, trust_domain=TD)
+
+
+@pytest.fixture
+def authority(anchor: CaMaterial, issuer: CaMaterial) -> CertificateAuthority:
+    return CertificateAuthority(
+        anchors=[anchor.certificate],
+        issuer=issuer,
+        trust_domain=TD,
+        pods_on_node=lambda node: iter(PODS.get(node, [])),
+    )
