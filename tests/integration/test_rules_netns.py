@@ -1,0 +1,331 @@
+"""nodemesh's nat rules applied in a real network namespace: exact text, idempotence, ownership,
+and real redirected connections (root only).
+
+Each test builds a "pod" netns and a "peer" netns joined by a veth pair (pod 10.99.0.2, peer
+10.99.0.1 and 10.99.1.1), applies the golden `skips` plan in the pod and checks where
+connections actually land: every listener answers with its own name and the original
+destination it saw (SO_ORIGINAL_DST).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nodeagent.rules import RedirectSettings, build_plan, normalise_save
+from nodeagent.rules.apply import RulesError, apply_plan
+from nodeagent.rules.worker import RuleWorker
+from nodemesh.netns import socket_in_netns
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # until tests/ is on sys.path
+import leakcheck  # noqa: E402
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces"),
+    pytest.mark.skipif(
+        not (shutil.which("ip") and shutil.which("iptables-legacy-save")),
+        reason="needs iproute2 and iptables (legacy tools)",
+    ),
+]
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "rules"
+SETTINGS = RedirectSettings.from_dict(json.loads((GOLDEN / "skips.json").read_text()))
+PLAN = build_plan(SETTINGS)
+SO_ORIGINAL_DST = 80
+POD_IP, PEER_IP, PEER_FAR_IP = "10.99.0.2", "10.99.0.1", "10.99.1.1"
+
+
+def sh(*args: str) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=20).stdout
+
+
+def nat_text(netns: str) -> str:
+    return sh("ip", "netns", "exec", netns, "iptables-legacy-save", "-t", "nat")
+
+
+def rule_lines(netns: str) -> list[str]:
+    return [line for line in normalise_save(nat_text(netns)).splitlines() if line.startswith("-A")]
+
+
+@dataclass
+class Pair:
+    pod: str
+    peer: str
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    before = leakcheck.snapshot()
+    base = f"nmtest-rules-{secrets.token_hex(3)}"
+    p = Pair(pod=base, peer=f"{base}-peer")
+    try:
+        sh("ip", "netns", "add", p.pod)
+        sh("ip", "netns", "add", p.peer)
+        # The veth is created inside the pod netns with its peer end in the peer netns, so no
+        # interface ever appears in the machine's own netns.
+        sh(
+            "ip",
+            "-n",
+            p.pod,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "eth0",
+            "netns",
+            p.peer,
+        )
+        for ns, addr in ((p.pod, f"{POD_IP}/24"), (p.peer, f"{PEER_IP}/24")):
+            sh("ip", "-n", ns, "addr", "add", addr, "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", p.peer, "addr", "add", f"{PEER_FAR_IP}/32", "dev", "lo")
+        sh("ip", "-n", p.pod, "route", "add", "10.99.1.0/24", "via", PEER_IP)
+        yield p
+    finally:
+        for ns in (p.pod, p.peer):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+    leakcheck.assert_no_leaks(before, leakcheck.snapshot(), only=lambda s: base in s)
+
+
+class Listeners:
+    """TCP and UDP servers inside namespaces; each answers with its name and what it saw."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._socks: list[socket.socket] = []
+
+    def tcp(self, netns: str, port: int, name: str, host: str = "0.0.0.0") -> None:
+        s = socket_in_netns(netns)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        s.listen(16)
+        s.settimeout(0.1)
+        self._start(s, self._serve_tcp, name)
+
+    def udp(self, netns: str, port: int, name: str, host: str = "0.0.0.0") -> None:
+        s = socket_in_netns(netns, type=socket.SOCK_DGRAM)
+        s.bind((host, port))
+        s.settimeout(0.1)
+        self._start(s, self._serve_udp, name)
+
+    def _start(self, s: socket.socket, fn: object, name: str) -> None:
+        self._socks.append(s)
+        t = threading.Thread(target=fn, args=(s, name), name=f"listener-{name}")  # type: ignore[arg-type]
+        self._threads.append(t)
+        t.start()
+
+    def _serve_tcp(self, s: socket.socket, name: str) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = s.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                try:
+                    raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+                    orig = f"{socket.inet_ntoa(raw[4:8])}:{int.from_bytes(raw[2:4], 'big')}"
+                except OSError:  # ENOENT: no conntrack entry, i.e. the kernel NATed nothing
+                    orig = "-"
+                conn.sendall(f"{name} {orig} {peer[0]}\n".encode())
+
+    def _serve_udp(self, s: socket.socket, name: str) -> None:
+        while not self._stop.is_set():
+            try:
+                _, peer = s.recvfrom(512)
+            except TimeoutError:
+                continue
+            s.sendto(f"{name} udp {peer[0]}\n".encode(), peer)
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        for s in self._socks:
+            s.close()
+
+
+@pytest.fixture
+def listeners() -> Iterator[Listeners]:
+    ls = Listeners()
+    try:
+        yield ls
+    finally:
+        ls.close()
+
+
+def ask(netns: str, host: str, port: int, *, mark: int | None = None) -> str:
+    """Connect from inside `netns`, return the answering listener's line."""
+    with socket_in_netns(netns) as s:
+        if mark is not None:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        s.settimeout(3)
+        s.connect((host, port))
+        return s.makefile().readline().strip()
+
+
+def ask_udp(netns: str, host: str, port: int) -> str:
+    """Like a stub resolver: a connected UDP socket only takes replies from where it sent."""
+    with socket_in_netns(netns, type=socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.connect((host, port))
+        s.send(b"query")
+        return s.recv(512).decode().strip()
+
+
+async def test_applied_rules_match_golden_and_reapplying_changes_nothing(pair: Pair) -> None:
+    root_before = sh("iptables-legacy-save", "-t", "nat")
+    async with RuleWorker() as worker:
+        first = await worker.apply(pair.pod, PLAN)
+        assert not first.in_sync  # a fresh netns lacked everything
+        text = normalise_save(nat_text(pair.pod))
+        assert text == (GOLDEN / "skips.rules").read_text()
+        count = len(rule_lines(pair.pod))
+        assert count == len(list(PLAN.rules()))
+        for _ in range(20):
+            assert (await worker.apply(pair.pod, PLAN)).in_sync
+        assert len(rule_lines(pair.pod)) == count
+        assert normalise_save(nat_text(pair.pod)) == text
+        assert (await worker.check(pair.pod, PLAN)).in_sync
+    # Nothing of nodemesh's ever lands in the machine's own netns.
+    assert "NODEMESH" not in sh("iptables-legacy-save", "-t", "nat")
+    assert ("NODEMESH" in root_before) is False
+
+
+async def test_deleted_rule_is_reported_and_repaired(pair: Pair) -> None:
+    async with RuleWorker() as worker:
+        await worker.apply(pair.pod, PLAN)
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            pair.pod,
+            "iptables-legacy",
+            "-t",
+            "nat",
+            "-D",
+            "NODEMESH_OUTPUT",
+            "3",
+        )
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            pair.pod,
+            "iptables-legacy",
+            "-t",
+            "nat",
+            "-I",
+            "OUTPUT",
+            "-j",
+            "NODEMESH_OUTPUT",
+        )
+        diff = await worker.check(pair.pod, PLAN)
+        assert [r.dports for r in diff.missing] == [("3306", "8000:8010")]
+        assert [(r.chain, r.target) for r in diff.extra] == [("OUTPUT", "NODEMESH_OUTPUT")]
+        assert (await worker.apply(pair.pod, PLAN)).missing == diff.missing
+        assert normalise_save(nat_text(pair.pod)) == (GOLDEN / "skips.rules").read_text()
+
+
+async def test_foreign_rules_survive_apply_and_remove(pair: Pair) -> None:
+    ipt = ("ip", "netns", "exec", pair.pod, "iptables-legacy", "-t", "nat")
+    sh(*ipt, "-N", "FOREIGN")
+    sh(*ipt, "-A", "FOREIGN", "-p", "tcp", "--dport", "7777", "-j", "RETURN")
+    sh(*ipt, "-A", "OUTPUT", "-p", "tcp", "-d", "10.98.0.0/16", "-j", "FOREIGN")
+    sh(*ipt, "-A", "PREROUTING", "-p", "udp", "-j", "FOREIGN")
+    foreign = rule_lines(pair.pod)
+    assert len(foreign) == 3
+    async with RuleWorker() as worker:
+        await worker.apply(pair.pod, PLAN)
+        after_apply = rule_lines(pair.pod)
+        assert all(line in after_apply for line in foreign)
+        assert len(after_apply) == len(foreign) + len(list(PLAN.rules()))
+        removed = await worker.remove(pair.pod)
+        assert removed.rule_count() == len(list(PLAN.rules()))
+        assert (await worker.inspect(pair.pod)).chains == {}
+        assert (await worker.remove(pair.pod)).chains == {}  # removing twice is fine
+    text = normalise_save(nat_text(pair.pod))
+    assert "NODEMESH" not in text
+    assert rule_lines(pair.pod) == foreign
+    assert ":FOREIGN - [0:0]" in text
+
+
+async def test_traffic_is_really_redirected(pair: Pair, listeners: Listeners) -> None:
+    pod, peer = pair.pod, pair.peer
+    for port, name in ((4140, "agent-out"), (4141, "agent-in"), (4143, "agent-tunnel")):
+        listeners.tcp(pod, port, name)
+    listeners.tcp(pod, 4153, "agent-dns-tcp")
+    # REDIRECT from OUTPUT sends to 127.0.0.1; a UDP server bound to 0.0.0.0 would answer from
+    # the pod IP, which conntrack cannot map back to the address asked, and a connected client
+    # would never see the reply. Bound to 127.0.0.1 the answer comes back as from PEER_IP:53.
+    listeners.udp(pod, 4153, "agent-dns", host="127.0.0.1")
+    listeners.tcp(pod, 9000, "pod-app")
+    for port in (80, 53, 3306):
+        listeners.tcp(peer, port, f"peer-{port}")
+
+    # Before any rule: connections go where they are addressed.
+    assert ask(pod, PEER_IP, 80).startswith("peer-80 ")
+    async with RuleWorker() as worker:
+        await worker.apply(pod, PLAN)
+        assert ask(pod, PEER_IP, 80) == f"agent-out {PEER_IP}:80 {POD_IP}"
+        # The agent's own sockets carry its mark and reach the real destination as the pod.
+        assert ask(pod, PEER_IP, 80, mark=SETTINGS.agent_mark) == f"peer-80 - {POD_IP}"
+        assert ask(pod, PEER_IP, 3306).startswith("peer-3306 ")  # skip-outbound port
+        assert ask(pod, PEER_FAR_IP, 80).startswith("peer-80 ")  # skip-outbound CIDR
+        assert ask(pod, "127.0.0.1", 9000).startswith("pod-app ")  # loopback is never captured
+        assert ask(pod, PEER_IP, 53).startswith(f"agent-dns-tcp {PEER_IP}:53 ")
+        assert ask_udp(pod, PEER_IP, 53).startswith("agent-dns udp")
+        # Inbound from outside the pod.
+        assert ask(peer, POD_IP, 8080) == f"agent-in {POD_IP}:8080 {PEER_IP}"
+        assert ask(peer, POD_IP, 4143).startswith("agent-tunnel ")
+        assert ask(peer, POD_IP, 9000).startswith("pod-app ")  # skip-inbound port
+        await worker.remove(pod)
+    assert ask(pod, PEER_IP, 80).startswith("peer-80 ")
+    assert ask(peer, POD_IP, 9000).startswith("pod-app ")
+
+
+def test_refuses_to_write_the_callers_own_netns(pair: Pair) -> None:
+    # Run from a thread that lives in the pod netns, so a broken guard would only hit the
+    # throwaway netns, never the machine's.
+    result: list[BaseException | None] = []
+
+    def inside() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        fd = os.open(f"/run/netns/{pair.pod}", os.O_RDONLY)
+        try:
+            assert libc.setns(fd, 0x40000000) == 0
+            try:
+                apply_plan(pair.pod, PLAN)
+                result.append(None)
+            except RulesError as e:
+                result.append(e)
+            finally:
+                assert libc.setns(home, 0x40000000) == 0
+        finally:
+            os.close(fd)
+            os.close(home)
+
+    t = threading.Thread(target=inside)
+    t.start()
+    t.join()
+    assert isinstance(result[0], RulesError)
+    assert "NODEMESH" not in nat_text(pair.pod)
