@@ -37,7 +37,7 @@ def _listdir(path: Path) -> frozenset[str]:
 
 def _children() -> frozenset[str]:
     me = os.getpid()
-    found = set()
+    found: set[str] = set()
     for entry in _listdir(Path("/proc")):
         if not entry.isdigit():
             continue
@@ -54,7 +54,7 @@ def _children() -> frozenset[str]:
 
 
 def _files() -> frozenset[str]:
-    found = set()
+    found: set[str] = set()
     for top in WATCHED_DIRS:
         for root, dirs, names in os.walk(top):
             found.update(os.path.join(root, n) for n in names + dirs)
