@@ -1,0 +1,305 @@
+"""The `kubernetes` source: list, then watch from the resourceVersion, per kind, with the official
+client. Relists on 410 Gone, backs off on errors, treats a silent stream as dropped.
+
+The official client is synchronous, so each kind is followed by one thread whose events are
+handed to the event loop through a bounded queue (a slow index slows the watch, never the loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+
+from controlplane.metrics import (
+    SOURCE_EVENTS,
+    SOURCE_REJECTED,
+    SOURCE_RELISTS,
+    SOURCE_WATCH_ERRORS,
+)
+from controlplane.sources.backoff import Backoff
+from controlplane.sources.events import (
+    KINDS,
+    BadObject,
+    EventType,
+    Inventory,
+    KindSynced,
+    Obj,
+    ObjectChanged,
+    SourceEvent,
+    check_object,
+)
+
+log = logging.getLogger(__name__)
+
+API_VERSIONS = {
+    "Namespace": "v1",
+    "Node": "v1",
+    "Pod": "v1",
+    "Service": "v1",
+    "EndpointSlice": "discovery.k8s.io/v1",
+    "ReplicaSet": "apps/v1",
+    "Deployment": "apps/v1",
+}
+
+
+class Gone(Exception):
+    """The resourceVersion we watch from is too old (410): only a relist helps."""
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster service account if present, else the kubeconfig (or $KUBECONFIG / ~/.kube)."""
+    cfg = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=cfg)
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    return client.ApiClient(cfg)
+
+
+def list_function(api: client.ApiClient, kind: str) -> Callable[..., Any]:
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    return {
+        "Namespace": core.list_namespace,
+        "Node": core.list_node,
+        "Pod": core.list_pod_for_all_namespaces,
+        "Service": core.list_service_for_all_namespaces,
+        "EndpointSlice": client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces,
+        "ReplicaSet": apps.list_replica_set_for_all_namespaces,
+        "Deployment": apps.list_deployment_for_all_namespaces,
+    }[kind]
+
+
+class KubeSource:
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        kinds: tuple[str, ...] = KINDS,
+        watch_timeout: int = 300,
+        inactivity_timeout: float = 90.0,
+        connect_timeout: float = 5.0,
+        page_size: int = 500,
+        backoff: Callable[[], Backoff] = Backoff,
+        queue_size: int = 1000,
+    ) -> None:
+        self.api = api
+        self.kinds = kinds
+        self.watch_timeout = watch_timeout
+        self.inactivity_timeout = inactivity_timeout
+        self.connect_timeout = connect_timeout
+        self.page_size = page_size
+        self.make_backoff = backoff
+        self.queue_size = queue_size
+        self.rejected = 0
+
+    async def events(self) -> AsyncIterator[SourceEvent]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[SourceEvent] = asyncio.Queue(self.queue_size)
+        stop = threading.Event()
+        watchers = [_KindWatcher(self, kind, loop, queue, stop) for kind in self.kinds]
+        for w in watchers:
+            w.thread.start()
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            stop.set()
+            for w in watchers:
+                w.interrupt()
+            await asyncio.to_thread(_join, watchers)
+
+
+def _join(watchers: list[_KindWatcher]) -> None:
+    for w in watchers:
+        w.thread.join(10)
+        if w.thread.is_alive():
+            log.warning("watch thread for %s did not stop", w.kind)
+
+
+class _KindWatcher:
+    """List and watch one kind in a thread until `stop` is set."""
+
+    def __init__(
+        self,
+        source: KubeSource,
+        kind: str,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[SourceEvent],
+        stop: threading.Event,
+    ) -> None:
+        self.source, self.kind, self.loop, self.queue, self.stop = source, kind, loop, queue, stop
+        self.fn = list_function(source.api, kind)
+        self.inventory = Inventory(kind)
+        self.backoff = source.make_backoff()
+        self._response: urllib3.BaseHTTPResponse | None = None
+        self.thread = threading.Thread(target=self.run, name=f"watch-{kind}", daemon=True)
+
+    def interrupt(self) -> None:
+        resp = self._response
+        if resp is not None:
+            try:
+                resp.shutdown()  # unblocks a read waiting in the watch thread
+            except Exception:  # noqa: BLE001 (already closed: nothing to interrupt)
+                pass
+
+    def run(self) -> None:
+        rv: str | None = None
+        reason = "start"
+        while not self.stop.is_set():
+            try:
+                if rv is None:
+                    rv = self._relist(reason)
+                rv = self._watch(rv)
+                self.backoff.reset()  # a clean end (server timeout): watch again at once
+            except Gone:
+                log.info("%s: resourceVersion %s expired (410); relisting", self.kind, rv)
+                rv, reason = None, "gone"
+            except _Stopped:
+                return
+            except Exception as exc:  # noqa: BLE001 (any failure: back off, keep following)
+                if self.stop.is_set():
+                    return
+                SOURCE_WATCH_ERRORS.labels(self.kind).inc()
+                if isinstance(exc, client.ApiException) and exc.status == 410:
+                    rv, reason = None, "gone"
+                    continue
+                delay = self.backoff.delay()
+                log.warning(
+                    "%s: %s; retrying in %.1fs", self.kind, _describe(exc), delay, exc_info=False
+                )
+                if rv is None:
+                    reason = "error"
+                self.stop.wait(delay)
+
+    def _relist(self, reason: str) -> str:
+        items: list[Obj] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": self.source.page_size}
+            if token:
+                kwargs["_continue"] = token
+            resp = self.fn(
+                _preload_content=False,
+                _request_timeout=(self.source.connect_timeout, 60),
+                **kwargs,
+            )
+            try:
+                body = json.loads(resp.data)
+            finally:
+                resp.release_conn()
+            items.extend(body.get("items") or [])
+            meta = body.get("metadata") or {}
+            token = meta.get("continue")
+            if not token:
+                break
+        SOURCE_RELISTS.labels(self.kind, reason).inc()
+        good = [obj for obj in map(self._accept, items) if obj is not None]
+        for event in self.inventory.replace(good):
+            self._emit(event)
+        self._emit(KindSynced(self.kind))
+        return str(meta.get("resourceVersion") or "")
+
+    def _watch(self, rv: str) -> str:
+        resp = self.fn(
+            watch=True,
+            resource_version=rv,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self.source.watch_timeout,
+            _preload_content=False,
+            # The read timeout is the inactivity timeout: a silent stream counts as dropped.
+            _request_timeout=(self.source.connect_timeout, self.source.inactivity_timeout),
+        )
+        self._response = resp
+        try:
+            if self.stop.is_set():
+                raise _Stopped
+            for line in _lines(resp):
+                rv = self._handle(line, rv)
+        finally:
+            self._response = None
+            # Never hand a watch connection back to the pool: it may be half-read or shut.
+            resp.close()
+            resp.release_conn()
+        return rv
+
+    def _handle(self, line: bytes, rv: str) -> str:
+        try:
+            event = json.loads(line)
+            type_, obj = event["type"], event["object"]
+        except (ValueError, KeyError, TypeError):
+            self._reject(f"unreadable watch event {line[:80]!r}")
+            return rv
+        if type_ == "ERROR":
+            code = obj.get("code") if isinstance(obj, dict) else None
+            if code == 410:
+                raise Gone
+            raise client.ApiException(status=code or 500, reason=str(obj)[:200])
+        new_rv = str(((obj or {}).get("metadata") or {}).get("resourceVersion") or rv)
+        if type_ == "BOOKMARK":
+            return new_rv
+        if type_ not in ("ADDED", "MODIFIED", "DELETED"):
+            self._reject(f"unknown watch event type {type_!r}")
+            return rv
+        good = self._accept(obj)
+        if good is not None:
+            change = ObjectChanged(EventType(type_), self.kind, good)
+            self.inventory.record(change)
+            self._emit(change)
+        return new_rv
+
+    def _accept(self, obj: Any) -> Obj | None:
+        if isinstance(obj, dict):
+            obj.setdefault("kind", self.kind)
+            obj.setdefault("apiVersion", API_VERSIONS[self.kind])
+        try:
+            return check_object(self.kind, obj)
+        except BadObject as exc:
+            self._reject(str(exc))
+            return None
+
+    def _reject(self, reason: str) -> None:
+        self.source.rejected += 1
+        SOURCE_REJECTED.labels("kubernetes", self.kind).inc()
+        log.warning("%s: skipping object: %s", self.kind, reason)
+
+    def _emit(self, event: SourceEvent) -> None:
+        if isinstance(event, ObjectChanged):
+            SOURCE_EVENTS.labels("kubernetes", event.kind, event.type.value).inc()
+        future = asyncio.run_coroutine_threadsafe(self.queue.put(event), self.loop)
+        while True:
+            try:
+                future.result(timeout=0.5)
+                return
+            except concurrent.futures.TimeoutError:
+                if self.stop.is_set():
+                    future.cancel()
+                    raise _Stopped from None
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _lines(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    pending = b""
+    for chunk in resp.stream(amt=None, decode_content=False):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        yield from (line for line in complete if line.strip())
+    if pending.strip():
+        yield pending
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, client.ApiException):
+        return f"API error {exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,248 @@
+"""A small Kubernetes API server on loopback speaking the real list/watch wire protocol.
+
+Lists are JSON with metadata.resourceVersion; `?watch=true` answers with a chunked stream of
+JSON lines (ADDED/MODIFIED/DELETED/BOOKMARK/ERROR). Tests can compact the history (watches from
+older versions then get an ERROR event with code 410), drop every open watch connection without
+a proper end, and inject raw lines."""
+
+from __future__ import annotations
+
+import copy
+import json
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+Obj = dict[str, Any]
+
+PATHS = {
+    "/api/v1/namespaces": ("Namespace", "v1"),
+    "/api/v1/nodes": ("Node", "v1"),
+    "/api/v1/pods": ("Pod", "v1"),
+    "/api/v1/services": ("Service", "v1"),
+    "/apis/discovery.k8s.io/v1/endpointslices": ("EndpointSlice", "discovery.k8s.io/v1"),
+    "/apis/apps/v1/replicasets": ("ReplicaSet", "apps/v1"),
+    "/apis/apps/v1/deployments": ("Deployment", "apps/v1"),
+}
+
+
+@dataclass
+class Request:
+    kind: str
+    watch: bool
+    params: dict[str, str]
+
+
+@dataclass
+class _State:
+    rv: int = 1000
+    compacted: int = 0
+    objects: dict[str, dict[tuple[str, str], Obj]] = field(default_factory=dict)
+    log: list[tuple[int, str, str]] = field(default_factory=list)  # (rv, kind, json line)
+    drops: int = 0
+    bookmarks: int = 0
+    closing: bool = False
+
+
+class FakeApiServer:
+    def __init__(self) -> None:
+        self.state = _State()
+        self.cond = threading.Condition()
+        self.requests: list[Request] = []
+        self.open_watches = 0
+        handler = type("Handler", (_Handler,), {"api": self})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="fake-apiserver")
+
+    @property
+    def host(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def start(self) -> FakeApiServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self.cond:
+            self.state.closing = True
+            self.cond.notify_all()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+    # -- what tests do to the "cluster" ------------------------------------------------
+
+    def apply(self, obj: Obj) -> Obj:
+        obj = copy.deepcopy(obj)
+        kind = obj["kind"]
+        meta = obj["metadata"]
+        key = (meta.get("namespace", ""), meta["name"])
+        with self.cond:
+            table = self.state.objects.setdefault(kind, {})
+            event = "MODIFIED" if key in table else "ADDED"
+            self.state.rv += 1
+            meta["resourceVersion"] = str(self.state.rv)
+            table[key] = obj
+            self._log(kind, json.dumps({"type": event, "object": obj}))
+        return obj
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        with self.cond:
+            obj = self.state.objects[kind].pop((namespace, name))
+            self.state.rv += 1
+            obj = copy.deepcopy(obj)
+            obj["metadata"]["resourceVersion"] = str(self.state.rv)
+            self._log(kind, json.dumps({"type": "DELETED", "object": obj}))
+
+    def inject_line(self, kind: str, line: str) -> None:
+        """Send a raw line to the watchers of `kind` (for malformed events)."""
+        with self.cond:
+            self.state.rv += 1
+            self._log(kind, line)
+
+    def compact(self) -> None:
+        """Forget the history: a watch from any older resourceVersion gets 410 Gone."""
+        with self.cond:
+            self.state.compacted = self.state.rv
+            self.state.log.clear()
+
+    def drop_watches(self) -> None:
+        """Cut every open watch connection mid-stream, as a crashing API server would."""
+        with self.cond:
+            self.state.drops += 1
+            self.cond.notify_all()
+
+    def bookmark(self) -> None:
+        with self.cond:
+            self.state.bookmarks += 1
+            self.cond.notify_all()
+
+    def count(self, kind: str, *, watch: bool) -> int:
+        return sum(1 for r in self.requests if r.kind == kind and r.watch == watch)
+
+    def _log(self, kind: str, line: str) -> None:
+        self.state.log.append((self.state.rv, kind, line))
+        self.cond.notify_all()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    api: FakeApiServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+        url = urlparse(self.path)
+        params = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if url.path not in PATHS:
+            self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+            return
+        kind, api_version = PATHS[url.path]
+        watch = params.get("watch") in ("true", "1")
+        self.api.requests.append(Request(kind, watch, params))
+        if watch:
+            self._watch(kind, api_version, params)
+        else:
+            self._list(kind, api_version)
+
+    def _list(self, kind: str, api_version: str) -> None:
+        with self.api.cond:
+            items = list(self.api.state.objects.get(kind, {}).values())
+            rv = self.api.state.rv
+        items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in items]
+        self._json(
+            200,
+            {
+                "kind": f"{kind}List",
+                "apiVersion": api_version,
+                "metadata": {"resourceVersion": str(rv)},
+                "items": items,
+            },
+        )
+
+    def _json(self, code: int, body: Obj) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _chunk(self, line: str) -> None:
+        data = line.encode() + b"\n"
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _client_gone(self) -> bool:
+        readable, _, _ = select.select([self.connection], [], [], 0)
+        return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+
+    def _watch(self, kind: str, api_version: str, params: dict[str, str]) -> None:
+        api, state = self.api, self.api.state
+        since = int(params.get("resourceVersion") or 0)
+        deadline = time.monotonic() + float(params.get("timeoutSeconds") or 3600)
+        bookmarks_wanted = params.get("allowWatchBookmarks") == "true"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        with api.cond:
+            drops, bookmarks = state.drops, state.bookmarks
+            if since and since < state.compacted:
+                status = {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": f"too old resource version: {since} ({state.compacted})",
+                    "reason": "Expired",
+                    "code": 410,
+                }
+                self._chunk(json.dumps({"type": "ERROR", "object": status}))
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            cursor = since or state.rv
+            api.open_watches += 1
+        try:
+            while True:
+                with api.cond:
+                    if state.closing or state.drops != drops:
+                        break
+                    pending = [(rv, line) for rv, k, line in state.log if k == kind and rv > cursor]
+                    if not pending:
+                        if state.bookmarks != bookmarks:
+                            bookmarks = state.bookmarks
+                            if bookmarks_wanted:
+                                mark = {
+                                    "kind": kind,
+                                    "apiVersion": api_version,
+                                    "metadata": {"resourceVersion": str(state.rv)},
+                                }
+                                line = json.dumps({"type": "BOOKMARK", "object": mark})
+                                pending = [(cursor, line)]
+                        elif time.monotonic() >= deadline:
+                            self.wfile.write(b"0\r\n\r\n")  # the server-side timeout: a clean end
+                            return
+                        elif self._client_gone():
+                            return
+                        else:
+                            api.cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+                            continue
+                for rv, line in pending:
+                    self._chunk(line)
+                    cursor = max(cursor, rv)
+            # Dropped: no terminating chunk, the socket is just shut.
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            self.close_connection = True
+        finally:
+            with api.cond:
+                api.open_watches -= 1
