@@ -96,7 +96,8 @@ def up(
     paths = lab_paths(name)
     if paths.root.exists():
         fail(
-            f"lab {name!r} already exists ({paths.root}); remove it with: nodemesh lab down --name {name}"
+            f"lab {name!r} already exists ({paths.root}); "
+            f"remove it with: nodemesh lab down --name {name}"
         )
     missing = [f"{exe} (apt package {pkg})" for exe, pkg in NEEDED.items() if not _have(exe)]
     if missing:
@@ -209,7 +210,7 @@ def _wait_ready(paths: LabPaths, *, timeout: float) -> dict[str, Any]:
             return status  # type: ignore[no-any-return]
         if time.monotonic() > deadline:
             waiting = ", ".join(
-                f"{p['namespace']}/{p['name']} ({p['phase']}{': ' + p['message'] if p['message'] else ''})"
+                f"{p['namespace']}/{p['name']} ({p['phase']} {p['message']})".replace(" )", ")")
                 for p in pods
                 if not p["ready"]
             )

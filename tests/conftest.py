@@ -1,0 +1,51 @@
+"""Shared test set-up: root-only tests are skipped with a reason off root (and fail in CI), and
+every root test is checked for leaks: network namespaces, root-netns links, child processes,
+files under /etc/netns and /run/nodemesh, and iptables rules in the root namespace."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests import leakcheck
+
+IS_ROOT = os.geteuid() == 0
+IN_CI = os.environ.get("CI") == "true"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if IS_ROOT:
+        return
+    for item in items:
+        if "root" in item.keywords or "lab" in item.keywords:
+            if IN_CI:
+                item.add_marker(pytest.mark.xfail(reason="CI must run as root", strict=True))
+            else:
+                item.add_marker(pytest.mark.skip(reason="needs root (network namespaces)"))
+
+
+def _root_ruleset() -> str:
+    out = []
+    for cmd in (["iptables-legacy-save"], ["iptables-nft-save"]):
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        out.extend(ln for ln in res.stdout.splitlines() if not ln.startswith(("#", ":")))
+    return "\n".join(out)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a root test that leaves anything behind (CI runs tests one at a time)."""
+    if not IS_ROOT or not ({"root", "lab"} & set(request.keywords)):
+        yield
+        return
+    before = leakcheck.snapshot()
+    rules_before = _root_ruleset()
+    yield
+    leakcheck.assert_no_leaks(before, leakcheck.snapshot())
+    assert _root_ruleset() == rules_before, "iptables rules in the root namespace changed"
