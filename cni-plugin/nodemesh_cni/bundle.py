@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import compileall
 import os
+import py_compile
 import shutil
 import tempfile
 import zipapp
@@ -33,7 +34,7 @@ def build_zipapp(target: Path, *, interpreter: str = INTERPRETER) -> Path:
             stage,
             quiet=1,
             legacy=True,
-            invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH,
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
         )
         fd, tmp = tempfile.mkstemp(prefix=".nodemesh-cni-", suffix=".tmp", dir=target.parent)
         os.close(fd)

@@ -172,7 +172,7 @@ def decode_config(stdin: bytes) -> dict[str, object]:
     """The network config on stdin; CniError 6 when it is not a JSON object."""
     try:
         conf = json.loads(stdin)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise CniError(ERR_DECODE, "failed to decode network config from stdin", str(exc)) from exc
     if not isinstance(conf, dict):
         raise CniError(
@@ -187,7 +187,7 @@ def error_version(stdin: bytes) -> str:
     """The cniVersion to put in an error reply: the config's when it is one we speak."""
     try:
         version = json.loads(stdin).get("cniVersion")
-    except (UnicodeDecodeError, ValueError, AttributeError):
+    except (ValueError, RecursionError, AttributeError):
         return LATEST_VERSION
     return version if version in SUPPORTED_VERSIONS else LATEST_VERSION
 

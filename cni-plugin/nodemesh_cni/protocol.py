@@ -294,7 +294,7 @@ def _load(frame: bytes) -> dict[str, object]:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
     try:
         obj = json.loads(frame)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise ProtocolError(f"frame is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise ProtocolError("frame is not a JSON object")

@@ -319,6 +319,7 @@ MALFORMED = {
     "bad JSON": (dict(config=b'{"cniVersion": "1.0.0", "name": '), 6),
     "JSON that is not an object": (dict(config=b'["cniVersion", "1.0.0"]'), 6),
     "not UTF-8": (dict(config=b'{"name": "\xff\xfe"}'), 6),
+    "absurdly deep JSON": (dict(config=b"[" * 100_000), 6),
     "missing CNI_COMMAND": (dict(command=None), 4),
     "unknown CNI_COMMAND": (dict(command="ATTACH"), 4),
     "missing CNI_NETNS": (dict(netns=None), 4),
