@@ -1,0 +1,278 @@
+"""Questions asked of the telemetry store: stat per resource, edges, agents (pure functions).
+
+Interface:
+- `Resource(kind, namespace="", name="")`; kinds deploy, pod, ns, svc, node (aliases accepted,
+  anything else raises UnknownResourceKind); empty namespace/name mean "all".
+- `stat(store, resource, from_=None, to=None, window_s=60, include_current=False)`
+  -> list[StatRow], one per resource that had traffic in the window (the public API adds the
+  idle ones it knows from the index). Which series count:
+    no --from/--to: inbound series, grouped by destination (what the resource served);
+    svc: outbound series by the Service the clients addressed;
+    node: everything the node's agent reported, both directions;
+    --to Y: outbound series from the resource to Y; --from Y: outbound series from Y to it
+    (the client's view, as Linkerd does; node cannot be used in --from/--to).
+  The window covers complete 10 s buckets only (so rates are not skewed by a half-filled
+  bucket), unless `include_current`, which adds the running bucket for exact totals.
+- `edges(store, namespace="", window_s=60)` -> list[Edge] between Deployments (pods without
+  one stand for themselves), with identities seen and whether every connection had mTLS.
+- `nodes(store)` -> list[NodeState]: each agent's version, load and last report time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from controlplane.telemetry.report import Peer, RequestKey, TcpKey
+from controlplane.telemetry.store import (
+    BUCKET_SECONDS,
+    RETENTION_SECONDS,
+    NodeState,
+    TelemetryStore,
+)
+from nodemesh.histogram import merge_into, quantile
+
+KINDS = {
+    "deploy": "deploy", "deployment": "deploy", "deployments": "deploy",
+    "po": "pod", "pod": "pod", "pods": "pod",
+    "ns": "ns", "namespace": "ns", "namespaces": "ns",
+    "svc": "svc", "service": "svc", "services": "svc",
+    "no": "node", "node": "node", "nodes": "node",
+}  # fmt: skip
+
+
+class UnknownResourceKind(ValueError):
+    pass
+
+
+class InvalidQuery(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str
+    namespace: str = ""
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UnknownResourceKind(
+                f"unknown resource kind {self.kind!r}; use one of deploy, pod, ns, svc, node"
+            )
+        object.__setattr__(self, "kind", KINDS[self.kind])
+
+
+@dataclass
+class StatRow:
+    kind: str
+    namespace: str
+    name: str
+    window_s: float
+    success: int = 0
+    failure: int = 0
+    latency: dict[int, int] = field(default_factory=dict, repr=False)
+    tcp_open_connections: int = 0
+    tcp_opened: int = 0
+    tcp_closed: int = 0
+    read_bytes: int = 0
+    write_bytes: int = 0
+
+    @property
+    def requests(self) -> int:
+        return self.success + self.failure
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.success / self.requests if self.requests else None
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.window_s
+
+    def latency_ms(self, q: float) -> float | None:
+        us = quantile(self.latency, q)
+        return None if us is None else us / 1000
+
+    @property
+    def read_bytes_per_s(self) -> float:
+        return self.read_bytes / self.window_s
+
+    @property
+    def write_bytes_per_s(self) -> float:
+        return self.write_bytes / self.window_s
+
+
+def _name_of(kind: str, peer: Peer) -> tuple[str, str] | None:
+    """(namespace, name) of `peer` as a resource of `kind`, or None if it has none."""
+    if kind == "deploy":
+        return (peer.namespace, peer.deployment) if peer.deployment else None
+    if kind == "pod":
+        return (peer.namespace, peer.pod) if peer.pod else None
+    if kind == "ns":
+        return ("", peer.namespace) if peer.namespace else None
+    if kind == "svc":
+        return (peer.namespace, peer.service) if peer.service else None
+    raise InvalidQuery(f"{kind} cannot be matched against a peer")
+
+
+def _matches(resource: Resource, found: tuple[str, str] | None) -> bool:
+    if found is None:
+        return False
+    namespace, name = found
+    if resource.namespace and resource.kind != "ns" and namespace != resource.namespace:
+        return False
+    return not resource.name or name == resource.name
+
+
+def _row_of(
+    key: RequestKey | TcpKey, resource: Resource, from_: Resource | None, to: Resource | None
+) -> tuple[str, str] | None:
+    """Which row of the answer the series `key` counts towards, if any."""
+    if resource.kind == "node":
+        found: tuple[str, str] | None = ("", key.node)
+    elif to is not None:
+        if key.direction != "outbound" or not _matches(to, _name_of(to.kind, key.dst)):
+            return None
+        found = _name_of(resource.kind, key.src)
+    elif from_ is not None or resource.kind == "svc":
+        if key.direction != "outbound":
+            return None
+        if from_ is not None and not _matches(from_, _name_of(from_.kind, key.src)):
+            return None
+        found = _name_of(resource.kind, key.dst)
+    else:
+        if key.direction != "inbound":
+            return None
+        found = _name_of(resource.kind, key.dst)
+    return found if _matches(resource, found) else None
+
+
+def _window(
+    store: TelemetryStore, window_s: float, include_current: bool
+) -> tuple[int, int, float]:
+    """[first, last) bucket starts to read, and the seconds they cover."""
+    if not BUCKET_SECONDS <= window_s <= RETENTION_SECONDS:
+        raise InvalidQuery(f"window must be between {BUCKET_SECONDS}s and {RETENTION_SECONDS}s")
+    buckets = math.ceil(window_s / BUCKET_SECONDS)
+    now = store.clock()
+    current = store.bucket_start(now)
+    if include_current:
+        first = current - (buckets - 1) * BUCKET_SECONDS
+        return first, current + BUCKET_SECONDS, max(now - first, 1e-9)
+    return current - buckets * BUCKET_SECONDS, current, buckets * BUCKET_SECONDS
+
+
+def stat(
+    store: TelemetryStore,
+    resource: Resource,
+    *,
+    from_: Resource | None = None,
+    to: Resource | None = None,
+    window_s: float = 60,
+    include_current: bool = False,
+) -> list[StatRow]:
+    if from_ is not None and to is not None:
+        raise InvalidQuery("use --from or --to, not both")
+    if (from_ is not None and from_.kind == "node") or (to is not None and to.kind == "node"):
+        raise InvalidQuery("node cannot be used with --from/--to")
+    if to is not None and resource.kind == "svc":
+        raise InvalidQuery("svc has no outbound traffic of its own; use --from")
+    first, last, seconds = _window(store, window_s, include_current)
+    rows: dict[tuple[str, str], StatRow] = {}
+
+    def row(found: tuple[str, str]) -> StatRow:
+        if found not in rows:
+            rows[found] = StatRow(resource.kind, found[0], found[1], seconds)
+        return rows[found]
+
+    for key, cells in store.request_series.items():
+        found = _row_of(key, resource, from_, to)
+        if found is None:
+            continue
+        for cell in _in_window(cells, first, last):
+            r = row(found)
+            if key.success:
+                r.success += cell.responses
+            else:
+                r.failure += cell.responses
+            merge_into(r.latency, cell.latency)
+    for tkey, tcells in store.tcp_series.items():
+        found = _row_of(tkey, resource, from_, to)
+        if found is None:
+            continue
+        latest = None
+        for tcell in _in_window(tcells, first, last):
+            r = row(found)
+            r.tcp_opened += tcell.opened
+            r.tcp_closed += tcell.closed
+            r.read_bytes += tcell.read_bytes
+            r.write_bytes += tcell.write_bytes
+            latest = tcell
+        if latest is not None:
+            row(found).tcp_open_connections += latest.open_connections
+    return sorted(rows.values(), key=lambda r: (r.namespace, r.name))
+
+
+def _in_window(cells: deque[Any], first: int, last: int) -> Iterator[Any]:
+    # Newest cells are at the right; walk back and stop at the first one before the window.
+    for cell in reversed(cells):
+        if cell.start < first:
+            return
+        if cell.start < last:
+            yield cell
+
+
+@dataclass
+class Edge:
+    src_namespace: str
+    src: str
+    dst_namespace: str
+    dst: str
+    client_identities: set[str] = field(default_factory=set)
+    server_identities: set[str] = field(default_factory=set)
+    secured: bool = True  # every request and connection seen between them had mTLS
+    requests: int = 0
+    connections: int = 0
+
+
+def _workload(peer: Peer) -> str:
+    return peer.deployment or peer.pod
+
+
+def edges(store: TelemetryStore, *, namespace: str = "", window_s: float = 60) -> list[Edge]:
+    first, last, _ = _window(store, window_s, include_current=True)
+    found: dict[tuple[str, str, str, str], Edge] = {}
+    tables: list[Any] = [store.request_series.items(), store.tcp_series.items()]
+    for table in tables:
+        for key, cells in table:
+            src, dst = _workload(key.src), _workload(key.dst)
+            if not src or not dst:
+                continue
+            if namespace and namespace not in (key.src.namespace, key.dst.namespace):
+                continue
+            amount = sum(
+                c.responses if isinstance(key, RequestKey) else c.opened
+                for c in _in_window(cells, first, last)
+            )
+            if not amount:
+                continue
+            ident = (key.src.namespace, src, key.dst.namespace, dst)
+            edge = found.get(ident) or found.setdefault(ident, Edge(*ident))
+            edge.secured = edge.secured and key.tls
+            if key.src.identity:
+                edge.client_identities.add(key.src.identity)
+            if key.dst.identity:
+                edge.server_identities.add(key.dst.identity)
+            if isinstance(key, RequestKey):
+                edge.requests += amount
+            else:
+                edge.connections += amount
+    return sorted(found.values(), key=lambda e: (e.src_namespace, e.src, e.dst_namespace, e.dst))
+
+
+def nodes(store: TelemetryStore) -> list[NodeState]:
+    return sorted(store.nodes.values(), key=lambda n: n.node)

@@ -1,0 +1,154 @@
+"""The Telemetry gRPC service (grpc.aio): agents stream reports in, the store takes them.
+
+Wire it with `TelemetryService(store=..., is_known_node=..., authenticator=..., registry=...)
+.add_to(server)`, and give the server `options=[("grpc.max_receive_message_length",
+MAX_RECEIVE_BYTES)]` so an oversized report reaches the service (and is refused and counted)
+instead of only failing in the transport. Requests are deserialized here, not by grpc, so a
+garbled message is refused with an ack rather than ending the stream.
+Metrics: `nodemesh_telemetry_reports_total{result, reason}`, and from the store
+`nodemesh_telemetry_series`, `nodemesh_telemetry_cells`, `nodemesh_telemetry_series_evicted_total`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import grpc
+from google.protobuf.message import DecodeError
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from controlplane.identity.authn import (
+    AuthenticationFailed,
+    Authenticator,
+    AuthenticatorUnavailable,
+    bearer_token,
+)
+from controlplane.telemetry.report import MAX_REPORT_BYTES, BadReport, parse_report
+from controlplane.telemetry.store import TelemetryStore
+from nodemesh.api import telemetry_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+METHOD = "/nodemesh.telemetry.v1.Telemetry/Report"
+MAX_RECEIVE_BYTES = 2 * MAX_REPORT_BYTES
+
+_registered: dict[int, tuple[CollectorRegistry, Counter, list[Collector]]] = {}
+
+
+class _StoreCollector(Collector):
+    def __init__(self, store: TelemetryStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.store
+        yield GaugeMetricFamily(
+            "nodemesh_telemetry_series",
+            "Series held by the telemetry store",
+            value=len(s.request_series) + len(s.tcp_series),
+        )
+        yield GaugeMetricFamily(
+            "nodemesh_telemetry_cells", "Series x 10 s bucket cells held", value=s.cells
+        )
+        yield CounterMetricFamily(
+            "nodemesh_telemetry_series_evicted",
+            "Series dropped (least recently updated first) to stay within the memory bound",
+            value=s.stats.series_evicted,
+        )
+
+
+def _metrics(registry: CollectorRegistry, store: TelemetryStore) -> Counter:
+    held = _registered.get(id(registry))
+    if held is None or held[0] is not registry:
+        counter = Counter(
+            "nodemesh_telemetry_reports",
+            "Agent reports received, by result and refusal reason",
+            ["result", "reason"],
+            registry=registry,
+        )
+        held = _registered[id(registry)] = (registry, counter, [])
+    # One store collector per registry: a new service (a restart in tests) replaces the old.
+    for old in held[2]:
+        registry.unregister(old)
+    collector = _StoreCollector(store)
+    registry.register(collector)
+    held[2][:] = [collector]
+    return held[1]
+
+
+class TelemetryService:
+    def __init__(
+        self,
+        *,
+        store: TelemetryStore,
+        is_known_node: Callable[[str], bool],
+        authenticator: Authenticator | None,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self.store = store
+        self.is_known_node = is_known_node
+        self.authenticator = authenticator
+        self.reports = _metrics(registry, store)
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        handler = grpc.stream_stream_rpc_method_handler(
+            self.Report,
+            request_deserializer=lambda raw: raw,  # parsed in Report, where errors are answered
+            response_serializer=pb.ReportAck.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "nodemesh.telemetry.v1.Telemetry", {"Report": handler}
+                ),
+            )
+        )
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> str | None:
+        if self.authenticator is None:
+            return None
+        try:
+            agent = await self.authenticator.authenticate(
+                bearer_token(context.invocation_metadata())
+            )
+        except AuthenticationFailed as e:
+            self.reports.labels("refused", "unauthenticated").inc()
+            log.warning("telemetry: refused a stream: %s", e)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
+        except AuthenticatorUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        return agent.node
+
+    def handle(self, raw: bytes, *, authenticated_node: str | None) -> pb.ReportAck:
+        """Take or refuse one serialized report; the answer says which and why."""
+        sequence = 0
+        try:
+            try:
+                report = pb.AgentReport.FromString(raw)
+            except DecodeError as e:
+                raise BadReport("garbled", f"not an AgentReport: {e}") from e
+            sequence = report.sequence
+            parsed = parse_report(report, encoded_size=len(raw))
+            if authenticated_node is not None and parsed.node != authenticated_node:
+                raise BadReport(
+                    "node_mismatch",
+                    f"agent of {authenticated_node} reported as {parsed.node}",
+                )
+            if not self.is_known_node(parsed.node):
+                raise BadReport("unknown_agent", f"no node named {parsed.node!r} in the cluster")
+        except BadReport as e:
+            self.reports.labels("refused", e.reason).inc()
+            log.warning("telemetry: refused report %d (%s): %s", sequence, e.reason, e)
+            return pb.ReportAck(sequence=sequence, accepted=False, reason=f"{e.reason}: {e}")
+        self.store.ingest(parsed)
+        self.reports.labels("accepted", "").inc()
+        return pb.ReportAck(sequence=sequence, accepted=True)
+
+    async def Report(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ReportAck]:
+        node = await self._authenticate(context)
+        async for raw in request_iterator:
+            yield self.handle(raw, authenticated_node=node)

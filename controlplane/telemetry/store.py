@@ -1,0 +1,174 @@
+"""The telemetry store: rolling 10 s buckets per series, kept 15 minutes, bounded (sans-io).
+
+Interface: `TelemetryStore(clock=time.time, max_series=..., max_cells=...)`;
+`ingest(parsed_report)` adds one report (deltas) to the bucket of the store's current time;
+queries in controlplane.telemetry.query read `request_series`, `tcp_series` and `nodes`.
+Memory is bounded twice: at most `max_series` series and `max_cells` (series x bucket) cells;
+past either, the least recently updated series is dropped whole and counted in
+`stats.series_evicted`. Buckets older than the retention go on their own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from controlplane.telemetry.report import ParsedReport, RequestKey, TcpCounts, TcpKey
+from nodemesh.histogram import merge_into
+
+BUCKET_SECONDS = 10
+RETENTION_SECONDS = 15 * 60
+
+
+class RequestCell:
+    __slots__ = ("start", "responses", "latency")
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.responses = 0
+        self.latency: dict[int, int] = {}
+
+
+class TcpCell:
+    __slots__ = ("start", "opened", "closed", "read_bytes", "write_bytes", "open_connections")
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.opened = self.closed = self.read_bytes = self.write_bytes = 0
+        self.open_connections = 0  # gauge: the last value reported in this bucket
+
+
+@dataclass
+class NodeState:
+    node: str
+    version: str = ""
+    last_report: float = 0.0
+    pods_enrolled: int = 0
+    open_connections: int = 0
+    cpu_seconds: float = 0.0
+    rss_bytes: int = 0
+    cpu_cores: float = 0.0  # CPU seconds per second between the last two reports
+    reports: int = 0
+
+
+@dataclass
+class StoreStats:
+    reports: int = 0
+    series_evicted: int = 0
+    cells_expired: int = 0
+
+
+K = TypeVar("K")
+C = TypeVar("C", RequestCell, TcpCell)
+
+
+@dataclass
+class TelemetryStore:
+    clock: Callable[[], float] = time.time
+    max_series: int = 20_000
+    max_cells: int = 400_000
+    max_nodes: int = 10_000
+    request_series: OrderedDict[RequestKey, deque[RequestCell]] = field(default_factory=OrderedDict)
+    tcp_series: OrderedDict[TcpKey, deque[TcpCell]] = field(default_factory=OrderedDict)
+    nodes: dict[str, NodeState] = field(default_factory=dict)
+    stats: StoreStats = field(default_factory=StoreStats)
+    cells: int = 0
+    _expired_through: int = -1
+
+    @staticmethod
+    def bucket_start(t: float) -> int:
+        return int(t // BUCKET_SECONDS) * BUCKET_SECONDS
+
+    def ingest(self, report: ParsedReport) -> None:
+        now = self.clock()
+        start = self.bucket_start(now)
+        if start != self._expired_through:
+            self.expire(now)
+        self.stats.reports += 1
+        self._note_node(report, now)
+        for key, responses, latency in report.requests:
+            cell = self._cell(self.request_series, key, start, RequestCell)
+            cell.responses += responses
+            merge_into(cell.latency, latency.counts)
+        for tkey, counts in report.tcp:
+            self._add_tcp(self._cell(self.tcp_series, tkey, start, TcpCell), counts)
+        self._enforce_bounds()
+
+    @staticmethod
+    def _add_tcp(cell: TcpCell, counts: TcpCounts) -> None:
+        cell.opened += counts.opened
+        cell.closed += counts.closed
+        cell.read_bytes += counts.read_bytes
+        cell.write_bytes += counts.write_bytes
+        cell.open_connections = counts.open_connections
+
+    def _cell(
+        self, table: OrderedDict[K, deque[C]], key: K, start: int, make: Callable[[int], C]
+    ) -> C:
+        cells = table.get(key)
+        if cells is None:
+            cells = table[key] = deque()
+        else:
+            table.move_to_end(key)  # most recently updated last: eviction takes the front
+        if not cells or cells[-1].start != start:
+            cells.append(make(start))
+            self.cells += 1
+        return cells[-1]
+
+    def _note_node(self, report: ParsedReport, now: float) -> None:
+        state = self.nodes.get(report.node)
+        if state is None:
+            if len(self.nodes) >= self.max_nodes:
+                oldest = min(self.nodes.values(), key=lambda s: s.last_report)
+                del self.nodes[oldest.node]
+            state = self.nodes[report.node] = NodeState(report.node)
+        load = report.load
+        elapsed = now - state.last_report
+        if state.reports and elapsed > 0 and load.cpu_seconds >= state.cpu_seconds:
+            state.cpu_cores = (load.cpu_seconds - state.cpu_seconds) / elapsed
+        state.version = report.version
+        state.last_report = now
+        state.pods_enrolled = load.pods_enrolled
+        state.open_connections = load.open_connections
+        state.cpu_seconds = load.cpu_seconds
+        state.rss_bytes = load.rss_bytes
+        state.reports += 1
+
+    def _enforce_bounds(self) -> None:
+        while self.request_series or self.tcp_series:
+            series = len(self.request_series) + len(self.tcp_series)
+            if series <= self.max_series and self.cells <= self.max_cells:
+                return
+            self._evict_oldest()
+
+    def _evict_oldest(self) -> None:
+        # Compare the least recently updated series of both tables and drop the older one.
+        req = next(iter(self.request_series.items()), None)
+        tcp = next(iter(self.tcp_series.items()), None)
+        if tcp is None or (req is not None and req[1][-1].start <= tcp[1][-1].start):
+            assert req is not None
+            self.cells -= len(self.request_series.pop(req[0]))
+        else:
+            self.cells -= len(self.tcp_series.pop(tcp[0]))
+        self.stats.series_evicted += 1
+
+    def expire(self, now: float | None = None) -> None:
+        """Drop buckets older than the retention (15 min of complete buckets + the current one)."""
+        start = self.bucket_start(self.clock() if now is None else now)
+        oldest = start - RETENTION_SECONDS
+        self._expire_table(self.request_series, oldest)
+        self._expire_table(self.tcp_series, oldest)
+        self._expired_through = start
+
+    def _expire_table(self, table: OrderedDict[K, deque[C]], oldest: int) -> None:
+        for key in list(table):
+            cells = table[key]
+            while cells and cells[0].start < oldest:
+                cells.popleft()
+                self.cells -= 1
+                self.stats.cells_expired += 1
+            if not cells:
+                del table[key]
