@@ -38,6 +38,9 @@ Reply (version 1)
     gc     ok once the agent has forgotten every pod not in `attachments`.
     status ok when the agent can serve add right now; retry or error otherwise.
 
+Deadlines: the plugin waits up to its agentTimeoutSeconds (default 30 s) for an add reply and
+5 s for the other commands, then treats the agent as unreachable (CNI code 11 for add and check).
+
 A server that cannot decode a request answers status "error" with the request's id when it could
 read one (`ProtocolError.request_id`), else with id "".
 
