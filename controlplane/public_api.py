@@ -1,0 +1,264 @@
+"""Public API (CLI and dashboard): stat, edges, tap, workloads, nodes, version."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import grpc
+
+from controlplane import resources
+from controlplane.destination import DestinationHub
+from controlplane.index import ClusterIndex
+from controlplane.tap import TapBroker
+from controlplane.telemetry_port import GroupStats, Selector, TelemetryPort
+from nodemesh.api import public_pb2 as pb
+from nodemesh.api import public_pb2_grpc as pb_grpc
+from nodemesh.api import tap_pb2
+from nodemesh.model import PodInfo
+from nodemesh.version import __version__
+
+DEFAULT_WINDOW = 60
+MIN_WINDOW, MAX_WINDOW = 10, 900
+DEFAULT_TAP_RPS, MAX_TAP_RPS = 100.0, 1000.0
+Group = tuple[str, str]  # (namespace, name); namespace empty for namespaces and nodes
+
+
+def window_of(seconds: int) -> int:
+    if seconds == 0:
+        return DEFAULT_WINDOW
+    if not MIN_WINDOW <= seconds <= MAX_WINDOW:
+        raise resources.BadResource(
+            f"window of {seconds}s is outside {MIN_WINDOW}-{MAX_WINDOW} seconds (the store "
+            "keeps 15 minutes in 10 s buckets)"
+        )
+    return seconds
+
+
+def _selector(res: pb.Resource) -> Selector | None:
+    if not res.kind:
+        return None
+    return Selector(resources.canonical_kind(res.kind), res.namespace, res.name)
+
+
+class PublicService(pb_grpc.PublicServicer):
+    def __init__(
+        self,
+        *,
+        index: ClusterIndex,
+        telemetry: TelemetryPort,
+        broker: TapBroker,
+        hub: DestinationHub,
+        source_name: str,
+    ) -> None:
+        self.index = index
+        self.telemetry = telemetry
+        self.broker = broker
+        self.hub = hub
+        self.source_name = source_name
+
+    async def Stat(self, request: pb.StatRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]  # noqa: N802
+        try:
+            kind = resources.canonical_kind(request.resource.kind)
+            window = window_of(request.window_seconds)
+            source = _selector(request.from_resource)
+            destination = _selector(request.to_resource)
+        except resources.BadResource as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        cluster_scoped = kind in ("namespace", "node")
+        namespace = (
+            ""
+            if request.all_namespaces or cluster_scoped
+            else (request.resource.namespace or "default")
+        )
+        groups = self._groups(kind, namespace)
+        name = request.resource.name
+        traffic = {
+            (g.namespace, g.name): g
+            for g in self.telemetry.stat(
+                group_by=kind,
+                namespace=namespace,
+                source=source,
+                destination=destination,
+                window_s=window,
+            )
+        }
+        rows = []
+        for key in sorted(set(groups) | set(traffic)):
+            if name and key[1] != name:
+                continue
+            if namespace and key[0] and key[0] != namespace:
+                continue
+            rows.append(_row(kind, key, groups.get(key, []), traffic.get(key), window))
+        return pb.StatResponse(rows=rows, window_seconds=window)
+
+    def _groups(self, kind: str, namespace: str) -> dict[Group, list[PodInfo]]:
+        """Every resource of `kind` the index knows, with its pods (one pass over the pods)."""
+        groups: dict[Group, list[PodInfo]] = defaultdict(list)
+        idx = self.index
+        if kind == "namespace":
+            for ns in idx.namespaces():
+                groups[("", ns)]
+            for p in idx.pods.values():
+                groups[("", p.key.namespace)].append(p)
+            return groups
+        if kind == "node":
+            for node in idx.nodes:
+                groups[("", node)]
+            for p in idx.pods.values():
+                if p.node:
+                    groups[("", p.node)].append(p)
+            return groups
+        if kind == "service":
+            for key, svc in idx.services.items():
+                if namespace and key.namespace != namespace:
+                    continue
+                groups[(key.namespace, key.name)] = [
+                    idx.pods[e.pod]
+                    for e in svc.endpoints
+                    if e.pod is not None and e.pod in idx.pods
+                ]
+            return groups
+        for ref in idx.workloads:
+            if kind == "deployment" and ref.kind == "Deployment":
+                if not namespace or ref.namespace == namespace:
+                    groups[(ref.namespace, ref.name)]
+        for p in idx.pods.values():
+            if namespace and p.key.namespace != namespace:
+                continue
+            if kind == "pod":
+                groups[(p.key.namespace, p.key.name)].append(p)
+            elif p.workload.kind == "Deployment":
+                groups[(p.key.namespace, p.workload.name)].append(p)
+        return groups
+
+    async def Edges(self, request: pb.EdgesRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]  # noqa: N802
+        try:
+            kind = resources.canonical_kind(request.kind or "deploy")
+            if kind not in ("deployment", "pod"):
+                raise resources.BadResource(f"edges are shown for deploy or pod, not {kind}")
+            window = window_of(request.window_seconds)
+        except resources.BadResource as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        namespace = "" if request.all_namespaces else (request.namespace or "default")
+        edges = self.telemetry.edges(kind=kind, namespace=namespace, window_s=window)
+        return pb.EdgesResponse(
+            edges=[
+                pb.Edge(
+                    src=pb.Resource(kind=e.src.kind, namespace=e.src.namespace, name=e.src.name),
+                    dst=pb.Resource(kind=e.dst.kind, namespace=e.dst.namespace, name=e.dst.name),
+                    src_identity=e.src_identity,
+                    dst_identity=e.dst_identity,
+                    tls=e.tls,
+                    requests=e.requests,
+                    tcp_connections=e.tcp_connections,
+                )
+                for e in edges
+            ]
+        )
+
+    async def Tap(  # noqa: N802
+        self, request: pb.TapRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tap_pb2.TapEvent]:
+        sub = tap_pb2.TapSubscription(
+            resource=_tap_ref(request.resource),
+            method=request.method,
+            path_prefix=request.path_prefix,
+            max_rps=min(request.max_rps or DEFAULT_TAP_RPS, MAX_TAP_RPS),
+        )
+        if request.to_resource.kind:
+            sub.to.CopyFrom(_tap_ref(request.to_resource))
+        try:
+            if request.max_rps < 0:
+                raise resources.BadResource("max_rps must not be negative")
+            stream = self.broker.subscribe(sub)
+        except resources.BadResource as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            while True:
+                yield await stream.queue.get()
+        finally:
+            self.broker.unsubscribe(stream)
+
+    async def ListWorkloads(self, request: pb.ListWorkloadsRequest, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        out = []
+        for ref, wl in sorted(self.index.workloads.items()):
+            if request.namespace and ref.namespace != request.namespace:
+                continue
+            pods = self.index.pods_of_workload(ref)
+            out.append(
+                pb.WorkloadStatus(
+                    kind=ref.kind,
+                    namespace=ref.namespace,
+                    name=ref.name,
+                    identities=list(wl.identities),
+                    pods=len(pods),
+                    ready_pods=sum(p.ready for p in pods),
+                    meshed_pods=sum(p.mesh.meshed for p in pods),
+                    nodes=sorted({p.node for p in pods if p.node}),
+                    mesh_errors=sorted({e for p in pods for e in p.mesh.errors}),
+                )
+            )
+        return pb.ListWorkloadsResponse(workloads=out, namespaces_meshed=self.index.namespaces())
+
+    async def ListNodes(self, request: pb.ListNodesRequest, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        agents = {a.node: a for a in self.telemetry.agents()}
+        connected = {s.node: s.agent_version for s in self.hub.subscribers}
+        names = sorted(set(self.index.nodes) | set(agents) | set(connected))
+        out = []
+        for name in names:
+            info = self.index.nodes.get(name)
+            pods = self.index.pods_on_node(name)
+            agent = agents.get(name)
+            out.append(
+                pb.NodeStatus(
+                    name=name,
+                    internal_ip=info.internal_ip if info else "",
+                    pod_cidr=info.pod_cidr if info else "",
+                    ready=info.ready if info else False,
+                    pods=len(pods),
+                    meshed_pods=sum(p.mesh.meshed for p in pods),
+                    agent_connected=name in connected,
+                    agent_version=connected.get(name) or (agent.version if agent else ""),
+                    last_report_unix_ms=agent.last_report_unix_ms if agent else 0,
+                    pods_enrolled=agent.pods_enrolled if agent else 0,
+                    open_connections=agent.open_connections if agent else 0,
+                    cpu_seconds=agent.cpu_seconds if agent else 0.0,
+                    rss_bytes=agent.rss_bytes if agent else 0,
+                )
+            )
+        return pb.ListNodesResponse(nodes=out)
+
+    async def Version(self, request: pb.VersionRequest, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return pb.VersionResponse(
+            version=__version__,
+            source=self.source_name,
+            trust_domain=self.index.trust_domain,
+            synced=self.index.synced,
+        )
+
+
+def _tap_ref(res: pb.Resource) -> tap_pb2.ResourceRef:
+    return tap_pb2.ResourceRef(kind=res.kind, namespace=res.namespace or "default", name=res.name)
+
+
+def _row(kind: str, key: Group, pods: list[PodInfo], g: GroupStats | None, window: int):  # type: ignore[no-untyped-def]
+    row = pb.StatRow(
+        resource=pb.Resource(kind=kind, namespace=key[0], name=key[1]),
+        meshed_pods=sum(p.mesh.meshed for p in pods),
+        total_pods=len(pods),
+    )
+    if g is None:
+        return row
+    row.requests = g.requests
+    row.rps = g.requests / window
+    if g.requests:
+        row.success_rate = g.successes / g.requests
+    for field in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
+        value = getattr(g, field)
+        if value is not None:
+            setattr(row, field, value)
+    row.tcp_open_connections = g.tcp_open_connections
+    row.tcp_read_bytes = g.tcp_read_bytes
+    row.tcp_write_bytes = g.tcp_write_bytes
+    return row

@@ -1,0 +1,227 @@
+"""Tap broker: sends taps to the agents hosting matching pods and routes their events back."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import grpc
+
+from controlplane import resources
+from controlplane.index import Change, ClusterIndex, PodRemoved, PodUpdated
+from controlplane.metrics import TAP_EVENTS, TAP_SUBSCRIPTIONS
+from nodemesh import tasks
+from nodemesh.api import tap_pb2 as pb
+from nodemesh.api import tap_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+_ids = itertools.count(1)
+
+
+class TokenBucket:
+    """`rate` admissions per second with a burst of max(1, rate)."""
+
+    def __init__(self, rate: float, *, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.clock = clock
+        self.stamp = clock()
+
+    def admit(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass(eq=False)
+class TapStream:
+    """One subscriber's tap: what it asked for, where it went, and its event queue."""
+
+    id: str
+    request: pb.TapSubscription  # resource, to, method, path_prefix, max_rps (pods filled per node)
+    queue: asyncio.Queue[pb.TapEvent]
+    bucket: TokenBucket
+    sent: dict[str, pb.TapSubscription] = field(default_factory=dict)  # node -> last start
+    admitted: OrderedDict[tuple[str, int], None] = field(default_factory=OrderedDict)
+    dropped: int = 0
+
+
+@dataclass(eq=False)
+class AgentLink:
+    node: str
+    version: str
+    commands: asyncio.Queue[pb.TapCommand]
+
+
+class TapBroker:
+    def __init__(self, index: ClusterIndex, *, queue_size: int = 1000) -> None:
+        self.index = index
+        self.queue_size = queue_size
+        self.agents: dict[str, AgentLink] = {}
+        self.streams: dict[str, TapStream] = {}
+
+    # -- subscribers ---------------------------------------------------------------------
+
+    def subscribe(self, request: pb.TapSubscription) -> TapStream:
+        """Validate (BadResource for unknown kinds) and start the tap on the agents concerned."""
+        resources.canonical_kind(request.resource.kind)
+        if request.HasField("to"):
+            resources.canonical_kind(request.to.kind)
+        if request.max_rps <= 0:
+            raise resources.BadResource("max_rps must be above 0")
+        stream = TapStream(
+            id=f"tap-{next(_ids)}",
+            request=request,
+            queue=asyncio.Queue(self.queue_size),
+            bucket=TokenBucket(request.max_rps),
+        )
+        self.streams[stream.id] = stream
+        TAP_SUBSCRIPTIONS.set(len(self.streams))
+        self._route(stream)
+        return stream
+
+    def unsubscribe(self, stream: TapStream) -> None:
+        if self.streams.pop(stream.id, None) is None:
+            return
+        TAP_SUBSCRIPTIONS.set(len(self.streams))
+        for node in stream.sent:
+            self._send(node, pb.TapCommand(stop=stream.id))
+
+    def _route(self, stream: TapStream) -> None:
+        """(Re)compute which agents tap which pods for `stream`; send only what changed."""
+        req = stream.request
+        pods = resources.pods_of(
+            self.index, req.resource.kind, namespace=req.resource.namespace, name=req.resource.name
+        )
+        to_addresses: list[str] = []
+        if req.HasField("to"):
+            to = req.to
+            to_addresses = resources.addresses_of(
+                self.index, to.kind, namespace=to.namespace, name=to.name
+            )
+        by_node: dict[str, list[pb.PodRef]] = {}
+        for p in sorted(pods, key=lambda p: p.key):
+            if p.node:
+                by_node.setdefault(p.node, []).append(
+                    pb.PodRef(namespace=p.key.namespace, name=p.key.name)
+                )
+        for node in [n for n in stream.sent if n not in by_node]:
+            del stream.sent[node]
+            self._send(node, pb.TapCommand(stop=stream.id))
+        share = req.max_rps / max(1, len(by_node))
+        for node, refs in by_node.items():
+            if node not in self.agents:
+                continue
+            start = pb.TapSubscription()
+            start.CopyFrom(req)
+            start.id = stream.id
+            start.ClearField("pods")
+            start.pods.extend(refs)
+            start.ClearField("to_addresses")
+            start.to_addresses.extend(to_addresses)
+            start.max_rps = share
+            if stream.sent.get(node) != start:
+                stream.sent[node] = start
+                self._send(node, pb.TapCommand(start=start))
+
+    def on_index_changes(self, changes: list[Change], revision: int) -> None:
+        """Feed listener: pods come and go, so taps follow them."""
+        if self.streams and any(isinstance(c, PodUpdated | PodRemoved) for c in changes):
+            for stream in list(self.streams.values()):
+                self._route(stream)
+
+    # -- agents --------------------------------------------------------------------------
+
+    def agent_connected(self, node: str, version: str) -> AgentLink:
+        link = AgentLink(node, version, asyncio.Queue(self.queue_size))
+        old = self.agents.get(node)
+        self.agents[node] = link
+        if old is not None:
+            log.info("tap: agent of %s reconnected; the old stream is replaced", node)
+        for stream in self.streams.values():
+            stream.sent.pop(node, None)
+            self._route(stream)
+        return link
+
+    def agent_disconnected(self, link: AgentLink) -> None:
+        if self.agents.get(link.node) is link:
+            del self.agents[link.node]
+            for stream in self.streams.values():
+                stream.sent.pop(link.node, None)
+
+    def agent_event(self, node: str, event: pb.TapEvent) -> None:
+        stream = self.streams.get(event.subscription_id)
+        if stream is None or node not in stream.sent:
+            TAP_EVENTS.labels("unsolicited").inc()
+            return
+        key = (node, event.request_id)
+        if event.WhichOneof("kind") == "req":
+            if not stream.bucket.admit():
+                TAP_EVENTS.labels("rate_limited").inc()
+                return
+            stream.admitted[key] = None
+            if len(stream.admitted) > 10_000:
+                stream.admitted.popitem(last=False)
+        elif key not in stream.admitted:
+            TAP_EVENTS.labels("rate_limited").inc()
+            return
+        elif event.WhichOneof("kind") == "end":
+            stream.admitted.pop(key, None)
+        try:
+            stream.queue.put_nowait(event)
+            TAP_EVENTS.labels("delivered").inc()
+        except asyncio.QueueFull:
+            stream.dropped += 1
+            TAP_EVENTS.labels("subscriber_full").inc()
+
+    def _send(self, node: str, command: pb.TapCommand) -> None:
+        link = self.agents.get(node)
+        if link is None:
+            return
+        try:
+            link.commands.put_nowait(command)
+        except asyncio.QueueFull:
+            log.warning("tap: agent of %s is not reading its commands; dropping one", node)
+
+
+class AgentTapService(pb_grpc.AgentTapServicer):
+    def __init__(self, broker: TapBroker) -> None:
+        self.broker = broker
+
+    async def Connect(self, request_iterator, context: grpc.aio.ServicerContext) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
+        first = await context.read()
+        if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello" or not first.hello.node:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a hello with the node"
+            )
+        node = first.hello.node
+        link = self.broker.agent_connected(node, first.hello.agent_version)
+        reader = tasks.spawn(self._read(context, node), name=f"tap-read-{node}")
+        try:
+            while True:
+                command = asyncio.ensure_future(link.commands.get())
+                done, _ = await asyncio.wait({command, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if command not in done:
+                    command.cancel()
+                    return  # the agent closed its side
+                await context.write(command.result())
+        finally:
+            reader.cancel()
+            self.broker.agent_disconnected(link)
+
+    async def _read(self, context: grpc.aio.ServicerContext, node: str) -> None:
+        while True:
+            msg = await context.read()
+            if msg is grpc.aio.EOF:
+                return
+            if msg.WhichOneof("kind") == "event":
+                self.broker.agent_event(node, msg.event)
