@@ -185,9 +185,14 @@ def _check_pod_spec(spec: Any, path: str, fail: Fail) -> None:
     containers = spec.get("containers")
     if not isinstance(containers, list) or not containers:
         raise fail(f"{path}.containers: at least one container is required")
+    inits = spec.get("initContainers") or []
+    if not isinstance(inits, list):
+        raise fail(f"{path}.initContainers: must be a list")
     names: set[str] = set()
-    for i, c in enumerate(containers):
-        cpath = f"{path}.containers[{i}]"
+    numbered = [("initContainers", i, c) for i, c in enumerate(inits)]
+    numbered += [("containers", i, c) for i, c in enumerate(containers)]
+    for field_name, i, c in numbered:
+        cpath = f"{path}.{field_name}[{i}]"
         if not isinstance(c, dict):
             raise fail(f"{cpath}: must be a mapping")
         cname = c.get("name")
@@ -196,7 +201,7 @@ def _check_pod_spec(spec: Any, path: str, fail: Fail) -> None:
         if cname in names:
             raise fail(f"{cpath}.name: {cname!r} is used twice")
         names.add(cname)
-        cpath = f"{path}.containers[{i}] ({cname})"
+        cpath = f"{path}.{field_name}[{i}] ({cname})"
         command = c.get("command")
         if not isinstance(command, list) or not command:
             raise fail(
@@ -338,12 +343,13 @@ def check_references(
                 )
         for _labels, spec in pod_templates(m):
             base = "spec.template.spec" if m.ref.kind != "Pod" else "spec"
-            for i, c in enumerate(spec["containers"]):
-                exe = str(c["command"][0])
-                if which(exe) is None:
-                    raise ManifestError(
-                        m.source,
-                        where,
-                        f"{base}.containers[{i}] ({c['name']}).command: {exe!r} not found on "
-                        "this machine",
-                    )
+            for key in ("initContainers", "containers"):
+                for i, c in enumerate(spec.get(key) or []):
+                    exe = str(c["command"][0])
+                    if "$(" not in exe and which(exe) is None:
+                        raise ManifestError(
+                            m.source,
+                            where,
+                            f"{base}.{key}[{i}] ({c['name']}).command: {exe!r} not found on "
+                            "this machine",
+                        )

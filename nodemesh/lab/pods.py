@@ -167,6 +167,9 @@ class PodRunner:
         status.pop("reason", None)
         status.pop("message", None)
         self._publish()
+        for c in self.pod["spec"].get("initContainers") or []:
+            if not await self._run_to_completion(c):
+                return
         for c in self.pod["spec"]["containers"]:
             self.ready[c["name"]] = False
             self.restarts[c["name"]] = 0
@@ -251,6 +254,31 @@ class PodRunner:
                 backoff = 1.0
             self.restarts[name] += 1
             self._publish()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _run_to_completion(self, container: dict[str, Any]) -> bool:
+        """Run an init container until it succeeds (retrying with backoff unless the pod's
+        restartPolicy is Never); False when the pod has failed for good."""
+        backoff = 1.0
+        while True:
+            proc = await self._spawn(container)
+            rc = await proc.wait()
+            self._append_log(container["name"], f"--- init container exited with status {rc}")
+            if rc == 0:
+                return True
+            if self.pod["spec"].get("restartPolicy", "Always") == "Never":
+                self._set_status(
+                    phase="Failed",
+                    reason="InitContainerFailed",
+                    message=f"init container {container['name']} exited {rc}",
+                )
+                return False
+            self._set_status(
+                phase="Pending",
+                reason="InitContainerFailed",
+                message=f"init container {container['name']} exited {rc}; retrying",
+            )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 

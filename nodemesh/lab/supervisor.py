@@ -38,10 +38,12 @@ from nodemesh.lab.network import (
     Network,
     NodeSpec,
     bridge_conflist,
+    render_hosts,
+    render_resolv,
     render_service_rules,
     service_routes,
 )
-from nodemesh.lab.paths import LabPaths
+from nodemesh.lab.paths import ETC_NETNS, LabPaths
 from nodemesh.lab.pods import LabContext, NodeContext, PodRunner
 from nodemesh.lab.store import Store
 from nodemesh.tasks import spawn
@@ -98,6 +100,11 @@ class Supervisor:
                 ),
             )
             self.store.put(self._node_object(node))
+            etc = ETC_NETNS / netns
+            self.ledger.path_created(etc)
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "resolv.conf").write_text(render_resolv("default"))
+        self._write_node_hosts([])
         for ns in BASE_NAMESPACES:
             self.store.put(
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(ns, namespace=None)}
@@ -391,6 +398,17 @@ class Supervisor:
             self._last_services = svc_view
             for runner in self.runners.values():
                 runner.write_hosts()
+            self._write_node_hosts(services)
+
+    def _write_node_hosts(self, services: list[dict[str, Any]]) -> None:
+        """Node namespaces resolve Service names too (for hostNetwork pods such as agents)."""
+        for node in self.nodes:
+            text = render_hosts(
+                pod_ip=node.ip, pod_name=node.name, namespace="default", services=services
+            )
+            # In place, like the pods' files: running processes see it through a bind mount.
+            with open(ETC_NETNS / self.paths.node_netns(node.name) / "hosts", "w") as f:
+                f.write(text)
 
     # ----- shutdown ----------------------------------------------------------------------------
 
