@@ -80,7 +80,10 @@ def lab() -> None:
     "--forward", "forwards", multiple=True, metavar="[HOST:]PORT:NS/SVC:PORT",
     help="Forward a local port to a Service port (repeatable).",
 )  # fmt: skip
-@click.option("--demo-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option(
+    "--demo-port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+    help="Local port for the demo's web (0: any free port).",
+)  # fmt: skip
 @click.option("--timeout", type=click.IntRange(10, 3600), default=240, show_default=True)
 def up(
     name: str,
@@ -129,7 +132,7 @@ def up(
     click.echo(f"lab {name!r} is up with {nodes} node(s) in {elapsed:.1f} s (no mesh yet)")
     _print_status(status)
     if demo:
-        web = next(f for f in fwd if f.service == "web-svc")
+        web = next(Forward(**f) for f in status["forwards"] if f["service"] == "web-svc")
         click.echo("")
         click.echo(f"emojivoto: open http://{web.host}:{web.local_port}/ in a browser")
         click.echo(
@@ -270,7 +273,7 @@ def _print_status(st: dict[str, Any]) -> None:
             rows.append((s["namespace"], s["name"], s["clusterIP"], ",".join(map(str, s["ports"]))))
         _table(rows)
     for f in st["forwards"]:
-        click.echo(f"forward: {f}")
+        click.echo(f"forward: {Forward(**f)}")
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:

@@ -37,9 +37,9 @@ class Forward:
                 "e.g. 8080:emojivoto/web-svc:80"
             )
         local, port = int(m["local"]), int(m["port"])
-        for what, value in (("local port", local), ("service port", port)):
-            if not 1 <= value <= 65535:
-                raise ForwardError(f"--forward {text!r}: {what} {value} is not from 1 to 65535")
+        for what, value, low in (("local port", local, 0), ("service port", port, 1)):
+            if not low <= value <= 65535:
+                raise ForwardError(f"--forward {text!r}: {what} {value} is not from {low} to 65535")
         return cls(m["host"] or "127.0.0.1", local, m["ns"], m["svc"], port)
 
     def __str__(self) -> str:

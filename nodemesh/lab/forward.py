@@ -4,6 +4,7 @@ relayed to a ready endpoint of a Service, over a socket made in that endpoint's 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import socket
@@ -38,10 +39,13 @@ class Forwarder:
                 raise ForwardBindError(
                     e.errno, f"cannot listen on {fwd.host}:{fwd.local_port}: {e.strerror}"
                 ) from e
+            if fwd.local_port == 0:  # "any free port": record the one the kernel chose
+                port = server.sockets[0].getsockname()[1]
+                fwd = Forward(fwd.host, port, fwd.namespace, fwd.service, fwd.port)
             self.servers.append((fwd, server))
 
-    def describe(self) -> list[str]:
-        return [str(f) for f, _ in self.servers]
+    def describe(self) -> list[dict[str, object]]:
+        return [dataclasses.asdict(f) for f, _ in self.servers]
 
     def _pick(self, fwd: Forward) -> tuple[str, str, int] | None:
         """(node netns, pod ip, target port) of a ready endpoint, or None."""

@@ -64,22 +64,13 @@ def lab_name() -> Any:
         nm("lab", "down", "--name", name, check=False)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_emojivoto_across_two_nodes_then_down_leaves_nothing(lab_name: str) -> None:
-    port = free_port()
     started = time.monotonic()
-    nm("lab", "up", "--name", lab_name, "--nodes", "2", "--no-mesh", "--demo",
-       "--demo-port", str(port))  # fmt: skip
+    nm("lab", "up", "--name", lab_name, "--nodes", "2", "--no-mesh", "--demo", "--demo-port", "0")
     ready_after = time.monotonic() - started
     paths = LabPaths(lab_name)
     st = status(lab_name)
+    port = next(f["local_port"] for f in st["forwards"] if f["service"] == "web-svc")
     pods = {p["name"].rsplit("-", 2)[0]: p for p in st["pods"]}
     assert set(pods) == {"web", "emoji", "voting", "vote-bot"}
     assert all(p["ready"] for p in pods.values())
