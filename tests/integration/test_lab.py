@@ -101,6 +101,20 @@ def test_emojivoto_across_two_nodes_then_down_leaves_nothing(lab_name: str) -> N
     )  # fmt: skip
     assert out.count("ok ") == 5, out
 
+    # No namespace of the lab routes outside it (asked of the routing table; nothing is sent).
+    for netns in [paths.underlay_netns, paths.node_netns("node1"), paths.node_netns("node2")]:
+        res = subprocess.run(["ip", "-n", netns, "route", "get", "1.1.1.1"],
+                             capture_output=True, text=True)  # fmt: skip
+        assert res.returncode != 0 and "unreachable" in res.stderr, (netns, res.stdout)
+    # Every peer of a node's links lives in a namespace of this lab.
+    import re
+
+    for node in ("node1", "node2"):
+        links = subprocess.run(["ip", "-n", paths.node_netns(node), "-o", "link"],
+                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+        peers = re.findall(r"link-netns (\S+)", links)
+        assert peers and all(p.startswith(paths.prefix) for p in peers), peers
+
     # Through the localhost forward, web answers with the list (web -> emoji over gRPC).
     import urllib.request
 
