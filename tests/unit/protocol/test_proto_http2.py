@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import h2.config
-import h2.connection
 import h2.settings
 import hpack
 import pytest
+from proto_h2_peers import GRPC_REQUEST, Pair
 
 from nodeagent.protocol.http2 import (
     PREFACE,
@@ -18,51 +17,6 @@ from nodeagent.protocol.http2 import (
     Http2StreamEnded,
     ProtocolError,
 )
-
-GRPC_REQUEST = [
-    (":method", "POST"),
-    (":scheme", "http"),
-    (":authority", "emoji-svc.emojivoto:8080"),
-    (":path", "/emojivoto.v1.EmojiService/ListAll"),
-    ("content-type", "application/grpc"),
-    ("te", "trailers"),
-]
-
-
-class Pair:
-    """An h2 client and server whose every byte passes through one observer."""
-
-    def __init__(self) -> None:
-        self.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        self.server = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, validate_inbound_headers=False)
-        )
-        self.obs = Http2Observer()
-        self.events: list[object] = []
-        self.wire: list[tuple[str, bytes]] = []
-        self.client.initiate_connection()
-        self.server.initiate_connection()
-        self.c2s()
-        self.s2c()
-        self.c2s()
-
-    def c2s(self, *, deliver: bool = True) -> list[object]:
-        data = self.client.data_to_send()
-        self.wire.append(("c", data))
-        new = self.obs.feed_client(data)
-        if deliver:
-            self.server.receive_data(data)
-        self.events += new
-        return new
-
-    def s2c(self, *, deliver: bool = True) -> list[object]:
-        data = self.server.data_to_send()
-        self.wire.append(("s", data))
-        new = self.obs.feed_server(data)
-        if deliver:
-            self.client.receive_data(data)
-        self.events += new
-        return new
 
 
 def replay(wire: list[tuple[str, bytes]], *, chunk: int) -> list[object]:
