@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -69,13 +69,15 @@ class DestinationHub:
         services = [codec.service_to_pb(s) for _, s in sorted(self.index.services.items())]
         workloads = [codec.workload_to_pb(w) for _, w in sorted(self.index.workloads.items())]
         pods = [codec.pod_to_pb(p) for p in self.index.pods_on_node(node)]
-        parts: list[pb.Update] = []
+        parts = [pb.Update(revision=self.index.revision, snapshot=pb.Snapshot())]
+        held = 0
         for kind, items in (("services", services), ("workloads", workloads), ("pods", pods)):
-            for i in range(0, len(items), SNAPSHOT_PART):
-                snap = pb.Snapshot(**{kind: items[i : i + SNAPSHOT_PART]})
-                parts.append(pb.Update(revision=self.index.revision, snapshot=snap))
-        if not parts:
-            parts.append(pb.Update(revision=self.index.revision, snapshot=pb.Snapshot()))
+            for item in items:
+                if held == SNAPSHOT_PART:
+                    parts.append(pb.Update(revision=self.index.revision, snapshot=pb.Snapshot()))
+                    held = 0
+                getattr(parts[-1].snapshot, kind).append(item)
+                held += 1
         parts[-1].snapshot.last = True
         return parts
 
@@ -139,24 +141,41 @@ class DestinationHub:
             sub._kill = asyncio.get_running_loop().call_later(self.kill_after, sub.task.cancel)
 
 
+# Proves which node's agent is calling (e.g. from its bearer token); raises AgentRefused if none.
+NodeProof = Callable[[grpc.aio.ServicerContext], Awaitable[str]]
+
+
+class AgentRefused(Exception):
+    """The caller could not prove it is an agent; the message is sent back as UNAUTHENTICATED."""
+
+
+async def check_agent(
+    proof: NodeProof | None, context: grpc.aio.ServicerContext, node: str
+) -> None:
+    """Abort unless the caller proves it is the agent of `node` (no-op without a proof hook)."""
+    if proof is None:
+        return
+    try:
+        proven = await proof(context)
+    except AgentRefused as exc:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+    if proven != node:
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED, f"caller is the agent of {proven!r}, not {node!r}"
+        )
+
+
 class DestinationService(pb_grpc.DestinationServicer):
-    def __init__(self, hub: DestinationHub, *, node_of: Callable[..., str | None] | None = None):
+    def __init__(self, hub: DestinationHub, *, proof: NodeProof | None = None):
         self.hub = hub
-        # Hook for authenticated agents: returns the node the caller proved it is (or None).
-        self.node_of = node_of
+        self.proof = proof
 
     async def Subscribe(  # noqa: N802 (gRPC method name)
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Update]:
         if not request.node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node must be set")
-        if self.node_of is not None:
-            proven = self.node_of(context)
-            if proven != request.node:
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"caller is not the agent of node {request.node!r}",
-                )
+        await check_agent(self.proof, context, request.node)
         sub, snapshot = self.hub.subscribe(request.node, request.agent_version)
         sub.task = asyncio.current_task()
         try:

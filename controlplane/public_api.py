@@ -11,7 +11,7 @@ from controlplane import resources
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
 from controlplane.tap import TapBroker
-from controlplane.telemetry_port import GroupStats, Selector, TelemetryPort
+from controlplane.telemetry_port import BadQuery, GroupStats, Selector, TelemetryPort
 from nodemesh.api import public_pb2 as pb
 from nodemesh.api import public_pb2_grpc as pb_grpc
 from nodemesh.api import tap_pb2
@@ -73,16 +73,17 @@ class PublicService(pb_grpc.PublicServicer):
         )
         groups = self._groups(kind, namespace)
         name = request.resource.name
-        traffic = {
-            (g.namespace, g.name): g
-            for g in self.telemetry.stat(
+        try:
+            found = self.telemetry.stat(
                 group_by=kind,
                 namespace=namespace,
                 source=source,
                 destination=destination,
                 window_s=window,
             )
-        }
+        except BadQuery as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        traffic = {(g.namespace, g.name): g for g in found}
         rows = []
         for key in sorted(set(groups) | set(traffic)):
             if name and key[1] != name:
@@ -141,7 +142,10 @@ class PublicService(pb_grpc.PublicServicer):
         except resources.BadResource as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         namespace = "" if request.all_namespaces else (request.namespace or "default")
-        edges = self.telemetry.edges(kind=kind, namespace=namespace, window_s=window)
+        try:
+            edges = self.telemetry.edges(kind=kind, namespace=namespace, window_s=window)
+        except BadQuery as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return pb.EdgesResponse(
             edges=[
                 pb.Edge(

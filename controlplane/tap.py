@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from controlplane import resources
+from controlplane.destination import NodeProof, check_agent
 from controlplane.index import Change, ClusterIndex, PodRemoved, PodUpdated
 from controlplane.metrics import TAP_EVENTS, TAP_SUBSCRIPTIONS
 from nodemesh import tasks
@@ -194,8 +195,9 @@ class TapBroker:
 
 
 class AgentTapService(pb_grpc.AgentTapServicer):
-    def __init__(self, broker: TapBroker) -> None:
+    def __init__(self, broker: TapBroker, *, proof: NodeProof | None = None) -> None:
         self.broker = broker
+        self.proof = proof
 
     async def Connect(self, request_iterator, context: grpc.aio.ServicerContext) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
         first = await context.read()
@@ -204,6 +206,7 @@ class AgentTapService(pb_grpc.AgentTapServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a hello with the node"
             )
         node = first.hello.node
+        await check_agent(self.proof, context, node)
         link = self.broker.agent_connected(node, first.hello.agent_version)
         reader = tasks.spawn(self._read(context, node), name=f"tap-read-{node}")
         try:

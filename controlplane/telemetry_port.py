@@ -8,6 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from controlplane.telemetry import query
+from controlplane.telemetry.store import TelemetryStore
+
+
+class BadQuery(ValueError):
+    """A query the store refuses (bad window, --from with --to, ...); the message is for users."""
+
 
 @dataclass(frozen=True, slots=True)
 class Selector:
@@ -87,3 +94,82 @@ class NoTelemetry:
 
     def agents(self) -> list[AgentState]:
         return []
+
+
+class StoreTelemetry:
+    """The port over controlplane.telemetry's TelemetryStore and its queries."""
+
+    _KIND = {"deployment": "deploy", "namespace": "ns", "service": "svc"}
+
+    def __init__(self, store: TelemetryStore) -> None:
+        self.store = store
+
+    def _resource(self, sel: Selector) -> query.Resource:
+        return query.Resource(self._KIND.get(sel.kind, sel.kind), sel.namespace, sel.name)
+
+    def stat(
+        self,
+        *,
+        group_by: str,
+        namespace: str,
+        source: Selector | None,
+        destination: Selector | None,
+        window_s: int,
+    ) -> list[GroupStats]:
+        try:
+            rows = query.stat(
+                self.store,
+                self._resource(Selector(group_by, namespace)),
+                from_=self._resource(source) if source else None,
+                to=self._resource(destination) if destination else None,
+                window_s=window_s,
+            )
+        except (query.InvalidQuery, query.UnknownResourceKind) as exc:
+            raise BadQuery(str(exc)) from exc
+        return [
+            GroupStats(
+                namespace=r.namespace,
+                name=r.name,
+                requests=r.requests,
+                successes=r.success,
+                latency_p50_ms=r.latency_ms(0.5),
+                latency_p95_ms=r.latency_ms(0.95),
+                latency_p99_ms=r.latency_ms(0.99),
+                tcp_open_connections=r.tcp_open_connections,
+                tcp_read_bytes=r.read_bytes,
+                tcp_write_bytes=r.write_bytes,
+            )
+            for r in rows
+        ]
+
+    def edges(self, *, kind: str, namespace: str, window_s: int) -> list[EdgeStats]:
+        try:
+            found = query.edges(self.store, namespace=namespace, window_s=window_s)
+        except query.InvalidQuery as exc:
+            raise BadQuery(str(exc)) from exc
+        return [
+            EdgeStats(
+                src=Selector(kind, e.src_namespace, e.src),
+                dst=Selector(kind, e.dst_namespace, e.dst),
+                src_identity=",".join(sorted(e.client_identities)),
+                dst_identity=",".join(sorted(e.server_identities)),
+                requests=e.requests,
+                tcp_connections=e.connections,
+                tls=e.secured,
+            )
+            for e in found
+        ]
+
+    def agents(self) -> list[AgentState]:
+        return [
+            AgentState(
+                node=n.node,
+                version=n.version,
+                last_report_unix_ms=int(n.last_report * 1000),
+                pods_enrolled=n.pods_enrolled,
+                open_connections=n.open_connections,
+                cpu_seconds=n.cpu_seconds,
+                rss_bytes=n.rss_bytes,
+            )
+            for n in query.nodes(self.store)
+        ]

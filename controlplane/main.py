@@ -1,0 +1,224 @@
+"""nodemesh-controlplane: index, destination, identity, telemetry, tap and public API servers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from controlplane.admin import AdminServer
+from controlplane.destination import (
+    AgentRefused,
+    DestinationHub,
+    DestinationService,
+    NodeProof,
+)
+from controlplane.feed import Feed
+from controlplane.identity import (
+    AuthenticationFailed,
+    Authenticator,
+    AuthenticatorUnavailable,
+    BootstrapTokenAuthenticator,
+    CertificateAuthority,
+    TokenReviewAuthenticator,
+    bearer_token,
+    load_ca_from_directory,
+    load_ca_from_secret,
+)
+from controlplane.identity.service import IdentityService
+from controlplane.index import ClusterIndex
+from controlplane.public_api import PublicService
+from controlplane.serving_cert import issue_serving_cert
+from controlplane.sources.events import Source
+from controlplane.sources.kube import KubeSource, load_api_client
+from controlplane.sources.local import LocalSource
+from controlplane.tap import AgentTapService, TapBroker
+from controlplane.telemetry import TelemetryStore
+from controlplane.telemetry.service import TelemetryService
+from controlplane.telemetry_port import StoreTelemetry
+from nodemesh import tasks
+from nodemesh.api import destination_pb2_grpc, public_pb2_grpc, tap_pb2_grpc
+from nodemesh.model import PodKey
+from nodemesh.version import __version__
+
+log = logging.getLogger("nodemesh.controlplane")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="nodemesh-controlplane", description=__doc__)
+    p.add_argument("--source", choices=("local", "kubernetes"), default="kubernetes")
+    p.add_argument("--state-dir", help="lab state directory (local source): /run/nodemesh/<lab>")
+    p.add_argument("--identity-dir", help="lab identity directory: ca.crt, issuer.*, tokens.json")
+    p.add_argument("--kubeconfig", help="kubeconfig when not running in a cluster")
+    p.add_argument("--ca-secret", default="nodemesh/nodemesh-identity", help="namespace/name")
+    p.add_argument("--trust-domain", default="cluster.local")
+    p.add_argument("--agent-addr", default="0.0.0.0:8086")
+    p.add_argument("--public-addr", default="0.0.0.0:8085")
+    p.add_argument("--admin-addr", default="0.0.0.0:9996")
+    p.add_argument("--agent-tls", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--drain-seconds", type=float, default=5.0)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    if args.source == "local" and not args.state_dir:
+        p.error("--source local needs --state-dir")
+    return args
+
+
+@dataclass
+class Identity:
+    authority: CertificateAuthority
+    authenticator: Authenticator
+    serving: tuple[bytes, bytes]  # key, chain
+
+
+def load_identity(args: argparse.Namespace, index: ClusterIndex, api: object) -> Identity:
+    def pods_on_node(node: str) -> list[tuple[str, str]]:
+        return [(p.key.namespace, p.service_account) for p in index.pods_on_node(node)]
+
+    def node_of_pod(namespace: str, name: str) -> str | None:
+        pod = index.pods.get(PodKey(namespace, name))
+        return pod.node if pod else None
+
+    authenticator: Authenticator
+    if args.identity_dir:
+        bundle = load_ca_from_directory(args.identity_dir)
+        authenticator = BootstrapTokenAuthenticator.from_file(
+            Path(args.identity_dir) / "tokens.json"
+        )
+    else:
+        namespace, _, name = args.ca_secret.partition("/")
+        bundle = load_ca_from_secret(api, namespace=namespace, name=name)  # type: ignore[arg-type]
+        authenticator = TokenReviewAuthenticator(api, node_of_pod=node_of_pod)  # type: ignore[arg-type]
+    authority = CertificateAuthority(
+        anchors=bundle.anchors,
+        issuer=bundle.issuer,
+        trust_domain=args.trust_domain,
+        pods_on_node=pods_on_node,
+    )
+    return Identity(authority, authenticator, issue_serving_cert(bundle.issuer))
+
+
+def node_proof(authenticator: Authenticator) -> NodeProof:
+    async def prove(context: grpc.aio.ServicerContext) -> str:
+        try:
+            agent = await authenticator.authenticate(bearer_token(context.invocation_metadata()))
+        except (AuthenticationFailed, AuthenticatorUnavailable) as exc:
+            raise AgentRefused(str(exc)) from exc
+        return agent.node
+
+    return prove
+
+
+async def serve(args: argparse.Namespace) -> None:
+    index = ClusterIndex(trust_domain=args.trust_domain)
+    api = None
+    source: Source
+    if args.source == "local":
+        source = LocalSource(args.state_dir)
+    else:
+        api = load_api_client(args.kubeconfig)
+        source = KubeSource(api)
+    identity = load_identity(args, index, api) if (args.identity_dir or api) else None
+    if identity is None:
+        log.warning("no --identity-dir: the CA is off and agents are not authenticated")
+
+    hub = DestinationHub(index)
+    broker = TapBroker(index)
+    store = TelemetryStore()
+    proof = node_proof(identity.authenticator) if identity else None
+
+    agent_server = grpc.aio.server()
+    destination_pb2_grpc.add_DestinationServicer_to_server(
+        DestinationService(hub, proof=proof), agent_server
+    )
+    tap_pb2_grpc.add_AgentTapServicer_to_server(AgentTapService(broker, proof=proof), agent_server)
+    TelemetryService(
+        store=store,
+        is_known_node=lambda node: not index.synced or node in index.nodes,
+        authenticator=identity.authenticator if identity else None,
+    ).add_to(agent_server)
+    if identity is not None:
+        IdentityService(authority=identity.authority, authenticator=identity.authenticator).add_to(
+            agent_server
+        )
+    if args.agent_tls:
+        if identity is None:
+            raise SystemExit("--agent-tls needs the CA (--identity-dir or the Kubernetes Secret)")
+        creds = grpc.ssl_server_credentials([identity.serving])
+        agent_server.add_secure_port(args.agent_addr, creds)
+    else:
+        log.warning("agent API on %s is plaintext (--no-agent-tls)", args.agent_addr)
+        agent_server.add_insecure_port(args.agent_addr)
+
+    public_server = grpc.aio.server()
+    public_pb2_grpc.add_PublicServicer_to_server(
+        PublicService(
+            index=index,
+            telemetry=StoreTelemetry(store),
+            broker=broker,
+            hub=hub,
+            source_name=args.source,
+        ),
+        public_server,
+    )
+    public_server.add_insecure_port(args.public_addr)
+
+    admin = AdminServer(ready=lambda: index.synced)
+    host, _, port = args.admin_addr.rpartition(":")
+    await admin.start(host or "0.0.0.0", int(port))
+
+    feed = Feed(source, index, [hub.publish, broker.on_index_changes])
+    feed_task = tasks.spawn(feed.run(), name="feed")
+    await agent_server.start()
+    await public_server.start()
+    log.info(
+        "control plane %s: source %s, agent API %s (%s), public API %s, admin %s",
+        __version__,
+        args.source,
+        args.agent_addr,
+        "TLS" if args.agent_tls else "plaintext",
+        args.public_addr,
+        args.admin_addr,
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopper = tasks.spawn(stop.wait(), name="stop-signal")
+    await asyncio.wait({stopper, feed_task}, return_when=asyncio.FIRST_COMPLETED)
+    if feed_task.done() and not stop.is_set():
+        log.error("the source ended; shutting down")
+    log.info("draining (up to %.1fs)", args.drain_seconds)
+    # Streams are long-lived: give unary calls the grace period, then cancel what is left.
+    await asyncio.gather(
+        agent_server.stop(grace=args.drain_seconds),
+        public_server.stop(grace=args.drain_seconds),
+    )
+    await tasks.cancel_all([feed_task, stopper])
+    await admin.close()
+    if api is not None:
+        api.close()
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(args))
+    else:
+        uvloop.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

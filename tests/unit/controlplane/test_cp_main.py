@@ -1,0 +1,121 @@
+"""The nodemesh-controlplane process: lab files in, TLS agent API, admin endpoints, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cp_objects as k
+import grpc
+import pytest
+
+from nodemesh.api import destination_pb2 as dpb
+from nodemesh.api import destination_pb2_grpc as dpb_grpc
+from nodemesh.api import public_pb2 as ppb
+from nodemesh.api import public_pb2_grpc as ppb_grpc
+from nodemesh.identity import create_issuer_files
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+@pytest.fixture
+def controlplane(tmp_path: Path):  # type: ignore[no-untyped-def]
+    lab = k.LabDir(tmp_path / "lab")
+    for obj in k.web_app(replicas=2):
+        lab.put(obj)
+    issuer = create_issuer_files(tmp_path / "identity", nodes=["node1", "node2"])
+    ports = {name: free_port() for name in ("agent", "public", "admin")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "controlplane.main",
+            "--source=local",
+            f"--state-dir={tmp_path / 'lab'}",
+            f"--identity-dir={tmp_path / 'identity'}",
+            f"--agent-addr=127.0.0.1:{ports['agent']}",
+            f"--public-addr=127.0.0.1:{ports['public']}",
+            f"--admin-addr=127.0.0.1:{ports['admin']}",
+            "--drain-seconds=1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if http_get(f"http://127.0.0.1:{ports['admin']}/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+        yield proc, ports, issuer
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+async def test_serves_agents_over_tls_with_tokens_and_stops_on_sigterm(controlplane) -> None:
+    proc, ports, issuer = controlplane
+    status, metrics = http_get(f"http://127.0.0.1:{ports['admin']}/metrics")
+    assert status == 200 and "nodemesh_index_objects" in metrics
+    assert http_get(f"http://127.0.0.1:{ports['admin']}/live")[0] == 200
+
+    creds = grpc.ssl_channel_credentials(root_certificates=issuer.anchor.certificate_pem())
+    async with grpc.aio.secure_channel(f"localhost:{ports['agent']}", creds) as channel:
+        stub = dpb_grpc.DestinationStub(channel)
+        token = [("authorization", f"Bearer {issuer.tokens['node1']}")]
+        call = stub.Subscribe(dpb.SubscribeRequest(node="node1"), metadata=token)
+        first = await asyncio.wait_for(call.read(), 5)
+        assert first.snapshot.last and [p.key.name for p in first.snapshot.pods] == ["web-5d8f7-0"]
+        call.cancel()
+        # node2's token cannot read node1's table.
+        other = [("authorization", f"Bearer {issuer.tokens['node2']}")]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stub.Subscribe(dpb.SubscribeRequest(node="node1"), metadata=other):
+                pass
+        assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stub.Subscribe(dpb.SubscribeRequest(node="node1")):
+                pass
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['public']}") as channel:
+        public = ppb_grpc.PublicStub(channel)
+        version = await public.Version(ppb.VersionRequest())
+        assert version.synced and version.source == "local"
+        stat = await public.Stat(
+            ppb.StatRequest(resource=ppb.Resource(kind="deploy"), all_namespaces=True)
+        )
+        assert [(r.resource.name, r.total_pods, r.requests) for r in stat.rows] == [("web", 2, 0)]
+
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert time.monotonic() - started < 5
+    assert "stopped" in (proc.stdout.read() if proc.stdout else "")
