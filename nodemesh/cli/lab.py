@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -194,7 +195,7 @@ def _read_manifest(path: Path) -> tuple[str, list[dict[str, Any]]]:
 
 def _apply_file(paths: LabPaths, path: Path) -> list[str]:
     source, docs = _read_manifest(path)
-    return _call(paths, {"op": "apply", "docs": docs, "source": source})["results"]  # type: ignore[no-any-return]
+    return _call(paths, {"op": "apply", "docs": docs, "source": source})["results"]
 
 
 def _call(paths: LabPaths, request: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +211,7 @@ def _wait_ready(paths: LabPaths, *, timeout: float) -> dict[str, Any]:
         status = _call(paths, {"op": "status"})["status"]
         pods = status["pods"]
         if pods and all(p["ready"] for p in pods):
-            return status  # type: ignore[no-any-return]
+            return status
         if time.monotonic() > deadline:
             waiting = ", ".join(
                 f"{p['namespace']}/{p['name']} ({p['phase']} {p['message']})".replace(" )", ")")
@@ -259,7 +260,7 @@ def _print_status(st: dict[str, Any]) -> None:
         click.echo(f"{n['name']:<9} {n['ip']:<13} {n['podCIDR']}")
     if st["pods"]:
         click.echo("")
-        rows = [("NAMESPACE", "POD", "NODE", "IP", "READY", "RESTARTS")]
+        rows: list[tuple[str, ...]] = [("NAMESPACE", "POD", "NODE", "IP", "READY", "RESTARTS")]
         for p in sorted(st["pods"], key=lambda p: (p["namespace"], p["name"])):
             rows.append(
                 (p["namespace"], p["name"], p["node"], p["ip"] or "-",
@@ -276,7 +277,7 @@ def _print_status(st: dict[str, Any]) -> None:
         click.echo(f"forward: {Forward(**f)}")
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

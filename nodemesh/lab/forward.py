@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import random
 import socket
@@ -33,7 +34,7 @@ class Forwarder:
         for fwd in forwards:
             try:
                 server = await asyncio.start_server(
-                    lambda r, w, f=fwd: self._relay(f, r, w), fwd.host, fwd.local_port
+                    functools.partial(self._relay, fwd), fwd.host, fwd.local_port
                 )
             except OSError as e:
                 raise ForwardBindError(
@@ -52,7 +53,7 @@ class Forwarder:
         svc = next(
             (
                 s
-                for s in self.sup.store.list("Service", fwd.namespace)
+                for s in self.sup.store.of_kind("Service", fwd.namespace)
                 if s["metadata"]["name"] == fwd.service
             ),
             None,
@@ -64,7 +65,7 @@ class Forwarder:
             return None
         pods = [
             p
-            for p in objects.pods_for_port(svc, self.sup.store.list("Pod", fwd.namespace))
+            for p in objects.pods_for_port(svc, self.sup.store.of_kind("Pod", fwd.namespace))
             if objects.is_ready(p) and p.get("status", {}).get("podIP")
         ]
         if not pods:

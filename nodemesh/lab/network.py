@@ -111,7 +111,7 @@ def service_routes(
         if not vip or vip == "None":
             continue
         for port in svc["spec"]["ports"]:
-            backends = []
+            backends: list[tuple[str, int]] = []
             for s in by_service.get(key, []):
                 target = next(
                     (p["port"] for p in s["ports"] if p.get("name", "") == port.get("name", "")),

@@ -32,7 +32,7 @@ class Store:
     def get(self, ref: ObjectRef) -> dict[str, Any] | None:
         return self._objects.get(ref)
 
-    def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+    def of_kind(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
         return [
             o
             for r, o in self._objects.items()

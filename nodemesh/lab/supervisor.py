@@ -76,7 +76,7 @@ class Supervisor:
             nodes={},
             env_path=f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             on_change=self._pod_changed,
-            services=lambda: self.store.list("Service"),
+            services=lambda: self.store.of_kind("Service"),
         )
 
     # ----- start-up --------------------------------------------------------------------------
@@ -162,7 +162,7 @@ class Supervisor:
                 elif spec.get("clusterIP") not in (None, "", "None"):
                     pass  # honour a requested ClusterIP
                 elif spec.get("clusterIP") != "None":
-                    used = [s["spec"].get("clusterIP", "") for s in self.store.list("Service")]
+                    used = [s["spec"].get("clusterIP", "") for s in self.store.of_kind("Service")]
                     spec["clusterIP"] = objects.allocate_cluster_ip(used)
                 spec["clusterIPs"] = [spec["clusterIP"]]
                 spec.setdefault("type", "ClusterIP")
@@ -221,7 +221,7 @@ class Supervisor:
                     ),
                     "message": p.get("status", {}).get("message", ""),
                 }
-                for p in self.store.list("Pod")
+                for p in self.store.of_kind("Pod")
             ],
             "services": [
                 {
@@ -230,7 +230,7 @@ class Supervisor:
                     "clusterIP": s["spec"].get("clusterIP"),
                     "ports": [p["port"] for p in s["spec"]["ports"]],
                 }
-                for s in self.store.list("Service")
+                for s in self.store.of_kind("Service")
             ],
             "forwards": self.forwarder.describe(),
         }
@@ -256,8 +256,8 @@ class Supervisor:
         await self._reconcile_endpoints()
 
     def _reconcile_deployments(self) -> None:
-        deployments = {ref_of(d): d for d in self.store.list("Deployment")}
-        for rs in self.store.list("ReplicaSet"):
+        deployments = {ref_of(d): d for d in self.store.of_kind("Deployment")}
+        for rs in self.store.of_kind("ReplicaSet"):
             owner = _owner(rs)
             dep = next((d for d in deployments.values() if d["metadata"]["uid"] == owner), None)
             wanted = objects.replicaset_for(dep)["metadata"]["name"] if dep else None
@@ -266,20 +266,22 @@ class Supervisor:
         for dep in deployments.values():
             want = objects.replicaset_for(dep)
             rs_ref = ref_of(want)
-            rs = self.store.get(rs_ref)
+            found = self.store.get(rs_ref)
             replicas = dep["spec"].get("replicas", 1)
-            if rs is None:
+            if found is None:
                 rs = want
-            elif rs["spec"]["replicas"] == replicas:
-                self._update_rs_status(rs, dep)
+            elif found["spec"]["replicas"] == replicas:
+                self._update_rs_status(found, dep)
                 continue
+            else:
+                rs = found
             rs["spec"]["replicas"] = replicas
             self.store.put(rs)
             self._update_rs_status(rs, dep)
-        for rs in self.store.list("ReplicaSet"):
+        for rs in self.store.of_kind("ReplicaSet"):
             pods = [
                 p
-                for p in self.store.list("Pod", rs["metadata"]["namespace"])
+                for p in self.store.of_kind("Pod", rs["metadata"]["namespace"])
                 if _owner(p) == rs["metadata"]["uid"]
             ]
             missing = rs["spec"]["replicas"] - len(pods)
@@ -294,15 +296,15 @@ class Supervisor:
                 )
                 for p in victims[:-missing]:
                     self.store.delete(ref_of(p))
-        rs_uids = {rs["metadata"]["uid"] for rs in self.store.list("ReplicaSet")}
-        for p in self.store.list("Pod"):
+        rs_uids = {rs["metadata"]["uid"] for rs in self.store.of_kind("ReplicaSet")}
+        for p in self.store.of_kind("Pod"):
             if _owner_kind(p) == "ReplicaSet" and _owner(p) not in rs_uids:
                 self.store.delete(ref_of(p))
 
     def _update_rs_status(self, rs: dict[str, Any], dep: dict[str, Any]) -> None:
         pods = [
             p
-            for p in self.store.list("Pod", rs["metadata"]["namespace"])
+            for p in self.store.of_kind("Pod", rs["metadata"]["namespace"])
             if _owner(p) == rs["metadata"]["uid"]
         ]
         ready = sum(1 for p in pods if objects.is_ready(p))
@@ -316,10 +318,10 @@ class Supervisor:
             self.store.put(dep)
 
     def _reconcile_daemonsets(self) -> None:
-        sets = self.store.list("DaemonSet")
+        sets = self.store.of_kind("DaemonSet")
         uids = {d["metadata"]["uid"] for d in sets}
         for ds in sets:
-            pods = [p for p in self.store.list("Pod") if _owner(p) == ds["metadata"]["uid"]]
+            pods = [p for p in self.store.of_kind("Pod") if _owner(p) == ds["metadata"]["uid"]]
             have = {p["spec"].get("nodeName") for p in pods}
             selector = ds["spec"]["template"]["spec"].get("nodeSelector") or {}
             for node in self.nodes:
@@ -327,12 +329,12 @@ class Supervisor:
                 if node.name not in have and selects(selector, labels):
                     name = f"{ds['metadata']['name']}-{objects.random_suffix(self.rng)}"
                     self.store.put(objects.pod_from_template(ds, name=name, node=node.name))
-        for p in self.store.list("Pod"):
+        for p in self.store.of_kind("Pod"):
             if _owner_kind(p) == "DaemonSet" and _owner(p) not in uids:
                 self.store.delete(ref_of(p))
 
     async def _reconcile_pods(self) -> None:
-        pods = {ref_of(p): p for p in self.store.list("Pod")}
+        pods = {ref_of(p): p for p in self.store.of_kind("Pod")}
         gone = [ref for ref in self.runners if ref not in pods]
         if gone:
             await asyncio.gather(*(self.runners.pop(ref).stop() for ref in gone))
@@ -367,14 +369,14 @@ class Supervisor:
             self._dirty.set()
 
     async def _reconcile_endpoints(self) -> None:
-        services = self.store.list("Service")
-        pods = self.store.list("Pod")
+        services = self.store.of_kind("Service")
+        pods = self.store.of_kind("Pod")
         wanted: dict[ObjectRef, dict[str, Any]] = {}
         for svc in services:
             name = f"{svc['metadata']['name']}-{svc['metadata']['uid'][:5]}"
             es = objects.endpointslice_for(svc, pods, name=name)
             wanted[ref_of(es)] = es
-        for es in self.store.list("EndpointSlice"):
+        for es in self.store.of_kind("EndpointSlice"):
             ref = ref_of(es)
             if ref not in wanted:
                 self.store.delete(ref)

@@ -65,8 +65,8 @@ def down(paths: LabPaths, *, graceful_timeout: float = 60.0) -> Removed:
         try:
             LabClient(paths, timeout=5).call({"op": "shutdown"})
             _wait_gone([d["pid"] for d in live_sup], graceful_timeout)
-        except LabUnavailable as e:
-            removed.problems.append(f"supervisor did not answer ({e}); stopping it by PID")
+        except LabUnavailable as err:
+            removed.problems.append(f"supervisor did not answer ({err}); stopping it by PID")
 
     # 2. Every recorded process that is still the one recorded, whole process group first.
     recorded = [
@@ -75,14 +75,14 @@ def down(paths: LabPaths, *, graceful_timeout: float = 60.0) -> Removed:
         if e.kind == "process" and same_process(e.data["pid"], e.data.get("start"))
     ]
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for d in recorded:
+        for rec in recorded:
             try:
-                os.killpg(d["pid"], sig)
+                os.killpg(rec["pid"], sig)
             except (ProcessLookupError, PermissionError):
-                signal_pids([d["pid"]], sig)
-        left = _wait_gone([d["pid"] for d in recorded], 5.0)
-        removed.processes.extend(d["pid"] for d in recorded if d["pid"] not in left)
-        recorded = [d for d in recorded if d["pid"] in left]
+                signal_pids([rec["pid"]], sig)
+        left = _wait_gone([rec["pid"] for rec in recorded], 5.0)
+        removed.processes.extend(rec["pid"] for rec in recorded if rec["pid"] not in left)
+        recorded = [rec for rec in recorded if rec["pid"] in left]
         if not recorded:
             break
 
@@ -119,9 +119,9 @@ def down(paths: LabPaths, *, graceful_timeout: float = 60.0) -> Removed:
     if paths.root.exists():
         shutil.rmtree(paths.root, ignore_errors=True)
         removed.paths.append(str(paths.root))
-    for d in (ETC_NETNS, paths.root.parent):
+    for empty in (ETC_NETNS, paths.root.parent):
         try:
-            d.rmdir()  # only when empty: another lab may still use it
+            empty.rmdir()  # only when empty: another lab may still use it
         except OSError:
             pass
     return removed
