@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +30,10 @@ from controlplane.sources.events import (
 log = logging.getLogger(__name__)
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+FULL_SCAN_EVERY = 25  # polls; catches files rewritten in place, which leave the folder alone
 # (inode, mtime, size): the lab replaces files by rename, so a new version has a new inode.
 Signature = tuple[int, int, int]
+Listing = dict[Path, tuple[str, Signature]]
 
 
 @dataclass(slots=True)
@@ -49,6 +53,8 @@ class LocalSource:
         self.interval = interval
         self.rejected = 0
         self._files: dict[Path, _Entry] = {}
+        self._folders: dict[Path, tuple[int, Listing]] = {}
+        self._polls = 0
         self._missing_logged = False
 
     async def events(self) -> AsyncIterator[SourceEvent]:
@@ -67,14 +73,12 @@ class LocalSource:
         if not self.root.is_dir() and not self._missing_logged:
             log.warning("state directory %s does not exist (yet); treating it as empty", self.root)
             self._missing_logged = True
-        present: dict[Path, tuple[str, Signature]] = {}
+        self._polls += 1
+        full = self._polls % FULL_SCAN_EVERY == 0
+        present: Listing = {}
         for kind in KINDS:
-            for path in self._files_of(kind):
-                try:
-                    st = path.stat()
-                except FileNotFoundError:
-                    continue  # replaced or removed between listing and stat
-                present[path] = (kind, (st.st_ino, st.st_mtime_ns, st.st_size))
+            for folder in self._folders_of(kind):
+                present.update(self._files_in(folder, kind, full=full))
         events: list[ObjectChanged] = []
         for path, (kind, sig) in present.items():
             entry = self._files.get(path)
@@ -91,18 +95,38 @@ class LocalSource:
             SOURCE_EVENTS.labels(self.name, e.kind, e.type.value).inc()
         return events
 
-    def _files_of(self, kind: str) -> list[Path]:
+    def _folders_of(self, kind: str) -> list[Path]:
         base = self.root / kind
         if kind in CLUSTER_SCOPED:
-            dirs = [base]
-        else:
-            dirs = [Path(e.path) for e in _scandir(base) if e.is_dir() and e.name[0] != "."]
-        return [
-            Path(f.path)
-            for d in dirs
-            for f in _scandir(d)
-            if f.name.endswith((".yaml", ".yml")) and not f.name.startswith(".") and f.is_file()
-        ]
+            return [base]
+        return [Path(e.path) for e in _scandir(base) if e.is_dir() and e.name[0] != "."]
+
+    def _files_in(self, folder: Path, kind: str, *, full: bool) -> Listing:
+        """Signatures of the YAML files in `folder`, re-read only when the folder changed.
+
+        The lab writes by rename, which bumps the folder's mtime, so an unchanged folder holds
+        unchanged files. Timestamps are coarse (a clock tick), so a folder touched in the last
+        second is always re-read, and every folder is on each FULL_SCAN_EVERY-th poll."""
+        try:
+            st = folder.stat()
+        except FileNotFoundError:
+            return {}
+        cached = self._folders.get(folder)
+        settled = time.time_ns() - st.st_mtime_ns > 1_000_000_000
+        if cached is not None and cached[0] == st.st_mtime_ns and settled and not full:
+            return cached[1]
+        found: Listing = {}
+        for f in _scandir(folder):
+            if not f.name.endswith((".yaml", ".yml")) or f.name.startswith("."):
+                continue
+            try:
+                fst = f.stat()
+            except FileNotFoundError:
+                continue  # replaced or removed between listing and stat
+            if stat.S_ISREG(fst.st_mode):
+                found[Path(f.path)] = (kind, (fst.st_ino, fst.st_mtime_ns, fst.st_size))
+        self._folders[folder] = (st.st_mtime_ns, found)
+        return found
 
     def _read(
         self, path: Path, kind: str, sig: Signature, entry: _Entry | None

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import cp_objects as k
 import pytest
+import yaml
 
 from controlplane.sources.events import KINDS, EventType, KindSynced, ObjectChanged, SourceEvent
-from controlplane.sources.local import LocalSource
+from controlplane.sources.local import FULL_SCAN_EVERY, LocalSource
 
 
 async def next_events(it: AsyncIterator[SourceEvent], n: int, timeout: float = 2.0) -> list:
@@ -91,3 +92,19 @@ def test_missing_directory_is_empty_until_the_lab_creates_it(tmp_path: Path) -> 
     lab = k.LabDir(tmp_path / "not-yet")
     lab.put(k.node(1))
     assert [e.key for e in source.scan()] == [("Node", "", "node1")]
+
+
+def test_a_file_rewritten_in_place_is_still_noticed(tmp_path: Path) -> None:
+    lab = k.LabDir(tmp_path)
+    obj = lab.put(k.node(1))
+    source = LocalSource(tmp_path)
+    assert len(source.scan()) == 1
+    path = lab.path("Node", None, "node1")
+    obj["metadata"]["resourceVersion"] = "9999"
+    obj["spec"]["podCIDR"] = "10.244.9.0/24"
+    with path.open("w") as f:  # not the lab's rename: the folder's mtime stays the same
+        f.write(yaml.safe_dump(obj))
+    seen = [e for _ in range(FULL_SCAN_EVERY) for e in source.scan()]
+    assert [(e.type, e.obj["spec"]["podCIDR"]) for e in seen] == [
+        (EventType.MODIFIED, "10.244.9.0/24")
+    ]
