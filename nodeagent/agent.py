@@ -1,0 +1,143 @@
+"""The agent put together: start-up order, the background loops, and a draining shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from nodeagent.admin import AdminServer
+from nodeagent.cniserver import CniServer
+from nodeagent.config import AgentConfig
+from nodeagent.destination_client import DestinationClient, open_channel
+from nodeagent.enrolment import Enroller
+from nodeagent.listeners import PodListeners, ProxyRuntime
+from nodeagent.podnetns import find_netns_for
+from nodeagent.rules.worker import RuleWorker
+from nodeagent.statefile import StateFile
+from nodeagent.table import DestinationTable, TableChanged
+from nodemesh import tasks
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 10.0
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.table = DestinationTable(config.node)
+        # Upstream sockets are made in pod namespaces on these threads; a few suffice, each
+        # switch takes microseconds.
+        self.netns_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nodemesh-netns")
+        self.runtime = ProxyRuntime(mark=config.mark, executor=self.netns_pool)
+        self.rules = RuleWorker()
+        self.enroller = Enroller(
+            table=self.table,
+            rules=self.rules,
+            listeners=lambda pod: PodListeners(pod, self.runtime),
+            store=StateFile(config.state_file),
+            find_netns=lambda ips, skip: find_netns_for(ips, netns_dir=config.netns_dir, skip=skip),
+            mark=config.mark,
+            pod_wait=config.pod_wait_seconds,
+        )
+        self.cni = CniServer(self.enroller, config.cni_socket)
+        self.admin = AdminServer(
+            host=config.admin_host, port=config.admin_port, ready=self._readiness
+        )
+        self.started = False
+        self._dirty: set[str] = set()
+        self._adopt_pending = False
+        self._work = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def _readiness(self) -> tuple[bool, str]:
+        if not self.started:
+            return False, "starting"
+        if not self.table.synced:
+            return False, "waiting for the control plane"
+        return True, f"ready, {len(self.enroller.enrolled())} pod(s) enrolled"
+
+    def _table_changed(self, change: TableChanged) -> None:
+        self._dirty |= self.enroller.table_changed(change)
+        if change.snapshot:
+            self._adopt_pending = True
+        self._work.set()
+
+    async def _reconciler(self) -> None:
+        """One pass at a time over what the table changed; bursts of changes coalesce."""
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            dirty, self._dirty = self._dirty, set()
+            for cid in sorted(dirty):
+                try:
+                    await self.enroller.reconcile(cid)
+                except Exception:
+                    log.exception("reconciling %s failed", cid)
+            if self._adopt_pending:
+                self._adopt_pending = False
+                try:
+                    await self.enroller.adopt()
+                except Exception:
+                    log.exception("adopting running pods failed")
+
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            await self.enroller.sweep()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        channel = open_channel(
+            cfg.controlplane, insecure=cfg.controlplane_insecure, ca_file=cfg.controlplane_ca
+        )
+        client = DestinationClient(channel=channel, table=self.table, on_change=self._table_changed)
+        try:
+            await self.admin.start()
+            self._tasks.append(tasks.spawn(client.run(), name="destination client"))
+            # Take over the previous agent's pods before answering the plugin, so a DEL or GC
+            # never races the restore of the same pod.
+            await self.enroller.restore()
+            await self.cni.start()
+            self._tasks.append(tasks.spawn(self._reconciler(), name="reconciler"))
+            self._tasks.append(tasks.spawn(self._sweeper(), name="sweeper"))
+            self.started = True
+            log.info(
+                "agent for node %s up: %d pod(s) restored, cni socket %s",
+                cfg.node,
+                len(self.enroller.enrolled()),
+                cfg.cni_socket,
+            )
+            await stop.wait()
+        finally:
+            await self.shutdown()
+            await channel.close()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let open connections finish until the deadline, then cut them."""
+        log.info("draining")
+        await self.cni.stop()
+        self.enroller.stop_listening()
+        await tasks.cancel_all(self._tasks)
+        self._tasks.clear()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_seconds
+        while self.runtime.relays and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for relay in list(self.runtime.relays):
+            relay.abort()
+        self.admin.close()
+        await self.rules.aclose()
+        self.netns_pool.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped; pod rules stay in place")
+
+
+async def serve(config: AgentConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Agent(config).run(stop)

@@ -1,0 +1,105 @@
+"""The agent's command line: flags, their defaults, and the settings object built from them."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CNI_SOCKET = "/var/run/nodemesh/cni.sock"
+DEFAULT_STATE_FILE = "/var/run/nodemesh/agent-state.json"
+DEFAULT_CONTROLPLANE = "nodemesh-controlplane.nodemesh.svc.cluster.local:8086"
+DEFAULT_ADMIN = "0.0.0.0:4191"
+DEFAULT_MARK = 0x6E6D
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    cni_socket: Path = Path(DEFAULT_CNI_SOCKET)
+    state_file: Path = Path(DEFAULT_STATE_FILE)
+    controlplane: str = DEFAULT_CONTROLPLANE
+    controlplane_insecure: bool = False
+    controlplane_ca: Path | None = None
+    admin_host: str = "0.0.0.0"
+    admin_port: int = 4191
+    netns_dir: Path = Path("/run/netns")
+    mark: int = DEFAULT_MARK
+    # How long an ADD waits for the control plane to tell the agent about a new pod.
+    pod_wait_seconds: float = 5.0
+    # SIGTERM: open connections get this long to finish before they are cut.
+    drain_seconds: float = 10.0
+    log_level: str = "info"
+
+
+def _mark(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0x6e6d)") from None
+    if not 0 < value <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"mark {text} is not a non-zero 32-bit value")
+    return value
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nodemesh-agent",
+        description="nodemesh node agent: enrols this node's pods and proxies their traffic",
+    )
+    p.add_argument("--node", required=True, help="name of the node this agent serves")
+    p.add_argument("--cni-socket", default=DEFAULT_CNI_SOCKET, help="unix socket for nodemesh-cni")
+    p.add_argument("--state-file", default=DEFAULT_STATE_FILE, help="where enrolled pods are kept")
+    p.add_argument(
+        "--controlplane",
+        default=DEFAULT_CONTROLPLANE,
+        help="destination API as HOST:PORT (or unix:/path for a local socket)",
+    )
+    p.add_argument(
+        "--controlplane-insecure",
+        action="store_true",
+        help="plaintext gRPC to the control plane (until agent identities exist)",
+    )
+    p.add_argument("--controlplane-ca", default=None, help="PEM trust anchor for the control plane")
+    p.add_argument("--admin-addr", default=DEFAULT_ADMIN, type=_host_port, help="/metrics, /ready")
+    p.add_argument("--netns-dir", default="/run/netns", help="where pod network namespaces live")
+    p.add_argument("--mark", default=DEFAULT_MARK, type=_mark, help="SO_MARK of agent sockets")
+    p.add_argument("--pod-wait-seconds", default=5.0, type=_positive)
+    p.add_argument("--drain-seconds", default=10.0, type=_positive)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
+    ns = build_parser().parse_args(argv)
+    host, port = ns.admin_addr
+    return AgentConfig(
+        node=ns.node,
+        cni_socket=Path(ns.cni_socket),
+        state_file=Path(ns.state_file),
+        controlplane=ns.controlplane,
+        controlplane_insecure=ns.controlplane_insecure,
+        controlplane_ca=Path(ns.controlplane_ca) if ns.controlplane_ca else None,
+        admin_host=host,
+        admin_port=port,
+        netns_dir=Path(ns.netns_dir),
+        mark=ns.mark,
+        pod_wait_seconds=ns.pod_wait_seconds,
+        drain_seconds=ns.drain_seconds,
+        log_level=ns.log_level,
+    )

@@ -1,0 +1,96 @@
+"""The agent's Prometheus metrics, with Linkerd-compatible names for the per-pod TCP counters."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+_POD = ["direction", "namespace", "pod"]
+TCP_OPEN = Counter("tcp_open", "TCP connections opened", _POD, registry=REGISTRY)
+TCP_CLOSE = Counter("tcp_close", "TCP connections closed", _POD, registry=REGISTRY)
+TCP_READ = Counter(
+    "tcp_read_bytes", "Bytes read from the accepted connection's peer", _POD, registry=REGISTRY
+)
+TCP_WRITE = Counter(
+    "tcp_write_bytes", "Bytes written to the accepted connection's peer", _POD, registry=REGISTRY
+)
+TCP_OPEN_CONNECTIONS = Gauge(
+    "tcp_open_connections", "TCP connections open now", _POD, registry=REGISTRY
+)
+UPSTREAM_FAILURES = Counter(
+    "nodemesh_agent_upstream_connect_failures",
+    "Upstream connections that could not be opened",
+    _POD,
+    registry=REGISTRY,
+)
+DNS_QUERIES = Counter(
+    "nodemesh_agent_dns_queries",
+    "DNS queries forwarded for a pod",
+    ["namespace", "pod", "protocol", "result"],
+    registry=REGISTRY,
+)
+PODS_ENROLLED = Gauge(
+    "nodemesh_agent_pods_enrolled", "Pods with rules and listeners in place", registry=REGISTRY
+)
+CNI_REQUESTS = Counter(
+    "nodemesh_agent_cni_requests",
+    "Requests from nodemesh-cni by command and reply status",
+    ["command", "status"],
+    registry=REGISTRY,
+)
+CNI_ADD_SECONDS = Histogram(
+    "nodemesh_agent_cni_add_seconds",
+    "Time from an ADD request to its reply",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+DESTINATION_CONNECTED = Gauge(
+    "nodemesh_agent_destination_connected",
+    "1 while the destination stream from the control plane is up",
+    registry=REGISTRY,
+)
+DESTINATION_UPDATES = Counter(
+    "nodemesh_agent_destination_updates",
+    "Destination updates applied, by kind",
+    ["kind"],
+    registry=REGISTRY,
+)
+
+
+class PodTcpStats:
+    """The counters of one pod and direction, resolved once so the relay path only adds."""
+
+    __slots__ = ("open", "close", "read", "write", "current", "failures")
+
+    def __init__(self, direction: str, namespace: str, pod: str) -> None:
+        labels = (direction, namespace, pod)
+        self.open = TCP_OPEN.labels(*labels)
+        self.close = TCP_CLOSE.labels(*labels)
+        self.read = TCP_READ.labels(*labels)
+        self.write = TCP_WRITE.labels(*labels)
+        self.current = TCP_OPEN_CONNECTIONS.labels(*labels)
+        self.failures = UPSTREAM_FAILURES.labels(*labels)
+
+
+def forget_pod(namespace: str, pod: str) -> None:
+    """Drop a pod's label sets so a node with pod churn does not grow its metrics for ever."""
+    for direction in ("inbound", "outbound"):
+        for metric in (TCP_OPEN, TCP_CLOSE, TCP_READ, TCP_WRITE, TCP_OPEN_CONNECTIONS):
+            try:
+                metric.remove(direction, namespace, pod)
+            except KeyError:
+                pass
+        try:
+            UPSTREAM_FAILURES.remove(direction, namespace, pod)
+        except KeyError:
+            pass
