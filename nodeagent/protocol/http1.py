@@ -16,14 +16,26 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum, auto
 from itertools import islice
 
 import httptools
 
 from nodeagent.protocol.errors import ProtocolError
+from nodeagent.protocol.http1_events import (
+    ConnectTunnel,
+    ExchangeAborted,
+    Http1Event,
+    RequestEnded,
+    RequestStarted,
+    ResponseEnded,
+    ResponseStarted,
+    Upgraded,
+)
+from nodeagent.protocol.http1_states import CLIENT_TRANSITIONS, SERVER_TRANSITIONS, State, Trigger
 
 __all__ = [
+    "CLIENT_TRANSITIONS",
+    "SERVER_TRANSITIONS",
     "ConnectTunnel",
     "ExchangeAborted",
     "Http1Error",
@@ -33,6 +45,8 @@ __all__ = [
     "RequestStarted",
     "ResponseEnded",
     "ResponseStarted",
+    "State",
+    "Trigger",
     "Upgraded",
 ]
 
@@ -42,112 +56,8 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_UPGRADE_BUFFER = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class RequestStarted:
-    seq: int
-    method: str
-    authority: str
-    path: str
-    version: str
-
-
-@dataclass(frozen=True, slots=True)
-class RequestEnded:
-    seq: int
-    body_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseStarted:
-    seq: int
-    status: int
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseEnded:
-    seq: int
-    body_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class Upgraded:
-    """101 Switching Protocols: the rest of the connection is opaque."""
-
-    seq: int
-    protocol: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectTunnel:
-    """2xx to CONNECT: the rest of the connection is opaque."""
-
-    seq: int
-    authority: str
-
-
-@dataclass(frozen=True, slots=True)
-class ExchangeAborted:
-    """The connection closed before this exchange's response was complete."""
-
-    seq: int
-    reason: str
-
-
-Http1Event = (
-    RequestStarted
-    | RequestEnded
-    | ResponseStarted
-    | ResponseEnded
-    | Upgraded
-    | ConnectTunnel
-    | ExchangeAborted
-)
-
-
 class Http1Error(ProtocolError):
     """Malformed or out-of-order HTTP/1 traffic."""
-
-
-class State(Enum):
-    IDLE = auto()
-    HEADERS = auto()
-    BODY = auto()
-    INTERIM = auto()  # a 1xx response other than 101, which is never the final one
-    UPGRADE_PENDING = auto()  # request asked to switch; waiting for the server's answer
-    TUNNEL = auto()
-
-
-class Trigger(Enum):
-    BEGIN = auto()
-    HEADERS_FINAL = auto()
-    HEADERS_INTERIM = auto()
-    COMPLETE = auto()
-    UPGRADE_REQUESTED = auto()
-    UPGRADE_ACCEPTED = auto()
-    UPGRADE_DECLINED = auto()
-    SWITCHED = auto()
-
-
-# Allowed transitions per direction, as h11 tabulates them: a pair missing here is a
-# ProtocolError, never a silent fall-through.
-CLIENT_TRANSITIONS: dict[tuple[State, Trigger], State] = {
-    (State.IDLE, Trigger.BEGIN): State.HEADERS,
-    (State.HEADERS, Trigger.HEADERS_FINAL): State.BODY,
-    (State.BODY, Trigger.COMPLETE): State.IDLE,
-    (State.IDLE, Trigger.UPGRADE_REQUESTED): State.UPGRADE_PENDING,
-    (State.UPGRADE_PENDING, Trigger.UPGRADE_ACCEPTED): State.TUNNEL,
-    (State.UPGRADE_PENDING, Trigger.UPGRADE_DECLINED): State.IDLE,
-}
-SERVER_TRANSITIONS: dict[tuple[State, Trigger], State] = {
-    (State.IDLE, Trigger.BEGIN): State.HEADERS,
-    (State.HEADERS, Trigger.HEADERS_INTERIM): State.INTERIM,
-    (State.INTERIM, Trigger.COMPLETE): State.IDLE,
-    (State.HEADERS, Trigger.HEADERS_FINAL): State.BODY,
-    (State.BODY, Trigger.COMPLETE): State.IDLE,
-    (State.HEADERS, Trigger.SWITCHED): State.TUNNEL,
-    # llhttp still reports the end of a 101 or a CONNECT 2xx message after the switch.
-    (State.TUNNEL, Trigger.COMPLETE): State.TUNNEL,
-}
 
 
 @dataclass(slots=True)
