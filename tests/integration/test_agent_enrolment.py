@@ -52,7 +52,9 @@ pytestmark = [
 ]
 
 VENV_BIN = Path(sys.executable).parent
-AGENT = VENV_BIN / "nodemesh-agent"
+REPO = Path(__file__).resolve().parents[2]
+# The checkout under test (not whatever the venv's console script points at) runs as the agent.
+AGENT = [sys.executable, "-m", "nodeagent.main"]
 PLUGIN = VENV_BIN / "nodemesh-cni"
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "rules"
 IPS = {"a": "10.77.0.2", "b": "10.77.0.3", "c": "10.77.0.4"}
@@ -75,18 +77,17 @@ def obj_namespace(name: str, meshed: bool) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
 
 
-def obj_pod(ns: str, name: str, ip: str, uid: str, labels: dict[str, str]) -> dict[str, Any]:
+def obj_pod(ns: str, name: str, ip: str | None, labels: dict[str, str]) -> dict[str, Any]:
+    """A pod as the API shows it: Pending without an IP until its sandbox exists."""
+    status: dict[str, Any] = {"phase": "Pending", "hostIP": NODE_IP}
+    if ip is not None:
+        status.update(phase="Running", podIP=ip, conditions=[{"type": "Ready", "status": "True"}])
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "uid": uid, "labels": labels},
+        "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}", "labels": labels},
         "spec": {"nodeName": "node1", "serviceAccountName": "default", "containers": [{}]},
-        "status": {
-            "phase": "Running",
-            "podIP": ip,
-            "hostIP": NODE_IP,
-            "conditions": [{"type": "Ready", "status": "True"}],
-        },
+        "status": status,
     }
 
 
@@ -196,7 +197,7 @@ class World:
         log = open(self.agent_log, "ab")
         self.agent = subprocess.Popen(
             [
-                "ip", "netns", "exec", self.node, str(AGENT),
+                "ip", "netns", "exec", self.node, *AGENT,
                 "--node", "node1",
                 "--cni-socket", str(self.cni_socket),
                 "--state-file", str(self.state_file),
@@ -209,6 +210,8 @@ class World:
             ],
             stdout=log,
             stderr=log,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + 30
@@ -432,8 +435,8 @@ def world(tmp_path: Path) -> Iterator[World]:
         w.objects.put(
             {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1"}, "spec": {}}
         )
-        for pod, ip in IPS.items():
-            w.objects.put(obj_pod(NAMESPACES[pod], pod, ip, f"uid-{pod}", {"app": pod}))
+        for pod in IPS:
+            w.objects.put(obj_pod(NAMESPACES[pod], pod, None, {"app": pod}))
         w.cp = ControlPlane(tmp_path, f"unix:{tmp_path / 'cp.sock'}")
         w.cp.start()
         yield w
@@ -527,10 +530,17 @@ def test_add_with_agent_down_fails_with_try_again_later(world: World) -> None:
 
 def test_pod_unknown_to_the_control_plane_is_try_again_later(world: World) -> None:
     world.start_agent("--pod-wait-seconds", "1")
+    started = time.monotonic()
     code, out = world.cni("ADD", "a", container_id="ghost-ctr", name="ghost")
     assert code == 1 and out["code"] == 11, out
     assert "not yet known" in out["msg"]
+    assert time.monotonic() - started >= 1.0  # it did wait for the control plane
     assert world.rule_count("a") == 0
+    # Once the pod shows up, the runtime's retry succeeds.
+    world.objects.put(obj_pod("shop", "ghost", None, {}))
+    code, out = world.cni("ADD", "a", container_id="ghost-ctr", name="ghost")
+    assert code == 0, out
+    assert world.rules("a") == GOLDEN_DEFAULT
 
 
 def test_restarting_the_agent_keeps_rules_and_listeners(world: World) -> None:
@@ -574,6 +584,8 @@ def test_pods_running_before_the_agent_are_adopted(world: World) -> None:
     enrol_all(w)
     w.stop_agent()
     # A node reboot: the state file is gone, the pods came back without the agent.
+    for pod, ip in IPS.items():
+        w.objects.put(obj_pod(NAMESPACES[pod], pod, ip, {"app": pod}))
     w.state_file.unlink()
     for pod in ("a", "b"):
         sh("ip", "netns", "exec", w.netns(pod), "iptables-legacy", "-t", "nat", "-F")
