@@ -21,7 +21,6 @@ Interface:
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +32,7 @@ from controlplane.telemetry.store import (
     NodeState,
     TelemetryStore,
 )
-from nodemesh.histogram import merge_into, quantile
+from nodemesh.histogram import quantile
 
 KINDS = {
     "deploy": "deploy", "deployment": "deploy", "deployments": "deploy",
@@ -199,7 +198,7 @@ def stat(
                 r.success += cell.responses
             else:
                 r.failure += cell.responses
-            merge_into(r.latency, cell.latency)
+            cell.latency_into(r.latency)
     for tkey, tcells in store.tcp_series.items():
         found = _row_of(tkey, resource, from_, to)
         if found is None:
@@ -217,7 +216,7 @@ def stat(
     return sorted(rows.values(), key=lambda r: (r.namespace, r.name))
 
 
-def _in_window(cells: deque[Any], first: int, last: int) -> Iterator[Any]:
+def _in_window(cells: list[Any], first: int, last: int) -> Iterator[Any]:
     # Newest cells are at the right; walk back and stop at the first one before the window.
     for cell in reversed(cells):
         if cell.start < first:

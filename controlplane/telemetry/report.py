@@ -8,6 +8,7 @@ hashable and are what the store indexes series by.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 from nodemesh.api import telemetry_pb2 as pb
@@ -89,7 +90,8 @@ class ParsedReport:
 def _name(value: str, what: str, limit: int = MAX_NAME) -> str:
     if len(value) > limit or any(c in value for c in "\x00\n\r"):
         raise BadReport("garbled", f"{what} is not a valid name ({len(value)} chars)")
-    return value
+    # Thousands of series repeat the same few namespaces, workloads and identities.
+    return sys.intern(value)
 
 
 def _peer(p: pb.Peer, side: str) -> Peer:
