@@ -4,15 +4,15 @@
 - `certify(csr, requested_id, node=...) -> Issued` for an agent authenticated as `node`; it
   signs only identities that have a pod on that node (asked through `pods_on_node(node)`, which
   yields (namespace, service account) pairs) and raises `Refused` otherwise.
-- `issue(identity, public_key) -> Issued` signs without the node check, for the control plane's
-  own serving certificate.
+- `issue(identity, public_key, dns_names=()) -> Issued` signs without the node check, for the
+  control plane's own serving certificate (see controlplane.identity.serving).
 Leaves: 24 h, CA:false, key usage digital signature, EKU server + client auth, the one URI SAN.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -97,8 +97,18 @@ class CertificateAuthority:
             )
         return self.issue(requested_id, public_key)
 
-    def issue(self, identity: str, public_key: ec.EllipticCurvePublicKey) -> Issued:
+    def issue(
+        self,
+        identity: str,
+        public_key: ec.EllipticCurvePublicKey,
+        *,
+        dns_names: Sequence[str] = (),
+    ) -> Issued:
+        """Sign without the node check. `dns_names` are only for the control plane's own
+        serving certificate, which gRPC clients verify by host name."""
         uri = str(SpiffeId.parse(identity))
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
+        names += [x509.DNSName(n) for n in dns_names]
         now = self._clock()
         issuer_cert = self.issuer.certificate
         leaf = (
@@ -131,9 +141,7 @@ class CertificateAuthority:
                 critical=False,
             )
             # The subject is empty, so RFC 5280 wants the SAN marked critical.
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True
-            )
+            .add_extension(x509.SubjectAlternativeName(names), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.issuer.key.public_key()),
