@@ -147,7 +147,7 @@ class Workload:
     identities: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class EndpointPort:
     name: str
     port: int

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
+from nodemesh.identity import create_issuer_files
 from nodemesh.lab.client import LabClient, LabRequestFailed, LabUnavailable
 from nodemesh.lab.config import Forward, ForwardError, LabConfig
 from nodemesh.lab.ledger import Ledger
@@ -23,6 +24,7 @@ from nodemesh.lab.teardown import down as teardown
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_MANIFEST = REPO / "manifests" / "examples" / "emojivoto.yml"
+MESH_MANIFEST = REPO / "manifests" / "lab" / "nodemesh.yml"
 NEEDED = {
     "ip": "iproute2",
     "nsenter": "util-linux",
@@ -75,7 +77,8 @@ def lab() -> None:
 @lab.command()
 @name_option
 @click.option("--nodes", type=click.IntRange(1, 9), default=2, show_default=True)
-@click.option("--mesh/--no-mesh", default=None, help="Run the mesh (default: when available).")
+@click.option("--mesh/--no-mesh", default=True, show_default=True,
+              help="Run the mesh's control plane (and node agents) in the lab.")  # fmt: skip
 @click.option("--demo", is_flag=True, help="Deploy the emojivoto example and wait for it.")
 @click.option(
     "--forward", "forwards", multiple=True, metavar="[HOST:]PORT:NS/SVC:PORT",
@@ -85,14 +88,19 @@ def lab() -> None:
     "--demo-port", type=click.IntRange(0, 65535), default=8080, show_default=True,
     help="Local port for the demo's web (0: any free port).",
 )  # fmt: skip
+@click.option(
+    "--api-port", type=click.IntRange(0, 65535), default=8085, show_default=True,
+    help="Local port for the control plane's public API (0: any free port).",
+)  # fmt: skip
 @click.option("--timeout", type=click.IntRange(10, 3600), default=240, show_default=True)
 def up(
     name: str,
     nodes: int,
-    mesh: bool | None,
+    mesh: bool,
     demo: bool,
     forwards: tuple[str, ...],
     demo_port: int,
+    api_port: int,
     timeout: int,
 ) -> None:
     """Create a lab: underlay, NODES node namespaces, and its supervisor."""
@@ -106,21 +114,24 @@ def up(
     missing = [f"{exe} (apt package {pkg})" for exe, pkg in NEEDED.items() if not _have(exe)]
     if missing:
         fail("missing on this machine: " + ", ".join(missing) + "; run scripts/bootstrap")
-    if mesh:
-        fail(
-            "the mesh (control plane and node agents) is not part of this build yet: use --no-mesh"
-        )
     try:
         fwd = [Forward.parse(f) for f in forwards]
     except ForwardError as e:
         fail(str(e))
     if demo and not any(f.service == "web-svc" for f in fwd):
         fwd.append(Forward("127.0.0.1", demo_port, "emojivoto", "web-svc", 80))
+    if mesh:
+        fwd.append(Forward("127.0.0.1", api_port, "nodemesh", "nodemesh-controlplane", 8085))
     started = time.monotonic()
     paths.root.mkdir(parents=True, mode=0o700)
-    LabConfig(name=name, nodes=nodes, mesh=False, forwards=fwd).save(paths.config)
+    LabConfig(name=name, nodes=nodes, mesh=mesh, forwards=fwd).save(paths.config)
     try:
+        if mesh:
+            create_issuer_files(paths.identity, nodes=[f"node{i}" for i in range(1, nodes + 1)])
         _start_supervisor(paths, timeout=timeout)
+        if mesh:
+            _apply_text(paths, _mesh_manifest(paths), source=str(MESH_MANIFEST))
+            _wait_ready(paths, timeout=timeout - (time.monotonic() - started))
         if demo:
             _apply_file(paths, DEMO_MANIFEST)
             _wait_ready(paths, timeout=timeout - (time.monotonic() - started))
@@ -130,7 +141,8 @@ def up(
         raise
     elapsed = time.monotonic() - started
     status = LabClient(paths).call({"op": "status"})["status"]
-    click.echo(f"lab {name!r} is up with {nodes} node(s) in {elapsed:.1f} s (no mesh yet)")
+    what = "the mesh's control plane" if mesh else "no mesh"
+    click.echo(f"lab {name!r} is up with {nodes} node(s) and {what} in {elapsed:.1f} s")
     _print_status(status)
     if demo:
         web = next(Forward(**f) for f in status["forwards"] if f["service"] == "web-svc")
@@ -198,6 +210,18 @@ def _apply_file(paths: LabPaths, path: Path) -> list[str]:
     return _call(paths, {"op": "apply", "docs": docs, "source": source})["results"]
 
 
+def _apply_text(paths: LabPaths, text: str, *, source: str) -> list[str]:
+    try:
+        docs = [{"obj": m.obj, "index": m.index} for m in parse(text, source=source)]
+    except ManifestError as e:
+        fail(str(e))
+    return _call(paths, {"op": "apply", "docs": docs, "source": source})["results"]
+
+
+def _mesh_manifest(paths: LabPaths) -> str:
+    return MESH_MANIFEST.read_text().replace("__LAB_ROOT__", str(paths.root))
+
+
 def _call(paths: LabPaths, request: dict[str, Any]) -> dict[str, Any]:
     try:
         return LabClient(paths).call(request)
@@ -210,7 +234,8 @@ def _wait_ready(paths: LabPaths, *, timeout: float) -> dict[str, Any]:
     while True:
         status = _call(paths, {"op": "status"})["status"]
         pods = status["pods"]
-        if pods and all(p["ready"] for p in pods):
+        workloads_ready = all(w["ready"] >= w["desired"] for w in status["workloads"])
+        if pods and workloads_ready and all(p["ready"] for p in pods):
             return status
         if time.monotonic() > deadline:
             waiting = ", ".join(

@@ -65,6 +65,8 @@ class Supervisor:
         self.runners: dict[ObjectRef, PodRunner] = {}
         self.rng = random.Random()
         self._dirty = asyncio.Event()
+        self._changes = 0  # bumped by every change; the reconciler records what it has seen
+        self._reconciled = 0
         self._stopping = asyncio.Event()
         self._last_rules: dict[str, str] = {}
         self._last_services: list[Any] = []
@@ -111,6 +113,14 @@ class Supervisor:
             )
         await self.forwarder.start(self.config.forwards)
         spawn(self._reconcile_loop(), name="reconcile")
+
+    def _desired(self, workload: dict[str, Any]) -> int:
+        if workload["kind"] == "Deployment":
+            return int(workload["spec"].get("replicas", 1))
+        selector = workload["spec"]["template"]["spec"].get("nodeSelector") or {}
+        return sum(
+            1 for n in self.nodes if selects(selector, self._node_object(n)["metadata"]["labels"])
+        )
 
     def _node_object(self, node: NodeSpec) -> dict[str, Any]:
         labels = {
@@ -174,7 +184,8 @@ class Supervisor:
                 obj["status"] = {"phase": "Pending"}
             self.store.put(obj)
             results.append(f"{ref} {'configured' if old else 'created'}")
-        self._dirty.set()
+        self._mark_dirty()
+        await self.settle()
         return results
 
     async def delete(self, refs: list[dict[str, str]]) -> list[str]:
@@ -191,16 +202,20 @@ class Supervisor:
                         self.store.delete(oref)
             self.store.delete(ref)
             results.append(f"{ref} deleted")
-        self._dirty.set()
+        self._mark_dirty()
         await self.settle()
         return results
 
-    async def settle(self) -> None:
-        """Wait until the reconciler has caught up with the latest change."""
-        for _ in range(600):
-            if not self._dirty.is_set():
-                return
-            await asyncio.sleep(0.05)
+    def _mark_dirty(self) -> None:
+        self._changes += 1
+        self._dirty.set()
+
+    async def settle(self, timeout: float = 30.0) -> None:
+        """Wait until the reconciler has acted on every change made before this call."""
+        target = self._changes
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._reconciled < target and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -233,6 +248,20 @@ class Supervisor:
                 for s in self.store.of_kind("Service")
             ],
             "forwards": self.forwarder.describe(),
+            "workloads": [
+                {
+                    "kind": w["kind"],
+                    "namespace": w["metadata"]["namespace"],
+                    "name": w["metadata"]["name"],
+                    "desired": self._desired(w),
+                    "ready": sum(
+                        1
+                        for p in self.store.of_kind("Pod")
+                        if _owned_by(p, w, self.store) and objects.is_ready(p)
+                    ),
+                }
+                for w in [*self.store.of_kind("Deployment"), *self.store.of_kind("DaemonSet")]
+            ],
         }
 
     # ----- controllers -------------------------------------------------------------------------
@@ -242,8 +271,10 @@ class Supervisor:
             await self._dirty.wait()
             await asyncio.sleep(0.02)  # batch bursts of changes
             self._dirty.clear()
+            seen = self._changes
             try:
                 await self._reconcile()
+                self._reconciled = seen
             except Exception:
                 log.exception("reconcile failed")
                 await asyncio.sleep(1)
@@ -366,7 +397,7 @@ class Supervisor:
         ref = ref_of(pod)
         if ref in self.runners and self.store.get(ref) is pod:
             self.store.put(pod)
-            self._dirty.set()
+            self._mark_dirty()
 
     async def _reconcile_endpoints(self) -> None:
         services = self.store.of_kind("Service")
@@ -419,6 +450,16 @@ class Supervisor:
         await self.forwarder.stop()
         await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
         self.runners.clear()
+
+
+def _owned_by(pod: dict[str, Any], workload: dict[str, Any], store: Store) -> bool:
+    owner = _owner(pod)
+    if owner == workload["metadata"]["uid"]:
+        return True
+    return any(
+        rs["metadata"]["uid"] == owner and _owner(rs) == workload["metadata"]["uid"]
+        for rs in store.of_kind("ReplicaSet", workload["metadata"]["namespace"])
+    )
 
 
 def _which(exe: str, path: str) -> str | None:
