@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from mesh_identities import PODS, TD
 
 from controlplane.identity import CertificateAuthority
 from nodemesh.identity import CaMaterial, create_issuer, create_trust_anchor
-
-TD = "cluster.local"
-WEB = f"spiffe://{TD}/ns/emojivoto/sa/web"
-EMOJI = f"spiffe://{TD}/ns/emojivoto/sa/emoji"
-
-# node -> the (namespace, service account) pairs of the pods scheduled there.
-PODS = {
-    "node1": [("emojivoto", "web"), ("emojivoto", "web"), ("kube-system", "coredns")],
-    "node2": [("emojivoto", "emoji")],
-}
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,12 @@
 import datetime
 
 import pytest
-from conftest import EMOJI, TD, WEB
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from mesh_identities import EMOJI, TD, WEB
 
 from controlplane.identity import CertificateAuthority, Refused
 from nodemesh import certs

@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from conftest import EMOJI, WEB
+from mesh_identities import EMOJI, WEB
 from prometheus_client import CollectorRegistry
 
 from controlplane.identity import BootstrapTokenAuthenticator

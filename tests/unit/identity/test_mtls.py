@@ -5,7 +5,7 @@ import os
 import ssl
 
 import pytest
-from conftest import EMOJI, PODS, TD, WEB
+from mesh_identities import EMOJI, PODS, TD, WEB
 
 from controlplane.identity import CertificateAuthority
 from nodemesh import certs

@@ -4,7 +4,7 @@ import datetime
 
 import grpc
 import pytest
-from conftest import WEB
+from mesh_identities import WEB
 from prometheus_client import CollectorRegistry
 
 from controlplane.identity import BootstrapTokenAuthenticator

@@ -4,7 +4,7 @@ import gc
 import random
 import tracemalloc
 
-from conftest import ReportBuilder, peer
+from agent_reports import ReportBuilder, peer
 
 from controlplane.telemetry import Resource, TelemetryStore, stat
 

@@ -1,7 +1,7 @@
 """Report checks refuse garbled input with a reason; arbitrary bytes never crash the service."""
 
 import pytest
-from conftest import ReportBuilder
+from agent_reports import ReportBuilder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry

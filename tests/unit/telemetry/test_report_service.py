@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from conftest import ReportBuilder
+from agent_reports import ReportBuilder
 from prometheus_client import CollectorRegistry
 
 from controlplane.identity import BootstrapTokenAuthenticator

@@ -3,7 +3,7 @@
 import random
 
 import pytest
-from conftest import EMOJI, VOTING, WEB, ReportBuilder, peer
+from agent_reports import EMOJI, VOTING, WEB, ReportBuilder, peer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -87,7 +87,7 @@ def test_stat_matches_exact_values_and_windows_roll(store, clock) -> None:
     st.integers(0, 9),
 )
 def test_any_samples_any_second(samples, offset) -> None:
-    from conftest import Clock
+    from agent_reports import Clock
 
     clock = Clock(T0 + offset)
     store = TelemetryStore(clock=clock)
