@@ -107,9 +107,9 @@ class DestinationTable:
             self._put_service(service)
             services.add(service.key)
         for sk in d.services_removed:
-            key = ServiceKey(sk.namespace, sk.name)
-            self._drop_service(key)
-            services.add(key)
+            skey = ServiceKey(sk.namespace, sk.name)
+            self._drop_service(skey)
+            services.add(skey)
         for w in d.workloads_updated:
             workload = codec.workload_from_pb(w)
             self.workloads[workload.ref] = workload
