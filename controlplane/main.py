@@ -39,7 +39,7 @@ from controlplane.sources.kube import KubeSource, load_api_client
 from controlplane.sources.local import LocalSource
 from controlplane.tap import AgentTapService, TapBroker
 from controlplane.telemetry import TelemetryStore
-from controlplane.telemetry.service import TelemetryService
+from controlplane.telemetry.service import MAX_RECEIVE_BYTES, TelemetryService
 from controlplane.telemetry_port import StoreTelemetry
 from nodemesh import tasks
 from nodemesh.api import destination_pb2_grpc, public_pb2_grpc, tap_pb2_grpc
@@ -132,7 +132,9 @@ async def serve(args: argparse.Namespace) -> None:
     store = TelemetryStore()
     proof = node_proof(identity.authenticator) if identity else None
 
-    agent_server = grpc.aio.server()
+    # Let oversized telemetry reports reach the service, which refuses and counts them, rather
+    # than being cut off by gRPC's own 4 MiB default where nobody sees why.
+    agent_server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)])
     destination_pb2_grpc.add_DestinationServicer_to_server(
         DestinationService(hub, proof=proof), agent_server
     )
