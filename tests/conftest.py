@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if IS_ROOT:
         return
     for item in items:
-        if "root" in item.keywords or "lab" in item.keywords:
+        if item.get_closest_marker("root") or item.get_closest_marker("lab"):
             if IN_CI:
                 item.add_marker(pytest.mark.xfail(reason="CI must run as root", strict=True))
             else:
@@ -41,7 +41,8 @@ def _root_ruleset() -> str:
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a root test that leaves anything behind (CI runs tests one at a time)."""
-    if not IS_ROOT or not ({"root", "lab"} & set(request.keywords)):
+    marked = any(request.node.get_closest_marker(m) for m in ("root", "lab"))
+    if not IS_ROOT or not marked:
         yield
         return
     before = leakcheck.snapshot()
