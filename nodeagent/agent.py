@@ -87,7 +87,13 @@ class Agent:
     async def _sweeper(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
-            await self.enroller.sweep()
+            try:
+                await self.enroller.sweep()
+                # Pods that got their IP after the last snapshot (or whose netns appeared
+                # late) are looked for again; a no-op when every meshed pod is known.
+                await self.enroller.adopt()
+            except Exception:
+                log.exception("sweep failed")
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config

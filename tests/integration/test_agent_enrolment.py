@@ -484,6 +484,9 @@ def test_add_meshes_pods_proxies_traffic_and_del_removes_everything(world: World
     assert w.request("a", IPS["c"], 8080, b"hello c" * 1000) == b"echo:" + b"hello c" * 1000
     assert seen_by_c == [IPS["a"]]
     assert w.metric("tcp_open_total", direction="outbound", namespace="shop", pod="a") == before + 1
+    assert (
+        w.metric("tcp_close_total", direction="outbound", namespace="shop", pod="a") == before + 1
+    )
     assert w.metric("tcp_read_bytes_total", direction="outbound", pod="a") >= 7000
     assert w.metric("tcp_write_bytes_total", direction="outbound", pod="a") >= 7005
 
@@ -491,6 +494,10 @@ def test_add_meshes_pods_proxies_traffic_and_del_removes_everything(world: World
     assert w.request("c", IPS["b"], 9090, b"to b") == b"echo:to b"
     assert w.metric("tcp_open_total", direction="inbound", namespace="shop", pod="b") == 1
     assert len(seen_by_b) == 1
+
+    # 16 MiB each way: flow control holds, nothing is lost or reordered.
+    bulk = os.urandom(1 << 24)
+    assert w.request("a", IPS["c"], 8080, bulk) == b"echo:" + bulk
 
     # a -> b: both agents' listeners on the path.
     assert w.request("a", IPS["b"], 9090, b"a to b") == b"echo:a to b"
@@ -592,10 +599,10 @@ def test_pods_running_before_the_agent_are_adopted(world: World) -> None:
         sh("ip", "netns", "exec", w.netns(pod), "iptables-legacy", "-t", "nat", "-X")
     w.start_agent()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and w.rule_count("b") == 0:
+    while time.monotonic() < deadline and not (w.rule_count("a") and w.rule_count("b")):
         time.sleep(0.2)
     for pod in ("a", "b"):
-        assert w.rules(pod) == GOLDEN_DEFAULT
+        assert w.rules(pod) == GOLDEN_DEFAULT, f"{pod}: {w.log_text()}"
         assert AGENT_LISTENERS <= w.listening(pod)
     assert w.rule_count("c") == 0
     # A later DEL from the runtime finds the adopted pod by its netns.
