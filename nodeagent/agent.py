@@ -11,7 +11,7 @@ from typing import Any
 from nodeagent.admin import AdminServer
 from nodeagent.cniserver import CniServer
 from nodeagent.config import AgentConfig
-from nodeagent.destination_client import DestinationClient, open_channel
+from nodeagent.destination_client import DestinationClient, open_channel, read_token
 from nodeagent.enrolment import Enroller
 from nodeagent.listeners import PodListeners, ProxyRuntime
 from nodeagent.podnetns import find_netns_for
@@ -100,7 +100,13 @@ class Agent:
         channel = open_channel(
             cfg.controlplane, insecure=cfg.controlplane_insecure, ca_file=cfg.controlplane_ca
         )
-        client = DestinationClient(channel=channel, table=self.table, on_change=self._table_changed)
+        token_file = cfg.token_file
+        client = DestinationClient(
+            channel=channel,
+            table=self.table,
+            on_change=self._table_changed,
+            token=(lambda: read_token(token_file, node=cfg.node)) if token_file else lambda: None,
+        )
         try:
             await self.admin.start()
             self._tasks.append(tasks.spawn(client.run(), name="destination client"))

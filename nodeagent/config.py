@@ -22,6 +22,8 @@ class AgentConfig:
     controlplane: str = DEFAULT_CONTROLPLANE
     controlplane_insecure: bool = False
     controlplane_ca: Path | None = None
+    # The agent's node credential: a lab bootstrap token, or a projected service-account token.
+    token_file: Path | None = None
     admin_host: str = "0.0.0.0"
     admin_port: int = 4191
     netns_dir: Path = Path("/run/netns")
@@ -76,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="plaintext gRPC to the control plane (until agent identities exist)",
     )
     p.add_argument("--controlplane-ca", default=None, help="PEM trust anchor for the control plane")
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help="node credential sent to the control plane: a token file, or the lab's "
+        "tokens.json (the entry for --node is used)",
+    )
     p.add_argument("--admin-addr", default=DEFAULT_ADMIN, type=_host_port, help="/metrics, /ready")
     p.add_argument("--netns-dir", default="/run/netns", help="where pod network namespaces live")
     p.add_argument("--mark", default=DEFAULT_MARK, type=_mark, help="SO_MARK of agent sockets")
@@ -95,6 +103,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         controlplane=ns.controlplane,
         controlplane_insecure=ns.controlplane_insecure,
         controlplane_ca=Path(ns.controlplane_ca) if ns.controlplane_ca else None,
+        token_file=Path(ns.token_file) if ns.token_file else None,
         admin_host=host,
         admin_port=port,
         netns_dir=Path(ns.netns_dir),

@@ -8,6 +8,7 @@ keeps the last state, so enrolment and routing go on while the control plane is 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -40,6 +41,18 @@ def open_channel(address: str, *, insecure: bool, ca_file: Path | None = None) -
     return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(roots), options=options)
 
 
+def read_token(path: Path, *, node: str) -> str:
+    """The node's credential: a plain token file (re-read each time: projected tokens rotate)
+    or the lab's tokens.json, a map of node name to token."""
+    text = path.read_text().strip()
+    if text.startswith("{"):
+        tokens = json.loads(text)
+        if node not in tokens:
+            raise ValueError(f"{path} has no token for node {node!r}")
+        return str(tokens[node])
+    return text
+
+
 class DestinationClient:
     def __init__(
         self,
@@ -47,7 +60,9 @@ class DestinationClient:
         channel: grpc.aio.Channel,
         table: DestinationTable,
         on_change: Callable[[TableChanged], None],
+        token: Callable[[], str | None] = lambda: None,
     ) -> None:
+        self.token = token
         self.channel = channel
         self.table = table
         self.on_change = on_change
@@ -61,8 +76,11 @@ class DestinationClient:
         while True:
             got_snapshot = False
             try:
+                token = self.token()
+                metadata = [("authorization", f"Bearer {token}")] if token else None
                 call = stub.Subscribe(
-                    pb.SubscribeRequest(node=self.table.node, agent_version=__version__)
+                    pb.SubscribeRequest(node=self.table.node, agent_version=__version__),
+                    metadata=metadata,
                 )
                 self.table.stream_restarted()
                 self.streams += 1
@@ -80,8 +98,8 @@ class DestinationClient:
             except grpc.aio.AioRpcError as exc:
                 level = logging.WARNING if got_snapshot or self.streams <= 1 else logging.DEBUG
                 log.log(level, "destination stream: %s %s", exc.code().name, exc.details())
-            except ValueError as exc:
-                log.error("destination stream sent something unusable: %s", exc)
+            except (ValueError, OSError) as exc:
+                log.error("destination stream: %s", exc)
             finally:
                 self._set_connected(False)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))

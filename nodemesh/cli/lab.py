@@ -93,6 +93,7 @@ def lab() -> None:
     help="Local port for the control plane's public API (0: any free port).",
 )  # fmt: skip
 @click.option("--timeout", type=click.IntRange(10, 3600), default=240, show_default=True)
+@click.option("--keep-on-failure", is_flag=True, help="Leave a lab that did not come up, to debug.")
 def up(
     name: str,
     nodes: int,
@@ -102,6 +103,7 @@ def up(
     demo_port: int,
     api_port: int,
     timeout: int,
+    keep_on_failure: bool,
 ) -> None:
     """Create a lab: underlay, NODES node namespaces, and its supervisor."""
     need_root()
@@ -136,12 +138,15 @@ def up(
             _apply_file(paths, DEMO_MANIFEST)
             _wait_ready(paths, timeout=timeout - (time.monotonic() - started))
     except (click.ClickException, KeyboardInterrupt):
-        click.echo(f"lab {name!r} did not come up; removing what was made", err=True)
-        teardown(paths)
+        if keep_on_failure:
+            click.echo(f"lab {name!r} did not come up; kept for debugging", err=True)
+        else:
+            click.echo(f"lab {name!r} did not come up; removing what was made", err=True)
+            teardown(paths)
         raise
     elapsed = time.monotonic() - started
     status = LabClient(paths).call({"op": "status"})["status"]
-    what = "the mesh's control plane" if mesh else "no mesh"
+    what = "the mesh (control plane, node agents)" if mesh else "no mesh"
     click.echo(f"lab {name!r} is up with {nodes} node(s) and {what} in {elapsed:.1f} s")
     _print_status(status)
     if demo:

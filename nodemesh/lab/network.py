@@ -20,6 +20,7 @@ SERVICES_CHAIN = "NM-LAB-SERVICES"
 HAIRPIN_CHAIN = "NM-LAB-HAIRPIN"
 CLUSTER_DOMAIN = "cluster.local"
 CLUSTER_DNS = "10.96.0.10"
+SERVICE_CIDR = "10.96.0.0/16"
 
 
 class CommandError(RuntimeError):
@@ -63,6 +64,9 @@ def node_commands(
     for other in all_nodes:
         if other.index != node.index:
             cmds.append(["-n", ns, "route", "add", other.pod_cidr, "via", other.ip, "dev", "eth0"])
+    # Node processes (hostNetwork pods) need a route to Service VIPs for connect() to get as far
+    # as the OUTPUT DNAT, as a real node's default route gives; it stays on the lab's underlay.
+    cmds.append(["-n", ns, "route", "add", SERVICE_CIDR, "dev", "eth0"])
     return cmds
 
 
