@@ -1,0 +1,110 @@
+"""emojivoto meshed in the lab: install-cni appended nodemesh-cni to each node's conflist, every
+emojivoto pod was enrolled through the real CNI chain, its netns holds the golden rule set, the
+agents proxy its traffic (their counters rise while vote-bot's ground truth moves), and a pod of
+an unmeshed namespace has no nodemesh rule at all."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nodeagent.rules.saved import normalise_save
+from nodemesh.lab.paths import LabPaths
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+REPO = Path(__file__).resolve().parents[2]
+NODEMESH = str(Path(sys.executable).parent / "nodemesh")
+GOLDEN = REPO / "tests" / "golden" / "rules" / "default.rules"
+
+
+def nm(*args: str) -> str:
+    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+@pytest.fixture
+def lab() -> Iterator[LabPaths]:
+    name = "m" + uuid.uuid4().hex[:6]
+    try:
+        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--demo",
+           "--demo-port", "0")  # fmt: skip
+        yield LabPaths(name)
+    finally:
+        subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
+
+
+def agent_counter(paths: LabPaths, node: str, name: str) -> float:
+    text = subprocess.run(
+        ["ip", "netns", "exec", paths.node_netns(node), "python3", "-c",
+         "import urllib.request as u; print(u.urlopen('http://127.0.0.1:4191/metrics').read().decode())"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return sum(
+        float(m.group(1))
+        for m in re.finditer(rf'^{name}{{[^}}]*namespace="emojivoto"[^}}]*}} (\S+)$', text, re.M)
+    )
+
+
+def bot_stats(paths: LabPaths) -> dict[str, int]:
+    out = nm("lab", "exec", "--name", paths.name, "-n", "emojivoto", "deploy/vote-bot", "--",
+             "python3", "-c",
+             "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8081/stats').read().decode())")  # fmt: skip
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def test_emojivoto_meshed_through_the_agents(lab: LabPaths, tmp_path: Path) -> None:
+    for node in ("node1", "node2"):
+        conflist = json.loads((lab.cni_conf_dir(node) / "10-lab-bridge.conflist").read_text())
+        assert [p["type"] for p in conflist["plugins"]] == ["bridge", "nodemesh-cni"]
+
+    st = json.loads(nm("lab", "status", "--name", lab.name, "-o", "json"))
+    emojivoto = [p for p in st["pods"] if p["namespace"] == "emojivoto"]
+    assert len(emojivoto) == 4
+    golden = GOLDEN.read_text()
+    for p in emojivoto:
+        saved = subprocess.run(
+            ["ip", "netns", "exec", lab.pod_netns("emojivoto", p["name"]),
+             "iptables-legacy-save", "-t", "nat"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert normalise_save(saved) == normalise_save(golden), p["name"]
+
+    before = {n: agent_counter(lab, n, "tcp_open_total") for n in ("node1", "node2")}
+    sent_before = bot_stats(lab)["sent"]
+    time.sleep(4)
+    after = {n: agent_counter(lab, n, "tcp_open_total") for n in ("node1", "node2")}
+    stats = bot_stats(lab)
+    assert stats["sent"] > sent_before + 5
+    assert stats["succeeded"] > 0
+    assert sum(after.values()) > sum(before.values()), (before, after)
+
+    # A namespace that is not labelled gets no rules in its pods.
+    plain = tmp_path / "plain.yml"
+    plain.write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n---\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: p, namespace: plain}\n"
+        "spec:\n  selector: {matchLabels: {app: p}}\n  template:\n"
+        "    metadata: {labels: {app: p}}\n    spec:\n      containers:\n"
+        "      - {name: p, command: [sleep, '3600']}\n"
+    )
+    nm("lab", "apply", "--name", lab.name, "-f", str(plain), "--wait", "--timeout", "60")
+    pod = next(
+        p
+        for p in json.loads(nm("lab", "status", "--name", lab.name, "-o", "json"))["pods"]
+        if p["namespace"] == "plain"
+    )
+    saved = subprocess.run(
+        ["ip", "netns", "exec", lab.pod_netns("plain", pod["name"]), "iptables-legacy-save"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "NODEMESH" not in saved
