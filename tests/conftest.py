@@ -48,5 +48,10 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     before = leakcheck.snapshot()
     rules_before = _root_ruleset()
     yield
-    leakcheck.assert_no_leaks(before, leakcheck.snapshot())
-    assert _root_ruleset() == rules_before, "iptables rules in the root namespace changed"
+    # On a shared development machine other people's namespaces come and go: set
+    # NODEMESH_LEAKCHECK_ONLY to a substring your tests' names hold. CI checks everything.
+    only_sub = os.environ.get("NODEMESH_LEAKCHECK_ONLY")
+    only = (lambda name: only_sub in name) if only_sub else None
+    leakcheck.assert_no_leaks(before, leakcheck.snapshot(), only=only)
+    if not only_sub:
+        assert _root_ruleset() == rules_before, "iptables rules in the root namespace changed"
