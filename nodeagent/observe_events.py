@@ -1,0 +1,143 @@
+"""What the data plane tells the observation sink: connection and request events, and the sink API.
+
+The data plane (listeners, relays) produces these; the telemetry side (aggregation, /metrics,
+report stream, tap) consumes them through one `ObservationSink` injected into the proxy.
+"outbound" events are recorded by the source pod's agent (src = the pod, dst = the chosen
+endpoint), "inbound" ones by the destination pod's agent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+DIRECTIONS = ("inbound", "outbound")
+TCP_PROTOCOLS = ("tcp", "http1", "http2", "tls")
+REQUEST_PROTOCOLS = ("http1", "http2", "grpc")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """One side of a connection as the mesh knows it."""
+
+    ip: str
+    namespace: str = ""
+    pod: str = ""
+    workload_kind: str = ""  # e.g. "Deployment"
+    workload: str = ""  # e.g. "web"
+    service: str = ""  # destination Service name (outbound to a VIP), else ""
+    identity: str = ""  # SPIFFE ID when known (mTLS peer or the table), else ""
+
+
+@dataclass(frozen=True, slots=True)
+class TcpOpened:
+    conn_id: int
+    direction: str  # "inbound" | "outbound"
+    src: Peer
+    dst: Peer
+    protocol: str  # "tcp" | "http1" | "http2" | "tls"
+    tls: bool
+    at: float  # time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class TcpClosed:
+    conn_id: int
+    direction: str
+    src: Peer
+    dst: Peer
+    protocol: str
+    tls: bool
+    read_bytes: int  # bytes read from the side that opened the connection (src)
+    write_bytes: int  # bytes written back to it
+    duration_s: float
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestObserved:
+    """One HTTP/1 request/response or one HTTP/2 stream, emitted when it ends."""
+
+    req_id: int
+    conn_id: int
+    direction: str
+    src: Peer
+    dst: Peer
+    protocol: str  # "http1" | "http2" | "grpc"
+    tls: bool
+    method: str
+    authority: str
+    path: str
+    status: int | None
+    grpc_status: int | None
+    classification: str  # "success" | "failure"
+    reset: bool
+    latency_first_byte_s: float | None
+    latency_s: float
+    request_bytes: int
+    response_bytes: int
+    started_at: float  # time.time()
+
+
+class ObservationSink(Protocol):
+    def tcp_opened(self, ev: TcpOpened) -> None: ...
+
+    def tcp_closed(self, ev: TcpClosed) -> None: ...
+
+    def request(self, ev: RequestObserved) -> None: ...
+
+    def tapping(self, src: Peer, dst: Peer) -> bool:
+        """Cheap: is anyone tapping this pair? Gates the two calls below."""
+        ...
+
+    def request_started(
+        self,
+        req_id: int,
+        conn_id: int,
+        direction: str,
+        src: Peer,
+        dst: Peer,
+        protocol: str,
+        tls: bool,
+        method: str,
+        authority: str,
+        path: str,
+        at: float,
+    ) -> None: ...
+
+    def response_started(self, req_id: int, status: int | None, at: float) -> None: ...
+
+
+class NullSink:
+    """Sink that drops everything; the default until a real one is wired in."""
+
+    def tcp_opened(self, ev: TcpOpened) -> None:
+        pass
+
+    def tcp_closed(self, ev: TcpClosed) -> None:
+        pass
+
+    def request(self, ev: RequestObserved) -> None:
+        pass
+
+    def tapping(self, src: Peer, dst: Peer) -> bool:
+        return False
+
+    def request_started(
+        self,
+        req_id: int,
+        conn_id: int,
+        direction: str,
+        src: Peer,
+        dst: Peer,
+        protocol: str,
+        tls: bool,
+        method: str,
+        authority: str,
+        path: str,
+        at: float,
+    ) -> None:
+        pass
+
+    def response_started(self, req_id: int, status: int | None, at: float) -> None:
+        pass
