@@ -13,6 +13,7 @@ import struct
 from collections.abc import Iterable
 from pathlib import Path
 
+from nodeagent.rules.transparent import TRANSPARENT_MARK
 from nodemesh.netns import NetnsError, NetnsId, socket_in_netns
 
 NETLINK_ROUTE = 0
@@ -35,6 +36,26 @@ def marked_socket(netns: str, *, mark: int, kind: int = socket.SOCK_STREAM) -> s
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+IP_TRANSPARENT = 19  # linux/in.h; the socket module does not name it
+
+
+def inbound_socket(netns: str, *, client_ip: str) -> socket.socket:
+    """A non-blocking socket inside `netns` for connecting to the pod's app *as* `client_ip`.
+
+    IP_TRANSPARENT lets it bind an address the pod does not own; TRANSPARENT_MARK is what the
+    pod's mangle rules and policy route (nodeagent.rules.transparent) use to hand the app's
+    replies back to this socket. The app then sees the real client, as without a mesh.
+    """
+    sock = marked_socket(netns, mark=TRANSPARENT_MARK)
+    try:
+        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        sock.bind((client_ip, 0))
     except BaseException:
         sock.close()
         raise

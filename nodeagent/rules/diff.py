@@ -22,12 +22,15 @@ class RuleDiff:
     missing: tuple[RuleSpec, ...] = ()
     extra: tuple[RuleSpec, ...] = ()
     out_of_order: tuple[str, ...] = ()
+    # Differences outside the nat table (the transparent-return mangle rules and routes).
+    other: tuple[str, ...] = ()
 
     @property
     def in_sync(self) -> bool:
         return (
             not (self.missing_chains or self.extra_chains or self.missing or self.extra)
             and not self.out_of_order
+            and not self.other
         )
 
     def describe(self) -> list[str]:
@@ -37,7 +40,7 @@ class RuleDiff:
         lines += [f"missing rule {render_rule(r)}" for r in self.missing]
         lines += [f"extra rule {render_rule(r)}" for r in self.extra]
         lines += [f"rules of {c} out of order" for c in self.out_of_order]
-        return lines
+        return lines + list(self.other)
 
 
 def _multiset_minus(a: Iterable[RuleSpec], b: Iterable[RuleSpec]) -> list[RuleSpec]:

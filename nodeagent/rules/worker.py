@@ -8,17 +8,34 @@ and python-iptables' process-wide Table cache is never used from two threads at 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TypeVar
 
+from nodeagent.rules import transparent
 from nodeagent.rules.apply import apply_plan, inspect_rules, remove_rules
 from nodeagent.rules.diff import RuleDiff, diff_plan
 from nodeagent.rules.model import NatPlan, NatState
 
 T = TypeVar("T")
+
+
+TRANSPARENT = transparent.TransparentPlan()
+
+
+def _apply_both(netns: str, plan: NatPlan) -> RuleDiff:
+    diff = apply_plan(netns, plan)
+    other = transparent.apply(netns, TRANSPARENT)
+    return dataclasses.replace(diff, other=tuple(other)) if other else diff
+
+
+def _remove_both(netns: str) -> NatState:
+    removed = remove_rules(netns)
+    transparent.remove(netns, TRANSPARENT)
+    return removed
 
 
 class RuleWorker:
@@ -39,19 +56,22 @@ class RuleWorker:
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     async def apply(self, netns: str, plan: NatPlan) -> RuleDiff:
-        """Install or repair `plan` in `netns`; returns what differed before (empty: nothing)."""
-        return await self._run(apply_plan, netns, plan)
+        """Install or repair `plan` (and the transparent-return rules) in `netns`; returns what
+        differed before (empty: nothing)."""
+        return await self._run(_apply_both, netns, plan)
 
     async def remove(self, netns: str) -> NatState:
-        """Remove every nodemesh chain and jump from `netns`; returns what was removed."""
-        return await self._run(remove_rules, netns)
+        """Remove every nodemesh chain, jump and route from `netns`; returns the nat part."""
+        return await self._run(_remove_both, netns)
 
     async def inspect(self, netns: str, *, everything: bool = False) -> NatState:
         return await self._run(inspect_rules, netns, everything=everything)
 
     async def check(self, netns: str, plan: NatPlan) -> RuleDiff:
         """Compare without changing anything (for CNI CHECK and the agent's start-up pass)."""
-        return diff_plan(plan, await self.inspect(netns))
+        diff = diff_plan(plan, await self.inspect(netns))
+        other = await self._run(transparent.problems, netns, TRANSPARENT)
+        return dataclasses.replace(diff, other=tuple(other)) if other else diff
 
     async def aclose(self) -> None:
         """Let queued jobs finish, then stop the thread."""
