@@ -130,12 +130,24 @@ class CniRunner:
         invs = invocations(
             conflist, command=command, pod=pod, cni_path=self.cni_path, cached_result=cached_result
         )
+        first_error: CniError | None = None
         for inv in invs:
             if command == "ADD":
                 inv = with_prev(inv, result)
-            out = await self.run_one(inv)
+            try:
+                out = await self.run_one(inv)
+            except CniError as e:
+                # libcni stops at the first failing DEL and relies on the kubelet retrying; the
+                # lab goes on with the other plugins so that one missing plugin cannot keep an
+                # address allocated, and reports the first failure.
+                if command != "DEL":
+                    raise
+                first_error = first_error or e
+                continue
             if command == "ADD":
                 result = out
+        if first_error is not None:
+            raise first_error
         return result
 
     async def run_one(self, inv: Invocation) -> dict[str, Any] | None:
