@@ -8,16 +8,22 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from nodeagent import dnsforward, metrics
 from nodeagent.admin import AdminServer
 from nodeagent.cniserver import CniServer
 from nodeagent.config import AgentConfig
 from nodeagent.destination_client import DestinationClient, open_channel, read_token
+from nodeagent.dnsnames import DnsNames
 from nodeagent.enrolment import Enroller
 from nodeagent.listeners import PodListeners, ProxyRuntime
+from nodeagent.observe import AgentSink
 from nodeagent.podnetns import find_netns_for
 from nodeagent.rules.worker import RuleWorker
 from nodeagent.statefile import StateFile
+from nodeagent.stats.exposition import AggregateCollector
 from nodeagent.table import DestinationTable, TableChanged
+from nodeagent.tap_client import TapClient
+from nodeagent.telemetry_client import TelemetryClient
 from nodemesh import tasks
 
 log = logging.getLogger(__name__)
@@ -29,9 +35,20 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.table = DestinationTable(config.node)
+        # What the proxy observes: aggregated for /metrics and the telemetry stream, and
+        # handed to taps while someone watches.
+        self.sink = AgentSink(node=config.node)
+        self.collector = AggregateCollector(
+            self.sink.aggregate, tcp=not metrics.LEGACY_TCP_COUNTERS
+        )
+        # TODO(listeners): pass names=self.dns_names to UdpDnsForwarder and serve the dns-tcp
+        # listener with dnsforward.serve_tcp; until then the forwarders pick up the default.
+        self.dns_names = DnsNames(self.table, cluster_domain=config.cluster_domain)
+        dnsforward.use_names(self.dns_names)
         # Upstream sockets are made in pod namespaces on these threads; a few suffice, each
         # switch takes microseconds.
         self.netns_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nodemesh-netns")
+        # TODO(data plane): ProxyRuntime(..., sink=self.sink) once the listeners take a sink.
         self.runtime = ProxyRuntime(mark=config.mark, executor=self.netns_pool)
         self.rules = RuleWorker()
         self.enroller = Enroller(
@@ -107,9 +124,22 @@ class Agent:
             on_change=self._table_changed,
             token=(lambda: read_token(token_file, node=cfg.node)) if token_file else lambda: None,
         )
+        token = (lambda: read_token(token_file, node=cfg.node)) if token_file else lambda: None
         try:
+            metrics.REGISTRY.register(self.collector)
             await self.admin.start()
             self._tasks.append(tasks.spawn(client.run(), name="destination client"))
+            if cfg.telemetry:
+                telemetry = TelemetryClient(
+                    channel=channel,
+                    aggregate=self.sink.aggregate,
+                    node=cfg.node,
+                    pods_enrolled=lambda: len(self.enroller.enrolled()),
+                    token=token,
+                )
+                tap = TapClient(channel=channel, taps=self.sink.taps, token=token)
+                self._tasks.append(tasks.spawn(telemetry.run(), name="telemetry client"))
+                self._tasks.append(tasks.spawn(tap.run(), name="tap client"))
             # Take over the previous agent's pods before answering the plugin, so a DEL or GC
             # never races the restore of the same pod.
             await self.enroller.restore()
@@ -142,6 +172,11 @@ class Agent:
         for relay in list(self.runtime.relays):
             relay.abort()
         self.admin.close()
+        try:
+            metrics.REGISTRY.unregister(self.collector)
+        except KeyError:
+            pass  # never registered: start-up failed before
+        dnsforward.use_names(None)
         await self.rules.aclose()
         self.netns_pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped; pod rules stay in place")

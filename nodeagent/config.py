@@ -33,6 +33,10 @@ class AgentConfig:
     # SIGTERM: open connections get this long to finish before they are cut.
     drain_seconds: float = 10.0
     log_level: str = "info"
+    # Names under svc.<cluster_domain> are answered from the destination table.
+    cluster_domain: str = "cluster.local"
+    # Report statistics to the control plane and take tap subscriptions from it.
+    telemetry: bool = True
 
 
 def _mark(text: str) -> int:
@@ -90,7 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pod-wait-seconds", default=5.0, type=_positive)
     p.add_argument("--drain-seconds", default=10.0, type=_positive)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--cluster-domain",
+        default="cluster.local",
+        type=_domain,
+        help="cluster DNS domain: <svc>.<ns>.svc.<domain> is answered from the table",
+    )
+    p.add_argument(
+        "--no-telemetry",
+        dest="telemetry",
+        action="store_false",
+        help="send no statistics reports and take no taps (the /metrics port still works)",
+    )
     return p
+
+
+def _domain(text: str) -> str:
+    domain = text.strip(".").lower()
+    labels = domain.split(".")
+    if not domain or any(not label or len(label) > 63 for label in labels) or len(domain) > 200:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a DNS domain")
+    return domain
 
 
 def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
@@ -111,4 +135,6 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         pod_wait_seconds=ns.pod_wait_seconds,
         drain_seconds=ns.drain_seconds,
         log_level=ns.log_level,
+        cluster_domain=ns.cluster_domain,
+        telemetry=ns.telemetry,
     )

@@ -15,6 +15,12 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 
+# The per-pod tcp_* counters below are what the L4 relay updates today. Once the relay reports
+# connections through the ObservationSink (nodeagent.observe), set this False and delete
+# TCP_OPEN..TCP_OPEN_CONNECTIONS: nodeagent.stats.exposition then renders the tcp_* families
+# with Linkerd's full label set (the two cannot both be registered under the same names).
+LEGACY_TCP_COUNTERS = True
+
 _POD = ["direction", "namespace", "pod"]
 TCP_OPEN = Counter("tcp_open", "TCP connections opened", _POD, registry=REGISTRY)
 TCP_CLOSE = Counter("tcp_close", "TCP connections closed", _POD, registry=REGISTRY)
