@@ -1,0 +1,102 @@
+"""Fixtures: a real public API gRPC server on loopback over a real index and telemetry store,
+and the dashboard served by uvicorn on loopback against it; all torn down on any outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import httpx
+import pytest
+import uvicorn
+from dash_cluster import Clock, Traffic, build_index
+
+from controlplane.destination import DestinationHub
+from controlplane.index import ClusterIndex
+from controlplane.public_api import PublicService
+from controlplane.tap import AgentTapService, TapBroker
+from controlplane.telemetry import TelemetryStore
+from controlplane.telemetry_port import StoreTelemetry
+from dashboard.app import create_app
+from nodemesh import tasks
+from nodemesh.api import public_pb2_grpc, tap_pb2_grpc
+
+
+@dataclass
+class Cluster:
+    index: ClusterIndex
+    store: TelemetryStore
+    clock: Clock
+    traffic: Traffic
+    broker: TapBroker
+    address: str  # the public API (and agent tap API) on loopback
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    index = build_index()
+    clock = Clock()
+    store = TelemetryStore(clock=clock)
+    broker = TapBroker(index)
+    public = PublicService(
+        index=index,
+        telemetry=StoreTelemetry(store),
+        broker=broker,
+        hub=DestinationHub(index),
+        source_name="local",
+    )
+    server = grpc.aio.server()
+    public_pb2_grpc.add_PublicServicer_to_server(public, server)
+    tap_pb2_grpc.add_AgentTapServicer_to_server(AgentTapService(broker), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield Cluster(index, store, clock, Traffic(store), broker, f"127.0.0.1:{port}")
+    finally:
+        await server.stop(grace=None)
+
+
+@dataclass
+class Dashboard:
+    url: str
+    app: object
+    http: httpx.AsyncClient
+
+    @property
+    def state(self):  # type: ignore[no-untyped-def]
+        return self.app.state.dash  # type: ignore[attr-defined]
+
+
+async def serve(app: object) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", loop="none"
+    )
+    server = uvicorn.Server(config)
+    task = tasks.spawn(server.serve(), name="test-dashboard")
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, task, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def dashboard(cluster: Cluster, request: pytest.FixtureRequest) -> AsyncIterator[Dashboard]:
+    options = getattr(request, "param", {})
+    app = create_app(
+        cluster.address,
+        ttl=options.get("ttl", 0.2),
+        sample_period=options.get("sample_period", 0.2),
+        tap_limit=options.get("tap_limit", 8),
+    )
+    server, task, url = await serve(app)
+    client = httpx.AsyncClient(base_url=url, timeout=10)
+    try:
+        yield Dashboard(url, app, client)
+    finally:
+        await client.aclose()
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)

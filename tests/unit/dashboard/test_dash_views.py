@@ -1,0 +1,142 @@
+"""The /api routes and pages show what the control plane's public API says about a real index
+and telemetry store (served over loopback gRPC), joined the way a user reads them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from dash_cluster import NS
+
+SPIFFE = "spiffe://cluster.local/ns/emojivoto/sa/"
+
+
+def emojivoto_traffic(cluster) -> None:  # type: ignore[no-untyped-def]
+    t = cluster.traffic
+    t.calls("vote-bot", "web", ok=60)
+    t.calls("web", "emoji", ok=120)
+    t.calls("web", "voting", ok=54, failed=6, latency_us=8000, node="node2")
+    cluster.clock.now += 10  # the bucket is complete: queries see it
+
+
+def by_name(rows: list[dict]) -> dict[str, dict]:
+    return {r["name"]: r for r in rows}
+
+
+async def test_deployments_table_carries_the_golden_metrics(cluster, dashboard) -> None:
+    emojivoto_traffic(cluster)
+    rsp = await dashboard.http.get("/api/deployments", params={"namespace": NS})
+    assert rsp.status_code == 200
+    rows = by_name(rsp.json()["deployments"])
+    assert set(rows) == {"web", "emoji", "voting", "vote-bot", "web-api"}
+    voting = rows["voting"]
+    assert voting["requests"] == 60
+    assert voting["success_rate"] == pytest.approx(0.9)
+    assert voting["rps"] == pytest.approx(60 / 60)
+    assert 7 <= voting["latency_p50_ms"] <= 9
+    assert rows["emoji"]["success_rate"] == 1.0
+    assert rows["web"]["total_pods"] == 2
+    # vote-bot serves nothing: a row with no requests and no success rate, not a made-up 100%.
+    assert rows["vote-bot"]["requests"] == 0 and rows["vote-bot"]["success_rate"] is None
+
+    everywhere = (await dashboard.http.get("/api/deployments")).json()
+    assert everywhere["namespace"] == "" and len(everywhere["deployments"]) == 5
+
+
+async def test_deployment_detail_has_edges_identities_pods_and_history(cluster, dashboard) -> None:
+    emojivoto_traffic(cluster)
+    await asyncio.sleep(0.5)  # a few history samples (every 0.2 s in these tests)
+    rsp = await dashboard.http.get(f"/api/namespaces/{NS}/deployments/web", params={"window": 30})
+    assert rsp.status_code == 200
+    d = rsp.json()
+    assert d["window"] == 30
+    assert d["stat"]["requests"] == 60
+    assert d["identities"] == [SPIFFE + "web"]
+    assert d["nodes"] == ["node1", "node2"]
+    assert d["pods"] == 2 and d["ready_pods"] == 2
+    # Only web's own pods: web-api's pod shares the prefix and must not be listed.
+    assert sorted(p["name"] for p in d["pod_rows"]) == ["web-5d8f7-p0xyz", "web-5d8f7-p1xyz"]
+    inbound = {e["src"]: e for e in d["inbound"]}
+    assert set(inbound) == {"vote-bot"}
+    assert inbound["vote-bot"]["src_identity"] == SPIFFE + "vote-bot"
+    assert inbound["vote-bot"]["tls"] is True
+    outbound = {e["dst"]: e for e in d["outbound"]}
+    assert set(outbound) == {"emoji", "voting"}
+    assert outbound["voting"]["success_rate"] == pytest.approx(0.9)
+    assert outbound["voting"]["dst_identity"] == SPIFFE + "voting"
+    assert outbound["emoji"]["success_rate"] == 1.0
+    h = d["history"]
+    assert len(h["t"]) >= 2 and h["t"] == sorted(h["t"])
+    assert h["rps"][-1] == pytest.approx(60 / 10)  # samples cover the last 10 s bucket
+    assert len(h["rps"]) == len(h["success_rate"]) == len(h["latency_p99_ms"]) == len(h["t"])
+
+
+async def test_history_shows_traffic_changing(cluster, dashboard) -> None:
+    cluster.traffic.calls("web", "emoji", ok=10)
+    cluster.clock.now += 10
+    await asyncio.sleep(0.5)
+    cluster.traffic.calls("web", "emoji", ok=300, failed=100)
+    cluster.clock.now += 10
+    await asyncio.sleep(0.5)
+    h = (await dashboard.http.get(f"/api/namespaces/{NS}/deployments/emoji")).json()["history"]
+    # Oldest first: the quiet start (no requests: no success rate), the trickle, the burst.
+    assert h["rps"][0] == 0.0 and h["success_rate"][0] is None
+    assert pytest.approx(1.0) in h["rps"] and 1.0 in h["success_rate"]
+    assert h["rps"][-1] == pytest.approx(40.0) and h["success_rate"][-1] == pytest.approx(0.75)
+
+
+async def test_topology_has_web_calling_emoji_and_voting(cluster, dashboard) -> None:
+    emojivoto_traffic(cluster)
+    t = (await dashboard.http.get("/api/topology", params={"namespace": NS})).json()
+    assert {n["name"] for n in t["nodes"]} == {"web", "emoji", "voting", "vote-bot", "web-api"}
+    edges = {(e["src"], e["dst"]): e for e in t["edges"]}
+    assert set(edges) == {("vote-bot", "web"), ("web", "emoji"), ("web", "voting")}
+    assert edges[("web", "emoji")]["rps"] == pytest.approx(120 / 60)
+    assert edges[("web", "voting")]["success_rate"] == pytest.approx(0.9)
+    assert all(e["tls"] for e in edges.values())
+
+
+async def test_plain_traffic_is_marked_not_mtls(cluster, dashboard) -> None:
+    cluster.traffic.calls("web", "emoji", ok=5, tls=False)
+    cluster.clock.now += 10
+    t = (await dashboard.http.get("/api/topology")).json()
+    assert [e["tls"] for e in t["edges"]] == [False]
+
+
+async def test_overview_and_nodes(cluster, dashboard) -> None:
+    emojivoto_traffic(cluster)
+    o = (await dashboard.http.get("/api/overview")).json()
+    namespaces = by_name(o["namespaces"])
+    assert namespaces[NS]["labelled"] is True and namespaces["plain"]["labelled"] is False
+    assert namespaces[NS]["total_pods"] == 6
+    assert namespaces[NS]["requests"] == 240
+    assert namespaces[NS]["success_rate"] == pytest.approx(234 / 240)
+    nodes = by_name((await dashboard.http.get("/api/nodes")).json()["nodes"])
+    assert set(nodes) == {"node1", "node2"}
+    assert nodes["node1"]["internal_ip"] == "172.18.0.1"
+    assert nodes["node2"]["agent_version"] == "0.1.0"
+    assert nodes["node2"]["rss_bytes"] == 30_000_000
+    assert nodes["node1"]["last_report_unix_ms"] == 1_000_000_000
+    assert by_name(o["nodes"]) == nodes
+    v = (await dashboard.http.get("/api/version")).json()
+    assert v["source"] == "local" and v["synced"] is False or v["synced"] is True
+
+
+@pytest.mark.parametrize(
+    "path,marker",
+    [
+        ("/", 'data-page="overview"'),
+        ("/deployments", 'data-page="deployments"'),
+        (f"/deployments?namespace={NS}", f'data-namespace="{NS}"'),
+        (f"/namespaces/{NS}/deployments/web", 'id="chart-latency"'),
+        ("/topology", 'id="topology"'),
+        ("/tap?resource=deploy/web&namespace=emojivoto", 'value="deploy/web"'),
+        ("/nodes", 'id="nodes"'),
+    ],
+)
+async def test_pages_render_their_shell(dashboard, path: str, marker: str) -> None:
+    rsp = await dashboard.http.get(path)
+    assert rsp.status_code == 200
+    assert rsp.headers["content-type"].startswith("text/html")
+    assert marker in rsp.text
+    assert "default-src 'self'" in rsp.headers["content-security-policy"]
