@@ -6,29 +6,28 @@ import sys
 
 import click
 
+from nodemesh.cli.check import check
+from nodemesh.cli.edges import edges
+from nodemesh.cli.info import dashboard, version
+from nodemesh.cli.install.command import install, uninstall
 from nodemesh.cli.lab import lab
-from nodemesh.version import __version__
+from nodemesh.cli.mesh import mesh
+from nodemesh.cli.stat import stat
+from nodemesh.cli.tap import tap
+from nodemesh.cli.top import top
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """nodemesh: a service mesh for Kubernetes with one proxy per node.
 
-    Try it locally, as root: `nodemesh lab up --demo`.
+    Try it locally, as root: `nodemesh lab up --demo`, then `nodemesh check` and
+    `nodemesh stat deploy -n emojivoto`.
     """
 
 
-@cli.command()
-@click.option("--client", is_flag=True, help="Print only the client version.")
-def version(client: bool) -> None:
-    """Print the client and control plane versions."""
-    click.echo(f"Client version: {__version__}")
-    if not client:
-        # The public API (and so the server version) arrives with the control plane.
-        click.echo("Server version: unavailable (no control plane reachable)")
-
-
-cli.add_command(lab)
+for command in (install, uninstall, check, stat, top, tap, edges, dashboard, version, mesh, lab):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""`nodemesh install` and `nodemesh uninstall`: the manifests for a real cluster."""

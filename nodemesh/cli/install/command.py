@@ -1,0 +1,216 @@
+"""`nodemesh install | kubectl apply -f -` and `nodemesh uninstall | kubectl delete -f -`."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import click
+
+from nodemesh.cli.install import identity, render
+from nodemesh.cli.install.meta import Obj
+from nodemesh.cli.install.values import (
+    HA_CONTROLLER_REPLICAS,
+    HA_WEB_REPLICAS,
+    PULL_POLICIES,
+    BadValue,
+    InstallValues,
+    checked,
+)
+from nodemesh.version import __version__
+
+_defaults = InstallValues()
+_path = click.Path(path_type=Path, dir_okay=False)
+
+
+@click.command()
+@click.option(
+    "-n",
+    "--nodemesh-namespace",
+    "namespace",
+    default=_defaults.namespace,
+    show_default=True,
+    help="Namespace of the control plane and the agents.",
+)
+@click.option(
+    "--ha",
+    is_flag=True,
+    help=f"High availability: {HA_CONTROLLER_REPLICAS} control plane and "
+    f"{HA_WEB_REPLICAS} dashboard replicas spread over nodes.",
+)
+@click.option("--controller-replicas", type=int, help="Control plane replicas [1; --ha: 3].")
+@click.option("--web-replicas", type=int, help="Dashboard replicas [1; --ha: 2].")
+@click.option("--prometheus", is_flag=True, help="Also install a Prometheus scraping nodemesh.")
+@click.option("--prometheus-replicas", type=int, default=1, show_default=True)
+@click.option(
+    "--registry",
+    default=_defaults.registry,
+    show_default=True,
+    help="Where the nodemesh images are pulled from.",
+)
+@click.option(
+    "--version",
+    "version",
+    default=__version__,
+    show_default=True,
+    help="Tag of the nodemesh images.",
+)
+@click.option(
+    "--image-pull-policy",
+    type=click.Choice(PULL_POLICIES),
+    default=_defaults.image_pull_policy,
+    show_default=True,
+)
+@click.option(
+    "--cni-conf-dir",
+    default=_defaults.cni_conf_dir,
+    show_default=True,
+    help="The nodes' CNI config directory (where the primary CNI's conflist is).",
+)
+@click.option(
+    "--cni-bin-dir",
+    default=_defaults.cni_bin_dir,
+    show_default=True,
+    help="The nodes' CNI plugin directory.",
+)
+@click.option("--cluster-domain", default=_defaults.cluster_domain, show_default=True)
+@click.option(
+    "--trust-domain",
+    default=_defaults.trust_domain,
+    show_default=True,
+    help="SPIFFE trust domain of the workload identities.",
+)
+@click.option(
+    "--identity-trust-anchors-file",
+    type=_path,
+    help="PEM trust anchor(s) to use instead of generating one.",
+)
+@click.option(
+    "--identity-issuer-certificate-file",
+    type=_path,
+    help="PEM issuer certificate, signed by a trust anchor.",
+)
+@click.option("--identity-issuer-key-file", type=_path, help="PEM issuer private key (ECDSA).")
+def install(
+    namespace: str,
+    ha: bool,
+    controller_replicas: int | None,
+    web_replicas: int | None,
+    prometheus: bool,
+    prometheus_replicas: int,
+    registry: str,
+    version: str,
+    image_pull_policy: str,
+    cni_conf_dir: str,
+    cni_bin_dir: str,
+    cluster_domain: str,
+    trust_domain: str,
+    identity_trust_anchors_file: Path | None,
+    identity_issuer_certificate_file: Path | None,
+    identity_issuer_key_file: Path | None,
+) -> None:
+    """Print the manifests of nodemesh for a cluster: pipe them to `kubectl apply -f -`.
+
+    A trust anchor and an issuer are generated unless all three --identity-* files are given.
+    """
+    try:
+        values = checked(
+            InstallValues(
+                namespace=namespace,
+                registry=registry,
+                version=version,
+                image_pull_policy=image_pull_policy,
+                controller_replicas=controller_replicas or (HA_CONTROLLER_REPLICAS if ha else 1),
+                web_replicas=web_replicas or (HA_WEB_REPLICAS if ha else 1),
+                prometheus_replicas=prometheus_replicas,
+                prometheus=prometheus,
+                ha=ha,
+                cni_conf_dir=cni_conf_dir,
+                cni_bin_dir=cni_bin_dir,
+                cluster_domain=cluster_domain,
+                trust_domain=trust_domain,
+            )
+        )
+    except BadValue as e:
+        raise click.UsageError(str(e)) from None
+    if controller_replicas == 0 or web_replicas == 0:
+        raise click.UsageError("replicas must be from 1 to 99")
+    files = (
+        identity_trust_anchors_file,
+        identity_issuer_certificate_file,
+        identity_issuer_key_file,
+    )
+    try:
+        if any(files):
+            if not all(files):
+                raise click.UsageError(
+                    "bring your own identity with all three of --identity-trust-anchors-file, "
+                    "--identity-issuer-certificate-file and --identity-issuer-key-file"
+                )
+            ident = identity.load(
+                anchors_file=files[0],  # type: ignore[arg-type]
+                issuer_cert_file=files[1],  # type: ignore[arg-type]
+                issuer_key_file=files[2],  # type: ignore[arg-type]
+            )
+        else:
+            ident = identity.generate(trust_domain=values.trust_domain)
+    except identity.BadIdentity as e:
+        raise click.ClickException(str(e)) from None
+    _warn_expiry(ident)
+    header = f"nodemesh {values.version}: apply with `kubectl apply -f -`"
+    click.echo(render.to_yaml(render.objects(values, ident), header=header), nl=False)
+
+
+def _warn_expiry(ident: identity.IdentityFiles) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    for what, when, days in (
+        ("trust anchor", ident.anchor_not_after, 60),
+        ("issuer certificate", ident.issuer_not_after, 1),
+    ):
+        left = when - now
+        if left < datetime.timedelta(days=days):
+            click.echo(
+                f"warning: the {what} expires in {left.days} day(s) ({when:%Y-%m-%d}); "
+                "`nodemesh check` will fail on it",
+                err=True,
+            )
+
+
+@click.command()
+@click.option(
+    "-n", "--nodemesh-namespace", "namespace", default=_defaults.namespace, show_default=True
+)
+def uninstall(namespace: str) -> None:
+    """Print what `install` created, for `nodemesh uninstall | kubectl delete -f -`."""
+    try:
+        values = checked(InstallValues(namespace=namespace, prometheus=True))
+    except BadValue as e:
+        raise click.UsageError(str(e)) from None
+    dummy = identity.IdentityFiles(
+        {"ca.crt": b"", "issuer.crt": b"", "issuer.key": b""},
+        datetime.datetime.now(datetime.UTC),
+        datetime.datetime.now(datetime.UTC),
+    )
+    # Cluster-scoped objects first; the Namespace last takes every namespaced object with it.
+    everything = render.objects(values, dummy)
+    cluster = [
+        o for o in everything if "namespace" not in o["metadata"] and o["kind"] != "Namespace"
+    ]
+    ns = [o for o in everything if o["kind"] == "Namespace"]
+    refs: list[Obj] = [
+        {
+            "apiVersion": o["apiVersion"],
+            "kind": o["kind"],
+            "metadata": {"name": o["metadata"]["name"]},
+        }
+        for o in cluster + ns
+    ]
+    header = (
+        f"objects of nodemesh in namespace {namespace}; delete with `kubectl delete -f -`.\n"
+        "# The nodes keep nodemesh-cni in their CNI conflist until install-cni removes it: run\n"
+        "#   python3 -m nodemesh_cni.install uninstall --conf-dir /etc/cni/net.d "
+        "--bin-dir /opt/cni/bin\n"
+        "# on each node (or in the agent's install-cni container) before deleting, and restart\n"
+        "# meshed pods afterwards so their in-pod redirection rules go away."
+    )
+    click.echo(render.to_yaml(refs, header=header), nl=False)

@@ -1,0 +1,173 @@
+"""The control plane's objects: RBAC, identity Secret, Deployment and Service."""
+
+from __future__ import annotations
+
+import base64
+
+from nodemesh.cli.install.meta import (
+    Obj,
+    http_probe,
+    labels,
+    locked_down,
+    metadata,
+    pdb,
+    selector,
+    service_account,
+    spread,
+)
+from nodemesh.cli.install.values import InstallValues
+
+IDENTITY_SECRET = "nodemesh-identity"
+PUBLIC_PORT, AGENT_PORT, ADMIN_PORT = 8085, 8086, 9996
+# What the control plane's kubernetes source lists and watches (controlplane.sources.kube).
+WATCHED = [
+    ("", ["namespaces", "nodes", "pods", "services"]),
+    ("apps", ["deployments", "replicasets"]),
+    ("discovery.k8s.io", ["endpointslices"]),
+]
+
+
+def rbac(values: InstallValues) -> list[Obj]:
+    name = "nodemesh-controlplane"
+    cluster_name = f"{values.namespace}-controlplane"
+    subject = [{"kind": "ServiceAccount", "name": name, "namespace": values.namespace}]
+    rules: list[Obj] = [
+        {"apiGroups": [group], "resources": kinds, "verbs": ["get", "list", "watch"]}
+        for group, kinds in WATCHED
+    ]
+    # Agents prove their node with a projected token the control plane has the API review.
+    rules.append(
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+    )
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": metadata(values, "controlplane", cluster_name, namespaced=False),
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": metadata(values, "controlplane", cluster_name, namespaced=False),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": cluster_name,
+            },
+            "subjects": subject,
+        },
+        # The one Secret anybody in nodemesh reads: its own CA, by name.
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": metadata(values, "controlplane", f"{name}-identity"),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["secrets"],
+                    "resourceNames": [IDENTITY_SECRET],
+                    "verbs": ["get"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": metadata(values, "controlplane", f"{name}-identity"),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": f"{name}-identity",
+            },
+            "subjects": subject,
+        },
+    ]
+
+
+def identity_secret(values: InstallValues, data: dict[str, bytes]) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(values, "controlplane", IDENTITY_SECRET),
+        "type": "Opaque",
+        "data": {k: base64.b64encode(data[k]).decode() for k in sorted(data)},
+    }
+
+
+def deployment(values: InstallValues) -> Obj:
+    replicas = values.controller_replicas
+    container: Obj = {
+        "name": "controlplane",
+        "image": values.image("controlplane"),
+        "imagePullPolicy": values.image_pull_policy,
+        "command": ["nodemesh-controlplane"],
+        "args": [
+            "--source=kubernetes",
+            f"--ca-secret={values.namespace}/{IDENTITY_SECRET}",
+            f"--trust-domain={values.trust_domain}",
+            f"--agent-addr=0.0.0.0:{AGENT_PORT}",
+            f"--public-addr=0.0.0.0:{PUBLIC_PORT}",
+            f"--admin-addr=0.0.0.0:{ADMIN_PORT}",
+        ],
+        "ports": [
+            {"name": "public-api", "containerPort": PUBLIC_PORT},
+            {"name": "agent-api", "containerPort": AGENT_PORT},
+            {"name": "admin", "containerPort": ADMIN_PORT},
+        ],
+        "readinessProbe": http_probe("/ready", ADMIN_PORT, period=5),
+        "livenessProbe": http_probe("/live", ADMIN_PORT, period=10),
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "securityContext": locked_down(),
+    }
+    spec: Obj = {
+        "serviceAccountName": "nodemesh-controlplane",
+        "containers": [container],
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+    }
+    if replicas > 1:
+        spec["affinity"] = spread("controlplane")
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(values, "controlplane", "nodemesh-controlplane"),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector("controlplane")},
+            "template": {
+                "metadata": {"labels": labels(values, "controlplane")},
+                "spec": spec,
+            },
+        },
+    }
+
+
+def service(values: InstallValues) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(values, "controlplane", "nodemesh-controlplane"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector("controlplane"),
+            "ports": [
+                {"name": "public-api", "port": PUBLIC_PORT, "targetPort": PUBLIC_PORT},
+                {"name": "agent-api", "port": AGENT_PORT, "targetPort": AGENT_PORT},
+                {"name": "metrics", "port": ADMIN_PORT, "targetPort": ADMIN_PORT},
+            ],
+        },
+    }
+
+
+def objects(values: InstallValues, identity: dict[str, bytes]) -> list[Obj]:
+    return [
+        service_account(values, "controlplane", automount=True),
+        *rbac(values),
+        identity_secret(values, identity),
+        deployment(values),
+        service(values),
+        pdb(values, "controlplane", replicas=values.controller_replicas),
+    ]

@@ -1,0 +1,180 @@
+"""Which control plane the CLI talks to: an address given, a lab on this machine (found by
+itself, or `--lab`), or a cluster from kubeconfig through a port-forward to the control plane."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from nodemesh.lab.client import LabClient, LabRequestFailed, LabUnavailable
+from nodemesh.lab.paths import RUN_ROOT, LabNameError, LabPaths, check_name
+
+PUBLIC_PORT = 8085
+CONTROLPLANE_SERVICE = "nodemesh-controlplane"
+
+
+class TargetError(click.ClickException):
+    """No control plane to talk to; the message says how to get one."""
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    lab: str | None = None
+    api_addr: str | None = None
+    context: str | None = None
+    kubeconfig: str | None = None
+    nodemesh_namespace: str = "nodemesh"
+
+
+@dataclass
+class Endpoint:
+    """Where the public API answers, and what it belongs to (for messages and `check`)."""
+
+    address: str
+    where: str  # "lab 'x'", "cluster (context y)", "127.0.0.1:8085"
+    lab: LabPaths | None = None
+    kube: Any = None  # kubernetes.client.ApiClient on a cluster
+
+
+def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Adds --lab, --api-addr, --context, --kubeconfig, --nodemesh-namespace as `target`."""
+
+    @click.option(
+        "--lab",
+        "t_lab",
+        metavar="NAME",
+        help="Lab to talk to (default: the one running here; env NODEMESH_LAB).",
+    )
+    @click.option(
+        "--api-addr",
+        "t_api_addr",
+        metavar="HOST:PORT",
+        help="The public API's address, e.g. 127.0.0.1:8085 (env NODEMESH_API_ADDR).",
+    )
+    @click.option("--context", "t_context", help="kubeconfig context of a cluster.")
+    @click.option(
+        "--kubeconfig",
+        "t_kubeconfig",
+        type=click.Path(dir_okay=False),
+        help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config).",
+    )
+    @click.option(
+        "--nodemesh-namespace",
+        "t_ns",
+        default="nodemesh",
+        show_default=True,
+        help="Namespace nodemesh is installed in (clusters).",
+    )
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        t_lab: str | None,
+        t_api_addr: str | None,
+        t_context: str | None,
+        t_kubeconfig: str | None,
+        t_ns: str,
+        **kwargs: Any,
+    ) -> Any:
+        target = TargetOptions(
+            lab=t_lab or os.environ.get("NODEMESH_LAB") or None,
+            api_addr=t_api_addr or os.environ.get("NODEMESH_API_ADDR") or None,
+            context=t_context,
+            kubeconfig=t_kubeconfig,
+            nodemesh_namespace=t_ns,
+        )
+        return f(*args, target=target, **kwargs)
+
+    return wrapper
+
+
+def running_labs() -> list[str]:
+    try:
+        return sorted(p.name for p in RUN_ROOT.iterdir() if (p / "lab.json").exists())
+    except OSError:  # no /run/nodemesh, or not ours to read (labs are root's)
+        return []
+
+
+def _lab_paths(name: str) -> LabPaths:
+    try:
+        paths = LabPaths(check_name(name))
+    except LabNameError as e:
+        raise TargetError(str(e)) from None
+    try:
+        present = paths.config.exists()
+    except PermissionError:
+        raise TargetError(f"lab {name!r} belongs to root: run this command with sudo") from None
+    if not present:
+        others = running_labs()
+        hint = f"labs here: {', '.join(others)}" if others else "start one: sudo nodemesh lab up"
+        raise TargetError(f"no lab named {name!r} ({hint})")
+    return paths
+
+
+def lab_status(paths: LabPaths, *, timeout: float = 10.0) -> dict[str, Any]:
+    try:
+        status: dict[str, Any] = LabClient(paths, timeout=timeout).call({"op": "status"})["status"]
+    except (LabUnavailable, LabRequestFailed) as e:
+        raise TargetError(f"{e} (is it up? nodemesh lab status --name {paths.name})") from None
+    return status
+
+
+def lab_api_address(paths: LabPaths) -> str:
+    """The local end of the lab's forward to the control plane's public API."""
+    for f in lab_status(paths)["forwards"]:
+        if (f["namespace"], f["service"], f["port"]) == ("nodemesh", CONTROLPLANE_SERVICE, 8085):
+            return f"{f['host']}:{f['local_port']}"
+    raise TargetError(
+        f"lab {paths.name!r} runs without the mesh (it was started with --no-mesh): "
+        f"recreate it with: nodemesh lab down --name {paths.name} && nodemesh lab up"
+    )
+
+
+def _kubeconfig_present(options: TargetOptions) -> bool:
+    if options.kubeconfig or options.context:
+        return True
+    files = os.environ.get("KUBECONFIG", "").split(os.pathsep)
+    return (
+        any(Path(f).is_file() for f in files if f) or Path("~/.kube/config").expanduser().exists()
+    )
+
+
+@contextlib.contextmanager
+def resolve(options: TargetOptions) -> Iterator[Endpoint]:
+    """The endpoint to use, open for the duration of the block (a port-forward on clusters)."""
+    if options.api_addr:
+        host, sep, port = options.api_addr.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise click.BadParameter(
+                f"{options.api_addr!r} is not HOST:PORT", param_hint="'--api-addr'"
+            )
+        yield Endpoint(options.api_addr, options.api_addr)
+        return
+    if options.lab:
+        paths = _lab_paths(options.lab)
+        yield Endpoint(lab_api_address(paths), f"lab {paths.name!r}", lab=paths)
+        return
+    if not (options.context or options.kubeconfig):
+        labs = running_labs()
+        if len(labs) == 1:
+            paths = _lab_paths(labs[0])
+            yield Endpoint(lab_api_address(paths), f"lab {paths.name!r}", lab=paths)
+            return
+        if len(labs) > 1:
+            raise TargetError(f"several labs are running ({', '.join(labs)}): choose with --lab")
+        if not _kubeconfig_present(options):
+            where = "" if os.geteuid() == 0 else " (labs are root's: try sudo)"
+            raise TargetError(
+                f"no running lab here{where} and no kubeconfig: start a lab with "
+                "`sudo nodemesh lab up`, or pass --context, --kubeconfig or --api-addr"
+            )
+    from nodemesh.cli.cluster import cluster_endpoint  # the kubernetes client loads slowly
+
+    with cluster_endpoint(options) as endpoint:
+        yield endpoint
