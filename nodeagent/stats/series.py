@@ -118,7 +118,8 @@ class Aggregate:
         latency = ev.latency_first_byte_s
         if latency is None:
             latency = ev.latency_s
-        us = int(latency * 1_000_000) if latency > 0 else 0
+        # Rounded, not truncated: 0.003 s is 2999.9999... us in binary floating point.
+        us = int(latency * 1_000_000 + 0.5) if latency > 0 else 0
         s.count += 1
         s.sum_us += us
         s.buckets[bisect_left(_BOUNDS_US, us)] += 1

@@ -188,7 +188,7 @@ class Taps:
         admitted = self._admitted.get(req_id)
         if admitted is None:
             return
-        since = int((at - admitted.started) * 1_000_000)
+        since = round((at - admitted.started) * 1_000_000)
         rsp = pb.ResponseInit(status=status or 0, since_request_us=max(since, 0))
         for sub_id in admitted.subscriptions:
             ev = self._event(sub_id, req_id, admitted, at)
@@ -200,7 +200,7 @@ class Taps:
         if admitted is None:
             return
         end = pb.ResponseEnd(
-            since_request_us=max(int(ev.latency_s * 1_000_000), 0),
+            since_request_us=max(round(ev.latency_s * 1_000_000), 0),
             request_bytes=ev.request_bytes,
             response_bytes=ev.response_bytes,
             error="reset" if ev.reset else ("" if ev.status else "no response"),
