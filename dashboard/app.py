@@ -71,7 +71,7 @@ async def _error(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": message, "status": status}, status_code=status)
     reason = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else ""
     return pages.render(
-        "error", title=f"{status} {reason}", status=status, status_code=status,
+        "error", title=f"{status} {reason}", status=status, code=status,
         reason=reason, message=message,
     )  # fmt: skip
 

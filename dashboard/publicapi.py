@@ -120,8 +120,8 @@ class PublicClient:
 
 def _flat_row(row: dict[str, Any]) -> dict[str, Any]:
     """A StatRow with its resource folded in and 64-bit counters as numbers (JSON of protobuf
-    writes uint64 as strings)."""
-    res = row.pop("resource", {})
+    writes uint64 as strings). The cached answer is shared: it is read, never changed."""
+    res = row.get("resource", {})
     out: dict[str, Any] = {"kind": res.get("kind", ""), "namespace": res.get("namespace", "")}
     out["name"] = res.get("name", "")
     for field in ("requests", "tcp_open_connections", "tcp_read_bytes", "tcp_write_bytes"):

@@ -4,8 +4,9 @@ and the dashboard served by uvicorn on loopback against it; all torn down on any
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import httpx
@@ -32,6 +33,18 @@ class Cluster:
     traffic: Traffic
     broker: TapBroker
     address: str  # the public API (and agent tap API) on loopback
+    calls: Counter[str] = field(default_factory=Counter)  # RPCs the server got, by method name
+
+
+class CountCalls(grpc.aio.ServerInterceptor):
+    """Counts the calls the control plane serves: what the dashboard's load on it really is."""
+
+    def __init__(self, calls: Counter[str]) -> None:
+        self.calls = calls
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        self.calls[details.method.rsplit("/", 1)[-1]] += 1
+        return await continuation(details)
 
 
 @pytest.fixture
@@ -47,13 +60,14 @@ async def cluster() -> AsyncIterator[Cluster]:
         hub=DestinationHub(index),
         source_name="local",
     )
-    server = grpc.aio.server()
+    calls: Counter[str] = Counter()
+    server = grpc.aio.server(interceptors=[CountCalls(calls)])
     public_pb2_grpc.add_PublicServicer_to_server(public, server)
     tap_pb2_grpc.add_AgentTapServicer_to_server(AgentTapService(broker), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        yield Cluster(index, store, clock, Traffic(store), broker, f"127.0.0.1:{port}")
+        yield Cluster(index, store, clock, Traffic(store), broker, f"127.0.0.1:{port}", calls)
     finally:
         await server.stop(grace=None)
 
