@@ -10,11 +10,14 @@ from typing import Any
 
 from nodeagent import dnsforward, metrics
 from nodeagent.admin import AdminServer
+from nodeagent.certstore import CertStore
 from nodeagent.cniserver import CniServer
 from nodeagent.config import AgentConfig
 from nodeagent.destination_client import DestinationClient, open_channel, read_token
 from nodeagent.dnsnames import DnsNames
 from nodeagent.enrolment import Enroller
+from nodeagent.eventlog import EventLog
+from nodeagent.identity_client import IdentityClient, identities_on_node
 from nodeagent.listeners import PodListeners, ProxyRuntime
 from nodeagent.observe import AgentSink
 from nodeagent.podnetns import find_netns_for
@@ -41,15 +44,30 @@ class Agent:
         self.collector = AggregateCollector(
             self.sink.aggregate, tcp=not metrics.LEGACY_TCP_COUNTERS
         )
-        # TODO(listeners): pass names=self.dns_names to UdpDnsForwarder and serve the dns-tcp
-        # listener with dnsforward.serve_tcp; until then the forwarders pick up the default.
         self.dns_names = DnsNames(self.table, cluster_domain=config.cluster_domain)
         dnsforward.use_names(self.dns_names)
         # Upstream sockets are made in pod namespaces on these threads; a few suffice, each
         # switch takes microseconds.
         self.netns_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nodemesh-netns")
-        # TODO(data plane): ProxyRuntime(..., sink=self.sink) once the listeners take a sink.
-        self.runtime = ProxyRuntime(mark=config.mark, executor=self.netns_pool)
+        self.event_log = EventLog(self.sink, config.record_events) if config.record_events else None
+        # Workload certificates (mTLS between agents) when a trust anchor is configured.
+        self.certs = (
+            CertStore(
+                trust_anchors_pem=config.trust_anchors.read_bytes(),
+                resume=config.tls_resumption,
+            )
+            if config.trust_anchors is not None
+            else None
+        )
+        self.runtime = ProxyRuntime(
+            mark=config.mark,
+            executor=self.netns_pool,
+            table=self.table,
+            sink=self.event_log or self.sink,
+            certs=self.certs,
+            dns_names=self.dns_names,
+        )
+        self.identity: IdentityClient | None = None
         self.rules = RuleWorker()
         self.enroller = Enroller(
             table=self.table,
@@ -78,6 +96,8 @@ class Agent:
         return True, f"ready, {len(self.enroller.enrolled())} pod(s) enrolled"
 
     def _table_changed(self, change: TableChanged) -> None:
+        if self.identity is not None and change.pods:
+            self.identity.kick()
         self._dirty |= self.enroller.table_changed(change)
         if change.snapshot:
             self._adopt_pending = True
@@ -129,6 +149,16 @@ class Agent:
             metrics.REGISTRY.register(self.collector)
             await self.admin.start()
             self._tasks.append(tasks.spawn(client.run(), name="destination client"))
+            if self.certs is not None:
+                self.identity = IdentityClient(
+                    channel=channel,
+                    store=self.certs,
+                    wanted=lambda: identities_on_node(self.table),
+                    token=token,
+                )
+                self._tasks.append(tasks.spawn(self.identity.run(), name="identity client"))
+            else:
+                log.warning("no trust anchor (--trust-anchors/--controlplane-ca): no mTLS")
             if cfg.telemetry:
                 telemetry = TelemetryClient(
                     channel=channel,
@@ -177,6 +207,8 @@ class Agent:
         except KeyError:
             pass  # never registered: start-up failed before
         dnsforward.use_names(None)
+        if self.event_log is not None:
+            self.event_log.close()
         await self.rules.aclose()
         self.netns_pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped; pod rules stay in place")

@@ -37,6 +37,13 @@ class AgentConfig:
     cluster_domain: str = "cluster.local"
     # Report statistics to the control plane and take tap subscriptions from it.
     telemetry: bool = True
+    # Trust anchor(s) of the mesh's workload certificates; defaults to controlplane_ca (the
+    # lab's ca.crt is both). None: no mTLS between agents (meshed traffic goes plain).
+    trust_anchors: Path | None = None
+    # Offer TLS session tickets between agents (off only to measure what they save).
+    tls_resumption: bool = True
+    # Test aid: also write every observation event as a JSON line to this file.
+    record_events: Path | None = None
 
 
 def _mark(text: str) -> int:
@@ -106,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="send no statistics reports and take no taps (the /metrics port still works)",
     )
+    p.add_argument(
+        "--trust-anchors",
+        default=None,
+        help="PEM trust anchor(s) for workload certificates (default: --controlplane-ca)",
+    )
+    p.add_argument(
+        "--no-tls-resumption",
+        dest="tls_resumption",
+        action="store_false",
+        help="full TLS handshakes between agents every time (to measure resumption)",
+    )
+    p.add_argument("--record-events", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -115,6 +134,11 @@ def _domain(text: str) -> str:
     if not domain or any(not label or len(label) > 63 for label in labels) or len(domain) > 200:
         raise argparse.ArgumentTypeError(f"{text!r} is not a DNS domain")
     return domain
+
+
+def _anchors(ns: argparse.Namespace) -> Path | None:
+    anchors = ns.trust_anchors or ns.controlplane_ca
+    return Path(anchors) if anchors else None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
@@ -137,4 +161,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         log_level=ns.log_level,
         cluster_domain=ns.cluster_domain,
         telemetry=ns.telemetry,
+        trust_anchors=_anchors(ns),
+        tls_resumption=ns.tls_resumption,
+        record_events=Path(ns.record_events) if ns.record_events else None,
     )

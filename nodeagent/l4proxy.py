@@ -1,8 +1,11 @@
-"""The L4 relay: an accepted connection joined to an upstream one, both ways, with half-close.
+"""The relay: an accepted connection joined to an upstream one, both ways, with half-close.
 
 Bytes move as the event loop hands them over (asyncio Protocols: one read of up to the loop's
 chunk size, one write), and flow control pauses the reading side while the other side's write
-buffer is full, so a slow peer costs at most one buffer of memory per connection.
+buffer is full, so a slow peer costs at most one buffer of memory per connection. Until
+`start()` the two sides are not joined: bytes each side sends are kept (`early`, `up_early`)
+for the handler that is still deciding (tunnel preamble and reply, TLS on the accepted side).
+A tap, when attached, sees every chunk before it is relayed and never changes it.
 """
 
 from __future__ import annotations
@@ -10,18 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import struct
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
+from collections.abc import Callable
+from typing import Protocol
 
 from nodeagent.metrics import PodTcpStats
-from nodeagent.podnetns import marked_socket
+from nodeagent.tlslayer import TlsLayer
 
 log = logging.getLogger(__name__)
 
 SO_ORIGINAL_DST = 80
 CONNECT_TIMEOUT = 10.0
-# Bytes kept from a client before its upstream is open (only the tunnel reads ahead).
+# Bytes kept from one side before the relay starts (preamble, reply, an eager client).
 MAX_EARLY_BYTES = 64 * 1024
 Address = tuple[str, int]
 
@@ -31,6 +35,14 @@ def original_destination(sock: socket.socket) -> Address:
     raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     port, packed = struct.unpack_from("!2xH4s", raw)
     return socket.inet_ntoa(packed), port
+
+
+class Tap(Protocol):
+    """Watches a relayed connection (l7relay.ConnectionTap)."""
+
+    def client(self, data: bytes) -> None: ...
+    def server(self, data: bytes) -> None: ...
+    def closed(self, error: str) -> None: ...
 
 
 class _Half(asyncio.Protocol):
@@ -63,23 +75,22 @@ class _Half(asyncio.Protocol):
         self.relay.lost(self, exc)
 
     def pause_writing(self) -> None:
-        self.relay.peer_of(self).pause()
+        other = self.relay.peer_of(self)
+        if other is not None:
+            other.pause()
 
     def resume_writing(self) -> None:
-        self.relay.peer_of(self).resume()
+        other = self.relay.peer_of(self)
+        if other is not None:
+            other.resume()
 
     def pause(self) -> None:
-        if self.transport is not None:
+        if self.transport is not None and not self.lost:
             self.transport.pause_reading()
 
     def resume(self) -> None:
         if self.transport is not None and not self.lost:
             self.transport.resume_reading()
-
-
-# Decides where an accepted connection goes: returns the upstream address, or None to refuse.
-# It may await more client bytes (relay.early) and may consume them (relay.consume).
-Router = Callable[["Relay"], Awaitable[Address | None]]
 
 
 class Relay:
@@ -90,11 +101,15 @@ class Relay:
         "up",
         "stats",
         "early",
+        "up_early",
+        "tap",
+        "error",
         "_more",
         "_done",
         "_registry",
         "_connected",
         "_on_accept",
+        "_on_finish",
     )
 
     def __init__(
@@ -108,10 +123,14 @@ class Relay:
         self.up: _Half | None = None
         self.stats = stats
         self.early = bytearray()
+        self.up_early = bytearray()
+        self.tap: Tap | None = None
+        self.error = ""
         self._more: asyncio.Future[None] | None = None
         self._done = False
         self._registry = registry
         self._connected = False
+        self._on_finish: list[Callable[[], None]] = []
         registry.add(self)
         stats.open.inc()
         stats.current.inc()
@@ -122,22 +141,29 @@ class Relay:
         sock: socket.socket = self.down.transport.get_extra_info("socket")
         return sock
 
-    def peer_of(self, half: _Half) -> _Half:
-        if half is self.down:
-            return self.up if self.up is not None else _Half(self)
-        return self.down
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def peer_of(self, half: _Half) -> _Half | None:
+        return self.up if half is self.down else self.down
+
+    def on_finish(self, callback: Callable[[], None]) -> None:
+        self._on_finish.append(callback)
 
     # --- events from the two halves -------------------------------------------------------
 
     def accepted(self) -> None:
         assert self.down.transport is not None
-        # Nothing is read until the upstream is open (or a router asks for bytes).
+        # Nothing is read until the relay starts (or a handler asks for bytes).
         self.down.transport.pause_reading()
         self._on_accept(self)
 
     def received(self, half: _Half, data: bytes) -> None:
         if half is self.down:
             self.stats.read.inc(len(data))
+            if self.tap is not None:
+                self._tap_call(self.tap.client, data)
             if self._connected:
                 assert self.up is not None and self.up.transport is not None
                 self.up.transport.write(data)
@@ -146,18 +172,39 @@ class Relay:
             if len(self.early) >= MAX_EARLY_BYTES:
                 half.pause()
             self._wake()
-        else:
-            self.stats.write.inc(len(data))
-            assert self.down.transport is not None
-            self.down.transport.write(data)
+        elif half is self.up:
+            if not self._connected:
+                self.up_early += data
+                if len(self.up_early) >= MAX_EARLY_BYTES:
+                    half.pause()
+                self._wake()
+                return
+            self._to_client(data)
+        # else: a discarded upstream attempt; its bytes go nowhere
+
+    def _to_client(self, data: bytes) -> None:
+        self.stats.write.inc(len(data))
+        if self.tap is not None:
+            self._tap_call(self.tap.server, data)
+        assert self.down.transport is not None
+        self.down.transport.write(data)
+
+    def _tap_call(self, fn: Callable[[bytes], None], data: bytes) -> None:
+        try:
+            fn(data)
+        except Exception:
+            # Observation must never cost the connection: stop watching, keep relaying.
+            log.exception("connection tap failed; relaying the rest unobserved")
+            self.tap = None
 
     def eof_from(self, half: _Half) -> None:
-        if half is self.down:
-            self._wake()
-            if not self._connected:
-                return  # forwarded once the upstream is open
+        self._wake()
+        if half is not self.down and half is not self.up:
+            return
+        if not self._connected:
+            return  # forwarded when the relay starts
         other = self.peer_of(half)
-        if other.transport is not None and not other.lost:
+        if other is not None and other.transport is not None and not other.lost:
             if self.down.eof and (self.up is not None and self.up.eof):
                 self._close_both()
             elif other.transport.can_write_eof():
@@ -165,26 +212,33 @@ class Relay:
 
     def lost(self, half: _Half, exc: Exception | None) -> None:
         self._wake()
-        other = self.peer_of(half)
-        if other.transport is not None and not other.lost:
-            if exc is not None:
-                other.transport.abort()
-            else:
-                other.transport.close()
+        if half is not self.down and half is not self.up:
+            return  # a discarded upstream attempt
+        if exc is not None and not self.error:
+            self.error = f"{'client' if half is self.down else 'server'}: {exc}"
+        if self._connected or half is self.down:
+            other = self.peer_of(half)
+            if other is not None and other.transport is not None and not other.lost:
+                if exc is not None:
+                    other.transport.abort()
+                else:
+                    other.transport.close()
         if self.down.lost and (self.up is None or self.up.lost or not self._connected):
             self._finish()
 
-    # --- used by routers ------------------------------------------------------------------
+    # --- used by handlers -----------------------------------------------------------------
 
-    async def wait_for_bytes(self, count: int, timeout: float) -> bool:
-        """Wait until `early` holds at least `count` bytes; False on EOF or timeout."""
+    async def wait_for_bytes(self, count: int, timeout: float, *, upstream: bool = False) -> bool:
+        """Wait until `early` (or `up_early`) holds `count` bytes; False on EOF or timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        assert self.down.transport is not None
-        self.down.transport.resume_reading()
+        half = self.up if upstream else self.down
+        buf = self.up_early if upstream else self.early
+        assert half is not None and half.transport is not None
+        half.resume()
         try:
-            while len(self.early) < count:
-                if self.down.eof or self.down.lost:
+            while len(buf) < count:
+                if half.eof or half.lost:
                     return False
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -197,72 +251,102 @@ class Relay:
             return True
         finally:
             self._more = None
-            if not self.down.lost:
-                self.down.transport.pause_reading()
+            if not self._connected:
+                half.pause()
 
-    def consume(self, count: int) -> bytes:
-        taken = bytes(self.early[:count])
-        del self.early[:count]
+    def consume(self, count: int, *, upstream: bool = False) -> bytes:
+        buf = self.up_early if upstream else self.early
+        taken = bytes(buf[:count])
+        del buf[:count]
         return taken
 
     def _wake(self) -> None:
         if self._more is not None and not self._more.done():
             self._more.set_result(None)
 
-    # --- life cycle -----------------------------------------------------------------------
-
-    async def run(
-        self,
-        router: Router,
-        *,
-        netns: str,
-        mark: int,
-        executor: Executor,
-        connect_timeout: float = CONNECT_TIMEOUT,
-    ) -> None:
-        """Route, open the upstream from inside `netns` with the mark, then start relaying."""
-        loop = asyncio.get_running_loop()
-        sock: socket.socket | None = None
+    async def start_tls_down(self, context: ssl.SSLContext, *, timeout: float) -> None:
+        """Terminate TLS on the accepted side (the mesh tunnel); the relay then sees plaintext."""
+        raw = self.down.transport
+        assert raw is not None
+        layer = TlsLayer(context, self.down, server_side=True)
+        self.down.transport = layer.app  # type: ignore[assignment]
+        raw.set_protocol(layer)
+        layer.connection_made(raw)
+        raw.resume_reading()
         try:
-            target = await router(self)
-            if target is None or self.down.lost:
-                self.refuse()
-                return
-            sock = await loop.run_in_executor(executor, lambda: marked_socket(netns, mark=mark))
-            await asyncio.wait_for(loop.sock_connect(sock, target), connect_timeout)
-            if self.down.lost:
-                sock.close()
-                return
-            up = self.up = _Half(self)
-            await loop.create_connection(lambda: up, sock=sock)
-            sock = None  # the transport owns it now
-            if self.down.lost:
-                assert up.transport is not None
-                up.transport.close()
-                return
-        except (OSError, TimeoutError) as exc:
-            log.debug("upstream connect failed: %s", exc)
-            self.stats.failures.inc()
-            if sock is not None:
-                sock.close()
-            self.refuse()
-            return
-        except asyncio.CancelledError:
-            if sock is not None:
-                sock.close()
-            self.abort()
+            await asyncio.wait_for(asyncio.shield(layer.handshake), timeout)
+        except BaseException:
+            raw.abort()
             raise
-        self._connected = True
-        assert self.up is not None and self.up.transport is not None
-        if self.early:
-            self.up.transport.write(bytes(self.early))
-            self.early.clear()
-        if self.down.eof:
-            self.up.transport.write_eof()
-        self.down.resume()
+        layer.pause_reading()
 
-    def refuse(self) -> None:
+    async def open_upstream(
+        self,
+        sock: socket.socket,
+        *,
+        context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+        handshake_timeout: float = CONNECT_TIMEOUT,
+    ) -> asyncio.Transport:
+        """Take over a connected socket as the upstream (with TLS when `context` is given)."""
+        loop = asyncio.get_running_loop()
+        up = self.up = _Half(self)
+        self.up_early.clear()
+        if context is None:
+            await loop.create_connection(lambda: up, sock=sock)
+        else:
+            layer = TlsLayer(
+                context, up, server_side=False, server_hostname=server_hostname, session=session
+            )
+            up.transport = layer.app  # type: ignore[assignment]
+            await loop.create_connection(lambda: layer, sock=sock)
+            try:
+                await asyncio.wait_for(asyncio.shield(layer.handshake), handshake_timeout)
+            except BaseException:
+                layer.abort()
+                raise
+        assert up.transport is not None
+        if self.down.lost:
+            up.transport.close()
+            raise ConnectionError("client went away")
+        return up.transport
+
+    def drop_upstream(self) -> None:
+        """Discard a failed upstream attempt without touching the client."""
+        up, self.up = self.up, None
+        self.up_early.clear()
+        if up is not None and up.transport is not None and not up.lost:
+            up.transport.abort()
+
+    def start(self, tap: Tap | None = None) -> None:
+        """Join the two sides: flush what each side sent meanwhile, then relay."""
+        assert self.up is not None and self.up.transport is not None
+        self.tap = tap
+        self._connected = True
+        if self.early:
+            early, self.early = bytes(self.early), bytearray()
+            if tap is not None:
+                self._tap_call(tap.client, early)
+            self.up.transport.write(early)
+        if self.up_early:
+            up_early, self.up_early = bytes(self.up_early), bytearray()
+            self._to_client(up_early)
+        if self.down.eof and self.up.transport.can_write_eof():
+            self.up.transport.write_eof()
+        if self.up.eof and self.down.transport is not None and self.down.transport.can_write_eof():
+            self.down.transport.write_eof()
+        if self.up.lost:
+            self.lost(self.up, None)
+            return
+        self.down.resume()
+        self.up.resume()
+
+    def refuse(self, error: str = "") -> None:
         """Reset the client, as a closed port would."""
+        if error and not self.error:
+            self.error = error
+        self.drop_upstream()
         transport = self.down.transport
         if transport is not None and not self.down.lost:
             try:
@@ -273,6 +357,16 @@ class Relay:
                 pass
             transport.close()
         if self.down.lost or transport is None:
+            self._finish()
+
+    def decline(self, error: str = "") -> None:
+        """Close the client gracefully (what was written to it, a tunnel reply, still goes)."""
+        if error and not self.error:
+            self.error = error
+        self.drop_upstream()
+        if self.down.transport is not None and not self.down.lost:
+            self.down.transport.close()
+        else:
             self._finish()
 
     def abort(self) -> None:
@@ -292,3 +386,13 @@ class Relay:
         self._registry.discard(self)
         self.stats.close.inc()
         self.stats.current.dec()
+        if self.tap is not None:
+            try:
+                self.tap.closed(self.error)
+            except Exception:
+                log.exception("connection tap failed at close")
+        for callback in self._on_finish:
+            try:
+                callback()
+            except Exception:
+                log.exception("relay finish callback failed")

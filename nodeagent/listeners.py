@@ -8,25 +8,32 @@ Each pod costs five sockets and a few small objects: no thread, no task while id
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import itertools
 import logging
 import socket
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from nodeagent import podplan
-from nodeagent.dnsforward import DNS_PORT, UdpDnsForwarder, upstream_resolver
-from nodeagent.l4proxy import Address, Relay, Router, original_destination
+from nodeagent import inbound, outbound, podplan
+from nodeagent.balancer import Balancer
+from nodeagent.certstore import CertStore
+from nodeagent.dnsforward import UdpDnsForwarder, serve_tcp, upstream_resolver
+from nodeagent.dnsnames import DnsNames
+from nodeagent.l4proxy import Relay
+from nodeagent.l7relay import DETECT_TIMEOUT
 from nodeagent.metrics import PodTcpStats, forget_pod
-from nodeagent.protocol import preamble
+from nodeagent.observe_events import NullSink, ObservationSink
+from nodeagent.protocol.detect import ServerFirstMemory
+from nodeagent.routing import Routes
+from nodeagent.table import DestinationTable
 from nodemesh import tasks
 from nodemesh.netns import socket_in_netns
 
 log = logging.getLogger(__name__)
 
 BACKLOG = 1024
-PREAMBLE_TIMEOUT = 5.0
 
 
 class ListenerError(OSError):
@@ -45,11 +52,33 @@ class PodAddress:
 
 @dataclass
 class ProxyRuntime:
-    """What every pod's listeners share: the mark, the netns socket executor, live relays."""
+    """What every pod's listeners share: the table and what is derived from it, certificates,
+    the observation sink, the mark, the netns socket executor and the live relays."""
 
     mark: int
     executor: Executor
+    table: DestinationTable = field(default_factory=lambda: DestinationTable(""))
+    sink: ObservationSink = field(default_factory=NullSink)
+    # None: no trust anchor configured, meshed destinations get plain connections.
+    certs: CertStore | None = None
+    dns_names: DnsNames | None = None
+    balancer: Balancer = field(default_factory=Balancer)
+    server_first: ServerFirstMemory = field(default_factory=ServerFirstMemory)
+    detect_timeout: float = DETECT_TIMEOUT
+    # Connect to apps from the client's address (needs the pod's transparent rules).
+    transparent: bool = True
     relays: set[Relay] = field(default_factory=set)
+    conn_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Tunnel handshakes made, "full" or "resumed".
+    handshakes: Counter[str] = field(default_factory=Counter)
+    routes: Routes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.routes = Routes(self.table)
+
+
+# Serves one accepted connection: route it, open its upstream, start (or refuse) the relay.
+Handler = Callable[[Relay, "PodListeners"], Awaitable[None]]
 
 
 def _bind_all(netns: str) -> dict[str, socket.socket]:
@@ -98,15 +127,14 @@ class PodListeners:
         loop = asyncio.get_running_loop()
         socks = await loop.run_in_executor(self.runtime.executor, _bind_all, self.pod.netns)
         try:
-            routers: dict[str, tuple[Router, PodTcpStats]] = {
-                "outbound": (self._route_outbound, self.outbound),
-                "inbound": (self._route_inbound, self.inbound),
-                "tunnel": (self._route_tunnel, self.inbound),
-                "dns-tcp": (self._route_dns, self.outbound),
+            handlers: dict[str, tuple[Handler, PodTcpStats]] = {
+                "outbound": (outbound.handle, self.outbound),
+                "inbound": (inbound.handle_plain, self.inbound),
+                "tunnel": (inbound.handle_tunnel, self.inbound),
             }
-            for name, (router, stats) in routers.items():
+            for name, (handler, stats) in handlers.items():
                 self.servers[name] = await loop.create_server(
-                    self._factory(router, stats), sock=socks.pop(name)
+                    self._factory(handler, stats), sock=socks.pop(name)
                 )
             self._resolver = upstream_resolver(self.pod.netns)
             forwarder = UdpDnsForwarder(
@@ -116,6 +144,11 @@ class PodListeners:
                 upstream=lambda: self._resolver,
                 mark=self.runtime.mark,
                 executor=self.runtime.executor,
+                names=self.runtime.dns_names,
+            )
+            resolver = forwarder.resolver
+            self.servers["dns-tcp"] = await asyncio.start_server(
+                lambda r, w: serve_tcp(resolver, r, w), sock=socks.pop("dns-tcp")
             )
             await loop.create_datagram_endpoint(lambda: forwarder, sock=socks.pop("dns-udp"))
             self.dns = forwarder
@@ -145,52 +178,21 @@ class PodListeners:
         if forget_metrics:
             forget_pod(self.pod.namespace, self.pod.name)
 
-    def _factory(self, router: Router, stats: PodTcpStats) -> Callable[[], asyncio.Protocol]:
-        runtime, netns = self.runtime, self.pod.netns
+    def _factory(self, handler: Handler, stats: PodTcpStats) -> Callable[[], asyncio.Protocol]:
+        runtime = self.runtime
 
         def start(relay: Relay) -> None:
-            tasks.spawn(
-                relay.run(router, netns=netns, mark=runtime.mark, executor=runtime.executor),
-                name="relay",
-            )
+            tasks.spawn(self._serve(handler, relay), name="relay")
 
         return lambda: Relay(stats, runtime.relays, start).down
 
-    # --- where each listener's connections go ---------------------------------------------
-
-    async def _route_outbound(self, relay: Relay) -> Address | None:
-        sock = relay.downstream_socket
-        target = original_destination(sock)
-        if target == sock.getsockname()[:2]:
-            return None  # reached 4140 directly, not through the redirect: nowhere to go
-        return target
-
-    async def _route_inbound(self, relay: Relay) -> Address | None:
-        ip, port = original_destination(relay.downstream_socket)
-        if port in podplan.AGENT_PORTS:
-            return None  # connecting back to one of our own listeners would loop
-        return ip, port
-
-    async def _route_tunnel(self, relay: Relay) -> Address | None:
-        # TODO(data plane): this is where mTLS terminates and the peer identity is checked.
-        # Until then the tunnel is plain TCP: a preamble names the app port, nothing else.
-        if not await relay.wait_for_bytes(preamble.HEADER_SIZE, PREAMBLE_TIMEOUT):
-            return None
+    async def _serve(self, handler: Handler, relay: Relay) -> None:
         try:
-            size = preamble.preamble_size(bytes(relay.early[: preamble.HEADER_SIZE]))
-            if not await relay.wait_for_bytes(size, PREAMBLE_TIMEOUT):
-                return None
-            header, used = preamble.decode_preamble(bytes(relay.early))
-        except preamble.PreambleError as exc:
-            log.debug("bad tunnel preamble from %s: %s", relay.downstream_socket, exc)
-            return None
-        relay.consume(used)
-        if header.target_port in podplan.AGENT_PORTS:
-            return None
-        if header.flags & preamble.PreambleFlags.WANT_REPLY:
-            assert relay.down.transport is not None
-            relay.down.transport.write(preamble.encode_reply(preamble.ReplyCode.ACCEPTED))
-        return str(ipaddress.ip_address(self.pod.ip)), header.target_port
-
-    async def _route_dns(self, relay: Relay) -> Address | None:
-        return (self._resolver, DNS_PORT) if self._resolver else None
+            await handler(relay, self)
+        except asyncio.CancelledError:
+            relay.abort()
+            raise
+        except Exception:
+            # A bug in one connection's handling must not take the listener down.
+            log.exception("serving a connection of %s/%s failed", self.pod.namespace, self.pod.name)
+            relay.refuse("internal error")

@@ -1,0 +1,67 @@
+"""How the mesh names the two ends of a connection in its events (observe_events.Peer)."""
+
+from __future__ import annotations
+
+from nodeagent.observe_events import Peer
+from nodeagent.routing import Routes, Target
+from nodemesh.model import PodInfo, Service
+
+
+def of_pod(info: PodInfo | None, *, ip: str, namespace: str = "", name: str = "") -> Peer:
+    """A pod of this node (the listener's pod), from the table when it knows it."""
+    if info is None:
+        return Peer(ip=ip, namespace=namespace, pod=name)
+    return Peer(
+        ip=ip or info.ip,
+        namespace=info.key.namespace,
+        pod=info.key.name,
+        workload_kind=info.workload.kind,
+        workload=info.workload.name,
+        identity=info.identity,
+    )
+
+
+def of_target(target: Target, service: Service | None) -> Peer:
+    """The endpoint an outbound connection went to."""
+    namespace = target.pod.namespace if target.pod is not None else ""
+    if not namespace and service is not None:
+        namespace = service.key.namespace
+    return Peer(
+        ip=target.ip,
+        namespace=namespace,
+        pod=target.pod.name if target.pod is not None else "",
+        workload_kind=target.workload.kind if target.workload is not None else "",
+        workload=target.workload.name if target.workload is not None else "",
+        service=service.key.name if service is not None else "",
+        identity=target.identity,
+    )
+
+
+def of_client(
+    routes: Routes, ip: str, *, identity: str = "", namespace: str = "", pod: str = ""
+) -> Peer:
+    """The client of an inbound connection, named from the table by its address.
+
+    The address and the names only label metrics; `identity` is what TLS proved (or "").
+    """
+    local = routes.local_pod_by_ip(ip)
+    if local is not None:
+        return Peer(
+            ip=ip,
+            namespace=local.key.namespace,
+            pod=local.key.name,
+            workload_kind=local.workload.kind,
+            workload=local.workload.name,
+            identity=identity,
+        )
+    ep = routes.endpoint_by_ip(ip)
+    if ep is not None and ep.pod is not None:
+        return Peer(
+            ip=ip,
+            namespace=ep.pod.namespace,
+            pod=ep.pod.name,
+            workload_kind=ep.workload.kind if ep.workload is not None else "",
+            workload=ep.workload.name if ep.workload is not None else "",
+            identity=identity,
+        )
+    return Peer(ip=ip, namespace=namespace, pod=pod, identity=identity)
