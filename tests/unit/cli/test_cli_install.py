@@ -1,0 +1,216 @@
+"""`nodemesh install`: every object validates against the Kubernetes 1.29+ schemas, the output is
+pinned by golden files, the agent is least-privileged, and bring-your-own identity is checked."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import assert_golden
+from cryptography import x509
+
+from nodemesh.cli.main import cli
+from nodemesh.identity import CaMaterial, create_issuer, create_trust_anchor
+
+K8S_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
+_PEM = re.compile(r"-----BEGIN CERTIFICATE-----\n(?:.*\n)*?\s*-----END CERTIFICATE-----")
+_B64 = re.compile(r"^(  (?:ca\.crt|issuer\.crt|issuer\.key): )\S+$", re.M)
+
+
+@pytest.fixture(scope="module")
+def identity_files(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    d = tmp_path_factory.mktemp("identity")
+    anchor = create_trust_anchor()
+    issuer = create_issuer(anchor)
+    files = {"anchor": d / "ca.crt", "cert": d / "issuer.crt", "key": d / "issuer.key"}
+    files["anchor"].write_bytes(anchor.certificate_pem())
+    files["cert"].write_bytes(issuer.certificate_pem())
+    files["key"].write_bytes(issuer.key_pem())
+    return files
+
+
+def byo(files: dict[str, Path]) -> list[str]:
+    return ["--identity-trust-anchors-file", str(files["anchor"]),
+            "--identity-issuer-certificate-file", str(files["cert"]),
+            "--identity-issuer-key-file", str(files["key"])]  # fmt: skip
+
+
+def render(*args: str) -> tuple[str, list[dict]]:
+    res = CliRunner().invoke(cli, ["install", *args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.stdout, [d for d in yaml.safe_load_all(res.stdout) if d]
+
+
+def masked(text: str) -> str:
+    """The certificates change on every run; everything around them is pinned."""
+    return _B64.sub(r"\1<base64>", _PEM.sub("<certificate>", text))
+
+
+VARIANTS = {
+    "default": [],
+    "ha-prometheus": ["--ha", "--prometheus", "--registry", "registry.example:5000/mesh",
+                      "--version", "1.2.3", "--image-pull-policy", "Always"],
+    "custom": ["-n", "mesh-system", "--cni-conf-dir", "/etc/cni/multus/net.d", "--cni-bin-dir",
+               "/var/lib/cni/bin", "--cluster-domain", "corp.example", "--trust-domain",
+               "mesh.corp.example", "--controller-replicas", "2", "--web-replicas", "3"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_golden_and_valid_for_kubernetes_1_29_and_newer(identity_files, variant: str) -> None:
+    text, docs = render(*VARIANTS[variant], *byo(identity_files))
+    assert_golden(f"install-{variant}.yaml", masked(text))
+    for version in K8S_VERSIONS:
+        for doc in docs:
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_every_listed_object_is_rendered() -> None:
+    _, docs = render("--prometheus")
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for wanted in [
+        ("Namespace", "nodemesh"), ("ConfigMap", "nodemesh-config"),
+        ("ServiceAccount", "nodemesh-controlplane"), ("ServiceAccount", "nodemesh-agent"),
+        ("ServiceAccount", "nodemesh-dashboard"), ("ClusterRole", "nodemesh-controlplane"),
+        ("ClusterRoleBinding", "nodemesh-controlplane"), ("Role", "nodemesh-controlplane-identity"),
+        ("Secret", "nodemesh-identity"), ("Deployment", "nodemesh-controlplane"),
+        ("Service", "nodemesh-controlplane"), ("Deployment", "nodemesh-dashboard"),
+        ("Service", "nodemesh-dashboard"), ("DaemonSet", "nodemesh-agent"),
+        ("PodDisruptionBudget", "nodemesh-controlplane"),
+        ("PodDisruptionBudget", "nodemesh-dashboard"), ("Deployment", "nodemesh-prometheus"),
+    ]:  # fmt: skip
+        assert wanted in kinds, wanted
+    svc = next(
+        d for d in docs if d["kind"] == "Service" and "controlplane" in d["metadata"]["name"]
+    )
+    assert {p["port"] for p in svc["spec"]["ports"]} == {8085, 8086, 9996}
+
+
+def _daemonset(docs: list[dict]) -> dict:
+    return next(d for d in docs if d["kind"] == "DaemonSet")
+
+
+def test_daemonset_is_not_privileged_and_has_exactly_three_capabilities() -> None:
+    _, docs = render()
+    pod = _daemonset(docs)["spec"]["template"]["spec"]
+    containers = pod["containers"] + pod.get("initContainers", [])
+    added = set()
+    for c in containers:
+        sc = c["securityContext"]
+        assert sc.get("privileged") is False, c["name"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        added |= set(sc["capabilities"].get("add", []))
+    assert added == {"NET_ADMIN", "NET_RAW", "SYS_ADMIN"}
+    assert pod["hostNetwork"] is True
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert {"operator": "Exists"} in pod["tolerations"]
+    agent = pod["containers"][0]
+    assert agent["readinessProbe"]["httpGet"]["port"] == 4191
+    assert agent["livenessProbe"]["httpGet"]["port"] == 4191
+    mounts = {m["mountPath"] for c in containers for m in c["volumeMounts"]}
+    assert {"/var/run/nodemesh", "/run/netns", "/host/etc/cni/net.d", "/host/opt/cni/bin"} <= mounts
+
+
+def test_agent_runs_the_real_binaries_with_their_flags() -> None:
+    from controlplane.main import parse_args as controlplane_args
+    from nodeagent.config import parse_args as agent_args
+
+    _, docs = render("-n", "mesh", "--cluster-domain", "k8s.local")
+    pod = _daemonset(docs)["spec"]["template"]["spec"]
+    agent, install_cni = pod["containers"]
+    cfg = agent_args([a.replace("$(NODE_NAME)", "n1") for a in agent["args"]])
+    assert cfg.controlplane == "nodemesh-controlplane.mesh.svc.k8s.local:8086"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    token = volumes["token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "nodemesh"
+    mount = next(m for m in agent["volumeMounts"] if m["name"] == "token")
+    assert str(cfg.token_file) == f"{mount['mountPath']}/{token['path']}"
+    anchors = next(m for m in agent["volumeMounts"] if m["name"] == "trust-anchors")
+    assert str(cfg.controlplane_ca) == f"{anchors['mountPath']}/ca.crt"
+    assert volumes["trust-anchors"]["configMap"]["name"] == "nodemesh-config"
+    assert install_cni["command"][-1] == "watch"
+    cp = next(
+        d for d in docs if d["kind"] == "Deployment" and "controlplane" in d["metadata"]["name"]
+    )
+    args = controlplane_args(cp["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert (args.source, args.ca_secret) == ("kubernetes", "mesh/nodemesh-identity")
+
+
+def test_least_privilege_rbac() -> None:
+    _, docs = render("--prometheus")
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Role", "ClusterRole")}
+    for name, role in roles.items():
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], name
+            if "secrets" in rule["resources"]:
+                assert name == "nodemesh-controlplane-identity"
+                assert rule["resourceNames"] == ["nodemesh-identity"] and rule["verbs"] == ["get"]
+    bound = {s["name"] for d in docs if d["kind"].endswith("Binding") for s in d["subjects"]}
+    assert "nodemesh-agent" not in bound and "nodemesh-dashboard" not in bound
+
+
+def test_bring_your_own_identity_lands_in_the_secret(identity_files) -> None:
+    _, docs = render(*byo(identity_files))
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    assert data["ca.crt"] == identity_files["anchor"].read_bytes()
+    assert data["issuer.crt"] == identity_files["cert"].read_bytes()
+    assert data["issuer.key"] == identity_files["key"].read_bytes()
+    cm = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "nodemesh-config"
+    )
+    assert cm["data"]["ca.crt"].encode() == identity_files["anchor"].read_bytes()
+    assert "issuer.key" not in cm["data"]
+
+
+def test_generated_identity_chains_and_differs_per_run() -> None:
+    secrets = []
+    for _ in range(2):
+        _, docs = render()
+        secret = next(d for d in docs if d["kind"] == "Secret")
+        anchor = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+        issuer = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["issuer.crt"]))
+        issuer.verify_directly_issued_by(anchor)
+        secrets.append(secret["data"]["issuer.key"])
+    assert secrets[0] != secrets[1]
+
+
+def test_bad_identity_files_are_refused(identity_files, tmp_path) -> None:
+    other: CaMaterial = create_issuer(create_trust_anchor())
+    (tmp_path / "other.key").write_bytes(other.key_pem())
+    (tmp_path / "other.crt").write_bytes(other.certificate_pem())
+    (tmp_path / "junk").write_text("not pem")
+    cases = [
+        (byo(identity_files)[:2], "all three"),
+        ([*byo(identity_files)[:4], "--identity-issuer-key-file", str(tmp_path / "other.key")],
+         "is not the key of"),
+        ([*byo(identity_files)[:2], "--identity-issuer-certificate-file",
+          str(tmp_path / "other.crt"), "--identity-issuer-key-file", str(tmp_path / "other.key")],
+         "not signed by any trust anchor"),
+        (["--identity-trust-anchors-file", str(tmp_path / "junk"), *byo(identity_files)[2:]],
+         "no PEM certificate"),
+        (["--identity-trust-anchors-file", str(tmp_path / "missing"), *byo(identity_files)[2:]],
+         "cannot read"),
+    ]  # fmt: skip
+    for args, needle in cases:
+        res = CliRunner().invoke(cli, ["install", *args], catch_exceptions=False)
+        assert res.exit_code != 0 and needle in res.output, (args, res.output)
+        assert "Traceback" not in res.output and "apiVersion" not in res.output
+
+
+def test_uninstall_lists_what_to_delete() -> None:
+    res = CliRunner().invoke(cli, ["uninstall", "-n", "mesh"], catch_exceptions=False)
+    assert res.exit_code == 0
+    docs = [d for d in yaml.safe_load_all(res.stdout) if d]
+    assert docs[-1] == {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mesh"}}
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"} == {
+        "mesh-controlplane", "mesh-prometheus"}  # fmt: skip
+    assert "nodemesh_cni.install uninstall" in res.stdout
+    assert_golden("uninstall.yaml", res.stdout)
