@@ -8,7 +8,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from nodeagent import dnsforward, metrics
+from nodeagent import metrics
 from nodeagent.admin import AdminServer
 from nodeagent.certstore import CertStore
 from nodeagent.cniserver import CniServer
@@ -45,7 +45,6 @@ class Agent:
             self.sink.aggregate, tcp=not metrics.LEGACY_TCP_COUNTERS
         )
         self.dns_names = DnsNames(self.table, cluster_domain=config.cluster_domain)
-        dnsforward.use_names(self.dns_names)
         # Upstream sockets are made in pod namespaces on these threads; a few suffice, each
         # switch takes microseconds.
         self.netns_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nodemesh-netns")
@@ -206,7 +205,6 @@ class Agent:
             metrics.REGISTRY.unregister(self.collector)
         except KeyError:
             pass  # never registered: start-up failed before
-        dnsforward.use_names(None)
         if self.event_log is not None:
             self.event_log.close()
         await self.rules.aclose()

@@ -32,17 +32,6 @@ MAX_UDP = 65535
 TCP_IDLE_TIMEOUT = 10.0
 
 
-# The agent's table-backed names, for forwarders built without `names=` (the listeners of
-# today construct UdpDnsForwarder without it). One agent per process, so one value.
-_default_names: DnsNames | None = None
-
-
-def use_names(names: DnsNames | None) -> None:
-    """Answer Service names from `names` in every pod's DNS that was not given its own."""
-    global _default_names
-    _default_names = names
-
-
 def first_nameserver(text: str) -> str | None:
     """The first IPv4 `nameserver` of a resolv.conf."""
     for line in text.splitlines():
@@ -85,7 +74,7 @@ class PodResolver:
         self.upstream = upstream
         self.mark = mark
         self.executor = executor
-        self.names = names if names is not None else _default_names
+        self.names = names
 
     def count(self, protocol: str, result: str) -> None:
         DNS_QUERIES.labels(self.namespace, self.pod, protocol, result).inc()

@@ -15,23 +15,27 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 
-# The per-pod tcp_* counters below are what the L4 relay updates today. Once the relay reports
-# connections through the ObservationSink (nodeagent.observe), set this False and delete
-# TCP_OPEN..TCP_OPEN_CONNECTIONS: nodeagent.stats.exposition then renders the tcp_* families
-# with Linkerd's full label set (the two cannot both be registered under the same names).
-LEGACY_TCP_COUNTERS = True
+# The relay still counts into these per-pod tcp_* counters (PodTcpStats), but /metrics shows
+# the tcp_* families of the ObservationSink's aggregate (nodeagent.stats.exposition), which
+# carry Linkerd's full label set; the two cannot both be registered under the same names, so
+# these stay unexposed. Setting this True brings the old per-pod ones back instead.
+LEGACY_TCP_COUNTERS = False
+_TCP_REGISTRY = REGISTRY if LEGACY_TCP_COUNTERS else None
 
 _POD = ["direction", "namespace", "pod"]
-TCP_OPEN = Counter("tcp_open", "TCP connections opened", _POD, registry=REGISTRY)
-TCP_CLOSE = Counter("tcp_close", "TCP connections closed", _POD, registry=REGISTRY)
+TCP_OPEN = Counter("tcp_open", "TCP connections opened", _POD, registry=_TCP_REGISTRY)
+TCP_CLOSE = Counter("tcp_close", "TCP connections closed", _POD, registry=_TCP_REGISTRY)
 TCP_READ = Counter(
-    "tcp_read_bytes", "Bytes read from the accepted connection's peer", _POD, registry=REGISTRY
+    "tcp_read_bytes", "Bytes read from the accepted connection's peer", _POD, registry=_TCP_REGISTRY
 )
 TCP_WRITE = Counter(
-    "tcp_write_bytes", "Bytes written to the accepted connection's peer", _POD, registry=REGISTRY
+    "tcp_write_bytes",
+    "Bytes written to the accepted connection's peer",
+    _POD,
+    registry=_TCP_REGISTRY,
 )
 TCP_OPEN_CONNECTIONS = Gauge(
-    "tcp_open_connections", "TCP connections open now", _POD, registry=REGISTRY
+    "tcp_open_connections", "TCP connections open now", _POD, registry=_TCP_REGISTRY
 )
 UPSTREAM_FAILURES = Counter(
     "nodemesh_agent_upstream_connect_failures",

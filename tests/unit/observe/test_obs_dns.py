@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from obs_fixtures import service, table
 
-from nodeagent import dnsforward
 from nodeagent.dnsforward import PodResolver, UdpDnsForwarder, serve_tcp
 from nodeagent.dnsnames import DnsNames
 from nodeagent.metrics import DNS_QUERIES
@@ -153,14 +152,3 @@ async def test_udp_and_tcp_listeners_answer_from_the_table(names: DnsNames) -> N
             server.close()
             await server.wait_closed()
             forwarder.close()
-
-
-def test_use_names_is_the_default_for_forwarders_built_without_names(names: DnsNames) -> None:
-    dnsforward.use_names(names)
-    try:
-        with ThreadPoolExecutor(1) as pool:
-            r = PodResolver(netns="x", namespace="ns", pod="p", upstream=lambda: None,
-                            mark=1, executor=pool)  # fmt: skip
-        assert r.names is names
-    finally:
-        dnsforward.use_names(None)
