@@ -1,0 +1,24 @@
+# The control plane image: nodemesh-controlplane (index, destination, identity, telemetry, tap,
+# public API). Runs as an unprivileged user with a read-only root filesystem.
+#
+# Build from the repository root:
+#   docker build -f images/controlplane.Dockerfile -t ghcr.io/nodemesh/controlplane:0.1.0 .
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY nodemesh ./nodemesh
+COPY nodeagent ./nodeagent
+COPY controlplane ./controlplane
+COPY dashboard ./dashboard
+COPY cni-plugin ./cni-plugin
+COPY examples ./examples
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1
+COPY --from=build /wheels /wheels
+RUN pip install --no-index --find-links=/wheels nodemesh && rm -rf /wheels \
+ && nodemesh-controlplane --help >/dev/null
+USER 2103:2103
+EXPOSE 8085 8086 9996
+CMD ["nodemesh-controlplane", "--source=kubernetes"]
