@@ -45,7 +45,7 @@ UPSTREAM_FAILURES = Counter(
 )
 DNS_QUERIES = Counter(
     "nodemesh_agent_dns_queries",
-    "DNS queries forwarded for a pod",
+    "DNS queries of a pod, by transport and result (answered here or forwarded)",
     ["namespace", "pod", "protocol", "result"],
     registry=REGISTRY,
 )

@@ -56,6 +56,7 @@ class TapClient:
         self.connected = False
         self.dropped = 0
         self.sent = 0
+        self._commands = 0  # on the current stream: a stream that got some is not failing
         taps.emit = self._emit
 
     def _emit(self, event: pb.TapEvent) -> None:
@@ -69,7 +70,7 @@ class TapClient:
         stub = pb_grpc.AgentTapStub(self.channel)
         delay = BACKOFF_FIRST
         while True:
-            commands = 0
+            self._commands = 0
             try:
                 token = self.token()
                 metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -77,11 +78,11 @@ class TapClient:
                 hello = pb.AgentHello(node=self.taps.node, agent_version=__version__)
                 await call.write(pb.AgentTapMessage(hello=hello))
                 self.connected = True
-                commands = await self._stream(call)
+                await self._stream(call)
                 log.warning("tap stream ended; reconnecting")
             except grpc.aio.AioRpcError as exc:
                 log.log(
-                    logging.WARNING if commands else logging.DEBUG,
+                    logging.WARNING if self._commands else logging.DEBUG,
                     "tap stream: %s %s",
                     exc.code().name,
                     exc.details(),
@@ -94,17 +95,16 @@ class TapClient:
                 TAP_ACTIVE.set(0)
                 self._drain_queue()
             # A stream that stayed up for a while is not a failing one: start the backoff over.
-            if commands:
+            if self._commands:
                 delay = BACKOFF_FIRST
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, BACKOFF_MAX)
 
-    async def _stream(self, call: grpc.aio.StreamStreamCall) -> int:
+    async def _stream(self, call: grpc.aio.StreamStreamCall) -> None:
         sender = tasks.spawn(self._send(call), name="tap events")
-        commands = 0
         try:
             async for command in call:
-                commands += 1
+                self._commands += 1
                 kind = command.WhichOneof("kind")
                 if kind == "start":
                     self.taps.start(command.start)
@@ -118,7 +118,6 @@ class TapClient:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
             call.cancel()
-        return commands
 
     async def _send(self, call: grpc.aio.StreamStreamCall) -> None:
         while True:

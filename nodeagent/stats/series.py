@@ -109,6 +109,7 @@ class Aggregate:
             ev.grpc_status, ev.classification,
         )  # fmt: skip
         hit = self._req_alias.get(key)
+        s: RequestSeries | None
         if hit is not None and hit[0] is src and hit[1] is dst:
             s = hit[2]
         else:

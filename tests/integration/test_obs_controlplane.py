@@ -318,6 +318,13 @@ async def test_a_public_tap_reaches_the_agent_and_its_events_flow_back(cp) -> No
         sent = client.sent
         assert not one_request(sink, 20)
         assert client.sent == sent
+
+        # The control plane restarts: the agent says hello again on its own.
+        port = cp.port
+        await cp.stop()
+        await wait_for(lambda: "node1" not in cp.broker.agents and not client.connected)
+        await cp.start(port)
+        await wait_for(lambda: "node1" in cp.broker.agents and client.connected)
     finally:
         if tap is not None:
             tap.call.cancel()
