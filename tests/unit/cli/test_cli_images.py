@@ -49,8 +49,8 @@ def test_copy_sources_exist_and_commands_are_ours(dockerfile: Path) -> None:
 
 
 def test_install_renders_these_images() -> None:
-    from nodemesh.cli.install.render import objects
     from nodemesh.cli.install.identity import generate
+    from nodemesh.cli.install.render import objects
     from nodemesh.cli.install.values import InstallValues
 
     images = {
