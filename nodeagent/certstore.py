@@ -145,7 +145,8 @@ class CertStore:
         client = certs.client_context(certified, trust_anchors_pem=self.trust_anchors_pem)
         server = certs.server_context(certified, trust_anchors_pem=self.trust_anchors_pem)
         if not self.resume:
-            server.options |= ssl.OP_NO_TICKET
+            # OP_NO_TICKET would only switch TLS 1.3 to stateful tickets: issue none at all.
+            server.num_tickets = 0
         held = Held(
             certified=certified,
             server=server,
