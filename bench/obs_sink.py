@@ -1,10 +1,11 @@
 """Micro benchmark: nanoseconds per AgentSink call on the data plane's hot path.
 
-    .venv/bin/python bench/obs_sink.py [--events 200000]
+    .venv/bin/python bench/obs_sink.py [--events 50000] [--rounds 5]
 
 Feeds a realistic mix (a few dozen series: 4 sources x 3 destinations x 2 statuses, distinct
 client IPs) through `request()`, `tcp_opened()`/`tcp_closed()` and `tapping()` with nobody
-tapping, and prints the mean cost of each call. Nothing is asserted: it is a measurement.
+tapping, and prints the mean cost of each call in the fastest of a few rounds. Nothing is
+asserted: it is a measurement.
 """
 
 from __future__ import annotations
@@ -53,33 +54,42 @@ def _events(n: int) -> list[RequestObserved]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=200_000)
-    n = parser.parse_args().events
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=5, help="the best round is reported")
+    args = parser.parse_args()
+    n, rounds = args.events, args.rounds
     sink = AgentSink(node="bench")
     events = _events(n)
     for ev in events[:1000]:  # warm the series and alias tables
         sink.request(ev)
     record = sink.request
-    start = time.perf_counter_ns()
-    for ev in events:
-        record(ev)
-    per_request = (time.perf_counter_ns() - start) / n
+    # Best of several rounds: on a shared machine the mean of one round measures the neighbours.
+    per_request = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter_ns()
+        for ev in events:
+            record(ev)
+        per_request = min(per_request, (time.perf_counter_ns() - start) / n)
 
     opens = [TcpOpened(i, "inbound", e.src, e.dst, "http1", True, 0.0)
              for i, e in enumerate(events)]  # fmt: skip
     closes = [TcpClosed(i, "inbound", e.src, e.dst, "http1", True, 100, 200, 0.1)
               for i, e in enumerate(events)]  # fmt: skip
-    start = time.perf_counter_ns()
-    for o, c in zip(opens, closes, strict=True):
-        sink.tcp_opened(o)
-        sink.tcp_closed(c)
-    per_conn = (time.perf_counter_ns() - start) / n
+    per_conn = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter_ns()
+        for o, c in zip(opens, closes, strict=True):
+            sink.tcp_opened(o)
+            sink.tcp_closed(c)
+        per_conn = min(per_conn, (time.perf_counter_ns() - start) / n)
 
     tapping = sink.tapping
-    start = time.perf_counter_ns()
-    for ev in events:
-        tapping(ev.src, ev.dst)
-    per_tapping = (time.perf_counter_ns() - start) / n
+    per_tapping = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter_ns()
+        for ev in events:
+            tapping(ev.src, ev.dst)
+        per_tapping = min(per_tapping, (time.perf_counter_ns() - start) / n)
 
     agg = sink.aggregate
     print(f"events: {n}, request series: {len(agg.requests)}, tcp series: {len(agg.tcp)}")
