@@ -4,7 +4,7 @@
 
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
-  const W = 560, H = 180, L = 52, R = 70, T = 10, B = 24;
+  const W = 560, H = 180, L = 52, R = 96, T = 10, B = 24;
 
   function svgEl(tag, attrs, text) {
     const node = document.createElementNS(SVG, tag);
@@ -50,6 +50,7 @@
         "waiting for the first sample…"));
     }
 
+    const labels = [];
     opts.series.forEach((s, i) => {
       // One path per run of present values, so a gap (no requests) shows as a gap.
       let d = "";
@@ -69,9 +70,13 @@
       if (lastIndex >= 0) {
         const v = s.values[lastIndex];
         svg.append(svgEl("circle", { class: `dot s${i}`, cx: x(t[lastIndex]), cy: y(v), r: 3 }));
-        svg.append(svgEl("text", { x: W - R + 6, y: y(v) + 4 }, `${s.name} ${opts.format(v)}`));
+        labels.push({ y: y(v) + 4, text: `${s.name} ${opts.format(v)}`, cls: `s${i}` });
       }
     });
+    // Last values written at the right, pushed apart so close series stay readable.
+    labels.sort((a, b) => a.y - b.y);
+    for (let i = 1; i < labels.length; i++) labels[i].y = Math.max(labels[i].y, labels[i - 1].y + 12);
+    for (const l of labels) svg.append(svgEl("text", { x: W - R + 6, y: l.y, class: "last" }, l.text));
     container.replaceChildren(svg);
   };
 })();

@@ -169,6 +169,11 @@
       if (e.kind === "rsp") row.cells[6].textContent = e.status;
       if (e.kind === "end") {
         row.cells[7].textContent = NM.ms(e.latency_ms);
+        // gRPC puts the outcome in the trailers: a 200 can still be a failed call.
+        if (e.grpc_status !== null && e.grpc_status !== undefined) {
+          row.cells[6].textContent += " · grpc " + e.grpc_status;
+          row.cells[6].className = e.grpc_status === 0 ? "ok" : "bad";
+        }
         if (e.error) row.cells[6].textContent += " " + e.error;
         rows.delete(e.id);
       }

@@ -48,7 +48,7 @@
     const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}` });
     const defs = svgEl("defs");
     const marker = svgEl("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5,
-      markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
+      markerWidth: 10, markerHeight: 10, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" });
     marker.append(svgEl("path", { d: "M0 0L10 5L0 10z" }));
     defs.append(marker);
     svg.append(defs);
