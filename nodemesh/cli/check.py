@@ -41,8 +41,8 @@ def check(pre: bool, output: str, target: TargetOptions) -> None:
 
                 results = post_checks(endpoint, namespace=target.nodemesh_namespace)
             else:
-                results, api = check_lab.controlplane_checks(endpoint)
-                if api is not None:
-                    api.close()
+                results, public = check_lab.controlplane_checks(endpoint)
+                if public is not None:
+                    public.close()
     if not report(results, output=output):
         sys.exit(1)

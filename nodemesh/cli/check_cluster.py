@@ -50,7 +50,8 @@ def pre_checks(api: Any, *, namespace: str) -> list[Result]:
                 )
             )
         )
-        allowed = authz.create_self_subject_access_review(review).status.allowed
+        status = authz.create_self_subject_access_review(review).status
+        allowed = bool(status and status.allowed)
         name = f"can create {resource}"
         if allowed:
             out.append(ok("permissions", name))
@@ -83,7 +84,9 @@ def post_checks(endpoint: Endpoint, *, namespace: str) -> list[Result]:
     g = "node agents"
     try:
         ds = apps.read_namespaced_daemon_set("nodemesh-agent", namespace)
-        want, ready = ds.status.desired_number_scheduled or 0, ds.status.number_ready or 0
+        st = ds.status
+        want = (st.desired_number_scheduled if st else 0) or 0
+        ready = (st.number_ready if st else 0) or 0
         if want and ready >= want:
             results.append(ok(g, "an agent ready on every node", f"{ready}/{want}"))
         else:
@@ -120,7 +123,7 @@ def _clock(core: client.CoreV1Api) -> list[Result]:
     now = datetime.datetime.now(datetime.UTC)
     worst = 0.0
     for node in core.list_node(_request_timeout=10).items:
-        for c in node.status.conditions or []:
+        for c in (node.status.conditions if node.status else None) or []:
             if c.type == "Ready" and c.last_heartbeat_time:
                 worst = max(worst, (c.last_heartbeat_time - now).total_seconds())
     if worst > MAX_SKEW_S:

@@ -35,9 +35,9 @@ def ready_pod(api: client.ApiClient, *, namespace: str, component: str) -> str:
     except Exception as e:  # urllib3 connection errors: the API server is not there
         raise TargetError(f"cannot reach the Kubernetes API: {e}") from None
     for pod in pods:
-        conditions = pod.status.conditions or []
+        conditions = (pod.status.conditions if pod.status else None) or []
         if any(c.type == "Ready" and c.status == "True" for c in conditions):
-            return str(pod.metadata.name)
+            return str(pod.metadata.name if pod.metadata else "")
     if not pods:
         raise TargetError(
             f"no nodemesh-{component} pod in namespace {namespace!r}: is nodemesh installed? "

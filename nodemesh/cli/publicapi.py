@@ -84,7 +84,7 @@ class PublicApi:
         try:
             yield from call
         except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
+            code = exc.code()
             ended = code == grpc.StatusCode.CANCELLED or (
                 seconds is not None and code == grpc.StatusCode.DEADLINE_EXCEEDED
             )

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from nodemesh.lab.paths import LabPaths
 
@@ -85,6 +86,18 @@ def test_cli_against_the_lab(lab: LabPaths) -> None:
     assert table[0].split()[:3] == ["NAMESPACE", "NAME", "MESHED"]
     assert {line.split()[1]: line.split()[2] for line in table[1:]} == {
         "emoji": "1/1", "vote-bot": "1/1", "voting": "1/1", "web": "1/1"}  # fmt: skip
+
+    # mesh enable/disable re-applies the lab's Namespace object with the label changed.
+    ns_file = lab.objects / "Namespace" / "default.yaml"
+    nm("mesh", "enable", "default", "--lab", lab.name)
+    assert (
+        yaml.safe_load(ns_file.read_text())["metadata"]["labels"]["nodemesh.io/mesh"] == "enabled"
+    )
+    nm("mesh", "disable", "default", "--lab", lab.name)
+    labels = yaml.safe_load(ns_file.read_text())["metadata"].get("labels") or {}
+    assert "nodemesh.io/mesh" not in labels
+    res = nm("mesh", "enable", "nosuch", "--lab", lab.name, check=False)
+    assert res.returncode == 1 and "namespace 'nosuch' does not exist" in res.stderr
 
     nodes = nm("stat", "node", "--lab", lab.name, "-o", "json").stdout
     assert [r["name"] for r in json.loads(nodes)["rows"]] == ["node1", "node2"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from cli_server import assert_golden
 from click.testing import CliRunner
-from conftest import assert_golden
 from cryptography import x509
 
 from nodemesh.cli.main import cli

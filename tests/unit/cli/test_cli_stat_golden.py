@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import assert_golden
+from cli_server import assert_golden
 
 CASES = [
     ("stat-deploy", ["stat", "deploy", "-n", "emojivoto"]),

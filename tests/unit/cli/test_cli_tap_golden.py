@@ -7,7 +7,7 @@ import json
 import threading
 
 import pytest
-from conftest import ApiServer, assert_golden
+from cli_server import ApiServer, assert_golden
 
 from nodemesh.api import tap_pb2 as tpb
 from nodemesh.api import tap_pb2_grpc as tpb_grpc
