@@ -118,6 +118,11 @@ def create_app(
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
 
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        # Serving is all it takes: with the control plane away, pages still load and say so.
+        return Response("ok\n", media_type="text/plain")
+
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -101,12 +101,54 @@ def _edge(e: dict[str, Any], stats: dict[str, Any] | None, window: int) -> dict[
     }
 
 
+def _owner_of(known: set[tuple[str, str]], namespace: str, name: str) -> tuple[str, str]:
+    """The Deployment a pod name belongs to, for edges whose reporter knew only the pod."""
+    if (namespace, name) in known:
+        return namespace, name
+    for ns, deploy in known:
+        if ns == namespace and pod_pattern(deploy).fullmatch(name):
+            return ns, deploy
+    return namespace, name
+
+
+def _merged(raw: list[dict[str, Any]], known: set[tuple[str, str]]) -> list[dict[str, Any]]:
+    """One edge per pair of Deployments. When one agent named a peer by its pod and the other by
+    its Deployment, the two reports describe the same requests: keep the larger count, not the
+    sum, and call the traffic mTLS only if both said so."""
+    out: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for e in raw:
+        src = _owner_of(known, e["src"]["namespace"], e["src"]["name"])
+        dst = _owner_of(known, e["dst"]["namespace"], e["dst"]["name"])
+        key = (*src, *dst)
+        seen = out.get(key)
+        if seen is None:
+            out[key] = {
+                **e,
+                "src": {"namespace": src[0], "name": src[1]},
+                "dst": {"namespace": dst[0], "name": dst[1]},
+            }
+            continue
+        for field in ("requests", "tcp_connections"):
+            seen[field] = max(int(seen.get(field, 0)), int(e.get(field, 0)))
+        seen["tls"] = bool(seen.get("tls")) and bool(e.get("tls"))
+        for field in ("src_identity", "dst_identity"):
+            seen[field] = seen.get(field) or e.get(field, "")
+    return list(out.values())
+
+
 async def _edges(client: PublicClient, *, namespace: str, window: int) -> list[dict[str, Any]]:
-    raw = await client.edges(namespace=namespace, window=window)
-    dsts = {(e["dst"]["namespace"], e["dst"]["name"]) for e in raw}
+    raw, workloads = await asyncio.gather(
+        client.edges(namespace=namespace, window=window), client.workloads()
+    )
+    known = {
+        (w["namespace"], w["name"]) for w in workloads.get("workloads", [])
+        if w["kind"] == "Deployment"
+    }  # fmt: skip
+    merged = _merged(raw, known)
+    dsts = {(e["dst"]["namespace"], e["dst"]["name"]) for e in merged}
     stats = await edge_success(client, dsts, window=window)
     out = []
-    for e in raw:
+    for e in merged:
         key = (e["src"]["namespace"], e["src"]["name"], e["dst"]["namespace"], e["dst"]["name"])
         out.append(_edge(e, stats.get(key), window))
     return out

@@ -145,7 +145,10 @@ class Traffic:
         latency_us: int = 2000,
         node: str = "node1",
         tls: bool = True,
+        server_knows_pod_only: bool = False,
     ) -> None:
+        """`ok`/`failed` calls reported by the client's agent (outbound) and the server's
+        (inbound); `server_knows_pod_only`: the server side names the client by pod alone."""
         self.sequence += 1
         report = tpb.AgentReport(
             node=node,
@@ -167,7 +170,11 @@ class Traffic:
                 report.requests.append(
                     tpb.RequestSeries(
                         direction=direction,
-                        src=peer(src),
+                        src=(
+                            tpb.Peer(namespace=NS, pod=f"{src}-5d8f7-p0xyz")
+                            if server_knows_pod_only and direction == tpb.INBOUND
+                            else peer(src)
+                        ),
                         dst=peer(dst, svc=f"{dst}-svc"),
                         protocol=tpb.GRPC,
                         status_code=200,

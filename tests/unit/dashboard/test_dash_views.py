@@ -96,6 +96,15 @@ async def test_topology_has_web_calling_emoji_and_voting(cluster, dashboard) -> 
     assert all(e["tls"] for e in edges.values())
 
 
+async def test_an_edge_reported_by_pod_and_by_deployment_is_one_edge(cluster, dashboard) -> None:
+    cluster.traffic.calls("vote-bot", "web", ok=30, server_knows_pod_only=True)
+    cluster.clock.now += 10
+    t = (await dashboard.http.get("/api/topology", params={"namespace": NS})).json()
+    assert [(e["src"], e["dst"]) for e in t["edges"]] == [("vote-bot", "web")]
+    assert t["edges"][0]["requests"] == 30  # the same requests, not counted twice
+    assert "vote-bot-5d8f7-p0xyz" not in {n["name"] for n in t["nodes"]}
+
+
 async def test_plain_traffic_is_marked_not_mtls(cluster, dashboard) -> None:
     cluster.traffic.calls("web", "emoji", ok=5, tls=False)
     cluster.clock.now += 10
