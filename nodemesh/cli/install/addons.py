@@ -67,8 +67,8 @@ def dashboard(values: InstallValues) -> list[Obj]:
                     f"--addr=0.0.0.0:{DASHBOARD_PORT}",
                 ],
                 "ports": [{"name": "http", "containerPort": DASHBOARD_PORT}],
-                "readinessProbe": http_probe("/ready", DASHBOARD_PORT, period=5),
-                "livenessProbe": http_probe("/live", DASHBOARD_PORT, period=10),
+                "readinessProbe": http_probe("/healthz", DASHBOARD_PORT, period=5),
+                "livenessProbe": http_probe("/healthz", DASHBOARD_PORT, period=10),
                 "resources": {
                     "requests": {"cpu": "50m", "memory": "64Mi"},
                     "limits": {"memory": "256Mi"},

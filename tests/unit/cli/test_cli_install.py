@@ -141,6 +141,13 @@ def test_agent_runs_the_real_binaries_with_their_flags() -> None:
     )
     args = controlplane_args(cp["spec"]["template"]["spec"]["containers"][0]["args"])
     assert (args.source, args.ca_secret) == ("kubernetes", "mesh/nodemesh-identity")
+    from dashboard.main import parse_args as dashboard_args
+
+    web = next(
+        d for d in docs if d["kind"] == "Deployment" and "dashboard" in d["metadata"]["name"]
+    )
+    dash = dashboard_args(web["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert dash.public_api == "nodemesh-controlplane.mesh.svc.k8s.local:8085"
 
 
 def test_least_privilege_rbac() -> None:
