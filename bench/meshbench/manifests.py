@@ -1,0 +1,137 @@
+"""The lab manifests of the benchmark: one namespace per path, and the 100 idle pods.
+
+Each path namespace holds a `server` Deployment pinned to the server node (HTTP, gRPC and
+iperf3 servers as containers of one pod) behind the Service `bench-server`, and a `client`
+Deployment pinned to the client node whose container only sleeps: the harness runs the load
+generators inside the client pod's netns. The HAProxy namespace adds haproxy-A (and the init
+container that installs its capture rules) to the client, haproxy-B to the server.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.meshbench import haproxy
+
+PATHS = ("direct", "nodemesh", "haproxy")
+NAMESPACES = {"direct": "bench-direct", "nodemesh": "bench-mesh", "haproxy": "bench-haproxy"}
+IDLE_NAMESPACE = "bench-idle"
+SERVICE = "bench-server"
+HTTP_PORT, GRPC_PORT, IPERF_PORT = 80, 50051, 5201
+MESH_LABEL = {"nodemesh.io/mesh": "enabled"}
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """What the pods run: the compiled C server, the gRPC script and the Python for it."""
+
+    http_server: Path
+    grpc_script: Path
+    python: str = sys.executable
+
+
+def _namespace(name: str, *, meshed: bool) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if meshed:
+        meta["labels"] = dict(MESH_LABEL)
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+
+
+def _deployment(
+    name: str, ns: str, *, node: str, containers: list[dict[str, Any]], replicas: int = 1,
+    init: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    labels = {"app": name}
+    spec: dict[str, Any] = {
+        "nodeSelector": {"kubernetes.io/hostname": node},
+        "containers": containers,
+    }
+    if init:
+        spec["initContainers"] = init
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": spec},
+        },
+    }
+
+
+def _tcp_ready(port: int) -> dict[str, Any]:
+    return {"tcpSocket": {"port": port}, "periodSeconds": 2}
+
+
+def _service(ns: str, *, extra_ports: dict[str, int] | None = None) -> dict[str, Any]:
+    ports = [
+        {"name": "http", "port": HTTP_PORT, "targetPort": 8080},
+        {"name": "grpc", "port": GRPC_PORT, "targetPort": GRPC_PORT},
+        {"name": "iperf", "port": IPERF_PORT, "targetPort": IPERF_PORT},
+    ]
+    for name, port in (extra_ports or {}).items():
+        ports.append({"name": name, "port": port, "targetPort": port})
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": SERVICE, "namespace": ns},
+        "spec": {"selector": {"app": "server"}, "ports": ports},
+    }
+
+
+def path_objects(
+    path: str, *, bins: Binaries, client_node: str, server_node: str, haproxy_dir: Path | None
+) -> list[dict[str, Any]]:
+    ns = NAMESPACES[path]
+    servers: list[dict[str, Any]] = [
+        {"name": "http", "command": [str(bins.http_server), "8080", "1024"],
+         "readinessProbe": _tcp_ready(8080)},
+        {"name": "grpc", "command": [bins.python, str(bins.grpc_script), "serve", "--port",
+                                     str(GRPC_PORT)],
+         "readinessProbe": _tcp_ready(GRPC_PORT)},
+        # No probe: iperf3 takes every connection for a test and logs an error for each probe.
+        {"name": "iperf", "command": ["iperf3", "--server", "--port", str(IPERF_PORT)]},
+    ]  # fmt: skip
+    client: list[dict[str, Any]] = [{"name": "idle", "command": ["sleep", "infinity"]}]
+    init: list[dict[str, Any]] = []
+    extra_ports: dict[str, int] = {}
+    if path == "haproxy":
+        assert haproxy_dir is not None
+        servers.append(
+            {"name": "haproxy-b",
+             "command": ["haproxy", "-db", "-f", str(haproxy_dir / "server.cfg")],
+             "readinessProbe": _tcp_ready(haproxy.PORTS[HTTP_PORT][1])}
+        )  # fmt: skip
+        client = [
+            {"name": "haproxy-a",
+             "command": ["haproxy", "-db", "-f", str(haproxy_dir / "client.cfg")],
+             "readinessProbe": _tcp_ready(haproxy.PORTS[HTTP_PORT][0])}
+        ]  # fmt: skip
+        init = [{"name": "capture", "command": ["sh", str(haproxy_dir / "capture.sh")]}]
+        extra_ports = {f"mtls-{app}": tls for app, (_local, tls) in haproxy.PORTS.items()}
+    return [
+        _namespace(ns, meshed=path == "nodemesh"),
+        _service(ns, extra_ports=extra_ports),
+        _deployment("server", ns, node=server_node, containers=servers),
+        _deployment("client", ns, node=client_node, containers=client, init=init),
+    ]
+
+
+def idle_objects(*, replicas: int, node: str) -> list[dict[str, Any]]:
+    """`replicas` pods that only sleep, in a meshed namespace, all on `node` so one agent has
+    them all enrolled."""
+    return [
+        _namespace(IDLE_NAMESPACE, meshed=True),
+        _deployment("idle", IDLE_NAMESPACE, node=node, replicas=replicas,
+                    containers=[{"name": "sleep", "command": ["sleep", "infinity"]}]),
+    ]  # fmt: skip
+
+
+def render(objects: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(objects, sort_keys=False)

@@ -1,0 +1,50 @@
+"""What one benchmark run measures and for how long: the full run and the smoke run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    rates: tuple[int, ...] = (100, 500, 1000)
+    duration: float = 10.0  # measured seconds per fixed-rate run
+    warmup: float = 1.0  # seconds sent before measuring, not counted
+    conns: int = 32  # keep-alive connections of the HTTP load generator
+    # The search for the highest rate whose added p99 stays under the limit.
+    search_start: int = 1000
+    search_max: int = 20000
+    search_steps: int = 8
+    search_duration: float = 4.0
+    added_p99_limit_ms: float = 2.0
+    grpc_rate: int = 500
+    newconn_rate: int = 200
+    other_duration: float = 5.0  # gRPC and new-connection runs
+    bulk_seconds: float = 5.0
+    idle_pods: int = 100
+    loopback_rate: int = 1000  # the generator against a server in its own netns
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FULL = RunPlan()
+
+# Seconds, tiny rates: checks that every part of the harness works, measures nothing.
+SMOKE = RunPlan(
+    rates=(50, 100),
+    duration=1.0,
+    warmup=0.2,
+    conns=4,
+    search_start=100,
+    search_max=400,
+    search_steps=2,
+    search_duration=1.0,
+    grpc_rate=50,
+    newconn_rate=20,
+    other_duration=1.0,
+    bulk_seconds=1.0,
+    idle_pods=4,
+    loopback_rate=100,
+)

@@ -1,0 +1,198 @@
+"""From a run's results: the DESIGN.md targets (met or not, as ratios to direct and to HAProxy
+from the same run) and the short Markdown report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MB = 1024 * 1024
+TARGET_RATE = "1000"
+
+
+def _get(d: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 3)
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 4)
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per DESIGN.md target. `value` is nodemesh's figure, `haproxy` the pair's
+    figure of the same kind, `vs_direct`/`vs_haproxy` the ratios, `met` the verdict (None when
+    the run could not measure it)."""
+    paths = res["paths"]
+    rate = TARGET_RATE if TARGET_RATE in paths["direct"].get("http", {}) else None
+    rate = rate or max(paths["direct"].get("http", {"0": None}), key=float)
+    d = _get(paths, "direct", "http", rate) or {}
+    m = _get(paths, "nodemesh", "http", rate) or {}
+    h = _get(paths, "haproxy", "http", rate) or {}
+    rows: list[dict[str, Any]] = []
+    for q, limit in (("p50", 0.3), ("p99", 1.0)):
+        key = f"{q}_ms"
+        added_m, added_h = _diff(m.get(key), d.get(key)), _diff(h.get(key), d.get(key))
+        rows.append({
+            "target": f"added {q} at {rate} rps", "goal": f"<= {limit} ms", "unit": "ms",
+            "value": added_m, "haproxy": added_h,
+            "vs_direct": _ratio(m.get(key), d.get(key)), "vs_haproxy": _ratio(added_m, added_h),
+            "met": None if added_m is None else added_m <= limit,
+        })  # fmt: skip
+    cpu_m = _get(m, "proxy_cpu", "s_per_1000_requests")
+    cpu_h = _get(h, "proxy_cpu", "s_per_1000_requests")
+    for label, limit in (("", 0.25), (" (stretch)", 0.12)):
+        rows.append({
+            "target": f"agent CPU per 1000 rps, both agents{label}",
+            "goal": f"<= {limit} vCPU", "unit": "vCPU",
+            "value": cpu_m, "haproxy": cpu_h, "vs_direct": None,
+            "vs_haproxy": _ratio(cpu_m, cpu_h),
+            "met": None if cpu_m is None else cpu_m <= limit,
+        })  # fmt: skip
+    r = res["resources"]
+    with_pods = r.get("rss_with_idle_pods_bytes") or {}
+    rss_pods = max(with_pods.values()) / MB if with_pods else None
+    rss_h_idle = sum((_get(r, "rss_idle_bytes", "haproxy") or {}).values()) / MB or None
+    rows.append({
+        "target": f"agent RSS with {_get(r, 'idle_pods', 'count')} pods enrolled",
+        "goal": "<= 60 MB", "unit": "MB",
+        "value": None if rss_pods is None else round(rss_pods, 1),
+        "haproxy": None if rss_h_idle is None else round(rss_h_idle / 2, 1),
+        "vs_direct": None, "vs_haproxy": _ratio(rss_pods, rss_h_idle and rss_h_idle / 2),
+        "met": None if rss_pods is None else rss_pods <= 60,
+    })  # fmt: skip
+    idle = _get(r, "rss_idle_bytes", "nodemesh") or {}
+    peak = {k.split("/", 1)[1]: v for k, v in (r.get("rss_peak_under_load_bytes") or {}).items()
+            if k.startswith("nodemesh/")}  # fmt: skip
+    growth = [(peak[k] - idle[k]) / MB for k in idle if k in peak]
+    worst = max(growth) if growth else None
+    rows.append({
+        "target": "agent RSS flat under load (peak minus idle, worst agent)",
+        "goal": "<= 5 MB", "unit": "MB", "value": None if worst is None else round(worst, 1),
+        "haproxy": None, "vs_direct": None, "vs_haproxy": None,
+        "met": None if worst is None else worst <= 5,
+    })  # fmt: skip
+    bm = _get(paths, "nodemesh", "bulk", "gbit_s")
+    bh = _get(paths, "haproxy", "bulk", "gbit_s")
+    bd = _get(paths, "direct", "bulk", "gbit_s")
+    rows.append({
+        "target": "bulk throughput, one stream", "goal": ">= 0.5x HAProxy", "unit": "Gbit/s",
+        "value": bm, "haproxy": bh, "vs_direct": _ratio(bm, bd), "vs_haproxy": _ratio(bm, bh),
+        "met": None if _ratio(bm, bh) is None else (_ratio(bm, bh) or 0) >= 0.5,
+    })  # fmt: skip
+    return rows
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def _lat_row(name: str, s: dict[str, Any] | None) -> str:
+    if not s or "failed" in s:
+        return f"| {name} | - | - | - | - | - | - | {'failed' if s else '-'} |"
+    cells = [s.get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")]
+    return (f"| {name} | " + " | ".join(_fmt(c) for c in cells)
+            + f" | {s.get('completed')}/{s.get('scheduled')} | {s.get('errors')} |")  # fmt: skip
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = [
+        "# nodemesh benchmark",
+        "",
+        f"- date: {res['date']}; commit: `{res['commit']}`"
+        + (" (uncommitted changes)" if res.get("dirty") else ""),
+        f"- machine: {m['nproc']} x {m['cpu_model']}, kernel {m['kernel']}, load average "
+        f"{m['loadavg_start']} at start, {m['loadavg_end']} at end (shared machine)",
+        f"- lab: 2 nodes; client pods on node1, servers on node2; nodemesh tunnel speaks TLS: "
+        f"{_fmt(res.get('nodemesh_tunnel_tls'))}; run took {res.get('elapsed_s')} s",
+        "",
+        "## Targets (DESIGN.md)",
+        "",
+        "| target | goal | nodemesh | HAProxy pair | vs direct | vs HAProxy | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in res["targets"]:
+        lines.append(
+            f"| {t['target']} | {t['goal']} | {_fmt(t['value'])} {t['unit']} | "
+            f"{_fmt(t['haproxy'])} | {_fmt(t['vs_direct'])} | {_fmt(t['vs_haproxy'])} | "
+            f"{_fmt(t['met'])} |"
+        )
+    lines += ["", "## Latency, ms from the scheduled send time", "",
+              "| run | p50 | p90 | p99 | p99.9 | max | answered | errors |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    paths = res["paths"]
+    for rate in paths["direct"].get("http", {}):
+        for path in paths:
+            lines.append(_lat_row(f"{path} HTTP/1.1 keep-alive {rate} rps",
+                                  _get(paths, path, "http", rate)))  # fmt: skip
+    for kind, label in (("grpc", "gRPC unary"), ("newconn", "HTTP new connection each")):
+        for path in paths:
+            s = _get(paths, path, kind)
+            lines.append(_lat_row(f"{path} {label} {_fmt(s and s.get('rate'))} rps", s))
+    lp = res.get("loadgen_loopback")
+    lines.append(_lat_row(f"load generator alone, loopback {_fmt(lp and lp.get('rate'))} rps", lp))
+    lines += ["", "## Proxy CPU, throughput, search", "",
+              "| path | CPU s per 1000 req at 1000 rps | vCPU at 1000 rps | bulk Gbit/s "
+              "| max rate with added p99 < 2 ms |", "|---|---|---|---|---|"]  # fmt: skip
+    for path in paths:
+        http = _get(paths, path, "http", TARGET_RATE) or {}
+        search = _get(paths, path, "search") or {}
+        max_rate = search.get("max_rate") if search else None
+        bound = search.get("bounded_by") if search else None
+        rate_text = (
+            "-"
+            if not search
+            else (f"{_fmt(max_rate)} (fails at {_fmt(bound)})" if bound else f">= {_fmt(max_rate)}")
+        )
+        lines.append(
+            f"| {path} | {_fmt(_get(http, 'proxy_cpu', 's_per_1000_requests'))} | "
+            f"{_fmt(_get(http, 'proxy_cpu', 'vcpu'))} | {_fmt(_get(paths, path, 'bulk', 'gbit_s'))}"
+            f" | {rate_text} |"
+        )
+    r = res["resources"]
+    lines += ["", "## Memory (RSS, MB)", ""]
+    for key, label in (("rss_idle_bytes", "idle"), ("rss_after_load_bytes", "after load")):
+        for path, procs in (r.get(key) or {}).items():
+            lines.append(f"- {label}, {path}: " + ", ".join(
+                f"{k} {v / MB:.1f}" for k, v in procs.items()))  # fmt: skip
+    peak = r.get("rss_peak_under_load_bytes") or {}
+    lines.append("- peak under load: " + ", ".join(f"{k} {v / MB:.1f}" for k, v in peak.items()))
+    for key, label in (("rss_with_idle_pods_bytes", "with idle pods enrolled"),
+                       ("rss_after_idle_pods_left_bytes", "after they left")):  # fmt: skip
+        lines.append(f"- {label} ({_get(r, 'idle_pods', 'count')} on "
+                     f"{_get(r, 'idle_pods', 'node')}): " + ", ".join(
+            f"{k} {v / MB:.1f}" for k, v in (r.get(key) or {}).items()))  # fmt: skip
+    runs = [s for path in paths.values() for s in (path.get("http") or {}).values()]
+    runs = [s for s in runs if "loadgen" in s]
+    lag99 = max((s["loadgen"]["lag_p99_ms"] or 0 for s in runs), default=None)
+    per_k = [s["loadgen"]["cpu_s"] / (s["completed"] / 1000) for s in runs if s["completed"]]
+    lines += [
+        "",
+        "## The load generator's own share",
+        "",
+        f"- C, epoll, timerfd, open loop, {res['plan']['conns']} keep-alive connections; "
+        f"alone against a server on loopback at {_fmt(lp and lp.get('rate'))} rps: p50 "
+        f"{_fmt(lp and lp.get('p50_ms'))} ms, p99 {_fmt(lp and lp.get('p99_ms'))} ms",
+        f"- its wake-up lag behind the schedule, worst p99 over the keep-alive runs: "
+        f"{_fmt(lag99)} ms (counted in every latency above, on every path alike)",
+        f"- its CPU: {_fmt(max(per_k, default=None))} s per 1000 requests at most",
+        "",
+        "Failed cells, full figures and histograms: the JSON next to this file.",
+        "",
+    ]
+    return "\n".join(lines)

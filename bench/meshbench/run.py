@@ -1,0 +1,283 @@
+"""One benchmark run on the lab: set up the three paths, run every workload on each side by side,
+read the proxies' CPU and memory, and return everything as one JSON-ready dict."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.meshbench import checks, haproxy, manifests, native, procstat, workloads
+from bench.meshbench.labctl import Lab
+from bench.meshbench.manifests import GRPC_PORT, HTTP_PORT, IPERF_PORT, NAMESPACES, PATHS
+from bench.meshbench.plan import RunPlan
+from bench.meshbench.workloads import Target
+
+log = logging.getLogger("meshbench")
+
+CLIENT_NODE, SERVER_NODE = "node1", "node2"
+MB = 1024 * 1024
+
+
+@dataclass
+class PathSetup:
+    name: str
+    target: Target
+    # What proxies this path's traffic: label -> PID (agents by node, haproxy-a/-b).
+    proxies: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Bench:
+    lab: Lab
+    plan: RunPlan
+    bins: dict[str, Path]
+    grpc_script: Path
+    paths: dict[str, PathSetup] = field(default_factory=dict)
+
+    # --- setting up -----------------------------------------------------------------------
+
+    def deploy(self, workdir: Path) -> None:
+        hdir = workdir / "haproxy"
+        hdir.mkdir()
+        certs = haproxy.write_certs(hdir)
+        server_host = f"{manifests.SERVICE}.{NAMESPACES['haproxy']}.svc.cluster.local"
+        client_cfg = haproxy.client_config(certs=certs, server_host=server_host)
+        (hdir / "client.cfg").write_text(client_cfg)
+        (hdir / "server.cfg").write_text(haproxy.server_config(certs=certs))
+        (hdir / "capture.sh").write_text(haproxy.capture_script())
+        bins = manifests.Binaries(http_server=self.bins["server"], grpc_script=self.grpc_script)
+        objects: list[dict[str, Any]] = []
+        for path in PATHS:
+            objects += manifests.path_objects(
+                path, bins=bins, client_node=CLIENT_NODE, server_node=SERVER_NODE,
+                haproxy_dir=hdir,
+            )  # fmt: skip
+        self.lab.apply(manifests.render(objects), timeout=180)
+        agents = self.lab.agent_pids()
+        for path in PATHS:
+            ns = NAMESPACES[path]
+            client = self.lab.pod(ns, "client")
+            target = Target(self.lab.pod_netns(client), self.lab.service_ip(ns, manifests.SERVICE))
+            proxies: dict[str, int] = {}
+            if path == "nodemesh":
+                proxies = {f"agent-{node}": pid for node, pid in agents.items()}
+            elif path == "haproxy":
+                pids = self.lab.container_pids
+                a = pids(namespace=ns, pod_prefix="client", container="haproxy-a")
+                b = pids(namespace=ns, pod_prefix="server", container="haproxy-b")
+                proxies = {"haproxy-a": a[CLIENT_NODE], "haproxy-b": b[SERVER_NODE]}
+            self.paths[path] = PathSetup(path, target, proxies)
+
+    # --- measuring ------------------------------------------------------------------------
+
+    def _with_cpu(
+        self, path: str, run: Callable[[], dict[str, Any]], *, requests: float
+    ) -> dict[str, Any]:
+        proxies = self.paths[path].proxies
+        before = {k: procstat.cpu_seconds([pid]) for k, pid in proxies.items()}
+        started = time.monotonic()
+        try:
+            result = run()
+        except workloads.WorkloadError as e:
+            # One workload failing on one path (a data plane under work) must not cost the
+            # rest of the run: it is recorded as that cell's result.
+            log.warning("%s: %s", path, e)
+            return {"failed": str(e)[-1000:]}
+        wall = time.monotonic() - started
+        if proxies:
+            used = {
+                k: round(procstat.cpu_seconds([pid]) - before[k], 3) for k, pid in proxies.items()
+            }
+            total = sum(used.values())
+            result["proxy_cpu"] = {
+                "seconds": used,
+                "total_s": round(total, 3),
+                "wall_s": round(wall, 3),
+                "vcpu": round(total / wall, 4),
+                "s_per_1000_requests": round(total / (requests / 1000), 4) if requests else None,
+            }
+        return result
+
+    def http(
+        self, path: str, rate: float, *, duration: float, newconn: bool = False
+    ) -> dict[str, Any]:
+        p = self.plan
+        requests = rate * (p.warmup + duration)
+        return self._with_cpu(
+            path,
+            lambda: workloads.http(
+                self.paths[path].target, loadgen=self.bins["loadgen"], port=HTTP_PORT,
+                rate=rate, duration=duration, warmup=p.warmup, conns=p.conns, newconn=newconn,
+            ),
+            requests=requests,
+        )  # fmt: skip
+
+    def grpc(self, path: str) -> dict[str, Any]:
+        p = self.plan
+        return self._with_cpu(
+            path,
+            lambda: workloads.grpc_unary(
+                self.paths[path].target, script=self.grpc_script, port=GRPC_PORT,
+                rate=p.grpc_rate, duration=p.other_duration, warmup=p.warmup,
+            ),
+            requests=p.grpc_rate * (p.warmup + p.other_duration),
+        )  # fmt: skip
+
+    def bulk(self, path: str) -> dict[str, Any]:
+        return self._with_cpu(
+            path,
+            lambda: workloads.bulk(
+                self.paths[path].target, port=IPERF_PORT, seconds=self.plan.bulk_seconds
+            ),
+            requests=0,
+        )
+
+    def loopback(self) -> dict[str, Any]:
+        """The generator against the HTTP server in the server pod's own netns (127.0.0.1): the
+        floor of what it can measure, and its own CPU, with no network or proxy in between."""
+        server = self.lab.pod(NAMESPACES["direct"], "server")
+        target = Target(self.lab.pod_netns(server), "127.0.0.1")
+        return workloads.http(
+            target, loadgen=self.bins["loadgen"], port=8080, rate=self.plan.loopback_rate,
+            duration=self.plan.duration, warmup=self.plan.warmup, conns=self.plan.conns,
+        )  # fmt: skip
+
+    def rss(self) -> dict[str, dict[str, int]]:
+        return {
+            path: {k: procstat.rss_bytes([pid]) for k, pid in setup.proxies.items()}
+            for path, setup in self.paths.items()
+            if setup.proxies
+        }
+
+    def peak_rss(self) -> procstat.PeakRss:
+        return procstat.PeakRss(
+            {f"{path}/{k}": [pid] for path, s in self.paths.items() for k, pid in s.proxies.items()}
+        )
+
+    # --- the search -----------------------------------------------------------------------
+
+    def search(self, path: str, direct_cache: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        """Highest rate whose p99 stays within the limit of direct's p99 at the same rate
+        (no errors, all requests answered): double until a rate fails, then bisect."""
+        p = self.plan
+        steps: list[dict[str, Any]] = []
+        best: int | None = None
+        worst: int | None = None
+        rate = p.search_start
+        for _ in range(p.search_steps):
+            if rate not in direct_cache:
+                direct_cache[rate] = self.http("direct", rate, duration=p.search_duration)
+            base = direct_cache[rate]
+            res = self.http(path, rate, duration=p.search_duration)
+            added = _added(res, base, "p99_ms")
+            ok = res.get("errors") == 0 and added is not None and added < p.added_p99_limit_ms
+            steps.append({"rate": rate, "added_p99_ms": added, "p99_ms": res.get("p99_ms"),
+                          "direct_p99_ms": base.get("p99_ms"), "errors": res.get("errors"),
+                          "failed": res.get("failed"), "ok": ok})  # fmt: skip
+            log.info("search %s @%d rps: added p99 %s ms, %s", path, rate, added,
+                     "ok" if ok else "over")  # fmt: skip
+            if ok:
+                best = rate
+            else:
+                worst = rate
+            if worst is None:
+                nxt = rate * 2
+            elif best is None:
+                nxt = max(rate // 2, 10)
+            else:
+                nxt = (best + worst) // 2
+            if (
+                nxt > p.search_max
+                or nxt in (best, worst)
+                or (best and worst and worst - best <= max(50, best // 10))
+            ):
+                break
+            rate = nxt
+        return {"max_rate": best, "bounded_by": worst, "steps": steps,
+                "limit_added_p99_ms": p.added_p99_limit_ms}  # fmt: skip
+
+
+def _added(res: dict[str, Any], base: dict[str, Any], key: str) -> float | None:
+    if res.get(key) is None or base.get(key) is None:
+        return None
+    return round(res[key] - base[key], 4)
+
+
+def run(lab: Lab, plan: RunPlan, *, workdir: Path) -> dict[str, Any]:
+    """Everything except the machine description: the caller adds that and writes the files."""
+    bins = native.build(workdir / "bin")
+    bench = Bench(lab, plan, bins, Path(__file__).resolve().parent / "grpc_echo.py")
+    log.info("deploying the three paths")
+    bench.deploy(workdir)
+    out: dict[str, Any] = {"plan": plan.to_dict(), "paths": {p: {} for p in PATHS}}
+    direct_target = bench.paths["direct"].target
+    mesh_server = lab.pod(NAMESPACES["nodemesh"], "server")
+    out["nodemesh_tunnel_tls"] = workloads.speaks_tls(
+        Target(direct_target.netns, mesh_server["ip"]), port=4143
+    )
+    # One short run per path first: connections, caches and lazy imports are warm afterwards.
+    for path in PATHS:
+        bench.http(path, plan.rates[0], duration=min(plan.duration, 2.0))
+    out["path_checks"] = {
+        "haproxy_redirected_connections": checks.redirected_connections(
+            bench.paths["haproxy"].target.netns, port=HTTP_PORT
+        ),
+        "nodemesh_agent_connections": checks.agent_connections(
+            lab, namespace=NAMESPACES["nodemesh"]
+        ),
+    }
+    time.sleep(1.0)
+    idle_cpu0 = {k: procstat.cpu_seconds([v]) for k, v in bench.paths["nodemesh"].proxies.items()}
+    t0 = time.monotonic()
+    time.sleep(2.0)
+    idle_wall = time.monotonic() - t0
+    out["resources"] = {
+        "rss_idle_bytes": bench.rss(),
+        "agent_idle_vcpu": {
+            k: round((procstat.cpu_seconds([v]) - idle_cpu0[k]) / idle_wall, 4)
+            for k, v in bench.paths["nodemesh"].proxies.items()
+        },
+    }
+    log.info("loadgen on loopback at %d rps", plan.loopback_rate)
+    out["loadgen_loopback"] = bench.loopback()
+
+    with bench.peak_rss() as peak:
+        for rate in plan.rates:
+            for path in PATHS:
+                log.info("http keep-alive %s @%d rps", path, rate)
+                out["paths"][path].setdefault("http", {})[str(rate)] = bench.http(
+                    path, rate, duration=plan.duration
+                )
+    out["resources"]["rss_peak_under_load_bytes"] = dict(peak.peak)
+    out["resources"]["rss_after_load_bytes"] = bench.rss()
+
+    for path in PATHS:
+        log.info("grpc unary %s @%d rps", path, plan.grpc_rate)
+        out["paths"][path]["grpc"] = bench.grpc(path)
+    for path in PATHS:
+        log.info("new connection per request %s @%d rps", path, plan.newconn_rate)
+        out["paths"][path]["newconn"] = bench.http(
+            path, plan.newconn_rate, duration=plan.other_duration, newconn=True
+        )
+    for path in PATHS:
+        log.info("bulk stream %s", path)
+        out["paths"][path]["bulk"] = bench.bulk(path)
+
+    direct_cache: dict[int, dict[str, Any]] = {}
+    for path in ("nodemesh", "haproxy"):
+        out["paths"][path]["search"] = bench.search(path, direct_cache)
+    out["paths"]["direct"]["search_baselines"] = {str(k): v for k, v in direct_cache.items()}
+
+    log.info("agent memory with %d idle pods enrolled on %s", plan.idle_pods, CLIENT_NODE)
+    idle_text = manifests.render(manifests.idle_objects(replicas=plan.idle_pods, node=CLIENT_NODE))
+    lab.apply(idle_text, timeout=300)
+    time.sleep(2.0)  # let the agents finish their enrolment work
+    out["resources"]["rss_with_idle_pods_bytes"] = bench.rss()["nodemesh"]
+    out["resources"]["idle_pods"] = {"count": plan.idle_pods, "node": CLIENT_NODE}
+    lab.delete(idle_text, namespace=manifests.IDLE_NAMESPACE)
+    out["resources"]["rss_after_idle_pods_left_bytes"] = bench.rss()["nodemesh"]
+    return out
