@@ -272,6 +272,11 @@ class Relay:
         self.down.transport = layer.app  # type: ignore[assignment]
         raw.set_protocol(layer)
         layer.connection_made(raw)
+        if self.early:
+            # Read before the handler got here (a fast client, a loop that delivered the first
+            # bytes with the accept): they are the start of the ClientHello.
+            early, self.early = bytes(self.early), bytearray()
+            layer.data_received(early)
         raw.resume_reading()
         try:
             await asyncio.wait_for(asyncio.shield(layer.handshake), timeout)
