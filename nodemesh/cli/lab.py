@@ -92,6 +92,10 @@ def lab() -> None:
     "--api-port", type=click.IntRange(0, 65535), default=8085, show_default=True,
     help="Local port for the control plane's public API (0: any free port).",
 )  # fmt: skip
+@click.option(
+    "--dashboard-port", type=click.IntRange(0, 65535), default=8084, show_default=True,
+    help="Local port for the dashboard (0: any free port).",
+)  # fmt: skip
 @click.option("--timeout", type=click.IntRange(10, 3600), default=240, show_default=True)
 @click.option("--keep-on-failure", is_flag=True, help="Leave a lab that did not come up, to debug.")
 def up(
@@ -102,6 +106,7 @@ def up(
     forwards: tuple[str, ...],
     demo_port: int,
     api_port: int,
+    dashboard_port: int,
     timeout: int,
     keep_on_failure: bool,
 ) -> None:
@@ -124,6 +129,7 @@ def up(
         fwd.append(Forward("127.0.0.1", demo_port, "emojivoto", "web-svc", 80))
     if mesh:
         fwd.append(Forward("127.0.0.1", api_port, "nodemesh", "nodemesh-controlplane", 8085))
+        fwd.append(Forward("127.0.0.1", dashboard_port, "nodemesh", "nodemesh-dashboard", 8084))
     started = time.monotonic()
     paths.root.mkdir(parents=True, mode=0o700)
     LabConfig(name=name, nodes=nodes, mesh=mesh, forwards=fwd).save(paths.config)
@@ -149,9 +155,14 @@ def up(
     what = "the mesh (control plane, node agents)" if mesh else "no mesh"
     click.echo(f"lab {name!r} is up with {nodes} node(s) and {what} in {elapsed:.1f} s")
     _print_status(status)
+    click.echo("")
+    for f in map(lambda d: Forward(**d), status["forwards"]):
+        if f.service == "nodemesh-dashboard":
+            click.echo(f"dashboard: http://{f.host}:{f.local_port}/")
+        elif f.service == "nodemesh-controlplane":
+            click.echo(f"public API: {f.host}:{f.local_port} (nodemesh stat deploy -n emojivoto)")
     if demo:
         web = next(Forward(**f) for f in status["forwards"] if f["service"] == "web-svc")
-        click.echo("")
         click.echo(f"emojivoto: open http://{web.host}:{web.local_port}/ in a browser")
         click.echo(
             "  vote-bot ground truth: nodemesh lab exec deploy/vote-bot -n emojivoto "

@@ -38,7 +38,7 @@ def lab() -> Iterator[LabPaths]:
         pytest.skip("needs root: the lab creates network namespaces")
     name = "cli" + uuid.uuid4().hex[:6]
     try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--demo",
+        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0", "--demo",
            "--demo-port", "0")  # fmt: skip
         yield LabPaths(name)
     finally:

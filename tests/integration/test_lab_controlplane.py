@@ -64,7 +64,7 @@ def nm(*args: str) -> str:
 def mesh_lab(tmp_path: Path) -> Iterator[tuple[LabPaths, dict[str, int]]]:
     name = "c" + uuid.uuid4().hex[:6]
     try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0",
+        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0",
            "--forward", "0:nodemesh/nodemesh-controlplane:8086")  # fmt: skip
         st = json.loads(nm("lab", "status", "--name", name, "-o", "json"))
         ports = {

@@ -55,7 +55,7 @@ def nm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def lab() -> Iterator[LabPaths]:
     name = "e" + uuid.uuid4().hex[:6]
     try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0")
+        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0")
         yield LabPaths(name)
     finally:
         subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)

@@ -36,7 +36,7 @@ def nm(*args: str) -> str:
 def lab() -> Iterator[LabPaths]:
     name = "m" + uuid.uuid4().hex[:6]
     try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--demo",
+        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0", "--demo",
            "--demo-port", "0")  # fmt: skip
         yield LabPaths(name)
     finally:
