@@ -37,7 +37,8 @@ class Lab:
         return LabPaths(self.name)
 
     def up(self, *, nodes: int = 2) -> None:
-        nm("lab", "up", "--name", self.name, "--nodes", str(nodes), "--api-port", "0")
+        nm("lab", "up", "--name", self.name, "--nodes", str(nodes), "--api-port", "0",
+           "--dashboard-port", "0")  # fmt: skip
 
     def down(self) -> None:
         subprocess.run(

@@ -9,8 +9,9 @@ from typing import Any
 @dataclass(frozen=True)
 class RunPlan:
     rates: tuple[int, ...] = (100, 500, 1000)
-    duration: float = 10.0  # measured seconds per fixed-rate run
-    warmup: float = 1.0  # seconds sent before measuring, not counted
+    duration: float = 12.0  # measured seconds per fixed-rate run and path, in all
+    rounds: int = 4  # ... taken in this many turns per path, the paths interleaved
+    warmup: float = 0.5  # seconds sent before measuring (each turn), not counted
     conns: int = 32  # keep-alive connections of the HTTP load generator
     # The search for the highest rate whose added p99 stays under the limit.
     search_start: int = 1000
@@ -35,6 +36,7 @@ FULL = RunPlan()
 SMOKE = RunPlan(
     rates=(50, 100),
     duration=1.0,
+    rounds=2,
     warmup=0.2,
     conns=4,
     search_start=100,

@@ -102,6 +102,45 @@ class Bench:
             }
         return result
 
+    def http_interleaved(self, rate: float, *, duration: float, rounds: int) -> dict[str, Any]:
+        """Every path at `rate` for `duration` seconds in all, taken as `rounds` turns of each
+        path in a row, so a burst of outside load on this shared machine falls on all paths
+        alike rather than on one; the turns are merged into one histogram per path."""
+        p = self.plan
+        raws: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
+        cpu: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
+        failed: dict[str, str] = {}
+        for _ in range(rounds):
+            for path in PATHS:
+                if path in failed:
+                    continue
+                log.info("http keep-alive %s @%d rps, %.1f s", path, rate, duration / rounds)
+                res = self._with_cpu(
+                    path,
+                    lambda path=path: workloads.http_raw(
+                        self.paths[path].target, loadgen=self.bins["loadgen"], port=HTTP_PORT,
+                        rate=rate, duration=duration / rounds, warmup=p.warmup, conns=p.conns,
+                    ),
+                    requests=rate * (p.warmup + duration / rounds),
+                )  # fmt: skip
+                if "failed" in res:
+                    failed[path] = res["failed"]
+                    continue
+                if "proxy_cpu" in res:
+                    cpu[path].append(res.pop("proxy_cpu"))
+                raws[path].append(res)
+        out: dict[str, Any] = {}
+        for path in PATHS:
+            if path in failed:
+                out[path] = {"failed": failed[path]}
+                continue
+            out[path] = workloads.summarise(workloads.merge_raw(raws[path]))
+            if cpu[path]:
+                out[path]["proxy_cpu"] = _merge_cpu(
+                    cpu[path], requests=rate * (p.warmup * rounds + duration)
+                )
+        return out
+
     def http(
         self, path: str, rate: float, *, duration: float, newconn: bool = False
     ) -> dict[str, Any]:
@@ -201,6 +240,22 @@ class Bench:
                 "limit_added_p99_ms": p.added_p99_limit_ms}  # fmt: skip
 
 
+def _merge_cpu(parts: list[dict[str, Any]], *, requests: float) -> dict[str, Any]:
+    seconds: dict[str, float] = {}
+    for part in parts:
+        for k, v in part["seconds"].items():
+            seconds[k] = round(seconds.get(k, 0.0) + v, 3)
+    total = sum(seconds.values())
+    wall = sum(part["wall_s"] for part in parts)
+    return {
+        "seconds": seconds,
+        "total_s": round(total, 3),
+        "wall_s": round(wall, 3),
+        "vcpu": round(total / wall, 4),
+        "s_per_1000_requests": round(total / (requests / 1000), 4),
+    }
+
+
 def _added(res: dict[str, Any], base: dict[str, Any], key: str) -> float | None:
     if res.get(key) is None or base.get(key) is None:
         return None
@@ -247,11 +302,9 @@ def run(lab: Lab, plan: RunPlan, *, workdir: Path) -> dict[str, Any]:
 
     with bench.peak_rss() as peak:
         for rate in plan.rates:
-            for path in PATHS:
-                log.info("http keep-alive %s @%d rps", path, rate)
-                out["paths"][path].setdefault("http", {})[str(rate)] = bench.http(
-                    path, rate, duration=plan.duration
-                )
+            runs = bench.http_interleaved(rate, duration=plan.duration, rounds=plan.rounds)
+            for path, summary in runs.items():
+                out["paths"][path].setdefault("http", {})[str(rate)] = summary
     out["resources"]["rss_peak_under_load_bytes"] = dict(peak.peak)
     out["resources"]["rss_after_load_bytes"] = bench.rss()
 

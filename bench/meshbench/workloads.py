@@ -69,7 +69,9 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         "achieved_rps": round(raw["completed"] / raw["duration_s"], 1),
     }
     for name, q in QUANTILES.items():
-        out[f"{name}_ms"] = _ms(quantile(counts, q))
+        value = quantile(counts, q)
+        # A bucket's midpoint may lie above the largest sample in it; the exact max bounds it.
+        out[f"{name}_ms"] = _ms(None if value is None else min(value, lat["max_us"]))
     out["max_ms"] = _ms(lat["max_us"])
     out["mean_ms"] = _ms(lat["sum_us"] / lat["total"]) if lat["total"] else None
     out["loadgen"] = {
@@ -78,21 +80,48 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         "lag_max_ms": _ms(lag["max_us"]),
         "cpu_s": round(raw["cpu_s"], 4),
     }
+    out["rounds"] = raw.get("rounds", 1)
     out["histogram_us"] = {"buckets": lat["buckets"], "counts": lat["counts"]}
     return out
 
 
-def http(
+def merge_raw(raws: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs at one rate as one: counts and histograms added, durations summed."""
+    out = dict(raws[0])
+    for key in ("scheduled", "completed", "cpu_s", "duration_s", *ERROR_KINDS):
+        out[key] = sum(r[key] for r in raws)
+    for hist in ("latency", "lag"):
+        counts: dict[int, int] = {}
+        for r in raws:
+            for b, n in zip(r[hist]["buckets"], r[hist]["counts"], strict=True):
+                counts[b] = counts.get(b, 0) + n
+        out[hist] = {
+            "buckets": sorted(counts),
+            "counts": [counts[b] for b in sorted(counts)],
+            "total": sum(r[hist]["total"] for r in raws),
+            "sum_us": sum(r[hist]["sum_us"] for r in raws),
+            "max_us": max(r[hist]["max_us"] for r in raws),
+        }
+    out["rounds"] = len(raws)
+    return out
+
+
+def http_raw(
     target: Target, *, loadgen: Path, port: int, rate: float, duration: float, warmup: float,
     conns: int = 32, newconn: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
+    """One load generator run, unsummarised (for merge_raw)."""
     argv = [str(loadgen), "--addr", target.addr, "--port", str(port), "--rate", str(rate),
             "--duration", str(duration), "--warmup", str(warmup),
             "--conns", str(conns)]  # fmt: skip
     if newconn:
         argv.append("--newconn")
     out = _in_netns(target.netns, argv, timeout=warmup + duration + 60)
-    return summarise(_parse(out, "loadgen"))
+    return _parse(out, "loadgen")
+
+
+def http(target: Target, **kwargs: Any) -> dict[str, Any]:
+    return summarise(http_raw(target, **kwargs))
 
 
 def grpc_unary(
