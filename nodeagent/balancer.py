@@ -69,11 +69,13 @@ class Balancer:
         load = self.loads.get(key)
         return load is not None and load.down_until > now
 
-    def cost(self, key: Hashable, now: float) -> float:
+    def cost(self, key: Hashable, now: float, *, unmeasured: float | None = None) -> float:
+        """Latency estimate x (outstanding + 1); `unmeasured` stands in for a missing estimate."""
         load = self.loads.get(key)
+        guess = self.default_rtt if unmeasured is None else unmeasured
         if load is None:
-            return self.default_rtt
-        rtt = self.default_rtt if load.ewma is None else load.ewma
+            return guess
+        rtt = guess if load.ewma is None else load.ewma
         return rtt * (load.outstanding + 1)
 
     def pick(
@@ -91,7 +93,12 @@ class Balancer:
         if len(pool) == 1:
             return pool[0]
         a, b = self.rng.sample(pool, 2)
-        return a if self.cost(a.key, now) <= self.cost(b.key, now) else b
+        # A new endpoint (scale-up) is guessed as good as the best measured one, so it gets
+        # connections at once instead of waiting for the others to be loaded past a default.
+        known = [load.ewma for t in pool if (load := self.loads.get(t.key)) and load.ewma]
+        guess = min(known) if known else None
+        cost_a = self.cost(a.key, now, unmeasured=guess)
+        return a if cost_a <= self.cost(b.key, now, unmeasured=guess) else b
 
     # --- what the I/O shell reports ---------------------------------------------------------
 

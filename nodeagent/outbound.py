@@ -36,6 +36,9 @@ MAX_ATTEMPTS = 3
 RETRY_CONNECT_TIMEOUT = 1.0
 # How long a connection waits for its workload's certificate (a pod that just started).
 CERT_WAIT = 5.0
+# How long a connection waits for the first table after an agent restart: without it every
+# meshed destination looks unknown and would be reached in plaintext.
+SYNC_WAIT = 5.0
 
 RETRYABLE = (OSError, TimeoutError, ssl.SSLError, TunnelRefused, PreambleError)
 
@@ -109,6 +112,10 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
     if (ip, port) == sock.getsockname()[:2]:
         relay.refuse("reached the outbound listener directly")
         return
+    if not rt.table.synced:
+        deadline = time.monotonic() + SYNC_WAIT
+        while not rt.table.synced and time.monotonic() < deadline and not relay.down.lost:
+            await asyncio.sleep(0.05)  # rare (the first seconds of an agent): polling is fine
     info = rt.table.pod(PodKey(pod.pod.namespace, pod.pod.name))
     src = peers.of_pod(info, ip=pod.pod.ip, namespace=pod.pod.namespace, name=pod.pod.name)
     route = rt.routes.resolve(ip, port)

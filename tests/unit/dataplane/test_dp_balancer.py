@@ -102,6 +102,14 @@ def test_retries_exclude_what_was_tried_and_end_when_nothing_is_left() -> None:
     assert bal.pick([], now=0.0) is None
 
 
+def test_a_new_endpoint_counts_as_good_as_the_best_known_one() -> None:
+    # Scale-up: "c" has no measurement yet; it must win against a loaded peer at once.
+    bal = Balancer(rng=random.Random(7))
+    bal.observe("a", 0.001, now=0.0)
+    bal.opened("a", now=0.0)
+    assert picks(bal, [A, C], 20) == {"c": 20}
+
+
 def test_idle_loads_are_forgotten() -> None:
     bal = Balancer()
     bal.observe("gone", 0.001, now=0.0)
