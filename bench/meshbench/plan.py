@@ -16,8 +16,9 @@ class RunPlan:
     # The search for the highest rate whose added p99 stays under the limit.
     search_start: int = 1000
     search_max: int = 20000
-    search_steps: int = 8
-    search_duration: float = 4.0
+    search_steps: int = 7
+    search_duration: float = 4.5  # per step and path, in all
+    search_rounds: int = 3  # turns of direct and the path per step; the median decides
     added_p99_limit_ms: float = 2.0
     grpc_rate: int = 500
     newconn_rate: int = 200
@@ -43,6 +44,7 @@ SMOKE = RunPlan(
     search_max=400,
     search_steps=2,
     search_duration=1.0,
+    search_rounds=2,
     grpc_rate=50,
     newconn_rate=20,
     other_duration=1.0,
