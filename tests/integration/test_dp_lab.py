@@ -143,9 +143,9 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    name = "dp" + uuid.uuid4().hex[:6]
+    name = "dplab" + uuid.uuid4().hex[:6]
     try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0")
+        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0")
         lab = Lab(LabPaths(name), tmp_path_factory.mktemp("dplab"))
         lab.apply(manifest())
         yield lab
@@ -329,42 +329,57 @@ def _result(proc: subprocess.Popen[str]) -> dict[str, object]:
     return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def test_scaling_up_under_load_fails_nothing_and_new_pods_get_traffic(lab: Lab) -> None:
-    lab.apply(manifest(echo_replicas=2))
+@pytest.fixture
+def own_lab(tmp_path: Path) -> Iterator[Lab]:
+    """A lab of its own: scaling makes and removes pods, which the per-test leak check of a
+    shared lab would count against whichever test ran it."""
+    name = "dplab" + uuid.uuid4().hex[:6]
+    try:
+        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0")
+        lab = Lab(LabPaths(name), tmp_path)
+        lab.apply(manifest())
+        yield lab
+    finally:
+        for _ in range(2):
+            subprocess.run(
+                [NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300
+            )
+
+
+def test_scaling_and_a_killed_pod_under_load(own_lab: Lab) -> None:
+    lab = own_lab
+    # Scale up under load: nothing fails; new connections reach the new pods at once
+    # (balancing is per connection, and a new endpoint counts as good as the best one).
     proc = _load(lab, 10)
     time.sleep(2)
     lab.apply(manifest(echo_replicas=4))
     got = _result(proc)
     assert got["failed"] == 0, got
     assert int(got["ok"]) > 200, got  # type: ignore[arg-type]
-    # Balancing is per connection: new connections (not the busy keep-alive ones) spread over
-    # the new pods at once (a new endpoint counts as good as the best measured one).
     fresh = _result(_load_workers(lab, 3, 8))
     assert fresh["failed"] == 0 and len(fresh["pods"]) >= 3, fresh  # type: ignore[arg-type]
 
-
-@pytest.mark.xfail(
-    strict=False,
-    reason="a few fresh connections end without a response right when a removed pod closes "
-    "its listener; the lab updates EndpointSlices only once the pod has stopped (~2 s after "
-    "deletion), and the cause on the agents' side is not pinned down yet",
-)
-def test_scaling_down_under_load_fails_nothing(lab: Lab) -> None:
-    lab.apply(manifest(echo_replicas=4))
-    proc = _load(lab, 10)
-    time.sleep(2)
-    lab.apply(manifest(echo_replicas=1))
-    got = _result(proc)
-    assert got["failed"] == 0, got
-
-
-def test_killing_an_endpoint_pod_fails_only_its_inflight_requests(lab: Lab) -> None:
-    lab.apply(manifest(echo_replicas=2))
+    # Kill -9 one endpoint pod's app: only requests in flight on its connections may fail (at
+    # most one per worker); new connections are retried on the other endpoints.
     victim = lab.pods("dp", "echo")[0]["name"]
     proc = _load(lab, 8)
     time.sleep(3)
     _kill_pod_processes(lab, victim)
     got = _result(proc)
-    # Only requests in flight on the killed pod's connections may fail: at most one per worker.
-    assert int(got["failed"]) <= 4, got  # type: ignore[arg-type]
-    assert int(got["ok"]) > 100, got  # type: ignore[arg-type]
+    assert int(got["failed"]) <= 4 and int(got["ok"]) > 100, got  # type: ignore[arg-type]
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="open bug: when removed pods close their listeners (end of their drain), some fresh "
+    "connections through the agents end with a clean close and no response instead of being "
+    "retried elsewhere (6-60 of ~3000 requests); the lab also updates EndpointSlices only "
+    "once a pod has stopped (~2 s after its deletion)",
+)
+def test_scaling_down_under_load_fails_nothing(own_lab: Lab) -> None:
+    own_lab.apply(manifest(echo_replicas=4))
+    proc = _load(own_lab, 10)
+    time.sleep(2)
+    own_lab.apply(manifest(echo_replicas=1))
+    got = _result(proc)
+    assert got["failed"] == 0, got
