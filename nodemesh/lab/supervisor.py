@@ -46,7 +46,7 @@ from nodemesh.lab.network import (
 from nodemesh.lab.paths import ETC_NETNS, LabPaths
 from nodemesh.lab.pods import LabContext, NodeContext, PodRunner
 from nodemesh.lab.store import Store
-from nodemesh.tasks import spawn
+from nodemesh.tasks import cancel_all, spawn
 
 log = logging.getLogger("nodemesh.lab.supervisor")
 
@@ -65,6 +65,8 @@ class Supervisor:
         self.runners: dict[ObjectRef, PodRunner] = {}
         self.rng = random.Random()
         self._dirty = asyncio.Event()
+        self._reconciler: asyncio.Task[None] | None = None
+        self._terminating: set[asyncio.Task[None]] = set()  # pods in their grace period
         self._changes = 0  # bumped by every change; the reconciler records what it has seen
         self._reconciled = 0
         self._stopping = asyncio.Event()
@@ -112,7 +114,7 @@ class Supervisor:
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(ns, namespace=None)}
             )
         await self.forwarder.start(self.config.forwards)
-        spawn(self._reconcile_loop(), name="reconcile")
+        self._reconciler = spawn(self._reconcile_loop(), name="reconcile")
 
     def _desired(self, workload: dict[str, Any]) -> int:
         if workload["kind"] == "Deployment":
@@ -283,8 +285,10 @@ class Supervisor:
     async def _reconcile(self) -> None:
         self._reconcile_deployments()
         self._reconcile_daemonsets()
-        await self._reconcile_pods()
+        # Endpoints first: a deleted pod leaves its Service at once, while its containers still
+        # get their grace period (as the endpoint-slice controller marks it terminating).
         await self._reconcile_endpoints()
+        await self._reconcile_pods()
 
     def _reconcile_deployments(self) -> None:
         deployments = {ref_of(d): d for d in self.store.of_kind("Deployment")}
@@ -366,9 +370,11 @@ class Supervisor:
 
     async def _reconcile_pods(self) -> None:
         pods = {ref_of(p): p for p in self.store.of_kind("Pod")}
-        gone = [ref for ref in self.runners if ref not in pods]
-        if gone:
-            await asyncio.gather(*(self.runners.pop(ref).stop() for ref in gone))
+        for ref in [ref for ref in self.runners if ref not in pods]:
+            runner = self.runners.pop(ref)
+            task = spawn(runner.stop(), name=f"stop pod {runner.key}")
+            self._terminating.add(task)
+            task.add_done_callback(self._terminating.discard)
         node_infos = [
             objects.NodeInfo(n.name, self._node_object(n)["metadata"]["labels"]) for n in self.nodes
         ]
@@ -447,8 +453,12 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         self._stopping.set()
+        if self._reconciler is not None:
+            await cancel_all([self._reconciler])
         await self.forwarder.stop()
-        await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(r.stop() for r in self.runners.values()), *self._terminating, return_exceptions=True
+        )
         self.runners.clear()
 
 

@@ -369,13 +369,6 @@ def test_scaling_and_a_killed_pod_under_load(own_lab: Lab) -> None:
     assert int(got["failed"]) <= 4 and int(got["ok"]) > 100, got  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug: when removed pods close their listeners (end of their drain), some fresh "
-    "connections through the agents end with a clean close and no response instead of being "
-    "retried elsewhere (6-60 of ~3000 requests); the lab also updates EndpointSlices only "
-    "once a pod has stopped (~2 s after its deletion)",
-)
 def test_scaling_down_under_load_fails_nothing(own_lab: Lab) -> None:
     own_lab.apply(manifest(echo_replicas=4))
     proc = _load(own_lab, 10)
