@@ -62,6 +62,14 @@ def socket_in_netns(
     netns: str, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM, proto: int = 0
 ) -> socket.socket:
     """Return a new socket created inside `netns` (a name under /run/netns or a path)."""
+    if (
+        proto == 0
+        and type & 0xF == socket.SOCK_STREAM
+        and family in (socket.AF_INET, socket.AF_INET6)
+    ):
+        # asyncio disables Nagle (TCP_NODELAY) only on sockets whose proto says TCP; a 0 here
+        # would cost relayed request/response exchanges a delayed-ACK wait (~40 ms).
+        proto = socket.IPPROTO_TCP
     path = netns_path(netns)
     try:
         target = os.open(path, os.O_RDONLY)
