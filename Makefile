@@ -5,10 +5,14 @@
 PYTHON ?= .venv/bin/python
 SMOKE_OUT ?= /tmp/nodemesh-bench-smoke
 
-.PHONY: bench bench-smoke
+.PHONY: bench bench-smoke bootstrap
 
-bench:
+# Installs what is missing (apt packages, .venv, the project); quick when all is there.
+bootstrap:
+	./scripts/bootstrap
+
+bench: bootstrap
 	$(PYTHON) -m bench.meshbench --out bench/results
 
-bench-smoke:
+bench-smoke: bootstrap
 	$(PYTHON) -m bench.meshbench --smoke --out $(SMOKE_OUT)
