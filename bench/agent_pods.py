@@ -272,6 +272,9 @@ def main() -> int:
             threads = len(os.listdir(f"/proc/{agent.pid}/task"))
             fds = len(os.listdir(f"/proc/{agent.pid}/fd"))
             delete_all(args.pods, prefix, sock)
+            # The agent trims its heap a moment after the last pod of a burst left.
+            time.sleep(4.0)
+            rss_left, uss_left = rss_mib(agent.pid), private_mib(agent.pid)
             # The same enrolments again, straight over the socket: the agent's share alone.
             for i in range(args.pods):
                 pod = Pod(
@@ -289,7 +292,7 @@ def main() -> int:
                 f"agent RSS: {rss_idle:.1f} MiB with 0 pods, {rss_full:.1f} MiB with {args.pods}"
                 f" pods ({(rss_full - rss_idle) * 1024 / args.pods:.0f} KiB per pod);"
                 f" private (USS) {uss_idle:.1f} -> {uss_full:.1f} MiB; {threads} threads,"
-                f" {fds} fds"
+                f" {fds} fds; after they left: RSS {rss_left:.1f} MiB, USS {uss_left:.1f} MiB"
             )
             print(
                 f"ADD through nodemesh-cni: p50 {statistics.median(plugin_ms):.1f} ms,"

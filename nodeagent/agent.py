@@ -17,6 +17,7 @@ from nodeagent.destination_client import DestinationClient, open_channel, read_t
 from nodeagent.dnsnames import DnsNames
 from nodeagent.enrolment import Enroller
 from nodeagent.eventlog import EventLog
+from nodeagent.heap import TrimLater, install_report_signal
 from nodeagent.identity_client import IdentityClient, identities_on_node
 from nodeagent.listeners import PodListeners, ProxyRuntime
 from nodeagent.observe import AgentSink
@@ -68,6 +69,8 @@ class Agent:
         )
         self.identity: IdentityClient | None = None
         self.rules = RuleWorker()
+        # Pods leaving free their listeners' memory; hand it back to the kernel after a burst.
+        self.trimmer = TrimLater()
         self.enroller = Enroller(
             table=self.table,
             rules=self.rules,
@@ -76,6 +79,7 @@ class Agent:
             find_netns=lambda ips, skip: find_netns_for(ips, netns_dir=config.netns_dir, skip=skip),
             mark=config.mark,
             pod_wait=config.pod_wait_seconds,
+            released=self.trimmer.poke,
         )
         self.cni = CniServer(self.enroller, config.cni_socket)
         self.admin = AdminServer(
@@ -146,6 +150,7 @@ class Agent:
         token = (lambda: read_token(token_file, node=cfg.node)) if token_file else lambda: None
         try:
             metrics.REGISTRY.register(self.collector)
+            install_report_signal(cfg.memory_report_dir)
             await self.admin.start()
             self._tasks.append(tasks.spawn(client.run(), name="destination client"))
             if self.certs is not None:
@@ -208,6 +213,7 @@ class Agent:
         if self.event_log is not None:
             self.event_log.close()
         await self.rules.aclose()
+        self.trimmer.cancel()
         self.netns_pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped; pod rules stay in place")
 

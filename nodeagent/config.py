@@ -44,6 +44,8 @@ class AgentConfig:
     tls_resumption: bool = True
     # Test aid: also write every observation event as a JSON line to this file.
     record_events: Path | None = None
+    # Debugging aid: where SIGUSR2 writes the memory report (nodeagent.heap).
+    memory_report_dir: Path = Path("/tmp")
 
 
 def _mark(text: str) -> int:
@@ -125,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="full TLS handshakes between agents every time (to measure resumption)",
     )
     p.add_argument("--record-events", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--memory-report-dir", default="/tmp", help=argparse.SUPPRESS)
     return p
 
 
@@ -164,4 +167,5 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         trust_anchors=_anchors(ns),
         tls_resumption=ns.tls_resumption,
         record_events=Path(ns.record_events) if ns.record_events else None,
+        memory_report_dir=Path(ns.memory_report_dir),
     )

@@ -88,6 +88,7 @@ class Enroller:
         find_netns: NetnsFinder,
         mark: int,
         pod_wait: float = 5.0,
+        released: Callable[[], None] = lambda: None,
     ) -> None:
         self.table = table
         self.rules = rules
@@ -96,6 +97,8 @@ class Enroller:
         self.find_netns = find_netns
         self.mark = mark
         self.pod_wait = pod_wait
+        # Called when a pod's listeners are closed for good (the agent trims its heap later).
+        self.released = released
         self.records: dict[str, PodRecord] = {}
         self.phases: dict[str, Phase] = {}
         self.open_listeners: dict[str, Listeners] = {}
@@ -183,6 +186,7 @@ class Enroller:
         listeners = self.open_listeners.pop(rec.container_id, None)
         if listeners is not None:
             listeners.close(forget_metrics=forget_metrics)
+            self.released()
         if netns_identity(rec.netns) == NetnsId(rec.netns_dev, rec.netns_ino):
             await self.rules.remove(rec.netns)
 
@@ -490,6 +494,7 @@ class Enroller:
                     listeners = self.open_listeners.pop(cid, None)
                     if listeners is not None:
                         listeners.close(forget_metrics=True)
+                        self.released()
                     del self.records[cid]
                     self.phases.pop(cid, None)
                     changed = True

@@ -9,10 +9,12 @@ from collections.abc import Sequence
 
 from nodeagent.agent import serve
 from nodeagent.config import parse_args
+from nodeagent.heap import limit_arenas
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
+    limit_arenas()
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,0 +1,195 @@
+"""The agent's memory: giving freed heap back to the kernel, and a report of where it goes.
+
+CPython frees small objects into glibc's heap, which keeps the pages (and, with many threads,
+one arena per thread) unless told to return them: after a burst of pods leaves, `TrimLater`
+calls malloc_trim(0) once the burst is over, so the agent's RSS falls back instead of staying
+at its high-water mark.
+
+SIGUSR2 (a debugging aid, cheap while unused) writes a report to
+`<dir>/nodemesh-agent-memory-<pid>.txt`: RSS and smaps totals, glibc's own accounting
+(in use vs free-but-kept), threads by name, the most numerous Python object types, and once
+tracing runs (the first signal starts tracemalloc, each later one reports) the top allocation
+sites and the growth since the previous report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import gc
+import logging
+import os
+import signal
+import threading
+import time
+import tracemalloc
+from collections import Counter
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# A trim walks the heap once; after the last unenrolment of a burst this long is quiet enough.
+TRIM_DELAY = 2.0
+TRACE_FRAMES = 8
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+# mallopt(M_ARENA_MAX): glibc gives each thread that meets contention an arena of its own
+# (up to 8 per core), each keeping its freed pages; the agent's threads only make sockets,
+# write rules and run gRPC, so two arenas lose nothing and stop that growth.
+M_ARENA_MAX = -8
+ARENAS = 2
+
+
+def limit_arenas(count: int = ARENAS) -> bool:
+    """Cap glibc's malloc arenas; call before threads start. True if glibc took it.
+
+    MALLOC_ARENA_MAX in the environment wins (glibc reads it first): an operator's choice."""
+    fn = getattr(_LIBC, "mallopt", None)
+    if fn is None or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(fn(M_ARENA_MAX, count))
+
+
+def trim() -> bool:
+    """Return free heap pages to the kernel (glibc only); True if anything was released."""
+    fn = getattr(_LIBC, "malloc_trim", None)
+    if fn is None:
+        return False
+    fn.argtypes = [ctypes.c_size_t]
+    return bool(fn(0))
+
+
+def mallinfo() -> dict[str, int] | None:
+    """glibc's heap totals in bytes: `in_use`, `free` (kept, not returned), `mmapped`."""
+    fn = getattr(_LIBC, "mallinfo2", None)
+    if fn is None:
+        return None
+    fn.restype = _MallInfo2
+    info = fn()
+    return {"in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}
+
+
+class TrimLater:
+    """Debounced trim: every `poke` pushes the trim `delay` seconds further out."""
+
+    def __init__(self, delay: float = TRIM_DELAY) -> None:
+        self.delay = delay
+        self._handle: asyncio.TimerHandle | None = None
+        self.trims = 0
+
+    def poke(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = asyncio.get_running_loop().call_later(self.delay, self._run)
+
+    def _run(self) -> None:
+        self._handle = None
+        gc.collect()
+        trim()
+        self.trims += 1
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+def _proc_totals() -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+            key, _, rest = line.partition(":")
+            out[key] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+class MemoryReport:
+    """What SIGUSR2 writes; `previous` keeps the last tracemalloc snapshot to diff against."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.previous: tracemalloc.Snapshot | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"nodemesh-agent-memory-{os.getpid()}.txt"
+
+    def write(self) -> Path:
+        lines = [f"# nodemesh agent memory, pid {os.getpid()}, {time.strftime('%FT%T%z')}"]
+        totals = _proc_totals()
+        for key in ("Rss", "Anonymous", "Private_Dirty", "Shared_Clean", "Swap"):
+            lines.append(f"{key}: {totals.get(key, 0)} kB")
+        heap = mallinfo()
+        if heap is not None:
+            lines.append("glibc heap: " + ", ".join(f"{k} {v >> 10} kB" for k, v in heap.items()))
+        names = Counter(t.name.rstrip("0123456789_-") for t in threading.enumerate())
+        lines.append(f"python threads: {dict(names)}")
+        try:
+            lines.append(f"os threads: {len(os.listdir('/proc/self/task'))}")
+        except OSError:
+            pass
+        kinds = Counter(type(o).__qualname__ for o in gc.get_objects())
+        lines.append("objects: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common(25)))
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(TRACE_FRAMES)
+            # The baseline: the next report's growth is everything allocated and kept since.
+            self.previous = tracemalloc.take_snapshot()
+            lines.append("tracemalloc started: signal again for allocation sites")
+        else:
+            snap = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(False, tracemalloc.__file__)]
+            )
+            current, peak = tracemalloc.get_traced_memory()
+            lines.append(f"traced: {current >> 10} kB now, {peak >> 10} kB peak")
+            lines.append("## top allocation sites")
+            lines += [str(s) for s in snap.statistics("lineno")[:40]]
+            if self.previous is not None:
+                lines.append("## growth since the previous report")
+                lines += [str(s) for s in snap.compare_to(self.previous, "lineno")[:40]]
+                lines.append("## growth by traceback (top 8)")
+                for stat in snap.compare_to(self.previous, "traceback")[:8]:
+                    lines.append(f"{stat.size_diff >> 10} kB in {stat.count_diff} blocks")
+                    lines += ["    " + frame for frame in stat.traceback.format()]
+            self.previous = snap
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("\n".join(lines) + "\n")
+        return self.path
+
+
+def install_report_signal(directory: Path) -> MemoryReport:
+    """SIGUSR2 writes a `MemoryReport` into `directory` (from the running loop)."""
+    report = MemoryReport(directory)
+
+    def on_signal() -> None:
+        try:
+            log.info("memory report written to %s", report.write())
+        except Exception:
+            log.exception("memory report failed")
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, on_signal)
+    return report

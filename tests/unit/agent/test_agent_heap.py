@@ -1,0 +1,110 @@
+"""Giving memory back: the debounced heap trim after pods leave, the arena cap, the SIGUSR2
+report, and the per-pod counters that are no longer kept while unexposed."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+from pathlib import Path
+
+from agent_fakes import FakeListeners, FakeRules, MemoryStore, fake_netns, pod_pb, snapshot
+
+from nodeagent import heap, metrics
+from nodeagent.enrolment import AddRequest, Enroller
+from nodeagent.table import DestinationTable
+
+
+async def test_trim_runs_once_after_a_burst_of_pokes() -> None:
+    trimmer = heap.TrimLater(delay=0.05)
+    for _ in range(20):
+        trimmer.poke()
+        await asyncio.sleep(0.005)
+    assert trimmer.trims == 0  # still inside the burst
+    await asyncio.sleep(0.15)
+    assert trimmer.trims == 1
+    trimmer.poke()
+    trimmer.cancel()
+    await asyncio.sleep(0.1)
+    assert trimmer.trims == 1
+
+
+def test_trim_returns_freed_heap_to_the_kernel() -> None:
+    if heap.mallinfo() is None:
+        return  # not glibc: nothing to give back this way
+    # Many mid-sized blocks (below the mmap threshold) freed all at once leave free heap behind.
+    blocks = [bytearray(4000) for _ in range(20000)]
+    del blocks
+    gc.collect()
+    before = heap.mallinfo()
+    assert before is not None
+    heap.trim()
+    after = heap.mallinfo()
+    assert after is not None and after["free"] < before["free"]
+
+
+async def test_unenrolment_asks_for_a_trim(tmp_path: Path) -> None:
+    released: list[int] = []
+    table = DestinationTable("node1")
+    open_: dict[str, FakeListeners] = {}
+    enroller = Enroller(
+        table=table,
+        rules=FakeRules(),
+        listeners=lambda pod: FakeListeners(pod, open_),
+        store=MemoryStore(tmp_path / "state.json"),
+        find_netns=lambda ips, skip: {},
+        mark=0x6E6D,
+        pod_wait=0.3,
+        released=lambda: released.append(1),
+    )
+    change = table.apply(snapshot(pod_pb("web")))
+    assert change is not None
+    enroller.table_changed(change)
+    netns, _ = fake_netns(tmp_path, "netns-web")
+    req = AddRequest(
+        container_id="ctr-web", ifname="eth0", netns=str(netns), namespace="shop",
+        name="web", uid="uid-web", ips=("10.0.0.2",),
+    )  # fmt: skip
+    assert (await enroller.add(req)).meshed
+    assert released == []
+    await enroller.delete("ctr-web", str(netns))
+    assert released == [1] and open_ == {}
+
+
+async def test_sigusr2_writes_a_report_then_allocation_sites(tmp_path: Path) -> None:
+    report = heap.install_report_signal(tmp_path)
+    try:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        await asyncio.sleep(0.2)
+        first = report.path.read_text()
+        assert "Rss:" in first and "threads" in first and "tracemalloc started" in first
+        keep = [bytearray(1000) for _ in range(200)]  # noqa: F841 (growth the diff must show)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        await asyncio.sleep(0.5)
+        second = report.path.read_text()
+        assert "## top allocation sites" in second and "test_agent_heap.py" in second
+        assert "## growth since the previous report" in second
+    finally:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR2)
+        import tracemalloc
+
+        tracemalloc.stop()
+
+
+def test_unexposed_legacy_counters_keep_no_label_children() -> None:
+    assert not metrics.LEGACY_TCP_COUNTERS
+    before = len(metrics.TCP_READ._metrics)
+    stats = [metrics.PodTcpStats("inbound", "shop", f"p{i}") for i in range(50)]
+    for s in stats:
+        s.open.inc()
+        s.read.inc(100)
+        s.current.inc()
+        s.current.dec()
+    assert len(metrics.TCP_READ._metrics) == before
+    # The one family still exposed per pod is kept, and forgotten with the pod.
+    stats[0].failures.inc()
+    assert metrics.UPSTREAM_FAILURES.labels("inbound", "shop", "p0")._value.get() == 1
+    for i in range(50):
+        metrics.forget_pod("shop", f"p{i}")
+    assert ("inbound", "shop", "p0") not in metrics.UPSTREAM_FAILURES._metrics
