@@ -233,6 +233,14 @@ class Network:
                     "ip", "netns", "exec", ns, "iptables-legacy", "-w", "-t", "nat",
                     "-A", chain, "-j", target,
                 )  # fmt: skip
+            # A VIP that nothing was DNATed to (no endpoints, or the cluster DNS address the
+            # lab does not serve) is refused at once, as kube-proxy does, instead of letting
+            # clients wait for a timeout.
+            for chain in ("FORWARD", "OUTPUT"):
+                await run(
+                    "ip", "netns", "exec", ns, "iptables-legacy", "-w", "-t", "filter",
+                    "-A", chain, "-d", SERVICE_CIDR, "-j", "REJECT",
+                )  # fmt: skip
 
     async def iptables_restore(self, node: NodeSpec, text: str) -> None:
         ns = self.paths.node_netns(node.name)
