@@ -156,6 +156,10 @@ def delete_all(pods: int, prefix: str, sock: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=100)
+    parser.add_argument(
+        "--hold", type=float, default=0.0,
+        help="seconds to keep the pods enrolled before DEL (to inspect the agent: SIGUSR2)",
+    )  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -270,6 +274,9 @@ def main() -> int:
             time.sleep(1.0)
             rss_full, uss_full = rss_mib(agent.pid), private_mib(agent.pid)
             threads = len(os.listdir(f"/proc/{agent.pid}/task"))
+            if args.hold:
+                print(f"holding {args.hold:.0f}s: agent pid {agent.pid}", flush=True)
+                time.sleep(args.hold)
             fds = len(os.listdir(f"/proc/{agent.pid}/fd"))
             delete_all(args.pods, prefix, sock)
             # The agent trims its heap a moment after the last pod of a burst left.
