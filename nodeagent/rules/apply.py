@@ -29,6 +29,7 @@ import ctypes.util
 import importlib
 import os
 import subprocess
+import sys
 import sysconfig
 import threading
 from collections.abc import Iterator
@@ -56,7 +57,17 @@ def _iptc() -> ModuleType:
         candidate = f"/usr/lib/{multiarch}/xtables" if multiarch else ""
         if candidate and os.path.isdir(candidate):
             os.environ["XTABLES_LIBDIR"] = candidate
-    return importlib.import_module("iptc")
+    # iptc asks distutils for get_python_lib (unused by the calls made here) and falls back to
+    # sysconfig when distutils is missing; with setuptools installed, that import drags in
+    # setuptools' vendored packages: ~6 MB of the agent's RSS for nothing. Hide it meanwhile.
+    hidden = "distutils" not in sys.modules
+    if hidden:
+        sys.modules["distutils"] = None  # type: ignore[assignment]
+    try:
+        return importlib.import_module("iptc")
+    finally:
+        if hidden and sys.modules.get("distutils", 0) is None:
+            del sys.modules["distutils"]
 
 
 def _setns(fd: int) -> None:
