@@ -92,6 +92,7 @@ class ConnectionTap:
         self.read_bytes = 0
         self.write_bytes = 0
         self.prefix = bytearray()
+        self.server_prefix = bytearray()  # an HTTP/2 server's SETTINGS, sent before the client
         self.observer: Http1Observer | Http2Observer | None = None
         self.requests: dict[int, _Request] = {}
         self._timer: Any = None
@@ -152,6 +153,9 @@ class ConnectionTap:
             self.observer = Http2Observer()
         if self.observer is not None and prefix:
             self._feed(self.observer.feed_client, prefix)
+        server_prefix, self.server_prefix = bytes(self.server_prefix), bytearray()
+        if isinstance(self.observer, Http2Observer) and server_prefix:
+            self._feed(self.observer.feed_server, server_prefix)
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -170,6 +174,14 @@ class ConnectionTap:
 
     def server(self, data: bytes) -> None:
         self.write_bytes += len(data)
+        if self.protocol is None and not self.prefix:
+            held = self.server_prefix + data
+            if len(held) <= MAX_SERVER_PREFIX and _h2_settings_first(held):
+                # HTTP/2 servers (gRPC's among them) send SETTINGS without waiting for the
+                # client's preface: that is not a server-speaks-first protocol. Keep the bytes
+                # for the observer and let the client's first bytes decide.
+                self.server_prefix = held
+                return
         if self.protocol is None:
             if self.prefix:
                 # The server answered an undecided prefix: whatever this is, it is not HTTP.
@@ -311,3 +323,13 @@ class ConnectionTap:
                 started_at=req.started_at,
             )
         )
+
+
+MAX_SERVER_PREFIX = 16 * 1024
+
+
+def _h2_settings_first(data: bytes | bytearray) -> bool:
+    """Do `data` start like an HTTP/2 server preface: a SETTINGS frame on stream 0?"""
+    if len(data) < 9:
+        return len(data) >= 4 and data[3] == 0x04
+    return data[3] == 0x04 and data[4] in (0, 1) and bytes(data[5:9]) == b"\x00\x00\x00\x00"

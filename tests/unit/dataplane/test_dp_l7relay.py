@@ -237,3 +237,32 @@ def test_grpc_calls_are_classified_by_their_trailers() -> None:
     assert (unavailable.grpc_status, unavailable.classification) == (14, "failure")
     assert ok.path == "/emojivoto.v1.EmojiService/ListAll" and ok.authority == "emoji:8080"
     assert ok.response_bytes == 7 and ok.request_bytes == 5
+
+
+def test_an_http2_server_sending_settings_first_is_still_http2() -> None:
+    # gRPC servers send SETTINGS as soon as they accept, often before the client's preface has
+    # crossed the tunnel: that must not be taken for a server-speaks-first protocol.
+    sink = RecordingSink()
+    t = tap(sink, direction="inbound")
+    client, server = _h2_pair()
+    server.initiate_connection()
+    early = server.data_to_send()
+    t.server(early)
+    client.receive_data(early)
+    assert t.protocol is None and not sink.opened
+    data = client.data_to_send()
+    t.client(data)
+    server.receive_data(data)
+    client.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "e:8080"),
+                            (":path", "/x.Y/Z"), ("content-type", "application/grpc")],
+                        end_stream=True)  # fmt: skip
+    data = client.data_to_send()
+    t.client(data)
+    server.receive_data(data)
+    server.send_headers(1, [(":status", "200"), ("content-type", "application/grpc")])
+    server.send_headers(1, [("grpc-status", "0")], end_stream=True)
+    t.server(server.data_to_send())
+    t.closed("")
+    assert [o.protocol for o in sink.opened] == ["http2"]
+    (req,) = sink.requests
+    assert (req.protocol, req.grpc_status, req.classification) == ("grpc", 0, "success")
