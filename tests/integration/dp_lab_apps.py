@@ -6,7 +6,12 @@ Servers (containers):
            app should: it keeps serving for a moment (its endpoint's removal takes time to
            reach every proxy), then closes its listener, answers each open connection's next
            request with `Connection: close` and exits.
+           `GET /bytes/N` answers N random bytes with their SHA-256 in `X-Sha256`.
   banner   on :2525 says "220 <pod> ready" the moment a client connects, then echoes lines.
+  grpc     (needs grpcio: run with the checkout's venv python) gRPC on :50051, no codegen:
+           unary-stream `/nm.Stream/Count` takes b"<count> <size>" and streams COUNT raw
+           messages of SIZE bytes, each starting with its 4-byte big-endian index, a few ms
+           apart; the trailing metadata names the pod (`pod`).
 Clients (printing one JSON object):
   load URL SECONDS WORKERS      keep-alive GETs from WORKERS threads until SECONDS pass; a
                                request on a reused connection that got no response byte at all
@@ -15,6 +20,11 @@ Clients (printing one JSON object):
   probe HOST                   WebSocket-style upgrade + echo, banner timing on :2525, a 50 MB
                                POST, each with its outcome.
   get URL MARKER               five keep-alive requests carrying MARKER (header and body).
+  stream HOST:PORT COUNT SIZE  (venv python) calls `/nm.Stream/Count` through HOST: the
+                               messages' indices in arrival order, sizes, status, pod.
+  slow URL BYTES               GETs URL/bytes/BYTES reading 64 KiB every 10 ms, while quick
+                               requests on other connections to URL run now and then: the
+                               body's SHA-256 against the server's, each quick one's time.
   tls HOST CA [CERT KEY]       a TLS 1.3 client straight to HOST:4143 (with a client
                                certificate or none) sending a tunnel preamble for port 8080:
                                how far it got.
@@ -22,6 +32,7 @@ Clients (printing one JSON object):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -29,6 +40,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 POD = os.environ.get("POD_NAME", "?")
@@ -79,6 +91,15 @@ def _serve_http(conn: socket.socket) -> None:
                 while data := conn.recv(65536):
                     conn.sendall(data)
                 return
+            path = lines[0].split(" ")[1] if " " in lines[0] else "/"
+            if path.startswith("/bytes/"):
+                data = os.urandom(int(path.removeprefix("/bytes/")))
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Sha256: %s\r\n\r\n"
+                    % (len(data), hashlib.sha256(data).hexdigest().encode())
+                )
+                conn.sendall(data)
+                continue
             length = int(headers.get("content-length", "0"))
             read = len(buf)
             del buf[:length]
@@ -146,6 +167,31 @@ def serve(kind: str) -> None:
     deadline = time.monotonic() + 1.5
     while Draining.open and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def serve_grpc() -> None:
+    from concurrent import futures
+
+    import grpc
+
+    def count(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        n, size = (int(x) for x in request.split())
+        context.set_trailing_metadata((("pod", POD),))
+        for i in range(n):
+            yield i.to_bytes(4, "big") + bytes(size - 4)
+            time.sleep(0.003)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    handler = grpc.unary_stream_rpc_method_handler(count)  # no serializers: raw bytes
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("nm.Stream", {"Count": handler}),)
+    )
+    server.add_insecure_port("0.0.0.0:50051")
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(1).wait()
 
 
 # --- clients ------------------------------------------------------------------------------
@@ -294,6 +340,85 @@ def get(url: str, marker: str) -> dict[str, object]:
     return {"results": results}
 
 
+def stream(target: str, count: int, size: int) -> dict[str, object]:
+    # The lab's names are in the pod's /etc/hosts, which gRPC's c-ares resolver does not read.
+    os.environ["GRPC_DNS_RESOLVER"] = "native"
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_stream("/nm.Stream/Count")(f"{count} {size}".encode(), timeout=60)
+        indices, sizes = [], set()
+        try:
+            for msg in call:
+                indices.append(int.from_bytes(msg[:4], "big"))
+                sizes.add(len(msg))
+        except grpc.RpcError:
+            pass  # the status below tells
+        return {
+            "indices": indices,
+            "sizes": sorted(sizes),
+            "code": call.code().name,
+            "details": call.details(),
+            "pod": dict(call.trailing_metadata() or ()).get("pod"),
+        }
+
+
+def slow(url: str, size: int) -> dict[str, object]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 80
+    out: dict[str, object] = {"quick": [], "quick_errors": []}
+    done = threading.Event()
+
+    def quick() -> None:
+        # A request now and then on its own connection while the big body trickles.
+        while not done.wait(0.5):
+            t0 = time.monotonic()
+            try:
+                c = Conn(host, port)
+                status, _, _ = c.request("/quick", host)
+                c.sock.close()
+                out["quick"].append([status, round(time.monotonic() - t0, 3)])  # type: ignore[union-attr]
+            except OSError as exc:
+                out["quick_errors"].append(f"{type(exc).__name__}: {exc}")  # type: ignore[union-attr]
+
+    s = socket.create_connection((host, port), timeout=30)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    t0 = time.monotonic()
+    s.sendall(f"GET /bytes/{size} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    helper = threading.Thread(target=quick)
+    helper.start()
+    try:
+        buf = bytearray()
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed before the head")
+            buf += chunk
+        end = buf.index(b"\r\n\r\n") + 4
+        lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)
+        }
+        digest = hashlib.sha256(bytes(buf[end:]))
+        got = len(buf) - end
+        while got < int(headers["content-length"]):
+            time.sleep(0.01)
+            chunk = s.recv(64 << 10)
+            if not chunk:
+                break
+            digest.update(chunk)
+            got += len(chunk)
+        out["status"] = lines[0]
+        out["bytes"] = got
+        out["sha_ok"] = digest.hexdigest() == headers.get("x-sha256")
+        out["slow_s"] = round(time.monotonic() - t0, 2)
+    finally:
+        done.set()
+        helper.join()
+        s.close()
+    return out
+
+
 def tls(host: str, ca: str, cert: str = "", key: str = "") -> dict[str, object]:
     import ipaddress
     import ssl
@@ -328,6 +453,12 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd in ("http", "banner"):
         serve(cmd)
+    elif cmd == "grpc":
+        serve_grpc()
+    elif cmd == "stream":
+        print(json.dumps(stream(args[0], int(args[1]), int(args[2]))))
+    elif cmd == "slow":
+        print(json.dumps(slow(args[0], int(args[1]))))
     elif cmd == "load":
         print(json.dumps(load(args[0], float(args[1]), int(args[2]))))
     elif cmd == "probe":
