@@ -341,12 +341,6 @@ def test_a_grpc_server_stream_passes_through_both_agents(lab: Lab) -> None:
     assert seen == 1  # the client's agent saw one gRPC call that ended OK, over mTLS
 
 
-@pytest.mark.xfail(
-    reason="data-plane bug: the server's agent (inbound, behind the mTLS tunnel) records no "
-    "request_total/response_total at all for an HTTP/2 (gRPC) connection, only tcp_*; the "
-    "client's agent records it with grpc_status=0 (intermittent: 2 of 6 runs saw it)",
-    strict=False,
-)
 def test_the_server_agent_observes_the_grpc_call(lab: Lab) -> None:
     (streamer,) = lab.pods("dp", "streamer")
     metrics_pod = dict(direction="inbound", pod=streamer["name"])
