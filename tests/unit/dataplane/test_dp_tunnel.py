@@ -158,7 +158,6 @@ async def _request(port: int, payload: bytes) -> bytes:
 
 
 async def test_bytes_and_half_close_cross_the_tunnel_and_sessions_resume(world: World) -> None:
-    print("LOOP", type(asyncio.get_running_loop()))
     payload = b"hello through the tunnel" * 1000
     assert await _request(world.src_port, payload) == b"echo:" + payload
     assert world.seen_clients == [WEB]  # the destination saw the source's certificate
