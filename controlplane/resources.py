@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 from controlplane.index import ClusterIndex
+from nodemesh.kinds import KIND_ALIASES
 from nodemesh.model import PodInfo, PodKey, ServiceKey
 
 KINDS = ("deployment", "pod", "namespace", "service", "node")
-_ALIASES = {
-    "deploy": "deployment",
-    "deployment": "deployment",
-    "deployments": "deployment",
-    "po": "pod",
-    "pod": "pod",
-    "pods": "pod",
-    "ns": "namespace",
-    "namespace": "namespace",
-    "namespaces": "namespace",
-    "svc": "service",
-    "service": "service",
-    "services": "service",
-    "no": "node",
-    "node": "node",
-    "nodes": "node",
-}
+_ALIASES = KIND_ALIASES
 
 
 class BadResource(ValueError):

@@ -5,24 +5,9 @@ from __future__ import annotations
 import click
 
 from nodemesh.api import public_pb2 as pb
+from nodemesh.kinds import KIND_ALIASES
 
-KINDS = {
-    "deploy": "deployment",
-    "deployment": "deployment",
-    "deployments": "deployment",
-    "po": "pod",
-    "pod": "pod",
-    "pods": "pod",
-    "ns": "namespace",
-    "namespace": "namespace",
-    "namespaces": "namespace",
-    "svc": "service",
-    "service": "service",
-    "services": "service",
-    "no": "node",
-    "node": "node",
-    "nodes": "node",
-}
+KINDS = KIND_ALIASES
 SHORT = {"deployment": "deploy", "pod": "pod", "namespace": "ns", "service": "svc", "node": "node"}
 CLUSTER_SCOPED = ("namespace", "node")
 
