@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import grpc
 import httpx
 import pytest
-import uvicorn
 from dash_cluster import Clock, Traffic, build_index
+from dash_serve import serve
 
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
@@ -21,7 +21,6 @@ from controlplane.tap import AgentTapService, TapBroker
 from controlplane.telemetry import TelemetryStore
 from controlplane.telemetry_port import StoreTelemetry
 from dashboard.app import create_app
-from nodemesh import tasks
 from nodemesh.api import public_pb2_grpc, tap_pb2_grpc
 
 
@@ -81,20 +80,6 @@ class Dashboard:
     @property
     def state(self):  # type: ignore[no-untyped-def]
         return self.app.state.dash  # type: ignore[attr-defined]
-
-
-async def serve(app: object) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", loop="none"
-    )
-    server = uvicorn.Server(config)
-    task = tasks.spawn(server.serve(), name="test-dashboard")
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return server, task, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

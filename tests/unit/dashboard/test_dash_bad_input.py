@@ -8,8 +8,8 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from conftest import serve
 from dash_cluster import NS
+from dash_serve import serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
-
 import pytest
+from dp_identities import PODS, TD
 
 from controlplane.identity import CertificateAuthority
-from nodemesh import certs
 from nodemesh.identity import CaMaterial, create_issuer, create_trust_anchor
-
-TD = "cluster.local"
-WEB = f"spiffe://{TD}/ns/shop/sa/web"
-API = f"spiffe://{TD}/ns/shop/sa/api"
-PODS = {"node1": [("shop", "web"), ("shop", "api")]}
 
 
 @pytest.fixture(scope="session")
@@ -40,22 +33,3 @@ def foreign_authority() -> CertificateAuthority:
         trust_domain=TD,
         pods_on_node=lambda node: iter(PODS.get(node, [])),
     )
-
-
-def issue(
-    authority: CertificateAuthority,
-    identity: str,
-    *,
-    lifetime: datetime.timedelta | None = None,
-) -> certs.CertifiedKey:
-    key = certs.new_key()
-    if lifetime is not None:
-        authority = CertificateAuthority(
-            anchors=authority.anchors,
-            issuer=authority.issuer,
-            trust_domain=authority.trust_domain,
-            pods_on_node=authority.pods_on_node,
-            lifetime=lifetime,
-        )
-    issued = authority.issue(identity, key.public_key())
-    return certs.CertifiedKey.from_pem(identity, key, issued.chain_pem())

@@ -6,7 +6,7 @@ import asyncio
 import datetime
 
 import pytest
-from conftest import API, WEB, issue
+from dp_identities import API, WEB, issue
 
 from controlplane.identity import CertificateAuthority
 from nodeagent.certstore import RETRY_MAX, CertStore, SessionCache, server_name

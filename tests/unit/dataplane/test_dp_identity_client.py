@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
-from conftest import API, PODS, TD, WEB
+from dp_identities import API, PODS, TD, WEB
 from prometheus_client import CollectorRegistry
 
 from controlplane.identity import BootstrapTokenAuthenticator, CertificateAuthority

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 
 import pytest
-from conftest import API, TD, WEB, issue
+from dp_identities import API, TD, WEB, issue
 
 from controlplane.identity import CertificateAuthority
 from nodeagent.certstore import CertStore, Held
