@@ -20,10 +20,11 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit" / "dataplane"))
-import conftest as cf  # noqa: E402
+import dp_identities as cf  # noqa: E402
 import test_dp_tunnel as harness  # noqa: E402
 
 from nodeagent.certstore import CertStore  # noqa: E402
+from nodemesh import identity as certs  # noqa: E402
 from nodeagent.protocol import preamble as pre  # noqa: E402
 from nodeagent.routing import Target  # noqa: E402
 from nodeagent.tunnel import accept_tunnel, open_tunnel, reply  # noqa: E402
@@ -87,10 +88,10 @@ async def measure(n: int, resume: bool, anchor, authority) -> tuple[float, float
 
 
 async def main(n: int) -> None:
-    anchor = cf.create_trust_anchor(trust_domain=cf.TD)
+    anchor = certs.create_trust_anchor(trust_domain=cf.TD)
     authority = cf.CertificateAuthority(
         anchors=[anchor.certificate],
-        issuer=cf.create_issuer(anchor, trust_domain=cf.TD),
+        issuer=certs.create_issuer(anchor, trust_domain=cf.TD),
         trust_domain=cf.TD,
         pods_on_node=lambda node: iter(()),
     )
