@@ -24,10 +24,10 @@ import dp_identities as cf  # noqa: E402
 import test_dp_tunnel as harness  # noqa: E402
 
 from nodeagent.certstore import CertStore  # noqa: E402
-from nodemesh import identity as certs  # noqa: E402
 from nodeagent.protocol import preamble as pre  # noqa: E402
 from nodeagent.routing import Target  # noqa: E402
 from nodeagent.tunnel import accept_tunnel, open_tunnel, reply  # noqa: E402
+from nodemesh import identity as certs  # noqa: E402
 
 
 async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

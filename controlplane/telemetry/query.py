@@ -238,24 +238,36 @@ class Edge:
     connections: int = 0
 
 
-def _workload(peer: Peer) -> str:
-    return peer.deployment or peer.pod
-
-
 def edges(store: TelemetryStore, *, namespace: str = "", window_s: float = 60) -> list[Edge]:
+    """Each client-server pair once. A meshed pair is reported by both agents (the client's
+    outbound series and the server's inbound ones): the client's view counts, the server's only
+    where no client agent reported (an unmeshed client). An inbound report names a client pod
+    without its Deployment; any series that names that pod with its Deployment supplies it."""
     first, last, _ = _window(store, window_s, include_current=True)
-    found: dict[tuple[str, str, str, str], Edge] = {}
     tables: list[Any] = [store.request_series.items(), store.tcp_series.items()]
+    owners: dict[tuple[str, str], str] = {}
     for table in tables:
+        for key, _cells in table:
+            for p in (key.src, key.dst):
+                if p.pod and p.deployment:
+                    owners[(p.namespace, p.pod)] = p.deployment
+
+    def workload(p: Peer) -> str:
+        return p.deployment or owners.get((p.namespace, p.pod), "") or p.pod
+
+    found: dict[tuple[str, str, str, str], Edge] = {}
+    # (edge, direction) -> [requests, connections]
+    counts: dict[tuple[tuple[str, str, str, str], str], list[int]] = {}
+    for table in [store.request_series.items(), store.tcp_series.items()]:
         for key, cells in table:
-            src, dst = _workload(key.src), _workload(key.dst)
+            src, dst = workload(key.src), workload(key.dst)
             if not src or not dst:
                 continue
             if namespace and namespace not in (key.src.namespace, key.dst.namespace):
                 continue
+            is_request = isinstance(key, RequestKey)
             amount = sum(
-                c.responses if isinstance(key, RequestKey) else c.opened
-                for c in _in_window(cells, first, last)
+                c.responses if is_request else c.opened for c in _in_window(cells, first, last)
             )
             if not amount:
                 continue
@@ -266,10 +278,13 @@ def edges(store: TelemetryStore, *, namespace: str = "", window_s: float = 60) -
                 edge.client_identities.add(key.src.identity)
             if key.dst.identity:
                 edge.server_identities.add(key.dst.identity)
-            if isinstance(key, RequestKey):
-                edge.requests += amount
-            else:
-                edge.connections += amount
+            tally = counts.setdefault((ident, key.direction), [0, 0])
+            tally[0 if is_request else 1] += amount
+    for ident, edge in found.items():
+        out = counts.get((ident, "outbound"), [0, 0])
+        inb = counts.get((ident, "inbound"), [0, 0])
+        edge.requests = out[0] or inb[0]
+        edge.connections = out[1] or inb[1]
     return sorted(found.values(), key=lambda e: (e.src_namespace, e.src, e.dst_namespace, e.dst))
 
 

@@ -179,9 +179,25 @@ def test_edges_show_identities_and_mtls(store, clock) -> None:
     assert web_emoji.secured
     assert web_emoji.client_identities == {WEB.identity}
     assert web_emoji.server_identities == {EMOJI.identity}
-    assert web_emoji.connections == 3 and web_emoji.requests == 20  # seen by both agents
+    # Both agents saw the 10 requests: counted once (the client's view). Only the server's agent
+    # reported the connections: those count.
+    assert web_emoji.connections == 3 and web_emoji.requests == 10
     assert not found[("vote-bot", "voting")].secured
     assert found[("vote-bot", "voting")].client_identities == set()
+
+
+def test_edges_join_a_client_pod_the_server_named_without_its_deployment(store, clock) -> None:
+    out, inb = ReportBuilder(node="node1"), ReportBuilder(node="node2")
+    out.request([1000] * 4, src=WEB, dst=EMOJI, direction=pb.OUTBOUND)
+    pod_only = pb.Peer()
+    pod_only.CopyFrom(WEB)
+    pod_only.ClearField("deployment")
+    inb.request([900] * 4, src=pod_only, dst=EMOJI)
+    out.send(store)
+    inb.send(store)
+    clock.advance(10)
+    (edge,) = edges(store, namespace="emojivoto", window_s=60)
+    assert (edge.src, edge.dst, edge.requests) == ("web", "emoji", 4)
 
 
 @pytest.mark.parametrize("kind", ["deployz", "", "cronjob"])
