@@ -15,6 +15,9 @@ DIRECTIONS = ("inbound", "outbound")
 TCP_PROTOCOLS = ("tcp", "http1", "http2", "tls")
 REQUEST_PROTOCOLS = ("http1", "http2", "grpc")
 
+# The events below are made for every connection and request: plain slotted dataclasses, since
+# a frozen one's __init__ pays an object.__setattr__ call per field. Nobody changes them.
+
 
 @dataclass(frozen=True, slots=True)
 class Peer:
@@ -29,7 +32,7 @@ class Peer:
     identity: str = ""  # SPIFFE ID when known (mTLS peer or the table), else ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TcpOpened:
     conn_id: int
     direction: str  # "inbound" | "outbound"
@@ -40,7 +43,7 @@ class TcpOpened:
     at: float  # time.time()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TcpClosed:
     conn_id: int
     direction: str
@@ -54,7 +57,7 @@ class TcpClosed:
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestObserved:
     """One HTTP/1 request/response or one HTTP/2 stream, emitted when it ends."""
 

@@ -159,8 +159,11 @@ class _RequestSide(_Side):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.count_header(len(name) + len(value))
-        if name.lower() == b"host":
+        # Inlined count_header: this runs for every header of every request.
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise Http1Error(f"request: header section over {MAX_HEADER_BYTES} bytes")
+        if len(name) == 4 and name.lower() == b"host":
             self.host = value
 
     def on_headers_complete(self) -> None:
@@ -237,7 +240,11 @@ class _ResponseSide(_Side):
         self.upgrade_to = b""
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.count_header(len(name) + len(value))
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise Http1Error(f"response: header section over {MAX_HEADER_BYTES} bytes")
+        if len(name) not in (7, 14, 17):  # upgrade, content-length, transfer-encoding
+            return
         lname = name.lower()
         if lname == b"content-length" and value.strip().isdigit():
             self.content_length = int(value)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Plain slotted dataclasses (not frozen: that costs an object.__setattr__ per field, per event).
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class RequestStarted:
     seq: int
     method: str
@@ -14,25 +16,25 @@ class RequestStarted:
     version: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestEnded:
     seq: int
     body_bytes: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseStarted:
     seq: int
     status: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseEnded:
     seq: int
     body_bytes: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Upgraded:
     """101 Switching Protocols: the rest of the connection is opaque."""
 
@@ -40,7 +42,7 @@ class Upgraded:
     protocol: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectTunnel:
     """2xx to CONNECT: the rest of the connection is opaque."""
 
@@ -48,7 +50,7 @@ class ConnectTunnel:
     authority: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ExchangeAborted:
     """The connection closed before this exchange's response was complete."""
 

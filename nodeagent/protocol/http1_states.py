@@ -13,6 +13,10 @@ class State(Enum):
     UPGRADE_PENDING = auto()  # request asked to switch; waiting for the server's answer
     TUNNEL = auto()
 
+    # Members are singletons compared by identity: hash them the same way, in C. Enum's own
+    # __hash__ is Python code, and these are looked up several times per request.
+    __hash__ = object.__hash__
+
 
 class Trigger(Enum):
     BEGIN = auto()
@@ -23,6 +27,8 @@ class Trigger(Enum):
     UPGRADE_ACCEPTED = auto()
     UPGRADE_DECLINED = auto()
     SWITCHED = auto()
+
+    __hash__ = object.__hash__
 
 
 # Allowed transitions per direction, as h11 tabulates them: a pair missing here is a

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Http2RequestStarted:
     stream_id: int
     method: str
@@ -16,7 +16,7 @@ class Http2RequestStarted:
     pushed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Http2ResponseHeaders:
     """The final (non-1xx) response headers of a stream."""
 
@@ -25,7 +25,7 @@ class Http2ResponseHeaders:
     grpc_status: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Http2StreamEnded:
     """The response finished (server END_STREAM), or the stream died before it did.
 
@@ -44,7 +44,7 @@ class Http2StreamEnded:
     refused: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Http2GoAway:
     from_client: bool
     last_stream_id: int
