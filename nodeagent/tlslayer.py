@@ -156,9 +156,14 @@ class TlsLayer(asyncio.Protocol):
             self.raw.abort()
 
     def _read_app(self) -> None:
+        incoming, sslobj = self.incoming, self.sslobj
         while not self.paused and not self.eof_in:
+            if not incoming.pending and not sslobj.pending() and not incoming.eof:
+                # Nothing left to decrypt: stop here rather than have read() raise
+                # SSLWantReadError, which costs more than the rest of the loop.
+                break
             try:
-                data = self.sslobj.read(READ_CHUNK)
+                data = sslobj.read(READ_CHUNK)
             except ssl.SSLWantReadError:
                 break
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):

@@ -80,14 +80,15 @@ async def open_tunnel(
         reply = pre.decode_reply(relay.consume(pre.REPLY_SIZE, upstream=True))
     except pre.PreambleError as exc:
         raise TunnelRefused(f"bad tunnel reply: {exc}") from exc
-    if resume:
+    reused = bool(ssl_object.session_reused)
+    if resume and held.sessions.wants(name, resumed=reused):
         # By now the server's tickets have been read along with the reply.
         held.sessions.put(name, ssl_object.session)
     if reply.code == pre.ReplyCode.POLICY_DENIED:
         raise TunnelDenied(f"destination refused: {reply.reason}")
     if not reply.accepted:
         raise TunnelRefused(f"destination refused: {reply.reason}")
-    return bool(ssl_object.session_reused)
+    return reused
 
 
 async def read_preamble(relay: Relay, timeout: float = PREAMBLE_TIMEOUT) -> pre.Preamble:

@@ -20,6 +20,7 @@ path, so they are written to an anonymous memfd (os.memfd_create) and loaded thr
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import ssl
 from dataclasses import dataclass
@@ -153,6 +154,13 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         raise PeerRejected("peer sent no certificate")
+    return _identity_of(der)
+
+
+@functools.lru_cache(maxsize=512)
+def _identity_of(der: bytes) -> str:
+    # Every tunnel, both ends: the same few certificates again and again (a leaf lives 24 h),
+    # so parse each once. Only what OpenSSL already verified gets here; a failure is not cached.
     sans = uri_sans(x509.load_der_x509_certificate(der))
     if len(sans) != 1:
         raise PeerRejected(f"peer certificate carries {len(sans)} URI SANs, expected one")

@@ -9,7 +9,7 @@ import pytest
 from dp_identities import API, WEB, issue
 
 from controlplane.identity import CertificateAuthority
-from nodeagent.certstore import RETRY_MAX, CertStore, SessionCache, server_name
+from nodeagent.certstore import REFRESH_AFTER, RETRY_MAX, CertStore, SessionCache, server_name
 from nodemesh.identity import CaMaterial
 
 
@@ -83,6 +83,23 @@ async def test_a_connection_waits_for_a_certificate_that_is_being_fetched(
     held = store.install(issue(authority, WEB))
     assert await waiter is held
     assert await store.wait(API, 0.05) is None  # nobody fetches it: the wait times out
+
+
+def test_session_cache_reads_a_session_only_after_a_full_handshake_or_when_due() -> None:
+    now = [1000.0]
+    cache = SessionCache(clock=lambda: now[0])
+    assert cache.wants("api", resumed=False) and cache.wants("api", resumed=True)  # none kept
+
+    class Ticketed:
+        has_ticket = True
+
+    kept = Ticketed()
+    cache.put("api", kept)  # type: ignore[arg-type]
+    assert cache.get("api") is kept
+    assert not cache.wants("api", resumed=True)  # resumed with the kept one: keep it
+    assert cache.wants("api", resumed=False)  # the server refused it: take the new one
+    now[0] += REFRESH_AFTER
+    assert cache.wants("api", resumed=True)  # due for a fresh ticket
 
 
 def test_session_cache_keeps_only_resumable_sessions() -> None:
