@@ -17,7 +17,7 @@ from nodeagent.destination_client import DestinationClient, open_channel, read_t
 from nodeagent.dnsnames import DnsNames
 from nodeagent.enrolment import Enroller
 from nodeagent.eventlog import EventLog
-from nodeagent.heap import TrimLater, install_report_signal
+from nodeagent.heap import BurstWatch, TrimLater, install_report_signal, trim
 from nodeagent.identity_client import IdentityClient, identities_on_node
 from nodeagent.listeners import PodListeners, ProxyRuntime
 from nodeagent.observe import AgentSink
@@ -33,6 +33,7 @@ from nodemesh import tasks
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 10.0
+BURST_CHECK_INTERVAL = 5.0
 
 
 class Agent:
@@ -124,6 +125,15 @@ class Agent:
                 except Exception:
                     log.exception("adopting running pods failed")
 
+    async def _trim_after_bursts(self) -> None:
+        """A burst of connections (thousands of TLS objects and buffers) grows the heap; give
+        the pages back once it is over. malloc_trim only, no gc pass: a few ms at most."""
+        watch = BurstWatch()
+        while True:
+            await asyncio.sleep(BURST_CHECK_INTERVAL)
+            if watch.ended(len(self.runtime.relays)):
+                trim()
+
     async def _sweeper(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
@@ -180,6 +190,7 @@ class Agent:
             await self.cni.start()
             self._tasks.append(tasks.spawn(self._reconciler(), name="reconciler"))
             self._tasks.append(tasks.spawn(self._sweeper(), name="sweeper"))
+            self._tasks.append(tasks.spawn(self._trim_after_bursts(), name="heap trim"))
             self.started = True
             log.info(
                 "agent for node %s up: %d pod(s) restored, cni socket %s",

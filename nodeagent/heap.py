@@ -117,6 +117,26 @@ class TrimLater:
             self._handle = None
 
 
+class BurstWatch:
+    """Says when a burst of connections is over, so the heap it grew can be handed back.
+
+    Fed the number of open connections now and then: once it has reached `min_burst` and then
+    fallen to a quarter of that peak or less, `ended()` is True once (and the watch starts
+    over from the current count). Without this glibc keeps the peak's pages for ever.
+    """
+
+    def __init__(self, min_burst: int = 64) -> None:
+        self.min_burst = min_burst
+        self.peak = 0
+
+    def ended(self, open_now: int) -> bool:
+        self.peak = max(self.peak, open_now)
+        if self.peak >= self.min_burst and open_now * 4 <= self.peak:
+            self.peak = open_now
+            return True
+        return False
+
+
 def _proc_totals() -> dict[str, int]:
     out: dict[str, int] = {}
     try:

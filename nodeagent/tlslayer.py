@@ -20,6 +20,14 @@ from typing import Any
 READ_CHUNK = 256 * 1024
 
 
+class _Gone(asyncio.Protocol):
+    """Stands in for the application protocol once the connection is lost (as asyncio's own
+    transports drop theirs), so the layer and the application do not keep each other alive."""
+
+
+_GONE = _Gone()
+
+
 class TlsTransport:
     """The application's view: plaintext in, plaintext out."""
 
@@ -85,7 +93,6 @@ class TlsLayer(asyncio.Protocol):
             session=session,
         )
         self.app_protocol = app
-        self.app = TlsTransport(self)
         self.raw: asyncio.Transport | None = None
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.paused = False
@@ -93,6 +100,12 @@ class TlsLayer(asyncio.Protocol):
         self.eof_out = False  # close_notify sent
         self._drain_scheduled = False
         self.error: Exception | None = None
+
+    @property
+    def app(self) -> TlsTransport:
+        """A fresh handle each time: the layer keeps none, so no reference cycle outlives the
+        connection (its TLS objects and buffers go as soon as the relay lets go)."""
+        return TlsTransport(self)
 
     # --- the raw side ---------------------------------------------------------------------
 
@@ -117,10 +130,13 @@ class TlsLayer(asyncio.Protocol):
         return True  # our writing direction stays open
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # The raw transport holds us until it is freed; let go of it to break that cycle.
+        self.raw = None
         if not self.handshake.done():
             self._fail_handshake(exc or ConnectionError("connection lost during the TLS handshake"))
             return
-        self.app_protocol.connection_lost(self.error or exc)
+        app, self.app_protocol = self.app_protocol, _GONE
+        app.connection_lost(self.error or exc)
 
     def pause_writing(self) -> None:
         self.app_protocol.pause_writing()

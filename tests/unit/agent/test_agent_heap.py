@@ -108,3 +108,14 @@ def test_unexposed_legacy_counters_keep_no_label_children() -> None:
     for i in range(50):
         metrics.forget_pod("shop", f"p{i}")
     assert ("inbound", "shop", "p0") not in metrics.UPSTREAM_FAILURES._metrics
+
+
+def test_burst_watch_says_once_when_a_burst_of_connections_is_over() -> None:
+    watch = heap.BurstWatch(min_burst=64)
+    assert not any(watch.ended(n) for n in (0, 10, 30, 20, 5))  # never a burst
+    assert not any(watch.ended(n) for n in (100, 400, 300, 150))  # still busy
+    assert watch.ended(90)  # a quarter of the 400 peak or less
+    assert not watch.ended(80)  # once
+    assert watch.ended(0)  # the 90 that stayed open were a burst of their own
+    assert not watch.ended(0) and not watch.ended(40)
+    assert not watch.ended(200) and watch.ended(50)  # the next one

@@ -217,3 +217,30 @@ async def test_without_tickets_every_handshake_is_full(world: World, anchor, aut
     for _ in range(3):
         assert await _request(world.src_port, b"x") == b"echo:x"
     assert world.resumed == [False, False, False]
+
+
+
+async def test_finished_tunnels_are_freed_without_the_cycle_collector(world: World) -> None:
+    """Every relayed connection's objects (TLS state, buffers, observers) go when it ends, by
+    reference counting: left to the cyclic collector, a burst of connections stayed in memory
+    (1500 connections' worth in the lab) until a full collection happened to run."""
+    import gc
+
+    def alive() -> dict[str, int]:
+        kinds = ("Relay", "_Half", "TlsLayer", "TlsTransport", "SSLObject", "MemoryBIO")
+        found = dict.fromkeys(kinds, 0)
+        for obj in gc.get_objects():
+            name = type(obj).__name__
+            if name in found:
+                found[name] += 1
+        return found
+
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(5):
+            assert await _request(world.src_port, b"x%d" % i) == b"echo:x%d" % i
+        await asyncio.sleep(0.1)
+        assert alive() == dict.fromkeys(alive(), 0)
+    finally:
+        gc.enable()
