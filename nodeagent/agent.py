@@ -131,7 +131,9 @@ class Agent:
         watch = BurstWatch()
         while True:
             await asyncio.sleep(BURST_CHECK_INTERVAL)
-            if watch.ended(len(self.runtime.relays)):
+            rt = self.runtime
+            peak, rt.peak_relays = rt.peak_relays, len(rt.relays)
+            if watch.ended(len(rt.relays), peak):
                 trim()
 
     async def _sweeper(self) -> None:

@@ -129,8 +129,10 @@ class BurstWatch:
         self.min_burst = min_burst
         self.peak = 0
 
-    def ended(self, open_now: int) -> bool:
-        self.peak = max(self.peak, open_now)
+    def ended(self, open_now: int, peak_since: int = 0) -> bool:
+        """`peak_since`: the most open at once since the last call (a burst can come and go
+        between two looks)."""
+        self.peak = max(self.peak, open_now, peak_since)
         if self.peak >= self.min_burst and open_now * 4 <= self.peak:
             self.peak = open_now
             return True

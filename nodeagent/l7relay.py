@@ -199,7 +199,7 @@ class ConnectionTap:
             self._settle(detect.Decision(detect.Protocol.OPAQUE, False, "closed before detection"))
         if self.observer is not None:
             self._events(self.observer.close())
-            self.observer = None
+            self._drop_observer()
         self.sink.tcp_closed(
             TcpClosed(
                 self.conn_id,
@@ -215,12 +215,17 @@ class ConnectionTap:
             )
         )
 
+    def _drop_observer(self) -> None:
+        if self.observer is not None:
+            self.observer.release()
+            self.observer = None
+
     def _feed(self, feed: Callable[[bytes], list[Any]], data: bytes) -> None:
         try:
             events = feed(data)
         except ProtocolError as exc:
             self._events(exc.events)
-            self.observer = None  # relay the rest opaquely; open requests are not reported
+            self._drop_observer()  # relay the rest opaquely; open requests are not reported
             self.requests.clear()
             return
         if events:
@@ -245,7 +250,7 @@ class ConnectionTap:
             elif kind is h1.ExchangeAborted:
                 self._ended(ev.seq, reset=True, response_bytes=0)
             elif kind is h1.Upgraded or kind is h1.ConnectTunnel:
-                self.observer = None  # the rest is not HTTP
+                self._drop_observer()  # the rest is not HTTP
             elif kind is h2.Http2RequestStarted:
                 protocol = "grpc" if ev.grpc else "http2"
                 self._started(ev.stream_id, protocol, ev.method, ev.authority, ev.path)

@@ -68,6 +68,8 @@ class ProxyRuntime:
     # Connect to apps from the client's address (needs the pod's transparent rules).
     transparent: bool = True
     relays: set[Relay] = field(default_factory=set)
+    # The most relays open at once since the agent last looked (it then resets this).
+    peak_relays: int = 0
     conn_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # Tunnel handshakes made, "full" or "resumed".
     handshakes: Counter[str] = field(default_factory=Counter)
@@ -184,7 +186,15 @@ class PodListeners:
         def start(relay: Relay) -> None:
             tasks.spawn(self._serve(handler, relay), name="relay")
 
-        return lambda: Relay(stats, runtime.relays, start).down
+        relays = runtime.relays
+
+        def accepted() -> asyncio.Protocol:
+            relay = Relay(stats, relays, start)
+            if len(relays) > runtime.peak_relays:
+                runtime.peak_relays = len(relays)
+            return relay.down
+
+        return accepted
 
     async def _serve(self, handler: Handler, relay: Relay) -> None:
         try:

@@ -380,6 +380,13 @@ class Http1Observer:
             raise Http1Error(exc.reason, events=self.out) from None
         return self.out
 
+    def release(self) -> None:
+        """Done with this observer: break its reference cycles (each parser holds its side's
+        callbacks, each side its observer) so it is freed at once, not by the cycle collector."""
+        for side in (self.request, self.response):
+            side.parser = None  # type: ignore[assignment]
+            side.observer = None  # type: ignore[assignment]
+
     def close(self) -> list[Http1Event]:
         """The connection ended: settle what is outstanding."""
         if self.closed or self.failed is not None or self.tunnel:

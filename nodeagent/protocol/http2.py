@@ -84,6 +84,10 @@ class Http2Observer:
             raise Http2Error(exc.reason, events=self.out) from None
         return self.out
 
+    def release(self) -> None:
+        """Done with this observer: break the observer <-> frame reader cycles."""
+        self.client.observer = self.server.observer = None  # type: ignore[assignment]
+
     def close(self) -> list[Http2Event]:
         """The connection ended: every stream still open failed."""
         if self.closed or self.failed is not None:

@@ -119,3 +119,4 @@ def test_burst_watch_says_once_when_a_burst_of_connections_is_over() -> None:
     assert watch.ended(0)  # the 90 that stayed open were a burst of their own
     assert not watch.ended(0) and not watch.ended(40)
     assert not watch.ended(200) and watch.ended(50)  # the next one
+    assert watch.ended(3, peak_since=500)  # came and went between two looks

@@ -266,3 +266,32 @@ def test_an_http2_server_sending_settings_first_is_still_http2() -> None:
     assert [o.protocol for o in sink.opened] == ["http2"]
     (req,) = sink.requests
     assert (req.protocol, req.grpc_status, req.classification) == ("grpc", 0, "success")
+
+
+@pytest.mark.parametrize("protocol", ["http1", "http2"])
+def test_a_closed_tap_leaves_nothing_for_the_cycle_collector(protocol: str) -> None:
+    """The observers' own cycles (parser <-> side, observer <-> frame readers) are broken when
+    the connection ends, so a burst of connections does not wait for a full collection."""
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        sink = RecordingSink()
+        t = tap(sink)
+        if protocol == "http1":
+            t.client(b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n")
+            t.server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        else:
+            client, server = _h2_pair()
+            sid = client.get_next_available_stream_id()
+            client.send_headers(sid, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                                      (":authority", "api")], end_stream=True)  # fmt: skip
+            t.client(client.data_to_send())
+            t.server(server.data_to_send())
+        t.closed("")
+        assert sink.requests or protocol == "http2"
+        del t
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
