@@ -163,7 +163,7 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
         _start(relay, pod, conn_id, src, route, target, tls, started)
         return
     relay.stats.failures.inc()
-    dst = peers.of_target(target, route.service) if target is not None else Peer(ip=ip)
+    dst = peers.of_target(target, route.service) if target is not None else peers.peer(ip)
     report_failed(
         rt.sink, conn_id=conn_id, direction="outbound", src=src, dst=dst, tls=False, error=error
     )
@@ -191,7 +191,7 @@ def _start(
         conn_id=conn_id,
         direction="outbound",
         src=src,
-        dst=peers.of_target(target, route.service) if route.known else Peer(ip=target.ip),
+        dst=peers.of_target(target, route.service) if route.known else peers.peer(target.ip),
         tls=tls,
         dst_key=(route.ip, route.port),
         skip_detection=route.opaque or target.opaque,

@@ -6,12 +6,37 @@ from nodeagent.observe_events import Peer
 from nodeagent.routing import Routes, Target
 from nodemesh.model import PodInfo, Service
 
+# Peers are interned: the same pod or endpoint is the same Peer object on every connection.
+# The telemetry aggregate keys its fast path by the peers' identities, so fresh objects per
+# connection missed it every time and filled its alias table (up to 50 000 entries) under
+# new-connection load. Bounded: cleared when full (later connections simply intern again).
+MAX_INTERNED = 8192
+_interned: dict[tuple[str, str, str, str, str, str, str], Peer] = {}
+
+
+def peer(
+    ip: str,
+    namespace: str = "",
+    pod: str = "",
+    workload_kind: str = "",
+    workload: str = "",
+    service: str = "",
+    identity: str = "",
+) -> Peer:
+    key = (ip, namespace, pod, workload_kind, workload, service, identity)
+    found = _interned.get(key)
+    if found is None:
+        if len(_interned) >= MAX_INTERNED:
+            _interned.clear()
+        found = _interned[key] = Peer(*key)
+    return found
+
 
 def of_pod(info: PodInfo | None, *, ip: str, namespace: str = "", name: str = "") -> Peer:
     """A pod of this node (the listener's pod), from the table when it knows it."""
     if info is None:
-        return Peer(ip=ip, namespace=namespace, pod=name)
-    return Peer(
+        return peer(ip=ip, namespace=namespace, pod=name)
+    return peer(
         ip=ip or info.ip,
         namespace=info.key.namespace,
         pod=info.key.name,
@@ -26,7 +51,7 @@ def of_target(target: Target, service: Service | None) -> Peer:
     namespace = target.pod.namespace if target.pod is not None else ""
     if not namespace and service is not None:
         namespace = service.key.namespace
-    return Peer(
+    return peer(
         ip=target.ip,
         namespace=namespace,
         pod=target.pod.name if target.pod is not None else "",
@@ -46,7 +71,7 @@ def of_client(
     """
     local = routes.local_pod_by_ip(ip)
     if local is not None:
-        return Peer(
+        return peer(
             ip=ip,
             namespace=local.key.namespace,
             pod=local.key.name,
@@ -56,7 +81,7 @@ def of_client(
         )
     ep = routes.endpoint_by_ip(ip)
     if ep is not None and ep.pod is not None:
-        return Peer(
+        return peer(
             ip=ip,
             namespace=ep.pod.namespace,
             pod=ep.pod.name,
@@ -64,4 +89,4 @@ def of_client(
             workload=ep.workload.name if ep.workload is not None else "",
             identity=identity,
         )
-    return Peer(ip=ip, namespace=namespace, pod=pod, identity=identity)
+    return peer(ip=ip, namespace=namespace, pod=pod, identity=identity)

@@ -64,3 +64,12 @@ def test_the_index_follows_table_deltas() -> None:
     t.apply(pb.Update(revision=2, delta=pb.Delta(services_updated=[codec.service_to_pb(moved)])))
     assert routes.endpoint_by_ip("10.244.2.5") is None
     assert [x.ip for x in routes.resolve("10.96.0.10", 80).targets] == ["10.244.2.8"]
+
+
+def test_peers_are_interned_so_the_aggregate_fast_path_hits() -> None:
+    from nodeagent import peers
+
+    a = peers.peer("10.244.1.5", "shop", "web-1", "Deployment", "web")
+    assert peers.peer("10.244.1.5", "shop", "web-1", "Deployment", "web") is a
+    assert peers.peer("10.244.1.6", "shop", "web-2", "Deployment", "web") is not a
+    assert a.workload == "web" and a.service == "" and a.identity == ""
