@@ -31,9 +31,9 @@ from controlplane.identity import (
     load_ca_from_secret,
 )
 from controlplane.identity.service import IdentityService
+from controlplane.identity.serving import ServingCertificate
 from controlplane.index import ClusterIndex
 from controlplane.public_api import PublicService
-from controlplane.serving_cert import issue_serving_cert
 from controlplane.sources.events import Source
 from controlplane.sources.kube import KubeSource, load_api_client
 from controlplane.sources.local import LocalSource
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Identity:
     authority: CertificateAuthority
     authenticator: Authenticator
-    serving: tuple[bytes, bytes]  # key, chain
+    serving: ServingCertificate  # re-issued at two-thirds of its life
 
 
 def load_identity(args: argparse.Namespace, index: ClusterIndex, api: object) -> Identity:
@@ -100,7 +100,7 @@ def load_identity(args: argparse.Namespace, index: ClusterIndex, api: object) ->
         trust_domain=args.trust_domain,
         pods_on_node=pods_on_node,
     )
-    return Identity(authority, authenticator, issue_serving_cert(bundle.issuer))
+    return Identity(authority, authenticator, ServingCertificate(authority))
 
 
 def node_proof(authenticator: Authenticator) -> NodeProof:
@@ -151,7 +151,7 @@ async def serve(args: argparse.Namespace) -> None:
     if args.agent_tls:
         if identity is None:
             raise SystemExit("--agent-tls needs the CA (--identity-dir or the Kubernetes Secret)")
-        creds = grpc.ssl_server_credentials([identity.serving])
+        creds = identity.serving.credentials()
         agent_server.add_secure_port(args.agent_addr, creds)
     else:
         log.warning("agent API on %s is plaintext (--no-agent-tls)", args.agent_addr)

@@ -12,6 +12,7 @@ Leaves: 24 h, CA:false, key usage digital signature, EKU server + client auth, t
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -103,12 +104,14 @@ class CertificateAuthority:
         public_key: ec.EllipticCurvePublicKey,
         *,
         dns_names: Sequence[str] = (),
+        ips: Sequence[str] = (),
     ) -> Issued:
-        """Sign without the node check. `dns_names` are only for the control plane's own
-        serving certificate, which gRPC clients verify by host name."""
+        """Sign without the node check. `dns_names` and `ips` are only for the control plane's
+        own serving certificate, which gRPC clients verify by host name (or address)."""
         uri = str(SpiffeId.parse(identity))
         names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
         names += [x509.DNSName(n) for n in dns_names]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
         now = self._clock()
         issuer_cert = self.issuer.certificate
         leaf = (

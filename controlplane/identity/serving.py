@@ -25,7 +25,9 @@ DEFAULT_IDENTITY = "spiffe://cluster.local/ns/nodemesh/sa/nodemesh-controlplane"
 DEFAULT_DNS_NAMES = (
     "nodemesh-controlplane.nodemesh.svc",
     "nodemesh-controlplane.nodemesh.svc.cluster.local",
+    "localhost",  # agents and tests on the control plane's own host
 )
+DEFAULT_IPS = ("127.0.0.1",)
 
 
 class ServingCertificate:
@@ -35,18 +37,22 @@ class ServingCertificate:
         *,
         identity: str = DEFAULT_IDENTITY,
         dns_names: Sequence[str] = DEFAULT_DNS_NAMES,
+        ips: Sequence[str] = DEFAULT_IPS,
         clock: Callable[[], datetime.datetime] | None = None,
     ) -> None:
         self.authority = authority
         self.identity = identity
         self.dns_names = tuple(dns_names)
+        self.ips = tuple(ips)
         self._clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         self._lock = threading.Lock()  # gRPC calls the fetcher from its own threads
         self.issued = self._issue()
 
     def _issue(self) -> Issued:
         self._key = new_key()
-        return self.authority.issue(self.identity, self._key.public_key(), dns_names=self.dns_names)
+        return self.authority.issue(
+            self.identity, self._key.public_key(), dns_names=self.dns_names, ips=self.ips
+        )
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
         key_pem = self._key.private_bytes(

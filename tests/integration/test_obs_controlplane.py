@@ -16,11 +16,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from controlplane.destination import DestinationHub
-from controlplane.identity import BootstrapTokenAuthenticator
+from controlplane.identity import BootstrapTokenAuthenticator, CertificateAuthority
+from controlplane.identity.serving import ServingCertificate
 from controlplane.index import ClusterIndex
 from controlplane.main import node_proof
 from controlplane.public_api import PublicService
-from controlplane.serving_cert import issue_serving_cert
 from controlplane.sources.events import EventType, ObjectChanged
 from controlplane.tap import AgentTapService, TapBroker
 from controlplane.telemetry import Resource, TelemetryStore, nodes, stat
@@ -92,7 +92,13 @@ class ControlPlane:
             ),
             server,
         )
-        creds = grpc.ssl_server_credentials([issue_serving_cert(files_issuer)])
+        authority = CertificateAuthority(
+            anchors=[self._anchor],  # type: ignore[attr-defined]
+            issuer=files_issuer,
+            trust_domain="cluster.local",
+            pods_on_node=lambda node: [],
+        )
+        creds = ServingCertificate(authority).credentials()
         self.port = server.add_secure_port(f"127.0.0.1:{port}", creds)
         await server.start()
         self.server = server
@@ -111,6 +117,7 @@ async def cp(tmp_path: Path) -> AsyncIterator[ControlPlane]:
         index.apply(ObjectChanged(EventType.ADDED, obj["kind"], obj))
     plane = ControlPlane(tmp_path, TelemetryStore(), TapBroker(index), index)
     plane._issuer = files.issuer  # type: ignore[attr-defined]
+    plane._anchor = files.anchor.certificate  # type: ignore[attr-defined]
     await plane.start()
     try:
         yield plane

@@ -1,0 +1,73 @@
+"""Micro benchmark: what watching one HTTP/1 keep-alive exchange costs the agent, in a hot loop.
+
+    .venv/bin/python bench/obs_tap.py [--exchanges 20000] [--rounds 7]
+
+Feeds bench/parsers.py's keep-alive exchange (POST with a 1 KiB body, 200 with a 1 KiB body)
+through a ConnectionTap wired to the agent's real AgentSink, as the relay does for every chunk,
+and prints microseconds per exchange: the observer alone, and the whole tap (detection already
+settled, events, classification, aggregation). Inside a busy agent the same code runs several
+times slower than this (see the note of issue 8); nothing is asserted: it is a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import timeit
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import parsers  # noqa: E402
+
+from nodeagent.l7relay import ConnectionTap  # noqa: E402
+from nodeagent.observe import AgentSink  # noqa: E402
+from nodeagent.observe_events import Peer  # noqa: E402
+from nodeagent.protocol.detect import ServerFirstMemory  # noqa: E402
+from nodeagent.protocol.http1 import Http1Observer  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--exchanges", type=int, default=20000)
+    p.add_argument("--rounds", type=int, default=7)
+    args = p.parse_args()
+    wire, _ = parsers.http1_keepalive(1)
+    request, response = wire[0][1], wire[1][1]
+
+    observer = Http1Observer()
+
+    def observe() -> None:
+        observer.feed_client(request)
+        observer.feed_server(response)
+
+    loop = asyncio.new_event_loop()
+    tap = ConnectionTap(
+        sink=AgentSink(node="node1"),
+        conn_id=1,
+        direction="outbound",
+        src=Peer("10.244.1.5", "emojivoto", "web-1", "Deployment", "web"),
+        dst=Peer("10.244.2.7", "emojivoto", "voting-1", "Deployment", "voting", "voting-svc"),
+        tls=True,
+        dst_key=("10.96.0.20", 80),
+        skip_detection=False,
+        memory=ServerFirstMemory(),
+        call_later=loop.call_later,
+        detect_timeout=1.0,
+        on_first_byte=lambda seconds: None,
+    )
+
+    def watch() -> None:
+        tap.client(request)
+        tap.server(response)
+
+    watch()  # settles detection
+    for name, fn in (("Http1Observer alone", observe), ("ConnectionTap + AgentSink", watch)):
+        best = min(timeit.repeat(fn, number=args.exchanges, repeat=args.rounds))
+        print(f"{name:28s} {best / args.exchanges * 1e6:6.1f} us per exchange")
+    loop.close()
+
+
+if __name__ == "__main__":
+    main()
