@@ -127,7 +127,7 @@ class Agent:
 
     async def _trim_after_bursts(self) -> None:
         """A burst of connections (thousands of TLS objects and buffers) grows the heap; give
-        the pages back once it is over. malloc_trim only, no gc pass: a few ms at most."""
+        the free pages back once it is over. malloc_trim only: a gc pass would stall the loop."""
         watch = BurstWatch()
         while True:
             await asyncio.sleep(BURST_CHECK_INTERVAL)

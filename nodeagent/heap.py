@@ -122,7 +122,8 @@ class BurstWatch:
 
     Fed the number of open connections now and then: once it has reached `min_burst` and then
     fallen to a quarter of that peak or less, `ended()` is True once (and the watch starts
-    over from the current count). Without this glibc keeps the peak's pages for ever.
+    over from the current count). malloc_trim then returns the free pages of the peak; pages
+    that still hold a small live allocation stay (in the lab most of a burst's growth did).
     """
 
     def __init__(self, min_burst: int = 64) -> None:
