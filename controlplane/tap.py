@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -18,29 +17,10 @@ from controlplane.metrics import TAP_EVENTS, TAP_SUBSCRIPTIONS
 from nodemesh import tasks
 from nodemesh.api import tap_pb2 as pb
 from nodemesh.api import tap_pb2_grpc as pb_grpc
+from nodemesh.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
-
-
-class TokenBucket:
-    """`rate` admissions per second with a burst of max(1, rate)."""
-
-    def __init__(self, rate: float, *, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
-        self.clock = clock
-        self.stamp = clock()
-
-    def admit(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass(eq=False)

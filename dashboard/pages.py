@@ -67,20 +67,27 @@ async def overview_page(window: Window = 60) -> HTMLResponse:
     return render("overview", title="Overview", data={"window": str(window)})
 
 
-@router.get("/deployments")
-async def deployments_page(
-    request: Request, namespace: NamespaceQ = "", window: Window = 60
+async def _namespaced_page(
+    request: Request, template: str, title: str, namespace: str, window: int
 ) -> HTMLResponse:
+    """A page over one namespace or all of them: checks the namespace, then renders."""
     if namespace:
         checks.namespace_name(namespace)
         await views.require_namespace(request.app.state.dash.client, namespace)
     return render(
-        "deployments",
-        title="Deployments",
+        template,
+        title=title,
         data={"namespace": namespace, "window": str(window)},
         scope=_scope(namespace),
         window=window,
     )
+
+
+@router.get("/deployments")
+async def deployments_page(
+    request: Request, namespace: NamespaceQ = "", window: Window = 60
+) -> HTMLResponse:
+    return await _namespaced_page(request, "deployments", "Deployments", namespace, window)
 
 
 @router.get("/namespaces/{namespace}/deployments/{name}")
@@ -106,16 +113,7 @@ async def deployment_page(
 async def topology_page(
     request: Request, namespace: NamespaceQ = "", window: Window = 60
 ) -> HTMLResponse:
-    if namespace:
-        checks.namespace_name(namespace)
-        await views.require_namespace(request.app.state.dash.client, namespace)
-    return render(
-        "topology",
-        title="Topology",
-        data={"namespace": namespace, "window": str(window)},
-        scope=_scope(namespace),
-        window=window,
-    )
+    return await _namespaced_page(request, "topology", "Topology", namespace, window)
 
 
 @router.get("/tap")

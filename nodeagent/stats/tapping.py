@@ -18,28 +18,11 @@ from dataclasses import dataclass, field
 
 from nodeagent.observe_events import Peer, RequestObserved
 from nodemesh.api import tap_pb2 as pb
+from nodemesh.ratelimit import TokenBucket
 
 MAX_ADMITTED = 10_000  # requests between req and end; the oldest are forgotten past this
 DIRECTIONS = {"inbound": pb.INBOUND, "outbound": pb.OUTBOUND}
 PROTOCOL_NAMES = {"http1": "HTTP/1.1", "http2": "HTTP/2", "grpc": "gRPC"}
-
-
-class TokenBucket:
-    def __init__(self, rate: float, *, clock: Callable[[], float]) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
-        self.clock = clock
-        self.stamp = clock()
-
-    def admit(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass
