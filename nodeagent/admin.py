@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,16 +30,34 @@ class AdminServer:
         self.port = port
         self.ready = ready
         self.server: asyncio.Server | None = None
+        # The listening socket: handed to a successor agent, or taken from a predecessor.
+        self.sock: socket.socket | None = None
 
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(
-            self._serve, self.host, self.port, reuse_address=True, limit=MAX_HEADER
-        )
+    def bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # hostNetwork: an agent that got no socket handed over can still bind beside one
+            # that is on its way out.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        self.sock = sock if sock is not None else self.bind()
+        self.server = await asyncio.start_server(self._serve, sock=self.sock, limit=MAX_HEADER)
 
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
             self.server = None
+        self.sock = None
 
     def route(self, method: str, path: str) -> bytes:
         path = path.split("?", 1)[0]

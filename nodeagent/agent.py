@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,6 +18,8 @@ from nodeagent.destination_client import DestinationClient, open_channel, read_t
 from nodeagent.dnsnames import DnsNames
 from nodeagent.enrolment import Enroller
 from nodeagent.eventlog import EventLog
+from nodeagent.handover import HandoverError, HandoverServer, Inherited, Predecessor
+from nodeagent.handover_wire import SocketEntry
 from nodeagent.heap import BurstWatch, TrimLater, install_report_signal, trim
 from nodeagent.identity_client import IdentityClient, identities_on_node
 from nodeagent.listeners import PodListeners, ProxyRuntime
@@ -75,7 +78,7 @@ class Agent:
         self.enroller = Enroller(
             table=self.table,
             rules=self.rules,
-            listeners=lambda pod: PodListeners(pod, self.runtime),
+            listeners=lambda pod: PodListeners(pod, self.runtime, self._inherited_for(pod.netns)),
             store=StateFile(config.state_file),
             find_netns=lambda ips, skip: find_netns_for(ips, netns_dir=config.netns_dir, skip=skip),
             mark=config.mark,
@@ -86,13 +89,26 @@ class Agent:
         self.admin = AdminServer(
             host=config.admin_host, port=config.admin_port, ready=self._readiness
         )
+        self.handover = HandoverServer(
+            config.handover_path,
+            pods=lambda: len(self.enroller.enrolled()),
+            freeze=self._freeze,
+            resume=self._resume,
+            handed=self._handed,
+        )
+        # Sockets taken over from the agent this one replaces, until each pod claims its own.
+        self.inherited: Inherited | None = None
+        self.successor_pid: int | None = None
         self.started = False
+        self._enrolment_tasks: list[asyncio.Task[Any]] = []
         self._dirty: set[str] = set()
         self._adopt_pending = False
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
 
     def _readiness(self) -> tuple[bool, str]:
+        if self.successor_pid is not None:
+            return False, f"handed over to agent pid {self.successor_pid}; draining"
         if not self.started:
             return False, "starting"
         if not self.table.synced:
@@ -147,8 +163,85 @@ class Agent:
             except Exception:
                 log.exception("sweep failed")
 
+    def _inherited_for(self, netns: str) -> dict[str, socket.socket] | None:
+        return self.inherited.take_pod(netns) if self.inherited is not None else None
+
+    async def _warm_up(self) -> None:
+        """As a successor: wait (bounded) until this agent can serve as well as the old one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.warm_up_seconds
+        while loop.time() < deadline:
+            if self.table.synced and (
+                self.certs is None
+                or all(self.certs.current(i) is not None for i in identities_on_node(self.table))
+            ):
+                return
+            await asyncio.sleep(0.05)
+        log.warning(
+            "taking over after %.0f s without %s",
+            self.config.warm_up_seconds,
+            "the control plane's table" if not self.table.synced else "every pod's certificate",
+        )
+
+    async def _freeze(self) -> list[tuple[SocketEntry, socket.socket]]:
+        """As a predecessor asked to hand over: stop changing enrolment, save it, list sockets."""
+        await self.cni.pause()
+        await tasks.cancel_all(self._enrolment_tasks)
+        self._enrolment_tasks.clear()
+        # The successor restores from this file: it is written here for the last time.
+        self.enroller.store.save(self.enroller.records.values())
+        entries: list[tuple[SocketEntry, socket.socket]] = []
+        for cid, listeners in self.enroller.open_listeners.items():
+            rec = self.enroller.records.get(cid)
+            socks: dict[str, socket.socket] = getattr(listeners, "sockets", {})
+            if rec is not None and socks:
+                entries += [(SocketEntry("pod", n, rec.netns), s) for n, s in socks.items()]
+        if self.cni.sock is not None:
+            entries.append((SocketEntry("cni", "cni"), self.cni.sock))
+        if self.admin.sock is not None:
+            entries.append((SocketEntry("admin", "admin"), self.admin.sock))
+        return entries
+
+    async def _resume(self) -> None:
+        """The successor gave up: go on as before."""
+        await self.cni.resume()
+        self._start_enrolment_tasks()
+        self._adopt_pending = True
+        self._work.set()
+
+    async def _handed(self, pid: int) -> None:
+        """The successor serves every socket now: stop accepting; what was accepted drains."""
+        self.successor_pid = pid
+        self.enroller.stop_listening()
+        self.cni.release()
+        self.admin.close()
+        log.info("agent pid %d took over; draining %d connection(s)", pid, len(self.runtime.relays))
+
+    def _start_enrolment_tasks(self) -> None:
+        self._enrolment_tasks = [
+            tasks.spawn(self._reconciler(), name="reconciler"),
+            tasks.spawn(self._sweeper(), name="sweeper"),
+        ]
+
+    async def _take_over(self, predecessor: Predecessor | None) -> Predecessor | None:
+        """Warm up, then take the predecessor's sockets; without one, bind our own admin port."""
+        if predecessor is not None:
+            await self._warm_up()
+            try:
+                self.inherited = await predecessor.take()
+            except HandoverError as exc:
+                log.warning("%s; binding new sockets beside the old agent", exc)
+                predecessor = None
+        admin = self.inherited.admin if self.inherited is not None else None
+        if self.inherited is not None:
+            self.inherited.admin = None
+        await self.admin.start(admin)
+        return predecessor
+
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
+        # An agent still running on this node hands its sockets over instead of us binding.
+        predecessor = await Predecessor.find(cfg.handover_path)
         channel = open_channel(
             cfg.controlplane, insecure=cfg.controlplane_insecure, ca_file=cfg.controlplane_ca
         )
@@ -163,7 +256,8 @@ class Agent:
         try:
             metrics.REGISTRY.register(self.collector)
             install_report_signal(cfg.memory_report_dir)
-            await self.admin.start()
+            if predecessor is None:
+                await self._take_over(None)
             self._tasks.append(tasks.spawn(client.run(), name="destination client"))
             if self.certs is not None:
                 self.identity = IdentityClient(
@@ -186,18 +280,33 @@ class Agent:
                 tap = TapClient(channel=channel, taps=self.sink.taps, token=token)
                 self._tasks.append(tasks.spawn(telemetry.run(), name="telemetry client"))
                 self._tasks.append(tasks.spawn(tap.run(), name="tap client"))
-            # Take over the previous agent's pods before answering the plugin, so a DEL or GC
-            # never races the restore of the same pod.
-            await self.enroller.restore()
-            await self.cni.start()
-            self._tasks.append(tasks.spawn(self._reconciler(), name="reconciler"))
-            self._tasks.append(tasks.spawn(self._sweeper(), name="sweeper"))
+            if predecessor is not None:
+                predecessor = await self._take_over(predecessor)
+            try:
+                # Take over the previous agent's pods before answering the plugin, so a DEL or
+                # GC never races the restore of the same pod.
+                await self.enroller.restore()
+                await self.cni.start(self.inherited.cni if self.inherited is not None else None)
+            except BaseException as exc:
+                if predecessor is not None:
+                    await predecessor.abort(f"successor failed to start: {exc!r}")
+                raise
+            if self.inherited is not None:
+                self.inherited.cni = None
+                self.inherited.close()  # sockets of pods gone meanwhile
+                self.inherited = None
+            if predecessor is not None:
+                await predecessor.confirm()
+            self.handover.start()
+            self._tasks.append(tasks.spawn(self.handover.serve(), name="hand-over"))
+            self._start_enrolment_tasks()
             self._tasks.append(tasks.spawn(self._trim_after_bursts(), name="heap trim"))
             self.started = True
             log.info(
-                "agent for node %s up: %d pod(s) restored, cni socket %s",
+                "agent for node %s up: %d pod(s) %s, cni socket %s",
                 cfg.node,
                 len(self.enroller.enrolled()),
+                f"taken over from pid {predecessor.pid}" if predecessor else "restored",
                 cfg.cni_socket,
             )
             await stop.wait()
@@ -206,12 +315,28 @@ class Agent:
             await channel.close()
 
     async def shutdown(self) -> None:
-        """Stop accepting, let open connections finish until the deadline, then cut them."""
-        log.info("draining")
+        """Hand over to a successor if one comes (serving on meanwhile), else stop accepting;
+        let open connections finish until the deadline, then cut them."""
+        if self.started and self.successor_pid is None:
+            log.info(
+                "stopping: serving on for up to %.0f s while a successor may take over",
+                self.config.handover_wait_seconds,
+            )
+            await self.handover.wait(self.config.handover_wait_seconds)
+        if self.successor_pid is None:
+            log.warning(
+                "no successor took over: closing listeners; new connections of meshed pods "
+                "fail until the next agent starts"
+            )
+        log.info("draining %d connection(s)", len(self.runtime.relays))
         await self.cni.stop()
         self.enroller.stop_listening()
-        await tasks.cancel_all(self._tasks)
+        await tasks.cancel_all([*self._tasks, *self._enrolment_tasks])
         self._tasks.clear()
+        self._enrolment_tasks.clear()
+        self.handover.close()
+        if self.inherited is not None:
+            self.inherited.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.drain_seconds
         while self.runtime.relays and loop.time() < deadline:

@@ -54,16 +54,49 @@ class CniServer:
         self.enroller = enroller
         self.path = path
         self.server: asyncio.Server | None = None
+        # The listening socket itself; the server runs on a duplicate of it so that pausing
+        # (for a hand-over) stops accepting while requests wait in its queue.
+        self.sock: socket.socket | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
-    async def start(self) -> None:
-        sock = bind_unix_socket(self.path)
-        self.server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_FRAME_BYTES)
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Serve `sock` (taken over from the previous agent) or a socket bound at the path."""
+        self.sock = sock if sock is not None else bind_unix_socket(self.path)
+        await self.resume()
+
+    async def resume(self) -> None:
+        if self.server is None and self.sock is not None:
+            self.server = await asyncio.start_unix_server(
+                self._serve, sock=self.sock.dup(), limit=MAX_FRAME_BYTES
+            )
+
+    async def pause(self) -> None:
+        """Stop taking requests (they queue) and wait for those being answered."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        await self._idle.wait()
+
+    def release(self) -> None:
+        """A successor serves the socket now: let go of it, leave the path alone."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
     async def stop(self) -> None:
         """Stop taking requests: the plugin then fails ADD with "try again later"."""
         if self.server is not None:
             self.server.close()
             self.server = None
+        if self.sock is None:
+            return  # handed over: the path is the successor's
+        self.sock.close()
+        self.sock = None
         try:
             # Only our own socket: a successor may already have put its own in place.
             if self.path.exists() and self._ours():
@@ -83,6 +116,8 @@ class CniServer:
         return False
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._in_flight += 1
+        self._idle.clear()
         try:
             try:
                 frame = await asyncio.wait_for(reader.readuntil(b"\n"), READ_TIMEOUT)
@@ -94,6 +129,9 @@ class CniServer:
             log.debug("cni connection: %s", exc)
         finally:
             writer.close()
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
     async def _answer(self, frame: bytes) -> Reply:
         try:

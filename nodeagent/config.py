@@ -32,6 +32,14 @@ class AgentConfig:
     pod_wait_seconds: float = 5.0
     # SIGTERM: open connections get this long to finish before they are cut.
     drain_seconds: float = 10.0
+    # Where this agent offers its sockets to a successor (and looks for a predecessor's);
+    # None: next to the state file.
+    handover_socket: Path | None = None
+    # SIGTERM with no successor yet: serve on (accepting) this long while one may still come.
+    handover_wait_seconds: float = 15.0
+    # A successor waits at most this long for the control plane's table and its pods'
+    # certificates before it takes the sockets over anyway.
+    warm_up_seconds: float = 20.0
     log_level: str = "info"
     # Names under svc.<cluster_domain> are answered from the destination table.
     cluster_domain: str = "cluster.local"
@@ -46,6 +54,10 @@ class AgentConfig:
     record_events: Path | None = None
     # Debugging aid: where SIGUSR2 writes the memory report (nodeagent.heap).
     memory_report_dir: Path = Path("/tmp")
+
+    @property
+    def handover_path(self) -> Path:
+        return self.handover_socket or self.state_file.parent / "handover.sock"
 
 
 def _mark(text: str) -> int:
@@ -102,6 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mark", default=DEFAULT_MARK, type=_mark, help="SO_MARK of agent sockets")
     p.add_argument("--pod-wait-seconds", default=5.0, type=_positive)
     p.add_argument("--drain-seconds", default=10.0, type=_positive)
+    p.add_argument(
+        "--handover-socket",
+        default=None,
+        help="unix socket to hand listening sockets over to a successor agent "
+        "(default: handover.sock next to --state-file)",
+    )
+    p.add_argument(
+        "--handover-wait-seconds",
+        default=15.0,
+        type=_positive,
+        help="on SIGTERM with no successor: keep serving this long while one may come",
+    )
+    p.add_argument(
+        "--warm-up-seconds",
+        default=20.0,
+        type=_positive,
+        help="a successor waits this long for the control plane before taking over anyway",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--cluster-domain",
@@ -161,6 +191,9 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         mark=ns.mark,
         pod_wait_seconds=ns.pod_wait_seconds,
         drain_seconds=ns.drain_seconds,
+        handover_socket=Path(ns.handover_socket) if ns.handover_socket else None,
+        handover_wait_seconds=ns.handover_wait_seconds,
+        warm_up_seconds=ns.warm_up_seconds,
         log_level=ns.log_level,
         cluster_domain=ns.cluster_domain,
         telemetry=ns.telemetry,

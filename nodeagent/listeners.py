@@ -116,9 +116,19 @@ def _bind_all(netns: str) -> dict[str, socket.socket]:
 class PodListeners:
     """The listeners of one enrolled pod and the routing decision behind each."""
 
-    def __init__(self, pod: PodAddress, runtime: ProxyRuntime) -> None:
+    def __init__(
+        self,
+        pod: PodAddress,
+        runtime: ProxyRuntime,
+        inherited: dict[str, socket.socket] | None = None,
+    ) -> None:
         self.pod = pod
         self.runtime = runtime
+        # Sockets taken over from the previous agent (nodeagent.handover), used instead of
+        # binding new ones: the same kernel sockets, accept queues and all.
+        self.inherited = inherited
+        # The listening sockets as served, by name: what a successor is handed.
+        self.sockets: dict[str, socket.socket] = {}
         self.servers: dict[str, asyncio.Server] = {}
         self.dns: UdpDnsForwarder | None = None
         self.outbound = PodTcpStats("outbound", pod.namespace, pod.name)
@@ -127,7 +137,11 @@ class PodListeners:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        socks = await loop.run_in_executor(self.runtime.executor, _bind_all, self.pod.netns)
+        if self.inherited is not None:
+            socks, self.inherited = self.inherited, None
+        else:
+            socks = await loop.run_in_executor(self.runtime.executor, _bind_all, self.pod.netns)
+        self.sockets = dict(socks)
         try:
             handlers: dict[str, tuple[Handler, PodTcpStats]] = {
                 "outbound": (outbound.handle, self.outbound),
@@ -174,6 +188,7 @@ class PodListeners:
         for server in self.servers.values():
             server.close()
         self.servers.clear()
+        self.sockets.clear()
         if self.dns is not None:
             self.dns.close()
             self.dns = None
