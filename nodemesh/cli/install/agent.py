@@ -31,6 +31,8 @@ def _agent(values: InstallValues) -> Obj:
             "--node=$(NODE_NAME)",
             f"--cni-socket={RUN_DIR}/cni.sock",
             f"--state-file={RUN_DIR}/agent-state.json",
+            # On the host: a new agent pod finds the old one's here and takes its sockets.
+            f"--handover-socket={RUN_DIR}/handover.sock",
             f"--controlplane={values.controlplane_host()}:8086",
             f"--controlplane-ca={ANCHOR_DIR}/ca.crt",
             f"--token-file={TOKEN_DIR}/token",
@@ -130,7 +132,12 @@ def daemonset(values: InstallValues) -> Obj:
         "metadata": metadata(values, "agent", "nodemesh-agent"),
         "spec": {
             "selector": {"matchLabels": selector("agent")},
-            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            # The new agent starts beside the old one on each node, takes its sockets over and
+            # becomes ready; only then is the old one stopped (nodeagent.handover).
+            "updateStrategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
             "template": {
                 "metadata": {"labels": labels(values, "agent")},
                 "spec": {
@@ -142,6 +149,7 @@ def daemonset(values: InstallValues) -> Obj:
                     "priorityClassName": "system-node-critical",
                     "tolerations": [{"operator": "Exists"}],
                     "nodeSelector": {"kubernetes.io/os": "linux"},
+                    # Room for --handover-wait-seconds (15) then --drain-seconds (10).
                     "terminationGracePeriodSeconds": 30,
                     "containers": [_agent(values), _install_cni(values)],
                     "volumes": _volumes(values),

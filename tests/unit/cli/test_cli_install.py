@@ -150,6 +150,28 @@ def test_agent_runs_the_real_binaries_with_their_flags() -> None:
     assert dash.public_api == "nodemesh-controlplane.mesh.svc.k8s.local:8085"
 
 
+def test_agent_rollout_overlaps_old_and_new_agents_on_each_node() -> None:
+    """A rolling update starts the new agent beside the old one (which hands its sockets over
+    through the host's run directory), and leaves the old one time to wait and drain."""
+    from nodeagent.config import parse_args as agent_args
+
+    _, docs = render()
+    ds = _daemonset(docs)
+    assert ds["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    pod = ds["spec"]["template"]["spec"]
+    agent = pod["containers"][0]
+    cfg = agent_args([a.replace("$(NODE_NAME)", "n1") for a in agent["args"]])
+    run = next(m for m in agent["volumeMounts"] if m["mountPath"] == str(cfg.handover_path.parent))
+    volume = next(v for v in pod["volumes"] if v["name"] == run["name"])
+    assert volume["hostPath"]["path"] == run["mountPath"]
+    assert cfg.state_file.parent == cfg.cni_socket.parent == cfg.handover_path.parent
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace > cfg.handover_wait_seconds + cfg.drain_seconds
+
+
 def test_least_privilege_rbac() -> None:
     _, docs = render("--prometheus")
     roles = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Role", "ClusterRole")}
