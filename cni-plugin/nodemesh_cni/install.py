@@ -13,6 +13,7 @@ kubelet's runtime uses. What the primary CNI wrote is kept in <conf dir>/.nodeme
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import logging
@@ -301,6 +302,24 @@ def watch(
 # --- command line -----------------------------------------------------------------------------
 
 
+def _hold_watch_lock(conf_dir: Path) -> int:
+    """A shared lock on the conf dir, held while this watch runs (the fd stays open)."""
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(conf_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def _last_watcher(fd: int) -> bool:
+    """No other watch holds the conf dir: during a DaemonSet rollout with surge the new pod's
+    watch runs beside the old one, and the old one must then leave the entry and binary be."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python3 -m nodemesh_cni.install", description=__doc__)
     parser.add_argument("action", choices=("install", "uninstall", "watch"))
@@ -360,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             install_config(args.conf_dir, entry=entry)
             return 0
         stopping = []
+        lock = _hold_watch_lock(args.conf_dir) if args.cleanup_on_exit else -1
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
         signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
         watch(
@@ -369,8 +389,11 @@ def main(argv: list[str] | None = None) -> int:
             on_iteration=lambda _tick: not stopping,
         )
         if args.cleanup_on_exit:
-            uninstall_config(args.conf_dir)
-            uninstall_binary(bin_dir=args.bin_dir)
+            if _last_watcher(lock):
+                uninstall_config(args.conf_dir)
+                uninstall_binary(bin_dir=args.bin_dir)
+            else:
+                log.info("another install-cni watch runs on this node: leaving nodemesh-cni to it")
         return 0
     except InstallError as exc:
         log.error("%s", exc)

@@ -411,3 +411,41 @@ def test_cli_watch_reappends_and_cleans_up_on_sigterm(
         proc.stderr.close()
     assert snapshot(conf_dir) == before
     assert list(bin_dir.iterdir()) == []
+
+
+def test_cli_watch_leaves_the_entry_to_a_watch_still_running(
+    conf_dir: Path, tmp_path: Path, zipapp_plugin: Path
+) -> None:
+    """A DaemonSet rollout with surge: the old pod's watch exits while the new pod's runs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    path = place(conf_dir, "10-flannel.conflist")
+    before = snapshot(conf_dir)
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "nodemesh_cni.install", "watch", "--conf-dir", str(conf_dir),
+             "--bin-dir", str(bin_dir), "--plugin", str(zipapp_plugin), "--interval", "0.05",
+             "--cleanup-on-exit"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    old = start()
+    new = start()
+    try:
+        _wait_for(lambda: plugins_of(path)[-1]["type"] == "nodemesh-cni", timeout=20)
+        time.sleep(1.0)  # both have started watching
+        old.send_signal(signal.SIGTERM)
+        assert old.wait(timeout=10) == 0
+        time.sleep(0.3)
+        assert plugins_of(path)[-1]["type"] == "nodemesh-cni"
+        assert [p.name for p in bin_dir.iterdir()] == ["nodemesh-cni"]
+        new.send_signal(signal.SIGTERM)
+        assert new.wait(timeout=10) == 0
+    finally:
+        for proc in (old, new):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert snapshot(conf_dir) == before
+    assert list(bin_dir.iterdir()) == []
