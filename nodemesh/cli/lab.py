@@ -1,4 +1,5 @@
-"""`nodemesh lab ...`: the local multi-node lab (up, down, status, apply, delete, exec, logs)."""
+"""`nodemesh lab ...`: the local multi-node lab (up, down, status, apply, delete, exec, logs,
+rollout)."""
 
 from __future__ import annotations
 
@@ -427,3 +428,65 @@ def logs(name: str, namespace: str, container: str | None, follow: bool, pod: st
                 return
             else:
                 time.sleep(0.2)
+
+
+@lab.group()
+def rollout() -> None:
+    """Roll a DaemonSet as Kubernetes does (its updateStrategy: surge, unavailable, OnDelete)."""
+
+
+def _daemonset_ref(resource: str) -> str:
+    kind, sep, ds = resource.partition("/")
+    if not sep or kind not in ("ds", "daemonset", "daemonsets") or not ds:
+        fail(f"{resource!r}: the lab rolls DaemonSets: use ds/NAME")
+    return ds
+
+
+def _rollout_status(paths: LabPaths, namespace: str, ds: str) -> dict[str, Any]:
+    request = {"op": "rollout", "action": "status", "kind": "DaemonSet"}
+    return _call(paths, {**request, "namespace": namespace, "name": ds})["status"]
+
+
+@rollout.command(name="restart")
+@name_option
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("--wait", is_flag=True, help="Wait until every node runs a new, ready pod.")
+@click.option("--timeout", type=click.IntRange(1, 3600), default=180, show_default=True)
+@click.argument("resource", metavar="ds/NAME")
+def rollout_restart(name: str, namespace: str, wait: bool, timeout: int, resource: str) -> None:
+    """Restart every pod of a DaemonSet by its update strategy (as kubectl rollout restart)."""
+    need_root()
+    paths = running_lab(name)
+    ds = _daemonset_ref(resource)
+    request = {"op": "rollout", "action": "restart", "kind": "DaemonSet"}
+    click.echo(_call(paths, {**request, "namespace": namespace, "name": ds})["result"])
+    if wait:
+        _wait_rolled_out(paths, namespace, ds, timeout=timeout)
+
+
+@rollout.command(name="status")
+@name_option
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("--timeout", type=click.IntRange(1, 3600), default=180, show_default=True)
+@click.argument("resource", metavar="ds/NAME")
+def rollout_status(name: str, namespace: str, timeout: int, resource: str) -> None:
+    """Wait until a DaemonSet's rollout is complete (as kubectl rollout status)."""
+    need_root()
+    paths = running_lab(name)
+    _wait_rolled_out(paths, namespace, _daemonset_ref(resource), timeout=timeout)
+
+
+def _wait_rolled_out(paths: LabPaths, namespace: str, ds: str, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = _rollout_status(paths, namespace, ds)
+        if st["done"]:
+            click.echo(f'daemon set "{ds}" successfully rolled out')
+            return
+        if time.monotonic() > deadline:
+            fail(
+                f"daemon set {namespace}/{ds} not rolled out after {timeout:.0f} s: "
+                f"{st['updated']} of {st['desired']} updated, {st['ready']} ready, "
+                f"{st['old']} old pod(s) left"
+            )
+        time.sleep(0.2)

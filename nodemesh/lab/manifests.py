@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from nodemesh.lab import rollout
+
 # Kinds the lab runs. Others that a cluster would accept but the lab has no use for are stored
 # as they are (ServiceAccount, ConfigMap, ...) so the same file applies unchanged.
 RUN_KINDS = {"Namespace", "Deployment", "Service", "Pod", "DaemonSet"}
@@ -156,6 +158,15 @@ def _check_deployment(obj: dict[str, Any], fail: Fail) -> None:
 
 def _check_daemonset(obj: dict[str, Any], fail: Fail) -> None:
     _check_selector_and_template(_need_dict(obj, "spec", fail), fail)
+    strategy = obj["spec"].get("updateStrategy")
+    if strategy is not None and not isinstance(strategy, dict):
+        raise fail("spec.updateStrategy: must be a mapping")
+    if not isinstance((strategy or {}).get("rollingUpdate") or {}, dict):
+        raise fail("spec.updateStrategy.rollingUpdate: must be a mapping")
+    try:
+        rollout.strategy_of(obj, 1)
+    except rollout.StrategyError as e:
+        raise fail(f"spec.updateStrategy: {str(e).split(': ', 1)[1]}") from None
 
 
 def _check_selector_and_template(spec: dict[str, Any], fail: Fail) -> None:

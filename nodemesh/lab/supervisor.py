@@ -17,10 +17,11 @@ import os
 import random
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nodemesh.lab import objects
+from nodemesh.lab import objects, rollout
 from nodemesh.lab.cni import CniRunner
 from nodemesh.lab.config import LabConfig
 from nodemesh.lab.forward import Forwarder
@@ -52,6 +53,10 @@ log = logging.getLogger("nodemesh.lab.supervisor")
 
 BASE_NAMESPACES = ("default", "kube-system", "nodemesh")
 CNI_PATH = ("/usr/lib/cni", "/opt/cni/bin")
+
+
+class RolloutError(Exception):
+    """A rollout request naming something the lab cannot roll."""
 
 
 class Supervisor:
@@ -356,14 +361,27 @@ class Supervisor:
         sets = self.store.of_kind("DaemonSet")
         uids = {d["metadata"]["uid"] for d in sets}
         for ds in sets:
-            pods = [p for p in self.store.of_kind("Pod") if _owner(p) == ds["metadata"]["uid"]]
-            have = {p["spec"].get("nodeName") for p in pods}
+            revision = objects.template_hash(ds["spec"]["template"])
             selector = ds["spec"]["template"]["spec"].get("nodeSelector") or {}
-            for node in self.nodes:
-                labels = self._node_object(node)["metadata"]["labels"]
-                if node.name not in have and selects(selector, labels):
-                    name = f"{ds['metadata']['name']}-{objects.random_suffix(self.rng)}"
-                    self.store.put(objects.pod_from_template(ds, name=name, node=node.name))
+            nodes = [
+                n.name
+                for n in self.nodes
+                if selects(selector, self._node_object(n)["metadata"]["labels"])
+            ]
+            pods = [p for p in self.store.of_kind("Pod") if _owner(p) == ds["metadata"]["uid"]]
+            decided = rollout.plan(
+                revision=revision,
+                nodes=nodes,
+                pods=[_ds_pod(p) for p in pods],
+                strategy=rollout.strategy_of(ds, len(nodes)),
+            )
+            for name in decided.delete:
+                self.store.delete(ObjectRef("Pod", ds["metadata"]["namespace"], name))
+            for node_name in decided.create:
+                name = f"{ds['metadata']['name']}-{objects.random_suffix(self.rng)}"
+                pod = objects.pod_from_template(ds, name=name, node=node_name)
+                pod["metadata"]["labels"][rollout.REVISION_LABEL] = revision
+                self.store.put(pod)
         for p in self.store.of_kind("Pod"):
             if _owner_kind(p) == "DaemonSet" and _owner(p) not in uids:
                 self.store.delete(ref_of(p))
@@ -398,6 +416,38 @@ class Supervisor:
             runner = PodRunner(pod, lab=self.lab)
             self.runners[ref] = runner
             runner.start()
+
+    def rollout_restart(self, namespace: str, name: str) -> str:
+        """`kubectl rollout restart ds/NAME`: a new template revision, rolled by the strategy."""
+        ds = self._daemonset(namespace, name)
+        meta = ds["spec"]["template"].setdefault("metadata", {})
+        # Finer than kubectl's seconds: two restarts in one second are still two.
+        restarted = datetime.now(UTC).isoformat(timespec="microseconds")
+        meta.setdefault("annotations", {})[rollout.RESTARTED_AT] = restarted
+        self.store.put(ds)
+        self._mark_dirty()
+        return f"daemonset.apps/{name} restarted"
+
+    def rollout_status(self, namespace: str, name: str) -> dict[str, Any]:
+        ds = self._daemonset(namespace, name)
+        revision = objects.template_hash(ds["spec"]["template"])
+        pods = [p for p in self.store.of_kind("Pod") if _owner(p) == ds["metadata"]["uid"]]
+        updated = [p for p in pods if _ds_pod(p).revision == revision]
+        desired = self._desired(ds)
+        ready = sum(1 for p in updated if objects.is_ready(p))
+        return {
+            "desired": desired,
+            "updated": len(updated),
+            "ready": ready,
+            "old": len(pods) - len(updated),
+            "done": len(updated) == desired == ready and len(pods) == desired,
+        }
+
+    def _daemonset(self, namespace: str, name: str) -> dict[str, Any]:
+        ds = self.store.get(ObjectRef("DaemonSet", namespace, name))
+        if ds is None:
+            raise RolloutError(f"daemonset {namespace}/{name} not found")
+        return ds
 
     def _pod_changed(self, pod: dict[str, Any]) -> None:
         ref = ref_of(pod)
@@ -491,6 +541,17 @@ def _meta(name: str, *, namespace: str | None) -> dict[str, Any]:
     return meta
 
 
+def _ds_pod(pod: dict[str, Any]) -> rollout.DsPod:
+    meta = pod["metadata"]
+    return rollout.DsPod(
+        name=meta["name"],
+        node=pod["spec"].get("nodeName", ""),
+        revision=(meta.get("labels") or {}).get(rollout.REVISION_LABEL, ""),
+        ready=objects.is_ready(pod),
+        created=meta.get("creationTimestamp", ""),
+    )
+
+
 def _owner(obj: dict[str, Any]) -> str | None:
     refs = obj["metadata"].get("ownerReferences") or []
     return refs[0]["uid"] if refs else None
@@ -530,12 +591,20 @@ async def serve(config: LabConfig) -> int:
                 reply = {"ok": True, "results": await sup.delete(req["refs"])}
             elif op == "status":
                 reply = {"ok": True, "status": sup.status()}
+            elif op == "rollout":
+                if req["kind"] != "DaemonSet":
+                    raise RolloutError(f"the lab rolls DaemonSets only, not {req['kind']}")
+                ns, name = req["namespace"], req["name"]
+                if req["action"] == "restart":
+                    reply = {"ok": True, "result": sup.rollout_restart(ns, name)}
+                else:
+                    reply = {"ok": True, "status": sup.rollout_status(ns, name)}
             elif op == "shutdown":
                 stop.set()
                 reply = {"ok": True}
             else:
                 reply = {"ok": False, "error": f"unknown operation {op!r}"}
-        except ManifestError as e:
+        except (ManifestError, RolloutError) as e:
             reply = {"ok": False, "error": str(e)}
         except (ValueError, KeyError, TypeError) as e:
             reply = {"ok": False, "error": f"bad request: {e}"}
