@@ -109,6 +109,10 @@ class Agent:
     def _readiness(self) -> tuple[bool, str]:
         if self.successor_pid is not None:
             return False, f"handed over to agent pid {self.successor_pid}; draining"
+        if self.handover.successor is not None:
+            # hostNetwork: the kubelet's probe of the new agent's pod lands here until the new
+            # agent has the admin socket; it must not see "ready" before it has taken over.
+            return False, f"handing over to agent pid {self.handover.successor}"
         if not self.started:
             return False, "starting"
         if not self.table.synced:

@@ -298,6 +298,8 @@ class HandoverServer:
         self.sock: socket.socket | None = None
         self.done = asyncio.Event()
         self.busy = False
+        # The pid of a successor that said HELLO and has not finished or given up.
+        self.successor: int | None = None
         self._changed = asyncio.Event()
 
     def start(self) -> None:
@@ -319,6 +321,8 @@ class HandoverServer:
                 finally:
                     conn.close()
                     self.busy = False
+                    if not self.done.is_set():
+                        self.successor = None
                     self._changed.set()
         finally:
             self.close()
@@ -355,6 +359,7 @@ class HandoverServer:
         except OSError as exc:
             log.info("hand-over request dropped: %s", exc)
             return
+        self.successor = hello.pid
         await send(conn, Message("OFFER", pid=os.getpid(), pods=self.pods()))
         log.info("successor agent pid %d connected; serving on while it warms up", hello.pid)
         try:

@@ -41,7 +41,10 @@ def _agent(values: InstallValues) -> Obj:
         ],
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
         "ports": [{"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
-        "readinessProbe": http_probe("/ready", ADMIN_PORT, period=5),
+        # hostNetwork: during a rollout both agents' pods probe the one port 4191. The old agent
+        # answers 503 once the new one has said hello (nodeagent.handover); the delay covers the
+        # new agent's start-up before that hello.
+        "readinessProbe": {**http_probe("/ready", ADMIN_PORT, period=5), "initialDelaySeconds": 5},
         "livenessProbe": http_probe("/live", ADMIN_PORT, period=10),
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": {
