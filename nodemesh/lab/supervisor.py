@@ -382,6 +382,8 @@ class Supervisor:
                 pod = objects.pod_from_template(ds, name=name, node=node_name)
                 pod["metadata"]["labels"][rollout.REVISION_LABEL] = revision
                 self.store.put(pod)
+            if decided.delete or decided.create:
+                self._mark_dirty()  # the next step of a rollout may follow at once
         for p in self.store.of_kind("Pod"):
             if _owner_kind(p) == "DaemonSet" and _owner(p) not in uids:
                 self.store.delete(ref_of(p))

@@ -143,7 +143,7 @@ class Hey:
         slowest = re.search(r"Slowest:\s+([\d.]+) secs", out)
         return {
             "codes": codes,
-            "errors": {msg: int(n) for n, msg in errors} if "Error distribution" in out else {},
+            "errors": _by_kind(errors) if "Error distribution" in out else {},
             "slowest": float(slowest.group(1)) if slowest else None,
             "output": out,
         }
@@ -152,6 +152,15 @@ class Hey:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
+
+
+def _by_kind(errors: list[tuple[str, str]]) -> dict[str, int]:
+    """hey's errors summed by kind (its messages name each connection's port)."""
+    out: dict[str, int] = {}
+    for n, msg in errors:
+        kind = re.sub(r":\d+->", "->", msg)
+        out[kind] = out.get(kind, 0) + int(n)
+    return out
 
 
 class Prober(threading.Thread):
