@@ -22,6 +22,7 @@ from nodeagent.handover import HandoverError, HandoverServer, Inherited, Predece
 from nodeagent.handover_wire import SocketEntry
 from nodeagent.heap import BurstWatch, TrimLater, install_report_signal, trim
 from nodeagent.identity_client import IdentityClient, identities_on_node
+from nodeagent.keeper import KeeperLink
 from nodeagent.listeners import PodListeners, ProxyRuntime
 from nodeagent.observe import AgentSink
 from nodeagent.podnetns import find_netns_for
@@ -40,8 +41,10 @@ BURST_CHECK_INTERVAL = 5.0
 
 
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, *, keeper: KeeperLink | None = None) -> None:
         self.config = config
+        # The parent process holding copies of our listening sockets (--keep-sockets).
+        self.keeper = keeper
         self.table = DestinationTable(config.node)
         # What the proxy observes: aggregated for /metrics and the telemetry stream, and
         # handed to taps while someone watches.
@@ -70,6 +73,7 @@ class Agent:
             sink=self.event_log or self.sink,
             certs=self.certs,
             dns_names=self.dns_names,
+            keeper=keeper,
         )
         self.identity: IdentityClient | None = None
         self.rules = RuleWorker()
@@ -167,6 +171,18 @@ class Agent:
             except Exception:
                 log.exception("sweep failed")
 
+    async def _take_from_keeper(self) -> Inherited | None:
+        if self.keeper is None:
+            return None
+        try:
+            kept = await asyncio.to_thread(self.keeper.take)
+        except HandoverError as exc:
+            log.warning("%s; starting without them", exc)
+            return None
+        if not kept.count():
+            return None
+        return kept
+
     def _inherited_for(self, netns: str) -> dict[str, socket.socket] | None:
         return self.inherited.take_pod(netns) if self.inherited is not None else None
 
@@ -219,6 +235,8 @@ class Agent:
         self.enroller.stop_listening()
         self.cni.release()
         self.admin.close()
+        if self.keeper is not None:
+            self.keeper.drop()
         log.info("agent pid %d took over; draining %d connection(s)", pid, len(self.runtime.relays))
 
     def _start_enrolment_tasks(self) -> None:
@@ -244,8 +262,15 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
-        # An agent still running on this node hands its sockets over instead of us binding.
-        predecessor = await Predecessor.find(cfg.handover_path)
+        predecessor = None
+        source = "restored"
+        if (kept := await self._take_from_keeper()) is not None:
+            # The agent before us in this container died: its sockets (and what queued in
+            # them meanwhile) are ours now.
+            self.inherited, source = kept, "taken back from the socket keeper"
+        else:
+            # An agent still running on this node hands its sockets over instead of us binding.
+            predecessor = await Predecessor.find(cfg.handover_path)
         channel = open_channel(
             cfg.controlplane, insecure=cfg.controlplane_insecure, ca_file=cfg.controlplane_ca
         )
@@ -301,6 +326,14 @@ class Agent:
                 self.inherited = None
             if predecessor is not None:
                 await predecessor.confirm()
+                source = f"taken over from pid {predecessor.pid}"
+            if self.keeper is not None and self.cni.sock is not None and self.admin.sock:
+                self.keeper.keep(
+                    [
+                        (SocketEntry("cni", "cni"), self.cni.sock),
+                        (SocketEntry("admin", "admin"), self.admin.sock),
+                    ]
+                )
             self.handover.start()
             self._tasks.append(tasks.spawn(self.handover.serve(), name="hand-over"))
             self._start_enrolment_tasks()
@@ -310,7 +343,7 @@ class Agent:
                 "agent for node %s up: %d pod(s) %s, cni socket %s",
                 cfg.node,
                 len(self.enroller.enrolled()),
-                f"taken over from pid {predecessor.pid}" if predecessor else "restored",
+                source,
                 cfg.cni_socket,
             )
             await stop.wait()
@@ -341,6 +374,8 @@ class Agent:
         self.handover.close()
         if self.inherited is not None:
             self.inherited.close()
+        if self.keeper is not None:
+            self.keeper.drop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.drain_seconds
         while self.runtime.relays and loop.time() < deadline:
@@ -365,4 +400,4 @@ async def serve(config: AgentConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Agent(config).run(stop)
+    await Agent(config, keeper=KeeperLink.from_env()).run(stop)

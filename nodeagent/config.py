@@ -50,6 +50,8 @@ class AgentConfig:
     trust_anchors: Path | None = None
     # Offer TLS session tickets between agents (off only to measure what they save).
     tls_resumption: bool = True
+    # Run as a socket keeper that starts the agent as its child (nodeagent.keeper).
+    keep_sockets: bool = False
     # Test aid: also write every observation event as a JSON line to this file.
     record_events: Path | None = None
     # Debugging aid: where SIGUSR2 writes the memory report (nodeagent.heap).
@@ -156,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="full TLS handshakes between agents every time (to measure resumption)",
     )
+    p.add_argument(
+        "--keep-sockets",
+        action="store_true",
+        help="run the agent under a parent that keeps its listening sockets open and restarts "
+        "it at once if it dies, so a crash refuses no new connection",
+    )
     p.add_argument("--record-events", default=None, help=argparse.SUPPRESS)
     p.add_argument("--memory-report-dir", default="/tmp", help=argparse.SUPPRESS)
     return p
@@ -199,6 +207,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         telemetry=ns.telemetry,
         trust_anchors=_anchors(ns),
         tls_resumption=ns.tls_resumption,
+        keep_sockets=ns.keep_sockets,
         record_events=Path(ns.record_events) if ns.record_events else None,
         memory_report_dir=Path(ns.memory_report_dir),
     )

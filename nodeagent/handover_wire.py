@@ -77,6 +77,8 @@ class Message:
     reason: str = ""
     last: bool = True
     entries: tuple[SocketEntry, ...] = field(default_factory=tuple)
+    # DROP: the pod netns whose sockets to let go of; "" for all.
+    netns: str = ""
 
     @property
     def fds_expected(self) -> int:
@@ -92,6 +94,9 @@ FIELDS: dict[str, frozenset[str]] = {
     "TAKEN": frozenset(),
     "ABORT": frozenset({"reason"}),
     "REFUSED": frozenset({"reason"}),
+    # Between an agent and its socket keeper (nodeagent.keeper); TAKE and SOCKETS as above.
+    "KEEP": frozenset({"entries"}),
+    "DROP": frozenset({"netns"}),
 }
 
 # The conversation as a table: (side, after this message) -> the messages that may come next
@@ -119,6 +124,8 @@ def encode(msg: Message) -> bytes:
         body["reason"] = msg.reason
     if "last" in wanted:
         body["last"] = msg.last
+    if "netns" in wanted:
+        body["netns"] = msg.netns
     if "entries" in wanted:
         if len(msg.entries) > MAX_FDS_PER_MESSAGE:
             raise HandoverProtocolError(f"{len(msg.entries)} sockets in one message")
@@ -164,6 +171,10 @@ def decode(data: bytes, *, fds: int = 0) -> Message:
         if not isinstance(body["last"], bool):
             raise HandoverProtocolError(f"{kind}: last must be true or false")
         values["last"] = body["last"]
+    if "netns" in body:
+        if not isinstance(body["netns"], str):
+            raise HandoverProtocolError(f"{kind}: netns must be a string")
+        values["netns"] = body["netns"]
     entries: tuple[SocketEntry, ...] = ()
     if "entries" in body:
         if not isinstance(body["entries"], list) or len(body["entries"]) > MAX_FDS_PER_MESSAGE:

@@ -15,12 +15,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from nodeagent import inbound, outbound, podplan
 from nodeagent.balancer import Balancer
 from nodeagent.certstore import CertStore
 from nodeagent.dnsforward import UdpDnsForwarder, serve_tcp, upstream_resolver
 from nodeagent.dnsnames import DnsNames
+from nodeagent.handover_wire import SocketEntry
 from nodeagent.l4proxy import Relay
 from nodeagent.l7relay import DETECT_TIMEOUT
 from nodeagent.metrics import PodTcpStats, forget_pod
@@ -34,6 +36,13 @@ from nodemesh.netns import socket_in_netns
 log = logging.getLogger(__name__)
 
 BACKLOG = 1024
+
+
+class SocketKeeper(Protocol):
+    """Holds a copy of each listening socket while it is served (nodeagent.keeper)."""
+
+    def keep(self, entries: list[tuple[SocketEntry, socket.socket]]) -> None: ...
+    def drop(self, netns: str = "") -> None: ...
 
 
 class ListenerError(OSError):
@@ -73,6 +82,7 @@ class ProxyRuntime:
     conn_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # Tunnel handshakes made, "full" or "resumed".
     handshakes: Counter[str] = field(default_factory=Counter)
+    keeper: SocketKeeper | None = None
     routes: Routes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -168,6 +178,10 @@ class PodListeners:
             )
             await loop.create_datagram_endpoint(lambda: forwarder, sock=socks.pop("dns-udp"))
             self.dns = forwarder
+            if self.runtime.keeper is not None:
+                self.runtime.keeper.keep(
+                    [(SocketEntry("pod", n, self.pod.netns), s) for n, s in self.sockets.items()]
+                )
         except BaseException:
             for sock in socks.values():
                 sock.close()
@@ -185,6 +199,8 @@ class PodListeners:
 
     def close(self, *, forget_metrics: bool = False) -> None:
         """Stop accepting; connections already relayed run on until they end."""
+        if self.sockets and self.runtime.keeper is not None:
+            self.runtime.keeper.drop(self.pod.netns)
         for server in self.servers.values():
             server.close()
         self.servers.clear()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
+from nodeagent import keeper
 from nodeagent.agent import serve
 from nodeagent.config import parse_args
 from nodeagent.heap import limit_arenas
@@ -20,6 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if config.keep_sockets and keeper.ENV not in os.environ:
+        return keeper.run(sys.argv[1:] if argv is None else argv)
     try:
         import uvloop
     except ImportError:

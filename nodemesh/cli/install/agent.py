@@ -38,6 +38,9 @@ def _agent(values: InstallValues) -> Obj:
             f"--token-file={TOKEN_DIR}/token",
             f"--admin-addr=0.0.0.0:{ADMIN_PORT}",
             "--netns-dir=/run/netns",
+            # PID 1 keeps copies of the listening sockets: an agent that crashes is restarted
+            # at once and refuses no connection meanwhile (nodeagent.keeper).
+            "--keep-sockets",
         ],
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
         "ports": [{"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
