@@ -366,6 +366,8 @@ class Agent:
                 "fail until the next agent starts"
             )
         log.info("draining %d connection(s)", len(self.runtime.relays))
+        if self.keeper is not None:
+            self.keeper.drop()  # nothing to keep for: the keeper exits with us
         await self.cni.stop()
         self.enroller.stop_listening()
         await tasks.cancel_all([*self._tasks, *self._enrolment_tasks])
@@ -374,8 +376,6 @@ class Agent:
         self.handover.close()
         if self.inherited is not None:
             self.inherited.close()
-        if self.keeper is not None:
-            self.keeper.drop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.drain_seconds
         while self.runtime.relays and loop.time() < deadline:

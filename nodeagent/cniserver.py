@@ -49,6 +49,14 @@ def bind_unix_socket(path: Path) -> socket.socket:
     return sock
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class CniServer:
     def __init__(self, enroller: Enroller, path: Path) -> None:
         self.enroller = enroller
@@ -57,6 +65,9 @@ class CniServer:
         # The listening socket itself; the server runs on a duplicate of it so that pausing
         # (for a hand-over) stops accepting while requests wait in its queue.
         self.sock: socket.socket | None = None
+        # The socket file we serve, by device and inode: removed on the way out only if the
+        # path still names it (a successor may have put its own in place).
+        self._file: tuple[int, int] | None = None
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -64,6 +75,7 @@ class CniServer:
     async def start(self, sock: socket.socket | None = None) -> None:
         """Serve `sock` (taken over from the previous agent) or a socket bound at the path."""
         self.sock = sock if sock is not None else bind_unix_socket(self.path)
+        self._file = _file_id(self.path)
         await self.resume()
 
     async def resume(self) -> None:
@@ -98,22 +110,10 @@ class CniServer:
         self.sock.close()
         self.sock = None
         try:
-            # Only our own socket: a successor may already have put its own in place.
-            if self.path.exists() and self._ours():
+            if self._file is not None and _file_id(self.path) == self._file:
                 self.path.unlink()
         except OSError:
             pass
-
-    def _ours(self) -> bool:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.settimeout(0.2)
-            probe.connect(str(self.path))
-        except OSError:
-            return True  # nobody answers: stale, ours to remove
-        finally:
-            probe.close()
-        return False
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._in_flight += 1
