@@ -291,6 +291,27 @@ def test_rolling_the_agents_fails_no_request_and_kill_9_recovers(
     for what in ("agent", "keeper"):
         measure_kill_9(lab, netns, ip, keeper=what == "keeper")
 
+    # --- SIGTERM with no successor: the agent serves on while one may come -------------------
+    prober = Prober(netns, ip)
+    prober.start()
+    try:
+        time.sleep(2)
+        worker = agent_pid(lab, "node1")
+        termed = time.time()
+        os.kill(worker, signal.SIGTERM)
+        deadline = termed + 60
+        while not any(ok and t > termed + 4 for t, ok in prober.results[-5:]):
+            assert time.time() < deadline, "traffic did not come back after SIGTERM"
+            time.sleep(0.1)
+    finally:
+        prober.halt.set()
+        prober.join(30)
+    failed = [t - termed for t, ok in prober.results if not ok]
+    print(f"SIGTERM, no successor: first failure {min(failed, default=-1):.2f} s after it, "
+          f"{len(failed)} failed, last {max(failed, default=-1):.2f} s after it")  # fmt: skip
+    # The lab agent serves on for --handover-wait-seconds=2 before it closes its listeners.
+    assert not failed or min(failed) > 1.5, failed
+
 
 def measure_kill_9(lab: LabPaths, netns: str, ip: str, *, keeper: bool) -> None:
     what = "socket keeper (the container)" if keeper else "agent"
