@@ -217,7 +217,8 @@ def main() -> int:
                  "--node", "node1", "--cni-socket", str(sock),
                  "--state-file", str(tmp / "state.json"),
                  "--controlplane", f"unix:{tmp / 'cp.sock'}", "--controlplane-insecure",
-                 "--admin-addr", "127.0.0.1:4191", "--drain-seconds", "1"],
+                 "--admin-addr", "127.0.0.1:4191", "--drain-seconds", "1",
+                 "--handover-wait-seconds", "0.1"],
                 stdout=log, stderr=log, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
             )  # fmt: skip
             deadline = time.monotonic() + 30

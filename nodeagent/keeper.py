@@ -1,12 +1,13 @@
 """The socket keeper: a small parent process that holds a copy of every listening socket the
 agent serves, so that an agent that crashes (kill -9, OOM) loses no listener.
 
-`nodemesh-agent --keep-sockets ...` runs this keeper as the container's main process; it starts
-the agent itself as its child. The agent sends each socket it listens on (KEEP, by SCM_RIGHTS)
-and lets go of it when it stops serving it (DROP). While no agent runs, the kernel keeps
-completing handshakes into the kept sockets' accept queues, so clients wait instead of being
-refused; the keeper restarts the agent at once, and the new agent takes the sockets back (TAKE)
-and accepts what queued meanwhile. Only connections the dead agent had accepted are lost.
+`nodemesh-agent --keep-sockets ...` becomes this keeper (`python -m nodeagent.keeper`, the
+container's main process); it starts the agent itself as its child. The agent sends each socket
+it listens on (KEEP, by SCM_RIGHTS) and lets go of it when it stops serving it (DROP). While no
+agent runs, the kernel keeps completing handshakes into the kept sockets' accept queues, so
+clients wait instead of being refused; the keeper restarts the agent at once, and the new agent
+takes the sockets back (TAKE) and accepts what queued meanwhile. Only connections the dead agent
+had accepted are lost.
 
 SIGTERM and SIGINT are passed on to the agent; the keeper exits when it does. If the keeper
 itself dies, the agent is sent SIGTERM (PR_SET_PDEATHSIG) and serves on until a successor
@@ -154,6 +155,21 @@ def run(argv: Sequence[str], *, agent: Sequence[str] = AGENT) -> int:
     return 128 - rc if rc < 0 else rc
 
 
+def main(argv: Sequence[str]) -> int:
+    """`python -m nodeagent.keeper AGENT ARGS...`: AGENT is the nodemesh-agent script (or
+    nodeagent.main for the module), run with this Python and ARGS."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not argv:
+        print("usage: python -m nodeagent.keeper AGENT [ARGS...]", file=sys.stderr)
+        return 2
+    agent = AGENT if argv[0] == "nodeagent.main" else (sys.executable, argv[0])
+    return run(argv[1:], agent=agent)
+
+
 class KeeperLink:
     """The agent's end: tell the keeper what to hold, take back what it holds."""
 
@@ -211,3 +227,7 @@ class KeeperLink:
         except (OSError, HandoverProtocolError) as exc:
             got.close()
             raise HandoverError(0, f"taking sockets back from the keeper: {exc}") from exc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -23,7 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if config.keep_sockets and keeper.ENV not in os.environ:
-        return keeper.run(sys.argv[1:] if argv is None else argv)
+        # Become the keeper under its own name, so that tools looking for the agent's process
+        # (ps, pgrep nodemesh-agent) find the agent, its child.
+        agent = sys.argv[0] if sys.argv[0].endswith("nodemesh-agent") else "nodeagent.main"
+        args = list(sys.argv[1:] if argv is None else argv)
+        os.execv(sys.executable, [sys.executable, "-m", "nodeagent.keeper", agent, *args])
     try:
         import uvloop
     except ImportError:

@@ -205,6 +205,8 @@ class World:
                 "--controlplane-insecure",
                 "--admin-addr", f"127.0.0.1:{self.admin_port}",
                 "--drain-seconds", "1",
+                # No successor ever comes here: do not serve on waiting for one.
+                "--handover-wait-seconds", "0.1",
                 "--log-level", "debug",
                 *extra,
             ],

@@ -210,10 +210,11 @@ def agent_pid(paths: LabPaths, node: str, *, keeper: bool = False) -> int:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
+        # The keeper runs as `python -m nodeagent.keeper`, the agent as nodemesh-agent.
         role = (
-            any(a.endswith(b"nodemesh-agent") for a in argv)
+            b"nodeagent.keeper" in argv
             if keeper
-            else (b"nodeagent.main" in argv)
+            else any(a.endswith(b"nodemesh-agent") for a in argv[:2])
         )
         if role and marker.encode() in argv:
             try:
