@@ -127,9 +127,11 @@ def adopt_fd(entry: SocketEntry, fd: int) -> socket.socket:
     listening = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
     want = _EXPECTED.get((entry.role, entry.name))
     if want is None:  # admin: TCP, listening, either family
-        want = (sock.family if sock.family in (socket.AF_INET, socket.AF_INET6) else -1,
-                socket.SOCK_STREAM, True)  # fmt: skip
-    if (sock.family, sock.type, listening) != want:
+        ok = sock.family in (socket.AF_INET, socket.AF_INET6)
+        ok = ok and sock.type == socket.SOCK_STREAM and listening
+    else:
+        ok = (sock.family, sock.type, listening) == want
+    if not ok:
         sock.close()
         raise HandoverProtocolError(
             f"{entry.role} {entry.name} {entry.netns}: got a {sock.family.name}/{sock.type.name}"
@@ -176,9 +178,9 @@ class Inherited:
             for s in socks.values():
                 s.close()
         self.pods.clear()
-        for s in (self.cni, self.admin):
-            if s is not None:
-                s.close()
+        for kept in (self.cni, self.admin):
+            if kept is not None:
+                kept.close()
         self.cni = self.admin = None
 
 
