@@ -44,7 +44,7 @@ class Agent:
     def __init__(self, config: AgentConfig, *, keeper: KeeperLink | None = None) -> None:
         self.config = config
         # The parent process holding copies of our listening sockets (--keep-sockets).
-        self.keeper = keeper
+        self.socket_keeper = keeper
         self.table = DestinationTable(config.node)
         # What the proxy observes: aggregated for /metrics and the telemetry stream, and
         # handed to taps while someone watches.
@@ -172,10 +172,10 @@ class Agent:
                 log.exception("sweep failed")
 
     async def _take_from_keeper(self) -> Inherited | None:
-        if self.keeper is None:
+        if self.socket_keeper is None:
             return None
         try:
-            kept = await asyncio.to_thread(self.keeper.take)
+            kept = await asyncio.to_thread(self.socket_keeper.take)
         except HandoverError as exc:
             log.warning("%s; starting without them", exc)
             return None
@@ -235,8 +235,8 @@ class Agent:
         self.enroller.stop_listening()
         self.cni.release()
         self.admin.close()
-        if self.keeper is not None:
-            self.keeper.drop()
+        if self.socket_keeper is not None:
+            self.socket_keeper.drop()
         log.info("agent pid %d took over; draining %d connection(s)", pid, len(self.runtime.relays))
 
     def _start_enrolment_tasks(self) -> None:
@@ -327,8 +327,8 @@ class Agent:
             if predecessor is not None:
                 await predecessor.confirm()
                 source = f"taken over from pid {predecessor.pid}"
-            if self.keeper is not None and self.cni.sock is not None and self.admin.sock:
-                self.keeper.keep(
+            if self.socket_keeper is not None and self.cni.sock is not None and self.admin.sock:
+                self.socket_keeper.keep(
                     [
                         (SocketEntry("cni", "cni"), self.cni.sock),
                         (SocketEntry("admin", "admin"), self.admin.sock),
@@ -366,8 +366,8 @@ class Agent:
                 "fail until the next agent starts"
             )
         log.info("draining %d connection(s)", len(self.runtime.relays))
-        if self.keeper is not None:
-            self.keeper.drop()  # nothing to keep for: the keeper exits with us
+        if self.socket_keeper is not None:
+            self.socket_keeper.drop()  # nothing to keep for: the keeper exits with us
         await self.cni.stop()
         self.enroller.stop_listening()
         await tasks.cancel_all([*self._tasks, *self._enrolment_tasks])
