@@ -48,9 +48,14 @@ spec:
     metadata: {{labels: {{app: web}}}}
     spec:
       nodeSelector: {{kubernetes.io/hostname: node2}}
+      # Its config and temp files, from the host as a kubelet would mount them.
+      volumes:
+      - {{name: nginx, hostPath: {{path: {prefix}, type: Directory}}}}
       containers:
       - name: nginx
         command: [nginx, -c, {conf}, -p, {prefix}]
+        volumeMounts:
+        - {{name: nginx, mountPath: {prefix}}}
         readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
 ---
 apiVersion: v1
