@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,11 @@ from controlplane.identity import (
     load_ca_from_secret,
 )
 from controlplane.identity.service import IdentityService
-from controlplane.identity.serving import ServingCertificate
+from controlplane.identity.serving import (
+    ServingCertificate,
+    serving_dns_names,
+    serving_identity,
+)
 from controlplane.index import ClusterIndex
 from controlplane.public_api import PublicService
 from controlplane.sources.events import Source
@@ -48,6 +53,9 @@ from nodemesh.version import __version__
 
 log = logging.getLogger("nodemesh.controlplane")
 
+CA_SECRET_NAME = "nodemesh-identity"
+AGENT_SERVICE_ACCOUNT = "nodemesh-agent"
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="nodemesh-controlplane", description=__doc__)
@@ -55,7 +63,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--state-dir", help="lab state directory (local source): /run/nodemesh/<lab>")
     p.add_argument("--identity-dir", help="lab identity directory: ca.crt, issuer.*, tokens.json")
     p.add_argument("--kubeconfig", help="kubeconfig when not running in a cluster")
-    p.add_argument("--ca-secret", default="nodemesh/nodemesh-identity", help="namespace/name")
+    p.add_argument(
+        "--namespace",
+        default=os.environ.get("POD_NAMESPACE") or "nodemesh",
+        help="the namespace nodemesh is installed in (default: $POD_NAMESPACE, else nodemesh): "
+        "names the serving certificate, the agents' ServiceAccount and the CA Secret",
+    )
+    p.add_argument(
+        "--cluster-domain",
+        default="cluster.local",
+        help="the cluster's DNS domain, for the serving certificate's names",
+    )
+    p.add_argument(
+        "--ca-secret", default=None, help="namespace/name (default: <namespace>/nodemesh-identity)"
+    )
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--agent-addr", default="0.0.0.0:8086")
     p.add_argument("--public-addr", default="0.0.0.0:8085")
@@ -66,6 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.source == "local" and not args.state_dir:
         p.error("--source local needs --state-dir")
+    if args.ca_secret is None:
+        args.ca_secret = f"{args.namespace}/{CA_SECRET_NAME}"
+    namespace, slash, name = args.ca_secret.partition("/")
+    if not (namespace and slash and name):
+        p.error(f"--ca-secret {args.ca_secret!r}: expected namespace/name")
     return args
 
 
@@ -93,14 +119,23 @@ def load_identity(args: argparse.Namespace, index: ClusterIndex, api: object) ->
     else:
         namespace, _, name = args.ca_secret.partition("/")
         bundle = load_ca_from_secret(api, namespace=namespace, name=name)  # type: ignore[arg-type]
-        authenticator = TokenReviewAuthenticator(api, node_of_pod=node_of_pod)  # type: ignore[arg-type]
+        authenticator = TokenReviewAuthenticator(
+            api,  # type: ignore[arg-type]
+            agent_service_account=(args.namespace, AGENT_SERVICE_ACCOUNT),
+            node_of_pod=node_of_pod,
+        )
     authority = CertificateAuthority(
         anchors=bundle.anchors,
         issuer=bundle.issuer,
         trust_domain=args.trust_domain,
         pods_on_node=pods_on_node,
     )
-    return Identity(authority, authenticator, ServingCertificate(authority))
+    serving = ServingCertificate(
+        authority,
+        identity=serving_identity(namespace=args.namespace, trust_domain=args.trust_domain),
+        dns_names=serving_dns_names(namespace=args.namespace, cluster_domain=args.cluster_domain),
+    )
+    return Identity(authority, authenticator, serving)
 
 
 def node_proof(authenticator: Authenticator) -> NodeProof:

@@ -33,6 +33,7 @@ def _agent(values: InstallValues) -> Obj:
             f"--state-file={RUN_DIR}/agent-state.json",
             f"--controlplane={values.controlplane_host()}:8086",
             f"--controlplane-ca={ANCHOR_DIR}/ca.crt",
+            f"--cluster-domain={values.cluster_domain}",
             f"--token-file={TOKEN_DIR}/token",
             f"--admin-addr=0.0.0.0:{ADMIN_PORT}",
             "--netns-dir=/run/netns",

@@ -104,6 +104,8 @@ def deployment(values: InstallValues) -> Obj:
         "command": ["nodemesh-controlplane"],
         "args": [
             "--source=kubernetes",
+            f"--namespace={values.namespace}",
+            f"--cluster-domain={values.cluster_domain}",
             f"--ca-secret={values.namespace}/{IDENTITY_SECRET}",
             f"--trust-domain={values.trust_domain}",
             f"--agent-addr=0.0.0.0:{AGENT_PORT}",
