@@ -18,6 +18,7 @@ CONFIG_MAP = "nodemesh-config"
 RUN_DIR = "/var/run/nodemesh"  # host path too: nodemesh-cni, run by the runtime, dials the socket
 TOKEN_DIR = "/var/run/secrets/nodemesh/token"
 ANCHOR_DIR = "/etc/nodemesh/trust"
+XTABLES_LOCK = "/run/xtables.lock"
 HOST_CNI_CONF, HOST_CNI_BIN = "/host/etc/cni/net.d", "/host/opt/cni/bin"
 
 
@@ -59,6 +60,9 @@ def _agent(values: InstallValues) -> Obj:
             {"name": "trust-anchors", "mountPath": ANCHOR_DIR, "readOnly": True},
             {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
+            # iptables-legacy-restore -w takes this lock (the root filesystem is read-only);
+            # the host's own file, so the agent serialises with every other iptables user there.
+            {"name": "xtables-lock", "mountPath": XTABLES_LOCK},
         ],
     }
 
@@ -102,6 +106,7 @@ def _volumes(values: InstallValues) -> list[Obj]:
         host("cni-bin", values.cni_bin_dir, "DirectoryOrCreate"),
         host("run", RUN_DIR, "DirectoryOrCreate"),
         host("netns", "/var/run/netns", "DirectoryOrCreate"),
+        host("xtables-lock", XTABLES_LOCK, "FileOrCreate"),
         {
             "name": "trust-anchors",
             "configMap": {"name": CONFIG_MAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]},
