@@ -1,4 +1,5 @@
-"""`nodemesh install | kubectl apply -f -` and `nodemesh uninstall | kubectl delete -f -`."""
+"""`nodemesh install | kubectl apply -f -` and
+`nodemesh uninstall | kubectl delete --ignore-not-found -f -`."""
 
 from __future__ import annotations
 
@@ -181,7 +182,9 @@ def _warn_expiry(ident: identity.IdentityFiles) -> None:
     "-n", "--nodemesh-namespace", "namespace", default=_defaults.namespace, show_default=True
 )
 def uninstall(namespace: str) -> None:
-    """Print what `install` created, for `nodemesh uninstall | kubectl delete -f -`."""
+    """Print what `install` can create, for `nodemesh uninstall | kubectl delete
+    --ignore-not-found -f -` (the list includes the optional add-ons, such as Prometheus, which
+    an install may not have created: --ignore-not-found lets kubectl skip those)."""
     try:
         values = checked(InstallValues(namespace=namespace, prometheus=True))
     except BadValue as e:
@@ -206,7 +209,9 @@ def uninstall(namespace: str) -> None:
         for o in cluster + ns
     ]
     header = (
-        f"objects of nodemesh in namespace {namespace}; delete with `kubectl delete -f -`.\n"
+        f"objects of nodemesh in namespace {namespace}; delete with "
+        "`kubectl delete --ignore-not-found -f -`\n"
+        "# (optional add-ons such as Prometheus are listed whether or not install created them).\n"
         "# The nodes keep nodemesh-cni in their CNI conflist until install-cni removes it: run\n"
         "#   python3 -m nodemesh_cni.install uninstall --conf-dir /etc/cni/net.d "
         "--bin-dir /opt/cni/bin\n"

@@ -220,4 +220,12 @@ def test_uninstall_lists_what_to_delete() -> None:
     assert {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"} == {
         "mesh-controlplane", "mesh-prometheus"}  # fmt: skip
     assert "nodemesh_cni.install uninstall" in res.stdout
+    # Prometheus is listed though a default install never made it: without --ignore-not-found
+    # the documented pipe exits 1 on a cluster installed without --prometheus.
+    _, installed = render("-n", "mesh")
+    made = {(d["kind"], d["metadata"]["name"]) for d in installed}
+    assert any((d["kind"], d["metadata"]["name"]) not in made for d in docs)
+    assert "kubectl delete --ignore-not-found -f -" in res.stdout
+    helped = CliRunner().invoke(cli, ["uninstall", "--help"]).output
+    assert "kubectl delete" in helped and "--ignore-not-found" in helped
     assert_golden("uninstall.yaml", res.stdout)
