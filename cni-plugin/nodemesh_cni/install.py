@@ -227,9 +227,11 @@ def uninstall_config(conf_dir: Path) -> None:
     shutil.rmtree(conf_dir / STATE_DIR, ignore_errors=True)
 
 
-def install_binary(source: Path, *, bin_dir: Path, name: str = BINARY_NAME) -> bool:
+def install_binary(
+    source: Path | bytes, *, bin_dir: Path, name: str = BINARY_NAME
+) -> bool:
     """Copy the plugin executable into the CNI bin dir atomically; False when already identical."""
-    data = Path(source).read_bytes()
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
     target = Path(bin_dir) / name
     try:
         if target.read_bytes() == data and os.access(target, os.X_OK):
@@ -268,8 +270,13 @@ def watch(
     entry: dict[str, object],
     interval: float = 1.0,
     on_iteration: Callable[[WatchTick], bool] | None = None,
+    ensure_binary: Callable[[], object] | None = None,
 ) -> None:
     """Keep nodemesh-cni in the primary config: re-append whenever the primary CNI rewrites it.
+
+    `ensure_binary` runs before every (re)append, so an entry is never written while its
+    executable is missing (someone ran `uninstall` beside the watch: both come back, binary
+    first). Removal goes the other way round: entry first, binary second.
 
     Polls every `interval` seconds by running install_config, which only reads and compares
     when nothing changed (a stat-based change detector would race with a rewrite landing
@@ -284,8 +291,10 @@ def watch(
         result: InstallResult | None = None
         error: str | None = None
         try:
+            if ensure_binary is not None:
+                ensure_binary()
             result = install_config(conf_dir, entry=entry)
-        except InstallError as exc:
+        except (InstallError, OSError) as exc:
             error = str(exc)
             if error != last_error:
                 log.warning("%s (retrying every %gs)", error, interval)
@@ -330,14 +339,14 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _install_plugin(args: argparse.Namespace) -> None:
+def _plugin_bytes(args: argparse.Namespace) -> bytes:
+    """The executable to install: --plugin, or the zipapp built from this package (once)."""
     if args.plugin is not None:
-        install_binary(args.plugin, bin_dir=args.bin_dir)
-        return
+        return Path(args.plugin).read_bytes()
     from nodemesh_cni.bundle import build_zipapp
 
     with tempfile.TemporaryDirectory(prefix="nodemesh-cni-") as tmp:
-        install_binary(build_zipapp(Path(tmp) / BINARY_NAME), bin_dir=args.bin_dir)
+        return build_zipapp(Path(tmp) / BINARY_NAME).read_bytes()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             uninstall_config(args.conf_dir)
             uninstall_binary(bin_dir=args.bin_dir)
             return 0
-        _install_plugin(args)
+        plugin = _plugin_bytes(args)
+        install_binary(plugin, bin_dir=args.bin_dir)  # binary first, entry second
         if args.action == "install":
             install_config(args.conf_dir, entry=entry)
             return 0
@@ -367,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             entry=entry,
             interval=args.interval,
             on_iteration=lambda _tick: not stopping,
+            ensure_binary=lambda: install_binary(plugin, bin_dir=args.bin_dir),
         )
         if args.cleanup_on_exit:
             uninstall_config(args.conf_dir)

@@ -411,3 +411,49 @@ def test_cli_watch_reappends_and_cleans_up_on_sigterm(
         proc.stderr.close()
     assert snapshot(conf_dir) == before
     assert list(bin_dir.iterdir()) == []
+
+
+def test_an_entry_never_exists_without_its_binary_whatever_runs_when(
+    conf_dir: Path, tmp_path: Path, zipapp_plugin: Path
+) -> None:
+    """`uninstall` run beside a watching install-cni (as in the DaemonSet's container) used to
+    be followed within a poll by the entry coming back without the binary: then every pod on
+    the node failed with 'failed to find plugin "nodemesh-cni"'. Sampled all along: an entry
+    that names nodemesh-cni has its executable in the bin dir."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    path = place(conf_dir, "10-flannel.conflist")
+    common = ["--conf-dir", str(conf_dir), "--bin-dir", str(bin_dir), "--plugin", str(zipapp_plugin)]
+    broken: list[str] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                named = any(p["type"] == "nodemesh-cni" for p in plugins_of(path))
+            except (ValueError, OSError):
+                continue  # between a write and its rename nothing is half-written, but be safe
+            if named and not os.access(bin_dir / "nodemesh-cni", os.X_OK):
+                broken.append("entry without binary")
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nodemesh_cni.install", "watch", *common, "--interval", "0.05"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: plugins_of(path)[-1]["type"] == "nodemesh-cni", timeout=20)
+        for _ in range(3):
+            assert _cli("uninstall", *common).returncode == 0
+            time.sleep(0.3)  # several polls of the watch
+            assert _cli("install", *common).returncode == 0
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        stop.set()
+        sampler.join()
+    assert not broken, f"{len(broken)} samples saw the entry without the binary"
