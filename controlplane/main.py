@@ -78,7 +78,11 @@ class Identity:
 
 def load_identity(args: argparse.Namespace, index: ClusterIndex, api: object) -> Identity:
     def pods_on_node(node: str) -> list[tuple[str, str]]:
-        return [(p.key.namespace, p.service_account) for p in index.pods_on_node(node)]
+        # Only meshed pods: an unmeshed pod on the node (the control plane's, the agent's own
+        # hostNetwork pod) must not lend its service account's identity to the agent.
+        return [
+            (p.key.namespace, p.service_account) for p in index.pods_on_node(node) if p.mesh.meshed
+        ]
 
     def node_of_pod(namespace: str, name: str) -> str | None:
         pod = index.pods.get(PodKey(namespace, name))
