@@ -11,7 +11,7 @@ import grpc
 from nodemesh.api import public_pb2 as pb
 from nodemesh.api import public_pb2_grpc as pb_grpc
 from nodemesh.api import tap_pb2
-from nodemesh.cli.target import Endpoint
+from nodemesh.cli.target import TOKEN_ENV, Endpoint
 
 CALL_TIMEOUT = 10.0
 
@@ -26,6 +26,7 @@ class PublicApi:
         self.timeout = timeout
         self.channel = grpc.insecure_channel(endpoint.address)
         self.stub = pb_grpc.PublicStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {endpoint.token}"),) if endpoint.token else ()
 
     def close(self) -> None:
         self.channel.close()
@@ -41,8 +42,22 @@ class PublicApi:
         details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
         ep = self.endpoint
         at = ep.address if ep.where == ep.address else f"{ep.where} at {ep.address}"
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
+        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
             return ApiError(details)
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            hint = (
+                f"set {TOKEN_ENV} to a token the cluster accepts"
+                if not ep.token
+                else "your token was not accepted"
+            )
+            return ApiError(
+                f"the control plane ({at}) does not know who you are: {details} ({hint})"
+            )
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            return ApiError(
+                f"the control plane ({at}) refused: {details} (ask for the nodemesh-tap or "
+                "nodemesh-stats ClusterRole; see docs/security.md)"
+            )
         if code == grpc.StatusCode.UNAVAILABLE:
             return ApiError(
                 f"cannot reach the control plane ({at}): is it running? (nodemesh check)"
@@ -56,7 +71,9 @@ class PublicApi:
 
     def _call(self, method: str, request: Any) -> Any:
         try:
-            return getattr(self.stub, method)(request, timeout=self.timeout, wait_for_ready=False)
+            return getattr(self.stub, method)(
+                request, timeout=self.timeout, wait_for_ready=False, metadata=self.metadata
+            )
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 
@@ -80,7 +97,7 @@ class PublicApi:
     ) -> Iterator[tap_pb2.TapEvent]:
         """Events until the caller stops iterating or `seconds` pass (then the stream ends
         quietly); the stream is cancelled either way."""
-        call = self.stub.Tap(request, timeout=seconds)
+        call = self.stub.Tap(request, timeout=seconds, metadata=self.metadata)
         try:
             yield from call
         except grpc.RpcError as exc:

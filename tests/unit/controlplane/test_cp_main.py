@@ -24,6 +24,7 @@ from nodemesh.api import identity_pb2_grpc as ipb_grpc
 from nodemesh.api import public_pb2 as ppb
 from nodemesh.api import public_pb2_grpc as ppb_grpc
 from nodemesh.identity import create_issuer_files
+from nodemesh.lab.access import ACCESS_FILE, ADMIN_TOKEN_FILE, create_lab_access
 
 
 def free_port() -> int:
@@ -55,6 +56,7 @@ def controlplane(tmp_path: Path):  # type: ignore[no-untyped-def]
         )
     )  # fmt: skip
     issuer = create_issuer_files(tmp_path / "identity", nodes=["node1", "node2"])
+    create_lab_access(tmp_path / "access")
     ports = {name: free_port() for name in ("agent", "public", "admin")}
     proc = subprocess.Popen(
         [
@@ -64,6 +66,7 @@ def controlplane(tmp_path: Path):  # type: ignore[no-untyped-def]
             "--source=local",
             f"--state-dir={tmp_path / 'lab'}",
             f"--identity-dir={tmp_path / 'identity'}",
+            f"--access-file={tmp_path / 'access' / ACCESS_FILE}",
             f"--agent-addr=127.0.0.1:{ports['agent']}",
             f"--public-addr=127.0.0.1:{ports['public']}",
             f"--admin-addr=127.0.0.1:{ports['admin']}",
@@ -83,7 +86,7 @@ def controlplane(tmp_path: Path):  # type: ignore[no-untyped-def]
                 pass
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.1)
-        yield proc, ports, issuer
+        yield proc, ports, issuer, (tmp_path / "access" / ADMIN_TOKEN_FILE).read_text().strip()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -93,7 +96,7 @@ def controlplane(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 async def test_serves_agents_over_tls_with_tokens_and_stops_on_sigterm(controlplane) -> None:
-    proc, ports, issuer = controlplane
+    proc, ports, issuer, admin = controlplane
     status, metrics = http_get(f"http://127.0.0.1:{ports['admin']}/metrics")
     assert status == 200 and "nodemesh_index_objects" in metrics
     assert http_get(f"http://127.0.0.1:{ports['admin']}/live")[0] == 200
@@ -120,10 +123,15 @@ async def test_serves_agents_over_tls_with_tokens_and_stops_on_sigterm(controlpl
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['public']}") as channel:
         public = ppb_grpc.PublicStub(channel)
-        version = await public.Version(ppb.VersionRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await public.Version(ppb.VersionRequest())
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        as_admin = [("authorization", f"Bearer {admin}")]
+        version = await public.Version(ppb.VersionRequest(), metadata=as_admin)
         assert version.synced and version.source == "local"
         stat = await public.Stat(
-            ppb.StatRequest(resource=ppb.Resource(kind="deploy"), all_namespaces=True)
+            ppb.StatRequest(resource=ppb.Resource(kind="deploy"), all_namespaces=True),
+            metadata=as_admin,
         )
         assert [(r.resource.name, r.total_pods, r.requests) for r in stat.rows] == [("web", 2, 0)]
 
@@ -135,7 +143,7 @@ async def test_serves_agents_over_tls_with_tokens_and_stops_on_sigterm(controlpl
 
 
 async def test_the_ca_issues_only_identities_of_meshed_pods_on_the_node(controlplane) -> None:
-    _, ports, issuer = controlplane
+    _, ports, issuer, _ = controlplane
     creds = grpc.ssl_channel_credentials(root_certificates=issuer.anchor.certificate_pem())
     token = [("authorization", f"Bearer {issuer.tokens['node1']}")]
     async with grpc.aio.secure_channel(f"localhost:{ports['agent']}", creds) as channel:
