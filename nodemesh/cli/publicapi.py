@@ -19,6 +19,8 @@ CALL_TIMEOUT = 10.0
 class ApiError(click.ClickException):
     """The control plane refused or did not answer; the message is for the user."""
 
+    code: grpc.StatusCode | None = None
+
 
 class PublicApi:
     def __init__(self, endpoint: Endpoint, *, timeout: float = CALL_TIMEOUT) -> None:
@@ -38,6 +40,11 @@ class PublicApi:
         self.close()
 
     def _error(self, exc: grpc.RpcError) -> ApiError:
+        error = self._message(exc)
+        error.code = exc.code() if isinstance(exc, grpc.Call) else None
+        return error
+
+    def _message(self, exc: grpc.RpcError) -> ApiError:
         code = exc.code() if isinstance(exc, grpc.Call) else None
         details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
         ep = self.endpoint
@@ -111,8 +118,14 @@ class PublicApi:
             call.cancel()
 
     def check_namespace(self, namespace: str) -> None:
-        """Fail with a clear line when the index knows namespaces and `namespace` is not one."""
-        known = self.workloads().namespaces_meshed
+        """Fail with a clear line when the index knows namespaces and `namespace` is not one.
+        A caller who may not list workloads everywhere skips this: the call itself decides."""
+        try:
+            known = self.workloads().namespaces_meshed
+        except ApiError as exc:
+            if exc.code == grpc.StatusCode.PERMISSION_DENIED:
+                return
+            raise
         if known and namespace not in known:
             raise ApiError(
                 f"namespace {namespace!r} does not exist (namespaces: {', '.join(sorted(known))})"

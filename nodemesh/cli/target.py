@@ -79,7 +79,8 @@ def kubeconfig_token(api: Any) -> str | None:
     cfg = api.configuration
     if getattr(cfg, "refresh_api_key_hook", None) is not None:
         cfg.refresh_api_key_hook(cfg)  # exec plugins: a fresh token
-    value = (cfg.api_key or {}).get("authorization") or ""
+    keys = cfg.api_key or {}
+    value = keys.get("BearerToken") or keys.get("authorization") or ""  # by client version
     scheme, _, token = value.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
