@@ -150,7 +150,7 @@ class KubeAccessReview:
         if found is None:
             found = await asyncio.to_thread(self._token_review, token)
             self._callers.put(key, found)
-        return found  # type: ignore[no-any-return]
+        return found
 
     def _token_review(self, token: str) -> Caller:
         # No audiences: the API server's own, which kubeconfig and service-account tokens carry.
@@ -229,7 +229,11 @@ class LabAccessReview:
         self._stamp: tuple[int, int] | None = None
         self._users: dict[str, Caller] = {}
         self._bindings: list[_Binding] = []
-        self._load()
+        try:
+            self._load()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Refuse every call (UNAVAILABLE, with the reason) until the file is readable.
+            log.warning("the lab's grant table %s cannot be read yet: %s", self.path, exc)
 
     def _load(self) -> None:
         st = self.path.stat()
