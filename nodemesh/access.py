@@ -42,7 +42,7 @@ class ResourceAttributes:
         text = f"{self.verb} {what}.{self.group}"
         if self.name:
             text += f" {self.name!r}"
-        if self.resource == "namespaces" or self.resource in CLUSTER_SCOPED:
+        if self.resource in CLUSTER_SCOPED:
             return text
         return text + (f" in namespace {self.namespace!r}" if self.namespace else " cluster-wide")
 
