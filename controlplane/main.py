@@ -12,6 +12,13 @@ from pathlib import Path
 
 import grpc
 
+from controlplane.access import (
+    AccessReview,
+    Gate,
+    KubeAccessReview,
+    LabAccessReview,
+    NoAccessReview,
+)
 from controlplane.admin import AdminServer
 from controlplane.destination import (
     AgentRefused,
@@ -62,6 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source", choices=("local", "kubernetes"), default="kubernetes")
     p.add_argument("--state-dir", help="lab state directory (local source): /run/nodemesh/<lab>")
     p.add_argument("--identity-dir", help="lab identity directory: ca.crt, issuer.*, tokens.json")
+    p.add_argument(
+        "--access-file",
+        help="lab grant table (access.json): who may call the public API; on a cluster the API "
+        "server decides (TokenReview + SubjectAccessReview)",
+    )
     p.add_argument("--kubeconfig", help="kubeconfig when not running in a cluster")
     p.add_argument(
         "--namespace",
@@ -104,7 +116,11 @@ class Identity:
 
 def load_identity(args: argparse.Namespace, index: ClusterIndex, api: object) -> Identity:
     def pods_on_node(node: str) -> list[tuple[str, str]]:
-        return [(p.key.namespace, p.service_account) for p in index.pods_on_node(node)]
+        # Only meshed pods: an unmeshed pod on the node (the control plane's, the agent's own
+        # hostNetwork pod) must not lend its service account's identity to the agent.
+        return [
+            (p.key.namespace, p.service_account) for p in index.pods_on_node(node) if p.mesh.meshed
+        ]
 
     def node_of_pod(namespace: str, name: str) -> str | None:
         pod = index.pods.get(PodKey(namespace, name))
@@ -192,6 +208,15 @@ async def serve(args: argparse.Namespace) -> None:
         log.warning("agent API on %s is plaintext (--no-agent-tls)", args.agent_addr)
         agent_server.add_insecure_port(args.agent_addr)
 
+    review: AccessReview
+    if args.access_file:
+        review = LabAccessReview(args.access_file)
+    elif api is not None:
+        review = KubeAccessReview(api)
+    else:
+        log.warning("no --access-file and no Kubernetes API: the public API refuses every call")
+        review = NoAccessReview()
+
     public_server = grpc.aio.server()
     public_pb2_grpc.add_PublicServicer_to_server(
         PublicService(
@@ -200,6 +225,7 @@ async def serve(args: argparse.Namespace) -> None:
             broker=broker,
             hub=hub,
             source_name=args.source,
+            gate=Gate(review),
         ),
         public_server,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -22,6 +23,16 @@ from nodemesh.ratelimit import TokenBucket
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 
+# What tapping may cost, whoever asks: at most MAX_STREAMS concurrent streams, and together at
+# most TAP_BUDGET_RPS tapped requests a second across the cluster (shared evenly between the
+# streams when they ask for more), so the agents' extra work stays bounded.
+MAX_STREAMS = 16
+TAP_BUDGET_RPS = 250.0
+
+
+class TapBusy(Exception):
+    """Too many concurrent tap streams; the message is meant for the user."""
+
 
 @dataclass(eq=False)
 class TapStream:
@@ -31,6 +42,7 @@ class TapStream:
     request: pb.TapSubscription  # resource, to, method, path_prefix, max_rps (pods filled per node)
     queue: asyncio.Queue[pb.TapEvent]
     bucket: TokenBucket
+    asked_rps: float = 0.0
     sent: dict[str, pb.TapSubscription] = field(default_factory=dict)  # node -> last start
     admitted: OrderedDict[tuple[str, int], None] = field(default_factory=OrderedDict)
     dropped: int = 0
@@ -44,9 +56,18 @@ class AgentLink:
 
 
 class TapBroker:
-    def __init__(self, index: ClusterIndex, *, queue_size: int = 1000) -> None:
+    def __init__(
+        self,
+        index: ClusterIndex,
+        *,
+        queue_size: int = 1000,
+        max_streams: int = MAX_STREAMS,
+        budget_rps: float = TAP_BUDGET_RPS,
+    ) -> None:
         self.index = index
         self.queue_size = queue_size
+        self.max_streams = max_streams
+        self.budget_rps = budget_rps
         self.agents: dict[str, AgentLink] = {}
         self.streams: dict[str, TapStream] = {}
 
@@ -57,18 +78,37 @@ class TapBroker:
         resources.canonical_kind(request.resource.kind)
         if request.HasField("to"):
             resources.canonical_kind(request.to.kind)
-        if request.max_rps <= 0:
-            raise resources.BadResource("max_rps must be above 0")
+        if not 0 < request.max_rps < math.inf:  # also refuses NaN
+            raise resources.BadResource(f"max_rps must be above 0, not {request.max_rps}")
+        if len(self.streams) >= self.max_streams:
+            raise TapBusy(
+                f"{len(self.streams)} tap streams are open, the most the control plane allows "
+                f"at once ({self.max_streams}); try again when one ends"
+            )
         stream = TapStream(
             id=f"tap-{next(_ids)}",
             request=request,
             queue=asyncio.Queue(self.queue_size),
             bucket=TokenBucket(request.max_rps),
+            asked_rps=request.max_rps,
         )
         self.streams[stream.id] = stream
         TAP_SUBSCRIPTIONS.set(len(self.streams))
-        self._route(stream)
+        self._share_budget()
         return stream
+
+    def _share_budget(self) -> None:
+        """Give each stream min(what it asked, an even share of what the others leave), then
+        (re)start it on its agents where its rate changed."""
+        left, waiting = self.budget_rps, sorted(self.streams.values(), key=lambda s: s.asked_rps)
+        while waiting:
+            stream = waiting.pop(0)
+            rate = min(stream.asked_rps, left / (len(waiting) + 1))
+            left -= rate
+            if rate != stream.request.max_rps:
+                stream.request.max_rps = rate
+                stream.bucket = TokenBucket(rate)
+            self._route(stream)
 
     def unsubscribe(self, stream: TapStream) -> None:
         if self.streams.pop(stream.id, None) is None:
@@ -76,6 +116,7 @@ class TapBroker:
         TAP_SUBSCRIPTIONS.set(len(self.streams))
         for node in stream.sent:
             self._send(node, pb.TapCommand(stop=stream.id))
+        self._share_budget()
 
     def _route(self, stream: TapStream) -> None:
         """(Re)compute which agents tap which pods for `stream`; send only what changed."""

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from nodemesh.identity import create_issuer_files
+from nodemesh.lab.access import create_lab_access
 from nodemesh.lab.client import LabClient, LabRequestFailed, LabUnavailable
 from nodemesh.lab.config import Forward, ForwardError, LabConfig
 from nodemesh.lab.ledger import Ledger
@@ -136,6 +137,7 @@ def up(
     try:
         if mesh:
             create_issuer_files(paths.identity, nodes=[f"node{i}" for i in range(1, nodes + 1)])
+            create_lab_access(paths.access)
         _start_supervisor(paths, timeout=timeout)
         if mesh:
             _apply_text(paths, _mesh_manifest(paths), source=str(MESH_MANIFEST))

@@ -41,6 +41,50 @@ class Endpoint:
     where: str  # "lab 'x'", "cluster (context y)", "127.0.0.1:8085"
     lab: LabPaths | None = None
     kube: Any = None  # kubernetes.client.ApiClient on a cluster
+    # The caller's bearer token for the public API: $NODEMESH_API_TOKEN, else the lab admin's
+    # (root-only file) or the kubeconfig user's token (static or from an exec plugin).
+    token: str | None = None
+
+
+TOKEN_ENV = "NODEMESH_API_TOKEN"
+
+
+def _with_token(endpoint: Endpoint) -> Endpoint:
+    given = os.environ.get(TOKEN_ENV, "").strip()
+    if given:
+        endpoint.token = given
+    elif endpoint.lab is not None:
+        endpoint.token = lab_admin_token(endpoint.lab)
+    elif endpoint.kube is not None:
+        endpoint.token = kubeconfig_token(endpoint.kube)
+    return endpoint
+
+
+def lab_admin_token(paths: LabPaths) -> str | None:
+    from nodemesh.lab.access import ADMIN_TOKEN_FILE
+
+    try:
+        return (paths.access / ADMIN_TOKEN_FILE).read_text().strip() or None
+    except PermissionError:
+        raise TargetError(
+            f"the admin token of lab {paths.name!r} belongs to root: run this command with sudo"
+        ) from None
+    except OSError:
+        return None  # a lab made before tokens existed: the API will say what it misses
+
+
+def kubeconfig_token(api: Any) -> str | None:
+    """The kubeconfig user's bearer token; None for client-certificate users (then set
+    NODEMESH_API_TOKEN, e.g. to `kubectl create token <serviceaccount>`)."""
+    cfg = api.configuration
+    if getattr(cfg, "refresh_api_key_hook", None) is not None:
+        cfg.refresh_api_key_hook(cfg)  # exec plugins: a fresh token
+    keys = cfg.api_key or {}
+    value = keys.get("BearerToken") or keys.get("authorization") or ""  # by client version
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
 
 
 def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -154,17 +198,17 @@ def resolve(options: TargetOptions) -> Iterator[Endpoint]:
             raise click.BadParameter(
                 f"{options.api_addr!r} is not HOST:PORT", param_hint="'--api-addr'"
             )
-        yield Endpoint(options.api_addr, options.api_addr)
+        yield _with_token(Endpoint(options.api_addr, options.api_addr))
         return
     if options.lab:
         paths = _lab_paths(options.lab)
-        yield Endpoint(lab_api_address(paths), f"lab {paths.name!r}", lab=paths)
+        yield _with_token(Endpoint(lab_api_address(paths), f"lab {paths.name!r}", lab=paths))
         return
     if not (options.context or options.kubeconfig):
         labs = running_labs()
         if len(labs) == 1:
             paths = _lab_paths(labs[0])
-            yield Endpoint(lab_api_address(paths), f"lab {paths.name!r}", lab=paths)
+            yield _with_token(Endpoint(lab_api_address(paths), f"lab {paths.name!r}", lab=paths))
             return
         if len(labs) > 1:
             raise TargetError(f"several labs are running ({', '.join(labs)}): choose with --lab")
@@ -177,4 +221,4 @@ def resolve(options: TargetOptions) -> Iterator[Endpoint]:
     from nodemesh.cli.cluster import cluster_endpoint  # the kubernetes client loads slowly
 
     with cluster_endpoint(options) as endpoint:
-        yield endpoint
+        yield _with_token(endpoint)

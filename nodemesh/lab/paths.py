@@ -56,6 +56,11 @@ class LabPaths:
     def identity(self) -> Path:
         return self.root / "identity"
 
+    @property
+    def access(self) -> Path:
+        """Who may call the public API: tokens and grants (nodemesh.lab.access), root-only."""
+        return self.root / "access"
+
     def logs(self, namespace: str, pod: str) -> Path:
         return self.root / "logs" / namespace / pod
 

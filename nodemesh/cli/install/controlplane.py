@@ -39,6 +39,14 @@ def rbac(values: InstallValues) -> list[Obj]:
     rules.append(
         {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
     )
+    # Public API callers: their token reviewed as above, their tap/stat rights asked of the API.
+    rules.append(
+        {
+            "apiGroups": ["authorization.k8s.io"],
+            "resources": ["subjectaccessreviews"],
+            "verbs": ["create"],
+        }
+    )
     return [
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -160,7 +160,22 @@ def test_least_privilege_rbac() -> None:
                 assert name == "nodemesh-controlplane-identity"
                 assert rule["resourceNames"] == ["nodemesh-identity"] and rule["verbs"] == ["get"]
     bound = {s["name"] for d in docs if d["kind"].endswith("Binding") for s in d["subjects"]}
-    assert "nodemesh-agent" not in bound and "nodemesh-dashboard" not in bound
+    assert "nodemesh-agent" not in bound
+    # The dashboard may only tap and read stats (groups served by the public API, not the
+    # Kubernetes API), with its own ServiceAccount: nothing else.
+    dashboard = {
+        d["roleRef"]["name"]
+        for d in docs
+        if d["kind"].endswith("Binding")
+        and any(s["name"] == "nodemesh-dashboard" for s in d["subjects"])
+    }
+    assert dashboard == {"nodemesh-tap", "nodemesh-stats"}
+    for name in dashboard:
+        assert {g for rule in roles[name]["rules"] for g in rule["apiGroups"]} <= {
+            "tap.nodemesh.io", "stats.nodemesh.io"}  # fmt: skip
+    cp = roles["nodemesh-controlplane"]["rules"]
+    assert {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"],
+            "verbs": ["create"]} in cp  # fmt: skip
 
 
 def test_bring_your_own_identity_lands_in_the_secret(identity_files) -> None:
@@ -218,7 +233,7 @@ def test_uninstall_lists_what_to_delete() -> None:
     docs = [d for d in yaml.safe_load_all(res.stdout) if d]
     assert docs[-1] == {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mesh"}}
     assert {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"} == {
-        "mesh-controlplane", "mesh-prometheus"}  # fmt: skip
+        "mesh-controlplane", "mesh-prometheus", "mesh-tap", "mesh-stats"}  # fmt: skip
     assert "nodemesh_cni.install uninstall" in res.stdout
     # Prometheus is listed though a default install never made it: without --ignore-not-found
     # the documented pipe exits 1 on a cluster installed without --prometheus.

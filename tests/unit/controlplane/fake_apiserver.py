@@ -3,7 +3,11 @@
 Lists are JSON with metadata.resourceVersion; `?watch=true` answers with a chunked stream of
 JSON lines (ADDED/MODIFIED/DELETED/BOOKMARK/ERROR). Tests can compact the history (watches from
 older versions then get an ERROR event with code 410), drop every open watch connection without
-a proper end, and inject raw lines."""
+a proper end, and inject raw lines.
+
+It also answers TokenReview and SubjectAccessReview (POST) from tables the tests fill: `tokens`
+(token -> user info), `revoke(token)`, and `grants` (user or group, verb, group, resource,
+namespace: "" = every namespace) checked the way RBAC does; every review is recorded."""
 
 from __future__ import annotations
 
@@ -31,6 +35,21 @@ PATHS = {
 }
 
 
+REVIEW_PATHS = {
+    "/apis/authentication.k8s.io/v1/tokenreviews": "TokenReview",
+    "/apis/authorization.k8s.io/v1/subjectaccessreviews": "SubjectAccessReview",
+}
+
+
+@dataclass(frozen=True)
+class Grant:
+    subject: str  # a user name or a group name
+    verb: str
+    group: str
+    resource: str  # "deployments/tap", or "*"
+    namespace: str = ""  # "" = every namespace (a ClusterRoleBinding)
+
+
 @dataclass
 class Request:
     kind: str
@@ -55,6 +74,10 @@ class FakeApiServer:
         self.cond = threading.Condition()
         self.requests: list[Request] = []
         self.open_watches = 0
+        self.tokens: dict[str, Obj] = {}  # token -> TokenReview status.user
+        self.revoked: set[str] = set()
+        self.grants: list[Grant] = []
+        self.reviews: list[tuple[str, Obj]] = []  # (kind, spec) of every review asked
         handler = type("Handler", (_Handler,), {"api": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
@@ -123,6 +146,38 @@ class FakeApiServer:
             self.state.bookmarks += 1
             self.cond.notify_all()
 
+    def add_user(self, token: str, username: str, groups: tuple[str, ...] = ()) -> None:
+        self.tokens[token] = {"username": username, "uid": f"uid-{username}",
+                              "groups": [*groups, "system:authenticated"]}  # fmt: skip
+
+    def revoke(self, token: str) -> None:
+        self.revoked.add(token)
+
+    def review(self, kind: str, spec: Obj) -> Obj:
+        with self.cond:
+            self.reviews.append((kind, copy.deepcopy(spec)))
+        if kind == "TokenReview":
+            token = spec.get("token", "")
+            user = self.tokens.get(token)
+            if user is None or token in self.revoked:
+                return {"authenticated": False, "error": "invalid bearer token"}
+            return {"authenticated": True, "user": user}
+        attrs = spec.get("resourceAttributes") or {}
+        subjects = {spec.get("user"), *(spec.get("groups") or [])}
+        resource = attrs.get("resource", "")
+        if attrs.get("subresource"):
+            resource += "/" + attrs["subresource"]
+        for g in self.grants:
+            if (
+                g.subject in subjects
+                and g.verb == attrs.get("verb")
+                and g.group == attrs.get("group", "")
+                and g.resource in ("*", resource)
+                and g.namespace in ("", attrs.get("namespace", ""))
+            ):
+                return {"allowed": True, "reason": f"granted to {g.subject}"}
+        return {"allowed": False}
+
     def count(self, kind: str, *, watch: bool) -> int:
         return sum(1 for r in self.requests if r.kind == kind and r.watch == watch)
 
@@ -137,6 +192,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
         pass
+
+    def do_POST(self) -> None:  # noqa: N802 (stdlib name)
+        kind = REVIEW_PATHS.get(urlparse(self.path).path)
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if kind is None:
+            self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+            return
+        spec = body.get("spec") or {}
+        status = self.api.review(kind, spec)
+        self._json(201, {"kind": kind, "apiVersion": body.get("apiVersion"), "spec": spec,
+                         "status": status})  # fmt: skip
 
     def do_GET(self) -> None:  # noqa: N802 (stdlib name)
         url = urlparse(self.path)

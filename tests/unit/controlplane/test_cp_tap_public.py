@@ -7,7 +7,9 @@ import asyncio
 import cp_objects as k
 import grpc
 import pytest
+from bearer import bearer
 
+from controlplane.access import Gate, LabAccessReview
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
 from controlplane.public_api import PublicService
@@ -19,6 +21,7 @@ from nodemesh.api import public_pb2 as ppb
 from nodemesh.api import public_pb2_grpc as ppb_grpc
 from nodemesh.api import tap_pb2 as tpb
 from nodemesh.api import tap_pb2_grpc as tpb_grpc
+from nodemesh.lab.access import ACCESS_FILE, ADMIN_TOKEN_FILE, create_lab_access
 
 
 class RecordedTelemetry(NoTelemetry):
@@ -57,21 +60,31 @@ def index() -> ClusterIndex:
 
 
 @pytest.fixture
-async def stack(index, grpc_server, channels):
+async def stack(index, grpc_server, tmp_path):
     telemetry = RecordedTelemetry()
     broker = TapBroker(index)
     hub = DestinationHub(index)
+    create_lab_access(tmp_path / "access")
     public = PublicService(
-        index=index, telemetry=telemetry, broker=broker, hub=hub, source_name="local"
+        index=index,
+        telemetry=telemetry,
+        broker=broker,
+        hub=hub,
+        source_name="local",
+        gate=Gate(LabAccessReview(tmp_path / "access" / ACCESS_FILE)),
     )
+    admin = (tmp_path / "access" / ADMIN_TOKEN_FILE).read_text().strip()
 
     def register(server: grpc.aio.Server) -> None:
         tpb_grpc.add_AgentTapServicer_to_server(AgentTapService(broker), server)
         ppb_grpc.add_PublicServicer_to_server(public, server)
 
     address = await grpc_server(register)
-    channel = channels(address)
-    return broker, telemetry, tpb_grpc.AgentTapStub(channel), ppb_grpc.PublicStub(channel)
+    async with (
+        grpc.aio.insecure_channel(address) as channel,
+        grpc.aio.insecure_channel(address, interceptors=bearer(admin)) as as_admin,
+    ):
+        yield broker, telemetry, tpb_grpc.AgentTapStub(channel), ppb_grpc.PublicStub(as_admin)
 
 
 class Reader:
