@@ -75,6 +75,25 @@ DESTINATION_UPDATES = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+CONNECTION_PROTOCOLS = Counter(
+    "nodemesh_agent_connection_protocols",
+    "Connections by the protocol detection settled on and why (cause: sniffed from the client's "
+    "bytes, known_port, pod_opaque_port, source, remembered_server_first, server_spoke_first, "
+    "incomplete_prefix, max_peek, closed); opaque ones carry no request metrics",
+    ["direction", "protocol", "cause"],
+    registry=REGISTRY,
+)
+SERVER_FIRST_REMEMBERED = Counter(
+    "nodemesh_agent_server_first_remembered",
+    "Destinations newly remembered as speaking first: every connection to one is relayed "
+    "opaque (no request metrics) until the memory's TTL passes",
+    registry=REGISTRY,
+)
+SERVER_FIRST_DESTINATIONS = Gauge(
+    "nodemesh_agent_server_first_destinations",
+    "Destinations remembered as speaking first when one was last added",
+    registry=REGISTRY,
+)
 
 
 class _Unexposed:

@@ -100,12 +100,44 @@ def test_a_server_banner_settles_the_connection_at_once_and_is_remembered() -> N
     assert sink.requests == []
 
 
-def test_a_silent_client_is_opaque_when_the_detection_timer_fires() -> None:
+def test_a_silent_client_is_counted_open_when_the_detection_timer_fires() -> None:
     sink, timers = RecordingSink(), Timers()
     tap(sink, call_later=timers)
     assert sink.opened == []
     timers.fire()
-    assert [o.protocol for o in sink.opened] == ["tcp"]
+    assert len(sink.opened) == 1  # TCP_CONN counts it while it says nothing
+
+
+def test_a_silent_client_neither_loses_its_own_requests_nor_blinds_other_clients() -> None:
+    """Go's load generators (hey) and connection pools open spare connections that say
+    nothing for a while: that proves nothing about the server, so it must not turn this
+    connection or later ones to the same destination opaque."""
+    sink, memory, timers = RecordingSink(), ServerFirstMemory(), Timers()
+    spare = tap(sink, memory=memory, call_later=timers)
+    timers.fire()  # silent past the detection timeout
+    other = tap(sink, memory=memory, call_later=Timers(), conn_id=8)
+    for t in (other, spare):
+        t.client(b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n")
+        t.server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        t.closed("")
+    assert len(memory) == 0
+    assert [(r.conn_id, r.status) for r in sink.requests] == [(8, 200), (7, 200)]
+    assert [c.protocol for c in sink.closed] == ["http1", "http1"]
+
+
+def test_an_http_server_answering_an_idle_connection_is_not_taken_for_a_banner() -> None:
+    # Some HTTP servers send "408 Request Timeout" to a connection that never sent a request.
+    sink, memory, timers = RecordingSink(), ServerFirstMemory(), Timers()
+    t = tap(sink, memory=memory, call_later=timers)
+    timers.fire()
+    t.server(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n")
+    t.closed("")
+    assert len(memory) == 0
+    later = tap(sink, memory=memory, call_later=Timers(), conn_id=9)
+    later.client(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+    later.server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    later.closed("")
+    assert [r.conn_id for r in sink.requests] == [9]
 
 
 def test_opaque_ports_and_the_sources_verdict_skip_detection() -> None:
