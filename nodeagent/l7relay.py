@@ -56,6 +56,7 @@ def _count_protocol(direction: str, protocol: str, cause: str) -> None:
         child = _protocol_counters[key] = CONNECTION_PROTOCOLS.labels(*key)
     child.inc()
 
+
 # call_later(delay, fn) -> something with cancel(); the event loop's, or a test's.
 Scheduler = Callable[[float, Callable[[], None]], Any]
 
