@@ -254,8 +254,10 @@ def _row(kind: str, key: Group, pods: list[PodInfo], g: GroupStats | None, windo
     )
     if g is None:
         return row
+    covered = g.covered_s or window
     row.requests = g.requests
-    row.rps = g.requests / window
+    row.rps = g.requests / covered
+    row.covered_seconds = covered
     if g.requests:
         row.success_rate = g.successes / g.requests
     for field in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):

@@ -40,6 +40,7 @@ class GroupStats:
     tcp_open_connections: int = 0
     tcp_read_bytes: int = 0
     tcp_write_bytes: int = 0
+    covered_s: float = 0.0  # the seconds the counts cover (rates divide by this)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,8 @@ class StoreTelemetry:
                 from_=self._resource(source) if source else None,
                 to=self._resource(destination) if destination else None,
                 window_s=window_s,
+                # What the agents reported a second ago counts at once.
+                include_current=True,
             )
         except (query.InvalidQuery, query.UnknownResourceKind) as exc:
             raise BadQuery(str(exc)) from exc
@@ -138,6 +141,7 @@ class StoreTelemetry:
                 tcp_open_connections=r.tcp_open_connections,
                 tcp_read_bytes=r.read_bytes,
                 tcp_write_bytes=r.write_bytes,
+                covered_s=r.window_s,
             )
             for r in rows
         ]
