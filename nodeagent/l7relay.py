@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import time
 from collections.abc import Callable, Collection, Container
 from dataclasses import dataclass
@@ -87,6 +88,8 @@ class ConnectionTap:
         dst: Peer,
         tls: bool,
         dst_key: tuple[str, int],
+        src_port: int = 0,
+        dst_port: int = 0,
         opaque_ports: Container[int] = frozenset(),
         skip_detection: bool = False,
         memory: detect.ServerFirstMemory | None = None,
@@ -101,6 +104,9 @@ class ConnectionTap:
         self.dst = dst
         self.tls = tls
         self.dst_key = dst_key
+        # Per connection, unlike the interned peers: only tap events carry them.
+        self.src_port = src_port
+        self.dst_port = dst_port
         self.opaque_ports = opaque_ports
         self.memory = memory
         self.on_first_byte = on_first_byte
@@ -345,6 +351,8 @@ class ConnectionTap:
                 authority,
                 path,
                 wall,
+                self.src_port,
+                self.dst_port,
             )
 
     def _first_byte(self, key: int, status: int) -> None:
@@ -391,6 +399,14 @@ class ConnectionTap:
 
 
 MAX_SERVER_PREFIX = 16 * 1024
+
+
+def peer_port(sock: socket.socket) -> int:
+    """The port of a connected socket's peer, 0 once it is gone (for tap events only)."""
+    try:
+        return int(sock.getpeername()[1])
+    except (OSError, IndexError):
+        return 0
 
 
 def _h2_settings_first(data: bytes | bytearray) -> bool:

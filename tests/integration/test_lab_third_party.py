@@ -232,14 +232,14 @@ def test_stat_equals_what_third_party_clients_counted(lab: LabPaths) -> None:
 
     # The server's agent (inbound) and the client's agent (outbound) each count every request.
     fresh = settles_at(requests(), hey)
-    assert requests("--from", "deploy/client")() == hey
+    settles_at(requests("--from", "deploy/client"), hey)
     print(f"hey: {hey} requests; stat equal {fresh:.1f} s after hey ended")
 
     h2 = h2load_count(in_client(lab, "h2load", "-n", str(H2LOAD_REQUESTS), "-c", "4", "-m", "10",
                                 "http://nginx:8081/"))  # fmt: skip
     assert h2 == H2LOAD_REQUESTS
     fresh = settles_at(requests(), hey + h2)
-    assert requests("--from", "deploy/client")() == hey + h2
+    settles_at(requests("--from", "deploy/client"), hey + h2)
     print(f"h2load: {h2} requests; stat equal {fresh:.1f} s after h2load ended")
 
     # A server that speaks first: its banner comes through at once, the destination is
@@ -248,6 +248,24 @@ def test_stat_equals_what_third_party_clients_counted(lab: LabPaths) -> None:
     assert agent_metric(lab, "node1", "nodemesh_agent_server_first_remembered_total") >= 1
     again = hey_count(in_client(lab, "hey", "-n", "300", "-c", "5", "http://nginx:8080/"))
     settles_at(requests(), hey + h2 + again)
+
+    # tap, from the server's side and from the client's: real ports, both workloads.
+    for target, direction in (("deploy/nginx", "INBOUND"), ("deploy/client", "OUTBOUND")):
+        with subprocess.Popen(
+            [NODEMESH, "tap", target, "-n", NS, "--lab", lab.name, "-o", "json",
+             "--duration", "8"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ) as tapping:  # fmt: skip
+            time.sleep(3)  # the tap reaches the agents
+            in_client(lab, "hey", "-n", "20", "-c", "1", "-q", "10", "http://nginx:8080/")
+            out, err = tapping.communicate(timeout=60)
+        reqs = [e for e in map(json.loads, out.splitlines()) if "req" in e]
+        assert reqs, f"no tap events for {target}: {err}"
+        for e in reqs:
+            assert e["direction"] == direction, e
+            assert e["src"]["port"] > 0 and e["dst"]["port"] == 8080, e
+            assert (e["src"]["workload"], e["dst"]["workload"]) == ("client", "nginx"), e
+    settles_at(requests(), hey + h2 + again + 40)
 
     # redis: one held connection, then redis-benchmark's come and go.
     with spawned_in_client(lab, "python3", "-c", HOLD_REDIS, "120") as said:

@@ -165,6 +165,35 @@ async def test_tap_goes_only_to_agents_hosting_the_pods_and_is_rate_limited(stac
     await tasks.cancel_all([a.task for a in agents.values()] + [tap.task])
 
 
+async def test_tap_events_name_both_workloads_from_the_index(stack) -> None:
+    """An agent knows the pod a tunnelled client came from, not always its workload (a pod
+    behind no Service): the control plane fills it in from the index."""
+    broker, _, agent_stub, public = stack
+    agent = await connect_agent(agent_stub, "node1")
+    while not broker.agents:
+        await asyncio.sleep(0.01)
+    tap = Reader(
+        public.Tap(
+            ppb.TapRequest(resource=ppb.Resource(kind="deploy", namespace="emojivoto", name="web"))
+        )  # fmt: skip
+    )
+    sub_id = (await agent.get()).start.id
+    msg = event(sub_id, 1, "req")
+    msg.event.src.CopyFrom(tpb.TapPeer(ip="10.244.2.9", port=40000, namespace="emojivoto",
+                                       pod="web-5d8f7-1"))  # fmt: skip
+    msg.event.dst.CopyFrom(tpb.TapPeer(ip="10.244.1.9", port=8080, namespace="emojivoto",
+                                       pod="web-5d8f7-0", workload="web",
+                                       workload_kind="deployment"))  # fmt: skip
+    await agent.call.write(msg)
+    got = await tap.get()
+    assert (got.src.workload_kind, got.src.workload, got.src.port) == ("deployment", "web", 40000)
+    assert (got.dst.workload, got.dst.port) == ("web", 8080)
+    tap.call.cancel()
+    assert (await agent.get()).stop == sub_id
+    await agent.call.done_writing()
+    await tasks.cancel_all([agent.task, tap.task])
+
+
 @pytest.mark.parametrize(
     ("request_", "message"),
     [

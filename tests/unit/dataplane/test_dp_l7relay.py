@@ -327,3 +327,28 @@ def test_a_closed_tap_leaves_nothing_for_the_cycle_collector(protocol: str) -> N
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_tapped_requests_carry_both_ports() -> None:
+    from nodeagent.observe import AgentSink
+    from nodemesh.api import tap_pb2
+
+    sink = AgentSink(node="node1")
+    events: list[tap_pb2.TapEvent] = []
+    sink.taps.emit = events.append
+    sink.taps.start(
+        tap_pb2.TapSubscription(
+            id="tap-1", pods=[tap_pb2.PodRef(namespace="shop", name="web-1")], max_rps=10
+        )
+    )
+    t = ConnectionTap(
+        sink=sink, conn_id=3, direction="outbound", src=SRC, dst=DST, tls=True,
+        dst_key=("10.96.0.10", 80), src_port=41234, dst_port=8080, call_later=Timers(),
+    )  # fmt: skip
+    t.client(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+    t.server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    t.closed("")
+    assert [e.WhichOneof("kind") for e in events] == ["req", "rsp", "end"]
+    for e in events:
+        assert (e.src.ip, e.src.port, e.dst.ip, e.dst.port) == ("10.0.0.1", 41234, "10.0.0.2", 8080)
+        assert (e.src.workload, e.dst.workload) == ("web", "api")
