@@ -83,6 +83,10 @@ class TelemetryPort(Protocol):
 
     def agents(self) -> list[AgentState]: ...
 
+    def enrolled_pods(self) -> set[tuple[str, str, str]]:
+        """(namespace, name, uid) of every pod an agent reporting now has enrolled."""
+        ...
+
 
 class NoTelemetry:
     """Stands in until a store is wired: every query answers 'no traffic'."""
@@ -95,6 +99,13 @@ class NoTelemetry:
 
     def agents(self) -> list[AgentState]:
         return []
+
+    def enrolled_pods(self) -> set[tuple[str, str, str]]:
+        return set()
+
+
+# Agents report every second: one silent for longer is not there to proxy its pods.
+LIVE_AGENT_SECONDS = 15.0
 
 
 class StoreTelemetry:
@@ -177,3 +188,11 @@ class StoreTelemetry:
             )
             for n in query.nodes(self.store)
         ]
+
+    def enrolled_pods(self) -> set[tuple[str, str, str]]:
+        since = self.store.clock() - LIVE_AGENT_SECONDS
+        out: set[tuple[str, str, str]] = set()
+        for n in self.store.nodes.values():
+            if n.last_report >= since:
+                out |= n.enrolled
+        return out

@@ -68,7 +68,14 @@ http {{
 def deployment(name: str, node: str, command: list[str], probe: list[str] | None) -> Any:
     container: dict[str, Any] = {"name": name, "image": f"debian/{name}", "command": command}
     if probe:
-        container["readinessProbe"] = {"exec": {"command": probe}, "periodSeconds": 2}
+        # Generous: a python3 start on a loaded 2-core machine can take over a second, and a
+        # pod gone unready leaves its Service (connections to it are then refused).
+        container["readinessProbe"] = {
+            "exec": {"command": probe},
+            "periodSeconds": 2,
+            "timeoutSeconds": 20,
+            "failureThreshold": 30,
+        }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -219,6 +226,13 @@ BANNER = (
 
 
 def test_stat_equals_what_third_party_clients_counted(lab: LabPaths) -> None:
+    # Every pod is enrolled by its node's live agent: MESHED 1/1 (from the agents' reports).
+    def meshed() -> dict[str, tuple[int, int]]:
+        body = json.loads(nm("stat", "deploy", "-n", NS, "--lab", lab.name, "-o", "json"))
+        return {r["name"]: (r["meshed_pods"], r["total_pods"]) for r in body["rows"]}
+
+    settles_at(meshed, {name: (1, 1) for name in ("client", "nginx", "redis", "ssh")})
+
     # A silent connection first: it says nothing for longer than the detection timeout.
     with spawned_in_client(lab, "python3", "-c", SILENT, "20") as said:
         assert said == "connected"
@@ -250,6 +264,7 @@ def test_stat_equals_what_third_party_clients_counted(lab: LabPaths) -> None:
     settles_at(requests(), hey + h2 + again)
 
     # tap, from the server's side and from the client's: real ports, both workloads.
+    tapped = 0
     for target, direction in (("deploy/nginx", "INBOUND"), ("deploy/client", "OUTBOUND")):
         with subprocess.Popen(
             [NODEMESH, "tap", target, "-n", NS, "--lab", lab.name, "-o", "json",
@@ -257,7 +272,9 @@ def test_stat_equals_what_third_party_clients_counted(lab: LabPaths) -> None:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ) as tapping:  # fmt: skip
             time.sleep(3)  # the tap reaches the agents
-            in_client(lab, "hey", "-n", "20", "-c", "1", "-q", "10", "http://nginx:8080/")
+            tapped += hey_count(
+                in_client(lab, "hey", "-n", "20", "-c", "1", "-q", "10", "http://nginx:8080/")
+            )
             out, err = tapping.communicate(timeout=60)
         reqs = [e for e in map(json.loads, out.splitlines()) if "req" in e]
         assert reqs, f"no tap events for {target}: {err}"
@@ -265,7 +282,8 @@ def test_stat_equals_what_third_party_clients_counted(lab: LabPaths) -> None:
             assert e["direction"] == direction, e
             assert e["src"]["port"] > 0 and e["dst"]["port"] == 8080, e
             assert (e["src"]["workload"], e["dst"]["workload"]) == ("client", "nginx"), e
-    settles_at(requests(), hey + h2 + again + 40)
+    settles_at(requests(), hey + h2 + again + tapped)
+    settles_at(requests("--from", "deploy/client"), hey + h2 + again + tapped)
 
     # redis: one held connection, then redis-benchmark's come and go.
     with spawned_in_client(lab, "python3", "-c", HOLD_REDIS, "120") as said:

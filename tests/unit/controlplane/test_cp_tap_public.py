@@ -26,6 +26,8 @@ class RecordedTelemetry(NoTelemetry):
 
     def __init__(self) -> None:
         self.queries: list[dict] = []
+        # Pods that agents reporting right now say they enrolled: (namespace, name, uid).
+        self.enrolled = {("emojivoto", "web-5d8f7-0", ""), ("emojivoto", "web-5d8f7-1", "")}
 
     def stat(self, **query: object) -> list[GroupStats]:
         self.queries.append(query)
@@ -46,6 +48,9 @@ class RecordedTelemetry(NoTelemetry):
 
     def agents(self) -> list[AgentState]:
         return [AgentState("node2", "0.1.0", 1_700_000_000_000, 1, 7, 1.25, 40_000_000)]
+
+    def enrolled_pods(self) -> set[tuple[str, str, str]]:
+        return self.enrolled
 
 
 @pytest.fixture
@@ -266,3 +271,36 @@ async def test_workloads_nodes_and_version(stack) -> None:
     assert by_name["node3"].pods == 0 and by_name["node3"].internal_ip == "172.18.0.3"
     version = await public.Version(ppb.VersionRequest())
     assert version.source == "local" and version.trust_domain == "cluster.local"
+
+
+async def test_meshed_means_enrolled_by_a_live_agent_and_terminating_pods_do_not_count(
+    stack, index
+) -> None:
+    """web-5d8f7-1's node has no live agent: not meshed, whatever its namespace says; a pod
+    being deleted counts neither as a pod of its workload nor as ready."""
+    _, telemetry, _, public = stack
+    telemetry.enrolled = {("emojivoto", "web-5d8f7-0", "")}
+    (row,) = (
+        await public.Stat(
+            ppb.StatRequest(resource=ppb.Resource(kind="deploy", namespace="emojivoto"))
+        )
+    ).rows
+    assert (row.meshed_pods, row.total_pods) == (1, 2)
+    (web,) = (await public.ListWorkloads(ppb.ListWorkloadsRequest(namespace="emojivoto"))).workloads
+    assert (web.pods, web.ready_pods, web.meshed_pods) == (2, 2, 1)
+    nodes = {n.name: n for n in (await public.ListNodes(ppb.ListNodesRequest())).nodes}
+    assert (nodes["node1"].meshed_pods, nodes["node2"].meshed_pods) == (1, 0)
+
+    leaving = index.pods[next(p for p in index.pods if p.name == "web-5d8f7-0")]
+    obj = k.pod("emojivoto", "web-5d8f7-0", node="node1", ip=leaving.ip,
+                owner=("ReplicaSet", "web-5d8f7"), sa="web", labels={"app": "web"})  # fmt: skip
+    obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    index.apply(ObjectChanged(EventType.MODIFIED, "Pod", obj))
+    (row,) = (
+        await public.Stat(
+            ppb.StatRequest(resource=ppb.Resource(kind="deploy", namespace="emojivoto"))
+        )
+    ).rows
+    assert (row.meshed_pods, row.total_pods) == (0, 1)
+    (web,) = (await public.ListWorkloads(ppb.ListWorkloadsRequest(namespace="emojivoto"))).workloads
+    assert (web.pods, web.ready_pods, web.meshed_pods) == (1, 1, 0)
