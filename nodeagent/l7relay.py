@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from nodeagent.metrics import (
     CONNECTION_PROTOCOLS,
-    SERVER_FIRST_DESTINATIONS,
+    SERVER_FIRST,
     SERVER_FIRST_REMEMBERED,
 )
 from nodeagent.observe_events import ObservationSink, Peer, RequestObserved, TcpClosed, TcpOpened
@@ -174,7 +174,7 @@ class ConnectionTap:
             ip, port = self.dst_key
             if self.memory.remember(ip, port, now=time.monotonic()):
                 SERVER_FIRST_REMEMBERED.inc()
-                SERVER_FIRST_DESTINATIONS.set(len(self.memory))
+                SERVER_FIRST.memory = self.memory  # the agent's one memory (listeners.py)
                 log.info(
                     "%s:%d spoke first: its connections are relayed opaque, without request "
                     "metrics, for %.0f s",

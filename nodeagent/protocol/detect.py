@@ -181,6 +181,10 @@ class ServerFirstMemory:
             self._expiry.popitem(last=False)
         return new
 
+    def live(self, *, now: float) -> list[tuple[str, int, float]]:
+        """(ip, port, seconds left) of every destination remembered now."""
+        return [(ip, port, exp - now) for (ip, port), exp in self._expiry.items() if exp > now]
+
     def seen(self, ip: str, port: int, *, now: float) -> bool:
         key = (ip, port)
         expiry = self._expiry.get(key)

@@ -260,6 +260,13 @@ def test_stat_equals_what_third_party_clients_counted(lab: LabPaths) -> None:
     # remembered (visibly, in the agent's metrics), and nginx stays observed.
     assert in_client(lab, "python3", "-c", BANNER, timeout=60).startswith("SSH-2.0-dropbear")
     assert agent_metric(lab, "node1", "nodemesh_agent_server_first_remembered_total") >= 1
+    ssh_vip = in_client(lab, "python3", "-c", "import socket; print(socket.gethostbyname('ssh'))")
+    check = subprocess.run([NODEMESH, "check", "--lab", lab.name], capture_output=True,
+                           text=True, timeout=120).stdout  # fmt: skip
+    assert re.search(
+        rf"node1: protocol detection: relayed opaque.*{re.escape(ssh_vip.strip())}:2222", check
+    ), check
+    assert "node2: protocol detection: relayed opaque" in check, check  # dropbear's own pod IP
     again = hey_count(in_client(lab, "hey", "-n", "300", "-c", "5", "http://nginx:8080/"))
     settles_at(requests(), hey + h2 + again)
 

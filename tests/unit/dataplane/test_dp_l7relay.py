@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -98,6 +99,16 @@ def test_a_server_banner_settles_the_connection_at_once_and_is_remembered() -> N
     tap(sink, memory=memory, call_later=timers2)
     assert not timers2.pending and [o.protocol for o in sink.opened] == ["tcp", "tcp"]
     assert sink.requests == []
+    # Visible to whoever looks at the agent: which destination, and for how long.
+    from prometheus_client import generate_latest
+
+    from nodeagent.metrics import REGISTRY
+
+    text = generate_latest(REGISTRY).decode()
+    left = re.search(r'^nodemesh_agent_server_first_destination\{ip="10.96.0.10",port="80"\} (\S+)$',
+                     text, re.M)  # fmt: skip
+    assert left is not None and 500 < float(left[1]) <= 600, text
+    assert "nodemesh_agent_server_first_destinations 1.0" in text
 
 
 def test_a_silent_client_is_counted_open_when_the_detection_timer_fires() -> None:
