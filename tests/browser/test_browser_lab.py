@@ -65,19 +65,7 @@ def lab_dashboard(tmp_path: Path) -> Iterator[LabDashboard]:
     name = "dash" + uuid.uuid4().hex[:6]
     proc = None
     try:
-        nm(
-            "lab",
-            "up",
-            "--name",
-            name,
-            "--api-port",
-            "0",
-            "--dashboard-port",
-            "0",
-            "--demo",
-            "--demo-port",
-            "0",
-        )
+        nm("lab", "up", "--name", name, "--api-port", "0", "--dashboard-port", "0", "--demo", "--demo-port", "0")
         status = json.loads(nm("lab", "status", "--name", name, "-o", "json"))
         api = next(f for f in status["forwards"] if f["service"] == "nodemesh-controlplane")
         port = free_port()
