@@ -62,6 +62,23 @@ def _plural(kind: str) -> str:
 def _tap_check(res: pb.Resource) -> ResourceAttributes:
     return tap_attributes(_plural(res.kind), namespace=res.namespace or "default", name=res.name)
 
+class Enrolled:
+    """Which pods count as meshed: those a live agent says it enrolled (a namespace label
+    alone proves nothing: the agent of the pod's node may be down or absent)."""
+
+    def __init__(self, pods: set[tuple[str, str, str]]) -> None:
+        self._uids = {(ns, name): uid for ns, name, uid in pods}
+
+    def __call__(self, p: PodInfo) -> bool:
+        uid = self._uids.get((p.key.namespace, p.key.name))
+        # A pod recreated under the same name (a StatefulSet's) is another pod.
+        return uid is not None and (not uid or not p.uid or uid == p.uid)
+
+
+def _running(pods: list[PodInfo]) -> list[PodInfo]:
+    """The pods that count: neither being deleted nor finished."""
+    return [p for p in pods if not p.terminating and p.phase not in ("Succeeded", "Failed")]
+
 
 def _selector(res: pb.Resource) -> Selector | None:
     if not res.kind:
@@ -115,13 +132,15 @@ class PublicService(pb_grpc.PublicServicer):
         except BadQuery as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         traffic = {(g.namespace, g.name): g for g in found}
+        meshed = Enrolled(self.telemetry.enrolled_pods())
         rows = []
         for key in sorted(set(groups) | set(traffic)):
             if name and key[1] != name:
                 continue
             if namespace and key[0] and key[0] != namespace:
                 continue
-            rows.append(_row(kind, key, groups.get(key, []), traffic.get(key), window))
+            pods = _running(groups.get(key, []))
+            rows.append(_row(kind, key, pods, traffic.get(key), window, meshed))
         return pb.StatResponse(rows=rows, window_seconds=window)
 
     def _groups(self, kind: str, namespace: str) -> dict[Group, list[PodInfo]]:
@@ -250,10 +269,11 @@ class PublicService(pb_grpc.PublicServicer):
     async def ListWorkloads(self, request: pb.ListWorkloadsRequest, context):  # type: ignore[no-untyped-def]  # noqa: N802
         await self.gate.admit(context, stats_attributes("workloads", namespace=request.namespace))
         out = []
+        meshed = Enrolled(self.telemetry.enrolled_pods())
         for ref, wl in sorted(self.index.workloads.items()):
             if request.namespace and ref.namespace != request.namespace:
                 continue
-            pods = self.index.pods_of_workload(ref)
+            pods = _running(self.index.pods_of_workload(ref))
             out.append(
                 pb.WorkloadStatus(
                     kind=ref.kind,
@@ -262,7 +282,7 @@ class PublicService(pb_grpc.PublicServicer):
                     identities=list(wl.identities),
                     pods=len(pods),
                     ready_pods=sum(p.ready for p in pods),
-                    meshed_pods=sum(p.mesh.meshed for p in pods),
+                    meshed_pods=sum(map(meshed, pods)),
                     nodes=sorted({p.node for p in pods if p.node}),
                     mesh_errors=sorted({e for p in pods for e in p.mesh.errors}),
                 )
@@ -275,9 +295,10 @@ class PublicService(pb_grpc.PublicServicer):
         connected = {s.node: s.agent_version for s in self.hub.subscribers}
         names = sorted(set(self.index.nodes) | set(agents) | set(connected))
         out = []
+        meshed = Enrolled(self.telemetry.enrolled_pods())
         for name in names:
             info = self.index.nodes.get(name)
-            pods = self.index.pods_on_node(name)
+            pods = _running(self.index.pods_on_node(name))
             agent = agents.get(name)
             out.append(
                 pb.NodeStatus(
@@ -286,7 +307,7 @@ class PublicService(pb_grpc.PublicServicer):
                     pod_cidr=info.pod_cidr if info else "",
                     ready=info.ready if info else False,
                     pods=len(pods),
-                    meshed_pods=sum(p.mesh.meshed for p in pods),
+                    meshed_pods=sum(map(meshed, pods)),
                     agent_connected=name in connected,
                     agent_version=connected.get(name) or (agent.version if agent else ""),
                     last_report_unix_ms=agent.last_report_unix_ms if agent else 0,
@@ -312,16 +333,25 @@ def _tap_ref(res: pb.Resource) -> tap_pb2.ResourceRef:
     return tap_pb2.ResourceRef(kind=res.kind, namespace=res.namespace or "default", name=res.name)
 
 
-def _row(kind: str, key: Group, pods: list[PodInfo], g: GroupStats | None, window: int):  # type: ignore[no-untyped-def]
+def _row(  # type: ignore[no-untyped-def]
+    kind: str,
+    key: Group,
+    pods: list[PodInfo],
+    g: GroupStats | None,
+    window: int,
+    meshed: Enrolled,
+):
     row = pb.StatRow(
         resource=pb.Resource(kind=kind, namespace=key[0], name=key[1]),
-        meshed_pods=sum(p.mesh.meshed for p in pods),
+        meshed_pods=sum(map(meshed, pods)),
         total_pods=len(pods),
     )
     if g is None:
         return row
+    covered = g.covered_s or window
     row.requests = g.requests
-    row.rps = g.requests / window
+    row.rps = g.requests / covered
+    row.covered_seconds = covered
     if g.requests:
         row.success_rate = g.successes / g.requests
     for field in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):

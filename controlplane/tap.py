@@ -18,6 +18,7 @@ from controlplane.metrics import TAP_EVENTS, TAP_SUBSCRIPTIONS
 from nodemesh import tasks
 from nodemesh.api import tap_pb2 as pb
 from nodemesh.api import tap_pb2_grpc as pb_grpc
+from nodemesh.model import PodKey
 from nodemesh.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -198,12 +199,29 @@ class TapBroker:
             return
         elif event.WhichOneof("kind") == "end":
             stream.admitted.pop(key, None)
+        self._name_workloads(event)
         try:
             stream.queue.put_nowait(event)
             TAP_EVENTS.labels("delivered").inc()
         except asyncio.QueueFull:
             stream.dropped += 1
             TAP_EVENTS.labels("subscriber_full").inc()
+
+    def _name_workloads(self, event: pb.TapEvent) -> None:
+        """Fill in a peer's workload where the agent could not name it: an agent knows the pod
+        a tunnelled client came from, but not the workload of a pod behind no Service."""
+        for peer in (event.src, event.dst):
+            if peer.workload:
+                continue
+            if peer.pod:
+                info = self.index.pods.get(PodKey(peer.namespace, peer.pod))
+            else:
+                info = self.index.pod_by_ip(peer.ip) if peer.ip else None
+            if info is None:
+                continue
+            peer.namespace, peer.pod = info.key.namespace, info.key.name
+            peer.workload_kind = info.workload.kind.lower()  # the agents' spelling
+            peer.workload = info.workload.name
 
     def _send(self, node: str, command: pb.TapCommand) -> None:
         link = self.agents.get(node)

@@ -181,6 +181,9 @@ class Agent:
                     aggregate=self.sink.aggregate,
                     node=cfg.node,
                     pods_enrolled=lambda: len(self.enroller.enrolled()),
+                    enrolled_pods=lambda: [
+                        (r.namespace, r.name, r.uid) for r in self.enroller.enrolled()
+                    ],
                     token=token,
                 )
                 tap = TapClient(channel=channel, taps=self.sink.taps, token=token)

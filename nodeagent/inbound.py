@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from nodeagent import peers, podplan
 from nodeagent.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
-from nodeagent.l7relay import ConnectionTap
+from nodeagent.l7relay import ConnectionTap, peer_port
 from nodeagent.observe_events import Peer
 from nodeagent.outbound import CERT_WAIT, report_failed
 from nodeagent.podnetns import inbound_socket, marked_socket
@@ -63,6 +63,7 @@ def _tap(
     src: Peer,
     dst: Peer,
     port: int,
+    src_port: int,
     tls: bool,
     skip_detection: bool = False,
 ) -> ConnectionTap:
@@ -75,6 +76,8 @@ def _tap(
         dst=dst,
         tls=tls,
         dst_key=(pod.pod.ip, port),
+        src_port=src_port,
+        dst_port=port,
         opaque_ports=info.mesh.opaque_ports if info is not None else frozenset(),
         skip_detection=skip_detection,
         memory=rt.server_first,
@@ -115,7 +118,18 @@ async def handle_plain(relay: Relay, pod: PodListeners) -> None:
         )
         relay.refuse(error)
         return
-    relay.start(_tap(pod, info, conn_id=conn_id, src=src, dst=dst, port=port, tls=False))
+    relay.start(
+        _tap(
+            pod,
+            info,
+            conn_id=conn_id,
+            src=src,
+            dst=dst,
+            port=port,
+            src_port=peer_port(sock),
+            tls=False,
+        )
+    )
 
 
 async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
@@ -177,6 +191,7 @@ async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
         src=src,
         dst=dst,
         port=header.target_port,
+        src_port=peer_port(relay.downstream_socket),
         tls=tls,
         skip_detection=skip,
     )

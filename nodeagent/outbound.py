@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from nodeagent import peers, podplan
 from nodeagent.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
-from nodeagent.l7relay import ConnectionTap
+from nodeagent.l7relay import ConnectionTap, peer_port
 from nodeagent.observe_events import ObservationSink, Peer, TcpClosed, TcpOpened
 from nodeagent.podnetns import marked_socket
 from nodeagent.protocol.preamble import PreambleError
@@ -194,6 +194,8 @@ def _start(
         dst=peers.of_target(target, route.service) if route.known else peers.peer(target.ip),
         tls=tls,
         dst_key=(route.ip, route.port),
+        src_port=peer_port(relay.downstream_socket),
+        dst_port=target.port,
         skip_detection=route.opaque or target.opaque,
         memory=rt.server_first,
         call_later=asyncio.get_running_loop().call_later,

@@ -138,6 +138,7 @@ class PodInfo:
     mesh: MeshSettings
     host_network: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    terminating: bool = False  # deleted, in its grace period (metadata.deletionTimestamp set)
 
 
 @dataclass(frozen=True, slots=True)
