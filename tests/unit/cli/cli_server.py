@@ -42,6 +42,7 @@ class ApiServer:
         self.index = ClusterIndex()
         self.store = TelemetryStore(clock=self.clock)
         self.broker = TapBroker(self.index)
+        self.hub = DestinationHub(self.index)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -55,7 +56,7 @@ class ApiServer:
             index=self.index,
             telemetry=StoreTelemetry(self.store),
             broker=self.broker,
-            hub=DestinationHub(self.index),
+            hub=self.hub,
             source_name="local",
         )
         self.server = grpc.aio.server()
