@@ -293,7 +293,7 @@ def pre_checks(lab: LabPaths | None) -> list[Result]:
                 g,
                 "running as root",
                 f"uid {os.geteuid()}",
-                "the lab creates network namespaces and rules: use sudo",
+                "the lab creates network namespaces and rules: run it as root",
             )
         )
     missing = [

@@ -153,10 +153,10 @@ def _lab_paths(name: str) -> LabPaths:
     try:
         present = paths.config.exists()
     except PermissionError:
-        raise TargetError(f"lab {name!r} belongs to root: run this command with sudo") from None
+        raise TargetError(f"lab {name!r} belongs to root: run this command as root") from None
     if not present:
         others = running_labs()
-        hint = f"labs here: {', '.join(others)}" if others else "start one: sudo nodemesh lab up"
+        hint = f"labs here: {', '.join(others)}" if others else "start one as root: nodemesh lab up"
         raise TargetError(f"no lab named {name!r} ({hint})")
     return paths
 
@@ -165,7 +165,7 @@ def lab_status(paths: LabPaths, *, timeout: float = 10.0) -> dict[str, Any]:
     try:
         status: dict[str, Any] = LabClient(paths, timeout=timeout).call({"op": "status"})["status"]
     except (LabUnavailable, LabRequestFailed) as e:
-        raise TargetError(f"{e} (is it up? nodemesh lab status --name {paths.name})") from None
+        raise TargetError(f"{e} (is it up? nodemesh lab status --lab {paths.name})") from None
     return status
 
 
@@ -176,7 +176,7 @@ def lab_api_address(paths: LabPaths) -> str:
             return f"{f['host']}:{f['local_port']}"
     raise TargetError(
         f"lab {paths.name!r} runs without the mesh (it was started with --no-mesh): "
-        f"recreate it with: nodemesh lab down --name {paths.name} && nodemesh lab up"
+        f"recreate it with: nodemesh lab down --lab {paths.name} && nodemesh lab up"
     )
 
 
@@ -213,10 +213,10 @@ def resolve(options: TargetOptions) -> Iterator[Endpoint]:
             "choose a lab with --lab"
         )
     if not _kubeconfig_present(options):
-        where = "" if os.geteuid() == 0 else " (labs are root's: try sudo)"
+        where = "" if os.geteuid() == 0 else " (labs are root's: try as root)"
         raise TargetError(
-            f"no running lab here{where} and no kubeconfig: start a lab with "
-            "`sudo nodemesh lab up`, or pass --context, --kubeconfig or --api-addr"
+            f"no running lab here{where} and no kubeconfig: start a lab (as root) with "
+            "`nodemesh lab up`, or pass --context, --kubeconfig or --api-addr"
         )
     from nodemesh.cli.cluster import cluster_endpoint  # the kubernetes client loads slowly
 
@@ -238,5 +238,5 @@ def chosen_lab(options: TargetOptions) -> str:
     if len(labs) > 1:
         raise TargetError(f"several labs are running ({', '.join(labs)}): choose with --lab")
     if not labs:
-        raise TargetError("no lab is running here: start one with `sudo nodemesh lab up`")
+        raise TargetError("no lab is running here: start one (as root) with `nodemesh lab up`")
     return labs[0]
