@@ -70,8 +70,8 @@ class ClusterIndex:
 
     def unsynced(self) -> dict[str, float | None]:
         """Kinds that are not in sync: never listed (None) or stale since a Unix time."""
-        out: dict[str, float | None] = {k: None for k in KINDS if k not in self._synced}
-        out.update(self._stale)
+        out: dict[str, float | None] = dict(self._stale)
+        out.update({k: None for k in KINDS if k not in self._synced})
         return out
 
     def pods_on_node(self, node: str) -> list[PodInfo]:

@@ -109,7 +109,7 @@ class KubeSource:
         self.make_backoff = backoff
         self.queue_size = queue_size
         self.stale_after = stale_after
-        self.probe = ServerProbe(api, interval=probe_interval, timeout=connect_timeout)
+        self.probe = ServerProbe(api, interval=probe_interval, timeout=min(connect_timeout, 2.0))
         self.rejected = 0
 
     async def events(self) -> AsyncIterator[SourceEvent]:
@@ -183,6 +183,7 @@ class _KindWatcher:
         self.backoff = source.make_backoff()
         self.down_since: float | None = None  # time.monotonic() of the first failure in a row
         self.down_since_unix = 0.0
+        self.up_since: float | None = None  # time.monotonic() the current watch connected
         self.stale = False
         self._response: urllib3.BaseHTTPResponse | None = None
         self.thread = threading.Thread(target=self.run, name=f"watch-{kind}", daemon=True)
@@ -228,6 +229,9 @@ class _KindWatcher:
                     rv, reason = None, "gone"
                     continue
                 failed_at = time.monotonic()
+                if self.up_since is not None and failed_at - self.up_since >= self.stable_after:
+                    self.backoff.reset()  # a watch that held for a while: start over
+                self.up_since = None
                 first = self.down_since is None
                 self._went_down(failed_at)
                 delay = self.backoff.delay()
@@ -252,15 +256,24 @@ class _KindWatcher:
         if self.down_since is None:
             self.down_since, self.down_since_unix = now, time.time()
 
-    def _came_back(self, *, announce: bool) -> None:
-        """A listing or a watch connection succeeded: the kind is followed again (a listing
-        announces it itself once its objects are out)."""
-        self.backoff.reset()
+    @property
+    def stable_after(self) -> float:
+        return self.source.stale_after
+
+    def _came_back(self, *, listed: bool) -> None:
+        """A listing or a watch connection succeeded: the kind is followed again. A listing
+        resets the backoff and announces KindSynced itself once its objects are out; a watch
+        connection only counts for the backoff once it has held (`stable_after`), so a server
+        that accepts watches and drops them at once is not hammered."""
+        if listed:
+            self.backoff.reset()
+        else:
+            self.up_since = time.monotonic()
         was_stale = self.stale
         self.down_since, self.stale = None, False
         if was_stale:
             log.info("%s: following the API server again", self.kind)
-            if announce:
+            if not listed:
                 self._emit(KindSynced(self.kind))
 
     def _wait(self, delay: float, *, failed_at: float, probe: bool) -> None:
@@ -308,7 +321,7 @@ class _KindWatcher:
             if not token:
                 break
         SOURCE_RELISTS.labels(self.kind, reason).inc()
-        self._came_back(announce=False)
+        self._came_back(listed=True)
         good = [obj for obj in map(self._accept, items) if obj is not None]
         for event in self.inventory.replace(good):
             self._emit(event)
@@ -329,7 +342,7 @@ class _KindWatcher:
         try:
             if self.stop.is_set():
                 raise _Stopped
-            self._came_back(announce=True)
+            self._came_back(listed=False)
             for line in _lines(resp):
                 rv = self._handle(line, rv)
         except urllib3.exceptions.ReadTimeoutError as exc:

@@ -17,6 +17,9 @@ import yaml
 from fake_apiserver import FakeApiServer
 from test_cp_main import free_port, http_get
 
+from controlplane.index import ClusterIndex
+from controlplane.main import readiness
+from controlplane.sources.events import KINDS, KindStale, KindSynced
 from nodemesh.api import public_pb2 as ppb
 from nodemesh.api import public_pb2_grpc as ppb_grpc
 from nodemesh.identity import create_issuer_files
@@ -157,3 +160,20 @@ def test_outage_is_reported_while_it_lasts_and_changes_after_it_arrive_promptly(
     status, body = ready(ports)
     assert status == 200 and "not synced" not in body, body
     assert all(synced_metric(ports, kind) == "1.0" for kind in ("Pod", "Service", "Node"))
+
+
+def test_readiness_before_the_first_listing_and_while_a_kind_is_stale() -> None:
+    index = ClusterIndex()
+    # The API server is down from the start: stale before ever listed is still not ready.
+    index.apply(KindStale("Pod", time.time() - 7))
+    ready, body = readiness(index)
+    assert not ready and "still listing" in body and "Pod" in body
+    for kind in KINDS:
+        index.apply(KindSynced(kind))
+    assert readiness(index) == (True, "ready: index synced") and index.synced
+    index.apply(KindStale("Service", time.time() - 12))
+    ready, body = readiness(index)
+    assert ready and not index.synced
+    assert "not synced" in body and "Service for 12s" in body and "last known state" in body
+    index.apply(KindSynced("Service"))
+    assert readiness(index) == (True, "ready: index synced") and index.synced
