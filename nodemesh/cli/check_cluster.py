@@ -153,7 +153,11 @@ def _agent_checks(api: Any, public: PublicApi | None, *, namespace: str) -> list
         ).items
     except client.ApiException as e:
         return out + [fail(g, "agent pods", e.reason or "error", "may you list pods there?")]
-    on_node = {p.spec.node_name: p.metadata.name for p in pods if p.spec and p.spec.node_name}
+    on_node = {
+        p.spec.node_name: p.metadata.name if p.metadata else "?"
+        for p in pods
+        if p.spec and p.spec.node_name
+    }
     connected_check = "agents connected to the control plane"
     if public is None:
         return out + [skip(g, connected_check, "the control plane did not answer")]
