@@ -148,7 +148,8 @@ class ServerProbe:
 
     def _ask(self) -> bool:
         try:
-            resp = client.VersionApi(self.api).get_code(
+            # The raw answer: any well-formed or not body will do, and parsing it could fail.
+            resp: Any = client.VersionApi(self.api).get_code(
                 _request_timeout=(self.timeout, self.timeout), _preload_content=False
             )
             resp.release_conn()
