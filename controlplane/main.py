@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,23 @@ def load_identity(args: argparse.Namespace, index: ClusterIndex, api: object) ->
     return Identity(authority, authenticator, serving)
 
 
+def readiness(index: ClusterIndex) -> tuple[bool, str]:
+    """Ready once every kind was listed. A kind whose watch is down later leaves it ready (the
+    agents are better served the last known state than no control plane), but says so."""
+    unsynced = index.unsynced()
+    if any(since is None for since in unsynced.values()):
+        listing = ", ".join(k for k, since in unsynced.items() if since is None)
+        return False, f"not ready: index not synced (still listing {listing})"
+    if not unsynced:
+        return True, "ready: index synced"
+    now = time.time()
+    stale = ", ".join(f"{k} for {now - since:.0f}s" for k, since in unsynced.items() if since)
+    return True, (
+        f"ready, but index not synced: not following {stale} (the API server does not "
+        "answer); serving the last known state"
+    )
+
+
 def node_proof(authenticator: Authenticator) -> NodeProof:
     async def prove(context: grpc.aio.ServicerContext) -> str:
         try:
@@ -231,7 +249,7 @@ async def serve(args: argparse.Namespace) -> None:
     )
     public_server.add_insecure_port(args.public_addr)
 
-    admin = AdminServer(ready=lambda: index.synced)
+    admin = AdminServer(ready=lambda: readiness(index))
     host, _, port = args.admin_addr.rpartition(":")
     await admin.start(host or "0.0.0.0", int(port))
 
@@ -275,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # urllib3 warns on each of its own quick retries; the source logs the failure that counts.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
         import uvloop
     except ImportError:

@@ -123,8 +123,9 @@ def controlplane_checks(endpoint: Endpoint) -> tuple[list[Result], PublicApi | N
             fail(
                 g,
                 "index synced with the cluster",
-                "still listing",
-                "wait a few seconds; if it stays so, the source cannot read the objects",
+                "not synced: still listing, or a watch of the API server has been down for "
+                "seconds (the control plane serves its last known state meanwhile)",
+                "its /ready on the admin port (9996) says which kinds; its log says why",
             )
         )
     return out, api
@@ -318,7 +319,7 @@ def pre_checks(lab: LabPaths | None) -> list[Result]:
                 g,
                 "running as root",
                 f"uid {os.geteuid()}",
-                "the lab creates network namespaces and rules: use sudo",
+                "the lab creates network namespaces and rules: run it as root",
             )
         )
     missing = [

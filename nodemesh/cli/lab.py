@@ -44,7 +44,7 @@ def need_root() -> None:
     if os.geteuid() != 0:
         fail(
             "nodemesh lab must run as root: it creates network namespaces, links and iptables "
-            "rules. Run it again with sudo."
+            "rules. Run it again as root."
         )
 
 
@@ -64,9 +64,11 @@ def running_lab(name: str) -> LabPaths:
     return paths
 
 
+# --lab as every other command spells it; --name is the older spelling, still accepted.
 name_option = click.option(
-    "--name", default=lambda: os.environ.get("NODEMESH_LAB", "lab"), show_default="lab",
-    help="Lab name (env NODEMESH_LAB).",
+    "--lab", "--name", "name", metavar="NAME",
+    default=lambda: os.environ.get("NODEMESH_LAB", "lab"), show_default="lab",
+    help="Lab name (env NODEMESH_LAB; --name is the same).",
 )  # fmt: skip
 
 
@@ -117,7 +119,7 @@ def up(
     if paths.root.exists():
         fail(
             f"lab {name!r} already exists ({paths.root}); "
-            f"remove it with: nodemesh lab down --name {name}"
+            f"remove it with: nodemesh lab down --lab {name}"
         )
     missing = [f"{exe} (apt package {pkg})" for exe, pkg in NEEDED.items() if not _have(exe)]
     if missing:
@@ -171,8 +173,8 @@ def up(
             '-- python3 -c "import urllib.request as u;'
             "print(u.urlopen('http://127.0.0.1:8081/stats').read().decode())\""
         )
-    click.echo(f"  status:   nodemesh lab status --name {name}")
-    click.echo(f"  remove:   nodemesh lab down --name {name}")
+    click.echo(f"  status:   nodemesh lab status --lab {name}")
+    click.echo(f"  remove:   nodemesh lab down --lab {name}")
 
 
 def _have(exe: str) -> bool:

@@ -52,6 +52,7 @@ class ApiServer:
         self.access = Path(tempfile.mkdtemp(prefix="nodemesh-cli-access-"))
         create_lab_access(self.access)
         self.admin_token = (self.access / ADMIN_TOKEN_FILE).read_text().strip()
+        self.hub = DestinationHub(self.index)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -65,7 +66,7 @@ class ApiServer:
             index=self.index,
             telemetry=StoreTelemetry(self.store),
             broker=self.broker,
-            hub=DestinationHub(self.index),
+            hub=self.hub,
             source_name="local",
             gate=Gate(LabAccessReview(self.access / ACCESS_FILE)),
         )

@@ -1,5 +1,6 @@
-"""`nodemesh install`: every object validates against the Kubernetes 1.29+ schemas, the output is
-pinned by golden files, the agent is least-privileged, and bring-your-own identity is checked."""
+"""`nodemesh install`: every object validates against the schemas of the oldest Kubernetes
+nodemesh supports (`check --pre`'s minimum), 1.26 and the newest, the output is pinned by golden
+files, the agent is least-privileged, and bring-your-own identity is checked."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from cli_server import assert_golden
 from click.testing import CliRunner
 from cryptography import x509
 
+from nodemesh.cli.check_cluster import MIN_MINOR
 from nodemesh.cli.main import cli
 from nodemesh.identity import CaMaterial, create_issuer, create_trust_anchor
 
-K8S_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
+K8S_VERSIONS = [f"1.{MIN_MINOR}.0", "1.26.0", kubernetes_validate.latest_version()]
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----\n(?:.*\n)*?\s*-----END CERTIFICATE-----")
 _B64 = re.compile(r"^(  (?:ca\.crt|issuer\.crt|issuer\.key): )\S+$", re.M)
 
