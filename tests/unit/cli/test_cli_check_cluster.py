@@ -70,7 +70,7 @@ def test_cluster_check_fails_while_no_agent_is_connected(kube, api_server: ApiSe
     cfg = client.Configuration()
     cfg.host = kube.host
     with client.ApiClient(cfg) as api:
-        endpoint = Endpoint(api_server.address, "cluster", kube=api)
+        endpoint = Endpoint(api_server.address, "cluster", kube=api, token=api_server.admin_token)
         # Both agent pods Ready, neither streaming from the control plane.
         assert agent_lines(post_checks(endpoint, namespace=NS)) == {
             "node1: agent connected to the control plane": "FAIL",

@@ -14,7 +14,7 @@ import cp_objects as k
 import grpc
 import pytest
 import yaml
-from fake_apiserver import FakeApiServer
+from fake_apiserver import FakeApiServer, Grant
 from test_cp_main import free_port, http_get
 
 from controlplane.index import ClusterIndex
@@ -44,6 +44,9 @@ def kubeconfig(path: Path, server: str) -> Path:
 @pytest.fixture
 def apiserver() -> Iterator[FakeApiServer]:
     server = FakeApiServer().start()
+    # The public API asks the API server who calls (TokenReview) and what they may see.
+    server.add_user(VIEWER_TOKEN, "viewer")
+    server.grants.append(Grant("viewer", "list", "stats.nodemesh.io", "*"))
     for obj in k.web_app(replicas=1):
         server.apply(obj)
     yield server
@@ -98,16 +101,23 @@ def synced_metric(ports: dict[str, int], kind: str) -> str:
     return next((m[len(line) :] for m in metrics.splitlines() if m.startswith(line)), "absent")
 
 
+VIEWER_TOKEN = "viewer-token"
+AUTH = [("authorization", f"Bearer {VIEWER_TOKEN}")]
+
+
 def public_synced(ports: dict[str, int]) -> bool:
     with grpc.insecure_channel(f"127.0.0.1:{ports['public']}") as channel:
-        return bool(ppb_grpc.PublicStub(channel).Version(ppb.VersionRequest(), timeout=5).synced)
+        return bool(ppb_grpc.PublicStub(channel).Version(ppb.VersionRequest(), timeout=5, metadata=AUTH).synced)
 
 
 def pods_of_web(ports: dict[str, int]) -> int:
     with grpc.insecure_channel(f"127.0.0.1:{ports['public']}") as channel:
-        resp = ppb_grpc.PublicStub(channel).ListWorkloads(
-            ppb.ListWorkloadsRequest(namespace="emojivoto"), timeout=5
-        )
+        try:
+            resp = ppb_grpc.PublicStub(channel).ListWorkloads(
+                ppb.ListWorkloadsRequest(namespace="emojivoto"), timeout=5, metadata=AUTH
+            )
+        except grpc.RpcError:
+            return -1  # the API server is still away: callers cannot be authenticated
     return next((w.pods for w in resp.workloads if w.name == "web"), 0)
 
 
@@ -138,7 +148,12 @@ def test_outage_is_reported_while_it_lasts_and_changes_after_it_arrive_promptly(
     # Still serving (the agents keep their last state), but saying what is wrong.
     assert status == 200 and "not synced" in body and "last known state" in body, body
     assert synced_metric(ports, "Pod") == "0.0"
-    assert not public_synced(ports)
+    # Callers are authenticated by the API server (TokenReview): while it is away the public
+    # API says so rather than answering anyone, as the Kubernetes API's own clients see it.
+    with pytest.raises(grpc.RpcError) as refused:
+        public_synced(ports)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "TokenReview" in (refused.value.details() or "")
 
     time.sleep(12)  # long enough for the backoff to have grown well past a few seconds
     apiserver.come_back()
