@@ -157,6 +157,13 @@ def _waits_for_agent(inv: Invocation, reason: str, log: PluginLog) -> CniError |
     return None
 
 
+def _knows_meshed_namespaces(inv: Invocation) -> bool:
+    try:
+        return read_meshed(Path(inv.config.meshed_namespaces_file)) is not None
+    except RunFileError:
+        return False
+
+
 def _passes_by(inv: Invocation, log: PluginLog) -> bool:
     """True when the pod is none of nodemesh's business (not Kubernetes, or excluded)."""
     if not inv.pod_namespace:
@@ -267,7 +274,14 @@ def _status(inv: Invocation, log: PluginLog) -> None:
 
     try:
         reply = _ask(inv, Request(command="status"), timeout=_SHORT_TIMEOUT)
-    except (AgentUnavailable, AgentProtocolError) as exc:
+    except AgentUnavailable as exc:
+        reason = f"nodemesh agent not reachable at {inv.config.agent_socket}: {exc}"
+        if _knows_meshed_namespaces(inv):
+            # A runtime that gets "not available" stops creating every pod on the node; with the
+            # agent's record, only pods of meshed namespaces are held (each ADD says so).
+            log.warning(f"{reason}; pods of namespaces not meshed can still start")
+            return None
+    except AgentProtocolError as exc:
         reason = f"nodemesh agent not reachable at {inv.config.agent_socket}: {exc}"
     else:
         if reply.status == "ok":

@@ -91,3 +91,11 @@ def test_a_reachable_agent_decides_whatever_the_record_says(plugin: Path, agent:
     err = run_plugin(plugin, command="ADD", config=conf, cni_args=DOCS).error()
     assert err["code"] == 100
     assert len(agent.requests) == 1
+
+
+def test_status_stays_available_while_unmeshed_pods_can_start(plugin: Path, sock_dir: Path) -> None:
+    # STATUS "not available" makes a CNI 1.1 runtime hold every pod of the node.
+    conf = plugin_config("1.1.0", socket_path=sock_dir / "cni.sock")
+    assert run_plugin(plugin, command="STATUS", config=conf).error()["code"] == 50
+    write_meshed(sock_dir, "shop")
+    run_plugin(plugin, command="STATUS", config=conf).succeeded_silently()
