@@ -2,8 +2,10 @@
 
     python3 -m nodemesh_cni.install install   --conf-dir /etc/cni/net.d --bin-dir /opt/cni/bin
     python3 -m nodemesh_cni.install watch     (install, then re-append whenever the primary
-                                               CNI rewrites its file; SIGTERM ends it)
-    python3 -m nodemesh_cni.install uninstall (restore the primary's file, remove the executable)
+                                               CNI rewrites its file; SIGTERM ends it, and
+                                               with --daemonset uninstalls if that is going)
+    python3 -m nodemesh_cni.install uninstall (have the agent un-mesh running pods, restore the
+                                               primary's file, remove the executable)
 
 The primary config is the first *.conf, *.conflist or *.json in the conf dir by name, the one
 kubelet's runtime uses. What the primary CNI wrote is kept in <conf dir>/.nodemesh-install/
