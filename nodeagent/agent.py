@@ -114,7 +114,8 @@ class Agent:
         if self.identity is not None and change.pods:
             self.identity.kick()
         self._dirty |= self.enroller.table_changed(change)
-        self.meshed_record.update(self.table)
+        if change.snapshot or change.pods or change.services:
+            self.meshed_record.update(self.table)
         if change.snapshot:
             self._adopt_pending = True
         self._work.set()
