@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -139,6 +140,41 @@ def test_documented_uninstall_restores_every_node_and_meshed_pods_keep_serving(
     for p in running:
         assert nodemesh_rules(lab, "shop", p["name"]) > 0, p["name"]
     restarts = {p["name"]: p["restarts"] for p in running}
+
+    # An agent pod deleted while its DaemonSet stays (what a rollout or an eviction does) is
+    # not an uninstall: its node keeps nodemesh-cni, with its executable, all along.
+    plugged = lab.cni_conf_dir("node1") / "10-lab-bridge.conflist"
+    executable = lab.cni_bin_dir("node1") / "nodemesh-cni"
+    samples: list[bool] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            samples.append("nodemesh-cni" in plugged.read_text() and executable.exists())
+            time.sleep(0.05)
+
+    [old] = [p for p in pods(lab, "nodemesh") if "agent" in p["name"] and p["node"] == "node1"]
+    victim = tmp_path / "agent-pod.yml"
+    victim.write_text(
+        f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {old['name']}, namespace: nodemesh}}\n"
+        "spec: {containers: [{name: agent, command: [nodemesh-agent]}]}\n"
+    )
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        nm("lab", "delete", "--name", lab.name, "-f", str(victim))
+        wait_for(
+            "a new agent on node1",
+            lambda: [p for p in pods(lab, "nodemesh") if "agent" in p["name"] and p["ready"]
+                     and p["node"] == "node1" and p["name"] != old["name"]],
+        )  # fmt: skip
+        time.sleep(6)  # past the old pod's grace period
+    finally:
+        sampling.set()
+        sampler.join()
+    assert samples and all(samples), f"{samples.count(False)} of {len(samples)} samples unplugged"
+    for p in running:
+        assert nodemesh_rules(lab, "shop", p["name"]) > 0, p["name"]
 
     listing = nm("uninstall").stdout
     out = nm("lab", "delete", "--name", lab.name, "--ignore-not-found", "-f", "-", stdin=listing)
