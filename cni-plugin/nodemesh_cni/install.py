@@ -435,6 +435,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "lab's, <dir>/DaemonSet/<ns>/<name>.yaml) instead of the API server",
     )
     parser.add_argument(
+        "--owner-recheck",
+        type=float,
+        default=30.0,
+        help="with --daemonset: while the first look at it failed, look again this often (s)",
+    )
+    parser.add_argument(
         "--agent-wait",
         type=float,
         default=20.0,
@@ -462,6 +468,21 @@ def _plugin_bytes(args: argparse.Namespace) -> bytes:
         return build_zipapp(Path(tmp) / BINARY_NAME).read_bytes()
 
 
+def _check_owner_access(
+    owned_by: owner.KubernetesOwner | owner.LocalOwner, ds: str, *, again: float
+) -> None:
+    checked = owned_by.check_access()
+    if checked.known:
+        log.info("uninstall on SIGTERM if %s is gone: %s", ds, checked.reason)
+    else:
+        log.error(
+            "cannot tell an uninstall from a restart yet (%s): until then nodemesh-cni stays "
+            "on SIGTERM; asking again every %gs",
+            checked.reason,
+            again,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -486,29 +507,34 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "uninstall":
             leave("python3 -m nodemesh_cni.install uninstall")
             return 0
+        stopping: list[bool] = []
+        if args.action == "watch":
+            signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+            signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
         owned_by = _owner(args) if args.action == "watch" else None
         if owned_by is not None:
-            checked = owned_by.check_access()
-            if checked.known:
-                log.info("uninstall on SIGTERM if %s is gone: %s", args.daemonset, checked.reason)
-            else:
-                log.error(
-                    "cannot tell an uninstall from a restart (%s): on SIGTERM nodemesh-cni stays",
-                    checked.reason,
-                )
+            _check_owner_access(owned_by, args.daemonset, again=args.owner_recheck)
         plugin = _plugin_bytes(args)
         install_binary(plugin, bin_dir=args.bin_dir)  # binary first, entry second
         if args.action == "install":
             install_config(args.conf_dir, entry=entry)
             return 0
-        stopping = []
-        signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-        signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+        recheck = [time.monotonic() + args.owner_recheck]
+
+        def go_on(_tick: WatchTick) -> bool:
+            # Access that failed at start-up (API server not up yet) is asked again now and then:
+            # without it a later uninstall could not be told from a restart.
+            if owned_by is not None and not owned_by.access_checked and not stopping:
+                if time.monotonic() >= recheck[0]:
+                    recheck[0] = time.monotonic() + args.owner_recheck
+                    _check_owner_access(owned_by, args.daemonset, again=args.owner_recheck)
+            return not stopping
+
         watch(
             args.conf_dir,
             entry=entry,
             interval=args.interval,
-            on_iteration=lambda _tick: not stopping,
+            on_iteration=go_on,
             ensure_binary=lambda: install_binary(plugin, bin_dir=args.bin_dir),
         )
         if args.cleanup_on_exit:

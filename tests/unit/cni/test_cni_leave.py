@@ -154,6 +154,23 @@ def test_a_stop_because_the_daemonset_went_restores_the_node_and_tells_the_agent
     assert sorted(p.name for p in node["run"].iterdir()) == ["cni.sock"]
 
 
+def test_a_daemonset_not_seen_at_start_up_is_looked_for_again(
+    node: dict[str, Path], zipapp_plugin: Path, fake_agent: FakeAgent
+) -> None:
+    ds = node["objects"] / "DaemonSet" / "nodemesh" / "nodemesh-agent.yaml"
+    ds.unlink()  # not (yet) there when install-cni starts: it cannot tell, so it would stay
+    before = snapshot(node["conf"])
+    proc = _watch(node, zipapp_plugin, *_lab_owner(node), "--owner-recheck", "0.2")
+    _wait(lambda: _installed(node))
+    ds.write_text("kind: DaemonSet\n")
+    time.sleep(1.5)  # a few re-checks
+    ds.unlink()
+    err = _stop(proc)
+    assert "cannot tell an uninstall from a restart yet" in err
+    assert snapshot(node["conf"]) == before, err
+    assert len(fake_agent.flags) == 1
+
+
 def test_without_an_agent_the_node_is_restored_and_the_stuck_pods_are_named(
     node: dict[str, Path], zipapp_plugin: Path
 ) -> None:
