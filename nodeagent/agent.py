@@ -20,6 +20,7 @@ from nodeagent.eventlog import EventLog
 from nodeagent.heap import BurstWatch, TrimLater, install_report_signal, trim
 from nodeagent.identity_client import IdentityClient, identities_on_node
 from nodeagent.listeners import PodListeners, ProxyRuntime
+from nodeagent.meshedrecord import MeshedRecord
 from nodeagent.observe import AgentSink
 from nodeagent.podnetns import find_netns_for
 from nodeagent.rules.worker import RuleWorker
@@ -28,6 +29,7 @@ from nodeagent.stats.exposition import AggregateCollector
 from nodeagent.table import DestinationTable, TableChanged
 from nodeagent.tap_client import TapClient
 from nodeagent.telemetry_client import TelemetryClient
+from nodeagent.uninstalling import UninstallWatch
 from nodemesh import tasks
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,15 @@ class Agent:
             released=self.trimmer.poke,
         )
         self.cni = CniServer(self.enroller, config.cni_socket)
+        # Beside the CNI socket, on the host: for the plugin while we are away, and install-cni's
+        # uninstall flag for us.
+        self.meshed_record = MeshedRecord(config.cni_socket.parent, node=config.node)
+        self.uninstall_watch = UninstallWatch(
+            config.cni_socket.parent,
+            enroller=self.enroller,
+            record=self.meshed_record,
+            state_file=config.state_file,
+        )
         self.admin = AdminServer(
             host=config.admin_host, port=config.admin_port, ready=self._readiness
         )
@@ -103,6 +114,8 @@ class Agent:
         if self.identity is not None and change.pods:
             self.identity.kick()
         self._dirty |= self.enroller.table_changed(change)
+        if change.snapshot or change.pods or change.services:
+            self.meshed_record.update(self.table)
         if change.snapshot:
             self._adopt_pending = True
         self._work.set()
@@ -194,6 +207,7 @@ class Agent:
             await self.enroller.restore()
             await self.cni.start()
             self._tasks.append(tasks.spawn(self._reconciler(), name="reconciler"))
+            self._tasks.append(tasks.spawn(self.uninstall_watch.run(), name="uninstall watch"))
             self._tasks.append(tasks.spawn(self._sweeper(), name="sweeper"))
             self._tasks.append(tasks.spawn(self._trim_after_bursts(), name="heap trim"))
             self.started = True
@@ -210,6 +224,8 @@ class Agent:
 
     async def shutdown(self) -> None:
         """Stop accepting, let open connections finish until the deadline, then cut them."""
+        if self.started and await self.uninstall_watch.wait(self.config.uninstall_wait_seconds):
+            log.info("nodemesh left this node; stopping")
         log.info("draining")
         await self.cni.stop()
         self.enroller.stop_listening()

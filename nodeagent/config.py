@@ -32,6 +32,9 @@ class AgentConfig:
     pod_wait_seconds: float = 5.0
     # SIGTERM: open connections get this long to finish before they are cut.
     drain_seconds: float = 10.0
+    # SIGTERM: how long to wait for install-cni's uninstall flag (nodeagent.uninstalling) before
+    # leaving the pods' rules in place for the next agent.
+    uninstall_wait_seconds: float = 0.0
     log_level: str = "info"
     # Names under svc.<cluster_domain> are answered from the destination table.
     cluster_domain: str = "cluster.local"
@@ -102,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mark", default=DEFAULT_MARK, type=_mark, help="SO_MARK of agent sockets")
     p.add_argument("--pod-wait-seconds", default=5.0, type=_positive)
     p.add_argument("--drain-seconds", default=10.0, type=_positive)
+    p.add_argument(
+        "--uninstall-wait-seconds",
+        default=0.0,
+        type=float,
+        help="on SIGTERM, wait this long for install-cni's uninstall flag in the CNI socket's "
+        "directory (then every pod's rules are removed) before leaving them for the next agent",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--cluster-domain",
@@ -161,6 +171,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         mark=ns.mark,
         pod_wait_seconds=ns.pod_wait_seconds,
         drain_seconds=ns.drain_seconds,
+        uninstall_wait_seconds=max(0.0, ns.uninstall_wait_seconds),
         log_level=ns.log_level,
         cluster_domain=ns.cluster_domain,
         telemetry=ns.telemetry,

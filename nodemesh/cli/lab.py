@@ -346,11 +346,23 @@ def apply(name: str, filename: Path, wait: bool, timeout: int) -> None:
 @lab.command()
 @name_option
 @click.option("-f", "--filename", type=click.Path(path_type=Path), required=True)
-def delete(name: str, filename: Path) -> None:
+@click.option(
+    "--ignore-not-found",
+    is_flag=True,
+    help="As kubectl's: also skip kinds the lab does not keep (ClusterRole, ...), so "
+    "`nodemesh uninstall | nodemesh lab delete --ignore-not-found -f -` works.",
+)
+def delete(name: str, filename: Path, ignore_not_found: bool) -> None:
     """Delete the objects in FILE."""
     need_root()
     paths = running_lab(name)
-    _source, docs = _read_manifest(filename)
+    if ignore_not_found:
+        try:
+            docs = [{"obj": m.obj, "index": m.index} for m in _known_kinds_only(filename)]
+        except ManifestError as e:
+            fail(str(e))
+    else:
+        _source, docs = _read_manifest(filename)
     refs = []
     for d in docs:
         obj = d["obj"]
@@ -362,6 +374,28 @@ def delete(name: str, filename: Path) -> None:
         refs.append({"kind": obj["kind"], "namespace": ns, "name": obj["metadata"]["name"]})
     for line in _call(paths, {"op": "delete", "refs": refs})["results"]:
         click.echo(line)
+
+
+def _known_kinds_only(path: Path) -> list[Any]:
+    """The objects of kinds the lab keeps; the others are reported as not found."""
+    import yaml
+
+    from nodemesh.lab.manifests import RUN_KINDS, STORED_KINDS
+
+    source = "<stdin>" if str(path) == "-" else str(path)
+    text = sys.stdin.read() if source == "<stdin>" else path.read_text()
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d]
+    except yaml.YAMLError:
+        return parse(text, source=source)  # reports where
+    kept = []
+    for d in docs:
+        kind = d.get("kind") if isinstance(d, dict) else None
+        if kind is not None and kind not in RUN_KINDS | STORED_KINDS:
+            click.echo(f"{kind} {(d.get('metadata') or {}).get('name', '?')} not found")
+        else:
+            kept.append(d)
+    return parse(yaml.safe_dump_all(kept), source=source) if kept else []
 
 
 def _find_pod(paths: LabPaths, pod: str, namespace: str) -> dict[str, Any]:

@@ -1,8 +1,11 @@
-"""The node agent DaemonSet (with install-cni beside it) and its ServiceAccount.
+"""The node agent DaemonSet (with install-cni beside it), its ServiceAccount and its one RBAC rule.
 
-The agent reads nothing from the Kubernetes API, so it gets no RBAC at all: it proves its node to
-the control plane with a projected service-account token for audience `nodemesh`, and trusts the
-control plane through the trust anchor from the ConfigMap (never the Secret with the issuer key).
+The agent itself reads nothing from the Kubernetes API: it proves its node to the control plane
+with a projected service-account token for audience `nodemesh`, and trusts the control plane
+through the trust anchor from the ConfigMap (never the Secret with the issuer key). install-cni,
+beside it, may `get` exactly its own DaemonSet and namespace: on SIGTERM that tells an uninstall
+(restore the node, have the agent un-mesh running pods) from a restart or a rollout (keep
+nodemesh-cni so no pod starts unmeshed); see nodemesh_cni.owner.
 """
 
 from __future__ import annotations
@@ -20,6 +23,12 @@ TOKEN_DIR = "/var/run/secrets/nodemesh/token"
 ANCHOR_DIR = "/etc/nodemesh/trust"
 XTABLES_LOCK = "/run/xtables.lock"
 HOST_CNI_CONF, HOST_CNI_BIN = "/host/etc/cni/net.d", "/host/opt/cni/bin"
+# Where in-cluster clients look for the API token and CA (install-cni only).
+API_ACCESS_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+DAEMONSET = "nodemesh-agent"
+# SIGTERM: how long the agent waits for install-cni's uninstall verdict, and how long install-cni
+# waits for the agent to un-mesh running pods (both inside terminationGracePeriodSeconds).
+UNINSTALL_WAIT, AGENT_WAIT = 5, 15
 
 
 def _agent(values: InstallValues) -> Obj:
@@ -38,6 +47,7 @@ def _agent(values: InstallValues) -> Obj:
             f"--token-file={TOKEN_DIR}/token",
             f"--admin-addr=0.0.0.0:{ADMIN_PORT}",
             "--netns-dir=/run/netns",
+            f"--uninstall-wait-seconds={UNINSTALL_WAIT}",
         ],
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
         "ports": [{"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
@@ -79,6 +89,9 @@ def _install_cni(values: InstallValues) -> Obj:
             f"--bin-dir={HOST_CNI_BIN}",
             f"--agent-socket={RUN_DIR}/cni.sock",
             f"--exclude-namespaces=kube-system,{values.namespace}",
+            # On SIGTERM: leave the node only if this DaemonSet (or its namespace) is going.
+            f"--daemonset={values.namespace}/{DAEMONSET}",
+            f"--agent-wait={AGENT_WAIT}",
         ],
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": {
@@ -92,6 +105,9 @@ def _install_cni(values: InstallValues) -> Obj:
         "volumeMounts": [
             {"name": "cni-conf", "mountPath": HOST_CNI_CONF},
             {"name": "cni-bin", "mountPath": HOST_CNI_BIN},
+            # The uninstall flag for the agent, and nodemesh's files to remove on uninstall.
+            {"name": "run", "mountPath": RUN_DIR},
+            {"name": "api-access", "mountPath": API_ACCESS_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
@@ -125,6 +141,31 @@ def _volumes(values: InstallValues) -> list[Obj]:
                 ]
             },
         },
+        {
+            # What automountServiceAccountToken would give, for install-cni alone.
+            "name": "api-access",
+            "projected": {
+                "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": 3600, "path": "token"}},
+                    {
+                        "configMap": {
+                            "name": "kube-root-ca.crt",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                        }
+                    },
+                    {
+                        "downwardAPI": {
+                            "items": [
+                                {
+                                    "path": "namespace",
+                                    "fieldRef": {"fieldPath": "metadata.namespace"},
+                                }
+                            ]
+                        }
+                    },
+                ]
+            },
+        },
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
     ]
 
@@ -133,7 +174,7 @@ def daemonset(values: InstallValues) -> Obj:
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
-        "metadata": metadata(values, "agent", "nodemesh-agent"),
+        "metadata": metadata(values, "agent", DAEMONSET),
         "spec": {
             "selector": {"matchLabels": selector("agent")},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
@@ -157,5 +198,44 @@ def daemonset(values: InstallValues) -> Obj:
     }
 
 
+def rbac(values: InstallValues) -> list[Obj]:
+    """install-cni's question at SIGTERM: are my DaemonSet and my namespace still there?"""
+    name = f"{values.namespace}-agent"
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": metadata(values, "agent", name, namespaced=False),
+            "rules": [
+                {
+                    "apiGroups": ["apps"],
+                    "resources": ["daemonsets"],
+                    "resourceNames": [DAEMONSET],
+                    "verbs": ["get"],
+                },
+                {
+                    "apiGroups": [""],
+                    "resources": ["namespaces"],
+                    "resourceNames": [values.namespace],
+                    "verbs": ["get"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": metadata(values, "agent", name, namespaced=False),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": name,
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "nodemesh-agent", "namespace": values.namespace}
+            ],
+        },
+    ]
+
+
 def objects(values: InstallValues) -> list[Obj]:
-    return [service_account(values, "agent", automount=False), daemonset(values)]
+    return [service_account(values, "agent", automount=False), *rbac(values), daemonset(values)]
