@@ -1,4 +1,9 @@
-"""Destination service: a snapshot for the agent's node, then deltas, through a bounded queue."""
+"""Destination service: a snapshot for the agent's node, then deltas, through a bounded queue.
+
+Services and workloads go to every agent whole; full pod records only to the agent of their node;
+every meshed pod of the cluster goes to every agent as a `MeshedPod` (IP, identity, workload,
+mode, opaque ports: a few dozen bytes), so a pod IP that backs no Service is tunnelled too.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from controlplane.metrics import DESTINATION_OVERFLOWS, DESTINATION_SUBSCRIBERS,
 from nodemesh import destination_codec as codec
 from nodemesh.api import destination_pb2 as pb
 from nodemesh.api import destination_pb2_grpc as pb_grpc
+from nodemesh.model import MeshedPod, PodKey
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,12 @@ class DestinationHub:
         self.kill_after = kill_after
         self.subscribers: set[Subscriber] = set()
         self.closed_slow = 0
+        # What every agent was last told of each meshed pod, so a change that does not touch
+        # those fields (readiness, labels) costs the other agents nothing.
+        self.meshed: dict[PodKey, MeshedPod] = {}
+        for pod in index.pods.values():
+            if (mp := MeshedPod.of(pod)) is not None:
+                self.meshed[pod.key] = mp
 
     def subscribe(self, node: str, agent_version: str) -> tuple[Subscriber, list[pb.Update]]:
         """Register and return the snapshot; nothing can change the index in between."""
@@ -69,9 +81,16 @@ class DestinationHub:
         services = [codec.service_to_pb(s) for _, s in sorted(self.index.services.items())]
         workloads = [codec.workload_to_pb(w) for _, w in sorted(self.index.workloads.items())]
         pods = [codec.pod_to_pb(p) for p in self.index.pods_on_node(node)]
+        meshed = [codec.meshed_pod_to_pb(m) for _, m in sorted(self.meshed.items())]
         parts = [pb.Update(revision=self.index.revision, snapshot=pb.Snapshot())]
         held = 0
-        for kind, items in (("services", services), ("workloads", workloads), ("pods", pods)):
+        kinds = (
+            ("services", services),
+            ("workloads", workloads),
+            ("pods", pods),
+            ("meshed_pods", meshed),
+        )
+        for kind, items in kinds:
             for item in items:
                 if held == SNAPSHOT_PART:
                     parts.append(pb.Update(revision=self.index.revision, snapshot=pb.Snapshot()))
@@ -81,10 +100,29 @@ class DestinationHub:
         parts[-1].snapshot.last = True
         return parts
 
+    def _meshed_changed(self, key: PodKey, now: MeshedPod | None, shared: pb.Delta) -> None:
+        before = self.meshed.get(key)
+        if now == before:
+            return
+        if now is None:
+            del self.meshed[key]
+            shared.meshed_pods_removed.append(codec.pod_key_to_pb(key))
+        else:
+            self.meshed[key] = now
+            shared.meshed_pods_updated.append(codec.meshed_pod_to_pb(now))
+
     def publish(self, changes: list[Change], revision: int) -> None:
-        if not changes or not self.subscribers:
+        if not changes:
             return
         shared = pb.Delta()
+        # Kept current even with no subscriber: the next one's snapshot is made from it.
+        for c in changes:
+            if isinstance(c, PodUpdated):
+                self._meshed_changed(c.pod.key, MeshedPod.of(c.pod), shared)
+            elif isinstance(c, PodRemoved) and self.index.pods.get(c.key) is None:
+                self._meshed_changed(c.key, None, shared)
+        if not self.subscribers:
+            return
         by_node: dict[str, pb.Delta] = {}
         for c in changes:
             if isinstance(c, ServiceUpdated):
