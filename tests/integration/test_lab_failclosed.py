@@ -129,6 +129,19 @@ class Lab:
             capture_output=True, text=True, check=True, timeout=30,
         ).stdout  # fmt: skip
 
+    def wait_ready(self, node: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            res = subprocess.run(
+                ["ip", "netns", "exec", self.paths.node_netns(node), "curl", "-sf", "-m", "2",
+                 "http://127.0.0.1:4191/ready"],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            if res.returncode == 0:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{node}'s agent not ready within {timeout} s")
+
     def controlplane(self, replicas: int) -> None:
         docs = yaml.safe_load_all(
             (REPO / "manifests/lab/nodemesh.yml").read_text().replace("__LAB_ROOT__", str(self.paths.root))
@@ -276,6 +289,15 @@ def _hey_result(proc: subprocess.Popen[str], timeout: float) -> tuple[int, int, 
     return ok, failed, out
 
 
+def _wait_for_new_agent(lab: Lab, node: str, old: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if lab.agent_pid(node) not in (None, old):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the lab did not restart {node}'s agent")
+
+
 def test_agent_killed_while_the_control_plane_is_away_never_sends_plaintext(
     lab: Lab, capture: Tcpdump
 ) -> None:
@@ -292,14 +314,7 @@ def test_agent_killed_while_the_control_plane_is_away_never_sends_plaintext(
     load = _hey(lab, url, OUTAGE)
     try:
         # The lab restarts the agent (back-off 1 s); it never reaches the control plane.
-        deadline = time.monotonic() + 30
-        new = None
-        while time.monotonic() < deadline:
-            new = lab.agent_pid("node1")
-            if new not in (None, old):
-                break
-            time.sleep(0.2)
-        assert new not in (None, old), "the lab did not restart node1's agent"
+        _wait_for_new_agent(lab, "node1", old)
         ok, failed, report = _hey_result(load, OUTAGE + 60)
     finally:
         if load.poll() is None:
@@ -321,8 +336,21 @@ def test_agent_killed_while_the_control_plane_is_away_never_sends_plaintext(
     )
     assert plain == 0 and tls >= ok, (tls, plain, report)
 
-    # ...and after the control plane is back.
+    # With nothing saved either (a first start during the outage) the agent cannot know any
+    # destination: connections are held, then refused; still never plaintext.
+    lab.paths.node_dir("node1").joinpath("agent-private", "serving.json").unlink()
+    old = lab.agent_pid("node1")
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    _wait_for_new_agent(lab, "node1", old)
+    ok_blind, failed_blind, report = _hey_result(_hey(lab, url, 8), 60)
+    print(f"no table: {ok_blind} responses 200, {failed_blind} failed")
+    assert ok_blind == 0 and failed_blind > 0, report
+    assert capture.count(marker) == 0
+
+    # ...and after the control plane is back (once node1's agent has its table again).
     lab.controlplane(1)
+    lab.wait_ready("node1")
     ok_after, failed_after, report = _hey_result(_hey(lab, url, 5), 60)
     capture.stop()
     print(f"after: {ok_after} responses 200, {failed_after} failed; {capture.dropped} dropped")
