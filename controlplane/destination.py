@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _OVERFLOWED = object()
 # Parts of a snapshot, so one message stays far below gRPC's default 4 MiB receive limit.
 SNAPSHOT_PART = 500
+INDEX_POLL = 0.1
 
 
 @dataclass(eq=False)
@@ -204,9 +205,21 @@ async def check_agent(
 
 
 class DestinationService(pb_grpc.DestinationServicer):
-    def __init__(self, hub: DestinationHub, *, proof: NodeProof | None = None):
+    """`wait_for_index`: hold each new stream until the index has listed every kind once. A
+    control plane that just started must not hand out a half-listed table: the agent would
+    replace its good one with it, take the meshed pods missing from it for unmeshed ones and
+    reach them in plaintext until the rest arrived."""
+
+    def __init__(
+        self,
+        hub: DestinationHub,
+        *,
+        proof: NodeProof | None = None,
+        wait_for_index: bool = False,
+    ):
         self.hub = hub
         self.proof = proof
+        self.wait_for_index = wait_for_index
 
     async def Subscribe(  # noqa: N802 (gRPC method name)
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
@@ -214,6 +227,8 @@ class DestinationService(pb_grpc.DestinationServicer):
         if not request.node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node must be set")
         await check_agent(self.proof, context, request.node)
+        while self.wait_for_index and not self.hub.index.synced:
+            await asyncio.sleep(INDEX_POLL)  # only in a control plane's first moments
         sub, snapshot = self.hub.subscribe(request.node, request.agent_version)
         sub.task = asyncio.current_task()
         try:

@@ -1,16 +1,20 @@
 """Every agent learns every meshed pod of the cluster (a pod IP that backs no Service too), in a
-few fields each; a change that does not touch those fields costs the other agents nothing."""
+few fields each; a change that does not touch those fields costs the other agents nothing; a
+control plane that is still listing hands out no table."""
 
 from __future__ import annotations
 
+import asyncio
+
 import cp_objects as k
 
-from controlplane.destination import DestinationHub
+from controlplane.destination import DestinationHub, DestinationService
 from controlplane.index import ClusterIndex
-from controlplane.sources.events import EventType, ObjectChanged
+from controlplane.sources.events import KINDS, EventType, KindSynced, ObjectChanged
 from nodeagent.routing import Routes
 from nodeagent.table import DestinationTable
 from nodemesh.api import destination_pb2 as pb
+from nodemesh.api import destination_pb2_grpc as pb_grpc
 
 
 def ev(obj: dict, kind: EventType = EventType.MODIFIED) -> ObjectChanged:
@@ -107,3 +111,27 @@ def test_size_per_remote_pod_stays_small() -> None:
     # Labels and the rest of a pod record stay home: about 100 bytes a pod, so a 10,000-pod
     # cluster adds about a megabyte to each agent's snapshot.
     assert size / 1000 < 120, size
+
+
+async def test_a_starting_control_plane_sends_no_table_before_it_has_listed_everything(
+    grpc_server, channels
+) -> None:
+    index = ClusterIndex()
+    index.apply(ev(k.namespace("db")))  # listing has begun: db-0 is not in yet
+    hub = DestinationHub(index)
+    address = await grpc_server(
+        lambda s: pb_grpc.add_DestinationServicer_to_server(
+            DestinationService(hub, wait_for_index=True), s
+        )
+    )
+    call = pb_grpc.DestinationStub(channels(address)).Subscribe(pb.SubscribeRequest(node="node1"))
+    first = asyncio.ensure_future(call.read())
+    await asyncio.sleep(0.5)
+    # An agent given this half table would take db-0 for unmeshed and reach it in plaintext.
+    assert not first.done()
+    hub.publish(index.apply(ev(k.pod("db", "db-0", node="node2", ip="10.244.2.20", sa="db"))), 1)
+    for kind in KINDS:
+        index.apply(KindSynced(kind))
+    update = await asyncio.wait_for(first, 5)
+    assert [p.key.name for p in update.snapshot.meshed_pods] == ["db-0"]
+    call.cancel()
