@@ -160,3 +160,12 @@ def test_no_file_means_no_state_and_nothing_is_saved_before_a_table(
     keeper = _keeper(path, anchor)
     assert keeper.load() is None
     assert not keeper.save_if_changed() and not path.exists()
+
+
+def test_by_default_the_state_lives_in_a_private_directory_beside_the_state_file() -> None:
+    from nodeagent.config import parse_args
+
+    cfg = parse_args(["--node", "n1", "--state-file", "/var/run/nodemesh/agent-state.json"])
+    assert cfg.serving_state_file == Path("/var/run/nodemesh/agent-private/serving.json")
+    cfg = parse_args(["--node", "n1", "--serving-state", "/srv/s.json"])
+    assert cfg.serving_state_file == Path("/srv/s.json")
