@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -61,6 +62,7 @@ class DestinationHub:
         # What every agent was last told of each meshed pod, so a change that does not touch
         # those fields (readiness, labels) costs the other agents nothing.
         self.meshed: dict[PodKey, MeshedPod] = {}
+        self._meshed_parts: tuple[int, list[pb.MeshedPod], list[pb.Update]] | None = None
         for pod in index.pods.values():
             if (mp := MeshedPod.of(pod)) is not None:
                 self.meshed[pod.key] = mp
@@ -79,27 +81,20 @@ class DestinationHub:
         DESTINATION_SUBSCRIBERS.set(len(self.subscribers))
 
     def snapshot(self, node: str) -> list[pb.Update]:
+        revision = self.index.revision
         services = [codec.service_to_pb(s) for _, s in sorted(self.index.services.items())]
         workloads = [codec.workload_to_pb(w) for _, w in sorted(self.index.workloads.items())]
         pods = [codec.pod_to_pb(p) for p in self.index.pods_on_node(node)]
-        meshed = [codec.meshed_pod_to_pb(m) for _, m in sorted(self.meshed.items())]
-        parts = [pb.Update(revision=self.index.revision, snapshot=pb.Snapshot())]
-        held = 0
-        kinds = (
-            ("services", services),
-            ("workloads", workloads),
-            ("pods", pods),
-            ("meshed_pods", meshed),
-        )
-        for kind, items in kinds:
-            for item in items:
-                if held == SNAPSHOT_PART:
-                    parts.append(pb.Update(revision=self.index.revision, snapshot=pb.Snapshot()))
-                    held = 0
-                getattr(parts[-1].snapshot, kind).append(item)
-                held += 1
-        parts[-1].snapshot.last = True
-        return parts
+        kinds = (("services", services), ("workloads", workloads), ("pods", pods))
+        # The meshed pods are the same for every agent: their parts are made once per revision
+        # and shared (a control plane restart meets every agent at once).
+        if self._meshed_parts is None or self._meshed_parts[0] != revision:
+            meshed = [codec.meshed_pod_to_pb(m) for _, m in sorted(self.meshed.items())]
+            self._meshed_parts = (revision, meshed, _parts(revision, (("meshed_pods", meshed),)))
+        _, meshed, shared = self._meshed_parts
+        if len(services) + len(workloads) + len(pods) + len(meshed) <= SNAPSHOT_PART:
+            return _parts(revision, (*kinds, ("meshed_pods", meshed)))  # small: one message
+        return _parts(revision, kinds, last=False) + shared
 
     def _meshed_changed(self, key: PodKey, now: MeshedPod | None, shared: pb.Delta) -> None:
         before = self.meshed.get(key)
@@ -178,6 +173,23 @@ class DestinationHub:
         # cancelling it ends the RPC and frees what it holds.
         if sub.task is not None:
             sub._kill = asyncio.get_running_loop().call_later(self.kill_after, sub.task.cancel)
+
+
+def _parts(
+    revision: int, kinds: tuple[tuple[str, list[Any]], ...], *, last: bool = True
+) -> list[pb.Update]:
+    """Snapshot parts of at most SNAPSHOT_PART items each; `last` marks the final one."""
+    parts = [pb.Update(revision=revision, snapshot=pb.Snapshot())]
+    held = 0
+    for kind, items in kinds:
+        for item in items:
+            if held == SNAPSHOT_PART:
+                parts.append(pb.Update(revision=revision, snapshot=pb.Snapshot()))
+                held = 0
+            getattr(parts[-1].snapshot, kind).append(item)
+            held += 1
+    parts[-1].snapshot.last = last
+    return parts
 
 
 # Proves which node's agent is calling (e.g. from its bearer token); raises AgentRefused if none.

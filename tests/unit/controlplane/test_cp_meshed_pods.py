@@ -132,6 +132,8 @@ async def test_a_starting_control_plane_sends_no_table_before_it_has_listed_ever
     hub.publish(index.apply(ev(k.pod("db", "db-0", node="node2", ip="10.244.2.20", sa="db"))), 1)
     for kind in KINDS:
         index.apply(KindSynced(kind))
-    update = await asyncio.wait_for(first, 5)
-    assert [p.key.name for p in update.snapshot.meshed_pods] == ["db-0"]
+    parts = [await asyncio.wait_for(first, 5)]
+    while not parts[-1].snapshot.last:
+        parts.append(await asyncio.wait_for(call.read(), 5))
+    assert [p.key.name for u in parts for p in u.snapshot.meshed_pods] == ["db-0"]
     call.cancel()
