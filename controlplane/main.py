@@ -205,7 +205,7 @@ async def serve(args: argparse.Namespace) -> None:
     # than being cut off by gRPC's own 4 MiB default where nobody sees why.
     agent_server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)])
     destination_pb2_grpc.add_DestinationServicer_to_server(
-        DestinationService(hub, proof=proof), agent_server
+        DestinationService(hub, proof=proof, wait_for_index=True), agent_server
     )
     tap_pb2_grpc.add_AgentTapServicer_to_server(AgentTapService(broker, proof=proof), agent_server)
     TelemetryService(

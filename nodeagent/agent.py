@@ -24,6 +24,7 @@ from nodeagent.meshedrecord import MeshedRecord
 from nodeagent.observe import AgentSink
 from nodeagent.podnetns import find_netns_for
 from nodeagent.rules.worker import RuleWorker
+from nodeagent.servingstate import ServingKeeper, ServingStateFile
 from nodeagent.statefile import StateFile
 from nodeagent.stats.exposition import AggregateCollector
 from nodeagent.table import DestinationTable, TableChanged
@@ -71,6 +72,12 @@ class Agent:
             dns_names=self.dns_names,
         )
         self.identity: IdentityClient | None = None
+        # The table and certificates, kept on the node so a restart needs no control plane.
+        self.keeper = ServingKeeper(
+            ServingStateFile(config.serving_state_file, node=config.node),
+            table=self.table,
+            certs=self.certs,
+        )
         self.rules = RuleWorker()
         # Pods leaving free their listeners' memory; hand it back to the kernel after a burst.
         self.trimmer = TrimLater()
@@ -177,6 +184,11 @@ class Agent:
             metrics.REGISTRY.register(self.collector)
             install_report_signal(cfg.memory_report_dir)
             await self.admin.start()
+            # Before the stream can deliver anything: a fresh snapshot must win over the saved.
+            saved = self.keeper.load()
+            if saved is not None:
+                self._table_changed(saved)
+            self._tasks.append(tasks.spawn(self.keeper.run(), name="serving state keeper"))
             self._tasks.append(tasks.spawn(client.run(), name="destination client"))
             if self.certs is not None:
                 self.identity = IdentityClient(
@@ -231,6 +243,7 @@ class Agent:
         self.enroller.stop_listening()
         await tasks.cancel_all(self._tasks)
         self._tasks.clear()
+        self.keeper.save_if_changed()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.drain_seconds
         while self.runtime.relays and loop.time() < deadline:

@@ -19,6 +19,9 @@ class AgentConfig:
     node: str
     cni_socket: Path = Path(DEFAULT_CNI_SOCKET)
     state_file: Path = Path(DEFAULT_STATE_FILE)
+    # Table and certificates kept across restarts (keys inside: root only). None: beside the
+    # state file, in its own 0700 directory.
+    serving_state: Path | None = None
     controlplane: str = DEFAULT_CONTROLPLANE
     controlplane_insecure: bool = False
     controlplane_ca: Path | None = None
@@ -49,6 +52,10 @@ class AgentConfig:
     record_events: Path | None = None
     # Debugging aid: where SIGUSR2 writes the memory report (nodeagent.heap).
     memory_report_dir: Path = Path("/tmp")
+
+    @property
+    def serving_state_file(self) -> Path:
+        return self.serving_state or self.state_file.parent / "agent-private" / "serving.json"
 
 
 def _mark(text: str) -> int:
@@ -83,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", required=True, help="name of the node this agent serves")
     p.add_argument("--cni-socket", default=DEFAULT_CNI_SOCKET, help="unix socket for nodemesh-cni")
     p.add_argument("--state-file", default=DEFAULT_STATE_FILE, help="where enrolled pods are kept")
+    p.add_argument(
+        "--serving-state",
+        default=None,
+        help="where the last table and the pods' certificates are kept across restarts "
+        "(default: agent-private/serving.json beside --state-file)",
+    )
     p.add_argument(
         "--controlplane",
         default=DEFAULT_CONTROLPLANE,
@@ -161,6 +174,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         node=ns.node,
         cni_socket=Path(ns.cni_socket),
         state_file=Path(ns.state_file),
+        serving_state=Path(ns.serving_state) if ns.serving_state else None,
         controlplane=ns.controlplane,
         controlplane_insecure=ns.controlplane_insecure,
         controlplane_ca=Path(ns.controlplane_ca) if ns.controlplane_ca else None,

@@ -20,7 +20,7 @@ from nodeagent import peers, podplan
 from nodeagent.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
 from nodeagent.l7relay import ConnectionTap, peer_port
 from nodeagent.observe_events import Peer
-from nodeagent.outbound import CERT_WAIT, report_failed
+from nodeagent.outbound import CERT_WAIT, NO_TABLE, report_failed, table_known
 from nodeagent.podnetns import inbound_socket, marked_socket
 from nodeagent.protocol import preamble as pre
 from nodeagent.tunnel import accept_tunnel, read_preamble, reply
@@ -99,12 +99,16 @@ async def handle_plain(relay: Relay, pod: PodListeners) -> None:
         relay.refuse("connection back to an agent port")
         return
     client_ip = sock.getpeername()[0]
+    # Without a table this pod's mode is unknown: a strict pod must not take plaintext.
+    known = rt.table.synced or await table_known(relay, pod)
     info, dst = _this_pod(pod)
     src = peers.of_client(rt.routes, client_ip)
     conn_id = next(rt.conn_ids)
     strict = info is not None and info.mesh.inbound_mode is InboundMode.STRICT
     error = ""
-    if strict and client_ip not in (info.host_ip if info else "", pod.pod.ip):
+    if not known:
+        error = NO_TABLE
+    elif strict and client_ip not in (info.host_ip if info else "", pod.pod.ip):
         error = "strict inbound mode refuses unauthenticated clients"
     else:
         try:
@@ -134,6 +138,9 @@ async def handle_plain(relay: Relay, pod: PodListeners) -> None:
 
 async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
     rt = pod.runtime
+    if not rt.table.synced and not await table_known(relay, pod):
+        relay.refuse(NO_TABLE)
+        return
     info, dst = _this_pod(pod)
     client_ip = relay.downstream_socket.getpeername()[0]
     identity = info.identity if info is not None else ""

@@ -161,7 +161,6 @@ def test_least_privilege_rbac() -> None:
             if "secrets" in rule["resources"]:
                 assert name == "nodemesh-controlplane-identity"
                 assert rule["resourceNames"] == ["nodemesh-identity"] and rule["verbs"] == ["get"]
-    bound = {s["name"] for d in docs if d["kind"].endswith("Binding") for s in d["subjects"]}
     # The dashboard may only tap and read stats (groups served by the public API, not the
     # Kubernetes API), with its own ServiceAccount: nothing else.
     dashboard = {
