@@ -100,6 +100,7 @@ class Agent:
             enroller=self.enroller,
             record=self.meshed_record,
             state_file=config.state_file,
+            forget_serving=self.keeper.forget,
         )
         self.admin = AdminServer(
             host=config.admin_host, port=config.admin_port, ready=self._readiness

@@ -212,6 +212,7 @@ class ServingKeeper:
         self.interval = interval
         self.saves = 0
         self._saved_stamp: object = None
+        self._forgotten = False
 
     def _stamp(self) -> object:
         t = self.table
@@ -254,9 +255,18 @@ class ServingKeeper:
         self._saved_stamp = self._stamp()
         return change
 
+    def forget(self) -> None:
+        """nodemesh is leaving the node: remove the saved keys and never save again."""
+        self._forgotten = True
+        self.file.path.unlink(missing_ok=True)
+        try:
+            self.file.path.parent.rmdir()
+        except OSError:
+            pass  # not ours alone, or already gone
+
     def save_if_changed(self) -> bool:
         stamp = self._stamp()
-        if stamp == self._saved_stamp or not self.table.synced:
+        if self._forgotten or stamp == self._saved_stamp or not self.table.synced:
             return False
         held = list(self.certs.held.values()) if self.certs is not None else []
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from nodemesh_cni.runfiles import UNINSTALL_FLAG, uninstall_flag_time
@@ -30,12 +31,19 @@ CLOCK_SLACK = 2.0
 
 class UninstallWatch:
     def __init__(
-        self, run_dir: Path, *, enroller: Enroller, record: MeshedRecord, state_file: Path
+        self,
+        run_dir: Path,
+        *,
+        enroller: Enroller,
+        record: MeshedRecord,
+        state_file: Path,
+        forget_serving: Callable[[], None] = lambda: None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.enroller = enroller
         self.record = record
         self.state_file = state_file
+        self.forget_serving = forget_serving  # the saved table, certificates and keys
         self.started_at = time.time()
         self.done = asyncio.Event()
 
@@ -76,6 +84,7 @@ class UninstallWatch:
         pods = await self.enroller.unmesh_all()
         self.record.remove()
         self.state_file.unlink(missing_ok=True)
+        self.forget_serving()
         self.done.set()
         (self.run_dir / UNINSTALL_FLAG).unlink(missing_ok=True)
         log.warning(

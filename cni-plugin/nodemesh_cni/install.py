@@ -269,6 +269,7 @@ def uninstall_binary(*, bin_dir: Path, name: str = BINARY_NAME) -> None:
 # --- leaving the node -------------------------------------------------------------------------
 
 AGENT_STATE_FILE = "agent-state.json"
+AGENT_PRIVATE_DIR = "agent-private"
 
 
 def leave_node(
@@ -309,6 +310,9 @@ def leave_node(
             (run_dir / name).unlink()
         except FileNotFoundError:
             pass
+    # The agent's saved table, certificates and keys (nodeagent.servingstate), whether or not an
+    # agent was there to remove them.
+    shutil.rmtree(run_dir / AGENT_PRIVATE_DIR, ignore_errors=True)
     return confirmed
 
 

@@ -19,9 +19,13 @@ from nodemesh import tasks
 from nodemesh.api import destination_pb2 as pb
 
 
-def watch_for(h: Harness, run: Path) -> UninstallWatch:
+def watch_for(h: Harness, run: Path, forgotten: list[bool] | None = None) -> UninstallWatch:
     return UninstallWatch(
-        run, enroller=h.enroller, record=MeshedRecord(run, node="node1"), state_file=h.store.path
+        run,
+        enroller=h.enroller,
+        record=MeshedRecord(run, node="node1"),
+        state_file=h.store.path,
+        forget_serving=lambda: (forgotten if forgotten is not None else []).append(True),
     )
 
 
@@ -41,7 +45,8 @@ async def test_the_uninstall_flag_unmeshes_every_running_pod(tmp_path: Path) -> 
     h.rules.remove = remove_noting_listeners  # type: ignore[method-assign]
     run = tmp_path / "run"
     run.mkdir()
-    watch = watch_for(h, run)
+    forgotten: list[bool] = []
+    watch = watch_for(h, run, forgotten)
     watch.record.update(h.table)
     task = tasks.spawn(watch.run(), name="uninstall watch")
     try:
@@ -56,6 +61,7 @@ async def test_the_uninstall_flag_unmeshes_every_running_pod(tmp_path: Path) -> 
     assert open_at_removal == [True, True]
     assert list(run.iterdir()) == []  # flag acknowledged, record removed
     assert not h.store.path.exists()
+    assert forgotten == [True]  # the saved table, certificates and keys are removed too
     out = await h.enroller.add(h.request("late"))
     assert out.status == "retry" and "being uninstalled" in out.message
     assert len(h.rules.installed) == 0

@@ -169,3 +169,18 @@ def test_by_default_the_state_lives_in_a_private_directory_beside_the_state_file
     assert cfg.serving_state_file == Path("/var/run/nodemesh/agent-private/serving.json")
     cfg = parse_args(["--node", "n1", "--serving-state", "/srv/s.json"])
     assert cfg.serving_state_file == Path("/srv/s.json")
+
+
+def test_forgetting_removes_the_saved_keys_and_saves_no_more(
+    tmp_path: Path, anchor: CaMaterial, authority: CertificateAuthority
+) -> None:
+    """Uninstall: the agent's last save on SIGTERM must not put the keys back on the node."""
+    path = tmp_path / "run" / "agent-private" / "serving.json"
+    store = CertStore(trust_anchors_pem=anchor.certificate_pem())
+    store.install(issue(authority, WEB))
+    keeper = ServingKeeper(ServingStateFile(path, node="node1"), table=_served_table(), certs=store)
+    assert keeper.save_if_changed() and path.exists()
+    keeper.forget()
+    assert not path.exists() and not path.parent.exists()
+    store.install(issue(authority, API))  # something changed after: still nothing written
+    assert not keeper.save_if_changed() and not path.parent.exists()
