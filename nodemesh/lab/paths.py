@@ -56,6 +56,10 @@ class LabPaths:
     def identity(self) -> Path:
         return self.root / "identity"
 
+    def agent_credentials(self, node: str) -> Path:
+        """One node agent's token and trust anchor (all its DaemonSet pod may read)."""
+        return self.identity / "agents" / node
+
     def logs(self, namespace: str, pod: str) -> Path:
         return self.root / "logs" / namespace / pod
 
