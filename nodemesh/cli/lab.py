@@ -18,10 +18,10 @@ import yaml
 from nodemesh.identity import create_issuer_files
 from nodemesh.lab.client import LabClient, LabRequestFailed, LabUnavailable
 from nodemesh.lab.config import Forward, ForwardError, LabConfig
+from nodemesh.lab.container import INIT
 from nodemesh.lab.ledger import Ledger
 from nodemesh.lab.manifests import ManifestError, parse
 from nodemesh.lab.paths import LabNameError, LabPaths, check_name, existing_labs
-from nodemesh.lab.pods import INIT
 from nodemesh.lab.teardown import down as teardown
 
 REPO = Path(__file__).resolve().parents[2]

@@ -83,6 +83,8 @@ HIDDEN = (
     ("/home", "755"),
     ("/etc/netns", "755"),
 )
+# The container wrapper, run with the lab's Python in isolated mode (it needs only the stdlib).
+INIT = (sys.executable, "-I", "-S", str(Path(__file__).with_name("container_init.py")))
 IMAGE_PATHS = (sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parents[2]))
 HOSTPATH_TYPES = {
     "",

@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 
 from nodemesh.lab import objects
 from nodemesh.lab.cni import LOOPBACK_CONF, CniError, CniRunner, PodAttachment, pod_ip
-from nodemesh.lab.container import ContainerConfigError, container_spec, expand
+from nodemesh.lab.container import INIT, ContainerConfigError, container_spec, expand
 from nodemesh.lab.ledger import Ledger, process_start_time, same_process
 from nodemesh.lab.network import NodeSpec, render_hosts, render_resolv, run
 from nodemesh.lab.paths import ETC_NETNS, LabPaths
@@ -29,8 +28,6 @@ from nodemesh.tasks import cancel_all, spawn
 
 log = logging.getLogger(__name__)
 
-# The container wrapper, run with the lab's Python in isolated mode (it needs only the stdlib).
-INIT = (sys.executable, "-I", "-S", str(Path(__file__).with_name("container_init.py")))
 GRACE_SECONDS = 5.0  # the lab caps terminationGracePeriodSeconds to keep `lab down` quick
 MAX_BACKOFF = 30.0
 
