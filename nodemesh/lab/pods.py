@@ -325,12 +325,15 @@ class PodRunner:
         failures_allowed = int(probe.get("failureThreshold", 3))
         failures = 0
         while True:
-            ok = await run_probe(
+            proc = self.procs.get(container["name"])
+            inits = _children(proc.pid) if proc is not None else []
+            ok = bool(inits or "exec" not in probe) and await run_probe(
                 probe,
                 container=container,
                 node_netns=self.node.netns,
                 pod_netns=self.netns,
                 pod_ip=self.pod["status"]["podIP"],
+                exec_in=[*INIT, "enter", str(inits[0])] if inits else None,
             )
             if ok:
                 failures = 0

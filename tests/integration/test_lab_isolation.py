@@ -91,6 +91,18 @@ spec:
   - name: plain
     command: [python3, -c, {plain}]
     securityContext: {{runAsUser: 0, runAsGroup: 0}}
+---
+# An exec probe runs inside the container, as the kubelet's do: it sees no lab state dir.
+apiVersion: v1
+kind: Pod
+metadata: {{name: prober, namespace: iso}}
+spec:
+  containers:
+  - name: main
+    command: [sleep, "3600"]
+    readinessProbe:
+      exec: {{command: [sh, -c, "test ! -e {lab_root} && test -e /proc/1/cmdline"]}}
+      periodSeconds: 1
 """
 
 # A container that declares nothing: the runtime's default capabilities, as root.
@@ -253,7 +265,10 @@ def test_pods_cannot_reach_secrets_and_the_mesh_still_works(lab: LabPaths, tmp_p
     manifest = tmp_path / "volumes.yml"
     manifest.write_text(
         VOLUMES_POD.format(
-            shared=shared, script=json.dumps(VOLUMES_SCRIPT), plain=json.dumps(PLAIN_SCRIPT)
+            shared=shared,
+            script=json.dumps(VOLUMES_SCRIPT),
+            plain=json.dumps(PLAIN_SCRIPT),
+            lab_root=lab.root,
         )
     )
     nm("lab", "apply", "--name", lab.name, "-f", str(manifest))
@@ -268,3 +283,12 @@ def test_pods_cannot_reach_secrets_and_the_mesh_still_works(lab: LabPaths, tmp_p
     assert result["no_new_privs"] == "1", result
     assert result["pid"] == 1, result  # the entrypoint is PID 1 of its own PID namespace
     assert not Path("/iso-written").exists()
+
+    deadline = time.monotonic() + 60
+    while True:
+        st = json.loads(nm("lab", "status", "--name", lab.name, "-o", "json"))
+        prober = next(p for p in st["pods"] if p["name"] == "prober")
+        if prober["ready"]:
+            break
+        assert time.monotonic() < deadline, f"the exec probe saw the host's view: {prober}"
+        time.sleep(1)
