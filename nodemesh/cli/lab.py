@@ -22,6 +22,7 @@ from nodemesh.lab.container import INIT
 from nodemesh.lab.ledger import Ledger
 from nodemesh.lab.manifests import ManifestError, parse
 from nodemesh.lab.paths import LabNameError, LabPaths, check_name, existing_labs
+from nodemesh.lab.procs import children
 from nodemesh.lab.teardown import down as teardown
 
 REPO = Path(__file__).resolve().parents[2]
@@ -432,13 +433,10 @@ def _container_init_pid(paths: LabPaths, pod: dict[str, Any], container: str | N
         names = ", ".join(c["name"] for c in statuses)
         fail(f"pod {where} has no container {container!r} (it has: {names})")
     wrapper = str(chosen[0].get("containerID") or "").removeprefix("lab://")
-    try:
-        children = Path(f"/proc/{wrapper}/task/{wrapper}/children").read_text().split()
-    except OSError:
-        children = []
-    if not children:
+    inits = children(int(wrapper)) if wrapper.isdigit() else []
+    if not inits:
         fail(f"container {chosen[0]['name']} of pod {where} is not running")
-    return int(children[0])
+    return inits[0]
 
 
 @lab.command()

@@ -23,7 +23,7 @@ from nodemesh.lab.ledger import Ledger, process_start_time, same_process
 from nodemesh.lab.network import NodeSpec, render_hosts, render_resolv, run
 from nodemesh.lab.paths import ETC_NETNS, LabPaths
 from nodemesh.lab.probes import run_probe
-from nodemesh.lab.procs import kill_processes_in, signal_pids
+from nodemesh.lab.procs import children, kill_processes_in, signal_pids
 from nodemesh.tasks import cancel_all, spawn
 
 log = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ class PodRunner:
         failures = 0
         while True:
             proc = self.procs.get(container["name"])
-            inits = _children(proc.pid) if proc is not None else []
+            inits = children(proc.pid) if proc is not None else []
             ok = bool(inits or "exec" not in probe) and await run_probe(
                 probe,
                 container=container,
@@ -390,7 +390,7 @@ class PodRunner:
         if proc.returncode is not None:
             return
         grace = min(float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)), GRACE_SECONDS)
-        inits = [(pid, process_start_time(pid)) for pid in _children(proc.pid)]
+        inits = [(pid, process_start_time(pid)) for pid in children(proc.pid)]
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(proc.pid, sig)
@@ -407,10 +407,3 @@ class PodRunner:
             if not any(same_process(pid, start) for pid, start in inits):
                 return
             await asyncio.sleep(0.02)
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
