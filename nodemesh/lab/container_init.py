@@ -22,6 +22,7 @@ import select
 import signal
 import sys
 import warnings  # noqa: F401 - os.execvpe imports it, maybe after the user has changed
+from collections.abc import Callable
 
 CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -265,14 +266,15 @@ def _supervise(child: int) -> None:
         signal.signal(sig, forward)
     _, status = os.waitpid(child, 0)
     if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
+        died_of = os.WTERMSIG(status)
+        signal.signal(died_of, signal.SIG_DFL)
+        os.kill(os.getpid(), died_of)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
-def _fork_into_pid_namespace(child_setup, argv: list[str]) -> None:  # type: ignore[no-untyped-def]
-    _check(libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+def _fork_and_supervise(child_setup: Callable[[], None], argv: list[str]) -> None:
+    """Fork the entrypoint (into the PID namespace unshared or joined before), set it up, run
+    it; stay as its parent."""
     parent_gone, alive = os.pipe2(os.O_CLOEXEC)
     # Signals that arrive before _supervise installs its handlers must not kill us silently.
     for sig in FORWARDED:
@@ -306,7 +308,8 @@ def run(spec: dict, argv: list[str]) -> None:
             no_new_privs=spec["noNewPrivs"],
         )
 
-    _fork_into_pid_namespace(child, argv)
+    _check(libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+    _fork_and_supervise(child, argv)
 
 
 def _status_of(pid: int) -> dict[str, str]:
@@ -342,21 +345,7 @@ def enter(pid: int, argv: list[str]) -> None:
         drop_privileges(caps=caps, uid=uid, gid=gid, groups=groups, no_new_privs=no_new_privs)
 
     # setns(CLONE_NEWPID) puts our children in the container's PID namespace, not us: fork.
-    parent_gone, alive = os.pipe2(os.O_CLOEXEC)
-    for sig in FORWARDED:
-        signal.signal(sig, signal.SIG_IGN)
-    child_pid = os.fork()
-    if child_pid == 0:
-        try:
-            os.close(alive)
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            child()
-            _exec(argv, parent_gone)
-        except BaseException as e:  # noqa: BLE001
-            sys.stderr.write(f"container: {e}\n")
-            os._exit(128)
-    os.close(parent_gone)
-    _supervise(child_pid)
+    _fork_and_supervise(child, argv)
 
 
 def main() -> None:
