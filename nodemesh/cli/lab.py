@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import yaml
 
 from nodemesh.identity import create_issuer_files
 from nodemesh.lab.access import create_lab_access
 from nodemesh.lab.client import LabClient, LabRequestFailed, LabUnavailable
 from nodemesh.lab.config import Forward, ForwardError, LabConfig
+from nodemesh.lab.container import INIT
 from nodemesh.lab.ledger import Ledger
 from nodemesh.lab.manifests import ManifestError, parse
 from nodemesh.lab.paths import LabNameError, LabPaths, check_name, existing_labs
+from nodemesh.lab.procs import children
 from nodemesh.lab.teardown import down as teardown
 
 REPO = Path(__file__).resolve().parents[2]
@@ -138,7 +141,10 @@ def up(
     LabConfig(name=name, nodes=nodes, mesh=mesh, forwards=fwd).save(paths.config)
     try:
         if mesh:
-            create_issuer_files(paths.identity, nodes=[f"node{i}" for i in range(1, nodes + 1)])
+            issued = create_issuer_files(
+                paths.identity, nodes=[f"node{i}" for i in range(1, nodes + 1)]
+            )
+            _write_agent_credentials(paths, issued.tokens)
             create_lab_access(paths.access)
         _start_supervisor(paths, timeout=timeout)
         if mesh:
@@ -175,6 +181,20 @@ def up(
         )
     click.echo(f"  status:   nodemesh lab status --lab {name}")
     click.echo(f"  remove:   nodemesh lab down --lab {name}")
+
+
+def _write_agent_credentials(paths: LabPaths, tokens: dict[str, str]) -> None:
+    """Each node's agent gets its own token and the trust anchor in a directory of its own (its
+    DaemonSet mounts only that one, as a projected token and a ConfigMap would be on a cluster),
+    never the issuer key or another node's token."""
+    anchor = (paths.identity / "ca.crt").read_bytes()
+    for node, token in tokens.items():
+        d = paths.agent_credentials(node)
+        d.mkdir(parents=True, mode=0o700)
+        (d / "ca.crt").write_bytes(anchor)
+        fd = os.open(d / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
 
 
 def _have(exe: str) -> bool:
@@ -422,17 +442,39 @@ def _find_pod(paths: LabPaths, pod: str, namespace: str) -> dict[str, Any]:
 @lab.command(name="exec", context_settings={"ignore_unknown_options": True})
 @name_option
 @click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-c", "--container", help="Container name (default: the first).")
 @click.argument("pod")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
-def exec_(name: str, namespace: str, pod: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND inside POD's network namespace (POD may be deploy/NAME)."""
+def exec_(
+    name: str, namespace: str, container: str | None, pod: str, command: tuple[str, ...]
+) -> None:
+    """Run COMMAND inside a container of POD (POD may be deploy/NAME), as `kubectl exec` does:
+    in its network, mount and PID namespaces, as its user, with its capabilities."""
     need_root()
     paths = running_lab(name)
     p = _find_pod(paths, pod, namespace)
-    netns = paths.pod_netns(p["namespace"], p["name"])
-    env = dict(os.environ, POD_NAME=p["name"], POD_NAMESPACE=p["namespace"], POD_IP=p["ip"],
-               NODE_NAME=p["node"])  # fmt: skip
-    os.execvpe("ip", ["ip", "netns", "exec", netns, *command], env)
+    init = _container_init_pid(paths, p, container)
+    os.execv(sys.executable, [sys.executable, *INIT[1:], "enter", str(init), *command])
+
+
+def _container_init_pid(paths: LabPaths, pod: dict[str, Any], container: str | None) -> int:
+    """The host PID of a running container's entrypoint (PID 1 of its PID namespace)."""
+    where = f"{pod['namespace']}/{pod['name']}"
+    path = paths.objects / "Pod" / pod["namespace"] / f"{pod['name']}.yaml"
+    try:
+        obj = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        fail(f"cannot read pod {where}: {e}")
+    statuses = (obj.get("status") or {}).get("containerStatuses") or []
+    chosen = [c for c in statuses if container in (None, c["name"])][:1]
+    if not chosen:
+        names = ", ".join(c["name"] for c in statuses)
+        fail(f"pod {where} has no container {container!r} (it has: {names})")
+    wrapper = str(chosen[0].get("containerID") or "").removeprefix("lab://")
+    inits = children(int(wrapper)) if wrapper.isdigit() else []
+    if not inits:
+        fail(f"container {chosen[0]['name']} of pod {where} is not running")
+    return inits[0]
 
 
 @lab.command()
