@@ -73,7 +73,7 @@ def main() -> None:
                     http_server=bins["server"],
                     grpc_script=Path(__file__).resolve().parent / "meshbench" / "grpc_echo.py",
                 ),
-                client_node="node1", server_node="node2", haproxy_dir=None,
+                client_node="node1", server_node="node2", haproxy_dir=None, files=Path(work),
             )  # fmt: skip
             lab.apply(manifests.render(objects))
             client = lab.pod(NS, "client")

@@ -16,8 +16,17 @@ trap 'rm -rf "$stage" "$tmp"' EXIT
 
 cp -R "$here/nodemesh_cni" "$stage/nodemesh_cni"
 find "$stage" -name __pycache__ -prune -exec rm -rf {} +
-# zipapp's -m template ignores main()'s return value; the runtime needs the exit status.
-printf 'import sys\nfrom nodemesh_cni.plugin import main\nsys.exit(main())\n' >"$stage/__main__.py"
+# zipapp's -m template ignores main()'s return value; the runtime needs the exit status. With
+# arguments (a runtime passes none) it is install-cni: `nodemesh-cni uninstall ...` on a node.
+# Keep in step with MAIN in nodemesh_cni/bundle.py.
+cat >"$stage/__main__.py" <<'EOF'
+import sys
+if len(sys.argv) > 1:
+    from nodemesh_cni.install import main as install
+    sys.exit(install(sys.argv[1:]))
+from nodemesh_cni.plugin import main
+sys.exit(main())
+EOF
 # Bytecode beside each source (zipimport cannot cache): saves compiling on every pod start.
 # A different python3 on the node rejects the magic number and compiles the included sources.
 "$python" -m compileall -q -b --invalidation-mode unchecked-hash "$stage"

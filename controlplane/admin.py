@@ -11,8 +11,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 log = logging.getLogger(__name__)
 
 
+Readiness = Callable[[], tuple[bool, str]]  # (ready, what /ready's body says)
+
+
 class AdminServer:
-    def __init__(self, *, ready: Callable[[], bool]) -> None:
+    def __init__(self, *, ready: Readiness) -> None:
         self.ready = ready
         self.server: asyncio.Server | None = None
 
@@ -51,7 +54,7 @@ class AdminServer:
         if path == "/live":
             return "200 OK", "text/plain", b"live\n"
         if path == "/ready":
-            if self.ready():
-                return "200 OK", "text/plain", b"ready\n"
-            return "503 Service Unavailable", "text/plain", b"not ready: index not synced\n"
+            ready, text = self.ready()
+            status = "200 OK" if ready else "503 Service Unavailable"
+            return status, "text/plain", text.encode() + b"\n"
         return "404 Not Found", "text/plain", b"try /metrics, /ready or /live\n"

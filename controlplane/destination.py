@@ -1,4 +1,9 @@
-"""Destination service: a snapshot for the agent's node, then deltas, through a bounded queue."""
+"""Destination service: a snapshot for the agent's node, then deltas, through a bounded queue.
+
+Services and workloads go to every agent whole; full pod records only to the agent of their node;
+every meshed pod of the cluster goes to every agent as a `MeshedPod` (IP, identity, workload,
+mode, opaque ports: a few dozen bytes), so a pod IP that backs no Service is tunnelled too.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -23,12 +29,14 @@ from controlplane.metrics import DESTINATION_OVERFLOWS, DESTINATION_SUBSCRIBERS,
 from nodemesh import destination_codec as codec
 from nodemesh.api import destination_pb2 as pb
 from nodemesh.api import destination_pb2_grpc as pb_grpc
+from nodemesh.model import MeshedPod, PodKey
 
 log = logging.getLogger(__name__)
 
 _OVERFLOWED = object()
 # Parts of a snapshot, so one message stays far below gRPC's default 4 MiB receive limit.
 SNAPSHOT_PART = 500
+INDEX_POLL = 0.1
 
 
 @dataclass(eq=False)
@@ -51,6 +59,13 @@ class DestinationHub:
         self.kill_after = kill_after
         self.subscribers: set[Subscriber] = set()
         self.closed_slow = 0
+        # What every agent was last told of each meshed pod, so a change that does not touch
+        # those fields (readiness, labels) costs the other agents nothing.
+        self.meshed: dict[PodKey, MeshedPod] = {}
+        self._meshed_parts: tuple[int, list[pb.MeshedPod], list[pb.Update]] | None = None
+        for pod in index.pods.values():
+            if (mp := MeshedPod.of(pod)) is not None:
+                self.meshed[pod.key] = mp
 
     def subscribe(self, node: str, agent_version: str) -> tuple[Subscriber, list[pb.Update]]:
         """Register and return the snapshot; nothing can change the index in between."""
@@ -66,25 +81,44 @@ class DestinationHub:
         DESTINATION_SUBSCRIBERS.set(len(self.subscribers))
 
     def snapshot(self, node: str) -> list[pb.Update]:
+        revision = self.index.revision
         services = [codec.service_to_pb(s) for _, s in sorted(self.index.services.items())]
         workloads = [codec.workload_to_pb(w) for _, w in sorted(self.index.workloads.items())]
         pods = [codec.pod_to_pb(p) for p in self.index.pods_on_node(node)]
-        parts = [pb.Update(revision=self.index.revision, snapshot=pb.Snapshot())]
-        held = 0
-        for kind, items in (("services", services), ("workloads", workloads), ("pods", pods)):
-            for item in items:
-                if held == SNAPSHOT_PART:
-                    parts.append(pb.Update(revision=self.index.revision, snapshot=pb.Snapshot()))
-                    held = 0
-                getattr(parts[-1].snapshot, kind).append(item)
-                held += 1
-        parts[-1].snapshot.last = True
-        return parts
+        kinds = (("services", services), ("workloads", workloads), ("pods", pods))
+        # The meshed pods are the same for every agent: their parts are made once per revision
+        # and shared (a control plane restart meets every agent at once).
+        if self._meshed_parts is None or self._meshed_parts[0] != revision:
+            meshed = [codec.meshed_pod_to_pb(m) for _, m in sorted(self.meshed.items())]
+            self._meshed_parts = (revision, meshed, _parts(revision, (("meshed_pods", meshed),)))
+        _, meshed, shared = self._meshed_parts
+        if len(services) + len(workloads) + len(pods) + len(meshed) <= SNAPSHOT_PART:
+            return _parts(revision, (*kinds, ("meshed_pods", meshed)))  # small: one message
+        return _parts(revision, kinds, last=False) + shared
+
+    def _meshed_changed(self, key: PodKey, now: MeshedPod | None, shared: pb.Delta) -> None:
+        before = self.meshed.get(key)
+        if now == before:
+            return
+        if now is None:
+            del self.meshed[key]
+            shared.meshed_pods_removed.append(codec.pod_key_to_pb(key))
+        else:
+            self.meshed[key] = now
+            shared.meshed_pods_updated.append(codec.meshed_pod_to_pb(now))
 
     def publish(self, changes: list[Change], revision: int) -> None:
-        if not changes or not self.subscribers:
+        if not changes:
             return
         shared = pb.Delta()
+        # Kept current even with no subscriber: the next one's snapshot is made from it.
+        for c in changes:
+            if isinstance(c, PodUpdated):
+                self._meshed_changed(c.pod.key, MeshedPod.of(c.pod), shared)
+            elif isinstance(c, PodRemoved) and self.index.pods.get(c.key) is None:
+                self._meshed_changed(c.key, None, shared)
+        if not self.subscribers:
+            return
         by_node: dict[str, pb.Delta] = {}
         for c in changes:
             if isinstance(c, ServiceUpdated):
@@ -141,6 +175,23 @@ class DestinationHub:
             sub._kill = asyncio.get_running_loop().call_later(self.kill_after, sub.task.cancel)
 
 
+def _parts(
+    revision: int, kinds: tuple[tuple[str, list[Any]], ...], *, last: bool = True
+) -> list[pb.Update]:
+    """Snapshot parts of at most SNAPSHOT_PART items each; `last` marks the final one."""
+    parts = [pb.Update(revision=revision, snapshot=pb.Snapshot())]
+    held = 0
+    for kind, items in kinds:
+        for item in items:
+            if held == SNAPSHOT_PART:
+                parts.append(pb.Update(revision=revision, snapshot=pb.Snapshot()))
+                held = 0
+            getattr(parts[-1].snapshot, kind).append(item)
+            held += 1
+    parts[-1].snapshot.last = last
+    return parts
+
+
 # Proves which node's agent is calling (e.g. from its bearer token); raises AgentRefused if none.
 NodeProof = Callable[[grpc.aio.ServicerContext], Awaitable[str]]
 
@@ -166,9 +217,21 @@ async def check_agent(
 
 
 class DestinationService(pb_grpc.DestinationServicer):
-    def __init__(self, hub: DestinationHub, *, proof: NodeProof | None = None):
+    """`wait_for_index`: hold each new stream until the index has listed every kind once. A
+    control plane that just started must not hand out a half-listed table: the agent would
+    replace its good one with it, take the meshed pods missing from it for unmeshed ones and
+    reach them in plaintext until the rest arrived."""
+
+    def __init__(
+        self,
+        hub: DestinationHub,
+        *,
+        proof: NodeProof | None = None,
+        wait_for_index: bool = False,
+    ):
         self.hub = hub
         self.proof = proof
+        self.wait_for_index = wait_for_index
 
     async def Subscribe(  # noqa: N802 (gRPC method name)
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
@@ -176,6 +239,8 @@ class DestinationService(pb_grpc.DestinationServicer):
         if not request.node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node must be set")
         await check_agent(self.proof, context, request.node)
+        while self.wait_for_index and not self.hub.index.synced:
+            await asyncio.sleep(INDEX_POLL)  # only in a control plane's first moments
         sub, snapshot = self.hub.subscribe(request.node, request.agent_version)
         sub.task = asyncio.current_task()
         try:

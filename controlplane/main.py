@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from controlplane.access import (
+    AccessReview,
+    Gate,
+    KubeAccessReview,
+    LabAccessReview,
+    NoAccessReview,
+)
 from controlplane.admin import AdminServer
 from controlplane.destination import (
     AgentRefused,
@@ -31,7 +40,11 @@ from controlplane.identity import (
     load_ca_from_secret,
 )
 from controlplane.identity.service import IdentityService
-from controlplane.identity.serving import ServingCertificate
+from controlplane.identity.serving import (
+    ServingCertificate,
+    serving_dns_names,
+    serving_identity,
+)
 from controlplane.index import ClusterIndex
 from controlplane.public_api import PublicService
 from controlplane.sources.events import Source
@@ -48,14 +61,35 @@ from nodemesh.version import __version__
 
 log = logging.getLogger("nodemesh.controlplane")
 
+CA_SECRET_NAME = "nodemesh-identity"
+AGENT_SERVICE_ACCOUNT = "nodemesh-agent"
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="nodemesh-controlplane", description=__doc__)
     p.add_argument("--source", choices=("local", "kubernetes"), default="kubernetes")
     p.add_argument("--state-dir", help="lab state directory (local source): /run/nodemesh/<lab>")
     p.add_argument("--identity-dir", help="lab identity directory: ca.crt, issuer.*, tokens.json")
+    p.add_argument(
+        "--access-file",
+        help="lab grant table (access.json): who may call the public API; on a cluster the API "
+        "server decides (TokenReview + SubjectAccessReview)",
+    )
     p.add_argument("--kubeconfig", help="kubeconfig when not running in a cluster")
-    p.add_argument("--ca-secret", default="nodemesh/nodemesh-identity", help="namespace/name")
+    p.add_argument(
+        "--namespace",
+        default=os.environ.get("POD_NAMESPACE") or "nodemesh",
+        help="the namespace nodemesh is installed in (default: $POD_NAMESPACE, else nodemesh): "
+        "names the serving certificate, the agents' ServiceAccount and the CA Secret",
+    )
+    p.add_argument(
+        "--cluster-domain",
+        default="cluster.local",
+        help="the cluster's DNS domain, for the serving certificate's names",
+    )
+    p.add_argument(
+        "--ca-secret", default=None, help="namespace/name (default: <namespace>/nodemesh-identity)"
+    )
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--agent-addr", default="0.0.0.0:8086")
     p.add_argument("--public-addr", default="0.0.0.0:8085")
@@ -66,6 +100,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.source == "local" and not args.state_dir:
         p.error("--source local needs --state-dir")
+    if args.ca_secret is None:
+        args.ca_secret = f"{args.namespace}/{CA_SECRET_NAME}"
+    namespace, slash, name = args.ca_secret.partition("/")
+    if not (namespace and slash and name):
+        p.error(f"--ca-secret {args.ca_secret!r}: expected namespace/name")
     return args
 
 
@@ -78,7 +117,11 @@ class Identity:
 
 def load_identity(args: argparse.Namespace, index: ClusterIndex, api: object) -> Identity:
     def pods_on_node(node: str) -> list[tuple[str, str]]:
-        return [(p.key.namespace, p.service_account) for p in index.pods_on_node(node)]
+        # Only meshed pods: an unmeshed pod on the node (the control plane's, the agent's own
+        # hostNetwork pod) must not lend its service account's identity to the agent.
+        return [
+            (p.key.namespace, p.service_account) for p in index.pods_on_node(node) if p.mesh.meshed
+        ]
 
     def node_of_pod(namespace: str, name: str) -> str | None:
         pod = index.pods.get(PodKey(namespace, name))
@@ -93,14 +136,40 @@ def load_identity(args: argparse.Namespace, index: ClusterIndex, api: object) ->
     else:
         namespace, _, name = args.ca_secret.partition("/")
         bundle = load_ca_from_secret(api, namespace=namespace, name=name)  # type: ignore[arg-type]
-        authenticator = TokenReviewAuthenticator(api, node_of_pod=node_of_pod)  # type: ignore[arg-type]
+        authenticator = TokenReviewAuthenticator(
+            api,  # type: ignore[arg-type]
+            agent_service_account=(args.namespace, AGENT_SERVICE_ACCOUNT),
+            node_of_pod=node_of_pod,
+        )
     authority = CertificateAuthority(
         anchors=bundle.anchors,
         issuer=bundle.issuer,
         trust_domain=args.trust_domain,
         pods_on_node=pods_on_node,
     )
-    return Identity(authority, authenticator, ServingCertificate(authority))
+    serving = ServingCertificate(
+        authority,
+        identity=serving_identity(namespace=args.namespace, trust_domain=args.trust_domain),
+        dns_names=serving_dns_names(namespace=args.namespace, cluster_domain=args.cluster_domain),
+    )
+    return Identity(authority, authenticator, serving)
+
+
+def readiness(index: ClusterIndex) -> tuple[bool, str]:
+    """Ready once every kind was listed. A kind whose watch is down later leaves it ready (the
+    agents are better served the last known state than no control plane), but says so."""
+    unsynced = index.unsynced()
+    if any(since is None for since in unsynced.values()):
+        listing = ", ".join(k for k, since in unsynced.items() if since is None)
+        return False, f"not ready: index not synced (still listing {listing})"
+    if not unsynced:
+        return True, "ready: index synced"
+    now = time.time()
+    stale = ", ".join(f"{k} for {now - since:.0f}s" for k, since in unsynced.items() if since)
+    return True, (
+        f"ready, but index not synced: not following {stale} (the API server does not "
+        "answer); serving the last known state"
+    )
 
 
 def node_proof(authenticator: Authenticator) -> NodeProof:
@@ -136,7 +205,7 @@ async def serve(args: argparse.Namespace) -> None:
     # than being cut off by gRPC's own 4 MiB default where nobody sees why.
     agent_server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)])
     destination_pb2_grpc.add_DestinationServicer_to_server(
-        DestinationService(hub, proof=proof), agent_server
+        DestinationService(hub, proof=proof, wait_for_index=True), agent_server
     )
     tap_pb2_grpc.add_AgentTapServicer_to_server(AgentTapService(broker, proof=proof), agent_server)
     TelemetryService(
@@ -157,6 +226,15 @@ async def serve(args: argparse.Namespace) -> None:
         log.warning("agent API on %s is plaintext (--no-agent-tls)", args.agent_addr)
         agent_server.add_insecure_port(args.agent_addr)
 
+    review: AccessReview
+    if args.access_file:
+        review = LabAccessReview(args.access_file)
+    elif api is not None:
+        review = KubeAccessReview(api)
+    else:
+        log.warning("no --access-file and no Kubernetes API: the public API refuses every call")
+        review = NoAccessReview()
+
     public_server = grpc.aio.server()
     public_pb2_grpc.add_PublicServicer_to_server(
         PublicService(
@@ -165,12 +243,13 @@ async def serve(args: argparse.Namespace) -> None:
             broker=broker,
             hub=hub,
             source_name=args.source,
+            gate=Gate(review),
         ),
         public_server,
     )
     public_server.add_insecure_port(args.public_addr)
 
-    admin = AdminServer(ready=lambda: index.synced)
+    admin = AdminServer(ready=lambda: readiness(index))
     host, _, port = args.admin_addr.rpartition(":")
     await admin.start(host or "0.0.0.0", int(port))
 
@@ -214,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # urllib3 warns on each of its own quick retries; the source logs the failure that counts.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
         import uvloop
     except ImportError:

@@ -24,6 +24,12 @@ SOURCE_WATCH_ERRORS = Counter(
     "Watch streams that ended with an error or went silent",
     ["kind"],
 )
+SOURCE_SYNCED = Gauge(
+    "nodemesh_source_synced",
+    "1 while the index follows the kind; 0 before its first listing and while its watch has "
+    "been down for more than a few seconds (the index then serves the last known state)",
+    ["kind"],
+)
 INDEX_OBJECTS = Gauge("nodemesh_index_objects", "Objects held by the index", ["kind"])
 INDEX_BAD_SETTINGS = Counter(
     "nodemesh_index_bad_mesh_settings",

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
 import grpc
 
 from controlplane import resources
+from controlplane.access import AccessRefused, Gate, refuse
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
-from controlplane.tap import TapBroker
+from controlplane.tap import TapBroker, TapBusy
 from controlplane.telemetry_port import BadQuery, GroupStats, Selector, TelemetryPort
+from nodemesh.access import ResourceAttributes, stats_attributes, tap_attributes
 from nodemesh.api import public_pb2 as pb
 from nodemesh.api import public_pb2_grpc as pb_grpc
 from nodemesh.api import tap_pb2
@@ -21,6 +26,8 @@ from nodemesh.version import __version__
 DEFAULT_WINDOW = 60
 MIN_WINDOW, MAX_WINDOW = 10, 900
 DEFAULT_TAP_RPS, MAX_TAP_RPS = 100.0, 1000.0
+# A tap stream re-checks its caller this often, so a revoked token or binding ends it.
+TAP_RECHECK_SECONDS = 5.0
 Group = tuple[str, str]  # (namespace, name); namespace empty for namespaces and nodes
 
 
@@ -33,6 +40,44 @@ def window_of(seconds: int) -> int:
             "keeps 15 minutes in 10 s buckets)"
         )
     return seconds
+
+
+def tap_rate(asked: float) -> float:
+    """The stream's max_rps (0 = the default), or BadResource naming what is wrong with it."""
+    if not math.isfinite(asked):
+        raise resources.BadResource(f"max_rps must be a finite number, not {asked}")
+    if asked == 0:
+        return DEFAULT_TAP_RPS
+    if not 0 < asked <= MAX_TAP_RPS:
+        raise resources.BadResource(
+            f"max_rps {asked:g} is outside (0, {MAX_TAP_RPS:g}] requests per second"
+        )
+    return asked
+
+
+def _plural(kind: str) -> str:
+    return resources.canonical_kind(kind) + "s"
+
+
+def _tap_check(res: pb.Resource) -> ResourceAttributes:
+    return tap_attributes(_plural(res.kind), namespace=res.namespace or "default", name=res.name)
+
+class Enrolled:
+    """Which pods count as meshed: those a live agent says it enrolled (a namespace label
+    alone proves nothing: the agent of the pod's node may be down or absent)."""
+
+    def __init__(self, pods: set[tuple[str, str, str]]) -> None:
+        self._uids = {(ns, name): uid for ns, name, uid in pods}
+
+    def __call__(self, p: PodInfo) -> bool:
+        uid = self._uids.get((p.key.namespace, p.key.name))
+        # A pod recreated under the same name (a StatefulSet's) is another pod.
+        return uid is not None and (not uid or not p.uid or uid == p.uid)
+
+
+def _running(pods: list[PodInfo]) -> list[PodInfo]:
+    """The pods that count: neither being deleted nor finished."""
+    return [p for p in pods if not p.terminating and p.phase not in ("Succeeded", "Failed")]
 
 
 def _selector(res: pb.Resource) -> Selector | None:
@@ -50,7 +95,9 @@ class PublicService(pb_grpc.PublicServicer):
         broker: TapBroker,
         hub: DestinationHub,
         source_name: str,
+        gate: Gate,
     ) -> None:
+        self.gate = gate
         self.index = index
         self.telemetry = telemetry
         self.broker = broker
@@ -71,6 +118,7 @@ class PublicService(pb_grpc.PublicServicer):
             if request.all_namespaces or cluster_scoped
             else (request.resource.namespace or "default")
         )
+        await self.gate.admit(context, stats_attributes(kind + "s", namespace=namespace))
         groups = self._groups(kind, namespace)
         name = request.resource.name
         try:
@@ -84,13 +132,15 @@ class PublicService(pb_grpc.PublicServicer):
         except BadQuery as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         traffic = {(g.namespace, g.name): g for g in found}
+        meshed = Enrolled(self.telemetry.enrolled_pods())
         rows = []
         for key in sorted(set(groups) | set(traffic)):
             if name and key[1] != name:
                 continue
             if namespace and key[0] and key[0] != namespace:
                 continue
-            rows.append(_row(kind, key, groups.get(key, []), traffic.get(key), window))
+            pods = _running(groups.get(key, []))
+            rows.append(_row(kind, key, pods, traffic.get(key), window, meshed))
         return pb.StatResponse(rows=rows, window_seconds=window)
 
     def _groups(self, kind: str, namespace: str) -> dict[Group, list[PodInfo]]:
@@ -142,6 +192,11 @@ class PublicService(pb_grpc.PublicServicer):
         except resources.BadResource as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         namespace = "" if request.all_namespaces else (request.namespace or "default")
+        await self.gate.admit(
+            context,
+            stats_attributes("edges", namespace=namespace),
+            stats_attributes(kind + "s", namespace=namespace),
+        )
         try:
             edges = self.telemetry.edges(kind=kind, namespace=namespace, window_s=window)
         except BadQuery as exc:
@@ -164,32 +219,61 @@ class PublicService(pb_grpc.PublicServicer):
     async def Tap(  # noqa: N802
         self, request: pb.TapRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tap_pb2.TapEvent]:
+        try:
+            checks = [_tap_check(request.resource)]
+            if request.to_resource.kind:
+                checks.append(_tap_check(request.to_resource))
+            rate = tap_rate(request.max_rps)
+        except resources.BadResource as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self.gate.admit(context, *checks)
         sub = tap_pb2.TapSubscription(
             resource=_tap_ref(request.resource),
             method=request.method,
             path_prefix=request.path_prefix,
-            max_rps=min(request.max_rps or DEFAULT_TAP_RPS, MAX_TAP_RPS),
+            max_rps=rate,
         )
         if request.to_resource.kind:
             sub.to.CopyFrom(_tap_ref(request.to_resource))
         try:
-            if request.max_rps < 0:
-                raise resources.BadResource("max_rps must not be negative")
             stream = self.broker.subscribe(sub)
         except resources.BadResource as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TapBusy as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         try:
+            # Says the tap has started (and at what rate, after sharing the budget) before any
+            # event: the caller need not wait for traffic to know it was accepted.
+            await context.send_initial_metadata(
+                (
+                    ("nodemesh-tap-id", stream.id),
+                    ("nodemesh-tap-max-rps", f"{stream.request.max_rps:g}"),
+                )
+            )
+            recheck = time.monotonic() + TAP_RECHECK_SECONDS
             while True:
-                yield await stream.queue.get()
+                try:
+                    wait = max(0.0, recheck - time.monotonic())
+                    yield await asyncio.wait_for(stream.queue.get(), wait)
+                except TimeoutError:
+                    pass
+                if time.monotonic() >= recheck:
+                    recheck = time.monotonic() + TAP_RECHECK_SECONDS
+                    try:
+                        await self.gate.caller(context, *checks)
+                    except AccessRefused as exc:
+                        await refuse(context, exc)
         finally:
             self.broker.unsubscribe(stream)
 
     async def ListWorkloads(self, request: pb.ListWorkloadsRequest, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        await self.gate.admit(context, stats_attributes("workloads", namespace=request.namespace))
         out = []
+        meshed = Enrolled(self.telemetry.enrolled_pods())
         for ref, wl in sorted(self.index.workloads.items()):
             if request.namespace and ref.namespace != request.namespace:
                 continue
-            pods = self.index.pods_of_workload(ref)
+            pods = _running(self.index.pods_of_workload(ref))
             out.append(
                 pb.WorkloadStatus(
                     kind=ref.kind,
@@ -198,7 +282,7 @@ class PublicService(pb_grpc.PublicServicer):
                     identities=list(wl.identities),
                     pods=len(pods),
                     ready_pods=sum(p.ready for p in pods),
-                    meshed_pods=sum(p.mesh.meshed for p in pods),
+                    meshed_pods=sum(map(meshed, pods)),
                     nodes=sorted({p.node for p in pods if p.node}),
                     mesh_errors=sorted({e for p in pods for e in p.mesh.errors}),
                 )
@@ -206,13 +290,15 @@ class PublicService(pb_grpc.PublicServicer):
         return pb.ListWorkloadsResponse(workloads=out, namespaces_meshed=self.index.namespaces())
 
     async def ListNodes(self, request: pb.ListNodesRequest, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        await self.gate.admit(context, stats_attributes("nodes", namespace=""))
         agents = {a.node: a for a in self.telemetry.agents()}
         connected = {s.node: s.agent_version for s in self.hub.subscribers}
         names = sorted(set(self.index.nodes) | set(agents) | set(connected))
         out = []
+        meshed = Enrolled(self.telemetry.enrolled_pods())
         for name in names:
             info = self.index.nodes.get(name)
-            pods = self.index.pods_on_node(name)
+            pods = _running(self.index.pods_on_node(name))
             agent = agents.get(name)
             out.append(
                 pb.NodeStatus(
@@ -221,7 +307,7 @@ class PublicService(pb_grpc.PublicServicer):
                     pod_cidr=info.pod_cidr if info else "",
                     ready=info.ready if info else False,
                     pods=len(pods),
-                    meshed_pods=sum(p.mesh.meshed for p in pods),
+                    meshed_pods=sum(map(meshed, pods)),
                     agent_connected=name in connected,
                     agent_version=connected.get(name) or (agent.version if agent else ""),
                     last_report_unix_ms=agent.last_report_unix_ms if agent else 0,
@@ -234,6 +320,7 @@ class PublicService(pb_grpc.PublicServicer):
         return pb.ListNodesResponse(nodes=out)
 
     async def Version(self, request: pb.VersionRequest, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        await self.gate.admit(context)  # any authenticated caller
         return pb.VersionResponse(
             version=__version__,
             source=self.source_name,
@@ -246,16 +333,25 @@ def _tap_ref(res: pb.Resource) -> tap_pb2.ResourceRef:
     return tap_pb2.ResourceRef(kind=res.kind, namespace=res.namespace or "default", name=res.name)
 
 
-def _row(kind: str, key: Group, pods: list[PodInfo], g: GroupStats | None, window: int):  # type: ignore[no-untyped-def]
+def _row(  # type: ignore[no-untyped-def]
+    kind: str,
+    key: Group,
+    pods: list[PodInfo],
+    g: GroupStats | None,
+    window: int,
+    meshed: Enrolled,
+):
     row = pb.StatRow(
         resource=pb.Resource(kind=kind, namespace=key[0], name=key[1]),
-        meshed_pods=sum(p.mesh.meshed for p in pods),
+        meshed_pods=sum(map(meshed, pods)),
         total_pods=len(pods),
     )
     if g is None:
         return row
+    covered = g.covered_s or window
     row.requests = g.requests
-    row.rps = g.requests / window
+    row.rps = g.requests / covered
+    row.covered_seconds = covered
     if g.requests:
         row.success_rate = g.successes / g.requests
     for field in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -17,10 +18,21 @@ from controlplane.metrics import TAP_EVENTS, TAP_SUBSCRIPTIONS
 from nodemesh import tasks
 from nodemesh.api import tap_pb2 as pb
 from nodemesh.api import tap_pb2_grpc as pb_grpc
+from nodemesh.model import PodKey
 from nodemesh.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
+
+# What tapping may cost, whoever asks: at most MAX_STREAMS concurrent streams, and together at
+# most TAP_BUDGET_RPS tapped requests a second across the cluster (shared evenly between the
+# streams when they ask for more), so the agents' extra work stays bounded.
+MAX_STREAMS = 16
+TAP_BUDGET_RPS = 250.0
+
+
+class TapBusy(Exception):
+    """Too many concurrent tap streams; the message is meant for the user."""
 
 
 @dataclass(eq=False)
@@ -31,6 +43,7 @@ class TapStream:
     request: pb.TapSubscription  # resource, to, method, path_prefix, max_rps (pods filled per node)
     queue: asyncio.Queue[pb.TapEvent]
     bucket: TokenBucket
+    asked_rps: float = 0.0
     sent: dict[str, pb.TapSubscription] = field(default_factory=dict)  # node -> last start
     admitted: OrderedDict[tuple[str, int], None] = field(default_factory=OrderedDict)
     dropped: int = 0
@@ -44,9 +57,18 @@ class AgentLink:
 
 
 class TapBroker:
-    def __init__(self, index: ClusterIndex, *, queue_size: int = 1000) -> None:
+    def __init__(
+        self,
+        index: ClusterIndex,
+        *,
+        queue_size: int = 1000,
+        max_streams: int = MAX_STREAMS,
+        budget_rps: float = TAP_BUDGET_RPS,
+    ) -> None:
         self.index = index
         self.queue_size = queue_size
+        self.max_streams = max_streams
+        self.budget_rps = budget_rps
         self.agents: dict[str, AgentLink] = {}
         self.streams: dict[str, TapStream] = {}
 
@@ -57,18 +79,37 @@ class TapBroker:
         resources.canonical_kind(request.resource.kind)
         if request.HasField("to"):
             resources.canonical_kind(request.to.kind)
-        if request.max_rps <= 0:
-            raise resources.BadResource("max_rps must be above 0")
+        if not 0 < request.max_rps < math.inf:  # also refuses NaN
+            raise resources.BadResource(f"max_rps must be above 0, not {request.max_rps}")
+        if len(self.streams) >= self.max_streams:
+            raise TapBusy(
+                f"{len(self.streams)} tap streams are open, the most the control plane allows "
+                f"at once ({self.max_streams}); try again when one ends"
+            )
         stream = TapStream(
             id=f"tap-{next(_ids)}",
             request=request,
             queue=asyncio.Queue(self.queue_size),
             bucket=TokenBucket(request.max_rps),
+            asked_rps=request.max_rps,
         )
         self.streams[stream.id] = stream
         TAP_SUBSCRIPTIONS.set(len(self.streams))
-        self._route(stream)
+        self._share_budget()
         return stream
+
+    def _share_budget(self) -> None:
+        """Give each stream min(what it asked, an even share of what the others leave), then
+        (re)start it on its agents where its rate changed."""
+        left, waiting = self.budget_rps, sorted(self.streams.values(), key=lambda s: s.asked_rps)
+        while waiting:
+            stream = waiting.pop(0)
+            rate = min(stream.asked_rps, left / (len(waiting) + 1))
+            left -= rate
+            if rate != stream.request.max_rps:
+                stream.request.max_rps = rate
+                stream.bucket = TokenBucket(rate)
+            self._route(stream)
 
     def unsubscribe(self, stream: TapStream) -> None:
         if self.streams.pop(stream.id, None) is None:
@@ -76,6 +117,7 @@ class TapBroker:
         TAP_SUBSCRIPTIONS.set(len(self.streams))
         for node in stream.sent:
             self._send(node, pb.TapCommand(stop=stream.id))
+        self._share_budget()
 
     def _route(self, stream: TapStream) -> None:
         """(Re)compute which agents tap which pods for `stream`; send only what changed."""
@@ -157,12 +199,29 @@ class TapBroker:
             return
         elif event.WhichOneof("kind") == "end":
             stream.admitted.pop(key, None)
+        self._name_workloads(event)
         try:
             stream.queue.put_nowait(event)
             TAP_EVENTS.labels("delivered").inc()
         except asyncio.QueueFull:
             stream.dropped += 1
             TAP_EVENTS.labels("subscriber_full").inc()
+
+    def _name_workloads(self, event: pb.TapEvent) -> None:
+        """Fill in a peer's workload where the agent could not name it: an agent knows the pod
+        a tunnelled client came from, but not the workload of a pod behind no Service."""
+        for peer in (event.src, event.dst):
+            if peer.workload:
+                continue
+            if peer.pod:
+                info = self.index.pods.get(PodKey(peer.namespace, peer.pod))
+            else:
+                info = self.index.pod_by_ip(peer.ip) if peer.ip else None
+            if info is None:
+                continue
+            peer.namespace, peer.pod = info.key.namespace, info.key.name
+            peer.workload_kind = info.workload.kind.lower()  # the agents' spelling
+            peer.workload = info.workload.name
 
     def _send(self, node: str, command: pb.TapCommand) -> None:
         link = self.agents.get(node)

@@ -40,6 +40,7 @@ class GroupStats:
     tcp_open_connections: int = 0
     tcp_read_bytes: int = 0
     tcp_write_bytes: int = 0
+    covered_s: float = 0.0  # the seconds the counts cover (rates divide by this)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,10 @@ class TelemetryPort(Protocol):
 
     def agents(self) -> list[AgentState]: ...
 
+    def enrolled_pods(self) -> set[tuple[str, str, str]]:
+        """(namespace, name, uid) of every pod an agent reporting now has enrolled."""
+        ...
+
 
 class NoTelemetry:
     """Stands in until a store is wired: every query answers 'no traffic'."""
@@ -94,6 +99,13 @@ class NoTelemetry:
 
     def agents(self) -> list[AgentState]:
         return []
+
+    def enrolled_pods(self) -> set[tuple[str, str, str]]:
+        return set()
+
+
+# Agents report every second: one silent for longer is not there to proxy its pods.
+LIVE_AGENT_SECONDS = 15.0
 
 
 class StoreTelemetry:
@@ -123,6 +135,8 @@ class StoreTelemetry:
                 from_=self._resource(source) if source else None,
                 to=self._resource(destination) if destination else None,
                 window_s=window_s,
+                # What the agents reported a second ago counts at once.
+                include_current=True,
             )
         except (query.InvalidQuery, query.UnknownResourceKind) as exc:
             raise BadQuery(str(exc)) from exc
@@ -138,6 +152,7 @@ class StoreTelemetry:
                 tcp_open_connections=r.tcp_open_connections,
                 tcp_read_bytes=r.read_bytes,
                 tcp_write_bytes=r.write_bytes,
+                covered_s=r.window_s,
             )
             for r in rows
         ]
@@ -173,3 +188,11 @@ class StoreTelemetry:
             )
             for n in query.nodes(self.store)
         ]
+
+    def enrolled_pods(self) -> set[tuple[str, str, str]]:
+        since = self.store.clock() - LIVE_AGENT_SECONDS
+        out: set[tuple[str, str, str]] = set()
+        for n in self.store.nodes.values():
+            if n.last_report >= since:
+                out |= n.enrolled
+        return out

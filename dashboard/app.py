@@ -77,12 +77,17 @@ async def _error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    public_api: str, *, ttl: float = 1.0, sample_period: float = 5.0, tap_limit: int = 8
+    public_api: str,
+    *,
+    ttl: float = 1.0,
+    sample_period: float = 5.0,
+    tap_limit: int = 8,
+    token_file: str | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The channel belongs to the serving loop, so it is made here and not at import.
-        client = PublicClient(public_api, ttl=ttl)
+        client = PublicClient(public_api, ttl=ttl, token_file=token_file)
         history = History()
         app.state.dash = DashState(client, history, TapGate(limit=tap_limit))
         sampler = tasks.spawn(

@@ -36,16 +36,19 @@ class Coalescer:
         if entry is None or (entry[1].done() and now - entry[0] >= self.ttl):
             # The fetch runs as its own task: a caller that goes away (a closed browser tab)
             # must not cancel the answer other callers are waiting for.
-            task = tasks.spawn(fetch(), name=f"dashboard-fetch-{key}")
+            task = tasks.spawn(_outcome(fetch), name=f"dashboard-fetch-{key}")
             task.add_done_callback(lambda t: self._forget_failed(key, t))
             entry = self._entries[key] = (now, task)
             self._entries.move_to_end(key)
             self.fetches += 1
             self._trim()
-        return await asyncio.shield(entry[1])
+        answered, value = await asyncio.shield(entry[1])
+        if not answered:
+            raise value
+        return value
 
     def _forget_failed(self, key: Hashable, task: asyncio.Task[Any]) -> None:
-        if task.cancelled() or task.exception() is not None:
+        if task.cancelled() or task.exception() is not None or not task.result()[0]:
             if self._entries.get(key, (0.0, None))[1] is task:
                 del self._entries[key]
 
@@ -57,3 +60,12 @@ class Coalescer:
                 return
             if self._entries[key][1].done():
                 del self._entries[key]
+
+
+async def _outcome(fetch: Callable[[], Coroutine[Any, Any, Any]]) -> tuple[bool, Any]:
+    """The answer or the exception, as a value: a failed fetch (a control plane not up yet) is
+    the waiting callers' to handle and report, not a task failure to log with a traceback."""
+    try:
+        return True, await fetch()
+    except Exception as exc:  # noqa: BLE001 (handed to every caller, re-raised there)
+        return False, exc

@@ -57,11 +57,22 @@ class History:
         return out
 
     async def sample_forever(self, client: PublicClient, *, period: float) -> None:
+        failing = False
         while True:
             try:
                 rows = await client.stat("deploy", all_namespaces=True, window=SAMPLE_WINDOW)
             except (Refused, Unreachable) as exc:
-                log.warning("history sample skipped: %s", exc)
+                # Normal while the control plane starts: say so once, then retry quietly.
+                if not failing:
+                    log.warning(
+                        "%s; the charts' history waits for it (retrying every %gs)", exc, period
+                    )
+                else:
+                    log.debug("history sample skipped: %s", exc)
+                failing = True
             else:
+                if failing:
+                    log.info("control plane answers again at %s", client.target)
+                failing = False
                 self.record(rows)
             await asyncio.sleep(period)

@@ -8,6 +8,7 @@ import logging
 import uvicorn
 
 from dashboard.app import create_app
+from dashboard.publicapi import SERVICE_ACCOUNT_TOKEN
 
 
 def host_port(value: str) -> tuple[str, int]:
@@ -29,6 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-seconds", type=float, default=1.0, help="share answers this long")
     p.add_argument("--sample-seconds", type=float, default=5.0, help="chart history period")
     p.add_argument("--max-taps", type=int, default=8, help="live taps open at once")
+    p.add_argument(
+        "--token-file",
+        default=SERVICE_ACCOUNT_TOKEN,
+        help="the dashboard's own ServiceAccount token, sent to the public API on every call",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -43,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         ttl=args.cache_seconds,
         sample_period=args.sample_seconds,
         tap_limit=args.max_taps,
+        token_file=args.token_file,
     )
     host, port = args.addr
     # The asyncio loop, not uvloop: grpc.aio drives its own I/O through the standard loop.

@@ -1,13 +1,18 @@
 """The dashboard's only data source: the control plane's public API over grpc.aio, answers as
 plain dicts, coalesced per key for about a second so many open browsers cost one query.
 
-Errors are translated here: INVALID_ARGUMENT becomes `Refused` (the user asked for something
-the API will not serve, shown as 400), anything else `Unreachable` (shown as 503).
+Errors are translated here: INVALID_ARGUMENT and RESOURCE_EXHAUSTED become `Refused` (the user
+asked for something the API will not serve, shown as 400), anything else `Unreachable` (503).
+
+Every call carries the dashboard's own ServiceAccount token (`token_file`, re-read on each call
+so a rotated projected token is picked up): the dashboard sees what its ServiceAccount is
+granted, whoever opens it (docs/security.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,6 +23,7 @@ from nodemesh.api import public_pb2 as pb
 from nodemesh.api import public_pb2_grpc as pb_grpc
 
 CALL_TIMEOUT = 5.0
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 class Refused(ValueError):
@@ -29,7 +35,7 @@ class Unreachable(RuntimeError):
 
 
 def _translate(exc: grpc.aio.AioRpcError) -> Exception:
-    if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+    if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
         return Refused(exc.details() or "refused by the control plane")
     return Unreachable(f"control plane public API: {exc.code().name}: {exc.details()}")
 
@@ -45,8 +51,9 @@ def resource(kind: str, namespace: str = "", name: str = "") -> pb.Resource:
 
 
 class PublicClient:
-    def __init__(self, target: str, *, ttl: float = 1.0) -> None:
+    def __init__(self, target: str, *, ttl: float = 1.0, token_file: str | None = None) -> None:
         self.target = target
+        self.token_file = Path(token_file) if token_file else None
         self.channel = grpc.aio.insecure_channel(target)
         self.stub = pb_grpc.PublicStub(self.channel)
         self.cache = Coalescer(ttl=ttl)
@@ -54,10 +61,19 @@ class PublicClient:
     async def close(self) -> None:
         await self.channel.close()
 
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.token_file is None:
+            return ()
+        try:
+            token = self.token_file.read_text().strip()
+        except OSError:
+            return ()  # the public API answers UNAUTHENTICATED, which the pages show
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
     async def _unary(self, key: tuple[Any, ...], method: Any, request: Any) -> dict[str, Any]:
         async def fetch() -> dict[str, Any]:
             try:
-                return _dict(await method(request, timeout=CALL_TIMEOUT))
+                return _dict(await method(request, timeout=CALL_TIMEOUT, metadata=self._metadata()))
             except grpc.aio.AioRpcError as exc:
                 raise _translate(exc) from None
 
@@ -107,7 +123,7 @@ class PublicClient:
 
     async def tap(self, request: pb.TapRequest) -> AsyncIterator[dict[str, Any]]:
         """Tap events as dicts until the caller stops iterating (which cancels the stream)."""
-        call = self.stub.Tap(request)
+        call = self.stub.Tap(request, metadata=self._metadata())
         try:
             async for event in call:
                 yield _dict(event)

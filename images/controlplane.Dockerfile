@@ -4,6 +4,10 @@
 # Build from the repository root:
 #   docker build -f images/controlplane.Dockerfile -t ghcr.io/nodemesh/controlplane:0.1.0 .
 FROM python:3.11-slim AS build
+# python-iptables ships only an sdist with a C wrapper: the slim image has no compiler.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY nodemesh ./nodemesh

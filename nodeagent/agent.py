@@ -24,14 +24,17 @@ from nodeagent.heap import BurstWatch, TrimLater, install_report_signal, trim
 from nodeagent.identity_client import IdentityClient, identities_on_node
 from nodeagent.keeper import KeeperLink
 from nodeagent.listeners import PodListeners, ProxyRuntime
+from nodeagent.meshedrecord import MeshedRecord
 from nodeagent.observe import AgentSink
 from nodeagent.podnetns import find_netns_for
 from nodeagent.rules.worker import RuleWorker
+from nodeagent.servingstate import ServingKeeper, ServingStateFile
 from nodeagent.statefile import StateFile
 from nodeagent.stats.exposition import AggregateCollector
 from nodeagent.table import DestinationTable, TableChanged
 from nodeagent.tap_client import TapClient
 from nodeagent.telemetry_client import TelemetryClient
+from nodeagent.uninstalling import UninstallWatch
 from nodemesh import tasks
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,12 @@ class Agent:
             keeper=keeper,
         )
         self.identity: IdentityClient | None = None
+        # The table and certificates, kept on the node so a restart needs no control plane.
+        self.keeper = ServingKeeper(
+            ServingStateFile(config.serving_state_file, node=config.node),
+            table=self.table,
+            certs=self.certs,
+        )
         self.rules = RuleWorker()
         # Pods leaving free their listeners' memory; hand it back to the kernel after a burst.
         self.trimmer = TrimLater()
@@ -90,6 +99,16 @@ class Agent:
             released=self.trimmer.poke,
         )
         self.cni = CniServer(self.enroller, config.cni_socket)
+        # Beside the CNI socket, on the host: for the plugin while we are away, and install-cni's
+        # uninstall flag for us.
+        self.meshed_record = MeshedRecord(config.cni_socket.parent, node=config.node)
+        self.uninstall_watch = UninstallWatch(
+            config.cni_socket.parent,
+            enroller=self.enroller,
+            record=self.meshed_record,
+            state_file=config.state_file,
+            forget_serving=self.keeper.forget,
+        )
         self.admin = AdminServer(
             host=config.admin_host, port=config.admin_port, ready=self._readiness
         )
@@ -127,6 +146,8 @@ class Agent:
         if self.identity is not None and change.pods:
             self.identity.kick()
         self._dirty |= self.enroller.table_changed(change)
+        if change.snapshot or change.pods or change.services:
+            self.meshed_record.update(self.table)
         if change.snapshot:
             self._adopt_pending = True
         self._work.set()
@@ -208,8 +229,9 @@ class Agent:
         await self.cni.pause()
         await tasks.cancel_all(self._enrolment_tasks)
         self._enrolment_tasks.clear()
-        # The successor restores from this file: it is written here for the last time.
+        # The successor restores from these files: they are written here for the last time.
         self.enroller.store.save(self.enroller.records.values())
+        self.keeper.save_if_changed()
         entries: list[tuple[SocketEntry, socket.socket]] = []
         for cid, listeners in self.enroller.open_listeners.items():
             rec = self.enroller.records.get(cid)
@@ -240,9 +262,12 @@ class Agent:
         log.info("agent pid %d took over; draining %d connection(s)", pid, len(self.runtime.relays))
 
     def _start_enrolment_tasks(self) -> None:
+        """What changes enrolment or writes the node's files: one agent at a time runs these."""
         self._enrolment_tasks = [
             tasks.spawn(self._reconciler(), name="reconciler"),
+            tasks.spawn(self.uninstall_watch.run(), name="uninstall watch"),
             tasks.spawn(self._sweeper(), name="sweeper"),
+            tasks.spawn(self.keeper.run(), name="serving state keeper"),
         ]
 
     async def _take_over(self, predecessor: Predecessor | None) -> Predecessor | None:
@@ -287,6 +312,10 @@ class Agent:
             install_report_signal(cfg.memory_report_dir)
             if predecessor is None:
                 await self._take_over(None)
+            # Before the stream can deliver anything: a fresh snapshot must win over the saved.
+            saved = self.keeper.load()
+            if saved is not None:
+                self._table_changed(saved)
             self._tasks.append(tasks.spawn(client.run(), name="destination client"))
             if self.certs is not None:
                 self.identity = IdentityClient(
@@ -304,6 +333,9 @@ class Agent:
                     aggregate=self.sink.aggregate,
                     node=cfg.node,
                     pods_enrolled=lambda: len(self.enroller.enrolled()),
+                    enrolled_pods=lambda: [
+                        (r.namespace, r.name, r.uid) for r in self.enroller.enrolled()
+                    ],
                     token=token,
                 )
                 tap = TapClient(channel=channel, taps=self.sink.taps, token=token)
@@ -355,11 +387,17 @@ class Agent:
         """Hand over to a successor if one comes (serving on meanwhile), else stop accepting;
         let open connections finish until the deadline, then cut them."""
         if self.started and self.successor_pid is None:
+            loop = asyncio.get_running_loop()
+            until = loop.time() + self.config.handover_wait_seconds
             log.info(
                 "stopping: serving on for up to %.0f s while a successor may take over",
                 self.config.handover_wait_seconds,
             )
-            await self.handover.wait(self.config.handover_wait_seconds)
+            # Serving on meanwhile: a successor may also take over while install-cni is asked.
+            if await self.uninstall_watch.wait(self.config.uninstall_wait_seconds):
+                log.info("nodemesh left this node; stopping")
+            elif self.successor_pid is None:
+                await self.handover.wait(max(0.0, until - loop.time()))
         if self.successor_pid is None:
             log.warning(
                 "no successor took over: closing listeners; new connections of meshed pods "
@@ -376,6 +414,8 @@ class Agent:
         self.handover.close()
         if self.inherited is not None:
             self.inherited.close()
+        if self.successor_pid is None:  # after a hand-over, the successor keeps it
+            self.keeper.save_if_changed()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.drain_seconds
         while self.runtime.relays and loop.time() < deadline:

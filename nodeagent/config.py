@@ -19,6 +19,9 @@ class AgentConfig:
     node: str
     cni_socket: Path = Path(DEFAULT_CNI_SOCKET)
     state_file: Path = Path(DEFAULT_STATE_FILE)
+    # Table and certificates kept across restarts (keys inside: root only). None: beside the
+    # state file, in its own 0700 directory.
+    serving_state: Path | None = None
     controlplane: str = DEFAULT_CONTROLPLANE
     controlplane_insecure: bool = False
     controlplane_ca: Path | None = None
@@ -40,6 +43,9 @@ class AgentConfig:
     # A successor waits at most this long for the control plane's table and its pods'
     # certificates before it takes the sockets over anyway.
     warm_up_seconds: float = 20.0
+    # SIGTERM: how long to wait for install-cni's uninstall flag (nodeagent.uninstalling) before
+    # leaving the pods' rules in place for the next agent.
+    uninstall_wait_seconds: float = 0.0
     log_level: str = "info"
     # Names under svc.<cluster_domain> are answered from the destination table.
     cluster_domain: str = "cluster.local"
@@ -60,6 +66,10 @@ class AgentConfig:
     @property
     def handover_path(self) -> Path:
         return self.handover_socket or self.state_file.parent / "handover.sock"
+
+    @property
+    def serving_state_file(self) -> Path:
+        return self.serving_state or self.state_file.parent / "agent-private" / "serving.json"
 
 
 def _mark(text: str) -> int:
@@ -94,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", required=True, help="name of the node this agent serves")
     p.add_argument("--cni-socket", default=DEFAULT_CNI_SOCKET, help="unix socket for nodemesh-cni")
     p.add_argument("--state-file", default=DEFAULT_STATE_FILE, help="where enrolled pods are kept")
+    p.add_argument(
+        "--serving-state",
+        default=None,
+        help="where the last table and the pods' certificates are kept across restarts "
+        "(default: agent-private/serving.json beside --state-file)",
+    )
     p.add_argument(
         "--controlplane",
         default=DEFAULT_CONTROLPLANE,
@@ -133,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=20.0,
         type=_positive,
         help="a successor waits this long for the control plane before taking over anyway",
+    )
+    p.add_argument(
+        "--uninstall-wait-seconds",
+        default=0.0,
+        type=float,
+        help="on SIGTERM, wait this long for install-cni's uninstall flag in the CNI socket's "
+        "directory (then every pod's rules are removed) before leaving them for the next agent",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
@@ -189,6 +212,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         node=ns.node,
         cni_socket=Path(ns.cni_socket),
         state_file=Path(ns.state_file),
+        serving_state=Path(ns.serving_state) if ns.serving_state else None,
         controlplane=ns.controlplane,
         controlplane_insecure=ns.controlplane_insecure,
         controlplane_ca=Path(ns.controlplane_ca) if ns.controlplane_ca else None,
@@ -202,6 +226,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         handover_socket=Path(ns.handover_socket) if ns.handover_socket else None,
         handover_wait_seconds=ns.handover_wait_seconds,
         warm_up_seconds=ns.warm_up_seconds,
+        uninstall_wait_seconds=max(0.0, ns.uninstall_wait_seconds),
         log_level=ns.log_level,
         cluster_domain=ns.cluster_domain,
         telemetry=ns.telemetry,

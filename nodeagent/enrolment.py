@@ -106,6 +106,8 @@ class Enroller:
         self._table_moved = asyncio.Event()
         self._adding: dict[PodKey, int] = {}
         self._own_netns = netns_identity("/proc/self/ns/net")
+        # nodemesh is leaving this node (install-cni's uninstall flag): enrol nothing any more.
+        self.leaving = False
 
     # --- bookkeeping ----------------------------------------------------------------------
 
@@ -193,6 +195,11 @@ class Enroller:
     # --- plugin requests ------------------------------------------------------------------
 
     async def add(self, req: AddRequest) -> Outcome:
+        if self.leaving:
+            # Retried until install-cni has taken the plugin out of the conflist; should the
+            # plugin stay (a hand-run uninstall beside a watch), pods wait rather than start
+            # unmeshed.
+            return Outcome("retry", "nodemesh is being uninstalled from this node")
         if not self.table.synced:
             await self._wait_for_sync()
             if not self.table.synced:
@@ -232,6 +239,8 @@ class Enroller:
 
     async def _add_locked(self, req: AddRequest, info: PodInfo) -> Outcome:
         cid = req.container_id
+        if self.leaving:  # un-meshing began while this ADD waited for the pod
+            return Outcome("retry", "nodemesh is being uninstalled from this node")
         ident = netns_identity(req.netns)
         if ident is None:
             return Outcome("error", f"network namespace {req.netns} does not exist")
@@ -431,6 +440,8 @@ class Enroller:
 
     async def adopt(self) -> int:
         """Enrol meshed pods of this node that run already but were never announced to us."""
+        if self.leaving:
+            return 0
         known = {r.key for r in self.records.values()} | set(self._adding)
         wanted = {
             info.ip: info
@@ -511,6 +522,32 @@ class Enroller:
         PODS_ENROLLED.set(sum(p is Phase.ENROLLED for p in self.phases.values()))
         if changed:
             self._save()
+
+    async def unmesh_all(self) -> list[PodKey]:
+        """nodemesh leaves the node: every pod's rules out, then its listeners closed (a redirect
+        never points at nothing), and nothing enrolled again. Returns the pods un-meshed."""
+        self.leaving = True
+        done: list[PodKey] = []
+        for cid in list(self.records):
+            async with self._lock(cid):
+                rec = self.records.pop(cid, None)
+                if rec is None:
+                    continue
+                alive = netns_identity(rec.netns) == NetnsId(rec.netns_dev, rec.netns_ino)
+                if rec.meshed and alive:
+                    try:
+                        await self.rules.remove(rec.netns)
+                    except Exception as exc:
+                        log.error("uninstall: removing the rules of %s failed: %s", rec.key, exc)
+                listeners = self.open_listeners.pop(cid, None)
+                if listeners is not None:
+                    listeners.close(forget_metrics=True)
+                    self.released()
+                if self.phases.pop(cid, None) is Phase.ENROLLED:
+                    done.append(rec.key)
+        PODS_ENROLLED.set(0)
+        self._save()
+        return done
 
     def stop_listening(self) -> None:
         """Close every listener (shutdown); rules and records stay for the next agent."""

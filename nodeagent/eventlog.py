@@ -53,9 +53,23 @@ class EventLog:
         authority: str,
         path: str,
         at: float,
+        src_port: int = 0,
+        dst_port: int = 0,
     ) -> None:
         self.inner.request_started(
-            req_id, conn_id, direction, src, dst, protocol, tls, method, authority, path, at
+            req_id,
+            conn_id,
+            direction,
+            src,
+            dst,
+            protocol,
+            tls,
+            method,
+            authority,
+            path,
+            at,
+            src_port,
+            dst_port,
         )
 
     def response_started(self, req_id: int, status: int | None, at: float) -> None:

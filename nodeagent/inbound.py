@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 from nodeagent import peers, podplan
 from nodeagent.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
-from nodeagent.l7relay import ConnectionTap
+from nodeagent.l7relay import ConnectionTap, peer_port
 from nodeagent.observe_events import Peer
-from nodeagent.outbound import CERT_WAIT, report_failed
+from nodeagent.outbound import CERT_WAIT, NO_TABLE, report_failed, table_known
 from nodeagent.podnetns import inbound_socket, marked_socket
 from nodeagent.protocol import preamble as pre
 from nodeagent.tunnel import accept_tunnel, read_preamble, reply
@@ -63,6 +63,7 @@ def _tap(
     src: Peer,
     dst: Peer,
     port: int,
+    src_port: int,
     tls: bool,
     skip_detection: bool = False,
 ) -> ConnectionTap:
@@ -75,6 +76,8 @@ def _tap(
         dst=dst,
         tls=tls,
         dst_key=(pod.pod.ip, port),
+        src_port=src_port,
+        dst_port=port,
         opaque_ports=info.mesh.opaque_ports if info is not None else frozenset(),
         skip_detection=skip_detection,
         memory=rt.server_first,
@@ -96,12 +99,16 @@ async def handle_plain(relay: Relay, pod: PodListeners) -> None:
         relay.refuse("connection back to an agent port")
         return
     client_ip = sock.getpeername()[0]
+    # Without a table this pod's mode is unknown: a strict pod must not take plaintext.
+    known = rt.table.synced or await table_known(relay, pod)
     info, dst = _this_pod(pod)
     src = peers.of_client(rt.routes, client_ip)
     conn_id = next(rt.conn_ids)
     strict = info is not None and info.mesh.inbound_mode is InboundMode.STRICT
     error = ""
-    if strict and client_ip not in (info.host_ip if info else "", pod.pod.ip):
+    if not known:
+        error = NO_TABLE
+    elif strict and client_ip not in (info.host_ip if info else "", pod.pod.ip):
         error = "strict inbound mode refuses unauthenticated clients"
     else:
         try:
@@ -115,11 +122,25 @@ async def handle_plain(relay: Relay, pod: PodListeners) -> None:
         )
         relay.refuse(error)
         return
-    relay.start(_tap(pod, info, conn_id=conn_id, src=src, dst=dst, port=port, tls=False))
+    relay.start(
+        _tap(
+            pod,
+            info,
+            conn_id=conn_id,
+            src=src,
+            dst=dst,
+            port=port,
+            src_port=peer_port(sock),
+            tls=False,
+        )
+    )
 
 
 async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
     rt = pod.runtime
+    if not rt.table.synced and not await table_known(relay, pod):
+        relay.refuse(NO_TABLE)
+        return
     info, dst = _this_pod(pod)
     client_ip = relay.downstream_socket.getpeername()[0]
     identity = info.identity if info is not None else ""
@@ -177,6 +198,7 @@ async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
         src=src,
         dst=dst,
         port=header.target_port,
+        src_port=peer_port(relay.downstream_socket),
         tls=tls,
         skip_detection=skip,
     )

@@ -123,7 +123,7 @@ def run(argv: Sequence[str], *, agent: Sequence[str] = AGENT) -> int:
         child = subprocess.Popen(
             [*agent, *argv],
             pass_fds=[theirs.fileno()],
-            env={**os.environ, ENV: str(theirs.fileno())},
+            env={**os.environ, ENV: f"{theirs.fileno()}:{os.getpid()}"},
         )
         theirs.close()
         started = time.monotonic()
@@ -178,14 +178,15 @@ class KeeperLink:
 
     @classmethod
     def from_env(cls) -> KeeperLink | None:
-        fd = os.environ.pop(ENV, None)
-        if fd is None:
+        value = os.environ.pop(ENV, None)
+        if value is None:
             return None
+        fd, _, keeper_pid = value.partition(":")
         # The keeper's death must not leave this agent running unsupervised.
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
+        if keeper_pid and os.getppid() != int(keeper_pid):
+            os.kill(os.getpid(), signal.SIGTERM)  # it died before we asked to be told
         sock = socket.socket(fileno=int(fd))
         sock.settimeout(5.0)
         return cls(sock)

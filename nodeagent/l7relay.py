@@ -3,7 +3,8 @@
 A `ConnectionTap` is attached to a relay and sees every chunk before it is forwarded; it never
 holds or changes bytes, so detection costs no latency: a server's banner passes at once (and
 settles the connection as server-first), an HTTP request line settles it as HTTP on the first
-chunk, and a silent client is declared opaque when the detection timer fires. Observer errors
+chunk, and a silent client is counted open when the detection timer fires but stays undecided
+until either side speaks (a silent client says nothing about the server). Observer errors
 only switch the tap to opaque; the relay carries on. Clocks: monotonic for latencies,
 wall-clock for the `at`/`started_at` stamps the events carry.
 """
@@ -11,11 +12,18 @@ wall-clock for the `at`/`started_at` stamps the events carry.
 from __future__ import annotations
 
 import itertools
+import logging
+import socket
 import time
 from collections.abc import Callable, Collection, Container
 from dataclasses import dataclass
 from typing import Any, cast
 
+from nodeagent.metrics import (
+    CONNECTION_PROTOCOLS,
+    SERVER_FIRST,
+    SERVER_FIRST_REMEMBERED,
+)
 from nodeagent.observe_events import ObservationSink, Peer, RequestObserved, TcpClosed, TcpOpened
 from nodeagent.protocol import detect
 from nodeagent.protocol import http1_events as h1
@@ -24,6 +32,8 @@ from nodeagent.protocol.classify import classify
 from nodeagent.protocol.errors import ProtocolError
 from nodeagent.protocol.http1 import Http1Observer
 from nodeagent.protocol.http2 import Http2Observer
+
+log = logging.getLogger(__name__)
 
 DETECT_TIMEOUT = 0.3
 
@@ -36,6 +46,17 @@ _TCP_PROTOCOL = {
 
 # Process-wide ids, so that events from all of a node's pods can be joined.
 _request_ids = itertools.count(1)
+
+_protocol_counters: dict[tuple[str, str, str], Any] = {}
+
+
+def _count_protocol(direction: str, protocol: str, cause: str) -> None:
+    key = (direction, protocol, cause)
+    child = _protocol_counters.get(key)
+    if child is None:
+        child = _protocol_counters[key] = CONNECTION_PROTOCOLS.labels(*key)
+    child.inc()
+
 
 # call_later(delay, fn) -> something with cancel(); the event loop's, or a test's.
 Scheduler = Callable[[float, Callable[[], None]], Any]
@@ -67,6 +88,8 @@ class ConnectionTap:
         dst: Peer,
         tls: bool,
         dst_key: tuple[str, int],
+        src_port: int = 0,
+        dst_port: int = 0,
         opaque_ports: Container[int] = frozenset(),
         skip_detection: bool = False,
         memory: detect.ServerFirstMemory | None = None,
@@ -81,6 +104,9 @@ class ConnectionTap:
         self.dst = dst
         self.tls = tls
         self.dst_key = dst_key
+        # Per connection, unlike the interned peers: only tap events carry them.
+        self.src_port = src_port
+        self.dst_port = dst_port
         self.opaque_ports = opaque_ports
         self.memory = memory
         self.on_first_byte = on_first_byte
@@ -96,8 +122,13 @@ class ConnectionTap:
         self.observer: Http1Observer | Http2Observer | None = None
         self.requests: dict[int, _Request] = {}
         self._timer: Any = None
+        self._announced = False
         if skip_detection:
-            self._settle(detect.Decision(detect.Protocol.OPAQUE, False, "decided by the source"))
+            self._settle(
+                detect.Decision(
+                    detect.Protocol.OPAQUE, False, "decided by the source", cause="source"
+                )
+            )
             return
         self._settle_if(self._decide(b""))
         if self.protocol is None and call_later is not None:
@@ -106,7 +137,12 @@ class ConnectionTap:
     # --- detection --------------------------------------------------------------------------
 
     def _decide(
-        self, data: bytes, *, timed_out: bool = False, server_spoke_first: bool = False
+        self,
+        data: bytes,
+        *,
+        timed_out: bool = False,
+        server_spoke_first: bool = False,
+        server_bytes: bytes = b"",
     ) -> detect.Decision:
         ip, port = self.dst_key
         return detect.decide(
@@ -119,6 +155,7 @@ class ConnectionTap:
             now=time.monotonic(),
             timed_out=timed_out,
             server_spoke_first=server_spoke_first,
+            server_bytes=server_bytes,
         )
 
     def _settle_if(self, decision: detect.Decision) -> None:
@@ -134,19 +171,20 @@ class ConnectionTap:
             self._timer.cancel()
             self._timer = None
         if decision.remember_server_first and self.memory is not None:
-            self.memory.remember(*self.dst_key, now=time.monotonic())
+            ip, port = self.dst_key
+            if self.memory.remember(ip, port, now=time.monotonic()):
+                SERVER_FIRST_REMEMBERED.inc()
+                SERVER_FIRST.memory = self.memory  # the agent's one memory (listeners.py)
+                log.info(
+                    "%s:%d spoke first: its connections are relayed opaque, without request "
+                    "metrics, for %.0f s",
+                    ip,
+                    port,
+                    self.memory.ttl,
+                )
+        _count_protocol(self.direction, _TCP_PROTOCOL[decision.protocol], decision.cause)
         prefix, self.prefix = bytes(self.prefix), bytearray()
-        self.sink.tcp_opened(
-            TcpOpened(
-                self.conn_id,
-                self.direction,
-                self.src,
-                self.dst,
-                _TCP_PROTOCOL[decision.protocol],
-                self.tls,
-                self.opened_at,
-            )
-        )
+        self._announce(_TCP_PROTOCOL[decision.protocol])
         if decision.protocol is detect.Protocol.HTTP1:
             self.observer = Http1Observer()
         elif decision.protocol is detect.Protocol.HTTP2:
@@ -157,10 +195,32 @@ class ConnectionTap:
         if isinstance(self.observer, Http2Observer) and server_prefix:
             self._feed(self.observer.feed_server, server_prefix)
 
+    def _announce(self, protocol: str) -> None:
+        """Report the connection open, once: when decided, or when the detection timer fires
+        on a connection nobody has spoken on yet (it is open, whatever it turns out to be)."""
+        if self._announced:
+            return
+        self._announced = True
+        self.sink.tcp_opened(
+            TcpOpened(
+                self.conn_id,
+                self.direction,
+                self.src,
+                self.dst,
+                protocol,
+                self.tls,
+                self.opened_at,
+            )
+        )
+
     def _timed_out(self) -> None:
         self._timer = None
         if self.protocol is None:
-            self._settle(self._decide(bytes(self.prefix), timed_out=True))
+            decision = self._decide(bytes(self.prefix), timed_out=True)
+            if decision.protocol is None:
+                self._announce("tcp")
+            else:
+                self._settle(decision)
 
     # --- bytes from the relay ---------------------------------------------------------------
 
@@ -187,7 +247,9 @@ class ConnectionTap:
                 # The server answered an undecided prefix: whatever this is, it is not HTTP.
                 self._settle(self._decide(bytes(self.prefix), timed_out=True))
             else:
-                self._settle(self._decide(b"", server_spoke_first=True))
+                self._settle(
+                    self._decide(b"", server_spoke_first=True, server_bytes=bytes(data[:16]))
+                )
         if self.observer is not None:
             self._feed(self.observer.feed_server, data)
 
@@ -196,7 +258,11 @@ class ConnectionTap:
             self._timer.cancel()
             self._timer = None
         if self.protocol is None:
-            self._settle(detect.Decision(detect.Protocol.OPAQUE, False, "closed before detection"))
+            self._settle(
+                detect.Decision(
+                    detect.Protocol.OPAQUE, False, "closed before detection", cause="closed"
+                )
+            )
         if self.observer is not None:
             self._events(self.observer.close())
             self._drop_observer()
@@ -285,6 +351,8 @@ class ConnectionTap:
                 authority,
                 path,
                 wall,
+                self.src_port,
+                self.dst_port,
             )
 
     def _first_byte(self, key: int, status: int) -> None:
@@ -331,6 +399,14 @@ class ConnectionTap:
 
 
 MAX_SERVER_PREFIX = 16 * 1024
+
+
+def peer_port(sock: socket.socket) -> int:
+    """The port of a connected socket's peer, 0 once it is gone (for tap events only)."""
+    try:
+        return int(sock.getpeername()[1])
+    except (OSError, IndexError):
+        return 0
 
 
 def _h2_settings_first(data: bytes | bytearray) -> bool:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -10,6 +13,10 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from nodeagent.protocol.detect import ServerFirstMemory
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -75,6 +82,49 @@ DESTINATION_UPDATES = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+CONNECTION_PROTOCOLS = Counter(
+    "nodemesh_agent_connection_protocols",
+    "Connections by the protocol detection settled on and why (cause: sniffed from the client's "
+    "bytes, known_port, pod_opaque_port, source, remembered_server_first, server_spoke_first, "
+    "incomplete_prefix, max_peek, closed); opaque ones carry no request metrics",
+    ["direction", "protocol", "cause"],
+    registry=REGISTRY,
+)
+SERVER_FIRST_REMEMBERED = Counter(
+    "nodemesh_agent_server_first_remembered",
+    "Destinations newly remembered as speaking first: every connection to one is relayed "
+    "opaque (no request metrics) until the memory's TTL passes",
+    registry=REGISTRY,
+)
+
+
+class ServerFirstCollector(Collector):
+    """The destinations the agent relays opaque because their server spoke first, each with
+    the seconds left before detection is tried again: what one connection's server changed
+    for everyone else's connections is on /metrics, not only in a log line."""
+
+    def __init__(self) -> None:
+        self.memory: ServerFirstMemory | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        live = self.memory.live(now=time.monotonic()) if self.memory is not None else []
+        yield GaugeMetricFamily(
+            "nodemesh_agent_server_first_destinations",
+            "Destinations relayed opaque (no request metrics) because their server spoke first",
+            value=len(live),
+        )
+        each = GaugeMetricFamily(
+            "nodemesh_agent_server_first_destination",
+            "Seconds until a destination remembered as speaking first gets detection again",
+            labels=["ip", "port"],
+        )
+        for ip, port, left in sorted(live):
+            each.add_metric([ip, str(port)], round(left, 1))
+        yield each
+
+
+SERVER_FIRST = ServerFirstCollector()
+REGISTRY.register(SERVER_FIRST)
 
 
 class _Unexposed:

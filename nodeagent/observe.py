@@ -55,6 +55,8 @@ class AgentSink:
         authority: str,
         path: str,
         at: float,
+        src_port: int = 0,
+        dst_port: int = 0,
     ) -> None:
         self.taps.request_started(
             req_id=req_id,
@@ -67,6 +69,8 @@ class AgentSink:
             authority=authority,
             path=path,
             at=at,
+            src_port=src_port,
+            dst_port=dst_port,
         )
 
     def response_started(self, req_id: int, status: int | None, at: float) -> None:

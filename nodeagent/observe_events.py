@@ -106,6 +106,8 @@ class ObservationSink(Protocol):
         authority: str,
         path: str,
         at: float,
+        src_port: int = 0,
+        dst_port: int = 0,
     ) -> None: ...
 
     def response_started(self, req_id: int, status: int | None, at: float) -> None: ...
@@ -139,6 +141,8 @@ class NullSink:
         authority: str,
         path: str,
         at: float,
+        src_port: int = 0,
+        dst_port: int = 0,
     ) -> None:
         pass
 

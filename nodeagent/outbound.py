@@ -5,6 +5,7 @@ endpoints are chosen by the balancer; an endpoint that refuses, times out or who
 the tunnel down is marked down and the next one is tried, so the app only sees an error when
 every attempt failed. Meshed endpoints get the mTLS tunnel to their agent (port 4143), others a
 plain connection; either way the socket is made inside the source pod's netns with the mark.
+With no table yet the connection is held, then refused (nodeagent.failclosed): never plaintext.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING
 
-from nodeagent import peers, podplan
+from nodeagent import failclosed, peers, podplan
 from nodeagent.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
-from nodeagent.l7relay import ConnectionTap
+from nodeagent.l7relay import ConnectionTap, peer_port
 from nodeagent.observe_events import ObservationSink, Peer, TcpClosed, TcpOpened
 from nodeagent.podnetns import marked_socket
 from nodeagent.protocol.preamble import PreambleError
@@ -36,9 +37,9 @@ MAX_ATTEMPTS = 3
 RETRY_CONNECT_TIMEOUT = 1.0
 # How long a connection waits for its workload's certificate (a pod that just started).
 CERT_WAIT = 5.0
-# How long a connection waits for the first table after an agent restart: without it every
-# meshed destination looks unknown and would be reached in plaintext.
-SYNC_WAIT = 5.0
+# How long a connection waits for the first table after an agent restart (then it is refused):
+# without a table every meshed destination looks unknown and would be reached in plaintext.
+SYNC_WAIT = failclosed.HOLD_FOR_TABLE
 
 RETRYABLE = (OSError, TimeoutError, ssl.SSLError, TunnelRefused, PreambleError)
 
@@ -71,7 +72,12 @@ async def _connect(
     rt = pod.runtime
     loop = asyncio.get_running_loop()
     identity = info.identity if info is not None else ""
-    tunnel = target.meshed and rt.certs is not None and bool(identity)
+    how = failclosed.upstream(
+        meshed=target.meshed, source_identity=identity, mtls=rt.certs is not None
+    )
+    if how is failclosed.Upstream.REFUSE:
+        raise TunnelDenied(f"{pod.pod.namespace}/{pod.pod.name} has no identity to tunnel with")
+    tunnel = how is failclosed.Upstream.TUNNEL
     held = None
     if tunnel:
         assert rt.certs is not None
@@ -105,6 +111,27 @@ async def _connect(
     return True
 
 
+async def table_known(relay: Relay, pod: PodListeners) -> bool:
+    """Hold the connection until the agent has a table; False (refuse it) if none comes."""
+    table = pod.runtime.table
+    started = time.monotonic()
+    while True:
+        wait = failclosed.table_wait(
+            synced=table.synced,
+            held_for=time.monotonic() - started,
+            client_gone=relay.down.lost,
+            limit=SYNC_WAIT,
+        )
+        if wait is failclosed.Wait.PROCEED:
+            return True
+        if wait is failclosed.Wait.REFUSE:
+            return False
+        await asyncio.sleep(0.05)  # rare (the first seconds of an agent): polling is fine
+
+
+NO_TABLE = "no destination table yet (control plane unreachable, nothing saved): refused"
+
+
 async def handle(relay: Relay, pod: PodListeners) -> None:
     rt = pod.runtime
     sock = relay.downstream_socket
@@ -112,10 +139,20 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
     if (ip, port) == sock.getsockname()[:2]:
         relay.refuse("reached the outbound listener directly")
         return
-    if not rt.table.synced:
-        deadline = time.monotonic() + SYNC_WAIT
-        while not rt.table.synced and time.monotonic() < deadline and not relay.down.lost:
-            await asyncio.sleep(0.05)  # rare (the first seconds of an agent): polling is fine
+    if not rt.table.synced and not await table_known(relay, pod):
+        relay.stats.failures.inc()
+        src = peers.of_pod(None, ip=pod.pod.ip, namespace=pod.pod.namespace, name=pod.pod.name)
+        report_failed(
+            rt.sink,
+            conn_id=next(rt.conn_ids),
+            direction="outbound",
+            src=src,
+            dst=peers.peer(ip),
+            tls=False,
+            error=NO_TABLE,
+        )
+        relay.refuse(NO_TABLE)
+        return
     info = rt.table.pod(PodKey(pod.pod.namespace, pod.pod.name))
     src = peers.of_pod(info, ip=pod.pod.ip, namespace=pod.pod.namespace, name=pod.pod.name)
     route = rt.routes.resolve(ip, port)
@@ -194,6 +231,8 @@ def _start(
         dst=peers.of_target(target, route.service) if route.known else peers.peer(target.ip),
         tls=tls,
         dst_key=(route.ip, route.port),
+        src_port=peer_port(relay.downstream_socket),
+        dst_port=target.port,
         skip_detection=route.opaque or target.opaque,
         memory=rt.server_first,
         call_later=asyncio.get_running_loop().call_later,

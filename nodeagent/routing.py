@@ -2,8 +2,10 @@
 
 `Routes(table).resolve(ip, port)` answers with a `Route`: the candidate `Target`s (several for a
 Service VIP, one for a pod IP or a headless Service's pod) or none for a destination the mesh does
-not know (then the connection goes where the app asked, plainly). The IP indexes are rebuilt only
-when the table's revision moves, so a lookup is a few dict reads.
+not know (then the connection goes where the app asked, plainly). A pod IP is known from this
+node's pods, the cluster's meshed pods (those that back no Service too) and Service endpoints,
+in that order. The IP indexes are rebuilt only when the table's revision moves, so a lookup is
+a few dict reads.
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ from dataclasses import dataclass
 
 from nodeagent import podplan
 from nodeagent.table import DestinationTable
-from nodemesh.model import Endpoint, PodInfo, PodKey, Service, ServicePort, WorkloadRef
+from nodemesh.model import (
+    Endpoint,
+    MeshedPod,
+    PodInfo,
+    PodKey,
+    Service,
+    ServicePort,
+    WorkloadRef,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,16 +107,29 @@ def _target_of_pod(info: PodInfo, port: int) -> Target:
     )
 
 
+def _target_of_meshed(pod: MeshedPod, port: int) -> Target:
+    return Target(
+        ip=pod.ip,
+        port=port,
+        meshed=True,
+        identity=pod.identity,
+        pod=pod.key,
+        workload=pod.workload,
+        opaque=port in pod.opaque_ports,
+    )
+
+
 class Routes:
     def __init__(self, table: DestinationTable) -> None:
         self.table = table
-        self._revision: tuple[int, int, int] | None = None
+        self._revision: tuple[int, int, int, int] | None = None
         self._endpoints: dict[str, Endpoint] = {}
         self._local_pods: dict[str, PodInfo] = {}
+        self._meshed: dict[str, MeshedPod] = {}
 
     def _refresh(self) -> None:
         t = self.table
-        stamp = (t.revision, id(t.services), id(t.pods))
+        stamp = (t.revision, id(t.services), id(t.pods), id(t.meshed_pods))
         if stamp == self._revision:
             return
         endpoints: dict[str, Endpoint] = {}
@@ -118,6 +141,7 @@ class Routes:
                     endpoints[ep.ip] = ep
         self._endpoints = endpoints
         self._local_pods = {p.ip: p for p in t.pods.values() if p.ip and not p.host_network}
+        self._meshed = {m.ip: m for m in t.meshed_pods.values() if m.ip}
         self._revision = stamp
 
     def endpoint_by_ip(self, ip: str) -> Endpoint | None:
@@ -146,6 +170,9 @@ class Routes:
         local = self._local_pods.get(ip)
         if local is not None:
             return Route(ip, port, (_target_of_pod(local, port),))
+        meshed = self._meshed.get(ip)
+        if meshed is not None:
+            return Route(ip, port, (_target_of_meshed(meshed, port),))
         remote = self._endpoints.get(ip)
         if remote is not None:
             return Route(ip, port, (_target_of(remote, port),))

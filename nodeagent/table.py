@@ -2,7 +2,8 @@
 
 The destination stream sends a snapshot in parts, then deltas. A snapshot replaces everything
 once its last part has arrived; until then the previous table keeps serving. The table outlives
-any one stream, so the agent routes and enrols from it while the control plane is away.
+any one stream, so the agent routes and enrols from it while the control plane is away, and
+`snapshot()` gives it back as one Snapshot message for the agent to keep across its restarts.
 """
 
 from __future__ import annotations
@@ -11,7 +12,15 @@ from dataclasses import dataclass, field
 
 from nodemesh import destination_codec as codec
 from nodemesh.api import destination_pb2 as pb
-from nodemesh.model import PodInfo, PodKey, Service, ServiceKey, Workload, WorkloadRef
+from nodemesh.model import (
+    MeshedPod,
+    PodInfo,
+    PodKey,
+    Service,
+    ServiceKey,
+    Workload,
+    WorkloadRef,
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,7 @@ class _Pending:
     services: list[pb.Service] = field(default_factory=list)
     workloads: list[pb.Workload] = field(default_factory=list)
     pods: list[pb.Pod] = field(default_factory=list)
+    meshed_pods: list[pb.MeshedPod] = field(default_factory=list)
 
 
 class DestinationTable:
@@ -36,6 +46,8 @@ class DestinationTable:
         self.services: dict[ServiceKey, Service] = {}
         self.workloads: dict[WorkloadRef, Workload] = {}
         self.pods: dict[PodKey, PodInfo] = {}
+        # Meshed pods of every node (this one's too): a pod IP in here is tunnelled to.
+        self.meshed_pods: dict[PodKey, MeshedPod] = {}
         self.revision = 0
         # True once a whole snapshot has arrived (from any stream, ever).
         self.synced = False
@@ -61,6 +73,7 @@ class DestinationTable:
             pending.services += update.snapshot.services
             pending.workloads += update.snapshot.workloads
             pending.pods += update.snapshot.pods
+            pending.meshed_pods += update.snapshot.meshed_pods
             if not update.snapshot.last:
                 self._pending = pending
                 return None
@@ -87,6 +100,10 @@ class DestinationTable:
         self.pods = {}
         for p in snap.pods:
             self._put_pod(codec.pod_from_pb(p))
+        self.meshed_pods = {}
+        for m in snap.meshed_pods:
+            meshed = codec.meshed_pod_from_pb(m)
+            self.meshed_pods[meshed.key] = meshed
         self.synced = True
         pods = {
             k for k in old_pods.keys() | self.pods.keys() if old_pods.get(k) != self.pods.get(k)
@@ -123,7 +140,22 @@ class DestinationTable:
             key = PodKey(pk.namespace, pk.name)
             if self.pods.pop(key, None) is not None:
                 pods.add(key)
+        for m in d.meshed_pods_updated:
+            meshed = codec.meshed_pod_from_pb(m)
+            self.meshed_pods[meshed.key] = meshed
+        for pk in d.meshed_pods_removed:
+            self.meshed_pods.pop(PodKey(pk.namespace, pk.name), None)
         return TableChanged(frozenset(pods), frozenset(services))
+
+    def snapshot(self) -> pb.Snapshot:
+        """The whole table as one complete Snapshot (what `apply` would rebuild it from)."""
+        return pb.Snapshot(
+            services=[codec.service_to_pb(s) for _, s in sorted(self.services.items())],
+            workloads=[codec.workload_to_pb(w) for _, w in sorted(self.workloads.items())],
+            pods=[codec.pod_to_pb(p) for _, p in sorted(self.pods.items())],
+            meshed_pods=[codec.meshed_pod_to_pb(m) for _, m in sorted(self.meshed_pods.items())],
+            last=True,
+        )
 
     def _put_pod(self, info: PodInfo) -> bool:
         if info.node and info.node != self.node:

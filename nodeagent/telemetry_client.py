@@ -58,6 +58,7 @@ class TelemetryClient:
         aggregate: Aggregate,
         node: str,
         pods_enrolled: Callable[[], int],
+        enrolled_pods: Callable[[], list[tuple[str, str, str]]] | None = None,
         token: Callable[[], str | None] = lambda: None,
         interval: float = INTERVAL,
         version: str = __version__,
@@ -66,6 +67,7 @@ class TelemetryClient:
         self.aggregate = aggregate
         self.node = node
         self.pods_enrolled = pods_enrolled
+        self.enrolled_pods = enrolled_pods
         self.token = token
         self.interval = interval
         self.version = version
@@ -78,7 +80,9 @@ class TelemetryClient:
         self._stream_acks = 0
 
     def load(self) -> Load:
+        enrolled = tuple(self.enrolled_pods()) if self.enrolled_pods is not None else ()
         return Load(
+            enrolled=enrolled,
             pods_enrolled=self.pods_enrolled(),
             open_connections=max(self.aggregate.open_connections, 0),
             cpu_seconds=agent_load.cpu_seconds(),

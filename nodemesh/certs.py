@@ -12,9 +12,11 @@ Interface (no gRPC here; the agent's identity client calls these around Identity
   chain + SAN verification with `cryptography`, for certificates that did not come through a
   handshake (and as a second opinion in tests).
 
-Keys never touch a filesystem: Python's ssl can only load a certificate chain and key from a
-path, so they are written to an anonymous memfd (os.memfd_create) and loaded through
-/proc/self/fd/<n>; the memfd is closed, and its memory freed, right after loading.
+Loading a context never puts a key on a filesystem: Python's ssl can only load a certificate
+chain and key from a path, so they are written to an anonymous memfd (os.memfd_create) and
+loaded through /proc/self/fd/<n>; the memfd is closed, and its memory freed, right after
+loading. (The agent does keep its pods' keys in one root-only file on the node's tmpfs, to
+serve across its own restart: nodeagent.servingstate.)
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from nodemesh.model import (
     Endpoint,
     EndpointPort,
     InboundMode,
+    MeshedPod,
     MeshSettings,
     PodInfo,
     PodKey,
@@ -102,6 +103,30 @@ def pod_from_pb(p: pb.Pod) -> PodInfo:
         mesh=mesh_from_pb(p.mesh),
         host_network=p.host_network,
         labels=dict(p.labels),
+    )
+
+
+def meshed_pod_to_pb(p: MeshedPod) -> pb.MeshedPod:
+    return pb.MeshedPod(
+        key=pod_key_to_pb(p.key),
+        ip=p.ip,
+        node=p.node,
+        identity=p.identity,
+        workload=workload_ref_to_pb(p.workload),
+        inbound_mode=_MODES[p.inbound_mode],
+        opaque_ports=ports_to_pb(p.opaque_ports),
+    )
+
+
+def meshed_pod_from_pb(p: pb.MeshedPod) -> MeshedPod:
+    return MeshedPod(
+        key=PodKey(p.key.namespace, p.key.name),
+        ip=p.ip,
+        node=p.node,
+        identity=p.identity,
+        workload=workload_ref_from_pb(p.workload),
+        inbound_mode=_MODES_BACK.get(p.inbound_mode, InboundMode.PERMISSIVE),
+        opaque_ports=ports_from_pb(list(p.opaque_ports)),
     )
 
 

@@ -138,6 +138,41 @@ class PodInfo:
     mesh: MeshSettings
     host_network: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    terminating: bool = False  # deleted, in its grace period (metadata.deletionTimestamp set)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshedPod:
+    """A meshed pod of any node: what another node's agent needs to tunnel to it by pod IP."""
+
+    key: PodKey
+    ip: str
+    node: str
+    identity: str
+    workload: WorkloadRef
+    inbound_mode: InboundMode = InboundMode.PERMISSIVE
+    opaque_ports: PortSet = PortSet()
+
+    @classmethod
+    def of(cls, pod: PodInfo) -> MeshedPod | None:
+        """The pod as other agents see it; None unless it is meshed, running and addressable."""
+        if (
+            not pod.mesh.meshed
+            or pod.host_network
+            or not pod.ip
+            or not pod.identity
+            or pod.phase in ("Succeeded", "Failed")
+        ):
+            return None
+        return cls(
+            key=pod.key,
+            ip=pod.ip,
+            node=pod.node,
+            identity=pod.identity,
+            workload=pod.workload,
+            inbound_mode=pod.mesh.inbound_mode,
+            opaque_ports=pod.mesh.opaque_ports,
+        )
 
 
 @dataclass(frozen=True, slots=True)

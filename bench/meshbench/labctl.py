@@ -13,6 +13,7 @@ from typing import Any
 
 from nodemesh.lab.ledger import Ledger, same_process
 from nodemesh.lab.paths import LabPaths
+from nodemesh.lab.procs import children
 
 NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 
@@ -100,7 +101,10 @@ class Lab:
                 if role == f"container {namespace}/{pod}/{container}" and same_process(
                     entry.data["pid"], entry.data.get("start")
                 ):
-                    found[node] = int(entry.data["pid"])
+                    # The ledger holds the container's wrapper; the work is its child's.
+                    inits = children(int(entry.data["pid"]))
+                    if inits:
+                        found[node] = inits[0]
         return found
 
     def agent_pids(self) -> dict[str, int]:

@@ -44,7 +44,7 @@ def _namespace(name: str, *, meshed: bool) -> dict[str, Any]:
 
 def _deployment(
     name: str, ns: str, *, node: str, containers: list[dict[str, Any]], replicas: int = 1,
-    init: list[dict[str, Any]] | None = None,
+    init: list[dict[str, Any]] | None = None, volumes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     labels = {"app": name}
     spec: dict[str, Any] = {
@@ -53,6 +53,8 @@ def _deployment(
     }
     if init:
         spec["initContainers"] = init
+    if volumes:
+        spec["volumes"] = volumes
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -86,8 +88,12 @@ def _service(ns: str, *, extra_ports: dict[str, int] | None = None) -> dict[str,
 
 
 def path_objects(
-    path: str, *, bins: Binaries, client_node: str, server_node: str, haproxy_dir: Path | None
-) -> list[dict[str, Any]]:
+    path: str, *, bins: Binaries, client_node: str, server_node: str, haproxy_dir: Path | None,
+    files: Path | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One path's namespace, Service and pods. `files`, a host directory holding what the pods
+    run (the built server, HAProxy's configuration), is mounted read-only at the same path in
+    each of them: a lab container sees no other host file under /tmp."""
     ns = NAMESPACES[path]
     servers: list[dict[str, Any]] = [
         {"name": "http", "command": [str(bins.http_server), "8080", "1024"],
@@ -113,13 +119,24 @@ def path_objects(
              "command": ["haproxy", "-db", "-f", str(haproxy_dir / "client.cfg")],
              "readinessProbe": _tcp_ready(haproxy.PORTS[HTTP_PORT][0])}
         ]  # fmt: skip
-        init = [{"name": "capture", "command": ["sh", str(haproxy_dir / "capture.sh")]}]
+        # Installs iptables rules in the pod's netns, as istio-init and linkerd-init do.
+        init = [
+            {"name": "capture", "command": ["sh", str(haproxy_dir / "capture.sh")],
+             "securityContext": {"capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}}}
+        ]  # fmt: skip
         extra_ports = {f"mtls-{app}": tls for app, (_local, tls) in haproxy.PORTS.items()}
+    volumes = None
+    if files is not None:
+        volumes = [{"name": "files", "hostPath": {"path": str(files), "type": "Directory"}}]
+        for c in [*servers, *client, *init]:
+            c["volumeMounts"] = [{"name": "files", "mountPath": str(files), "readOnly": True}]
     return [
         _namespace(ns, meshed=path == "nodemesh"),
         _service(ns, extra_ports=extra_ports),
-        _deployment("server", ns, node=server_node, containers=servers),
-        _deployment("client", ns, node=client_node, containers=client, init=init),
+        _deployment("server", ns, node=server_node, containers=servers, volumes=volumes),
+        _deployment(
+            "client", ns, node=client_node, containers=client, init=init, volumes=volumes
+        ),  # fmt: skip
     ]
 
 

@@ -55,7 +55,7 @@ class Bench:
         for path in PATHS:
             objects += manifests.path_objects(
                 path, bins=bins, client_node=CLIENT_NODE, server_node=SERVER_NODE,
-                haproxy_dir=hdir,
+                haproxy_dir=hdir, files=workdir,
             )  # fmt: skip
         self.lab.apply(manifests.render(objects), timeout=180)
         agents = self.lab.agent_pids()

@@ -17,7 +17,16 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 INTERPRETER = "/usr/bin/env python3"
 # Written as the archive's __main__.py: zipapp's own -m template drops main()'s exit status.
-MAIN = "import sys\nfrom nodemesh_cni.plugin import main\nsys.exit(main())\n"
+# A runtime runs a CNI plugin without arguments; with some (`nodemesh-cni uninstall ...` on a
+# node) it is install-cni, so the node can be cleaned up with nothing but this file and python3.
+MAIN = (
+    "import sys\n"
+    "if len(sys.argv) > 1:\n"
+    "    from nodemesh_cni.install import main as install\n"
+    "    sys.exit(install(sys.argv[1:]))\n"
+    "from nodemesh_cni.plugin import main\n"
+    "sys.exit(main())\n"
+)
 
 
 def build_zipapp(target: Path, *, interpreter: str = INTERPRETER) -> Path:

@@ -2,8 +2,10 @@
 
     python3 -m nodemesh_cni.install install   --conf-dir /etc/cni/net.d --bin-dir /opt/cni/bin
     python3 -m nodemesh_cni.install watch     (install, then re-append whenever the primary
-                                               CNI rewrites its file; SIGTERM ends it)
-    python3 -m nodemesh_cni.install uninstall (restore the primary's file, remove the executable)
+                                               CNI rewrites its file; SIGTERM ends it, and
+                                               with --daemonset uninstalls if that is going)
+    python3 -m nodemesh_cni.install uninstall (have the agent un-mesh running pods, restore the
+                                               primary's file, remove the executable)
 
 The primary config is the first *.conf, *.conflist or *.json in the conf dir by name, the one
 kubelet's runtime uses. What the primary CNI wrote is kept in <conf dir>/.nodemesh-install/
@@ -13,21 +15,22 @@ kubelet's runtime uses. What the primary CNI wrote is kept in <conf dir>/.nodeme
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nodemesh_cni import conflist
+from nodemesh_cni import conflist, owner
 from nodemesh_cni.conflist import CONFIG_EXTENSIONS, ConfigError
+from nodemesh_cni.runfiles import MESHED_FILE, UNINSTALL_FLAG, raise_uninstall_flag
 
 log = logging.getLogger("nodemesh.install-cni")
 
@@ -219,7 +222,11 @@ def _strip(path: Path) -> None:
 def uninstall_config(conf_dir: Path) -> None:
     """Undo install_config: the primary's own file back, no nodemesh entry anywhere, no state."""
     conf_dir = Path(conf_dir)
+    if not conf_dir.is_dir():
+        raise InstallError(f"CNI conf dir {conf_dir} does not exist")
     state = _load_state(conf_dir)
+    if state is None and not any(_mentions_plugin(p) for p in config_files(conf_dir)):
+        log.warning("no nodemesh-cni entry or install state in %s: nothing to restore", conf_dir)
     if state is not None:
         _unpatch(conf_dir, state)
     if conf_dir.is_dir():
@@ -228,9 +235,18 @@ def uninstall_config(conf_dir: Path) -> None:
     shutil.rmtree(conf_dir / STATE_DIR, ignore_errors=True)
 
 
-def install_binary(source: Path, *, bin_dir: Path, name: str = BINARY_NAME) -> bool:
+def _mentions_plugin(path: Path) -> bool:
+    try:
+        return conflist.has_plugin(read_config(path)[1])
+    except (InstallError, OSError):
+        return False
+
+
+def install_binary(
+    source: Path | bytes, *, bin_dir: Path, name: str = BINARY_NAME
+) -> bool:
     """Copy the plugin executable into the CNI bin dir atomically; False when already identical."""
-    data = Path(source).read_bytes()
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
     target = Path(bin_dir) / name
     try:
         if target.read_bytes() == data and os.access(target, os.X_OK):
@@ -246,7 +262,83 @@ def uninstall_binary(*, bin_dir: Path, name: str = BINARY_NAME) -> None:
     try:
         (Path(bin_dir) / name).unlink()
     except FileNotFoundError:
-        pass
+        return
+    log.info("removed %s", Path(bin_dir) / name)
+
+
+# --- leaving the node -------------------------------------------------------------------------
+
+AGENT_STATE_FILE = "agent-state.json"
+AGENT_PRIVATE_DIR = "agent-private"
+
+
+def leave_node(
+    *, conf_dir: Path, bin_dir: Path, agent_socket: Path, reason: str, agent_wait: float = 20.0
+) -> bool:
+    """nodemesh leaves this node: the node as it was before install, running pods working.
+
+    An agent answering on `agent_socket` is asked (the uninstall flag in its run dir) to take
+    its rules out of every running pod; meanwhile the conflist gets the primary's own bytes back
+    (entry first), then the executable goes, then what nodemesh kept in the run dir. Returns
+    whether an agent confirmed that it un-meshed the pods; without one, the pods it had enrolled
+    are logged: their traffic stays redirected until they are restarted.
+    """
+    log.info("removing nodemesh from this node: %s", reason)
+    run_dir = Path(agent_socket).parent
+    flag = raise_uninstall_flag(run_dir, reason=reason) if _answers(agent_socket) else None
+    uninstall_config(conf_dir)
+    uninstall_binary(bin_dir=bin_dir)
+    confirmed = False
+    if flag is not None:
+        deadline = time.monotonic() + agent_wait
+        while flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        confirmed = not flag.exists()
+    if confirmed:
+        log.info("the agent took its rules out of the running pods")
+    else:
+        stuck = _enrolled_pods(run_dir / AGENT_STATE_FILE)
+        if stuck:
+            log.error(
+                "no agent un-meshed the running pods (%s); restart these, their traffic is "
+                "still redirected to the agent: %s",
+                f"none answered within {agent_wait:g}s" if flag else "none running",
+                ", ".join(stuck),
+            )
+    for name in (UNINSTALL_FLAG, MESHED_FILE, AGENT_STATE_FILE):
+        try:
+            (run_dir / name).unlink()
+        except FileNotFoundError:
+            pass
+    # The agent's saved table, certificates and keys (nodeagent.servingstate), whether or not an
+    # agent was there to remove them.
+    shutil.rmtree(run_dir / AGENT_PRIVATE_DIR, ignore_errors=True)
+    return confirmed
+
+
+def _answers(socket_path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(socket_path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _enrolled_pods(state_file: Path) -> list[str]:
+    try:
+        doc = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return []
+    pods = doc.get("pods") if isinstance(doc, dict) else None
+    return [
+        f"{p.get('namespace')}/{p.get('name')}"
+        for p in (pods if isinstance(pods, list) else [])
+        if isinstance(p, dict) and p.get("meshed")
+    ]
 
 
 # --- watch ------------------------------------------------------------------------------------
@@ -269,8 +361,13 @@ def watch(
     entry: dict[str, object],
     interval: float = 1.0,
     on_iteration: Callable[[WatchTick], bool] | None = None,
+    ensure_binary: Callable[[], object] | None = None,
 ) -> None:
     """Keep nodemesh-cni in the primary config: re-append whenever the primary CNI rewrites it.
+
+    `ensure_binary` runs before every (re)append, so an entry is never written while its
+    executable is missing (someone ran `uninstall` beside the watch: both come back, binary
+    first). Removal goes the other way round: entry first, binary second.
 
     Polls every `interval` seconds by running install_config, which only reads and compares
     when nothing changed (a stat-based change detector would race with a rewrite landing
@@ -285,8 +382,10 @@ def watch(
         result: InstallResult | None = None
         error: str | None = None
         try:
+            if ensure_binary is not None:
+                ensure_binary()
             result = install_config(conf_dir, entry=entry)
-        except InstallError as exc:
+        except (InstallError, OSError) as exc:
             error = str(exc)
             if error != last_error:
                 log.warning("%s (retrying every %gs)", error, interval)
@@ -300,24 +399,6 @@ def watch(
 
 
 # --- command line -----------------------------------------------------------------------------
-
-
-def _hold_watch_lock(conf_dir: Path) -> int:
-    """A shared lock on the conf dir, held while this watch runs (the fd stays open)."""
-    conf_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(conf_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    return fd
-
-
-def _last_watcher(fd: int) -> bool:
-    """No other watch holds the conf dir: during a DaemonSet rollout with surge the new pod's
-    watch runs beside the old one, and the old one must then leave the entry and binary be."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -343,20 +424,67 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cleanup-on-exit",
         action="store_true",
-        help="watch: uninstall on SIGTERM (off by default: a restart must not let pods start "
-        "unmeshed)",
+        help="watch: uninstall on SIGTERM whatever the reason (see --daemonset instead)",
+    )
+    parser.add_argument(
+        "--daemonset",
+        metavar="NAMESPACE/NAME",
+        help="watch: the DaemonSet this runs in; on SIGTERM, uninstall only if it (or its "
+        "namespace) is gone or being deleted, asked of the API server (in-cluster credentials)",
+    )
+    parser.add_argument(
+        "--objects-dir",
+        type=Path,
+        help="with --daemonset: read the DaemonSet from this directory of object files (the "
+        "lab's, <dir>/DaemonSet/<ns>/<name>.yaml) instead of the API server",
+    )
+    parser.add_argument(
+        "--owner-recheck",
+        type=float,
+        default=30.0,
+        help="with --daemonset: while the first look at it failed, look again this often (s)",
+    )
+    parser.add_argument(
+        "--agent-wait",
+        type=float,
+        default=20.0,
+        help="uninstall: how long to wait for the agent to un-mesh running pods (s)",
     )
     return parser.parse_args(argv)
 
 
-def _install_plugin(args: argparse.Namespace) -> None:
+def _owner(args: argparse.Namespace) -> owner.KubernetesOwner | owner.LocalOwner | None:
+    if args.daemonset is None:
+        return None
+    namespace, name = owner.parse_daemonset(args.daemonset)
+    if args.objects_dir is not None:
+        return owner.LocalOwner(namespace, name, objects_dir=args.objects_dir)
+    return owner.KubernetesOwner.in_cluster(namespace, name)
+
+
+def _plugin_bytes(args: argparse.Namespace) -> bytes:
+    """The executable to install: --plugin, or the zipapp built from this package (once)."""
     if args.plugin is not None:
-        install_binary(args.plugin, bin_dir=args.bin_dir)
-        return
+        return Path(args.plugin).read_bytes()
     from nodemesh_cni.bundle import build_zipapp
 
     with tempfile.TemporaryDirectory(prefix="nodemesh-cni-") as tmp:
-        install_binary(build_zipapp(Path(tmp) / BINARY_NAME), bin_dir=args.bin_dir)
+        return build_zipapp(Path(tmp) / BINARY_NAME).read_bytes()
+
+
+def _check_owner_access(
+    owned_by: owner.KubernetesOwner | owner.LocalOwner, ds: str, *, again: float
+) -> None:
+    checked = owned_by.check_access()
+    if checked.known:
+        log.info("uninstall on SIGTERM if %s is gone: %s", ds, checked.reason)
+    else:
+        log.error(
+            "cannot tell an uninstall from a restart yet (%s): until then nodemesh-cni stays "
+            "on SIGTERM; asking again every %gs",
+            checked.reason,
+            again,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,33 +497,64 @@ def main(argv: list[str] | None = None) -> int:
         log_level=args.log_level,
         log_file=args.log_file,
     )
+
+    def leave(reason: str) -> None:
+        leave_node(
+            conf_dir=args.conf_dir,
+            bin_dir=args.bin_dir,
+            agent_socket=Path(args.agent_socket),
+            reason=reason,
+            agent_wait=args.agent_wait,
+        )
+
     try:
         if args.action == "uninstall":
-            uninstall_config(args.conf_dir)
-            uninstall_binary(bin_dir=args.bin_dir)
+            leave("python3 -m nodemesh_cni.install uninstall")
             return 0
-        _install_plugin(args)
+        stopping: list[bool] = []
+        if args.action == "watch":
+            signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+            signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+        owned_by = _owner(args) if args.action == "watch" else None
+        if owned_by is not None:
+            _check_owner_access(owned_by, args.daemonset, again=args.owner_recheck)
+        plugin = _plugin_bytes(args)
+        install_binary(plugin, bin_dir=args.bin_dir)  # binary first, entry second
         if args.action == "install":
             install_config(args.conf_dir, entry=entry)
             return 0
-        stopping = []
-        lock = _hold_watch_lock(args.conf_dir) if args.cleanup_on_exit else -1
-        signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-        signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+        recheck = [time.monotonic() + args.owner_recheck]
+
+        def go_on(_tick: WatchTick) -> bool:
+            # Access that failed at start-up (API server not up yet) is asked again now and then:
+            # without it a later uninstall could not be told from a restart.
+            if owned_by is not None and not owned_by.access_checked and not stopping:
+                if time.monotonic() >= recheck[0]:
+                    recheck[0] = time.monotonic() + args.owner_recheck
+                    _check_owner_access(owned_by, args.daemonset, again=args.owner_recheck)
+            return not stopping
+
         watch(
             args.conf_dir,
             entry=entry,
             interval=args.interval,
-            on_iteration=lambda _tick: not stopping,
+            on_iteration=go_on,
+            ensure_binary=lambda: install_binary(plugin, bin_dir=args.bin_dir),
         )
         if args.cleanup_on_exit:
-            if _last_watcher(lock):
-                uninstall_config(args.conf_dir)
-                uninstall_binary(bin_dir=args.bin_dir)
+            leave("--cleanup-on-exit")
+        elif owned_by is not None:
+            verdict = owned_by.verdict()
+            if verdict.leaving:
+                leave(verdict.reason)
             else:
-                log.info("another install-cni watch runs on this node: leaving nodemesh-cni to it")
+                log.log(
+                    logging.INFO if verdict.known else logging.WARNING,
+                    "stopping; nodemesh-cni stays on this node: %s",
+                    verdict.reason,
+                )
         return 0
-    except InstallError as exc:
+    except (InstallError, owner.OwnerError) as exc:
         log.error("%s", exc)
         return 1
 

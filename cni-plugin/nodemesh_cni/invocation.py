@@ -75,6 +75,7 @@ class PluginConfig:
         "log_level",
         "log_file",
         "agent_timeout",
+        "meshed_namespaces_file",
     )
 
     def __init__(self, conf: dict[str, object]) -> None:
@@ -104,6 +105,13 @@ class PluginConfig:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise CniError(ERR_INVALID_CONFIG, "agentTimeoutSeconds must be a positive number")
         self.agent_timeout = float(timeout)
+        # Written by the agent beside its socket; read when the agent does not answer.
+        self.meshed_namespaces_file = _opt_str(
+            conf,
+            "meshedNamespacesFile",
+            self.agent_socket.rpartition("/")[0] + "/meshed-namespaces.json",
+            empty=False,
+        )
 
     @property
     def fail_open(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 from nodemesh_cni.agentclient import AgentProtocolError, AgentUnavailable, call_agent
 from nodemesh_cni.invocation import (
@@ -29,6 +30,7 @@ from nodemesh_cni.invocation import (
 )
 from nodemesh_cni.pluginlog import PluginLog
 from nodemesh_cni.protocol import Attachment, Interface, Pod, PodIP, Reply, Request
+from nodemesh_cni.runfiles import RunFileError, read_meshed
 
 # Commands that only tidy up get shorter deadlines than ADD: the runtime is waiting on them and
 # the agent reconciles on its own anyway.
@@ -129,6 +131,39 @@ def _unreachable(inv: Invocation, reason: str) -> CniError:
     )
 
 
+def _waits_for_agent(inv: Invocation, reason: str, log: PluginLog) -> CniError | None:
+    """With the agent unreachable: the error that holds a pod meant to be meshed, or None for a
+    pod of a namespace the agent last said is not meshed (it starts; nothing of ours applies)."""
+    path = inv.config.meshed_namespaces_file
+    try:
+        meshed = read_meshed(Path(path))
+    except RunFileError as exc:
+        why = f"cannot tell whether {inv.pod_namespace} is meshed"
+        return _unreachable(inv, f"{reason}; {why}: {exc}")
+    if meshed is None:
+        return _unreachable(
+            inv,
+            f"{reason}; the agent has not yet recorded which namespaces are meshed ({path} "
+            "missing), so every pod waits",
+        )
+    if inv.pod_namespace in meshed:
+        return _unreachable(
+            inv, f"{reason}; namespace {inv.pod_namespace} is meshed ({path}): the pod waits"
+        )
+    log.warning(
+        f"agent not reachable ({reason}); namespace {inv.pod_namespace} is not meshed "
+        f"according to {path}: passing through"
+    )
+    return None
+
+
+def _knows_meshed_namespaces(inv: Invocation) -> bool:
+    try:
+        return read_meshed(Path(inv.config.meshed_namespaces_file)) is not None
+    except RunFileError:
+        return False
+
+
 def _passes_by(inv: Invocation, log: PluginLog) -> bool:
     """True when the pod is none of nodemesh's business (not Kubernetes, or excluded)."""
     if not inv.pod_namespace:
@@ -151,7 +186,10 @@ def _add(inv: Invocation, log: PluginLog) -> dict[str, object] | None:
     try:
         reply = _ask(inv, request, timeout=inv.config.agent_timeout)
     except AgentUnavailable as exc:
-        failure = _unreachable(inv, str(exc))
+        held = _waits_for_agent(inv, str(exc), log)
+        if held is None:
+            return inv.prev_result
+        failure = held
     except AgentProtocolError as exc:
         failure = CniError(ERR_AGENT_PROTOCOL, "nodemesh agent sent an invalid reply", str(exc))
     else:
@@ -216,7 +254,10 @@ def _check(inv: Invocation, log: PluginLog) -> None:
         if inv.config.fail_open:
             log.warning(f"failurePolicy fail-open: agent not reachable ({exc}), CHECK passes")
             return None
-        raise _unreachable(inv, str(exc)) from None
+        held = _waits_for_agent(inv, str(exc), log)
+        if held is None:
+            return None
+        raise held from None
     except AgentProtocolError as exc:
         raise CniError(
             ERR_AGENT_PROTOCOL, "nodemesh agent sent an invalid reply", str(exc)
@@ -233,7 +274,14 @@ def _status(inv: Invocation, log: PluginLog) -> None:
 
     try:
         reply = _ask(inv, Request(command="status"), timeout=_SHORT_TIMEOUT)
-    except (AgentUnavailable, AgentProtocolError) as exc:
+    except AgentUnavailable as exc:
+        reason = f"nodemesh agent not reachable at {inv.config.agent_socket}: {exc}"
+        if _knows_meshed_namespaces(inv):
+            # A runtime that gets "not available" stops creating every pod on the node; with the
+            # agent's record, only pods of meshed namespaces are held (each ADD says so).
+            log.warning(f"{reason}; pods of namespaces not meshed can still start")
+            return None
+    except AgentProtocolError as exc:
         reason = f"nodemesh agent not reachable at {inv.config.agent_socket}: {exc}"
     else:
         if reply.status == "ok":

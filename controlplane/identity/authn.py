@@ -29,6 +29,9 @@ from kubernetes.client.rest import ApiException
 AUDIENCE = "nodemesh"
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+# How long a TokenReview answer is reused: a token revoked on the API server keeps working here
+# for at most this long (and never past the token's own `exp`).
+REVIEW_CACHE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class TokenReviewAuthenticator:
         audience: str = AUDIENCE,
         agent_service_account: tuple[str, str] = ("nodemesh", "nodemesh-agent"),
         node_of_pod: Callable[[str, str], str | None] | None = None,
-        cache_seconds: float = 60.0,
+        cache_seconds: float = REVIEW_CACHE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api = k8s.AuthenticationV1Api(api_client)
@@ -125,7 +128,11 @@ class TokenReviewAuthenticator:
         if self._cache_seconds > 0:
             if len(self._cache) >= 1024:
                 self._cache.clear()
-            self._cache[digest] = (self._clock() + self._cache_seconds, agent)
+            until = self._clock() + self._cache_seconds
+            exp = _jwt_claims(token).get("exp")
+            if isinstance(exp, int | float):
+                until = min(until, self._clock() + exp - time.time())
+            self._cache[digest] = (until, agent)
         return agent
 
     def _review(self, token: str) -> AgentNode:

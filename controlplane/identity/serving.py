@@ -21,13 +21,27 @@ from cryptography.hazmat.primitives import serialization
 from controlplane.identity.authority import CertificateAuthority, Issued
 from nodemesh.certs import new_key
 
-DEFAULT_IDENTITY = "spiffe://cluster.local/ns/nodemesh/sa/nodemesh-controlplane"
-DEFAULT_DNS_NAMES = (
-    "nodemesh-controlplane.nodemesh.svc",
-    "nodemesh-controlplane.nodemesh.svc.cluster.local",
-    "localhost",  # agents and tests on the control plane's own host
-)
+SERVICE_NAME = "nodemesh-controlplane"  # its Service and its ServiceAccount
 DEFAULT_IPS = ("127.0.0.1",)
+
+
+def serving_identity(*, namespace: str, trust_domain: str) -> str:
+    """The control plane's own SPIFFE ID in the namespace it was installed into."""
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{SERVICE_NAME}"
+
+
+def serving_dns_names(*, namespace: str, cluster_domain: str) -> tuple[str, ...]:
+    """The names agents and the dashboard dial: its Service's, for the install's namespace and
+    cluster domain (the manifests point agents at `<svc>.<ns>.svc.<domain>:8086`)."""
+    return (
+        f"{SERVICE_NAME}.{namespace}.svc",
+        f"{SERVICE_NAME}.{namespace}.svc.{cluster_domain}",
+        "localhost",  # agents and tests on the control plane's own host
+    )
+
+
+DEFAULT_IDENTITY = serving_identity(namespace="nodemesh", trust_domain="cluster.local")
+DEFAULT_DNS_NAMES = serving_dns_names(namespace="nodemesh", cluster_domain="cluster.local")
 
 
 class ServingCertificate:

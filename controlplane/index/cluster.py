@@ -18,10 +18,11 @@ from controlplane.index.changes import (
     WorkloadRemoved,
     WorkloadUpdated,
 )
-from controlplane.metrics import INDEX_BAD_SETTINGS, INDEX_OBJECTS, INDEX_SKIPPED
+from controlplane.metrics import INDEX_BAD_SETTINGS, INDEX_OBJECTS, INDEX_SKIPPED, SOURCE_SYNCED
 from controlplane.sources.events import (
     KINDS,
     EventType,
+    KindStale,
     KindSynced,
     ObjectChanged,
     SourceEvent,
@@ -41,6 +42,9 @@ class ClusterIndex:
         self.revision = 0
         self.bad_objects = 0
         self._synced: set[str] = set()
+        self._stale: dict[str, float] = {}  # kind -> Unix time since when it is not followed
+        for kind in KINDS:
+            SOURCE_SYNCED.labels(kind).set(0)
         self._raw: dict[str, dict[NsName, Obj]] = {k: {} for k in KINDS}
         self.pods: dict[PodKey, PodInfo] = {}
         self.services: dict[ServiceKey, Service] = {}
@@ -61,7 +65,14 @@ class ClusterIndex:
 
     @property
     def synced(self) -> bool:
-        return self._synced.issuperset(KINDS)
+        """Every kind was listed and none is currently out of the source's sight."""
+        return self._synced.issuperset(KINDS) and not self._stale
+
+    def unsynced(self) -> dict[str, float | None]:
+        """Kinds that are not in sync: never listed (None) or stale since a Unix time."""
+        out: dict[str, float | None] = dict(self._stale)
+        out.update({k: None for k in KINDS if k not in self._synced})
+        return out
 
     def pods_on_node(self, node: str) -> list[PodInfo]:
         return [self.pods[k] for k in sorted(self._pods_by_node.get(node, ()))]
@@ -88,6 +99,12 @@ class ClusterIndex:
     def apply(self, event: SourceEvent) -> list[Change]:
         if isinstance(event, KindSynced):
             self._synced.add(event.kind)
+            self._stale.pop(event.kind, None)
+            SOURCE_SYNCED.labels(event.kind).set(1)
+            return []
+        if isinstance(event, KindStale):
+            self._stale[event.kind] = event.down_since
+            SOURCE_SYNCED.labels(event.kind).set(0)
             return []
         if event.kind not in self._raw:
             return []

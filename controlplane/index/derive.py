@@ -107,6 +107,7 @@ def pod_info(
         ),
         host_network=host_network,
         labels={str(k): str(v) for k, v in d(m.get("labels")).items()},
+        terminating=bool(m.get("deletionTimestamp")),
     )
 
 

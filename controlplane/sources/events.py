@@ -46,7 +46,16 @@ class KindSynced:
     kind: str
 
 
-SourceEvent = ObjectChanged | KindSynced
+@dataclass(frozen=True, slots=True)
+class KindStale:
+    """The source has not been able to follow `kind` since `down_since` (Unix time): what the
+    index holds of it may be out of date until the next KindSynced."""
+
+    kind: str
+    down_since: float
+
+
+SourceEvent = ObjectChanged | KindSynced | KindStale
 
 
 class Source(Protocol):

@@ -1,6 +1,11 @@
 """The `kubernetes` source: list, then watch from the resourceVersion, per kind, with the official
 client. Relists on 410 Gone, backs off on errors, treats a silent stream as dropped.
 
+While the API server cannot be reached, a cheap probe (GET /version, at most once a second for
+all kinds) cuts the backoff short the moment it answers again, so a grown backoff never delays
+the changes made right after an outage. A kind that has not been followed for `stale_after`
+seconds is reported with KindStale (the index then says "not synced") until it is back.
+
 The official client is synchronous, so each kind is followed by one thread whose events are
 handed to the event loop through a bounded queue (a slow index slows the watch, never the loop)."""
 
@@ -11,6 +16,7 @@ import concurrent.futures
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -29,6 +35,7 @@ from controlplane.sources.events import (
     BadObject,
     EventType,
     Inventory,
+    KindStale,
     KindSynced,
     Obj,
     ObjectChanged,
@@ -90,6 +97,8 @@ class KubeSource:
         page_size: int = 500,
         backoff: Callable[[], Backoff] = Backoff,
         queue_size: int = 1000,
+        stale_after: float = 5.0,
+        probe_interval: float = 1.0,
     ) -> None:
         self.api = api
         self.kinds = kinds
@@ -99,6 +108,8 @@ class KubeSource:
         self.page_size = page_size
         self.make_backoff = backoff
         self.queue_size = queue_size
+        self.stale_after = stale_after
+        self.probe = ServerProbe(api, interval=probe_interval, timeout=min(connect_timeout, 2.0))
         self.rejected = 0
 
     async def events(self) -> AsyncIterator[SourceEvent]:
@@ -116,6 +127,37 @@ class KubeSource:
             for w in watchers:
                 w.interrupt()
             await asyncio.to_thread(_join, watchers)
+
+
+class ServerProbe:
+    """Does the API server answer? One GET /version per `interval` at most, shared by the kinds."""
+
+    def __init__(self, api: client.ApiClient, *, interval: float, timeout: float) -> None:
+        self.api, self.interval, self.timeout = api, interval, timeout
+        self._lock = threading.Lock()
+        self._at = float("-inf")
+        self._answered = False
+
+    def answered_since(self, since: float) -> bool:
+        """True when a probe made after `since` (time.monotonic) got an answer from the server."""
+        with self._lock:
+            if time.monotonic() - self._at >= self.interval:
+                self._at = time.monotonic()
+                self._answered = self._ask()
+            return self._answered and self._at > since
+
+    def _ask(self) -> bool:
+        try:
+            # The raw answer: any well-formed or not body will do, and parsing it could fail.
+            resp: Any = client.VersionApi(self.api).get_code(
+                _request_timeout=(self.timeout, self.timeout), _preload_content=False
+            )
+            resp.release_conn()
+        except client.ApiException as exc:
+            return 0 < (exc.status or 0) < 500  # 401/403 too: the server is there
+        except Exception:  # noqa: BLE001 (refused, reset, timed out: not there yet)
+            return False
+        return True
 
 
 def _join(watchers: list[_KindWatcher]) -> None:
@@ -140,6 +182,10 @@ class _KindWatcher:
         self.fn = list_function(source.api, kind)
         self.inventory = Inventory(kind)
         self.backoff = source.make_backoff()
+        self.down_since: float | None = None  # time.monotonic() of the first failure in a row
+        self.down_since_unix = 0.0
+        self.up_since: float | None = None  # time.monotonic() the current watch connected
+        self.stale = False
         self._response: urllib3.BaseHTTPResponse | None = None
         self.thread = threading.Thread(target=self.run, name=f"watch-{kind}", daemon=True)
 
@@ -152,6 +198,12 @@ class _KindWatcher:
                 pass
 
     def run(self) -> None:
+        try:
+            self._follow()
+        except _Stopped:
+            return
+
+    def _follow(self) -> None:
         rv: str | None = None
         reason = "start"
         while not self.stop.is_set():
@@ -165,6 +217,11 @@ class _KindWatcher:
                 rv, reason = None, "gone"
             except _Stopped:
                 return
+            except _Inactive:
+                # An idle watch with no bookmark for a while: normal on a quiet cluster. Watch
+                # again from the same version at once; a dead server fails the next connect.
+                log.debug("%s: no event for %.0fs; watching again", self.kind, self.inactivity)
+                self.backoff.reset()
             except Exception as exc:  # noqa: BLE001 (any failure: back off, keep following)
                 if self.stop.is_set():
                     return
@@ -172,13 +229,76 @@ class _KindWatcher:
                 if isinstance(exc, client.ApiException) and exc.status == 410:
                     rv, reason = None, "gone"
                     continue
+                failed_at = time.monotonic()
+                if self.up_since is not None and failed_at - self.up_since >= self.stable_after:
+                    self.backoff.reset()  # a watch that held for a while: start over
+                self.up_since = None
+                first = self.down_since is None
+                self._went_down(failed_at)
                 delay = self.backoff.delay()
-                log.warning(
-                    "%s: %s; retrying in %.1fs", self.kind, _describe(exc), delay, exc_info=False
+                # The first failure in a row is news; the retries after it are not (the kind is
+                # reported stale once, below, if it lasts).
+                log.log(
+                    logging.WARNING if first else logging.DEBUG,
+                    "%s: %s; retrying in %.1fs",
+                    self.kind,
+                    _describe(exc),
+                    delay,
                 )
                 if rv is None:
                     reason = "error"
-                self.stop.wait(delay)
+                self._wait(delay, failed_at=failed_at, probe=_server_side(exc))
+
+    @property
+    def inactivity(self) -> float:
+        return self.source.inactivity_timeout
+
+    def _went_down(self, now: float) -> None:
+        if self.down_since is None:
+            self.down_since, self.down_since_unix = now, time.time()
+
+    @property
+    def stable_after(self) -> float:
+        return self.source.stale_after
+
+    def _came_back(self, *, listed: bool) -> None:
+        """A listing or a watch connection succeeded: the kind is followed again. A listing
+        resets the backoff and announces KindSynced itself once its objects are out; a watch
+        connection only counts for the backoff once it has held (`stable_after`), so a server
+        that accepts watches and drops them at once is not hammered."""
+        if listed:
+            self.backoff.reset()
+        else:
+            self.up_since = time.monotonic()
+        was_stale = self.stale
+        self.down_since, self.stale = None, False
+        if was_stale:
+            log.info("%s: following the API server again", self.kind)
+            if not listed:
+                self._emit(KindSynced(self.kind))
+
+    def _wait(self, delay: float, *, failed_at: float, probe: bool) -> None:
+        """Sleep `delay`, cut short when the server answers again (if it was the server's end
+        that failed); report the kind stale once it has been down for `stale_after`."""
+        deadline = time.monotonic() + delay
+        interval = self.source.probe.interval
+        while not self.stop.is_set():
+            now = time.monotonic()
+            down = now - (self.down_since or now)
+            if not self.stale and down >= self.source.stale_after:
+                self.stale = True
+                log.warning(
+                    "%s: not followed for %.0fs; serving the last known state, reported as "
+                    "not synced until the API server answers",
+                    self.kind,
+                    down,
+                )
+                self._emit(KindStale(self.kind, self.down_since_unix))
+            if now >= deadline:
+                return
+            if probe and self.source.probe.answered_since(failed_at):
+                return
+            self.stop.wait(min(interval / 2, deadline - now))
 
     def _relist(self, reason: str) -> str:
         items: list[Obj] = []
@@ -202,6 +322,7 @@ class _KindWatcher:
             if not token:
                 break
         SOURCE_RELISTS.labels(self.kind, reason).inc()
+        self._came_back(listed=True)
         good = [obj for obj in map(self._accept, items) if obj is not None]
         for event in self.inventory.replace(good):
             self._emit(event)
@@ -222,8 +343,11 @@ class _KindWatcher:
         try:
             if self.stop.is_set():
                 raise _Stopped
+            self._came_back(listed=False)
             for line in _lines(resp):
                 rv = self._handle(line, rv)
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise _Inactive from exc
         finally:
             self._response = None
             # Never hand a watch connection back to the pool: it may be half-read or shut.
@@ -287,6 +411,18 @@ class _KindWatcher:
 
 class _Stopped(Exception):
     pass
+
+
+class _Inactive(Exception):
+    """The watch stream said nothing for the inactivity timeout."""
+
+
+def _server_side(exc: BaseException) -> bool:
+    """Worth retrying as soon as the server answers: it was unreachable or failing (5xx), not
+    refusing us something (4xx) that a retry a second later would be refused again."""
+    if isinstance(exc, client.ApiException):
+        return not 400 <= (exc.status or 0) < 500
+    return True
 
 
 def _lines(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:

@@ -11,8 +11,12 @@ Interface:
     node: everything the node's agent reported, both directions;
     --to Y: outbound series from the resource to Y; --from Y: outbound series from Y to it
     (the client's view, as Linkerd does; node cannot be used in --from/--to).
-  The window covers complete 10 s buckets only (so rates are not skewed by a half-filled
-  bucket), unless `include_current`, which adds the running bucket for exact totals.
+  The window is the requested seconds rounded up to whole 10 s buckets; `include_current`
+  adds the running bucket, so what agents reported a second ago counts at once, and the
+  window then covers between the requested seconds and 10 s more. Rates divide by the
+  seconds the window really covers (`StatRow.window_s`), never by the requested ones.
+  TCP_CONN is a gauge: the newest value each series reported, counted only while it is
+  fresh (reported in the running or the previous bucket), whatever the window.
 - `edges(store, namespace="", window_s=60)` -> list[Edge] between Deployments (pods without
   one stand for themselves), with identities seen and whether every connection had mTLS.
 - `nodes(store)` -> list[NodeState]: each agent's version, load and last report time.
@@ -159,10 +163,10 @@ def _window(
     buckets = math.ceil(window_s / BUCKET_SECONDS)
     now = store.clock()
     current = store.bucket_start(now)
+    first = current - buckets * BUCKET_SECONDS
     if include_current:
-        first = current - (buckets - 1) * BUCKET_SECONDS
         return first, current + BUCKET_SECONDS, max(now - first, 1e-9)
-    return current - buckets * BUCKET_SECONDS, current, buckets * BUCKET_SECONDS
+    return first, current, buckets * BUCKET_SECONDS
 
 
 def stat(
@@ -181,6 +185,8 @@ def stat(
     if to is not None and resource.kind == "svc":
         raise InvalidQuery("svc has no outbound traffic of its own; use --from")
     first, last, seconds = _window(store, window_s, include_current)
+    # Agents report every open series each second: an older gauge is of an agent gone quiet.
+    fresh_from = store.bucket_start(store.clock()) - BUCKET_SECONDS
     rows: dict[tuple[str, str], StatRow] = {}
 
     def row(found: tuple[str, str]) -> StatRow:
@@ -203,16 +209,15 @@ def stat(
         found = _row_of(tkey, resource, from_, to)
         if found is None:
             continue
-        latest = None
         for tcell in _in_window(tcells, first, last):
             r = row(found)
             r.tcp_opened += tcell.opened
             r.tcp_closed += tcell.closed
             r.read_bytes += tcell.read_bytes
             r.write_bytes += tcell.write_bytes
-            latest = tcell
-        if latest is not None:
-            row(found).tcp_open_connections += latest.open_connections
+        newest = tcells[-1] if tcells else None
+        if newest is not None and newest.start >= fresh_from and newest.open_connections:
+            row(found).tcp_open_connections += newest.open_connections
     return sorted(rows.values(), key=lambda r: (r.namespace, r.name))
 
 

@@ -19,6 +19,7 @@ MAX_SERIES_PER_REPORT = 10_000
 MAX_NAME = 253
 MAX_IDENTITY = 512
 MAX_INTERVAL_MS = 60_000
+MAX_ENROLLED_PODS = 10_000
 
 DIRECTIONS: dict[int, str] = {pb.INBOUND: "inbound", pb.OUTBOUND: "outbound"}
 PROTOCOLS: dict[int, str] = {
@@ -163,6 +164,14 @@ def parse_report(report: pb.AgentReport, *, encoded_size: int) -> ParsedReport:
     load = report.load
     if not math.isfinite(load.cpu_seconds) or load.cpu_seconds < 0:
         raise BadReport("garbled", f"cpu_seconds {load.cpu_seconds}")
+    if len(load.enrolled_pods) > MAX_ENROLLED_PODS:
+        raise BadReport(
+            "oversized", f"{len(load.enrolled_pods)} enrolled pods > {MAX_ENROLLED_PODS}"
+        )
+    for p in load.enrolled_pods:
+        _name(p.namespace, "enrolled_pods.namespace")
+        _name(p.name, "enrolled_pods.name")
+        _name(p.uid, "enrolled_pods.uid", 64)
     return ParsedReport(
         node=node,
         version=_name(report.agent_version, "agent_version", 64),

@@ -82,6 +82,8 @@ class NodeState:
     rss_bytes: int = 0
     cpu_cores: float = 0.0  # CPU seconds per second between the last two reports
     reports: int = 0
+    # (namespace, name, uid) of the pods the agent said it had enrolled, in its last report.
+    enrolled: frozenset[tuple[str, str, str]] = frozenset()
 
 
 @dataclass
@@ -169,6 +171,7 @@ class TelemetryStore:
         state.open_connections = load.open_connections
         state.cpu_seconds = load.cpu_seconds
         state.rss_bytes = load.rss_bytes
+        state.enrolled = frozenset((p.namespace, p.name, p.uid) for p in load.enrolled_pods)
         state.reports += 1
 
     def _enforce_bounds(self) -> None:

@@ -70,9 +70,10 @@ class Sniffed:
 class Decision:
     """How to treat a new connection.
 
-    ``need_more`` means: read more client bytes (until the detection timeout) and ask again.
+    ``need_more`` means: read more bytes (from either side) and ask again.
     ``remember_server_first`` asks the caller to record the destination in its
     ServerFirstMemory so the next connection to it does not wait at all.
+    ``cause`` is ``reason`` as one word out of CAUSES, for a metric label.
     """
 
     protocol: Protocol | None
@@ -81,6 +82,22 @@ class Decision:
     sni: str | None = None
     alpn: tuple[str, ...] = ()
     remember_server_first: bool = False
+    cause: str = "sniffed"
+
+
+# Why a connection got its protocol: a metric label, so that a connection relayed opaque for
+# a reason other than its own bytes (a remembered destination) is visible.
+CAUSES = (
+    "sniffed",  # the client's first bytes
+    "known_port",
+    "pod_opaque_port",
+    "source",  # the source's agent decided (opaque ports of the route)
+    "remembered_server_first",  # the destination's server was seen to speak first before
+    "server_spoke_first",
+    "incomplete_prefix",  # the client stalled mid-prefix, or the server answered it
+    "max_peek",
+    "closed",  # closed before anything decided
+)
 
 
 _NEED_MORE = Sniffed(None, "need more bytes")
@@ -153,12 +170,20 @@ class ServerFirstMemory:
     def __len__(self) -> int:
         return len(self._expiry)
 
-    def remember(self, ip: str, port: int, *, now: float) -> None:
+    def remember(self, ip: str, port: int, *, now: float) -> bool:
+        """Remember (or refresh) a destination; True when it was not remembered before."""
         key = (ip, port)
+        expiry = self._expiry.get(key)
+        new = expiry is None or expiry <= now
         self._expiry[key] = now + self.ttl
         self._expiry.move_to_end(key)
         while len(self._expiry) > self.capacity:
             self._expiry.popitem(last=False)
+        return new
+
+    def live(self, *, now: float) -> list[tuple[str, int, float]]:
+        """(ip, port, seconds left) of every destination remembered now."""
+        return [(ip, port, exp - now) for (ip, port), exp in self._expiry.items() if exp > now]
 
     def seen(self, ip: str, port: int, *, now: float) -> bool:
         key = (ip, port)
@@ -183,36 +208,68 @@ def decide(
     now: float = 0.0,
     timed_out: bool = False,
     server_spoke_first: bool = False,
+    server_bytes: bytes = b"",
 ) -> Decision:
-    """Decide how to relay a new outbound or inbound connection.
+    """Decide how to observe a new outbound or inbound connection.
 
     Call it once before reading anything (``first_bytes=b""``): port rules and the
     server-first memory can settle the matter without waiting. ``timed_out`` says the
-    detection timeout expired; ``server_spoke_first`` says the upstream sent bytes before
-    the client did. Both mark the destination as server-first (``remember_server_first``):
-    a silent client on a pooled connection may cost that destination its HTTP metrics for
-    the memory's TTL, which beats every banner protocol waiting out the timeout.
+    detection timeout expired; ``server_spoke_first`` says the upstream sent
+    ``server_bytes`` before the client sent anything. Only a server seen to speak first
+    marks its destination as server-first (``remember_server_first``): a client that says
+    nothing (a pooled or spare connection) proves nothing about the server, so a silent
+    client past the timeout leaves the connection undecided, waiting for whichever side
+    speaks. Nothing is held meanwhile: the relay forwards bytes whatever detection says.
     """
     if dst_port in opaque_ports:
-        return Decision(Protocol.OPAQUE, False, f"port {dst_port} is a known opaque port")
+        return Decision(
+            Protocol.OPAQUE, False, f"port {dst_port} is a known opaque port", cause="known_port"
+        )
     if dst_port in pod_opaque_ports:
-        return Decision(Protocol.OPAQUE, False, f"port {dst_port} is marked opaque for the pod")
+        return Decision(
+            Protocol.OPAQUE,
+            False,
+            f"port {dst_port} is marked opaque for the pod",
+            cause="pod_opaque_port",
+        )
     if server_first is not None and server_first.seen(dst_ip, dst_port, now=now):
-        return Decision(Protocol.OPAQUE, False, "destination was seen to speak first")
+        return Decision(
+            Protocol.OPAQUE,
+            False,
+            "destination was seen to speak first",
+            cause="remembered_server_first",
+        )
     if server_spoke_first:
-        return Decision(Protocol.OPAQUE, False, "server spoke first", remember_server_first=True)
+        if server_bytes.startswith(b"HTTP/"):
+            # An HTTP server answering a connection that sent no request (408 on an idle
+            # keep-alive connection): this connection is done for, but no banner protocol.
+            return Decision(
+                Protocol.OPAQUE,
+                False,
+                "server sent an HTTP response before any request",
+                cause="server_spoke_first",
+            )
+        return Decision(
+            Protocol.OPAQUE,
+            False,
+            "server spoke first",
+            remember_server_first=True,
+            cause="server_spoke_first",
+        )
     sniffed = sniff(first_bytes)
     if sniffed.protocol is not None:
         return Decision(sniffed.protocol, False, sniffed.reason, sniffed.sni, sniffed.alpn)
     if timed_out:
         if not first_bytes:
-            return Decision(
-                Protocol.OPAQUE,
-                False,
-                "no client bytes before the detection timeout",
-                remember_server_first=True,
-            )
-        return Decision(Protocol.OPAQUE, False, "detection timeout with an incomplete prefix")
+            return Decision(None, True, "client silent past the detection timeout")
+        return Decision(
+            Protocol.OPAQUE,
+            False,
+            "detection timeout with an incomplete prefix",
+            cause="incomplete_prefix",
+        )
     if len(first_bytes) >= MAX_PEEK:
-        return Decision(Protocol.OPAQUE, False, f"undecided after {MAX_PEEK} bytes")
+        return Decision(
+            Protocol.OPAQUE, False, f"undecided after {MAX_PEEK} bytes", cause="max_peek"
+        )
     return Decision(None, True, sniffed.reason)

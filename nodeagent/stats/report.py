@@ -31,6 +31,7 @@ class Load:
     open_connections: int
     cpu_seconds: float
     rss_bytes: int
+    enrolled: tuple[tuple[str, str, str], ...] = ()  # (namespace, name, uid) of each pod
 
 
 def deployment_of(peer: Peer) -> str:
@@ -170,6 +171,10 @@ def take_reports(
                 open_connections=load.open_connections,
                 cpu_seconds=load.cpu_seconds,
                 rss_bytes=load.rss_bytes,
+                enrolled_pods=[
+                    pb.EnrolledPod(namespace=ns, name=name, uid=uid)
+                    for ns, name, uid in load.enrolled
+                ],
             ),
         )
         report.requests.extend(s for kind, s in chunk if kind == "r")

@@ -63,9 +63,10 @@ class _Admitted:
     subscriptions: list[str] = field(default_factory=list)
 
 
-def tap_peer(peer: Peer) -> pb.TapPeer:
+def tap_peer(peer: Peer, port: int = 0) -> pb.TapPeer:
     return pb.TapPeer(
         ip=peer.ip,
+        port=port,
         namespace=peer.namespace,
         pod=peer.pod,
         workload_kind=peer.workload_kind.lower(),
@@ -139,6 +140,8 @@ class Taps:
         authority: str,
         path: str,
         at: float,
+        src_port: int = 0,
+        dst_port: int = 0,
     ) -> None:
         chosen = []
         for s in self.subscriptions.values():
@@ -150,7 +153,12 @@ class Taps:
         if not chosen:
             return
         admitted = _Admitted(
-            at, DIRECTIONS.get(direction, 0), tap_peer(src), tap_peer(dst), tls, chosen
+            at,
+            DIRECTIONS.get(direction, 0),
+            tap_peer(src, src_port),
+            tap_peer(dst, dst_port),
+            tls,
+            chosen,
         )
         self._admitted[req_id] = admitted
         if len(self._admitted) > MAX_ADMITTED:

@@ -35,32 +35,38 @@ class Update(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("services", "workloads", "pods", "last")
+    __slots__ = ("services", "workloads", "pods", "last", "meshed_pods")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     WORKLOADS_FIELD_NUMBER: _ClassVar[int]
     PODS_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    MESHED_PODS_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[Service]
     workloads: _containers.RepeatedCompositeFieldContainer[Workload]
     pods: _containers.RepeatedCompositeFieldContainer[Pod]
     last: bool
-    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., pods: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ..., last: _Optional[bool] = ...) -> None: ...
+    meshed_pods: _containers.RepeatedCompositeFieldContainer[MeshedPod]
+    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., pods: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ..., last: _Optional[bool] = ..., meshed_pods: _Optional[_Iterable[_Union[MeshedPod, _Mapping]]] = ...) -> None: ...
 
 class Delta(_message.Message):
-    __slots__ = ("services_updated", "services_removed", "workloads_updated", "workloads_removed", "pods_updated", "pods_removed")
+    __slots__ = ("services_updated", "services_removed", "workloads_updated", "workloads_removed", "pods_updated", "pods_removed", "meshed_pods_updated", "meshed_pods_removed")
     SERVICES_UPDATED_FIELD_NUMBER: _ClassVar[int]
     SERVICES_REMOVED_FIELD_NUMBER: _ClassVar[int]
     WORKLOADS_UPDATED_FIELD_NUMBER: _ClassVar[int]
     WORKLOADS_REMOVED_FIELD_NUMBER: _ClassVar[int]
     PODS_UPDATED_FIELD_NUMBER: _ClassVar[int]
     PODS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    MESHED_PODS_UPDATED_FIELD_NUMBER: _ClassVar[int]
+    MESHED_PODS_REMOVED_FIELD_NUMBER: _ClassVar[int]
     services_updated: _containers.RepeatedCompositeFieldContainer[Service]
     services_removed: _containers.RepeatedCompositeFieldContainer[ServiceKey]
     workloads_updated: _containers.RepeatedCompositeFieldContainer[Workload]
     workloads_removed: _containers.RepeatedCompositeFieldContainer[WorkloadRef]
     pods_updated: _containers.RepeatedCompositeFieldContainer[Pod]
     pods_removed: _containers.RepeatedCompositeFieldContainer[PodKey]
-    def __init__(self, services_updated: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., services_removed: _Optional[_Iterable[_Union[ServiceKey, _Mapping]]] = ..., workloads_updated: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., workloads_removed: _Optional[_Iterable[_Union[WorkloadRef, _Mapping]]] = ..., pods_updated: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ..., pods_removed: _Optional[_Iterable[_Union[PodKey, _Mapping]]] = ...) -> None: ...
+    meshed_pods_updated: _containers.RepeatedCompositeFieldContainer[MeshedPod]
+    meshed_pods_removed: _containers.RepeatedCompositeFieldContainer[PodKey]
+    def __init__(self, services_updated: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., services_removed: _Optional[_Iterable[_Union[ServiceKey, _Mapping]]] = ..., workloads_updated: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., workloads_removed: _Optional[_Iterable[_Union[WorkloadRef, _Mapping]]] = ..., pods_updated: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ..., pods_removed: _Optional[_Iterable[_Union[PodKey, _Mapping]]] = ..., meshed_pods_updated: _Optional[_Iterable[_Union[MeshedPod, _Mapping]]] = ..., meshed_pods_removed: _Optional[_Iterable[_Union[PodKey, _Mapping]]] = ...) -> None: ...
 
 class PodKey(_message.Message):
     __slots__ = ("namespace", "name")
@@ -148,6 +154,24 @@ class Pod(_message.Message):
     host_network: bool
     labels: _containers.ScalarMap[str, str]
     def __init__(self, key: _Optional[_Union[PodKey, _Mapping]] = ..., uid: _Optional[str] = ..., node: _Optional[str] = ..., ip: _Optional[str] = ..., host_ip: _Optional[str] = ..., phase: _Optional[str] = ..., ready: _Optional[bool] = ..., service_account: _Optional[str] = ..., identity: _Optional[str] = ..., workload: _Optional[_Union[WorkloadRef, _Mapping]] = ..., mesh: _Optional[_Union[MeshSettings, _Mapping]] = ..., host_network: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class MeshedPod(_message.Message):
+    __slots__ = ("key", "ip", "node", "identity", "workload", "inbound_mode", "opaque_ports")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    INBOUND_MODE_FIELD_NUMBER: _ClassVar[int]
+    OPAQUE_PORTS_FIELD_NUMBER: _ClassVar[int]
+    key: PodKey
+    ip: str
+    node: str
+    identity: str
+    workload: WorkloadRef
+    inbound_mode: InboundMode
+    opaque_ports: _containers.RepeatedCompositeFieldContainer[PortRange]
+    def __init__(self, key: _Optional[_Union[PodKey, _Mapping]] = ..., ip: _Optional[str] = ..., node: _Optional[str] = ..., identity: _Optional[str] = ..., workload: _Optional[_Union[WorkloadRef, _Mapping]] = ..., inbound_mode: _Optional[_Union[InboundMode, str]] = ..., opaque_ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ...) -> None: ...
 
 class Workload(_message.Message):
     __slots__ = ("ref", "identities")

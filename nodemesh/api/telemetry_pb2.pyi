@@ -111,16 +111,28 @@ class TcpSeries(_message.Message):
     def __init__(self, direction: _Optional[_Union[Direction, str]] = ..., src: _Optional[_Union[Peer, _Mapping]] = ..., dst: _Optional[_Union[Peer, _Mapping]] = ..., tls: _Optional[bool] = ..., opened: _Optional[int] = ..., closed: _Optional[int] = ..., read_bytes: _Optional[int] = ..., write_bytes: _Optional[int] = ..., open_connections: _Optional[int] = ...) -> None: ...
 
 class AgentLoad(_message.Message):
-    __slots__ = ("pods_enrolled", "open_connections", "cpu_seconds", "rss_bytes")
+    __slots__ = ("pods_enrolled", "open_connections", "cpu_seconds", "rss_bytes", "enrolled_pods")
     PODS_ENROLLED_FIELD_NUMBER: _ClassVar[int]
     OPEN_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ENROLLED_PODS_FIELD_NUMBER: _ClassVar[int]
     pods_enrolled: int
     open_connections: int
     cpu_seconds: float
     rss_bytes: int
-    def __init__(self, pods_enrolled: _Optional[int] = ..., open_connections: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., rss_bytes: _Optional[int] = ...) -> None: ...
+    enrolled_pods: _containers.RepeatedCompositeFieldContainer[EnrolledPod]
+    def __init__(self, pods_enrolled: _Optional[int] = ..., open_connections: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., enrolled_pods: _Optional[_Iterable[_Union[EnrolledPod, _Mapping]]] = ...) -> None: ...
+
+class EnrolledPod(_message.Message):
+    __slots__ = ("namespace", "name", "uid")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    uid: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ...) -> None: ...
 
 class AgentReport(_message.Message):
     __slots__ = ("node", "agent_version", "sequence", "timestamp_ms", "interval_ms", "load", "requests", "tcp")

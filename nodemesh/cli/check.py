@@ -8,7 +8,14 @@ import click
 
 from nodemesh.cli import check_lab
 from nodemesh.cli.checks import Result, report
-from nodemesh.cli.target import TargetOptions, _lab_paths, resolve, running_labs, target_options
+from nodemesh.cli.target import (
+    TargetOptions,
+    _lab_paths,
+    kube_or_lab,
+    resolve,
+    running_labs,
+    target_options,
+)
 
 
 @click.command()
@@ -18,7 +25,7 @@ from nodemesh.cli.target import TargetOptions, _lab_paths, resolve, running_labs
 def check(pre: bool, output: str, target: TargetOptions) -> None:
     """Check the control plane, the agents, the meshed pods, certificates and clocks."""
     results: list[Result]
-    on_cluster = bool(target.context or target.kubeconfig)
+    on_cluster = pre and kube_or_lab(target) == "cluster"
     if pre and not on_cluster:
         labs = [target.lab] if target.lab else running_labs()
         lab = _lab_paths(labs[0]) if len(labs) == 1 else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -27,9 +28,9 @@ MAX_SKEW_S = 60.0
 
 
 def agent_ready(
-    netns: str, *, port: int = AGENT_ADMIN_PORT, timeout: float = 3.0
+    netns: str, *, port: int = AGENT_ADMIN_PORT, timeout: float = 3.0, path: str = "/ready"
 ) -> tuple[bool, str]:
-    """GET /ready from the agent's admin port inside the node's netns (hostNetwork agent)."""
+    """GET `path` from the agent's admin port inside the node's netns (hostNetwork agent)."""
     try:
         s = socket_in_netns(netns)
     except NetnsError as e:
@@ -37,7 +38,7 @@ def agent_ready(
     try:
         s.settimeout(timeout)
         s.connect(("127.0.0.1", port))
-        s.sendall(b"GET /ready HTTP/1.0\r\nHost: agent\r\n\r\n")
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n".encode())
         data = b""
         while chunk := s.recv(4096):
             data += chunk
@@ -48,6 +49,30 @@ def agent_ready(
     head, _, body = data.partition(b"\r\n\r\n")
     status = head.split(b"\r\n", 1)[0].decode("latin-1", "replace")
     return " 200 " in f"{status} ", body.decode("utf-8", "replace").strip() or status
+
+
+_SERVER_FIRST = re.compile(
+    r'^nodemesh_agent_server_first_destination\{ip="([^"]*)",port="(\d+)"\} (\S+)$', re.M
+)
+
+
+def server_first_check(group: str, node: str, netns: str) -> Result:
+    """Which destinations the agent relays opaque because their server spoke first: every
+    client's connections to them go without request metrics, so say so."""
+    name = f"{node}: protocol detection"
+    got, text = agent_ready(netns, path="/metrics")
+    if not got:
+        return skip(group, name, f"no /metrics: {text}")
+    found = [f"{ip}:{port} ({float(left):.0f} s left)" for ip, port, left in
+             _SERVER_FIRST.findall(text)]  # fmt: skip
+    if not found:
+        return ok(group, name, "no destination is relayed unobserved for speaking first")
+    return ok(
+        group,
+        name,
+        "relayed opaque, without request metrics, because their server spoke first: "
+        + ", ".join(found),
+    )
 
 
 def _in_netns(netns: str, *cmd: str) -> subprocess.CompletedProcess[str]:
@@ -98,8 +123,9 @@ def controlplane_checks(endpoint: Endpoint) -> tuple[list[Result], PublicApi | N
             fail(
                 g,
                 "index synced with the cluster",
-                "still listing",
-                "wait a few seconds; if it stays so, the source cannot read the objects",
+                "not synced: still listing, or a watch of the API server has been down for "
+                "seconds (the control plane serves its last known state meanwhile)",
+                "its /ready on the admin port (9996) says which kinds; its log says why",
             )
         )
     return out, api
@@ -129,6 +155,7 @@ def agent_checks(paths: LabPaths, status: dict[str, Any], api: PublicApi | None)
                 )
             )
             continue
+        out.append(server_first_check(g, node, paths.node_netns(node)))
         if api is not None:
             if connected.get(node):
                 out.append(ok(g, f"{node}: agent connected to the control plane"))
@@ -292,7 +319,7 @@ def pre_checks(lab: LabPaths | None) -> list[Result]:
                 g,
                 "running as root",
                 f"uid {os.geteuid()}",
-                "the lab creates network namespaces and rules: use sudo",
+                "the lab creates network namespaces and rules: run it as root",
             )
         )
     missing = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,10 +15,10 @@ from nodemesh.cli.target import PUBLIC_PORT, Endpoint, TargetError, TargetOption
 
 
 def api_client(options: TargetOptions) -> client.ApiClient:
+    # The client reads $KUBECONFIG once, when it is imported; read it now, as kubectl does.
+    config_file = options.kubeconfig or os.environ.get("KUBECONFIG") or None
     try:
-        return config.new_client_from_config(
-            config_file=options.kubeconfig, context=options.context
-        )
+        return config.new_client_from_config(config_file=config_file, context=options.context)
     except (ConfigException, OSError, ValueError) as e:
         raise TargetError(f"cannot load kubeconfig: {e}") from None
 

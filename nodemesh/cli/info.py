@@ -35,7 +35,7 @@ def version(client: bool, target: TargetOptions) -> None:
         return
     with resolve(target) as endpoint, PublicApi(endpoint) as api:
         v = api.version()
-    synced = "" if v.synced else ", still listing the cluster"
+    synced = "" if v.synced else ", not in sync with the cluster: see nodemesh check"
     click.echo(f"Server version: {v.version} ({endpoint.where}, source {v.source}{synced})")
 
 

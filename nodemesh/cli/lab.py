@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import yaml
 
 from nodemesh.identity import create_issuer_files
+from nodemesh.lab.access import create_lab_access
 from nodemesh.lab.client import LabClient, LabRequestFailed, LabUnavailable
 from nodemesh.lab.config import Forward, ForwardError, LabConfig
+from nodemesh.lab.container import INIT
 from nodemesh.lab.ledger import Ledger
 from nodemesh.lab.manifests import ManifestError, parse
 from nodemesh.lab.paths import LabNameError, LabPaths, check_name, existing_labs
+from nodemesh.lab.procs import children
 from nodemesh.lab.teardown import down as teardown
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +48,7 @@ def need_root() -> None:
     if os.geteuid() != 0:
         fail(
             "nodemesh lab must run as root: it creates network namespaces, links and iptables "
-            "rules. Run it again with sudo."
+            "rules. Run it again as root."
         )
 
 
@@ -64,9 +68,11 @@ def running_lab(name: str) -> LabPaths:
     return paths
 
 
+# --lab as every other command spells it; --name is the older spelling, still accepted.
 name_option = click.option(
-    "--name", default=lambda: os.environ.get("NODEMESH_LAB", "lab"), show_default="lab",
-    help="Lab name (env NODEMESH_LAB).",
+    "--lab", "--name", "name", metavar="NAME",
+    default=lambda: os.environ.get("NODEMESH_LAB", "lab"), show_default="lab",
+    help="Lab name (env NODEMESH_LAB; --name is the same).",
 )  # fmt: skip
 
 
@@ -117,7 +123,7 @@ def up(
     if paths.root.exists():
         fail(
             f"lab {name!r} already exists ({paths.root}); "
-            f"remove it with: nodemesh lab down --name {name}"
+            f"remove it with: nodemesh lab down --lab {name}"
         )
     missing = [f"{exe} (apt package {pkg})" for exe, pkg in NEEDED.items() if not _have(exe)]
     if missing:
@@ -136,7 +142,11 @@ def up(
     LabConfig(name=name, nodes=nodes, mesh=mesh, forwards=fwd).save(paths.config)
     try:
         if mesh:
-            create_issuer_files(paths.identity, nodes=[f"node{i}" for i in range(1, nodes + 1)])
+            issued = create_issuer_files(
+                paths.identity, nodes=[f"node{i}" for i in range(1, nodes + 1)]
+            )
+            _write_agent_credentials(paths, issued.tokens)
+            create_lab_access(paths.access)
         _start_supervisor(paths, timeout=timeout)
         if mesh:
             _apply_text(paths, _mesh_manifest(paths), source=str(MESH_MANIFEST))
@@ -170,8 +180,22 @@ def up(
             '-- python3 -c "import urllib.request as u;'
             "print(u.urlopen('http://127.0.0.1:8081/stats').read().decode())\""
         )
-    click.echo(f"  status:   nodemesh lab status --name {name}")
-    click.echo(f"  remove:   nodemesh lab down --name {name}")
+    click.echo(f"  status:   nodemesh lab status --lab {name}")
+    click.echo(f"  remove:   nodemesh lab down --lab {name}")
+
+
+def _write_agent_credentials(paths: LabPaths, tokens: dict[str, str]) -> None:
+    """Each node's agent gets its own token and the trust anchor in a directory of its own (its
+    DaemonSet mounts only that one, as a projected token and a ConfigMap would be on a cluster),
+    never the issuer key or another node's token."""
+    anchor = (paths.identity / "ca.crt").read_bytes()
+    for node, token in tokens.items():
+        d = paths.agent_credentials(node)
+        d.mkdir(parents=True, mode=0o700)
+        (d / "ca.crt").write_bytes(anchor)
+        fd = os.open(d / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
 
 
 def _have(exe: str) -> bool:
@@ -343,11 +367,23 @@ def apply(name: str, filename: Path, wait: bool, timeout: int) -> None:
 @lab.command()
 @name_option
 @click.option("-f", "--filename", type=click.Path(path_type=Path), required=True)
-def delete(name: str, filename: Path) -> None:
+@click.option(
+    "--ignore-not-found",
+    is_flag=True,
+    help="As kubectl's: also skip kinds the lab does not keep (ClusterRole, ...), so "
+    "`nodemesh uninstall | nodemesh lab delete --ignore-not-found -f -` works.",
+)
+def delete(name: str, filename: Path, ignore_not_found: bool) -> None:
     """Delete the objects in FILE."""
     need_root()
     paths = running_lab(name)
-    _source, docs = _read_manifest(filename)
+    if ignore_not_found:
+        try:
+            docs = [{"obj": m.obj, "index": m.index} for m in _known_kinds_only(filename)]
+        except ManifestError as e:
+            fail(str(e))
+    else:
+        _source, docs = _read_manifest(filename)
     refs = []
     for d in docs:
         obj = d["obj"]
@@ -359,6 +395,28 @@ def delete(name: str, filename: Path) -> None:
         refs.append({"kind": obj["kind"], "namespace": ns, "name": obj["metadata"]["name"]})
     for line in _call(paths, {"op": "delete", "refs": refs})["results"]:
         click.echo(line)
+
+
+def _known_kinds_only(path: Path) -> list[Any]:
+    """The objects of kinds the lab keeps; the others are reported as not found."""
+    import yaml
+
+    from nodemesh.lab.manifests import RUN_KINDS, STORED_KINDS
+
+    source = "<stdin>" if str(path) == "-" else str(path)
+    text = sys.stdin.read() if source == "<stdin>" else path.read_text()
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d]
+    except yaml.YAMLError:
+        return parse(text, source=source)  # reports where
+    kept = []
+    for d in docs:
+        kind = d.get("kind") if isinstance(d, dict) else None
+        if kind is not None and kind not in RUN_KINDS | STORED_KINDS:
+            click.echo(f"{kind} {(d.get('metadata') or {}).get('name', '?')} not found")
+        else:
+            kept.append(d)
+    return parse(yaml.safe_dump_all(kept), source=source) if kept else []
 
 
 def _find_pod(paths: LabPaths, pod: str, namespace: str) -> dict[str, Any]:
@@ -385,17 +443,39 @@ def _find_pod(paths: LabPaths, pod: str, namespace: str) -> dict[str, Any]:
 @lab.command(name="exec", context_settings={"ignore_unknown_options": True})
 @name_option
 @click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-c", "--container", help="Container name (default: the first).")
 @click.argument("pod")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
-def exec_(name: str, namespace: str, pod: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND inside POD's network namespace (POD may be deploy/NAME)."""
+def exec_(
+    name: str, namespace: str, container: str | None, pod: str, command: tuple[str, ...]
+) -> None:
+    """Run COMMAND inside a container of POD (POD may be deploy/NAME), as `kubectl exec` does:
+    in its network, mount and PID namespaces, as its user, with its capabilities."""
     need_root()
     paths = running_lab(name)
     p = _find_pod(paths, pod, namespace)
-    netns = paths.pod_netns(p["namespace"], p["name"])
-    env = dict(os.environ, POD_NAME=p["name"], POD_NAMESPACE=p["namespace"], POD_IP=p["ip"],
-               NODE_NAME=p["node"])  # fmt: skip
-    os.execvpe("ip", ["ip", "netns", "exec", netns, *command], env)
+    init = _container_init_pid(paths, p, container)
+    os.execv(sys.executable, [sys.executable, *INIT[1:], "enter", str(init), *command])
+
+
+def _container_init_pid(paths: LabPaths, pod: dict[str, Any], container: str | None) -> int:
+    """The host PID of a running container's entrypoint (PID 1 of its PID namespace)."""
+    where = f"{pod['namespace']}/{pod['name']}"
+    path = paths.objects / "Pod" / pod["namespace"] / f"{pod['name']}.yaml"
+    try:
+        obj = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        fail(f"cannot read pod {where}: {e}")
+    statuses = (obj.get("status") or {}).get("containerStatuses") or []
+    chosen = [c for c in statuses if container in (None, c["name"])][:1]
+    if not chosen:
+        names = ", ".join(c["name"] for c in statuses)
+        fail(f"pod {where} has no container {container!r} (it has: {names})")
+    wrapper = str(chosen[0].get("containerID") or "").removeprefix("lab://")
+    inits = children(int(wrapper)) if wrapper.isdigit() else []
+    if not inits:
+        fail(f"container {chosen[0]['name']} of pod {where} is not running")
+    return inits[0]
 
 
 @lab.command()

@@ -8,7 +8,13 @@ from typing import Any
 import click
 import yaml
 
-from nodemesh.cli.target import TargetError, TargetOptions, running_labs, target_options
+from nodemesh.cli.target import (
+    TargetError,
+    TargetOptions,
+    chosen_lab,
+    kube_or_lab,
+    target_options,
+)
 from nodemesh.lab.client import LabClient, LabRequestFailed, LabUnavailable
 from nodemesh.lab.paths import LabPaths
 
@@ -61,13 +67,11 @@ def _label_in_cluster(target: TargetOptions, namespace: str, value: str | None) 
 
 
 def _apply(target: TargetOptions, namespace: str, value: str | None) -> None:
-    labs = [target.lab] if target.lab else running_labs()
-    if not (target.context or target.kubeconfig) and labs:
-        if len(labs) > 1:
-            raise TargetError(f"several labs are running ({', '.join(labs)}): choose with --lab")
-        paths = LabPaths(labs[0])
+    if kube_or_lab(target) == "lab":
+        name = chosen_lab(target)
+        paths = LabPaths(name)
         if not Path(paths.config).exists():
-            raise TargetError(f"no lab named {labs[0]!r}")
+            raise TargetError(f"no lab named {name!r}")
         _label_in_lab(paths, namespace, value)
     else:
         _label_in_cluster(target, namespace, value)

@@ -47,3 +47,10 @@ def option_resource(text: str | None, namespace: str, *, param: str) -> pb.Resou
 
 def label(kind: str, name: str) -> str:
     return f"{SHORT.get(kind, kind)}/{name}"
+
+
+def short_kind(kind: str) -> str:
+    """A workload kind as the tables name it (deploy, pod, ...), whatever its case: the agent
+    sends `deployment`, Kubernetes `Deployment`."""
+    lower = kind.lower() or "pod"
+    return SHORT.get(KINDS.get(lower, lower), lower)

@@ -30,6 +30,8 @@ def row_dict(row: pb.StatRow, *, window_s: int) -> dict[str, Any]:
     def opt(field: str) -> float | None:
         return getattr(row, field) if row.HasField(field) else None
 
+    seconds = float(row.covered_seconds or window_s)
+
     return {
         "kind": row.resource.kind,
         "namespace": row.resource.namespace,
@@ -39,14 +41,15 @@ def row_dict(row: pb.StatRow, *, window_s: int) -> dict[str, Any]:
         "requests": row.requests,
         "success_rate": opt("success_rate"),
         "rps": round(row.rps, 6),
+        "covered_seconds": round(seconds, 3),
         "latency_ms": {
             "p50": opt("latency_p50_ms"),
             "p95": opt("latency_p95_ms"),
             "p99": opt("latency_p99_ms"),
         },
         "tcp_open_connections": row.tcp_open_connections,
-        "read_bytes_per_second": round(row.tcp_read_bytes / window_s, 3),
-        "write_bytes_per_second": round(row.tcp_write_bytes / window_s, 3),
+        "read_bytes_per_second": round(row.tcp_read_bytes / seconds, 3),
+        "write_bytes_per_second": round(row.tcp_write_bytes / seconds, 3),
     }
 
 
@@ -136,6 +139,18 @@ def stat(
 
     RESOURCE is deploy, pod, ns, svc or node, optionally with a name (`deploy web` or
     `deploy/web`). Node rows add the node agent's own load.
+
+    \b
+    The window (-t) is rounded up to whole 10 s buckets and includes the
+    running one, so requests count about a second after they finish; it
+    covers between the asked time and 10 s more (-o json: covered_seconds).
+    RPS: responses completed in the window divided by the seconds it
+    covers, an average (a 10 s burst at 300 rps shows as about 100 rps with
+    -t 30s).
+    SUCCESS: the share of those responses that succeeded (not 5xx, not a
+    gRPC error). LATENCY_P50/P95/P99: response latency quantiles.
+    TCP_CONN: connections open now, as the agents last reported them
+    (each reports every second; silent for 10-20 s counts as none).
     """
     kind, name = resources.parse(resource, name)
     seconds = window.seconds(time_window)

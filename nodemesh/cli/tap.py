@@ -43,8 +43,7 @@ def _peer(p: tap_pb2.TapPeer) -> str:
 
 def _resource(prefix: str, p: tap_pb2.TapPeer) -> list[str]:
     if p.workload:
-        kind = {"Deployment": "deploy"}.get(p.workload_kind, p.workload_kind.lower() or "pod")
-        what = f"{prefix}_res={kind}/{p.workload}"
+        what = f"{prefix}_res={resources.short_kind(p.workload_kind)}/{p.workload}"
     elif p.pod:
         what = f"{prefix}_res=pod/{p.pod}"
     else:

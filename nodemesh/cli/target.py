@@ -1,15 +1,21 @@
 """Which control plane the CLI talks to: an address given, a lab on this machine (found by
-itself, or `--lab`), or a cluster from kubeconfig through a port-forward to the control plane."""
+itself, or `--lab`), or a cluster from kubeconfig through a port-forward to the control plane.
+
+The choice, first match wins: the flags (`--api-addr`; `--kubeconfig` or `--context`; `--lab`;
+two of them at once is an error), then nodemesh's own environment (NODEMESH_API_ADDR,
+NODEMESH_LAB), then $KUBECONFIG (a cluster, even with labs running here), then the one lab
+running here, then ~/.kube/config."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -26,11 +32,47 @@ class TargetError(click.ClickException):
 
 @dataclass(frozen=True)
 class TargetOptions:
-    lab: str | None = None
-    api_addr: str | None = None
+    lab: str | None = None  # --lab, else $NODEMESH_LAB
+    api_addr: str | None = None  # --api-addr, else $NODEMESH_API_ADDR
     context: str | None = None
     kubeconfig: str | None = None
     nodemesh_namespace: str = "nodemesh"
+    lab_flag: bool = False  # `lab` came from --lab, not the environment
+    api_addr_flag: bool = False
+
+
+Mode = Literal["address", "lab", "cluster"]
+
+
+def select(options: TargetOptions, *, labs: Callable[[], list[str]] | None = None) -> Mode:
+    """Address, lab or cluster, by the precedence in this module's docstring. A lab selection
+    may still leave the lab open (several running): `resolve` says so."""
+    flags = [
+        name
+        for name, given in (
+            ("--api-addr", options.api_addr_flag),
+            ("--kubeconfig/--context", bool(options.kubeconfig or options.context)),
+            ("--lab", options.lab_flag),
+        )
+        if given
+    ]
+    if len(flags) > 1:
+        raise TargetError(f"{' and '.join(flags)} name different targets: give one of them")
+    if options.api_addr_flag:
+        return "address"
+    if options.kubeconfig or options.context:
+        return "cluster"
+    if options.lab_flag:
+        return "lab"
+    if options.api_addr:
+        return "address"
+    if options.lab:
+        return "lab"
+    if os.environ.get("KUBECONFIG"):
+        return "cluster"
+    if (labs or running_labs)():
+        return "lab"
+    return "cluster"
 
 
 @dataclass
@@ -41,6 +83,50 @@ class Endpoint:
     where: str  # "lab 'x'", "cluster (context y)", "127.0.0.1:8085"
     lab: LabPaths | None = None
     kube: Any = None  # kubernetes.client.ApiClient on a cluster
+    # The caller's bearer token for the public API: $NODEMESH_API_TOKEN, else the lab admin's
+    # (root-only file) or the kubeconfig user's token (static or from an exec plugin).
+    token: str | None = None
+
+
+TOKEN_ENV = "NODEMESH_API_TOKEN"
+
+
+def _with_token(endpoint: Endpoint) -> Endpoint:
+    given = os.environ.get(TOKEN_ENV, "").strip()
+    if given:
+        endpoint.token = given
+    elif endpoint.lab is not None:
+        endpoint.token = lab_admin_token(endpoint.lab)
+    elif endpoint.kube is not None:
+        endpoint.token = kubeconfig_token(endpoint.kube)
+    return endpoint
+
+
+def lab_admin_token(paths: LabPaths) -> str | None:
+    from nodemesh.lab.access import ADMIN_TOKEN_FILE
+
+    try:
+        return (paths.access / ADMIN_TOKEN_FILE).read_text().strip() or None
+    except PermissionError:
+        raise TargetError(
+            f"the admin token of lab {paths.name!r} belongs to root: run this command with sudo"
+        ) from None
+    except OSError:
+        return None  # a lab made before tokens existed: the API will say what it misses
+
+
+def kubeconfig_token(api: Any) -> str | None:
+    """The kubeconfig user's bearer token; None for client-certificate users (then set
+    NODEMESH_API_TOKEN, e.g. to `kubectl create token <serviceaccount>`)."""
+    cfg = api.configuration
+    if getattr(cfg, "refresh_api_key_hook", None) is not None:
+        cfg.refresh_api_key_hook(cfg)  # exec plugins: a fresh token
+    keys = cfg.api_key or {}
+    value = keys.get("BearerToken") or keys.get("authorization") or ""  # by client version
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
 
 
 def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,6 +174,8 @@ def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
             context=t_context,
             kubeconfig=t_kubeconfig,
             nodemesh_namespace=t_ns,
+            lab_flag=bool(t_lab),
+            api_addr_flag=bool(t_api_addr),
         )
         return f(*args, target=target, **kwargs)
 
@@ -109,10 +197,10 @@ def _lab_paths(name: str) -> LabPaths:
     try:
         present = paths.config.exists()
     except PermissionError:
-        raise TargetError(f"lab {name!r} belongs to root: run this command with sudo") from None
+        raise TargetError(f"lab {name!r} belongs to root: run this command as root") from None
     if not present:
         others = running_labs()
-        hint = f"labs here: {', '.join(others)}" if others else "start one: sudo nodemesh lab up"
+        hint = f"labs here: {', '.join(others)}" if others else "start one as root: nodemesh lab up"
         raise TargetError(f"no lab named {name!r} ({hint})")
     return paths
 
@@ -121,7 +209,7 @@ def lab_status(paths: LabPaths, *, timeout: float = 10.0) -> dict[str, Any]:
     try:
         status: dict[str, Any] = LabClient(paths, timeout=timeout).call({"op": "status"})["status"]
     except (LabUnavailable, LabRequestFailed) as e:
-        raise TargetError(f"{e} (is it up? nodemesh lab status --name {paths.name})") from None
+        raise TargetError(f"{e} (is it up? nodemesh lab status --lab {paths.name})") from None
     return status
 
 
@@ -132,7 +220,7 @@ def lab_api_address(paths: LabPaths) -> str:
             return f"{f['host']}:{f['local_port']}"
     raise TargetError(
         f"lab {paths.name!r} runs without the mesh (it was started with --no-mesh): "
-        f"recreate it with: nodemesh lab down --name {paths.name} && nodemesh lab up"
+        f"recreate it with: nodemesh lab down --lab {paths.name} && nodemesh lab up"
     )
 
 
@@ -148,33 +236,51 @@ def _kubeconfig_present(options: TargetOptions) -> bool:
 @contextlib.contextmanager
 def resolve(options: TargetOptions) -> Iterator[Endpoint]:
     """The endpoint to use, open for the duration of the block (a port-forward on clusters)."""
-    if options.api_addr:
+    mode = select(options)
+    if mode == "address":
+        assert options.api_addr
         host, sep, port = options.api_addr.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise click.BadParameter(
                 f"{options.api_addr!r} is not HOST:PORT", param_hint="'--api-addr'"
             )
-        yield Endpoint(options.api_addr, options.api_addr)
+        yield _with_token(Endpoint(options.api_addr, options.api_addr))
         return
-    if options.lab:
-        paths = _lab_paths(options.lab)
-        yield Endpoint(lab_api_address(paths), f"lab {paths.name!r}", lab=paths)
+    if mode == "lab":
+        paths = _lab_paths(chosen_lab(options))
+        yield _with_token(Endpoint(lab_api_address(paths), f"lab {paths.name!r}", lab=paths))
         return
-    if not (options.context or options.kubeconfig):
-        labs = running_labs()
-        if len(labs) == 1:
-            paths = _lab_paths(labs[0])
-            yield Endpoint(lab_api_address(paths), f"lab {paths.name!r}", lab=paths)
-            return
-        if len(labs) > 1:
-            raise TargetError(f"several labs are running ({', '.join(labs)}): choose with --lab")
-        if not _kubeconfig_present(options):
-            where = "" if os.geteuid() == 0 else " (labs are root's: try sudo)"
-            raise TargetError(
-                f"no running lab here{where} and no kubeconfig: start a lab with "
-                "`sudo nodemesh lab up`, or pass --context, --kubeconfig or --api-addr"
-            )
+    named = [f for f in os.environ.get("KUBECONFIG", "").split(os.pathsep) if f]
+    if named and not (options.kubeconfig or any(Path(f).is_file() for f in named)):
+        raise TargetError(
+            f"$KUBECONFIG names no file that exists ({os.environ['KUBECONFIG']}): fix it, or "
+            "choose a lab with --lab"
+        )
+    if not _kubeconfig_present(options):
+        where = "" if os.geteuid() == 0 else " (labs are root's: try as root)"
+        raise TargetError(
+            f"no running lab here{where} and no kubeconfig: start a lab (as root) with "
+            "`nodemesh lab up`, or pass --context, --kubeconfig or --api-addr"
+        )
     from nodemesh.cli.cluster import cluster_endpoint  # the kubernetes client loads slowly
 
     with cluster_endpoint(options) as endpoint:
-        yield endpoint
+        yield _with_token(endpoint)
+
+
+def kube_or_lab(options: TargetOptions) -> Mode:
+    """For commands that need the cluster's or the lab's own API (not the public API's address):
+    the selection with --api-addr and NODEMESH_API_ADDR left out."""
+    return select(dataclasses.replace(options, api_addr=None, api_addr_flag=False))
+
+
+def chosen_lab(options: TargetOptions) -> str:
+    """The lab named, or the only one running here."""
+    if options.lab:
+        return options.lab
+    labs = running_labs()
+    if len(labs) > 1:
+        raise TargetError(f"several labs are running ({', '.join(labs)}): choose with --lab")
+    if not labs:
+        raise TargetError("no lab is running here: start one (as root) with `nodemesh lab up`")
+    return labs[0]

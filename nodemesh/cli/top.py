@@ -35,8 +35,7 @@ Route = tuple[str, str, str, str]
 
 def peer_name(p: tap_pb2.TapPeer) -> str:
     if p.workload:
-        kind = {"Deployment": "deploy"}.get(p.workload_kind, p.workload_kind.lower() or "pod")
-        return f"{kind}/{p.workload}"
+        return f"{resources.short_kind(p.workload_kind)}/{p.workload}"
     if p.pod:
         return f"pod/{p.pod}"
     return p.ip or "-"

@@ -56,6 +56,15 @@ class LabPaths:
     def identity(self) -> Path:
         return self.root / "identity"
 
+    @property
+    def access(self) -> Path:
+        """Who may call the public API: tokens and grants (nodemesh.lab.access), root-only."""
+        return self.root / "access"
+
+    def agent_credentials(self, node: str) -> Path:
+        """One node agent's token and trust anchor (all its DaemonSet pod may read)."""
+        return self.identity / "agents" / node
+
     def logs(self, namespace: str, pod: str) -> Path:
         return self.root / "logs" / namespace / pod
 

@@ -8,7 +8,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import time
@@ -19,11 +18,12 @@ from typing import Any
 
 from nodemesh.lab import objects
 from nodemesh.lab.cni import LOOPBACK_CONF, CniError, CniRunner, PodAttachment, pod_ip
-from nodemesh.lab.ledger import Ledger
+from nodemesh.lab.container import INIT, ContainerConfigError, container_spec, expand
+from nodemesh.lab.ledger import Ledger, process_start_time, same_process
 from nodemesh.lab.network import NodeSpec, render_hosts, render_resolv, run
 from nodemesh.lab.paths import ETC_NETNS, LabPaths
 from nodemesh.lab.probes import run_probe
-from nodemesh.lab.procs import kill_processes_in
+from nodemesh.lab.procs import children, kill_processes_in, signal_pids
 from nodemesh.tasks import cancel_all, spawn
 
 log = logging.getLogger(__name__)
@@ -64,14 +64,6 @@ class LabContext:
     env_path: str
     on_change: Callable[[dict[str, Any]], None]
     services: Callable[[], list[dict[str, Any]]]
-
-
-_VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
-
-
-def expand(value: str, env: dict[str, str]) -> str:
-    """Kubernetes' $(VAR) expansion in command, args and env values; unknown refs stay as is."""
-    return _VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), value)
 
 
 def container_env(
@@ -283,21 +275,43 @@ class PodRunner:
             backoff = min(backoff * 2, MAX_BACKOFF)
 
     async def _spawn(self, container: dict[str, Any]) -> asyncio.subprocess.Process:
+        """Start a container; retry (as the kubelet does) while its spec cannot be honoured."""
+        backoff = 1.0
+        while True:
+            try:
+                return await self._start_container(container)
+            except ContainerConfigError as e:
+                self._append_log(container["name"], f"--- container {container['name']}: {e}")
+                self._set_status(phase="Pending", reason="CreateContainerConfigError",
+                                 message=str(e))  # fmt: skip
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _start_container(self, container: dict[str, Any]) -> asyncio.subprocess.Process:
         name = container["name"]
         env = container_env(container, self.pod, node=self.node.spec, path=self.lab.env_path)
         argv = [expand(str(a), env) for a in [*container["command"], *container.get("args", [])]]
+        spec = container_spec(
+            self.pod, container, env=env, volume_dir=self._volume_dir, lab_root=self.lab.paths.root
+        )
         logdir = self.lab.paths.logs(self.namespace, self.name)
         logdir.mkdir(parents=True, exist_ok=True)
         self._append_log(name, f"--- container {name} starting: {' '.join(argv)}")
+        # `ip netns exec` enters the netns and binds /etc/netns/<netns>/{hosts,resolv.conf} in a
+        # new mount namespace; container_init builds the rest of the container's view there.
         with open(logdir / f"{name}.log", "ab") as logf:
             proc = await asyncio.create_subprocess_exec(
-                "ip", "netns", "exec", self.netns, *argv,
+                "ip", "netns", "exec", self.netns, *INIT, "run", json.dumps(spec), *argv,
                 env=env, stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
-                cwd=container.get("workingDir", "/"), start_new_session=True,
+                cwd="/", start_new_session=True,
             )  # fmt: skip
         self.lab.ledger.process(proc.pid, role=f"container {self.key}/{name}")
         self.procs[name] = proc
         return proc
+
+    @property
+    def _volume_dir(self) -> Path:
+        return self.lab.paths.root / "volumes" / self.namespace / self.name
 
     def _append_log(self, container: str, line: str) -> None:
         logdir = self.lab.paths.logs(self.namespace, self.name)
@@ -311,12 +325,15 @@ class PodRunner:
         failures_allowed = int(probe.get("failureThreshold", 3))
         failures = 0
         while True:
-            ok = await run_probe(
+            proc = self.procs.get(container["name"])
+            inits = children(proc.pid) if proc is not None else []
+            ok = bool(inits or "exec" not in probe) and await run_probe(
                 probe,
                 container=container,
                 node_netns=self.node.netns,
                 pod_netns=self.netns,
                 pod_ip=self.pod["status"]["podIP"],
+                exec_in=[*INIT, "enter", str(inits[0])] if inits else None,
             )
             if ok:
                 failures = 0
@@ -349,6 +366,10 @@ class PodRunner:
                 "restartCount": self.restarts.get(c["name"], 0),
                 "started": c["name"] in self.procs and self.procs[c["name"]].returncode is None,
                 "image": c.get("image", ""),
+                # The PID of the container's wrapper: `lab exec` enters its child's namespaces.
+                "containerID": f"lab://{self.procs[c['name']].pid}"
+                if c["name"] in self.procs
+                else "",
             }
             for c in self.pod["spec"]["containers"]
         ]
@@ -361,18 +382,28 @@ class PodRunner:
         await asyncio.gather(*(self._terminate(p) for p in self.procs.values()))
         await self._remove_sandbox()
         shutil.rmtree(self.lab.paths.logs(self.namespace, self.name), ignore_errors=True)
+        shutil.rmtree(self._volume_dir, ignore_errors=True)
 
-    @staticmethod
-    async def _terminate(proc: asyncio.subprocess.Process) -> None:
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM to the entrypoint (through its wrapper), SIGKILL after the grace period; done
+        when the entrypoint itself is gone, not only its wrapper."""
         if proc.returncode is not None:
             return
-        for sig, wait in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, 5.0)):
+        grace = min(float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)), GRACE_SECONDS)
+        inits = [(pid, process_start_time(pid)) for pid in children(proc.pid)]
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
                 pass
+            if sig == signal.SIGKILL:
+                signal_pids([pid for pid, _ in inits], sig)
             try:
                 await asyncio.wait_for(proc.wait(), wait)
-                return
+                break
             except TimeoutError:
                 continue
+        for _ in range(250):
+            if not any(same_process(pid, start) for pid, start in inits):
+                return
+            await asyncio.sleep(0.02)

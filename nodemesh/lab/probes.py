@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 from nodemesh.netns import socket_in_netns
@@ -39,8 +40,11 @@ async def run_probe(
     node_netns: str,
     pod_netns: str,
     pod_ip: str,
+    exec_in: Sequence[str] | None = None,
 ) -> bool:
-    """One probe attempt; True on success. Never raises for a failing target."""
+    """One probe attempt; True on success. Never raises for a failing target. An exec probe runs
+    inside the container when `exec_in` (the command that enters it) is given, as the kubelet's
+    do: never with the host's view and privileges."""
     timeout = float(probe.get("timeoutSeconds", 1))
     try:
         if "tcpSocket" in probe:
@@ -67,8 +71,9 @@ async def run_probe(
             return len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
         if "exec" in probe:
             cmd = [str(a) for a in probe["exec"].get("command", [])]
+            enter = list(exec_in) if exec_in is not None else ["ip", "netns", "exec", pod_netns]
             proc = await asyncio.create_subprocess_exec(
-                "ip", "netns", "exec", pod_netns, *cmd,
+                *enter, *cmd,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
             try:

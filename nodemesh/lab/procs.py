@@ -28,6 +28,15 @@ def processes_in(netns_path: str) -> list[int]:
     return pids
 
 
+def children(pid: int) -> list[int]:
+    """The PIDs of `pid`'s children: for a lab container's wrapper, its entrypoint (PID 1 of the
+    container's PID namespace), the process that does the container's work."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def signal_pids(pids: list[int], sig: int) -> None:
     for pid in pids:
         try:

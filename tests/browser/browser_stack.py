@@ -4,14 +4,18 @@ a thread of their own so that a synchronous WebDriver can drive a browser agains
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import grpc
 import uvicorn
 
+from controlplane.access import Gate, LabAccessReview
 from controlplane.destination import DestinationHub
 from controlplane.public_api import PublicService
 from controlplane.tap import AgentTapService, TapBroker
@@ -21,6 +25,7 @@ from dashboard.app import create_app
 from nodemesh import tasks
 from nodemesh.api import public_pb2_grpc, tap_pb2
 from nodemesh.api import tap_pb2_grpc as tap_grpc
+from nodemesh.lab.access import ACCESS_FILE, create_lab_access, service_account_token_path
 from tests.unit.dashboard.dash_cluster import NS, Clock, Traffic, build_index
 
 
@@ -39,6 +44,9 @@ class LocalStack:
         self.broker = TapBroker(self.index)
         self.tap_commands: list[tap_pb2.TapCommand] = []
         self._agent: Any = None
+        # The dashboard calls the API with its own ServiceAccount token, as in the lab.
+        self.access = Path(tempfile.mkdtemp(prefix="nodemesh-browser-access-"))
+        create_lab_access(self.access)
 
     def run(self, fn: Callable[[], Coroutine[Any, Any, Any]], timeout: float = 20) -> Any:
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(fn(), self.loop)
@@ -55,13 +63,15 @@ class LocalStack:
             broker=self.broker,
             hub=DestinationHub(self.index),
             source_name="local",
+            gate=Gate(LabAccessReview(self.access / ACCESS_FILE)),
         )
         self.grpc = grpc.aio.server()
         public_pb2_grpc.add_PublicServicer_to_server(public, self.grpc)
         tap_grpc.add_AgentTapServicer_to_server(AgentTapService(self.broker), self.grpc)
         self.address = f"127.0.0.1:{self.grpc.add_insecure_port('127.0.0.1:0')}"
         await self.grpc.start()
-        app = create_app(self.address, ttl=0.5, sample_period=1.0)
+        token = service_account_token_path(self.access, "nodemesh", "nodemesh-dashboard")
+        app = create_app(self.address, ttl=0.5, sample_period=1.0, token_file=str(token))
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", loop="none")
         )
@@ -131,6 +141,7 @@ class LocalStack:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
             self.loop.close()
+            shutil.rmtree(self.access, ignore_errors=True)
 
 
 def _request_events(sub: str, rid: int) -> list[tap_pb2.TapEvent]:

@@ -74,7 +74,9 @@ def lab_dashboard(tmp_path: Path) -> Iterator[LabDashboard]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dashboard.main", "--public-api",
              f"{api['host']}:{api['local_port']}", "--addr", f"127.0.0.1:{port}",
-             "--sample-seconds", "2"],
+             "--sample-seconds", "2",
+             # As the lab's admin (a dashboard of its own has its own ServiceAccount's token).
+             "--token-file", f"/run/nodemesh/{name}/access/admin.token"],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import struct
 import subprocess
@@ -51,7 +52,10 @@ def nm(*args: str, timeout: float = 300) -> str:
     return res.stdout
 
 
-def manifest(*, echo_replicas: int = 2, streamer: bool = False) -> str:
+def manifest(*, echo_replicas: int = 2, streamer: bool = False, files: Path | None = None) -> str:
+    """The module's apps; `files` (a host directory) is mounted, read-only, at the same path in
+    `outsider`, for the certificates its TLS client is given (a pod sees no other host file)."""
+
     def deploy(ns: str, name: str, node: str, containers: str, replicas: int = 1) -> str:
         return f"""---
 apiVersion: apps/v1
@@ -102,7 +106,19 @@ spec:
         + deploy("dp", "client", "node1", sleeper)
         + deploy("dp", "echo", "node2", http, echo_replicas)
         + deploy("dpstrict", "guard", "node2", http.split("        readinessProbe")[0] + "\n")
-        + deploy("dpplain", "outsider", "node1", sleeper)
+        + deploy(
+            "dpplain",
+            "outsider",
+            "node1",
+            sleeper
+            if files is None
+            else f"""\
+      - name: main
+        command: [sleep, '3600']
+        volumeMounts: [{{name: files, mountPath: {files}, readOnly: true}}]
+      volumes: [{{name: files, hostPath: {{path: {files}, type: Directory}}}}]
+""",
+        )
         + """---
 apiVersion: v1
 kind: Service
@@ -169,7 +185,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     try:
         nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0")
         lab = Lab(LabPaths(name), tmp_path_factory.mktemp("dplab"))
-        lab.apply(manifest(streamer=True))
+        lab.apply(manifest(streamer=True, files=lab.tmp))
         yield lab
     finally:
         for _ in range(2):  # a second pass for pods the supervisor was still starting
@@ -294,7 +310,7 @@ def test_strict_destination_refuses_plaintext_and_foreign_or_missing_certificate
     )  # fmt: skip
     assert refused.returncode != 0 and "Connection reset" in refused.stderr + refused.stdout
     # ...and on the tunnel port without a certificate or with one from another CA.
-    ca_file = str(lab.paths.identity / "ca.crt")
+    ca_file = shutil.copy(lab.paths.identity / "ca.crt", lab.tmp / "ca.crt")
     bare = lab.run("dpplain", "deploy/outsider", "tls", ip, ca_file)
     assert "reply" not in bare and "certificate" in str(bare["error"]).lower(), bare
     foreign = lab.run("dpplain", "deploy/outsider", "tls", ip, ca_file, *_foreign_cert(lab.tmp))
@@ -400,7 +416,7 @@ def own_lab(tmp_path: Path) -> Iterator[Lab]:
     try:
         nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0")
         lab = Lab(LabPaths(name), tmp_path)
-        lab.apply(manifest())
+        lab.apply(manifest(files=lab.tmp))
         yield lab
     finally:
         for _ in range(2):
@@ -415,7 +431,7 @@ def test_scaling_and_a_killed_pod_under_load(own_lab: Lab) -> None:
     # (balancing is per connection, and a new endpoint counts as good as the best one).
     proc = _load(lab, 10)
     time.sleep(2)
-    lab.apply(manifest(echo_replicas=4))
+    lab.apply(manifest(echo_replicas=4, files=lab.tmp))
     got = _result(proc)
     assert got["failed"] == 0, got
     assert int(got["ok"]) > 200, got  # type: ignore[arg-type]

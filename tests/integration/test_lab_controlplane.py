@@ -22,6 +22,7 @@ from nodemesh.api import destination_pb2_grpc as dpb_grpc
 from nodemesh.api import public_pb2 as ppb
 from nodemesh.api import public_pb2_grpc as ppb_grpc
 from nodemesh.lab.paths import LabPaths
+from tests.unit.controlplane.bearer import bearer
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -130,7 +131,10 @@ async def test_destination_snapshot_then_delta_on_scale(
         call.cancel()
 
     # The public API, through the localhost forward, sees the Deployment with its 3 pods.
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[8085]}") as channel:
+    admin = (paths.access / "admin.token").read_text().strip()
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{ports[8085]}", interceptors=bearer(admin)
+    ) as channel:
         public = ppb_grpc.PublicStub(channel)
         version = await public.Version(ppb.VersionRequest(), timeout=5)
         assert version.source == "local"

@@ -60,7 +60,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[LabPaths, int]]:
         subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
 
 
-def stat(port: int, name: str, *, source: str) -> Any:
+def stat(port: int, name: str, *, source: str, admin: Any) -> Any:
     """Requests into deploy/`name` from deploy/`source` (readiness probes are traffic too, and
     are not part of vote-bot's ground truth)."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -71,6 +71,7 @@ def stat(port: int, name: str, *, source: str) -> Any:
                 window_seconds=120,
             ),
             timeout=10,
+            metadata=admin,
         )
     return resp.rows[0]
 
@@ -106,9 +107,10 @@ def test_control_plane_counts_equal_vote_bots_ground_truth(
 
     # Reports arrive every second and the store counts complete 10 s buckets.
     time.sleep(12)
-    web = stat(port, "web", source="vote-bot")
-    emoji = stat(port, "emoji", source="web")
-    voting = stat(port, "voting", source="web")
+    admin = [("authorization", f"Bearer {(paths.access / 'admin.token').read_text().strip()}")]
+    web = stat(port, "web", source="vote-bot", admin=admin)
+    emoji = stat(port, "emoji", source="web", admin=admin)
+    voting = stat(port, "voting", source="web", admin=admin)
     assert web.requests == REQUESTS, web
     # Every list is one emoji.ListAll; every vote is one FindByShortcode then one Vote.
     assert emoji.requests == lists + votes, emoji

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from controlplane.access import Gate, LabAccessReview
 from controlplane.destination import DestinationHub
 from controlplane.identity import BootstrapTokenAuthenticator, CertificateAuthority
 from controlplane.identity.serving import ServingCertificate
@@ -38,6 +39,7 @@ from nodemesh.api import tap_pb2 as tpb
 from nodemesh.api import tap_pb2_grpc as tpb_grpc
 from nodemesh.histogram import RELATIVE_ERROR, nearest_rank
 from nodemesh.identity import create_issuer_files
+from nodemesh.lab.access import ACCESS_FILE, ADMIN_TOKEN_FILE, create_lab_access
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "controlplane"))
 import cp_objects as k  # noqa: E402
@@ -66,6 +68,14 @@ class ControlPlane:
         return self.tmp / "ca.crt"
 
     @property
+    def access(self) -> Path:
+        return self.tmp / "access"
+
+    def admin(self) -> list[tuple[str, str]]:
+        token = (self.access / ADMIN_TOKEN_FILE).read_text().strip()
+        return [("authorization", f"Bearer {token}")]
+
+    @property
     def tokens(self) -> Path:
         return self.tmp / "tokens.json"
 
@@ -89,6 +99,7 @@ class ControlPlane:
                 broker=self.broker,
                 hub=DestinationHub(self.index),
                 source_name="local",
+                gate=Gate(LabAccessReview(self.access / ACCESS_FILE)),
             ),
             server,
         )
@@ -112,6 +123,7 @@ class ControlPlane:
 @pytest.fixture
 async def cp(tmp_path: Path) -> AsyncIterator[ControlPlane]:
     files = create_issuer_files(tmp_path, nodes=["node1", "node2"])
+    create_lab_access(tmp_path / "access")
     index = ClusterIndex()
     for obj in k.web_app(replicas=2, nodes=2):
         index.apply(ObjectChanged(EventType.ADDED, obj["kind"], obj))
@@ -297,7 +309,8 @@ async def test_a_public_tap_reaches_the_agent_and_its_events_flow_back(cp) -> No
                     resource=ppb.Resource(kind="deploy", namespace="emojivoto", name="web"),
                     path_prefix="/api",
                     max_rps=50,
-                )
+                ),
+                metadata=cp.admin(),
             )
         )
         await wait_for(lambda: bool(sink.taps.subscriptions))

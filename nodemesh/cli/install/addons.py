@@ -20,6 +20,7 @@ from nodemesh.cli.install.meta import (
 from nodemesh.cli.install.values import InstallValues
 
 DASHBOARD_PORT = 8084
+DASHBOARD_TOKEN_DIR = "/var/run/secrets/nodemesh.io/serviceaccount"
 PROMETHEUS_PORT = 9090
 PROMETHEUS_IMAGE = "prom/prometheus:v2.53.0"
 
@@ -65,6 +66,7 @@ def dashboard(values: InstallValues) -> list[Obj]:
                 "args": [
                     f"--public-api={values.controlplane_host()}:8085",
                     f"--addr=0.0.0.0:{DASHBOARD_PORT}",
+                    f"--token-file={DASHBOARD_TOKEN_DIR}/token",
                 ],
                 "ports": [{"name": "http", "containerPort": DASHBOARD_PORT}],
                 "readinessProbe": http_probe("/healthz", DASHBOARD_PORT, period=5),
@@ -74,10 +76,28 @@ def dashboard(values: InstallValues) -> list[Obj]:
                     "limits": {"memory": "256Mi"},
                 },
                 "securityContext": locked_down(),
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                "volumeMounts": [
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {
+                        "name": "public-api-token",
+                        "mountPath": DASHBOARD_TOKEN_DIR,
+                        "readOnly": True,
+                    },
+                ],
             }
         ],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
+            # Its own ServiceAccount's token, for the public API only (no automounted one).
+            {
+                "name": "public-api-token",
+                "projected": {
+                    "sources": [
+                        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}
+                    ]
+                },
+            },
+        ],
     }
     if replicas > 1:
         spec["affinity"] = spread("dashboard")

@@ -1,8 +1,11 @@
-"""The node agent DaemonSet (with install-cni beside it) and its ServiceAccount.
+"""The node agent DaemonSet (with install-cni beside it), its ServiceAccount and its one RBAC rule.
 
-The agent reads nothing from the Kubernetes API, so it gets no RBAC at all: it proves its node to
-the control plane with a projected service-account token for audience `nodemesh`, and trusts the
-control plane through the trust anchor from the ConfigMap (never the Secret with the issuer key).
+The agent itself reads nothing from the Kubernetes API: it proves its node to the control plane
+with a projected service-account token for audience `nodemesh`, and trusts the control plane
+through the trust anchor from the ConfigMap (never the Secret with the issuer key). install-cni,
+beside it, may `get` exactly its own DaemonSet and namespace: on SIGTERM that tells an uninstall
+(restore the node, have the agent un-mesh running pods) from a restart or a rollout (keep
+nodemesh-cni so no pod starts unmeshed); see nodemesh_cni.owner.
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ CONFIG_MAP = "nodemesh-config"
 RUN_DIR = "/var/run/nodemesh"  # host path too: nodemesh-cni, run by the runtime, dials the socket
 TOKEN_DIR = "/var/run/secrets/nodemesh/token"
 ANCHOR_DIR = "/etc/nodemesh/trust"
+XTABLES_LOCK = "/run/xtables.lock"
 HOST_CNI_CONF, HOST_CNI_BIN = "/host/etc/cni/net.d", "/host/opt/cni/bin"
+# Where in-cluster clients look for the API token and CA (install-cni only).
+API_ACCESS_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+DAEMONSET = "nodemesh-agent"
+# SIGTERM: how long the agent waits for install-cni's uninstall verdict, and how long install-cni
+# waits for the agent to un-mesh running pods (both inside terminationGracePeriodSeconds).
+UNINSTALL_WAIT, AGENT_WAIT = 5, 15
 
 
 def _agent(values: InstallValues) -> Obj:
@@ -35,12 +45,14 @@ def _agent(values: InstallValues) -> Obj:
             f"--handover-socket={RUN_DIR}/handover.sock",
             f"--controlplane={values.controlplane_host()}:8086",
             f"--controlplane-ca={ANCHOR_DIR}/ca.crt",
+            f"--cluster-domain={values.cluster_domain}",
             f"--token-file={TOKEN_DIR}/token",
             f"--admin-addr=0.0.0.0:{ADMIN_PORT}",
             "--netns-dir=/run/netns",
             # PID 1 keeps copies of the listening sockets: an agent that crashes is restarted
             # at once and refuses no connection meanwhile (nodeagent.keeper).
             "--keep-sockets",
+            f"--uninstall-wait-seconds={UNINSTALL_WAIT}",
         ],
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
         "ports": [{"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
@@ -66,6 +78,9 @@ def _agent(values: InstallValues) -> Obj:
             {"name": "trust-anchors", "mountPath": ANCHOR_DIR, "readOnly": True},
             {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
+            # iptables-legacy-restore -w takes this lock (the root filesystem is read-only);
+            # the host's own file, so the agent serialises with every other iptables user there.
+            {"name": "xtables-lock", "mountPath": XTABLES_LOCK},
         ],
     }
 
@@ -82,6 +97,9 @@ def _install_cni(values: InstallValues) -> Obj:
             f"--bin-dir={HOST_CNI_BIN}",
             f"--agent-socket={RUN_DIR}/cni.sock",
             f"--exclude-namespaces=kube-system,{values.namespace}",
+            # On SIGTERM: leave the node only if this DaemonSet (or its namespace) is going.
+            f"--daemonset={values.namespace}/{DAEMONSET}",
+            f"--agent-wait={AGENT_WAIT}",
         ],
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": {
@@ -95,6 +113,9 @@ def _install_cni(values: InstallValues) -> Obj:
         "volumeMounts": [
             {"name": "cni-conf", "mountPath": HOST_CNI_CONF},
             {"name": "cni-bin", "mountPath": HOST_CNI_BIN},
+            # The uninstall flag for the agent, and nodemesh's files to remove on uninstall.
+            {"name": "run", "mountPath": RUN_DIR},
+            {"name": "api-access", "mountPath": API_ACCESS_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
@@ -109,6 +130,7 @@ def _volumes(values: InstallValues) -> list[Obj]:
         host("cni-bin", values.cni_bin_dir, "DirectoryOrCreate"),
         host("run", RUN_DIR, "DirectoryOrCreate"),
         host("netns", "/var/run/netns", "DirectoryOrCreate"),
+        host("xtables-lock", XTABLES_LOCK, "FileOrCreate"),
         {
             "name": "trust-anchors",
             "configMap": {"name": CONFIG_MAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]},
@@ -127,6 +149,31 @@ def _volumes(values: InstallValues) -> list[Obj]:
                 ]
             },
         },
+        {
+            # What automountServiceAccountToken would give, for install-cni alone.
+            "name": "api-access",
+            "projected": {
+                "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": 3600, "path": "token"}},
+                    {
+                        "configMap": {
+                            "name": "kube-root-ca.crt",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                        }
+                    },
+                    {
+                        "downwardAPI": {
+                            "items": [
+                                {
+                                    "path": "namespace",
+                                    "fieldRef": {"fieldPath": "metadata.namespace"},
+                                }
+                            ]
+                        }
+                    },
+                ]
+            },
+        },
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
     ]
 
@@ -135,7 +182,7 @@ def daemonset(values: InstallValues) -> Obj:
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
-        "metadata": metadata(values, "agent", "nodemesh-agent"),
+        "metadata": metadata(values, "agent", DAEMONSET),
         "spec": {
             "selector": {"matchLabels": selector("agent")},
             # The new agent starts beside the old one on each node, takes its sockets over and
@@ -155,7 +202,8 @@ def daemonset(values: InstallValues) -> Obj:
                     "priorityClassName": "system-node-critical",
                     "tolerations": [{"operator": "Exists"}],
                     "nodeSelector": {"kubernetes.io/os": "linux"},
-                    # Room for --handover-wait-seconds (15) then --drain-seconds (10).
+                    # Room for --handover-wait-seconds (15; the uninstall wait runs inside it)
+                    # then --drain-seconds (10).
                     "terminationGracePeriodSeconds": 30,
                     "containers": [_agent(values), _install_cni(values)],
                     "volumes": _volumes(values),
@@ -165,5 +213,44 @@ def daemonset(values: InstallValues) -> Obj:
     }
 
 
+def rbac(values: InstallValues) -> list[Obj]:
+    """install-cni's question at SIGTERM: are my DaemonSet and my namespace still there?"""
+    name = f"{values.namespace}-agent"
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": metadata(values, "agent", name, namespaced=False),
+            "rules": [
+                {
+                    "apiGroups": ["apps"],
+                    "resources": ["daemonsets"],
+                    "resourceNames": [DAEMONSET],
+                    "verbs": ["get"],
+                },
+                {
+                    "apiGroups": [""],
+                    "resources": ["namespaces"],
+                    "resourceNames": [values.namespace],
+                    "verbs": ["get"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": metadata(values, "agent", name, namespaced=False),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": name,
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "nodemesh-agent", "namespace": values.namespace}
+            ],
+        },
+    ]
+
+
 def objects(values: InstallValues) -> list[Obj]:
-    return [service_account(values, "agent", automount=False), daemonset(values)]
+    return [service_account(values, "agent", automount=False), *rbac(values), daemonset(values)]

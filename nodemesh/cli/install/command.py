@@ -1,4 +1,5 @@
-"""`nodemesh install | kubectl apply -f -` and `nodemesh uninstall | kubectl delete -f -`."""
+"""`nodemesh install | kubectl apply -f -` and
+`nodemesh uninstall | kubectl delete --ignore-not-found -f -`."""
 
 from __future__ import annotations
 
@@ -180,10 +181,35 @@ def _warn_expiry(ident: identity.IdentityFiles) -> None:
 @click.option(
     "-n", "--nodemesh-namespace", "namespace", default=_defaults.namespace, show_default=True
 )
-def uninstall(namespace: str) -> None:
-    """Print what `install` created, for `nodemesh uninstall | kubectl delete -f -`."""
+@click.option(
+    "--cni-conf-dir",
+    default=_defaults.cni_conf_dir,
+    show_default=True,
+    help="The nodes' CNI config directory (as given to install), for the clean-up hint.",
+)
+@click.option(
+    "--cni-bin-dir",
+    default=_defaults.cni_bin_dir,
+    show_default=True,
+    help="The nodes' CNI plugin directory (as given to install), for the clean-up hint.",
+)
+def uninstall(namespace: str, cni_conf_dir: str, cni_bin_dir: str) -> None:
+    """Print what `install` can create, for `nodemesh uninstall | kubectl delete
+    --ignore-not-found -f -` (the list includes the optional add-ons, such as Prometheus, which
+    an install may not have created: --ignore-not-found lets kubectl skip those).
+
+    As the agent DaemonSet goes, install-cni restores each node's CNI config byte for byte,
+    removes the nodemesh-cni executable and has the agent take its redirect rules out of the
+    running pods, which keep working, unmeshed."""
     try:
-        values = checked(InstallValues(namespace=namespace, prometheus=True))
+        values = checked(
+            InstallValues(
+                namespace=namespace,
+                prometheus=True,
+                cni_conf_dir=cni_conf_dir,
+                cni_bin_dir=cni_bin_dir,
+            )
+        )
     except BadValue as e:
         raise click.UsageError(str(e)) from None
     dummy = identity.IdentityFiles(
@@ -191,7 +217,8 @@ def uninstall(namespace: str) -> None:
         datetime.datetime.now(datetime.UTC),
         datetime.datetime.now(datetime.UTC),
     )
-    # Cluster-scoped objects first; the Namespace last takes every namespaced object with it.
+    # Cluster-scoped objects first (the agents' RBAC among them: install-cni, denied access,
+    # knows nodemesh is leaving); the Namespace last takes every namespaced object with it.
     everything = render.objects(values, dummy)
     cluster = [
         o for o in everything if "namespace" not in o["metadata"] and o["kind"] != "Namespace"
@@ -205,12 +232,19 @@ def uninstall(namespace: str) -> None:
         }
         for o in cluster + ns
     ]
+    fixup = (
+        f"{values.cni_bin_dir}/nodemesh-cni uninstall --conf-dir {values.cni_conf_dir} "
+        f"--bin-dir {values.cni_bin_dir}"
+    )
     header = (
-        f"objects of nodemesh in namespace {namespace}; delete with `kubectl delete -f -`.\n"
-        "# The nodes keep nodemesh-cni in their CNI conflist until install-cni removes it: run\n"
-        "#   python3 -m nodemesh_cni.install uninstall --conf-dir /etc/cni/net.d "
-        "--bin-dir /opt/cni/bin\n"
-        "# on each node (or in the agent's install-cni container) before deleting, and restart\n"
-        "# meshed pods afterwards so their in-pod redirection rules go away."
+        f"objects of nodemesh in namespace {namespace}; delete with "
+        "`kubectl delete --ignore-not-found -f -`\n"
+        "# (optional add-ons such as Prometheus are listed whether or not install created them).\n"
+        "# As its agent pod goes, each node gets its CNI config back byte for byte and loses the\n"
+        "# nodemesh-cni executable, and the agent takes its redirect rules out of running pods\n"
+        "# (they keep working, unmeshed; no restart needed). A node whose agent pod was not\n"
+        "# running keeps nodemesh-cni: there, as root on the node itself, run\n"
+        f"#   {fixup}\n"
+        "# and restart the meshed pods it names."
     )
     click.echo(render.to_yaml(refs, header=header), nl=False)

@@ -39,6 +39,14 @@ def rbac(values: InstallValues) -> list[Obj]:
     rules.append(
         {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
     )
+    # Public API callers: their token reviewed as above, their tap/stat rights asked of the API.
+    rules.append(
+        {
+            "apiGroups": ["authorization.k8s.io"],
+            "resources": ["subjectaccessreviews"],
+            "verbs": ["create"],
+        }
+    )
     return [
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -104,6 +112,8 @@ def deployment(values: InstallValues) -> Obj:
         "command": ["nodemesh-controlplane"],
         "args": [
             "--source=kubernetes",
+            f"--namespace={values.namespace}",
+            f"--cluster-domain={values.cluster_domain}",
             f"--ca-secret={values.namespace}/{IDENTITY_SECRET}",
             f"--trust-domain={values.trust_domain}",
             f"--agent-addr=0.0.0.0:{AGENT_PORT}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from nodemesh.cli.install import addons, agent, controlplane
+from nodemesh.cli.install import access, addons, agent, controlplane
 from nodemesh.cli.install.identity import IdentityFiles
 from nodemesh.cli.install.meta import Obj
 from nodemesh.cli.install.values import InstallValues
@@ -16,6 +16,7 @@ def objects(values: InstallValues, identity: IdentityFiles) -> list[Obj]:
     out += controlplane.objects(values, identity.data)
     out += agent.objects(values)
     out += addons.dashboard(values)
+    out += access.objects(values)
     if values.prometheus:
         out += addons.prometheus(values)
     return out

@@ -4,7 +4,11 @@ blocking CLI (click's CliRunner) can call it from the test thread; golden-file c
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -13,6 +17,7 @@ from typing import Any
 import cli_world
 import grpc
 
+from controlplane.access import Gate, LabAccessReview
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
 from controlplane.public_api import PublicService
@@ -21,6 +26,7 @@ from controlplane.tap import AgentTapService, TapBroker
 from controlplane.telemetry import TelemetryStore
 from controlplane.telemetry_port import StoreTelemetry
 from nodemesh.api import public_pb2_grpc, tap_pb2_grpc
+from nodemesh.lab.access import ACCESS_FILE, ADMIN_TOKEN_FILE, create_lab_access
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "cli"
 T0 = 1_700_000_000.0
@@ -42,6 +48,11 @@ class ApiServer:
         self.index = ClusterIndex()
         self.store = TelemetryStore(clock=self.clock)
         self.broker = TapBroker(self.index)
+        # Callers are checked as in a lab: its grant table, its admin's token.
+        self.access = Path(tempfile.mkdtemp(prefix="nodemesh-cli-access-"))
+        create_lab_access(self.access)
+        self.admin_token = (self.access / ADMIN_TOKEN_FILE).read_text().strip()
+        self.hub = DestinationHub(self.index)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -55,8 +66,9 @@ class ApiServer:
             index=self.index,
             telemetry=StoreTelemetry(self.store),
             broker=self.broker,
-            hub=DestinationHub(self.index),
+            hub=self.hub,
             source_name="local",
+            gate=Gate(LabAccessReview(self.access / ACCESS_FILE)),
         )
         self.server = grpc.aio.server()
         public_pb2_grpc.add_PublicServicer_to_server(public, self.server)
@@ -90,6 +102,15 @@ class ApiServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+        shutil.rmtree(self.access, ignore_errors=True)
+
+    def add_user(self, token: str, username: str) -> None:
+        """A user the grant table knows but grants nothing."""
+        path = self.access / ACCESS_FILE
+        table = json.loads(path.read_text())
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        table["users"].append({"token_sha256": digest, "username": username, "groups": []})
+        path.write_text(json.dumps(table))
 
 
 def assert_golden(name: str, text: str) -> None:

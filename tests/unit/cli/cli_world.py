@@ -108,6 +108,12 @@ def _series(direction: int, src: str, dst: str, latencies_us: list[int], *, ok: 
     )  # fmt: skip
 
 
+def enrolled(node: str) -> list[tpb.EnrolledPod]:
+    """The meshed pods of `node` (the agent knows their uids; the names suffice here)."""
+    return [tpb.EnrolledPod(namespace=NS, name=f"{app}-6c9f8-0")
+            for app, (where, *_) in APPS.items() if where == node]  # fmt: skip
+
+
 def send_traffic(store: TelemetryStore, *, seconds: int = 10) -> None:
     """`seconds` one-second reports per node: vote-bot -> web 10 rps (1 in 10 fails),
     web -> emoji 10 rps, web -> voting 5 rps, seen inbound and outbound by the agents."""
@@ -116,7 +122,8 @@ def send_traffic(store: TelemetryStore, *, seconds: int = 10) -> None:
             report = tpb.AgentReport(
                 node=node, agent_version="0.1.0", sequence=second + 1, interval_ms=1000,
                 load=tpb.AgentLoad(pods_enrolled=2, open_connections=3 if node == "node1" else 2,
-                                   cpu_seconds=1.5 + second * 0.01, rss_bytes=48 * 2**20),
+                                   cpu_seconds=1.5 + second * 0.01, rss_bytes=48 * 2**20,
+                                   enrolled_pods=enrolled(node)),
             )  # fmt: skip
             if node == "node1":
                 # web (node1) serves vote-bot; web's calls out to emoji/voting leave from node1.

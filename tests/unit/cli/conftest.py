@@ -24,8 +24,12 @@ def api_server() -> Iterator[ApiServer]:
 def run(api_server: ApiServer) -> Callable[..., Result]:
     """`run("stat", "deploy", ...)`: the real `nodemesh` command against the server."""
 
-    def invoke(*args: str) -> Result:
-        env = {"NODEMESH_API_ADDR": api_server.address, "NODEMESH_LAB": ""}
+    def invoke(*args: str, token: str | None = None) -> Result:
+        env = {
+            "NODEMESH_API_ADDR": api_server.address,
+            "NODEMESH_LAB": "",
+            "NODEMESH_API_TOKEN": api_server.admin_token if token is None else token,
+        }
         return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
 
     return invoke

@@ -66,3 +66,29 @@ def test_version_shows_client_and_server(api_server, run) -> None:
     assert res.exit_code == 0
     assert_golden("version.table", res.output.replace(api_server.address, "ADDR"))
     assert res.output.startswith("Client version: 0.1.0\nServer version: 0.1.0 (")
+
+
+def test_stat_shows_what_agents_reported_a_second_ago(api_server, run) -> None:
+    """Fresh reports count at once (the running bucket is in the window), and RPS divides by
+    the seconds the window really covers: here one complete 10 s bucket plus 1.5 s."""
+    import cli_world
+    from cli_server import T0
+
+    api_server.load_world(traffic=False)
+
+    async def feed() -> None:
+        cli_world.send_traffic(api_server.store, seconds=3)
+        api_server.clock.now = T0 + 1.5
+
+    api_server.run(feed())
+    body = json.loads(run("stat", "deploy", "-n", "emojivoto", "-t", "10s", "-o", "json").output)
+    web = next(r for r in body["rows"] if r["name"] == "web")
+    assert web["requests"] == 30
+    assert web["rps"] == pytest.approx(30 / 11.5)
+    assert web["tcp_open_connections"] == 1
+    assert web["read_bytes_per_second"] == pytest.approx(3 * 1200 / 11.5, abs=0.001)
+
+
+def test_stat_help_says_what_rps_means(run) -> None:
+    text = " ".join(run("stat", "--help").output.split())
+    assert "RPS" in text and "divided by the seconds" in text

@@ -413,39 +413,47 @@ def test_cli_watch_reappends_and_cleans_up_on_sigterm(
     assert list(bin_dir.iterdir()) == []
 
 
-def test_cli_watch_leaves_the_entry_to_a_watch_still_running(
+def test_an_entry_never_exists_without_its_binary_whatever_runs_when(
     conf_dir: Path, tmp_path: Path, zipapp_plugin: Path
 ) -> None:
-    """A DaemonSet rollout with surge: the old pod's watch exits while the new pod's runs."""
+    """`uninstall` run beside a watching install-cni (as in the DaemonSet's container) used to
+    be followed within a poll by the entry coming back without the binary: then every pod on
+    the node failed with 'failed to find plugin "nodemesh-cni"'. Sampled all along: an entry
+    that names nodemesh-cni has its executable in the bin dir."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     path = place(conf_dir, "10-flannel.conflist")
-    before = snapshot(conf_dir)
+    common = ["--conf-dir", str(conf_dir), "--bin-dir", str(bin_dir), "--plugin", str(zipapp_plugin)]
+    broken: list[str] = []
+    stop = threading.Event()
 
-    def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "nodemesh_cni.install", "watch", "--conf-dir", str(conf_dir),
-             "--bin-dir", str(bin_dir), "--plugin", str(zipapp_plugin), "--interval", "0.05",
-             "--cleanup-on-exit"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                named = any(p["type"] == "nodemesh-cni" for p in plugins_of(path))
+            except (ValueError, OSError):
+                continue  # between a write and its rename nothing is half-written, but be safe
+            if named and not os.access(bin_dir / "nodemesh-cni", os.X_OK):
+                broken.append("entry without binary")
+            time.sleep(0.002)
 
-    old = start()
-    new = start()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nodemesh_cni.install", "watch", *common, "--interval", "0.05"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_for(lambda: plugins_of(path)[-1]["type"] == "nodemesh-cni", timeout=20)
-        time.sleep(1.0)  # both have started watching
-        old.send_signal(signal.SIGTERM)
-        assert old.wait(timeout=10) == 0
+        for _ in range(3):
+            assert _cli("uninstall", *common).returncode == 0
+            time.sleep(0.3)  # several polls of the watch
+            assert _cli("install", *common).returncode == 0
         time.sleep(0.3)
-        assert plugins_of(path)[-1]["type"] == "nodemesh-cni"
-        assert [p.name for p in bin_dir.iterdir()] == ["nodemesh-cni"]
-        new.send_signal(signal.SIGTERM)
-        assert new.wait(timeout=10) == 0
     finally:
-        for proc in (old, new):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert snapshot(conf_dir) == before
-    assert list(bin_dir.iterdir()) == []
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        stop.set()
+        sampler.join()
+    assert not broken, f"{len(broken)} samples saw the entry without the binary"

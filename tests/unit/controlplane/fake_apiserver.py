@@ -3,7 +3,13 @@
 Lists are JSON with metadata.resourceVersion; `?watch=true` answers with a chunked stream of
 JSON lines (ADDED/MODIFIED/DELETED/BOOKMARK/ERROR). Tests can compact the history (watches from
 older versions then get an ERROR event with code 410), drop every open watch connection without
-a proper end, and inject raw lines."""
+a proper end, inject raw lines, take the server away (connections refused) and bring it back on
+the same port, or make it answer 503 to everything as an overloaded or restarting one does.
+`/version` answers with `version` (a test can pretend to be an older Kubernetes).
+
+It also answers TokenReview and SubjectAccessReview (POST) from tables the tests fill: `tokens`
+(token -> user info), `revoke(token)`, and `grants` (user or group, verb, group, resource,
+namespace: "" = every namespace) checked the way RBAC does; every review is recorded."""
 
 from __future__ import annotations
 
@@ -31,6 +37,37 @@ PATHS = {
 }
 
 
+REVIEW_PATHS = {
+    "/apis/authentication.k8s.io/v1/tokenreviews": "TokenReview",
+    "/apis/authorization.k8s.io/v1/subjectaccessreviews": "SubjectAccessReview",
+}
+
+
+@dataclass(frozen=True)
+class Grant:
+    subject: str  # a user name or a group name
+    verb: str
+    group: str
+    resource: str  # "deployments/tap", or "*"
+    namespace: str = ""  # "" = every namespace (a ClusterRoleBinding)
+
+
+def version_info(version: str) -> Obj:
+    """What GET /version answers, for `version` like "1.26.3"."""
+    major, minor, _ = version.split(".")
+    return {
+        "major": major,
+        "minor": minor,
+        "gitVersion": f"v{version}",
+        "gitCommit": "0" * 40,
+        "gitTreeState": "clean",
+        "buildDate": "2023-01-01T00:00:00Z",
+        "goVersion": "go1.20",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    }
+
+
 @dataclass
 class Request:
     kind: str
@@ -47,6 +84,7 @@ class _State:
     drops: int = 0
     bookmarks: int = 0
     closing: bool = False
+    refusing: bool = False
 
 
 class FakeApiServer:
@@ -55,26 +93,70 @@ class FakeApiServer:
         self.cond = threading.Condition()
         self.requests: list[Request] = []
         self.open_watches = 0
+        self.tokens: dict[str, Obj] = {}  # token -> TokenReview status.user
+        self.revoked: set[str] = set()
+        self.grants: list[Grant] = []
+        self.reviews: list[tuple[str, Obj]] = []  # (kind, spec) of every review asked
+        self.connections: set[socket.socket] = set()
+        self.version = version_info("1.30.0")
+        self.port = 0
+        self._serving = False
+        self._listen()
+
+    def _listen(self) -> None:
         handler = type("Handler", (_Handler,), {"api": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="fake-apiserver")
 
     @property
     def host(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FakeApiServer:
         self.thread.start()
+        self._serving = True
         return self
 
     def stop(self) -> None:
         with self.cond:
             self.state.closing = True
             self.cond.notify_all()
-        self.httpd.shutdown()
+        self._close()
+
+    def _close(self) -> None:
+        if self._serving:
+            self.httpd.shutdown()
+            self._serving = False
         self.httpd.server_close()
         self.thread.join(5)
+
+    def go_away(self) -> None:
+        """Close the listening socket and every connection: new ones are refused from now."""
+        self.drop_watches()
+        self._close()
+        with self.cond:
+            for conn in self.connections:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already gone
+
+    def come_back(self) -> None:
+        """Listen again on the same port, with the same objects and history."""
+        with self.cond:
+            self.state.closing = False
+        self._listen()
+        self.start()
+
+    def refuse(self, on: bool = True) -> None:
+        """Answer 503 to every request (and cut the watches), or stop doing so."""
+        with self.cond:
+            self.state.refusing = on
+            if on:
+                self.state.drops += 1
+            self.cond.notify_all()
 
     # -- what tests do to the "cluster" ------------------------------------------------
 
@@ -123,6 +205,38 @@ class FakeApiServer:
             self.state.bookmarks += 1
             self.cond.notify_all()
 
+    def add_user(self, token: str, username: str, groups: tuple[str, ...] = ()) -> None:
+        self.tokens[token] = {"username": username, "uid": f"uid-{username}",
+                              "groups": [*groups, "system:authenticated"]}  # fmt: skip
+
+    def revoke(self, token: str) -> None:
+        self.revoked.add(token)
+
+    def review(self, kind: str, spec: Obj) -> Obj:
+        with self.cond:
+            self.reviews.append((kind, copy.deepcopy(spec)))
+        if kind == "TokenReview":
+            token = spec.get("token", "")
+            user = self.tokens.get(token)
+            if user is None or token in self.revoked:
+                return {"authenticated": False, "error": "invalid bearer token"}
+            return {"authenticated": True, "user": user}
+        attrs = spec.get("resourceAttributes") or {}
+        subjects = {spec.get("user"), *(spec.get("groups") or [])}
+        resource = attrs.get("resource", "")
+        if attrs.get("subresource"):
+            resource += "/" + attrs["subresource"]
+        for g in self.grants:
+            if (
+                g.subject in subjects
+                and g.verb == attrs.get("verb")
+                and g.group == attrs.get("group", "")
+                and g.resource in ("*", resource)
+                and g.namespace in ("", attrs.get("namespace", ""))
+            ):
+                return {"allowed": True, "reason": f"granted to {g.subject}"}
+        return {"allowed": False}
+
     def count(self, kind: str, *, watch: bool) -> int:
         return sum(1 for r in self.requests if r.kind == kind and r.watch == watch)
 
@@ -138,9 +252,38 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
         pass
 
+    def do_POST(self) -> None:  # noqa: N802 (stdlib name)
+        kind = REVIEW_PATHS.get(urlparse(self.path).path)
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if kind is None:
+            self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+            return
+        spec = body.get("spec") or {}
+        status = self.api.review(kind, spec)
+        self._json(201, {"kind": kind, "apiVersion": body.get("apiVersion"), "spec": spec,
+                         "status": status})  # fmt: skip
+    def setup(self) -> None:
+        super().setup()
+        with self.api.cond:
+            self.api.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.api.cond:
+            self.api.connections.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass  # the connection was cut by go_away
+
     def do_GET(self) -> None:  # noqa: N802 (stdlib name)
         url = urlparse(self.path)
         params = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if self.api.state.refusing:
+            self._json(503, {"kind": "Status", "code": 503, "reason": "ServiceUnavailable"})
+            return
+        if url.path.rstrip("/") == "/version":
+            self._json(200, self.api.version)
+            return
         if url.path not in PATHS:
             self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
             return

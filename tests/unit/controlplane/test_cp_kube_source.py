@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import cp_objects as k
@@ -13,7 +15,13 @@ from kubernetes import client
 from prometheus_client import REGISTRY
 
 from controlplane.sources.backoff import Backoff
-from controlplane.sources.events import KINDS, KindSynced, ObjectChanged, SourceEvent
+from controlplane.sources.events import (
+    KINDS,
+    KindStale,
+    KindSynced,
+    ObjectChanged,
+    SourceEvent,
+)
 from controlplane.sources.kube import KubeSource
 
 
@@ -189,3 +197,67 @@ async def test_unreachable_api_server_is_retried_with_backoff(apiserver) -> None
 
 def _watch_errors() -> float:
     return REGISTRY.get_sample_value("nodemesh_source_watch_errors_total", {"kind": "Pod"}) or 0.0
+
+
+async def _seen_within(it: AsyncIterator[SourceEvent], name: str, *, timeout: float) -> float:
+    """Seconds until a change of the pod `name` comes out of the source."""
+    start = asyncio.get_running_loop().time()
+    await until(it, lambda s: name in {n for _, n in changes(s)}, timeout=timeout)
+    return asyncio.get_running_loop().time() - start
+
+
+@pytest.mark.parametrize("outage", ["go_away", "refuse"])
+async def test_changes_after_an_outage_are_seen_promptly(apiserver, api, outage) -> None:
+    # A backoff that has grown to 16 s by the time the server is back (attempts ~1, 5, 21 s
+    # into the outage): the server must be noticed when it answers, not when the delay ends.
+    slow = lambda: Backoff(first=1.0, factor=4.0, cap=30.0)  # noqa: E731
+    it = source(api, kinds=("Pod",), backoff=slow).events()
+    try:
+        await until(it, synced({"Pod"}))
+        if outage == "go_away":
+            apiserver.go_away()
+        else:
+            apiserver.refuse()
+        await asyncio.sleep(7)
+        if outage == "go_away":
+            apiserver.come_back()
+        else:
+            apiserver.refuse(False)
+        apiserver.apply(k.pod("ns", "after", node="node1", ip="10.244.1.7"))
+        # A couple of seconds on an idle machine; generous for a loaded one, and still far
+        # below the 9-23 s the grown backoff would take.
+        took = await _seen_within(it, "after", timeout=30)
+        assert took < 6, f"the change made right after the outage took {took:.1f}s to arrive"
+    finally:
+        await it.aclose()
+
+
+async def test_a_watch_down_for_seconds_is_reported_not_synced_until_it_is_back(
+    apiserver, api
+) -> None:
+    it = source(api, kinds=("Pod",), stale_after=1.0).events()
+    try:
+        await until(it, synced({"Pod"}))
+        apiserver.go_away()
+        down = await until(it, lambda s: any(isinstance(e, KindStale) for e in s), timeout=10)
+        stale = next(e for e in down if isinstance(e, KindStale))
+        assert stale.kind == "Pod" and stale.down_since <= time.time()
+        apiserver.come_back()
+        back = await until(it, synced({"Pod"}), timeout=10)
+        assert not any(isinstance(e, KindStale) for e in back)
+    finally:
+        await it.aclose()
+
+
+async def test_an_idle_watch_timing_out_is_not_a_warning(apiserver, api, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="controlplane.sources.kube")
+    it = source(api, kinds=("Pod",), inactivity_timeout=0.3).events()
+    try:
+        await until(it, synced({"Pod"}))
+        await asyncio.sleep(1.2)  # several inactivity timeouts on a quiet cluster
+    finally:
+        await it.aclose()
+    assert apiserver.count("Pod", watch=True) >= 3
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == []
+    assert any("no event for" in r.getMessage() for r in caplog.records)

@@ -16,11 +16,15 @@ import cp_objects as k
 import grpc
 import pytest
 
+from nodemesh import certs
 from nodemesh.api import destination_pb2 as dpb
 from nodemesh.api import destination_pb2_grpc as dpb_grpc
+from nodemesh.api import identity_pb2 as ipb
+from nodemesh.api import identity_pb2_grpc as ipb_grpc
 from nodemesh.api import public_pb2 as ppb
 from nodemesh.api import public_pb2_grpc as ppb_grpc
 from nodemesh.identity import create_issuer_files
+from nodemesh.lab.access import ACCESS_FILE, ADMIN_TOKEN_FILE, create_lab_access
 
 
 def free_port() -> int:
@@ -42,7 +46,17 @@ def controlplane(tmp_path: Path):  # type: ignore[no-untyped-def]
     lab = k.LabDir(tmp_path / "lab")
     for obj in k.web_app(replicas=2):
         lab.put(obj)
+    # The mesh's own pods on node1: neither is meshed, so neither identity may be issued.
+    lab.put(k.namespace("nodemesh", meshed=False))
+    lab.put(k.pod("nodemesh", "cp-0", node="node1", ip="10.244.1.3", sa="nodemesh-controlplane"))
+    lab.put(
+        k.pod(
+            "nodemesh", "agent-a", node="node1", ip="172.18.0.1", sa="nodemesh-agent",
+            host_network=True,
+        )
+    )  # fmt: skip
     issuer = create_issuer_files(tmp_path / "identity", nodes=["node1", "node2"])
+    create_lab_access(tmp_path / "access")
     ports = {name: free_port() for name in ("agent", "public", "admin")}
     proc = subprocess.Popen(
         [
@@ -52,6 +66,7 @@ def controlplane(tmp_path: Path):  # type: ignore[no-untyped-def]
             "--source=local",
             f"--state-dir={tmp_path / 'lab'}",
             f"--identity-dir={tmp_path / 'identity'}",
+            f"--access-file={tmp_path / 'access' / ACCESS_FILE}",
             f"--agent-addr=127.0.0.1:{ports['agent']}",
             f"--public-addr=127.0.0.1:{ports['public']}",
             f"--admin-addr=127.0.0.1:{ports['admin']}",
@@ -71,7 +86,7 @@ def controlplane(tmp_path: Path):  # type: ignore[no-untyped-def]
                 pass
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.1)
-        yield proc, ports, issuer
+        yield proc, ports, issuer, (tmp_path / "access" / ADMIN_TOKEN_FILE).read_text().strip()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -81,7 +96,7 @@ def controlplane(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 async def test_serves_agents_over_tls_with_tokens_and_stops_on_sigterm(controlplane) -> None:
-    proc, ports, issuer = controlplane
+    proc, ports, issuer, admin = controlplane
     status, metrics = http_get(f"http://127.0.0.1:{ports['admin']}/metrics")
     assert status == 200 and "nodemesh_index_objects" in metrics
     assert http_get(f"http://127.0.0.1:{ports['admin']}/live")[0] == 200
@@ -92,7 +107,8 @@ async def test_serves_agents_over_tls_with_tokens_and_stops_on_sigterm(controlpl
         token = [("authorization", f"Bearer {issuer.tokens['node1']}")]
         call = stub.Subscribe(dpb.SubscribeRequest(node="node1"), metadata=token)
         first = await asyncio.wait_for(call.read(), 5)
-        assert first.snapshot.last and [p.key.name for p in first.snapshot.pods] == ["web-5d8f7-0"]
+        assert first.snapshot.last
+        assert "web-5d8f7-0" in [p.key.name for p in first.snapshot.pods]
         call.cancel()
         # node2's token cannot read node1's table.
         other = [("authorization", f"Bearer {issuer.tokens['node2']}")]
@@ -107,10 +123,15 @@ async def test_serves_agents_over_tls_with_tokens_and_stops_on_sigterm(controlpl
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['public']}") as channel:
         public = ppb_grpc.PublicStub(channel)
-        version = await public.Version(ppb.VersionRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await public.Version(ppb.VersionRequest())
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        as_admin = [("authorization", f"Bearer {admin}")]
+        version = await public.Version(ppb.VersionRequest(), metadata=as_admin)
         assert version.synced and version.source == "local"
         stat = await public.Stat(
-            ppb.StatRequest(resource=ppb.Resource(kind="deploy"), all_namespaces=True)
+            ppb.StatRequest(resource=ppb.Resource(kind="deploy"), all_namespaces=True),
+            metadata=as_admin,
         )
         assert [(r.resource.name, r.total_pods, r.requests) for r in stat.rows] == [("web", 2, 0)]
 
@@ -119,3 +140,26 @@ async def test_serves_agents_over_tls_with_tokens_and_stops_on_sigterm(controlpl
     assert proc.wait(10) == 0
     assert time.monotonic() - started < 5
     assert "stopped" in (proc.stdout.read() if proc.stdout else "")
+
+
+async def test_the_ca_issues_only_identities_of_meshed_pods_on_the_node(controlplane) -> None:
+    _, ports, issuer, _ = controlplane
+    creds = grpc.ssl_channel_credentials(root_certificates=issuer.anchor.certificate_pem())
+    token = [("authorization", f"Bearer {issuer.tokens['node1']}")]
+    async with grpc.aio.secure_channel(f"localhost:{ports['agent']}", creds) as channel:
+        stub = ipb_grpc.IdentityStub(channel)
+
+        async def certify(identity: str) -> grpc.StatusCode:
+            request = ipb.CertifyRequest(
+                csr=certs.make_csr(identity, certs.new_key()), spiffe_id=identity
+            )
+            try:
+                await stub.Certify(request, metadata=token, timeout=10)
+            except grpc.aio.AioRpcError as err:
+                return err.code()
+            return grpc.StatusCode.OK
+
+        assert await certify("spiffe://cluster.local/ns/emojivoto/sa/web") == grpc.StatusCode.OK
+        for sa in ("nodemesh-controlplane", "nodemesh-agent"):
+            identity = f"spiffe://cluster.local/ns/nodemesh/sa/{sa}"
+            assert await certify(identity) == grpc.StatusCode.PERMISSION_DENIED, identity

@@ -7,7 +7,9 @@ import asyncio
 import cp_objects as k
 import grpc
 import pytest
+from bearer import bearer
 
+from controlplane.access import Gate, LabAccessReview
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
 from controlplane.public_api import PublicService
@@ -19,6 +21,7 @@ from nodemesh.api import public_pb2 as ppb
 from nodemesh.api import public_pb2_grpc as ppb_grpc
 from nodemesh.api import tap_pb2 as tpb
 from nodemesh.api import tap_pb2_grpc as tpb_grpc
+from nodemesh.lab.access import ACCESS_FILE, ADMIN_TOKEN_FILE, create_lab_access
 
 
 class RecordedTelemetry(NoTelemetry):
@@ -26,6 +29,8 @@ class RecordedTelemetry(NoTelemetry):
 
     def __init__(self) -> None:
         self.queries: list[dict] = []
+        # Pods that agents reporting right now say they enrolled: (namespace, name, uid).
+        self.enrolled = {("emojivoto", "web-5d8f7-0", ""), ("emojivoto", "web-5d8f7-1", "")}
 
     def stat(self, **query: object) -> list[GroupStats]:
         self.queries.append(query)
@@ -47,6 +52,9 @@ class RecordedTelemetry(NoTelemetry):
     def agents(self) -> list[AgentState]:
         return [AgentState("node2", "0.1.0", 1_700_000_000_000, 1, 7, 1.25, 40_000_000)]
 
+    def enrolled_pods(self) -> set[tuple[str, str, str]]:
+        return self.enrolled
+
 
 @pytest.fixture
 def index() -> ClusterIndex:
@@ -57,21 +65,31 @@ def index() -> ClusterIndex:
 
 
 @pytest.fixture
-async def stack(index, grpc_server, channels):
+async def stack(index, grpc_server, tmp_path):
     telemetry = RecordedTelemetry()
     broker = TapBroker(index)
     hub = DestinationHub(index)
+    create_lab_access(tmp_path / "access")
     public = PublicService(
-        index=index, telemetry=telemetry, broker=broker, hub=hub, source_name="local"
+        index=index,
+        telemetry=telemetry,
+        broker=broker,
+        hub=hub,
+        source_name="local",
+        gate=Gate(LabAccessReview(tmp_path / "access" / ACCESS_FILE)),
     )
+    admin = (tmp_path / "access" / ADMIN_TOKEN_FILE).read_text().strip()
 
     def register(server: grpc.aio.Server) -> None:
         tpb_grpc.add_AgentTapServicer_to_server(AgentTapService(broker), server)
         ppb_grpc.add_PublicServicer_to_server(public, server)
 
     address = await grpc_server(register)
-    channel = channels(address)
-    return broker, telemetry, tpb_grpc.AgentTapStub(channel), ppb_grpc.PublicStub(channel)
+    async with (
+        grpc.aio.insecure_channel(address) as channel,
+        grpc.aio.insecure_channel(address, interceptors=bearer(admin)) as as_admin,
+    ):
+        yield broker, telemetry, tpb_grpc.AgentTapStub(channel), ppb_grpc.PublicStub(as_admin)
 
 
 class Reader:
@@ -165,6 +183,35 @@ async def test_tap_goes_only_to_agents_hosting_the_pods_and_is_rate_limited(stac
     await tasks.cancel_all([a.task for a in agents.values()] + [tap.task])
 
 
+async def test_tap_events_name_both_workloads_from_the_index(stack) -> None:
+    """An agent knows the pod a tunnelled client came from, not always its workload (a pod
+    behind no Service): the control plane fills it in from the index."""
+    broker, _, agent_stub, public = stack
+    agent = await connect_agent(agent_stub, "node1")
+    while not broker.agents:
+        await asyncio.sleep(0.01)
+    tap = Reader(
+        public.Tap(
+            ppb.TapRequest(resource=ppb.Resource(kind="deploy", namespace="emojivoto", name="web"))
+        )  # fmt: skip
+    )
+    sub_id = (await agent.get()).start.id
+    msg = event(sub_id, 1, "req")
+    msg.event.src.CopyFrom(tpb.TapPeer(ip="10.244.2.9", port=40000, namespace="emojivoto",
+                                       pod="web-5d8f7-1"))  # fmt: skip
+    msg.event.dst.CopyFrom(tpb.TapPeer(ip="10.244.1.9", port=8080, namespace="emojivoto",
+                                       pod="web-5d8f7-0", workload="web",
+                                       workload_kind="deployment"))  # fmt: skip
+    await agent.call.write(msg)
+    got = await tap.get()
+    assert (got.src.workload_kind, got.src.workload, got.src.port) == ("deployment", "web", 40000)
+    assert (got.dst.workload, got.dst.port) == ("web", 8080)
+    tap.call.cancel()
+    assert (await agent.get()).stop == sub_id
+    await agent.call.done_writing()
+    await tasks.cancel_all([agent.task, tap.task])
+
+
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
@@ -237,3 +284,36 @@ async def test_workloads_nodes_and_version(stack) -> None:
     assert by_name["node3"].pods == 0 and by_name["node3"].internal_ip == "172.18.0.3"
     version = await public.Version(ppb.VersionRequest())
     assert version.source == "local" and version.trust_domain == "cluster.local"
+
+
+async def test_meshed_means_enrolled_by_a_live_agent_and_terminating_pods_do_not_count(
+    stack, index
+) -> None:
+    """web-5d8f7-1's node has no live agent: not meshed, whatever its namespace says; a pod
+    being deleted counts neither as a pod of its workload nor as ready."""
+    _, telemetry, _, public = stack
+    telemetry.enrolled = {("emojivoto", "web-5d8f7-0", "")}
+    (row,) = (
+        await public.Stat(
+            ppb.StatRequest(resource=ppb.Resource(kind="deploy", namespace="emojivoto"))
+        )
+    ).rows
+    assert (row.meshed_pods, row.total_pods) == (1, 2)
+    (web,) = (await public.ListWorkloads(ppb.ListWorkloadsRequest(namespace="emojivoto"))).workloads
+    assert (web.pods, web.ready_pods, web.meshed_pods) == (2, 2, 1)
+    nodes = {n.name: n for n in (await public.ListNodes(ppb.ListNodesRequest())).nodes}
+    assert (nodes["node1"].meshed_pods, nodes["node2"].meshed_pods) == (1, 0)
+
+    leaving = index.pods[next(p for p in index.pods if p.name == "web-5d8f7-0")]
+    obj = k.pod("emojivoto", "web-5d8f7-0", node="node1", ip=leaving.ip,
+                owner=("ReplicaSet", "web-5d8f7"), sa="web", labels={"app": "web"})  # fmt: skip
+    obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    index.apply(ObjectChanged(EventType.MODIFIED, "Pod", obj))
+    (row,) = (
+        await public.Stat(
+            ppb.StatRequest(resource=ppb.Resource(kind="deploy", namespace="emojivoto"))
+        )
+    ).rows
+    assert (row.meshed_pods, row.total_pods) == (0, 1)
+    (web,) = (await public.ListWorkloads(ppb.ListWorkloadsRequest(namespace="emojivoto"))).workloads
+    assert (web.pods, web.ready_pods, web.meshed_pods) == (1, 1, 0)

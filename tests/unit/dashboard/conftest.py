@@ -14,6 +14,7 @@ import pytest
 from dash_cluster import Clock, Traffic, build_index
 from dash_serve import serve
 
+from controlplane.access import Gate, LabAccessReview
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
 from controlplane.public_api import PublicService
@@ -22,6 +23,7 @@ from controlplane.telemetry import TelemetryStore
 from controlplane.telemetry_port import StoreTelemetry
 from dashboard.app import create_app
 from nodemesh.api import public_pb2_grpc, tap_pb2_grpc
+from nodemesh.lab.access import ACCESS_FILE, create_lab_access, service_account_token_path
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Cluster:
     traffic: Traffic
     broker: TapBroker
     address: str  # the public API (and agent tap API) on loopback
+    token_file: str  # the dashboard's own ServiceAccount token, as the lab writes it
     calls: Counter[str] = field(default_factory=Counter)  # RPCs the server got, by method name
 
 
@@ -47,7 +50,9 @@ class CountCalls(grpc.aio.ServerInterceptor):
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
+async def cluster(tmp_path) -> AsyncIterator[Cluster]:  # type: ignore[no-untyped-def]
+    create_lab_access(tmp_path / "access")
+    token_file = service_account_token_path(tmp_path / "access", "nodemesh", "nodemesh-dashboard")
     index = build_index()
     clock = Clock()
     store = TelemetryStore(clock=clock)
@@ -58,6 +63,7 @@ async def cluster() -> AsyncIterator[Cluster]:
         broker=broker,
         hub=DestinationHub(index),
         source_name="local",
+        gate=Gate(LabAccessReview(tmp_path / "access" / ACCESS_FILE)),
     )
     calls: Counter[str] = Counter()
     server = grpc.aio.server(interceptors=[CountCalls(calls)])
@@ -66,7 +72,8 @@ async def cluster() -> AsyncIterator[Cluster]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        yield Cluster(index, store, clock, Traffic(store), broker, f"127.0.0.1:{port}", calls)
+        address = f"127.0.0.1:{port}"
+        yield Cluster(index, store, clock, Traffic(store), broker, address, str(token_file), calls)
     finally:
         await server.stop(grace=None)
 
@@ -90,6 +97,7 @@ async def dashboard(cluster: Cluster, request: pytest.FixtureRequest) -> AsyncIt
         ttl=options.get("ttl", 0.2),
         sample_period=options.get("sample_period", 0.2),
         tap_limit=options.get("tap_limit", 8),
+        token_file=options.get("token_file", cluster.token_file),
     )
     server, task, url = await serve(app)
     client = httpx.AsyncClient(base_url=url, timeout=10)

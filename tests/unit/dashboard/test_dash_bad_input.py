@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 from urllib.parse import quote
 
@@ -137,3 +139,24 @@ async def test_control_plane_down_is_a_503_that_says_so() -> None:
     finally:
         server.should_exit = True
         await task
+
+
+async def test_control_plane_not_up_yet_is_said_once_and_retried_quietly(caplog) -> None:
+    caplog.set_level(logging.INFO)
+    app = create_app(f"127.0.0.1:{_closed_port()}", sample_period=0.2)
+    server, task, url = await serve(app)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=20) as http:
+            for _ in range(3):
+                assert (await http.get("/api/deployments")).status_code == 503
+            await asyncio.sleep(1.5)  # several history samples, all failing
+    finally:
+        server.should_exit = True
+        await task
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in loud if r.levelno >= logging.ERROR or r.exc_info], [
+        r.getMessage() for r in loud
+    ]
+    assert len(loud) == 1 and "control plane" in loud[0].getMessage(), [
+        r.getMessage() for r in loud
+    ]

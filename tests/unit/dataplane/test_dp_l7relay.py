@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -98,14 +99,56 @@ def test_a_server_banner_settles_the_connection_at_once_and_is_remembered() -> N
     tap(sink, memory=memory, call_later=timers2)
     assert not timers2.pending and [o.protocol for o in sink.opened] == ["tcp", "tcp"]
     assert sink.requests == []
+    # Visible to whoever looks at the agent: which destination, and for how long.
+    from prometheus_client import generate_latest
+
+    from nodeagent.metrics import REGISTRY
+
+    text = generate_latest(REGISTRY).decode()
+    left = re.search(r'^nodemesh_agent_server_first_destination\{ip="10.96.0.10",port="80"\} (\S+)$',
+                     text, re.M)  # fmt: skip
+    assert left is not None and 500 < float(left[1]) <= 600, text
+    assert "nodemesh_agent_server_first_destinations 1.0" in text
 
 
-def test_a_silent_client_is_opaque_when_the_detection_timer_fires() -> None:
+def test_a_silent_client_is_counted_open_when_the_detection_timer_fires() -> None:
     sink, timers = RecordingSink(), Timers()
     tap(sink, call_later=timers)
     assert sink.opened == []
     timers.fire()
-    assert [o.protocol for o in sink.opened] == ["tcp"]
+    assert len(sink.opened) == 1  # TCP_CONN counts it while it says nothing
+
+
+def test_a_silent_client_neither_loses_its_own_requests_nor_blinds_other_clients() -> None:
+    """Go's load generators (hey) and connection pools open spare connections that say
+    nothing for a while: that proves nothing about the server, so it must not turn this
+    connection or later ones to the same destination opaque."""
+    sink, memory, timers = RecordingSink(), ServerFirstMemory(), Timers()
+    spare = tap(sink, memory=memory, call_later=timers)
+    timers.fire()  # silent past the detection timeout
+    other = tap(sink, memory=memory, call_later=Timers(), conn_id=8)
+    for t in (other, spare):
+        t.client(b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n")
+        t.server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        t.closed("")
+    assert len(memory) == 0
+    assert [(r.conn_id, r.status) for r in sink.requests] == [(8, 200), (7, 200)]
+    assert [c.protocol for c in sink.closed] == ["http1", "http1"]
+
+
+def test_an_http_server_answering_an_idle_connection_is_not_taken_for_a_banner() -> None:
+    # Some HTTP servers send "408 Request Timeout" to a connection that never sent a request.
+    sink, memory, timers = RecordingSink(), ServerFirstMemory(), Timers()
+    t = tap(sink, memory=memory, call_later=timers)
+    timers.fire()
+    t.server(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n")
+    t.closed("")
+    assert len(memory) == 0
+    later = tap(sink, memory=memory, call_later=Timers(), conn_id=9)
+    later.client(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+    later.server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    later.closed("")
+    assert [r.conn_id for r in sink.requests] == [9]
 
 
 def test_opaque_ports_and_the_sources_verdict_skip_detection() -> None:
@@ -295,3 +338,28 @@ def test_a_closed_tap_leaves_nothing_for_the_cycle_collector(protocol: str) -> N
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_tapped_requests_carry_both_ports() -> None:
+    from nodeagent.observe import AgentSink
+    from nodemesh.api import tap_pb2
+
+    sink = AgentSink(node="node1")
+    events: list[tap_pb2.TapEvent] = []
+    sink.taps.emit = events.append
+    sink.taps.start(
+        tap_pb2.TapSubscription(
+            id="tap-1", pods=[tap_pb2.PodRef(namespace="shop", name="web-1")], max_rps=10
+        )
+    )
+    t = ConnectionTap(
+        sink=sink, conn_id=3, direction="outbound", src=SRC, dst=DST, tls=True,
+        dst_key=("10.96.0.10", 80), src_port=41234, dst_port=8080, call_later=Timers(),
+    )  # fmt: skip
+    t.client(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+    t.server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    t.closed("")
+    assert [e.WhichOneof("kind") for e in events] == ["req", "rsp", "end"]
+    for e in events:
+        assert (e.src.ip, e.src.port, e.dst.ip, e.dst.port) == ("10.0.0.1", 41234, "10.0.0.2", 8080)
+        assert (e.src.workload, e.dst.workload) == ("web", "api")

@@ -4,6 +4,7 @@ small API server on loopback that answers the two endpoints involved."""
 import base64
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -66,6 +67,7 @@ class FakeApiServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.reviews: list[tuple[str, dict[str, Any]]] = []
         self.secrets: dict[str, dict[str, Any]] = {}
+        self.revoked: set[str] = set()  # tokens the API server no longer accepts
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -93,6 +95,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(500, {"kind": "Status", "code": 500, "message": "etcd is sad"})
             return
         status = REVIEWS.get(token, {"authenticated": False, "error": "invalid bearer token"})
+        if token in self.server.revoked:
+            status = {"authenticated": False, "error": "token has been invalidated"}
         self._reply(
             201,
             {
@@ -147,6 +151,34 @@ async def test_node_comes_from_the_review_extra(api_server, api_client) -> None:
     # A second call within the cache period costs no API request.
     assert (await auth.authenticate("agent-on-node1")).node == "node1"
     assert len(api_server.reviews) == 1
+
+
+async def test_a_revoked_token_stops_working_within_a_few_seconds(api_server, api_client) -> None:
+    now = [1000.0]
+    auth = TokenReviewAuthenticator(api_client, clock=lambda: now[0])
+    assert (await auth.authenticate("agent-on-node1")).node == "node1"
+    api_server.revoked.add("agent-on-node1")  # e.g. its pod or service account was deleted
+    now[0] += 5.0
+    with pytest.raises(AuthenticationFailed, match="invalidated"):
+        await auth.authenticate("agent-on-node1")
+
+
+async def test_the_cache_never_outlives_the_tokens_expiry(api_server, api_client) -> None:
+    expiring = _jwt({"exp": int(time.time()) + 1, "kubernetes.io": {"node": {"name": "node1"}}})
+    REVIEWS[expiring] = {
+        "authenticated": True,
+        "audiences": ["nodemesh"],
+        "user": {"username": AGENT},
+    }
+    try:
+        now = [1000.0]
+        auth = TokenReviewAuthenticator(api_client, clock=lambda: now[0])
+        assert (await auth.authenticate(expiring)).node == "node1"
+        now[0] += 1.5
+        await auth.authenticate(expiring)
+        assert len(api_server.reviews) == 2  # reviewed again: the cached answer had expired
+    finally:
+        del REVIEWS[expiring]
 
 
 async def test_node_comes_from_pod_bound_claims(api_client) -> None:

@@ -125,3 +125,23 @@ def test_load_reads_cpu_and_rss_of_this_process(tmp_path: Path) -> None:
     proc = tmp_path / "proc"
     proc.mkdir()
     assert load.cpu_seconds(proc) == 0.0 and load.rss_bytes(proc) == 0
+
+
+def test_reports_name_the_enrolled_pods_and_the_store_keeps_them() -> None:
+    from controlplane.telemetry import TelemetryStore
+    from controlplane.telemetry_port import StoreTelemetry
+
+    now = [1_000_000.0]
+    store = TelemetryStore(clock=lambda: now[0])
+    enrolled = (("shop", "web-1", "uid-1"), ("shop", "api-1", "uid-2"))
+    load_ = Load(
+        pods_enrolled=2, open_connections=0, cpu_seconds=1.0, rss_bytes=1, enrolled=enrolled
+    )
+    (report,) = take_reports(
+        Aggregate(), node="node1", version="t", load=load_, now_ms=1, interval_ms=1000
+    )
+    store.ingest(parse_report(report, encoded_size=report.ByteSize()))
+    port = StoreTelemetry(store)
+    assert port.enrolled_pods() == set(enrolled)
+    now[0] += 60  # the agent went quiet: its pods are no longer meshed by anyone
+    assert port.enrolled_pods() == set()

@@ -180,13 +180,21 @@ def test_waits_for_bytes_then_decides() -> None:
     assert (tls.protocol, tls.sni) == (Protocol.TLS, "svc.ns")
 
 
-def test_silent_client_times_out_to_opaque_and_is_remembered() -> None:
+def test_a_silent_client_proves_nothing_about_the_server() -> None:
     memory = ServerFirstMemory(capacity=8, ttl=60)
-    d = decide(b"", dst_ip="10.0.0.9", dst_port=2525, timed_out=True, server_first=memory)
-    assert (d.protocol, d.remember_server_first) == (Protocol.OPAQUE, True)
+    d = decide(b"", dst_ip="10.0.0.9", dst_port=8080, timed_out=True, server_first=memory)
+    # Still undecided (the relay never waits for detection), and nothing remembered.
+    assert (d.protocol, d.need_more, d.remember_server_first) == (None, True, False)
+    late = decide(b"GET / HTTP/1.1\r\n", dst_ip="10.0.0.9", dst_port=8080, timed_out=True)
+    assert late.protocol is Protocol.HTTP1
+
+
+def test_remembered_server_first_destinations_skip_detection_until_the_ttl() -> None:
+    memory = ServerFirstMemory(capacity=8, ttl=60)
     memory.remember("10.0.0.9", 2525, now=100.0)
     again = decide(b"", dst_ip="10.0.0.9", dst_port=2525, server_first=memory, now=110.0)
     assert (again.protocol, again.need_more) == (Protocol.OPAQUE, False)
+    assert again.cause == "remembered_server_first"
     # Another port of the same host is not affected.
     assert decide(b"", dst_ip="10.0.0.9", dst_port=80, server_first=memory, now=110.0).need_more
     # After the TTL the destination gets detection again.
@@ -194,8 +202,13 @@ def test_silent_client_times_out_to_opaque_and_is_remembered() -> None:
 
 
 def test_server_spoke_first() -> None:
-    d = decide(b"", dst_ip="10.0.0.2", dst_port=2525, server_spoke_first=True)
+    d = decide(b"", dst_ip="10.0.0.2", dst_port=2525, server_spoke_first=True,
+               server_bytes=b"220 mail ESMTP\r\n")  # fmt: skip
     assert (d.protocol, d.remember_server_first) == (Protocol.OPAQUE, True)
+    # An HTTP response to no request (a 408 on an idle connection) is no banner.
+    d = decide(b"", dst_ip="10.0.0.2", dst_port=80, server_spoke_first=True,
+               server_bytes=b"HTTP/1.1 408 Request Timeout\r\n")  # fmt: skip
+    assert (d.protocol, d.remember_server_first) == (Protocol.OPAQUE, False)
 
 
 def test_timeout_with_partial_prefix_is_opaque_but_not_remembered() -> None:

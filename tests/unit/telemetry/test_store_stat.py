@@ -109,8 +109,51 @@ def test_include_current_gives_exact_totals_right_away(store, clock) -> None:
     clock.advance(4)
     assert stat(store, Resource("deploy"), window_s=60) == []  # the bucket is still running
     (row,) = stat(store, Resource("deploy"), window_s=60, include_current=True)
-    # Five complete buckets before the running one, plus its first 4 s.
-    assert row.requests == 7 and row.window_s == 54 and row.rps == pytest.approx(7 / 54)
+    # Six complete buckets before the running one, plus its first 4 s: never less than asked.
+    assert row.requests == 7 and row.window_s == 64 and row.rps == pytest.approx(7 / 64)
+
+
+def _held_and_closed(agent: ReportBuilder, *, held: int, closed_now: int, opened_now: int):
+    agent.tcp.append(
+        pb.TcpSeries(direction=pb.INBOUND, src=WEB, dst=EMOJI, tls=True,
+                     opened=opened_now, closed=closed_now, open_connections=held)
+    )  # fmt: skip
+
+
+def test_tcp_conn_is_the_newest_gauge_whatever_the_window(store, clock) -> None:
+    """A held connection shows 1 in every window, and 50 connections that closed long ago are
+    not shown open (the gauge of the oldest bucket was shown before)."""
+    agent = ReportBuilder(node="node2")
+
+    def second(held: int, *, closed: int = 0, opened: int = 0) -> None:
+        _held_and_closed(agent, held=held, closed_now=closed, opened_now=opened)
+        agent.send(store)
+        clock.advance(1)
+
+    second(50, opened=50)
+    for _ in range(9):
+        second(50)
+    second(0, closed=50)  # T0+10: all 50 closed
+    for _ in range(9):
+        second(0)
+    second(1, opened=1)  # T0+20: a held connection, reported every second from then on
+    for _ in range(55):
+        second(1)
+    clock.advance(0.5)
+    for window in (10, 30, 60, 900):
+        (row,) = stat(store, Resource("deploy"), window_s=window, include_current=True)
+        assert row.tcp_open_connections == 1, window
+        (row,) = stat(store, Resource("deploy"), window_s=window)
+        assert row.tcp_open_connections == 1, window
+
+
+def test_tcp_conn_of_an_agent_that_stopped_reporting_goes_to_zero(store, clock) -> None:
+    agent = ReportBuilder(node="node2")
+    _held_and_closed(agent, held=50, closed_now=0, opened_now=50)
+    agent.send(store)
+    clock.advance(25)  # no report since: that gauge is no longer known
+    (row,) = stat(store, Resource("deploy"), window_s=900, include_current=True)
+    assert (row.tcp_opened, row.tcp_open_connections) == (50, 0)
 
 
 def _mesh_traffic(store, clock) -> None:

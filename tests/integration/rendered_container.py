@@ -1,0 +1,78 @@
+"""Run a command the way a kubelet + runc would run a rendered container, in the ways the agent
+depends on: a private mount namespace whose root filesystem is read-only when the container's
+securityContext says so (and /run starts empty, as in an image), with exactly the declared
+volumes mounted at their mountPaths (hostPath volumes from directories or files the test
+provides, emptyDirs as tmpfs), and only the declared capabilities in the bounding set.
+
+`container_command(pod_spec, "agent", host_paths={...}, argv=[...])` gives a command line to run
+as root (util-linux `unshare`, `mount` and `setpriv`). Everything it mounts lives in the new mount
+namespace and disappears with it; nothing on the host is written."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+Obj = dict[str, Any]
+
+
+def _cap_list(container: Obj) -> str:
+    caps = container.get("securityContext", {}).get("capabilities", {})
+    drop = {c.upper() for c in caps.get("drop", [])}
+    if "ALL" not in drop:
+        raise ValueError(f"container {container['name']}: only drop: [ALL] + add is modelled")
+    return ",".join(["-all", *(f"+{c.lower()}" for c in caps.get("add", []))])
+
+
+def container_command(
+    pod_spec: Obj,
+    name: str,
+    *,
+    host_paths: Mapping[str, Path],
+    scratch: Path,
+    argv: Sequence[str],
+) -> list[str]:
+    """`host_paths` maps each hostPath volume's path to what stands in for it on this machine."""
+    containers = [*pod_spec.get("initContainers", []), *pod_spec["containers"]]
+    container = next(c for c in containers if c["name"] == name)
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    q = shlex.quote
+    keep = scratch / "host-run"  # the host's /run, reachable after /run is covered
+    keep.mkdir(parents=True, exist_ok=True)
+    steps = [f"mount --rbind /run {q(str(keep))}", "mount -t tmpfs -o mode=755 tmpfs /run"]
+    binds: list[str] = []
+    # emptyDirs last: a tmpfs on /tmp would hide the stand-ins the test keeps under /tmp.
+    empty_dirs: list[str] = []
+    for mount in container.get("volumeMounts", []):
+        target = mount["mountPath"]
+        volume = volumes[mount["name"]]
+        if "emptyDir" in volume:
+            steps.append(f"mkdir -p {q(target)}")
+            empty_dirs.append(f"mount -t tmpfs tmpfs {q(target)}")
+            continue
+        if "hostPath" in volume:
+            source = Path(host_paths[volume["hostPath"]["path"]])
+        else:  # configMap, secret, projected: the test gives their files as a directory
+            source = Path(host_paths[mount["name"]])
+        is_dir = source.is_dir()
+        if str(source).startswith("/run/"):
+            source = keep / str(source)[len("/run/") :]
+        if is_dir:
+            steps.append(f"mkdir -p {q(target)}")
+        else:
+            steps.append(f"mkdir -p {q(str(Path(target).parent))} && touch {q(target)}")
+        ro = ",ro" if mount.get("readOnly") else ""
+        binds.append(f"mount --rbind {q(str(source))} {q(target)}")
+        if ro:
+            binds.append(f"mount -o remount,bind,ro {q(target)}")
+    read_only = container.get("securityContext", {}).get("readOnlyRootFilesystem", False)
+    if read_only:
+        steps += ["mount -o remount,ro /run", "mount -o remount,bind,ro /"]
+    steps += binds + empty_dirs
+    steps.append(
+        "exec setpriv --bounding-set " + _cap_list(container) + " -- "
+        + " ".join(q(a) for a in argv)
+    )  # fmt: skip
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-ec", "; ".join(steps)]
