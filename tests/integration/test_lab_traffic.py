@@ -160,7 +160,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             + deploy("trfplain", "closed", CLOSED),
             wait=False,
         )  # fmt: skip
-        for ns, pod in (("trfstrict", "server"), ("trfplain", "plainserver")):
+        # Everything runs before the first test (the leak check looks at each test alone).
+        for ns, pod in (
+            ("trfstrict", "server"), ("trfplain", "plainserver"),
+            ("trfmesh", "closed"), ("trfplain", "closed"),
+        ):  # fmt: skip
             lab.wait_pod(ns, pod, running, 180)
         yield lab
     finally:
@@ -271,8 +275,6 @@ def test_strict_pod_with_an_httpget_probe_becomes_ready(lab: Lab) -> None:
 
 
 def test_tcpsocket_probe_on_a_closed_port_fails_meshed_or_not(lab: Lab) -> None:
-    for ns in ("trfmesh", "trfplain"):
-        lab.wait_pod(ns, "closed", running, 180)
     assert "NODEMESH_PREROUTING" in in_rules(lab.netns("trfmesh", "closed"), "iptables-legacy-save")
     # Probes run every second and one failure is enough: 10 s of probing and still not ready.
     time.sleep(10)
@@ -281,7 +283,8 @@ def test_tcpsocket_probe_on_a_closed_port_fails_meshed_or_not(lab: Lab) -> None:
     # Something starts listening: both become ready.
     listeners = [
         subprocess.Popen(
-            lab.exec_argv(ns, "deploy/closed", "listen", "7070", "60"),
+            # By pod name: `deploy/NAME` picks a ready pod, and this one is not (yet).
+            lab.exec_argv(ns, str(lab.pod(ns, "closed")["name"]), "listen", "7070", "45"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -289,7 +292,7 @@ def test_tcpsocket_probe_on_a_closed_port_fails_meshed_or_not(lab: Lab) -> None:
     ]
     try:
         for ns in ("trfmesh", "trfplain"):
-            lab.wait_pod(ns, "closed", lambda p: bool(p["ready"]), 50)
+            lab.wait_pod(ns, "closed", lambda p: bool(p["ready"]), 40)
     finally:
         for proc in listeners:
             try:
@@ -297,3 +300,6 @@ def test_tcpsocket_probe_on_a_closed_port_fails_meshed_or_not(lab: Lab) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+    # ...and not ready again once the listener is gone.
+    for ns in ("trfmesh", "trfplain"):
+        lab.wait_pod(ns, "closed", lambda p: not p["ready"], 30)
