@@ -219,6 +219,7 @@ async def test_without_tickets_every_handshake_is_full(world: World, anchor, aut
     assert world.resumed == [False, False, False]
 
 
+
 async def test_finished_tunnels_are_freed_without_the_cycle_collector(world: World) -> None:
     """Every relayed connection's objects (TLS state, buffers, observers) go when it ends, by
     reference counting: left to the cyclic collector, a burst of connections stayed in memory
