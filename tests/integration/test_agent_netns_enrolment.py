@@ -451,7 +451,8 @@ def world(tmp_path: Path) -> Iterator[World]:
     leakcheck.assert_no_leaks(before, leakcheck.snapshot(), only=lambda s: prefix in s)
 
 
-GOLDEN_DEFAULT = (GOLDEN / "default.rules").read_text()
+# The nat table of the golden case whose probe source is this world's node (gateway and hostIP).
+GOLDEN_DEFAULT = (GOLDEN / "enrolled.rules").read_text().split("# ")[1].split("\n", 1)[1]
 AGENT_LISTENERS = {"0.0.0.0:4140", "0.0.0.0:4141", "0.0.0.0:4143", "0.0.0.0:4153", "127.0.0.1:4153"}
 
 
