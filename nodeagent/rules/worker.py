@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -19,7 +20,7 @@ from typing import TypeVar
 from nodeagent.rules import transparent
 from nodeagent.rules.apply import apply_plan, inspect_rules, remove_rules
 from nodeagent.rules.diff import RuleDiff, diff_plan
-from nodeagent.rules.model import TABLE, NatState, PodPlan
+from nodeagent.rules.model import TABLE, NatPlan, NatState, PodPlan
 
 T = TypeVar("T")
 
@@ -27,6 +28,16 @@ T = TypeVar("T")
 TRANSPARENT = transparent.TransparentPlan()
 # Every table a pod plan may write, so removal covers what any plan (of any version) wrote.
 TABLES = (("nat", 4), ("filter", 4), ("filter", 6))
+
+
+def _ipv6_enabled() -> bool:
+    # Booted with ipv6.disable=1 the kernel has no IPv6 at all (and no ip6 tables to write):
+    # nothing to hold closed. Checked per job; it cannot change without a reboot.
+    return os.path.isdir("/proc/sys/net/ipv6")
+
+
+def _tables(plan: PodPlan) -> list[NatPlan]:
+    return [p for p in plan.tables() if p.family == 4 or _ipv6_enabled()]
 
 
 def _merge(diffs: list[tuple[str, RuleDiff]], other: list[str]) -> RuleDiff:
@@ -41,14 +52,15 @@ def _merge(diffs: list[tuple[str, RuleDiff]], other: list[str]) -> RuleDiff:
 
 
 def _apply_all(netns: str, plan: PodPlan) -> RuleDiff:
-    diffs = [(p.where, apply_plan(netns, p)) for p in plan.tables()]
+    diffs = [(p.where, apply_plan(netns, p)) for p in _tables(plan)]
     return _merge(diffs, transparent.apply(netns, TRANSPARENT))
 
 
 def _remove_all(netns: str) -> NatState:
     removed = remove_rules(netns)
     for table, family in TABLES[1:]:
-        remove_rules(netns, table=table, family=family)
+        if family == 4 or _ipv6_enabled():
+            remove_rules(netns, table=table, family=family)
     transparent.remove(netns, TRANSPARENT)
     return removed
 
@@ -56,7 +68,7 @@ def _remove_all(netns: str) -> NatState:
 def _check_all(netns: str, plan: PodPlan) -> RuleDiff:
     diffs = [
         (p.where, diff_plan(p, inspect_rules(netns, table=p.table, family=p.family)))
-        for p in plan.tables()
+        for p in _tables(plan)
     ]
     return _merge(diffs, transparent.problems(netns, TRANSPARENT))
 
