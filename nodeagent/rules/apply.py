@@ -153,6 +153,8 @@ def _to_iptc(iptc: Any, spec: RuleSpec, family: int = 4) -> Any:
     rule.target = iptc.Target(rule, spec.target)
     if spec.to_ports is not None:
         rule.target.to_ports = str(spec.to_ports)
+    if spec.reject_with is not None:
+        rule.target.reject_with = spec.reject_with
     return rule
 
 

@@ -56,6 +56,7 @@ class RuleSpec:
     dport: int | None = None
     dports: tuple[str, ...] = ()
     to_ports: int | None = None
+    reject_with: str | None = None
     comment: str | None = None
     unparsed: tuple[str, ...] = field(default=())
 
@@ -110,6 +111,8 @@ def render_rule(rule: RuleSpec) -> str:
     words += ["-j", rule.target]
     if rule.to_ports is not None:
         words += ["--to-ports", str(rule.to_ports)]
+    if rule.reject_with is not None:
+        words += ["--reject-with", rule.reject_with]
     return " ".join(words)
 
 

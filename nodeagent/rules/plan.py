@@ -301,7 +301,10 @@ def _ipv6_plan() -> NatPlan:
                 (
                     RuleSpec(chain=OUTPUT_CHAIN, out_interface="lo", target="RETURN",
                              comment="nodemesh loopback"),
-                    RuleSpec(chain=OUTPUT_CHAIN, target="DROP", comment="nodemesh no ipv6"),
+                    # Rejected, not dropped: the app's connect fails at once (EACCES) and a
+                    # client that tries IPv6 first falls back to IPv4 instead of timing out.
+                    RuleSpec(chain=OUTPUT_CHAIN, target="REJECT", comment="nodemesh no ipv6",
+                             reject_with="icmp6-adm-prohibited"),
                 ),
             ),
         ),

@@ -108,6 +108,7 @@ _OPTIONS = {
     ("multiport", "--dports"): "dports",
     ("comment", "--comment"): "comment",
     ("-j", "--to-ports"): "to_ports",
+    ("-j", "--reject-with"): "reject_with",
 }
 _MATCHES = {m for m, _ in _OPTIONS if m not in (None, "-j")}
 

@@ -368,7 +368,10 @@ async def test_strict_pod_plan_holds_ipv6_closed_drops_udp_and_lets_probes_throu
     sh("ip", "-n", pod, "link", "set", "eth0", "up")
     for ns in (pod, peer):
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0")
-    pod6 = wait_for_link_local(pod)
+    pod6, peer6 = wait_for_link_local(pod), wait_for_link_local(peer)
+    # And a dual-stack pod's own (here: unique local) addresses.
+    sh("ip", "-n", pod, "addr", "add", "fd00:99::2/64", "dev", "eth0", "nodad")
+    sh("ip", "-n", peer, "addr", "add", "fd00:99::1/64", "dev", "eth0", "nodad")
     listeners.tcp(pod, 4141, "agent-in")
     listeners.tcp(pod, 8080, "pod-app", host="::")
     listeners.udp(pod, 9999, "pod-udp")
@@ -384,10 +387,17 @@ async def test_strict_pod_plan_holds_ipv6_closed_drops_udp_and_lets_probes_throu
             assert (await worker.apply(pod, plan)).in_sync
         assert (await worker.check(pod, plan)).in_sync
         # IPv6 to and from the pod is gone; IPv6 loopback still works.
+        for dst in (pod6, "fd00:99::2"):
+            with pytest.raises(TimeoutError):  # dropped silently
+                ask_v6(peer, dst, 8080)
         with pytest.raises(OSError):
-            ask_v6(peer, pod6, 8080)
-        with pytest.raises(OSError):
-            ask_v6(pod, wait_for_link_local(peer), 8080)
+            ask_v6(pod, peer6, 8080)
+        # Outgoing IPv6 is rejected: the app's connect fails soon (EACCES), it does not hang.
+        # (To a link-local peer the rejection cannot reach a socket bound to eth0: timeout.)
+        started = time.monotonic()
+        with pytest.raises(PermissionError):
+            ask_v6(pod, "fd00:99::1", 8080)
+        assert time.monotonic() - started < 2.9
         listeners.tcp(pod, 8081, "pod-app-lo", host="::1")
         assert ask_v6(pod, "::1", 8081).startswith("pod-app-lo ")
         # Strict: UDP from outside is dropped except listed ports; TCP from the probe source
@@ -404,6 +414,7 @@ async def test_strict_pod_plan_holds_ipv6_closed_drops_udp_and_lets_probes_throu
         for table in plan.tables():
             assert "NODEMESH" not in table_text(pod, table.table, table.family)
     assert ask_v6(peer, pod6, 8080).startswith("pod-app ")
+    assert ask_v6(peer, "fd00:99::2", 8080).startswith("pod-app ")
     assert udp_reaches(peer, POD_IP, 9999)
 
 

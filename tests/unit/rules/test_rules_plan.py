@@ -211,10 +211,11 @@ def test_permissive_pods_have_no_filter_rules_but_ipv6_is_always_closed() -> Non
     assert plan.filter4.chains == () and plan.filter4.jumps == ()
     v6 = plan.filter6
     assert (v6.table, v6.family) == ("filter", 6)
-    for chain, iface in (("NODEMESH_INPUT", "in"), ("NODEMESH_OUTPUT", "out")):
+    # In: silently dropped. Out: rejected, so the app's connect fails at once.
+    for chain, verdict in (("NODEMESH_INPUT", "DROP"), ("NODEMESH_OUTPUT", "REJECT")):
         rules = v6.chain(chain).rules
         for proto in ("tcp", "udp", "icmpv6"):
-            assert walk(rules, proto=proto, src="fe80::1") == "DROP", (chain, iface, proto)
+            assert walk(rules, proto=proto, src="fe80::1") == verdict, (chain, proto)
         assert walk(rules, iface="lo", src="::1") == "RETURN"
 
 
