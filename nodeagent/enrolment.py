@@ -481,6 +481,8 @@ class Enroller:
         for ip, (path, ident) in found.items():
             info = wanted[ip]
             cid = f"adopted-{info.uid or os.urandom(6).hex()}"
+            # Read before the checks below: nothing may be awaited between them and recording.
+            settings = await self._settings(info, netns=path)
             async with self._lock(cid):
                 taken = {r.key for r in self.records.values()} | set(self._adding)
                 if cid in self.records or info.key in taken:
@@ -496,7 +498,7 @@ class Enroller:
                     netns_ino=ident.ino,
                     ip=ip,
                     meshed=True,
-                    settings=await self._settings(info, netns=path),
+                    settings=settings,
                     origin="adopted",
                 )
                 self._move(cid, Event.ADD_MESHED)
