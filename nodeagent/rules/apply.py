@@ -19,9 +19,10 @@ python-iptables caches one `Table` object per table name for the whole process, 
 belongs to the netns the handle was opened in. With autocommit on, `refresh()` and `close()`
 *commit* the old handle before dropping it: refreshing a handle opened in another netns would
 write that netns's whole nat table into the current one. So autocommit is switched off before
-every refresh, all iptc work in the process is serialised by `_LOCK`, and the handle is closed
-(without a commit) before the thread leaves the pod's netns. Anything else in the process that
-uses iptc must go through this module.
+every refresh, all iptc work in the process is serialised by `_LOCK`, and the written handle
+is dropped (without a commit) for a fresh one before the thread leaves the pod's netns; no
+cached table is ever left without a handle (see `_live_handles`). Anything else in the process
+that uses iptc must go through this module.
 """
 
 from __future__ import annotations
@@ -163,11 +164,27 @@ def _open_table(iptc: Any, name: str, family: int) -> Any:
     return cls(name, autocommit=False)
 
 
+def _live_handles(iptc: Any, family: int) -> None:
+    """Give every cached table of `family` a handle before any rule target is built.
+
+    Building a target that is not ACCEPT/DROP/QUEUE/RETURN (a jump, REDIRECT, REJECT) makes
+    python-iptables ask *every* table of the family whether a chain of that name exists, and it
+    passes a freed handle (None) to libiptc, which crashes the process (SIGSEGV). A handle here
+    only answers that question; with autocommit off nothing ever writes it.
+    """
+    probe = iptc.Rule() if family == 4 else iptc.Rule6()
+    for cached in probe.tables:
+        if cached._handle is None:
+            cached.autocommit = False
+            cached.refresh()
+
+
 def _rewrite(observed: NatState, plan: NatPlan | None, *, table_name: str, family: int) -> None:
     """Make one table of the current netns hold exactly `plan` (None: nothing), in one commit."""
     iptc = _iptc()
     table = _open_table(iptc, table_name, family)
     table.refresh()
+    _live_handles(iptc, family)
     try:
         wanted = {c.name: c for c in plan.chains} if plan else {}
         kept_jumps: set[RuleSpec] = set()
@@ -208,8 +225,12 @@ def _rewrite(observed: NatState, plan: NatPlan | None, *, table_name: str, famil
         where = table_name if family == 4 else f"ip6 {table_name}"
         raise RulesError(f"{where} table: {e}") from e
     finally:
-        # autocommit is off, so this drops the handle (and anything uncommitted) without writing.
-        table.close()
+        # autocommit is off, so this drops the handle (and anything uncommitted) without
+        # writing, and leaves a fresh one: a freed handle must never be left in the cache.
+        try:
+            table.refresh()
+        except iptc.IPTCError:
+            table.close()
 
 
 def apply_plan(netns: str, plan: NatPlan) -> RuleDiff:
