@@ -240,9 +240,8 @@ def apply_plan(netns: str, plan: NatPlan) -> RuleDiff:
     kernel's table (and its counters) untouched.
     """
     path = netns_path(netns)
-    where = {"table": plan.table, "family": plan.family}
     with _LOCK:
-        before = read_state(path, **where)
+        before = read_state(path, table=plan.table, family=plan.family)
         diff = diff_plan(plan, before)
         if not diff.in_sync:
             with _entered(path):
