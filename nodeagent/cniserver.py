@@ -169,6 +169,7 @@ class CniServer:
                     name=pod.name,
                     uid=pod.uid,
                     ips=tuple(ip.ip for ip in pod.ips if "." in ip.ip),
+                    gateways=tuple(ip.gateway for ip in pod.ips if "." in ip.gateway),
                 )
             )
         if request.command == "del":

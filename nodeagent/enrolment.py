@@ -10,8 +10,10 @@ thread). Rules and listeners stay in place when the agent stops: a pod must neve
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -20,7 +22,8 @@ from nodeagent import podplan
 from nodeagent.listeners import PodAddress
 from nodeagent.metrics import PODS_ENROLLED
 from nodeagent.phases import Event, Phase, next_phase
-from nodeagent.rules import NatPlan, RedirectSettings, RuleDiff, build_plan
+from nodeagent.rules import PodPlan, RedirectSettings, RuleDiff
+from nodeagent.rules import build_pod_plan as build_plan
 from nodeagent.statefile import PodRecord
 from nodeagent.table import DestinationTable, TableChanged
 from nodemesh.model import PodInfo, PodKey
@@ -30,9 +33,9 @@ log = logging.getLogger(__name__)
 
 
 class Rules(Protocol):
-    async def apply(self, netns: str, plan: NatPlan) -> RuleDiff: ...
+    async def apply(self, netns: str, plan: PodPlan) -> RuleDiff: ...
     async def remove(self, netns: str) -> object: ...
-    async def check(self, netns: str, plan: NatPlan) -> RuleDiff: ...
+    async def check(self, netns: str, plan: PodPlan) -> RuleDiff: ...
 
 
 class Listeners(Protocol):
@@ -68,6 +71,23 @@ class AddRequest:
     name: str
     uid: str
     ips: tuple[str, ...]
+    # The node-side gateways of the pod's IPv4 addresses, from the CNI prevResult.
+    gateways: tuple[str, ...] = ()
+
+
+def netns_gateways(netns: str) -> tuple[str, ...]:
+    """The IPv4 default gateways seen inside `netns` (blocking), for pods enrolled without a
+    CNI result to read them from (adopted, or meshed while running). Empty when unreadable."""
+    try:
+        done = subprocess.run(
+            ["nsenter", f"--net={netns}", "ip", "-4", "-j", "route", "show", "default"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        routes = json.loads(done.stdout) if done.returncode == 0 else []
+    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
+        log.warning("reading the default route in %s: %s", netns, exc)
+        return ()
+    return tuple(r["gateway"] for r in routes if isinstance(r, dict) and r.get("gateway"))
 
 
 def netns_identity(path: str) -> NetnsId | None:
@@ -163,8 +183,15 @@ class Enroller:
             except TimeoutError:
                 return None
 
-    def _settings(self, info: PodInfo) -> RedirectSettings:
-        return podplan.redirect_settings(info, mark=self.mark)
+    async def _settings(
+        self, info: PodInfo, *, netns: str, gateways: Iterable[str] = ()
+    ) -> RedirectSettings:
+        """The pod's settings; its gateway comes from the CNI result when there was one (or
+        from the settings it had), else from the routes inside its netns."""
+        known = tuple(gateways)
+        if not known:
+            known = await asyncio.to_thread(netns_gateways, netns)
+        return podplan.redirect_settings(info, mark=self.mark, gateways=known)
 
     # --- installing and removing ----------------------------------------------------------
 
@@ -271,7 +298,11 @@ class Enroller:
             netns_ino=ident.ino,
             ip=req.ips[0] if req.ips else info.ip,
             meshed=meshed,
-            settings=self._settings(info) if meshed else None,
+            settings=(
+                await self._settings(info, netns=req.netns, gateways=req.gateways)
+                if meshed
+                else None
+            ),
         )
         if not meshed:
             self._move(cid, Event.ADD_PASSIVE)
@@ -386,7 +417,10 @@ class Enroller:
                 self._save()
                 log.info("un-meshed %s", rec.key)
             elif want and phase is Phase.ENROLLED:
-                settings = self._settings(info)
+                assert rec.settings is not None
+                settings = await self._settings(
+                    info, netns=rec.netns, gateways=_gateways_of(rec.settings, info)
+                )
                 if settings != rec.settings:
                     await self.rules.apply(rec.netns, build_plan(settings))
                     self.records[cid] = rec.with_settings(settings, meshed=True)
@@ -396,7 +430,7 @@ class Enroller:
     async def _mesh_running(self, cid: str, rec: PodRecord, info: PodInfo | None) -> None:
         if netns_identity(rec.netns) != NetnsId(rec.netns_dev, rec.netns_ino):
             return  # the sweep forgets it
-        settings = self._settings(info) if info is not None else rec.settings
+        settings = await self._settings(info, netns=rec.netns) if info is not None else rec.settings
         if settings is None:
             return
         self._move(cid, Event.MESH)
@@ -458,6 +492,8 @@ class Enroller:
         for ip, (path, ident) in found.items():
             info = wanted[ip]
             cid = f"adopted-{info.uid or os.urandom(6).hex()}"
+            # Read before the checks below: nothing may be awaited between them and recording.
+            settings = await self._settings(info, netns=path)
             async with self._lock(cid):
                 taken = {r.key for r in self.records.values()} | set(self._adding)
                 if cid in self.records or info.key in taken:
@@ -473,7 +509,7 @@ class Enroller:
                     netns_ino=ident.ino,
                     ip=ip,
                     meshed=True,
-                    settings=self._settings(info),
+                    settings=settings,
                     origin="adopted",
                 )
                 self._move(cid, Event.ADD_MESHED)
@@ -554,6 +590,11 @@ class Enroller:
         for listeners in self.open_listeners.values():
             listeners.close()
         self.open_listeners.clear()
+
+
+def _gateways_of(settings: RedirectSettings, info: PodInfo) -> tuple[str, ...]:
+    """The gateways a pod's settings were planned with (its probe sources but the node IP)."""
+    return tuple(s for s in settings.probe_sources if s != info.host_ip)
 
 
 def _why_not_meshed(info: PodInfo) -> str:

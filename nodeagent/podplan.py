@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
+
 from nodeagent.rules import RedirectSettings
-from nodemesh.model import PodInfo, PortSet
+from nodemesh.model import InboundMode, PodInfo, PortSet
 
 # What the agent listens on inside every meshed pod (DESIGN.md, "Data path").
 OUTBOUND_PORT = 4140
@@ -22,8 +25,23 @@ def wants_mesh(pod: PodInfo) -> bool:
     return pod.mesh.meshed and not pod.host_network
 
 
-def redirect_settings(pod: PodInfo, *, mark: int) -> RedirectSettings:
-    """The rules for `pod`: the agent's mark and ports plus the pod's skip annotations."""
+def probe_sources(pod: PodInfo, gateways: Iterable[str]) -> tuple[str, ...]:
+    """Where the kubelet's probes of `pod` come from: its gateway(s) on the node side (the
+    bridge's address) and the node's own IP. IPv4 only; anything unreadable is left out."""
+    found = set()
+    for text in (*gateways, pod.host_ip):
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if addr.version == 4 and not addr.is_unspecified:
+            found.add(str(addr))
+    return tuple(sorted(found))
+
+
+def redirect_settings(pod: PodInfo, *, mark: int, gateways: Iterable[str] = ()) -> RedirectSettings:
+    """The rules for `pod`: the agent's mark and ports, the pod's skip annotations, where its
+    probes come from, and strict mode's UDP policy."""
     return RedirectSettings(
         agent_mark=mark,
         outbound_port=OUTBOUND_PORT,
@@ -32,4 +50,7 @@ def redirect_settings(pod: PodInfo, *, mark: int) -> RedirectSettings:
         dns_port=DNS_PORT,
         skip_inbound_ports=_ranges(pod.mesh.skip_inbound_ports),
         skip_outbound_ports=_ranges(pod.mesh.skip_outbound_ports),
+        probe_sources=probe_sources(pod, gateways),
+        drop_inbound_udp=pod.mesh.inbound_mode is InboundMode.STRICT,
+        allowed_inbound_udp_ports=_ranges(pod.mesh.allow_inbound_udp_ports),
     )

@@ -56,6 +56,7 @@ def mesh_to_pb(m: MeshSettings) -> pb.MeshSettings:
         skip_inbound_ports=ports_to_pb(m.skip_inbound_ports),
         skip_outbound_ports=ports_to_pb(m.skip_outbound_ports),
         errors=list(m.errors),
+        allow_inbound_udp_ports=ports_to_pb(m.allow_inbound_udp_ports),
     )
 
 
@@ -67,6 +68,7 @@ def mesh_from_pb(m: pb.MeshSettings) -> MeshSettings:
         skip_inbound_ports=ports_from_pb(list(m.skip_inbound_ports)),
         skip_outbound_ports=ports_from_pb(list(m.skip_outbound_ports)),
         errors=tuple(m.errors),
+        allow_inbound_udp_ports=ports_from_pb(list(m.allow_inbound_udp_ports)),
     )
 
 

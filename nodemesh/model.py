@@ -121,6 +121,8 @@ class MeshSettings:
     skip_outbound_ports: PortSet = PortSet()
     # Annotations that could not be read, with the reason; their defaults were used instead.
     errors: tuple[str, ...] = ()
+    # UDP ports a strict pod still accepts from anyone (UDP is never proxied nor authenticated).
+    allow_inbound_udp_ports: PortSet = PortSet()
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ INBOUND_MODE = "nodemesh.io/inbound-mode"
 OPAQUE_PORTS = "nodemesh.io/opaque-ports"
 SKIP_INBOUND_PORTS = "nodemesh.io/skip-inbound-ports"
 SKIP_OUTBOUND_PORTS = "nodemesh.io/skip-outbound-ports"
+ALLOW_INBOUND_UDP_PORTS = "nodemesh.io/allow-inbound-udp-ports"
 
 
 def namespace_meshed(ns_labels: Mapping[str, Any]) -> bool:
@@ -49,6 +50,7 @@ def resolve(
         opaque_ports=pick(OPAQUE_PORTS, PortSet.parse, PortSet()),
         skip_inbound_ports=pick(SKIP_INBOUND_PORTS, PortSet.parse, PortSet()),
         skip_outbound_ports=pick(SKIP_OUTBOUND_PORTS, PortSet.parse, PortSet()),
+        allow_inbound_udp_ports=pick(ALLOW_INBOUND_UDP_PORTS, PortSet.parse, PortSet()),
         errors=tuple(errors),
     )
 

@@ -1,9 +1,11 @@
-"""Execute a nat plan inside a pod's network namespace (blocking; call from a worker thread).
+"""Execute a table plan inside a pod's network namespace (blocking; call from a worker thread).
 
-Writes go through python-iptables (`iptc`), which drives libiptc and therefore the *legacy*
-tables: look at them with `iptables-legacy-save`, not the nft-backed `iptables-save`. Reads use
-`nsenter --net=<netns> iptables-legacy-save -t nat`: python-iptables reads a match's parameters
-by pointing the whole process's fd 1 at a pipe while libxtables prints them, which in a
+Writes go through python-iptables (`iptc`), which drives libiptc (IPv4) and libip6tc (IPv6)
+and therefore the *legacy* tables: look at them with `iptables-legacy-save` and
+`ip6tables-legacy-save`, not the nft-backed `iptables-save`. libiptc takes no lock file, so
+nothing here needs a writable /run (the agent's root filesystem is read-only). Reads use
+`nsenter --net=<netns> ip[6]tables-legacy-save -t <table>`: python-iptables reads a match's
+parameters by pointing the whole process's fd 1 at a pipe while libxtables prints them, which in a
 multi-threaded agent would swallow (or break, when the pipe fills) whatever another thread
 writes to stdout meanwhile. Writing does not print, so nothing here touches fd 1.
 
@@ -17,9 +19,10 @@ python-iptables caches one `Table` object per table name for the whole process, 
 belongs to the netns the handle was opened in. With autocommit on, `refresh()` and `close()`
 *commit* the old handle before dropping it: refreshing a handle opened in another netns would
 write that netns's whole nat table into the current one. So autocommit is switched off before
-every refresh, all iptc work in the process is serialised by `_LOCK`, and the handle is closed
-(without a commit) before the thread leaves the pod's netns. Anything else in the process that
-uses iptc must go through this module.
+every refresh, all iptc work in the process is serialised by `_LOCK`, and the written handle
+is dropped (without a commit) for a fresh one before the thread leaves the pod's netns; no
+cached table is ever left without a handle (see `_live_handles`). Anything else in the process
+that uses iptc must go through this module.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from types import ModuleType
 from typing import Any
 
 from nodeagent.rules.diff import RuleDiff, diff_plan
-from nodeagent.rules.model import NatPlan, NatState, RuleSpec, is_owned_chain
+from nodeagent.rules.model import TABLE, NatPlan, NatState, RuleSpec, is_owned_chain
 from nodeagent.rules.saved import parse_save
 from nodemesh.netns import CLONE_NEWNET, NetnsError, NetnsId, netns_path
 
@@ -100,30 +103,39 @@ def _entered(path: str) -> Iterator[None]:
         os.close(home)
 
 
-def read_state(netns: str) -> NatState:
-    """The whole nat table of `netns`, parsed from iptables-legacy-save."""
+def _save_tool(family: int) -> str:
+    return "iptables-legacy-save" if family == 4 else "ip6tables-legacy-save"
+
+
+def read_state(netns: str, *, table: str = TABLE, family: int = 4) -> NatState:
+    """One whole table of `netns` (nat of IPv4 by default), parsed from ip[6]tables-legacy-save."""
     path = netns_path(netns)
+    tool = _save_tool(family)
     try:
         done = subprocess.run(
-            ["nsenter", f"--net={path}", "iptables-legacy-save", "-t", "nat"],
+            ["nsenter", f"--net={path}", tool, "-t", table],
             capture_output=True,
             text=True,
             timeout=SAVE_TIMEOUT,
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise RulesError(f"iptables-legacy-save in {path}: {e}") from e
+        raise RulesError(f"{tool} in {path}: {e}") from e
     if done.returncode != 0:
-        raise RulesError(f"iptables-legacy-save in {path}: {done.stderr.strip()}")
-    return parse_save(done.stdout)
+        raise RulesError(f"{tool} -t {table} in {path}: {done.stderr.strip()}")
+    return parse_save(done.stdout, table=table)
 
 
-def _to_iptc(iptc: Any, spec: RuleSpec) -> Any:
+def _to_iptc(iptc: Any, spec: RuleSpec, family: int = 4) -> Any:
     if spec.unparsed:
         raise ValueError(f"cannot write an observed-only rule: {spec}")
-    rule = iptc.Rule()
+    rule = iptc.Rule() if family == 4 else iptc.Rule6()
+    if spec.source is not None:
+        rule.src = spec.source
     if spec.destination is not None:
         rule.dst = spec.destination
+    if spec.in_interface is not None:
+        rule.in_interface = spec.in_interface
     if spec.out_interface is not None:
         rule.out_interface = spec.out_interface
     if spec.protocol is not None:
@@ -131,6 +143,8 @@ def _to_iptc(iptc: Any, spec: RuleSpec) -> Any:
     # Same match order as render_rule, so iptables-save prints what the plan says.
     if spec.mark is not None:
         rule.create_match("mark").mark = spec.mark
+    if spec.ctstate is not None:
+        rule.create_match("conntrack").ctstate = spec.ctstate
     if spec.dport is not None:
         rule.create_match(spec.protocol).dport = str(spec.dport)
     if spec.dports:
@@ -140,14 +154,37 @@ def _to_iptc(iptc: Any, spec: RuleSpec) -> Any:
     rule.target = iptc.Target(rule, spec.target)
     if spec.to_ports is not None:
         rule.target.to_ports = str(spec.to_ports)
+    if spec.reject_with is not None:
+        rule.target.reject_with = spec.reject_with
     return rule
 
 
-def _rewrite(observed: NatState, plan: NatPlan | None) -> None:
-    """Make the current netns's nat table hold exactly `plan` (None: nothing), in one commit."""
+def _open_table(iptc: Any, name: str, family: int) -> Any:
+    cls = iptc.Table if family == 4 else iptc.Table6
+    return cls(name, autocommit=False)
+
+
+def _live_handles(iptc: Any, family: int) -> None:
+    """Give every cached table of `family` a handle before any rule target is built.
+
+    Building a target that is not ACCEPT/DROP/QUEUE/RETURN (a jump, REDIRECT, REJECT) makes
+    python-iptables ask *every* table of the family whether a chain of that name exists, and it
+    passes a freed handle (None) to libiptc, which crashes the process (SIGSEGV). A handle here
+    only answers that question; with autocommit off nothing ever writes it.
+    """
+    probe = iptc.Rule() if family == 4 else iptc.Rule6()
+    for cached in probe.tables:
+        if cached._handle is None:
+            cached.autocommit = False
+            cached.refresh()
+
+
+def _rewrite(observed: NatState, plan: NatPlan | None, *, table_name: str, family: int) -> None:
+    """Make one table of the current netns hold exactly `plan` (None: nothing), in one commit."""
     iptc = _iptc()
-    table = iptc.Table(iptc.Table.NAT, autocommit=False)
+    table = _open_table(iptc, table_name, family)
     table.refresh()
+    _live_handles(iptc, family)
     try:
         wanted = {c.name: c for c in plan.chains} if plan else {}
         kept_jumps: set[RuleSpec] = set()
@@ -179,16 +216,21 @@ def _rewrite(observed: NatState, plan: NatPlan | None) -> None:
                 table.create_chain(name)
             chain = iptc.Chain(table, name)
             for spec in chain_plan.rules:
-                chain.append_rule(_to_iptc(iptc, spec))
+                chain.append_rule(_to_iptc(iptc, spec, family))
         for jump in plan.jumps if plan else ():
             if jump not in kept_jumps:
-                iptc.Chain(table, jump.chain).insert_rule(_to_iptc(iptc, jump))
+                iptc.Chain(table, jump.chain).insert_rule(_to_iptc(iptc, jump, family))
         table.commit()
     except iptc.IPTCError as e:
-        raise RulesError(f"nat table: {e}") from e
+        where = table_name if family == 4 else f"ip6 {table_name}"
+        raise RulesError(f"{where} table: {e}") from e
     finally:
-        # autocommit is off, so this drops the handle (and anything uncommitted) without writing.
-        table.close()
+        # autocommit is off, so this drops the handle (and anything uncommitted) without
+        # writing, and leaves a fresh one: a freed handle must never be left in the cache.
+        try:
+            table.refresh()
+        except iptc.IPTCError:
+            table.close()
 
 
 def apply_plan(netns: str, plan: NatPlan) -> RuleDiff:
@@ -199,27 +241,31 @@ def apply_plan(netns: str, plan: NatPlan) -> RuleDiff:
     """
     path = netns_path(netns)
     with _LOCK:
-        before = read_state(path)
+        before = read_state(path, table=plan.table, family=plan.family)
         diff = diff_plan(plan, before)
         if not diff.in_sync:
             with _entered(path):
-                _rewrite(before, plan)
+                _rewrite(before, plan, table_name=plan.table, family=plan.family)
         return diff
 
 
-def remove_rules(netns: str) -> NatState:
-    """Delete every nodemesh chain and every jump into one; return what was removed."""
+def remove_rules(netns: str, *, table: str = TABLE, family: int = 4) -> NatState:
+    """Delete every nodemesh chain and every jump into one from one table; return what was
+    removed."""
     path = netns_path(netns)
     with _LOCK:
-        state = read_state(path)
+        state = read_state(path, table=table, family=family)
         owned = state.owned()
         if owned.chains:
             with _entered(path):
-                _rewrite(state, None)
+                _rewrite(state, None, table_name=table, family=family)
         return owned
 
 
-def inspect_rules(netns: str, *, everything: bool = False) -> NatState:
-    """The nodemesh chains and jumps in `netns` (or the whole nat table with everything=True)."""
-    state = read_state(netns_path(netns))
+def inspect_rules(
+    netns: str, *, everything: bool = False, table: str = TABLE, family: int = 4
+) -> NatState:
+    """The nodemesh chains and jumps in one table of `netns` (nat of IPv4 by default; the
+    whole table with everything=True)."""
+    state = read_state(netns_path(netns), table=table, family=family)
     return state if everything else state.owned()

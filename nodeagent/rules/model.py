@@ -1,4 +1,5 @@
-"""The data a nat rule plan is made of: one rule, one chain, the whole plan, an observed table.
+"""The data a rule plan is made of: one rule, one chain, one table's plan, an observed table,
+and the whole plan of a pod (IPv4 nat, IPv4 filter, IPv6 filter).
 
 A rule is described by the few fields nodemesh uses. `render_rule` prints it exactly as
 iptables-legacy-save prints the same rule, so a planned rule and an observed one can be compared
@@ -17,7 +18,14 @@ TABLE = "nat"
 OWNED_PREFIX = "NODEMESH_"
 OUTPUT_CHAIN = "NODEMESH_OUTPUT"
 PREROUTING_CHAIN = "NODEMESH_PREROUTING"
+INPUT_CHAIN = "NODEMESH_INPUT"
 BUILTIN_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+# Built-in chains per table, in the order iptables-save prints them.
+TABLE_BUILTINS = {
+    "nat": BUILTIN_CHAINS,
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+}
+FAMILIES = (4, 6)
 # The kernel limit is 29 characters plus NUL (XT_EXTENSION_MAXNAMELEN); keep a margin.
 MAX_CHAIN_NAME = 28
 
@@ -39,19 +47,25 @@ class RuleSpec:
     chain: str
     target: str
     protocol: str | None = None
+    source: str | None = None
     destination: str | None = None
+    in_interface: str | None = None
     out_interface: str | None = None
     mark: str | None = None
+    ctstate: str | None = None
     dport: int | None = None
     dports: tuple[str, ...] = ()
     to_ports: int | None = None
+    reject_with: str | None = None
     comment: str | None = None
     unparsed: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if self.destination is not None:
-            net = ipaddress.ip_network(self.destination, strict=False)
-            object.__setattr__(self, "destination", net.with_prefixlen)
+        for key in ("source", "destination"):
+            value = getattr(self, key)
+            if value is not None:
+                net = ipaddress.ip_network(value, strict=False)
+                object.__setattr__(self, key, net.with_prefixlen)
         if (self.dport is not None or self.dports) and self.protocol not in ("tcp", "udp"):
             raise ValueError(f"a port match needs -p tcp or -p udp, not {self.protocol!r}")
         if self.comment is not None and any(c in self.comment for c in "\"'\\"):
@@ -74,14 +88,20 @@ def render_rule(rule: RuleSpec) -> str:
     if rule.unparsed:
         return shlex.join(["-A", rule.chain, *rule.unparsed])
     words = ["-A", rule.chain]
+    if rule.source is not None:
+        words += ["-s", rule.source]
     if rule.destination is not None:
         words += ["-d", rule.destination]
+    if rule.in_interface is not None:
+        words += ["-i", rule.in_interface]
     if rule.out_interface is not None:
         words += ["-o", rule.out_interface]
     if rule.protocol is not None:
         words += ["-p", rule.protocol]
     if rule.mark is not None:
         words += ["-m", "mark", "--mark", rule.mark]
+    if rule.ctstate is not None:
+        words += ["-m", "conntrack", "--ctstate", rule.ctstate]
     if rule.dport is not None:
         words += ["-m", rule.protocol or "", "--dport", str(rule.dport)]
     if rule.dports:
@@ -91,6 +111,8 @@ def render_rule(rule: RuleSpec) -> str:
     words += ["-j", rule.target]
     if rule.to_ports is not None:
         words += ["--to-ports", str(rule.to_ports)]
+    if rule.reject_with is not None:
+        words += ["--reject-with", rule.reject_with]
     return " ".join(words)
 
 
@@ -111,20 +133,31 @@ class ChainPlan:
 
 @dataclass(frozen=True)
 class NatPlan:
-    """Everything nodemesh wants in a pod netns's nat table.
+    """Everything nodemesh wants in one table of a pod netns (the nat table of IPv4 unless
+    `table`/`family` say otherwise; the name stayed from when nat was the only one).
 
     `jumps` are the rules in built-in chains that send traffic into nodemesh's chains; each goes
-    first in its built-in chain and exists exactly once.
+    first in its built-in chain and exists exactly once. A plan with no chains means "nothing
+    of nodemesh's in this table": applying it removes whatever nodemesh left there.
     """
 
     chains: tuple[ChainPlan, ...]
     jumps: tuple[RuleSpec, ...]
+    table: str = TABLE
+    family: int = 4
 
     def __post_init__(self) -> None:
+        if self.table not in TABLE_BUILTINS or self.family not in FAMILIES:
+            raise ValueError(f"no plans for table {self.table!r} of IPv{self.family}")
         names = {c.name for c in self.chains}
         for jump in self.jumps:
-            if jump.chain not in BUILTIN_CHAINS or jump.target not in names:
+            if jump.chain not in TABLE_BUILTINS[self.table] or jump.target not in names:
                 raise ValueError(f"jump {render_rule(jump)!r} does not join a built-in chain")
+
+    @property
+    def where(self) -> str:
+        """`nat`, `filter`, `ip6 filter`: how logs and diffs name the table."""
+        return self.table if self.family == 4 else f"ip6 {self.table}"
 
     def chain(self, name: str) -> ChainPlan:
         for c in self.chains:
@@ -159,3 +192,26 @@ class NatState:
 
     def rule_count(self) -> int:
         return sum(len(rules) for rules in self.chains.values())
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    """All of nodemesh's netfilter rules for one pod: every table it may write, always listed
+    (an empty one removes leftovers), so applying and removing cover the same tables."""
+
+    nat: NatPlan
+    filter4: NatPlan
+    filter6: NatPlan
+
+    def __post_init__(self) -> None:
+        wanted = (("nat", 4), ("filter", 4), ("filter", 6))
+        got = tuple((p.table, p.family) for p in self.tables())
+        if got != wanted:
+            raise ValueError(f"a pod plan holds {wanted}, not {got}")
+
+    def tables(self) -> tuple[NatPlan, ...]:
+        return (self.nat, self.filter4, self.filter6)
+
+    def rules(self) -> Iterator[RuleSpec]:
+        for plan in self.tables():
+            yield from plan.rules()

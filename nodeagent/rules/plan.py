@@ -1,4 +1,10 @@
-"""Plan the nat chains nodemesh installs in a pod netns, as data (no iptables, no I/O)."""
+"""Plan the chains nodemesh installs in a pod netns, as data (no iptables, no I/O).
+
+Three tables: IPv4 nat (the redirection to the agent), IPv4 filter (strict pods: inbound UDP
+other than DNS and listed ports dropped, since UDP is never proxied or authenticated) and IPv6
+filter (everything but loopback dropped: the agent proxies IPv4 only, so IPv6 must not carry a
+meshed pod's traffic around it).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nodeagent.rules.model import (
+    INPUT_CHAIN,
     OUTPUT_CHAIN,
     PREROUTING_CHAIN,
     ChainPlan,
     NatPlan,
+    PodPlan,
     RuleSpec,
 )
 
@@ -64,6 +72,12 @@ class RedirectSettings:
     skip_outbound_ports: tuple[PortRange, ...] = ()
     skip_outbound_cidrs: tuple[str, ...] = ()
     capture_dns: bool = True
+    # Node-side addresses the kubelet's probes come from (the pod's gateway, the node's IP):
+    # their TCP goes straight to the app, so a probe sees what it would see without the mesh.
+    probe_sources: tuple[str, ...] = ()
+    # Strict pods: inbound UDP is dropped except DNS, replies and these ports.
+    drop_inbound_udp: bool = False
+    allowed_inbound_udp_ports: tuple[PortRange, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 < self.agent_mark <= 0xFFFFFFFF:
@@ -83,6 +97,19 @@ class RedirectSettings:
         object.__setattr__(
             self, "skip_outbound_cidrs", tuple(n.with_prefixlen for n in sorted(set(cidrs)))
         )
+        sources = set()
+        for text in self.probe_sources:
+            try:
+                addr = ipaddress.ip_address(text)
+            except ValueError:
+                raise ValueError(f"probe source {text!r} is not an IP address") from None
+            if addr.version != 4:
+                raise ValueError(f"probe source {text}: only IPv4 is redirected")
+            sources.add(addr)
+        object.__setattr__(self, "probe_sources", tuple(str(a) for a in sorted(sources)))
+        object.__setattr__(
+            self, "allowed_inbound_udp_ports", merge_ranges(self.allowed_inbound_udp_ports)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form, for the agent's state file and the golden cases."""
@@ -95,11 +122,12 @@ class RedirectSettings:
         if unknown:
             raise ValueError(f"unknown redirect settings {sorted(unknown)}")
         kwargs = dict(data)
-        for key in ("skip_inbound_ports", "skip_outbound_ports"):
+        for key in ("skip_inbound_ports", "skip_outbound_ports", "allowed_inbound_udp_ports"):
             if key in kwargs:
                 kwargs[key] = tuple((int(lo), int(hi)) for lo, hi in kwargs[key])
-        if "skip_outbound_cidrs" in kwargs:
-            kwargs["skip_outbound_cidrs"] = tuple(kwargs["skip_outbound_cidrs"])
+        for key in ("skip_outbound_cidrs", "probe_sources"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
 
 
@@ -123,9 +151,11 @@ def _multiport_groups(ranges: tuple[PortRange, ...]) -> list[tuple[str, ...]]:
     return groups
 
 
-def _skip_ports(chain: str, ranges: tuple[PortRange, ...], why: str) -> list[RuleSpec]:
+def _skip_ports(
+    chain: str, ranges: tuple[PortRange, ...], why: str, *, protocol: str = "tcp"
+) -> list[RuleSpec]:
     return [
-        RuleSpec(chain=chain, protocol="tcp", dports=group, target="RETURN", comment=why)
+        RuleSpec(chain=chain, protocol=protocol, dports=group, target="RETURN", comment=why)
         for group in _multiport_groups(ranges)
     ]
 
@@ -185,6 +215,19 @@ def _prerouting_rules(s: RedirectSettings) -> list[RuleSpec]:
             comment="nodemesh tunnel",
         )
     ]
+    # The kubelet probes from the node (through the pod's gateway, or from the node's IP): those
+    # connections reach the app itself, so a closed port fails a tcpSocket probe and strict
+    # mode does not refuse an httpGet probe. Only sources on the pod's own node are listed.
+    rules += [
+        RuleSpec(
+            chain=c,
+            source=src,
+            protocol="tcp",
+            target="RETURN",
+            comment="nodemesh probes from the node",
+        )
+        for src in s.probe_sources
+    ]
     rules += _skip_ports(c, s.skip_inbound_ports, "nodemesh skip-inbound-ports")
     rules.append(
         RuleSpec(
@@ -199,7 +242,7 @@ def _prerouting_rules(s: RedirectSettings) -> list[RuleSpec]:
 
 
 def build_plan(settings: RedirectSettings) -> NatPlan:
-    """The whole nat plan for one pod: nodemesh's two chains and the jumps into them."""
+    """The nat plan for one pod: nodemesh's two chains and the jumps into them."""
     return NatPlan(
         chains=(
             ChainPlan(OUTPUT_CHAIN, tuple(_output_rules(settings))),
@@ -209,4 +252,73 @@ def build_plan(settings: RedirectSettings) -> NatPlan:
             RuleSpec(chain="PREROUTING", target=PREROUTING_CHAIN),
             RuleSpec(chain="OUTPUT", target=OUTPUT_CHAIN),
         ),
+    )
+
+
+def _udp_input_plan(s: RedirectSettings) -> NatPlan:
+    if not s.drop_inbound_udp:
+        return NatPlan(chains=(), jumps=(), table="filter")
+    c = INPUT_CHAIN
+    rules = [
+        RuleSpec(chain=c, in_interface="lo", target="RETURN", comment="nodemesh loopback"),
+        # Answers to the pod's own UDP (its DNS upstream, a client it runs) are not inbound.
+        RuleSpec(
+            chain=c,
+            protocol="udp",
+            ctstate="RELATED,ESTABLISHED",
+            target="RETURN",
+            comment="nodemesh udp replies",
+        ),
+        RuleSpec(chain=c, protocol="udp", dport=DNS_PORT, target="RETURN", comment="nodemesh dns"),
+    ]
+    rules += _skip_ports(
+        c, s.allowed_inbound_udp_ports, "nodemesh allow-inbound-udp-ports", protocol="udp"
+    )
+    rules.append(RuleSpec(chain=c, protocol="udp", target="DROP", comment="nodemesh strict udp"))
+    return NatPlan(
+        chains=(ChainPlan(c, tuple(rules)),),
+        jumps=(RuleSpec(chain="INPUT", target=c),),
+        table="filter",
+    )
+
+
+def _ipv6_plan() -> NatPlan:
+    # The agent listens and connects over IPv4 only. Whatever IPv6 a pod has (link-local on
+    # every interface, global addresses in a dual-stack cluster) would carry its traffic past
+    # the mesh in plaintext, so only loopback is left.
+    return NatPlan(
+        chains=(
+            ChainPlan(
+                INPUT_CHAIN,
+                (
+                    RuleSpec(chain=INPUT_CHAIN, in_interface="lo", target="RETURN",
+                             comment="nodemesh loopback"),
+                    RuleSpec(chain=INPUT_CHAIN, target="DROP", comment="nodemesh no ipv6"),
+                ),
+            ),
+            ChainPlan(
+                OUTPUT_CHAIN,
+                (
+                    RuleSpec(chain=OUTPUT_CHAIN, out_interface="lo", target="RETURN",
+                             comment="nodemesh loopback"),
+                    # Rejected, not dropped: the app's connect fails at once (EACCES) and a
+                    # client that tries IPv6 first falls back to IPv4 instead of timing out.
+                    RuleSpec(chain=OUTPUT_CHAIN, target="REJECT", comment="nodemesh no ipv6",
+                             reject_with="icmp6-adm-prohibited"),
+                ),
+            ),
+        ),
+        jumps=(
+            RuleSpec(chain="INPUT", target=INPUT_CHAIN),
+            RuleSpec(chain="OUTPUT", target=OUTPUT_CHAIN),
+        ),
+        table="filter",
+        family=6,
+    )  # fmt: skip
+
+
+def build_pod_plan(settings: RedirectSettings) -> PodPlan:
+    """Everything for one pod: the nat redirection, strict UDP, and IPv6 held closed."""
+    return PodPlan(
+        nat=build_plan(settings), filter4=_udp_input_plan(settings), filter6=_ipv6_plan()
     )

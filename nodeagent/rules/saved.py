@@ -11,7 +11,16 @@ import re
 import shlex
 from typing import Any
 
-from nodeagent.rules.model import BUILTIN_CHAINS, TABLE, NatPlan, NatState, RuleSpec, render_rule
+from nodeagent.rules.model import (
+    BUILTIN_CHAINS,
+    TABLE,
+    TABLE_BUILTINS,
+    NatPlan,
+    NatState,
+    PodPlan,
+    RuleSpec,
+    render_rule,
+)
 
 _COUNTERS = re.compile(r"^\[\d+:\d+\]\s+")
 
@@ -24,15 +33,24 @@ def render_restore(plan: NatPlan) -> str:
     install only: the jump lines append, so a second feed would duplicate them (apply.py is the
     idempotent path).
     """
-    lines = [f"*{TABLE}"]
+    lines = [f"*{plan.table}"]
     chains = sorted(plan.chains, key=lambda c: c.name)
     lines += [f":{c.name} - [0:0]" for c in chains]
-    for builtin in BUILTIN_CHAINS:
+    for builtin in TABLE_BUILTINS[plan.table]:
         lines += [render_rule(j) for j in plan.jumps if j.chain == builtin]
     for c in chains:
         lines += [render_rule(r) for r in c.rules]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def render_pod_plan(plan: PodPlan) -> str:
+    """Every table of a pod's plan, each headed by the command that would load it."""
+    out = []
+    for table in plan.tables():
+        tool = "iptables-legacy-restore" if table.family == 4 else "ip6tables-legacy-restore"
+        out.append(f"# {tool} --noflush\n{render_restore(table)}")
+    return "".join(out)
 
 
 def normalise_save(text: str) -> str:
@@ -44,7 +62,7 @@ def normalise_save(text: str) -> str:
             continue
         if line.startswith(":"):
             name = line[1:].split()[0]
-            if name in BUILTIN_CHAINS:
+            if name in BUILTIN_CHAINS or name == "FORWARD":
                 continue
             line = f":{name} - [0:0]"
         out.append(_COUNTERS.sub("", line))
@@ -78,15 +96,19 @@ class _Unknown(ValueError):
 
 # Options nodemesh plans, each taking exactly one value: (current -m match, option) -> field.
 _OPTIONS = {
+    (None, "-s"): "source",
     (None, "-d"): "destination",
+    (None, "-i"): "in_interface",
     (None, "-o"): "out_interface",
     (None, "-p"): "protocol",
     ("mark", "--mark"): "mark",
+    ("conntrack", "--ctstate"): "ctstate",
     ("tcp", "--dport"): "dport",
     ("udp", "--dport"): "dport",
     ("multiport", "--dports"): "dports",
     ("comment", "--comment"): "comment",
     ("-j", "--to-ports"): "to_ports",
+    ("-j", "--reject-with"): "reject_with",
 }
 _MATCHES = {m for m, _ in _OPTIONS if m not in (None, "-j")}
 

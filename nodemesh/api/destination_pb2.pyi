@@ -103,20 +103,22 @@ class PortRange(_message.Message):
     def __init__(self, first: _Optional[int] = ..., last: _Optional[int] = ...) -> None: ...
 
 class MeshSettings(_message.Message):
-    __slots__ = ("meshed", "inbound_mode", "opaque_ports", "skip_inbound_ports", "skip_outbound_ports", "errors")
+    __slots__ = ("meshed", "inbound_mode", "opaque_ports", "skip_inbound_ports", "skip_outbound_ports", "errors", "allow_inbound_udp_ports")
     MESHED_FIELD_NUMBER: _ClassVar[int]
     INBOUND_MODE_FIELD_NUMBER: _ClassVar[int]
     OPAQUE_PORTS_FIELD_NUMBER: _ClassVar[int]
     SKIP_INBOUND_PORTS_FIELD_NUMBER: _ClassVar[int]
     SKIP_OUTBOUND_PORTS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_INBOUND_UDP_PORTS_FIELD_NUMBER: _ClassVar[int]
     meshed: bool
     inbound_mode: InboundMode
     opaque_ports: _containers.RepeatedCompositeFieldContainer[PortRange]
     skip_inbound_ports: _containers.RepeatedCompositeFieldContainer[PortRange]
     skip_outbound_ports: _containers.RepeatedCompositeFieldContainer[PortRange]
     errors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, meshed: _Optional[bool] = ..., inbound_mode: _Optional[_Union[InboundMode, str]] = ..., opaque_ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ..., skip_inbound_ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ..., skip_outbound_ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+    allow_inbound_udp_ports: _containers.RepeatedCompositeFieldContainer[PortRange]
+    def __init__(self, meshed: _Optional[bool] = ..., inbound_mode: _Optional[_Union[InboundMode, str]] = ..., opaque_ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ..., skip_inbound_ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ..., skip_outbound_ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ..., errors: _Optional[_Iterable[str]] = ..., allow_inbound_udp_ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ...) -> None: ...
 
 class Pod(_message.Message):
     __slots__ = ("key", "uid", "node", "ip", "host_ip", "phase", "ready", "service_account", "identity", "workload", "mesh", "host_network", "labels")

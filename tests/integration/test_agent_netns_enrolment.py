@@ -305,8 +305,15 @@ class World:
             sh("ip", "netns", "exec", self.netns(pod), "iptables-legacy-save", "-t", "nat")
         )
 
+    def ip6_rules(self, pod: str) -> str:
+        return normalise_save(
+            sh("ip", "netns", "exec", self.netns(pod), "ip6tables-legacy-save", "-t", "filter")
+        )
+
     def rule_count(self, pod: str) -> int:
-        return sum(line.startswith("-A") for line in self.rules(pod).splitlines())
+        """Rules in the pod's nat table and its IPv6 filter (what nodemesh writes for it)."""
+        text = self.rules(pod) + self.ip6_rules(pod)
+        return sum(line.startswith("-A") for line in text.splitlines())
 
     def listening(self, pod: str) -> set[str]:
         ns = self.netns(pod)
@@ -453,7 +460,9 @@ def world(tmp_path: Path) -> Iterator[World]:
     leakcheck.assert_no_leaks(before, leakcheck.snapshot(), only=lambda s: prefix in s)
 
 
-GOLDEN_DEFAULT = (GOLDEN / "default.rules").read_text()
+# The nat table of the golden case whose probe source is this world's node (gateway and hostIP).
+GOLDEN_DEFAULT = (GOLDEN / "enrolled.rules").read_text().split("# ")[1].split("\n", 1)[1]
+GOLDEN_IP6 = (GOLDEN / "enrolled.rules").read_text().split("# ")[3].split("\n", 1)[1]
 AGENT_LISTENERS = {"0.0.0.0:4140", "0.0.0.0:4141", "0.0.0.0:4143", "0.0.0.0:4153", "127.0.0.1:4153"}
 
 
@@ -580,9 +589,11 @@ def test_restart_repairs_removed_rules_and_forgets_vanished_pods(world: World) -
     enrol_all(w)
     w.stop_agent()
     sh("ip", "netns", "exec", w.netns("a"), "iptables-legacy", "-t", "nat", "-F", "NODEMESH_OUTPUT")
+    sh("ip", "netns", "exec", w.netns("a"), "ip6tables-legacy", "-F", "NODEMESH_OUTPUT")
     subprocess.run(["ip", "netns", "del", w.netns("b")], check=True)
     w.start_agent()
     assert w.rules("a") == GOLDEN_DEFAULT
+    assert w.ip6_rules("a") == GOLDEN_IP6
     pods = {p["name"] for p in json.loads(w.state_file.read_text())["pods"]}
     assert pods == {"a", "c"}
 
@@ -599,12 +610,18 @@ def test_pods_running_before_the_agent_are_adopted(world: World) -> None:
     for pod in ("a", "b"):
         sh("ip", "netns", "exec", w.netns(pod), "iptables-legacy", "-t", "nat", "-F")
         sh("ip", "netns", "exec", w.netns(pod), "iptables-legacy", "-t", "nat", "-X")
+        sh("ip", "netns", "exec", w.netns(pod), "ip6tables-legacy", "-F")
+        sh("ip", "netns", "exec", w.netns(pod), "ip6tables-legacy", "-X")
     w.start_agent()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not (w.rule_count("a") and w.rule_count("b")):
+    # The IPv6 table is written after the nat table, in the same job.
+    while time.monotonic() < deadline and not all(
+        w.ip6_rules(pod) == GOLDEN_IP6 for pod in ("a", "b")
+    ):
         time.sleep(0.2)
     for pod in ("a", "b"):
         assert w.rules(pod) == GOLDEN_DEFAULT, f"{pod}: {w.log_text()}"
+        assert w.ip6_rules(pod) == GOLDEN_IP6
         assert AGENT_LISTENERS <= w.listening(pod)
     assert w.rule_count("c") == 0
     # A later DEL from the runtime finds the adopted pod by its netns.

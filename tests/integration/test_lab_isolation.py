@@ -241,7 +241,9 @@ def test_pods_cannot_reach_secrets_and_the_mesh_still_works(lab: LabPaths, tmp_p
     assert out["hosts_has_services"], out
 
     # What the processes were given: the agent exactly its declared set, an app the default set.
-    for pid in host_pids("nodemesh-agent", lab):
+    agents = host_pids("nodemesh-agent --node", lab)  # not install-cni's --daemonset=...agent
+    assert agents
+    for pid in agents:
         eff, bnd, uid = caps_of(pid)
         assert (eff, bnd, uid) == (mask(CAPS), mask(CAPS), 0), (pid, hex(eff), hex(bnd))
     bots = host_pids("emojivoto.vote_bot", lab)

@@ -5,6 +5,8 @@ an unmeshed namespace has no nodemesh rule at all."""
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import json
 import re
 import subprocess
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nodeagent.rules import RedirectSettings, build_plan, render_restore
 from nodeagent.rules.saved import normalise_save
 from nodemesh.lab.paths import LabPaths
 
@@ -24,7 +27,7 @@ pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 REPO = Path(__file__).resolve().parents[2]
 NODEMESH = str(Path(sys.executable).parent / "nodemesh")
-GOLDEN = REPO / "tests" / "golden" / "rules" / "default.rules"
+GOLDEN = REPO / "tests" / "golden" / "rules" / "default.json"
 
 
 def nm(*args: str) -> str:
@@ -71,19 +74,29 @@ def test_emojivoto_meshed_through_the_agents(lab: LabPaths, tmp_path: Path) -> N
     st = json.loads(nm("lab", "status", "--name", lab.name, "-o", "json"))
     emojivoto = [p for p in st["pods"] if p["namespace"] == "emojivoto"]
     assert len(emojivoto) == 4
-    golden = GOLDEN.read_text()
+    # The golden default, plus where this node's probes come from: the pod's gateway (the
+    # node's bridge, first address of its pod CIDR) and the node's IP.
+    default = RedirectSettings.from_dict(json.loads(GOLDEN.read_text()))
+    nodes = {n["name"]: n for n in st["nodes"]}
     for p in emojivoto:
+        node = nodes[p["node"]]
+        gateway = str(next(ipaddress.ip_network(node["podCIDR"]).hosts()))
+        expected = render_restore(
+            build_plan(dataclasses.replace(default, probe_sources=(gateway, node["ip"])))
+        )
         saved = subprocess.run(
             ["ip", "netns", "exec", lab.pod_netns("emojivoto", p["name"]),
              "iptables-legacy-save", "-t", "nat"],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
-        assert normalise_save(saved) == normalise_save(golden), p["name"]
+        assert normalise_save(saved) == expected, p["name"]
 
-    before = {n: agent_counter(lab, n, "tcp_open_total") for n in ("node1", "node2")}
+    # Requests, not connections: emojivoto keeps its connections open, and the kubelet's
+    # probes (new connections every period) no longer pass through the agents.
+    before = {n: agent_counter(lab, n, "request_total") for n in ("node1", "node2")}
     sent_before = bot_stats(lab)["sent"]
     time.sleep(4)
-    after = {n: agent_counter(lab, n, "tcp_open_total") for n in ("node1", "node2")}
+    after = {n: agent_counter(lab, n, "request_total") for n in ("node1", "node2")}
     stats = bot_stats(lab)
     assert stats["sent"] > sent_before + 5
     assert stats["succeeded"] > 0

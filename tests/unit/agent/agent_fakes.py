@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from nodeagent.listeners import PodAddress
-from nodeagent.rules import NatPlan, RuleDiff, diff_plan
+from nodeagent.rules import PodPlan, RuleDiff, diff_plan
 from nodeagent.rules.model import NatState
 from nodeagent.statefile import PodRecord, StateFile
 from nodemesh.api import destination_pb2 as pb
@@ -15,11 +15,11 @@ from nodemesh.netns import NetnsId
 
 class FakeRules:
     def __init__(self) -> None:
-        self.installed: dict[str, NatPlan] = {}
+        self.installed: dict[str, PodPlan] = {}
         self.fail_apply: set[str] = set()
         self.calls: list[tuple[str, str]] = []
 
-    async def apply(self, netns: str, plan: NatPlan) -> RuleDiff:
+    async def apply(self, netns: str, plan: PodPlan) -> RuleDiff:
         self.calls.append(("apply", netns))
         if netns in self.fail_apply:
             raise RuntimeError("iptables said no")
@@ -32,10 +32,10 @@ class FakeRules:
         self.installed.pop(netns, None)
         return NatState({})
 
-    async def check(self, netns: str, plan: NatPlan) -> RuleDiff:
+    async def check(self, netns: str, plan: PodPlan) -> RuleDiff:
         have = self.installed.get(netns)
         if have is None:
-            return diff_plan(plan, NatState({}))
+            return diff_plan(plan.nat, NatState({}))
         return RuleDiff() if have == plan else RuleDiff(out_of_order=("changed",))
 
 

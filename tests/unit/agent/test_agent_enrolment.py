@@ -19,7 +19,7 @@ from agent_fakes import (
 
 from nodeagent.enrolment import AddRequest, Enroller
 from nodeagent.phases import Event, InvalidTransition, Phase, next_phase
-from nodeagent.rules import build_plan
+from nodeagent.rules import build_pod_plan
 from nodeagent.statefile import PodRecord
 from nodeagent.table import DestinationTable
 from nodemesh.model import PodKey
@@ -212,7 +212,7 @@ async def test_changed_annotations_replan_an_enrolled_pod(h: Harness) -> None:
     await h.enroller.reconcile("ctr-web")
     [rec] = h.store.load()
     assert rec.settings is not None and rec.settings.skip_inbound_ports == ((8000, 8010),)
-    assert h.rules.installed[req.netns] == build_plan(rec.settings)
+    assert h.rules.installed[req.netns] == build_pod_plan(rec.settings)
 
 
 async def test_restore_reopens_listeners_repairs_rules_and_forgets_vanished(h: Harness) -> None:

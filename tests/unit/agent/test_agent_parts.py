@@ -22,6 +22,7 @@ from nodeagent.podnetns import (
 )
 from nodeagent.rules import build_plan, render_restore
 from nodemesh import destination_codec as codec
+from nodemesh.api import destination_pb2 as pb
 
 
 def test_flags_and_defaults() -> None:
@@ -54,6 +55,20 @@ def test_pod_settings_become_the_rules_plan() -> None:
     assert podplan.wants_mesh(info)
     assert not podplan.wants_mesh(codec.pod_from_pb(pod_pb("h", host_network=True)))
     assert not podplan.wants_mesh(codec.pod_from_pb(pod_pb("off", meshed=False)))
+
+
+def test_strict_pods_drop_udp_and_probes_come_from_the_gateway_and_the_node() -> None:
+    pb_pod = pod_pb("web")
+    pb_pod.host_ip = "172.18.0.1"
+    permissive = codec.pod_from_pb(pb_pod)
+    s = podplan.redirect_settings(permissive, mark=0x42, gateways=("10.244.1.1", "fd00::1"))
+    assert s.probe_sources == ("10.244.1.1", "172.18.0.1")
+    assert not s.drop_inbound_udp
+    pb_pod.mesh.inbound_mode = pb.InboundMode.STRICT
+    pb_pod.mesh.allow_inbound_udp_ports.append(pb.PortRange(first=5353, last=5353))
+    strict = podplan.redirect_settings(codec.pod_from_pb(pb_pod), mark=0x42)
+    assert strict.drop_inbound_udp and strict.allowed_inbound_udp_ports == ((5353, 5353),)
+    assert strict.probe_sources == ("172.18.0.1",)
 
 
 def test_first_nameserver_of_a_resolv_conf() -> None:

@@ -120,6 +120,7 @@ def test_pod_annotations_override_the_namespace_and_bad_values_are_reported() ->
         annotations={
             "nodemesh.io/skip-inbound-ports": "9090, 8000-8010",
             "nodemesh.io/opaque-ports": "5432",
+            "nodemesh.io/allow-inbound-udp-ports": "5353, 9000-9001",
         },
     )
     bad = k.pod(
@@ -130,6 +131,7 @@ def test_pod_annotations_override_the_namespace_and_bad_values_are_reported() ->
         annotations={
             "nodemesh.io/inbound-mode": "lenient",
             "nodemesh.io/skip-outbound-ports": "80,70000",
+            "nodemesh.io/allow-inbound-udp-ports": "dns",
         },
     )
     opted_out = k.pod(
@@ -142,12 +144,17 @@ def test_pod_annotations_override_the_namespace_and_bad_values_are_reported() ->
     assert 5432 in a.opaque_ports and 3306 not in a.opaque_ports
     assert 8005 in a.skip_inbound_ports and 9090 in a.skip_inbound_ports
     assert 8011 not in a.skip_inbound_ports
+    assert 5353 in a.allow_inbound_udp_ports and 9001 in a.allow_inbound_udp_ports
+    assert 5354 not in a.allow_inbound_udp_ports
     b = index.pods[PodKey("shop", "b")].mesh
     assert b.inbound_mode is InboundMode.STRICT  # fell back to the namespace's value
     assert not b.skip_outbound_ports
-    assert len(b.errors) == 2
+    assert not b.allow_inbound_udp_ports
+    assert len(b.errors) == 3
     assert "'lenient' is not one of permissive, strict" in b.errors[0]
     assert "70000 is outside 1-65535" in b.errors[1]
+    assert "pod annotation nodemesh.io/allow-inbound-udp-ports" in b.errors[2]
+    assert "'dns'" in b.errors[2]
     assert not index.pods[PodKey("shop", "c")].mesh.meshed
     assert not index.pods[PodKey("shop", "d")].mesh.meshed
     assert index.pod_by_ip("172.18.0.1") is None

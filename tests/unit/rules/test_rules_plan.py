@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodeagent.rules import RedirectSettings, build_plan, parse_ports
+from nodeagent.rules import RedirectSettings, build_plan, build_pod_plan, parse_ports
 from nodeagent.rules.model import MAX_CHAIN_NAME, OUTPUT_CHAIN, PREROUTING_CHAIN, RuleSpec
 
 
@@ -146,3 +146,95 @@ def test_settings_validation_and_round_trip() -> None:
     import json
 
     assert RedirectSettings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+def walk(
+    rules: tuple[RuleSpec, ...],
+    *,
+    proto: str = "tcp",
+    dport: int = 8080,
+    src: str = "10.244.2.7",
+    iface: str = "eth0",
+    reply: bool = False,
+) -> str:
+    """The verdict of the first matching rule of a filter or nat chain ("" if none matches)."""
+    import ipaddress
+
+    for r in rules:
+        if r.source is not None and ipaddress.ip_address(src) not in ipaddress.ip_network(r.source):
+            continue
+        if r.in_interface is not None and r.in_interface != iface:
+            continue
+        if r.out_interface is not None and r.out_interface != iface:
+            continue
+        if r.protocol is not None and r.protocol != proto:
+            continue
+        if r.ctstate is not None and not reply:
+            continue
+        if r.dport is not None and r.dport != dport:
+            continue
+        if r.dports and not any(
+            int(p.split(":")[0]) <= dport <= int(p.split(":")[-1]) for p in r.dports
+        ):
+            continue
+        return r.target
+    return ""
+
+
+def test_probes_from_the_node_reach_the_app_and_everything_else_is_redirected() -> None:
+    rules = prerouting(RedirectSettings(probe_sources=("10.244.1.1", "172.18.0.1")))
+    assert walk(rules, src="10.244.1.1", dport=8080) == "RETURN"
+    assert walk(rules, src="172.18.0.1", dport=9) == "RETURN"
+    # Another node, another pod, or a pod pretending from next door: captured.
+    for src in ("172.18.0.2", "10.244.1.7", "10.244.2.1"):
+        assert walk(rules, src=src) == "REDIRECT"
+    # The tunnel port still goes to the agent's 4143 first.
+    assert walk(rules, src="10.244.1.1", dport=4143) == "RETURN"
+
+
+def test_strict_udp_drops_all_but_dns_replies_loopback_and_listed_ports() -> None:
+    plan = build_pod_plan(
+        RedirectSettings(drop_inbound_udp=True, allowed_inbound_udp_ports=((5353, 5353),))
+    )
+    rules = plan.filter4.chain("NODEMESH_INPUT").rules
+    assert [(j.chain, j.target) for j in plan.filter4.jumps] == [("INPUT", "NODEMESH_INPUT")]
+    assert walk(rules, proto="udp", dport=9999) == "DROP"
+    assert walk(rules, proto="udp", dport=53) == "RETURN"
+    assert walk(rules, proto="udp", dport=5353) == "RETURN"
+    assert walk(rules, proto="udp", dport=9999, reply=True) == "RETURN"
+    assert walk(rules, proto="udp", dport=9999, iface="lo") == "RETURN"
+    assert walk(rules, proto="tcp", dport=9999) == ""  # TCP is the nat table's business
+
+
+def test_permissive_pods_have_no_filter_rules_but_ipv6_is_always_closed() -> None:
+    plan = build_pod_plan(RedirectSettings())
+    assert plan.filter4.chains == () and plan.filter4.jumps == ()
+    v6 = plan.filter6
+    assert (v6.table, v6.family) == ("filter", 6)
+    # In: silently dropped. Out: rejected, so the app's connect fails at once.
+    for chain, verdict in (("NODEMESH_INPUT", "DROP"), ("NODEMESH_OUTPUT", "REJECT")):
+        rules = v6.chain(chain).rules
+        for proto in ("tcp", "udp", "icmpv6"):
+            assert walk(rules, proto=proto, src="fe80::1") == verdict, (chain, proto)
+        assert walk(rules, iface="lo", src="::1") == "RETURN"
+
+
+def test_probe_sources_and_udp_ports_validate_and_round_trip() -> None:
+    import json
+
+    for bad in ("10.0.0.1/24", "fe80::1", "gateway"):
+        with pytest.raises(ValueError):
+            RedirectSettings(probe_sources=(bad,))
+    with pytest.raises(ValueError):
+        RedirectSettings(allowed_inbound_udp_ports=((0, 10),))
+    s = RedirectSettings(
+        probe_sources=("172.18.0.1", "10.244.1.1", "10.244.1.1"),
+        drop_inbound_udp=True,
+        allowed_inbound_udp_ports=((9000, 9001), (5353, 5353)),
+    )
+    assert s.probe_sources == ("10.244.1.1", "172.18.0.1")
+    assert s.allowed_inbound_udp_ports == ((5353, 5353), (9000, 9001))
+    assert RedirectSettings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    # A state file written before these settings existed still loads.
+    old = {k: v for k, v in s.to_dict().items() if k not in ("probe_sources", "drop_inbound_udp")}
+    assert RedirectSettings.from_dict(old).probe_sources == ()

@@ -84,7 +84,7 @@ def test_rules_nodemesh_would_not_write_are_never_taken_for_planned_ones() -> No
     for line in (
         "-A OUTPUT -p udp -m tcp --dport 53 -j NODEMESH_OUTPUT",
         "-A OUTPUT -m comment --comment x -p tcp -j NODEMESH_OUTPUT",
-        "-A OUTPUT -s 10.0.0.0/8 -j NODEMESH_OUTPUT",
+        "-A OUTPUT ! -s 10.0.0.0/8 -j NODEMESH_OUTPUT",
         "-A OUTPUT -j NODEMESH_OUTPUT --weird",
     ):
         rule = parse_rule(line)

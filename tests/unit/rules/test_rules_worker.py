@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodeagent.rules import RedirectSettings, build_plan
+from nodeagent.rules import RedirectSettings, build_pod_plan
 from nodeagent.rules.apply import RulesError
 from nodeagent.rules.worker import RuleWorker
 
@@ -13,7 +13,7 @@ async def test_missing_netns_is_an_error_for_the_caller_not_the_worker() -> None
     async with RuleWorker() as worker:
         with pytest.raises(RulesError):
             await worker.apply(
-                "/run/netns/nmtest-rules-does-not-exist", build_plan(RedirectSettings())
+                "/run/netns/nmtest-rules-does-not-exist", build_pod_plan(RedirectSettings())
             )
         with pytest.raises(RulesError):
             await worker.inspect("nmtest-rules-does-not-exist")
