@@ -153,18 +153,29 @@ class Lab:
         self.apply(yaml.safe_dump(dep))
 
     def agent_pid(self, node: str) -> int | None:
-        """The PID of `node`'s agent, found by its state file argument (unique per lab and node)."""
-        arg = f"--state-file={self.paths.root}/nodes/{node}/agent-state.json".encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
+        """The host PID of the main process of `node`'s agent container: the one running
+        nodemesh-agent in that node's network namespace (the agent is hostNetwork) with no
+        other nodemesh-agent as its parent (with --keep-sockets the container's main process
+        is the keeper, whose child serves; killing it kills the container, as a crash would)."""
+        found = subprocess.run(
+            ["ip", "netns", "pids", self.paths.node_netns(node)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        agents: dict[int, int] = {}  # pid -> parent pid
+        for pid in found.stdout.split():
             try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                stat = Path(f"/proc/{pid}/stat").read_text()
             except OSError:
                 continue
-            if arg in argv and any(a.endswith(b"nodemesh-agent") for a in argv[:2]):
-                return int(entry.name)
-        return None
+            # `python .../nodemesh-agent ...`, or the keeper's `python -m nodeagent.keeper
+            # .../nodemesh-agent ...`
+            if any(a.endswith(b"nodemesh-agent") for a in argv[:4]) and (
+                f"--node={node}".encode() in argv
+            ):
+                agents[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
+        mains = [pid for pid, parent in agents.items() if parent not in agents]
+        return min(mains) if mains else None
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:
