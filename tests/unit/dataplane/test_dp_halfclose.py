@@ -96,7 +96,7 @@ async def _socat(port: int, payload: bytes) -> asyncio.subprocess.Process:
 async def test_socat_half_closes_to_a_silent_server_and_the_relay_is_reaped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(l4proxy, "HALF_CLOSED_TIMEOUT", 1.0, raising=False)
+    monkeypatch.setattr(l4proxy, "HALF_CLOSED_TIMEOUT", 2.0, raising=False)
     held: list[asyncio.StreamWriter] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -137,7 +137,7 @@ async def test_socat_half_closes_to_a_silent_server_and_the_relay_is_reaped(
 async def test_socat_half_closes_and_the_answer_still_comes_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(l4proxy, "HALF_CLOSED_TIMEOUT", 1.0, raising=False)
+    monkeypatch.setattr(l4proxy, "HALF_CLOSED_TIMEOUT", 2.0, raising=False)
 
     async def answer_at_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         data = await reader.read()

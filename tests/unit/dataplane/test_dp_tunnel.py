@@ -276,7 +276,7 @@ async def test_a_half_closed_relay_nobody_answers_is_reaped(
     mTLS tunnel between them) end after the half-closed timeout, and the client is told."""
     from nodeagent import l4proxy
 
-    monkeypatch.setattr(l4proxy, "HALF_CLOSED_TIMEOUT", 0.5, raising=False)
+    monkeypatch.setattr(l4proxy, "HALF_CLOSED_TIMEOUT", 1.5, raising=False)
     held: list[asyncio.StreamWriter] = []
     app, world.app_port = await _silent_app(held)
     try:
