@@ -82,7 +82,10 @@ def test_series_of_pods_gone_from_the_table_leave_metrics_after_the_grace() -> N
     text = metrics_text(sink)
     assert "api-19-" not in text and "api-0-" not in text
     assert 'dst_pod="api-0"' in text  # the pod that stayed keeps its series and counts
+    # The same lines as with the one pod, but for the count of series forgotten.
     assert sizes == [len(baseline.splitlines())] * 20
+    assert "nodemesh_agent_series_forgotten_total 720.0" in text  # 20 x 9 pods x (3 + 1)
+    assert "nodemesh_agent_series_forgotten_total 0.0" in baseline
     assert len(sink.aggregate.requests) == 3 and len(sink.aggregate.tcp) == 1
 
 
