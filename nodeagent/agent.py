@@ -9,7 +9,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from nodeagent import metrics
+from nodeagent import l4proxy, metrics
 from nodeagent.admin import AdminServer
 from nodeagent.certstore import CertStore
 from nodeagent.cniserver import CniServer
@@ -55,6 +55,7 @@ class Agent:
         self.collector = AggregateCollector(
             self.sink.aggregate, tcp=not metrics.LEGACY_TCP_COUNTERS
         )
+        l4proxy.HALF_CLOSED_TIMEOUT = config.half_closed_timeout_seconds
         self.dns_names = DnsNames(self.table, cluster_domain=config.cluster_domain)
         # Upstream sockets are made in pod namespaces on these threads; a few suffice, each
         # switch takes microseconds.
@@ -285,6 +286,21 @@ class Agent:
         await self.admin.start(admin)
         return predecessor
 
+    async def _forget_gone_pods(self) -> None:
+        """Metric series of pods that left the cluster go once Prometheus had time to scrape
+        their last values (config.gone_pod_grace_seconds)."""
+        grace = self.config.gone_pod_grace_seconds
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(SWEEP_INTERVAL, grace / 4))
+            try:
+                gone = self.sink.forget_gone_pods(self.table, now=loop.time(), grace=grace)
+            except Exception:
+                log.exception("forgetting the series of gone pods failed")
+                continue
+            if gone:
+                log.debug("forgot %d metric series of pods that left the cluster", gone)
+
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
         predecessor = None
@@ -369,6 +385,15 @@ class Agent:
             self.handover.start()
             self._tasks.append(tasks.spawn(self.handover.serve(), name="hand-over"))
             self._start_enrolment_tasks()
+
+            # Take over the previous agent's pods before answering the plugin, so a DEL or GC
+            # never races the restore of the same pod.
+            await self.enroller.restore()
+            await self.cni.start()
+            self._tasks.append(tasks.spawn(self._reconciler(), name="reconciler"))
+            self._tasks.append(tasks.spawn(self.uninstall_watch.run(), name="uninstall watch"))
+            self._tasks.append(tasks.spawn(self._sweeper(), name="sweeper"))
+            self._tasks.append(tasks.spawn(self._forget_gone_pods(), name="gone pod series"))
             self._tasks.append(tasks.spawn(self._trim_after_bursts(), name="heap trim"))
             self.started = True
             log.info(

@@ -47,6 +47,11 @@ class AgentConfig:
     # leaving the pods' rules in place for the next agent.
     uninstall_wait_seconds: float = 0.0
     log_level: str = "info"
+    # Series of a pod the table no longer knows stay on /metrics this long (Prometheus scrapes
+    # their last values), then go (nodeagent.stats.series.GONE_POD_GRACE).
+    gone_pod_grace_seconds: float = 120.0
+    # A relay half-closed one way and then idle both ways this long is closed (l4proxy).
+    half_closed_timeout_seconds: float = 60.0
     # Names under svc.<cluster_domain> are answered from the destination table.
     cluster_domain: str = "cluster.local"
     # Report statistics to the control plane and take tap subscriptions from it.
@@ -157,6 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, wait this long for install-cni's uninstall flag in the CNI socket's "
         "directory (then every pod's rules are removed) before leaving them for the next agent",
     )
+    p.add_argument(
+        "--gone-pod-grace-seconds",
+        default=120.0,
+        type=_positive,
+        help="keep the metric series of a pod that left the cluster this long (so Prometheus "
+        "scrapes their last values), then forget them",
+    )
+    p.add_argument(
+        "--half-closed-timeout-seconds",
+        default=60.0,
+        type=_positive,
+        help="close a relayed connection that one side half-closed once nothing moved either "
+        "way for this long",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--cluster-domain",
@@ -228,6 +247,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         warm_up_seconds=ns.warm_up_seconds,
         uninstall_wait_seconds=max(0.0, ns.uninstall_wait_seconds),
         log_level=ns.log_level,
+        gone_pod_grace_seconds=ns.gone_pod_grace_seconds,
+        half_closed_timeout_seconds=ns.half_closed_timeout_seconds,
         cluster_domain=ns.cluster_domain,
         telemetry=ns.telemetry,
         trust_anchors=_anchors(ns),

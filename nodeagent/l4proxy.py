@@ -6,6 +6,13 @@ buffer is full, so a slow peer costs at most one buffer of memory per connection
 `start()` the two sides are not joined: bytes each side sends are kept (`early`, `up_early`)
 for the handler that is still deciding (tunnel preamble and reply, TLS on the accepted side).
 A tap, when attached, sees every chunk before it is relayed and never changes it.
+
+Half-close: a FIN (or, through the mesh tunnel, a TLS close_notify) from one side shuts down
+writing towards the other (TCP FIN, or close_notify: nodeagent.tlslayer), and the relay ends
+when both sides have. A peer that half-closes and then waits for an answer that never comes
+would otherwise hold the relay (and its tunnel) in FIN-WAIT-2/CLOSE-WAIT for ever: once one
+side has half-closed, a relay through which nothing moved either way for
+`HALF_CLOSED_TIMEOUT` seconds is closed on both sides (config.half_closed_timeout_seconds).
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ SO_ORIGINAL_DST = 80
 CONNECT_TIMEOUT = 10.0
 # Bytes kept from one side before the relay starts (preamble, reply, an eager client).
 MAX_EARLY_BYTES = 64 * 1024
+# Seconds a half-closed relay may stay idle both ways before both sides are closed; the agent
+# sets it from its config. It is looked up when a relay half-closes.
+HALF_CLOSED_TIMEOUT = 60.0
 Address = tuple[str, int]
 
 
@@ -110,6 +120,9 @@ class Relay:
         "_connected",
         "_on_accept",
         "_on_finish",
+        "_idle_timer",
+        "_active",
+        "_buffered",
     )
 
     def __init__(
@@ -131,6 +144,10 @@ class Relay:
         self._registry = registry
         self._connected = False
         self._on_finish: list[Callable[[], None]] = []
+        # Half-closed idle reaping: the timer, and whether bytes moved since it was armed.
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._active = False
+        self._buffered = 0
         registry.add(self)
         stats.open.inc()
         stats.current.inc()
@@ -160,6 +177,7 @@ class Relay:
         self._on_accept(self)
 
     def received(self, half: _Half, data: bytes) -> None:
+        self._active = True
         if half is self.down:
             self.stats.read.inc(len(data))
             if self.tap is not None:
@@ -207,8 +225,10 @@ class Relay:
         if other is not None and other.transport is not None and not other.lost:
             if self.down.eof and (self.up is not None and self.up.eof):
                 self._close_both()
-            elif other.transport.can_write_eof():
+                return
+            if other.transport.can_write_eof():
                 other.transport.write_eof()
+        self._arm_idle()
 
     def lost(self, half: _Half, exc: Exception | None) -> None:
         self._wake()
@@ -344,8 +364,54 @@ class Relay:
         if self.up.lost:
             self.lost(self.up, None)
             return
+        if self.down.eof or self.up.eof:
+            self._arm_idle()
         self.down.resume()
         self.up.resume()
+
+    # --- half-closed and idle -------------------------------------------------------------
+
+    def _write_buffered(self) -> int:
+        total = 0
+        for half in (self.down, self.up):
+            if half is not None and half.transport is not None and not half.lost:
+                try:
+                    total += half.transport.get_write_buffer_size()
+                except (AttributeError, RuntimeError):
+                    pass
+        return total
+
+    def _arm_idle(self) -> None:
+        if self._idle_timer is not None or self._done:
+            return
+        self._active = False
+        self._buffered = self._write_buffered()
+        self._idle_timer = asyncio.get_running_loop().call_later(
+            HALF_CLOSED_TIMEOUT, self._idle_check
+        )
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self._done:
+            return
+        buffered = self._write_buffered()
+        if self._active or buffered != self._buffered:
+            self._arm_idle()  # bytes moved (or a peer drained some): wait another period
+            return
+        if not self.error:
+            self.error = f"half-closed and idle for {HALF_CLOSED_TIMEOUT:g}s"
+        log.debug("closing a relay %s", self.error)
+        for half in (self.down, self.up):
+            if half is None or half.transport is None or half.lost:
+                continue
+            other = self.peer_of(half)
+            if buffered or (other is not None and other.eof and not half.eof):
+                # A peer we sent our FIN to and that never answered gets a reset: a graceful
+                # close would leave the socket orphaned in FIN-WAIT-2 (and the peer, stuck in
+                # CLOSE-WAIT, none the wiser); a peer that reads nothing would hold close().
+                _reset(half.transport)
+            else:
+                half.transport.close()  # it half-closed first: our FIN ends its FIN-WAIT-2
 
     def refuse(self, error: str = "") -> None:
         """Reset the client, as a closed port would."""
@@ -388,6 +454,9 @@ class Relay:
         if self._done:
             return
         self._done = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self._registry.discard(self)
         self.stats.close.inc()
         self.stats.current.dec()
@@ -410,6 +479,17 @@ class Relay:
         for half in (self.down, self.up):
             if half is not None:
                 half.relay = _FINISHED  # type: ignore[assignment]
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Abort with a TCP reset (a plain close of a socket whose FIN went out sends none)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (OSError, AttributeError):
+            pass
+    transport.abort()
 
 
 class _Finished:

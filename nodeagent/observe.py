@@ -9,9 +9,11 @@ sets `taps.emit`. Every method runs on the event loop thread and never blocks or
 
 from __future__ import annotations
 
+from nodeagent import peers
 from nodeagent.observe_events import Peer, RequestObserved, TcpClosed, TcpOpened
 from nodeagent.stats.series import DEFAULT_MAX_SERIES, Aggregate
 from nodeagent.stats.tapping import Taps
+from nodeagent.table import DestinationTable
 from nodemesh.api import tap_pb2
 
 
@@ -27,6 +29,16 @@ class AgentSink:
         self._opened = self.aggregate.tcp_opened
         self._closed = self.aggregate.tcp_closed
         self._record = self.aggregate.request
+
+    def forget_gone_pods(self, table: DestinationTable, *, now: float, grace: float) -> int:
+        """Forget the series (and interned peers) of pods the table no longer knows, `grace`
+        seconds after it stopped knowing them; returns how many series went. Nothing goes
+        while the table is not synced: then every pod would look gone."""
+        if not table.synced:
+            return 0
+        known = table.known_pods()
+        peers.forget_gone(known)
+        return self.aggregate.forget_gone(known, now=now, grace=grace)
 
     def tcp_opened(self, ev: TcpOpened) -> None:
         self._opened(ev)

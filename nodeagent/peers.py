@@ -32,6 +32,14 @@ def peer(
     return found
 
 
+def forget_gone(known: set[tuple[str, str]]) -> int:
+    """Drop the interned peers of pods not in `known` (namespace, name); returns how many."""
+    gone = [k for k in _interned if k[2] and (k[1], k[2]) not in known]
+    for key in gone:
+        del _interned[key]
+    return len(gone)
+
+
 def of_pod(info: PodInfo | None, *, ip: str, namespace: str = "", name: str = "") -> Peer:
     """A pod of this node (the listener's pod), from the table when it knows it."""
     if info is None:

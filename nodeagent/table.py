@@ -57,6 +57,17 @@ class DestinationTable:
     def pod(self, key: PodKey) -> PodInfo | None:
         return self.pods.get(key)
 
+    def known_pods(self) -> set[tuple[str, str]]:
+        """(namespace, name) of every pod the table names: this node's, the meshed pods of
+        every node and the services' endpoints. What is not in here has left the cluster."""
+        known = {(k.namespace, k.name) for k in self.pods}
+        known.update((k.namespace, k.name) for k in self.meshed_pods)
+        for service in self.services.values():
+            for ep in service.endpoints:
+                if ep.pod is not None:
+                    known.add((ep.pod.namespace, ep.pod.name))
+        return known
+
     def service_by_ip(self, ip: str) -> Service | None:
         key = self._by_ip.get(ip)
         return self.services.get(key) if key is not None else None

@@ -130,6 +130,11 @@ class AggregateCollector(Collector):
         yield hist
         if self.tcp:
             yield from self._tcp(list(agg.tcp.values()))
+        yield CounterMetricFamily(
+            "nodemesh_agent_series_forgotten",
+            "Metric series dropped because their pod left the cluster (after the grace)",
+            value=agg.forgotten,
+        )
 
     def _tcp(self, series: list[TcpSeries]) -> Iterator[Metric]:
         opened: dict[Labels, int] = {}

@@ -12,12 +12,19 @@ event's key to that canonical series and remembers the mapping in a bounded alia
 Bounds: at most `max_series` request series and as many TCP series. At the cap, series idle for
 a report with nothing pending and no open connection go first; if none can go, the event is
 dropped and counted in `dropped`.
+
+Pods come and go: `forget_gone(known, now=..., grace=...)` drops the series of a pod (either
+end) once the destination table has not known it for `grace` seconds, so a churning Deployment
+does not grow /metrics and the heap for ever. The grace lets Prometheus scrape the series' last
+values first; a series still holding an unreported delta or an open connection stays until
+both are gone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from bisect import bisect_left
+from collections.abc import Container
 from typing import Any
 
 from nodeagent.observe_events import Peer, RequestObserved, TcpClosed, TcpOpened
@@ -37,6 +44,10 @@ DEFAULT_MAX_SERIES = 10_000
 MAX_ALIASES = 50_000
 # A series that saw nothing for this many reports (and has no open connection) may be dropped.
 IDLE_GENERATIONS = 600
+# Seconds a gone pod's series stay on /metrics: two scrapes at Prometheus' default 1m interval
+# (twelve at the 10 s the bundled Prometheus uses), so the last values are always scraped.
+GONE_POD_GRACE = 120.0
+PodRef = tuple[str, str]  # (namespace, name)
 
 
 class RequestSeries:
@@ -96,6 +107,9 @@ class Aggregate:
         self._conns: dict[int, TcpSeries] = {}
         self.open_connections = 0
         self.dropped = 0
+        # Pods a series names that the table no longer knows -> when that was first seen.
+        self._gone_since: dict[PodRef, float] = {}
+        self.forgotten = 0  # series dropped because their pod went away
 
     # --- the hot path ---------------------------------------------------------------------
 
@@ -218,6 +232,15 @@ class Aggregate:
         for alias in [k for k, v in aliases.items() if v[2] is gone]:
             del aliases[alias]
 
+    def _forget_many(self, table: dict[tuple[Any, ...], Any], keys: list[tuple[Any, ...]]) -> None:
+        """`_forget` for many keys with one pass over the alias table."""
+        if not keys:
+            return
+        gone = {id(table.pop(key)) for key in keys}
+        aliases = self._req_alias if table is self.requests else self._tcp_alias
+        for alias in [k for k, v in aliases.items() if id(v[2]) in gone]:
+            del aliases[alias]
+
     def expire_idle(self, *, idle_generations: int = IDLE_GENERATIONS) -> int:
         """Drop series idle for `idle_generations` reports (pods come and go); returns how many."""
         oldest = self.generation - idle_generations
@@ -226,6 +249,42 @@ class Aggregate:
             for key in [k for k, s in table.items() if s.generation < oldest and _reported(s)]:
                 self._forget(table, key)
                 dropped += 1
+        return dropped
+
+    def forget_gone(self, known: Container[PodRef], *, now: float, grace: float) -> int:
+        """Drop the series of pods that have not been in `known` (namespace, name) for `grace`
+        seconds (at either end; a peer without a pod name, outside the mesh, is never gone).
+        Returns how many series went."""
+        named: set[PodRef] = set()
+        for table in (self.requests, self.tcp):
+            for s in table.values():
+                if s.src.pod:
+                    named.add((s.src.namespace, s.src.pod))
+                if s.dst.pod:
+                    named.add((s.dst.namespace, s.dst.pod))
+        gone_since = {}
+        for ref in named:
+            if ref not in known:
+                gone_since[ref] = self._gone_since.get(ref, now)
+        # Pods that came back, or whose series all went, are forgotten here too.
+        self._gone_since = gone_since
+        expired = {ref for ref, since in gone_since.items() if now - since >= grace}
+        if not expired:
+            return 0
+        dropped = 0
+        for table in (self.requests, self.tcp):
+            doomed = [
+                key
+                for key, s in table.items()
+                if _reported(s)
+                and (
+                    (s.src.namespace, s.src.pod) in expired
+                    or (s.dst.namespace, s.dst.pod) in expired
+                )
+            ]
+            self._forget_many(table, doomed)
+            dropped += len(doomed)
+        self.forgotten += dropped
         return dropped
 
 

@@ -105,6 +105,11 @@ def lab() -> None:
 )  # fmt: skip
 @click.option("--timeout", type=click.IntRange(10, 3600), default=240, show_default=True)
 @click.option("--keep-on-failure", is_flag=True, help="Leave a lab that did not come up, to debug.")
+@click.option(
+    "--agent-arg", "agent_args", multiple=True, metavar="ARG",
+    help="An extra argument for every node agent, e.g. --agent-arg=--gone-pod-grace-seconds=10 "
+    "(repeatable; see nodemesh-agent --help).",
+)  # fmt: skip
 def up(
     name: str,
     nodes: int,
@@ -116,6 +121,7 @@ def up(
     dashboard_port: int,
     timeout: int,
     keep_on_failure: bool,
+    agent_args: tuple[str, ...],
 ) -> None:
     """Create a lab: underlay, NODES node namespaces, and its supervisor."""
     need_root()
@@ -149,7 +155,7 @@ def up(
             create_lab_access(paths.access)
         _start_supervisor(paths, timeout=timeout)
         if mesh:
-            _apply_text(paths, _mesh_manifest(paths), source=str(MESH_MANIFEST))
+            _apply_text(paths, _mesh_manifest(paths, agent_args), source=str(MESH_MANIFEST))
             _wait_ready(paths, timeout=timeout - (time.monotonic() - started))
         if demo:
             _apply_file(paths, DEMO_MANIFEST)
@@ -259,8 +265,17 @@ def _apply_text(paths: LabPaths, text: str, *, source: str) -> list[str]:
     return _call(paths, {"op": "apply", "docs": docs, "source": source})["results"]
 
 
-def _mesh_manifest(paths: LabPaths) -> str:
-    return MESH_MANIFEST.read_text().replace("__LAB_ROOT__", str(paths.root))
+def _mesh_manifest(paths: LabPaths, agent_args: Sequence[str] = ()) -> str:
+    text = MESH_MANIFEST.read_text().replace("__LAB_ROOT__", str(paths.root))
+    if not agent_args:
+        return text
+    docs = list(yaml.safe_load_all(text))
+    for doc in docs:
+        if doc and doc.get("kind") == "DaemonSet":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                if container.get("command") == ["nodemesh-agent"]:
+                    container["args"] = [*container.get("args", []), *agent_args]
+    return yaml.safe_dump_all(docs, sort_keys=False)
 
 
 def _call(paths: LabPaths, request: dict[str, Any]) -> dict[str, Any]:

@@ -96,3 +96,14 @@ def test_netlink_address_dump_is_parsed() -> None:
     assert parse_addresses(done_msg) == (set(), True)
     with pytest.raises(ValueError):
         parse_addresses(data[:-3])
+
+
+def test_half_closed_timeout_and_gone_pod_grace_are_configurable() -> None:
+    from nodeagent.config import parse_args
+
+    default = parse_args(["--node", "n1"])
+    assert (default.half_closed_timeout_seconds, default.gone_pod_grace_seconds) == (60.0, 120.0)
+    cfg = parse_args(
+        ["--node", "n1", "--half-closed-timeout-seconds", "5", "--gone-pod-grace-seconds", "30"]
+    )
+    assert (cfg.half_closed_timeout_seconds, cfg.gone_pod_grace_seconds) == (5.0, 30.0)

@@ -219,7 +219,6 @@ async def test_without_tickets_every_handshake_is_full(world: World, anchor, aut
     assert world.resumed == [False, False, False]
 
 
-
 async def test_finished_tunnels_are_freed_without_the_cycle_collector(world: World) -> None:
     """Every relayed connection's objects (TLS state, buffers, observers) go when it ends, by
     reference counting: left to the cyclic collector, a burst of connections stayed in memory
@@ -244,3 +243,96 @@ async def test_finished_tunnels_are_freed_without_the_cycle_collector(world: Wor
         assert alive() == dict.fromkeys(alive(), 0)
     finally:
         gc.enable()
+
+
+# --- half-close and idle reaping (issue 12 item 5) ----------------------------------------
+
+
+async def _silent_app(held: list[asyncio.StreamWriter]) -> tuple[asyncio.Server, int]:
+    """Reads to the client's EOF, then never answers and never closes (a stuck server)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        held.append(writer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+async def _until(condition: Callable[[], bool], timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def test_a_half_closed_relay_nobody_answers_is_reaped(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that half-closes and a server that never answers: both agents' relays (and the
+    mTLS tunnel between them) end after the half-closed timeout, and the client is told."""
+    from nodeagent import l4proxy
+
+    monkeypatch.setattr(l4proxy, "HALF_CLOSED_TIMEOUT", 1.5, raising=False)
+    held: list[asyncio.StreamWriter] = []
+    app, world.app_port = await _silent_app(held)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", world.src_port)
+        writer.write(b"anyone there?")
+        writer.write_eof()
+        assert await _until(lambda: bool(held), 10), "the half-close never reached the server"
+        relays = [*world.src_agent.relays, *world.dst_agent.relays]  # type: ignore[attr-defined]
+        assert len(relays) == 2
+        # Well past the timeout (a loaded machine), yet far less than "minutes".
+        answer = await asyncio.wait_for(reader.read(), 15)
+        assert answer == b""  # closed by the source agent, not left in FIN-WAIT-2
+        assert await _until(
+            lambda: not world.src_agent.relays and not world.dst_agent.relays,
+            10,  # type: ignore[attr-defined]
+        ), "a half-closed relay outlived its timeout"
+        for relay in relays:
+            assert relay.down.lost and relay.up is not None and relay.up.lost
+        # The destination agent's socket to the server is closed too: a late answer is refused.
+        with pytest.raises(ConnectionError):
+            for _ in range(100):
+                held[0].write(b"too late")
+                await held[0].drain()
+                await asyncio.sleep(0.05)
+        writer.close()
+    finally:
+        for w in held:
+            w.close()
+        app.close()
+
+
+async def test_a_slow_answer_to_a_half_closed_request_still_arrives(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle means idle: a server that answers a half-closed request in pieces, each sooner than
+    the timeout but all of them together later than it, is not cut off."""
+    from nodeagent import l4proxy
+
+    monkeypatch.setattr(l4proxy, "HALF_CLOSED_TIMEOUT", 0.6, raising=False)
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        for i in range(8):
+            await asyncio.sleep(0.2)
+            writer.write(b"part%d;" % i)
+            await writer.drain()
+        writer.close()
+
+    app = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    world.app_port = int(app.sockets[0].getsockname()[1])
+    try:
+        answer = await _request(world.src_port, b"go")
+        assert answer == b"".join(b"part%d;" % i for i in range(8))
+        assert await _until(
+            lambda: not world.src_agent.relays and not world.dst_agent.relays,
+            10,  # type: ignore[attr-defined]
+        )
+    finally:
+        app.close()
