@@ -65,8 +65,14 @@ http {{
 """
 
 
-def deployment(name: str, node: str, command: list[str], probe: list[str] | None) -> Any:
+def deployment(
+    name: str, node: str, command: list[str], probe: list[str] | None, work: Path | None = None
+) -> Any:
     container: dict[str, Any] = {"name": name, "image": f"debian/{name}", "command": command}
+    volumes: list[dict[str, Any]] = []
+    if work is not None:  # lab containers see only what they declare (their /tmp is their own)
+        container["volumeMounts"] = [{"name": "work", "mountPath": str(work)}]
+        volumes = [{"name": "work", "hostPath": {"path": str(work), "type": "Directory"}}]
     if probe:
         # Generous: a python3 start on a loaded 2-core machine can take over a second, and a
         # pod gone unready leaves its Service (connections to it are then refused).
@@ -88,6 +94,7 @@ def deployment(name: str, node: str, command: list[str], probe: list[str] | None
                 "spec": {
                     "nodeSelector": {"kubernetes.io/hostname": node},
                     "containers": [container],
+                    "volumes": volumes,
                 },
             },
         },
@@ -126,12 +133,12 @@ def manifest(tmp: Path) -> str:
         {"apiVersion": "v1", "kind": "Namespace",
          "metadata": {"name": NS, "labels": {"nodemesh.io/mesh": "enabled"}}},
         deployment("client", "node1", ["sleep", "100000"], None),
-        deployment("nginx", "node2", ["nginx", "-c", str(conf)], probe(8081)),
+        deployment("nginx", "node2", ["nginx", "-c", str(conf)], probe(8081), tmp),
         deployment("redis", "node2", ["redis-server", "--port", "6379", "--bind", "0.0.0.0",
                                       "--protected-mode", "no", "--save", "", "--appendonly", "no",
-                                      "--dir", str(tmp)], probe(6379)),
+                                      "--dir", str(tmp)], probe(6379), tmp),
         deployment("ssh", "node2", ["dropbear", "-F", "-E", "-s", "-p", "2222", "-r", str(key),
-                                    "-P", str(tmp / "dropbear.pid")], probe(2222)),
+                                    "-P", str(tmp / "dropbear.pid")], probe(2222), tmp),
         service("nginx", [8080, 8081]),
         service("redis", [6379]),
         service("ssh", [2222]),
