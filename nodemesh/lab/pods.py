@@ -230,6 +230,9 @@ class PodRunner:
         while True:
             started = time.monotonic()
             proc = await self._spawn(container)
+            # Publish the new containerID now, not at the next readiness change: `lab exec`
+            # enters the container through it, also while it is not (or never) ready.
+            self._publish()
             probe = container.get("readinessProbe")
             if probe:
                 probe_task = spawn(self._probe_loop(container, probe), name=f"probe {self.key}")

@@ -286,20 +286,31 @@ def test_tcpsocket_probe_on_a_closed_port_fails_meshed_or_not(lab: Lab) -> None:
             # By pod name: `deploy/NAME` picks a ready pod, and this one is not (yet).
             lab.exec_argv(ns, str(lab.pod(ns, "closed")["name"]), "listen", "7070", "45"),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for ns in ("trfmesh", "trfplain")
     ]
     try:
-        for ns in ("trfmesh", "trfplain"):
-            lab.wait_pod(ns, "closed", lambda p: bool(p["ready"]), 40)
+        for ns, proc in zip(("trfmesh", "trfplain"), listeners, strict=True):
+            try:
+                lab.wait_pod(ns, "closed", lambda p: bool(p["ready"]), 40)
+            except AssertionError as e:
+                # `lab exec` of a pod that is not ready must work (as kubectl exec does).
+                gone = proc.poll() is not None
+                why = (
+                    f"the listener exited {proc.returncode}: {proc.communicate()[1]}"
+                    if gone
+                    else ""
+                )
+                raise AssertionError(f"{e} {why}") from None
     finally:
         for proc in listeners:
             try:
-                proc.wait(90)
+                proc.communicate(timeout=90)  # also closes its stderr pipe
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait(10)
+                proc.communicate(timeout=10)
     # ...and not ready again once the listener is gone.
     for ns in ("trfmesh", "trfplain"):
         lab.wait_pod(ns, "closed", lambda p: not p["ready"], 30)
