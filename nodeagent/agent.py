@@ -385,14 +385,6 @@ class Agent:
             self.handover.start()
             self._tasks.append(tasks.spawn(self.handover.serve(), name="hand-over"))
             self._start_enrolment_tasks()
-
-            # Take over the previous agent's pods before answering the plugin, so a DEL or GC
-            # never races the restore of the same pod.
-            await self.enroller.restore()
-            await self.cni.start()
-            self._tasks.append(tasks.spawn(self._reconciler(), name="reconciler"))
-            self._tasks.append(tasks.spawn(self.uninstall_watch.run(), name="uninstall watch"))
-            self._tasks.append(tasks.spawn(self._sweeper(), name="sweeper"))
             self._tasks.append(tasks.spawn(self._forget_gone_pods(), name="gone pod series"))
             self._tasks.append(tasks.spawn(self._trim_after_bursts(), name="heap trim"))
             self.started = True
