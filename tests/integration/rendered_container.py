@@ -33,8 +33,11 @@ def container_command(
     host_paths: Mapping[str, Path],
     scratch: Path,
     argv: Sequence[str],
+    keep_visible: Sequence[Path] = (),
 ) -> list[str]:
-    """`host_paths` maps each hostPath volume's path to what stands in for it on this machine."""
+    """`host_paths` maps each hostPath volume's path to what stands in for it on this machine.
+    `keep_visible`: host paths the command needs (the interpreter, the checkout) that an
+    emptyDir would hide (a CI clone under /tmp): bound back read-only, as an image holds them."""
     containers = [*pod_spec.get("initContainers", []), *pod_spec["containers"]]
     container = next(c for c in containers if c["name"] == name)
     volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
@@ -45,12 +48,14 @@ def container_command(
     binds: list[str] = []
     # emptyDirs last: a tmpfs on /tmp would hide the stand-ins the test keeps under /tmp.
     empty_dirs: list[str] = []
+    empty_targets: list[str] = []
     for mount in container.get("volumeMounts", []):
         target = mount["mountPath"]
         volume = volumes[mount["name"]]
         if "emptyDir" in volume:
             steps.append(f"mkdir -p {q(target)}")
             empty_dirs.append(f"mount -t tmpfs tmpfs {q(target)}")
+            empty_targets.append(target)
             continue
         if "hostPath" in volume:
             source = Path(host_paths[volume["hostPath"]["path"]])
@@ -67,10 +72,25 @@ def container_command(
         binds.append(f"mount --rbind {q(str(source))} {q(target)}")
         if ro:
             binds.append(f"mount -o remount,bind,ro {q(target)}")
+    # What an emptyDir would hide but the command needs: saved under /run before it is covered.
+    restore: list[str] = []
+    for i, target in enumerate(empty_targets):
+        under = [p for p in keep_visible if str(p).startswith(target.rstrip("/") + "/")]
+        if not under:
+            continue
+        saved = f"/run/.nodemesh-hidden-{i}"
+        steps += [f"mkdir -p {saved}", f"mount --rbind {q(target)} {saved}"]
+        for p in under:
+            rel = str(p)[len(target.rstrip("/")) + 1 :]
+            restore += [
+                f"mkdir -p {q(str(p))}",
+                f"mount --rbind {saved}/{q(rel)} {q(str(p))}",
+                f"mount -o remount,bind,ro {q(str(p))}",
+            ]
     read_only = container.get("securityContext", {}).get("readOnlyRootFilesystem", False)
     if read_only:
         steps += ["mount -o remount,ro /run", "mount -o remount,bind,ro /"]
-    steps += binds + empty_dirs
+    steps += binds + empty_dirs + restore
     steps.append(
         "exec setpriv --bounding-set " + _cap_list(container) + " -- "
         + " ".join(q(a) for a in argv)

@@ -20,6 +20,9 @@ from rendered_container import container_command
 from nodemesh.cli.main import cli
 
 pytestmark = pytest.mark.root
+# The image's contents: the interpreter's environment and the checkout (a CI clone may be
+# under /tmp, which the container's emptyDir covers).
+KEEP = (Path(sys.prefix), Path(__file__).resolve().parents[2])
 
 
 def _agent_pod_spec() -> dict[str, Any]:
@@ -80,6 +83,7 @@ def test_the_agent_container_as_rendered_can_install_a_pods_rules(
         host_paths=_host_paths(spec, tmp_path),
         scratch=tmp_path,
         argv=[sys.executable, "-c", code],
+        keep_visible=KEEP,
     )
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -108,7 +112,7 @@ def test_the_container_view_is_read_only_where_rendered(tmp_path: Path) -> None:
     )
     cmd = container_command(
         spec, "agent", host_paths=_host_paths(spec, tmp_path), scratch=tmp_path,
-        argv=[sys.executable, "-c", probe],
+        argv=[sys.executable, "-c", probe], keep_visible=KEEP,
     )  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
