@@ -290,13 +290,15 @@ def container_spec(
     ]
     return {
         "hide": hidden,
-        "mounts": [m.as_dict() for m in image]
-        + [
+        # The image's paths last: a volume on /tmp (an emptyDir) must not hide a checkout or a
+        # venv under /tmp, as it would have hidden a CI clone's (install-cni found no module).
+        "mounts": [
             m.as_dict()
             for m in volume_mounts(
                 pod, container, env=env, volume_dir=volume_dir, lab_root=lab_root, where=where
             )
-        ],
+        ]
+        + [m.as_dict() for m in image],
         "readOnlyRoot": bool(security.get("readOnlyRootFilesystem")),
         "privileged": privileged,
         "caps": capabilities(security, where=where),
