@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from dp_clients import ask as _ask
 from dp_sinks import RecordingSink
 from dp_tables import pod, table
 
@@ -94,18 +95,6 @@ async def proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[dict[str, obje
     await asyncio.sleep(0.05)
     assert not runtime.relays, "relays left open"
     executor.shutdown()
-
-
-async def _ask(port: int, payload: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(payload)
-        writer.write_eof()
-        return await asyncio.wait_for(reader.read(), 10)
-    except ConnectionResetError:
-        return b"<reset>"
-    finally:
-        writer.close()
 
 
 async def test_no_table_at_all_holds_then_resets_and_sends_nothing_plain(proxy) -> None:

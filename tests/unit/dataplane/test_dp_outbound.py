@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from dp_clients import ask as _ask
 from dp_sinks import RecordingSink
 from dp_tables import endpoint, pod, service, table
 
@@ -73,18 +74,6 @@ async def proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[dict[str, obje
     assert not runtime.relays, "relays left open"
     executor.shutdown()
     await tasks.cancel_all([])
-
-
-async def _ask(port: int, payload: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(payload)
-        writer.write_eof()
-        return await asyncio.wait_for(reader.read(), 10)
-    except ConnectionResetError:
-        return b"<reset>"
-    finally:
-        writer.close()
 
 
 async def test_every_connection_succeeds_and_the_refusing_endpoint_is_set_aside(proxy) -> None:
