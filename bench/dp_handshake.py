@@ -3,7 +3,7 @@
     .venv/bin/python bench/dp_handshake.py [N]
 
 Source and destination relays with the real TLS layer, certificates and preamble (as in
-tests/unit/dataplane/test_dp_tunnel.py) in one uvloop process, in front of an app answering one
+tests/unit/agent/proxy/test_dp_tunnel.py) in one uvloop process, in front of an app answering one
 HTTP request per connection: N fresh connections one after another, wall time and process CPU
 per connection, for each setting. Both agents' work is in the one process, so CPU is the
 source's plus the destination's.
@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit" / 
 import dp_identities as cf  # noqa: E402
 import test_dp_tunnel as harness  # noqa: E402
 
-from nodeagent.certstore import CertStore  # noqa: E402
 from nodeagent.protocol import preamble as pre  # noqa: E402
-from nodeagent.routing import Target  # noqa: E402
-from nodeagent.tunnel import accept_tunnel, open_tunnel, reply  # noqa: E402
+from nodeagent.proxy.routing import Target  # noqa: E402
+from nodeagent.proxy.tunnel import accept_tunnel, open_tunnel, reply  # noqa: E402
+from nodeagent.upstream.certstore import CertStore  # noqa: E402
 from nodemesh import identity as certs  # noqa: E402
 
 

@@ -14,8 +14,8 @@ import argparse
 import random
 import time
 
-from nodeagent.observe import AgentSink
-from nodeagent.observe_events import Peer, RequestObserved, TcpClosed, TcpOpened
+from nodeagent.observe.events import Peer, RequestObserved, TcpClosed, TcpOpened
+from nodeagent.observe.sink import AgentSink
 
 
 def _events(n: int) -> list[RequestObserved]:

@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import parsers  # noqa: E402
 
-from nodeagent.l7relay import ConnectionTap  # noqa: E402
-from nodeagent.observe import AgentSink  # noqa: E402
-from nodeagent.observe_events import Peer  # noqa: E402
+from nodeagent.observe.events import Peer  # noqa: E402
+from nodeagent.observe.sink import AgentSink  # noqa: E402
 from nodeagent.protocol.detect import ServerFirstMemory  # noqa: E402
 from nodeagent.protocol.http1 import Http1Observer  # noqa: E402
+from nodeagent.proxy.l7relay import ConnectionTap  # noqa: E402
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from nodeagent.metrics import REGISTRY
+from nodeagent.observe.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
 

@@ -9,32 +9,33 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from nodeagent import l4proxy, metrics
 from nodeagent.admin import AdminServer
-from nodeagent.certstore import CertStore
-from nodeagent.cniserver import CniServer
 from nodeagent.config import AgentConfig
-from nodeagent.destination_client import DestinationClient, open_channel, read_token
-from nodeagent.dnsnames import DnsNames
-from nodeagent.enrolment import Enroller
-from nodeagent.eventlog import EventLog
-from nodeagent.handover import HandoverError, HandoverServer, Inherited, Predecessor
-from nodeagent.handover_wire import SocketEntry
+from nodeagent.enrol.cniserver import CniServer
+from nodeagent.enrol.enrolment import Enroller
+from nodeagent.enrol.meshedrecord import MeshedRecord
+from nodeagent.enrol.statefile import StateFile
+from nodeagent.enrol.uninstalling import UninstallWatch
+from nodeagent.handover.keeper import KeeperLink
+from nodeagent.handover.servingstate import ServingKeeper, ServingStateFile
+from nodeagent.handover.sockets import HandoverError, HandoverServer, Inherited, Predecessor
+from nodeagent.handover.wire import SocketEntry
 from nodeagent.heap import BurstWatch, TrimLater, install_report_signal, trim
-from nodeagent.identity_client import IdentityClient, identities_on_node
-from nodeagent.keeper import KeeperLink
-from nodeagent.listeners import PodListeners, ProxyRuntime
-from nodeagent.meshedrecord import MeshedRecord
-from nodeagent.observe import AgentSink
-from nodeagent.podnetns import find_netns_for
+from nodeagent.observe import metrics
+from nodeagent.observe.eventlog import EventLog
+from nodeagent.observe.sink import AgentSink
+from nodeagent.observe.stats.exposition import AggregateCollector
+from nodeagent.proxy import l4proxy
+from nodeagent.proxy.dnsnames import DnsNames
+from nodeagent.proxy.listeners import PodListeners, ProxyRuntime
+from nodeagent.proxy.podnetns import find_netns_for
 from nodeagent.rules.worker import RuleWorker
-from nodeagent.servingstate import ServingKeeper, ServingStateFile
-from nodeagent.statefile import StateFile
-from nodeagent.stats.exposition import AggregateCollector
-from nodeagent.table import DestinationTable, TableChanged
-from nodeagent.tap_client import TapClient
-from nodeagent.telemetry_client import TelemetryClient
-from nodeagent.uninstalling import UninstallWatch
+from nodeagent.upstream.certstore import CertStore
+from nodeagent.upstream.destination import DestinationClient, open_channel, read_token
+from nodeagent.upstream.identity import IdentityClient, identities_on_node
+from nodeagent.upstream.table import DestinationTable, TableChanged
+from nodeagent.upstream.tap import TapClient
+from nodeagent.upstream.telemetry import TelemetryClient
 from nodemesh import tasks
 
 log = logging.getLogger(__name__)

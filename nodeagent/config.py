@@ -43,12 +43,12 @@ class AgentConfig:
     # A successor waits at most this long for the control plane's table and its pods'
     # certificates before it takes the sockets over anyway.
     warm_up_seconds: float = 20.0
-    # SIGTERM: how long to wait for install-cni's uninstall flag (nodeagent.uninstalling) before
-    # leaving the pods' rules in place for the next agent.
+    # SIGTERM: how long to wait for install-cni's uninstall flag (nodeagent.enrol.uninstalling)
+    # before leaving the pods' rules in place for the next agent.
     uninstall_wait_seconds: float = 0.0
     log_level: str = "info"
     # Series of a pod the table no longer knows stay on /metrics this long (Prometheus scrapes
-    # their last values), then go (nodeagent.stats.series.GONE_POD_GRACE).
+    # their last values), then go (nodeagent.observe.stats.series.GONE_POD_GRACE).
     gone_pod_grace_seconds: float = 120.0
     # A relay half-closed one way and then idle both ways this long is closed (l4proxy).
     half_closed_timeout_seconds: float = 60.0
@@ -61,7 +61,7 @@ class AgentConfig:
     trust_anchors: Path | None = None
     # Offer TLS session tickets between agents (off only to measure what they save).
     tls_resumption: bool = True
-    # Run as a socket keeper that starts the agent as its child (nodeagent.keeper).
+    # Run as a socket keeper that starts the agent as its child (nodeagent.handover.keeper).
     keep_sockets: bool = False
     # Test aid: also write every observation event as a JSON line to this file.
     record_events: Path | None = None

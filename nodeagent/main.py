@@ -8,9 +8,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from nodeagent import keeper
 from nodeagent.agent import serve
 from nodeagent.config import parse_args
+from nodeagent.handover import keeper
 from nodeagent.heap import limit_arenas
 
 
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (ps, pgrep nodemesh-agent) find the agent, its child.
         agent = sys.argv[0] if sys.argv[0].endswith("nodemesh-agent") else "nodeagent.main"
         args = list(sys.argv[1:] if argv is None else argv)
-        os.execv(sys.executable, [sys.executable, "-m", "nodeagent.keeper", agent, *args])
+        os.execv(sys.executable, [sys.executable, "-m", "nodeagent.handover.keeper", agent, *args])
     try:
         import uvloop
     except ImportError:

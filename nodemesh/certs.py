@@ -16,7 +16,7 @@ Loading a context never puts a key on a filesystem: Python's ssl can only load a
 chain and key from a path, so they are written to an anonymous memfd (os.memfd_create) and
 loaded through /proc/self/fd/<n>; the memfd is closed, and its memory freed, right after
 loading. (The agent does keep its pods' keys in one root-only file on the node's tmpfs, to
-serve across its own restart: nodeagent.servingstate.)
+serve across its own restart: nodeagent.handover.servingstate.)
 """
 
 from __future__ import annotations

@@ -310,8 +310,8 @@ def leave_node(
             (run_dir / name).unlink()
         except FileNotFoundError:
             pass
-    # The agent's saved table, certificates and keys (nodeagent.servingstate), whether or not an
-    # agent was there to remove them.
+    # The agent's saved table, certificates and keys (nodeagent.handover.servingstate), whether or
+    # not an agent was there to remove them.
     shutil.rmtree(run_dir / AGENT_PRIVATE_DIR, ignore_errors=True)
     return confirmed
 

@@ -215,9 +215,9 @@ def agent_pid(paths: LabPaths, node: str, *, keeper: bool = False) -> int:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        # The keeper runs as `python -m nodeagent.keeper`, the agent as nodemesh-agent.
+        # The keeper runs as `python -m nodeagent.handover.keeper`, the agent as nodemesh-agent.
         role = (
-            b"nodeagent.keeper" in argv
+            b"nodeagent.handover.keeper" in argv
             if keeper
             else any(a.endswith(b"nodemesh-agent") for a in argv[:2])
         )

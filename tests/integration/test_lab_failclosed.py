@@ -168,7 +168,7 @@ class Lab:
                 stat = Path(f"/proc/{pid}/stat").read_text()
             except OSError:
                 continue
-            # `python .../nodemesh-agent ...`, or the keeper's `python -m nodeagent.keeper
+            # `python .../nodemesh-agent ...`, or the keeper's `python -m nodeagent.handover.keeper
             # .../nodemesh-agent ...`
             if any(a.endswith(b"nodemesh-agent") for a in argv[:4]) and (
                 f"--node={node}".encode() in argv

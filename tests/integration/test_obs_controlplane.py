@@ -27,11 +27,11 @@ from controlplane.tap import AgentTapService, TapBroker
 from controlplane.telemetry import Resource, TelemetryStore, nodes, stat
 from controlplane.telemetry.service import MAX_RECEIVE_BYTES, TelemetryService
 from controlplane.telemetry_port import StoreTelemetry
-from nodeagent.destination_client import open_channel, read_token
-from nodeagent.observe import AgentSink
-from nodeagent.observe_events import Peer, RequestObserved
-from nodeagent.tap_client import TapClient
-from nodeagent.telemetry_client import TelemetryClient
+from nodeagent.observe.events import Peer, RequestObserved
+from nodeagent.observe.sink import AgentSink
+from nodeagent.upstream.destination import open_channel, read_token
+from nodeagent.upstream.tap import TapClient
+from nodeagent.upstream.telemetry import TelemetryClient
 from nodemesh import tasks
 from nodemesh.api import public_pb2 as ppb
 from nodemesh.api import public_pb2_grpc as ppb_grpc

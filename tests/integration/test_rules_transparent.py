@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nodeagent.podnetns import inbound_socket
+from nodeagent.proxy.podnetns import inbound_socket
 from nodeagent.rules import transparent
 from nodemesh.netns import socket_in_netns
 from tests import leakcheck

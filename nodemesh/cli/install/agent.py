@@ -50,15 +50,15 @@ def _agent(values: InstallValues) -> Obj:
             f"--admin-addr=0.0.0.0:{ADMIN_PORT}",
             "--netns-dir=/run/netns",
             # PID 1 keeps copies of the listening sockets: an agent that crashes is restarted
-            # at once and refuses no connection meanwhile (nodeagent.keeper).
+            # at once and refuses no connection meanwhile (nodeagent.handover.keeper).
             "--keep-sockets",
             f"--uninstall-wait-seconds={UNINSTALL_WAIT}",
         ],
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
         "ports": [{"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
         # hostNetwork: during a rollout both agents' pods probe the one port 4191. The old agent
-        # answers 503 once the new one has said hello (nodeagent.handover); the delay covers the
-        # new agent's start-up before that hello.
+        # answers 503 once the new one has said hello (nodeagent.handover.sockets); the delay covers
+        # the new agent's start-up before that hello.
         "readinessProbe": {**http_probe("/ready", ADMIN_PORT, period=5), "initialDelaySeconds": 5},
         "livenessProbe": http_probe("/live", ADMIN_PORT, period=10),
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
@@ -186,7 +186,7 @@ def daemonset(values: InstallValues) -> Obj:
         "spec": {
             "selector": {"matchLabels": selector("agent")},
             # The new agent starts beside the old one on each node, takes its sockets over and
-            # becomes ready; only then is the old one stopped (nodeagent.handover).
+            # becomes ready; only then is the old one stopped (nodeagent.handover.sockets).
             "updateStrategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},

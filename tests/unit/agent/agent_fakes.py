@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from nodeagent.listeners import PodAddress
+from nodeagent.enrol.statefile import PodRecord, StateFile
+from nodeagent.pod import PodAddress
 from nodeagent.rules import PodPlan, RuleDiff, diff_plan
 from nodeagent.rules.model import NatState
-from nodeagent.statefile import PodRecord, StateFile
 from nodemesh.api import destination_pb2 as pb
 from nodemesh.netns import NetnsId
 

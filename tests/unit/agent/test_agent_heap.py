@@ -11,9 +11,10 @@ from pathlib import Path
 
 from agent_fakes import FakeListeners, FakeRules, MemoryStore, fake_netns, pod_pb, snapshot
 
-from nodeagent import heap, metrics
-from nodeagent.enrolment import AddRequest, Enroller
-from nodeagent.table import DestinationTable
+from nodeagent import heap
+from nodeagent.enrol.enrolment import AddRequest, Enroller
+from nodeagent.observe import metrics
+from nodeagent.upstream.table import DestinationTable
 
 
 async def test_trim_runs_once_after_a_burst_of_pokes() -> None:

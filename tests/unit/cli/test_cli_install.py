@@ -172,7 +172,7 @@ def test_agent_rollout_overlaps_old_and_new_agents_on_each_node() -> None:
     assert cfg.state_file.parent == cfg.cni_socket.parent == cfg.handover_path.parent
     grace = pod["terminationGracePeriodSeconds"]
     assert grace > cfg.handover_wait_seconds + cfg.drain_seconds
-    assert cfg.keep_sockets  # a crashed agent's sockets outlive it (nodeagent.keeper)
+    assert cfg.keep_sockets  # a crashed agent's sockets outlive it (nodeagent.handover.keeper)
     # The new pod's first probe comes after its agent has had time to reach the old one.
     assert agent["readinessProbe"]["initialDelaySeconds"] >= 5
 

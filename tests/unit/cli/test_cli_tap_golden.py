@@ -15,7 +15,7 @@ from nodemesh.api import tap_pb2_grpc as tpb_grpc
 
 
 def _peer(app: str, ip: str, port: int, *, service: str = "") -> tpb.TapPeer:
-    # The kind as the agent sends it (nodeagent/stats/tapping.py lowercases it).
+    # The kind as the agent sends it (nodeagent/observe/stats/tapping.py lowercases it).
     return tpb.TapPeer(ip=ip, port=port, namespace="emojivoto", pod=f"{app}-6c9f8-0",
                        workload_kind="deployment", workload=app, service=service,
                        identity=f"spiffe://cluster.local/ns/emojivoto/sa/{app}")  # fmt: skip

@@ -177,7 +177,7 @@ def test_without_an_agent_the_node_is_restored_and_the_stuck_pods_are_named(
     before = snapshot(node["conf"])
     state = {"version": 1, "pods": [{"namespace": "shop", "name": "cart-1", "meshed": True}]}
     (node["run"] / "agent-state.json").write_text(json.dumps(state))
-    # The agent's saved keys (nodeagent.servingstate) go too, with no agent there to remove them.
+    # The agent's saved keys (nodeagent.handover.servingstate) go too, with no agent there to remove them.
     (node["run"] / "agent-private").mkdir(mode=0o700)
     (node["run"] / "agent-private" / "serving.json").write_text("{}")
     done = subprocess.run(

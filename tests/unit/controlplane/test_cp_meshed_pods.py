@@ -11,8 +11,8 @@ import cp_objects as k
 from controlplane.destination import DestinationHub, DestinationService
 from controlplane.index import ClusterIndex
 from controlplane.sources.events import KINDS, EventType, KindSynced, ObjectChanged
-from nodeagent.routing import Routes
-from nodeagent.table import DestinationTable
+from nodeagent.proxy.routing import Routes
+from nodeagent.upstream.table import DestinationTable
 from nodemesh.api import destination_pb2 as pb
 from nodemesh.api import destination_pb2_grpc as pb_grpc
 

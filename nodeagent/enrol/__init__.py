@@ -1,0 +1,2 @@
+"""Enrolment of pod attachments: CNI requests, the attachment state machine, the records
+kept on the node, uninstall."""

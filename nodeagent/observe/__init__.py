@@ -1,0 +1,1 @@
+"""What the data plane tells: events, the observation sink, metrics and the aggregated stats."""

@@ -1,0 +1,206 @@
+"""Inbound connections of a meshed pod: plaintext on 4141, the mTLS tunnel on 4143.
+
+4141 takes clients outside the mesh (redirected by the pod's PREROUTING rule): recorded as
+unauthenticated, refused in strict mode (except from the pod's own node, where the kubelet's
+probes come from). 4143 terminates the tunnel with the pod's workload certificate, requires a
+client certificate chained to the trust anchor, reads the preamble and answers it. Either way
+the app is reached from inside the pod's netns, from the client's own address where the pod's
+transparent rules allow it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from functools import partial
+from typing import TYPE_CHECKING
+
+from nodeagent.enrol import podplan
+from nodeagent.observe.events import Peer
+from nodeagent.protocol import preamble as pre
+from nodeagent.proxy import peers
+from nodeagent.proxy.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
+from nodeagent.proxy.l7relay import ConnectionTap, peer_port
+from nodeagent.proxy.outbound import CERT_WAIT, NO_TABLE, report_failed, table_known
+from nodeagent.proxy.podnetns import inbound_socket, marked_socket
+from nodeagent.proxy.tunnel import accept_tunnel, read_preamble, reply
+from nodemesh import certs
+from nodemesh.model import InboundMode, PodInfo, PodKey
+
+if TYPE_CHECKING:
+    from nodeagent.proxy.listeners import PodListeners
+
+log = logging.getLogger(__name__)
+
+
+async def connect_app(relay: Relay, pod: PodListeners, *, client_ip: str, port: int) -> None:
+    """The upstream to the pod's app, made in its netns as `client_ip` when possible."""
+    rt = pod.runtime
+    loop = asyncio.get_running_loop()
+    sock = None
+    if rt.transparent:
+        try:
+            make = partial(inbound_socket, pod.pod.netns, client_ip=client_ip)
+            sock = await loop.run_in_executor(rt.executor, make)
+        except OSError as exc:
+            log.debug("no transparent socket in %s: %s", pod.pod.netns, exc)
+    if sock is None:
+        make = partial(marked_socket, pod.pod.netns, mark=rt.mark)
+        sock = await loop.run_in_executor(rt.executor, make)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, (pod.pod.ip, port)), CONNECT_TIMEOUT)
+    except BaseException:
+        sock.close()
+        raise
+    await relay.open_upstream(sock)
+
+
+def _tap(
+    pod: PodListeners,
+    info: PodInfo | None,
+    *,
+    conn_id: int,
+    src: Peer,
+    dst: Peer,
+    port: int,
+    src_port: int,
+    tls: bool,
+    skip_detection: bool = False,
+) -> ConnectionTap:
+    rt = pod.runtime
+    return ConnectionTap(
+        sink=rt.sink,
+        conn_id=conn_id,
+        direction="inbound",
+        src=src,
+        dst=dst,
+        tls=tls,
+        dst_key=(pod.pod.ip, port),
+        src_port=src_port,
+        dst_port=port,
+        opaque_ports=info.mesh.opaque_ports if info is not None else frozenset(),
+        skip_detection=skip_detection,
+        memory=rt.server_first,
+        call_later=asyncio.get_running_loop().call_later,
+        detect_timeout=rt.detect_timeout,
+    )
+
+
+def _this_pod(pod: PodListeners) -> tuple[PodInfo | None, Peer]:
+    info = pod.runtime.table.pod(PodKey(pod.pod.namespace, pod.pod.name))
+    return info, peers.of_pod(info, ip=pod.pod.ip, namespace=pod.pod.namespace, name=pod.pod.name)
+
+
+async def handle_plain(relay: Relay, pod: PodListeners) -> None:
+    rt = pod.runtime
+    sock = relay.downstream_socket
+    _, port = original_destination(sock)
+    if port in podplan.AGENT_PORTS:
+        relay.refuse("connection back to an agent port")
+        return
+    client_ip = sock.getpeername()[0]
+    # Without a table this pod's mode is unknown: a strict pod must not take plaintext.
+    known = rt.table.synced or await table_known(relay, pod)
+    info, dst = _this_pod(pod)
+    src = peers.of_client(rt.routes, client_ip)
+    conn_id = next(rt.conn_ids)
+    strict = info is not None and info.mesh.inbound_mode is InboundMode.STRICT
+    error = ""
+    if not known:
+        error = NO_TABLE
+    elif strict and client_ip not in (info.host_ip if info else "", pod.pod.ip):
+        error = "strict inbound mode refuses unauthenticated clients"
+    else:
+        try:
+            await connect_app(relay, pod, client_ip=client_ip, port=port)
+        except (OSError, TimeoutError) as exc:
+            error = f"app port {port}: {exc or type(exc).__name__}"
+            relay.stats.failures.inc()
+    if error:
+        report_failed(
+            rt.sink, conn_id=conn_id, direction="inbound", src=src, dst=dst, tls=False, error=error
+        )
+        relay.refuse(error)
+        return
+    relay.start(
+        _tap(
+            pod,
+            info,
+            conn_id=conn_id,
+            src=src,
+            dst=dst,
+            port=port,
+            src_port=peer_port(sock),
+            tls=False,
+        )
+    )
+
+
+async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
+    rt = pod.runtime
+    if not rt.table.synced and not await table_known(relay, pod):
+        relay.refuse(NO_TABLE)
+        return
+    info, dst = _this_pod(pod)
+    client_ip = relay.downstream_socket.getpeername()[0]
+    identity = info.identity if info is not None else ""
+    tls = rt.certs is not None
+    try:
+        if rt.certs is not None:
+            held = await rt.certs.wait(identity, CERT_WAIT) if identity else None
+            if held is None:
+                relay.refuse(f"no certificate for {identity or 'this pod'} yet")
+                return
+            client_id, header = await accept_tunnel(relay, held=held)
+        else:
+            # No trust anchor configured (a test or bring-up setup): the plain preamble of
+            # an unauthenticated client, which strict mode refuses below.
+            client_id, header = "", await read_preamble(relay)
+    except (OSError, TimeoutError, ssl.SSLError, certs.PeerRejected, pre.PreambleError) as exc:
+        log.debug("tunnel into %s/%s refused: %s", pod.pod.namespace, pod.pod.name, exc)
+        relay.refuse(f"tunnel: {exc or type(exc).__name__}")
+        return
+    src = peers.of_client(
+        rt.routes,
+        client_ip,
+        identity=client_id,
+        namespace=header.source_namespace,
+        pod=header.source_pod,
+    )
+    conn_id = next(rt.conn_ids)
+    code = pre.ReplyCode.ACCEPTED
+    error = ""
+    strict = info is not None and info.mesh.inbound_mode is InboundMode.STRICT
+    if header.target_port in podplan.AGENT_PORTS or str(header.original_ip) != pod.pod.ip:
+        code, error = pre.ReplyCode.NO_SUCH_TARGET, f"no target {header.original_ip}"
+    elif strict and not client_id:
+        code, error = pre.ReplyCode.POLICY_DENIED, "strict inbound mode: client not authenticated"
+    else:
+        try:
+            await connect_app(relay, pod, client_ip=client_ip, port=header.target_port)
+        except (OSError, TimeoutError) as exc:
+            code = pre.ReplyCode.CONNECT_FAILED
+            error = f"app port {header.target_port}: {exc or type(exc).__name__}"
+            relay.stats.failures.inc()
+    if header.flags & pre.PreambleFlags.WANT_REPLY:
+        reply(relay, code)
+    if code is not pre.ReplyCode.ACCEPTED:
+        report_failed(
+            rt.sink, conn_id=conn_id, direction="inbound", src=src, dst=dst, tls=tls, error=error
+        )
+        relay.decline(error)
+        return
+    skip = bool(header.flags & pre.PreambleFlags.SKIP_DETECTION)
+    tap = _tap(
+        pod,
+        info,
+        conn_id=conn_id,
+        src=src,
+        dst=dst,
+        port=header.target_port,
+        src_port=peer_port(relay.downstream_socket),
+        tls=tls,
+        skip_detection=skip,
+    )
+    relay.start(tap)

@@ -1,0 +1,231 @@
+"""A meshed pod's listeners (4140, 4141, 4143, 4153): opened inside its netns, served here.
+
+The sockets are made on an executor thread (setns never runs on the loop thread); once bound
+they belong to the pod's netns whatever thread uses them, and the event loop serves them all.
+Each pod costs five sockets and a few small objects: no thread, no task while idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from nodeagent.enrol import podplan
+from nodeagent.handover.wire import SocketEntry
+from nodeagent.observe.events import NullSink, ObservationSink
+from nodeagent.observe.metrics import PodTcpStats, forget_pod
+from nodeagent.pod import PodAddress
+from nodeagent.protocol.detect import ServerFirstMemory
+from nodeagent.proxy import inbound, outbound
+from nodeagent.proxy.balancer import Balancer
+from nodeagent.proxy.dnsforward import UdpDnsForwarder, serve_tcp, upstream_resolver
+from nodeagent.proxy.dnsnames import DnsNames
+from nodeagent.proxy.l4proxy import Relay
+from nodeagent.proxy.l7relay import DETECT_TIMEOUT
+from nodeagent.proxy.routing import Routes
+from nodeagent.upstream.certstore import CertStore
+from nodeagent.upstream.table import DestinationTable
+from nodemesh import tasks
+from nodemesh.netns import socket_in_netns
+
+log = logging.getLogger(__name__)
+
+BACKLOG = 1024
+
+
+class SocketKeeper(Protocol):
+    """Holds a copy of each listening socket while it is served (nodeagent.handover.keeper)."""
+
+    def keep(self, entries: list[tuple[SocketEntry, socket.socket]]) -> None: ...
+    def drop(self, netns: str = "") -> None: ...
+
+
+class ListenerError(OSError):
+    """A pod's listeners could not be opened."""
+
+
+@dataclass
+class ProxyRuntime:
+    """What every pod's listeners share: the table and what is derived from it, certificates,
+    the observation sink, the mark, the netns socket executor and the live relays."""
+
+    mark: int
+    executor: Executor
+    table: DestinationTable = field(default_factory=lambda: DestinationTable(""))
+    sink: ObservationSink = field(default_factory=NullSink)
+    # None: no trust anchor configured, meshed destinations get plain connections.
+    certs: CertStore | None = None
+    dns_names: DnsNames | None = None
+    balancer: Balancer = field(default_factory=Balancer)
+    server_first: ServerFirstMemory = field(default_factory=ServerFirstMemory)
+    detect_timeout: float = DETECT_TIMEOUT
+    # Connect to apps from the client's address (needs the pod's transparent rules).
+    transparent: bool = True
+    relays: set[Relay] = field(default_factory=set)
+    # The most relays open at once since the agent last looked (it then resets this).
+    peak_relays: int = 0
+    conn_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Tunnel handshakes made, "full" or "resumed".
+    handshakes: Counter[str] = field(default_factory=Counter)
+    keeper: SocketKeeper | None = None
+    routes: Routes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.routes = Routes(self.table)
+
+
+# Serves one accepted connection: route it, open its upstream, start (or refuse) the relay.
+Handler = Callable[[Relay, "PodListeners"], Awaitable[None]]
+
+
+def _bind_all(netns: str) -> dict[str, socket.socket]:
+    """Blocking: the five listening sockets, made inside `netns`."""
+    made: dict[str, socket.socket] = {}
+    specs = [
+        ("outbound", socket.SOCK_STREAM, "0.0.0.0", podplan.OUTBOUND_PORT),
+        ("inbound", socket.SOCK_STREAM, "0.0.0.0", podplan.INBOUND_PORT),
+        ("tunnel", socket.SOCK_STREAM, "0.0.0.0", podplan.TUNNEL_PORT),
+        ("dns-tcp", socket.SOCK_STREAM, "0.0.0.0", podplan.DNS_PORT),
+        # REDIRECT in OUTPUT sends local UDP to 127.0.0.1, so that is where the answer must
+        # come from for conntrack to map it back to the resolver the app asked.
+        ("dns-udp", socket.SOCK_DGRAM, "127.0.0.1", podplan.DNS_PORT),
+    ]
+    try:
+        for name, kind, host, port in specs:
+            sock = socket_in_netns(netns, socket.AF_INET, kind | socket.SOCK_CLOEXEC)
+            made[name] = sock
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # A restarted agent can bind next to one still draining.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            if kind == socket.SOCK_STREAM:
+                sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in made.values():
+            sock.close()
+        raise ListenerError(exc.errno, f"cannot listen in {netns}: {exc.strerror or exc}") from exc
+    return made
+
+
+class PodListeners:
+    """The listeners of one enrolled pod and the routing decision behind each."""
+
+    def __init__(
+        self,
+        pod: PodAddress,
+        runtime: ProxyRuntime,
+        inherited: dict[str, socket.socket] | None = None,
+    ) -> None:
+        self.pod = pod
+        self.runtime = runtime
+        # Sockets taken over from the previous agent (nodeagent.handover.sockets), used instead of
+        # binding new ones: the same kernel sockets, accept queues and all.
+        self.inherited = inherited
+        # The listening sockets as served, by name: what a successor is handed.
+        self.sockets: dict[str, socket.socket] = {}
+        self.servers: dict[str, asyncio.Server] = {}
+        self.dns: UdpDnsForwarder | None = None
+        self.outbound = PodTcpStats("outbound", pod.namespace, pod.name)
+        self.inbound = PodTcpStats("inbound", pod.namespace, pod.name)
+        self._resolver: str | None = None
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.inherited is not None:
+            socks, self.inherited = self.inherited, None
+        else:
+            socks = await loop.run_in_executor(self.runtime.executor, _bind_all, self.pod.netns)
+        self.sockets = dict(socks)
+        try:
+            handlers: dict[str, tuple[Handler, PodTcpStats]] = {
+                "outbound": (outbound.handle, self.outbound),
+                "inbound": (inbound.handle_plain, self.inbound),
+                "tunnel": (inbound.handle_tunnel, self.inbound),
+            }
+            for name, (handler, stats) in handlers.items():
+                self.servers[name] = await loop.create_server(
+                    self._factory(handler, stats), sock=socks.pop(name)
+                )
+            self._resolver = upstream_resolver(self.pod.netns)
+            forwarder = UdpDnsForwarder(
+                netns=self.pod.netns,
+                namespace=self.pod.namespace,
+                pod=self.pod.name,
+                upstream=lambda: self._resolver,
+                mark=self.runtime.mark,
+                executor=self.runtime.executor,
+                names=self.runtime.dns_names,
+            )
+            resolver = forwarder.resolver
+            self.servers["dns-tcp"] = await asyncio.start_server(
+                lambda r, w: serve_tcp(resolver, r, w), sock=socks.pop("dns-tcp")
+            )
+            await loop.create_datagram_endpoint(lambda: forwarder, sock=socks.pop("dns-udp"))
+            self.dns = forwarder
+            if self.runtime.keeper is not None:
+                self.runtime.keeper.keep(
+                    [(SocketEntry("pod", n, self.pod.netns), s) for n, s in self.sockets.items()]
+                )
+        except BaseException:
+            for sock in socks.values():
+                sock.close()
+            self.close()
+            raise
+
+    def is_open(self) -> bool:
+        return (
+            len(self.servers) == 4
+            and all(s.is_serving() for s in self.servers.values())
+            and self.dns is not None
+            and self.dns.transport is not None
+            and not self.dns.transport.is_closing()
+        )
+
+    def close(self, *, forget_metrics: bool = False) -> None:
+        """Stop accepting; connections already relayed run on until they end."""
+        if self.sockets and self.runtime.keeper is not None:
+            self.runtime.keeper.drop(self.pod.netns)
+        for server in self.servers.values():
+            server.close()
+        self.servers.clear()
+        self.sockets.clear()
+        if self.dns is not None:
+            self.dns.close()
+            self.dns = None
+        if forget_metrics:
+            forget_pod(self.pod.namespace, self.pod.name)
+
+    def _factory(self, handler: Handler, stats: PodTcpStats) -> Callable[[], asyncio.Protocol]:
+        runtime = self.runtime
+
+        def start(relay: Relay) -> None:
+            tasks.spawn(self._serve(handler, relay), name="relay")
+
+        relays = runtime.relays
+
+        def accepted() -> asyncio.Protocol:
+            relay = Relay(stats, relays, start)
+            if len(relays) > runtime.peak_relays:
+                runtime.peak_relays = len(relays)
+            return relay.down
+
+        return accepted
+
+    async def _serve(self, handler: Handler, relay: Relay) -> None:
+        try:
+            await handler(relay, self)
+        except asyncio.CancelledError:
+            relay.abort()
+            raise
+        except Exception:
+            # A bug in one connection's handling must not take the listener down.
+            log.exception("serving a connection of %s/%s failed", self.pod.namespace, self.pod.name)
+            relay.refuse("internal error")

@@ -1,0 +1,244 @@
+"""Outbound connections of a meshed pod (its 4140 listener): route, balance, connect, observe.
+
+The original destination is looked up in the table (nodeagent.proxy.routing). A Service VIP's ready
+endpoints are chosen by the balancer; an endpoint that refuses, times out or whose agent turns
+the tunnel down is marked down and the next one is tried, so the app only sees an error when
+every attempt failed. Meshed endpoints get the mTLS tunnel to their agent (port 4143), others a
+plain connection; either way the socket is made inside the source pod's netns with the mark.
+With no table yet the connection is held, then refused (nodeagent.proxy.failclosed): never
+plaintext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from functools import partial
+from typing import TYPE_CHECKING
+
+from nodeagent.enrol import podplan
+from nodeagent.observe.events import ObservationSink, Peer, TcpClosed, TcpOpened
+from nodeagent.protocol.preamble import PreambleError
+from nodeagent.proxy import failclosed, peers
+from nodeagent.proxy.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
+from nodeagent.proxy.l7relay import ConnectionTap, peer_port
+from nodeagent.proxy.podnetns import marked_socket
+from nodeagent.proxy.routing import Route, Target
+from nodeagent.proxy.tunnel import HANDSHAKE_TIMEOUT, TunnelDenied, TunnelRefused, open_tunnel
+from nodemesh.model import PodInfo, PodKey
+
+if TYPE_CHECKING:
+    from nodeagent.proxy.listeners import PodListeners
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+# Per attempt while other endpoints remain: a dead pod's address must not hold the client long.
+RETRY_CONNECT_TIMEOUT = 1.0
+# How long a connection waits for its workload's certificate (a pod that just started).
+CERT_WAIT = 5.0
+# How long a connection waits for the first table after an agent restart (then it is refused):
+# without a table every meshed destination looks unknown and would be reached in plaintext.
+SYNC_WAIT = failclosed.HOLD_FOR_TABLE
+
+RETRYABLE = (OSError, TimeoutError, ssl.SSLError, TunnelRefused, PreambleError)
+
+
+def report_failed(
+    sink: ObservationSink,
+    *,
+    conn_id: int,
+    direction: str,
+    src: Peer,
+    dst: Peer,
+    tls: bool,
+    error: str,
+) -> None:
+    """A connection accepted but never relayed still counts as opened and closed, with why."""
+    sink.tcp_opened(TcpOpened(conn_id, direction, src, dst, "tcp", tls, time.time()))
+    sink.tcp_closed(TcpClosed(conn_id, direction, src, dst, "tcp", tls, 0, 0, 0.0, error))
+
+
+async def _connect(
+    relay: Relay,
+    pod: PodListeners,
+    info: PodInfo | None,
+    target: Target,
+    route: Route,
+    *,
+    timeout: float,
+) -> bool:
+    """Open the upstream to `target` (tunnel when meshed); True when it is mTLS."""
+    rt = pod.runtime
+    loop = asyncio.get_running_loop()
+    identity = info.identity if info is not None else ""
+    how = failclosed.upstream(
+        meshed=target.meshed, source_identity=identity, mtls=rt.certs is not None
+    )
+    if how is failclosed.Upstream.REFUSE:
+        raise TunnelDenied(f"{pod.pod.namespace}/{pod.pod.name} has no identity to tunnel with")
+    tunnel = how is failclosed.Upstream.TUNNEL
+    held = None
+    if tunnel:
+        assert rt.certs is not None
+        held = await rt.certs.wait(identity, CERT_WAIT)
+        if held is None:
+            raise TunnelDenied(f"no certificate for {identity} yet")
+    make = partial(marked_socket, pod.pod.netns, mark=rt.mark)
+    sock = await loop.run_in_executor(rt.executor, make)
+    addr = (target.ip, podplan.TUNNEL_PORT if tunnel else target.port)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    if held is None:
+        await relay.open_upstream(sock)
+        return False
+    assert rt.certs is not None
+    resumed = await open_tunnel(
+        relay,
+        sock,
+        held=held,
+        target=target,
+        source_namespace=pod.pod.namespace,
+        source_pod=pod.pod.name,
+        opaque=route.opaque or target.opaque,
+        resume=rt.certs.resume,
+        timeout=HANDSHAKE_TIMEOUT,
+    )
+    rt.handshakes["resumed" if resumed else "full"] += 1
+    return True
+
+
+async def table_known(relay: Relay, pod: PodListeners) -> bool:
+    """Hold the connection until the agent has a table; False (refuse it) if none comes."""
+    table = pod.runtime.table
+    started = time.monotonic()
+    while True:
+        wait = failclosed.table_wait(
+            synced=table.synced,
+            held_for=time.monotonic() - started,
+            client_gone=relay.down.lost,
+            limit=SYNC_WAIT,
+        )
+        if wait is failclosed.Wait.PROCEED:
+            return True
+        if wait is failclosed.Wait.REFUSE:
+            return False
+        await asyncio.sleep(0.05)  # rare (the first seconds of an agent): polling is fine
+
+
+NO_TABLE = "no destination table yet (control plane unreachable, nothing saved): refused"
+
+
+async def handle(relay: Relay, pod: PodListeners) -> None:
+    rt = pod.runtime
+    sock = relay.downstream_socket
+    ip, port = original_destination(sock)
+    if (ip, port) == sock.getsockname()[:2]:
+        relay.refuse("reached the outbound listener directly")
+        return
+    if not rt.table.synced and not await table_known(relay, pod):
+        relay.stats.failures.inc()
+        src = peers.of_pod(None, ip=pod.pod.ip, namespace=pod.pod.namespace, name=pod.pod.name)
+        report_failed(
+            rt.sink,
+            conn_id=next(rt.conn_ids),
+            direction="outbound",
+            src=src,
+            dst=peers.peer(ip),
+            tls=False,
+            error=NO_TABLE,
+        )
+        relay.refuse(NO_TABLE)
+        return
+    info = rt.table.pod(PodKey(pod.pod.namespace, pod.pod.name))
+    src = peers.of_pod(info, ip=pod.pod.ip, namespace=pod.pod.namespace, name=pod.pod.name)
+    route = rt.routes.resolve(ip, port)
+    conn_id = next(rt.conn_ids)
+    known = route.known
+    targets = route.targets if known else (Target(ip, port),)
+    tried: set[tuple[str, int]] = set()
+    error = (
+        f"{route.service.key} has no ready endpoint" if route.service and route.no_endpoints else ""
+    )
+    target: Target | None = None
+    balancer = rt.balancer
+    for attempt in range(MAX_ATTEMPTS if not route.no_endpoints else 0):
+        target = balancer.pick(targets, now=time.monotonic(), exclude=tried)
+        if target is None:
+            break
+        tried.add(target.key)
+        more = known and attempt + 1 < MAX_ATTEMPTS and len(tried) < len(targets)
+        started = time.monotonic()
+        try:
+            tls = await _connect(
+                relay,
+                pod,
+                info,
+                target,
+                route,
+                timeout=RETRY_CONNECT_TIMEOUT if more else CONNECT_TIMEOUT,
+            )
+        except TunnelDenied as exc:
+            error = str(exc)
+            relay.drop_upstream()
+            break
+        except RETRYABLE as exc:
+            error = f"{target.ip}:{target.port}: {exc or type(exc).__name__}"
+            log.debug("outbound %s/%s -> %s", pod.pod.namespace, pod.pod.name, error)
+            relay.drop_upstream()
+            balancer.failed(target.key, now=time.monotonic())
+            if relay.down.lost:
+                break
+            continue
+        except asyncio.CancelledError:
+            relay.drop_upstream()
+            relay.abort()
+            raise
+        _start(relay, pod, conn_id, src, route, target, tls, started)
+        return
+    relay.stats.failures.inc()
+    dst = peers.of_target(target, route.service) if target is not None else peers.peer(ip)
+    report_failed(
+        rt.sink, conn_id=conn_id, direction="outbound", src=src, dst=dst, tls=False, error=error
+    )
+    relay.refuse(error)
+
+
+def _start(
+    relay: Relay,
+    pod: PodListeners,
+    conn_id: int,
+    src: Peer,
+    route: Route,
+    target: Target,
+    tls: bool,
+    started: float,
+) -> None:
+    rt = pod.runtime
+    balancer, key = rt.balancer, target.key
+    now = time.monotonic()
+    balancer.observe(key, now - started, now=now)
+    balancer.opened(key, now=now)
+    relay.on_finish(lambda: balancer.closed(key, now=time.monotonic()))
+    tap = ConnectionTap(
+        sink=rt.sink,
+        conn_id=conn_id,
+        direction="outbound",
+        src=src,
+        dst=peers.of_target(target, route.service) if route.known else peers.peer(target.ip),
+        tls=tls,
+        dst_key=(route.ip, route.port),
+        src_port=peer_port(relay.downstream_socket),
+        dst_port=target.port,
+        skip_detection=route.opaque or target.opaque,
+        memory=rt.server_first,
+        call_later=asyncio.get_running_loop().call_later,
+        detect_timeout=rt.detect_timeout,
+        on_first_byte=lambda s: balancer.observe(key, s, now=time.monotonic()),
+    )
+    relay.start(tap)

@@ -1,0 +1,118 @@
+"""The mesh tunnel between agents: TLS 1.3 with workload certificates, then the preamble.
+
+Source side (`open_tunnel`): on a socket already connected from the source pod's netns to
+dstPodIP:4143, handshake as the source workload (offering the last session ticket for that
+destination identity), check the server proved the destination's SPIFFE ID, send the preamble
+and wait for the reply. Destination side (`accept_tunnel`): handshake as the pod's workload,
+requiring a client certificate that chains to the trust anchor, then read the preamble.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from nodeagent.protocol import preamble as pre
+from nodeagent.proxy.l4proxy import Relay
+from nodeagent.proxy.routing import Target
+from nodeagent.upstream.certstore import Held, server_name
+from nodemesh import certs
+
+HANDSHAKE_TIMEOUT = 5.0
+PREAMBLE_TIMEOUT = 5.0
+REPLY_TIMEOUT = 10.0
+
+
+class TunnelRefused(ConnectionError):
+    """The destination agent (or its app) would not take the connection; try another endpoint."""
+
+
+class TunnelDenied(TunnelRefused):
+    """The destination's policy refused the source: another endpoint would say the same."""
+
+
+async def open_tunnel(
+    relay: Relay,
+    sock: socket.socket,
+    *,
+    held: Held,
+    target: Target,
+    source_namespace: str,
+    source_pod: str,
+    opaque: bool = False,
+    resume: bool = True,
+    timeout: float = HANDSHAKE_TIMEOUT,
+) -> bool:
+    """Make `sock` the relay's TLS upstream to `target`'s agent; True when TLS resumed."""
+    name = server_name(target.identity)
+    session = held.sessions.get(name) if resume else None
+    transport = await relay.open_upstream(
+        sock,
+        context=held.client,
+        server_hostname=name,
+        session=session,
+        handshake_timeout=timeout,
+    )
+    ssl_object = transport.get_extra_info("ssl_object")
+    try:
+        certs.check_peer(ssl_object, expected=target.identity)
+    except certs.PeerRejected as exc:
+        held.sessions.forget(name)
+        raise TunnelRefused(str(exc)) from exc
+    flags = pre.PreambleFlags.WANT_REPLY
+    if opaque:
+        flags |= pre.PreambleFlags.SKIP_DETECTION
+    transport.write(
+        pre.encode_preamble(
+            pre.Preamble(
+                target_port=target.port,
+                original_ip=ipaddress.ip_address(target.ip),
+                protocol=pre.Protocol.OPAQUE if opaque else None,
+                source_namespace=source_namespace,
+                source_pod=source_pod,
+                flags=flags,
+            )
+        )
+    )
+    if not await relay.wait_for_bytes(pre.REPLY_SIZE, REPLY_TIMEOUT, upstream=True):
+        raise TunnelRefused("the destination agent closed the tunnel without a reply")
+    try:
+        reply = pre.decode_reply(relay.consume(pre.REPLY_SIZE, upstream=True))
+    except pre.PreambleError as exc:
+        raise TunnelRefused(f"bad tunnel reply: {exc}") from exc
+    reused = bool(ssl_object.session_reused)
+    if resume and held.sessions.wants(name, resumed=reused):
+        # By now the server's tickets have been read along with the reply.
+        held.sessions.put(name, ssl_object.session)
+    if reply.code == pre.ReplyCode.POLICY_DENIED:
+        raise TunnelDenied(f"destination refused: {reply.reason}")
+    if not reply.accepted:
+        raise TunnelRefused(f"destination refused: {reply.reason}")
+    return reused
+
+
+async def read_preamble(relay: Relay, timeout: float = PREAMBLE_TIMEOUT) -> pre.Preamble:
+    """The preamble at the start of the client's bytes (consumed; the rest is the app's)."""
+    if not await relay.wait_for_bytes(pre.HEADER_SIZE, timeout):
+        raise pre.PreambleError("no preamble before the timeout")
+    size = pre.preamble_size(bytes(relay.early[: pre.HEADER_SIZE]))
+    if not await relay.wait_for_bytes(size, timeout):
+        raise pre.PreambleError("preamble cut short")
+    header, used = pre.decode_preamble(bytes(relay.early))
+    relay.consume(used)
+    return header
+
+
+async def accept_tunnel(
+    relay: Relay, *, held: Held, timeout: float = HANDSHAKE_TIMEOUT
+) -> tuple[str, pre.Preamble]:
+    """Terminate TLS as `held`'s workload; returns the client's proven identity and preamble."""
+    await relay.start_tls_down(held.server, timeout=timeout)
+    assert relay.down.transport is not None
+    identity = certs.peer_identity(relay.down.transport.get_extra_info("ssl_object"))
+    return identity, await read_preamble(relay)
+
+
+def reply(relay: Relay, code: pre.ReplyCode) -> None:
+    if relay.down.transport is not None and not relay.down.lost:
+        relay.down.transport.write(pre.encode_reply(code))

@@ -1,0 +1,112 @@
+"""Keep a certificate for every workload identity with a pod on this node, from Identity/Certify.
+
+For each identity the store says is due, make a fresh key in memory, send a CSR over the agent's
+channel to the control plane (authenticated as the node with its bearer token, as the
+destination client does) and install the answer. Failures back off per identity; certificates
+already held keep serving until they expire, so a control plane that is away for a while costs
+nothing but the renewals it delays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from nodeagent.enrol import podplan
+from nodeagent.upstream.certstore import CertStore
+from nodeagent.upstream.table import DestinationTable
+from nodemesh import certs
+from nodemesh.api import identity_pb2, identity_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+CERTIFY_TIMEOUT = 10.0
+# Longest sleep between looks at the table, in case a kick was missed.
+IDLE_WAKEUP = 5.0
+PARALLEL = 4
+
+
+def identities_on_node(table: DestinationTable) -> set[str]:
+    """The SPIFFE IDs of meshed pods of this node that still run (or are about to)."""
+    return {
+        p.identity
+        for p in table.pods.values()
+        if p.identity and podplan.wants_mesh(p) and p.phase not in ("Succeeded", "Failed")
+    }
+
+
+class IdentityClient:
+    def __init__(
+        self,
+        *,
+        channel: grpc.aio.Channel,
+        store: CertStore,
+        wanted: Callable[[], set[str]],
+        token: Callable[[], str | None] = lambda: None,
+        timeout: float = CERTIFY_TIMEOUT,
+    ) -> None:
+        self.stub = identity_pb2_grpc.IdentityStub(channel)
+        self.store = store
+        self.wanted = wanted
+        self.token = token
+        self.timeout = timeout
+        self.issued = 0
+        self.failures = 0
+
+    def kick(self) -> None:
+        """Something changed (the table, a connection waiting): look again now."""
+        self.store.kicked.set()
+
+    async def run(self) -> None:
+        limit = asyncio.Semaphore(PARALLEL)
+
+        async def one(identity: str) -> None:
+            async with limit:
+                await self.certify(identity)
+
+        while True:
+            self.store.kicked.clear()
+            self.store.want(self.wanted())
+            due = self.store.due(self.store.clock())
+            if due:
+                await asyncio.gather(*(one(i) for i in due))
+            wait = self.store.next_due(self.store.clock())
+            wait = IDLE_WAKEUP if wait is None else min(max(wait, 0.01), IDLE_WAKEUP)
+            try:
+                await asyncio.wait_for(self.store.kicked.wait(), wait)
+            except TimeoutError:
+                pass
+
+    async def certify(self, identity: str) -> bool:
+        """Ask for `identity` once; install it or back off. True when a certificate arrived."""
+        try:
+            token = self.token()
+            key = certs.new_key()
+            request = identity_pb2.CertifyRequest(
+                csr=certs.make_csr(identity, key), spiffe_id=identity
+            )
+            metadata = [("authorization", f"Bearer {token}")] if token else None
+            reply = await self.stub.Certify(request, metadata=metadata, timeout=self.timeout)
+            certified = certs.CertifiedKey.from_pem(identity, key, reply.certificate_chain_pem)
+        except grpc.aio.AioRpcError as exc:
+            self._failed(identity, f"{exc.code().name}: {exc.details()}")
+            return False
+        except (OSError, ValueError, certs.PeerRejected) as exc:
+            self._failed(identity, str(exc))
+            return False
+        if identity not in self.store.wanted:
+            return False  # the last pod of it left while we asked
+        self.store.install(certified)
+        self.issued += 1
+        log.info("certificate for %s until %s", identity, certified.not_after.isoformat())
+        return True
+
+    def _failed(self, identity: str, why: str) -> None:
+        self.failures += 1
+        delay = self.store.failed(identity, self.store.clock())
+        held = self.store.current(identity)
+        level = logging.WARNING if held is None else logging.INFO
+        log.log(level, "certificate for %s: %s (again in %.1fs)", identity, why, delay)

@@ -1,0 +1,131 @@
+"""The agent's tap stream: AgentTap/Connect to the control plane, start/stop commands in,
+request events out (the matching and rate limits are nodeagent.observe.stats.tapping's).
+
+Events wait in a bounded queue between the sink (on the data path, never blocking) and the
+stream; when the control plane reads too slowly the newest are dropped and counted. When the
+stream breaks every tap ends with it: the control plane sends its taps again on the next hello.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+import grpc
+from prometheus_client import Counter, Gauge
+
+from nodeagent.observe.metrics import REGISTRY
+from nodeagent.observe.stats.tapping import Taps
+from nodemesh import tasks
+from nodemesh.api import tap_pb2 as pb
+from nodemesh.api import tap_pb2_grpc as pb_grpc
+from nodemesh.version import __version__
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 0.25
+BACKOFF_MAX = 10.0
+QUEUE_SIZE = 1000
+
+TAP_EVENTS = Counter(
+    "nodemesh_agent_tap_events",
+    "Tap events by outcome (sent, dropped: the stream fell behind)",
+    ["result"],
+    registry=REGISTRY,
+)
+TAP_ACTIVE = Gauge(
+    "nodemesh_agent_tap_subscriptions", "Taps active on this agent", registry=REGISTRY
+)
+
+
+class TapClient:
+    def __init__(
+        self,
+        *,
+        channel: grpc.aio.Channel,
+        taps: Taps,
+        token: Callable[[], str | None] = lambda: None,
+        queue_size: int = QUEUE_SIZE,
+    ) -> None:
+        self.channel = channel
+        self.taps = taps
+        self.token = token
+        self.queue: asyncio.Queue[pb.TapEvent] = asyncio.Queue(queue_size)
+        self.connected = False
+        self.dropped = 0
+        self.sent = 0
+        self._commands = 0  # on the current stream: a stream that got some is not failing
+        taps.emit = self._emit
+
+    def _emit(self, event: pb.TapEvent) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            TAP_EVENTS.labels("dropped").inc()
+
+    async def run(self) -> None:
+        stub = pb_grpc.AgentTapStub(self.channel)
+        delay = BACKOFF_FIRST
+        while True:
+            self._commands = 0
+            try:
+                token = self.token()
+                metadata = (("authorization", f"Bearer {token}"),) if token else ()
+                call = stub.Connect(metadata=metadata)
+                hello = pb.AgentHello(node=self.taps.node, agent_version=__version__)
+                await call.write(pb.AgentTapMessage(hello=hello))
+                self.connected = True
+                await self._stream(call)
+                log.warning("tap stream ended; reconnecting")
+            except grpc.aio.AioRpcError as exc:
+                log.log(
+                    logging.WARNING if self._commands else logging.DEBUG,
+                    "tap stream: %s %s",
+                    exc.code().name,
+                    exc.details(),
+                )
+            except (ValueError, OSError) as exc:
+                log.error("tap stream: %s", exc)
+            finally:
+                self.connected = False
+                self.taps.clear()
+                TAP_ACTIVE.set(0)
+                self._drain_queue()
+            # A stream that stayed up for a while is not a failing one: start the backoff over.
+            if self._commands:
+                delay = BACKOFF_FIRST
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _stream(self, call: grpc.aio.StreamStreamCall) -> None:
+        sender = tasks.spawn(self._send(call), name="tap events")
+        try:
+            async for command in call:
+                self._commands += 1
+                kind = command.WhichOneof("kind")
+                if kind == "start":
+                    self.taps.start(command.start)
+                    start = command.start
+                    log.info("tap %s started for %d pod(s)", start.id, len(start.pods))
+                elif kind == "stop":
+                    self.taps.stop(command.stop)
+                    log.info("tap %s stopped", command.stop)
+                TAP_ACTIVE.set(len(self.taps.subscriptions))
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            call.cancel()
+
+    async def _send(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            event = await self.queue.get()
+            await call.write(pb.AgentTapMessage(event=event))
+            self.sent += 1
+            TAP_EVENTS.labels("sent").inc()
+
+    def _drain_queue(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()

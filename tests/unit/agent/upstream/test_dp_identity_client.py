@@ -1,0 +1,140 @@
+"""The agent's identity client against the real Identity service on loopback gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+from dp_identities import API, PODS, TD, WEB
+from prometheus_client import CollectorRegistry
+
+from controlplane.identity import BootstrapTokenAuthenticator, CertificateAuthority
+from controlplane.identity.service import IdentityService
+from nodeagent.upstream.certstore import CertStore
+from nodeagent.upstream.identity import IdentityClient
+from nodemesh import certs, tasks
+from nodemesh.identity import CaMaterial
+
+TOKEN = "token-of-node1-" + "x" * 24
+OTHER = f"spiffe://{TD}/ns/shop/sa/not-here"
+
+
+async def _serve(authority: CertificateAuthority) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    IdentityService(
+        authority=authority,
+        authenticator=BootstrapTokenAuthenticator({"node1": TOKEN}),
+        registry=CollectorRegistry(),
+    ).add_to(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+@pytest.fixture
+async def channel_to(
+    authority: CertificateAuthority,
+) -> AsyncIterator[Callable[..., grpc.aio.Channel]]:
+    servers: list[grpc.aio.Server] = []
+    channels: list[grpc.aio.Channel] = []
+
+    async def make(lifetime: datetime.timedelta = datetime.timedelta(hours=24)) -> grpc.aio.Channel:
+        ca = CertificateAuthority(
+            anchors=authority.anchors,
+            issuer=authority.issuer,
+            trust_domain=TD,
+            pods_on_node=lambda node: iter(PODS.get(node, [])),
+            lifetime=lifetime,
+        )
+        server, port = await _serve(ca)
+        servers.append(server)
+        channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+        return channels[-1]
+
+    yield make  # type: ignore[misc]
+    for ch in channels:
+        await ch.close()
+    for s in servers:
+        await s.stop(None)
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_certificates_for_the_nodes_identities_are_fetched_and_valid(
+    channel_to, anchor: CaMaterial
+) -> None:
+    store = CertStore(trust_anchors_pem=anchor.certificate_pem())
+    client = IdentityClient(
+        channel=await channel_to(), store=store, wanted=lambda: {WEB, API}, token=lambda: TOKEN
+    )
+    task = tasks.spawn(client.run(), name="identity client")
+    try:
+        await _until(lambda: WEB in store.held and API in store.held)
+    finally:
+        await tasks.cancel_all([task])
+    held = store.held[WEB]
+    certs.verify_peer_certificate(
+        held.certified.chain[0],
+        intermediates=list(held.certified.chain[1:]),
+        trust_anchors=[anchor.certificate],
+        expected=WEB,
+    )
+    assert client.failures == 0
+
+
+async def test_renewed_before_expiry_with_a_new_key(channel_to, anchor: CaMaterial) -> None:
+    # The store's clock jumps to the renewal time (2/3 of the life): the client must ask
+    # again on its own, with a fresh key, while the old certificate keeps serving.
+    store = CertStore(trust_anchors_pem=anchor.certificate_pem())
+    client = IdentityClient(
+        channel=await channel_to(datetime.timedelta(seconds=30)),
+        store=store,
+        wanted=lambda: {WEB},
+        token=lambda: TOKEN,
+    )
+    task = tasks.spawn(client.run(), name="identity client")
+    try:
+        await _until(lambda: WEB in store.held)
+        first = store.held[WEB]
+        assert first.renew_at > store.clock()
+        store.clock = lambda: first.renew_at + 0.01  # time passes
+        client.kick()
+        await _until(lambda: store.held[WEB] is not first)
+    finally:
+        await tasks.cancel_all([task])
+    second = store.held[WEB]
+    assert second.certified.key.public_key() != first.certified.key.public_key()
+    assert second.certified.chain[0].serial_number != first.certified.chain[0].serial_number
+
+
+async def test_refusals_back_off_and_do_not_stop_the_others(channel_to, anchor) -> None:
+    store = CertStore(trust_anchors_pem=anchor.certificate_pem())
+    client = IdentityClient(
+        channel=await channel_to(), store=store, wanted=lambda: {WEB, OTHER}, token=lambda: TOKEN
+    )
+    task = tasks.spawn(client.run(), name="identity client")
+    try:
+        await _until(lambda: WEB in store.held and client.failures >= 1)
+        await asyncio.sleep(0.3)
+        # PERMISSION_DENIED for a workload with no pod here: asked again only after backoff.
+        assert 1 <= client.failures <= 2
+    finally:
+        await tasks.cancel_all([task])
+    assert OTHER not in store.held
+
+
+async def test_a_bad_token_gets_nothing(channel_to, anchor) -> None:
+    store = CertStore(trust_anchors_pem=anchor.certificate_pem())
+    client = IdentityClient(
+        channel=await channel_to(), store=store, wanted=lambda: {WEB}, token=lambda: "wrong"
+    )
+    assert not await client.certify(WEB)
+    assert store.held == {} and client.failures == 1
