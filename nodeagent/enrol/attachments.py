@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from nodeagent.enrol import podplan
+from nodeagent import podplan
 from nodeagent.enrol.phases import Event, Phase, next_phase
 from nodeagent.enrol.statefile import PodRecord
 from nodeagent.observe.metrics import PODS_ENROLLED

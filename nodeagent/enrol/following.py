@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from nodeagent.enrol import podplan
+from nodeagent import podplan
 from nodeagent.enrol.attachments import Attachments
 from nodeagent.enrol.phases import Event, Phase
 from nodeagent.rules import RedirectSettings

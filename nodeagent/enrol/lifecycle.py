@@ -8,7 +8,7 @@ import asyncio
 import logging
 import os
 
-from nodeagent.enrol import podplan
+from nodeagent import podplan
 from nodeagent.enrol.attachments import Attachments, netns_identity
 from nodeagent.enrol.phases import Event, Phase
 from nodeagent.enrol.statefile import PodRecord

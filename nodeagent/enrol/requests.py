@@ -6,7 +6,7 @@ import asyncio
 import logging
 from dataclasses import replace
 
-from nodeagent.enrol import podplan
+from nodeagent import podplan
 from nodeagent.enrol.attachments import AddRequest, Attachments, Outcome, netns_identity
 from nodeagent.enrol.phases import Event, Phase
 from nodeagent.enrol.statefile import PodRecord

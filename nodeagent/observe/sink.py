@@ -9,12 +9,16 @@ which sets `taps.emit`. Every method runs on the event loop thread and never blo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from nodeagent.observe import peers
 from nodeagent.observe.events import Peer, RequestObserved, TcpClosed, TcpOpened
 from nodeagent.observe.stats.series import DEFAULT_MAX_SERIES, Aggregate
 from nodeagent.observe.stats.tapping import Taps
-from nodeagent.proxy import peers
-from nodeagent.upstream.table import DestinationTable
 from nodemesh.api import tap_pb2
+
+if TYPE_CHECKING:  # an annotation only: observe/ does not import upstream/
+    from nodeagent.upstream.table import DestinationTable
 
 
 def _drop(event: tap_pb2.TapEvent) -> None:

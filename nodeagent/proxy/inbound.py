@@ -16,10 +16,10 @@ import ssl
 from functools import partial
 from typing import TYPE_CHECKING
 
-from nodeagent.enrol import podplan
+from nodeagent import podplan
+from nodeagent.observe import peers
 from nodeagent.observe.events import Peer
 from nodeagent.protocol import preamble as pre
-from nodeagent.proxy import peers
 from nodeagent.proxy.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
 from nodeagent.proxy.l7relay import ConnectionTap, peer_port
 from nodeagent.proxy.outbound import CERT_WAIT, NO_TABLE, report_failed, table_known

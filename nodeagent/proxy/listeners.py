@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from nodeagent.enrol import podplan
+from nodeagent import podplan
 from nodeagent.handover.wire import SocketEntry
 from nodeagent.observe.events import NullSink, ObservationSink
 from nodeagent.observe.metrics import PodTcpStats, forget_pod

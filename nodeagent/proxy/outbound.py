@@ -18,10 +18,11 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING
 
-from nodeagent.enrol import podplan
+from nodeagent import podplan
+from nodeagent.observe import peers
 from nodeagent.observe.events import ObservationSink, Peer, TcpClosed, TcpOpened
 from nodeagent.protocol.preamble import PreambleError
-from nodeagent.proxy import failclosed, peers
+from nodeagent.proxy import failclosed
 from nodeagent.proxy.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
 from nodeagent.proxy.l7relay import ConnectionTap, peer_port
 from nodeagent.proxy.podnetns import marked_socket

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nodeagent.enrol import podplan
+from nodeagent import podplan
 from nodeagent.upstream.table import DestinationTable
 from nodemesh.model import (
     Endpoint,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import grpc
 
-from nodeagent.enrol import podplan
+from nodeagent import podplan
 from nodeagent.upstream.certstore import CertStore
 from nodeagent.upstream.table import DestinationTable
 from nodemesh import certs

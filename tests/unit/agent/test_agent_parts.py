@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from agent_fakes import pod_pb
 
+from nodeagent import podplan
 from nodeagent.config import parse_args
-from nodeagent.enrol import podplan
 from nodeagent.proxy.dnsforward import first_nameserver
 from nodeagent.proxy.podnetns import (
     IFA_ADDRESS,

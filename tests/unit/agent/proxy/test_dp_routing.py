@@ -67,7 +67,7 @@ def test_the_index_follows_table_deltas() -> None:
 
 
 def test_peers_are_interned_so_the_aggregate_fast_path_hits() -> None:
-    from nodeagent.proxy import peers
+    from nodeagent.observe import peers
 
     a = peers.peer("10.244.1.5", "shop", "web-1", "Deployment", "web")
     assert peers.peer("10.244.1.5", "shop", "web-1", "Deployment", "web") is a

@@ -1,10 +1,14 @@
-"""How the mesh names the two ends of a connection in its events (observe_events.Peer)."""
+"""How the mesh names the two ends of a connection in its events (events.Peer)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from nodeagent.observe.events import Peer
-from nodeagent.proxy.routing import Routes, Target
 from nodemesh.model import PodInfo, Service
+
+if TYPE_CHECKING:  # annotations only: observe/ does not import the proxy
+    from nodeagent.proxy.routing import Routes, Target
 
 # Peers are interned: the same pod or endpoint is the same Peer object on every connection.
 # The telemetry aggregate keys its fast path by the peers' identities, so fresh objects per
