@@ -15,17 +15,21 @@ from typing import Any
 
 import grpc
 
+from controlplane import authz as authz_views
 from controlplane.index import (
     Change,
     ClusterIndex,
     PodRemoved,
     PodUpdated,
+    PolicyRemoved,
+    PolicyUpdated,
     ServiceRemoved,
     ServiceUpdated,
     WorkloadRemoved,
     WorkloadUpdated,
 )
 from controlplane.metrics import DESTINATION_OVERFLOWS, DESTINATION_SUBSCRIBERS, DESTINATION_UPDATES
+from nodemesh import authz, authz_codec
 from nodemesh import destination_codec as codec
 from nodemesh.api import destination_pb2 as pb
 from nodemesh.api import destination_pb2_grpc as pb_grpc
@@ -63,6 +67,8 @@ class DestinationHub:
         # those fields (readiness, labels) costs the other agents nothing.
         self.meshed: dict[PodKey, MeshedPod] = {}
         self._meshed_parts: tuple[int, list[pb.MeshedPod], list[pb.Update]] | None = None
+        # The authorization policies each node's agents were last given (compiled for it).
+        self.authz_sent: dict[str, dict[authz.PolicyKey, authz.Policy]] = {}
         for pod in index.pods.values():
             if (mp := MeshedPod.of(pod)) is not None:
                 self.meshed[pod.key] = mp
@@ -85,16 +91,53 @@ class DestinationHub:
         services = [codec.service_to_pb(s) for _, s in sorted(self.index.services.items())]
         workloads = [codec.workload_to_pb(w) for _, w in sorted(self.index.workloads.items())]
         pods = [codec.pod_to_pb(p) for p in self.index.pods_on_node(node)]
-        kinds = (("services", services), ("workloads", workloads), ("pods", pods))
+        view = self._authz_view(node)
+        self.authz_sent[node] = view
+        policies = [authz_codec.policy_to_pb(p) for p in view.values()]
+        kinds = (
+            ("services", services),
+            ("workloads", workloads),
+            ("pods", pods),
+            ("authz_policies", policies),
+        )
         # The meshed pods are the same for every agent: their parts are made once per revision
         # and shared (a control plane restart meets every agent at once).
         if self._meshed_parts is None or self._meshed_parts[0] != revision:
             meshed = [codec.meshed_pod_to_pb(m) for _, m in sorted(self.meshed.items())]
             self._meshed_parts = (revision, meshed, _parts(revision, (("meshed_pods", meshed),)))
         _, meshed, shared = self._meshed_parts
-        if len(services) + len(workloads) + len(pods) + len(meshed) <= SNAPSHOT_PART:
+        held = len(services) + len(workloads) + len(pods) + len(policies) + len(meshed)
+        if held <= SNAPSHOT_PART:
             return _parts(revision, (*kinds, ("meshed_pods", meshed)))  # small: one message
         return _parts(revision, kinds, last=False) + shared
+
+    def _authz_view(self, node: str) -> dict[authz.PolicyKey, authz.Policy]:
+        return authz_views.node_view(
+            self.index.policies,
+            self.index.pods_on_node(node),
+            trust_domain=self.index.trust_domain,
+        )
+
+    def _authz_deltas(self, changes: list[Change], by_node: dict[str, pb.Delta]) -> None:
+        """Recompile the policies of the subscribed nodes a change can affect (every node for a
+        policy change, the pod's node for a pod change) and add what differs to their delta."""
+        nodes = {sub.node for sub in self.subscribers}
+        if any(isinstance(c, (PolicyUpdated, PolicyRemoved)) for c in changes):
+            affected = nodes
+        else:
+            affected = {
+                c.pod.node if isinstance(c, PodUpdated) else c.node
+                for c in changes
+                if isinstance(c, (PodUpdated, PodRemoved))
+            } & nodes
+        for node in sorted(affected):
+            after = self._authz_view(node)
+            updated, removed = authz_views.diff(self.authz_sent.get(node, {}), after)
+            self.authz_sent[node] = after
+            if updated or removed:
+                delta = by_node.setdefault(node, pb.Delta())
+                delta.authz_policies_updated.extend(authz_codec.policy_to_pb(p) for p in updated)
+                delta.authz_policies_removed.extend(authz_codec.key_to_pb(k) for k in removed)
 
     def _meshed_changed(self, key: PodKey, now: MeshedPod | None, shared: pb.Delta) -> None:
         before = self.meshed.get(key)
@@ -137,6 +180,7 @@ class DestinationHub:
                 by_node.setdefault(c.node, pb.Delta()).pods_removed.append(
                     codec.pod_key_to_pb(c.key)
                 )
+        self._authz_deltas(changes, by_node)
         has_shared = shared.ByteSize() > 0
         common = pb.Update(revision=revision, delta=shared)
         per_node: dict[str, pb.Update] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nodemesh.authz import PolicyKey, Spec
 from nodemesh.model import NodeInfo, PodInfo, PodKey, Service, ServiceKey, Workload, WorkloadRef
 
 
@@ -48,6 +49,21 @@ class NodeRemoved:
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyUpdated:
+    """An InboundPolicy was added or changed (its spec read and checked)."""
+
+    key: PolicyKey
+    spec: Spec
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRemoved:
+    """An InboundPolicy was deleted, or can no longer be read (what it allowed is withdrawn)."""
+
+    key: PolicyKey
+
+
 Change = (
     ServiceUpdated
     | ServiceRemoved
@@ -57,4 +73,6 @@ Change = (
     | PodRemoved
     | NodeUpdated
     | NodeRemoved
+    | PolicyUpdated
+    | PolicyRemoved
 )

@@ -13,6 +13,8 @@ from controlplane.index.changes import (
     NodeUpdated,
     PodRemoved,
     PodUpdated,
+    PolicyRemoved,
+    PolicyUpdated,
     ServiceRemoved,
     ServiceUpdated,
     WorkloadRemoved,
@@ -27,6 +29,7 @@ from controlplane.sources.events import (
     ObjectChanged,
     SourceEvent,
 )
+from nodemesh import authz
 from nodemesh.model import NodeInfo, PodInfo, PodKey, Service, ServiceKey, Workload, WorkloadRef
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ class ClusterIndex:
         self.services: dict[ServiceKey, Service] = {}
         self.workloads: dict[WorkloadRef, Workload] = {}
         self.nodes: dict[str, NodeInfo] = {}
+        self.policies: dict[authz.PolicyKey, authz.Spec] = {}  # InboundPolicy specs, read
         # Reverse maps that say what to recompute when something changes.
         self._pods_by_ns: dict[str, set[PodKey]] = defaultdict(set)
         self._pods_by_rs: dict[NsName, set[PodKey]] = defaultdict(set)
@@ -108,6 +112,12 @@ class ClusterIndex:
             return []
         if event.kind not in self._raw:
             return []
+        if event.kind == authz.KIND:
+            changes = self._apply_policy(event)
+            INDEX_OBJECTS.labels(event.kind).set(len(self.policies))
+            if changes:
+                self.revision += 1
+            return changes
         dirty = _Dirty()
         self._store(event, dirty)
         changes = self._recompute(dirty)
@@ -115,6 +125,35 @@ class ClusterIndex:
         if changes:
             self.revision += 1
         return changes
+
+    def _apply_policy(self, event: ObjectChanged) -> list[Change]:
+        meta = derive.meta(event.obj)
+        ns, name = derive.s(meta.get("namespace")), derive.s(meta.get("name"))
+        key = authz.PolicyKey(ns, name)
+        table = self._raw[authz.KIND]
+        spec = None
+        if event.type is EventType.DELETED:
+            table.pop((ns, name), None)
+        else:
+            table[(ns, name)] = event.obj
+            try:
+                spec = authz.read_spec(event.obj)
+            except authz.SpecError as exc:
+                # Withdrawing it would open what it closed: its last readable version stays.
+                self.bad_objects += 1
+                INDEX_SKIPPED.labels(authz.KIND).inc()
+                log.warning("%s %s: %s (its last readable version stays)", authz.KIND, key, exc)
+                return []
+        old = self.policies.get(key)
+        if spec is None:
+            if old is None:
+                return []
+            del self.policies[key]
+            return [PolicyRemoved(key)]
+        if old == spec:
+            return []
+        self.policies[key] = spec
+        return [PolicyUpdated(key, spec)]
 
     def _store(self, event: ObjectChanged, dirty: _Dirty) -> None:
         kind, obj = event.kind, event.obj

@@ -16,6 +16,7 @@ KINDS: tuple[str, ...] = (
     "Pod",
     "Service",
     "EndpointSlice",
+    "InboundPolicy",  # policy.nodemesh.io (nodemesh/authz.py)
 )
 CLUSTER_SCOPED = frozenset({"Namespace", "Node"})
 

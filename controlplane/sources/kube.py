@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from typing import Any
 
 import urllib3
@@ -42,6 +43,7 @@ from controlplane.sources.events import (
     SourceEvent,
     check_object,
 )
+from nodemesh import authz
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,12 @@ API_VERSIONS = {
     "EndpointSlice": "discovery.k8s.io/v1",
     "ReplicaSet": "apps/v1",
     "Deployment": "apps/v1",
+    authz.KIND: authz.API_VERSION,
 }
+# Kinds of our own CRDs: a cluster without the CRD (404) has none of them, which is a listing
+# (synced, empty), not an outage; the kind is listed again every CRD_RECHECK seconds.
+OPTIONAL_KINDS = frozenset({authz.KIND})
+CRD_RECHECK = 30.0
 
 
 class Gone(Exception):
@@ -80,6 +87,12 @@ def list_function(api: client.ApiClient, kind: str) -> Callable[..., Any]:
         "EndpointSlice": client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces,
         "ReplicaSet": apps.list_replica_set_for_all_namespaces,
         "Deployment": apps.list_deployment_for_all_namespaces,
+        authz.KIND: partial(
+            client.CustomObjectsApi(api).list_cluster_custom_object,
+            authz.GROUP,
+            authz.VERSION,
+            authz.PLURAL,
+        ),
     }[kind]
 
 
@@ -186,6 +199,7 @@ class _KindWatcher:
         self.down_since_unix = 0.0
         self.up_since: float | None = None  # time.monotonic() the current watch connected
         self.stale = False
+        self._crd_missing_logged = False
         self._response: urllib3.BaseHTTPResponse | None = None
         self.thread = threading.Thread(target=self.run, name=f"watch-{kind}", daemon=True)
 
@@ -229,6 +243,14 @@ class _KindWatcher:
                 if isinstance(exc, client.ApiException) and exc.status == 410:
                     rv, reason = None, "gone"
                     continue
+                if (
+                    isinstance(exc, client.ApiException)
+                    and exc.status == 404
+                    and self.kind in OPTIONAL_KINDS
+                ):
+                    self._no_crd()
+                    rv, reason = None, "crd"
+                    continue
                 failed_at = time.monotonic()
                 if self.up_since is not None and failed_at - self.up_since >= self.stable_after:
                     self.backoff.reset()  # a watch that held for a while: start over
@@ -248,6 +270,23 @@ class _KindWatcher:
                 if rv is None:
                     reason = "error"
                 self._wait(delay, failed_at=failed_at, probe=_server_side(exc))
+
+    def _no_crd(self) -> None:
+        """The API server does not serve this kind (its CRD is not installed): none exist."""
+        if len(self.inventory) or not self._crd_missing_logged:
+            log.warning(
+                "%s: the API server does not serve this kind (CRD not installed?); treating "
+                "it as empty, looking again every %.0fs",
+                self.kind,
+                CRD_RECHECK,
+            )
+            self._crd_missing_logged = True
+        self._came_back(listed=True)
+        for event in self.inventory.replace([]):
+            self._emit(event)
+        self._emit(KindSynced(self.kind))
+        if self.stop.wait(CRD_RECHECK):
+            raise _Stopped
 
     @property
     def inactivity(self) -> float:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enodemesh/api/destination.proto\x12\x17nodemesh.destination.v1\"7\n\x10SubscribeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\"\x8a\x01\n\x06Update\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x35\n\x08snapshot\x18\x02 \x01(\x0b\x32!.nodemesh.destination.v1.SnapshotH\x00\x12/\n\x05\x64\x65lta\x18\x03 \x01(\x0b\x32\x1e.nodemesh.destination.v1.DeltaH\x00\x42\x06\n\x04kind\"\xe7\x01\n\x08Snapshot\x12\x32\n\x08services\x18\x01 \x03(\x0b\x32 .nodemesh.destination.v1.Service\x12\x34\n\tworkloads\x18\x02 \x03(\x0b\x32!.nodemesh.destination.v1.Workload\x12*\n\x04pods\x18\x03 \x03(\x0b\x32\x1c.nodemesh.destination.v1.Pod\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x37\n\x0bmeshed_pods\x18\x05 \x03(\x0b\x32\".nodemesh.destination.v1.MeshedPod\"\xeb\x03\n\x05\x44\x65lta\x12:\n\x10services_updated\x18\x01 \x03(\x0b\x32 .nodemesh.destination.v1.Service\x12=\n\x10services_removed\x18\x02 \x03(\x0b\x32#.nodemesh.destination.v1.ServiceKey\x12<\n\x11workloads_updated\x18\x03 \x03(\x0b\x32!.nodemesh.destination.v1.Workload\x12?\n\x11workloads_removed\x18\x04 \x03(\x0b\x32$.nodemesh.destination.v1.WorkloadRef\x12\x32\n\x0cpods_updated\x18\x05 \x03(\x0b\x32\x1c.nodemesh.destination.v1.Pod\x12\x35\n\x0cpods_removed\x18\x06 \x03(\x0b\x32\x1f.nodemesh.destination.v1.PodKey\x12?\n\x13meshed_pods_updated\x18\x07 \x03(\x0b\x32\".nodemesh.destination.v1.MeshedPod\x12<\n\x13meshed_pods_removed\x18\x08 \x03(\x0b\x32\x1f.nodemesh.destination.v1.PodKey\")\n\x06PodKey\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"-\n\nServiceKey\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"<\n\x0bWorkloadRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"(\n\tPortRange\x12\r\n\x05\x66irst\x18\x01 \x01(\r\x12\x0c\n\x04last\x18\x02 \x01(\r\"\xea\x02\n\x0cMeshSettings\x12\x0e\n\x06meshed\x18\x01 \x01(\x08\x12:\n\x0cinbound_mode\x18\x02 \x01(\x0e\x32$.nodemesh.destination.v1.InboundMode\x12\x38\n\x0copaque_ports\x18\x03 \x03(\x0b\x32\".nodemesh.destination.v1.PortRange\x12>\n\x12skip_inbound_ports\x18\x04 \x03(\x0b\x32\".nodemesh.destination.v1.PortRange\x12?\n\x13skip_outbound_ports\x18\x05 \x03(\x0b\x32\".nodemesh.destination.v1.PortRange\x12\x0e\n\x06\x65rrors\x18\x06 \x03(\t\x12\x43\n\x17\x61llow_inbound_udp_ports\x18\x07 \x03(\x0b\x32\".nodemesh.destination.v1.PortRange\"\xa0\x03\n\x03Pod\x12,\n\x03key\x18\x01 \x01(\x0b\x32\x1f.nodemesh.destination.v1.PodKey\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\n\n\x02ip\x18\x04 \x01(\t\x12\x0f\n\x07host_ip\x18\x05 \x01(\t\x12\r\n\x05phase\x18\x06 \x01(\t\x12\r\n\x05ready\x18\x07 \x01(\x08\x12\x17\n\x0fservice_account\x18\x08 \x01(\t\x12\x10\n\x08identity\x18\t \x01(\t\x12\x36\n\x08workload\x18\n \x01(\x0b\x32$.nodemesh.destination.v1.WorkloadRef\x12\x33\n\x04mesh\x18\x0b \x01(\x0b\x32%.nodemesh.destination.v1.MeshSettings\x12\x14\n\x0chost_network\x18\x0c \x01(\x08\x12\x38\n\x06labels\x18\r \x03(\x0b\x32(.nodemesh.destination.v1.Pod.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x93\x02\n\tMeshedPod\x12,\n\x03key\x18\x01 \x01(\x0b\x32\x1f.nodemesh.destination.v1.PodKey\x12\n\n\x02ip\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x10\n\x08identity\x18\x04 \x01(\t\x12\x36\n\x08workload\x18\x05 \x01(\x0b\x32$.nodemesh.destination.v1.WorkloadRef\x12:\n\x0cinbound_mode\x18\x06 \x01(\x0e\x32$.nodemesh.destination.v1.InboundMode\x12\x38\n\x0copaque_ports\x18\x07 \x03(\x0b\x32\".nodemesh.destination.v1.PortRange\"Q\n\x08Workload\x12\x31\n\x03ref\x18\x01 \x01(\x0b\x32$.nodemesh.destination.v1.WorkloadRef\x12\x12\n\nidentities\x18\x02 \x03(\t\"<\n\x0c\x45ndpointPort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\t\"\xc0\x02\n\x08\x45ndpoint\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x34\n\x05ports\x18\x02 \x03(\x0b\x32%.nodemesh.destination.v1.EndpointPort\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x13\n\x0bterminating\x18\x04 \x01(\x08\x12\x0c\n\x04node\x18\x05 \x01(\t\x12,\n\x03pod\x18\x06 \x01(\x0b\x32\x1f.nodemesh.destination.v1.PodKey\x12\x36\n\x08workload\x18\x07 \x01(\x0b\x32$.nodemesh.destination.v1.WorkloadRef\x12\x10\n\x08identity\x18\x08 \x01(\t\x12\x0e\n\x06meshed\x18\t \x01(\x08\x12\x38\n\x0copaque_ports\x18\n \x03(\x0b\x32\".nodemesh.destination.v1.PortRange\"q\n\x0bServicePort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x1a\n\x12target_port_number\x18\x03 \x01(\r\x12\x18\n\x10target_port_name\x18\x04 \x01(\t\x12\x10\n\x08protocol\x18\x05 \x01(\t\"\xf5\x01\n\x07Service\x12\x30\n\x03key\x18\x01 \x01(\x0b\x32#.nodemesh.destination.v1.ServiceKey\x12\x13\n\x0b\x63luster_ips\x18\x02 \x03(\t\x12\x33\n\x05ports\x18\x03 \x03(\x0b\x32$.nodemesh.destination.v1.ServicePort\x12\x34\n\tendpoints\x18\x04 \x03(\x0b\x32!.nodemesh.destination.v1.Endpoint\x12\x38\n\x0copaque_ports\x18\x05 \x03(\x0b\x32\".nodemesh.destination.v1.PortRange*G\n\x0bInboundMode\x12\x1c\n\x18INBOUND_MODE_UNSPECIFIED\x10\x00\x12\x0e\n\nPERMISSIVE\x10\x01\x12\n\n\x06STRICT\x10\x02\x32h\n\x0b\x44\x65stination\x12Y\n\tSubscribe\x12).nodemesh.destination.v1.SubscribeRequest\x1a\x1f.nodemesh.destination.v1.Update0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enodemesh/api/destination.proto\x12\x17nodemesh.destination.v1\"7\n\x10SubscribeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\"\x8a\x01\n\x06Update\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x35\n\x08snapshot\x18\x02 \x01(\x0b\x32!.nodemesh.destination.v1.SnapshotH\x00\x12/\n\x05\x64\x65lta\x18\x03 \x01(\x0b\x32\x1e.nodemesh.destination.v1.DeltaH\x00\x42\x06\n\x04kind\"\xa5\x02\n\x08Snapshot\x12\x32\n\x08services\x18\x01 \x03(\x0b\x32 .nodemesh.destination.v1.Service\x12\x34\n\tworkloads\x18\x02 \x03(\x0b\x32!.nodemesh.destination.v1.Workload\x12*\n\x04pods\x18\x03 \x03(\x0b\x32\x1c.nodemesh.destination.v1.Pod\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x37\n\x0bmeshed_pods\x18\x05 \x03(\x0b\x32\".nodemesh.destination.v1.MeshedPod\x12<\n\x0e\x61uthz_policies\x18\x07 \x03(\x0b\x32$.nodemesh.destination.v1.AuthzPolicy\"\xfa\x04\n\x05\x44\x65lta\x12:\n\x10services_updated\x18\x01 \x03(\x0b\x32 .nodemesh.destination.v1.Service\x12=\n\x10services_removed\x18\x02 \x03(\x0b\x32#.nodemesh.destination.v1.ServiceKey\x12<\n\x11workloads_updated\x18\x03 \x03(\x0b\x32!.nodemesh.destination.v1.Workload\x12?\n\x11workloads_removed\x18\x04 \x03(\x0b\x32$.nodemesh.destination.v1.WorkloadRef\x12\x32\n\x0cpods_updated\x18\x05 \x03(\x0b\x32\x1c.nodemesh.destination.v1.Pod\x12\x35\n\x0cpods_removed\x18\x06 \x03(\x0b\x32\x1f.nodemesh.destination.v1.PodKey\x12?\n\x13meshed_pods_updated\x18\x07 \x03(\x0b\x32\".nodemesh.destination.v1.MeshedPod\x12<\n\x13meshed_pods_removed\x18\x08 \x03(\x0b\x32\x1f.nodemesh.destination.v1.PodKey\x12\x44\n\x16\x61uthz_policies_updated\x18\x0b \x03(\x0b\x32$.nodemesh.destination.v1.AuthzPolicy\x12G\n\x16\x61uthz_policies_removed\x18\x0c \x03(\x0b\x32\'.nodemesh.destination.v1.AuthzPolicyKey\")\n\x06PodKey\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"-\n\nServiceKey\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"<\n\x0bWorkloadRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"(\n\tPortRange\x12\r\n\x05\x66irst\x18\x01 \x01(\r\x12\x0c\n\x04last\x18\x02 \x01(\r\"\xea\x02\n\x0cMeshSettings\x12\x0e\n\x06meshed\x18\x01 \x01(\x08\x12:\n\x0cinbound_mode\x18\x02 \x01(\x0e\x32$.nodemesh.destination.v1.InboundMode\x12\x38\n\x0copaque_ports\x18\x03 \x03(\x0b\x32\".nodemesh.destination.v1.PortRange\x12>\n\x12skip_inbound_ports\x18\x04 \x03(\x0b\x32\".nodemesh.destination.v1.PortRange\x12?\n\x13skip_outbound_ports\x18\x05 \x03(\x0b\x32\".nodemesh.destination.v1.PortRange\x12\x0e\n\x06\x65rrors\x18\x06 \x03(\t\x12\x43\n\x17\x61llow_inbound_udp_ports\x18\x07 \x03(\x0b\x32\".nodemesh.destination.v1.PortRange\"\xa0\x03\n\x03Pod\x12,\n\x03key\x18\x01 \x01(\x0b\x32\x1f.nodemesh.destination.v1.PodKey\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\n\n\x02ip\x18\x04 \x01(\t\x12\x0f\n\x07host_ip\x18\x05 \x01(\t\x12\r\n\x05phase\x18\x06 \x01(\t\x12\r\n\x05ready\x18\x07 \x01(\x08\x12\x17\n\x0fservice_account\x18\x08 \x01(\t\x12\x10\n\x08identity\x18\t \x01(\t\x12\x36\n\x08workload\x18\n \x01(\x0b\x32$.nodemesh.destination.v1.WorkloadRef\x12\x33\n\x04mesh\x18\x0b \x01(\x0b\x32%.nodemesh.destination.v1.MeshSettings\x12\x14\n\x0chost_network\x18\x0c \x01(\x08\x12\x38\n\x06labels\x18\r \x03(\x0b\x32(.nodemesh.destination.v1.Pod.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x93\x02\n\tMeshedPod\x12,\n\x03key\x18\x01 \x01(\x0b\x32\x1f.nodemesh.destination.v1.PodKey\x12\n\n\x02ip\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x10\n\x08identity\x18\x04 \x01(\t\x12\x36\n\x08workload\x18\x05 \x01(\x0b\x32$.nodemesh.destination.v1.WorkloadRef\x12:\n\x0cinbound_mode\x18\x06 \x01(\x0e\x32$.nodemesh.destination.v1.InboundMode\x12\x38\n\x0copaque_ports\x18\x07 \x03(\x0b\x32\".nodemesh.destination.v1.PortRange\"Q\n\x08Workload\x12\x31\n\x03ref\x18\x01 \x01(\x0b\x32$.nodemesh.destination.v1.WorkloadRef\x12\x12\n\nidentities\x18\x02 \x03(\t\"<\n\x0c\x45ndpointPort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\t\"\xc0\x02\n\x08\x45ndpoint\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x34\n\x05ports\x18\x02 \x03(\x0b\x32%.nodemesh.destination.v1.EndpointPort\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x13\n\x0bterminating\x18\x04 \x01(\x08\x12\x0c\n\x04node\x18\x05 \x01(\t\x12,\n\x03pod\x18\x06 \x01(\x0b\x32\x1f.nodemesh.destination.v1.PodKey\x12\x36\n\x08workload\x18\x07 \x01(\x0b\x32$.nodemesh.destination.v1.WorkloadRef\x12\x10\n\x08identity\x18\x08 \x01(\t\x12\x0e\n\x06meshed\x18\t \x01(\x08\x12\x38\n\x0copaque_ports\x18\n \x03(\x0b\x32\".nodemesh.destination.v1.PortRange\"q\n\x0bServicePort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x1a\n\x12target_port_number\x18\x03 \x01(\r\x12\x18\n\x10target_port_name\x18\x04 \x01(\t\x12\x10\n\x08protocol\x18\x05 \x01(\t\"\xf5\x01\n\x07Service\x12\x30\n\x03key\x18\x01 \x01(\x0b\x32#.nodemesh.destination.v1.ServiceKey\x12\x13\n\x0b\x63luster_ips\x18\x02 \x03(\t\x12\x33\n\x05ports\x18\x03 \x03(\x0b\x32$.nodemesh.destination.v1.ServicePort\x12\x34\n\tendpoints\x18\x04 \x03(\x0b\x32!.nodemesh.destination.v1.Endpoint\x12\x38\n\x0copaque_ports\x18\x05 \x03(\x0b\x32\".nodemesh.destination.v1.PortRange\"1\n\x0e\x41uthzPolicyKey\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"3\n\x11\x41uthzRequestMatch\x12\x0f\n\x07methods\x18\x01 \x03(\t\x12\r\n\x05paths\x18\x02 \x03(\t\"\x9e\x01\n\tAuthzRule\x12\x12\n\nany_client\x18\x01 \x01(\x08\x12\x12\n\nidentities\x18\x02 \x03(\t\x12\x19\n\x11identity_prefixes\x18\x03 \x03(\t\x12\x10\n\x08networks\x18\x04 \x03(\t\x12<\n\x08requests\x18\x05 \x03(\x0b\x32*.nodemesh.destination.v1.AuthzRequestMatch\"\x81\x02\n\x0b\x41uthzPolicy\x12\x34\n\x03key\x18\x01 \x01(\x0b\x32\'.nodemesh.destination.v1.AuthzPolicyKey\x12-\n\x04pods\x18\x02 \x03(\x0b\x32\x1f.nodemesh.destination.v1.PodKey\x12\x31\n\x05ports\x18\x03 \x03(\x0b\x32\".nodemesh.destination.v1.PortRange\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x04 \x01(\t\x12\x31\n\x05rules\x18\x05 \x03(\x0b\x32\".nodemesh.destination.v1.AuthzRule\x12\x16\n\x0e\x63luster_prefix\x18\x06 \x01(\t*G\n\x0bInboundMode\x12\x1c\n\x18INBOUND_MODE_UNSPECIFIED\x10\x00\x12\x0e\n\nPERMISSIVE\x10\x01\x12\n\n\x06STRICT\x10\x02\x32h\n\x0b\x44\x65stination\x12Y\n\tSubscribe\x12).nodemesh.destination.v1.SubscribeRequest\x1a\x1f.nodemesh.destination.v1.Update0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,42 +33,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POD_LABELSENTRY']._loaded_options = None
   _globals['_POD_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_INBOUNDMODE']._serialized_start=3072
-  _globals['_INBOUNDMODE']._serialized_end=3143
+  _globals['_INBOUNDMODE']._serialized_start=3802
+  _globals['_INBOUNDMODE']._serialized_end=3873
   _globals['_SUBSCRIBEREQUEST']._serialized_start=59
   _globals['_SUBSCRIBEREQUEST']._serialized_end=114
   _globals['_UPDATE']._serialized_start=117
   _globals['_UPDATE']._serialized_end=255
   _globals['_SNAPSHOT']._serialized_start=258
-  _globals['_SNAPSHOT']._serialized_end=489
-  _globals['_DELTA']._serialized_start=492
-  _globals['_DELTA']._serialized_end=983
-  _globals['_PODKEY']._serialized_start=985
-  _globals['_PODKEY']._serialized_end=1026
-  _globals['_SERVICEKEY']._serialized_start=1028
-  _globals['_SERVICEKEY']._serialized_end=1073
-  _globals['_WORKLOADREF']._serialized_start=1075
-  _globals['_WORKLOADREF']._serialized_end=1135
-  _globals['_PORTRANGE']._serialized_start=1137
-  _globals['_PORTRANGE']._serialized_end=1177
-  _globals['_MESHSETTINGS']._serialized_start=1180
-  _globals['_MESHSETTINGS']._serialized_end=1542
-  _globals['_POD']._serialized_start=1545
-  _globals['_POD']._serialized_end=1961
-  _globals['_POD_LABELSENTRY']._serialized_start=1916
-  _globals['_POD_LABELSENTRY']._serialized_end=1961
-  _globals['_MESHEDPOD']._serialized_start=1964
-  _globals['_MESHEDPOD']._serialized_end=2239
-  _globals['_WORKLOAD']._serialized_start=2241
-  _globals['_WORKLOAD']._serialized_end=2322
-  _globals['_ENDPOINTPORT']._serialized_start=2324
-  _globals['_ENDPOINTPORT']._serialized_end=2384
-  _globals['_ENDPOINT']._serialized_start=2387
-  _globals['_ENDPOINT']._serialized_end=2707
-  _globals['_SERVICEPORT']._serialized_start=2709
-  _globals['_SERVICEPORT']._serialized_end=2822
-  _globals['_SERVICE']._serialized_start=2825
-  _globals['_SERVICE']._serialized_end=3070
-  _globals['_DESTINATION']._serialized_start=3145
-  _globals['_DESTINATION']._serialized_end=3249
+  _globals['_SNAPSHOT']._serialized_end=551
+  _globals['_DELTA']._serialized_start=554
+  _globals['_DELTA']._serialized_end=1188
+  _globals['_PODKEY']._serialized_start=1190
+  _globals['_PODKEY']._serialized_end=1231
+  _globals['_SERVICEKEY']._serialized_start=1233
+  _globals['_SERVICEKEY']._serialized_end=1278
+  _globals['_WORKLOADREF']._serialized_start=1280
+  _globals['_WORKLOADREF']._serialized_end=1340
+  _globals['_PORTRANGE']._serialized_start=1342
+  _globals['_PORTRANGE']._serialized_end=1382
+  _globals['_MESHSETTINGS']._serialized_start=1385
+  _globals['_MESHSETTINGS']._serialized_end=1747
+  _globals['_POD']._serialized_start=1750
+  _globals['_POD']._serialized_end=2166
+  _globals['_POD_LABELSENTRY']._serialized_start=2121
+  _globals['_POD_LABELSENTRY']._serialized_end=2166
+  _globals['_MESHEDPOD']._serialized_start=2169
+  _globals['_MESHEDPOD']._serialized_end=2444
+  _globals['_WORKLOAD']._serialized_start=2446
+  _globals['_WORKLOAD']._serialized_end=2527
+  _globals['_ENDPOINTPORT']._serialized_start=2529
+  _globals['_ENDPOINTPORT']._serialized_end=2589
+  _globals['_ENDPOINT']._serialized_start=2592
+  _globals['_ENDPOINT']._serialized_end=2912
+  _globals['_SERVICEPORT']._serialized_start=2914
+  _globals['_SERVICEPORT']._serialized_end=3027
+  _globals['_SERVICE']._serialized_start=3030
+  _globals['_SERVICE']._serialized_end=3275
+  _globals['_AUTHZPOLICYKEY']._serialized_start=3277
+  _globals['_AUTHZPOLICYKEY']._serialized_end=3326
+  _globals['_AUTHZREQUESTMATCH']._serialized_start=3328
+  _globals['_AUTHZREQUESTMATCH']._serialized_end=3379
+  _globals['_AUTHZRULE']._serialized_start=3382
+  _globals['_AUTHZRULE']._serialized_end=3540
+  _globals['_AUTHZPOLICY']._serialized_start=3543
+  _globals['_AUTHZPOLICY']._serialized_end=3800
+  _globals['_DESTINATION']._serialized_start=3875
+  _globals['_DESTINATION']._serialized_end=3979
 # @@protoc_insertion_point(module_scope)

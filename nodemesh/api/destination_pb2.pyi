@@ -35,21 +35,23 @@ class Update(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("services", "workloads", "pods", "last", "meshed_pods")
+    __slots__ = ("services", "workloads", "pods", "last", "meshed_pods", "authz_policies")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     WORKLOADS_FIELD_NUMBER: _ClassVar[int]
     PODS_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     MESHED_PODS_FIELD_NUMBER: _ClassVar[int]
+    AUTHZ_POLICIES_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[Service]
     workloads: _containers.RepeatedCompositeFieldContainer[Workload]
     pods: _containers.RepeatedCompositeFieldContainer[Pod]
     last: bool
     meshed_pods: _containers.RepeatedCompositeFieldContainer[MeshedPod]
-    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., pods: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ..., last: _Optional[bool] = ..., meshed_pods: _Optional[_Iterable[_Union[MeshedPod, _Mapping]]] = ...) -> None: ...
+    authz_policies: _containers.RepeatedCompositeFieldContainer[AuthzPolicy]
+    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., pods: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ..., last: _Optional[bool] = ..., meshed_pods: _Optional[_Iterable[_Union[MeshedPod, _Mapping]]] = ..., authz_policies: _Optional[_Iterable[_Union[AuthzPolicy, _Mapping]]] = ...) -> None: ...
 
 class Delta(_message.Message):
-    __slots__ = ("services_updated", "services_removed", "workloads_updated", "workloads_removed", "pods_updated", "pods_removed", "meshed_pods_updated", "meshed_pods_removed")
+    __slots__ = ("services_updated", "services_removed", "workloads_updated", "workloads_removed", "pods_updated", "pods_removed", "meshed_pods_updated", "meshed_pods_removed", "authz_policies_updated", "authz_policies_removed")
     SERVICES_UPDATED_FIELD_NUMBER: _ClassVar[int]
     SERVICES_REMOVED_FIELD_NUMBER: _ClassVar[int]
     WORKLOADS_UPDATED_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +60,8 @@ class Delta(_message.Message):
     PODS_REMOVED_FIELD_NUMBER: _ClassVar[int]
     MESHED_PODS_UPDATED_FIELD_NUMBER: _ClassVar[int]
     MESHED_PODS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    AUTHZ_POLICIES_UPDATED_FIELD_NUMBER: _ClassVar[int]
+    AUTHZ_POLICIES_REMOVED_FIELD_NUMBER: _ClassVar[int]
     services_updated: _containers.RepeatedCompositeFieldContainer[Service]
     services_removed: _containers.RepeatedCompositeFieldContainer[ServiceKey]
     workloads_updated: _containers.RepeatedCompositeFieldContainer[Workload]
@@ -66,7 +70,9 @@ class Delta(_message.Message):
     pods_removed: _containers.RepeatedCompositeFieldContainer[PodKey]
     meshed_pods_updated: _containers.RepeatedCompositeFieldContainer[MeshedPod]
     meshed_pods_removed: _containers.RepeatedCompositeFieldContainer[PodKey]
-    def __init__(self, services_updated: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., services_removed: _Optional[_Iterable[_Union[ServiceKey, _Mapping]]] = ..., workloads_updated: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., workloads_removed: _Optional[_Iterable[_Union[WorkloadRef, _Mapping]]] = ..., pods_updated: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ..., pods_removed: _Optional[_Iterable[_Union[PodKey, _Mapping]]] = ..., meshed_pods_updated: _Optional[_Iterable[_Union[MeshedPod, _Mapping]]] = ..., meshed_pods_removed: _Optional[_Iterable[_Union[PodKey, _Mapping]]] = ...) -> None: ...
+    authz_policies_updated: _containers.RepeatedCompositeFieldContainer[AuthzPolicy]
+    authz_policies_removed: _containers.RepeatedCompositeFieldContainer[AuthzPolicyKey]
+    def __init__(self, services_updated: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., services_removed: _Optional[_Iterable[_Union[ServiceKey, _Mapping]]] = ..., workloads_updated: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., workloads_removed: _Optional[_Iterable[_Union[WorkloadRef, _Mapping]]] = ..., pods_updated: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ..., pods_removed: _Optional[_Iterable[_Union[PodKey, _Mapping]]] = ..., meshed_pods_updated: _Optional[_Iterable[_Union[MeshedPod, _Mapping]]] = ..., meshed_pods_removed: _Optional[_Iterable[_Union[PodKey, _Mapping]]] = ..., authz_policies_updated: _Optional[_Iterable[_Union[AuthzPolicy, _Mapping]]] = ..., authz_policies_removed: _Optional[_Iterable[_Union[AuthzPolicyKey, _Mapping]]] = ...) -> None: ...
 
 class PodKey(_message.Message):
     __slots__ = ("namespace", "name")
@@ -244,3 +250,49 @@ class Service(_message.Message):
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
     opaque_ports: _containers.RepeatedCompositeFieldContainer[PortRange]
     def __init__(self, key: _Optional[_Union[ServiceKey, _Mapping]] = ..., cluster_ips: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[ServicePort, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., opaque_ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ...) -> None: ...
+
+class AuthzPolicyKey(_message.Message):
+    __slots__ = ("namespace", "name")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class AuthzRequestMatch(_message.Message):
+    __slots__ = ("methods", "paths")
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, methods: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AuthzRule(_message.Message):
+    __slots__ = ("any_client", "identities", "identity_prefixes", "networks", "requests")
+    ANY_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    any_client: bool
+    identities: _containers.RepeatedScalarFieldContainer[str]
+    identity_prefixes: _containers.RepeatedScalarFieldContainer[str]
+    networks: _containers.RepeatedScalarFieldContainer[str]
+    requests: _containers.RepeatedCompositeFieldContainer[AuthzRequestMatch]
+    def __init__(self, any_client: _Optional[bool] = ..., identities: _Optional[_Iterable[str]] = ..., identity_prefixes: _Optional[_Iterable[str]] = ..., networks: _Optional[_Iterable[str]] = ..., requests: _Optional[_Iterable[_Union[AuthzRequestMatch, _Mapping]]] = ...) -> None: ...
+
+class AuthzPolicy(_message.Message):
+    __slots__ = ("key", "pods", "ports", "default", "rules", "cluster_prefix")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PODS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    key: AuthzPolicyKey
+    pods: _containers.RepeatedCompositeFieldContainer[PodKey]
+    ports: _containers.RepeatedCompositeFieldContainer[PortRange]
+    default: str
+    rules: _containers.RepeatedCompositeFieldContainer[AuthzRule]
+    cluster_prefix: str
+    def __init__(self, key: _Optional[_Union[AuthzPolicyKey, _Mapping]] = ..., pods: _Optional[_Iterable[_Union[PodKey, _Mapping]]] = ..., ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ..., default: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[AuthzRule, _Mapping]]] = ..., cluster_prefix: _Optional[str] = ...) -> None: ...

@@ -14,12 +14,13 @@ from typing import Any
 
 import yaml
 
+from nodemesh import authz
 from nodemesh.lab import rollout
 
 # Kinds the lab runs. Others that a cluster would accept but the lab has no use for are stored
 # as they are (ServiceAccount, ConfigMap, ...) so the same file applies unchanged.
 RUN_KINDS = {"Namespace", "Deployment", "Service", "Pod", "DaemonSet"}
-STORED_KINDS = {"ServiceAccount", "ConfigMap", "Secret"}
+STORED_KINDS = {"ServiceAccount", "ConfigMap", "Secret", authz.KIND}
 CLUSTER_SCOPED = {"Namespace", "Node"}
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -289,6 +290,15 @@ def _check_service(obj: dict[str, Any], fail: Fail) -> None:
         raise fail(f"spec.type: {ctype!r} is not supported by the lab (ClusterIP only)")
 
 
+def _check_inbound_policy(obj: dict[str, Any], fail: Fail) -> None:
+    if obj["apiVersion"] != authz.API_VERSION:
+        raise fail(f"apiVersion: {obj['apiVersion']!r} is not {authz.API_VERSION}")
+    try:
+        authz.read_spec(obj)
+    except authz.SpecError as e:
+        raise fail(str(e)) from None
+
+
 def _need_dict(obj: dict[str, Any], key: str, fail: Fail) -> dict[str, Any]:
     value = obj.get(key)
     if not isinstance(value, dict):
@@ -301,6 +311,7 @@ _CHECKS: dict[str, Callable[[dict[str, Any], Fail], None]] = {
     "DaemonSet": _check_daemonset,
     "Pod": _check_pod,
     "Service": _check_service,
+    authz.KIND: _check_inbound_policy,
 }
 
 

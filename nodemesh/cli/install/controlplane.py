@@ -24,6 +24,7 @@ WATCHED = [
     ("", ["namespaces", "nodes", "pods", "services"]),
     ("apps", ["deployments", "replicasets"]),
     ("discovery.k8s.io", ["endpointslices"]),
+    ("policy.nodemesh.io", ["inboundpolicies"]),
 ]
 
 

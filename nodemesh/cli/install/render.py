@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from nodemesh.cli.install import access, addons, agent, controlplane
+from nodemesh.cli.install import access, addons, agent, controlplane, crds
 from nodemesh.cli.install.identity import IdentityFiles
 from nodemesh.cli.install.meta import Obj
 from nodemesh.cli.install.values import InstallValues
@@ -12,7 +12,8 @@ from nodemesh.identity import CA_FILE
 
 
 def objects(values: InstallValues, identity: IdentityFiles) -> list[Obj]:
-    out = [addons.namespace(values), addons.config_map(values, identity.data[CA_FILE])]
+    out = crds.objects()  # first: the control plane watches them
+    out += [addons.namespace(values), addons.config_map(values, identity.data[CA_FILE])]
     out += controlplane.objects(values, identity.data)
     out += agent.objects(values)
     out += addons.dashboard(values)

@@ -34,7 +34,12 @@ PATHS = {
     "/apis/discovery.k8s.io/v1/endpointslices": ("EndpointSlice", "discovery.k8s.io/v1"),
     "/apis/apps/v1/replicasets": ("ReplicaSet", "apps/v1"),
     "/apis/apps/v1/deployments": ("Deployment", "apps/v1"),
+    "/apis/policy.nodemesh.io/v1alpha1/inboundpolicies": (
+        "InboundPolicy",
+        "policy.nodemesh.io/v1alpha1",
+    ),
 }
+CRD_KINDS = {"InboundPolicy"}  # served only while `crds` is set (installed)
 
 
 REVIEW_PATHS = {
@@ -99,6 +104,7 @@ class FakeApiServer:
         self.reviews: list[tuple[str, Obj]] = []  # (kind, spec) of every review asked
         self.connections: set[socket.socket] = set()
         self.version = version_info("1.30.0")
+        self.crds = True  # nodemesh's CRDs installed
         self.port = 0
         self._serving = False
         self._listen()
@@ -262,6 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
         status = self.api.review(kind, spec)
         self._json(201, {"kind": kind, "apiVersion": body.get("apiVersion"), "spec": spec,
                          "status": status})  # fmt: skip
+
     def setup(self) -> None:
         super().setup()
         with self.api.cond:
@@ -284,7 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.rstrip("/") == "/version":
             self._json(200, self.api.version)
             return
-        if url.path not in PATHS:
+        if url.path not in PATHS or (PATHS[url.path][0] in CRD_KINDS and not self.api.crds):
             self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
             return
         kind, api_version = PATHS[url.path]
