@@ -361,4 +361,5 @@ def _row(  # type: ignore[no-untyped-def]
     row.tcp_open_connections = g.tcp_open_connections
     row.tcp_read_bytes = g.tcp_read_bytes
     row.tcp_write_bytes = g.tcp_write_bytes
+    row.authz_denied = g.authz_denied
     return row

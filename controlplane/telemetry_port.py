@@ -41,6 +41,7 @@ class GroupStats:
     tcp_read_bytes: int = 0
     tcp_write_bytes: int = 0
     covered_s: float = 0.0  # the seconds the counts cover (rates divide by this)
+    authz_denied: int = 0  # requests and connections the destination's policy denied
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,7 @@ class StoreTelemetry:
                 tcp_read_bytes=r.read_bytes,
                 tcp_write_bytes=r.write_bytes,
                 covered_s=r.window_s,
+                authz_denied=r.authz_denied,
             )
             for r in rows
         ]

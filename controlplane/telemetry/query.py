@@ -83,6 +83,7 @@ class StatRow:
     tcp_closed: int = 0
     read_bytes: int = 0
     write_bytes: int = 0
+    authz_denied: int = 0  # requests and connections the destination's policy denied
 
     @property
     def requests(self) -> int:
@@ -204,6 +205,8 @@ def stat(
                 r.success += cell.responses
             else:
                 r.failure += cell.responses
+            if key.authz:
+                r.authz_denied += cell.responses
             cell.latency_into(r.latency)
     for tkey, tcells in store.tcp_series.items():
         found = _row_of(tkey, resource, from_, to)
@@ -215,6 +218,7 @@ def stat(
             r.tcp_closed += tcell.closed
             r.read_bytes += tcell.read_bytes
             r.write_bytes += tcell.write_bytes
+            r.authz_denied += tcell.authz_denied
         newest = tcells[-1] if tcells else None
         if newest is not None and newest.start >= fresh_from and newest.open_connections:
             row(found).tcp_open_connections += newest.open_connections

@@ -58,6 +58,7 @@ class RequestKey:
     grpc_status: int | None
     success: bool
     tls: bool
+    authz: str = ""  # the policy that denied these requests ("" when allowed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,7 @@ class TcpCounts:
     read_bytes: int
     write_bytes: int
     open_connections: int
+    authz_denied: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,13 +142,16 @@ def _request(node: str, s: pb.RequestSeries) -> tuple[RequestKey, int, LatencyHi
         grpc_status=s.grpc_status if s.HasField("grpc_status") else None,
         success=CLASSES[s.classification],
         tls=s.tls,
+        authz=_name(s.authz_deny, "authz_deny"),
     )
     return key, s.responses, latency
 
 
 def _tcp(node: str, s: pb.TcpSeries) -> tuple[TcpKey, TcpCounts]:
     key = TcpKey(node, _direction(s.direction), _peer(s.src, "src"), _peer(s.dst, "dst"), s.tls)
-    counts = TcpCounts(s.opened, s.closed, s.read_bytes, s.write_bytes, s.open_connections)
+    counts = TcpCounts(
+        s.opened, s.closed, s.read_bytes, s.write_bytes, s.open_connections, s.authz_denied
+    )
     return key, counts
 
 

@@ -60,11 +60,20 @@ class RequestCell:
 
 
 class TcpCell:
-    __slots__ = ("start", "opened", "closed", "read_bytes", "write_bytes", "open_connections")
+    __slots__ = (
+        "start",
+        "opened",
+        "closed",
+        "read_bytes",
+        "write_bytes",
+        "open_connections",
+        "authz_denied",
+    )
 
     def __init__(self, start: int) -> None:
         self.start = start
         self.opened = self.closed = self.read_bytes = self.write_bytes = 0
+        self.authz_denied = 0
         self.open_connections = 0  # gauge: the last value reported in this bucket
 
     def seal(self) -> None:
@@ -136,6 +145,7 @@ class TelemetryStore:
         cell.read_bytes += counts.read_bytes
         cell.write_bytes += counts.write_bytes
         cell.open_connections = counts.open_connections
+        cell.authz_denied += counts.authz_denied
 
     def _cell(
         self, table: OrderedDict[K, list[C]], key: K, start: int, make: Callable[[int], C]

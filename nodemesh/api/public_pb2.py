@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from nodemesh.api import tap_pb2 as nodemesh_dot_api_dot_tap__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19nodemesh/api/public.proto\x12\x12nodemesh.public.v1\x1a\x16nodemesh/api/tap.proto\"9\n\x08Resource\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xd5\x01\n\x0bStatRequest\x12.\n\x08resource\x18\x01 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12\x16\n\x0e\x61ll_namespaces\x18\x02 \x01(\x08\x12\x33\n\rfrom_resource\x18\x03 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12\x31\n\x0bto_resource\x18\x04 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12\x16\n\x0ewindow_seconds\x18\x05 \x01(\r\"\xa5\x03\n\x07StatRow\x12.\n\x08resource\x18\x01 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12\x13\n\x0bmeshed_pods\x18\x02 \x01(\r\x12\x12\n\ntotal_pods\x18\x03 \x01(\r\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x19\n\x0csuccess_rate\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x0b\n\x03rps\x18\x06 \x01(\x01\x12\x1b\n\x0elatency_p50_ms\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0elatency_p95_ms\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x1b\n\x0elatency_p99_ms\x18\t \x01(\x01H\x03\x88\x01\x01\x12\x1c\n\x14tcp_open_connections\x18\n \x01(\x04\x12\x16\n\x0etcp_read_bytes\x18\x0b \x01(\x04\x12\x17\n\x0ftcp_write_bytes\x18\x0c \x01(\x04\x12\x17\n\x0f\x63overed_seconds\x18\r \x01(\x01\x42\x0f\n\r_success_rateB\x11\n\x0f_latency_p50_msB\x11\n\x0f_latency_p95_msB\x11\n\x0f_latency_p99_ms\"Q\n\x0cStatResponse\x12)\n\x04rows\x18\x01 \x03(\x0b\x32\x1b.nodemesh.public.v1.StatRow\x12\x16\n\x0ewindow_seconds\x18\x02 \x01(\r\"_\n\x0c\x45\x64gesRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0e\x61ll_namespaces\x18\x03 \x01(\x08\x12\x16\n\x0ewindow_seconds\x18\x04 \x01(\r\"\xc0\x01\n\x04\x45\x64ge\x12)\n\x03src\x18\x01 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12)\n\x03\x64st\x18\x02 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12\x14\n\x0csrc_identity\x18\x03 \x01(\t\x12\x14\n\x0c\x64st_identity\x18\x04 \x01(\t\x12\x0b\n\x03tls\x18\x05 \x01(\x08\x12\x10\n\x08requests\x18\x06 \x01(\x04\x12\x17\n\x0ftcp_connections\x18\x07 \x01(\x04\"8\n\rEdgesResponse\x12\'\n\x05\x65\x64ges\x18\x01 \x03(\x0b\x32\x18.nodemesh.public.v1.Edge\"\xa5\x01\n\nTapRequest\x12.\n\x08resource\x18\x01 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12\x31\n\x0bto_resource\x18\x02 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x13\n\x0bpath_prefix\x18\x04 \x01(\t\x12\x0f\n\x07max_rps\x18\x05 \x01(\x01\")\n\x14ListWorkloadsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"\xae\x01\n\x0eWorkloadStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\nidentities\x18\x04 \x03(\t\x12\x0c\n\x04pods\x18\x05 \x01(\r\x12\x12\n\nready_pods\x18\x06 \x01(\r\x12\x13\n\x0bmeshed_pods\x18\x07 \x01(\r\x12\r\n\x05nodes\x18\x08 \x03(\t\x12\x13\n\x0bmesh_errors\x18\t \x03(\t\"\xe3\x01\n\x15ListWorkloadsResponse\x12\x35\n\tworkloads\x18\x01 \x03(\x0b\x32\".nodemesh.public.v1.WorkloadStatus\x12Z\n\x11namespaces_meshed\x18\x02 \x03(\x0b\x32?.nodemesh.public.v1.ListWorkloadsResponse.NamespacesMeshedEntry\x1a\x37\n\x15NamespacesMeshedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"\x12\n\x10ListNodesRequest\"\x99\x02\n\nNodeStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0binternal_ip\x18\x02 \x01(\t\x12\x10\n\x08pod_cidr\x18\x03 \x01(\t\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\x0c\n\x04pods\x18\x05 \x01(\r\x12\x13\n\x0bmeshed_pods\x18\x06 \x01(\r\x12\x17\n\x0f\x61gent_connected\x18\x07 \x01(\x08\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\x1b\n\x13last_report_unix_ms\x18\t \x01(\x03\x12\x15\n\rpods_enrolled\x18\n \x01(\r\x12\x18\n\x10open_connections\x18\x0b \x01(\r\x12\x13\n\x0b\x63pu_seconds\x18\x0c \x01(\x01\x12\x11\n\trss_bytes\x18\r \x01(\x04\"B\n\x11ListNodesResponse\x12-\n\x05nodes\x18\x01 \x03(\x0b\x32\x1e.nodemesh.public.v1.NodeStatus\"\x10\n\x0eVersionRequest\"X\n\x0fVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x03 \x01(\t\x12\x0e\n\x06synced\x18\x04 \x01(\x08\x32\xf9\x03\n\x06Public\x12I\n\x04Stat\x12\x1f.nodemesh.public.v1.StatRequest\x1a .nodemesh.public.v1.StatResponse\x12L\n\x05\x45\x64ges\x12 .nodemesh.public.v1.EdgesRequest\x1a!.nodemesh.public.v1.EdgesResponse\x12\x42\n\x03Tap\x12\x1e.nodemesh.public.v1.TapRequest\x1a\x19.nodemesh.tap.v1.TapEvent0\x01\x12\x64\n\rListWorkloads\x12(.nodemesh.public.v1.ListWorkloadsRequest\x1a).nodemesh.public.v1.ListWorkloadsResponse\x12X\n\tListNodes\x12$.nodemesh.public.v1.ListNodesRequest\x1a%.nodemesh.public.v1.ListNodesResponse\x12R\n\x07Version\x12\".nodemesh.public.v1.VersionRequest\x1a#.nodemesh.public.v1.VersionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19nodemesh/api/public.proto\x12\x12nodemesh.public.v1\x1a\x16nodemesh/api/tap.proto\"9\n\x08Resource\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xd5\x01\n\x0bStatRequest\x12.\n\x08resource\x18\x01 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12\x16\n\x0e\x61ll_namespaces\x18\x02 \x01(\x08\x12\x33\n\rfrom_resource\x18\x03 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12\x31\n\x0bto_resource\x18\x04 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12\x16\n\x0ewindow_seconds\x18\x05 \x01(\r\"\xbb\x03\n\x07StatRow\x12.\n\x08resource\x18\x01 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12\x13\n\x0bmeshed_pods\x18\x02 \x01(\r\x12\x12\n\ntotal_pods\x18\x03 \x01(\r\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x19\n\x0csuccess_rate\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x0b\n\x03rps\x18\x06 \x01(\x01\x12\x1b\n\x0elatency_p50_ms\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0elatency_p95_ms\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x1b\n\x0elatency_p99_ms\x18\t \x01(\x01H\x03\x88\x01\x01\x12\x1c\n\x14tcp_open_connections\x18\n \x01(\x04\x12\x16\n\x0etcp_read_bytes\x18\x0b \x01(\x04\x12\x17\n\x0ftcp_write_bytes\x18\x0c \x01(\x04\x12\x17\n\x0f\x63overed_seconds\x18\r \x01(\x01\x12\x14\n\x0c\x61uthz_denied\x18\x14 \x01(\x04\x42\x0f\n\r_success_rateB\x11\n\x0f_latency_p50_msB\x11\n\x0f_latency_p95_msB\x11\n\x0f_latency_p99_ms\"Q\n\x0cStatResponse\x12)\n\x04rows\x18\x01 \x03(\x0b\x32\x1b.nodemesh.public.v1.StatRow\x12\x16\n\x0ewindow_seconds\x18\x02 \x01(\r\"_\n\x0c\x45\x64gesRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0e\x61ll_namespaces\x18\x03 \x01(\x08\x12\x16\n\x0ewindow_seconds\x18\x04 \x01(\r\"\xc0\x01\n\x04\x45\x64ge\x12)\n\x03src\x18\x01 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12)\n\x03\x64st\x18\x02 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12\x14\n\x0csrc_identity\x18\x03 \x01(\t\x12\x14\n\x0c\x64st_identity\x18\x04 \x01(\t\x12\x0b\n\x03tls\x18\x05 \x01(\x08\x12\x10\n\x08requests\x18\x06 \x01(\x04\x12\x17\n\x0ftcp_connections\x18\x07 \x01(\x04\"8\n\rEdgesResponse\x12\'\n\x05\x65\x64ges\x18\x01 \x03(\x0b\x32\x18.nodemesh.public.v1.Edge\"\xa5\x01\n\nTapRequest\x12.\n\x08resource\x18\x01 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12\x31\n\x0bto_resource\x18\x02 \x01(\x0b\x32\x1c.nodemesh.public.v1.Resource\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x13\n\x0bpath_prefix\x18\x04 \x01(\t\x12\x0f\n\x07max_rps\x18\x05 \x01(\x01\")\n\x14ListWorkloadsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"\xae\x01\n\x0eWorkloadStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\nidentities\x18\x04 \x03(\t\x12\x0c\n\x04pods\x18\x05 \x01(\r\x12\x12\n\nready_pods\x18\x06 \x01(\r\x12\x13\n\x0bmeshed_pods\x18\x07 \x01(\r\x12\r\n\x05nodes\x18\x08 \x03(\t\x12\x13\n\x0bmesh_errors\x18\t \x03(\t\"\xe3\x01\n\x15ListWorkloadsResponse\x12\x35\n\tworkloads\x18\x01 \x03(\x0b\x32\".nodemesh.public.v1.WorkloadStatus\x12Z\n\x11namespaces_meshed\x18\x02 \x03(\x0b\x32?.nodemesh.public.v1.ListWorkloadsResponse.NamespacesMeshedEntry\x1a\x37\n\x15NamespacesMeshedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"\x12\n\x10ListNodesRequest\"\x99\x02\n\nNodeStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0binternal_ip\x18\x02 \x01(\t\x12\x10\n\x08pod_cidr\x18\x03 \x01(\t\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\x0c\n\x04pods\x18\x05 \x01(\r\x12\x13\n\x0bmeshed_pods\x18\x06 \x01(\r\x12\x17\n\x0f\x61gent_connected\x18\x07 \x01(\x08\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\x1b\n\x13last_report_unix_ms\x18\t \x01(\x03\x12\x15\n\rpods_enrolled\x18\n \x01(\r\x12\x18\n\x10open_connections\x18\x0b \x01(\r\x12\x13\n\x0b\x63pu_seconds\x18\x0c \x01(\x01\x12\x11\n\trss_bytes\x18\r \x01(\x04\"B\n\x11ListNodesResponse\x12-\n\x05nodes\x18\x01 \x03(\x0b\x32\x1e.nodemesh.public.v1.NodeStatus\"\x10\n\x0eVersionRequest\"X\n\x0fVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x03 \x01(\t\x12\x0e\n\x06synced\x18\x04 \x01(\x08\x32\xf9\x03\n\x06Public\x12I\n\x04Stat\x12\x1f.nodemesh.public.v1.StatRequest\x1a .nodemesh.public.v1.StatResponse\x12L\n\x05\x45\x64ges\x12 .nodemesh.public.v1.EdgesRequest\x1a!.nodemesh.public.v1.EdgesResponse\x12\x42\n\x03Tap\x12\x1e.nodemesh.public.v1.TapRequest\x1a\x19.nodemesh.tap.v1.TapEvent0\x01\x12\x64\n\rListWorkloads\x12(.nodemesh.public.v1.ListWorkloadsRequest\x1a).nodemesh.public.v1.ListWorkloadsResponse\x12X\n\tListNodes\x12$.nodemesh.public.v1.ListNodesRequest\x1a%.nodemesh.public.v1.ListNodesResponse\x12R\n\x07Version\x12\".nodemesh.public.v1.VersionRequest\x1a#.nodemesh.public.v1.VersionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,35 +39,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATREQUEST']._serialized_start=133
   _globals['_STATREQUEST']._serialized_end=346
   _globals['_STATROW']._serialized_start=349
-  _globals['_STATROW']._serialized_end=770
-  _globals['_STATRESPONSE']._serialized_start=772
-  _globals['_STATRESPONSE']._serialized_end=853
-  _globals['_EDGESREQUEST']._serialized_start=855
-  _globals['_EDGESREQUEST']._serialized_end=950
-  _globals['_EDGE']._serialized_start=953
-  _globals['_EDGE']._serialized_end=1145
-  _globals['_EDGESRESPONSE']._serialized_start=1147
-  _globals['_EDGESRESPONSE']._serialized_end=1203
-  _globals['_TAPREQUEST']._serialized_start=1206
-  _globals['_TAPREQUEST']._serialized_end=1371
-  _globals['_LISTWORKLOADSREQUEST']._serialized_start=1373
-  _globals['_LISTWORKLOADSREQUEST']._serialized_end=1414
-  _globals['_WORKLOADSTATUS']._serialized_start=1417
-  _globals['_WORKLOADSTATUS']._serialized_end=1591
-  _globals['_LISTWORKLOADSRESPONSE']._serialized_start=1594
-  _globals['_LISTWORKLOADSRESPONSE']._serialized_end=1821
-  _globals['_LISTWORKLOADSRESPONSE_NAMESPACESMESHEDENTRY']._serialized_start=1766
-  _globals['_LISTWORKLOADSRESPONSE_NAMESPACESMESHEDENTRY']._serialized_end=1821
-  _globals['_LISTNODESREQUEST']._serialized_start=1823
-  _globals['_LISTNODESREQUEST']._serialized_end=1841
-  _globals['_NODESTATUS']._serialized_start=1844
-  _globals['_NODESTATUS']._serialized_end=2125
-  _globals['_LISTNODESRESPONSE']._serialized_start=2127
-  _globals['_LISTNODESRESPONSE']._serialized_end=2193
-  _globals['_VERSIONREQUEST']._serialized_start=2195
-  _globals['_VERSIONREQUEST']._serialized_end=2211
-  _globals['_VERSIONRESPONSE']._serialized_start=2213
-  _globals['_VERSIONRESPONSE']._serialized_end=2301
-  _globals['_PUBLIC']._serialized_start=2304
-  _globals['_PUBLIC']._serialized_end=2809
+  _globals['_STATROW']._serialized_end=792
+  _globals['_STATRESPONSE']._serialized_start=794
+  _globals['_STATRESPONSE']._serialized_end=875
+  _globals['_EDGESREQUEST']._serialized_start=877
+  _globals['_EDGESREQUEST']._serialized_end=972
+  _globals['_EDGE']._serialized_start=975
+  _globals['_EDGE']._serialized_end=1167
+  _globals['_EDGESRESPONSE']._serialized_start=1169
+  _globals['_EDGESRESPONSE']._serialized_end=1225
+  _globals['_TAPREQUEST']._serialized_start=1228
+  _globals['_TAPREQUEST']._serialized_end=1393
+  _globals['_LISTWORKLOADSREQUEST']._serialized_start=1395
+  _globals['_LISTWORKLOADSREQUEST']._serialized_end=1436
+  _globals['_WORKLOADSTATUS']._serialized_start=1439
+  _globals['_WORKLOADSTATUS']._serialized_end=1613
+  _globals['_LISTWORKLOADSRESPONSE']._serialized_start=1616
+  _globals['_LISTWORKLOADSRESPONSE']._serialized_end=1843
+  _globals['_LISTWORKLOADSRESPONSE_NAMESPACESMESHEDENTRY']._serialized_start=1788
+  _globals['_LISTWORKLOADSRESPONSE_NAMESPACESMESHEDENTRY']._serialized_end=1843
+  _globals['_LISTNODESREQUEST']._serialized_start=1845
+  _globals['_LISTNODESREQUEST']._serialized_end=1863
+  _globals['_NODESTATUS']._serialized_start=1866
+  _globals['_NODESTATUS']._serialized_end=2147
+  _globals['_LISTNODESRESPONSE']._serialized_start=2149
+  _globals['_LISTNODESRESPONSE']._serialized_end=2215
+  _globals['_VERSIONREQUEST']._serialized_start=2217
+  _globals['_VERSIONREQUEST']._serialized_end=2233
+  _globals['_VERSIONRESPONSE']._serialized_start=2235
+  _globals['_VERSIONRESPONSE']._serialized_end=2323
+  _globals['_PUBLIC']._serialized_start=2326
+  _globals['_PUBLIC']._serialized_end=2831
 # @@protoc_insertion_point(module_scope)

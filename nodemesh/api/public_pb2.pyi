@@ -32,7 +32,7 @@ class StatRequest(_message.Message):
     def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., all_namespaces: _Optional[bool] = ..., from_resource: _Optional[_Union[Resource, _Mapping]] = ..., to_resource: _Optional[_Union[Resource, _Mapping]] = ..., window_seconds: _Optional[int] = ...) -> None: ...
 
 class StatRow(_message.Message):
-    __slots__ = ("resource", "meshed_pods", "total_pods", "requests", "success_rate", "rps", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "tcp_open_connections", "tcp_read_bytes", "tcp_write_bytes", "covered_seconds")
+    __slots__ = ("resource", "meshed_pods", "total_pods", "requests", "success_rate", "rps", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "tcp_open_connections", "tcp_read_bytes", "tcp_write_bytes", "covered_seconds", "authz_denied")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     MESHED_PODS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_PODS_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class StatRow(_message.Message):
     TCP_READ_BYTES_FIELD_NUMBER: _ClassVar[int]
     TCP_WRITE_BYTES_FIELD_NUMBER: _ClassVar[int]
     COVERED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    AUTHZ_DENIED_FIELD_NUMBER: _ClassVar[int]
     resource: Resource
     meshed_pods: int
     total_pods: int
@@ -59,7 +60,8 @@ class StatRow(_message.Message):
     tcp_read_bytes: int
     tcp_write_bytes: int
     covered_seconds: float
-    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., meshed_pods: _Optional[int] = ..., total_pods: _Optional[int] = ..., requests: _Optional[int] = ..., success_rate: _Optional[float] = ..., rps: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., tcp_open_connections: _Optional[int] = ..., tcp_read_bytes: _Optional[int] = ..., tcp_write_bytes: _Optional[int] = ..., covered_seconds: _Optional[float] = ...) -> None: ...
+    authz_denied: int
+    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., meshed_pods: _Optional[int] = ..., total_pods: _Optional[int] = ..., requests: _Optional[int] = ..., success_rate: _Optional[float] = ..., rps: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., tcp_open_connections: _Optional[int] = ..., tcp_read_bytes: _Optional[int] = ..., tcp_write_bytes: _Optional[int] = ..., covered_seconds: _Optional[float] = ..., authz_denied: _Optional[int] = ...) -> None: ...
 
 class StatResponse(_message.Message):
     __slots__ = ("rows", "window_seconds")

@@ -65,7 +65,7 @@ class Histogram(_message.Message):
     def __init__(self, buckets: _Optional[_Iterable[int]] = ..., counts: _Optional[_Iterable[int]] = ..., sum_us: _Optional[int] = ...) -> None: ...
 
 class RequestSeries(_message.Message):
-    __slots__ = ("direction", "src", "dst", "protocol", "status_code", "grpc_status", "classification", "tls", "responses", "latency")
+    __slots__ = ("direction", "src", "dst", "protocol", "status_code", "grpc_status", "classification", "tls", "responses", "latency", "authz_deny")
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     SRC_FIELD_NUMBER: _ClassVar[int]
     DST_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class RequestSeries(_message.Message):
     TLS_FIELD_NUMBER: _ClassVar[int]
     RESPONSES_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
+    AUTHZ_DENY_FIELD_NUMBER: _ClassVar[int]
     direction: Direction
     src: Peer
     dst: Peer
@@ -86,10 +87,11 @@ class RequestSeries(_message.Message):
     tls: bool
     responses: int
     latency: Histogram
-    def __init__(self, direction: _Optional[_Union[Direction, str]] = ..., src: _Optional[_Union[Peer, _Mapping]] = ..., dst: _Optional[_Union[Peer, _Mapping]] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., status_code: _Optional[int] = ..., grpc_status: _Optional[int] = ..., classification: _Optional[_Union[Classification, str]] = ..., tls: _Optional[bool] = ..., responses: _Optional[int] = ..., latency: _Optional[_Union[Histogram, _Mapping]] = ...) -> None: ...
+    authz_deny: str
+    def __init__(self, direction: _Optional[_Union[Direction, str]] = ..., src: _Optional[_Union[Peer, _Mapping]] = ..., dst: _Optional[_Union[Peer, _Mapping]] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., status_code: _Optional[int] = ..., grpc_status: _Optional[int] = ..., classification: _Optional[_Union[Classification, str]] = ..., tls: _Optional[bool] = ..., responses: _Optional[int] = ..., latency: _Optional[_Union[Histogram, _Mapping]] = ..., authz_deny: _Optional[str] = ...) -> None: ...
 
 class TcpSeries(_message.Message):
-    __slots__ = ("direction", "src", "dst", "tls", "opened", "closed", "read_bytes", "write_bytes", "open_connections")
+    __slots__ = ("direction", "src", "dst", "tls", "opened", "closed", "read_bytes", "write_bytes", "open_connections", "authz_denied")
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     SRC_FIELD_NUMBER: _ClassVar[int]
     DST_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +101,7 @@ class TcpSeries(_message.Message):
     READ_BYTES_FIELD_NUMBER: _ClassVar[int]
     WRITE_BYTES_FIELD_NUMBER: _ClassVar[int]
     OPEN_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    AUTHZ_DENIED_FIELD_NUMBER: _ClassVar[int]
     direction: Direction
     src: Peer
     dst: Peer
@@ -108,7 +111,8 @@ class TcpSeries(_message.Message):
     read_bytes: int
     write_bytes: int
     open_connections: int
-    def __init__(self, direction: _Optional[_Union[Direction, str]] = ..., src: _Optional[_Union[Peer, _Mapping]] = ..., dst: _Optional[_Union[Peer, _Mapping]] = ..., tls: _Optional[bool] = ..., opened: _Optional[int] = ..., closed: _Optional[int] = ..., read_bytes: _Optional[int] = ..., write_bytes: _Optional[int] = ..., open_connections: _Optional[int] = ...) -> None: ...
+    authz_denied: int
+    def __init__(self, direction: _Optional[_Union[Direction, str]] = ..., src: _Optional[_Union[Peer, _Mapping]] = ..., dst: _Optional[_Union[Peer, _Mapping]] = ..., tls: _Optional[bool] = ..., opened: _Optional[int] = ..., closed: _Optional[int] = ..., read_bytes: _Optional[int] = ..., write_bytes: _Optional[int] = ..., open_connections: _Optional[int] = ..., authz_denied: _Optional[int] = ...) -> None: ...
 
 class AgentLoad(_message.Message):
     __slots__ = ("pods_enrolled", "open_connections", "cpu_seconds", "rss_bytes", "enrolled_pods")

@@ -50,6 +50,7 @@ def row_dict(row: pb.StatRow, *, window_s: int) -> dict[str, Any]:
         "tcp_open_connections": row.tcp_open_connections,
         "read_bytes_per_second": round(row.tcp_read_bytes / seconds, 3),
         "write_bytes_per_second": round(row.tcp_write_bytes / seconds, 3),
+        "authz_denied": row.authz_denied,
     }
 
 
@@ -67,7 +68,9 @@ def agent_dict(node: pb.NodeStatus | None) -> dict[str, Any]:
     }
 
 
-def table_rows(rows: list[dict[str, Any]], *, wide: bool, namespaced: bool) -> list[list[str]]:
+def table_rows(
+    rows: list[dict[str, Any]], *, wide: bool, namespaced: bool, denials: bool = False
+) -> list[list[str]]:
     out = []
     for r in rows:
         traffic = bool(r["requests"] or r["tcp_open_connections"] or r["read_bytes_per_second"])
@@ -84,6 +87,8 @@ def table_rows(rows: list[dict[str, Any]], *, wide: bool, namespaced: bool) -> l
         ]
         if namespaced:
             cells.insert(0, r["namespace"])
+        if denials:
+            cells.append(str(r["authz_denied"]))
         if wide:
             cells += [
                 tables.byte_size(r["read_bytes_per_second"], suffix="/s") if traffic else "-",
@@ -103,10 +108,12 @@ def table_rows(rows: list[dict[str, Any]], *, wide: bool, namespaced: bool) -> l
     return out
 
 
-def headers(kind: str, *, wide: bool) -> list[str]:
+def headers(kind: str, *, wide: bool, denials: bool = False) -> list[str]:
     out = list(HEADERS)
     if kind not in resources.CLUSTER_SCOPED:
         out.insert(0, "NAMESPACE")
+    if denials:
+        out.append("AUTHZ_DENIED")
     if wide:
         out += WIDE
     if kind == "node":
@@ -151,6 +158,8 @@ def stat(
     gRPC error). LATENCY_P50/P95/P99: response latency quantiles.
     TCP_CONN: connections open now, as the agents last reported them
     (each reports every second; silent for 10-20 s counts as none).
+    AUTHZ_DENIED (shown when any row has some): requests and connections
+    the destination's authorization policy denied in the window.
     """
     kind, name = resources.parse(resource, name)
     seconds = window.seconds(time_window)
@@ -187,8 +196,9 @@ def stat(
         return
     scope = "" if kind in resources.CLUSTER_SCOPED or all_namespaces else f" in {namespace!r}"
     namespaced = kind not in resources.CLUSTER_SCOPED
+    denials = any(r["authz_denied"] for r in rows)
     tables.echo(
-        headers(kind, wide=output == "wide"),
-        table_rows(rows, wide=output == "wide", namespaced=namespaced),
+        headers(kind, wide=output == "wide", denials=denials),
+        table_rows(rows, wide=output == "wide", namespaced=namespaced, denials=denials),
         empty=f"No {kind}s found{scope}.",
     )
