@@ -1,0 +1,139 @@
+"""Inbound authorization at the destination's agent: the decision for a new connection, and
+the agent's own answers to a client the policy denies (the app is never connected).
+
+`decide` asks the table's compiled policies (nodemesh.authz) about (pod, port, client identity,
+client address). A denied client of an opaque port, or one that speaks neither HTTP/1 nor
+HTTP/2, is reset; an HTTP client gets its answers from nodeagent.protocol.authz_deny for as long
+as it keeps the connection, each denial counted and tapped through the sink. A client that only
+L7 rules can allow is let through with an HTTP/1 gate (nodeagent.protocol.authz_gate) that
+decides each request; on HTTP/2 such a client is denied whole (per-stream gating is not done).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nodeagent.l4proxy import Relay
+from nodeagent.observe_events import Peer
+from nodeagent.protocol import detect
+from nodeagent.protocol.authz_deny import (
+    GRPC_PERMISSION_DENIED,
+    DeniedRequest,
+    DenyError,
+    H2DenyAll,
+    Http1DenyAll,
+)
+from nodeagent.stats.denials import AuthzDenied
+from nodemesh import authz
+from nodemesh.model import PodKey
+
+log = logging.getLogger(__name__)
+
+SNIFF_TIMEOUT = 3.0  # a denied client that says nothing HTTP-like by then is reset
+IDLE_TIMEOUT = 30.0  # a denied HTTP client that goes quiet this long is closed
+
+
+@dataclass(slots=True)
+class Inbound:
+    """What is known of an inbound connection when it is decided."""
+
+    pod: PodKey
+    port: int
+    identity: str  # the client's proven SPIFFE ID ("" when not mTLS)
+    client_ip: str
+    src: Peer
+    dst: Peer
+    tls: bool
+    conn_id: int
+    src_port: int = 0
+
+
+def decide(policies: authz.PolicyTable, conn: Inbound) -> tuple[authz.Decision, list[authz.Policy]]:
+    applying = policies.applying(conn.pod, conn.port)
+    decision = authz.decide_connection(applying, identity=conn.identity, ip=conn.client_ip)
+    return decision, applying
+
+
+Record = Callable[[AuthzDenied], None]
+
+
+def _event(conn: Inbound, decision: authz.Decision, protocol: str) -> AuthzDenied:
+    return AuthzDenied(
+        conn_id=conn.conn_id,
+        direction="inbound",
+        src=conn.src,
+        dst=conn.dst,
+        tls=conn.tls,
+        policy=decision.policy,
+        reason=decision.reason,
+        protocol=protocol,
+        at=time.time(),
+        src_port=conn.src_port,
+        dst_port=conn.port,
+    )
+
+
+def record_tcp(record: Record, conn: Inbound, decision: authz.Decision) -> None:
+    record(_event(conn, decision, "tcp"))
+
+
+def record_request(
+    record: Record, conn: Inbound, decision: authz.Decision, req: DeniedRequest, *, h2: bool
+) -> None:
+    ev = _event(conn, decision, "grpc" if req.grpc else ("http2" if h2 else "http1"))
+    ev.method, ev.path = req.method, req.path
+    ev.status = 200 if req.grpc else 403
+    ev.grpc_status = GRPC_PERMISSION_DENIED if req.grpc else None
+    record(ev)
+
+
+async def sniff(relay: Relay, timeout: float = SNIFF_TIMEOUT) -> detect.Protocol | None:
+    """The protocol of the client's first bytes (left in relay.early), None if undecided."""
+    while True:
+        found = detect.sniff(bytes(relay.early))
+        if found.protocol is not None:
+            return found.protocol
+        if len(relay.early) >= detect.MAX_PEEK:
+            return None
+        if not await relay.wait_for_bytes(len(relay.early) + 1, timeout):
+            return None
+
+
+async def serve_denied(
+    relay: Relay,
+    conn: Inbound,
+    decision: authz.Decision,
+    record: Record,
+    *,
+    opaque: bool,
+) -> None:
+    """Answer a denied client without the app, then close; the relay is finished after."""
+    reason = f"denied by {decision.policy}: {decision.reason}" if decision.policy else "denied"
+    protocol = None if opaque else await sniff(relay)
+    if protocol not in (detect.Protocol.HTTP1, detect.Protocol.HTTP2):
+        record_tcp(record, conn, decision)
+        relay.refuse(reason)
+        return
+    h2 = protocol is detect.Protocol.HTTP2
+    responder: Http1DenyAll | H2DenyAll = (
+        H2DenyAll(decision.reason) if h2 else Http1DenyAll(decision.reason)
+    )
+    try:
+        while True:
+            data = relay.consume(len(relay.early))
+            out = responder.feed(data)
+            for req in responder.take_denied():
+                record_request(record, conn, decision, req, h2=h2)
+            transport = relay.down.transport
+            if out and transport is not None and not relay.down.lost:
+                transport.write(out)
+            if responder.done:
+                break
+            if not await relay.wait_for_bytes(1, IDLE_TIMEOUT):
+                break
+    except DenyError as exc:
+        log.debug("denied client of %s: %s", conn.pod, exc)
+    relay.decline(reason)
