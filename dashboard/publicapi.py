@@ -140,7 +140,13 @@ def _flat_row(row: dict[str, Any]) -> dict[str, Any]:
     res = row.get("resource", {})
     out: dict[str, Any] = {"kind": res.get("kind", ""), "namespace": res.get("namespace", "")}
     out["name"] = res.get("name", "")
-    for field in ("requests", "tcp_open_connections", "tcp_read_bytes", "tcp_write_bytes"):
+    for field in (
+        "requests",
+        "tcp_open_connections",
+        "tcp_read_bytes",
+        "tcp_write_bytes",
+        "authz_denied",
+    ):
         out[field] = int(row.get(field, 0))
     out["meshed_pods"] = row.get("meshed_pods", 0)
     out["total_pods"] = row.get("total_pods", 0)

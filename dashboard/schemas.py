@@ -25,6 +25,7 @@ class StatRow(BaseModel):
     tcp_open_connections: int
     tcp_read_bytes: int
     tcp_write_bytes: int
+    authz_denied: int = 0  # requests and connections the destination's policy denied
 
 
 class NamespaceRow(StatRow):

@@ -98,6 +98,7 @@
         card("Success rate", NM.sr(s.success_rate)), card("RPS", NM.num(s.rps)),
         card("P50", NM.ms(s.latency_p50_ms)), card("P95", NM.ms(s.latency_p95_ms)),
         card("P99", NM.ms(s.latency_p99_ms)),
+        card("Denied by policy", String(s.authz_denied || 0)),
         card("Pods ready / meshed", `${d.ready_pods}/${d.pods} · ${d.meshed_pods} meshed`),
         card("Identity", d.identities.join(", ") || NM.dash));
       const h = d.history;

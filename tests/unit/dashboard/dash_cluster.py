@@ -146,6 +146,7 @@ class Traffic:
         node: str = "node1",
         tls: bool = True,
         server_knows_pod_only: bool = False,
+        denied_by: str = "",
     ) -> None:
         """`ok`/`failed` calls reported by the client's agent (outbound) and the server's
         (inbound); `server_knows_pod_only`: the server side names the client by pod alone."""
@@ -184,4 +185,12 @@ class Traffic:
                         latency=tpb.Histogram(buckets=buckets, counts=counts, sum_us=hist.sum_us),
                     )
                 )
+        if denied_by:  # `failed` more calls the server's agent denied (PERMISSION_DENIED)
+            report.requests.append(
+                tpb.RequestSeries(
+                    direction=tpb.INBOUND, src=peer(src), dst=peer(dst, svc=f"{dst}-svc"),
+                    protocol=tpb.GRPC, status_code=200, grpc_status=7,
+                    classification=tpb.FAILURE, tls=tls, responses=failed, authz_deny=denied_by,
+                )
+            )  # fmt: skip
         self.store.ingest(parse_report(report, encoded_size=report.ByteSize()))

@@ -149,3 +149,11 @@ async def test_pages_render_their_shell(dashboard, path: str, marker: str) -> No
     assert rsp.headers["content-type"].startswith("text/html")
     assert marker in rsp.text
     assert "default-src 'self'" in rsp.headers["content-security-policy"]
+
+
+async def test_the_deployment_page_counts_policy_denials(cluster, dashboard) -> None:
+    cluster.traffic.calls("vote-bot", "emoji", ok=0, failed=7, denied_by=f"{NS}/emoji-grpc")
+    d = (await dashboard.http.get(f"/api/namespaces/{NS}/deployments/emoji")).json()
+    assert d["stat"]["authz_denied"] == 7
+    js = (await dashboard.http.get("/static/pages.js")).text
+    assert "Denied by policy" in js and "authz_denied" in js
