@@ -134,8 +134,10 @@ class Lab:
 
     def curl(self, ns: str, target: str, *paths: str, port: int = 8080) -> list[str]:
         """HTTP status of each path, all over one connection (curl reuses it)."""
-        argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}\\n", "--max-time", "10"]
-        out = self.exec(ns, target, *argv, *(f"http://{SERVER}:{port}{p}" for p in paths))
+        argv = ["curl", "-s", "-w", "%{http_code}\\n", "--max-time", "10"]
+        for p in paths:
+            argv += ["-o", "/dev/null", f"http://{SERVER}:{port}{p}"]
+        out = self.exec(ns, target, *argv)
         return out.split()
 
     def counts(self) -> dict[str, Any]:
