@@ -82,6 +82,29 @@ class RequestObserved:
     started_at: float  # time.time()
 
 
+@dataclass(slots=True)
+class AuthzDenied:
+    """A connection (protocol "tcp") or request the destination's policy denied; the agent
+    answered it itself and the app never saw it."""
+
+    conn_id: int
+    direction: str
+    src: Peer
+    dst: Peer
+    tls: bool
+    policy: str  # namespace/name of the InboundPolicy
+    reason: str
+    protocol: str  # "tcp" | "http1" | "http2" | "grpc"
+    at: float
+    method: str = ""
+    authority: str = ""
+    path: str = ""
+    status: int = 0  # what the agent answered: 403, or 200 with grpc_status 7
+    grpc_status: int | None = None
+    src_port: int = 0
+    dst_port: int = 0
+
+
 class ObservationSink(Protocol):
     def tcp_opened(self, ev: TcpOpened) -> None: ...
 
@@ -111,6 +134,8 @@ class ObservationSink(Protocol):
     ) -> None: ...
 
     def response_started(self, req_id: int, status: int | None, at: float) -> None: ...
+
+    def authz_denied(self, ev: AuthzDenied) -> None: ...
 
 
 class NullSink:
@@ -147,4 +172,7 @@ class NullSink:
         pass
 
     def response_started(self, req_id: int, status: int | None, at: float) -> None:
+        pass
+
+    def authz_denied(self, ev: AuthzDenied) -> None:
         pass

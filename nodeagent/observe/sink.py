@@ -9,10 +9,11 @@ which sets `taps.emit`. Every method runs on the event loop thread and never blo
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 from nodeagent.observe import peers
-from nodeagent.observe.events import Peer, RequestObserved, TcpClosed, TcpOpened
+from nodeagent.observe.events import AuthzDenied, Peer, RequestObserved, TcpClosed, TcpOpened
 from nodeagent.observe.stats.series import DEFAULT_MAX_SERIES, Aggregate
 from nodeagent.observe.stats.tapping import Taps
 from nodemesh.api import tap_pb2
@@ -33,6 +34,8 @@ class AgentSink:
         self._opened = self.aggregate.tcp_opened
         self._closed = self.aggregate.tcp_closed
         self._record = self.aggregate.request
+        # Tap ids for denied requests, apart from the data plane's own request ids.
+        self._denied_ids = itertools.count(1 << 62)
 
     def forget_gone_pods(self, table: DestinationTable, *, now: float, grace: float) -> int:
         """Forget the series (and interned peers) of pods the table no longer knows, `grace`
@@ -91,3 +94,8 @@ class AgentSink:
 
     def response_started(self, req_id: int, status: int | None, at: float) -> None:
         self.taps.response_started(req_id, status, at)
+
+    def authz_denied(self, ev: AuthzDenied) -> None:
+        self.aggregate.denials.add(ev)
+        if ev.protocol != "tcp" and self.taps.subscriptions and self.taps.tapping(ev.src, ev.dst):
+            self.taps.denied(next(self._denied_ids), ev)

@@ -19,13 +19,16 @@ from typing import TYPE_CHECKING
 from nodeagent import podplan
 from nodeagent.observe import peers
 from nodeagent.observe.events import Peer
+from nodeagent.protocol import detect
 from nodeagent.protocol import preamble as pre
+from nodeagent.proxy import authz_inbound
+from nodeagent.proxy.authz_inbound import Inbound, RequestGate
 from nodeagent.proxy.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
 from nodeagent.proxy.l7relay import ConnectionTap, peer_port
 from nodeagent.proxy.outbound import CERT_WAIT, NO_TABLE, report_failed, table_known
 from nodeagent.proxy.podnetns import inbound_socket, marked_socket
 from nodeagent.proxy.tunnel import accept_tunnel, read_preamble, reply
-from nodemesh import certs
+from nodemesh import authz, certs
 from nodemesh.model import InboundMode, PodInfo, PodKey
 
 if TYPE_CHECKING:
@@ -87,6 +90,46 @@ def _tap(
     )
 
 
+async def _authorize(
+    relay: Relay, pod: PodListeners, conn: Inbound, *, opaque: bool, replied: bool = True
+) -> tuple[bool, RequestGate | None]:
+    """Apply the pod's authorization policy before the app is connected: (go on, the gate
+    for per-request decisions). A denied client has been answered and the relay finished;
+    `replied` is False when a tunnel client still awaits its reply (refused with it when the
+    connection is opaque, so its own agent resets the app's connection)."""
+    rt = pod.runtime
+    decision, applying = authz_inbound.decide(rt.table.authz, conn)
+    if decision.verdict is authz.Verdict.ALLOW:
+        return True, None
+    record = rt.sink.authz_denied
+    if not replied:
+        if opaque and decision.verdict is authz.Verdict.DENY:
+            authz_inbound.record_tcp(record, conn, decision)
+            reply(relay, pre.ReplyCode.POLICY_DENIED)
+            relay.decline(f"authz: {decision.reason}")
+            return False, None
+        reply(relay, pre.ReplyCode.ACCEPTED)  # HTTP clients are answered by us, per request
+    if decision.verdict is authz.Verdict.PER_REQUEST and not opaque:
+        protocol = await authz_inbound.sniff(relay)
+        if protocol in (detect.Protocol.HTTP1, detect.Protocol.HTTP2):
+            h2 = protocol is detect.Protocol.HTTP2
+            return True, RequestGate(applying, conn, record, h2=h2)
+        decision = authz.Decision(
+            authz.Verdict.DENY, decision.policy, "only HTTP requests can be allowed (L7 rules)"
+        )
+    await authz_inbound.serve_denied(relay, conn, decision, record, opaque=opaque)
+    report_failed(
+        rt.sink,
+        conn_id=conn.conn_id,
+        direction="inbound",
+        src=conn.src,
+        dst=conn.dst,
+        tls=conn.tls,
+        error=f"authz: {decision.reason}",
+    )
+    return False, None
+
+
 def _this_pod(pod: PodListeners) -> tuple[PodInfo | None, Peer]:
     info = pod.runtime.table.pod(PodKey(pod.pod.namespace, pod.pod.name))
     return info, peers.of_pod(info, ip=pod.pod.ip, namespace=pod.pod.namespace, name=pod.pod.name)
@@ -107,11 +150,27 @@ async def handle_plain(relay: Relay, pod: PodListeners) -> None:
     conn_id = next(rt.conn_ids)
     strict = info is not None and info.mesh.inbound_mode is InboundMode.STRICT
     error = ""
+    gate = None
     if not known:
         error = NO_TABLE
     elif strict and client_ip not in (info.host_ip if info else "", pod.pod.ip):
         error = "strict inbound mode refuses unauthenticated clients"
     else:
+        conn = Inbound(
+            pod=PodKey(pod.pod.namespace, pod.pod.name),
+            port=port,
+            identity="",
+            client_ip=client_ip,
+            src=src,
+            dst=dst,
+            tls=False,
+            conn_id=conn_id,
+            src_port=peer_port(sock),
+        )
+        opaque = info is not None and port in info.mesh.opaque_ports
+        go_on, gate = await _authorize(relay, pod, conn, opaque=opaque)
+        if not go_on:
+            return
         try:
             await connect_app(relay, pod, client_ip=client_ip, port=port)
         except (OSError, TimeoutError) as exc:
@@ -133,7 +192,8 @@ async def handle_plain(relay: Relay, pod: PodListeners) -> None:
             port=port,
             src_port=peer_port(sock),
             tls=False,
-        )
+        ),
+        gate=gate,
     )
 
 
@@ -171,19 +231,40 @@ async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
     conn_id = next(rt.conn_ids)
     code = pre.ReplyCode.ACCEPTED
     error = ""
+    gate = None
+    want_reply = bool(header.flags & pre.PreambleFlags.WANT_REPLY)
     strict = info is not None and info.mesh.inbound_mode is InboundMode.STRICT
     if header.target_port in podplan.AGENT_PORTS or str(header.original_ip) != pod.pod.ip:
         code, error = pre.ReplyCode.NO_SUCH_TARGET, f"no target {header.original_ip}"
     elif strict and not client_id:
         code, error = pre.ReplyCode.POLICY_DENIED, "strict inbound mode: client not authenticated"
     else:
+        conn = Inbound(
+            pod=PodKey(pod.pod.namespace, pod.pod.name),
+            port=header.target_port,
+            identity=client_id,
+            client_ip=client_ip,
+            src=src,
+            dst=dst,
+            tls=tls,
+            conn_id=conn_id,
+            src_port=peer_port(relay.downstream_socket),
+        )
+        opaque = bool(header.flags & pre.PreambleFlags.SKIP_DETECTION) or (
+            info is not None and header.target_port in info.mesh.opaque_ports
+        )
+        go_on, gate = await _authorize(relay, pod, conn, opaque=opaque, replied=not want_reply)
+        if not go_on:
+            return
+        if gate is not None:
+            want_reply = False  # answered ACCEPTED already
         try:
             await connect_app(relay, pod, client_ip=client_ip, port=header.target_port)
         except (OSError, TimeoutError) as exc:
             code = pre.ReplyCode.CONNECT_FAILED
             error = f"app port {header.target_port}: {exc or type(exc).__name__}"
             relay.stats.failures.inc()
-    if header.flags & pre.PreambleFlags.WANT_REPLY:
+    if want_reply:
         reply(relay, code)
     if code is not pre.ReplyCode.ACCEPTED:
         report_failed(
@@ -203,4 +284,4 @@ async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
         tls=tls,
         skip_detection=skip,
     )
-    relay.start(tap)
+    relay.start(tap, gate=gate)

@@ -55,6 +55,18 @@ class Tap(Protocol):
     def closed(self, error: str) -> None: ...
 
 
+class Gate(Protocol):
+    """Stands between the client and the app (authorization per request): what to pass on."""
+
+    def client(self, data: bytes) -> tuple[bytes, bytes, bool]:
+        """(to the app, to the client, close both after writing)."""
+        ...
+
+    def server(self, data: bytes) -> tuple[bytes, bool]:
+        """(to the client in place of `data`, close both after writing)."""
+        ...
+
+
 class _Half(asyncio.Protocol):
     """One end of a relayed connection; hands what it reads to the Relay."""
 
@@ -113,6 +125,7 @@ class Relay:
         "early",
         "up_early",
         "tap",
+        "gate",
         "error",
         "_more",
         "_done",
@@ -138,6 +151,7 @@ class Relay:
         self.early = bytearray()
         self.up_early = bytearray()
         self.tap: Tap | None = None
+        self.gate: Gate | None = None
         self.error = ""
         self._more: asyncio.Future[None] | None = None
         self._done = False
@@ -180,11 +194,8 @@ class Relay:
         self._active = True
         if half is self.down:
             self.stats.read.inc(len(data))
-            if self.tap is not None:
-                self._tap_call(self.tap.client, data)
             if self._connected:
-                assert self.up is not None and self.up.transport is not None
-                self.up.transport.write(data)
+                self._from_client(data)
                 return
             self.early += data
             if len(self.early) >= MAX_EARLY_BYTES:
@@ -200,7 +211,34 @@ class Relay:
             self._to_client(data)
         # else: a discarded upstream attempt; its bytes go nowhere
 
+    def _from_client(self, data: bytes) -> None:
+        assert self.up is not None and self.up.transport is not None
+        close = False
+        if self.gate is not None:
+            data, reply, close = self.gate.client(data)
+            if reply:
+                self._write_down(reply)
+        if data:
+            if self.tap is not None:
+                self._tap_call(self.tap.client, data)
+            self.up.transport.write(data)
+        if close:
+            self._close_both()
+
+    def _write_down(self, data: bytes) -> None:
+        self.stats.write.inc(len(data))
+        if self.down.transport is not None and not self.down.lost:
+            self.down.transport.write(data)
+
     def _to_client(self, data: bytes) -> None:
+        if self.gate is not None:
+            if self.tap is not None:
+                self._tap_call(self.tap.server, data)
+            data, close = self.gate.server(data)
+            self._write_down(data)
+            if close:
+                self._close_both()
+            return
         self.stats.write.inc(len(data))
         if self.tap is not None:
             self._tap_call(self.tap.server, data)
@@ -344,16 +382,15 @@ class Relay:
         if up is not None and up.transport is not None and not up.lost:
             up.transport.abort()
 
-    def start(self, tap: Tap | None = None) -> None:
+    def start(self, tap: Tap | None = None, gate: Gate | None = None) -> None:
         """Join the two sides: flush what each side sent meanwhile, then relay."""
         assert self.up is not None and self.up.transport is not None
         self.tap = tap
+        self.gate = gate
         self._connected = True
         if self.early:
             early, self.early = bytes(self.early), bytearray()
-            if tap is not None:
-                self._tap_call(tap.client, early)
-            self.up.transport.write(early)
+            self._from_client(early)
         if self.up_early:
             up_early, self.up_early = bytes(self.up_early), bytearray()
             self._to_client(up_early)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nodemesh import authz, authz_codec
 from nodemesh import destination_codec as codec
 from nodemesh.api import destination_pb2 as pb
 from nodemesh.model import (
@@ -38,6 +39,7 @@ class _Pending:
     workloads: list[pb.Workload] = field(default_factory=list)
     pods: list[pb.Pod] = field(default_factory=list)
     meshed_pods: list[pb.MeshedPod] = field(default_factory=list)
+    authz_policies: list[pb.AuthzPolicy] = field(default_factory=list)
 
 
 class DestinationTable:
@@ -48,6 +50,8 @@ class DestinationTable:
         self.pods: dict[PodKey, PodInfo] = {}
         # Meshed pods of every node (this one's too): a pod IP in here is tunnelled to.
         self.meshed_pods: dict[PodKey, MeshedPod] = {}
+        # Authorization policies compiled for this node's pods (nodemesh.authz).
+        self.authz = authz.PolicyTable()
         self.revision = 0
         # True once a whole snapshot has arrived (from any stream, ever).
         self.synced = False
@@ -85,6 +89,7 @@ class DestinationTable:
             pending.workloads += update.snapshot.workloads
             pending.pods += update.snapshot.pods
             pending.meshed_pods += update.snapshot.meshed_pods
+            pending.authz_policies += update.snapshot.authz_policies
             if not update.snapshot.last:
                 self._pending = pending
                 return None
@@ -115,6 +120,7 @@ class DestinationTable:
         for m in snap.meshed_pods:
             meshed = codec.meshed_pod_from_pb(m)
             self.meshed_pods[meshed.key] = meshed
+        self.authz.replace(authz_codec.policy_from_pb(p) for p in snap.authz_policies)
         self.synced = True
         pods = {
             k for k in old_pods.keys() | self.pods.keys() if old_pods.get(k) != self.pods.get(k)
@@ -156,6 +162,11 @@ class DestinationTable:
             self.meshed_pods[meshed.key] = meshed
         for pk in d.meshed_pods_removed:
             self.meshed_pods.pop(PodKey(pk.namespace, pk.name), None)
+        if d.authz_policies_updated or d.authz_policies_removed:
+            self.authz.update(
+                [authz_codec.policy_from_pb(p) for p in d.authz_policies_updated],
+                [authz_codec.key_from_pb(k) for k in d.authz_policies_removed],
+            )
         return TableChanged(frozenset(pods), frozenset(services))
 
     def snapshot(self) -> pb.Snapshot:
@@ -165,6 +176,10 @@ class DestinationTable:
             workloads=[codec.workload_to_pb(w) for _, w in sorted(self.workloads.items())],
             pods=[codec.pod_to_pb(p) for _, p in sorted(self.pods.items())],
             meshed_pods=[codec.meshed_pod_to_pb(m) for _, m in sorted(self.meshed_pods.items())],
+            authz_policies=[
+                authz_codec.policy_to_pb(p)
+                for _, p in sorted(self.authz.policies.items(), key=lambda kv: str(kv[0]))
+            ],
             last=True,
         )
 

@@ -11,40 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from nodeagent.observe_events import Peer
-from nodeagent.stats.exposition import peer_labels
+from nodeagent.observe.events import AuthzDenied, Peer
 from nodemesh.api import telemetry_pb2 as pb
 
 MAX_KEYS = 10_000
 _PROTOCOLS = {"http1": pb.HTTP1, "http2": pb.HTTP2, "grpc": pb.GRPC}
 _DIRECTIONS = {"inbound": pb.INBOUND, "outbound": pb.OUTBOUND}
-
-
-@dataclass(slots=True)
-class AuthzDenied:
-    """One connection (protocol "tcp") or request the destination's policy denied."""
-
-    conn_id: int
-    direction: str
-    src: Peer
-    dst: Peer
-    tls: bool
-    policy: str  # namespace/name
-    reason: str
-    protocol: str  # "tcp" | "http1" | "http2" | "grpc"
-    at: float
-    method: str = ""
-    authority: str = ""
-    path: str = ""
-    status: int = 0  # the status the agent answered (403, or 200 for gRPC)
-    grpc_status: int | None = None
-    src_port: int = 0
-    dst_port: int = 0
 
 
 def _plain(peer: Peer) -> Peer:
@@ -73,6 +49,8 @@ class Denials:
         counts[1] += 1
 
     def collect(self) -> Iterator[Metric]:
+        from nodeagent.observe.stats.exposition import peer_labels  # it imports the aggregate: late
+
         families = {
             "http": CounterMetricFamily(
                 "inbound_http_authz_deny", "HTTP and gRPC requests denied by policy"
@@ -94,11 +72,11 @@ class Denials:
         for (which, labels), n in sums.items():
             fam = families[which]
             fam.add_sample(f"{fam.name}_total", dict(labels), n)
-        yield from families.values()
+        yield from (f for f in families.values() if f.samples)
 
     def drain(self) -> tuple[list[pb.RequestSeries], list[pb.TcpSeries]]:
         """The pending denials as report series (and reset the pending counts)."""
-        from nodeagent.stats.report import peer_pb
+        from nodeagent.observe.stats.report import peer_pb
 
         requests, tcp = [], []
         for key, counts in self.table.items():

@@ -130,6 +130,7 @@ class AggregateCollector(Collector):
         yield hist
         if self.tcp:
             yield from self._tcp(list(agg.tcp.values()))
+        yield from agg.denials.collect()
         yield CounterMetricFamily(
             "nodemesh_agent_series_forgotten",
             "Metric series dropped because their pod left the cluster (after the grace)",

@@ -157,6 +157,9 @@ def take_reports(
     """The reports for everything pending (at least one, for the load); sequence left 0."""
     requests = drain_requests(agg)
     tcp = drain_tcp(agg)
+    denied_requests, denied_tcp = agg.denials.drain()
+    requests += denied_requests
+    tcp += denied_tcp
     agg.generation += 1
     series: list[tuple[str, Any]] = [("r", s) for s in requests] + [("t", s) for s in tcp]
     reports = []

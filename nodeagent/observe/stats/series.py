@@ -28,6 +28,7 @@ from collections.abc import Container
 from typing import Any
 
 from nodeagent.observe.events import Peer, RequestObserved, TcpClosed, TcpOpened
+from nodeagent.observe.stats.denials import Denials
 from nodemesh.histogram import EXACT_BELOW, MAX_VALUE_US, SUB_BUCKET_BITS, SUB_BUCKETS
 
 # Linkerd's response_latency_ms buckets (upper bounds, ms); +Inf is the extra last slot.
@@ -110,6 +111,7 @@ class Aggregate:
         # Pods a series names that the table no longer knows -> when that was first seen.
         self._gone_since: dict[PodRef, float] = {}
         self.forgotten = 0  # series dropped because their pod went away
+        self.denials = Denials()  # what the destination's policy refused (not proxied)
 
     # --- the hot path ---------------------------------------------------------------------
 

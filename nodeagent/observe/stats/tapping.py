@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from nodeagent.observe.events import Peer, RequestObserved
+from nodeagent.observe.events import AuthzDenied, Peer, RequestObserved
 from nodemesh.api import tap_pb2 as pb
 from nodemesh.ratelimit import TokenBucket
 
@@ -202,6 +202,35 @@ class Taps:
             if sub_id not in self.subscriptions:
                 continue
             out = self._event(sub_id, ev.req_id, admitted, ev.started_at + ev.latency_s)
+            out.end.CopyFrom(end)
+            self.emit(out)
+
+    def denied(self, req_id: int, ev: AuthzDenied) -> None:
+        """A request the destination's policy denied: req, rsp and end at once, the end's error
+        naming the policy and the reason."""
+        self.request_started(
+            req_id=req_id,
+            direction=ev.direction,
+            src=ev.src,
+            dst=ev.dst,
+            protocol=ev.protocol,
+            tls=ev.tls,
+            method=ev.method,
+            authority=ev.authority,
+            path=ev.path,
+            at=ev.at,
+            src_port=ev.src_port,
+            dst_port=ev.dst_port,
+        )
+        self.response_started(req_id, ev.status, ev.at)
+        admitted = self._admitted.pop(req_id, None)
+        if admitted is None:
+            return
+        end = pb.ResponseEnd(error=f"denied by {ev.policy}: {ev.reason}")
+        if ev.grpc_status is not None:
+            end.grpc_status = ev.grpc_status
+        for sub_id in admitted.subscriptions:
+            out = self._event(sub_id, req_id, admitted, ev.at)
             out.end.CopyFrom(end)
             self.emit(out)
 

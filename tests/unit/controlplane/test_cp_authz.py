@@ -210,3 +210,31 @@ async def test_without_the_crd_the_kind_counts_as_listed_and_empty(apiserver, ap
     apiserver.crds = False  # an API server that does not serve the kind answers 404
     seen = await _follow_policies(api, lambda seen: any(isinstance(e, KindSynced) for e in seen))
     assert seen == [KindSynced(authz.KIND)]  # the index is not held "not synced" forever
+
+
+def test_the_agent_table_follows_the_stream_and_keeps_policies_across_restarts() -> None:
+    from nodeagent.upstream.table import DestinationTable
+    from nodemesh.model import PodKey
+
+    index, _ = cluster()
+    index.apply(ev(policy()))
+    hub = DestinationHub(index)
+    sub, snapshot = hub.subscribe("node1", "t")
+    table = DestinationTable("node1")
+    for part in snapshot:
+        table.apply(part)
+    web0 = PodKey(NS, "web-5d8f7-0")
+    (p,) = table.authz.applying(web0, 8080)
+    assert str(p.key) == "emojivoto/web-authz"
+    assert table.authz.applying(web0, 9090) == []  # the policy names port 8080 only
+    bot = "spiffe://cluster.local/ns/emojivoto/sa/vote-bot"
+    assert authz.decide_connection([p], identity=bot, ip="10.244.1.9").allowed
+    assert not authz.decide_connection([p], identity="", ip="10.244.1.9").allowed
+    # What the agent saves for its next start holds the policy too (fail closed on restart).
+    restarted = DestinationTable("node1")
+    restarted.apply(pb.Update(revision=1, snapshot=table.snapshot()))
+    assert restarted.authz.applying(web0, 8080) == [p]
+    hub.publish(index.apply(ev(policy(), EventType.DELETED)), index.revision)
+    while not sub.queue.empty():
+        table.apply(sub.queue.get_nowait())
+    assert table.authz.applying(web0, 8080) == []

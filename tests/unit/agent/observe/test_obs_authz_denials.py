@@ -9,8 +9,8 @@ import time
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
-from nodeagent.observe_events import Peer
-from nodeagent.stats.denials import AuthzDenied, Denials
+from nodeagent.observe.events import AuthzDenied, Peer
+from nodeagent.observe.stats.denials import Denials
 from nodemesh.api import telemetry_pb2 as pb
 
 BOT = Peer(

@@ -16,8 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nodeagent.l4proxy import Relay
-from nodeagent.observe_events import Peer
+from nodeagent.observe.events import AuthzDenied, Peer
 from nodeagent.protocol import detect
 from nodeagent.protocol.authz_deny import (
     GRPC_PERMISSION_DENIED,
@@ -26,7 +25,9 @@ from nodeagent.protocol.authz_deny import (
     H2DenyAll,
     Http1DenyAll,
 )
-from nodeagent.stats.denials import AuthzDenied
+from nodeagent.protocol.authz_gate import GateError, Http1Gate
+from nodeagent.protocol.authz_h2gate import H2GateError, Http2Gate
+from nodeagent.proxy.l4proxy import Relay
 from nodemesh import authz
 from nodemesh.model import PodKey
 
@@ -88,6 +89,53 @@ def record_request(
     ev.status = 200 if req.grpc else 403
     ev.grpc_status = GRPC_PERMISSION_DENIED if req.grpc else None
     record(ev)
+
+
+class RequestGate:
+    """The relay's gate for a client only L7 rules can allow: HTTP/1 or HTTP/2 requests
+    decided one by one (nodemesh.authz.decide_request), denials recorded."""
+
+    def __init__(
+        self, policies: list[authz.Policy], conn: Inbound, record: Record, *, h2: bool
+    ) -> None:
+        self.policies, self.conn, self.record, self.h2 = policies, conn, record, h2
+        self.last = authz.Decision(authz.Verdict.DENY)
+        self.http1 = None if h2 else Http1Gate(self._decide)
+        self.http2 = Http2Gate(self._decide) if h2 else None
+
+    def _decide(self, method: str, path: str) -> tuple[bool, str]:
+        d = authz.decide_request(
+            self.policies, identity=self.conn.identity, ip=self.conn.client_ip,
+            method=method, path=path,
+        )  # fmt: skip
+        if not d.allowed:
+            self.last = d
+        return d.allowed, d.reason
+
+    def _denied(self, denied: list[DeniedRequest]) -> None:
+        for req in denied:
+            record_request(self.record, self.conn, self.last, req, h2=self.h2)
+
+    def client(self, data: bytes) -> tuple[bytes, bytes, bool]:
+        try:
+            if self.http2 is not None:
+                out2 = self.http2.client(data)
+                self._denied(out2.denied)
+                return out2.to_app, out2.to_client, False
+            assert self.http1 is not None
+            out = self.http1.client(data)
+        except (GateError, H2GateError) as exc:
+            log.debug("closing a gated connection into %s: %s", self.conn.pod, exc)
+            return b"", b"", True
+        self._denied(out.denied)
+        return out.forward, out.reply, out.close
+
+    def server(self, data: bytes) -> tuple[bytes, bool]:
+        if self.http2 is not None:
+            return self.http2.server(data), False
+        assert self.http1 is not None
+        out = self.http1.server(data)
+        return data + out.reply, out.close
 
 
 async def sniff(relay: Relay, timeout: float = SNIFF_TIMEOUT) -> detect.Protocol | None:
