@@ -99,10 +99,15 @@ spec:
 )
 
 
-def policy(*, networks: list[str] | None = None) -> str:
+def policy(*, networks: list[str] | None = None, l7_grpc_path: str = "") -> str:
     rules = "  - from: {serviceAccounts: [{name: allowed}]}\n"
     if networks:
         rules += f"  - from: {{networks: {json.dumps(networks)}}}\n"
+    if l7_grpc_path:
+        rules += (
+            "  - from: {serviceAccounts: [{name: denied}]}\n"
+            f"    to: [{{methods: [GET], paths: ['/public/*']}}, {{paths: ['{l7_grpc_path}']}}]\n"
+        )
     return f"""apiVersion: policy.nodemesh.io/v1alpha1
 kind: InboundPolicy
 metadata: {{name: server, namespace: azmesh}}
@@ -263,6 +268,37 @@ def test_unauthenticated_refused_then_let_in_without_dropping_allowed_traffic(la
     assert "Error distribution" not in out, out
     lab.apply(policy())  # back to the fixture's policy for the tests after this one
     assert until(lambda: lab.curl("azplain", "deploy/outsider", "/outside") == ["403"], 15)
+
+
+def test_l7_rules_decide_each_http_request_and_grpc_call(lab: Lab) -> None:
+    lab.apply(policy(l7_grpc_path="/authz.Test/Echo"))
+    assert until(lambda: lab.curl("azmesh", "deploy/denied", "/public/a") == ["200"], 15)
+    before = lab.counts()
+    marker = secrets.token_hex(4)
+    # One connection: allowed, denied (403 then closed by the agent), and curl reconnects.
+    got = lab.curl("azmesh", "deploy/denied", f"/public/{marker}", f"/private/{marker}",
+                   f"/public/{marker}-2")  # fmt: skip
+    assert got == ["200", "403", "200"], got
+    call = lab.app("azmesh", "deploy/denied", "grpc", SERVER, "8081")
+    assert call["code"] == "OK", call
+    seen = [p for _ip, _m, p in lab.counts()["http"][len(before["http"]) :]]
+    assert f"/public/{marker}" in seen and f"/public/{marker}-2" in seen
+    assert f"/private/{marker}" not in seen, seen
+    # The gRPC method is not the one the rule names: PERMISSION_DENIED per call, app unaware.
+    lab.apply(policy(l7_grpc_path="/authz.Test/Other"))
+    assert until(
+        lambda: (
+            lab.app("azmesh", "deploy/denied", "grpc", SERVER, "8081")["code"]
+            == "PERMISSION_DENIED"
+        ),
+        15,
+    )
+    grpc_before = lab.counts()["grpc"]
+    denied = lab.app("azmesh", "deploy/denied", "grpc", SERVER, "8081")
+    assert denied["code"] == "PERMISSION_DENIED" and "/authz.Test/Echo" in denied["details"]
+    assert lab.counts()["grpc"] == grpc_before
+    lab.apply(policy())
+    assert until(lambda: lab.curl("azmesh", "deploy/denied", "/public/a") == ["403"], 15)
 
 
 def test_stat_and_tap_show_denials(lab: Lab) -> None:
