@@ -83,3 +83,28 @@ def test_the_table_is_bounded() -> None:
     for i in range(5):
         d.add(denied("http1", policy=f"ns/p{i}"))
     assert len(d.table) == 2 and d.dropped == 3
+
+
+def test_a_tapped_denial_shows_the_policy_and_the_reason_and_counts() -> None:
+    from nodeagent.observe.sink import AgentSink
+    from nodemesh.api import tap_pb2
+
+    sink = AgentSink(node="node1")
+    events: list[tap_pb2.TapEvent] = []
+    sink.taps.emit = events.append
+    sink.taps.start(
+        tap_pb2.TapSubscription(
+            id="t1",
+            resource=tap_pb2.ResourceRef(kind="deployment", namespace="emojivoto", name="emoji"),
+            pods=[tap_pb2.PodRef(namespace="emojivoto", name="emoji-1")],
+            max_rps=100.0,
+        )
+    )
+    sink.authz_denied(denied("grpc"))
+    sink.authz_denied(denied("tcp"))  # a refused connection is no request: counted, not tapped
+    kinds = [e.WhichOneof("kind") for e in events]
+    assert kinds == ["req", "rsp", "end"]
+    assert events[0].req.path == "/emojivoto.v1.EmojiService/ListAll"
+    assert events[2].end.error == "denied by emojivoto/emoji-grpc: not allowed"
+    assert events[2].end.grpc_status == 7
+    assert sum(c[0] for c in sink.aggregate.denials.table.values()) == 2
