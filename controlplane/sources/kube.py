@@ -79,7 +79,7 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 def list_function(api: client.ApiClient, kind: str) -> Callable[..., Any]:
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    return {
+    functions: dict[str, Callable[..., Any]] = {
         "Namespace": core.list_namespace,
         "Node": core.list_node,
         "Pod": core.list_pod_for_all_namespaces,
@@ -93,7 +93,8 @@ def list_function(api: client.ApiClient, kind: str) -> Callable[..., Any]:
             authz.VERSION,
             authz.PLURAL,
         ),
-    }[kind]
+    }
+    return functions[kind]
 
 
 class KubeSource:

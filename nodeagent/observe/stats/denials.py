@@ -69,9 +69,9 @@ class Denials:
                 labels.append(("protocol", protocol))
             k = (which, tuple(sorted(labels)))
             sums[k] = sums.get(k, 0) + total
-        for (which, labels), n in sums.items():
+        for (which, key), n in sums.items():
             fam = families[which]
-            fam.add_sample(f"{fam.name}_total", dict(labels), n)
+            fam.add_sample(f"{fam.name}_total", dict(key), n)
         yield from (f for f in families.values() if f.samples)
 
     def drain(self) -> tuple[list[pb.RequestSeries], list[pb.TcpSeries]]:
