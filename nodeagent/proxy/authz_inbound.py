@@ -93,10 +93,11 @@ def record_request(
 
 class RequestGate:
     """The relay's gate for a client only L7 rules can allow: HTTP/1 or HTTP/2 requests
-    decided one by one (nodemesh.authz.decide_request), denials recorded."""
+    decided one by one (nodemesh.authz.decide_request) against the policies in force when
+    each request comes (the agent's live table), denials recorded."""
 
     def __init__(
-        self, policies: list[authz.Policy], conn: Inbound, record: Record, *, h2: bool
+        self, policies: authz.PolicyTable, conn: Inbound, record: Record, *, h2: bool
     ) -> None:
         self.policies, self.conn, self.record, self.h2 = policies, conn, record, h2
         self.last = authz.Decision(authz.Verdict.DENY)
@@ -105,7 +106,9 @@ class RequestGate:
 
     def _decide(self, method: str, path: str) -> tuple[bool, str]:
         d = authz.decide_request(
-            self.policies, identity=self.conn.identity, ip=self.conn.client_ip,
+            self.policies.applying(self.conn.pod, self.conn.port),
+            identity=self.conn.identity,
+            ip=self.conn.client_ip,
             method=method, path=path,
         )  # fmt: skip
         if not d.allowed:

@@ -98,7 +98,7 @@ async def _authorize(
     `replied` is False when a tunnel client still awaits its reply (refused with it when the
     connection is opaque, so its own agent resets the app's connection)."""
     rt = pod.runtime
-    decision, applying = authz_inbound.decide(rt.table.authz, conn)
+    decision, _ = authz_inbound.decide(rt.table.authz, conn)
     if decision.verdict is authz.Verdict.ALLOW:
         return True, None
     record = rt.sink.authz_denied
@@ -113,7 +113,7 @@ async def _authorize(
         protocol = await authz_inbound.sniff(relay)
         if protocol in (detect.Protocol.HTTP1, detect.Protocol.HTTP2):
             h2 = protocol is detect.Protocol.HTTP2
-            return True, RequestGate(applying, conn, record, h2=h2)
+            return True, RequestGate(rt.table.authz, conn, record, h2=h2)
         decision = authz.Decision(
             authz.Verdict.DENY, decision.policy, "only HTTP requests can be allowed (L7 rules)"
         )
