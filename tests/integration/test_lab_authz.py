@@ -42,7 +42,7 @@ PYTHON = sys.executable  # the venv's (grpcio), visible read-only in lab contain
 APPS = str(Path(__file__).resolve().parent / "authz_lab_apps.py")
 SERVER = "server.azmesh.svc.cluster.local"
 # Requests per hey run across the policy change (more by hand: NODEMESH_AUTHZ_HEY_SECONDS).
-HEY_SECONDS = os.environ.get("NODEMESH_AUTHZ_HEY_SECONDS", "6")
+HEY_SECONDS = os.environ.get("NODEMESH_AUTHZ_HEY_SECONDS", "4")
 
 
 def nm(*args: str, timeout: float = 300) -> str:
