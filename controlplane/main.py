@@ -50,7 +50,7 @@ from controlplane.public_api import PublicService
 from controlplane.sources.events import Source
 from controlplane.sources.kube import KubeSource, load_api_client
 from controlplane.sources.local import LocalSource
-from controlplane.tap import AgentTapService, TapBroker
+from controlplane.tap import MAX_STREAMS, MAX_STREAMS_PER_CALLER, AgentTapService, TapBroker
 from controlplane.telemetry import TelemetryStore
 from controlplane.telemetry.service import MAX_RECEIVE_BYTES, TelemetryService
 from controlplane.telemetry_port import StoreTelemetry
@@ -96,10 +96,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--admin-addr", default="0.0.0.0:9996")
     p.add_argument("--agent-tls", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--drain-seconds", type=float, default=5.0)
+    p.add_argument(
+        "--tap-streams-per-caller",
+        type=int,
+        default=MAX_STREAMS_PER_CALLER,
+        help="how many tap streams one caller (user or ServiceAccount) may have open at once "
+        f"(default {MAX_STREAMS_PER_CALLER}; the control plane allows {MAX_STREAMS} in all)",
+    )
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if args.source == "local" and not args.state_dir:
         p.error("--source local needs --state-dir")
+    if not 1 <= args.tap_streams_per_caller <= MAX_STREAMS:
+        p.error(
+            f"--tap-streams-per-caller {args.tap_streams_per_caller}: must be from 1 to "
+            f"{MAX_STREAMS} (the control plane's limit on all tap streams)"
+        )
     if args.ca_secret is None:
         args.ca_secret = f"{args.namespace}/{CA_SECRET_NAME}"
     namespace, slash, name = args.ca_secret.partition("/")
@@ -197,7 +209,7 @@ async def serve(args: argparse.Namespace) -> None:
         log.warning("no --identity-dir: the CA is off and agents are not authenticated")
 
     hub = DestinationHub(index)
-    broker = TapBroker(index)
+    broker = TapBroker(index, max_streams_per_caller=args.tap_streams_per_caller)
     store = TelemetryStore()
     proof = node_proof(identity.authenticator) if identity else None
 

@@ -62,6 +62,7 @@ def _plural(kind: str) -> str:
 def _tap_check(res: pb.Resource) -> ResourceAttributes:
     return tap_attributes(_plural(res.kind), namespace=res.namespace or "default", name=res.name)
 
+
 class Enrolled:
     """Which pods count as meshed: those a live agent says it enrolled (a namespace label
     alone proves nothing: the agent of the pod's node may be down or absent)."""
@@ -226,7 +227,7 @@ class PublicService(pb_grpc.PublicServicer):
             rate = tap_rate(request.max_rps)
         except resources.BadResource as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        await self.gate.admit(context, *checks)
+        who = await self.gate.admit(context, *checks)
         sub = tap_pb2.TapSubscription(
             resource=_tap_ref(request.resource),
             method=request.method,
@@ -236,7 +237,7 @@ class PublicService(pb_grpc.PublicServicer):
         if request.to_resource.kind:
             sub.to.CopyFrom(_tap_ref(request.to_resource))
         try:
-            stream = self.broker.subscribe(sub)
+            stream = self.broker.subscribe(sub, caller=who.username)
         except resources.BadResource as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except TapBusy as exc:

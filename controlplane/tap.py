@@ -29,6 +29,9 @@ _ids = itertools.count(1)
 # streams when they ask for more), so the agents' extra work stays bounded.
 MAX_STREAMS = 16
 TAP_BUDGET_RPS = 250.0
+# ... and one caller (one authenticated user or ServiceAccount) at most this many of them, so
+# no one caller can take every stream.
+MAX_STREAMS_PER_CALLER = 4
 
 
 class TapBusy(Exception):
@@ -44,6 +47,7 @@ class TapStream:
     queue: asyncio.Queue[pb.TapEvent]
     bucket: TokenBucket
     asked_rps: float = 0.0
+    caller: str = ""  # who opened it, as authenticated ("" when callers are not told apart)
     sent: dict[str, pb.TapSubscription] = field(default_factory=dict)  # node -> last start
     admitted: OrderedDict[tuple[str, int], None] = field(default_factory=OrderedDict)
     dropped: int = 0
@@ -63,24 +67,38 @@ class TapBroker:
         *,
         queue_size: int = 1000,
         max_streams: int = MAX_STREAMS,
+        max_streams_per_caller: int = MAX_STREAMS_PER_CALLER,
         budget_rps: float = TAP_BUDGET_RPS,
     ) -> None:
+        if max_streams_per_caller < 1:
+            raise ValueError(
+                f"tap streams per caller must be at least 1, not {max_streams_per_caller}"
+            )
         self.index = index
         self.queue_size = queue_size
         self.max_streams = max_streams
+        self.max_streams_per_caller = max_streams_per_caller
         self.budget_rps = budget_rps
         self.agents: dict[str, AgentLink] = {}
         self.streams: dict[str, TapStream] = {}
 
     # -- subscribers ---------------------------------------------------------------------
 
-    def subscribe(self, request: pb.TapSubscription) -> TapStream:
-        """Validate (BadResource for unknown kinds) and start the tap on the agents concerned."""
+    def subscribe(self, request: pb.TapSubscription, *, caller: str = "") -> TapStream:
+        """Validate (BadResource for unknown kinds) and start the tap on the agents concerned;
+        TapBusy when the control plane or `caller` has as many streams open as allowed."""
         resources.canonical_kind(request.resource.kind)
         if request.HasField("to"):
             resources.canonical_kind(request.to.kind)
         if not 0 < request.max_rps < math.inf:  # also refuses NaN
             raise resources.BadResource(f"max_rps must be above 0, not {request.max_rps}")
+        mine = sum(s.caller == caller for s in self.streams.values())
+        if caller and mine >= self.max_streams_per_caller:
+            raise TapBusy(
+                f"{caller} has {mine} tap streams open, the most one caller may have at once "
+                f"({self.max_streams_per_caller}, nodemesh-controlplane "
+                "--tap-streams-per-caller); end one of them and try again"
+            )
         if len(self.streams) >= self.max_streams:
             raise TapBusy(
                 f"{len(self.streams)} tap streams are open, the most the control plane allows "
@@ -92,6 +110,7 @@ class TapBroker:
             queue=asyncio.Queue(self.queue_size),
             bucket=TokenBucket(request.max_rps),
             asked_rps=request.max_rps,
+            caller=caller,
         )
         self.streams[stream.id] = stream
         TAP_SUBSCRIPTIONS.set(len(self.streams))

@@ -22,6 +22,8 @@ RUN_DIR = "/var/run/nodemesh"  # host path too: nodemesh-cni, run by the runtime
 TOKEN_DIR = "/var/run/secrets/nodemesh/token"
 ANCHOR_DIR = "/etc/nodemesh/trust"
 XTABLES_LOCK = "/run/xtables.lock"
+# An emptyDir of the pod, shared by the agent's container and the socket park's.
+PARK_DIR = "/var/run/nodemesh-park"
 HOST_CNI_CONF, HOST_CNI_BIN = "/host/etc/cni/net.d", "/host/opt/cni/bin"
 # Where in-cluster clients look for the API token and CA (install-cni only).
 API_ACCESS_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -52,6 +54,9 @@ def _agent(values: InstallValues) -> Obj:
             # PID 1 keeps copies of the listening sockets: an agent that crashes is restarted
             # at once and refuses no connection meanwhile (nodeagent.handover.keeper).
             "--keep-sockets",
+            # ... and hands them to the socket park beside it, which holds them while the
+            # agent's container restarts (nodeagent.socketpark).
+            f"--socket-park={PARK_DIR}/park.sock",
             f"--uninstall-wait-seconds={UNINSTALL_WAIT}",
         ],
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
@@ -81,7 +86,32 @@ def _agent(values: InstallValues) -> Obj:
             # iptables-legacy-restore -w takes this lock (the root filesystem is read-only);
             # the host's own file, so the agent serialises with every other iptables user there.
             {"name": "xtables-lock", "mountPath": XTABLES_LOCK},
+            {"name": "park", "mountPath": PARK_DIR},
         ],
+    }
+
+
+def _socket_park(values: InstallValues) -> Obj:
+    """Holds the agent's listening sockets while the agent's container restarts: new
+    connections of meshed pods wait in their accept queues instead of being refused."""
+    return {
+        "name": "socket-park",
+        "image": values.image("agent"),
+        "imagePullPolicy": values.image_pull_policy,
+        "command": ["python3", "-m", "nodeagent.socketpark"],
+        "args": [f"--socket={PARK_DIR}/park.sock"],
+        "resources": {"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": {
+            "privileged": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            # The agent's user: each end checks the other's (SO_PEERCRED). No capability:
+            # holding a socket needs none.
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "park", "mountPath": PARK_DIR}],
     }
 
 
@@ -175,6 +205,9 @@ def _volumes(values: InstallValues) -> list[Obj]:
             },
         },
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+        # The socket park's unix socket: the pod's own, so a new pod of a rollout starts with
+        # an empty park (it gets its sockets from the old agent instead).
+        {"name": "park", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
     ]
 
 
@@ -205,7 +238,7 @@ def daemonset(values: InstallValues) -> Obj:
                     # Room for --handover-wait-seconds (15; the uninstall wait runs inside it)
                     # then --drain-seconds (10).
                     "terminationGracePeriodSeconds": 30,
-                    "containers": [_agent(values), _install_cni(values)],
+                    "containers": [_agent(values), _install_cni(values), _socket_park(values)],
                     "volumes": _volumes(values),
                 },
             },

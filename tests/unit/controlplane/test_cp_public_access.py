@@ -21,7 +21,7 @@ from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
 from controlplane.public_api import PublicService
 from controlplane.sources.events import EventType, ObjectChanged
-from controlplane.tap import MAX_STREAMS, TAP_BUDGET_RPS, TapBroker
+from controlplane.tap import MAX_STREAMS, MAX_STREAMS_PER_CALLER, TAP_BUDGET_RPS, TapBroker
 from controlplane.telemetry_port import NoTelemetry
 from nodemesh.api import public_pb2 as ppb
 from nodemesh.api import public_pb2_grpc as ppb_grpc
@@ -42,6 +42,8 @@ def apiserver() -> Iterator[FakeApiServer]:
     server.add_user("alice-token", "alice")  # authenticated, granted nothing
     server.add_user("bob-token", "bob", ("emojivoto-devs",))
     server.add_user("admin-token", "admin", ("mesh-admins",))
+    for i in range(MAX_STREAMS // MAX_STREAMS_PER_CALLER):
+        server.add_user(f"ops{i}-token", f"ops{i}", ("mesh-admins",))
     server.grants += [
         Grant("emojivoto-devs", "watch", "tap.nodemesh.io", "deployments/tap", "emojivoto"),
         Grant("emojivoto-devs", "list", "stats.nodemesh.io", "deployments", "emojivoto"),
@@ -190,14 +192,49 @@ async def test_hostile_tap_values_are_invalid_argument(public, max_rps, message)
     assert broker.streams == {}
 
 
-async def test_tap_streams_are_capped_and_share_one_budget(public) -> None:
+async def test_one_caller_gets_a_few_tap_streams_not_all(public) -> None:
     stub, broker = public
-    admin = stub("admin-token")
+    admin, ops = stub("admin-token"), stub("ops0-token")
     calls = []
-    for _ in range(MAX_STREAMS):
-        code, details, call = await tap_open(admin, ppb.TapRequest(resource=WEB, max_rps=1000))
+    for _ in range(MAX_STREAMS_PER_CALLER):
+        code, details, call = await tap_open(admin, ppb.TapRequest(resource=WEB))
         assert code is Code.OK, details
         calls.append(call)
+    code, details, _ = await tap_open(admin, ppb.TapRequest(resource=WEB))
+    assert code is Code.RESOURCE_EXHAUSTED, details
+    assert details == (
+        f"admin has {MAX_STREAMS_PER_CALLER} tap streams open, the most one caller may have at "
+        f"once ({MAX_STREAMS_PER_CALLER}, nodemesh-controlplane --tap-streams-per-caller); "
+        "end one of them and try again"
+    )
+    # Another caller still gets its streams.
+    code, details, call = await tap_open(ops, ppb.TapRequest(resource=WEB))
+    assert code is Code.OK, details
+    calls.append(call)
+    # The caller's own count goes down when one of its streams ends.
+    calls.pop(0).cancel()
+    deadline = time.monotonic() + 5
+    while sum(s.caller == "admin" for s in broker.streams.values()) >= MAX_STREAMS_PER_CALLER:
+        assert time.monotonic() < deadline, "an ended tap still counts against its caller"
+        await asyncio.sleep(0.02)
+    code, details, call = await tap_open(admin, ppb.TapRequest(resource=WEB))
+    assert code is Code.OK, details
+    calls.append(call)
+    for c in calls:
+        c.cancel()
+
+
+async def test_tap_streams_are_capped_and_share_one_budget(public) -> None:
+    stub, broker = public
+    callers = [stub(f"ops{i}-token") for i in range(MAX_STREAMS // MAX_STREAMS_PER_CALLER)]
+    calls = []
+    for i in range(MAX_STREAMS):
+        code, details, call = await tap_open(
+            callers[i % len(callers)], ppb.TapRequest(resource=WEB, max_rps=1000)
+        )
+        assert code is Code.OK, details
+        calls.append(call)
+    admin = stub("admin-token")
     code, details, _ = await tap_open(admin, ppb.TapRequest(resource=WEB))
     assert code is Code.RESOURCE_EXHAUSTED
     assert f"the most the control plane allows at once ({MAX_STREAMS})" in details
@@ -269,3 +306,15 @@ async def test_the_lab_backend_admits_its_admin_and_dashboard_and_nobody_else(
                 call.cancel()  # type: ignore[attr-defined]
             stat = ppb.StatRequest(resource=ppb.Resource(kind="deploy"), all_namespaces=True)
             assert await unary_code(s.Stat(stat)) is expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", str(MAX_STREAMS + 1)])
+def test_a_per_caller_limit_outside_1_to_the_total_is_refused(value, capsys) -> None:
+    from controlplane.main import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--tap-streams-per-caller", value])
+    assert f"--tap-streams-per-caller {value}: must be from 1 to {MAX_STREAMS}" in (
+        capsys.readouterr().err
+    )
+    assert parse_args(["--tap-streams-per-caller", "2"]).tap_streams_per_caller == 2

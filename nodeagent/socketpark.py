@@ -1,0 +1,216 @@
+"""The socket park: holds the agent's listening sockets from outside the agent's container, so
+that a restart of that container (SIGTERM, kill -9, OOM, a failed liveness probe) refuses no
+new connection of a meshed pod.
+
+The keeper (nodeagent.keeper, PID 1 of the agent container) holds a copy of each listening
+socket, but it dies with its container. The park runs in a sibling container of the same
+DaemonSet pod (`python -m nodeagent.socketpark --socket PATH`, PATH on an emptyDir both
+containers mount): the keeper mirrors to it every socket it is given (KEEP) and let go of
+(DROP), and a keeper starting in a restarted container takes them back (TAKE) before it starts
+the agent. Meanwhile the kernel completes handshakes into the parked sockets' accept queues:
+clients wait instead of being refused. The messages are the hand-over protocol's
+(nodeagent.handover_wire). The park is per pod: a new pod of a rollout starts with an empty
+one and gets its sockets from the old agent (nodeagent.handover).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from nodeagent import handover_wire as wire
+from nodeagent.handover import HandoverError, bind_seqpacket
+from nodeagent.handover_wire import HandoverProtocolError, Message, SocketEntry
+
+log = logging.getLogger(__name__)
+
+# How often a keeper without a park tries again to reach it (the park's container may start
+# after the agent's, or be restarted).
+RETRY_SECONDS = 1.0
+LINK_TIMEOUT = 5.0
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+def serve(path: Path, *, stopping: list[int]) -> None:
+    """Hold what the connected keeper parks until `stopping` is non-empty (a signal came).
+
+    One keeper at a time: a new connection (the keeper of a restarted container) replaces the
+    old one, whose sockets stay parked."""
+    # Imported here: the keeper imports this module for ParkLink.
+    from nodeagent.keeper import Keeper
+
+    held = Keeper()
+    listener = bind_seqpacket(path)
+    conn: socket.socket | None = None
+    log.info("socket park listening on %s", path)
+    try:
+        while not stopping:
+            watched = [listener] if conn is None else [listener, conn]
+            try:
+                ready, _, _ = select.select(watched, [], [], 1.0)
+            except InterruptedError:
+                continue
+            if listener in ready:
+                with contextlib.suppress(BlockingIOError):
+                    new, _ = listener.accept()
+                    if peer_uid(new) != os.geteuid():
+                        log.warning("socket park: refused a peer running as another user")
+                        new.close()
+                    else:
+                        if conn is not None:
+                            conn.close()
+                        conn = new
+                        log.info("keeper connected; %d socket(s) parked", len(held.held))
+                        continue
+            if conn is not None and conn in ready:
+                try:
+                    open_ = held.handle(conn)
+                except OSError as exc:
+                    log.warning("socket park: %s", exc)
+                    open_ = False
+                if not open_:
+                    conn.close()
+                    conn = None
+                    log.info("keeper gone; holding %d socket(s) for the next", len(held.held))
+    finally:
+        if conn is not None:
+            conn.close()
+        listener.close()
+        log.info("socket park stopping; letting go of %d socket(s)", len(held.held))
+        held.close()
+
+
+class ParkLink:
+    """The keeper's line to the park: take back what is parked, mirror what changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock: socket.socket | None = None
+        self._next_try = 0.0
+
+    def connect(self) -> bool:
+        """Connect if not connected (at most once per RETRY_SECONDS); True when connected."""
+        if self.sock is not None:
+            return True
+        now = time.monotonic()
+        if now < self._next_try:
+            return False
+        self._next_try = now + RETRY_SECONDS
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(str(self.path))
+            if peer_uid(sock) != os.geteuid():
+                raise HandoverProtocolError(f"{self.path} belongs to another user")
+        except (OSError, HandoverProtocolError) as exc:
+            sock.close()
+            if not isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+                log.warning("socket park %s: %s", self.path, exc)
+            return False
+        sock.settimeout(LINK_TIMEOUT)
+        self.sock = sock
+        return True
+
+    def take(self) -> list[tuple[SocketEntry, int]]:
+        """Every parked socket, as (entry, fd) the caller owns; [] when there is no park."""
+        if not self.connect():
+            return []
+        assert self.sock is not None
+        got: list[tuple[SocketEntry, int]] = []
+        try:
+            socket.send_fds(self.sock, [wire.encode(Message("TAKE"))], [])
+            while True:
+                data, fds, _flags, _ = socket.recv_fds(
+                    self.sock, wire.MAX_MESSAGE_BYTES, wire.MAX_FDS_PER_MESSAGE + 1
+                )
+                try:
+                    if not data:
+                        raise HandoverProtocolError("the park hung up")
+                    msg = wire.decode(data, fds=len(fds))
+                    if msg.type != "SOCKETS":
+                        raise HandoverProtocolError(f"{msg.type} from the park, not SOCKETS")
+                except HandoverProtocolError:
+                    for fd in fds:
+                        os.close(fd)
+                    raise
+                got += list(zip(msg.entries, fds, strict=True))
+                if msg.last:
+                    return got
+        except (OSError, HandoverProtocolError) as exc:
+            for _, fd in got:
+                os.close(fd)
+            self.close()
+            raise HandoverError(0, f"taking sockets back from the park: {exc}") from exc
+
+    def send(self, msg: Message, fds: Sequence[int] = ()) -> None:
+        """Pass one KEEP or DROP on; a park that is gone is reconnected and resynced later."""
+        if self.sock is None:
+            return
+        try:
+            socket.send_fds(self.sock, [wire.encode(msg)], list(fds))
+        except OSError as exc:
+            log.warning("socket park: %s; will reconnect", exc)
+            self.close()
+
+    def sync(self, held: Sequence[tuple[SocketEntry, socket.socket]]) -> None:
+        """After a late connection: the park holds exactly `held`."""
+        self.send(Message("DROP", netns=""))
+        for start in range(0, len(held), wire.MAX_FDS_PER_MESSAGE):
+            part = held[start : start + wire.MAX_FDS_PER_MESSAGE]
+            self.send(
+                Message("KEEP", entries=tuple(e for e, _ in part)), [s.fileno() for _, s in part]
+            )
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m nodeagent.socketpark",
+        description="hold the node agent's listening sockets while its container restarts",
+    )
+    p.add_argument("--socket", required=True, help="unix socket path (on a volume shared "
+                   "with the agent's container; the agent's --socket-park)")  # fmt: skip
+    ns = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    path = Path(ns.socket)
+    if not path.is_absolute():
+        print(f"--socket {ns.socket}: must be an absolute path", file=sys.stderr)
+        return 2
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        serve(path, stopping=stopping)
+    except OSError as exc:
+        print(f"socket park {path}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
