@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
 import grpc
 
 from controlplane import resources
-from controlplane.access import AccessRefused, Gate, refuse
+from controlplane.access import REVIEW_CACHE_SECONDS, AccessRefused, Gate, refuse
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
-from controlplane.tap import TapBroker, TapBusy
+from controlplane.tap import TapBroker, TapBusy, TapStream
 from controlplane.telemetry_port import BadQuery, GroupStats, Selector, TelemetryPort
+from nodemesh import tasks
 from nodemesh.access import ResourceAttributes, stats_attributes, tap_attributes
 from nodemesh.api import public_pb2 as pb
 from nodemesh.api import public_pb2_grpc as pb_grpc
@@ -26,8 +26,9 @@ from nodemesh.version import __version__
 DEFAULT_WINDOW = 60
 MIN_WINDOW, MAX_WINDOW = 10, 900
 DEFAULT_TAP_RPS, MAX_TAP_RPS = 100.0, 1000.0
-# A tap stream re-checks its caller this often, so a revoked token or binding ends it.
-TAP_RECHECK_SECONDS = 5.0
+# A tap stream re-checks its caller this often (as often as a review answer may be reused),
+# so a revoked token or binding ends it within two of these.
+TAP_RECHECK_SECONDS = REVIEW_CACHE_SECONDS
 Group = tuple[str, str]  # (namespace, name); namespace empty for namespaces and nodes
 
 
@@ -242,6 +243,7 @@ class PublicService(pb_grpc.PublicServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except TapBusy as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        watch: asyncio.Task[None] | None = None
         try:
             # Says the tap has started (and at what rate, after sharing the budget) before any
             # event: the caller need not wait for traffic to know it was accepted.
@@ -251,21 +253,41 @@ class PublicService(pb_grpc.PublicServicer):
                     ("nodemesh-tap-max-rps", f"{stream.request.max_rps:g}"),
                 )
             )
-            recheck = time.monotonic() + TAP_RECHECK_SECONDS
+            # Re-checked beside the stream, not between its writes: a caller that stops
+            # reading (its writes wait on flow control) is still cut off when revoked.
+            refused: asyncio.Future[AccessRefused] = asyncio.get_running_loop().create_future()
+            watch = tasks.spawn(
+                self._recheck_tap(context, checks, stream, refused), name=f"{stream.id} recheck"
+            )
             while True:
-                try:
-                    wait = max(0.0, recheck - time.monotonic())
-                    yield await asyncio.wait_for(stream.queue.get(), wait)
-                except TimeoutError:
-                    pass
-                if time.monotonic() >= recheck:
-                    recheck = time.monotonic() + TAP_RECHECK_SECONDS
-                    try:
-                        await self.gate.caller(context, *checks)
-                    except AccessRefused as exc:
-                        await refuse(context, exc)
+                event = asyncio.ensure_future(stream.queue.get())
+                await asyncio.wait({event, refused}, return_when=asyncio.FIRST_COMPLETED)
+                if refused.done():
+                    event.cancel()
+                    await refuse(context, refused.result())
+                yield event.result()
         finally:
+            if watch is not None:
+                await tasks.cancel_all([watch])
             self.broker.unsubscribe(stream)
+
+    async def _recheck_tap(
+        self,
+        context: grpc.aio.ServicerContext,
+        checks: list[ResourceAttributes],
+        stream: TapStream,
+        refused: asyncio.Future[AccessRefused],
+    ) -> None:
+        """Ask again every TAP_RECHECK_SECONDS whether the caller may still tap; when not,
+        stop the tap on the agents at once and have the stream end with the refusal."""
+        while True:
+            await asyncio.sleep(TAP_RECHECK_SECONDS)
+            try:
+                await self.gate.caller(context, *checks)
+            except AccessRefused as exc:
+                self.broker.unsubscribe(stream)
+                refused.set_result(exc)
+                return
 
     async def ListWorkloads(self, request: pb.ListWorkloadsRequest, context):  # type: ignore[no-untyped-def]  # noqa: N802
         await self.gate.admit(context, stats_attributes("workloads", namespace=request.namespace))

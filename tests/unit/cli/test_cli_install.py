@@ -126,7 +126,8 @@ def test_agent_runs_the_real_binaries_with_their_flags() -> None:
 
     _, docs = render("-n", "mesh", "--cluster-domain", "k8s.local")
     pod = _daemonset(docs)["spec"]["template"]["spec"]
-    agent, install_cni = pod["containers"]
+    by_name = {c["name"]: c for c in pod["containers"]}
+    agent, install_cni = by_name["agent"], by_name["install-cni"]
     cfg = agent_args([a.replace("$(NODE_NAME)", "n1") for a in agent["args"]])
     assert cfg.controlplane == "nodemesh-controlplane.mesh.svc.k8s.local:8086"
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -175,6 +176,34 @@ def test_agent_rollout_overlaps_old_and_new_agents_on_each_node() -> None:
     assert cfg.keep_sockets  # a crashed agent's sockets outlive it (nodeagent.handover.keeper)
     # The new pod's first probe comes after its agent has had time to reach the old one.
     assert agent["readinessProbe"]["initialDelaySeconds"] >= 5
+
+
+def test_the_socket_park_shares_a_pod_volume_with_the_agent_and_runs_as_its_user() -> None:
+    """The agent's container parks its listening sockets in the socket-park container of the
+    same pod (nodeagent.socketpark): same socket path on one emptyDir, same user (each end
+    checks the other's), and a flag the agent accepts."""
+    from nodeagent.config import parse_args as agent_args
+
+    _, docs = render()
+    pod = _daemonset(docs)["spec"]["template"]["spec"]
+    by_name = {c["name"]: c for c in pod["containers"]}
+    agent, park = by_name["agent"], by_name["socket-park"]
+    cfg = agent_args([a.replace("$(NODE_NAME)", "n1") for a in agent["args"]])
+    assert cfg.keep_sockets and cfg.socket_park is not None
+    assert park["command"][-1] == "nodeagent.socketpark"
+    assert park["args"] == [f"--socket={cfg.socket_park}"]
+
+    def volume_of(container: dict) -> dict:
+        mount = next(
+            m for m in container["volumeMounts"] if m["mountPath"] == str(cfg.socket_park.parent)
+        )
+        return next(v for v in pod["volumes"] if v["name"] == mount["name"])
+
+    assert volume_of(agent) == volume_of(park)
+    assert "emptyDir" in volume_of(park)  # the pod's own: a rollout's new pod starts empty
+    uid = agent["securityContext"]["runAsUser"]
+    assert park["securityContext"]["runAsUser"] == uid
+    assert park["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
 
 def test_least_privilege_rbac() -> None:
@@ -322,7 +351,8 @@ def test_install_cni_and_agent_agree_on_the_uninstall_path() -> None:
     _, docs = render("-n", "mesh")
     ds = _daemonset(docs)
     pod = ds["spec"]["template"]["spec"]
-    agent, install_cni = pod["containers"]
+    by_name = {c["name"]: c for c in pod["containers"]}
+    agent, install_cni = by_name["agent"], by_name["install-cni"]
     args = _arguments([install_cni["command"][-1], *install_cni["args"]])
     assert args.daemonset == f"mesh/{ds['metadata']['name']}"
     mounts = {m["mountPath"]: m["name"] for m in install_cni["volumeMounts"]}

@@ -5,6 +5,7 @@ the cap on concurrent tap streams and the shared tap budget."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,8 +24,10 @@ from controlplane.public_api import PublicService
 from controlplane.sources.events import EventType, ObjectChanged
 from controlplane.tap import MAX_STREAMS, MAX_STREAMS_PER_CALLER, TAP_BUDGET_RPS, TapBroker
 from controlplane.telemetry_port import NoTelemetry
+from nodemesh.access import TAP_ROLE
 from nodemesh.api import public_pb2 as ppb
 from nodemesh.api import public_pb2_grpc as ppb_grpc
+from nodemesh.api import tap_pb2
 from nodemesh.lab.access import (
     ACCESS_FILE,
     ADMIN_TOKEN_FILE,
@@ -318,3 +321,78 @@ def test_a_per_caller_limit_outside_1_to_the_total_is_refused(value, capsys) -> 
         capsys.readouterr().err
     )
     assert parse_args(["--tap-streams-per-caller", "2"]).tap_streams_per_caller == 2
+
+
+async def test_a_removed_grant_ends_an_open_tap(public, apiserver) -> None:
+    stub, broker = public
+    code, details, tap = await tap_open(stub("bob-token"), ppb.TapRequest(resource=WEB))
+    assert code is Code.OK, details
+    apiserver.grants = [g for g in apiserver.grants if g.verb != "watch"]
+    assert await asyncio.wait_for(tap.code(), 15) is Code.PERMISSION_DENIED  # type: ignore[attr-defined]
+    assert "bob" in await tap.details()  # type: ignore[attr-defined]
+    assert broker.streams == {}
+
+
+async def test_a_revoked_caller_that_stops_reading_loses_its_tap(public, apiserver) -> None:
+    """A caller that does not read (so the server's writes wait on flow control) cannot keep
+    the agents tapping for it after its token is revoked: the stream leaves the broker within
+    seconds, and the caller reads UNAUTHENTICATED when it reads again."""
+    stub, broker = public
+    code, details, tap = await tap_open(stub("admin-token"), ppb.TapRequest(resource=WEB))
+    assert code is Code.OK, details
+    (stream,) = broker.streams.values()
+    big = tap_pb2.TapEvent(
+        subscription_id=stream.id, req=tap_pb2.RequestInit(path="/" + "x" * 16_000)
+    )
+
+    async def flood() -> None:
+        while True:
+            while not stream.queue.full():
+                stream.queue.put_nowait(big)
+            await asyncio.sleep(0.05)
+
+    feeder = asyncio.ensure_future(flood())
+    try:
+        await asyncio.sleep(2)  # the transport's windows fill: the server's writes now wait
+        apiserver.revoke("admin-token")
+        revoked_at = time.monotonic()
+        while broker.streams:
+            assert time.monotonic() - revoked_at < 20, "the revoked caller's tap still runs"
+            await asyncio.sleep(0.2)
+    finally:
+        feeder.cancel()
+    read = 0
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in tap:  # type: ignore[attr-defined]
+            read += 1
+            assert read < 10_000, "events still flow to a revoked caller"
+    assert err.value.code() is Code.UNAUTHENTICATED
+
+
+async def test_editing_the_lab_grant_table_ends_an_open_tap(tmp_path, grpc_server) -> None:
+    """The lab's backend: a binding taken out of access.json ends the admin's open tap."""
+    create_lab_access(tmp_path)
+    index = ClusterIndex()
+    for obj in k.web_app(replicas=1):
+        index.apply(ObjectChanged(EventType.ADDED, obj["kind"], obj))
+    broker = TapBroker(index)
+    service = PublicService(
+        index=index,
+        telemetry=NoTelemetry(),
+        broker=broker,
+        hub=DestinationHub(index),
+        source_name="local",
+        gate=Gate(LabAccessReview(tmp_path / ACCESS_FILE)),
+    )
+    address = await grpc_server(lambda s: ppb_grpc.add_PublicServicer_to_server(service, s))
+    admin = (tmp_path / ADMIN_TOKEN_FILE).read_text().strip()
+    async with grpc.aio.insecure_channel(address, interceptors=bearer(admin)) as channel:
+        code, details, tap = await tap_open(
+            ppb_grpc.PublicStub(channel), ppb.TapRequest(resource=WEB)
+        )
+        assert code is Code.OK, details
+        table = json.loads((tmp_path / ACCESS_FILE).read_text())
+        table["bindings"] = [b for b in table["bindings"] if b["role"] != TAP_ROLE]
+        (tmp_path / ACCESS_FILE).write_text(json.dumps(table))
+        assert await asyncio.wait_for(tap.code(), 15) is Code.PERMISSION_DENIED  # type: ignore[attr-defined]
+        assert broker.streams == {}
