@@ -94,12 +94,20 @@ def serve(path: Path, *, stopping: list[int]) -> None:
         held.close()
 
 
+Key = tuple[str, str, str]  # (role, name, netns), as the keeper holds its sockets
+
+
 class ParkLink:
-    """The keeper's line to the park: take back what is parked, mirror what changes."""
+    """The keeper's line to the park: take back what is parked before the first agent starts,
+    then mirror each KEEP and DROP. A park that is not there yet (its container starts after
+    the agent's) or went away is reached again later and told the whole set."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock: socket.socket | None = None
+        # Set when the agent's container is stopping: the agent then lets go of its sockets,
+        # but the park holds them for the container's next start.
+        self.stopping = False
         self._next_try = 0.0
 
     def connect(self) -> bool:
@@ -124,8 +132,23 @@ class ParkLink:
         self.sock = sock
         return True
 
-    def take(self) -> list[tuple[SocketEntry, int]]:
-        """Every parked socket, as (entry, fd) the caller owns; [] when there is no park."""
+    def seed(self, held: dict[Key, socket.socket]) -> int:
+        """Before the first agent starts: add every parked socket to `held`; how many."""
+        try:
+            parked = self._take()
+        except HandoverError as exc:
+            log.warning("%s; the agent starts without them", exc)
+            return 0
+        for entry, fd in parked:
+            old = held.pop((entry.role, entry.name, entry.netns), None)
+            if old is not None:
+                old.close()
+            held[(entry.role, entry.name, entry.netns)] = socket.socket(fileno=fd)
+        if parked:
+            log.info("took %d socket(s) back from the socket park", len(parked))
+        return len(parked)
+
+    def _take(self) -> list[tuple[SocketEntry, int]]:
         if not self.connect():
             return []
         assert self.sock is not None
@@ -153,26 +176,34 @@ class ParkLink:
             for _, fd in got:
                 os.close(fd)
             self.close()
-            raise HandoverError(0, f"taking sockets back from the park: {exc}") from exc
+            raise HandoverError(0, f"taking sockets back from the socket park: {exc}") from exc
 
-    def send(self, msg: Message, fds: Sequence[int] = ()) -> None:
-        """Pass one KEEP or DROP on; a park that is gone is reconnected and resynced later."""
+    def kept(self, entries: Sequence[tuple[SocketEntry, socket.socket]]) -> None:
+        for start in range(0, len(entries), wire.MAX_FDS_PER_MESSAGE):
+            part = entries[start : start + wire.MAX_FDS_PER_MESSAGE]
+            self._send(
+                Message("KEEP", entries=tuple(e for e, _ in part)), [s.fileno() for _, s in part]
+            )
+
+    def dropped(self, netns: str) -> None:
+        if not self.stopping:
+            self._send(Message("DROP", netns=netns))
+
+    def poll(self, held: dict[Key, socket.socket]) -> None:
+        """Reach a park that was not there: it holds exactly `held` from now on."""
+        if self.sock is None and not self.stopping and self.connect():
+            self._send(Message("DROP", netns=""))
+            self.kept([(SocketEntry(*key), s) for key, s in held.items()])
+            log.info("socket park reached; %d socket(s) parked", len(held))
+
+    def _send(self, msg: Message, fds: Sequence[int] = ()) -> None:
         if self.sock is None:
             return
         try:
             socket.send_fds(self.sock, [wire.encode(msg)], list(fds))
         except OSError as exc:
-            log.warning("socket park: %s; will reconnect", exc)
+            log.warning("socket park: %s; will reach it again", exc)
             self.close()
-
-    def sync(self, held: Sequence[tuple[SocketEntry, socket.socket]]) -> None:
-        """After a late connection: the park holds exactly `held`."""
-        self.send(Message("DROP", netns=""))
-        for start in range(0, len(held), wire.MAX_FDS_PER_MESSAGE):
-            part = held[start : start + wire.MAX_FDS_PER_MESSAGE]
-            self.send(
-                Message("KEEP", entries=tuple(e for e, _ in part)), [s.fileno() for _, s in part]
-            )
 
     def close(self) -> None:
         if self.sock is not None:
