@@ -190,11 +190,26 @@ class ParkLink:
             self._send(Message("DROP", netns=netns))
 
     def poll(self, held: dict[Key, socket.socket]) -> None:
-        """Reach a park that was not there: it holds exactly `held` from now on."""
+        """Reach a park that was not there (or was restarted): it holds exactly `held` from
+        now on."""
+        if self.sock is not None and self._hung_up():
+            log.warning("the socket park went away; will reach it again")
+            self.close()
         if self.sock is None and not self.stopping and self.connect():
             self._send(Message("DROP", netns=""))
             self.kept([(SocketEntry(*key), s) for key, s in held.items()])
             log.info("socket park reached; %d socket(s) parked", len(held))
+
+    def _hung_up(self) -> bool:
+        assert self.sock is not None
+        ready, _, _ = select.select([self.sock], [], [], 0)
+        if not ready:
+            return False
+        try:
+            # The park never speaks unasked: what is readable is its end closing.
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _send(self, msg: Message, fds: Sequence[int] = ()) -> None:
         if self.sock is None:

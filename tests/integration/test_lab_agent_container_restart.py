@@ -2,7 +2,7 @@
 main process, as a crash, an OOM kill or a failed liveness probe does; the lab restarts the
 container in its own PID namespace as a kubelet would): no new connection of a meshed pod is
 refused, on the client's node nor on the server's. Counted by Debian's `hey
--disable-keepalive` (~50 new connections a second) and a timestamped prober.
+-disable-keepalive` (~50 new connections a second from 10 workers) and a timestamped prober.
 
 Run with NODEMESH_LEAKCHECK_ONLY=acr on a shared machine.
 """
@@ -22,6 +22,7 @@ from test_lab_agent_handover import (
     APP,
     NGINX,
     NODEMESH,
+    RATE,
     Hey,
     Prober,
     agent_logs,
@@ -37,6 +38,18 @@ from nodemesh.lab.paths import LabPaths
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 PREFIX = "acr"
+WORKERS = 10  # hey's workers: while no agent runs, up to this many connections wait at once
+
+
+class ManyHey(Hey):
+    """As Hey (~RATE new connections a second in all), from WORKERS workers at once."""
+
+    def __init__(self, netns: str, url: str) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, "hey", "-disable-keepalive", "-c", str(WORKERS),
+             "-q", str(RATE / WORKERS), "-z", "3600s", "-t", "20", url],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +78,7 @@ def _restart_container(
 ) -> tuple[dict[str, Any], list[float], float]:
     """Under load, send `sig` to the main process of `node`'s agent container and wait until
     the restarted container's agent serves; what hey and the prober saw."""
-    hey = Hey(netns, f"http://{ip}/")
+    hey = ManyHey(netns, f"http://{ip}/")
     prober = Prober(netns, ip)
     prober.start()
     try:

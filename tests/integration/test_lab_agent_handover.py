@@ -372,9 +372,10 @@ def measure_kill_9(lab: LabPaths, netns: str, ip: str, *, keeper: bool) -> None:
           f"errors {counted['errors']}; prober {len(failed)} failed")  # fmt: skip
     assert back - killed < 10.0, (killed, restarted, back)
     if keeper:
-        # The container is gone (in its own PID namespace the agent dies with its keeper):
-        # connections are refused until the kubelet's restart, then served at once.
-        assert back - restarted < 5.0, (killed, restarted, back)
+        # The container is gone (in its own PID namespace the agent dies with its keeper), but
+        # the socket park beside it holds the listeners: connections wait for the restarted
+        # container's agent (test_lab_agent_container_restart.py counts them).
+        assert back - restarted < 10.0, (killed, restarted, back)
         assert all(t < back for t in failed), failed
         return
     # The kept sockets queue new connections while no agent runs: none is refused; only

@@ -27,22 +27,32 @@ KEEPER = (
 )
 
 
-@pytest.fixture
-def park(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "park" / "park.sock"
+def _start_park(path: Path) -> subprocess.Popen[bytes]:
+    path.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "nodeagent.socketpark", "--socket", str(path)], cwd=REPO
     )
+    deadline = time.monotonic() + 20
+    while not path.exists():
+        assert proc.poll() is None, "the park exited"
+        assert time.monotonic() < deadline, "the park never listened"
+        time.sleep(0.02)
+    return proc
+
+
+def _stop_park(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+
+
+@pytest.fixture
+def park(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "park" / "park.sock"
+    proc = _start_park(path)
     try:
-        deadline = time.monotonic() + 20
-        while not path.exists():
-            assert proc.poll() is None, "the park exited"
-            assert time.monotonic() < deadline, "the park never listened"
-            time.sleep(0.02)
         yield path
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        _stop_park(proc)
 
 
 def _keeper(park: Path, report: Path) -> subprocess.Popen[bytes]:
@@ -125,3 +135,31 @@ def test_a_restarted_container_refuses_no_connection(park: Path, tmp_path: Path,
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_restarted_park_is_told_everything_again(tmp_path: Path) -> None:
+    path = tmp_path / "park" / "park.sock"
+    park = _start_park(path)
+    report, again = tmp_path / "first", tmp_path / "second"
+    keeper = _keeper(path, report)
+    second = None
+    try:
+        first, port = _report(report)
+        time.sleep(0.5)
+        _stop_park(park)  # its container restarts while the agent runs: all it held is gone
+        park = _start_park(path)
+        time.sleep(3)  # the keeper notices and tells the new park what it holds
+        _kill_container(keeper, first, signal.SIGKILL)
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)  # waits, parked
+        second = _keeper(path, again)
+        agent, same_port = _report(again)
+        assert same_port == port
+        client.settimeout(10)
+        assert client.recv(64) == f"pid {agent}".encode()
+        client.close()
+    finally:
+        for proc in (keeper, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        _stop_park(park)
