@@ -422,8 +422,10 @@ class Agent:
                 "fail until the next agent starts"
             )
         log.info("draining %d connection(s)", len(self.runtime.relays))
-        if self.socket_keeper is not None:
-            self.socket_keeper.drop()  # nothing to keep for: the keeper exits with us
+        # The keeper (and the socket park beside this container) keep the listeners: the next
+        # agent of this container takes them back with what queued meanwhile. After a
+        # hand-over they were let go already (_handed).
+        self.runtime.keeper = None
         await self.cni.stop()
         self.enroller.stop_listening()
         await tasks.cancel_all([*self._tasks, *self._enrolment_tasks])

@@ -63,6 +63,8 @@ class AgentConfig:
     tls_resumption: bool = True
     # Run as a socket keeper that starts the agent as its child (nodeagent.handover.keeper).
     keep_sockets: bool = False
+    # ... and mirror them to the socket park beside the container (nodeagent.handover.park).
+    socket_park: Path | None = None
     # Test aid: also write every observation event as a JSON line to this file.
     record_events: Path | None = None
     # Debugging aid: where SIGUSR2 writes the memory report (nodeagent.heap).
@@ -206,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the agent under a parent that keeps its listening sockets open and restarts "
         "it at once if it dies, so a crash refuses no new connection",
     )
+    p.add_argument(
+        "--socket-park",
+        default=None,
+        help="with --keep-sockets: the unix socket of the socket park in a sibling container "
+        "(python -m nodeagent.socketpark), which holds the listening sockets while this "
+        "container restarts",
+    )
     p.add_argument("--record-events", default=None, help=argparse.SUPPRESS)
     p.add_argument("--memory-report-dir", default="/tmp", help=argparse.SUPPRESS)
     return p
@@ -225,7 +234,12 @@ def _anchors(ns: argparse.Namespace) -> Path | None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.socket_park and not ns.keep_sockets:
+        parser.error("--socket-park needs --keep-sockets (the keeper is what parks the sockets)")
+    if ns.socket_park and not ns.socket_park.startswith("/"):
+        parser.error(f"--socket-park {ns.socket_park}: must be an absolute path")
     host, port = ns.admin_addr
     return AgentConfig(
         node=ns.node,
@@ -254,6 +268,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         trust_anchors=_anchors(ns),
         tls_resumption=ns.tls_resumption,
         keep_sockets=ns.keep_sockets,
+        socket_park=Path(ns.socket_park) if ns.socket_park else None,
         record_events=Path(ns.record_events) if ns.record_events else None,
         memory_report_dir=Path(ns.memory_report_dir),
     )

@@ -12,6 +12,10 @@ had accepted are lost.
 SIGTERM and SIGINT are passed on to the agent; the keeper exits when it does. If the keeper
 itself dies, the agent is sent SIGTERM (PR_SET_PDEATHSIG) and serves on until a successor
 takes over (nodeagent.handover.sockets).
+
+The keeper dies with its container. With `--socket-park PATH` it also mirrors what it holds to
+the socket park beside the container (nodeagent.handover.park), and takes back what is parked
+there before it starts the first agent: a restart of the whole container refuses nothing either.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from nodeagent.handover import wire
+from nodeagent.handover.park import ParkLink
 from nodeagent.handover.sockets import HandoverError, Inherited, adopt_fd
 from nodeagent.handover.wire import HandoverProtocolError, Message, SocketEntry
 
@@ -56,8 +62,9 @@ def _send_sockets(sock: socket.socket, held: list[tuple[SocketEntry, socket.sock
 class Keeper:
     """The keeper's state: the sockets held, by what they are."""
 
-    def __init__(self) -> None:
+    def __init__(self, park: ParkLink | None = None) -> None:
         self.held: dict[tuple[str, str, str], socket.socket] = {}
+        self.park = park
 
     def handle(self, sock: socket.socket) -> bool:
         """One message from the agent; False when the agent's end is closed."""
@@ -82,9 +89,13 @@ class Keeper:
                 if old is not None:
                     old.close()
                 self.held[(entry.role, entry.name, entry.netns)] = socket.socket(fileno=fd)
+            if self.park is not None:
+                self.park.kept([(e, self.held[(e.role, e.name, e.netns)]) for e in msg.entries])
         elif msg.type == "DROP":
             for key in [k for k in self.held if not msg.netns or k[2] == msg.netns]:
                 self.held.pop(key).close()
+            if self.park is not None:
+                self.park.dropped(msg.netns)
         elif msg.type == "TAKE":
             held = [(SocketEntry(*key), s) for key, s in self.held.items()]
             _send_sockets(sock, held)
@@ -98,19 +109,28 @@ class Keeper:
         for s in self.held.values():
             s.close()
         self.held.clear()
+        if self.park is not None:
+            self.park.close()
 
 
 AGENT = (sys.executable, "-m", "nodeagent.main")
 
 
-def run(argv: Sequence[str], *, agent: Sequence[str] = AGENT) -> int:
+def run(argv: Sequence[str], *, agent: Sequence[str] = AGENT, park: Path | None = None) -> int:
     """The keeper's main loop: start the agent, hold its sockets, restart it when it dies."""
-    keeper = Keeper()
+    keeper = Keeper(ParkLink(park) if park is not None else None)
+    if keeper.park is not None:
+        # What the previous container's agent listened on, and what queued there since.
+        keeper.park.seed(keeper.held)
     child: subprocess.Popen[bytes] | None = None
     stopping: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
         stopping.append(signum)
+        if keeper.park is not None:
+            # The agent lets go of its sockets on its way out; the park holds them for the
+            # next start of this container.
+            keeper.park.stopping = True
         if child is not None and child.poll() is None:
             child.send_signal(signum)
 
@@ -135,6 +155,8 @@ def run(argv: Sequence[str], *, agent: Sequence[str] = AGENT) -> int:
                 continue
             if ready:
                 open_ = keeper.handle(ours)
+            if keeper.park is not None:
+                keeper.park.poll(keeper.held)
         ours.close()
         rc = child.returncode
         if stopping or rc == 0:
@@ -167,7 +189,17 @@ def main(argv: Sequence[str]) -> int:
         print("usage: python -m nodeagent.handover.keeper AGENT [ARGS...]", file=sys.stderr)
         return 2
     agent = AGENT if argv[0] == "nodeagent.main" else (sys.executable, argv[0])
-    return run(argv[1:], agent=agent)
+    return run(argv[1:], agent=agent, park=_park_path(argv[1:]))
+
+
+def _park_path(args: Sequence[str]) -> Path | None:
+    """The agent's --socket-park (checked by the agent's own parser)."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--socket-park="):
+            return Path(arg.partition("=")[2])
+        if arg == "--socket-park" and i + 1 < len(args):
+            return Path(args[i + 1])
+    return None
 
 
 class KeeperLink:

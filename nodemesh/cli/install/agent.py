@@ -55,7 +55,7 @@ def _agent(values: InstallValues) -> Obj:
             # at once and refuses no connection meanwhile (nodeagent.handover.keeper).
             "--keep-sockets",
             # ... and hands them to the socket park beside it, which holds them while the
-            # agent's container restarts (nodeagent.socketpark).
+            # agent's container restarts (nodeagent.handover.park).
             f"--socket-park={PARK_DIR}/park.sock",
             f"--uninstall-wait-seconds={UNINSTALL_WAIT}",
         ],
@@ -98,7 +98,7 @@ def _socket_park(values: InstallValues) -> Obj:
         "name": "socket-park",
         "image": values.image("agent"),
         "imagePullPolicy": values.image_pull_policy,
-        "command": ["python3", "-m", "nodeagent.socketpark"],
+        "command": ["python3", "-m", "nodeagent.handover.park"],
         "args": [f"--socket={PARK_DIR}/park.sock"],
         "resources": {"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
         "securityContext": {

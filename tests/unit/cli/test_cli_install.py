@@ -180,7 +180,7 @@ def test_agent_rollout_overlaps_old_and_new_agents_on_each_node() -> None:
 
 def test_the_socket_park_shares_a_pod_volume_with_the_agent_and_runs_as_its_user() -> None:
     """The agent's container parks its listening sockets in the socket-park container of the
-    same pod (nodeagent.socketpark): same socket path on one emptyDir, same user (each end
+    same pod (nodeagent.handover.park): same socket path on one emptyDir, same user (each end
     checks the other's), and a flag the agent accepts."""
     from nodeagent.config import parse_args as agent_args
 
@@ -190,7 +190,7 @@ def test_the_socket_park_shares_a_pod_volume_with_the_agent_and_runs_as_its_user
     agent, park = by_name["agent"], by_name["socket-park"]
     cfg = agent_args([a.replace("$(NODE_NAME)", "n1") for a in agent["args"]])
     assert cfg.keep_sockets and cfg.socket_park is not None
-    assert park["command"][-1] == "nodeagent.socketpark"
+    assert park["command"][-1] == "nodeagent.handover.park"
     assert park["args"] == [f"--socket={cfg.socket_park}"]
 
     def volume_of(container: dict) -> dict:

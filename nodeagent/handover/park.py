@@ -2,15 +2,15 @@
 that a restart of that container (SIGTERM, kill -9, OOM, a failed liveness probe) refuses no
 new connection of a meshed pod.
 
-The keeper (nodeagent.keeper, PID 1 of the agent container) holds a copy of each listening
+The keeper (nodeagent.handover.keeper, PID 1 of the agent container) holds a copy of each listening
 socket, but it dies with its container. The park runs in a sibling container of the same
-DaemonSet pod (`python -m nodeagent.socketpark --socket PATH`, PATH on an emptyDir both
+DaemonSet pod (`python -m nodeagent.handover.park --socket PATH`, PATH on an emptyDir both
 containers mount): the keeper mirrors to it every socket it is given (KEEP) and let go of
 (DROP), and a keeper starting in a restarted container takes them back (TAKE) before it starts
 the agent. Meanwhile the kernel completes handshakes into the parked sockets' accept queues:
 clients wait instead of being refused. The messages are the hand-over protocol's
-(nodeagent.handover_wire). The park is per pod: a new pod of a rollout starts with an empty
-one and gets its sockets from the old agent (nodeagent.handover).
+(nodeagent.handover.wire). The park is per pod: a new pod of a rollout starts with an empty
+one and gets its sockets from the old agent (nodeagent.handover.sockets).
 """
 
 from __future__ import annotations
@@ -27,10 +27,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nodeagent import handover_wire as wire
-from nodeagent.handover import HandoverError, bind_seqpacket
-from nodeagent.handover_wire import HandoverProtocolError, Message, SocketEntry
+from nodeagent.handover import wire
+from nodeagent.handover.sockets import HandoverError, bind_seqpacket
+from nodeagent.handover.wire import HandoverProtocolError, Message, SocketEntry
+
+if TYPE_CHECKING:
+    from nodeagent.handover.keeper import Keeper
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ def serve(path: Path, *, stopping: list[int]) -> None:
     One keeper at a time: a new connection (the keeper of a restarted container) replaces the
     old one, whose sockets stay parked."""
     # Imported here: the keeper imports this module for ParkLink.
-    from nodeagent.keeper import Keeper
+    from nodeagent.handover.keeper import Keeper
 
     held = Keeper()
     listener = bind_seqpacket(path)
@@ -64,34 +68,39 @@ def serve(path: Path, *, stopping: list[int]) -> None:
                 ready, _, _ = select.select(watched, [], [], 1.0)
             except InterruptedError:
                 continue
+            if conn is not None and conn in ready and not _read(held, conn):
+                conn.close()
+                conn = None
+                log.info("keeper gone; holding %d socket(s) for the next", len(held.held))
             if listener in ready:
                 with contextlib.suppress(BlockingIOError):
                     new, _ = listener.accept()
                     if peer_uid(new) != os.geteuid():
                         log.warning("socket park: refused a peer running as another user")
                         new.close()
-                    else:
-                        if conn is not None:
-                            conn.close()
-                        conn = new
-                        log.info("keeper connected; %d socket(s) parked", len(held.held))
                         continue
-            if conn is not None and conn in ready:
-                try:
-                    open_ = held.handle(conn)
-                except OSError as exc:
-                    log.warning("socket park: %s", exc)
-                    open_ = False
-                if not open_:
-                    conn.close()
-                    conn = None
-                    log.info("keeper gone; holding %d socket(s) for the next", len(held.held))
+                    if conn is not None:
+                        # What the old keeper sent before it went counts: read it all first.
+                        while select.select([conn], [], [], 0)[0] and _read(held, conn):
+                            pass
+                        conn.close()
+                    conn = new
+                    log.info("keeper connected; %d socket(s) parked", len(held.held))
     finally:
         if conn is not None:
             conn.close()
         listener.close()
         log.info("socket park stopping; letting go of %d socket(s)", len(held.held))
         held.close()
+
+
+def _read(held: Keeper, conn: socket.socket) -> bool:
+    """One message from the keeper; False when its end is closed (or broken)."""
+    try:
+        return held.handle(conn)
+    except OSError as exc:
+        log.warning("socket park: %s", exc)
+        return False
 
 
 Key = tuple[str, str, str]  # (role, name, netns), as the keeper holds its sockets
@@ -228,7 +237,7 @@ class ParkLink:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m nodeagent.socketpark",
+        prog="python -m nodeagent.handover.park",
         description="hold the node agent's listening sockets while its container restarts",
     )
     p.add_argument("--socket", required=True, help="unix socket path (on a volume shared "

@@ -1,4 +1,4 @@
-"""The socket park (nodeagent.socketpark): the agent's listening sockets outlive the agent's whole
+"""The socket park (nodeagent.handover.park): the agent's listening sockets outlive the agent's whole
 container (keeper and agent, SIGTERM or SIGKILL); new connections wait in the parked accept
 queue and the next container's agent answers them. Real processes, real TCP on loopback."""
 
@@ -15,22 +15,22 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.handover_wire import SocketEntry
-from nodeagent.socketpark import ParkLink
-from tests.unit.agent.test_agent_handover import REPO, Hammer
-from tests.unit.agent.test_agent_keeper import _alive, _report
+from nodeagent.handover.park import ParkLink
+from nodeagent.handover.wire import SocketEntry
+from tests.unit.agent.handover.test_agent_handover import REPO, Hammer
+from tests.unit.agent.handover.test_agent_keeper import _alive, _report
 
 KEEPER = (
-    "import sys; from pathlib import Path; from nodeagent import keeper; "
+    "import sys; from pathlib import Path; from nodeagent.handover import keeper; "
     "sys.exit(keeper.run(sys.argv[2:], agent=[sys.executable, '-m', "
-    "'tests.unit.agent.park_child'], park=Path(sys.argv[1])))"
+    "'tests.unit.agent.handover.park_child'], park=Path(sys.argv[1])))"
 )
 
 
 def _start_park(path: Path) -> subprocess.Popen[bytes]:
     path.unlink(missing_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nodeagent.socketpark", "--socket", str(path)], cwd=REPO
+        [sys.executable, "-m", "nodeagent.handover.park", "--socket", str(path)], cwd=REPO
     )
     deadline = time.monotonic() + 20
     while not path.exists():

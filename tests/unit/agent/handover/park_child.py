@@ -9,8 +9,8 @@ import socket
 import sys
 from pathlib import Path
 
-from nodeagent.handover_wire import SocketEntry
-from nodeagent.keeper import KeeperLink
+from nodeagent.handover.keeper import KeeperLink
+from nodeagent.handover.wire import SocketEntry
 
 
 def main(report: Path) -> None:
