@@ -29,7 +29,8 @@ RUN apt-get update \
 COPY --from=build /wheels /wheels
 RUN pip install --no-index --find-links=/wheels nodemesh && rm -rf /wheels
 COPY --from=build /out/nodemesh-cni /opt/nodemesh/nodemesh-cni
-RUN nodemesh-agent --help >/dev/null && python3 -m nodemesh_cni.install --help >/dev/null
+RUN nodemesh-agent --help >/dev/null && python3 -m nodemesh_cni.install --help >/dev/null \
+    && python3 -m nodeagent.handover.park --help >/dev/null
 EXPOSE 4191
 ENTRYPOINT []
 CMD ["nodemesh-agent", "--help"]

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 # Per attempt while other endpoints remain: a dead pod's address must not hold the client long.
 RETRY_CONNECT_TIMEOUT = 1.0
+# The last endpoint's tunnel handshake may wait longer: a destination agent whose container
+# restarts leaves its listeners parked (nodeagent.handover.park), so the connection is accepted
+# by the kernel and answered once the next agent runs, seconds later.
+LAST_HANDSHAKE_TIMEOUT = 15.0
 # How long a connection waits for its workload's certificate (a pod that just started).
 CERT_WAIT = 5.0
 # How long a connection waits for the first table after an agent restart (then it is refused):
@@ -70,6 +74,7 @@ async def _connect(
     route: Route,
     *,
     timeout: float,
+    handshake: float = HANDSHAKE_TIMEOUT,
 ) -> bool:
     """Open the upstream to `target` (tunnel when meshed); True when it is mTLS."""
     rt = pod.runtime
@@ -108,7 +113,7 @@ async def _connect(
         source_pod=pod.pod.name,
         opaque=route.opaque or target.opaque,
         resume=rt.certs.resume,
-        timeout=HANDSHAKE_TIMEOUT,
+        timeout=handshake,
     )
     rt.handshakes["resumed" if resumed else "full"] += 1
     return True
@@ -183,6 +188,7 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
                 target,
                 route,
                 timeout=RETRY_CONNECT_TIMEOUT if more else CONNECT_TIMEOUT,
+                handshake=HANDSHAKE_TIMEOUT if more else LAST_HANDSHAKE_TIMEOUT,
             )
         except TunnelDenied as exc:
             error = str(exc)

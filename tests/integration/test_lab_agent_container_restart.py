@@ -136,11 +136,12 @@ def test_sigterm_of_the_agent_container_refuses_nothing(
 
 
 def test_kill_9_of_the_agent_container_refuses_nothing(world: tuple[LabPaths, str, str]) -> None:
-    """Only connections the dead agent had accepted can fail; none is refused."""
+    """Only connections the dead agent had accepted can fail (the floor: each of hey's workers
+    and the prober has at most one open when the kill comes); none is refused, and none made
+    after the kill fails."""
     paths, netns, ip = world
     counted, failed, _ = _restart_container(paths, netns, ip, node="node1", sig=signal.SIGKILL)
     refused = sum(n for e, n in counted["errors"].items() if "refused" in e)
     assert refused == 0, counted["errors"]
-    # At ~50 + ~20 new connections a second, a handful are inside the dead agent.
-    assert sum(counted["errors"].values()) <= 5, counted["output"]
-    assert len(failed) <= 2, failed
+    assert sum(counted["errors"].values()) <= WORKERS, counted["output"]
+    assert all(t < 0 for t in failed), failed
