@@ -100,7 +100,7 @@ def _socket_park(values: InstallValues) -> Obj:
         "imagePullPolicy": values.image_pull_policy,
         "command": ["python3", "-m", "nodeagent.handover.park"],
         "args": [f"--socket={PARK_DIR}/park.sock"],
-        "resources": {"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "resources": {"requests": {"cpu": "5m", "memory": "24Mi"}, "limits": {"memory": "64Mi"}},
         "securityContext": {
             "privileged": False,
             "allowPrivilegeEscalation": False,
