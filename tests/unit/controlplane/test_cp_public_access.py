@@ -277,22 +277,29 @@ async def test_a_revoked_token_is_refused_within_seconds_also_mid_tap(public, ap
     assert broker.streams == {}
 
 
-async def test_the_lab_backend_admits_its_admin_and_dashboard_and_nobody_else(
-    tmp_path, grpc_server
-) -> None:
+async def lab_public(tmp_path, grpc_server) -> tuple[str, TapBroker]:  # type: ignore[no-untyped-def]
+    """A public API checking callers against a fresh lab grant table in `tmp_path`."""
     create_lab_access(tmp_path)
     index = ClusterIndex()
     for obj in k.web_app(replicas=1):
         index.apply(ObjectChanged(EventType.ADDED, obj["kind"], obj))
+    broker = TapBroker(index)
     service = PublicService(
         index=index,
         telemetry=NoTelemetry(),
-        broker=TapBroker(index),
+        broker=broker,
         hub=DestinationHub(index),
         source_name="local",
         gate=Gate(LabAccessReview(tmp_path / ACCESS_FILE)),
     )
     address = await grpc_server(lambda s: ppb_grpc.add_PublicServicer_to_server(service, s))
+    return address, broker
+
+
+async def test_the_lab_backend_admits_its_admin_and_dashboard_and_nobody_else(
+    tmp_path, grpc_server
+) -> None:
+    address, _ = await lab_public(tmp_path, grpc_server)
     admin = (tmp_path / ADMIN_TOKEN_FILE).read_text().strip()
     dashboard = service_account_token_path(tmp_path, "nodemesh", "nodemesh-dashboard").read_text()
     assert (tmp_path / ACCESS_FILE).stat().st_mode & 0o077 == 0
@@ -371,20 +378,7 @@ async def test_a_revoked_caller_that_stops_reading_loses_its_tap(public, apiserv
 
 async def test_editing_the_lab_grant_table_ends_an_open_tap(tmp_path, grpc_server) -> None:
     """The lab's backend: a binding taken out of access.json ends the admin's open tap."""
-    create_lab_access(tmp_path)
-    index = ClusterIndex()
-    for obj in k.web_app(replicas=1):
-        index.apply(ObjectChanged(EventType.ADDED, obj["kind"], obj))
-    broker = TapBroker(index)
-    service = PublicService(
-        index=index,
-        telemetry=NoTelemetry(),
-        broker=broker,
-        hub=DestinationHub(index),
-        source_name="local",
-        gate=Gate(LabAccessReview(tmp_path / ACCESS_FILE)),
-    )
-    address = await grpc_server(lambda s: ppb_grpc.add_PublicServicer_to_server(service, s))
+    address, broker = await lab_public(tmp_path, grpc_server)
     admin = (tmp_path / ADMIN_TOKEN_FILE).read_text().strip()
     async with grpc.aio.insecure_channel(address, interceptors=bearer(admin)) as channel:
         code, details, tap = await tap_open(
