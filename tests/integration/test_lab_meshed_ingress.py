@@ -1,0 +1,266 @@
+"""A meshed ingress controller: Debian's nginx set up as ingress-nginx sets up its pods, in front
+of emojivoto's web, in a meshed namespace of a two-node lab.
+
+The controller (node1) proxies `/vip/` to web's Service VIP and `/pod/` straight to web's pod IP
+(as ingress-nginx and Traefik do by default: they read the endpoints and skip the VIP); web runs
+on node2. A client outside the mesh on node1 calls the controller with a marker in the path. The
+controller's main listener is skipped by the mesh (`nodemesh.io/skip-inbound-ports`), as
+docs/adoption.md says to do for an ingress; a second one is not, and reaches it through its
+agent (permissive). What a user must see:
+
+- both ways to the backend are captured and mTLS'd: tcpdump on the lab's underlay sees the
+  controller's node reach web's pod on the tunnel port 4143 and never sees the marker;
+- `nodemesh edges` shows ingress-nginx -> web, secured, with both SPIFFE identities, and `stat`
+  counts the requests the controller sent;
+- the controller's access log holds the client's own pod IP (not the agent's or the node's),
+  on both listeners.
+
+Run with NODEMESH_LEAKCHECK_ONLY=adpti on a shared machine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from nodemesh.lab.paths import LabPaths
+from tests.integration.test_lab_failclosed import Tcpdump
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+NODEMESH = str(Path(sys.executable).parent / "nodemesh")
+ROOT = Path(__file__).resolve().parents[2]
+INGRESS_NS = "ingress-nginx"
+CLIENT_NS = "outside"
+REQUESTS = 40
+TD = "spiffe://cluster.local"
+
+
+def nm(*args: str, timeout: float = 300) -> str:
+    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+def settles(read: Callable[[], Any], ok: Callable[[Any], bool], *, within: float = 60) -> Any:
+    start = time.monotonic()
+    while not ok(got := read()):
+        assert time.monotonic() - start < within, f"still {got!r}"
+        time.sleep(1)
+    return got
+
+
+def emojivoto_web_on_node2() -> list[dict[str, Any]]:
+    """emojivoto without its vote-bot (the test is the only client), web pinned to node2."""
+    docs = [
+        d
+        for d in yaml.safe_load_all((ROOT / "manifests/examples/emojivoto.yml").read_text())
+        if d and d["metadata"]["name"] != "vote-bot"
+    ]
+    for d in docs:
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "web":
+            d["spec"]["template"]["spec"]["nodeSelector"] = {"kubernetes.io/hostname": "node2"}
+    return docs
+
+
+def nginx_ingress_conf(work: Path, web_pod_ip: str) -> str:
+    for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (work / d).mkdir(parents=True, exist_ok=True)
+    return f"""
+daemon off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    log_format ingress '$remote_addr "$request" $status $upstream_addr';
+    access_log {work}/access.log ingress;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    upstream web-endpoints {{ server {web_pod_ip}:8080; keepalive 4; }}
+    server {{
+        listen 8080;
+        listen 8081;
+        location /vip/ {{ proxy_pass http://web-svc.emojivoto.svc.cluster.local:80/; }}
+        location /pod/ {{
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass http://web-endpoints/;
+        }}
+        location = /healthz {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+
+
+def ingress_docs(work: Path) -> list[dict[str, Any]]:
+    probe = ["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8080), 2)"]
+    return [
+        {"apiVersion": "v1", "kind": "Namespace",
+         "metadata": {"name": INGRESS_NS, "labels": {"nodemesh.io/mesh": "enabled"}}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CLIENT_NS}},
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "ingress-nginx", "namespace": INGRESS_NS}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "ingress-nginx-controller", "namespace": INGRESS_NS},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "ingress-nginx"}},
+                "template": {
+                    "metadata": {
+                        "labels": {"app": "ingress-nginx"},
+                        # The controller's own listener: clients from outside the mesh (load
+                        # balancers, the internet) reach it unchanged, in strict mode too.
+                        "annotations": {"nodemesh.io/skip-inbound-ports": "8080"},
+                    },
+                    "spec": {
+                        "serviceAccountName": "ingress-nginx",
+                        "nodeSelector": {"kubernetes.io/hostname": "node1"},
+                        "containers": [{
+                            "name": "controller",
+                            "image": "registry.k8s.io/ingress-nginx/controller:v1.9.4",
+                            "command": ["nginx", "-c", str(work / "nginx.conf")],
+                            "ports": [{"name": "http", "containerPort": 8080},
+                                      {"name": "alt", "containerPort": 8081}],
+                            "volumeMounts": [{"name": "work", "mountPath": str(work)}],
+                            "readinessProbe": {"exec": {"command": probe}, "periodSeconds": 2,
+                                               "timeoutSeconds": 20, "failureThreshold": 30},
+                        }],
+                        "volumes": [{"name": "work",
+                                     "hostPath": {"path": str(work), "type": "Directory"}}],
+                    },
+                },
+            },
+        },
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "ingress-nginx-controller", "namespace": INGRESS_NS},
+         "spec": {"selector": {"app": "ingress-nginx"},
+                  "ports": [{"name": "http", "port": 80, "targetPort": 8080},
+                            {"name": "alt", "port": 81, "targetPort": 8081}]}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "client", "namespace": CLIENT_NS},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "client"}},
+                "template": {
+                    "metadata": {"labels": {"app": "client"}},
+                    "spec": {
+                        "nodeSelector": {"kubernetes.io/hostname": "node1"},
+                        "containers": [{"name": "client", "image": "debian/curl",
+                                        "command": ["sleep", "100000"]}],
+                    },
+                },
+            },
+        },
+    ]  # fmt: skip
+
+
+def pod_of(lab: LabPaths, namespace: str, app: str) -> dict[str, Any]:
+    for path in (lab.objects / "Pod" / namespace).glob("*.yaml"):
+        pod = yaml.safe_load(path.read_text())
+        if pod["metadata"].get("labels", {}).get("app") == app:
+            return pod  # type: ignore[no-any-return]
+    raise AssertionError(f"no pod of app {app} in {namespace}")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabPaths, Path]]:
+    tmp = tmp_path_factory.mktemp("ingress")
+    name = "adpti" + uuid.uuid4().hex[:6]
+    try:
+        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0")
+        paths = LabPaths(name)
+        app = tmp / "emojivoto.yml"
+        app.write_text(yaml.safe_dump_all(emojivoto_web_on_node2()))
+        nm("lab", "apply", "--name", name, "-f", str(app), "--wait", "--timeout", "180")
+        work = tmp / "nginx"
+        work.mkdir()
+        web_ip = pod_of(paths, "emojivoto", "web")["status"]["podIP"]
+        (work / "nginx.conf").write_text(nginx_ingress_conf(work, web_ip))
+        ingress = tmp / "ingress.yml"
+        ingress.write_text(yaml.safe_dump_all(ingress_docs(work)))
+        nm("lab", "apply", "--name", name, "-f", str(ingress), "--wait", "--timeout", "180")
+        yield paths, work
+    finally:
+        for _ in range(2):  # a second pass for pods the supervisor was still starting
+            subprocess.run(
+                [NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300
+            )
+
+
+def curl_from_outside(lab: LabPaths, url: str) -> str:
+    return nm("lab", "exec", "--name", lab.name, "-n", CLIENT_NS, "deploy/client", "--",
+              "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}\\n", "--max-time", "10",
+              url, timeout=60).strip()  # fmt: skip
+
+
+def test_meshed_ingress_reaches_backends_over_mtls_and_keeps_the_client_ip(
+    lab: tuple[LabPaths, Path],
+) -> None:
+    paths, work = lab
+    web_ip = pod_of(paths, "emojivoto", "web")["status"]["podIP"]
+    client_ip = pod_of(paths, CLIENT_NS, "client")["status"]["podIP"]
+    ingress_ip = pod_of(paths, INGRESS_NS, "ingress-nginx")["status"]["podIP"]
+    # The controller is meshed (its node's agent enrolled it), the client is not.
+    body = json.loads(nm("stat", "deploy", "-n", INGRESS_NS, "--lab", paths.name, "-o", "json"))
+    assert [(r["name"], r["meshed_pods"]) for r in body["rows"]] == [
+        ("ingress-nginx-controller", 1)
+    ], body
+
+    marker = "nmmarker" + uuid.uuid4().hex[:8]
+    capture = Tcpdump(paths.underlay_netns, work / "underlay.pcap")
+    try:
+        for i in range(REQUESTS // 4):
+            # Port 80 reaches the skipped listener; 81 the one the agent relays (permissive).
+            for port in (80, 81):
+                for how in ("vip", "pod"):
+                    url = (f"http://ingress-nginx-controller.{INGRESS_NS}:{port}/{how}/api/list"
+                           f"?{marker}={i}")  # fmt: skip
+                    assert curl_from_outside(paths, url) == "200", url
+    finally:
+        capture.stop()
+    assert capture.dropped == 0
+    # Plaintext would carry the marker across the underlay (client and controller share node1,
+    # web is on node2): it never does, and the controller's node reaches web's pod on 4143.
+    assert capture.count(marker) == 0
+    assert capture.packets(f"src host {ingress_ip} and dst host {web_ip} and dst port 4143") > 0
+    assert capture.packets(f"src host {ingress_ip} and dst port 8080") == 0
+    assert capture.packets(f"host {client_ip}") == 0  # the client stayed on node1
+
+    # The controller saw the client's own address for every request.
+    log = (work / "access.log").read_text()
+    seen = re.findall(rf"^(\S+) \"GET /(?:vip|pod)/api/list\?{marker}=\d+ ", log, re.M)
+    assert len(seen) == REQUESTS, log[-2000:]
+    assert set(seen) == {client_ip}, set(seen)
+
+    def edges() -> dict[tuple[str, str], dict[str, Any]]:
+        out = json.loads(nm("edges", "deploy", "-A", "--lab", paths.name, "-o", "json"))
+        return {(e["src"]["name"], e["dst"]["name"]): e for e in out["edges"]}
+
+    found = settles(edges, lambda got: ("ingress-nginx-controller", "web") in got)
+    edge = found[("ingress-nginx-controller", "web")]
+    assert edge["secured"], edge
+    assert (edge["src"]["namespace"], edge["dst"]["namespace"]) == (INGRESS_NS, "emojivoto")
+    assert edge["client_id"] == f"{TD}/ns/{INGRESS_NS}/sa/ingress-nginx", edge
+    assert edge["server_id"] == f"{TD}/ns/emojivoto/sa/web", edge
+
+    # The requests the controller sent, as its agent counted them (TLS both ways).
+    found = settles(edges, lambda got: got[("ingress-nginx-controller", "web")]["requests"]
+                    >= REQUESTS)  # fmt: skip
