@@ -1,0 +1,78 @@
+"""When a step has hurt a workload: its success rate now against its level before the step.
+
+A workload's rate over a short window moves with chance (emojivoto's doughnut votes fail on
+purpose, one in seven), so a drop counts only beyond a tolerance and beyond three standard
+errors of the rate measured now. Pure: rates in, a verdict out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+DEFAULT_TOLERANCE = 0.05
+DEFAULT_MIN_REQUESTS = 10
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One workload's responses in a window, as `stat` gives them."""
+
+    workload: str  # "ns/deploy"
+    requests: int
+    success_rate: float | None  # None without responses
+
+
+@dataclass(frozen=True)
+class Drop:
+    workload: str
+    before: float
+    now: float
+    requests: int
+
+    def __str__(self) -> str:
+        return (f"{self.workload}: success rate {self.now:.1%} over {self.requests} requests, "
+                f"{self.before:.1%} before the step")  # fmt: skip
+
+
+def baseline(
+    samples: list[Sample], *, min_requests: int = DEFAULT_MIN_REQUESTS
+) -> dict[str, Sample]:
+    """The workloads whose rate before the step is known well enough to judge by."""
+    return {
+        s.workload: s
+        for s in samples
+        if s.success_rate is not None and s.requests >= min_requests
+    }
+
+
+def drops(
+    before: dict[str, Sample],
+    now: list[Sample],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    min_requests: int = DEFAULT_MIN_REQUESTS,
+) -> list[Drop]:
+    """Workloads whose rate now is below their rate before by more than chance explains, and
+    workloads that went silent (no response at all in a window as long as the one before, in
+    which they had at least 3 x min_requests: traffic that no longer arrives is failing
+    somewhere the workload's own agent cannot see)."""
+    found = []
+    current = {s.workload: s for s in now}
+    for name, was in before.items():
+        silent = current.get(name, Sample(name, 0, None)).requests == 0
+        if was.requests >= 3 * min_requests and silent:
+            assert was.success_rate is not None
+            found.append(Drop(name, was.success_rate, 0.0, 0))
+    for s in now:
+        was = before.get(s.workload)
+        if was is None or was.success_rate is None:
+            continue
+        level = was.success_rate
+        if s.success_rate is None or s.requests < min_requests:
+            continue
+        p = min(max(level, 0.0), 1.0)
+        noise = 3 * math.sqrt(p * (1 - p) / s.requests)
+        if s.success_rate < level - max(tolerance, noise):
+            found.append(Drop(s.workload, level, s.success_rate, s.requests))
+    return sorted(found, key=lambda d: d.workload)
