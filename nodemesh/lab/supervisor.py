@@ -301,7 +301,7 @@ class Supervisor:
             owner = _owner(rs)
             dep = next((d for d in deployments.values() if d["metadata"]["uid"] == owner), None)
             wanted = objects.replicaset_for(dep)["metadata"]["name"] if dep else None
-            if rs["metadata"]["name"] != wanted:
+            if rs["metadata"]["name"] != wanted and (dep is None or self._rolled_out(dep)):
                 self.store.delete(ref_of(rs))  # its pods go with it below
         for dep in deployments.values():
             want = objects.replicaset_for(dep)
@@ -340,6 +340,23 @@ class Supervisor:
         for p in self.store.of_kind("Pod"):
             if _owner_kind(p) == "ReplicaSet" and _owner(p) not in rs_uids:
                 self.store.delete(ref_of(p))
+
+    def _rolled_out(self, dep: dict[str, Any]) -> bool:
+        """Whether a Deployment's old ReplicaSets may go: at once with `strategy.type: Recreate`,
+        else (RollingUpdate, the default) once the new one has all its replicas ready, so a
+        template change never leaves the Deployment without a ready pod (a surge of up to the
+        whole replica count, with none unavailable)."""
+        if (dep["spec"].get("strategy") or {}).get("type") == "Recreate":
+            return True
+        rs = self.store.get(ref_of(objects.replicaset_for(dep)))
+        if rs is None:
+            return False
+        pods = [
+            p
+            for p in self.store.of_kind("Pod", rs["metadata"]["namespace"])
+            if _owner(p) == rs["metadata"]["uid"]
+        ]
+        return sum(1 for p in pods if objects.is_ready(p)) >= dep["spec"].get("replicas", 1)
 
     def _update_rs_status(self, rs: dict[str, Any], dep: dict[str, Any]) -> None:
         pods = [
