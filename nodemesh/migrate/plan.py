@@ -179,7 +179,7 @@ def mesh_namespaces(survey: Survey, now: str) -> Step:
         )  # fmt: skip
         if change:
             step.changes.append(change)
-        for ref in state.workloads:
+        for ref in state.to_restart:
             obj = survey.objects[_key(ref)]
             step.changes.append(
                 Change(ref.kind, ref.namespace, ref.name, clean(obj), _restarted(obj, now),
@@ -269,7 +269,7 @@ def strict(survey: Survey, now: str) -> Step:
         )
         if change:
             step.changes.append(change)
-        for ref in state.workloads:
+        for ref in state.to_restart:
             obj = survey.objects[_key(ref)]
             step.changes.append(
                 Change(ref.kind, ref.namespace, ref.name, clean(obj), _restarted(obj, now),

@@ -44,9 +44,16 @@ def _pending(backend: Backend, changes: list[Change]) -> list[tuple[str, str, st
     return [r for r in refs if not backend.rolled_out(*r)]
 
 
-def _roll(backend: Backend, changes: list[Change], *, timeout: float, poll: float) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while (left := _pending(backend, changes)) and time.monotonic() < deadline:
+def _roll(
+    backend: Backend,
+    changes: list[Change],
+    *,
+    timeout: float,
+    poll: float,
+    clock: Callable[[], float],
+) -> list[str]:
+    deadline = clock() + timeout
+    while (left := _pending(backend, changes)) and clock() < deadline:
         time.sleep(poll)
     return [f"{k.lower()}/{n} -n {ns}" for k, ns, n in left]
 
@@ -105,7 +112,8 @@ def run(
     for line in backend.apply(undo):
         echo(line)
     outcome.undone_s = clock() - start
-    left = _roll(backend, undo, timeout=settings.rollout_timeout_s, poll=settings.poll_s)
+    left = _roll(backend, undo, timeout=settings.rollout_timeout_s, poll=settings.poll_s,
+                 clock=clock)  # fmt: skip
     outcome.restored_s = clock() - start
     if left:
         echo(f"the rollback has not rolled out yet: {', '.join(left)}")

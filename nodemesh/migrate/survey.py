@@ -75,7 +75,14 @@ class NamespaceState:
     routers: list[str] = field(default_factory=list)
     router_users: list[WorkloadRef] = field(default_factory=list)
     workloads: list[WorkloadRef] = field(default_factory=list)
+    # Workloads whose pods opt out of the mesh (pod label nodemesh.io/mesh=disabled): never
+    # restarted by a step, since restarting would not mesh them.
+    opted_out: list[WorkloadRef] = field(default_factory=list)
     ingresses: int = 0
+
+    @property
+    def to_restart(self) -> list[WorkloadRef]:
+        return [w for w in self.workloads if w not in self.opted_out]
 
     @property
     def stage(self) -> str:
@@ -173,6 +180,8 @@ def survey(objects: Iterable[dict[str, Any]]) -> Survey:
         if state is None:
             continue
         state.workloads.append(ref)
+        if (template_meta(obj).get("labels") or {}).get(MESH_LABEL) == "disabled":
+            state.opted_out.append(ref)
         if is_ingress_controller(obj):
             state.ingress_controllers.append(ref)
     for (kind, ns, _), _obj in by_key.items():

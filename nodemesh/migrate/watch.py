@@ -53,17 +53,16 @@ def drops(
     tolerance: float = DEFAULT_TOLERANCE,
     min_requests: int = DEFAULT_MIN_REQUESTS,
 ) -> list[Drop]:
-    """Workloads whose rate now is below their rate before by more than chance explains, and
-    workloads that went silent (no response at all in a window as long as the one before, in
-    which they had at least 3 x min_requests: traffic that no longer arrives is failing
-    somewhere the workload's own agent cannot see)."""
+    """Workloads whose rate now is below their rate before by more than chance explains; and
+    "all workloads" when nothing answers at all any more where at least 3 x min_requests did
+    before (traffic that no longer arrives fails where no agent sees it). One workload going
+    quiet proves nothing: a step moves where requests are counted (once a destination is
+    meshed they count as its inbound, not as the caller's outbound)."""
     found = []
-    current = {s.workload: s for s in now}
-    for name, was in before.items():
-        silent = current.get(name, Sample(name, 0, None)).requests == 0
-        if was.requests >= 3 * min_requests and silent:
-            assert was.success_rate is not None
-            found.append(Drop(name, was.success_rate, 0.0, 0))
+    total_before = sum(s.requests for s in before.values())
+    if total_before >= 3 * min_requests and sum(s.requests for s in now) == 0:
+        rate = sum((s.success_rate or 0) * s.requests for s in before.values()) / total_before
+        found.append(Drop("all workloads", rate, 0.0, 0))
     for s in now:
         was = before.get(s.workload)
         if was is None or was.success_rate is None:

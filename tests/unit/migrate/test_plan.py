@@ -178,3 +178,14 @@ def test_the_plan_does_not_touch_the_objects_it_read() -> None:
     kept = copy.deepcopy(objects)
     planning.plan(survey(objects), now=NOW, force=True)
     assert objects == kept
+
+
+def test_pods_opted_out_are_not_restarted() -> None:
+    bot = deployment("load", "vote-bot", "ghcr.io/nodemesh/emojivoto:0.1.0")
+    bot["spec"]["template"]["metadata"]["labels"]["nodemesh.io/mesh"] = "disabled"
+    objects = [*emojivoto(), namespace("load"), bot]
+    st = step(objects, "mesh-namespaces")
+    touched = [(c.kind, c.namespace, c.name) for c in st.changes]
+    assert ("Namespace", "", "load") in touched
+    assert ("Deployment", "load", "vote-bot") not in touched
+    assert ("Deployment", "emojivoto", "web") in touched
