@@ -264,3 +264,75 @@ def test_meshed_ingress_reaches_backends_over_mtls_and_keeps_the_client_ip(
     # The requests the controller sent, as its agent counted them (TLS both ways).
     found = settles(edges, lambda got: got[("ingress-nginx-controller", "web")]["requests"]
                     >= REQUESTS)  # fmt: skip
+
+
+DRAIN = """
+import http.client, signal, sys, time
+stopping = []
+signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+open(sys.argv[1] + ".started", "w").close()
+while not stopping:
+    time.sleep(0.05)
+seen = []
+end = time.monotonic() + 2
+while time.monotonic() < end:
+    try:
+        c = http.client.HTTPConnection("web-svc.emojivoto", 80, timeout=3)
+        c.request("GET", "/ready")
+        seen.append(str(c.getresponse().status))
+        c.close()
+    except Exception as e:
+        seen.append(type(e).__name__)
+    time.sleep(0.1)
+with open(sys.argv[1], "w") as f:
+    f.write(" ".join(seen))
+"""
+
+
+def test_a_meshed_pod_keeps_its_identity_through_its_grace_period(
+    lab: tuple[LabPaths, Path], tmp_path: Path
+) -> None:
+    """A pod being deleted still runs (SIGTERM, then its grace period: a controller drains,
+    an app finishes its work) and its calls to meshed Services must keep working: the mesh
+    must not forget who it is before it is gone."""
+    paths, _ = lab
+    work = tmp_path / "drain"
+    work.mkdir()
+    out = work / "seen"
+    dep = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "drainer", "namespace": INGRESS_NS},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "drainer"}},
+            "template": {
+                "metadata": {"labels": {"app": "drainer"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "drainer", "image": "python",
+                        "command": ["python3", "-c", DRAIN, str(out)],
+                        "volumeMounts": [{"name": "work", "mountPath": str(work)}],
+                    }],
+                    "volumes": [{"name": "work",
+                                 "hostPath": {"path": str(work), "type": "Directory"}}],
+                },
+            },
+        },
+    }  # fmt: skip
+    manifest = work / "drainer.yml"
+    manifest.write_text(yaml.safe_dump(dep))
+    nm("lab", "apply", "--name", paths.name, "-f", str(manifest), "--wait", "--timeout", "120")
+    settles(lambda: (work / "seen.started").exists(), bool)
+    netns = paths.pod_netns(INGRESS_NS, pod_of(paths, INGRESS_NS, "drainer")["metadata"]["name"])
+    nm("lab", "delete", "--name", paths.name, "-f", str(manifest))
+
+    def gone() -> bool:
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        return out.exists() and netns not in listed
+
+    settles(gone, bool)
+    seen = out.read_text().split()
+    assert len(seen) >= 5, seen
+    assert set(seen) == {"200"}, seen
