@@ -253,6 +253,7 @@ def settles(read: Callable[[], Any], ok: Callable[[Any], bool], *, within: float
     return got
 
 
+@pytest.mark.timeout(900)
 def test_the_path_from_ingress_and_router_to_meshed_strict_with_one_rollback(lab: Lab) -> None:
     started = time.monotonic()
     settles(lab.bot, lambda s: s["succeeded"] >= 30)
@@ -287,10 +288,11 @@ def test_the_path_from_ingress_and_router_to_meshed_strict_with_one_rollback(lab
         outcome["rc"] = res.returncode
         return outcome
 
+    failures: dict[str, int] = {}  # asserted at the end, so one run shows every step's count
     for step_id in ("mesh-ingress", "mesh-namespaces"):
         outcome = step(step_id)
         assert (outcome["rc"], outcome["rolled_back"]) == (0, False), outcome
-        assert outcome["bot_failures"] == 0, timeline
+        failures[step_id] = outcome["bot_failures"]
 
     # Every emojivoto workload and the ingress are meshed and have traffic in stat.
     def meshed_with_traffic(rows: dict[str, dict[str, Any]]) -> bool:
@@ -319,7 +321,7 @@ def test_the_path_from_ingress_and_router_to_meshed_strict_with_one_rollback(lab
     for step_id in ("leave-router", "strict", "remove-router"):
         outcome = step(step_id)
         assert (outcome["rc"], outcome["rolled_back"]) == (0, False), outcome
-        assert outcome["bot_failures"] == 0, timeline
+        failures[step_id] = outcome["bot_failures"]
         rows = lab.stat()
         assert all(rows.get(w, {}).get("requests", 0) > 0
                    for w in ("emojivoto/web", "emojivoto/emoji", "emojivoto/voting")), rows
@@ -332,3 +334,4 @@ def test_the_path_from_ingress_and_router_to_meshed_strict_with_one_rollback(lab
     plan = json.loads(lab.migrate("plan", "-o", "json").stdout)["steps"]
     assert {s["state"] for s in plan} <= {"done", "nothing to do", "not built"}, plan
     print("\n".join(timeline), f"whole path: {time.monotonic() - started:.0f} s", sep="\n")
+    assert failures == {s: 0 for s in failures}, timeline
