@@ -152,6 +152,10 @@ def ingress_docs(work: Path) -> list[dict[str, Any]]:
          "spec": {"selector": {"app": "ingress-nginx"},
                   "ports": [{"name": "http", "port": 80, "targetPort": 8080},
                             {"name": "alt", "port": 81, "targetPort": 8081}]}},
+        # For test_a_namespace_meshed_under_load_refuses_no_call, which scales it up.
+        late_server(0),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "late", "namespace": CLIENT_NS},
+         "spec": {"selector": {"app": "late"}, "ports": [{"port": 8000, "targetPort": 8000}]}},
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -336,3 +340,97 @@ def test_a_meshed_pod_keeps_its_identity_through_its_grace_period(
     seen = out.read_text().split()
     assert len(seen) >= 5, seen
     assert set(seen) == {"200"}, seen
+
+
+def late_server(replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "late", "namespace": CLIENT_NS},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "late"}},
+                 "template": {"metadata": {"labels": {"app": "late"}}, "spec": {
+                     "nodeSelector": {"kubernetes.io/hostname": "node2"},
+                     "containers": [{"name": "late", "image": "python",
+                                     "command": ["python3", "-m", "http.server", "8000"],
+                                     "readinessProbe": {"tcpSocket": {"port": 8000},
+                                                        "periodSeconds": 1}}]}}},
+    }  # fmt: skip
+
+
+CALLER = """
+import http.client, sys, time
+seen = []
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        c = http.client.HTTPConnection("late.outside", 8000, timeout=3)
+        c.request("GET", "/")
+        seen.append(str(c.getresponse().status))
+        c.close()
+    except Exception as e:
+        seen.append(type(e).__name__)
+    time.sleep(0.02)
+with open(sys.argv[1], "w") as f:
+    f.write(" ".join(seen))
+time.sleep(100000)
+"""
+
+
+def test_a_namespace_meshed_under_load_refuses_no_call(
+    lab: tuple[LabPaths, Path], tmp_path: Path
+) -> None:
+    """`nodemesh mesh enable` on a namespace whose pods run: their agent meshes them in place
+    while the control plane already tells every client they are meshed. A meshed client calling
+    them all along (new connection each time) must see no failure in the switch."""
+    paths, _ = lab
+    work = tmp_path / "late"
+    work.mkdir()
+    out = work / "seen"
+    # The fixture made the namespace (unmeshed), the Service and the Deployment (0 replicas):
+    # made and deleted here, they would leave the lab's empty object folders behind, which the
+    # leak check counts.
+    docs = [late_server(1)]
+    caller = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "caller", "namespace": INGRESS_NS},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "caller"}},
+                 "template": {"metadata": {"labels": {"app": "caller"}}, "spec": {
+                     "nodeSelector": {"kubernetes.io/hostname": "node1"},
+                     "containers": [{
+                         "name": "caller", "image": "python",
+                         "command": ["python3", "-c", CALLER, str(out), "12"],
+                         "volumeMounts": [{"name": "work", "mountPath": str(work)}]}],
+                     "volumes": [{"name": "work",
+                                  "hostPath": {"path": str(work), "type": "Directory"}}]}}},
+    }  # fmt: skip
+    server = work / "late.yml"
+    server.write_text(yaml.safe_dump_all(docs))
+    client = work / "caller.yml"
+    client.write_text(yaml.safe_dump(caller))
+    netns = []
+    try:
+        nm("lab", "apply", "--name", paths.name, "-f", str(server), "--wait", "--timeout", "120")
+        nm("lab", "apply", "--name", paths.name, "-f", str(client), "--wait", "--timeout", "120")
+        netns = [paths.pod_netns(ns, pod_of(paths, ns, app)["metadata"]["name"])
+                 for ns, app in ((CLIENT_NS, "late"), (INGRESS_NS, "caller"))]  # fmt: skip
+        time.sleep(4)
+        nm("mesh", "enable", CLIENT_NS, "--lab", paths.name)
+        settles(out.exists, bool, within=60)
+        seen = out.read_text().split()
+        # The switch happened under the load: late's agent meshed the running pod.
+        stat = json.loads(nm("stat", "deploy/late", "-n", CLIENT_NS, "--lab", paths.name,
+                             "-o", "json"))["rows"]  # fmt: skip
+    finally:
+        nm("mesh", "disable", CLIENT_NS, "--lab", paths.name)
+        nm("lab", "delete", "--name", paths.name, "-f", str(client))
+        server.write_text(yaml.safe_dump(late_server(0)))
+        nm("lab", "apply", "--name", paths.name, "-f", str(server))
+
+        def gone() -> bool:
+            listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+            return not any(n in listed.stdout for n in netns)
+
+        settles(gone, bool)
+    assert len(seen) > 50, seen
+    failed = [s for s in seen if s != "200"]
+    assert failed == [], f"{len(failed)} of {len(seen)} failed: {failed[:5]}"
+    assert [r["meshed_pods"] for r in stat] == [1], stat
