@@ -200,6 +200,18 @@ def manifest(work: Path) -> list[dict[str, Any]]:
 @dataclass
 class Lab:
     paths: LabPaths
+    work: Path
+
+    def failed_at_ingress(self, since: int) -> list[str]:
+        """The ingress' access log lines from line `since` on that are failures (not doughnut
+        votes), with its error log's last lines: what to look at when a step failed requests."""
+        lines = (self.work / "access.log").read_text().splitlines()[since:]
+        bad = [ln for ln in lines if '" 200 ' not in ln and "doughnut" not in ln]
+        errors = (self.work / "error.log").read_text().splitlines()[-5:]
+        return bad + errors if bad else []
+
+    def access_lines(self) -> int:
+        return len((self.work / "access.log").read_text().splitlines())
 
     def migrate(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return nm("migrate", *args, "--lab", self.paths.name, check=check, timeout=600)
@@ -237,7 +249,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         path = tmp / "start.yml"
         path.write_text(yaml.safe_dump_all(manifest(work)))
         nm("lab", "apply", "--name", name, "-f", str(path), "--wait", "--timeout", "180")
-        yield Lab(LabPaths(name))
+        yield Lab(LabPaths(name), work)
     finally:
         for _ in range(2):  # a second pass for pods the supervisor was still starting
             subprocess.run(
@@ -273,17 +285,18 @@ def test_the_path_from_ingress_and_router_to_meshed_strict_with_one_rollback(lab
 
     timeline: list[str] = []
 
-    def step(step_id: str, *extra: str) -> dict[str, Any]:
+    def step(step_id: str, *extra: str, watch: str = WATCH) -> dict[str, Any]:
         before = failed_not_doughnut(lab.bot())
+        since = lab.access_lines()
         t0 = time.monotonic()
-        res = lab.migrate("apply", step_id, "--watch", WATCH, "-o", "json", *extra, check=False)
+        res = lab.migrate("apply", step_id, "--watch", watch, "-o", "json", *extra, check=False)
         outcome: dict[str, Any] = json.loads(res.stdout)
         bot = lab.bot()
         failed = failed_not_doughnut(bot) - before
         timeline.append(f"{step_id}: {time.monotonic() - t0:.0f} s, rolled back "
                         f"{outcome['rolled_back']}, bot failures {failed} "
                         f"(sent {bot['sent']})")  # fmt: skip
-        print(timeline[-1], res.stderr[-1500:], sep="\n")
+        print(timeline[-1], res.stderr[-1500:], *lab.failed_at_ingress(since)[:20], sep="\n")
         outcome["bot_failures"] = failed
         outcome["rc"] = res.returncode
         return outcome
@@ -304,7 +317,8 @@ def test_the_path_from_ingress_and_router_to_meshed_strict_with_one_rollback(lab
     settles(lab.stat, meshed_with_traffic)
 
     # A step that breaks traffic: the router goes while web still sends through it.
-    outcome = step("remove-router", "--force")
+    # Watched longer: the router's pods serve out their preStop pause before web's calls fail.
+    outcome = step("remove-router", "--force", watch="30")
     assert outcome["rc"] == 1 and outcome["rolled_back"], outcome
     assert any(d["workload"] == "emojivoto/web" for d in outcome["drops"]), outcome
     print(f"rollback: drop seen at {outcome['detected_s']:.1f} s, router written back at "
