@@ -47,8 +47,9 @@ SYNC_WAIT = failclosed.HOLD_FOR_TABLE
 RETRYABLE = (OSError, TimeoutError, ssl.SSLError, TunnelRefused, PreambleError)
 # A pod meshed while it runs (its namespace just labelled) is announced as meshed to every agent
 # while its own agent is still opening its tunnel port: a refused tunnel to it is tried again,
-# every TUNNEL_RETRY_S, for up to TUNNEL_OPENING_S, rather than failing the app's connection.
-TUNNEL_OPENING_S = 3.0
+# every TUNNEL_RETRY_S, for up to TUNNEL_OPENING_S (meshing a pod in place takes a certificate,
+# rules and listeners: seconds on a busy node), rather than failing the app's connection.
+TUNNEL_OPENING_S = 5.0
 TUNNEL_RETRY_S = 0.1
 
 
