@@ -68,7 +68,11 @@ def run(
     clock: Callable[[], float] = time.monotonic,
 ) -> Outcome:
     outcome = Outcome(step.id)
-    before = watch.baseline(sample(settings.baseline_window_s), min_requests=settings.min_requests)
+    before = watch.levels(
+        watch.baseline(sample(settings.baseline_window_s), min_requests=settings.min_requests),
+        sample(settings.window_s),
+        min_requests=settings.min_requests,
+    )
     if before:
         echo("success rates before the step: " + ", ".join(
             f"{w} {s.success_rate:.1%}" for w, s in sorted(before.items())

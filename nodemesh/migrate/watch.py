@@ -46,6 +46,21 @@ def baseline(
     }
 
 
+def levels(long: dict[str, Sample], recent: list[Sample], *,
+           min_requests: int = DEFAULT_MIN_REQUESTS) -> dict[str, Sample]:
+    """Each workload's level before a step: the lower of its rate over the long window and
+    over the recent one (the watch's own window). A workload still recovering from an earlier
+    incident has a long-window rate its recent window beats, but that window still holds the
+    incident's tail: judged against the long rate, the next step would be blamed for it."""
+    out = dict(long)
+    for s in recent:
+        was = out.get(s.workload)
+        if (was is not None and s.success_rate is not None and was.success_rate is not None
+                and s.requests >= min_requests and s.success_rate < was.success_rate):
+            out[s.workload] = s
+    return out
+
+
 def drops(
     before: dict[str, Sample],
     now: list[Sample],

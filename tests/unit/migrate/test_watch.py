@@ -44,6 +44,16 @@ def test_silence_everywhere_has_dropped_one_quiet_workload_has_not() -> None:
     assert watch.drops(before, [S("a/b", 0, None), S("a/d", 100, 0.99)]) == []
 
 
+def test_a_workload_still_recovering_is_judged_from_its_recent_level() -> None:
+    long = watch.baseline([S("a/web", 600, 0.86), S("a/emoji", 300, 1.0)])
+    # web's last window still holds an earlier incident's tail; emoji's is as good as ever.
+    level = watch.levels(long, [S("a/web", 170, 0.68), S("a/emoji", 150, 1.0), S("a/x", 3, 0.0)])
+    assert level == {"a/web": S("a/web", 170, 0.68), "a/emoji": S("a/emoji", 300, 1.0)}
+    # The next step is not blamed for the tail, and a real drop is still seen.
+    assert watch.drops(level, [S("a/web", 170, 0.60)]) == []
+    assert watch.drops(level, [S("a/web", 170, 0.30)]) == [watch.Drop("a/web", 0.68, 0.30, 170)]
+
+
 class FakeCluster:
     """Objects by key; rollouts finish after `rollout_polls` polls."""
 
