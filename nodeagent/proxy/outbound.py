@@ -49,6 +49,12 @@ CERT_WAIT = 5.0
 SYNC_WAIT = failclosed.HOLD_FOR_TABLE
 
 RETRYABLE = (OSError, TimeoutError, ssl.SSLError, TunnelRefused, PreambleError)
+# A pod meshed while it runs (its namespace just labelled) is announced as meshed to every agent
+# while its own agent is still opening its tunnel port: a refused tunnel to it is tried again,
+# every TUNNEL_RETRY_S, for up to TUNNEL_OPENING_S (meshing a pod in place takes a certificate,
+# rules and listeners: seconds on a busy node), rather than failing the app's connection.
+TUNNEL_OPENING_S = 5.0
+TUNNEL_RETRY_S = 0.1
 
 
 def report_failed(
@@ -173,8 +179,18 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
     )
     target: Target | None = None
     balancer = rt.balancer
-    for attempt in range(MAX_ATTEMPTS if not route.no_endpoints else 0):
+    opening: Target | None = None  # a meshed target whose tunnel port refused
+    opening_until = time.monotonic() + TUNNEL_OPENING_S
+    attempt = 0
+    while attempt < (MAX_ATTEMPTS if not route.no_endpoints else 0):
         target = balancer.pick(targets, now=time.monotonic(), exclude=tried)
+        if target is None and opening is not None and time.monotonic() < opening_until:
+            # Nothing else to try: wait for that agent to open its tunnel port.
+            await asyncio.sleep(TUNNEL_RETRY_S)
+            if relay.down.lost:
+                break
+            target, opening = opening, None
+            tried.discard(target.key)
         if target is None:
             break
         tried.add(target.key)
@@ -201,6 +217,10 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
             balancer.failed(target.key, now=time.monotonic())
             if relay.down.lost:
                 break
+            if isinstance(exc, ConnectionRefusedError) and target.meshed:
+                opening = target  # not counted as an attempt while its agent opens the port
+            else:
+                attempt += 1
             continue
         except asyncio.CancelledError:
             relay.drop_upstream()

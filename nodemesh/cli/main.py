@@ -12,6 +12,7 @@ from nodemesh.cli.info import dashboard, version
 from nodemesh.cli.install.command import install, uninstall
 from nodemesh.cli.lab import lab
 from nodemesh.cli.mesh import mesh
+from nodemesh.cli.migrate import migrate
 from nodemesh.cli.stat import stat
 from nodemesh.cli.tap import tap
 from nodemesh.cli.top import top
@@ -28,6 +29,7 @@ def cli() -> None:
 
 for command in (install, uninstall, check, stat, top, tap, edges, dashboard, version, mesh, lab):
     cli.add_command(command)
+cli.add_command(migrate)
 
 
 def main() -> None:

@@ -379,7 +379,14 @@ class PodRunner:
         self.lab.on_change(self.pod)
 
     async def stop(self) -> None:
-        """Stop containers (SIGTERM, then SIGKILL after the grace period), then the sandbox."""
+        """Stop containers (preStop, SIGTERM, then SIGKILL after the grace period), then the
+        sandbox."""
+        # A preStop `sleep` (Kubernetes' sleep action) keeps the containers serving while the
+        # pod's removal from its Services reaches every client, within the grace period.
+        pause = max((_prestop_sleep(c) for c in self.pod["spec"]["containers"]), default=0.0)
+        grace = float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
+        if pause > 0 and any(p.returncode is None for p in self.procs.values()):
+            await asyncio.sleep(min(pause, grace, GRACE_SECONDS))
         if self._task:
             await cancel_all([self._task, *self._children])
         await asyncio.gather(*(self._terminate(p) for p in self.procs.values()))
@@ -410,3 +417,10 @@ class PodRunner:
             if not any(same_process(pid, start) for pid, start in inits):
                 return
             await asyncio.sleep(0.02)
+
+
+def _prestop_sleep(container: dict[str, Any]) -> float:
+    """Seconds of the container's `lifecycle.preStop.sleep` (0 without one)."""
+    prestop = (container.get("lifecycle") or {}).get("preStop") or {}
+    seconds = (prestop.get("sleep") or {}).get("seconds", 0)
+    return float(seconds) if isinstance(seconds, int | float) and seconds > 0 else 0.0

@@ -72,6 +72,7 @@ class Supervisor:
         self._dirty = asyncio.Event()
         self._reconciler: asyncio.Task[None] | None = None
         self._terminating: set[asyncio.Task[None]] = set()  # pods in their grace period
+        self._stopping_refs: set[ObjectRef] = set()
         self._changes = 0  # bumped by every change; the reconciler records what it has seen
         self._reconciled = 0
         self._stopping = asyncio.Event()
@@ -206,8 +207,8 @@ class Supervisor:
                 for obj in list(self.store.all()):
                     oref = ref_of(obj)
                     if oref.namespace == ref.name:
-                        self.store.delete(oref)
-            self.store.delete(ref)
+                        self._delete(oref)
+            self._delete(ref)
             results.append(f"{ref} deleted")
         self._mark_dirty()
         await self.settle()
@@ -243,7 +244,7 @@ class Supervisor:
                     ),
                     "message": p.get("status", {}).get("message", ""),
                 }
-                for p in self.store.of_kind("Pod")
+                for p in self._live_pods()
             ],
             "services": [
                 {
@@ -263,7 +264,7 @@ class Supervisor:
                     "desired": self._desired(w),
                     "ready": sum(
                         1
-                        for p in self.store.of_kind("Pod")
+                        for p in self._live_pods()
                         if _owned_by(p, w, self.store) and objects.is_ready(p)
                     ),
                 }
@@ -301,7 +302,7 @@ class Supervisor:
             owner = _owner(rs)
             dep = next((d for d in deployments.values() if d["metadata"]["uid"] == owner), None)
             wanted = objects.replicaset_for(dep)["metadata"]["name"] if dep else None
-            if rs["metadata"]["name"] != wanted:
+            if rs["metadata"]["name"] != wanted and (dep is None or self._rolled_out(dep)):
                 self.store.delete(ref_of(rs))  # its pods go with it below
         for dep in deployments.values():
             want = objects.replicaset_for(dep)
@@ -321,7 +322,7 @@ class Supervisor:
         for rs in self.store.of_kind("ReplicaSet"):
             pods = [
                 p
-                for p in self.store.of_kind("Pod", rs["metadata"]["namespace"])
+                for p in self._live_pods(rs["metadata"]["namespace"])
                 if _owner(p) == rs["metadata"]["uid"]
             ]
             missing = rs["spec"]["replicas"] - len(pods)
@@ -335,16 +336,33 @@ class Supervisor:
                     key=lambda p: (objects.is_ready(p), p["metadata"]["creationTimestamp"]),
                 )
                 for p in victims[:-missing]:
-                    self.store.delete(ref_of(p))
+                    self._delete_pod(p)
         rs_uids = {rs["metadata"]["uid"] for rs in self.store.of_kind("ReplicaSet")}
-        for p in self.store.of_kind("Pod"):
+        for p in self._live_pods():
             if _owner_kind(p) == "ReplicaSet" and _owner(p) not in rs_uids:
-                self.store.delete(ref_of(p))
+                self._delete_pod(p)
+
+    def _rolled_out(self, dep: dict[str, Any]) -> bool:
+        """Whether a Deployment's old ReplicaSets may go: at once with `strategy.type: Recreate`,
+        else (RollingUpdate, the default) once the new one has all its replicas ready, so a
+        template change never leaves the Deployment without a ready pod (a surge of up to the
+        whole replica count, with none unavailable)."""
+        if (dep["spec"].get("strategy") or {}).get("type") == "Recreate":
+            return True
+        rs = self.store.get(ref_of(objects.replicaset_for(dep)))
+        if rs is None:
+            return False
+        pods = [
+            p
+            for p in self._live_pods(rs["metadata"]["namespace"])
+            if _owner(p) == rs["metadata"]["uid"]
+        ]
+        return sum(1 for p in pods if objects.is_ready(p)) >= dep["spec"].get("replicas", 1)
 
     def _update_rs_status(self, rs: dict[str, Any], dep: dict[str, Any]) -> None:
         pods = [
             p
-            for p in self.store.of_kind("Pod", rs["metadata"]["namespace"])
+            for p in self._live_pods(rs["metadata"]["namespace"])
             if _owner(p) == rs["metadata"]["uid"]
         ]
         ready = sum(1 for p in pods if objects.is_ready(p))
@@ -368,7 +386,7 @@ class Supervisor:
                 for n in self.nodes
                 if selects(selector, self._node_object(n)["metadata"]["labels"])
             ]
-            pods = [p for p in self.store.of_kind("Pod") if _owner(p) == ds["metadata"]["uid"]]
+            pods = [p for p in self._live_pods() if _owner(p) == ds["metadata"]["uid"]]
             decided = rollout.plan(
                 revision=revision,
                 nodes=nodes,
@@ -376,7 +394,7 @@ class Supervisor:
                 strategy=rollout.strategy_of(ds, len(nodes)),
             )
             for name in decided.delete:
-                self.store.delete(ObjectRef("Pod", ds["metadata"]["namespace"], name))
+                self._delete(ObjectRef("Pod", ds["metadata"]["namespace"], name))
             for node_name in decided.create:
                 name = f"{ds['metadata']['name']}-{objects.random_suffix(self.rng)}"
                 pod = objects.pod_from_template(ds, name=name, node=node_name)
@@ -384,17 +402,22 @@ class Supervisor:
                 self.store.put(pod)
             if decided.delete or decided.create:
                 self._mark_dirty()  # the next step of a rollout may follow at once
-        for p in self.store.of_kind("Pod"):
+        for p in self._live_pods():
             if _owner_kind(p) == "DaemonSet" and _owner(p) not in uids:
-                self.store.delete(ref_of(p))
+                self._delete_pod(p)
 
     async def _reconcile_pods(self) -> None:
-        pods = {ref_of(p): p for p in self.store.of_kind("Pod")}
+        everything = {ref_of(p): p for p in self.store.of_kind("Pod")}
+        pods = {ref: p for ref, p in everything.items() if not _terminating(p)}
         for ref in [ref for ref in self.runners if ref not in pods]:
             runner = self.runners.pop(ref)
-            task = spawn(runner.stop(), name=f"stop pod {runner.key}")
+            self._stopping_refs.add(ref)
+            task = spawn(self._stop_pod(ref, runner), name=f"stop pod {runner.key}")
             self._terminating.add(task)
             task.add_done_callback(self._terminating.discard)
+        for ref, pod in everything.items():
+            if _terminating(pod) and ref not in self.runners and ref not in self._stopping_refs:
+                self.store.delete(ref)  # never started, or its runner is gone
         node_infos = [
             objects.NodeInfo(n.name, self._node_object(n)["metadata"]["labels"]) for n in self.nodes
         ]
@@ -419,6 +442,40 @@ class Supervisor:
             self.runners[ref] = runner
             runner.start()
 
+    async def _stop_pod(self, ref: ObjectRef, runner: PodRunner) -> None:
+        """Stop a deleted pod's containers, then remove its object: until then it stays, marked
+        terminating, as the API server keeps a pod until its kubelet has stopped it (so the
+        mesh still knows the identity of a pod serving its grace period)."""
+        try:
+            await runner.stop()
+        finally:
+            self._stopping_refs.discard(ref)
+            obj = self.store.get(ref)
+            if obj is not None and _terminating(obj):
+                self.store.delete(ref)
+                self._mark_dirty()
+
+    def _live_pods(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        return [p for p in self.store.of_kind("Pod", namespace) if not _terminating(p)]
+
+    def _delete_pod(self, pod: dict[str, Any]) -> None:
+        """Mark a pod terminating (deletionTimestamp, not ready): it leaves its Services at once;
+        its object goes once its containers have stopped."""
+        if _terminating(pod):
+            return
+        pod["metadata"]["deletionTimestamp"] = objects.now()
+        objects.set_ready(pod, False)
+        self.store.put(pod)
+
+    def _delete(self, ref: ObjectRef) -> None:
+        obj = self.store.get(ref)
+        if obj is None:
+            return
+        if ref.kind == "Pod":
+            self._delete_pod(obj)
+        else:
+            self.store.delete(ref)
+
     def rollout_restart(self, namespace: str, name: str) -> str:
         """`kubectl rollout restart ds/NAME`: a new template revision, rolled by the strategy."""
         ds = self._daemonset(namespace, name)
@@ -433,7 +490,7 @@ class Supervisor:
     def rollout_status(self, namespace: str, name: str) -> dict[str, Any]:
         ds = self._daemonset(namespace, name)
         revision = objects.template_hash(ds["spec"]["template"])
-        pods = [p for p in self.store.of_kind("Pod") if _owner(p) == ds["metadata"]["uid"]]
+        pods = [p for p in self._live_pods() if _owner(p) == ds["metadata"]["uid"]]
         updated = [p for p in pods if _ds_pod(p).revision == revision]
         desired = self._desired(ds)
         ready = sum(1 for p in updated if objects.is_ready(p))
@@ -512,6 +569,10 @@ class Supervisor:
             *(r.stop() for r in self.runners.values()), *self._terminating, return_exceptions=True
         )
         self.runners.clear()
+
+
+def _terminating(pod: dict[str, Any]) -> bool:
+    return bool(pod.get("metadata", {}).get("deletionTimestamp"))
 
 
 def _owned_by(pod: dict[str, Any], workload: dict[str, Any], store: Store) -> bool:
