@@ -372,7 +372,7 @@ def apply(name: str, filename: Path, wait: bool, timeout: int) -> None:
 @click.option(
     "--ignore-not-found",
     is_flag=True,
-    help="As kubectl's: also skip kinds the lab does not keep (ClusterRole, ...), so "
+    help="As kubectl's: also skip kinds the lab does not keep (CustomResourceDefinition, ...), so "
     "`nodemesh uninstall | nodemesh lab delete --ignore-not-found -f -` works.",
 )
 def delete(name: str, filename: Path, ignore_not_found: bool) -> None:

@@ -10,7 +10,8 @@
   again, in that order: a conflist never names nodemesh-cni while its executable is missing (a
   sampler reads both nodes' files all along), and a pod created after each step starts.
 
-One lab for the module (nodes node1, node2; no demo app: test_lab_mesh covers emojivoto).
+One lab, one test (the leak check looks at each test alone, and rolling the agents renames
+their pods); nodes node1, node2, no demo app (test_lab_mesh covers emojivoto's enrolment).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def nm(*args: str, stdin: str | None = None) -> str:
     return res.stdout
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def lab() -> Iterator[LabPaths]:
     name = PREFIX + uuid.uuid4().hex[:6]
     try:
@@ -115,7 +116,7 @@ def pod_ready(paths: LabPaths, ns: str, name: str) -> bool:
     return any(p["name"] == name and p["ready"] for p in pods(paths, ns))
 
 
-def test_the_agent_daemonset_is_the_rendered_one_and_runs_as_rendered(lab: LabPaths) -> None:
+def the_agent_daemonset_is_the_rendered_one_and_runs_as_rendered(lab: LabPaths) -> None:
     rendered = agent_install.daemonset(LAB_VALUES)
     ds = stored(lab, "DaemonSet", "nodemesh", "nodemesh-agent")
     assert ds["spec"]["updateStrategy"] == rendered["spec"]["updateStrategy"]
@@ -137,17 +138,16 @@ def test_the_agent_daemonset_is_the_rendered_one_and_runs_as_rendered(lab: LabPa
         for ln in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
     }
     assert "ro" in mounts["/"], mounts["/"]
-    for writable in ("/run/xtables.lock", "/var/run/nodemesh", "/run/netns", "/tmp"):
+    # (mountinfo names /var/run/... by its real path, /run/...)
+    for writable in ("/run/xtables.lock", "/run/nodemesh", "/run/netns", "/tmp"):
         assert "rw" in mounts[writable], (writable, mounts[writable])
-    assert (
-        "ro" in mounts["/etc/nodemesh/trust"] and "ro" in mounts["/var/run/secrets/nodemesh/token"]
-    )
+    assert "ro" in mounts["/etc/nodemesh/trust"] and "ro" in mounts["/run/secrets/nodemesh/token"]
     root = Path(f"/proc/{pid}/root")
     # The configMap's trust anchor is the lab's; the projected token is node1's agent token.
     assert (root / "etc/nodemesh/trust/ca.crt").read_bytes() == (
         lab.identity / "ca.crt"
     ).read_bytes()
-    token = (root / "var/run/secrets/nodemesh/token/token").read_text().strip()
+    token = (root / "run/secrets/nodemesh/token/token").read_text().strip()
     assert token == (lab.agent_credentials("node1") / "token").read_text().strip()
     # hostPaths are the lab node's own: its run dir holds the agent's socket and state.
     assert (lab.run_dir("node1") / "cni.sock").is_socket()
@@ -173,19 +173,23 @@ def apply_mesh(paths: LabPaths, **kw: Any) -> None:
        "--timeout", "180")  # fmt: skip
 
 
-def test_without_the_xtables_lock_volume_no_meshed_pod_starts(
+def without_the_xtables_lock_volume_no_meshed_pod_starts(
     lab: LabPaths, tmp_path: Path
 ) -> None:
     apply_mesh(lab, change_daemonset=without_xtables_lock)
     try:
         start_pod(lab, tmp_path, "locked", "web", meshed=True)
-        time.sleep(15)
+
+        def agent_logs() -> str:
+            return "".join(
+                (lab.logs("nodemesh", p["name"]) / "agent.log").read_text()
+                for p in agent_pods(lab)
+            )
+
+        wait_for("the agent's enrolment error", lambda: "can't open lock file /run/xtables.lock: "
+                 "Read-only file system" in agent_logs())  # fmt: skip
         pod = next(p for p in pods(lab, "locked") if p["name"] == "web")
-        assert not pod["ready"], pod
-        logs = "".join(
-            (lab.logs("nodemesh", p["name"]) / "agent.log").read_text() for p in agent_pods(lab)
-        )
-        assert "can't open lock file /run/xtables.lock: Read-only file system" in logs
+        assert not pod["ready"] and "xtables.lock" in pod["message"], pod
     finally:
         apply_mesh(lab)
     wait_for("the meshed pod to start with the rendered DaemonSet",
@@ -220,7 +224,7 @@ class Sampler(threading.Thread):
             time.sleep(0.002)
 
 
-def test_install_cni_killed_restarted_and_uninstalled_never_leaves_an_entry_without_binary(
+def install_cni_killed_restarted_and_uninstalled_never_leaves_an_entry_without_binary(
     lab: LabPaths, tmp_path: Path
 ) -> None:
     wait_for("agents ready", lambda: agents_ready(lab))
@@ -243,8 +247,12 @@ def test_install_cni_killed_restarted_and_uninstalled_never_leaves_an_entry_with
         step("install-cni killed")
         os.kill(container_pid(lab, node1, "install-cni"), signal.SIGTERM)
         step("install-cni stopped (a restart: its DaemonSet stays)")
-        nm("lab", "delete", "--name", lab.name, "-f", "-",
-           stdin=f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {node1}, namespace: nodemesh}}\n")  # fmt: skip
+        pod_doc = yaml.safe_dump(
+            {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": node1, "namespace": "nodemesh"},
+             "spec": {"containers": [{"name": "agent", "command": ["nodemesh-agent"]}]}}
+        )  # fmt: skip
+        nm("lab", "delete", "--name", lab.name, "-f", "-", stdin=pod_doc)
         wait_for("a new agent pod on node1", lambda: len(agents_ready(lab)) == 2
                  and node1 not in {p["name"] for p in agent_pods(lab)}, timeout=120)  # fmt: skip
         step("its agent pod deleted")
@@ -263,3 +271,9 @@ def test_install_cni_killed_restarted_and_uninstalled_never_leaves_an_entry_with
     assert sampler.samples > 100 and sampler.plugged > 0, (sampler.samples, sampler.plugged)
     assert not sampler.unplugged, f"entry without its binary in {len(sampler.unplugged)} samples"
     assert len(steps) == 5
+
+
+def test_the_rendered_agent_daemonset_in_the_lab(lab: LabPaths, tmp_path: Path) -> None:
+    the_agent_daemonset_is_the_rendered_one_and_runs_as_rendered(lab)
+    without_the_xtables_lock_volume_no_meshed_pod_starts(lab, tmp_path)
+    install_cni_killed_restarted_and_uninstalled_never_leaves_an_entry_without_binary(lab, tmp_path)
