@@ -173,17 +173,14 @@ def apply_mesh(paths: LabPaths, **kw: Any) -> None:
        "--timeout", "180")  # fmt: skip
 
 
-def without_the_xtables_lock_volume_no_meshed_pod_starts(
-    lab: LabPaths, tmp_path: Path
-) -> None:
+def without_the_xtables_lock_volume_no_meshed_pod_starts(lab: LabPaths, tmp_path: Path) -> None:
     apply_mesh(lab, change_daemonset=without_xtables_lock)
     try:
         start_pod(lab, tmp_path, "locked", "web", meshed=True)
 
         def agent_logs() -> str:
             return "".join(
-                (lab.logs("nodemesh", p["name"]) / "agent.log").read_text()
-                for p in agent_pods(lab)
+                (lab.logs("nodemesh", p["name"]) / "agent.log").read_text() for p in agent_pods(lab)
             )
 
         wait_for("the agent's enrolment error", lambda: "can't open lock file /run/xtables.lock: "
