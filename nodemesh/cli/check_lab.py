@@ -91,7 +91,7 @@ def _pod_object(paths: LabPaths, namespace: str, name: str) -> dict[str, Any]:
 
 
 def _enrolled(paths: LabPaths, node: str) -> dict[tuple[str, str], bool] | str:
-    path = paths.node_dir(node) / "agent-state.json"
+    path = paths.run_dir(node) / "agent-state.json"
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -200,7 +200,7 @@ def pod_checks(paths: LabPaths, status: dict[str, Any], api: PublicApi | None) -
                     f"{what} enrolled",
                     f"the agent on {node} has not enrolled it",
                     f"restart the pod, or see the agent's log on {node} and "
-                    f"{paths.node_dir(node)}/nodemesh-cni.log",
+                    f"{paths.node_log_dir(node)}/nodemesh-cni.log",
                 )
             )
             continue

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import click
 import yaml
 
+from nodemesh.cli.lab_mesh import mesh_manifest
 from nodemesh.identity import create_issuer_files
 from nodemesh.lab.access import create_lab_access
 from nodemesh.lab.client import LabClient, LabRequestFailed, LabUnavailable
@@ -29,7 +30,6 @@ from nodemesh.lab.teardown import down as teardown
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_MANIFEST = REPO / "manifests" / "examples" / "emojivoto.yml"
-MESH_MANIFEST = REPO / "manifests" / "lab" / "nodemesh.yml"
 NEEDED = {
     "ip": "iproute2",
     "nsenter": "util-linux",
@@ -155,7 +155,7 @@ def up(
             create_lab_access(paths.access)
         _start_supervisor(paths, timeout=timeout)
         if mesh:
-            _apply_text(paths, _mesh_manifest(paths, agent_args), source=str(MESH_MANIFEST))
+            _apply_text(paths, mesh_manifest(paths, agent_args), source="nodemesh lab mesh")
             _wait_ready(paths, timeout=timeout - (time.monotonic() - started))
         if demo:
             _apply_file(paths, DEMO_MANIFEST)
@@ -265,19 +265,6 @@ def _apply_text(paths: LabPaths, text: str, *, source: str) -> list[str]:
     return _call(paths, {"op": "apply", "docs": docs, "source": source})["results"]
 
 
-def _mesh_manifest(paths: LabPaths, agent_args: Sequence[str] = ()) -> str:
-    text = MESH_MANIFEST.read_text().replace("__LAB_ROOT__", str(paths.root))
-    if not agent_args:
-        return text
-    docs = list(yaml.safe_load_all(text))
-    for doc in docs:
-        if doc and doc.get("kind") == "DaemonSet":
-            for container in doc["spec"]["template"]["spec"]["containers"]:
-                if container.get("command") == ["nodemesh-agent"]:
-                    container["args"] = [*container.get("args", []), *agent_args]
-    return yaml.safe_dump_all(docs, sort_keys=False)
-
-
 def _call(paths: LabPaths, request: dict[str, Any]) -> dict[str, Any]:
     try:
         return LabClient(paths).call(request)
@@ -385,7 +372,7 @@ def apply(name: str, filename: Path, wait: bool, timeout: int) -> None:
 @click.option(
     "--ignore-not-found",
     is_flag=True,
-    help="As kubectl's: also skip kinds the lab does not keep (ClusterRole, ...), so "
+    help="As kubectl's: also skip kinds the lab does not keep (CustomResourceDefinition, ...), so "
     "`nodemesh uninstall | nodemesh lab delete --ignore-not-found -f -` works.",
 )
 def delete(name: str, filename: Path, ignore_not_found: bool) -> None:

@@ -110,13 +110,37 @@ def find_plugin(plugin_type: str, cni_path: Sequence[str]) -> str:
     raise CniError(plugin_type, 7, f"plugin {plugin_type!r} not found in {list(cni_path)}")
 
 
+# A plugin runs with the node's files (a mount namespace of its own): the node's /run (its
+# /run/netns, /run/nodemesh, /run/cni) and /var/log. The executable is opened before, as it may
+# lie in the node's directory, which the node's own /run hides.
+NODE_VIEW = (
+    'exec 3<"$1" || exit 1; '
+    'mount --bind "$2/var/log" /var/log && mount --rbind "$2/run" /run && exec /proc/self/fd/3'
+)
+
+
 class CniRunner:
     """Executes plugin chains inside a node's network namespace, as its runtime would."""
 
-    def __init__(self, *, node_netns_path: str, cni_path: Sequence[str], timeout: float = 30):
+    def __init__(
+        self,
+        *,
+        node_netns_path: str,
+        cni_path: Sequence[str],
+        timeout: float = 30,
+        node_root: str | None = None,
+    ):
         self.node_netns_path = node_netns_path
         self.cni_path = list(cni_path)
         self.timeout = timeout
+        self.node_root = node_root
+
+    def argv(self, exe: str) -> list[str]:
+        argv = ["nsenter", f"--net={self.node_netns_path}"]
+        if self.node_root is None:
+            return [*argv, exe]
+        return [*argv, "unshare", "--mount", "--propagation", "slave",
+                "sh", "-c", NODE_VIEW, "cni-node-view", exe, self.node_root]  # fmt: skip
 
     async def run_chain(
         self,
@@ -154,9 +178,7 @@ class CniRunner:
         exe = find_plugin(inv.plugin_type, self.cni_path)
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **inv.env}
         proc = await asyncio.create_subprocess_exec(
-            "nsenter",
-            f"--net={self.node_netns_path}",
-            exe,
+            *self.argv(exe),
             env=env,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

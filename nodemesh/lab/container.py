@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,27 @@ HOSTPATH_TYPES = {
 }
 
 
+# A node's own files: hostPaths under these are each lab node's (its directory stands in for
+# the node's root filesystem), as the agent DaemonSet's are on a cluster. Other hostPaths are this
+# machine's, shared by every lab node (test fixtures, the lab's own state under its directory).
+NODE_PATHS = ("/etc/cni", "/opt/cni", "/run", "/var/run", "/var/lib/cni", "/var/log")
+# configMap, secret and projected volumes: the files of a volume (path -> content, mode), or
+# ContainerConfigError naming what is missing (the kubelet's CreateContainerConfigError).
+VolumeFiles = Callable[[dict[str, Any]], dict[str, tuple[bytes, int]]]
+
+
+def node_host_path(path: Path, *, node_root: Path | None, lab_root: Path) -> Path:
+    """Where a hostPath lies for a pod on the node whose root is `node_root`."""
+    if node_root is None or lab_root.parent in (path, *path.parents):
+        return path
+    if not any(path == Path(p) or Path(p) in path.parents for p in NODE_PATHS):
+        return path
+    rel = path.relative_to("/")
+    if rel.parts[:2] == ("var", "run"):  # /var/run is /run on a node
+        rel = Path("run", *rel.parts[2:])
+    return node_root / rel
+
+
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -168,8 +190,11 @@ def volume_mounts(
     volume_dir: Path,
     lab_root: Path,
     where: str,
+    node_root: Path | None = None,
+    volume_files: VolumeFiles | None = None,
 ) -> list[Mount]:
-    """Each volumeMount as a bind mount from the host; emptyDirs live in `volume_dir`."""
+    """Each volumeMount as a bind mount from the host; emptyDirs and the files of configMap,
+    secret and projected volumes live in `volume_dir`."""
     volumes = {v.get("name"): v for v in pod["spec"].get("volumes") or []}
     mounts = []
     for i, vm in enumerate(container.get("volumeMounts") or []):
@@ -180,17 +205,23 @@ def volume_mounts(
         target = str(vm.get("mountPath") or "")
         if not target.startswith("/"):
             raise ContainerConfigError(f"{at}.mountPath: must be an absolute path, not {target!r}")
+        read_only = bool(vm.get("readOnly"))
         if "hostPath" in vol:
-            source = _host_path(vol, lab_root=lab_root, where=f"volume {vol['name']!r}")
+            source = _host_path(
+                vol, lab_root=lab_root, node_root=node_root, where=f"volume {vol['name']!r}"
+            )
         elif "emptyDir" in vol:
             source = volume_dir / str(vol["name"])
             source.mkdir(parents=True, exist_ok=True)
             source.chmod(0o777)  # as the kubelet makes them: any user of the pod may write
+        elif volume_files is not None and any(k in vol for k in FILE_VOLUMES):
+            source = _write_files(volume_dir / str(vol["name"]), volume_files(vol))
+            read_only = True  # the kubelet mounts these read-only whatever the mount says
         else:
             kinds = sorted(k for k in vol if k != "name")
             raise ContainerConfigError(
-                f"spec.volumes ({vol['name']}): the lab supports hostPath and emptyDir volumes, "
-                f"not {', '.join(kinds) or 'an empty volume'}"
+                f"spec.volumes ({vol['name']}): the lab supports hostPath, emptyDir, configMap, "
+                f"secret and projected volumes, not {', '.join(kinds) or 'an empty volume'}"
             )
         sub = vm.get("subPath") or (
             expand(str(vm["subPathExpr"]), env) if vm.get("subPathExpr") else ""
@@ -207,7 +238,7 @@ def volume_mounts(
             Mount(
                 source=str(source),
                 target=target,
-                read_only=bool(vm.get("readOnly")),
+                read_only=read_only,
                 host_to_container=vm.get("mountPropagation")
                 in ("HostToContainer", "Bidirectional"),
             )
@@ -215,11 +246,32 @@ def volume_mounts(
     return mounts
 
 
-def _host_path(vol: dict[str, Any], *, lab_root: Path, where: str) -> Path:
+FILE_VOLUMES = ("configMap", "secret", "projected", "downwardAPI")
+
+
+def _write_files(directory: Path, files: dict[str, tuple[bytes, int]]) -> Path:
+    """A volume's files, written afresh (the kubelet's atomic writer, simplified)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for rel, (data, mode) in files.items():
+        if rel.startswith("/") or ".." in Path(rel).parts:
+            raise ContainerConfigError(f"volume file path {rel!r} must be relative, inside it")
+        path = directory / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.chmod(mode)
+        tmp.replace(path)
+    return directory
+
+
+def _host_path(
+    vol: dict[str, Any], *, lab_root: Path, where: str, node_root: Path | None = None
+) -> Path:
     spec = vol["hostPath"] or {}
     path, kind = Path(str(spec.get("path") or "")), str(spec.get("type") or "")
     if not path.is_absolute():
         raise ContainerConfigError(f"{where}.hostPath.path: must be absolute, not {str(path)!r}")
+    path = node_host_path(path, node_root=node_root, lab_root=lab_root)
     if kind not in HOSTPATH_TYPES:
         raise ContainerConfigError(f"{where}.hostPath.type: unknown type {kind!r}")
     if kind in ("DirectoryOrCreate", "FileOrCreate") and not path.exists():
@@ -258,6 +310,8 @@ def container_spec(
     env: dict[str, str],
     volume_dir: Path,
     lab_root: Path,
+    node_root: Path | None = None,
+    volume_files: VolumeFiles | None = None,
 ) -> dict[str, Any]:
     """The JSON spec container_init.py's `run` takes."""
     where = (
@@ -295,7 +349,14 @@ def container_spec(
         "mounts": [
             m.as_dict()
             for m in volume_mounts(
-                pod, container, env=env, volume_dir=volume_dir, lab_root=lab_root, where=where
+                pod,
+                container,
+                env=env,
+                volume_dir=volume_dir,
+                lab_root=lab_root,
+                where=where,
+                node_root=node_root,
+                volume_files=volume_files,
             )
         ]
         + [m.as_dict() for m in image],

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC = 32, 4096, 16384
+MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC = 32, 4096, 8192, 16384
 MS_PRIVATE, MS_SLAVE = 1 << 18, 1 << 19
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 38, 47
@@ -166,10 +166,75 @@ def _make_target(target: str, *, is_dir: bool, writable_roots: list[str]) -> Non
         open(target, "a").close()
 
 
+def _under(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _missing_outside(spec: dict) -> list[tuple[str, bool]]:
+    """Mount points the container declares that the host does not have and that lie outside
+    the paths the container hides (where the lab could make them): (path, is_dir) each."""
+    hidden = [h["path"] for h in spec["hide"]]
+    out = []
+    for m in spec["mounts"]:
+        target = m["target"]
+        if not os.path.exists(target) and not _under(os.path.realpath(target), hidden):
+            out.append((target, os.path.isdir(m["source"])))
+    return out
+
+
+def _top_mounts() -> list[str]:
+    """Mount points of the mounts right under this namespace's root mount (/proc, /sys, /dev,
+    the /etc/hosts binds of `ip netns exec` ...), shallowest first."""
+    entries = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4].encode().decode("unicode_escape")
+            entries.append((fields[0], fields[1], point))
+    root = [mid for mid, _, point in entries if point == "/"][-1]
+    return [point for mid, parent, point in entries if parent == root and mid != root]
+
+
+def overlay_root(make: list[tuple[str, bool]]) -> None:
+    """The image's own copy of the root: an overlay of the host's root filesystem with a
+    throw-away upper layer, so mount points the image would have (/host/..., /etc/<app>) can be
+    made in it as runc makes them in an image, and never on the host. The host's other mounts
+    (/proc, /sys, /dev, the netns' /etc binds, /run/netns ...) are bound back in it."""
+    tops = [(p, os.open(p, os.O_PATH | os.O_CLOEXEC)) for p in _top_mounts()]
+    stage = "/run"  # hidden from the container anyway
+    _tmpfs(stage, "700")
+    for d in ("upper", "work", "root"):
+        os.mkdir(f"{stage}/{d}")
+    new = f"{stage}/root"
+    mount("overlay", new, "overlay", 0,
+          f"lowerdir=/,upperdir={stage}/upper,workdir={stage}/work")  # fmt: skip
+    for point, fd in tops:
+        target = new + point
+        if not os.path.lexists(target):
+            is_dir = os.path.isdir(f"/proc/self/fd/{fd}")
+            os.makedirs(target if is_dir else os.path.dirname(target), exist_ok=True)
+            if not is_dir:
+                open(target, "a").close()
+        mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+        os.close(fd)
+    for path, is_dir in make:
+        target = new + path
+        os.makedirs(target if is_dir else os.path.dirname(target), exist_ok=True)
+        if not is_dir:
+            open(target, "a").close()
+    os.chdir(new)
+    mount(".", "/", None, MS_MOVE)
+    _check(libc.chroot(b"."), "chroot")
+    os.chdir("/")
+
+
 def setup_view(spec: dict) -> None:
     """Everything that happens in the mount namespace before the entrypoint's PID namespace."""
+    make = _missing_outside(spec)
     # Open volume sources first: the tmpfs mounts below may hide them.
     sources = [os.open(m["source"], os.O_PATH | os.O_CLOEXEC) for m in spec["mounts"]]
+    if make:
+        overlay_root(make)
     if spec["readOnlyRoot"]:
         read_only("/", recursive=True)
     hidden, hidden_fds = [], []

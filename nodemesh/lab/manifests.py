@@ -20,8 +20,18 @@ from nodemesh.lab import rollout
 # Kinds the lab runs. Others that a cluster would accept but the lab has no use for are stored
 # as they are (ServiceAccount, ConfigMap, ...) so the same file applies unchanged.
 RUN_KINDS = {"Namespace", "Deployment", "Service", "Pod", "DaemonSet"}
-STORED_KINDS = {"ServiceAccount", "ConfigMap", "Secret", authz.KIND}
-CLUSTER_SCOPED = {"Namespace", "Node"}
+# RBAC objects are read by the lab's API server stand-in (nodemesh.lab.apiserver).
+STORED_KINDS = {
+    "ServiceAccount",
+    "ConfigMap",
+    "Secret",
+    authz.KIND,
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+}
+CLUSTER_SCOPED = {"Namespace", "Node", "ClusterRole", "ClusterRoleBinding"}
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")

@@ -21,6 +21,10 @@ HAIRPIN_CHAIN = "NM-LAB-HAIRPIN"
 CLUSTER_DOMAIN = "cluster.local"
 CLUSTER_DNS = "10.96.0.10"
 SERVICE_CIDR = "10.96.0.0/16"
+# The lab's API server stand-in (nodemesh.lab.apiserver) listens on the underlay bridge.
+APISERVER_IP = str(UNDERLAY_CIDR.network_address + 254)
+# host-local's store as the node sees it (the lab runs CNI plugins with the node's /run).
+NODE_IPAM_DIR = "/run/cni/networks"
 
 
 class CommandError(RuntimeError):
@@ -214,11 +218,15 @@ class Network:
         await run("ip", "-n", ul, "link", "add", "br0", "type", "bridge")
         await run("ip", "-n", ul, "link", "set", "br0", "up")
         await run("ip", "-n", ul, "link", "set", "lo", "up")
+        await run("ip", "-n", ul, "addr", "add", f"{APISERVER_IP}/{UNDERLAY_CIDR.prefixlen}",
+                  "dev", "br0")  # fmt: skip
         for node in self.nodes:
             await self.add_netns(self.paths.node_netns(node.name))
         for node in self.nodes:
             for cmd in node_commands(self.paths, node, self.nodes):
                 await run("ip", *cmd)
+        for node in self.nodes:  # answers of the API server stand-in to pods: via their node
+            await run("ip", "-n", ul, "route", "add", node.pod_cidr, "via", node.ip)
         for node in self.nodes:
             ns = self.paths.node_netns(node.name)
             await run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")

@@ -78,7 +78,23 @@ class LabPaths:
         return self.node_dir(node) / "opt" / "cni" / "bin"
 
     def ipam_dir(self, node: str) -> Path:
-        return self.node_dir(node) / "var" / "lib" / "cni" / "networks"
+        """host-local's store, /run/cni/networks as the node sees it (its /run is the node's)."""
+        return self.node_dir(node) / "run" / "cni" / "networks"
+
+    def node_run_dir(self, node: str) -> Path:
+        """The node's /run (and /var/run)."""
+        return self.node_dir(node) / "run"
+
+    def node_netns_dir(self, node: str) -> Path:
+        """The node's /run/netns: a bind mount of each of its pods' netns."""
+        return self.node_run_dir(node) / "netns"
+
+    def run_dir(self, node: str) -> Path:
+        """nodemesh's run dir on the node (/var/run/nodemesh): the agent's CNI socket, state."""
+        return self.node_run_dir(node) / "nodemesh"
+
+    def node_log_dir(self, node: str) -> Path:
+        return self.node_dir(node) / "var" / "log"
 
     # Network namespace names all start with "nm-<lab>-" so they are easy to tell apart.
     @property

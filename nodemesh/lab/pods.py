@@ -64,10 +64,21 @@ class LabContext:
     env_path: str
     on_change: Callable[[dict[str, Any]], None]
     services: Callable[[], list[dict[str, Any]]]
+    # The files of a configMap/secret/projected volume of a pod on a node (nodemesh.lab.volumes).
+    volume_files: Callable[
+        [dict[str, Any], NodeSpec, dict[str, Any]], dict[str, tuple[bytes, int]]
+    ] = lambda pod, node, vol: {}
+    # What a kubelet puts in every container's environment to reach the API server.
+    api_env: dict[str, str] = field(default_factory=dict)
 
 
 def container_env(
-    container: dict[str, Any], pod: dict[str, Any], *, node: NodeSpec, path: str
+    container: dict[str, Any],
+    pod: dict[str, Any],
+    *,
+    node: NodeSpec,
+    path: str,
+    api_env: dict[str, str] | None = None,
 ) -> dict[str, str]:
     meta, spec, status = pod["metadata"], pod["spec"], pod.get("status", {})
     fields = {
@@ -89,6 +100,7 @@ def container_env(
         "POD_IP": status.get("podIP", ""),
         "NODE_NAME": node.name,
         "PYTHONUNBUFFERED": "1",
+        **(api_env or {}),
     }
     for item in container.get("env") or []:
         if "value" in item:
@@ -175,6 +187,11 @@ class PodRunner:
         ledger.path_created(etc)
         self.sandbox_made = True
         await run("ip", "netns", "add", self.netns)
+        # The node's own /run/netns holds it too: the CNI chain (run with the node's view) and
+        # the node agent (hostPath /var/run/netns) find the pod's netns there, as on a node.
+        on_node = self._node_netns_file
+        on_node.touch()
+        await run("mount", "--bind", self.attachment.netns, str(on_node))
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "resolv.conf").write_text(render_resolv(self.namespace))
         (etc / "hosts").write_text("127.0.0.1\tlocalhost\n")
@@ -216,6 +233,11 @@ class PodRunner:
                 except (CniError, OSError, ValueError) as e:
                     log.warning("pod %s: CNI DEL failed: %s", self.key, e)
         self.cni_result = None
+        on_node = self._node_netns_file
+        if on_node.exists():
+            if os.path.ismount(on_node):
+                await run("umount", "-l", str(on_node))
+            on_node.unlink(missing_ok=True)
         if Path(self.attachment.netns).exists():
             await kill_processes_in(self.attachment.netns)
             await run("ip", "netns", "del", self.netns)
@@ -292,10 +314,22 @@ class PodRunner:
 
     async def _start_container(self, container: dict[str, Any]) -> asyncio.subprocess.Process:
         name = container["name"]
-        env = container_env(container, self.pod, node=self.node.spec, path=self.lab.env_path)
+        env = container_env(
+            container,
+            self.pod,
+            node=self.node.spec,
+            path=self.lab.env_path,
+            api_env=self.lab.api_env,
+        )
         argv = [expand(str(a), env) for a in [*container["command"], *container.get("args", [])]]
         spec = container_spec(
-            self.pod, container, env=env, volume_dir=self._volume_dir, lab_root=self.lab.paths.root
+            self.pod,
+            container,
+            env=env,
+            volume_dir=self._volume_dir,
+            lab_root=self.lab.paths.root,
+            node_root=self.lab.paths.node_dir(self.node.spec.name),
+            volume_files=lambda vol: self.lab.volume_files(self.pod, self.node.spec, vol),
         )
         logdir = self.lab.paths.logs(self.namespace, self.name)
         logdir.mkdir(parents=True, exist_ok=True)
@@ -311,6 +345,10 @@ class PodRunner:
         self.lab.ledger.process(proc.pid, role=f"container {self.key}/{name}")
         self.procs[name] = proc
         return proc
+
+    @property
+    def _node_netns_file(self) -> Path:
+        return self.lab.paths.node_netns_dir(self.node.spec.name) / self.netns
 
     @property
     def _volume_dir(self) -> Path:

@@ -21,7 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nodemesh.lab import objects, rollout
+from nodemesh.lab import objects, rollout, volumes
+from nodemesh.lab.apiserver import PORT as API_PORT
+from nodemesh.lab.apiserver import ApiServer
 from nodemesh.lab.cni import CniRunner
 from nodemesh.lab.config import LabConfig
 from nodemesh.lab.forward import Forwarder
@@ -36,6 +38,8 @@ from nodemesh.lab.manifests import (
     selects,
 )
 from nodemesh.lab.network import (
+    APISERVER_IP,
+    NODE_IPAM_DIR,
     Network,
     NodeSpec,
     bridge_conflist,
@@ -44,9 +48,11 @@ from nodemesh.lab.network import (
     render_service_rules,
     service_routes,
 )
+from nodemesh.lab.network import run as run_cmd
 from nodemesh.lab.paths import ETC_NETNS, LabPaths
 from nodemesh.lab.pods import LabContext, NodeContext, PodRunner
 from nodemesh.lab.store import Store
+from nodemesh.netns import socket_in_netns
 from nodemesh.tasks import cancel_all, spawn
 
 log = logging.getLogger("nodemesh.lab.supervisor")
@@ -87,17 +93,23 @@ class Supervisor:
             env_path=f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             on_change=self._pod_changed,
             services=lambda: self.store.of_kind("Service"),
+            volume_files=self._volume_files,
+            api_env={
+                "KUBERNETES_SERVICE_HOST": APISERVER_IP,
+                "KUBERNETES_SERVICE_PORT": str(API_PORT),
+                "KUBERNETES_SERVICE_PORT_HTTPS": str(API_PORT),
+            },
         )
+        self.api = ApiServer(self.store, directory=self.paths.root / "apiserver", ip=APISERVER_IP)
 
     # ----- start-up --------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.network.build()
         for node in self.nodes:
+            await self._make_node_root(node)
             conf_dir = self.paths.cni_conf_dir(node.name)
-            conf_dir.mkdir(parents=True, exist_ok=True)
-            self.paths.cni_bin_dir(node.name).mkdir(parents=True, exist_ok=True)
-            conflist = bridge_conflist(node, ipam_dir=str(self.paths.ipam_dir(node.name)))
+            conflist = bridge_conflist(node, ipam_dir=NODE_IPAM_DIR)
             (conf_dir / "10-lab-bridge.conflist").write_text(json.dumps(conflist, indent=2))
             netns = self.paths.node_netns(node.name)
             self.lab.nodes[node.name] = NodeContext(
@@ -107,6 +119,7 @@ class Supervisor:
                 cni=CniRunner(
                     node_netns_path=f"/run/netns/{netns}",
                     cni_path=[str(self.paths.cni_bin_dir(node.name)), *CNI_PATH],
+                    node_root=str(self.paths.node_dir(node.name)),
                 ),
             )
             self.store.put(self._node_object(node))
@@ -120,7 +133,48 @@ class Supervisor:
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(ns, namespace=None)}
             )
         await self.forwarder.start(self.config.forwards)
+        await self.api.start(lambda: socket_in_netns(self.paths.underlay_netns))
         self._reconciler = spawn(self._reconcile_loop(), name="reconcile")
+
+    async def _make_node_root(self, node: NodeSpec) -> None:
+        """The node's own root filesystem, for the paths a node's pods and CNI plugins use:
+        etc/cni/net.d, opt/cni/bin, run (= var/run) with run/netns shared like a node's (pods'
+        netns appear in it, also inside containers that mounted it), var/log."""
+        paths = self.paths
+        for d in (
+            paths.cni_conf_dir(node.name),
+            paths.cni_bin_dir(node.name),
+            paths.node_netns_dir(node.name),
+            paths.node_log_dir(node.name),
+        ):
+            d.mkdir(parents=True, exist_ok=True)
+        (paths.node_dir(node.name) / "var" / "run").symlink_to("../run")
+        netns_dir = str(paths.node_netns_dir(node.name))
+        await run_cmd("mount", "--bind", netns_dir, netns_dir)
+        await run_cmd("mount", "--make-shared", netns_dir)
+
+    def _volume_files(
+        self, pod: dict[str, Any], node: NodeSpec, vol: dict[str, Any]
+    ) -> dict[str, tuple[bytes, int]]:
+        return volumes.volume_files(
+            pod, vol, get=self._object_for_volume, token=lambda ns, sa, aud, _pod: (
+                self._token(ns, sa, aud, node)
+            ),
+        )  # fmt: skip
+
+    def _object_for_volume(self, ref: ObjectRef) -> dict[str, Any] | None:
+        if ref.kind == "ConfigMap" and ref.name == "kube-root-ca.crt":
+            # As kube-controller-manager publishes it in every namespace.
+            return {"data": {"ca.crt": self.api.ca_pem.decode()}}
+        return self.store.get(ref)
+
+    def _token(self, namespace: str, account: str, audience: str, node: NodeSpec) -> str:
+        """A projected service-account token. For audience nodemesh (the node agent's, which the
+        lab's control plane checks against its own table) the node's agent token; any other:
+        one the lab's API server stand-in issues for the ServiceAccount."""
+        if audience == "nodemesh":
+            return (self.paths.agent_credentials(node.name) / "token").read_text().strip()
+        return self.api.issue_token(namespace, account)
 
     def _desired(self, workload: dict[str, Any]) -> int:
         if workload["kind"] == "Deployment":
@@ -565,6 +619,7 @@ class Supervisor:
         if self._reconciler is not None:
             await cancel_all([self._reconciler])
         await self.forwarder.stop()
+        await self.api.stop()
         await asyncio.gather(
             *(r.stop() for r in self.runners.values()), *self._terminating, return_exceptions=True
         )

@@ -86,7 +86,14 @@ def down(paths: LabPaths, *, graceful_timeout: float = 60.0) -> Removed:
         if not recorded:
             break
 
-    # 3. Namespaces: the ledger's, plus any left under this lab's prefix (a crash between
+    # 3. Mounts under the state directory (each node's /run/netns and its pods' netns binds),
+    # so that no namespace outlives its name.
+    for point in mounts_under(paths.root):
+        res = subprocess.run(["umount", "-l", point], capture_output=True, text=True)
+        if res.returncode != 0:
+            removed.problems.append(f"umount {point}: {res.stderr.strip()}")
+
+    # 4. Namespaces: the ledger's, plus any left under this lab's prefix (a crash between
     # creating and recording cannot happen, since we record first, but a stale run might).
     names = [e.data["name"] for e in entries if e.kind == "netns"]
     if NETNS_DIR.is_dir():
@@ -109,7 +116,7 @@ def down(paths: LabPaths, *, graceful_timeout: float = 60.0) -> Removed:
         else:
             removed.problems.append(f"ip netns del {name}: {res.stderr.strip()}")
 
-    # 4. Files outside the state directory, then the state directory itself.
+    # 5. Files outside the state directory, then the state directory itself.
     for e in entries:
         if e.kind == "path":
             p = Path(e.data["path"])
@@ -125,6 +132,17 @@ def down(paths: LabPaths, *, graceful_timeout: float = 60.0) -> Removed:
         except OSError:
             pass
     return removed
+
+
+def mounts_under(root: Path) -> list[str]:
+    """Mount points at or below `root` in this mount namespace, deepest first."""
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if Path(point) == root or root in Path(point).parents:
+                points.append(point)
+    return sorted(set(points), key=lambda p: p.count("/"), reverse=True)
 
 
 def _is_ours(p: Path, paths: LabPaths) -> bool:

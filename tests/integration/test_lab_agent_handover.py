@@ -323,7 +323,7 @@ def test_rolling_the_agents_fails_no_request_and_kill_9_recovers(
     failed = [t - termed for t, ok in prober.results if not ok and t >= termed]
     print(f"SIGTERM, no successor: first failure {min(failed, default=-1):.2f} s after it, "
           f"{len(failed)} failed, last {max(failed, default=-1):.2f} s after it")  # fmt: skip
-    # The lab agent serves on for --handover-wait-seconds=2 before it closes its listeners.
+    # The agent serves on for --handover-wait-seconds (rendered: 15) before it closes.
     assert not failed or min(failed) > 1.5, failed
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nodemesh.cli.lab_mesh import mesh_objects
 from nodemesh.lab.paths import LabPaths
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -60,9 +61,7 @@ def failures_other_than_doughnut(stats: dict[str, Any]) -> int:
 
 
 def controlplane(paths: LabPaths, tmp: Path, replicas: int) -> None:
-    docs = yaml.safe_load_all(
-        (REPO / "manifests/lab/nodemesh.yml").read_text().replace("__LAB_ROOT__", str(paths.root))
-    )
+    docs = mesh_objects(paths)
     dep = next(
         d for d in docs if d["kind"] == "Deployment" and "controlplane" in d["metadata"]["name"]
     )

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nodemesh.cli.lab_mesh import mesh_objects
 from nodemesh.lab.paths import LabPaths
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -85,11 +86,7 @@ def wait_for(what: str, check: Any, timeout: float = 30) -> Any:
 
 
 def test_pod_waits_for_the_agent_then_unmesh_then_uninstall(lab: LabPaths, tmp_path: Path) -> None:
-    mesh = yaml.safe_load_all(
-        (REPO / "manifests" / "lab" / "nodemesh.yml")
-        .read_text()
-        .replace("__LAB_ROOT__", str(lab.root))
-    )
+    mesh = mesh_objects(lab)
     ds_file = tmp_path / "agents.yml"
     ds_file.write_text(yaml.safe_dump(next(d for d in mesh if d["kind"] == "DaemonSet")))
     conflists = [lab.cni_conf_dir(n) / "10-lab-bridge.conflist" for n in ("node1", "node2")]
@@ -103,7 +100,7 @@ def test_pod_waits_for_the_agent_then_unmesh_then_uninstall(lab: LabPaths, tmp_p
     wait_for("agents gone", lambda: not [p for p in pods(lab, "nodemesh") if "agent" in p["name"]])
     # A deleted pod leaves `lab status` at once while its containers get their grace period; the
     # watcher uninstalls and the agent closes its CNI socket on the way out: wait for both.
-    sockets = [lab.node_dir(n) / "cni.sock" for n in ("node1", "node2")]
+    sockets = [lab.run_dir(n) / "cni.sock" for n in ("node1", "node2")]
     wait_for(
         "the watchers to uninstall and the agents to exit",
         lambda: not any("nodemesh-cni" in c.read_text() or p.exists() or s.exists()

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nodemesh.cli.lab_mesh import mesh_objects
 from nodemesh.lab.paths import LabPaths
 
 pytestmark = [
@@ -143,9 +144,7 @@ class Lab:
         raise AssertionError(f"{node}'s agent not ready within {timeout} s")
 
     def controlplane(self, replicas: int) -> None:
-        docs = yaml.safe_load_all(
-            (REPO / "manifests/lab/nodemesh.yml").read_text().replace("__LAB_ROOT__", str(self.paths.root))
-        )  # fmt: skip
+        docs = mesh_objects(self.paths)
         dep = next(
             d for d in docs if d["kind"] == "Deployment" and "controlplane" in d["metadata"]["name"]
         )
@@ -349,7 +348,7 @@ def test_agent_killed_while_the_control_plane_is_away_never_sends_plaintext(
 
     # With nothing saved either (a first start during the outage) the agent cannot know any
     # destination: connections are held, then refused; still never plaintext.
-    lab.paths.node_dir("node1").joinpath("agent-private", "serving.json").unlink()
+    lab.paths.run_dir("node1").joinpath("agent-private", "serving.json").unlink()
     old = lab.agent_pid("node1")
     assert old is not None
     os.kill(old, signal.SIGKILL)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from nodemesh.lab.network import NodeSpec, bridge_conflist
+from nodemesh.lab.network import NODE_IPAM_DIR, NodeSpec, bridge_conflist
 from nodemesh.lab.paths import LabPaths
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -130,7 +130,7 @@ def test_documented_uninstall_restores_every_node_and_meshed_pods_keep_serving(
     # What each node held before install-cni ran: the lab's own bridge conflist, no plugin.
     before = {
         n: json.dumps(
-            bridge_conflist(NodeSpec(i), ipam_dir=str(lab.ipam_dir(n))), indent=2
+            bridge_conflist(NodeSpec(i), ipam_dir=NODE_IPAM_DIR), indent=2
         ).encode()
         for i, n in enumerate(NODES, start=1)
     }
@@ -183,7 +183,7 @@ def test_documented_uninstall_restores_every_node_and_meshed_pods_keep_serving(
 
     def node_restored() -> bool:
         return all(
-            not (lab.node_dir(n) / "cni.sock").exists()
+            not (lab.run_dir(n) / "cni.sock").exists()
             and sorted(p.name for p in lab.cni_conf_dir(n).iterdir()) == ["10-lab-bridge.conflist"]
             for n in NODES
         )
@@ -193,7 +193,7 @@ def test_documented_uninstall_restores_every_node_and_meshed_pods_keep_serving(
         conflist = lab.cni_conf_dir(n) / "10-lab-bridge.conflist"
         assert conflist.read_bytes() == before[n], n
         assert list(lab.cni_bin_dir(n).iterdir()) == [], n
-        left = {p.name for p in lab.node_dir(n).iterdir()}
+        left = {p.name for p in lab.run_dir(n).iterdir()}
         assert not left & {"agent-state.json", "meshed-namespaces.json", "uninstalling"}, left
 
     # The pods that were meshed keep serving: no rule sends their traffic to a missing agent,
@@ -212,7 +212,7 @@ def test_documented_uninstall_restores_every_node_and_meshed_pods_keep_serving(
 def test_without_reachable_agents_only_meshed_pods_wait(lab: LabPaths, tmp_path: Path) -> None:
     apply(lab, tmp_path, ns="shop", meshed=True, replicas=2)
     wait_for("meshed pods ready", lambda: all_ready(lab, "shop", 2), timeout=120)
-    records = [lab.node_dir(n) / "meshed-namespaces.json" for n in NODES]
+    records = [lab.run_dir(n) / "meshed-namespaces.json" for n in NODES]
     wait_for(
         "each agent to record shop as meshed",
         lambda: all(r.exists() and "shop" in json.loads(r.read_text())["namespaces"]
@@ -220,7 +220,7 @@ def test_without_reachable_agents_only_meshed_pods_wait(lab: LabPaths, tmp_path:
     )  # fmt: skip
     # The agents stop answering (their socket is gone, as after a crash); they stay running so
     # that putting the socket back brings them back without a restart.
-    sockets = [lab.node_dir(n) / "cni.sock" for n in NODES]
+    sockets = [lab.run_dir(n) / "cni.sock" for n in NODES]
     for s in sockets:
         s.rename(s.with_name("cni.sock.away"))
     try:

@@ -61,10 +61,18 @@ def _agent(values: InstallValues) -> Obj:
         ],
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
         "ports": [{"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
-        # hostNetwork: during a rollout both agents' pods probe the one port 4191. The old agent
-        # answers 503 once the new one has said hello (nodeagent.handover.sockets); the delay covers
-        # the new agent's start-up before that hello.
-        "readinessProbe": {**http_probe("/ready", ADMIN_PORT, period=5), "initialDelaySeconds": 5},
+        # hostNetwork: during a rollout both agents' pods would probe the one port 4191, and the
+        # new pod's httpGet would get the old agent's 200 before the hand-over (a slow start-up
+        # outlasted any initial delay). Ready only when the admin port is this container's own
+        # (taken over) and answers /ready (nodeagent.readycheck).
+        "readinessProbe": {
+            "exec": {"command": ["python3", "-m", "nodeagent.readycheck",
+                                 f"--port={ADMIN_PORT}"]},
+            "initialDelaySeconds": 2,
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },  # fmt: skip
         "livenessProbe": http_probe("/live", ADMIN_PORT, period=10),
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": {

@@ -114,7 +114,7 @@ def test_daemonset_is_not_privileged_and_has_exactly_three_capabilities() -> Non
     assert pod["priorityClassName"] == "system-node-critical"
     assert {"operator": "Exists"} in pod["tolerations"]
     agent = pod["containers"][0]
-    assert agent["readinessProbe"]["httpGet"]["port"] == 4191
+    assert agent["readinessProbe"]["exec"]["command"][-1] == "--port=4191"
     assert agent["livenessProbe"]["httpGet"]["port"] == 4191
     mounts = {m["mountPath"] for c in containers for m in c["volumeMounts"]}
     assert {"/var/run/nodemesh", "/run/netns", "/host/etc/cni/net.d", "/host/opt/cni/bin"} <= mounts
@@ -174,8 +174,10 @@ def test_agent_rollout_overlaps_old_and_new_agents_on_each_node() -> None:
     grace = pod["terminationGracePeriodSeconds"]
     assert grace > cfg.handover_wait_seconds + cfg.drain_seconds
     assert cfg.keep_sockets  # a crashed agent's sockets outlive it (nodeagent.handover.keeper)
-    # The new pod's first probe comes after its agent has had time to reach the old one.
-    assert agent["readinessProbe"]["initialDelaySeconds"] >= 5
+    # The new pod is ready only once its own agent holds the admin port (hostNetwork: before
+    # the hand-over the port is the old agent's), not after a delay a slow start outlasts.
+    assert agent["readinessProbe"]["exec"]["command"][:3] == ["python3", "-m",
+                                                              "nodeagent.readycheck"]  # fmt: skip
 
 
 def test_the_socket_park_shares_a_pod_volume_with_the_agent_and_runs_as_its_user() -> None:

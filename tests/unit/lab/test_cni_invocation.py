@@ -87,3 +87,19 @@ def test_pod_ip_comes_from_the_sandbox_interface() -> None:
     assert pod_ip(RESULT) == "10.244.1.5"
     with pytest.raises(CniError):
         pod_ip({"interfaces": [], "ips": []})
+
+
+def test_plugins_run_with_the_nodes_run_and_log_dirs() -> None:
+    from nodemesh.lab.cni import CniRunner
+
+    plain = CniRunner(node_netns_path="/run/netns/n1", cni_path=["/opt/cni/bin"])
+    assert plain.argv("/opt/cni/bin/bridge") == ["nsenter", "--net=/run/netns/n1",
+                                                 "/opt/cni/bin/bridge"]  # fmt: skip
+    node = CniRunner(node_netns_path="/run/netns/n1", cni_path=[], node_root="/lab/nodes/n1")
+    argv = node.argv("/lab/nodes/n1/opt/cni/bin/nodemesh-cni")
+    assert argv[:6] == ["nsenter", "--net=/run/netns/n1", "unshare", "--mount", "--propagation",
+                        "slave"]  # fmt: skip
+    assert argv[-2:] == ["/lab/nodes/n1/opt/cni/bin/nodemesh-cni", "/lab/nodes/n1"]
+    script = argv[-4]
+    # The executable is opened before the node's /run hides the lab's directory.
+    assert script.index('exec 3<"$1"') < script.index("/run") < script.index("/proc/self/fd/3")

@@ -14,6 +14,7 @@ from nodemesh.lab.container import (
     DEFAULT_CAPABILITIES,
     ContainerConfigError,
     container_spec,
+    node_host_path,
 )
 
 
@@ -144,3 +145,40 @@ def test_bad_volumes_name_the_field(
     volumes = [{"name": "v", **volume}] if volume else []
     with pytest.raises(ContainerConfigError, match=message):
         spec_of({"name": "c", "volumeMounts": [mount]}, tmp_path, volumes=volumes)
+
+
+@pytest.mark.parametrize(
+    ("host_path", "on_node"),
+    [
+        ("/etc/cni/net.d", "etc/cni/net.d"),
+        ("/opt/cni/bin", "opt/cni/bin"),
+        ("/var/run/nodemesh", "run/nodemesh"),  # /var/run is /run on a node
+        ("/var/run/netns", "run/netns"),
+        ("/run/xtables.lock", "run/xtables.lock"),
+        ("/var/log", "var/log"),
+        ("/srv/fixtures", None),  # this machine's, shared by every lab node
+        ("/run/nodemesh/lab/objects", None),  # the lab's own state
+    ],
+)
+def test_node_paths_are_the_lab_nodes_own(host_path: str, on_node: str | None) -> None:
+    lab_root, node_root = Path("/run/nodemesh/lab"), Path("/run/nodemesh/lab/nodes/node1")
+    got = node_host_path(Path(host_path), node_root=node_root, lab_root=lab_root)
+    assert got == (node_root / on_node if on_node else Path(host_path))
+
+
+def test_configmap_and_projected_volumes_are_files_mounted_read_only(tmp_path: Path) -> None:
+    def files(vol: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
+        return {"ca.crt": (b"anchor", 0o644)}
+
+    container = {"name": "c", "volumeMounts": [{"name": "v", "mountPath": "/etc/x"}]}
+    spec = container_spec(
+        pod(container, volumes=[{"name": "v", "configMap": {"name": "cm"}}]),
+        container,
+        env={},
+        volume_dir=tmp_path / "volumes",
+        lab_root=tmp_path / "run" / "lab",
+        volume_files=files,
+    )
+    (mount,) = [m for m in spec["mounts"] if m["target"] == "/etc/x"]
+    assert mount["readOnly"]
+    assert (Path(mount["source"]) / "ca.crt").read_bytes() == b"anchor"

@@ -1,0 +1,73 @@
+"""The mesh `nodemesh lab up` applies: the lab's own control plane and dashboard
+(manifests/lab/nodemesh.yml: the rendered control plane reads the Kubernetes API, which the lab
+does not have) and the node agent exactly as `nodemesh install` renders it (DaemonSet with agent
+and install-cni, its ServiceAccount and RBAC), for the lab's namespace, cluster domain and trust
+domain, with the install's ConfigMap holding the lab's trust anchor.
+
+Images: the lab runs each container's command on this machine (its Python, this checkout's venv)
+inside the container's own mount namespace, so image references are kept as rendered and not
+pulled. Everything else of the rendered pod (securityContext, volumes, env, probes, update
+strategy, grace period) is what the lab runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nodemesh.cli.install import addons
+from nodemesh.cli.install import agent as agent_install
+from nodemesh.cli.install.values import InstallValues
+from nodemesh.identity import DEFAULT_TRUST_DOMAIN
+from nodemesh.lab.network import CLUSTER_DOMAIN
+from nodemesh.lab.paths import LabPaths
+
+REPO = Path(__file__).resolve().parents[2]
+MESH_MANIFEST = REPO / "manifests" / "lab" / "nodemesh.yml"
+LAB_VALUES = InstallValues(
+    namespace="nodemesh", cluster_domain=CLUSTER_DOMAIN, trust_domain=DEFAULT_TRUST_DOMAIN
+)
+Obj = dict[str, Any]
+
+
+def agent_container(daemonset: Obj) -> Obj:
+    return next(
+        c for c in daemonset["spec"]["template"]["spec"]["containers"] if c["name"] == "agent"
+    )
+
+
+def mesh_objects(
+    paths: LabPaths,
+    agent_args: Sequence[str] = (),
+    *,
+    change_daemonset: Callable[[Obj], None] | None = None,
+    anchor: bytes | None = None,
+) -> list[Obj]:
+    """`change_daemonset` edits the rendered DaemonSet in place (tests: a fix taken out);
+    `anchor`: the trust anchor (default: the lab's)."""
+    lab_part = MESH_MANIFEST.read_text().replace("__LAB_ROOT__", str(paths.root))
+    docs = [d for d in yaml.safe_load_all(lab_part) if d]
+    if anchor is None:
+        anchor = (paths.identity / "ca.crt").read_bytes()
+    rendered = agent_install.objects(LAB_VALUES)
+    for obj in rendered:
+        if obj["kind"] == "DaemonSet":
+            agent = agent_container(obj)
+            agent["args"] = [*agent["args"], *agent_args]
+            if change_daemonset is not None:
+                change_daemonset(obj)
+    return [*docs, addons.config_map(LAB_VALUES, anchor), *rendered]
+
+
+def mesh_manifest(
+    paths: LabPaths,
+    agent_args: Sequence[str] = (),
+    *,
+    change_daemonset: Callable[[Obj], None] | None = None,
+    anchor: bytes | None = None,
+) -> str:
+    objs = mesh_objects(paths, agent_args, change_daemonset=change_daemonset, anchor=anchor)
+    return yaml.safe_dump_all(objs, sort_keys=False)
