@@ -75,6 +75,10 @@ def test_the_lab_can_build_every_rendered_agent_container(tmp_path: Path) -> Non
             assert mounts["/run/netns"]["hostToContainer"]
             token = Path(mounts["/var/run/secrets/nodemesh/token"]["source"]) / "token"
             assert token.read_text() == "tok-nodemesh" and token.stat().st_mode & 0o077 == 0
+        elif c["name"] == "socket-park":
+            # Its emptyDir (shared with the agent), and nothing of the node.
+            assert agent_install.PARK_DIR in mounts
+            assert not any(m["source"].startswith(str(lab_root)) for m in spec["mounts"])
         else:
             assert mounts["/host/etc/cni/net.d"]["source"] == str(node_root / "etc/cni/net.d")
             access = Path(mounts[agent_install.API_ACCESS_DIR]["source"])
