@@ -62,6 +62,7 @@ def _plural(kind: str) -> str:
 def _tap_check(res: pb.Resource) -> ResourceAttributes:
     return tap_attributes(_plural(res.kind), namespace=res.namespace or "default", name=res.name)
 
+
 class Enrolled:
     """Which pods count as meshed: those a live agent says it enrolled (a namespace label
     alone proves nothing: the agent of the pod's node may be down or absent)."""
@@ -104,7 +105,9 @@ class PublicService(pb_grpc.PublicServicer):
         self.hub = hub
         self.source_name = source_name
 
-    async def Stat(self, request: pb.StatRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def Stat(  # noqa: N802
+        self, request: pb.StatRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StatResponse:
         try:
             kind = resources.canonical_kind(request.resource.kind)
             window = window_of(request.window_seconds)
@@ -183,7 +186,9 @@ class PublicService(pb_grpc.PublicServicer):
                 groups[(p.key.namespace, p.workload.name)].append(p)
         return groups
 
-    async def Edges(self, request: pb.EdgesRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def Edges(  # noqa: N802
+        self, request: pb.EdgesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EdgesResponse:
         try:
             kind = resources.canonical_kind(request.kind or "deploy")
             if kind not in ("deployment", "pod"):
@@ -266,7 +271,9 @@ class PublicService(pb_grpc.PublicServicer):
         finally:
             self.broker.unsubscribe(stream)
 
-    async def ListWorkloads(self, request: pb.ListWorkloadsRequest, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def ListWorkloads(  # noqa: N802
+        self, request: pb.ListWorkloadsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListWorkloadsResponse:
         await self.gate.admit(context, stats_attributes("workloads", namespace=request.namespace))
         out = []
         meshed = Enrolled(self.telemetry.enrolled_pods())
@@ -289,7 +296,9 @@ class PublicService(pb_grpc.PublicServicer):
             )
         return pb.ListWorkloadsResponse(workloads=out, namespaces_meshed=self.index.namespaces())
 
-    async def ListNodes(self, request: pb.ListNodesRequest, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def ListNodes(  # noqa: N802
+        self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListNodesResponse:
         await self.gate.admit(context, stats_attributes("nodes", namespace=""))
         agents = {a.node: a for a in self.telemetry.agents()}
         connected = {s.node: s.agent_version for s in self.hub.subscribers}
@@ -319,7 +328,9 @@ class PublicService(pb_grpc.PublicServicer):
             )
         return pb.ListNodesResponse(nodes=out)
 
-    async def Version(self, request: pb.VersionRequest, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def Version(  # noqa: N802
+        self, request: pb.VersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VersionResponse:
         await self.gate.admit(context)  # any authenticated caller
         return pb.VersionResponse(
             version=__version__,
@@ -333,14 +344,14 @@ def _tap_ref(res: pb.Resource) -> tap_pb2.ResourceRef:
     return tap_pb2.ResourceRef(kind=res.kind, namespace=res.namespace or "default", name=res.name)
 
 
-def _row(  # type: ignore[no-untyped-def]
+def _row(
     kind: str,
     key: Group,
     pods: list[PodInfo],
     g: GroupStats | None,
     window: int,
     meshed: Enrolled,
-):
+) -> pb.StatRow:
     row = pb.StatRow(
         resource=pb.Resource(kind=kind, namespace=key[0], name=key[1]),
         meshed_pods=sum(map(meshed, pods)),

@@ -238,7 +238,9 @@ class AgentTapService(pb_grpc.AgentTapServicer):
         self.broker = broker
         self.proof = proof
 
-    async def Connect(self, request_iterator, context: grpc.aio.ServicerContext) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
+    async def Connect(  # noqa: N802
+        self, request_iterator: object, context: grpc.aio.ServicerContext
+    ) -> None:
         first = await context.read()
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello" or not first.hello.node:
             await context.abort(

@@ -72,7 +72,7 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 def list_function(api: client.ApiClient, kind: str) -> Callable[..., Any]:
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    return {
+    functions: dict[str, Callable[..., Any]] = {
         "Namespace": core.list_namespace,
         "Node": core.list_node,
         "Pod": core.list_pod_for_all_namespaces,
@@ -80,7 +80,8 @@ def list_function(api: client.ApiClient, kind: str) -> Callable[..., Any]:
         "EndpointSlice": client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces,
         "ReplicaSet": apps.list_replica_set_for_all_namespaces,
         "Deployment": apps.list_deployment_for_all_namespaces,
-    }[kind]
+    }
+    return functions[kind]
 
 
 class KubeSource:

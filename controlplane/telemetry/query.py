@@ -27,13 +27,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 from controlplane.telemetry.report import Peer, RequestKey, TcpKey
 from controlplane.telemetry.store import (
     BUCKET_SECONDS,
     RETENTION_SECONDS,
     NodeState,
+    RequestCell,
+    TcpCell,
     TelemetryStore,
 )
 from nodemesh.histogram import quantile
@@ -45,6 +47,8 @@ KINDS = {
     "svc": "svc", "service": "svc", "services": "svc",
     "no": "node", "node": "node", "nodes": "node",
 }  # fmt: skip
+
+_Cell = TypeVar("_Cell", RequestCell, TcpCell)
 
 
 class UnknownResourceKind(ValueError):
@@ -221,7 +225,7 @@ def stat(
     return sorted(rows.values(), key=lambda r: (r.namespace, r.name))
 
 
-def _in_window(cells: list[Any], first: int, last: int) -> Iterator[Any]:
+def _in_window(cells: list[_Cell], first: int, last: int) -> Iterator[_Cell]:
     # Newest cells are at the right; walk back and stop at the first one before the window.
     for cell in reversed(cells):
         if cell.start < first:
@@ -249,13 +253,12 @@ def edges(store: TelemetryStore, *, namespace: str = "", window_s: float = 60) -
     where no client agent reported (an unmeshed client). An inbound report names a client pod
     without its Deployment; any series that names that pod with its Deployment supplies it."""
     first, last, _ = _window(store, window_s, include_current=True)
-    tables: list[Any] = [store.request_series.items(), store.tcp_series.items()]
+    keys: list[RequestKey | TcpKey] = [*store.request_series, *store.tcp_series]
     owners: dict[tuple[str, str], str] = {}
-    for table in tables:
-        for key, _cells in table:
-            for p in (key.src, key.dst):
-                if p.pod and p.deployment:
-                    owners[(p.namespace, p.pod)] = p.deployment
+    for key in keys:
+        for p in (key.src, key.dst):
+            if p.pod and p.deployment:
+                owners[(p.namespace, p.pod)] = p.deployment
 
     def workload(p: Peer) -> str:
         return p.deployment or owners.get((p.namespace, p.pod), "") or p.pod
@@ -263,28 +266,29 @@ def edges(store: TelemetryStore, *, namespace: str = "", window_s: float = 60) -
     found: dict[tuple[str, str, str, str], Edge] = {}
     # (edge, direction) -> [requests, connections]
     counts: dict[tuple[tuple[str, str, str, str], str], list[int]] = {}
-    for table in [store.request_series.items(), store.tcp_series.items()]:
-        for key, cells in table:
-            src, dst = workload(key.src), workload(key.dst)
-            if not src or not dst:
-                continue
-            if namespace and namespace not in (key.src.namespace, key.dst.namespace):
-                continue
-            is_request = isinstance(key, RequestKey)
-            amount = sum(
-                c.responses if is_request else c.opened for c in _in_window(cells, first, last)
-            )
-            if not amount:
-                continue
-            ident = (key.src.namespace, src, key.dst.namespace, dst)
-            edge = found.get(ident) or found.setdefault(ident, Edge(*ident))
-            edge.secured = edge.secured and key.tls
-            if key.src.identity:
-                edge.client_identities.add(key.src.identity)
-            if key.dst.identity:
-                edge.server_identities.add(key.dst.identity)
-            tally = counts.setdefault((ident, key.direction), [0, 0])
-            tally[0 if is_request else 1] += amount
+
+    def count(key: RequestKey | TcpKey, amount: int, slot: int) -> None:
+        src, dst = workload(key.src), workload(key.dst)
+        if not src or not dst:
+            return
+        if namespace and namespace not in (key.src.namespace, key.dst.namespace):
+            return
+        if not amount:
+            return
+        ident = (key.src.namespace, src, key.dst.namespace, dst)
+        edge = found.get(ident) or found.setdefault(ident, Edge(*ident))
+        edge.secured = edge.secured and key.tls
+        if key.src.identity:
+            edge.client_identities.add(key.src.identity)
+        if key.dst.identity:
+            edge.server_identities.add(key.dst.identity)
+        tally = counts.setdefault((ident, key.direction), [0, 0])
+        tally[slot] += amount
+
+    for rkey, rcells in store.request_series.items():
+        count(rkey, sum(c.responses for c in _in_window(rcells, first, last)), 0)
+    for tkey, tcells in store.tcp_series.items():
+        count(tkey, sum(c.opened for c in _in_window(tcells, first, last)), 1)
     for ident, edge in found.items():
         out = counts.get((ident, "outbound"), [0, 0])
         inb = counts.get((ident, "inbound"), [0, 0])
