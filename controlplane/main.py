@@ -54,7 +54,7 @@ from controlplane.tap import AgentTapService, TapBroker
 from controlplane.telemetry import TelemetryStore
 from controlplane.telemetry.service import MAX_RECEIVE_BYTES, TelemetryService
 from controlplane.telemetry_port import StoreTelemetry
-from nodemesh import tasks
+from nodemesh import ports, tasks
 from nodemesh.api import destination_pb2_grpc, public_pb2_grpc, tap_pb2_grpc
 from nodemesh.model import PodKey
 from nodemesh.version import __version__
@@ -91,9 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ca-secret", default=None, help="namespace/name (default: <namespace>/nodemesh-identity)"
     )
     p.add_argument("--trust-domain", default="cluster.local")
-    p.add_argument("--agent-addr", default="0.0.0.0:8086")
-    p.add_argument("--public-addr", default="0.0.0.0:8085")
-    p.add_argument("--admin-addr", default="0.0.0.0:9996")
+    p.add_argument("--agent-addr", default=f"0.0.0.0:{ports.AGENT_API}")
+    p.add_argument("--public-addr", default=f"0.0.0.0:{ports.PUBLIC_API}")
+    p.add_argument("--admin-addr", default=f"0.0.0.0:{ports.CONTROLPLANE_ADMIN}")
     p.add_argument("--agent-tls", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--drain-seconds", type=float, default=5.0)
     p.add_argument("--log-level", default="INFO")
