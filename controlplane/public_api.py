@@ -15,7 +15,7 @@ from controlplane.access import AccessRefused, Gate, refuse
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
 from controlplane.tap import TapBroker, TapBusy
-from controlplane.telemetry_port import BadQuery, GroupStats, Selector, TelemetryPort
+from controlplane.telemetry_port import BadQuery, Selector, StatRow, TelemetryPort
 from nodemesh.access import ResourceAttributes, stats_attributes, tap_attributes
 from nodemesh.api import public_pb2 as pb
 from nodemesh.api import public_pb2_grpc as pb_grpc
@@ -348,7 +348,7 @@ def _row(
     kind: str,
     key: Group,
     pods: list[PodInfo],
-    g: GroupStats | None,
+    g: StatRow | None,
     window: int,
     meshed: Enrolled,
 ) -> pb.StatRow:
@@ -359,17 +359,17 @@ def _row(
     )
     if g is None:
         return row
-    covered = g.covered_s or window
+    covered = g.window_s or window
     row.requests = g.requests
     row.rps = g.requests / covered
     row.covered_seconds = covered
     if g.requests:
-        row.success_rate = g.successes / g.requests
-    for field in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
-        value = getattr(g, field)
+        row.success_rate = g.success / g.requests
+    for field, q in (("latency_p50_ms", 0.5), ("latency_p95_ms", 0.95), ("latency_p99_ms", 0.99)):
+        value = g.latency_ms(q)
         if value is not None:
             setattr(row, field, value)
     row.tcp_open_connections = g.tcp_open_connections
-    row.tcp_read_bytes = g.tcp_read_bytes
-    row.tcp_write_bytes = g.tcp_write_bytes
+    row.tcp_read_bytes = g.read_bytes
+    row.tcp_write_bytes = g.write_bytes
     return row

@@ -1,8 +1,9 @@
 """Questions asked of the telemetry store: stat per resource, edges, agents (pure functions).
 
 Interface:
-- `Resource(kind, namespace="", name="")`; kinds deploy, pod, ns, svc, node (aliases accepted,
-  anything else raises UnknownResourceKind); empty namespace/name mean "all".
+- `Resource(kind, namespace="", name="")`; any kind nodemesh.kinds knows (canonicalised there:
+  deployment, pod, namespace, service, node; anything else raises UnknownResourceKind); empty
+  namespace/name mean "all".
 - `stat(store, resource, from_=None, to=None, window_s=60, include_current=False)`
   -> list[StatRow], one per resource that had traffic in the window (the public API adds the
   idle ones it knows from the index). Which series count:
@@ -38,21 +39,11 @@ from controlplane.telemetry.store import (
     TcpCell,
     TelemetryStore,
 )
+from nodemesh import kinds
 from nodemesh.histogram import quantile
 
-KINDS = {
-    "deploy": "deploy", "deployment": "deploy", "deployments": "deploy",
-    "po": "pod", "pod": "pod", "pods": "pod",
-    "ns": "ns", "namespace": "ns", "namespaces": "ns",
-    "svc": "svc", "service": "svc", "services": "svc",
-    "no": "node", "node": "node", "nodes": "node",
-}  # fmt: skip
-
 _Cell = TypeVar("_Cell", RequestCell, TcpCell)
-
-
-class UnknownResourceKind(ValueError):
-    pass
+UnknownResourceKind = kinds.UnknownKind
 
 
 class InvalidQuery(ValueError):
@@ -66,11 +57,7 @@ class Resource:
     name: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise UnknownResourceKind(
-                f"unknown resource kind {self.kind!r}; use one of deploy, pod, ns, svc, node"
-            )
-        object.__setattr__(self, "kind", KINDS[self.kind])
+        object.__setattr__(self, "kind", kinds.canonical(self.kind))
 
 
 @dataclass
@@ -115,13 +102,13 @@ class StatRow:
 
 def _name_of(kind: str, peer: Peer) -> tuple[str, str] | None:
     """(namespace, name) of `peer` as a resource of `kind`, or None if it has none."""
-    if kind == "deploy":
+    if kind == "deployment":
         return (peer.namespace, peer.deployment) if peer.deployment else None
     if kind == "pod":
         return (peer.namespace, peer.pod) if peer.pod else None
-    if kind == "ns":
+    if kind == "namespace":
         return ("", peer.namespace) if peer.namespace else None
-    if kind == "svc":
+    if kind == "service":
         return (peer.namespace, peer.service) if peer.service else None
     raise InvalidQuery(f"{kind} cannot be matched against a peer")
 
@@ -130,7 +117,7 @@ def _matches(resource: Resource, found: tuple[str, str] | None) -> bool:
     if found is None:
         return False
     namespace, name = found
-    if resource.namespace and resource.kind != "ns" and namespace != resource.namespace:
+    if resource.namespace and resource.kind != "namespace" and namespace != resource.namespace:
         return False
     return not resource.name or name == resource.name
 
@@ -145,7 +132,7 @@ def _row_of(
         if key.direction != "outbound" or not _matches(to, _name_of(to.kind, key.dst)):
             return None
         found = _name_of(resource.kind, key.src)
-    elif from_ is not None or resource.kind == "svc":
+    elif from_ is not None or resource.kind == "service":
         if key.direction != "outbound":
             return None
         if from_ is not None and not _matches(from_, _name_of(from_.kind, key.src)):
@@ -186,7 +173,7 @@ def stat(
         raise InvalidQuery("use --from or --to, not both")
     if (from_ is not None and from_.kind == "node") or (to is not None and to.kind == "node"):
         raise InvalidQuery("node cannot be used with --from/--to")
-    if to is not None and resource.kind == "svc":
+    if to is not None and resource.kind == "service":
         raise InvalidQuery("svc has no outbound traffic of its own; use --from")
     first, last, seconds = _window(store, window_s, include_current)
     # Agents report every open series each second: an older gauge is of an agent gone quiet.
