@@ -16,11 +16,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from controlplane.access import Gate, LabAccessReview
+from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.destination import DestinationHub
 from controlplane.identity import BootstrapTokenAuthenticator, CertificateAuthority
 from controlplane.identity.serving import ServingCertificate
 from controlplane.index import ClusterIndex
-from controlplane.main import node_proof
 from controlplane.public_api import PublicService
 from controlplane.sources.events import EventType, ObjectChanged
 from controlplane.tap import AgentTapService, TapBroker
@@ -82,16 +82,17 @@ class ControlPlane:
     async def start(self, port: int = 0) -> None:
         files_issuer = self._issuer
         authenticator = BootstrapTokenAuthenticator.from_file(self.tokens)
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)])
+        server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)],
+            # The public API shares this test server; it authenticates its callers itself.
+            interceptors=[AgentAuthInterceptor(authenticator, skip={"nodemesh.public.v1.Public"})],
+        )
         TelemetryService(
             store=self.store,
             is_known_node={"node1", "node2"}.__contains__,
-            authenticator=authenticator,
             registry=CollectorRegistry(),
         ).add_to(server)
-        tpb_grpc.add_AgentTapServicer_to_server(
-            AgentTapService(self.broker, proof=node_proof(authenticator)), server
-        )
+        tpb_grpc.add_AgentTapServicer_to_server(AgentTapService(self.broker), server)
         ppb_grpc.add_PublicServicer_to_server(
             PublicService(
                 index=self.index,

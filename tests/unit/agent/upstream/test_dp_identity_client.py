@@ -11,6 +11,7 @@ import pytest
 from dp_identities import API, PODS, TD, WEB
 from prometheus_client import CollectorRegistry
 
+from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.identity import BootstrapTokenAuthenticator, CertificateAuthority
 from controlplane.identity.service import IdentityService
 from nodeagent.upstream.certstore import CertStore
@@ -23,12 +24,9 @@ OTHER = f"spiffe://{TD}/ns/shop/sa/not-here"
 
 
 async def _serve(authority: CertificateAuthority) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server()
-    IdentityService(
-        authority=authority,
-        authenticator=BootstrapTokenAuthenticator({"node1": TOKEN}),
-        registry=CollectorRegistry(),
-    ).add_to(server)
+    auth = AgentAuthInterceptor(BootstrapTokenAuthenticator({"node1": TOKEN}))
+    server = grpc.aio.server(interceptors=[auth])
+    IdentityService(authority=authority, registry=CollectorRegistry()).add_to(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port
