@@ -16,7 +16,6 @@ import ssl
 from functools import partial
 from typing import TYPE_CHECKING
 
-from nodeagent import podplan
 from nodeagent.observe import peers
 from nodeagent.observe.events import Peer
 from nodeagent.protocol import preamble as pre
@@ -25,7 +24,7 @@ from nodeagent.proxy.l7relay import ConnectionTap, peer_port
 from nodeagent.proxy.outbound import CERT_WAIT, NO_TABLE, report_failed, table_known
 from nodeagent.proxy.podnetns import inbound_socket, marked_socket
 from nodeagent.proxy.tunnel import accept_tunnel, read_preamble, reply
-from nodemesh import certs
+from nodemesh import certs, ports
 from nodemesh.model import InboundMode, PodInfo, PodKey
 
 if TYPE_CHECKING:
@@ -96,7 +95,7 @@ async def handle_plain(relay: Relay, pod: PodListeners) -> None:
     rt = pod.runtime
     sock = relay.downstream_socket
     _, port = original_destination(sock)
-    if port in podplan.AGENT_PORTS:
+    if port in ports.IN_POD:
         relay.refuse("connection back to an agent port")
         return
     client_ip = sock.getpeername()[0]
@@ -172,7 +171,7 @@ async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
     code = pre.ReplyCode.ACCEPTED
     error = ""
     strict = info is not None and info.mesh.inbound_mode is InboundMode.STRICT
-    if header.target_port in podplan.AGENT_PORTS or str(header.original_ip) != pod.pod.ip:
+    if header.target_port in ports.IN_POD or str(header.original_ip) != pod.pod.ip:
         code, error = pre.ReplyCode.NO_SUCH_TARGET, f"no target {header.original_ip}"
     elif strict and not client_id:
         code, error = pre.ReplyCode.POLICY_DENIED, "strict inbound mode: client not authenticated"

@@ -17,7 +17,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from nodeagent import podplan
 from nodeagent.handover.wire import SocketEntry
 from nodeagent.observe.events import NullSink, ObservationSink
 from nodeagent.observe.metrics import PodTcpStats, forget_pod
@@ -32,7 +31,7 @@ from nodeagent.proxy.l7relay import DETECT_TIMEOUT
 from nodeagent.proxy.routing import Routes
 from nodeagent.upstream.certstore import CertStore
 from nodeagent.upstream.table import DestinationTable
-from nodemesh import tasks
+from nodemesh import ports, tasks
 from nodemesh.netns import socket_in_netns
 
 log = logging.getLogger(__name__)
@@ -89,13 +88,13 @@ def _bind_all(netns: str) -> dict[str, socket.socket]:
     """Blocking: the five listening sockets, made inside `netns`."""
     made: dict[str, socket.socket] = {}
     specs = [
-        ("outbound", socket.SOCK_STREAM, "0.0.0.0", podplan.OUTBOUND_PORT),
-        ("inbound", socket.SOCK_STREAM, "0.0.0.0", podplan.INBOUND_PORT),
-        ("tunnel", socket.SOCK_STREAM, "0.0.0.0", podplan.TUNNEL_PORT),
-        ("dns-tcp", socket.SOCK_STREAM, "0.0.0.0", podplan.DNS_PORT),
+        ("outbound", socket.SOCK_STREAM, "0.0.0.0", ports.OUTBOUND),
+        ("inbound", socket.SOCK_STREAM, "0.0.0.0", ports.INBOUND),
+        ("tunnel", socket.SOCK_STREAM, "0.0.0.0", ports.TUNNEL),
+        ("dns-tcp", socket.SOCK_STREAM, "0.0.0.0", ports.DNS),
         # REDIRECT in OUTPUT sends local UDP to 127.0.0.1, so that is where the answer must
         # come from for conntrack to map it back to the resolver the app asked.
-        ("dns-udp", socket.SOCK_DGRAM, "127.0.0.1", podplan.DNS_PORT),
+        ("dns-udp", socket.SOCK_DGRAM, "127.0.0.1", ports.DNS),
     ]
     try:
         for name, kind, host, port in specs:
