@@ -82,6 +82,25 @@ class RequestObserved:
     started_at: float  # time.time()
 
 
+@dataclass(frozen=True, slots=True)
+class RequestStarted:
+    """A tapped request's head was read (sent only while someone taps the pair: see tapping())."""
+
+    req_id: int
+    conn_id: int
+    direction: str
+    src: Peer
+    dst: Peer
+    protocol: str
+    tls: bool
+    method: str
+    authority: str
+    path: str
+    at: float  # time.time()
+    src_port: int = 0
+    dst_port: int = 0
+
+
 class ObservationSink(Protocol):
     def tcp_opened(self, ev: TcpOpened) -> None: ...
 
@@ -93,22 +112,7 @@ class ObservationSink(Protocol):
         """Cheap: is anyone tapping this pair? Gates the two calls below."""
         ...
 
-    def request_started(
-        self,
-        req_id: int,
-        conn_id: int,
-        direction: str,
-        src: Peer,
-        dst: Peer,
-        protocol: str,
-        tls: bool,
-        method: str,
-        authority: str,
-        path: str,
-        at: float,
-        src_port: int = 0,
-        dst_port: int = 0,
-    ) -> None: ...
+    def request_started(self, ev: RequestStarted) -> None: ...
 
     def response_started(self, req_id: int, status: int | None, at: float) -> None: ...
 
@@ -128,22 +132,7 @@ class NullSink:
     def tapping(self, src: Peer, dst: Peer) -> bool:
         return False
 
-    def request_started(
-        self,
-        req_id: int,
-        conn_id: int,
-        direction: str,
-        src: Peer,
-        dst: Peer,
-        protocol: str,
-        tls: bool,
-        method: str,
-        authority: str,
-        path: str,
-        at: float,
-        src_port: int = 0,
-        dst_port: int = 0,
-    ) -> None:
+    def request_started(self, ev: RequestStarted) -> None:
         pass
 
     def response_started(self, req_id: int, status: int | None, at: float) -> None:

@@ -27,7 +27,7 @@ from controlplane.tap import AgentTapService, TapBroker
 from controlplane.telemetry import Resource, TelemetryStore, nodes, stat
 from controlplane.telemetry.service import MAX_RECEIVE_BYTES, TelemetryService
 from controlplane.telemetry_port import StoreTelemetry
-from nodeagent.observe.events import Peer, RequestObserved
+from nodeagent.observe.events import Peer, RequestObserved, RequestStarted
 from nodeagent.observe.sink import AgentSink
 from nodeagent.upstream.destination import open_channel, read_token
 from nodeagent.upstream.tap import TapClient
@@ -278,8 +278,8 @@ def one_request(sink: AgentSink, rid: int, src: Peer = WEB, path: str = "/api/li
     """What the data plane does per request; True if it was tapped."""
     tapped = sink.tapping(src, EMOJI)
     if tapped:
-        sink.request_started(rid, 1, "outbound", src, EMOJI, "http1", True, "GET", "emoji-svc",
-                             path, 1.7e9)  # fmt: skip
+        sink.request_started(RequestStarted(rid, 1, "outbound", src, EMOJI, "http1", True, "GET",
+                                            "emoji-svc", path, 1.7e9))  # fmt: skip
         sink.response_started(rid, 200, 1.7e9 + 0.002)
     ev = request(rid, latency_us=3000, status=200)
     sink.request(RequestObserved(**{**{f: getattr(ev, f) for f in ev.__slots__}, "src": src,
