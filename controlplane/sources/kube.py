@@ -29,7 +29,6 @@ from controlplane.metrics import (
     SOURCE_RELISTS,
     SOURCE_WATCH_ERRORS,
 )
-from controlplane.sources.backoff import Backoff
 from controlplane.sources.events import (
     KINDS,
     BadObject,
@@ -42,6 +41,7 @@ from controlplane.sources.events import (
     SourceEvent,
     check_object,
 )
+from nodemesh.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
