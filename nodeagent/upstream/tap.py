@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 import grpc
 from prometheus_client import Counter, Gauge
@@ -44,12 +43,10 @@ class TapClient:
         *,
         channel: grpc.aio.Channel,
         taps: Taps,
-        token: Callable[[], str | None] = lambda: None,
         queue_size: int = QUEUE_SIZE,
     ) -> None:
         self.channel = channel
         self.taps = taps
-        self.token = token
         self.queue: asyncio.Queue[pb.TapEvent] = asyncio.Queue(queue_size)
         self.connected = False
         self.dropped = 0
@@ -69,9 +66,7 @@ class TapClient:
 
         async def one_stream() -> None:
             self._commands = 0
-            token = self.token()
-            metadata = (("authorization", f"Bearer {token}"),) if token else ()
-            call = stub.Connect(metadata=metadata)
+            call = stub.Connect()
             hello = pb.AgentHello(node=self.taps.node, agent_version=__version__)
             await call.write(pb.AgentTapMessage(hello=hello))
             self.connected = True

@@ -57,7 +57,6 @@ class TelemetryClient:
         node: str,
         pods_enrolled: Callable[[], int],
         enrolled_pods: Callable[[], list[tuple[str, str, str]]] | None = None,
-        token: Callable[[], str | None] = lambda: None,
         interval: float = INTERVAL,
         version: str = __version__,
     ) -> None:
@@ -66,7 +65,6 @@ class TelemetryClient:
         self.node = node
         self.pods_enrolled = pods_enrolled
         self.enrolled_pods = enrolled_pods
-        self.token = token
         self.interval = interval
         self.version = version
         self.connected = False
@@ -112,9 +110,7 @@ class TelemetryClient:
 
         async def one_stream() -> None:
             self._stream_acks = 0
-            token = self.token()
-            metadata = (("authorization", f"Bearer {token}"),) if token else ()
-            await self._stream(call_factory(metadata=metadata))
+            await self._stream(call_factory())
 
         # A stream the control plane acknowledged reports on was up and working, not failing.
         await keep_streaming(

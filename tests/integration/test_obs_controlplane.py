@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,8 +138,14 @@ async def cp(tmp_path: Path) -> AsyncIterator[ControlPlane]:
         await plane.stop()
 
 
-def agent_channel(cp: ControlPlane) -> grpc.aio.Channel:
-    return open_channel(f"127.0.0.1:{cp.port}", insecure=False, ca_file=cp.ca)
+def agent_channel(cp: ControlPlane, token: Callable[[], str | None] | None = None) -> grpc.aio.Channel:
+    """The agent's channel, with node1's token (read per call) unless `token` says otherwise."""
+    return open_channel(
+        f"127.0.0.1:{cp.port}",
+        insecure=False,
+        ca_file=cp.ca,
+        token=token or (lambda: read_token(cp.tokens, node="node1")),
+    )
 
 
 def request(
@@ -180,7 +186,6 @@ async def test_reports_reach_the_store_exactly_across_a_control_plane_restart(cp
         aggregate=sink.aggregate,
         node="node1",
         pods_enrolled=lambda: 7,
-        token=lambda: read_token(cp.tokens, node="node1"),
         interval=0.1,
     )
     task = tasks.spawn(client.run(), name="test telemetry client")
@@ -235,14 +240,13 @@ async def test_reports_reach_the_store_exactly_across_a_control_plane_restart(cp
 
 async def test_a_wrong_token_is_refused_and_nothing_is_lost(cp, tmp_path: Path) -> None:
     sink = AgentSink(node="node1")
-    channel = agent_channel(cp)
     token = {"value": "not-the-token"}
+    channel = agent_channel(cp, lambda: token["value"])
     client = TelemetryClient(
         channel=channel,
         aggregate=sink.aggregate,
         node="node1",
         pods_enrolled=lambda: 0,
-        token=lambda: token["value"],
         interval=0.1,
     )
     task = tasks.spawn(client.run(), name="test telemetry client")
@@ -290,9 +294,7 @@ def one_request(sink: AgentSink, rid: int, src: Peer = WEB, path: str = "/api/li
 async def test_a_public_tap_reaches_the_agent_and_its_events_flow_back(cp) -> None:
     sink = AgentSink(node="node1")
     channel = agent_channel(cp)
-    client = TapClient(
-        channel=channel, taps=sink.taps, token=lambda: read_token(cp.tokens, node="node1")
-    )
+    client = TapClient(channel=channel, taps=sink.taps)
     task = tasks.spawn(client.run(), name="test tap client")
     public_channel = grpc.aio.secure_channel(
         f"127.0.0.1:{cp.port}", grpc.ssl_channel_credentials(cp.ca.read_bytes())
