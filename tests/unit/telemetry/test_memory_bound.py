@@ -64,7 +64,9 @@ def test_cell_cap_bounds_memory() -> None:
         print(store.cells, store.stats.series_evicted, len(store.request_series), grown)
         """
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     cells, evicted, series, grown = map(int, done.stdout.split())
     assert cells <= 2_000
