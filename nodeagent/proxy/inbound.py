@@ -40,12 +40,12 @@ async def connect_app(relay: Relay, pod: PodListeners, *, client_ip: str, port: 
     sock = None
     if rt.transparent:
         try:
-            make = partial(inbound_socket, pod.pod.netns, client_ip=client_ip)
+            make = partial(inbound_socket, pod.netns, client_ip=client_ip)
             sock = await loop.run_in_executor(rt.executor, make)
         except OSError as exc:
             log.debug("no transparent socket in %s: %s", pod.pod.netns, exc)
     if sock is None:
-        make = partial(marked_socket, pod.pod.netns, mark=rt.mark)
+        make = partial(marked_socket, pod.netns, mark=rt.mark)
         sock = await loop.run_in_executor(rt.executor, make)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, (pod.pod.ip, port)), CONNECT_TIMEOUT)

@@ -32,7 +32,7 @@ from nodeagent.proxy.routing import Routes
 from nodeagent.upstream.certstore import CertStore
 from nodeagent.upstream.table import DestinationTable
 from nodemesh import ports, tasks
-from nodemesh.netns import socket_in_netns
+from nodemesh.netns import NetnsError, NetnsHandle, socket_in_netns
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class ProxyRuntime:
 Handler = Callable[[Relay, "PodListeners"], Awaitable[None]]
 
 
-def _bind_all(netns: str) -> dict[str, socket.socket]:
+def _bind_all(netns: str | NetnsHandle) -> dict[str, socket.socket]:
     """Blocking: the five listening sockets, made inside `netns`."""
     made: dict[str, socket.socket] = {}
     specs = [
@@ -114,6 +114,16 @@ def _bind_all(netns: str) -> dict[str, socket.socket]:
     return made
 
 
+def _hold(netns: str) -> NetnsHandle | None:
+    """The pod's netns held open, or None where it cannot be (its sockets then open the path,
+    which reports the error where it did before)."""
+    try:
+        return NetnsHandle(netns)
+    except NetnsError as exc:
+        log.debug("cannot hold network namespace %s open: %s", netns, exc)
+        return None
+
+
 class PodListeners:
     """The listeners of one enrolled pod and the routing decision behind each."""
 
@@ -135,13 +145,21 @@ class PodListeners:
         self.outbound = PodTcpStats("outbound", pod.namespace, pod.name)
         self.inbound = PodTcpStats("inbound", pod.namespace, pod.name)
         self._resolver: str | None = None
+        # The pod's netns held open while it is enrolled: upstream sockets enter through it.
+        self.held_netns: NetnsHandle | None = None
+
+    @property
+    def netns(self) -> str | NetnsHandle:
+        """Where this pod's sockets are made: the held netns, else (not held) its path."""
+        return self.held_netns if self.held_netns is not None else self.pod.netns
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
+        self.held_netns = await loop.run_in_executor(self.runtime.executor, _hold, self.pod.netns)
         if self.inherited is not None:
             socks, self.inherited = self.inherited, None
         else:
-            socks = await loop.run_in_executor(self.runtime.executor, _bind_all, self.pod.netns)
+            socks = await loop.run_in_executor(self.runtime.executor, _bind_all, self.netns)
         self.sockets = dict(socks)
         try:
             handlers: dict[str, tuple[Handler, PodTcpStats]] = {
@@ -155,7 +173,7 @@ class PodListeners:
                 )
             self._resolver = upstream_resolver(self.pod.netns)
             forwarder = UdpDnsForwarder(
-                netns=self.pod.netns,
+                netns=self.netns,
                 namespace=self.pod.namespace,
                 pod=self.pod.name,
                 upstream=lambda: self._resolver,
@@ -199,6 +217,9 @@ class PodListeners:
         if self.dns is not None:
             self.dns.close()
             self.dns = None
+        if self.held_netns is not None:
+            # Connections still draining make their sockets by the path from now on.
+            self.held_netns.close()
         if forget_metrics:
             forget_pod(self.pod.namespace, self.pod.name)
 

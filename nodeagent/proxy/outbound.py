@@ -87,7 +87,7 @@ async def _connect(
         held = await rt.certs.wait(identity, CERT_WAIT)
         if held is None:
             raise TunnelDenied(f"no certificate for {identity} yet")
-    make = partial(marked_socket, pod.pod.netns, mark=rt.mark)
+    make = partial(marked_socket, pod.netns, mark=rt.mark)
     sock = await loop.run_in_executor(rt.executor, make)
     addr = (target.ip, ports.TUNNEL if tunnel else target.port)
     try:
