@@ -63,13 +63,21 @@ class NetnsHandle:
     every socket made for it enters through that fd instead of opening the path again. A pod's
     handle lives while the pod is enrolled; after `close()` a socket still asked for (a
     connection draining) opens the path as before. The fd is used and closed under one lock,
-    so a socket is never made through an fd number the process has meanwhile reused."""
+    so a socket is never made through an fd number the process has meanwhile reused.
+    `lazy=True` opens it with the first socket (on the executor thread that makes it), so
+    creating the handle costs the event loop nothing."""
 
-    def __init__(self, netns: str) -> None:
+    def __init__(self, netns: str, *, lazy: bool = False) -> None:
         self.path = netns_path(netns)
         self._lock = threading.Lock()
+        self._fd = -1
+        self._closed = False
+        if not lazy:
+            self._fd = self._open()
+
+    def _open(self) -> int:
         try:
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise NetnsError(
                 e.errno, f"cannot open network namespace {self.path}: {e.strerror}"
@@ -77,10 +85,11 @@ class NetnsHandle:
 
     @property
     def closed(self) -> bool:
-        return self._fd < 0
+        return self._closed
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
@@ -88,8 +97,10 @@ class NetnsHandle:
     def socket(self, family: int, type: int, proto: int) -> socket.socket | None:
         """A socket made inside the namespace through the held fd; None once closed."""
         with self._lock:
-            if self._fd < 0:
+            if self._closed:
                 return None
+            if self._fd < 0:
+                self._fd = self._open()
             return _socket_through(self._fd, family, type, proto)
 
     def __repr__(self) -> str:

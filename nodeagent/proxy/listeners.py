@@ -32,7 +32,7 @@ from nodeagent.proxy.routing import Routes
 from nodeagent.upstream.certstore import CertStore
 from nodeagent.upstream.table import DestinationTable
 from nodemesh import ports, tasks
-from nodemesh.netns import NetnsError, NetnsHandle, socket_in_netns
+from nodemesh.netns import NetnsHandle, socket_in_netns
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +114,6 @@ def _bind_all(netns: str | NetnsHandle) -> dict[str, socket.socket]:
     return made
 
 
-def _hold(netns: str) -> NetnsHandle | None:
-    """The pod's netns held open, or None where it cannot be (its sockets then open the path,
-    which reports the error where it did before)."""
-    try:
-        return NetnsHandle(netns)
-    except NetnsError as exc:
-        log.debug("cannot hold network namespace %s open: %s", netns, exc)
-        return None
-
-
 class PodListeners:
     """The listeners of one enrolled pod and the routing decision behind each."""
 
@@ -155,7 +145,8 @@ class PodListeners:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        self.held_netns = await loop.run_in_executor(self.runtime.executor, _hold, self.pod.netns)
+        # Opened by the first socket made for the pod (on the executor thread), held from then.
+        self.held_netns = NetnsHandle(self.pod.netns, lazy=True)
         if self.inherited is not None:
             socks, self.inherited = self.inherited, None
         else:

@@ -63,3 +63,16 @@ def test_sockets_go_through_the_held_fd_even_when_the_name_is_gone(netns: str) -
 def test_a_missing_namespace_is_a_clear_error() -> None:
     with pytest.raises(NetnsError, match="zzhouse-absent"):
         NetnsHandle("zzhouse-absent")
+
+
+def test_a_lazy_handle_opens_with_its_first_socket_and_holds_from_then(netns: str) -> None:
+    ident = NetnsId.of(f"/run/netns/{netns}")
+    handle = NetnsHandle(netns, lazy=True)
+    try:
+        with socket_in_netns(handle) as sock:  # opens it
+            assert netns_of(sock) == ident
+        subprocess.run(["ip", "netns", "delete", netns], check=True)
+        with socket_in_netns(handle) as sock:
+            assert netns_of(sock) == ident
+    finally:
+        handle.close()
