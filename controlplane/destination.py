@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from controlplane import authz as authz_views
+from controlplane.agent_auth import check_agent
 from controlplane.index import (
     Change,
     ClusterIndex,
@@ -236,30 +237,6 @@ def _parts(
     return parts
 
 
-# Proves which node's agent is calling (e.g. from its bearer token); raises AgentRefused if none.
-NodeProof = Callable[[grpc.aio.ServicerContext], Awaitable[str]]
-
-
-class AgentRefused(Exception):
-    """The caller could not prove it is an agent; the message is sent back as UNAUTHENTICATED."""
-
-
-async def check_agent(
-    proof: NodeProof | None, context: grpc.aio.ServicerContext, node: str
-) -> None:
-    """Abort unless the caller proves it is the agent of `node` (no-op without a proof hook)."""
-    if proof is None:
-        return
-    try:
-        proven = await proof(context)
-    except AgentRefused as exc:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-    if proven != node:
-        await context.abort(
-            grpc.StatusCode.PERMISSION_DENIED, f"caller is the agent of {proven!r}, not {node!r}"
-        )
-
-
 class DestinationService(pb_grpc.DestinationServicer):
     """`wait_for_index`: hold each new stream until the index has listed every kind once. A
     control plane that just started must not hand out a half-listed table: the agent would
@@ -270,11 +247,9 @@ class DestinationService(pb_grpc.DestinationServicer):
         self,
         hub: DestinationHub,
         *,
-        proof: NodeProof | None = None,
         wait_for_index: bool = False,
     ):
         self.hub = hub
-        self.proof = proof
         self.wait_for_index = wait_for_index
 
     async def Subscribe(  # noqa: N802 (gRPC method name)
@@ -282,7 +257,7 @@ class DestinationService(pb_grpc.DestinationServicer):
     ) -> AsyncIterator[pb.Update]:
         if not request.node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node must be set")
-        await check_agent(self.proof, context, request.node)
+        await check_agent(context, request.node)
         while self.wait_for_index and not self.hub.index.synced:
             await asyncio.sleep(INDEX_POLL)  # only in a control plane's first moments
         sub, snapshot = self.hub.subscribe(request.node, request.agent_version)

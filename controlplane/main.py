@@ -21,24 +21,18 @@ from controlplane.access import (
     NoAccessReview,
 )
 from controlplane.admin import AdminServer
-from controlplane.destination import (
-    AgentRefused,
-    DestinationHub,
-    DestinationService,
-    NodeProof,
-)
+from controlplane.agent_auth import AgentAuthInterceptor
+from controlplane.destination import DestinationHub, DestinationService
 from controlplane.feed import Feed
 from controlplane.identity import (
-    AuthenticationFailed,
     Authenticator,
-    AuthenticatorUnavailable,
     BootstrapTokenAuthenticator,
     CertificateAuthority,
     TokenReviewAuthenticator,
-    bearer_token,
     load_ca_from_directory,
     load_ca_from_secret,
 )
+from controlplane.identity.service import SERVICE as IDENTITY_SERVICE
 from controlplane.identity.service import IdentityService
 from controlplane.identity.serving import (
     ServingCertificate,
@@ -53,8 +47,9 @@ from controlplane.sources.local import LocalSource
 from controlplane.tap import MAX_STREAMS, MAX_STREAMS_PER_CALLER, AgentTapService, TapBroker
 from controlplane.telemetry import TelemetryStore
 from controlplane.telemetry.service import MAX_RECEIVE_BYTES, TelemetryService
+from controlplane.telemetry.service import SERVICE as TELEMETRY_SERVICE
 from controlplane.telemetry_port import StoreTelemetry
-from nodemesh import tasks
+from nodemesh import ports, tasks
 from nodemesh.api import destination_pb2_grpc, public_pb2_grpc, tap_pb2_grpc
 from nodemesh.model import PodKey
 from nodemesh.version import __version__
@@ -91,9 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ca-secret", default=None, help="namespace/name (default: <namespace>/nodemesh-identity)"
     )
     p.add_argument("--trust-domain", default="cluster.local")
-    p.add_argument("--agent-addr", default="0.0.0.0:8086")
-    p.add_argument("--public-addr", default="0.0.0.0:8085")
-    p.add_argument("--admin-addr", default="0.0.0.0:9996")
+    p.add_argument("--agent-addr", default=f"0.0.0.0:{ports.AGENT_API}")
+    p.add_argument("--public-addr", default=f"0.0.0.0:{ports.PUBLIC_API}")
+    p.add_argument("--admin-addr", default=f"0.0.0.0:{ports.CONTROLPLANE_ADMIN}")
     p.add_argument("--agent-tls", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--drain-seconds", type=float, default=5.0)
     p.add_argument(
@@ -184,17 +179,6 @@ def readiness(index: ClusterIndex) -> tuple[bool, str]:
     )
 
 
-def node_proof(authenticator: Authenticator) -> NodeProof:
-    async def prove(context: grpc.aio.ServicerContext) -> str:
-        try:
-            agent = await authenticator.authenticate(bearer_token(context.invocation_metadata()))
-        except (AuthenticationFailed, AuthenticatorUnavailable) as exc:
-            raise AgentRefused(str(exc)) from exc
-        return agent.node
-
-    return prove
-
-
 async def serve(args: argparse.Namespace) -> None:
     index = ClusterIndex(trust_domain=args.trust_domain)
     api = None
@@ -211,24 +195,29 @@ async def serve(args: argparse.Namespace) -> None:
     hub = DestinationHub(index)
     broker = TapBroker(index, max_streams_per_caller=args.tap_streams_per_caller)
     store = TelemetryStore()
-    proof = node_proof(identity.authenticator) if identity else None
-
+    telemetry = TelemetryService(
+        store=store, is_known_node=lambda node: not index.synced or node in index.nodes
+    )
+    certify = None
+    # Every call on the agent port proves which node's agent makes it, once, here.
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if identity is not None:
+        certify = IdentityService(authority=identity.authority)
+        refused = {TELEMETRY_SERVICE: telemetry.refused, IDENTITY_SERVICE: certify.refused}
+        interceptors.append(AgentAuthInterceptor(identity.authenticator, refused=refused))
     # Let oversized telemetry reports reach the service, which refuses and counts them, rather
     # than being cut off by gRPC's own 4 MiB default where nobody sees why.
-    agent_server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)])
-    destination_pb2_grpc.add_DestinationServicer_to_server(
-        DestinationService(hub, proof=proof, wait_for_index=True), agent_server
+    agent_server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)],
+        interceptors=interceptors,
     )
-    tap_pb2_grpc.add_AgentTapServicer_to_server(AgentTapService(broker, proof=proof), agent_server)
-    TelemetryService(
-        store=store,
-        is_known_node=lambda node: not index.synced or node in index.nodes,
-        authenticator=identity.authenticator if identity else None,
-    ).add_to(agent_server)
-    if identity is not None:
-        IdentityService(authority=identity.authority, authenticator=identity.authenticator).add_to(
-            agent_server
-        )
+    destination_pb2_grpc.add_DestinationServicer_to_server(
+        DestinationService(hub, wait_for_index=True), agent_server
+    )
+    tap_pb2_grpc.add_AgentTapServicer_to_server(AgentTapService(broker), agent_server)
+    telemetry.add_to(agent_server)
+    if certify is not None:
+        certify.add_to(agent_server)
     if args.agent_tls:
         if identity is None:
             raise SystemExit("--agent-tls needs the CA (--identity-dir or the Kubernetes Secret)")

@@ -6,6 +6,7 @@ import asyncio
 import math
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -14,7 +15,7 @@ from controlplane.access import REVIEW_CACHE_SECONDS, AccessRefused, Gate, refus
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
 from controlplane.tap import TapBroker, TapBusy, TapStream
-from controlplane.telemetry_port import BadQuery, GroupStats, Selector, TelemetryPort
+from controlplane.telemetry_port import BadQuery, Selector, StatRow, TelemetryPort
 from nodemesh import tasks
 from nodemesh.access import ResourceAttributes, stats_attributes, tap_attributes
 from nodemesh.api import public_pb2 as pb
@@ -106,7 +107,9 @@ class PublicService(pb_grpc.PublicServicer):
         self.hub = hub
         self.source_name = source_name
 
-    async def Stat(self, request: pb.StatRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def Stat(  # noqa: N802
+        self, request: pb.StatRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StatResponse:
         try:
             kind = resources.canonical_kind(request.resource.kind)
             window = window_of(request.window_seconds)
@@ -185,7 +188,9 @@ class PublicService(pb_grpc.PublicServicer):
                 groups[(p.key.namespace, p.workload.name)].append(p)
         return groups
 
-    async def Edges(self, request: pb.EdgesRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def Edges(  # noqa: N802
+        self, request: pb.EdgesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EdgesResponse:
         try:
             kind = resources.canonical_kind(request.kind or "deploy")
             if kind not in ("deployment", "pod"):
@@ -261,7 +266,8 @@ class PublicService(pb_grpc.PublicServicer):
             )
             while True:
                 event = asyncio.ensure_future(stream.queue.get())
-                await asyncio.wait({event, refused}, return_when=asyncio.FIRST_COMPLETED)
+                either: set[asyncio.Future[Any]] = {event, refused}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
                 if refused.done():
                     event.cancel()
                     await refuse(context, refused.result())
@@ -289,7 +295,9 @@ class PublicService(pb_grpc.PublicServicer):
                 refused.set_result(exc)
                 return
 
-    async def ListWorkloads(self, request: pb.ListWorkloadsRequest, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def ListWorkloads(  # noqa: N802
+        self, request: pb.ListWorkloadsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListWorkloadsResponse:
         await self.gate.admit(context, stats_attributes("workloads", namespace=request.namespace))
         out = []
         meshed = Enrolled(self.telemetry.enrolled_pods())
@@ -312,7 +320,9 @@ class PublicService(pb_grpc.PublicServicer):
             )
         return pb.ListWorkloadsResponse(workloads=out, namespaces_meshed=self.index.namespaces())
 
-    async def ListNodes(self, request: pb.ListNodesRequest, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def ListNodes(  # noqa: N802
+        self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListNodesResponse:
         await self.gate.admit(context, stats_attributes("nodes", namespace=""))
         agents = {a.node: a for a in self.telemetry.agents()}
         connected = {s.node: s.agent_version for s in self.hub.subscribers}
@@ -342,7 +352,9 @@ class PublicService(pb_grpc.PublicServicer):
             )
         return pb.ListNodesResponse(nodes=out)
 
-    async def Version(self, request: pb.VersionRequest, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def Version(  # noqa: N802
+        self, request: pb.VersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VersionResponse:
         await self.gate.admit(context)  # any authenticated caller
         return pb.VersionResponse(
             version=__version__,
@@ -356,14 +368,14 @@ def _tap_ref(res: pb.Resource) -> tap_pb2.ResourceRef:
     return tap_pb2.ResourceRef(kind=res.kind, namespace=res.namespace or "default", name=res.name)
 
 
-def _row(  # type: ignore[no-untyped-def]
+def _row(
     kind: str,
     key: Group,
     pods: list[PodInfo],
-    g: GroupStats | None,
+    g: StatRow | None,
     window: int,
     meshed: Enrolled,
-):
+) -> pb.StatRow:
     row = pb.StatRow(
         resource=pb.Resource(kind=kind, namespace=key[0], name=key[1]),
         meshed_pods=sum(map(meshed, pods)),
@@ -371,18 +383,18 @@ def _row(  # type: ignore[no-untyped-def]
     )
     if g is None:
         return row
-    covered = g.covered_s or window
+    covered = g.window_s or window
     row.requests = g.requests
     row.rps = g.requests / covered
     row.covered_seconds = covered
     if g.requests:
-        row.success_rate = g.successes / g.requests
-    for field in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
-        value = getattr(g, field)
+        row.success_rate = g.success / g.requests
+    for field, q in (("latency_p50_ms", 0.5), ("latency_p95_ms", 0.95), ("latency_p99_ms", 0.99)):
+        value = g.latency_ms(q)
         if value is not None:
             setattr(row, field, value)
     row.tcp_open_connections = g.tcp_open_connections
-    row.tcp_read_bytes = g.tcp_read_bytes
-    row.tcp_write_bytes = g.tcp_write_bytes
+    row.tcp_read_bytes = g.read_bytes
+    row.tcp_write_bytes = g.write_bytes
     row.authz_denied = g.authz_denied
     return row

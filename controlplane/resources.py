@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from controlplane.index import ClusterIndex
-from nodemesh.kinds import KIND_ALIASES
+from nodemesh import kinds
 from nodemesh.model import PodInfo, PodKey, ServiceKey
-
-KINDS = ("deployment", "pod", "namespace", "service", "node")
-_ALIASES = KIND_ALIASES
 
 
 class BadResource(ValueError):
@@ -16,11 +13,9 @@ class BadResource(ValueError):
 
 def canonical_kind(kind: str) -> str:
     try:
-        return _ALIASES[kind.strip().lower()]
-    except KeyError:
-        raise BadResource(
-            f"unknown resource kind {kind!r}; use one of deploy, pod, ns, svc, node"
-        ) from None
+        return kinds.canonical(kind)
+    except kinds.UnknownKind as exc:
+        raise BadResource(str(exc)) from None
 
 
 def pods_of(index: ClusterIndex, kind: str, *, namespace: str, name: str) -> list[PodInfo]:

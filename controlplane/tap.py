@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from controlplane import resources
-from controlplane.destination import NodeProof, check_agent
+from controlplane.agent_auth import check_agent
 from controlplane.index import Change, ClusterIndex, PodRemoved, PodUpdated
 from controlplane.metrics import TAP_EVENTS, TAP_SUBSCRIPTIONS
 from nodemesh import tasks
@@ -253,18 +253,19 @@ class TapBroker:
 
 
 class AgentTapService(pb_grpc.AgentTapServicer):
-    def __init__(self, broker: TapBroker, *, proof: NodeProof | None = None) -> None:
+    def __init__(self, broker: TapBroker) -> None:
         self.broker = broker
-        self.proof = proof
 
-    async def Connect(self, request_iterator, context: grpc.aio.ServicerContext) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
+    async def Connect(  # noqa: N802
+        self, request_iterator: object, context: grpc.aio.ServicerContext
+    ) -> None:
         first = await context.read()
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello" or not first.hello.node:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a hello with the node"
             )
         node = first.hello.node
-        await check_agent(self.proof, context, node)
+        await check_agent(context, node)
         link = self.broker.agent_connected(node, first.hello.agent_version)
         reader = tasks.spawn(self._read(context, node), name=f"tap-read-{node}")
         try:

@@ -1,7 +1,8 @@
 """What the public API needs from the telemetry store (a Protocol: either side may change).
 
-The store groups the traffic it holds by one resource kind and answers with golden metrics per
-group; the public API joins those with the index (meshed pods, resources with no traffic yet)."""
+The store groups the traffic it holds by one resource kind and answers with a `StatRow` of
+golden metrics per group (the one row type from the query to the public API's message); the
+public API joins those with the index (meshed pods, resources with no traffic yet)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from controlplane.telemetry import query
+from controlplane.telemetry.query import StatRow
 from controlplane.telemetry.store import TelemetryStore
+
+__all__ = ["AgentState", "BadQuery", "EdgeStats", "NoTelemetry", "Selector", "StatRow",
+           "StoreTelemetry", "TelemetryPort"]  # fmt: skip
 
 
 class BadQuery(ValueError):
@@ -24,24 +29,6 @@ class Selector:
     kind: str
     namespace: str = ""
     name: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class GroupStats:
-    """Golden metrics of one group over the window."""
-
-    namespace: str  # empty for node and namespace groups
-    name: str
-    requests: int = 0
-    successes: int = 0
-    latency_p50_ms: float | None = None
-    latency_p95_ms: float | None = None
-    latency_p99_ms: float | None = None
-    tcp_open_connections: int = 0
-    tcp_read_bytes: int = 0
-    tcp_write_bytes: int = 0
-    covered_s: float = 0.0  # the seconds the counts cover (rates divide by this)
-    authz_denied: int = 0  # requests and connections the destination's policy denied
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +62,7 @@ class TelemetryPort(Protocol):
         source: Selector | None,
         destination: Selector | None,
         window_s: int,
-    ) -> list[GroupStats]:
+    ) -> list[StatRow]:
         """Traffic grouped by `group_by` (inbound traffic of each group, or, with `destination`,
         the group's outbound traffic to it; with `source`, only traffic coming from it)."""
         ...
@@ -92,7 +79,7 @@ class TelemetryPort(Protocol):
 class NoTelemetry:
     """Stands in until a store is wired: every query answers 'no traffic'."""
 
-    def stat(self, **_: object) -> list[GroupStats]:
+    def stat(self, **_: object) -> list[StatRow]:
         return []
 
     def edges(self, **_: object) -> list[EdgeStats]:
@@ -112,13 +99,11 @@ LIVE_AGENT_SECONDS = 15.0
 class StoreTelemetry:
     """The port over controlplane.telemetry's TelemetryStore and its queries."""
 
-    _KIND = {"deployment": "deploy", "namespace": "ns", "service": "svc"}
-
     def __init__(self, store: TelemetryStore) -> None:
         self.store = store
 
     def _resource(self, sel: Selector) -> query.Resource:
-        return query.Resource(self._KIND.get(sel.kind, sel.kind), sel.namespace, sel.name)
+        return query.Resource(sel.kind, sel.namespace, sel.name)
 
     def stat(
         self,
@@ -128,9 +113,9 @@ class StoreTelemetry:
         source: Selector | None,
         destination: Selector | None,
         window_s: int,
-    ) -> list[GroupStats]:
+    ) -> list[StatRow]:
         try:
-            rows = query.stat(
+            return query.stat(
                 self.store,
                 self._resource(Selector(group_by, namespace)),
                 from_=self._resource(source) if source else None,
@@ -141,23 +126,6 @@ class StoreTelemetry:
             )
         except (query.InvalidQuery, query.UnknownResourceKind) as exc:
             raise BadQuery(str(exc)) from exc
-        return [
-            GroupStats(
-                namespace=r.namespace,
-                name=r.name,
-                requests=r.requests,
-                successes=r.success,
-                latency_p50_ms=r.latency_ms(0.5),
-                latency_p95_ms=r.latency_ms(0.95),
-                latency_p99_ms=r.latency_ms(0.99),
-                tcp_open_connections=r.tcp_open_connections,
-                tcp_read_bytes=r.read_bytes,
-                tcp_write_bytes=r.write_bytes,
-                covered_s=r.window_s,
-                authz_denied=r.authz_denied,
-            )
-            for r in rows
-        ]
 
     def edges(self, *, kind: str, namespace: str, window_s: int) -> list[EdgeStats]:
         try:

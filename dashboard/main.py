@@ -9,6 +9,7 @@ import uvicorn
 
 from dashboard.app import create_app
 from dashboard.publicapi import SERVICE_ACCOUNT_TOKEN
+from nodemesh import ports
 
 
 def host_port(value: str) -> tuple[str, int]:
@@ -22,11 +23,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="nodemesh-dashboard", description=__doc__)
     p.add_argument(
         "--public-api",
-        default="nodemesh-controlplane.nodemesh.svc.cluster.local:8085",
+        default=f"nodemesh-controlplane.nodemesh.svc.cluster.local:{ports.PUBLIC_API}",
         type=lambda v: host_port(v) and v,  # kept as typed: gRPC takes [v6]:port itself
         help="the control plane's public API (gRPC), HOST:PORT",
     )
-    p.add_argument("--addr", default="0.0.0.0:8084", type=host_port, help="listen on HOST:PORT")
+    p.add_argument(
+        "--addr", default=f"0.0.0.0:{ports.DASHBOARD}", type=host_port, help="listen on HOST:PORT"
+    )
     p.add_argument("--cache-seconds", type=float, default=1.0, help="share answers this long")
     p.add_argument("--sample-seconds", type=float, default=5.0, help="chart history period")
     p.add_argument("--max-taps", type=int, default=8, help="live taps open at once")

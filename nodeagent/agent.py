@@ -313,17 +313,15 @@ class Agent:
         else:
             # An agent still running on this node hands its sockets over instead of us binding.
             predecessor = await Predecessor.find(cfg.handover_path)
-        channel = open_channel(
-            cfg.controlplane, insecure=cfg.controlplane_insecure, ca_file=cfg.controlplane_ca
-        )
         token_file = cfg.token_file
-        client = DestinationClient(
-            channel=channel,
-            table=self.table,
-            on_change=self._table_changed,
-            token=(lambda: read_token(token_file, node=cfg.node)) if token_file else lambda: None,
+        channel = open_channel(
+            cfg.controlplane,
+            insecure=cfg.controlplane_insecure,
+            ca_file=cfg.controlplane_ca,
+            # Read for every call: a projected token rotates under the agent.
+            token=(lambda: read_token(token_file, node=cfg.node)) if token_file else None,
         )
-        token = (lambda: read_token(token_file, node=cfg.node)) if token_file else lambda: None
+        client = DestinationClient(channel=channel, table=self.table, on_change=self._table_changed)
         try:
             metrics.REGISTRY.register(self.collector)
             install_report_signal(cfg.memory_report_dir)
@@ -339,7 +337,6 @@ class Agent:
                     channel=channel,
                     store=self.certs,
                     wanted=lambda: identities_on_node(self.table),
-                    token=token,
                 )
                 self._tasks.append(tasks.spawn(self.identity.run(), name="identity client"))
             else:
@@ -353,9 +350,8 @@ class Agent:
                     enrolled_pods=lambda: [
                         (r.namespace, r.name, r.uid) for r in self.enroller.enrolled()
                     ],
-                    token=token,
                 )
-                tap = TapClient(channel=channel, taps=self.sink.taps, token=token)
+                tap = TapClient(channel=channel, taps=self.sink.taps)
                 self._tasks.append(tasks.spawn(telemetry.run(), name="telemetry client"))
                 self._tasks.append(tasks.spawn(tap.run(), name="tap client"))
             if predecessor is not None:

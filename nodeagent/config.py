@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodemesh import ports
+
 DEFAULT_CNI_SOCKET = "/var/run/nodemesh/cni.sock"
 DEFAULT_STATE_FILE = "/var/run/nodemesh/agent-state.json"
-DEFAULT_CONTROLPLANE = "nodemesh-controlplane.nodemesh.svc.cluster.local:8086"
-DEFAULT_ADMIN = "0.0.0.0:4191"
+DEFAULT_CONTROLPLANE = f"nodemesh-controlplane.nodemesh.svc.cluster.local:{ports.AGENT_API}"
+DEFAULT_ADMIN = f"0.0.0.0:{ports.AGENT_ADMIN}"
 DEFAULT_MARK = 0x6E6D
 
 
@@ -28,7 +30,7 @@ class AgentConfig:
     # The agent's node credential: a lab bootstrap token, or a projected service-account token.
     token_file: Path | None = None
     admin_host: str = "0.0.0.0"
-    admin_port: int = 4191
+    admin_port: int = ports.AGENT_ADMIN
     netns_dir: Path = Path("/run/netns")
     mark: int = DEFAULT_MARK
     # How long an ADD waits for the control plane to tell the agent about a new pod.

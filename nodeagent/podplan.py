@@ -6,14 +6,8 @@ import ipaddress
 from collections.abc import Iterable
 
 from nodeagent.rules import RedirectSettings
+from nodemesh import ports
 from nodemesh.model import InboundMode, PodInfo, PortSet
-
-# What the agent listens on inside every meshed pod (DESIGN.md, "Data path").
-OUTBOUND_PORT = 4140
-INBOUND_PORT = 4141
-TUNNEL_PORT = 4143
-DNS_PORT = 4153
-AGENT_PORTS = frozenset({OUTBOUND_PORT, INBOUND_PORT, TUNNEL_PORT, DNS_PORT})
 
 
 def _ranges(ports: PortSet) -> tuple[tuple[int, int], ...]:
@@ -44,10 +38,10 @@ def redirect_settings(pod: PodInfo, *, mark: int, gateways: Iterable[str] = ()) 
     probes come from, and strict mode's UDP policy."""
     return RedirectSettings(
         agent_mark=mark,
-        outbound_port=OUTBOUND_PORT,
-        inbound_port=INBOUND_PORT,
-        tunnel_port=TUNNEL_PORT,
-        dns_port=DNS_PORT,
+        outbound_port=ports.OUTBOUND,
+        inbound_port=ports.INBOUND,
+        tunnel_port=ports.TUNNEL,
+        dns_port=ports.DNS,
         skip_inbound_ports=_ranges(pod.mesh.skip_inbound_ports),
         skip_outbound_ports=_ranges(pod.mesh.skip_outbound_ports),
         probe_sources=probe_sources(pod, gateways),

@@ -1,6 +1,8 @@
 """The Identity gRPC service (grpc.aio): authenticate the agent, ask the CA, count the outcome.
 
-Wire it with `IdentityService(authority=..., authenticator=..., registry=...).add_to(server)`.
+Wire it with `IdentityService(authority=..., registry=...).add_to(server)` on a server whose
+AgentAuthInterceptor (controlplane.agent_auth) authenticates the agent, with
+`refused={SERVICE: service.refused}` so refusals are counted here; without one it issues nothing.
 Metric: `nodemesh_identity_certificates_total{result="issued"|"refused", reason=...}` in the
 registry given (default: prometheus_client's global one, registered once per process).
 """
@@ -13,17 +15,14 @@ import logging
 import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
-from controlplane.identity.authn import (
-    AuthenticationFailed,
-    Authenticator,
-    AuthenticatorUnavailable,
-    bearer_token,
-)
+from controlplane.agent_auth import calling_agent
 from controlplane.identity.authority import CertificateAuthority
 from controlplane.identity.csr import Refused
 from nodemesh.api import identity_pb2, identity_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+SERVICE = "nodemesh.identity.v1.Identity"
 
 _STATUS = {
     "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
@@ -57,37 +56,30 @@ class IdentityService(identity_pb2_grpc.IdentityServicer):
         self,
         *,
         authority: CertificateAuthority,
-        authenticator: Authenticator,
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
         self.authority = authority
-        self.authenticator = authenticator
         self.certificates = certificates_counter(registry)
 
     def add_to(self, server: grpc.aio.Server) -> None:
         identity_pb2_grpc.add_IdentityServicer_to_server(self, server)
 
-    def _refuse(self, reason: str, message: str, *, node: str = "?") -> None:
+    def refused(self, reason: str, message: str, *, node: str = "?") -> None:
         self.certificates.labels("refused", reason).inc()
         log.warning("identity: refused a certificate for node %s (%s): %s", node, reason, message)
 
     async def Certify(  # noqa: N802 (gRPC method name)
         self, request: identity_pb2.CertifyRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.CertifyResponse:
-        try:
-            agent = await self.authenticator.authenticate(
-                bearer_token(context.invocation_metadata())
-            )
-        except AuthenticationFailed as e:
-            self._refuse("unauthenticated", str(e))
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
-        except AuthenticatorUnavailable as e:
-            self._refuse("authenticator_unavailable", str(e))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        agent = calling_agent()
+        if agent is None:  # a server without the interceptor: certify no one
+            self.refused("unauthenticated", "no authenticated agent")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no authenticated agent")
+            return identity_pb2.CertifyResponse()  # not reached: abort raises
         try:
             issued = self.authority.certify(request.csr, request.spiffe_id, node=agent.node)
         except Refused as e:
-            self._refuse(e.reason, e.message, node=agent.node)
+            self.refused(e.reason, e.message, node=agent.node)
             await context.abort(_STATUS[e.code], e.message)
         self.certificates.labels("issued", "").inc()
         log.info(

@@ -6,7 +6,7 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from controlplane.index import derive
+from controlplane.index import derive, mesh
 from controlplane.index.changes import (
     Change,
     NodeRemoved,
@@ -91,7 +91,7 @@ class ClusterIndex:
     def namespaces(self) -> dict[str, bool]:
         """Namespace name -> meshed."""
         return {
-            name: derive.mesh.namespace_meshed(derive.d(derive.meta(obj).get("labels")))
+            name: mesh.namespace_meshed(derive.d(derive.meta(obj).get("labels")))
             for (_, name), obj in self._raw["Namespace"].items()
         }
 

@@ -30,7 +30,6 @@ from controlplane.metrics import (
     SOURCE_RELISTS,
     SOURCE_WATCH_ERRORS,
 )
-from controlplane.sources.backoff import Backoff
 from controlplane.sources.events import (
     KINDS,
     BadObject,
@@ -44,6 +43,7 @@ from controlplane.sources.events import (
     check_object,
 )
 from nodemesh import authz
+from nodemesh.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

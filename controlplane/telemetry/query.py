@@ -1,8 +1,9 @@
 """Questions asked of the telemetry store: stat per resource, edges, agents (pure functions).
 
 Interface:
-- `Resource(kind, namespace="", name="")`; kinds deploy, pod, ns, svc, node (aliases accepted,
-  anything else raises UnknownResourceKind); empty namespace/name mean "all".
+- `Resource(kind, namespace="", name="")`; any kind nodemesh.kinds knows (canonicalised there:
+  deployment, pod, namespace, service, node; anything else raises UnknownResourceKind); empty
+  namespace/name mean "all".
 - `stat(store, resource, from_=None, to=None, window_s=60, include_current=False)`
   -> list[StatRow], one per resource that had traffic in the window (the public API adds the
   idle ones it knows from the index). Which series count:
@@ -27,28 +28,22 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 from controlplane.telemetry.report import Peer, RequestKey, TcpKey
 from controlplane.telemetry.store import (
     BUCKET_SECONDS,
     RETENTION_SECONDS,
     NodeState,
+    RequestCell,
+    TcpCell,
     TelemetryStore,
 )
+from nodemesh import kinds
 from nodemesh.histogram import quantile
 
-KINDS = {
-    "deploy": "deploy", "deployment": "deploy", "deployments": "deploy",
-    "po": "pod", "pod": "pod", "pods": "pod",
-    "ns": "ns", "namespace": "ns", "namespaces": "ns",
-    "svc": "svc", "service": "svc", "services": "svc",
-    "no": "node", "node": "node", "nodes": "node",
-}  # fmt: skip
-
-
-class UnknownResourceKind(ValueError):
-    pass
+_Cell = TypeVar("_Cell", RequestCell, TcpCell)
+UnknownResourceKind = kinds.UnknownKind
 
 
 class InvalidQuery(ValueError):
@@ -62,11 +57,7 @@ class Resource:
     name: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise UnknownResourceKind(
-                f"unknown resource kind {self.kind!r}; use one of deploy, pod, ns, svc, node"
-            )
-        object.__setattr__(self, "kind", KINDS[self.kind])
+        object.__setattr__(self, "kind", kinds.canonical(self.kind))
 
 
 @dataclass
@@ -112,13 +103,13 @@ class StatRow:
 
 def _name_of(kind: str, peer: Peer) -> tuple[str, str] | None:
     """(namespace, name) of `peer` as a resource of `kind`, or None if it has none."""
-    if kind == "deploy":
+    if kind == "deployment":
         return (peer.namespace, peer.deployment) if peer.deployment else None
     if kind == "pod":
         return (peer.namespace, peer.pod) if peer.pod else None
-    if kind == "ns":
+    if kind == "namespace":
         return ("", peer.namespace) if peer.namespace else None
-    if kind == "svc":
+    if kind == "service":
         return (peer.namespace, peer.service) if peer.service else None
     raise InvalidQuery(f"{kind} cannot be matched against a peer")
 
@@ -127,7 +118,7 @@ def _matches(resource: Resource, found: tuple[str, str] | None) -> bool:
     if found is None:
         return False
     namespace, name = found
-    if resource.namespace and resource.kind != "ns" and namespace != resource.namespace:
+    if resource.namespace and resource.kind != "namespace" and namespace != resource.namespace:
         return False
     return not resource.name or name == resource.name
 
@@ -142,7 +133,7 @@ def _row_of(
         if key.direction != "outbound" or not _matches(to, _name_of(to.kind, key.dst)):
             return None
         found = _name_of(resource.kind, key.src)
-    elif from_ is not None or resource.kind == "svc":
+    elif from_ is not None or resource.kind == "service":
         if key.direction != "outbound":
             return None
         if from_ is not None and not _matches(from_, _name_of(from_.kind, key.src)):
@@ -183,7 +174,7 @@ def stat(
         raise InvalidQuery("use --from or --to, not both")
     if (from_ is not None and from_.kind == "node") or (to is not None and to.kind == "node"):
         raise InvalidQuery("node cannot be used with --from/--to")
-    if to is not None and resource.kind == "svc":
+    if to is not None and resource.kind == "service":
         raise InvalidQuery("svc has no outbound traffic of its own; use --from")
     first, last, seconds = _window(store, window_s, include_current)
     # Agents report every open series each second: an older gauge is of an agent gone quiet.
@@ -225,7 +216,7 @@ def stat(
     return sorted(rows.values(), key=lambda r: (r.namespace, r.name))
 
 
-def _in_window(cells: list[Any], first: int, last: int) -> Iterator[Any]:
+def _in_window(cells: list[_Cell], first: int, last: int) -> Iterator[_Cell]:
     # Newest cells are at the right; walk back and stop at the first one before the window.
     for cell in reversed(cells):
         if cell.start < first:
@@ -253,13 +244,12 @@ def edges(store: TelemetryStore, *, namespace: str = "", window_s: float = 60) -
     where no client agent reported (an unmeshed client). An inbound report names a client pod
     without its Deployment; any series that names that pod with its Deployment supplies it."""
     first, last, _ = _window(store, window_s, include_current=True)
-    tables: list[Any] = [store.request_series.items(), store.tcp_series.items()]
+    keys: list[RequestKey | TcpKey] = [*store.request_series, *store.tcp_series]
     owners: dict[tuple[str, str], str] = {}
-    for table in tables:
-        for key, _cells in table:
-            for p in (key.src, key.dst):
-                if p.pod and p.deployment:
-                    owners[(p.namespace, p.pod)] = p.deployment
+    for key in keys:
+        for p in (key.src, key.dst):
+            if p.pod and p.deployment:
+                owners[(p.namespace, p.pod)] = p.deployment
 
     def workload(p: Peer) -> str:
         return p.deployment or owners.get((p.namespace, p.pod), "") or p.pod
@@ -267,28 +257,29 @@ def edges(store: TelemetryStore, *, namespace: str = "", window_s: float = 60) -
     found: dict[tuple[str, str, str, str], Edge] = {}
     # (edge, direction) -> [requests, connections]
     counts: dict[tuple[tuple[str, str, str, str], str], list[int]] = {}
-    for table in [store.request_series.items(), store.tcp_series.items()]:
-        for key, cells in table:
-            src, dst = workload(key.src), workload(key.dst)
-            if not src or not dst:
-                continue
-            if namespace and namespace not in (key.src.namespace, key.dst.namespace):
-                continue
-            is_request = isinstance(key, RequestKey)
-            amount = sum(
-                c.responses if is_request else c.opened for c in _in_window(cells, first, last)
-            )
-            if not amount:
-                continue
-            ident = (key.src.namespace, src, key.dst.namespace, dst)
-            edge = found.get(ident) or found.setdefault(ident, Edge(*ident))
-            edge.secured = edge.secured and key.tls
-            if key.src.identity:
-                edge.client_identities.add(key.src.identity)
-            if key.dst.identity:
-                edge.server_identities.add(key.dst.identity)
-            tally = counts.setdefault((ident, key.direction), [0, 0])
-            tally[0 if is_request else 1] += amount
+
+    def count(key: RequestKey | TcpKey, amount: int, slot: int) -> None:
+        src, dst = workload(key.src), workload(key.dst)
+        if not src or not dst:
+            return
+        if namespace and namespace not in (key.src.namespace, key.dst.namespace):
+            return
+        if not amount:
+            return
+        ident = (key.src.namespace, src, key.dst.namespace, dst)
+        edge = found.get(ident) or found.setdefault(ident, Edge(*ident))
+        edge.secured = edge.secured and key.tls
+        if key.src.identity:
+            edge.client_identities.add(key.src.identity)
+        if key.dst.identity:
+            edge.server_identities.add(key.dst.identity)
+        tally = counts.setdefault((ident, key.direction), [0, 0])
+        tally[slot] += amount
+
+    for rkey, rcells in store.request_series.items():
+        count(rkey, sum(c.responses for c in _in_window(rcells, first, last)), 0)
+    for tkey, tcells in store.tcp_series.items():
+        count(tkey, sum(c.opened for c in _in_window(tcells, first, last)), 1)
     for ident, edge in found.items():
         out = counts.get((ident, "outbound"), [0, 0])
         inb = counts.get((ident, "inbound"), [0, 0])

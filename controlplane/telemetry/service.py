@@ -1,10 +1,12 @@
 """The Telemetry gRPC service (grpc.aio): agents stream reports in, the store takes them.
 
-Wire it with `TelemetryService(store=..., is_known_node=..., authenticator=..., registry=...)
-.add_to(server)`, and give the server `options=[("grpc.max_receive_message_length",
-MAX_RECEIVE_BYTES)]` so an oversized report reaches the service (and is refused and counted)
-instead of only failing in the transport. Requests are deserialized here, not by grpc, so a
-garbled message is refused with an ack rather than ending the stream.
+Wire it with `TelemetryService(store=..., is_known_node=..., registry=...).add_to(server)` on a
+server whose AgentAuthInterceptor (controlplane.agent_auth) says which agent calls (with
+`refused={SERVICE: service.refused}` to count refusals), and give the server
+`options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]` so an oversized report reaches
+the service (and is refused and counted) instead of only failing in the transport. Requests are
+deserialized here, not by grpc, so a garbled message is refused with an ack rather than ending the
+stream.
 Metrics: `nodemesh_telemetry_reports_total{result, reason}`, and from the store
 `nodemesh_telemetry_series`, `nodemesh_telemetry_cells`, `nodemesh_telemetry_series_evicted_total`.
 """
@@ -20,19 +22,15 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controlplane.identity.authn import (
-    AuthenticationFailed,
-    Authenticator,
-    AuthenticatorUnavailable,
-    bearer_token,
-)
+from controlplane.agent_auth import calling_agent
 from controlplane.telemetry.report import MAX_REPORT_BYTES, BadReport, parse_report
 from controlplane.telemetry.store import TelemetryStore
 from nodemesh.api import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-METHOD = "/nodemesh.telemetry.v1.Telemetry/Report"
+SERVICE = "nodemesh.telemetry.v1.Telemetry"
+METHOD = f"/{SERVICE}/Report"
 MAX_RECEIVE_BYTES = 2 * MAX_REPORT_BYTES
 
 _registered: dict[int, tuple[CollectorRegistry, Counter, list[Collector]]] = {}
@@ -84,12 +82,10 @@ class TelemetryService:
         *,
         store: TelemetryStore,
         is_known_node: Callable[[str], bool],
-        authenticator: Authenticator | None,
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
         self.store = store
         self.is_known_node = is_known_node
-        self.authenticator = authenticator
         self.reports = _metrics(registry, store)
 
     def add_to(self, server: grpc.aio.Server) -> None:
@@ -99,27 +95,14 @@ class TelemetryService:
             response_serializer=pb.ReportAck.SerializeToString,
         )
         server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    "nodemesh.telemetry.v1.Telemetry", {"Report": handler}
-                ),
-            )
+            (grpc.method_handlers_generic_handler(SERVICE, {"Report": handler}),)
         )
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> str | None:
-        if self.authenticator is None:
-            return None
-        try:
-            agent = await self.authenticator.authenticate(
-                bearer_token(context.invocation_metadata())
-            )
-        except AuthenticationFailed as e:
+    def refused(self, reason: str, message: str) -> None:
+        """The agent port's interceptor refused a stream before it reached Report."""
+        if reason == "unauthenticated":
             self.reports.labels("refused", "unauthenticated").inc()
-            log.warning("telemetry: refused a stream: %s", e)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
-        except AuthenticatorUnavailable as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-        return agent.node
+            log.warning("telemetry: refused a stream: %s", message)
 
     def handle(self, raw: bytes, *, authenticated_node: str | None) -> pb.ReportAck:
         """Take or refuse one serialized report; the answer says which and why."""
@@ -149,6 +132,7 @@ class TelemetryService:
     async def Report(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ReportAck]:
-        node = await self._authenticate(context)
+        caller = calling_agent()
+        node = caller.node if caller else None
         async for raw in request_iterator:
             yield self.handle(raw, authenticated_node=node)

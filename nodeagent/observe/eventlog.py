@@ -13,7 +13,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nodeagent.observe.events import ObservationSink, Peer, RequestObserved, TcpClosed, TcpOpened
+from nodeagent.observe.events import (
+    AuthzDenied,
+    ObservationSink,
+    Peer,
+    RequestObserved,
+    RequestStarted,
+    TcpClosed,
+    TcpOpened,
+)
 
 
 class EventLog:
@@ -40,40 +48,15 @@ class EventLog:
     def tapping(self, src: Peer, dst: Peer) -> bool:
         return self.inner.tapping(src, dst)
 
-    def request_started(
-        self,
-        req_id: int,
-        conn_id: int,
-        direction: str,
-        src: Peer,
-        dst: Peer,
-        protocol: str,
-        tls: bool,
-        method: str,
-        authority: str,
-        path: str,
-        at: float,
-        src_port: int = 0,
-        dst_port: int = 0,
-    ) -> None:
-        self.inner.request_started(
-            req_id,
-            conn_id,
-            direction,
-            src,
-            dst,
-            protocol,
-            tls,
-            method,
-            authority,
-            path,
-            at,
-            src_port,
-            dst_port,
-        )
+    def request_started(self, ev: RequestStarted) -> None:
+        self.inner.request_started(ev)
 
     def response_started(self, req_id: int, status: int | None, at: float) -> None:
         self.inner.response_started(req_id, status, at)
+
+    def authz_denied(self, ev: AuthzDenied) -> None:
+        self._write("authz_denied", ev)
+        self.inner.authz_denied(ev)
 
     def close(self) -> None:
         self.file.close()

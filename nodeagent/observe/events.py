@@ -82,6 +82,25 @@ class RequestObserved:
     started_at: float  # time.time()
 
 
+@dataclass(frozen=True, slots=True)
+class RequestStarted:
+    """A tapped request's head was read (sent only while someone taps the pair: see tapping())."""
+
+    req_id: int
+    conn_id: int
+    direction: str
+    src: Peer
+    dst: Peer
+    protocol: str
+    tls: bool
+    method: str
+    authority: str
+    path: str
+    at: float  # time.time()
+    src_port: int = 0
+    dst_port: int = 0
+
+
 @dataclass(slots=True)
 class AuthzDenied:
     """A connection (protocol "tcp") or request the destination's policy denied; the agent
@@ -116,22 +135,7 @@ class ObservationSink(Protocol):
         """Cheap: is anyone tapping this pair? Gates the two calls below."""
         ...
 
-    def request_started(
-        self,
-        req_id: int,
-        conn_id: int,
-        direction: str,
-        src: Peer,
-        dst: Peer,
-        protocol: str,
-        tls: bool,
-        method: str,
-        authority: str,
-        path: str,
-        at: float,
-        src_port: int = 0,
-        dst_port: int = 0,
-    ) -> None: ...
+    def request_started(self, ev: RequestStarted) -> None: ...
 
     def response_started(self, req_id: int, status: int | None, at: float) -> None: ...
 
@@ -153,22 +157,7 @@ class NullSink:
     def tapping(self, src: Peer, dst: Peer) -> bool:
         return False
 
-    def request_started(
-        self,
-        req_id: int,
-        conn_id: int,
-        direction: str,
-        src: Peer,
-        dst: Peer,
-        protocol: str,
-        tls: bool,
-        method: str,
-        authority: str,
-        path: str,
-        at: float,
-        src_port: int = 0,
-        dst_port: int = 0,
-    ) -> None:
+    def request_started(self, ev: RequestStarted) -> None:
         pass
 
     def response_started(self, req_id: int, status: int | None, at: float) -> None:

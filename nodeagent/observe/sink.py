@@ -13,7 +13,14 @@ import itertools
 from typing import TYPE_CHECKING
 
 from nodeagent.observe import peers
-from nodeagent.observe.events import AuthzDenied, Peer, RequestObserved, TcpClosed, TcpOpened
+from nodeagent.observe.events import (
+    AuthzDenied,
+    Peer,
+    RequestObserved,
+    RequestStarted,
+    TcpClosed,
+    TcpOpened,
+)
 from nodeagent.observe.stats.series import DEFAULT_MAX_SERIES, Aggregate
 from nodeagent.observe.stats.tapping import Taps
 from nodemesh.api import tap_pb2
@@ -61,36 +68,8 @@ class AgentSink:
     def tapping(self, src: Peer, dst: Peer) -> bool:
         return self.taps.tapping(src, dst)
 
-    def request_started(
-        self,
-        req_id: int,
-        conn_id: int,
-        direction: str,
-        src: Peer,
-        dst: Peer,
-        protocol: str,
-        tls: bool,
-        method: str,
-        authority: str,
-        path: str,
-        at: float,
-        src_port: int = 0,
-        dst_port: int = 0,
-    ) -> None:
-        self.taps.request_started(
-            req_id=req_id,
-            direction=direction,
-            src=src,
-            dst=dst,
-            protocol=protocol,
-            tls=tls,
-            method=method,
-            authority=authority,
-            path=path,
-            at=at,
-            src_port=src_port,
-            dst_port=dst_port,
-        )
+    def request_started(self, ev: RequestStarted) -> None:
+        self.taps.request_started(ev)
 
     def response_started(self, req_id: int, status: int | None, at: float) -> None:
         self.taps.response_started(req_id, status, at)

@@ -72,11 +72,12 @@ class Http1Gate:
         while self.buf and self.state not in (_Body.DENIED, _Body.TUNNEL):
             if not self._step(fwd, out):
                 break
-        if self.state is _Body.TUNNEL and self.buf:
+        state: _Body = self.state  # _step() moved it on (mypy would keep the loop's narrowing)
+        if state is _Body.TUNNEL and self.buf:
             fwd += self.buf
             self.buf.clear()
         out.forward = bytes(fwd)
-        if self.state is _Body.DENIED:
+        if state is _Body.DENIED:
             self.buf.clear()
             if self.outstanding == 0 and self.pending_reply is not None:
                 out.reply, out.close, self.pending_reply = self.pending_reply, True, None

@@ -22,6 +22,7 @@ from nodeagent.protocol import dns
 from nodeagent.proxy.dnsnames import DnsNames
 from nodeagent.proxy.podnetns import marked_socket
 from nodemesh import tasks
+from nodemesh.netns import NetnsHandle
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class PodResolver:
     def __init__(
         self,
         *,
-        netns: str,
+        netns: str | NetnsHandle,
         namespace: str,
         pod: str,
         upstream: Callable[[], str | None],
@@ -139,7 +140,7 @@ class UdpDnsForwarder(asyncio.DatagramProtocol):
     def __init__(
         self,
         *,
-        netns: str,
+        netns: str | NetnsHandle,
         namespace: str,
         pod: str,
         upstream: Callable[[], str | None],

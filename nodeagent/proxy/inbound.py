@@ -16,7 +16,6 @@ import ssl
 from functools import partial
 from typing import TYPE_CHECKING
 
-from nodeagent import podplan
 from nodeagent.observe import peers
 from nodeagent.observe.events import Peer
 from nodeagent.protocol import detect
@@ -28,7 +27,7 @@ from nodeagent.proxy.l7relay import ConnectionTap, peer_port
 from nodeagent.proxy.outbound import CERT_WAIT, NO_TABLE, report_failed, table_known
 from nodeagent.proxy.podnetns import inbound_socket, marked_socket
 from nodeagent.proxy.tunnel import accept_tunnel, read_preamble, reply
-from nodemesh import authz, certs
+from nodemesh import authz, certs, ports
 from nodemesh.model import InboundMode, PodInfo, PodKey
 
 if TYPE_CHECKING:
@@ -44,12 +43,12 @@ async def connect_app(relay: Relay, pod: PodListeners, *, client_ip: str, port: 
     sock = None
     if rt.transparent:
         try:
-            make = partial(inbound_socket, pod.pod.netns, client_ip=client_ip)
+            make = partial(inbound_socket, pod.netns, client_ip=client_ip)
             sock = await loop.run_in_executor(rt.executor, make)
         except OSError as exc:
             log.debug("no transparent socket in %s: %s", pod.pod.netns, exc)
     if sock is None:
-        make = partial(marked_socket, pod.pod.netns, mark=rt.mark)
+        make = partial(marked_socket, pod.netns, mark=rt.mark)
         sock = await loop.run_in_executor(rt.executor, make)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, (pod.pod.ip, port)), CONNECT_TIMEOUT)
@@ -139,7 +138,7 @@ async def handle_plain(relay: Relay, pod: PodListeners) -> None:
     rt = pod.runtime
     sock = relay.downstream_socket
     _, port = original_destination(sock)
-    if port in podplan.AGENT_PORTS:
+    if port in ports.IN_POD:
         relay.refuse("connection back to an agent port")
         return
     client_ip = sock.getpeername()[0]
@@ -234,7 +233,7 @@ async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
     gate = None
     want_reply = bool(header.flags & pre.PreambleFlags.WANT_REPLY)
     strict = info is not None and info.mesh.inbound_mode is InboundMode.STRICT
-    if header.target_port in podplan.AGENT_PORTS or str(header.original_ip) != pod.pod.ip:
+    if header.target_port in ports.IN_POD or str(header.original_ip) != pod.pod.ip:
         code, error = pre.ReplyCode.NO_SUCH_TARGET, f"no target {header.original_ip}"
     elif strict and not client_id:
         code, error = pre.ReplyCode.POLICY_DENIED, "strict inbound mode: client not authenticated"

@@ -19,7 +19,14 @@ from collections.abc import Callable, Collection, Container
 from dataclasses import dataclass
 from typing import Any, cast
 
-from nodeagent.observe.events import ObservationSink, Peer, RequestObserved, TcpClosed, TcpOpened
+from nodeagent.observe.events import (
+    ObservationSink,
+    Peer,
+    RequestObserved,
+    RequestStarted,
+    TcpClosed,
+    TcpOpened,
+)
 from nodeagent.observe.metrics import (
     CONNECTION_PROTOCOLS,
     SERVER_FIRST,
@@ -340,19 +347,21 @@ class ConnectionTap:
         self.requests[key] = req
         if tapped:
             self.sink.request_started(
-                req.req_id,
-                self.conn_id,
-                self.direction,
-                self.src,
-                self.dst,
-                protocol,
-                self.tls,
-                method,
-                authority,
-                path,
-                wall,
-                self.src_port,
-                self.dst_port,
+                RequestStarted(
+                    req_id=req.req_id,
+                    conn_id=self.conn_id,
+                    direction=self.direction,
+                    src=self.src,
+                    dst=self.dst,
+                    protocol=protocol,
+                    tls=self.tls,
+                    method=method,
+                    authority=authority,
+                    path=path,
+                    at=wall,
+                    src_port=self.src_port,
+                    dst_port=self.dst_port,
+                )
             )
 
     def _first_byte(self, key: int, status: int) -> None:

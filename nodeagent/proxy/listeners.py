@@ -17,7 +17,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from nodeagent import podplan
 from nodeagent.handover.wire import SocketEntry
 from nodeagent.observe.events import NullSink, ObservationSink
 from nodeagent.observe.metrics import PodTcpStats, forget_pod
@@ -32,8 +31,8 @@ from nodeagent.proxy.l7relay import DETECT_TIMEOUT
 from nodeagent.proxy.routing import Routes
 from nodeagent.upstream.certstore import CertStore
 from nodeagent.upstream.table import DestinationTable
-from nodemesh import tasks
-from nodemesh.netns import socket_in_netns
+from nodemesh import ports, tasks
+from nodemesh.netns import NetnsHandle, socket_in_netns
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +84,17 @@ class ProxyRuntime:
 Handler = Callable[[Relay, "PodListeners"], Awaitable[None]]
 
 
-def _bind_all(netns: str) -> dict[str, socket.socket]:
+def _bind_all(netns: str | NetnsHandle) -> dict[str, socket.socket]:
     """Blocking: the five listening sockets, made inside `netns`."""
     made: dict[str, socket.socket] = {}
     specs = [
-        ("outbound", socket.SOCK_STREAM, "0.0.0.0", podplan.OUTBOUND_PORT),
-        ("inbound", socket.SOCK_STREAM, "0.0.0.0", podplan.INBOUND_PORT),
-        ("tunnel", socket.SOCK_STREAM, "0.0.0.0", podplan.TUNNEL_PORT),
-        ("dns-tcp", socket.SOCK_STREAM, "0.0.0.0", podplan.DNS_PORT),
+        ("outbound", socket.SOCK_STREAM, "0.0.0.0", ports.OUTBOUND),
+        ("inbound", socket.SOCK_STREAM, "0.0.0.0", ports.INBOUND),
+        ("tunnel", socket.SOCK_STREAM, "0.0.0.0", ports.TUNNEL),
+        ("dns-tcp", socket.SOCK_STREAM, "0.0.0.0", ports.DNS),
         # REDIRECT in OUTPUT sends local UDP to 127.0.0.1, so that is where the answer must
         # come from for conntrack to map it back to the resolver the app asked.
-        ("dns-udp", socket.SOCK_DGRAM, "127.0.0.1", podplan.DNS_PORT),
+        ("dns-udp", socket.SOCK_DGRAM, "127.0.0.1", ports.DNS),
     ]
     try:
         for name, kind, host, port in specs:
@@ -136,13 +135,22 @@ class PodListeners:
         self.outbound = PodTcpStats("outbound", pod.namespace, pod.name)
         self.inbound = PodTcpStats("inbound", pod.namespace, pod.name)
         self._resolver: str | None = None
+        # The pod's netns held open while it is enrolled: upstream sockets enter through it.
+        self.held_netns: NetnsHandle | None = None
+
+    @property
+    def netns(self) -> str | NetnsHandle:
+        """Where this pod's sockets are made: the held netns, else (not held) its path."""
+        return self.held_netns if self.held_netns is not None else self.pod.netns
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
+        # Opened by the first socket made for the pod (on the executor thread), held from then.
+        self.held_netns = NetnsHandle(self.pod.netns, lazy=True)
         if self.inherited is not None:
             socks, self.inherited = self.inherited, None
         else:
-            socks = await loop.run_in_executor(self.runtime.executor, _bind_all, self.pod.netns)
+            socks = await loop.run_in_executor(self.runtime.executor, _bind_all, self.netns)
         self.sockets = dict(socks)
         try:
             handlers: dict[str, tuple[Handler, PodTcpStats]] = {
@@ -156,7 +164,7 @@ class PodListeners:
                 )
             self._resolver = upstream_resolver(self.pod.netns)
             forwarder = UdpDnsForwarder(
-                netns=self.pod.netns,
+                netns=self.netns,
                 namespace=self.pod.namespace,
                 pod=self.pod.name,
                 upstream=lambda: self._resolver,
@@ -200,6 +208,9 @@ class PodListeners:
         if self.dns is not None:
             self.dns.close()
             self.dns = None
+        if self.held_netns is not None:
+            # Connections still draining make their sockets by the path from now on.
+            self.held_netns.close()
         if forget_metrics:
             forget_pod(self.pod.namespace, self.pod.name)
 

@@ -18,7 +18,6 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING
 
-from nodeagent import podplan
 from nodeagent.observe import peers
 from nodeagent.observe.events import ObservationSink, Peer, TcpClosed, TcpOpened
 from nodeagent.protocol.preamble import PreambleError
@@ -28,6 +27,7 @@ from nodeagent.proxy.l7relay import ConnectionTap, peer_port
 from nodeagent.proxy.podnetns import marked_socket
 from nodeagent.proxy.routing import Route, Target
 from nodeagent.proxy.tunnel import HANDSHAKE_TIMEOUT, TunnelDenied, TunnelRefused, open_tunnel
+from nodemesh import ports
 from nodemesh.model import PodInfo, PodKey
 
 if TYPE_CHECKING:
@@ -98,9 +98,9 @@ async def _connect(
         held = await rt.certs.wait(identity, CERT_WAIT)
         if held is None:
             raise TunnelDenied(f"no certificate for {identity} yet")
-    make = partial(marked_socket, pod.pod.netns, mark=rt.mark)
+    make = partial(marked_socket, pod.netns, mark=rt.mark)
     sock = await loop.run_in_executor(rt.executor, make)
-    addr = (target.ip, podplan.TUNNEL_PORT if tunnel else target.port)
+    addr = (target.ip, ports.TUNNEL if tunnel else target.port)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
     except BaseException:

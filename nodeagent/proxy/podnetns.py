@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from nodeagent.rules.transparent import TRANSPARENT_MARK
-from nodemesh.netns import NetnsError, NetnsId, socket_in_netns
+from nodemesh.netns import NetnsError, NetnsHandle, NetnsId, socket_in_netns
 
 NETLINK_ROUTE = 0
 RTM_NEWADDR, RTM_GETADDR = 20, 22
@@ -26,7 +26,9 @@ _IFADDR = struct.Struct("=BBBBI")
 _RTATTR = struct.Struct("=HH")
 
 
-def marked_socket(netns: str, *, mark: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
+def marked_socket(
+    netns: str | NetnsHandle, *, mark: int, kind: int = socket.SOCK_STREAM
+) -> socket.socket:
     """A non-blocking socket inside `netns` whose packets carry the agent's mark.
 
     The pod's nat rules RETURN marked packets, so the agent's own connections leave the pod
@@ -45,7 +47,7 @@ def marked_socket(netns: str, *, mark: int, kind: int = socket.SOCK_STREAM) -> s
 IP_TRANSPARENT = 19  # linux/in.h; the socket module does not name it
 
 
-def inbound_socket(netns: str, *, client_ip: str) -> socket.socket:
+def inbound_socket(netns: str | NetnsHandle, *, client_ip: str) -> socket.socket:
     """A non-blocking socket inside `netns` for connecting to the pod's app *as* `client_ip`.
 
     IP_TRANSPARENT lets it bind an address the pod does not own; TRANSPARENT_MARK is what the

@@ -13,6 +13,7 @@ import ipaddress
 import socket
 
 from nodeagent.protocol import preamble as pre
+from nodeagent.protocol.detect import Protocol
 from nodeagent.proxy.l4proxy import Relay
 from nodeagent.proxy.routing import Target
 from nodeagent.upstream.certstore import Held, server_name
@@ -67,7 +68,7 @@ async def open_tunnel(
             pre.Preamble(
                 target_port=target.port,
                 original_ip=ipaddress.ip_address(target.ip),
-                protocol=pre.Protocol.OPAQUE if opaque else None,
+                protocol=Protocol.OPAQUE if opaque else None,
                 source_namespace=source_namespace,
                 source_pod=source_pod,
                 flags=flags,

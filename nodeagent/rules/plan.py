@@ -22,6 +22,7 @@ from nodeagent.rules.model import (
     PodPlan,
     RuleSpec,
 )
+from nodemesh import ports
 
 PortRange = tuple[int, int]
 
@@ -64,10 +65,10 @@ class RedirectSettings:
     """What decides a pod's rules: the agent's mark and ports, the pod's skips, DNS capture."""
 
     agent_mark: int = 0x6E6D
-    outbound_port: int = 4140
-    inbound_port: int = 4141
-    tunnel_port: int = 4143
-    dns_port: int = 4153
+    outbound_port: int = ports.OUTBOUND
+    inbound_port: int = ports.INBOUND
+    tunnel_port: int = ports.TUNNEL
+    dns_port: int = ports.DNS
     skip_inbound_ports: tuple[PortRange, ...] = ()
     skip_outbound_ports: tuple[PortRange, ...] = ()
     skip_outbound_cidrs: tuple[str, ...] = ()

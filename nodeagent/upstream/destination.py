@@ -13,6 +13,7 @@ import logging
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -28,7 +29,16 @@ BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 10.0
 
 
-def open_channel(address: str, *, insecure: bool, ca_file: Path | None = None) -> grpc.aio.Channel:
+Token = Callable[[], str | None]  # the agent's bearer token now (None: send none)
+
+
+def open_channel(
+    address: str, *, insecure: bool, ca_file: Path | None = None, token: Token | None = None
+) -> grpc.aio.Channel:
+    """The agent's one channel to the control plane. Every call on it carries `token()` (read
+    per call: projected tokens rotate) as `authorization: Bearer`: call credentials on TLS,
+    and, where the channel is plaintext (tests, --controlplane-insecure), which gRPC gives no
+    call credentials, the same metadata through an interceptor."""
     options = [
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
@@ -36,9 +46,79 @@ def open_channel(address: str, *, insecure: bool, ca_file: Path | None = None) -
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ]
     if insecure:
-        return grpc.aio.insecure_channel(address, options=options)
+        interceptors = bearer_interceptors(token) if token is not None else None
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
     roots = ca_file.read_bytes() if ca_file is not None else None
-    return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(roots), options=options)
+    creds = grpc.ssl_channel_credentials(roots)
+    if token is not None:
+        call_creds = grpc.metadata_call_credentials(_BearerToken(token), name="nodemesh-agent")
+        creds = grpc.composite_channel_credentials(creds, call_creds)
+    return grpc.aio.secure_channel(address, creds, options=options)
+
+
+def _bearer(token: Token) -> tuple[tuple[str, str], ...]:
+    value = token()
+    return (("authorization", f"Bearer {value}"),) if value else ()
+
+
+class _BearerToken(grpc.AuthMetadataPlugin):
+    def __init__(self, token: Token) -> None:
+        self.token = token
+
+    def __call__(
+        self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
+    ) -> None:
+        try:
+            metadata = _bearer(self.token)
+        except (OSError, ValueError) as exc:  # an unreadable token file fails this call only
+            callback((), exc)
+            return
+        callback(metadata, None)
+
+
+class _WithBearer:
+    """Adds the bearer token to a call's metadata (plaintext channels only, see open_channel)."""
+
+    def __init__(self, token: Token) -> None:
+        self.token = token
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *_bearer(self.token))
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+class _UnaryUnary(_WithBearer, grpc.aio.UnaryUnaryClientInterceptor):
+    pass
+
+
+class _UnaryStream(_WithBearer, grpc.aio.UnaryStreamClientInterceptor):
+    pass
+
+
+class _StreamUnary(_WithBearer, grpc.aio.StreamUnaryClientInterceptor):
+    pass
+
+
+class _StreamStream(_WithBearer, grpc.aio.StreamStreamClientInterceptor):
+    pass
+
+
+def bearer_interceptors(token: Token) -> list[grpc.aio.ClientInterceptor]:
+    return [kind(token) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
 
 
 def read_token(path: Path, *, node: str) -> str:
@@ -60,9 +140,7 @@ class DestinationClient:
         channel: grpc.aio.Channel,
         table: DestinationTable,
         on_change: Callable[[TableChanged], None],
-        token: Callable[[], str | None] = lambda: None,
     ) -> None:
-        self.token = token
         self.channel = channel
         self.table = table
         self.on_change = on_change
@@ -76,11 +154,8 @@ class DestinationClient:
         while True:
             got_snapshot = False
             try:
-                token = self.token()
-                metadata = [("authorization", f"Bearer {token}")] if token else None
                 call = stub.Subscribe(
-                    pb.SubscribeRequest(node=self.table.node, agent_version=__version__),
-                    metadata=metadata,
+                    pb.SubscribeRequest(node=self.table.node, agent_version=__version__)
                 )
                 self.table.stream_restarted()
                 self.streams += 1

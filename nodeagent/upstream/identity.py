@@ -45,13 +45,11 @@ class IdentityClient:
         channel: grpc.aio.Channel,
         store: CertStore,
         wanted: Callable[[], set[str]],
-        token: Callable[[], str | None] = lambda: None,
         timeout: float = CERTIFY_TIMEOUT,
     ) -> None:
         self.stub = identity_pb2_grpc.IdentityStub(channel)
         self.store = store
         self.wanted = wanted
-        self.token = token
         self.timeout = timeout
         self.issued = 0
         self.failures = 0
@@ -83,13 +81,11 @@ class IdentityClient:
     async def certify(self, identity: str) -> bool:
         """Ask for `identity` once; install it or back off. True when a certificate arrived."""
         try:
-            token = self.token()
             key = certs.new_key()
             request = identity_pb2.CertifyRequest(
                 csr=certs.make_csr(identity, key), spiffe_id=identity
             )
-            metadata = [("authorization", f"Bearer {token}")] if token else None
-            reply = await self.stub.Certify(request, metadata=metadata, timeout=self.timeout)
+            reply = await self.stub.Certify(request, timeout=self.timeout)
             certified = certs.CertifiedKey.from_pem(identity, key, reply.certificate_chain_pem)
         except grpc.aio.AioRpcError as exc:
             self._failed(identity, f"{exc.code().name}: {exc.details()}")

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import Callable
 
 import grpc
 from prometheus_client import Counter, Gauge
 
 from nodeagent.observe.metrics import REGISTRY
 from nodeagent.observe.stats.tapping import Taps
+from nodeagent.upstream.reconnecting import keep_streaming
 from nodemesh import tasks
 from nodemesh.api import tap_pb2 as pb
 from nodemesh.api import tap_pb2_grpc as pb_grpc
@@ -25,8 +24,6 @@ from nodemesh.version import __version__
 
 log = logging.getLogger(__name__)
 
-BACKOFF_FIRST = 0.25
-BACKOFF_MAX = 10.0
 QUEUE_SIZE = 1000
 
 TAP_EVENTS = Counter(
@@ -46,12 +43,10 @@ class TapClient:
         *,
         channel: grpc.aio.Channel,
         taps: Taps,
-        token: Callable[[], str | None] = lambda: None,
         queue_size: int = QUEUE_SIZE,
     ) -> None:
         self.channel = channel
         self.taps = taps
-        self.token = token
         self.queue: asyncio.Queue[pb.TapEvent] = asyncio.Queue(queue_size)
         self.connected = False
         self.dropped = 0
@@ -68,37 +63,26 @@ class TapClient:
 
     async def run(self) -> None:
         stub = pb_grpc.AgentTapStub(self.channel)
-        delay = BACKOFF_FIRST
-        while True:
+
+        async def one_stream() -> None:
             self._commands = 0
-            try:
-                token = self.token()
-                metadata = (("authorization", f"Bearer {token}"),) if token else ()
-                call = stub.Connect(metadata=metadata)
-                hello = pb.AgentHello(node=self.taps.node, agent_version=__version__)
-                await call.write(pb.AgentTapMessage(hello=hello))
-                self.connected = True
-                await self._stream(call)
-                log.warning("tap stream ended; reconnecting")
-            except grpc.aio.AioRpcError as exc:
-                log.log(
-                    logging.WARNING if self._commands else logging.DEBUG,
-                    "tap stream: %s %s",
-                    exc.code().name,
-                    exc.details(),
-                )
-            except (ValueError, OSError) as exc:
-                log.error("tap stream: %s", exc)
-            finally:
-                self.connected = False
-                self.taps.clear()
-                TAP_ACTIVE.set(0)
-                self._drain_queue()
-            # A stream that stayed up for a while is not a failing one: start the backoff over.
-            if self._commands:
-                delay = BACKOFF_FIRST
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, BACKOFF_MAX)
+            call = stub.Connect()
+            hello = pb.AgentHello(node=self.taps.node, agent_version=__version__)
+            await call.write(pb.AgentTapMessage(hello=hello))
+            self.connected = True
+            await self._stream(call)
+            log.warning("tap stream ended; reconnecting")
+
+        def after() -> None:
+            self.connected = False
+            self.taps.clear()
+            TAP_ACTIVE.set(0)
+            self._drain_queue()
+
+        # A stream that carried commands was up and working, not failing.
+        await keep_streaming(
+            "tap", one_stream, progressed=lambda: self._commands > 0, after=after, log=log
+        )
 
     async def _stream(self, call: grpc.aio.StreamStreamCall) -> None:
         sender = tasks.spawn(self._send(call), name="tap events")

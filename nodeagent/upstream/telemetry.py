@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from nodeagent.observe.metrics import REGISTRY
 from nodeagent.observe.stats import load as agent_load
 from nodeagent.observe.stats.report import Load, take_reports
 from nodeagent.observe.stats.series import Aggregate
+from nodeagent.upstream.reconnecting import keep_streaming
 from nodemesh import tasks
 from nodemesh.api import telemetry_pb2 as pb
 from nodemesh.version import __version__
@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 METHOD = "/nodemesh.telemetry.v1.Telemetry/Report"
 INTERVAL = 1.0
-BACKOFF_FIRST = 0.25
-BACKOFF_MAX = 10.0
 MAX_UNACKED = 30
 
 TELEMETRY_CONNECTED = Gauge(
@@ -59,7 +57,6 @@ class TelemetryClient:
         node: str,
         pods_enrolled: Callable[[], int],
         enrolled_pods: Callable[[], list[tuple[str, str, str]]] | None = None,
-        token: Callable[[], str | None] = lambda: None,
         interval: float = INTERVAL,
         version: str = __version__,
     ) -> None:
@@ -68,7 +65,6 @@ class TelemetryClient:
         self.node = node
         self.pods_enrolled = pods_enrolled
         self.enrolled_pods = enrolled_pods
-        self.token = token
         self.interval = interval
         self.version = version
         self.connected = False
@@ -111,28 +107,19 @@ class TelemetryClient:
             request_serializer=pb.AgentReport.SerializeToString,
             response_deserializer=pb.ReportAck.FromString,
         )
-        delay = BACKOFF_FIRST
-        while True:
+
+        async def one_stream() -> None:
             self._stream_acks = 0
-            try:
-                token = self.token()
-                metadata = (("authorization", f"Bearer {token}"),) if token else ()
-                await self._stream(call_factory(metadata=metadata))
-            except grpc.aio.AioRpcError as exc:
-                log.log(
-                    logging.WARNING if self._stream_acks else logging.DEBUG,
-                    "telemetry stream: %s %s",
-                    exc.code().name,
-                    exc.details(),
-                )
-            except (ValueError, OSError) as exc:
-                log.error("telemetry stream: %s", exc)
-            finally:
-                self._set_connected(False)
-            if self._stream_acks:
-                delay = BACKOFF_FIRST
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, BACKOFF_MAX)
+            await self._stream(call_factory())
+
+        # A stream the control plane acknowledged reports on was up and working, not failing.
+        await keep_streaming(
+            "telemetry",
+            one_stream,
+            progressed=lambda: self._stream_acks > 0,
+            after=lambda: self._set_connected(False),
+            log=log,
+        )
 
     async def _stream(self, call: grpc.aio.StreamStreamCall) -> None:
         """One stream's life, until it breaks."""

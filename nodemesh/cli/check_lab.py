@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from nodemesh import ports
 from nodemesh.cli import checks
 from nodemesh.cli.checks import Result, fail, ok, skip
 from nodemesh.cli.publicapi import ApiError, PublicApi
@@ -21,14 +22,13 @@ from nodemesh.cli.target import Endpoint, TargetError, lab_api_address, lab_stat
 from nodemesh.lab.paths import LabPaths
 from nodemesh.netns import NetnsError, socket_in_netns
 
-AGENT_ADMIN_PORT = 4191
-LISTENER_PORTS = (4140, 4141, 4143)
+LISTENER_PORTS = (ports.OUTBOUND, ports.INBOUND, ports.TUNNEL)
 CHAINS = ("NODEMESH_PREROUTING", "NODEMESH_OUTPUT")
 MAX_SKEW_S = 60.0
 
 
 def agent_ready(
-    netns: str, *, port: int = AGENT_ADMIN_PORT, timeout: float = 3.0, path: str = "/ready"
+    netns: str, *, port: int = ports.AGENT_ADMIN, timeout: float = 3.0, path: str = "/ready"
 ) -> tuple[bool, str]:
     """GET `path` from the agent's admin port inside the node's netns (hostNetwork agent)."""
     try:
@@ -125,7 +125,8 @@ def controlplane_checks(endpoint: Endpoint) -> tuple[list[Result], PublicApi | N
                 "index synced with the cluster",
                 "not synced: still listing, or a watch of the API server has been down for "
                 "seconds (the control plane serves its last known state meanwhile)",
-                "its /ready on the admin port (9996) says which kinds; its log says why",
+                f"its /ready on the admin port ({ports.CONTROLPLANE_ADMIN}) says which kinds; "
+                "its log says why",
             )
         )
     return out, api

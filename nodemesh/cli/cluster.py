@@ -10,8 +10,9 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 
+from nodemesh import ports
 from nodemesh.cli.portforward import LocalForward, pod_opener
-from nodemesh.cli.target import PUBLIC_PORT, Endpoint, TargetError, TargetOptions
+from nodemesh.cli.target import Endpoint, TargetError, TargetOptions
 
 
 def api_client(options: TargetOptions) -> client.ApiClient:
@@ -65,7 +66,10 @@ def cluster_endpoint(options: TargetOptions) -> Iterator[Endpoint]:
     where = f"cluster (context {options.context})" if options.context else "cluster"
     try:
         with port_forward(
-            api, namespace=options.nodemesh_namespace, component="controlplane", port=PUBLIC_PORT
+            api,
+            namespace=options.nodemesh_namespace,
+            component="controlplane",
+            port=ports.PUBLIC_API,
         ) as address:
             yield Endpoint(address, where, kube=api)
     finally:

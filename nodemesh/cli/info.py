@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import click
 
+from nodemesh import ports
 from nodemesh.cli.portforward import LocalForward, netns_opener
 from nodemesh.cli.publicapi import PublicApi
 from nodemesh.cli.target import (
@@ -22,7 +23,7 @@ from nodemesh.cli.target import (
 )
 from nodemesh.version import __version__
 
-DASHBOARD_SERVICE, DASHBOARD_PORT = "nodemesh-dashboard", 8084
+DASHBOARD_SERVICE = "nodemesh-dashboard"
 
 
 @click.command()
@@ -61,7 +62,7 @@ def _dashboard_url(endpoint: Endpoint, target: TargetOptions, port: int) -> Iter
             )
         # Lab nodes route the Service range, so relay into a node's netns to the ClusterIP.
         netns = endpoint.lab.node_netns(status["nodes"][0]["name"])
-        fwd = LocalForward(netns_opener(netns, svc["clusterIP"], DASHBOARD_PORT), port=port)
+        fwd = LocalForward(netns_opener(netns, svc["clusterIP"], ports.DASHBOARD), port=port)
     elif endpoint.kube is not None:
         from nodemesh.cli.cluster import port_forward
 
@@ -69,7 +70,7 @@ def _dashboard_url(endpoint: Endpoint, target: TargetOptions, port: int) -> Iter
             endpoint.kube,
             namespace=target.nodemesh_namespace,
             component="dashboard",
-            port=DASHBOARD_PORT,
+            port=ports.DASHBOARD,
             local_port=port,
         ) as address:
             yield f"http://{address}/"

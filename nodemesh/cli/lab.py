@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import click
 import yaml
 
+from nodemesh import ports
 from nodemesh.cli.lab_mesh import mesh_manifest
 from nodemesh.identity import create_issuer_files
 from nodemesh.lab.access import create_lab_access
@@ -96,11 +97,11 @@ def lab() -> None:
     help="Local port for the demo's web (0: any free port).",
 )  # fmt: skip
 @click.option(
-    "--api-port", type=click.IntRange(0, 65535), default=8085, show_default=True,
+    "--api-port", type=click.IntRange(0, 65535), default=ports.PUBLIC_API, show_default=True,
     help="Local port for the control plane's public API (0: any free port).",
 )  # fmt: skip
 @click.option(
-    "--dashboard-port", type=click.IntRange(0, 65535), default=8084, show_default=True,
+    "--dashboard-port", type=click.IntRange(0, 65535), default=ports.DASHBOARD, show_default=True,
     help="Local port for the dashboard (0: any free port).",
 )  # fmt: skip
 @click.option("--timeout", type=click.IntRange(10, 3600), default=240, show_default=True)
@@ -141,8 +142,12 @@ def up(
     if demo and not any(f.service == "web-svc" for f in fwd):
         fwd.append(Forward("127.0.0.1", demo_port, "emojivoto", "web-svc", 80))
     if mesh:
-        fwd.append(Forward("127.0.0.1", api_port, "nodemesh", "nodemesh-controlplane", 8085))
-        fwd.append(Forward("127.0.0.1", dashboard_port, "nodemesh", "nodemesh-dashboard", 8084))
+        fwd.append(
+            Forward("127.0.0.1", api_port, "nodemesh", "nodemesh-controlplane", ports.PUBLIC_API)
+        )
+        fwd.append(
+            Forward("127.0.0.1", dashboard_port, "nodemesh", "nodemesh-dashboard", ports.DASHBOARD)
+        )
     started = time.monotonic()
     paths.root.mkdir(parents=True, mode=0o700)
     LabConfig(name=name, nodes=nodes, mesh=mesh, forwards=fwd).save(paths.config)

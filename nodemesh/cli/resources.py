@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import click
 
+from nodemesh import kinds
 from nodemesh.api import public_pb2 as pb
-from nodemesh.kinds import KIND_ALIASES
-
-KINDS = KIND_ALIASES
-SHORT = {"deployment": "deploy", "pod": "pod", "namespace": "ns", "service": "svc", "node": "node"}
-CLUSTER_SCOPED = ("namespace", "node")
+from nodemesh.kinds import CLUSTER_SCOPED, KIND_ALIASES, SHORT
 
 
 def canonical(kind: str, *, param: str = "RESOURCE") -> str:
     try:
-        return KINDS[kind.strip().lower()]
-    except KeyError:
+        return kinds.canonical(kind)
+    except kinds.UnknownKind:
         raise click.BadParameter(
-            f"unknown resource {kind!r}: use one of deploy, pod, ns, svc, node",
-            param_hint=param,
+            f"unknown resource {kind!r}: use one of {kinds.KNOWN}", param_hint=param
         ) from None
 
 
@@ -53,4 +49,4 @@ def short_kind(kind: str) -> str:
     """A workload kind as the tables name it (deploy, pod, ...), whatever its case: the agent
     sends `deployment`, Kubernetes `Deployment`."""
     lower = kind.lower() or "pod"
-    return SHORT.get(KINDS.get(lower, lower), lower)
+    return SHORT.get(KIND_ALIASES.get(lower, lower), lower)

@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 import click
 
+from nodemesh import ports
 from nodemesh.lab.client import LabClient, LabRequestFailed, LabUnavailable
 from nodemesh.lab.paths import RUN_ROOT, LabNameError, LabPaths, check_name
 
-PUBLIC_PORT = 8085
 CONTROLPLANE_SERVICE = "nodemesh-controlplane"
 
 
@@ -216,7 +216,11 @@ def lab_status(paths: LabPaths, *, timeout: float = 10.0) -> dict[str, Any]:
 def lab_api_address(paths: LabPaths) -> str:
     """The local end of the lab's forward to the control plane's public API."""
     for f in lab_status(paths)["forwards"]:
-        if (f["namespace"], f["service"], f["port"]) == ("nodemesh", CONTROLPLANE_SERVICE, 8085):
+        if (f["namespace"], f["service"], f["port"]) == (
+            "nodemesh",
+            CONTROLPLANE_SERVICE,
+            ports.PUBLIC_API,
+        ):
             return f"{f['host']}:{f['local_port']}"
     raise TargetError(
         f"lab {paths.name!r} runs without the mesh (it was started with --no-mesh): "

@@ -23,16 +23,11 @@ from typing import Any
 import pytest
 from browser_pages import console_errors, external_requests, load_ms, table, wait_js
 
+from tests.integration.labkit import DEMO, NODEMESH, nm
+
 pytestmark = [pytest.mark.browser, pytest.mark.root, pytest.mark.lab]
 
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 EMOJIVOTO = {"web", "emoji", "voting", "vote-bot"}
-
-
-def nm(*args: str) -> str:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
 
 
 def free_port() -> int:
@@ -65,7 +60,7 @@ def lab_dashboard(tmp_path: Path) -> Iterator[LabDashboard]:
     name = "dash" + uuid.uuid4().hex[:6]
     proc = None
     try:
-        nm("lab", "up", "--name", name, "--api-port", "0", "--dashboard-port", "0", "--demo", "--demo-port", "0")
+        nm("lab", "up", "--name", name, "--api-port", "0", "--dashboard-port", "0", *DEMO)
         status = json.loads(nm("lab", "status", "--name", name, "-o", "json"))
         api = next(f for f in status["forwards"] if f["service"] == "nodemesh-controlplane")
         port = free_port()

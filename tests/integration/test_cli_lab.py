@@ -10,9 +10,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,31 +19,21 @@ import pytest
 import yaml
 
 from nodemesh.lab.paths import LabPaths
+from tests.integration.labkit import DEMO, NODEMESH, lab_up, run
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
-
 
 def nm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=300)
-    if check:
-        assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    assert "Traceback" not in res.stderr, res.stderr
-    return res
+    return run(*args, check=check, traceback_ok=False)
 
 
 @pytest.fixture
 def lab() -> Iterator[LabPaths]:
     if os.geteuid() != 0:
         pytest.skip("needs root: the lab creates network namespaces")
-    name = "cli" + uuid.uuid4().hex[:6]
-    try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0", "--demo",
-           "--demo-port", "0")  # fmt: skip
-        yield LabPaths(name)
-    finally:
-        subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
+    with lab_up("cli", *DEMO) as paths:
+        yield paths
 
 
 def agent_pid(paths: LabPaths, node: str) -> int:

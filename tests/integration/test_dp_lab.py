@@ -33,6 +33,7 @@ from nodemesh import certs
 from nodemesh.identity import create_issuer, create_trust_anchor
 from nodemesh.lab.paths import LabPaths
 from nodemesh.netns import socket_in_netns
+from tests.integration.labkit import NODEMESH, nm
 
 pytestmark = [
     pytest.mark.root,
@@ -41,15 +42,8 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to build a lab"),
 ]
 
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 APPS = str(Path(__file__).resolve().parent / "dp_lab_apps.py")
 ETH_P_ALL = 0x0003
-
-
-def nm(*args: str, timeout: float = 300) -> str:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
 
 
 def manifest(*, echo_replicas: int = 2, streamer: bool = False, files: Path | None = None) -> str:

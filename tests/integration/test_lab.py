@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,19 +17,13 @@ import pytest
 
 from nodemesh.lab.ledger import Ledger
 from nodemesh.lab.paths import LabPaths
+from tests.integration.labkit import NODEMESH
+from tests.integration.labkit import run as nm
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 REPO = Path(__file__).resolve().parents[2]
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 EMOJIVOTO = REPO / "manifests" / "examples" / "emojivoto.yml"
-
-
-def nm(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"nodemesh {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
-    return res
 
 
 def lab_exec(lab: str, pod: str, ns: str, code: str) -> str:

@@ -14,10 +14,8 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +24,10 @@ import pytest
 
 from nodemesh.lab.paths import LabPaths
 from nodemesh.netns import socket_in_netns
+from tests.integration.labkit import lab_up, nm
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 ROLLOUTS = int(os.environ.get("NODEMESH_HANDOVER_ROLLOUTS", "3"))
 RATE = 50  # new connections per second
 
@@ -100,20 +98,10 @@ http {{
 """
 
 
-def nm(*args: str, timeout: float = 300) -> str:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
-
-
 @pytest.fixture
 def lab() -> Iterator[LabPaths]:
-    name = "hov" + uuid.uuid4().hex[:6]
-    try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0")
-        yield LabPaths(name)
-    finally:
-        subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
+    with lab_up("hov") as paths:
+        yield paths
 
 
 def status(paths: LabPaths) -> dict[str, Any]:

@@ -11,15 +11,14 @@ import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from nodemesh.lab.paths import LabPaths
+from tests.integration.labkit import DEMO, lab_up, run
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 PREFIX = "apz"  # NODEMESH_LEAKCHECK_ONLY=apz checks only this test's lab
 
 # Run inside a pod: the public API as any pod can reach it, by the control plane's Service name.
@@ -48,24 +47,15 @@ print(out)
 
 
 def nm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=300)
-    if check:
-        assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    assert "Traceback" not in res.stderr, res.stderr
-    return res
+    return run(*args, check=check, traceback_ok=False)
 
 
 @pytest.fixture
 def lab() -> Iterator[LabPaths]:
     if os.geteuid() != 0:
         pytest.skip("needs root: the lab creates network namespaces")
-    name = PREFIX + uuid.uuid4().hex[:6]
-    try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0",
-           "--demo", "--demo-port", "0")  # fmt: skip
-        yield LabPaths(name)
-    finally:
-        subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
+    with lab_up(PREFIX, *DEMO) as paths:
+        yield paths
 
 
 def from_pod(lab: LabPaths, token: str) -> dict[str, str]:

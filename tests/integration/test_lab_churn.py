@@ -18,7 +18,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,10 +28,10 @@ import pytest
 import yaml
 
 from nodemesh.lab.paths import LabPaths
+from tests.integration.labkit import NODEMESH, nm
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.timeout(900)]
 
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 NS = "churn"
 CYCLES = int(os.environ.get("NODEMESH_CHURN_CYCLES", "4"))
 GRACE = 6  # --gone-pod-grace-seconds for this lab (the default is 120)
@@ -58,12 +57,6 @@ SILENT = (
     "while True:\n"
     "    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()\n"
 )
-
-
-def nm(*args: str, timeout: float = 300) -> str:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
 
 
 def nginx_conf() -> str:

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +19,12 @@ from nodemesh.api import destination_pb2_grpc as dpb_grpc
 from nodemesh.api import public_pb2 as ppb
 from nodemesh.api import public_pb2_grpc as ppb_grpc
 from nodemesh.lab.paths import LabPaths
+from nodemesh.ports import AGENT_API, PUBLIC_API
+from tests.integration.labkit import lab_up, nm
 from tests.unit.controlplane.bearer import bearer
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 
 APP = """\
 apiVersion: v1
@@ -55,27 +53,19 @@ spec:
 """
 
 
-def nm(*args: str) -> str:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
-
-
 @pytest.fixture
 def mesh_lab(tmp_path: Path) -> Iterator[tuple[LabPaths, dict[str, int]]]:
-    name = "c" + uuid.uuid4().hex[:6]
-    try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0",
-           "--forward", "0:nodemesh/nodemesh-controlplane:8086")  # fmt: skip
-        st = json.loads(nm("lab", "status", "--name", name, "-o", "json"))
-        ports = {
-            f["port"]: f["local_port"]
-            for f in st["forwards"]
-            if f["service"] == "nodemesh-controlplane"
-        }
-        yield LabPaths(name), ports
-    finally:
-        subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
+    forward = f"0:nodemesh/nodemesh-controlplane:{AGENT_API}"
+    with lab_up("c", "--forward", forward) as paths:
+        st = json.loads(nm("lab", "status", "--name", paths.name, "-o", "json"))
+        yield (
+            paths,
+            {
+                f["port"]: f["local_port"]
+                for f in st["forwards"]
+                if f["service"] == "nodemesh-controlplane"
+            },
+        )
 
 
 def apply(paths: LabPaths, tmp: Path, replicas: int) -> None:
@@ -96,7 +86,7 @@ async def test_destination_snapshot_then_delta_on_scale(
     anchor = (paths.identity / "ca.crt").read_bytes()
     tokens = json.loads((paths.identity / "tokens.json").read_text())
     creds = grpc.ssl_channel_credentials(root_certificates=anchor)
-    async with grpc.aio.secure_channel(f"localhost:{ports[8086]}", creds) as channel:
+    async with grpc.aio.secure_channel(f"localhost:{ports[AGENT_API]}", creds) as channel:
         stub = dpb_grpc.DestinationStub(channel)
         meta = [("authorization", f"Bearer {tokens['node1']}")]
         call = stub.Subscribe(dpb.SubscribeRequest(node="node1"), metadata=meta)
@@ -133,7 +123,7 @@ async def test_destination_snapshot_then_delta_on_scale(
     # The public API, through the localhost forward, sees the Deployment with its 3 pods.
     admin = (paths.access / "admin.token").read_text().strip()
     async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{ports[8085]}", interceptors=bearer(admin)
+        f"127.0.0.1:{ports[PUBLIC_API]}", interceptors=bearer(admin)
     ) as channel:
         public = ppb_grpc.PublicStub(channel)
         version = await public.Version(ppb.VersionRequest(), timeout=5)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,29 +17,18 @@ import yaml
 
 from nodemesh.cli.lab_mesh import mesh_objects
 from nodemesh.lab.paths import LabPaths
+from tests.integration.labkit import DEMO, lab_up, nm
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 REPO = Path(__file__).resolve().parents[2]
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 DOWN_SECONDS = 60  # issue 5: "control plane stopped for a minute"
-
-
-def nm(*args: str) -> str:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
 
 
 @pytest.fixture
 def lab() -> Iterator[LabPaths]:
-    name = "d" + uuid.uuid4().hex[:6]
-    try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0",
-           "--demo", "--demo-port", "0")  # fmt: skip
-        yield LabPaths(name)
-    finally:
-        subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
+    with lab_up("d", *DEMO) as paths:
+        yield paths
 
 
 def bot(paths: LabPaths) -> dict[str, Any]:

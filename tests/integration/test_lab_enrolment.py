@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +17,12 @@ import yaml
 
 from nodemesh.cli.lab_mesh import mesh_objects
 from nodemesh.lab.paths import LabPaths
+from tests.integration.labkit import lab_up, pods
+from tests.integration.labkit import run as nm
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 REPO = Path(__file__).resolve().parents[2]
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 
 APP = """\
 apiVersion: v1
@@ -45,26 +44,10 @@ spec:
 MESHED = ", labels: {nodemesh.io/mesh: enabled}"
 
 
-def nm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=300)
-    if check:
-        assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res
-
-
 @pytest.fixture
 def lab() -> Iterator[LabPaths]:
-    name = "e" + uuid.uuid4().hex[:6]
-    try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0")
-        yield LabPaths(name)
-    finally:
-        subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
-
-
-def pods(paths: LabPaths, ns: str) -> list[dict[str, Any]]:
-    st = json.loads(nm("lab", "status", "--name", paths.name, "-o", "json").stdout)
-    return [p for p in st["pods"] if p["namespace"] == ns]
+    with lab_up("e") as paths:
+        yield paths
 
 
 def nodemesh_rules(paths: LabPaths, pod: str) -> int:

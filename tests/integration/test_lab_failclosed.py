@@ -16,7 +16,6 @@ import re
 import secrets
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import yaml
 
 from nodemesh.cli.lab_mesh import mesh_objects
 from nodemesh.lab.paths import LabPaths
+from tests.integration.labkit import NODEMESH, nm
 
 pytestmark = [
     pytest.mark.root,
@@ -36,7 +36,6 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 APPS = str(Path(__file__).resolve().parent / "dp_lab_apps.py")
 OUTAGE = 60  # issue 11: "for 60 s of outage and after"
 
@@ -93,12 +92,6 @@ spec:
         command: [python3, {APPS}, http]
         readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
 """
-
-
-def nm(*args: str, timeout: float = 300) -> str:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
 
 
 class Lab:

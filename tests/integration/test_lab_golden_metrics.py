@@ -6,10 +6,7 @@ percentiles are non-zero and ordered."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,22 +15,17 @@ import grpc
 import pytest
 import yaml
 
+from nodemesh import ports
 from nodemesh.api import public_pb2 as pb
 from nodemesh.api import public_pb2_grpc as pb_grpc
 from nodemesh.lab.paths import LabPaths
+from tests.integration.labkit import lab_up, nm
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 REPO = Path(__file__).resolve().parents[2]
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 REQUESTS = 150
 RATE = 25
-
-
-def nm(*args: str) -> str:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
 
 
 def emojivoto(bot_replicas: int) -> str:
@@ -50,14 +42,9 @@ def emojivoto(bot_replicas: int) -> str:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[LabPaths, int]]:
-    name = "g" + uuid.uuid4().hex[:6]
-    try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0")
-        st = json.loads(nm("lab", "status", "--name", name, "-o", "json"))
-        port = next(f["local_port"] for f in st["forwards"] if f["port"] == 8085)
-        yield LabPaths(name), port
-    finally:
-        subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
+    with lab_up("g") as paths:
+        st = json.loads(nm("lab", "status", "--name", paths.name, "-o", "json"))
+        yield paths, next(f["local_port"] for f in st["forwards"] if f["port"] == ports.PUBLIC_API)
 
 
 def stat(port: int, name: str, *, source: str, admin: Any) -> Any:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +16,10 @@ import pytest
 
 from nodemesh.lab.paths import LabPaths
 from nodemesh.lab.procs import processes_in
+from tests.integration.labkit import DEMO, NODEMESH, lab_up, nm
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 CAPS = {"NET_ADMIN": 12, "NET_RAW": 13, "SYS_ADMIN": 21}
 # containerd's default set: what a container gets when its manifest adds and drops nothing.
 DEFAULT_CAPS = {
@@ -133,21 +131,10 @@ print("RESULT " + json.dumps(out), flush=True)
 """
 
 
-def nm(*args: str, timeout: float = 300) -> str:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
-
-
 @pytest.fixture
 def lab() -> Iterator[LabPaths]:
-    name = "lbz" + uuid.uuid4().hex[:6]
-    try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0",
-           "--demo", "--demo-port", "0", "--timeout", "400", timeout=480)  # fmt: skip
-        yield LabPaths(name)
-    finally:
-        subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
+    with lab_up("lbz", *DEMO, "--timeout", "400", timeout=480) as paths:
+        yield paths
 
 
 def caps_of(pid: int) -> tuple[int, int, int]:

@@ -10,9 +10,7 @@ import ipaddress
 import json
 import re
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,29 +20,18 @@ import yaml
 from nodeagent.rules import RedirectSettings, build_plan, render_restore
 from nodeagent.rules.saved import normalise_save
 from nodemesh.lab.paths import LabPaths
+from tests.integration.labkit import DEMO, lab_up, nm
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 REPO = Path(__file__).resolve().parents[2]
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 GOLDEN = REPO / "tests" / "golden" / "rules" / "default.json"
-
-
-def nm(*args: str) -> str:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
 
 
 @pytest.fixture
 def lab() -> Iterator[LabPaths]:
-    name = "m" + uuid.uuid4().hex[:6]
-    try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0", "--demo",
-           "--demo-port", "0")  # fmt: skip
-        yield LabPaths(name)
-    finally:
-        subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
+    with lab_up("m", *DEMO) as paths:
+        yield paths
 
 
 def agent_counter(paths: LabPaths, node: str, name: str) -> float:

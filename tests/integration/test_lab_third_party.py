@@ -15,7 +15,6 @@ import contextlib
 import json
 import re
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,19 +25,13 @@ import pytest
 import yaml
 
 from nodemesh.lab.paths import LabPaths
+from tests.integration.labkit import NODEMESH, nm
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 NS = "thirdparty"
 HEY_REQUESTS = 2000
 H2LOAD_REQUESTS = 2000
-
-
-def nm(*args: str, timeout: float = 300) -> str:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
 
 
 def nginx_conf(tmp: Path) -> str:

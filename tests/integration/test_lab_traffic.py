@@ -17,7 +17,6 @@ import os
 import secrets
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,6 +27,7 @@ import pytest
 
 from nodemesh.lab.paths import LabPaths
 from nodemesh.netns import socket_in_netns
+from tests.integration.labkit import NODEMESH, nm
 
 pytestmark = [
     pytest.mark.root,
@@ -36,15 +36,8 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to build a lab"),
 ]
 
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 APPS = str(Path(__file__).resolve().parent / "traffic_lab_apps.py")
 ETH_P_ALL = 0x0003
-
-
-def nm(*args: str, timeout: float = 300) -> str:
-    res = subprocess.run([NODEMESH, *args], capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
 
 
 def deploy(ns: str, name: str, containers: str, *, annotations: str = "{}") -> str:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +22,11 @@ import pytest
 
 from nodemesh.lab.network import NODE_IPAM_DIR, NodeSpec, bridge_conflist
 from nodemesh.lab.paths import LabPaths
+from tests.integration.labkit import lab_up, pods
+from tests.integration.labkit import run as nm
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 NODES = ("node1", "node2")
 
 APP = """\
@@ -62,30 +61,10 @@ spec:
 MESHED = ", labels: {nodemesh.io/mesh: enabled}"
 
 
-def nm(
-    *args: str, stdin: str | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(
-        [NODEMESH, *args], input=stdin, capture_output=True, text=True, timeout=300
-    )
-    if check:
-        assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res
-
-
 @pytest.fixture
 def lab() -> Iterator[LabPaths]:
-    name = "cnl" + uuid.uuid4().hex[:6]
-    try:
-        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0", "--dashboard-port", "0")
-        yield LabPaths(name)
-    finally:
-        subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
-
-
-def pods(paths: LabPaths, ns: str) -> list[dict[str, Any]]:
-    st = json.loads(nm("lab", "status", "--name", paths.name, "-o", "json").stdout)
-    return [p for p in st["pods"] if p["namespace"] == ns]
+    with lab_up("cnl") as paths:
+        yield paths
 
 
 def apply(paths: LabPaths, tmp_path: Path, *, ns: str, meshed: bool, replicas: int) -> None:

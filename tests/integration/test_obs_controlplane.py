@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,18 +16,18 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from controlplane.access import Gate, LabAccessReview
+from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.destination import DestinationHub
 from controlplane.identity import BootstrapTokenAuthenticator, CertificateAuthority
 from controlplane.identity.serving import ServingCertificate
 from controlplane.index import ClusterIndex
-from controlplane.main import node_proof
 from controlplane.public_api import PublicService
 from controlplane.sources.events import EventType, ObjectChanged
 from controlplane.tap import AgentTapService, TapBroker
 from controlplane.telemetry import Resource, TelemetryStore, nodes, stat
 from controlplane.telemetry.service import MAX_RECEIVE_BYTES, TelemetryService
 from controlplane.telemetry_port import StoreTelemetry
-from nodeagent.observe.events import Peer, RequestObserved
+from nodeagent.observe.events import Peer, RequestObserved, RequestStarted
 from nodeagent.observe.sink import AgentSink
 from nodeagent.upstream.destination import open_channel, read_token
 from nodeagent.upstream.tap import TapClient
@@ -82,16 +82,17 @@ class ControlPlane:
     async def start(self, port: int = 0) -> None:
         files_issuer = self._issuer
         authenticator = BootstrapTokenAuthenticator.from_file(self.tokens)
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)])
+        server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)],
+            # The public API shares this test server; it authenticates its callers itself.
+            interceptors=[AgentAuthInterceptor(authenticator, skip={"nodemesh.public.v1.Public"})],
+        )
         TelemetryService(
             store=self.store,
             is_known_node={"node1", "node2"}.__contains__,
-            authenticator=authenticator,
             registry=CollectorRegistry(),
         ).add_to(server)
-        tpb_grpc.add_AgentTapServicer_to_server(
-            AgentTapService(self.broker, proof=node_proof(authenticator)), server
-        )
+        tpb_grpc.add_AgentTapServicer_to_server(AgentTapService(self.broker), server)
         ppb_grpc.add_PublicServicer_to_server(
             PublicService(
                 index=self.index,
@@ -137,8 +138,14 @@ async def cp(tmp_path: Path) -> AsyncIterator[ControlPlane]:
         await plane.stop()
 
 
-def agent_channel(cp: ControlPlane) -> grpc.aio.Channel:
-    return open_channel(f"127.0.0.1:{cp.port}", insecure=False, ca_file=cp.ca)
+def agent_channel(cp: ControlPlane, token: Callable[[], str | None] | None = None) -> grpc.aio.Channel:
+    """The agent's channel, with node1's token (read per call) unless `token` says otherwise."""
+    return open_channel(
+        f"127.0.0.1:{cp.port}",
+        insecure=False,
+        ca_file=cp.ca,
+        token=token or (lambda: read_token(cp.tokens, node="node1")),
+    )
 
 
 def request(
@@ -179,7 +186,6 @@ async def test_reports_reach_the_store_exactly_across_a_control_plane_restart(cp
         aggregate=sink.aggregate,
         node="node1",
         pods_enrolled=lambda: 7,
-        token=lambda: read_token(cp.tokens, node="node1"),
         interval=0.1,
     )
     task = tasks.spawn(client.run(), name="test telemetry client")
@@ -200,7 +206,8 @@ async def test_reports_reach_the_store_exactly_across_a_control_plane_restart(cp
 
         feed(0, 300)
         await wait_for(lambda: (r := web_to_emoji(cp.store)) is not None and r.requests == 300)
-        assert client.connected
+        # The store counts a report before its ack is back at the client: wait for that too.
+        await wait_for(lambda: client.connected)
         feed(300, 200)  # deltas add up, nothing counted twice
         await wait_for(lambda: web_to_emoji(cp.store).requests == 500)
 
@@ -234,14 +241,13 @@ async def test_reports_reach_the_store_exactly_across_a_control_plane_restart(cp
 
 async def test_a_wrong_token_is_refused_and_nothing_is_lost(cp, tmp_path: Path) -> None:
     sink = AgentSink(node="node1")
-    channel = agent_channel(cp)
     token = {"value": "not-the-token"}
+    channel = agent_channel(cp, lambda: token["value"])
     client = TelemetryClient(
         channel=channel,
         aggregate=sink.aggregate,
         node="node1",
         pods_enrolled=lambda: 0,
-        token=lambda: token["value"],
         interval=0.1,
     )
     task = tasks.spawn(client.run(), name="test telemetry client")
@@ -277,8 +283,8 @@ def one_request(sink: AgentSink, rid: int, src: Peer = WEB, path: str = "/api/li
     """What the data plane does per request; True if it was tapped."""
     tapped = sink.tapping(src, EMOJI)
     if tapped:
-        sink.request_started(rid, 1, "outbound", src, EMOJI, "http1", True, "GET", "emoji-svc",
-                             path, 1.7e9)  # fmt: skip
+        sink.request_started(RequestStarted(rid, 1, "outbound", src, EMOJI, "http1", True, "GET",
+                                            "emoji-svc", path, 1.7e9))  # fmt: skip
         sink.response_started(rid, 200, 1.7e9 + 0.002)
     ev = request(rid, latency_us=3000, status=200)
     sink.request(RequestObserved(**{**{f: getattr(ev, f) for f in ev.__slots__}, "src": src,
@@ -289,9 +295,7 @@ def one_request(sink: AgentSink, rid: int, src: Peer = WEB, path: str = "/api/li
 async def test_a_public_tap_reaches_the_agent_and_its_events_flow_back(cp) -> None:
     sink = AgentSink(node="node1")
     channel = agent_channel(cp)
-    client = TapClient(
-        channel=channel, taps=sink.taps, token=lambda: read_token(cp.tokens, node="node1")
-    )
+    client = TapClient(channel=channel, taps=sink.taps)
     task = tasks.spawn(client.run(), name="test tap client")
     public_channel = grpc.aio.secure_channel(
         f"127.0.0.1:{cp.port}", grpc.ssl_channel_credentials(cp.ca.read_bytes())

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from nodeagent.observe.events import AuthzDenied, Peer, RequestObserved
+from nodeagent.observe.events import AuthzDenied, Peer, RequestObserved, RequestStarted
 from nodemesh.api import tap_pb2 as pb
 from nodemesh.ratelimit import TokenBucket
 
@@ -127,25 +127,10 @@ class Taps:
             return False
         return any(s.pair(src, dst) for s in self.subscriptions.values())
 
-    def request_started(
-        self,
-        *,
-        req_id: int,
-        direction: str,
-        src: Peer,
-        dst: Peer,
-        protocol: str,
-        tls: bool,
-        method: str,
-        authority: str,
-        path: str,
-        at: float,
-        src_port: int = 0,
-        dst_port: int = 0,
-    ) -> None:
+    def request_started(self, started: RequestStarted) -> None:
         chosen = []
         for s in self.subscriptions.values():
-            if s.request(direction, src, dst, method, path):
+            if s.request(started.direction, started.src, started.dst, started.method, started.path):
                 if s.bucket.admit():
                     chosen.append(s.id)
                 else:
@@ -153,25 +138,25 @@ class Taps:
         if not chosen:
             return
         admitted = _Admitted(
-            at,
-            DIRECTIONS.get(direction, 0),
-            tap_peer(src, src_port),
-            tap_peer(dst, dst_port),
-            tls,
+            started.at,
+            DIRECTIONS.get(started.direction, 0),
+            tap_peer(started.src, started.src_port),
+            tap_peer(started.dst, started.dst_port),
+            started.tls,
             chosen,
         )
-        self._admitted[req_id] = admitted
+        self._admitted[started.req_id] = admitted
         if len(self._admitted) > MAX_ADMITTED:
             self._admitted.popitem(last=False)
         init = pb.RequestInit(
-            method=method,
+            method=started.method,
             scheme="http",
-            authority=authority,
-            path=path,
-            protocol=PROTOCOL_NAMES.get(protocol, protocol),
+            authority=started.authority,
+            path=started.path,
+            protocol=PROTOCOL_NAMES.get(started.protocol, started.protocol),
         )
         for sub_id in chosen:
-            ev = self._event(sub_id, req_id, admitted, at)
+            ev = self._event(sub_id, started.req_id, admitted, started.at)
             ev.req.CopyFrom(init)
             self.emit(ev)
 
@@ -209,18 +194,21 @@ class Taps:
         """A request the destination's policy denied: req, rsp and end at once, the end's error
         naming the policy and the reason."""
         self.request_started(
-            req_id=req_id,
-            direction=ev.direction,
-            src=ev.src,
-            dst=ev.dst,
-            protocol=ev.protocol,
-            tls=ev.tls,
-            method=ev.method,
-            authority=ev.authority,
-            path=ev.path,
-            at=ev.at,
-            src_port=ev.src_port,
-            dst_port=ev.dst_port,
+            RequestStarted(
+                req_id=req_id,
+                conn_id=ev.conn_id,
+                direction=ev.direction,
+                src=ev.src,
+                dst=ev.dst,
+                protocol=ev.protocol,
+                tls=ev.tls,
+                method=ev.method,
+                authority=ev.authority,
+                path=ev.path,
+                at=ev.at,
+                src_port=ev.src_port,
+                dst_port=ev.dst_port,
+            )
         )
         self.response_started(req_id, ev.status, ev.at)
         admitted = self._admitted.pop(req_id, None)

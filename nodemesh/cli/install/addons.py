@@ -6,6 +6,7 @@ import json
 
 import yaml
 
+from nodemesh import ports
 from nodemesh.cli.install.meta import (
     Obj,
     http_probe,
@@ -19,7 +20,6 @@ from nodemesh.cli.install.meta import (
 )
 from nodemesh.cli.install.values import InstallValues
 
-DASHBOARD_PORT = 8084
 DASHBOARD_TOKEN_DIR = "/var/run/secrets/nodemesh.io/serviceaccount"
 PROMETHEUS_PORT = 9090
 PROMETHEUS_IMAGE = "prom/prometheus:v2.53.0"
@@ -64,13 +64,13 @@ def dashboard(values: InstallValues) -> list[Obj]:
                 "imagePullPolicy": values.image_pull_policy,
                 "command": ["nodemesh-dashboard"],
                 "args": [
-                    f"--public-api={values.controlplane_host()}:8085",
-                    f"--addr=0.0.0.0:{DASHBOARD_PORT}",
+                    f"--public-api={values.controlplane_host()}:{ports.PUBLIC_API}",
+                    f"--addr=0.0.0.0:{ports.DASHBOARD}",
                     f"--token-file={DASHBOARD_TOKEN_DIR}/token",
                 ],
-                "ports": [{"name": "http", "containerPort": DASHBOARD_PORT}],
-                "readinessProbe": http_probe("/healthz", DASHBOARD_PORT, period=5),
-                "livenessProbe": http_probe("/healthz", DASHBOARD_PORT, period=10),
+                "ports": [{"name": "http", "containerPort": ports.DASHBOARD}],
+                "readinessProbe": http_probe("/healthz", ports.DASHBOARD, period=5),
+                "livenessProbe": http_probe("/healthz", ports.DASHBOARD, period=10),
                 "resources": {
                     "requests": {"cpu": "50m", "memory": "64Mi"},
                     "limits": {"memory": "256Mi"},
@@ -120,7 +120,7 @@ def dashboard(values: InstallValues) -> list[Obj]:
             "spec": {
                 "type": "ClusterIP",
                 "selector": selector("dashboard"),
-                "ports": [{"name": "http", "port": DASHBOARD_PORT, "targetPort": DASHBOARD_PORT}],
+                "ports": [{"name": "http", "port": ports.DASHBOARD, "targetPort": ports.DASHBOARD}],
             },
         },
         pdb(values, "dashboard", replicas=replicas),

@@ -10,11 +10,11 @@ nodemesh-cni so no pod starts unmeshed); see nodemesh_cni.owner.
 
 from __future__ import annotations
 
+from nodemesh import ports
 from nodemesh.cli.install.meta import Obj, http_probe, labels, metadata, selector, service_account
 from nodemesh.cli.install.values import InstallValues
 
 CAPABILITIES = ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
-ADMIN_PORT = 4191
 TOKEN_AUDIENCE = "nodemesh"
 CONFIG_MAP = "nodemesh-config"
 # Paths inside the agent's containers.
@@ -45,11 +45,11 @@ def _agent(values: InstallValues) -> Obj:
             f"--state-file={RUN_DIR}/agent-state.json",
             # On the host: a new agent pod finds the old one's here and takes its sockets.
             f"--handover-socket={RUN_DIR}/handover.sock",
-            f"--controlplane={values.controlplane_host()}:8086",
+            f"--controlplane={values.controlplane_host()}:{ports.AGENT_API}",
             f"--controlplane-ca={ANCHOR_DIR}/ca.crt",
             f"--cluster-domain={values.cluster_domain}",
             f"--token-file={TOKEN_DIR}/token",
-            f"--admin-addr=0.0.0.0:{ADMIN_PORT}",
+            f"--admin-addr=0.0.0.0:{ports.AGENT_ADMIN}",
             "--netns-dir=/run/netns",
             # PID 1 keeps copies of the listening sockets: an agent that crashes is restarted
             # at once and refuses no connection meanwhile (nodeagent.handover.keeper).
@@ -60,20 +60,20 @@ def _agent(values: InstallValues) -> Obj:
             f"--uninstall-wait-seconds={UNINSTALL_WAIT}",
         ],
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
-        "ports": [{"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "admin", "containerPort": ports.AGENT_ADMIN, "protocol": "TCP"}],
         # hostNetwork: during a rollout both agents' pods would probe the one port 4191, and the
         # new pod's httpGet would get the old agent's 200 before the hand-over (a slow start-up
         # outlasted any initial delay). Ready only when the admin port is this container's own
         # (taken over) and answers /ready (nodeagent.readycheck).
         "readinessProbe": {
             "exec": {"command": ["python3", "-m", "nodeagent.readycheck",
-                                 f"--port={ADMIN_PORT}"]},
+                                 f"--port={ports.AGENT_ADMIN}"]},
             "initialDelaySeconds": 2,
             "periodSeconds": 5,
             "timeoutSeconds": 5,
             "failureThreshold": 3,
         },  # fmt: skip
-        "livenessProbe": http_probe("/live", ADMIN_PORT, period=10),
+        "livenessProbe": http_probe("/live", ports.AGENT_ADMIN, period=10),
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": {
             "privileged": False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+from nodemesh import ports
 from nodemesh.cli.install.meta import (
     Obj,
     http_probe,
@@ -18,7 +19,6 @@ from nodemesh.cli.install.meta import (
 from nodemesh.cli.install.values import InstallValues
 
 IDENTITY_SECRET = "nodemesh-identity"
-PUBLIC_PORT, AGENT_PORT, ADMIN_PORT = 8085, 8086, 9996
 # What the control plane's kubernetes source lists and watches (controlplane.sources.kube).
 WATCHED = [
     ("", ["namespaces", "nodes", "pods", "services"]),
@@ -117,17 +117,17 @@ def deployment(values: InstallValues) -> Obj:
             f"--cluster-domain={values.cluster_domain}",
             f"--ca-secret={values.namespace}/{IDENTITY_SECRET}",
             f"--trust-domain={values.trust_domain}",
-            f"--agent-addr=0.0.0.0:{AGENT_PORT}",
-            f"--public-addr=0.0.0.0:{PUBLIC_PORT}",
-            f"--admin-addr=0.0.0.0:{ADMIN_PORT}",
+            f"--agent-addr=0.0.0.0:{ports.AGENT_API}",
+            f"--public-addr=0.0.0.0:{ports.PUBLIC_API}",
+            f"--admin-addr=0.0.0.0:{ports.CONTROLPLANE_ADMIN}",
         ],
         "ports": [
-            {"name": "public-api", "containerPort": PUBLIC_PORT},
-            {"name": "agent-api", "containerPort": AGENT_PORT},
-            {"name": "admin", "containerPort": ADMIN_PORT},
+            {"name": "public-api", "containerPort": ports.PUBLIC_API},
+            {"name": "agent-api", "containerPort": ports.AGENT_API},
+            {"name": "admin", "containerPort": ports.CONTROLPLANE_ADMIN},
         ],
-        "readinessProbe": http_probe("/ready", ADMIN_PORT, period=5),
-        "livenessProbe": http_probe("/live", ADMIN_PORT, period=10),
+        "readinessProbe": http_probe("/ready", ports.CONTROLPLANE_ADMIN, period=5),
+        "livenessProbe": http_probe("/live", ports.CONTROLPLANE_ADMIN, period=10),
         "resources": {
             "requests": {"cpu": "100m", "memory": "128Mi"},
             "limits": {"memory": "512Mi"},
@@ -165,9 +165,13 @@ def service(values: InstallValues) -> Obj:
             "type": "ClusterIP",
             "selector": selector("controlplane"),
             "ports": [
-                {"name": "public-api", "port": PUBLIC_PORT, "targetPort": PUBLIC_PORT},
-                {"name": "agent-api", "port": AGENT_PORT, "targetPort": AGENT_PORT},
-                {"name": "metrics", "port": ADMIN_PORT, "targetPort": ADMIN_PORT},
+                {"name": "public-api", "port": ports.PUBLIC_API, "targetPort": ports.PUBLIC_API},
+                {"name": "agent-api", "port": ports.AGENT_API, "targetPort": ports.AGENT_API},
+                {
+                    "name": "metrics",
+                    "port": ports.CONTROLPLANE_ADMIN,
+                    "targetPort": ports.CONTROLPLANE_ADMIN,
+                },
             ],
         },
     }

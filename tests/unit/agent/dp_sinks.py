@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeagent.observe.events import Peer, RequestObserved, TcpClosed, TcpOpened
+from nodeagent.observe.events import Peer, RequestObserved, RequestStarted, TcpClosed, TcpOpened
 
 
 @dataclass
@@ -28,8 +28,8 @@ class RecordingSink:
     def tapping(self, src: Peer, dst: Peer) -> bool:
         return self.tap
 
-    def request_started(self, req_id: int, *args: Any) -> None:
-        self.tapped.append(("request", req_id))
+    def request_started(self, ev: RequestStarted) -> None:
+        self.tapped.append(("request", ev.req_id))
 
     def response_started(self, req_id: int, status: int | None, at: float) -> None:
         self.tapped.append(("response", (req_id, status)))

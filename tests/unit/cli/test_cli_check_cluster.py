@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from cli_server import ApiServer
 from click.testing import CliRunner
-from kube_stub import KubeStub
 from kubernetes import client
 
 from controlplane.sources.events import KindStale
@@ -18,21 +17,23 @@ from nodemesh.cli import target as target_mod
 from nodemesh.cli.check_cluster import post_checks
 from nodemesh.cli.main import cli
 from nodemesh.cli.target import Endpoint, TargetError, TargetOptions, select
+from tests.unit.controlplane.fake_apiserver import FakeApiServer, version_info
 
 NS = "nodemesh"
 
 
 @pytest.fixture
-def kube() -> Iterator[KubeStub]:
-    stub = KubeStub()
-    yield stub
-    stub.close()
+def kube() -> Iterator[FakeApiServer]:
+    api = FakeApiServer().start()
+    api.version = version_info("1.26.3")
+    yield api
+    api.stop()
 
 
-def installed(stub: KubeStub, *, nodes: tuple[str, ...] = ("node1", "node2")) -> None:
+def installed(stub: FakeApiServer, *, nodes: tuple[str, ...] = ("node1", "node2")) -> None:
     """A DaemonSet with an agent Ready on every node, as the API server reports it."""
     n = len(nodes)
-    stub.objects[f"/apis/apps/v1/namespaces/{NS}/daemonsets/nodemesh-agent"] = {
+    stub.fixed[f"/apis/apps/v1/namespaces/{NS}/daemonsets/nodemesh-agent"] = {
         "kind": "DaemonSet",
         "metadata": {"name": "nodemesh-agent", "namespace": NS},
         "spec": {
@@ -46,7 +47,7 @@ def installed(stub: KubeStub, *, nodes: tuple[str, ...] = ("node1", "node2")) ->
             "numberMisscheduled": 0,
         },
     }
-    stub.objects[f"/api/v1/namespaces/{NS}/pods"] = {
+    stub.fixed[f"/api/v1/namespaces/{NS}/pods"] = {
         "kind": "PodList",
         "metadata": {},
         "items": [
@@ -57,7 +58,7 @@ def installed(stub: KubeStub, *, nodes: tuple[str, ...] = ("node1", "node2")) ->
             for node in nodes
         ],
     }
-    stub.objects["/api/v1/nodes"] = {"kind": "NodeList", "metadata": {}, "items": []}
+    stub.fixed["/api/v1/nodes"] = {"kind": "NodeList", "metadata": {}, "items": []}
 
 
 def agent_lines(results) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -145,9 +146,7 @@ def test_check_pre_with_only_kubeconfig_checks_the_cluster(labs, kube, tmp_path)
     ("version", "status"), [("1.24.17", "FAIL"), ("1.25.0", "ok"), ("1.26.3", "ok")]
 )
 def test_check_pre_minimum_kubernetes_version(kube, tmp_path, version, status) -> None:
-    from kube_stub import version_info
-
-    kube.objects["/version"] = version_info(version)
+    kube.version = version_info(version)
     env = {"KUBECONFIG": "", "NODEMESH_LAB": "", "NODEMESH_API_ADDR": ""}
     args = ["check", "--pre", "-o", "json", "--kubeconfig", str(kube.kubeconfig(tmp_path / "k"))]
     res = CliRunner().invoke(cli, args, env=env)

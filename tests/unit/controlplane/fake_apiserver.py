@@ -8,8 +8,11 @@ the same port, or make it answer 503 to everything as an overloaded or restartin
 `/version` answers with `version` (a test can pretend to be an older Kubernetes).
 
 It also answers TokenReview and SubjectAccessReview (POST) from tables the tests fill: `tokens`
-(token -> user info), `revoke(token)`, and `grants` (user or group, verb, group, resource,
-namespace: "" = every namespace) checked the way RBAC does; every review is recorded."""
+(token -> user info, with `extra` such as a projected token's node name), `revoke(token)`, and
+`grants` (user or group, verb, group, resource, namespace: "" = every namespace) checked the way
+RBAC does; every review is recorded. SelfSubjectAccessReviews are allowed. Single objects the
+CLI or the control plane GET (a DaemonSet, a Secret) are answered from `fixed` (path -> object);
+`kubeconfig(path)` writes a kubeconfig that points the real client here."""
 
 from __future__ import annotations
 
@@ -21,8 +24,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+import yaml
 
 Obj = dict[str, Any]
 
@@ -45,6 +51,7 @@ CRD_KINDS = {"InboundPolicy"}  # served only while `crds` is set (installed)
 REVIEW_PATHS = {
     "/apis/authentication.k8s.io/v1/tokenreviews": "TokenReview",
     "/apis/authorization.k8s.io/v1/subjectaccessreviews": "SubjectAccessReview",
+    "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews": "SelfSubjectAccessReview",
 }
 
 
@@ -103,6 +110,7 @@ class FakeApiServer:
         self.grants: list[Grant] = []
         self.reviews: list[tuple[str, Obj]] = []  # (kind, spec) of every review asked
         self.connections: set[socket.socket] = set()
+        self.fixed: dict[str, Obj] = {}  # GET path -> the object answered as is
         self.version = version_info("1.30.0")
         self.crds = True  # nodemesh's CRDs installed
         self.port = 0
@@ -124,6 +132,19 @@ class FakeApiServer:
         self.thread.start()
         self._serving = True
         return self
+
+    def kubeconfig(self, path: Path, *, token: str = "t") -> Path:
+        """A kubeconfig at `path` that sends the real client here with `token`."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": self.host}}],
+            "users": [{"name": "u", "user": {"token": token}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+            "current-context": "fake",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
 
     def stop(self) -> None:
         with self.cond:
@@ -211,9 +232,18 @@ class FakeApiServer:
             self.state.bookmarks += 1
             self.cond.notify_all()
 
-    def add_user(self, token: str, username: str, groups: tuple[str, ...] = ()) -> None:
+    def add_user(
+        self,
+        token: str,
+        username: str,
+        groups: tuple[str, ...] = (),
+        *,
+        extra: dict[str, list[str]] | None = None,
+    ) -> None:
         self.tokens[token] = {"username": username, "uid": f"uid-{username}",
                               "groups": [*groups, "system:authenticated"]}  # fmt: skip
+        if extra:
+            self.tokens[token]["extra"] = extra
 
     def revoke(self, token: str) -> None:
         self.revoked.add(token)
@@ -226,7 +256,11 @@ class FakeApiServer:
             user = self.tokens.get(token)
             if user is None or token in self.revoked:
                 return {"authenticated": False, "error": "invalid bearer token"}
-            return {"authenticated": True, "user": user}
+            # The audiences asked for, as an API server answers for a token valid for them.
+            audiences = {"audiences": spec["audiences"]} if spec.get("audiences") else {}
+            return {"authenticated": True, "user": user, **audiences}
+        if kind == "SelfSubjectAccessReview":
+            return {"allowed": True, "reason": "the fake API server allows its caller anything"}
         attrs = spec.get("resourceAttributes") or {}
         subjects = {spec.get("user"), *(spec.get("groups") or [])}
         resource = attrs.get("resource", "")
@@ -290,6 +324,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if url.path.rstrip("/") == "/version":
             self._json(200, self.api.version)
+            return
+        fixed = self.api.fixed.get(url.path.rstrip("/"))
+        if fixed is not None:
+            self._json(200, fixed)
             return
         if url.path not in PATHS or (PATHS[url.path][0] in CRD_KINDS and not self.api.crds):
             self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})

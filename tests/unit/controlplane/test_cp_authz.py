@@ -11,12 +11,12 @@ from pathlib import Path
 
 import cp_objects as k
 import pytest
+from controlplane.sources.backoff import Backoff
 from fake_apiserver import FakeApiServer
 from kubernetes import client
 
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
-from controlplane.sources.backoff import Backoff
 from controlplane.sources.events import EventType, KindSynced, ObjectChanged
 from controlplane.sources.kube import KubeSource
 from controlplane.sources.local import LocalSource

@@ -14,7 +14,6 @@ from fake_apiserver import FakeApiServer
 from kubernetes import client
 from prometheus_client import REGISTRY
 
-from controlplane.sources.backoff import Backoff
 from controlplane.sources.events import (
     KINDS,
     KindStale,
@@ -23,6 +22,7 @@ from controlplane.sources.events import (
     SourceEvent,
 )
 from controlplane.sources.kube import KubeSource
+from nodemesh.backoff import Backoff
 
 
 @pytest.fixture

@@ -15,12 +15,13 @@ from controlplane.index import ClusterIndex
 from controlplane.public_api import PublicService
 from controlplane.sources.events import EventType, ObjectChanged
 from controlplane.tap import AgentTapService, TapBroker
-from controlplane.telemetry_port import AgentState, GroupStats, NoTelemetry, Selector
+from controlplane.telemetry_port import AgentState, NoTelemetry, Selector, StatRow
 from nodemesh import tasks
 from nodemesh.api import public_pb2 as ppb
 from nodemesh.api import public_pb2_grpc as ppb_grpc
 from nodemesh.api import tap_pb2 as tpb
 from nodemesh.api import tap_pb2_grpc as tpb_grpc
+from nodemesh.histogram import bucket_index
 from nodemesh.lab.access import ACCESS_FILE, ADMIN_TOKEN_FILE, create_lab_access
 
 
@@ -32,19 +33,21 @@ class RecordedTelemetry(NoTelemetry):
         # Pods that agents reporting right now say they enrolled: (namespace, name, uid).
         self.enrolled = {("emojivoto", "web-5d8f7-0", ""), ("emojivoto", "web-5d8f7-1", "")}
 
-    def stat(self, **query: object) -> list[GroupStats]:
+    def stat(self, **query: object) -> list[StatRow]:
         self.queries.append(query)
         if query["group_by"] != "deployment":
             return []
+        # 600 responses: p50 1.5 ms, p95 4 ms, p99 9 ms (within the histogram's 1/128).
+        latency = {bucket_index(1500): 500, bucket_index(4000): 70, bucket_index(9000): 30}
         return [
-            GroupStats(
+            StatRow(
+                "deployment",
                 "emojivoto",
                 "web",
-                requests=600,
-                successes=540,
-                latency_p50_ms=1.5,
-                latency_p95_ms=4.0,
-                latency_p99_ms=9.0,
+                window_s=60,
+                success=540,
+                failure=60,
+                latency=latency,
                 tcp_open_connections=3,
             )
         ]
@@ -258,7 +261,7 @@ async def test_stat_joins_the_index_with_the_telemetry_store(stack) -> None:
     assert (row.meshed_pods, row.total_pods) == (2, 2)
     assert row.success_rate == pytest.approx(0.9)
     assert row.rps == pytest.approx(10.0)
-    assert row.latency_p99_ms == 9.0
+    assert row.latency_p99_ms == pytest.approx(9.0, rel=1 / 128)
     assert telemetry.queries[-1]["source"] == Selector("namespace", "", "emojivoto")
     assert telemetry.queries[-1]["window_s"] == 60
 

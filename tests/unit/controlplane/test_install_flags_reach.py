@@ -13,7 +13,6 @@ the control plane's Service, as cluster DNS would."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import socket
 import ssl
@@ -65,73 +64,25 @@ def _port_free(port: int) -> bool:
     return True
 
 
-class _Cluster(FakeApiServer):
-    """The fake API server plus the two calls the control plane makes besides list/watch."""
-
-    def __init__(self, secret: dict[str, Any]) -> None:
-        super().__init__()
-        self.secret = secret
-        self.reviews: list[str] = []
-        base = self.httpd.RequestHandlerClass
-        cluster = self
-
-        class Handler(base):  # type: ignore[misc,valid-type]
-            def do_GET(self) -> None:  # noqa: N802
-                wanted = f"/api/v1/namespaces/{NAMESPACE}/secrets/nodemesh-identity"
-                if self.path.split("?")[0] == wanted:
-                    self._json(200, cluster.secret)
-                    return
-                super().do_GET()
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if not self.path.startswith("/apis/authentication.k8s.io/v1/tokenreviews"):
-                    self._json(404, {"kind": "Status", "code": 404})
-                    return
-                token = body["spec"]["token"]
-                cluster.reviews.append(token)
-                status: dict[str, Any] = {"authenticated": False, "error": "unknown token"}
-                if token == AGENT_TOKEN:
-                    status = {
-                        "authenticated": True,
-                        "audiences": ["nodemesh"],
-                        "user": {
-                            "username": f"system:serviceaccount:{NAMESPACE}:nodemesh-agent",
-                            "extra": {"authentication.kubernetes.io/node-name": ["node1"]},
-                        },
-                    }
-                self._json(201, {**body, "status": status})
-
-        self.httpd.RequestHandlerClass = Handler
-
-
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[_Cluster, list[dict[str, Any]]]]:
+def cluster(tmp_path: Path) -> Iterator[tuple[FakeApiServer, list[dict[str, Any]]]]:
+    """The fake API server with the install's identity Secret and the agent's projected token
+    (TokenReview names its node, as for a token bound to a pod)."""
     docs = _render()
-    api = _Cluster(_one(docs, "Secret", "nodemesh-identity")).start()
+    api = FakeApiServer().start()
+    secret_path = f"/api/v1/namespaces/{NAMESPACE}/secrets/nodemesh-identity"
+    api.fixed[secret_path] = _one(docs, "Secret", "nodemesh-identity")
+    api.add_user(
+        AGENT_TOKEN,
+        f"system:serviceaccount:{NAMESPACE}:nodemesh-agent",
+        extra={"authentication.kubernetes.io/node-name": ["node1"]},
+    )
     api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
     api.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1"}})
     try:
         yield api, docs
     finally:
         api.stop()
-
-
-def _kubeconfig(tmp: Path, server: str) -> Path:
-    path = tmp / "kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": server}}],
-                "users": [{"name": "u", "user": {"token": "control-plane-token"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
-    return path
 
 
 def _container(doc: dict[str, Any], name: str) -> dict[str, Any]:
@@ -222,7 +173,7 @@ def _wait_ready(url: str, deadline: float, procs: list[subprocess.Popen[bytes]])
 
 
 def test_the_agent_connects_to_a_control_plane_installed_with_other_names(
-    cluster: tuple[_Cluster, list[dict[str, Any]]], tmp_path: Path
+    cluster: tuple[FakeApiServer, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     api, docs = cluster
     for port in (8085, 8086, 9996, 4191):
@@ -230,7 +181,7 @@ def test_the_agent_connects_to_a_control_plane_installed_with_other_names(
             pytest.skip(f"port {port} is taken on this machine (the rendered ports are fixed)")
     cp = _container(_one(docs, "Deployment", "nodemesh-controlplane"), "controlplane")
     cp_env = _env(cp, "node1")
-    cp_cmd = cp["command"] + _expand(cp["args"], cp_env) + [f"--kubeconfig={_kubeconfig(tmp_path, api.host)}"]
+    cp_cmd = cp["command"] + _expand(cp["args"], cp_env) + [f"--kubeconfig={api.kubeconfig(tmp_path / 'kubeconfig', token='control-plane-token')}"]
     agent_cmd, agent_env = _agent_command(docs, tmp_path)
     logs = {n: (tmp_path / f"{n}.log").open("wb") for n in ("cp", "agent")}
     procs: list[subprocess.Popen[bytes]] = []
@@ -248,7 +199,7 @@ def test_the_agent_connects_to_a_control_plane_installed_with_other_names(
         )
         body = _wait_ready("http://127.0.0.1:4191/ready", time.monotonic() + 60, procs)
         assert "ready" in body
-        assert AGENT_TOKEN in api.reviews
+        assert AGENT_TOKEN in [spec.get("token") for kind, spec in api.reviews]
     except AssertionError:
         for n, f in logs.items():
             f.flush()

@@ -7,8 +7,9 @@ import pytest
 from mesh_identities import EMOJI, WEB
 from prometheus_client import CollectorRegistry
 
+from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.identity import BootstrapTokenAuthenticator
-from controlplane.identity.service import IdentityService
+from controlplane.identity.service import SERVICE, IdentityService
 from nodemesh import certs
 from nodemesh.api import identity_pb2, identity_pb2_grpc
 
@@ -22,12 +23,12 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 async def stub(authority, registry) -> AsyncIterator[identity_pb2_grpc.IdentityStub]:
-    server = grpc.aio.server()
-    IdentityService(
-        authority=authority,
-        authenticator=BootstrapTokenAuthenticator(TOKENS),
-        registry=registry,
-    ).add_to(server)
+    service = IdentityService(authority=authority, registry=registry)
+    auth = AgentAuthInterceptor(
+        BootstrapTokenAuthenticator(TOKENS), refused={SERVICE: service.refused}
+    )
+    server = grpc.aio.server(interceptors=[auth])
+    service.add_to(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

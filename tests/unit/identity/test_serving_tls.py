@@ -7,6 +7,7 @@ import pytest
 from mesh_identities import WEB
 from prometheus_client import CollectorRegistry
 
+from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.identity import BootstrapTokenAuthenticator
 from controlplane.identity.service import IdentityService
 from controlplane.identity.serving import DEFAULT_DNS_NAMES, ServingCertificate
@@ -17,12 +18,9 @@ TOKEN = "node1-bootstrap-" + "q" * 24
 
 
 async def _certify_over_tls(authority, anchors_pem: bytes) -> identity_pb2.CertifyResponse:
-    server = grpc.aio.server()
-    IdentityService(
-        authority=authority,
-        authenticator=BootstrapTokenAuthenticator({"node1": TOKEN}),
-        registry=CollectorRegistry(),
-    ).add_to(server)
+    auth = AgentAuthInterceptor(BootstrapTokenAuthenticator({"node1": TOKEN}))
+    server = grpc.aio.server(interceptors=[auth])
+    IdentityService(authority=authority, registry=CollectorRegistry()).add_to(server)
     port = server.add_secure_port("127.0.0.1:0", ServingCertificate(authority).credentials())
     await server.start()
     try:

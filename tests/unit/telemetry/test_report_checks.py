@@ -72,7 +72,6 @@ def test_arbitrary_bytes_get_an_answer(raw: bytes) -> None:
     service = TelemetryService(
         store=store,
         is_known_node=lambda n: True,
-        authenticator=None,
         registry=CollectorRegistry(),
     )
     ack = service.handle(raw, authenticated_node=None)

@@ -7,9 +7,10 @@ import pytest
 from agent_reports import ReportBuilder
 from prometheus_client import CollectorRegistry
 
+from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.identity import BootstrapTokenAuthenticator
 from controlplane.telemetry import Resource, TelemetryStore, stat
-from controlplane.telemetry.service import MAX_RECEIVE_BYTES, METHOD, TelemetryService
+from controlplane.telemetry.service import MAX_RECEIVE_BYTES, METHOD, SERVICE, TelemetryService
 from nodemesh.api import telemetry_pb2 as pb
 
 TOKENS = {"node1": "t1-" + "x" * 30, "node2": "t2-" + "y" * 30, "node9": "t9-" + "z" * 30}
@@ -23,13 +24,14 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 async def channel(store, registry) -> AsyncIterator[grpc.aio.Channel]:
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)])
-    TelemetryService(
-        store=store,
-        is_known_node=KNOWN.__contains__,
-        authenticator=BootstrapTokenAuthenticator(TOKENS),
-        registry=registry,
-    ).add_to(server)
+    service = TelemetryService(store=store, is_known_node=KNOWN.__contains__, registry=registry)
+    auth = AgentAuthInterceptor(
+        BootstrapTokenAuthenticator(TOKENS), refused={SERVICE: service.refused}
+    )
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)], interceptors=[auth]
+    )
+    service.add_to(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -256,4 +256,4 @@ def test_invalid_queries(store) -> None:
         stat(store, Resource("deploy"), window_s=3600)
     with pytest.raises(InvalidQuery):
         stat(store, Resource("deploy"), to=Resource("node", name="node1"))
-    assert Resource("deployments").kind == "deploy" and Resource("po").kind == "pod"
+    assert Resource("deployments").kind == "deployment" and Resource("po").kind == "pod"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from obs_fixtures import emoji, request, web
 
-from nodeagent.observe.events import Peer
+from nodeagent.observe.events import Peer, RequestStarted
 from nodeagent.observe.sink import AgentSink
 from nodemesh.api import tap_pb2 as pb
 
@@ -45,8 +45,8 @@ def run_request(sink: AgentSink, src: Peer, dst: Peer, *, direction="outbound", 
     ev = request(src, dst, direction=direction, method=method, path=path, req_id=req_id,
                  status=status, latency_s=0.004)  # fmt: skip
     if sink.tapping(src, dst):
-        sink.request_started(ev.req_id, 1, direction, src, dst, ev.protocol, ev.tls, method,
-                             ev.authority, path, ev.started_at)  # fmt: skip
+        sink.request_started(RequestStarted(ev.req_id, 1, direction, src, dst, ev.protocol, ev.tls,
+                                            method, ev.authority, path, ev.started_at))  # fmt: skip
         sink.response_started(ev.req_id, status, ev.started_at + 0.001)
     sink.request(ev)
 

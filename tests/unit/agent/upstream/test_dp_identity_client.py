@@ -11,9 +11,11 @@ import pytest
 from dp_identities import API, PODS, TD, WEB
 from prometheus_client import CollectorRegistry
 
+from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.identity import BootstrapTokenAuthenticator, CertificateAuthority
 from controlplane.identity.service import IdentityService
 from nodeagent.upstream.certstore import CertStore
+from nodeagent.upstream.destination import open_channel
 from nodeagent.upstream.identity import IdentityClient
 from nodemesh import certs, tasks
 from nodemesh.identity import CaMaterial
@@ -23,12 +25,9 @@ OTHER = f"spiffe://{TD}/ns/shop/sa/not-here"
 
 
 async def _serve(authority: CertificateAuthority) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server()
-    IdentityService(
-        authority=authority,
-        authenticator=BootstrapTokenAuthenticator({"node1": TOKEN}),
-        registry=CollectorRegistry(),
-    ).add_to(server)
+    auth = AgentAuthInterceptor(BootstrapTokenAuthenticator({"node1": TOKEN}))
+    server = grpc.aio.server(interceptors=[auth])
+    IdentityService(authority=authority, registry=CollectorRegistry()).add_to(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port
@@ -41,7 +40,9 @@ async def channel_to(
     servers: list[grpc.aio.Server] = []
     channels: list[grpc.aio.Channel] = []
 
-    async def make(lifetime: datetime.timedelta = datetime.timedelta(hours=24)) -> grpc.aio.Channel:
+    async def make(
+        lifetime: datetime.timedelta = datetime.timedelta(hours=24), token: str = TOKEN
+    ) -> grpc.aio.Channel:
         ca = CertificateAuthority(
             anchors=authority.anchors,
             issuer=authority.issuer,
@@ -51,7 +52,7 @@ async def channel_to(
         )
         server, port = await _serve(ca)
         servers.append(server)
-        channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+        channels.append(open_channel(f"127.0.0.1:{port}", insecure=True, token=lambda: token))
         return channels[-1]
 
     yield make  # type: ignore[misc]
@@ -72,9 +73,7 @@ async def test_certificates_for_the_nodes_identities_are_fetched_and_valid(
     channel_to, anchor: CaMaterial
 ) -> None:
     store = CertStore(trust_anchors_pem=anchor.certificate_pem())
-    client = IdentityClient(
-        channel=await channel_to(), store=store, wanted=lambda: {WEB, API}, token=lambda: TOKEN
-    )
+    client = IdentityClient(channel=await channel_to(), store=store, wanted=lambda: {WEB, API})
     task = tasks.spawn(client.run(), name="identity client")
     try:
         await _until(lambda: WEB in store.held and API in store.held)
@@ -98,7 +97,6 @@ async def test_renewed_before_expiry_with_a_new_key(channel_to, anchor: CaMateri
         channel=await channel_to(datetime.timedelta(seconds=30)),
         store=store,
         wanted=lambda: {WEB},
-        token=lambda: TOKEN,
     )
     task = tasks.spawn(client.run(), name="identity client")
     try:
@@ -117,9 +115,7 @@ async def test_renewed_before_expiry_with_a_new_key(channel_to, anchor: CaMateri
 
 async def test_refusals_back_off_and_do_not_stop_the_others(channel_to, anchor) -> None:
     store = CertStore(trust_anchors_pem=anchor.certificate_pem())
-    client = IdentityClient(
-        channel=await channel_to(), store=store, wanted=lambda: {WEB, OTHER}, token=lambda: TOKEN
-    )
+    client = IdentityClient(channel=await channel_to(), store=store, wanted=lambda: {WEB, OTHER})
     task = tasks.spawn(client.run(), name="identity client")
     try:
         await _until(lambda: WEB in store.held and client.failures >= 1)
@@ -134,7 +130,7 @@ async def test_refusals_back_off_and_do_not_stop_the_others(channel_to, anchor) 
 async def test_a_bad_token_gets_nothing(channel_to, anchor) -> None:
     store = CertStore(trust_anchors_pem=anchor.certificate_pem())
     client = IdentityClient(
-        channel=await channel_to(), store=store, wanted=lambda: {WEB}, token=lambda: "wrong"
+        channel=await channel_to(token="wrong"), store=store, wanted=lambda: {WEB}
     )
     assert not await client.certify(WEB)
     assert store.held == {} and client.failures == 1

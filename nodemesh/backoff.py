@@ -1,4 +1,5 @@
-"""Exponential backoff with jitter for reconnecting watches (sans-io: it only computes delays)."""
+"""Exponential backoff with jitter for reconnecting streams and watches (sans-io: it only
+computes delays). Shared by the control plane's Kubernetes watches and the agent's streams."""
 
 from __future__ import annotations
 

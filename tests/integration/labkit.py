@@ -1,0 +1,62 @@
+"""What the lab tests share: the nodemesh CLI run as a user runs it, a two-node lab brought up
+for a fixture and always taken down, and the lab's pods as `lab status` lists them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from nodemesh.lab.paths import LabPaths
+
+NODEMESH = str(Path(sys.executable).parent / "nodemesh")
+DEMO = ("--demo", "--demo-port", "0")  # `lab up` args: emojivoto, forwarded to no fixed port
+
+
+def run(
+    *args: str,
+    check: bool = True,
+    stdin: str | None = None,
+    timeout: float = 300,
+    traceback_ok: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """`nodemesh ARGS`; with `check`, fails the test (showing its output) unless it exits 0;
+    without `traceback_ok`, fails it if the CLI printed a traceback, whatever its exit code."""
+    res = subprocess.run(
+        [NODEMESH, *args], input=stdin, capture_output=True, text=True, timeout=timeout
+    )
+    if check:
+        assert res.returncode == 0, f"nodemesh {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
+    if not traceback_ok:
+        assert "Traceback" not in res.stderr, res.stderr
+    return res
+
+
+def nm(*args: str, timeout: float = 300) -> str:
+    """The standard output of `nodemesh ARGS`, which must exit 0."""
+    return run(*args, timeout=timeout).stdout
+
+
+@contextmanager
+def lab_up(prefix: str, *args: str, timeout: float = 300) -> Iterator[LabPaths]:
+    """A two-node lab named `prefix` + 6 hex digits (choose a prefix no other test uses: the
+    leak check can be told to look at it alone), forwarding to no fixed local port; `args` go
+    to `lab up`. Taken down afterwards whatever happened."""
+    name = prefix + uuid.uuid4().hex[:6]
+    try:
+        nm("lab", "up", "--name", name, "--nodes", "2", "--api-port", "0",
+           "--dashboard-port", "0", *args, timeout=timeout)  # fmt: skip
+        yield LabPaths(name)
+    finally:
+        subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
+
+
+def pods(paths: LabPaths, ns: str) -> list[dict[str, Any]]:
+    """The pods of namespace `ns`, as `lab status -o json` lists them."""
+    st = json.loads(nm("lab", "status", "--name", paths.name, "-o", "json"))
+    return [p for p in st["pods"] if p["namespace"] == ns]
