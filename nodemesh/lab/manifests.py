@@ -16,11 +16,12 @@ import yaml
 
 from nodemesh import authz
 from nodemesh.lab import rollout
+from nodemesh.routing.spec import ROUTE_KINDS, RouteError, compile_route
 
 # Kinds the lab runs. Others that a cluster would accept but the lab has no use for are stored
 # as they are (ServiceAccount, ConfigMap, ...) so the same file applies unchanged.
 RUN_KINDS = {"Namespace", "Deployment", "Service", "Pod", "DaemonSet"}
-STORED_KINDS = {"ServiceAccount", "ConfigMap", "Secret", authz.KIND}
+STORED_KINDS = {"ServiceAccount", "ConfigMap", "Secret", authz.KIND, *ROUTE_KINDS}
 CLUSTER_SCOPED = {"Namespace", "Node"}
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -299,6 +300,13 @@ def _check_inbound_policy(obj: dict[str, Any], fail: Fail) -> None:
         raise fail(str(e)) from None
 
 
+def _check_route(obj: dict[str, Any], fail: Fail) -> None:
+    try:
+        compile_route(obj)
+    except RouteError as e:
+        raise fail(str(e)) from None
+
+
 def _need_dict(obj: dict[str, Any], key: str, fail: Fail) -> dict[str, Any]:
     value = obj.get(key)
     if not isinstance(value, dict):
@@ -312,6 +320,8 @@ _CHECKS: dict[str, Callable[[dict[str, Any], Fail], None]] = {
     "Pod": _check_pod,
     "Service": _check_service,
     authz.KIND: _check_inbound_policy,
+    "HTTPRoute": _check_route,
+    "GRPCRoute": _check_route,
 }
 
 
