@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
 IDLE_PER_ENDPOINT = 16
 HEADER_TIMEOUT = 60.0  # a client that opened a connection and sends no request head
-# Time constant of the per-request balancer's latency average. Per connection (the relay) it is
-# 10 s; per request, samples come every few milliseconds and one slow answer must not shun an
-# endpoint for seconds (measured on loopback: with 10 s one of three gRPC servers got 8-15 %).
-L7_DECAY = 1.0
 
 
 class HasKey(Protocol):

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from nodeagent.balancer import Balancer
+from nodeagent.l7.balancing import RequestBalancer
 from nodeagent.l7.http1 import RouteContext, Upstreams, serve
 from nodemesh.model import ServiceKey
 from nodemesh.routing.spec import compile_route
@@ -113,7 +113,7 @@ class Proxy:
         self.upstreams = Upstreams(
             targets=lambda svc, port: [Target("127.0.0.1", self.backends[svc.name].port)],
             connect=lambda t: asyncio.open_connection(t.ip, t.port),
-            balancer=Balancer(),
+            balancer=RequestBalancer(),
         )
         self.ctx = RouteContext(
             routes=self.table,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from nodeagent.balancer import Balancer
-from nodeagent.l7.http1 import L7_DECAY, RouteContext, Upstreams
+from nodeagent.l7.balancing import RequestBalancer
+from nodeagent.l7.http1 import RouteContext, Upstreams
 from nodeagent.l7.http2 import H2Pool, serve
 from nodemesh.model import ServiceKey
 from nodemesh.routing.spec import compile_route
@@ -82,7 +82,7 @@ class Proxy:
             upstreams=Upstreams(
                 targets=lambda svc, port: [Target("127.0.0.1", s.port) for s in servers],
                 connect=lambda t: asyncio.open_connection(t.ip, t.port),
-                balancer=Balancer(decay=L7_DECAY),
+                balancer=RequestBalancer(),
             ),
         )
         self.loop = asyncio.new_event_loop()
