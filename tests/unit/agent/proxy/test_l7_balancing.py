@@ -6,8 +6,8 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from nodeagent.balancer import Balancer
-from nodeagent.l7.balancing import RequestBalancer
+from nodeagent.proxy.balancer import Balancer
+from nodeagent.proxy.l7.balancing import RequestBalancer
 
 
 @dataclass(frozen=True)

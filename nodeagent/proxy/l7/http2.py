@@ -26,7 +26,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from nodeagent.l7.http1 import RouteContext, Streams, _choices
+from nodeagent.proxy.l7.http1 import RouteContext, Streams, _choices
 from nodemesh.model import ServiceKey
 from nodemesh.routing import exchange as ex
 from nodemesh.routing.model import HeaderModifier, RouteRule

@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from nodeagent.l7.balancing import RequestBalancer
-from nodeagent.l7.http1 import RouteContext, Upstreams, serve
+from nodeagent.proxy.l7.balancing import RequestBalancer
+from nodeagent.proxy.l7.http1 import RouteContext, Upstreams, serve
 from nodemesh.model import ServiceKey
 from nodemesh.routing.spec import compile_route
 from nodemesh.routing.table import RouteTable

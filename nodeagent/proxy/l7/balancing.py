@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable
 
-from nodeagent.balancer import Balancer
+from nodeagent.proxy.balancer import Balancer
 
 DECAY_SECONDS = 1.0  # per request, samples come every few milliseconds
 
