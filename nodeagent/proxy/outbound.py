@@ -24,6 +24,7 @@ from nodeagent.observe.events import ObservationSink, Peer, TcpClosed, TcpOpened
 from nodeagent.protocol.preamble import PreambleError
 from nodeagent.proxy import failclosed
 from nodeagent.proxy.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
+from nodeagent.proxy.l7 import takeover
 from nodeagent.proxy.l7relay import ConnectionTap, peer_port
 from nodeagent.proxy.podnetns import marked_socket
 from nodeagent.proxy.routing import Route, Target
@@ -164,6 +165,8 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
     info = rt.table.pod(PodKey(pod.pod.namespace, pod.pod.name))
     src = peers.of_pod(info, ip=pod.pod.ip, namespace=pod.pod.namespace, name=pod.pod.name)
     route = rt.routes.resolve(ip, port)
+    if await takeover.try_take(relay, pod, route):
+        return
     conn_id = next(rt.conn_ids)
     known = route.known
     targets = route.targets if known else (Target(ip, port),)
