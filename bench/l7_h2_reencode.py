@@ -21,7 +21,8 @@ REQ = [
     (b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/emojivoto.v1.EmojiService/ListAll"),
     (b":authority", b"emoji-svc.emojivoto:8080"), (b"content-type", b"application/grpc"),
     (b"te", b"trailers"), (b"grpc-accept-encoding", b"identity,deflate,gzip"),
-    (b"user-agent", b"grpc-python/1.62.0 grpc-c/39.0.0 (linux; chttp2)"), (b"grpc-timeout", b"9999m"),
+    (b"user-agent", b"grpc-python/1.62.0 grpc-c/39.0.0 (linux; chttp2)"),
+    (b"grpc-timeout", b"9999m"),
 ]  # fmt: skip
 RESP = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 TRAILERS = [(b"grpc-status", b"0"), (b"grpc-message", b"")]

@@ -5,7 +5,7 @@ Layout, namespace `rts` (meshed): `client` (sleeps; clients run in it with `lab 
 HTTPRoute splitting web 90/10; `flaky` (every 5th request 503) and `dead` (all 503) with retry
 routes; `slow` (/slow answers after 1 s) with timeouts.request 200ms; `emoji`, three gRPC pods,
 no route (per-request balancing). Server-side counters are read with curl inside each pod.
-Load is bounded for CI by NODEMESH_ROUTES_REQUESTS (default 2000, the issue's figure).
+Load is bounded by NODEMESH_ROUTES_REQUESTS (2000, the issue's figure; 1000 under CI=true).
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 PY = sys.executable
 APPS = str(Path(__file__).resolve().parent / "routes_lab_apps.py")
 NS = "rts"
-REQUESTS = int(os.environ.get("NODEMESH_ROUTES_REQUESTS", "2000"))
+# The issue's 2000 requests by hand; CI (CI=true) sends 1000 unless told otherwise.
+REQUESTS = int(
+    os.environ.get("NODEMESH_ROUTES_REQUESTS", "1000" if os.environ.get("CI") else "2000")
+)
 WEB = f"http://web.{NS}.svc.cluster.local"
 
 
