@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from nodemesh.lab.paths import LabPaths
+
 pytestmark = [
     pytest.mark.root,
     pytest.mark.lab,
@@ -262,3 +264,25 @@ def test_one_grpc_channel_spreads_over_three_pods(lab: Lab) -> None:
     total = sum(answers.values())
     for count in answers.values():
         assert abs(count / total - 1 / 3) <= 0.10, answers
+
+
+def test_the_l7_path_is_never_plaintext_on_the_wire(lab: Lab) -> None:
+    """Requests the client's agent terminated leave the node only inside the mTLS tunnel."""
+    from test_lab_traffic import Capture
+
+    marker = "rts-" + secrets.token_hex(8)
+    cap = Capture(LabPaths(lab.name).node_netns("node1"))
+    try:
+        for svc in ("web", "flaky"):
+            lab.exec("deploy/client", "curl", "-s", "-H", f"x-marker: {marker}",
+                     f"http://{svc}.{NS}.svc.cluster.local/")  # fmt: skip
+        out = lab.exec(
+            "deploy/client", PY, APPS, "grpcclient", f"emoji.{NS}.svc.cluster.local:8080", "16"
+        )
+        assert sum(json.loads(out.strip().splitlines()[-1]).values()) == 16
+        time.sleep(1)
+    finally:
+        cap.close()
+    wire = b"".join(cap.frames)
+    assert len(wire) > 10_000  # the capture saw the traffic (in TLS)
+    assert marker.encode() not in wire  # a header the L7 path re-sent upstream
