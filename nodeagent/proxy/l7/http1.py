@@ -159,18 +159,36 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeou
 
 
 async def _read_body(conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[bytes, bool]:
-    """The request body, kept whole up to the retry buffer (then: not replayable)."""
+    """The request body up to the retry buffer; True when that is all of it (replayable). A
+    longer body is streamed to the upstream by the attempt (`_stream_rest`), never retried."""
     parts: list[bytes] = []
     size = 0
-    while True:
+    while size <= ex.BODY_LIMIT:
         event = await _next_event(conn, reader, HEADER_TIMEOUT)
         if isinstance(event, h11.Data):
             parts.append(bytes(event.data))
             size += len(event.data)
-            if size > ex.BODY_LIMIT * 16:
-                raise h11.RemoteProtocolError("request body too large for the L7 path")
         elif isinstance(event, h11.EndOfMessage):
-            return b"".join(parts), size <= ex.BODY_LIMIT
+            return b"".join(parts), True
+        else:
+            raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+    return b"".join(parts), False
+
+
+async def _stream_rest(
+    down: h11.Connection,
+    reader: asyncio.StreamReader,
+    up: h11.Connection,
+    writer: asyncio.StreamWriter,
+) -> None:
+    """The rest of a request body larger than the buffer, from the client to the upstream."""
+    while True:
+        event = await _next_event(down, reader, HEADER_TIMEOUT)
+        if isinstance(event, h11.Data):
+            writer.write(up.send(h11.Data(data=event.data)))
+            await writer.drain()
+        elif isinstance(event, h11.EndOfMessage):
+            return
         else:
             raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
 
@@ -269,6 +287,7 @@ async def _one(
         retry_non_idempotent=selected.route.retry_non_idempotent,
     )
     shell = _Shell(ctx, x, conn, writer, upstream_request, body, service, port, rule)
+    shell.reader, shell.complete = reader, complete
     status = await shell.run()
     ctx.observe(selected.label, status, ctx.clock() - start, x.retries)
     return shell.client_reusable
@@ -319,6 +338,9 @@ class _Shell:
             rule,
         )
         self.attempt: _Attempt | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.complete = True  # the whole request body is in self.body
+        self.streamed = False  # a longer body went (once) to an attempt
         self.task: asyncio.Task[ex.Event] | None = None
         self.tried: set[tuple[str, int]] = set()
         self.status = 0
@@ -401,6 +423,10 @@ class _Shell:
             attempt.sent = True
             if self.body:
                 attempt.writer.write(attempt.conn.send(h11.Data(data=self.body)))
+            if not self.complete:
+                self.complete = self.streamed = True  # the rest can be read once, so only here
+                assert self.reader is not None
+                await _stream_rest(self.conn, self.reader, attempt.conn, attempt.writer)
             attempt.writer.write(attempt.conn.send(h11.EndOfMessage()))
             await attempt.writer.drain()
             head = await _next_event(attempt.conn, attempt.reader, 3600)
@@ -413,7 +439,9 @@ class _Shell:
             attempt.abort()
             self.attempt = None
             # A reused connection the server had closed meanwhile did not see the request.
-            sent = attempt.sent and not (reused and attempt.conn.their_state is h11.SEND_RESPONSE)
+            sent = self.streamed or (
+                attempt.sent and not (reused and attempt.conn.their_state is h11.SEND_RESPONSE)
+            )
             return ex.UpstreamFailed(
                 f"{target.key}: {exc or type(exc).__name__}", sent, self.ctx.clock()
             )

@@ -49,6 +49,17 @@ class Backend:
             def log_message(self, *args: object) -> None:
                 pass
 
+            def do_POST(self) -> None:  # noqa: N802
+                size = int(self.headers["content-length"])
+                got = 0
+                while got < size:
+                    got += len(self.rfile.read(min(65536, size - got)))
+                body = str(got).encode()
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def do_GET(self) -> None:  # noqa: N802
                 with outer.lock:
                     outer.seen += 1
@@ -302,3 +313,14 @@ async def test_no_matching_rule_is_404_and_redirects_and_header_filters_apply(la
     assert (
         moved.startswith("HTTP/1.1 301") and "location: http://127.0.0.1/new?q=1" in moved.lower()
     )
+
+
+async def test_a_body_larger_than_the_retry_buffer_is_streamed_whole(lab, tmp_path) -> None:
+    proxy = lab(web=Backend("web"))
+    proxy.set_route(route_obj([{"backendRefs": [{"name": "web"}], "retry": {"codes": [503]}}]))
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(os.urandom(3 * 1024 * 1024))
+    out = await run(
+        "curl", "-s", "--data-binary", f"@{upload}", f"http://127.0.0.1:{proxy.port}/upload"
+    )
+    assert out == str(3 * 1024 * 1024)
