@@ -177,6 +177,7 @@ class _Request:
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
     ended: bool = False
+    freed: bool = False  # body bytes were dropped after sending (past the retry buffer)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -484,7 +485,8 @@ class _Shell:
             isinstance(event, h2.events.StreamReset)
             and event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
         ):
-            return ex.UpstreamFailed("stream refused", False, self.ctx.clock())
+            # Refused before the app saw it: a redial is safe unless body bytes are gone.
+            return ex.UpstreamFailed("stream refused", self.req.freed, self.ctx.clock())
         return ex.UpstreamFailed(f"{target.key}: {event}", True, self.ctx.clock())
 
     async def _pump(self, up: _Upstream, sid: int) -> None:
@@ -494,6 +496,10 @@ class _Shell:
             while True:
                 while sent < len(self.req.chunks):
                     await up.send_data(sid, self.req.chunks[sent])
+                    if self.req.size > ex.BODY_LIMIT:
+                        # Past the retry buffer nothing will be re-sent: keep no copy.
+                        self.req.chunks[sent] = b""
+                        self.req.freed = True
                     sent += 1
                 if self.req.ended:
                     up.conn.end_stream(sid)
