@@ -4,6 +4,7 @@ of an endpoint decaying while it gets no traffic (as tower's and Finagle's PeakE
 Without the decay, one slow answer (a pause of a few milliseconds) put an endpoint's estimate
 above the others' times their outstanding requests, P2C then never picked it, so it got no new
 sample and stayed shunned for good (loopback, one gRPC channel to three servers: 155/134/7).
+An endpoint nobody has measured yet is tried first, so serial requests reach every endpoint.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ class RequestBalancer(Balancer):
 
     def cost(self, key: Hashable, now: float, *, unmeasured: float | None = None) -> float:
         load = self.loads.get(key)
-        guess = self.default_rtt if unmeasured is None else unmeasured
         if load is None or load.ewma is None:
-            return guess * ((load.outstanding if load else 0) + 1)
+            # Never measured: try it first (an estimate borrowed from the others would be
+            # undecayed while theirs decay, and serial requests would never reach it).
+            return 0.0 if load is None or load.outstanding == 0 else self.default_rtt
         idle = max(now - load.stamp, 0.0)
         rtt = load.ewma * math.exp(-idle / self.decay)
         return rtt * (load.outstanding + 1)

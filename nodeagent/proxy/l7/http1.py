@@ -258,6 +258,11 @@ async def _one(
         ctx.observe("", 404, ctx.clock() - start, 0)
         return True
     rule = selected.rule
+    if request.method == b"CONNECT" or any(n.lower() == b"upgrade" for n, _ in headers):
+        # Only a connection's first request is looked at before the L7 path takes it.
+        await _answer(conn, writer, 501, "Upgrade on a reused connection is not supported")
+        ctx.observe(selected.label, 501, ctx.clock() - start, 0)
+        return False
     if rule.redirect is not None:
         location = _location(rule, selected, path, query, _header_map(headers).get("host", ""))
         await _answer(

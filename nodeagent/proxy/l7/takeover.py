@@ -119,6 +119,14 @@ async def try_take(relay: Relay, pod: PodListeners, route: Route) -> bool:
             return False
         kind = "h2"
     elif routed and head in _METHODS:
+        # The whole first request head: an Upgrade (WebSocket) or CONNECT stays on the relay,
+        # which turns the connection opaque after the handshake.
+        while b"\r\n\r\n" not in relay.early and len(relay.early) < 16 * 1024:
+            if not await relay.wait_for_bytes(len(relay.early) + 1, PEEK_TIMEOUT):
+                break
+        first = bytes(relay.early).split(b"\r\n\r\n", 1)[0].lower()
+        if first.startswith(b"connect ") or b"\nupgrade:" in first:
+            return False
         kind = "http1"
     else:
         return False
