@@ -24,6 +24,8 @@ from controlplane.index import (
     PodUpdated,
     PolicyRemoved,
     PolicyUpdated,
+    RouteRemoved,
+    RouteUpdated,
     ServiceRemoved,
     ServiceUpdated,
     WorkloadRemoved,
@@ -35,6 +37,7 @@ from nodemesh import destination_codec as codec
 from nodemesh.api import destination_pb2 as pb
 from nodemesh.api import destination_pb2_grpc as pb_grpc
 from nodemesh.model import MeshedPod, PodKey
+from nodemesh.routing import codec as route_codec
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +98,13 @@ class DestinationHub:
         view = self._authz_view(node)
         self.authz_sent[node] = view
         policies = [authz_codec.policy_to_pb(p) for p in view.values()]
+        routes = [route_codec.route_to_pb(r) for _, r in sorted(self.index.routes.items())]
         kinds = (
             ("services", services),
             ("workloads", workloads),
             ("pods", pods),
             ("authz_policies", policies),
+            ("routes", routes),
         )
         # The meshed pods are the same for every agent: their parts are made once per revision
         # and shared (a control plane restart meets every agent at once).
@@ -108,7 +113,7 @@ class DestinationHub:
             self._meshed_parts = (revision, meshed, _parts(revision, (("meshed_pods", meshed),)))
         _, meshed, shared = self._meshed_parts
         held = len(services) + len(workloads) + len(pods) + len(policies) + len(meshed)
-        if held <= SNAPSHOT_PART:
+        if held + len(routes) <= SNAPSHOT_PART:
             return _parts(revision, (*kinds, ("meshed_pods", meshed)))  # small: one message
         return _parts(revision, kinds, last=False) + shared
 
@@ -173,6 +178,10 @@ class DestinationHub:
                 shared.workloads_updated.append(codec.workload_to_pb(c.workload))
             elif isinstance(c, WorkloadRemoved):
                 shared.workloads_removed.append(codec.workload_ref_to_pb(c.ref))
+            elif isinstance(c, RouteUpdated):
+                shared.routes_updated.append(route_codec.route_to_pb(c.route))
+            elif isinstance(c, RouteRemoved):
+                shared.routes_removed.append(route_codec.route_key_to_pb(c.key))
             elif isinstance(c, PodUpdated):
                 by_node.setdefault(c.pod.node, pb.Delta()).pods_updated.append(
                     codec.pod_to_pb(c.pod)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from nodemesh.authz import PolicyKey, Spec
 from nodemesh.model import NodeInfo, PodInfo, PodKey, Service, ServiceKey, Workload, WorkloadRef
+from nodemesh.routing.model import Route, RouteKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,16 @@ class PolicyRemoved:
     key: PolicyKey
 
 
+@dataclass(frozen=True, slots=True)
+class RouteUpdated:
+    route: Route
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRemoved:
+    key: RouteKey
+
+
 Change = (
     ServiceUpdated
     | ServiceRemoved
@@ -75,4 +86,6 @@ Change = (
     | NodeRemoved
     | PolicyUpdated
     | PolicyRemoved
+    | RouteUpdated
+    | RouteRemoved
 )

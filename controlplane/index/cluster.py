@@ -15,6 +15,8 @@ from controlplane.index.changes import (
     PodUpdated,
     PolicyRemoved,
     PolicyUpdated,
+    RouteRemoved,
+    RouteUpdated,
     ServiceRemoved,
     ServiceUpdated,
     WorkloadRemoved,
@@ -31,6 +33,8 @@ from controlplane.sources.events import (
 )
 from nodemesh import authz
 from nodemesh.model import NodeInfo, PodInfo, PodKey, Service, ServiceKey, Workload, WorkloadRef
+from nodemesh.routing.model import Route, RouteKey
+from nodemesh.routing.spec import ROUTE_KINDS, RouteError, compile_route
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -54,6 +58,9 @@ class ClusterIndex:
         self.workloads: dict[WorkloadRef, Workload] = {}
         self.nodes: dict[str, NodeInfo] = {}
         self.policies: dict[authz.PolicyKey, authz.Spec] = {}  # InboundPolicy specs, read
+        # Mesh routes with at least one Service parent; invalid ones are left out (logged).
+        self.routes: dict[RouteKey, Route] = {}
+        self.route_errors: dict[RouteKey, str] = {}
         # Reverse maps that say what to recompute when something changes.
         self._pods_by_ns: dict[str, set[PodKey]] = defaultdict(set)
         self._pods_by_rs: dict[NsName, set[PodKey]] = defaultdict(set)
@@ -196,6 +203,8 @@ class ClusterIndex:
                 self._slices_by_service[svc].add(key)
         elif kind == "Node":
             dirty.nodes.add(key[1])
+        elif kind in ROUTE_KINDS:
+            dirty.routes.add(RouteKey(kind, *key))
 
     def _recompute(self, dirty: _Dirty) -> list[Change]:
         changes: list[Change] = []
@@ -214,7 +223,33 @@ class ClusterIndex:
             elif self.nodes.get(name) != info:
                 self.nodes[name] = info
                 changes.append(NodeUpdated(info))
+        for rk in sorted(dirty.routes):
+            self._recompute_route(rk, changes)
         return changes
+
+    def _recompute_route(self, rk: RouteKey, changes: list[Change]) -> None:
+        obj = self._raw[rk.kind].get((rk.namespace, rk.name))
+        new: Route | None = None
+        self.route_errors.pop(rk, None)
+        if obj is not None:
+            try:
+                new = compile_route(obj)
+            except RouteError as exc:
+                self.bad_objects += 1
+                INDEX_SKIPPED.labels(rk.kind).inc()
+                self.route_errors[rk] = str(exc)
+                log.warning("skipping %s: %s", rk, exc)
+            if new is not None and not new.parents:
+                new = None  # attached to Gateways only: not a mesh route
+        old = self.routes.get(rk)
+        if new == old:
+            return
+        if new is None:
+            del self.routes[rk]
+            changes.append(RouteRemoved(rk))
+        else:
+            self.routes[rk] = new
+            changes.append(RouteUpdated(new))
 
     def _recompute_pod(self, pk: PodKey, dirty: _Dirty, changes: list[Change]) -> None:
         obj = self._raw["Pod"].get((pk.namespace, pk.name))
@@ -338,10 +373,11 @@ def _replicaset_of(pod: Obj) -> str | None:
 
 
 class _Dirty:
-    __slots__ = ("pods", "workloads", "services", "nodes")
+    __slots__ = ("pods", "workloads", "services", "nodes", "routes")
 
     def __init__(self) -> None:
         self.pods: set[PodKey] = set()
         self.workloads: set[WorkloadRef] = set()
         self.services: set[ServiceKey] = set()
         self.nodes: set[str] = set()
+        self.routes: set[RouteKey] = set()

@@ -17,6 +17,8 @@ KINDS: tuple[str, ...] = (
     "Service",
     "EndpointSlice",
     "InboundPolicy",  # policy.nodemesh.io (nodemesh/authz.py)
+    "HTTPRoute",
+    "GRPCRoute",
 )
 CLUSTER_SCOPED = frozenset({"Namespace", "Node"})
 

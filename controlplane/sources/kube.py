@@ -56,10 +56,13 @@ API_VERSIONS = {
     "ReplicaSet": "apps/v1",
     "Deployment": "apps/v1",
     authz.KIND: authz.API_VERSION,
+    "HTTPRoute": "gateway.networking.k8s.io/v1",
+    "GRPCRoute": "gateway.networking.k8s.io/v1",
 }
 # Kinds of our own CRDs: a cluster without the CRD (404) has none of them, which is a listing
 # (synced, empty), not an outage; the kind is listed again every CRD_RECHECK seconds.
-OPTIONAL_KINDS = frozenset({authz.KIND})
+# The Gateway API's route CRDs are not ours either, and often not installed.
+OPTIONAL_KINDS = frozenset({authz.KIND, "HTTPRoute", "GRPCRoute"})
 CRD_RECHECK = 30.0
 
 
@@ -93,6 +96,15 @@ def list_function(api: client.ApiClient, kind: str) -> Callable[..., Any]:
             authz.VERSION,
             authz.PLURAL,
         ),
+        **{
+            kind: partial(
+                client.CustomObjectsApi(api).list_cluster_custom_object,
+                "gateway.networking.k8s.io",
+                "v1",
+                plural,
+            )
+            for kind, plural in (("HTTPRoute", "httproutes"), ("GRPCRoute", "grpcroutes"))
+        },
     }
     return functions[kind]
 

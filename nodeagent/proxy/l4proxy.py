@@ -482,6 +482,28 @@ class Relay:
             if half is not None and half.transport is not None and not half.lost:
                 half.transport.abort()
 
+    def hand_over(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Give the accepted connection to another protocol (the L7 path) as streams; the bytes
+        kept so far come first. Call `handed_over_done` when that protocol is finished."""
+        transport = self.down.transport
+        assert transport is not None and self.up is None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=4 * MAX_EARLY_BYTES, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self.early:
+            reader.feed_data(bytes(self.early))
+            self.early.clear()
+        if self.down.eof:
+            reader.feed_eof()
+        transport.resume_reading()
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    def handed_over_done(self) -> None:
+        self.down.lost = True
+        self._finish()
+
     def _close_both(self) -> None:
         for half in (self.down, self.up):
             if half is not None and half.transport is not None and not half.lost:

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from nodeagent.handover.wire import SocketEntry
 from nodeagent.observe.events import NullSink, ObservationSink
@@ -74,6 +74,8 @@ class ProxyRuntime:
     # Tunnel handshakes made, "full" or "resumed".
     handshakes: Counter[str] = field(default_factory=Counter)
     keeper: SocketKeeper | None = None
+    # The L7 path's per-pod state (nodeagent.proxy.l7.takeover.PodL7), by pod netns.
+    l7: dict[str, Any] = field(default_factory=dict)
     routes: Routes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -211,6 +213,9 @@ class PodListeners:
         if self.held_netns is not None:
             # Connections still draining make their sockets by the path from now on.
             self.held_netns.close()
+        l7 = self.runtime.l7.pop(self.pod.netns, None)
+        if l7 is not None:
+            l7.close()  # the L7 path's pooled upstream connections of this pod
         if forget_metrics:
             forget_pod(self.pod.namespace, self.pod.name)
 

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 from nodeagent.observe import peers
 from nodeagent.observe.events import ObservationSink, Peer, TcpClosed, TcpOpened
 from nodeagent.protocol.preamble import PreambleError
-from nodeagent.proxy import failclosed
+from nodeagent.proxy import dialing, failclosed
 from nodeagent.proxy.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
+from nodeagent.proxy.l7 import takeover
 from nodeagent.proxy.l7relay import ConnectionTap, peer_port
 from nodeagent.proxy.podnetns import marked_socket
 from nodeagent.proxy.routing import Route, Target
@@ -170,31 +171,32 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
     info = rt.table.pod(PodKey(pod.pod.namespace, pod.pod.name))
     src = peers.of_pod(info, ip=pod.pod.ip, namespace=pod.pod.namespace, name=pod.pod.name)
     route = rt.routes.resolve(ip, port)
+    if await takeover.try_take(relay, pod, route):
+        return
     conn_id = next(rt.conn_ids)
-    known = route.known
-    targets = route.targets if known else (Target(ip, port),)
-    tried: set[tuple[str, int]] = set()
-    error = (
-        f"{route.service.key} has no ready endpoint" if route.service and route.no_endpoints else ""
+    plan = dialing.DialPlan(
+        targets=route.targets if route.known else (Target(ip, port),),
+        known=route.known,
+        balancer=rt.balancer,
+        max_attempts=MAX_ATTEMPTS,
+        short_timeout=RETRY_CONNECT_TIMEOUT,
+        long_timeout=CONNECT_TIMEOUT,
+        opening_window=TUNNEL_OPENING_S,
+        opening_retry=TUNNEL_RETRY_S,
+        no_endpoints=(
+            f"{route.service.key} has no ready endpoint"
+            if route.service and route.no_endpoints
+            else ""
+        ),
     )
-    target: Target | None = None
-    balancer = rt.balancer
-    opening: Target | None = None  # a meshed target whose tunnel port refused
-    opening_until = time.monotonic() + TUNNEL_OPENING_S
-    attempt = 0
-    while attempt < (MAX_ATTEMPTS if not route.no_endpoints else 0):
-        target = balancer.pick(targets, now=time.monotonic(), exclude=tried)
-        if target is None and opening is not None and time.monotonic() < opening_until:
+    while not isinstance(step := plan.next(time.monotonic()), dialing.GiveUp):
+        if isinstance(step, dialing.Wait):
             # Nothing else to try: wait for that agent to open its tunnel port.
-            await asyncio.sleep(TUNNEL_RETRY_S)
+            await asyncio.sleep(step.seconds)
             if relay.down.lost:
-                break
-            target, opening = opening, None
-            tried.discard(target.key)
-        if target is None:
-            break
-        tried.add(target.key)
-        more = known and attempt + 1 < MAX_ATTEMPTS and len(tried) < len(targets)
+                plan.done = True  # nobody waits for it any more
+            continue
+        target = step.target
         started = time.monotonic()
         try:
             tls = await _connect(
@@ -203,24 +205,23 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
                 info,
                 target,
                 route,
-                timeout=RETRY_CONNECT_TIMEOUT if more else CONNECT_TIMEOUT,
-                handshake=HANDSHAKE_TIMEOUT if more else LAST_HANDSHAKE_TIMEOUT,
+                timeout=step.timeout,
+                handshake=HANDSHAKE_TIMEOUT if step.more else LAST_HANDSHAKE_TIMEOUT,
             )
         except TunnelDenied as exc:
-            error = str(exc)
             relay.drop_upstream()
-            break
+            plan.failed(str(exc), now=time.monotonic(), denied=True)
+            continue
         except RETRYABLE as exc:
             error = f"{target.ip}:{target.port}: {exc or type(exc).__name__}"
             log.debug("outbound %s/%s -> %s", pod.pod.namespace, pod.pod.name, error)
             relay.drop_upstream()
-            balancer.failed(target.key, now=time.monotonic())
-            if relay.down.lost:
-                break
-            if isinstance(exc, ConnectionRefusedError) and target.meshed:
-                opening = target  # not counted as an attempt while its agent opens the port
-            else:
-                attempt += 1
+            plan.failed(
+                error,
+                now=time.monotonic(),
+                client_gone=relay.down.lost,
+                tunnel_refused=isinstance(exc, ConnectionRefusedError) and target.meshed,
+            )
             continue
         except asyncio.CancelledError:
             relay.drop_upstream()
@@ -228,6 +229,7 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
             raise
         _start(relay, pod, conn_id, src, route, target, tls, started)
         return
+    target, error = step.last, step.error
     relay.stats.failures.inc()
     dst = peers.of_target(target, route.service) if target is not None else peers.peer(ip)
     report_failed(

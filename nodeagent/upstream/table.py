@@ -22,6 +22,8 @@ from nodemesh.model import (
     Workload,
     WorkloadRef,
 )
+from nodemesh.routing import codec as route_codec
+from nodemesh.routing.table import RouteTable
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class _Pending:
     pods: list[pb.Pod] = field(default_factory=list)
     meshed_pods: list[pb.MeshedPod] = field(default_factory=list)
     authz_policies: list[pb.AuthzPolicy] = field(default_factory=list)
+    routes: list[pb.Route] = field(default_factory=list)
 
 
 class DestinationTable:
@@ -52,6 +55,8 @@ class DestinationTable:
         self.meshed_pods: dict[PodKey, MeshedPod] = {}
         # Authorization policies compiled for this node's pods (nodemesh.authz).
         self.authz = authz.PolicyTable()
+        # Mesh routes (HTTPRoute/GRPCRoute) by the Service they attach to: the L7 path's rules.
+        self.routes = RouteTable()
         self.revision = 0
         # True once a whole snapshot has arrived (from any stream, ever).
         self.synced = False
@@ -90,6 +95,7 @@ class DestinationTable:
             pending.pods += update.snapshot.pods
             pending.meshed_pods += update.snapshot.meshed_pods
             pending.authz_policies += update.snapshot.authz_policies
+            pending.routes += update.snapshot.routes
             if not update.snapshot.last:
                 self._pending = pending
                 return None
@@ -121,6 +127,7 @@ class DestinationTable:
             meshed = codec.meshed_pod_from_pb(m)
             self.meshed_pods[meshed.key] = meshed
         self.authz.replace(authz_codec.policy_from_pb(p) for p in snap.authz_policies)
+        self.routes.replace([route_codec.route_from_pb(r) for r in snap.routes])
         self.synced = True
         pods = {
             k for k in old_pods.keys() | self.pods.keys() if old_pods.get(k) != self.pods.get(k)
@@ -167,6 +174,10 @@ class DestinationTable:
                 [authz_codec.policy_from_pb(p) for p in d.authz_policies_updated],
                 [authz_codec.key_from_pb(k) for k in d.authz_policies_removed],
             )
+        for r in d.routes_updated:
+            self.routes.update(route_codec.route_from_pb(r))
+        for rk in d.routes_removed:
+            self.routes.remove(route_codec.route_key_from_pb(rk))
         return TableChanged(frozenset(pods), frozenset(services))
 
     def snapshot(self) -> pb.Snapshot:
@@ -180,6 +191,7 @@ class DestinationTable:
                 authz_codec.policy_to_pb(p)
                 for _, p in sorted(self.authz.policies.items(), key=lambda kv: str(kv[0]))
             ],
+            routes=[route_codec.route_to_pb(r) for _, r in sorted(self.routes.routes.items())],
             last=True,
         )
 

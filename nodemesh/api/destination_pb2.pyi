@@ -35,23 +35,25 @@ class Update(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("services", "workloads", "pods", "last", "meshed_pods", "authz_policies")
+    __slots__ = ("services", "workloads", "pods", "last", "meshed_pods", "authz_policies", "routes")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     WORKLOADS_FIELD_NUMBER: _ClassVar[int]
     PODS_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     MESHED_PODS_FIELD_NUMBER: _ClassVar[int]
     AUTHZ_POLICIES_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[Service]
     workloads: _containers.RepeatedCompositeFieldContainer[Workload]
     pods: _containers.RepeatedCompositeFieldContainer[Pod]
     last: bool
     meshed_pods: _containers.RepeatedCompositeFieldContainer[MeshedPod]
     authz_policies: _containers.RepeatedCompositeFieldContainer[AuthzPolicy]
-    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., pods: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ..., last: _Optional[bool] = ..., meshed_pods: _Optional[_Iterable[_Union[MeshedPod, _Mapping]]] = ..., authz_policies: _Optional[_Iterable[_Union[AuthzPolicy, _Mapping]]] = ...) -> None: ...
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., pods: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ..., last: _Optional[bool] = ..., meshed_pods: _Optional[_Iterable[_Union[MeshedPod, _Mapping]]] = ..., authz_policies: _Optional[_Iterable[_Union[AuthzPolicy, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
 
 class Delta(_message.Message):
-    __slots__ = ("services_updated", "services_removed", "workloads_updated", "workloads_removed", "pods_updated", "pods_removed", "meshed_pods_updated", "meshed_pods_removed", "authz_policies_updated", "authz_policies_removed")
+    __slots__ = ("services_updated", "services_removed", "workloads_updated", "workloads_removed", "pods_updated", "pods_removed", "meshed_pods_updated", "meshed_pods_removed", "authz_policies_updated", "authz_policies_removed", "routes_updated", "routes_removed")
     SERVICES_UPDATED_FIELD_NUMBER: _ClassVar[int]
     SERVICES_REMOVED_FIELD_NUMBER: _ClassVar[int]
     WORKLOADS_UPDATED_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +64,8 @@ class Delta(_message.Message):
     MESHED_PODS_REMOVED_FIELD_NUMBER: _ClassVar[int]
     AUTHZ_POLICIES_UPDATED_FIELD_NUMBER: _ClassVar[int]
     AUTHZ_POLICIES_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_UPDATED_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_REMOVED_FIELD_NUMBER: _ClassVar[int]
     services_updated: _containers.RepeatedCompositeFieldContainer[Service]
     services_removed: _containers.RepeatedCompositeFieldContainer[ServiceKey]
     workloads_updated: _containers.RepeatedCompositeFieldContainer[Workload]
@@ -72,7 +76,9 @@ class Delta(_message.Message):
     meshed_pods_removed: _containers.RepeatedCompositeFieldContainer[PodKey]
     authz_policies_updated: _containers.RepeatedCompositeFieldContainer[AuthzPolicy]
     authz_policies_removed: _containers.RepeatedCompositeFieldContainer[AuthzPolicyKey]
-    def __init__(self, services_updated: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., services_removed: _Optional[_Iterable[_Union[ServiceKey, _Mapping]]] = ..., workloads_updated: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., workloads_removed: _Optional[_Iterable[_Union[WorkloadRef, _Mapping]]] = ..., pods_updated: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ..., pods_removed: _Optional[_Iterable[_Union[PodKey, _Mapping]]] = ..., meshed_pods_updated: _Optional[_Iterable[_Union[MeshedPod, _Mapping]]] = ..., meshed_pods_removed: _Optional[_Iterable[_Union[PodKey, _Mapping]]] = ..., authz_policies_updated: _Optional[_Iterable[_Union[AuthzPolicy, _Mapping]]] = ..., authz_policies_removed: _Optional[_Iterable[_Union[AuthzPolicyKey, _Mapping]]] = ...) -> None: ...
+    routes_updated: _containers.RepeatedCompositeFieldContainer[Route]
+    routes_removed: _containers.RepeatedCompositeFieldContainer[RouteKey]
+    def __init__(self, services_updated: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., services_removed: _Optional[_Iterable[_Union[ServiceKey, _Mapping]]] = ..., workloads_updated: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., workloads_removed: _Optional[_Iterable[_Union[WorkloadRef, _Mapping]]] = ..., pods_updated: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ..., pods_removed: _Optional[_Iterable[_Union[PodKey, _Mapping]]] = ..., meshed_pods_updated: _Optional[_Iterable[_Union[MeshedPod, _Mapping]]] = ..., meshed_pods_removed: _Optional[_Iterable[_Union[PodKey, _Mapping]]] = ..., authz_policies_updated: _Optional[_Iterable[_Union[AuthzPolicy, _Mapping]]] = ..., authz_policies_removed: _Optional[_Iterable[_Union[AuthzPolicyKey, _Mapping]]] = ..., routes_updated: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., routes_removed: _Optional[_Iterable[_Union[RouteKey, _Mapping]]] = ...) -> None: ...
 
 class PodKey(_message.Message):
     __slots__ = ("namespace", "name")
@@ -296,3 +302,165 @@ class AuthzPolicy(_message.Message):
     rules: _containers.RepeatedCompositeFieldContainer[AuthzRule]
     cluster_prefix: str
     def __init__(self, key: _Optional[_Union[AuthzPolicyKey, _Mapping]] = ..., pods: _Optional[_Iterable[_Union[PodKey, _Mapping]]] = ..., ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ..., default: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[AuthzRule, _Mapping]]] = ..., cluster_prefix: _Optional[str] = ...) -> None: ...
+
+class RouteKey(_message.Message):
+    __slots__ = ("kind", "namespace", "name")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    namespace: str
+    name: str
+    def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class RouteParent(_message.Message):
+    __slots__ = ("service", "port")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    service: ServiceKey
+    port: int
+    def __init__(self, service: _Optional[_Union[ServiceKey, _Mapping]] = ..., port: _Optional[int] = ...) -> None: ...
+
+class ValueMatch(_message.Message):
+    __slots__ = ("name", "value", "regex")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REGEX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    regex: bool
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., regex: _Optional[bool] = ...) -> None: ...
+
+class RouteMatch(_message.Message):
+    __slots__ = ("path_kind", "path", "method", "headers", "query")
+    PATH_KIND_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    path_kind: str
+    path: str
+    method: str
+    headers: _containers.RepeatedCompositeFieldContainer[ValueMatch]
+    query: _containers.RepeatedCompositeFieldContainer[ValueMatch]
+    def __init__(self, path_kind: _Optional[str] = ..., path: _Optional[str] = ..., method: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[ValueMatch, _Mapping]]] = ..., query: _Optional[_Iterable[_Union[ValueMatch, _Mapping]]] = ...) -> None: ...
+
+class Header(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class HeaderModifier(_message.Message):
+    __slots__ = ("set", "add", "remove")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    set: _containers.RepeatedCompositeFieldContainer[Header]
+    add: _containers.RepeatedCompositeFieldContainer[Header]
+    remove: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, set: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., add: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., remove: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PathModifier(_message.Message):
+    __slots__ = ("kind", "value")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    value: str
+    def __init__(self, kind: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class Rewrite(_message.Message):
+    __slots__ = ("hostname", "path")
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    hostname: str
+    path: PathModifier
+    def __init__(self, hostname: _Optional[str] = ..., path: _Optional[_Union[PathModifier, _Mapping]] = ...) -> None: ...
+
+class Redirect(_message.Message):
+    __slots__ = ("scheme", "hostname", "path", "port", "status_code")
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    scheme: str
+    hostname: str
+    path: PathModifier
+    port: int
+    status_code: int
+    def __init__(self, scheme: _Optional[str] = ..., hostname: _Optional[str] = ..., path: _Optional[_Union[PathModifier, _Mapping]] = ..., port: _Optional[int] = ..., status_code: _Optional[int] = ...) -> None: ...
+
+class RouteBackend(_message.Message):
+    __slots__ = ("service", "port", "weight")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    service: ServiceKey
+    port: int
+    weight: int
+    def __init__(self, service: _Optional[_Union[ServiceKey, _Mapping]] = ..., port: _Optional[int] = ..., weight: _Optional[int] = ...) -> None: ...
+
+class Retry(_message.Message):
+    __slots__ = ("codes", "attempts", "backoff_ms")
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_MS_FIELD_NUMBER: _ClassVar[int]
+    codes: _containers.RepeatedScalarFieldContainer[int]
+    attempts: int
+    backoff_ms: int
+    def __init__(self, codes: _Optional[_Iterable[int]] = ..., attempts: _Optional[int] = ..., backoff_ms: _Optional[int] = ...) -> None: ...
+
+class RetryBudget(_message.Message):
+    __slots__ = ("ratio", "min_per_second", "ttl_s")
+    RATIO_FIELD_NUMBER: _ClassVar[int]
+    MIN_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    ratio: float
+    min_per_second: int
+    ttl_s: int
+    def __init__(self, ratio: _Optional[float] = ..., min_per_second: _Optional[int] = ..., ttl_s: _Optional[int] = ...) -> None: ...
+
+class RouteRule(_message.Message):
+    __slots__ = ("matches", "backends", "request_headers", "response_headers", "rewrite", "redirect", "request_timeout_ms", "backend_timeout_ms", "retry", "name")
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_FIELD_NUMBER: _ClassVar[int]
+    REDIRECT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    matches: _containers.RepeatedCompositeFieldContainer[RouteMatch]
+    backends: _containers.RepeatedCompositeFieldContainer[RouteBackend]
+    request_headers: HeaderModifier
+    response_headers: HeaderModifier
+    rewrite: Rewrite
+    redirect: Redirect
+    request_timeout_ms: int
+    backend_timeout_ms: int
+    retry: Retry
+    name: str
+    def __init__(self, matches: _Optional[_Iterable[_Union[RouteMatch, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[RouteBackend, _Mapping]]] = ..., request_headers: _Optional[_Union[HeaderModifier, _Mapping]] = ..., response_headers: _Optional[_Union[HeaderModifier, _Mapping]] = ..., rewrite: _Optional[_Union[Rewrite, _Mapping]] = ..., redirect: _Optional[_Union[Redirect, _Mapping]] = ..., request_timeout_ms: _Optional[int] = ..., backend_timeout_ms: _Optional[int] = ..., retry: _Optional[_Union[Retry, _Mapping]] = ..., name: _Optional[str] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ("key", "parents", "rules", "hostnames", "budget", "created", "retry_non_idempotent")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PARENTS_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAMES_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    RETRY_NON_IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
+    key: RouteKey
+    parents: _containers.RepeatedCompositeFieldContainer[RouteParent]
+    rules: _containers.RepeatedCompositeFieldContainer[RouteRule]
+    hostnames: _containers.RepeatedScalarFieldContainer[str]
+    budget: RetryBudget
+    created: str
+    retry_non_idempotent: bool
+    def __init__(self, key: _Optional[_Union[RouteKey, _Mapping]] = ..., parents: _Optional[_Iterable[_Union[RouteParent, _Mapping]]] = ..., rules: _Optional[_Iterable[_Union[RouteRule, _Mapping]]] = ..., hostnames: _Optional[_Iterable[str]] = ..., budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., created: _Optional[str] = ..., retry_non_idempotent: _Optional[bool] = ...) -> None: ...

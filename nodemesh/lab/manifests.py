@@ -16,6 +16,7 @@ import yaml
 
 from nodemesh import authz
 from nodemesh.lab import rollout
+from nodemesh.routing.spec import ROUTE_KINDS, RouteError, compile_route
 
 # Kinds the lab runs. Others that a cluster would accept but the lab has no use for are stored
 # as they are (ServiceAccount, ConfigMap, ...) so the same file applies unchanged.
@@ -26,6 +27,7 @@ STORED_KINDS = {
     "ConfigMap",
     "Secret",
     authz.KIND,
+    *ROUTE_KINDS,
     "ClusterRole",
     "ClusterRoleBinding",
     "Role",
@@ -309,6 +311,13 @@ def _check_inbound_policy(obj: dict[str, Any], fail: Fail) -> None:
         raise fail(str(e)) from None
 
 
+def _check_route(obj: dict[str, Any], fail: Fail) -> None:
+    try:
+        compile_route(obj)
+    except RouteError as e:
+        raise fail(str(e)) from None
+
+
 def _need_dict(obj: dict[str, Any], key: str, fail: Fail) -> dict[str, Any]:
     value = obj.get(key)
     if not isinstance(value, dict):
@@ -322,6 +331,8 @@ _CHECKS: dict[str, Callable[[dict[str, Any], Fail], None]] = {
     "Pod": _check_pod,
     "Service": _check_service,
     authz.KIND: _check_inbound_policy,
+    "HTTPRoute": _check_route,
+    "GRPCRoute": _check_route,
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from nodemesh.cli.install import identity, render
+from nodemesh.cli.install.controlplane import GATEWAY_API_NOTE
 from nodemesh.cli.install.meta import Obj
 from nodemesh.cli.install.values import (
     HA_CONTROLLER_REPLICAS,
@@ -158,7 +159,9 @@ def install(
     except identity.BadIdentity as e:
         raise click.ClickException(str(e)) from None
     _warn_expiry(ident)
-    header = f"nodemesh {values.version}: apply with `kubectl apply -f -`"
+    header = f"nodemesh {values.version}: apply with `kubectl apply -f -`\n#\n# " + (
+        GATEWAY_API_NOTE.replace("\n", "\n# ")
+    )
     click.echo(render.to_yaml(render.objects(values, ident), header=header), nl=False)
 
 

@@ -25,7 +25,19 @@ WATCHED = [
     ("apps", ["deployments", "replicasets"]),
     ("discovery.k8s.io", ["endpointslices"]),
     ("policy.nodemesh.io", ["inboundpolicies"]),
+    # Mesh routes (Gateway API CRDs, not installed by nodemesh: see GATEWAY_API_NOTE).
+    ("gateway.networking.k8s.io", ["httproutes", "grpcroutes"]),
 ]
+GATEWAY_API_VERSION = "v1.2.1"
+GATEWAY_API_NOTE = (
+    "Note: nodemesh routes with Gateway API HTTPRoute and GRPCRoute (parentRefs naming a Service) "
+    "but does not install their CRDs. If your cluster lacks them:\n"
+    "  kubectl apply -f https://github.com/kubernetes-sigs/gateway-api/releases/download/"
+    f"{GATEWAY_API_VERSION}/experimental-install.yaml\n"
+    "(the experimental channel carries HTTPRoute's `retry` field; the standard-install.yaml of "
+    "the same release has everything else). Without the CRDs the control plane simply sees no "
+    "routes."
+)
 
 
 def rbac(values: InstallValues) -> list[Obj]:

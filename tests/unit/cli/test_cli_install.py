@@ -368,3 +368,18 @@ def test_install_cni_and_agent_agree_on_the_uninstall_path() -> None:
     # install-cni: two API reads (3 s each at worst), then the agent's un-meshing.
     assert 2 * 3 + args.agent_wait < pod["terminationGracePeriodSeconds"]
     assert cfg.uninstall_wait_seconds + cfg.drain_seconds < pod["terminationGracePeriodSeconds"]
+
+
+def test_install_says_how_to_get_the_gateway_api_crds_and_renders_none() -> None:
+    res = CliRunner().invoke(cli, ["install"], catch_exceptions=False)
+    # Said in a comment at the top of what is piped to kubectl (a comment applies nothing).
+    head = res.stdout.split("\n---\n", 1)[0]
+    assert "gateway-api/releases/download/" in head and "experimental-install.yaml" in head
+    docs = [d for d in yaml.safe_load_all(res.stdout) if d]
+    crds = [d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"]
+    assert not [n for n in crds if n.endswith(".gateway.networking.k8s.io")]  # not ours
+    # The control plane may watch the routes it is told about, and nothing more of that group.
+    [cp] = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] ==
+            "nodemesh-controlplane"]  # fmt: skip
+    assert {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes"],
+            "verbs": ["get", "list", "watch"]} in cp["rules"]  # fmt: skip

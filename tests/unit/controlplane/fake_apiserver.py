@@ -44,6 +44,8 @@ PATHS = {
         "InboundPolicy",
         "policy.nodemesh.io/v1alpha1",
     ),
+    "/apis/gateway.networking.k8s.io/v1/httproutes": ("HTTPRoute", "gateway.networking.k8s.io/v1"),
+    "/apis/gateway.networking.k8s.io/v1/grpcroutes": ("GRPCRoute", "gateway.networking.k8s.io/v1"),
 }
 CRD_KINDS = {"InboundPolicy"}  # served only while `crds` is set (installed)
 
@@ -113,6 +115,7 @@ class FakeApiServer:
         self.fixed: dict[str, Obj] = {}  # GET path -> the object answered as is
         self.version = version_info("1.30.0")
         self.crds = True  # nodemesh's CRDs installed
+        self.absent: set[str] = set()  # kinds whose CRD is not installed (404)
         self.port = 0
         self._serving = False
         self._listen()
@@ -329,7 +332,12 @@ class _Handler(BaseHTTPRequestHandler):
         if fixed is not None:
             self._json(200, fixed)
             return
-        if url.path not in PATHS or (PATHS[url.path][0] in CRD_KINDS and not self.api.crds):
+        kind_of = PATHS[url.path][0] if url.path in PATHS else ""
+        if (
+            not kind_of
+            or (kind_of in CRD_KINDS and not self.api.crds)
+            or kind_of in self.api.absent
+        ):
             self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
             return
         kind, api_version = PATHS[url.path]

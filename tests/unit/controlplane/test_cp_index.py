@@ -184,7 +184,7 @@ def test_deployment_with_no_pods_still_has_its_template_identity() -> None:
 def test_synced_only_after_every_kind_was_listed() -> None:
     index = ClusterIndex()
     kinds = ("Namespace", "Node", "Deployment", "ReplicaSet", "Pod", "Service", "InboundPolicy")
-    for kind in kinds:
+    for kind in (*kinds, "HTTPRoute", "GRPCRoute"):
         index.apply(KindSynced(kind))
     assert not index.synced
     index.apply(KindSynced("EndpointSlice"))

@@ -1,0 +1,500 @@
+"""The agent's L7 path for HTTP/1.1: terminate the app's connection, route each request, send it
+over pooled upstream connections, answer timeouts and failures itself.
+
+h11 parses both sides (sans-io); the request's decisions (attempts, retries, timeouts, budget)
+are `nodemesh.routing.exchange.Exchange`'s; this module only moves bytes and keeps the time.
+Upstream connections come from `Upstreams.connect(target)` (the agent's: made from the client
+pod so they go through its mTLS tunnel) and are kept per endpoint while they stay reusable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+import h11
+
+from nodemesh.model import ServiceKey
+from nodemesh.routing import exchange as ex
+from nodemesh.routing.budget import Budget
+from nodemesh.routing.model import Backend, HeaderModifier, RouteKey, RouteRule
+from nodemesh.routing.table import RouteTable, Selected, pick_backend, rewrite_path
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 64 * 1024
+IDLE_PER_ENDPOINT = 16
+HEADER_TIMEOUT = 60.0  # a client that opened a connection and sends no request head
+
+
+class HasKey(Protocol):
+    @property
+    def key(self) -> tuple[str, int]: ...
+
+
+class Picker(Protocol):
+    def pick(self, targets: Sequence[Any], *, now: float, exclude: Any = ()) -> Any: ...
+    def opened(self, key: Any, *, now: float) -> None: ...
+    def closed(self, key: Any, *, now: float) -> None: ...
+    def observe(self, key: Any, rtt: float, *, now: float) -> None: ...
+    def failed(self, key: Any, *, now: float) -> None: ...
+
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@dataclass
+class Upstreams:
+    """Where requests go: endpoints of a Service port, connections to an endpoint (pooled)."""
+
+    targets: Callable[[ServiceKey, int], Sequence[Any]]  # ready endpoints of a Service port
+    connect: Callable[[Any], Awaitable[Streams]]
+    balancer: Picker
+    idle: dict[tuple[str, int], list[Streams]] = field(default_factory=dict)
+    opened: int = 0  # upstream connections made (reuse is requests minus this)
+
+    async def get(self, target: Any) -> tuple[Streams, bool]:
+        pool = self.idle.get(target.key)
+        while pool:
+            reader, writer = pool.pop()
+            if not writer.is_closing() and not reader.at_eof():
+                return (reader, writer), True
+            writer.close()
+        self.opened += 1
+        return await self.connect(target), False
+
+    def put(self, target: Any, streams: Streams) -> None:
+        pool = self.idle.setdefault(target.key, [])
+        if len(pool) >= IDLE_PER_ENDPOINT:
+            streams[1].close()
+        else:
+            pool.append(streams)
+
+    def close(self) -> None:
+        for pool in self.idle.values():
+            for _, writer in pool:
+                writer.close()
+        self.idle.clear()
+
+
+Observe = Callable[[str, int, float, int], None]  # route label, status, seconds, retries
+
+
+@dataclass
+class RouteContext:
+    """What the L7 path needs from the agent (one per agent)."""
+
+    routes: RouteTable
+    upstreams: Upstreams
+    observe: Observe = lambda label, status, seconds, retries: None
+    rng: random.Random = field(default_factory=random.Random)
+    budgets: dict[RouteKey, Budget] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
+
+    def budget(self, selected: Selected) -> Budget:
+        route = selected.route
+        held = self.budgets.get(route.key)
+        if held is None or held.config != route.budget:
+            held = self.budgets[route.key] = Budget(route.budget)
+        return held
+
+
+class _Attempt:
+    """One try of a request against one endpoint: its connection and parser."""
+
+    def __init__(self, target: Any, streams: Streams, reused: bool) -> None:
+        self.target = target
+        self.reader, self.writer = streams
+        self.reused = reused
+        self.conn = h11.Connection(h11.CLIENT)
+        self.sent = False
+
+    def abort(self) -> None:
+        # HTTP/1 has no way to cancel one request but closing its connection: the app sees it.
+        self.writer.transport.abort()
+
+
+async def serve(
+    ctx: RouteContext,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    service: ServiceKey,
+    port: int,
+) -> None:
+    """Serve one client connection (HTTP/1.1 keep-alive) to `service`:`port`."""
+    conn = h11.Connection(h11.SERVER)
+    try:
+        while True:
+            request = await _next_event(conn, reader, HEADER_TIMEOUT)
+            if not isinstance(request, h11.Request):
+                return
+            body, complete = await _read_body(conn, reader)
+            keep = await _one(ctx, conn, reader, writer, request, body, complete, service, port)
+            if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+    except (h11.RemoteProtocolError, ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+        return
+    finally:
+        writer.close()
+
+
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeout: float) -> Any:
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+            conn.receive_data(data)
+            continue
+        if event is h11.PAUSED:
+            return None
+        return event
+
+
+async def _read_body(conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """The request body up to the retry buffer; True when that is all of it (replayable). A
+    longer body is streamed to the upstream by the attempt (`_stream_rest`), never retried."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= ex.BODY_LIMIT:
+        event = await _next_event(conn, reader, HEADER_TIMEOUT)
+        if isinstance(event, h11.Data):
+            parts.append(bytes(event.data))
+            size += len(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            return b"".join(parts), True
+        else:
+            raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+    return b"".join(parts), False
+
+
+async def _stream_rest(
+    down: h11.Connection,
+    reader: asyncio.StreamReader,
+    up: h11.Connection,
+    writer: asyncio.StreamWriter,
+) -> None:
+    """The rest of a request body larger than the buffer, from the client to the upstream."""
+    while True:
+        event = await _next_event(down, reader, HEADER_TIMEOUT)
+        if isinstance(event, h11.Data):
+            writer.write(up.send(h11.Data(data=event.data)))
+            await writer.drain()
+        elif isinstance(event, h11.EndOfMessage):
+            return
+        else:
+            raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+
+
+def _header_map(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers:
+        key = name.decode("latin-1").lower()
+        v = value.decode("latin-1")
+        out[key] = f"{out[key]},{v}" if key in out else v
+    return out
+
+
+def _modify(headers: list[tuple[bytes, bytes]], m: HeaderModifier) -> list[tuple[bytes, bytes]]:
+    if not m:
+        return headers
+    drop = {n.encode() for n, _ in m.set} | {n.encode() for n in m.remove}
+    kept = [(n, v) for n, v in headers if n.lower() not in drop]
+    kept += [(n.encode(), v.encode()) for n, v in m.set]
+    kept += [(n.encode(), v.encode()) for n, v in m.add]
+    return kept
+
+
+async def _answer(
+    conn: h11.Connection, writer: asyncio.StreamWriter, status: int, text: str, extra=()
+) -> None:
+    body = (text + "\n").encode()
+    headers = [
+        (b"content-type", b"text/plain"),
+        (b"content-length", str(len(body)).encode()),
+        (b"l5d-proxy-error", text.encode()),
+        *extra,
+    ]
+    writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
+    writer.write(conn.send(h11.Data(data=body)))
+    writer.write(conn.send(h11.EndOfMessage()))
+    await writer.drain()
+
+
+async def _one(
+    ctx: RouteContext,
+    conn: h11.Connection,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    request: h11.Request,
+    body: bytes,
+    complete: bool,
+    service: ServiceKey,
+    port: int,
+) -> bool:
+    """One request; False when the client connection must close."""
+    start = ctx.clock()
+    target_bytes = request.target.decode("latin-1")
+    path, _, query = target_bytes.partition("?")
+    method = request.method.decode("latin-1")
+    headers = list(request.headers)
+    selected = ctx.routes.select(
+        service,
+        port,
+        method=method,
+        path=path,
+        headers=_header_map(headers),
+        query=dict(parse_qsl(query, keep_blank_values=True)),
+    )
+    if selected is None:
+        await _answer(conn, writer, 404, "no route rule matches")
+        ctx.observe("", 404, ctx.clock() - start, 0)
+        return True
+    rule = selected.rule
+    if request.method == b"CONNECT" or any(n.lower() == b"upgrade" for n, _ in headers):
+        # Only a connection's first request is looked at before the L7 path takes it.
+        await _answer(conn, writer, 501, "Upgrade on a reused connection is not supported")
+        ctx.observe(selected.label, 501, ctx.clock() - start, 0)
+        return False
+    if rule.redirect is not None:
+        location = _location(rule, selected, path, query, _header_map(headers).get("host", ""))
+        await _answer(
+            conn, writer, rule.redirect.status_code, "redirect", [(b"location", location.encode())]
+        )
+        ctx.observe(selected.label, rule.redirect.status_code, ctx.clock() - start, 0)
+        return True
+    headers = _modify(headers, rule.request_headers)
+    if rule.rewrite is not None:
+        if rule.rewrite.path is not None:
+            new = rewrite_path(
+                path, selected.match, rule.rewrite.path.kind, rule.rewrite.path.value
+            )
+            target_bytes = new + ("?" + query if query else "")
+        if rule.rewrite.hostname:
+            headers = [(n, v) for n, v in headers if n.lower() != b"host"]
+            headers.append((b"host", rule.rewrite.hostname.encode()))
+    upstream_request = h11.Request(method=request.method, target=target_bytes, headers=headers)
+    x = ex.Exchange(
+        rule=rule,
+        backend_choice=_choices(rule, ctx.rng),
+        method=method,
+        body_buffered=complete,
+        body_size=len(body),
+        budget=ctx.budget(selected) if rule.retry is not None else None,
+        now=start,
+        retry_non_idempotent=selected.route.retry_non_idempotent,
+    )
+    shell = _Shell(ctx, x, conn, writer, upstream_request, body, service, port, rule)
+    shell.reader, shell.complete = reader, complete
+    status = await shell.run()
+    ctx.observe(selected.label, status, ctx.clock() - start, x.retries)
+    return shell.client_reusable
+
+
+def _choices(rule: RouteRule, rng: random.Random) -> list[Backend | None]:
+    if not rule.backends:
+        return [None]
+    attempts = 1 + (rule.retry.attempts if rule.retry else 0)
+    return [
+        pick_backend(rule.backends, rng.random) for _ in range(max(attempts, ex.CONNECT_ATTEMPTS))
+    ]
+
+
+def _location(rule: RouteRule, selected: Selected, path: str, query: str, host: str) -> str:
+    r = rule.redirect
+    assert r is not None
+    scheme = r.scheme or "http"
+    hostname = r.hostname or host.split(":")[0]
+    new_path = path
+    if r.path is not None:
+        new_path = rewrite_path(path, selected.match, r.path.kind, r.path.value)
+    port = f":{r.port}" if r.port and r.port not in (80, 443) else ""
+    return f"{scheme}://{hostname}{port}{new_path}" + (f"?{query}" if query else "")
+
+
+class _Shell:
+    """Carries out one Exchange's commands with real connections and timers."""
+
+    def __init__(
+        self,
+        ctx: RouteContext,
+        x: ex.Exchange,
+        conn: h11.Connection,
+        writer: asyncio.StreamWriter,
+        request: h11.Request,
+        body: bytes,
+        service: ServiceKey,
+        port: int,
+        rule: RouteRule,
+    ) -> None:
+        self.ctx, self.x, self.conn, self.writer = ctx, x, conn, writer
+        self.request, self.body, self.service, self.port, self.rule = (
+            request,
+            body,
+            service,
+            port,
+            rule,
+        )
+        self.attempt: _Attempt | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.complete = True  # the whole request body is in self.body
+        self.streamed = False  # a longer body went (once) to an attempt
+        self.task: asyncio.Task[ex.Event] | None = None
+        self.tried: set[tuple[str, int]] = set()
+        self.status = 0
+        self.client_reusable = True
+        self.head: h11.Response | None = None
+
+    async def run(self) -> int:
+        pending = self.x.begin()
+        while True:
+            for command in pending:
+                done = await self._do(command)
+                if done:
+                    return self.status
+            pending = await self._wait()
+
+    async def _wait(self) -> list[ex.Command]:
+        at = self.x.next_timer()
+        timeout = None if at is None else max(0.0, at - self.ctx.clock())
+        if self.task is None:
+            await asyncio.sleep(timeout or 0)
+            return self.x.handle(ex.TimerFired(self.ctx.clock()))
+        done, _ = await asyncio.wait({self.task}, timeout=timeout)
+        if not done:
+            return self.x.handle(ex.TimerFired(self.ctx.clock()))
+        task, self.task = self.task, None
+        return self.x.handle(task.result())
+
+    async def _do(self, command: ex.Command) -> bool:
+        if isinstance(command, ex.Send):
+            self.task = asyncio.ensure_future(self._send(command))
+        elif isinstance(command, ex.Cancel):
+            self._cancel()
+        elif isinstance(command, ex.Sleep):
+            pass  # the timer is the exchange's next_timer
+        elif isinstance(command, ex.Answer):
+            self._cancel()
+            self.status = command.status
+            await _answer(self.conn, self.writer, command.status, command.reason)
+            return True
+        elif isinstance(command, ex.Forward):
+            await self._forward()
+            return True
+        elif isinstance(command, ex.Close):
+            self._cancel()
+            self.client_reusable = False
+            return True
+        return False
+
+    def _cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        if self.attempt is not None:
+            self.attempt.abort()
+            self.attempt = None
+
+    async def _send(self, command: ex.Send) -> ex.Event:
+        backend = command.backend
+        service = backend.service if backend else self.service
+        port = (backend.port or self.port) if backend else self.port
+        targets = self.ctx.upstreams.targets(service, port)
+        balancer = self.ctx.upstreams.balancer
+        now = self.ctx.clock()
+        target = balancer.pick(targets, now=now, exclude=self.tried) or balancer.pick(
+            targets, now=now
+        )
+        if target is None:
+            return ex.UpstreamFailed(f"{service} has no ready endpoint", False, self.ctx.clock())
+        self.tried.add(target.key)
+        try:
+            streams, reused = await self.ctx.upstreams.get(target)
+        except (OSError, TimeoutError) as exc:
+            balancer.failed(target.key, now=self.ctx.clock())
+            return ex.UpstreamFailed(f"{target.key}: {exc}", False, self.ctx.clock())
+        attempt = self.attempt = _Attempt(target, streams, reused)
+        started = self.ctx.clock()
+        balancer.opened(target.key, now=started)
+        try:
+            attempt.writer.write(attempt.conn.send(self.request))
+            attempt.sent = True
+            if self.body:
+                attempt.writer.write(attempt.conn.send(h11.Data(data=self.body)))
+            if not self.complete:
+                self.complete = self.streamed = True  # the rest can be read once, so only here
+                assert self.reader is not None
+                await _stream_rest(self.conn, self.reader, attempt.conn, attempt.writer)
+            attempt.writer.write(attempt.conn.send(h11.EndOfMessage()))
+            await attempt.writer.drain()
+            head = await _next_event(attempt.conn, attempt.reader, 3600)
+            while isinstance(head, h11.InformationalResponse):
+                head = await _next_event(attempt.conn, attempt.reader, 3600)
+            if not isinstance(head, h11.Response):
+                raise ConnectionError("the upstream closed before answering")
+        except (OSError, h11.ProtocolError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            balancer.closed(target.key, now=self.ctx.clock())
+            attempt.abort()
+            self.attempt = None
+            # A reused connection the server had closed meanwhile did not see the request.
+            sent = self.streamed or (
+                attempt.sent and not (reused and attempt.conn.their_state is h11.SEND_RESPONSE)
+            )
+            return ex.UpstreamFailed(
+                f"{target.key}: {exc or type(exc).__name__}", sent, self.ctx.clock()
+            )
+        balancer.observe(target.key, self.ctx.clock() - started, now=self.ctx.clock())
+        self.head = head
+        return ex.HeadReceived(head.status_code, self.ctx.clock())
+
+    async def _forward(self) -> None:
+        attempt, head = self.attempt, self.head
+        assert attempt is not None and head is not None
+        self.status = head.status_code
+        headers = _modify(list(head.headers), self.rule.response_headers)
+        self.writer.write(
+            self.conn.send(h11.Response(status_code=head.status_code, headers=headers))
+        )
+        try:
+            while True:
+                at = self.x.next_timer()
+                timeout = None if at is None else max(0.0, at - self.ctx.clock())
+                try:
+                    event = await asyncio.wait_for(
+                        _next_event(attempt.conn, attempt.reader, 3600), timeout
+                    )
+                except TimeoutError:
+                    self.x.handle(ex.TimerFired(self.ctx.clock()))
+                    self._cancel()
+                    self.client_reusable = False
+                    return
+                if isinstance(event, h11.Data):
+                    self.writer.write(self.conn.send(h11.Data(data=event.data)))
+                    await self.writer.drain()
+                elif isinstance(event, h11.EndOfMessage):
+                    self.writer.write(self.conn.send(h11.EndOfMessage()))
+                    await self.writer.drain()
+                    self.x.handle(ex.ResponseEnded(self.ctx.clock()))
+                    break
+                else:
+                    raise ConnectionError("the upstream ended the response early")
+        except (OSError, h11.ProtocolError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            self.x.handle(ex.UpstreamFailed(str(exc), True, self.ctx.clock()))
+            self._cancel()
+            self.client_reusable = False
+            return
+        finally:
+            self.ctx.upstreams.balancer.closed(attempt.target.key, now=self.ctx.clock())
+        if attempt.conn.our_state is h11.DONE and attempt.conn.their_state is h11.DONE:
+            attempt.conn.start_next_cycle()
+            self.ctx.upstreams.put(attempt.target, (attempt.reader, attempt.writer))
+        else:
+            attempt.abort()
+        self.attempt = None

@@ -1,0 +1,560 @@
+"""The agent's L7 path for HTTP/2 and gRPC: each request stream of the app's connection becomes
+a stream on a pooled upstream connection to an endpoint chosen for that request.
+
+Library: `h2` (python-hyper), sans-io, the same family as the `hpack` the observer already uses;
+headers are decoded and re-encoded (HPACK) because the two connections have their own tables.
+Request bodies are piped as they arrive (streaming and bidirectional gRPC work) and kept up to
+`exchange.BODY_LIMIT` so a request that ended within it can be retried; the decisions are
+`nodemesh.routing.exchange.Exchange`'s, as for HTTP/1. A gRPC request that times out or cannot be
+sent is answered with a trailers-only gRPC status (DEADLINE_EXCEEDED, UNAVAILABLE ...), and its
+upstream stream is reset (RST_STREAM CANCEL), which the app sees as the call cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from nodeagent.proxy.l7.http1 import RouteContext, Streams, _choices
+from nodemesh.model import ServiceKey
+from nodemesh.routing import exchange as ex
+from nodemesh.routing.model import HeaderModifier, RouteRule
+from nodemesh.routing.table import Selected, rewrite_path
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 64 * 1024
+GRPC_STATUS = {504: 4, 502: 14, 503: 14, 404: 12, 500: 13}  # DEADLINE_EXCEEDED, UNAVAILABLE ...
+Headers = list[tuple[bytes, bytes]]
+_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+
+
+class _Side:
+    """One h2 connection over asyncio streams: writes flushed at once, sends wait for window."""
+
+    def __init__(self, conn: h2.connection.H2Connection, streams: Streams) -> None:
+        self.conn = conn
+        self.reader, self.writer = streams
+        self.window = asyncio.Event()
+        self.closed = False
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
+    async def send_data(self, sid: int, data: bytes, *, end: bool = False) -> None:
+        view = memoryview(data)
+        while view:
+            size = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+            if size <= 0:
+                self.window.clear()
+                await self.window.wait()
+                if self.closed:
+                    raise ConnectionError("connection closed")
+                continue
+            self.conn.send_data(sid, bytes(view[:size]))
+            view = view[size:]
+            self.flush()
+        if end:
+            self.conn.end_stream(sid)
+            self.flush()
+        await self.writer.drain()
+
+    def reset(self, sid: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+        with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+            self.conn.reset_stream(sid, code)
+            self.flush()
+
+
+class _Upstream(_Side):
+    """A pooled client connection to one endpoint; a reader task routes events by stream."""
+
+    def __init__(self, target: Any, streams: Streams) -> None:
+        cfg = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        super().__init__(h2.connection.H2Connection(cfg), streams)
+        self.target = target
+        self.queues: dict[int, asyncio.Queue[Any]] = {}
+        self.conn.initiate_connection()
+        self.flush()
+        self.task = asyncio.ensure_future(self._read())
+
+    @property
+    def capacity(self) -> int:
+        limit = self.conn.remote_settings.max_concurrent_streams or 100
+        return min(limit, 1000) - len(self.queues)
+
+    def open(self, headers: Headers, *, end: bool) -> tuple[int, asyncio.Queue[Any]]:
+        sid = self.conn.get_next_available_stream_id()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.queues[sid] = queue
+        self.conn.send_headers(sid, headers, end_stream=end)
+        self.flush()
+        return sid, queue
+
+    def done(self, sid: int) -> None:
+        self.queues.pop(sid, None)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                data = await self.reader.read(READ_CHUNK)
+                if not data:
+                    break
+                for event in self.conn.receive_data(data):
+                    self._dispatch(event)
+                self.flush()
+        except (OSError, h2.exceptions.ProtocolError) as exc:
+            log.debug("h2 upstream %s: %s", self.target.key, exc)
+        finally:
+            self.closed = True
+            self.window.set()
+            for queue in self.queues.values():
+                queue.put_nowait(ConnectionError("upstream connection closed"))
+            self.writer.close()
+
+    def _dispatch(self, event: Any) -> None:
+        if isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            self.window.set()
+            return
+        if isinstance(event, h2.events.ConnectionTerminated):
+            self.closed = True
+            return
+        sid = getattr(event, "stream_id", None)
+        if isinstance(event, h2.events.DataReceived):
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        queue = self.queues.get(sid) if sid else None
+        if queue is not None:
+            queue.put_nowait(event)
+
+
+@dataclass
+class H2Pool:
+    """Upstream HTTP/2 connections per endpoint; a new one only when the others are full."""
+
+    conns: dict[tuple[str, int], list[_Upstream]] = field(default_factory=dict)
+    opened: int = 0
+    # One connection attempt per endpoint at a time: requests arriving meanwhile share it.
+    connecting: dict[tuple[str, int], asyncio.Lock] = field(default_factory=dict)
+
+    async def get(self, ctx: RouteContext, target: Any) -> _Upstream:
+        lock = self.connecting.setdefault(target.key, asyncio.Lock())
+        async with lock:
+            held = [c for c in self.conns.get(target.key, []) if not c.closed]
+            self.conns[target.key] = held
+            for c in held:
+                if c.capacity > 0:
+                    return c
+            streams = await ctx.upstreams.connect(target)
+            self.opened += 1
+            conn = _Upstream(target, streams)
+            held.append(conn)
+            return conn
+
+    def close(self) -> None:
+        for held in self.conns.values():
+            for c in held:
+                c.task.cancel()
+                c.writer.close()
+        self.conns.clear()
+
+
+@dataclass
+class _Request:
+    sid: int
+    headers: Headers
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    ended: bool = False
+    freed: bool = False  # body bytes were dropped after sending (past the retry buffer)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+async def serve(
+    ctx: RouteContext,
+    pool: H2Pool,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    service: ServiceKey,
+    port: int,
+) -> None:
+    """Serve one client HTTP/2 connection (prior knowledge: gRPC and h2c) to `service`:`port`."""
+    cfg = h2.config.H2Configuration(client_side=False, header_encoding=None)
+    down = _Side(h2.connection.H2Connection(cfg), (reader, writer))
+    down.conn.initiate_connection()
+    down.flush()
+    requests: dict[int, _Request] = {}
+    try:
+        while True:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                break
+            for event in down.conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    req = requests[event.stream_id] = _Request(event.stream_id, list(event.headers))
+                    if event.stream_ended is not None:
+                        req.ended = True
+                    req.task = asyncio.ensure_future(
+                        _stream(ctx, pool, down, req, requests, service, port)
+                    )
+                elif isinstance(event, h2.events.DataReceived):
+                    down.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                    got = requests.get(event.stream_id)
+                    if got is not None:
+                        got.chunks.append(event.data)
+                        got.size += len(event.data)
+                        got.changed.set()
+                elif isinstance(event, h2.events.StreamEnded):
+                    got = requests.get(event.stream_id)
+                    if got is not None:
+                        got.ended = True
+                        got.changed.set()
+                elif isinstance(event, h2.events.StreamReset):
+                    got = requests.pop(event.stream_id, None)
+                    if got is not None and got.task is not None:
+                        got.task.cancel()
+                elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+                    down.window.set()
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    return
+            down.flush()
+    except (OSError, h2.exceptions.ProtocolError) as exc:
+        log.debug("h2 downstream: %s", exc)
+    finally:
+        down.closed = True
+        down.window.set()
+        for req in requests.values():
+            if req.task is not None:
+                req.task.cancel()
+        writer.close()
+
+
+def _pseudo(headers: Headers) -> dict[bytes, bytes]:
+    return {n: v for n, v in headers if n.startswith(b":")}
+
+
+def _modify(headers: Headers, m: HeaderModifier) -> Headers:
+    if not m:
+        return headers
+    drop = {n.encode() for n, _ in m.set} | {n.encode() for n in m.remove}
+    kept = [(n, v) for n, v in headers if n.startswith(b":") or n.lower() not in drop]
+    kept += [(n.encode(), v.encode()) for n, v in m.set]
+    kept += [(n.encode(), v.encode()) for n, v in m.add]
+    return kept
+
+
+async def _stream(
+    ctx: RouteContext,
+    pool: H2Pool,
+    down: _Side,
+    req: _Request,
+    requests: dict[int, _Request],
+    service: ServiceKey,
+    port: int,
+) -> None:
+    start = ctx.clock()
+    pseudo = _pseudo(req.headers)
+    method = pseudo.get(b":method", b"GET").decode("latin-1")
+    target = pseudo.get(b":path", b"/").decode("latin-1")
+    path, _, query = target.partition("?")
+    plain = {n.decode("latin-1"): v.decode("latin-1") for n, v in req.headers}
+    grpc = plain.get("content-type", "").startswith("application/grpc")
+    selected: Selected | None = None
+    rule: RouteRule | None = None
+    if ctx.routes.routed(service, port):
+        selected = ctx.routes.select(
+            service,
+            port,
+            method=method,
+            path=path,
+            headers=plain,
+            query=dict(parse_qsl(query, keep_blank_values=True)),
+        )
+        if selected is None:
+            _answer(down, req.sid, 404, "no route rule matches", grpc=grpc)
+            ctx.observe("", 404, ctx.clock() - start, 0)
+            requests.pop(req.sid, None)
+            return
+        rule = selected.rule
+    headers = [(n, v) for n, v in req.headers if n.lower() not in _HOP]
+    if rule is not None:
+        headers = _modify(headers, rule.request_headers)
+        if rule.rewrite is not None and rule.rewrite.path is not None and selected is not None:
+            new = rewrite_path(
+                path, selected.match, rule.rewrite.path.kind, rule.rewrite.path.value
+            )
+            headers = [
+                (n, (new + ("?" + query if query else "")).encode()) if n == b":path" else (n, v)
+                for n, v in headers
+            ]
+    x = ex.Exchange(
+        rule=rule,
+        backend_choice=_choices(rule, ctx.rng) if rule is not None else [None],
+        method=method,
+        body_buffered=True,
+        body_size=0,
+        budget=ctx.budget(selected) if selected is not None and rule and rule.retry else None,
+        now=start,
+        retry_non_idempotent=True
+        if grpc
+        else bool(selected and selected.route.retry_non_idempotent),
+    )
+    shell = _Shell(ctx, pool, down, req, x, headers, service, port, rule, grpc)
+    try:
+        status = await shell.run()
+    finally:
+        shell.cancel()
+        requests.pop(req.sid, None)
+    ctx.observe(selected.label if selected else "", status, ctx.clock() - start, x.retries)
+
+
+def _answer(down: _Side, sid: int, status: int, reason: str, *, grpc: bool) -> None:
+    with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+        if grpc:
+            down.conn.send_headers(
+                sid,
+                [
+                    (b":status", b"200"),
+                    (b"content-type", b"application/grpc"),
+                    (b"grpc-status", str(GRPC_STATUS.get(status, 2)).encode()),
+                    (b"grpc-message", reason.encode()),
+                ],
+                end_stream=True,
+            )
+        else:
+            body = (reason + "\n").encode()
+            down.conn.send_headers(
+                sid,
+                [(b":status", str(status).encode()), (b"content-length", str(len(body)).encode())],
+            )
+            down.conn.send_data(sid, body, end_stream=True)
+        down.flush()
+
+
+class _Shell:
+    def __init__(
+        self,
+        ctx: RouteContext,
+        pool: H2Pool,
+        down: _Side,
+        req: _Request,
+        x: ex.Exchange,
+        headers: Headers,
+        service: ServiceKey,
+        port: int,
+        rule: RouteRule | None,
+        grpc: bool,
+    ) -> None:
+        self.ctx, self.pool, self.down, self.req, self.x = ctx, pool, down, req, x
+        self.headers, self.service, self.port, self.rule, self.grpc = (
+            headers,
+            service,
+            port,
+            rule,
+            grpc,
+        )
+        self.task: asyncio.Task[ex.Event] | None = None
+        self.pump: asyncio.Task[None] | None = None
+        self.up: _Upstream | None = None
+        self.up_sid = 0
+        self.queue: asyncio.Queue[Any] | None = None
+        self.head: Any = None
+        self.tried: set[tuple[str, int]] = set()
+        self.status = 0
+        self.target: Any = None
+
+    def _replayable(self) -> None:
+        self.x.replayable = self.req.ended and self.req.size <= ex.BODY_LIMIT
+
+    async def run(self) -> int:
+        pending = self.x.begin()
+        while True:
+            for command in pending:
+                if await self._do(command):
+                    return self.status
+            at = self.x.next_timer()
+            timeout = None if at is None else max(0.0, at - self.ctx.clock())
+            if self.task is None:
+                await asyncio.sleep(timeout or 0)
+                pending = self.x.handle(ex.TimerFired(self.ctx.clock()))
+                continue
+            done, _ = await asyncio.wait({self.task}, timeout=timeout)
+            self._replayable()
+            if not done:
+                pending = self.x.handle(ex.TimerFired(self.ctx.clock()))
+            else:
+                task, self.task = self.task, None
+                pending = self.x.handle(task.result())
+
+    async def _do(self, command: ex.Command) -> bool:
+        if isinstance(command, ex.Send):
+            self.task = asyncio.ensure_future(self._send(command))
+        elif isinstance(command, ex.Cancel):
+            self.cancel()
+        elif isinstance(command, ex.Answer):
+            self.cancel()
+            self.status = command.status
+            _answer(self.down, self.req.sid, command.status, command.reason, grpc=self.grpc)
+            return True
+        elif isinstance(command, ex.Forward):
+            await self._forward()
+            return True
+        elif isinstance(command, ex.Close):
+            self.cancel()
+            self.down.reset(self.req.sid)
+            return True
+        return False
+
+    def cancel(self) -> None:
+        for t in (self.task, self.pump):
+            if t is not None:
+                t.cancel()
+        self.task = self.pump = None
+        if self.up is not None:
+            self.up.reset(self.up_sid)  # RST_STREAM CANCEL: the app sees the call cancelled
+            self.up.done(self.up_sid)
+            if self.target is not None:
+                self.ctx.upstreams.balancer.closed(self.target.key, now=self.ctx.clock())
+                self.target = None
+            self.up = None
+
+    async def _send(self, command: ex.Send) -> ex.Event:
+        backend = command.backend
+        service = backend.service if backend else self.service
+        port = (backend.port or self.port) if backend else self.port
+        targets = self.ctx.upstreams.targets(service, port)
+        balancer = self.ctx.upstreams.balancer
+        now = self.ctx.clock()
+        target = balancer.pick(targets, now=now, exclude=self.tried) or balancer.pick(
+            targets, now=now
+        )
+        if target is None:
+            return ex.UpstreamFailed(f"{service} has no ready endpoint", False, self.ctx.clock())
+        self.tried.add(target.key)
+        opened = self.pool.opened
+        try:
+            up = await self.pool.get(self.ctx, target)
+        except (OSError, TimeoutError) as exc:
+            balancer.failed(target.key, now=self.ctx.clock())
+            return ex.UpstreamFailed(f"{target.key}: {exc}", False, self.ctx.clock())
+        fresh = self.pool.opened != opened
+        started = self.ctx.clock()
+        balancer.opened(target.key, now=started)
+        self.target = target
+        headers = [(n, v) for n, v in self.headers]
+        if backend is not None:
+            headers = [
+                (n, f"{service.name}.{service.namespace}:{port}".encode())
+                if n == b":authority"
+                else (n, v)
+                for n, v in headers
+            ]
+        try:
+            sid, queue = up.open(headers, end=self.req.ended and not self.req.chunks)
+        except h2.exceptions.ProtocolError as exc:
+            return ex.UpstreamFailed(str(exc), False, self.ctx.clock())
+        self.up, self.up_sid, self.queue = up, sid, queue
+        if not (self.req.ended and not self.req.chunks):
+            self.pump = asyncio.ensure_future(self._pump(up, sid))
+        event = await queue.get()
+        while isinstance(event, h2.events.InformationalResponseReceived):
+            event = await queue.get()
+        if isinstance(event, h2.events.ResponseReceived):
+            if not fresh:  # a new connection's first answer waited for its set-up too
+                balancer.observe(target.key, self.ctx.clock() - started, now=self.ctx.clock())
+            self.head = event
+            status = int(_pseudo(list(event.headers)).get(b":status", b"502"))
+            return ex.HeadReceived(status, self.ctx.clock())
+        self.cancel()
+        if (
+            isinstance(event, h2.events.StreamReset)
+            and event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+        ):
+            # Refused before the app saw it: a redial is safe unless body bytes are gone.
+            return ex.UpstreamFailed("stream refused", self.req.freed, self.ctx.clock())
+        return ex.UpstreamFailed(f"{target.key}: {event}", True, self.ctx.clock())
+
+    async def _pump(self, up: _Upstream, sid: int) -> None:
+        """The request body to the upstream stream, from its first byte, as it arrives."""
+        sent = 0
+        try:
+            while True:
+                while sent < len(self.req.chunks):
+                    await up.send_data(sid, self.req.chunks[sent])
+                    if self.req.size > ex.BODY_LIMIT:
+                        # Past the retry buffer nothing will be re-sent: keep no copy.
+                        self.req.chunks[sent] = b""
+                        self.req.freed = True
+                    sent += 1
+                if self.req.ended:
+                    up.conn.end_stream(sid)
+                    up.flush()
+                    return
+                self.req.changed.clear()
+                await self.req.changed.wait()
+        except (h2.exceptions.ProtocolError, ConnectionError, KeyError):
+            return
+
+    async def _forward(self) -> None:
+        assert self.head is not None and self.queue is not None
+        head_headers = [(n, v) for n, v in self.head.headers if n.lower() not in _HOP]
+        if self.rule is not None:
+            head_headers = _modify(head_headers, self.rule.response_headers)
+        self.status = int(_pseudo(head_headers).get(b":status", b"200"))
+        ended = self.head.stream_ended is not None
+        sid = self.req.sid
+        try:
+            self.down.conn.send_headers(sid, head_headers, end_stream=ended)
+            self.down.flush()
+            while not ended:
+                at = self.x.next_timer()
+                timeout = None if at is None else max(0.0, at - self.ctx.clock())
+                try:
+                    event = await asyncio.wait_for(self.queue.get(), timeout)
+                except TimeoutError:
+                    self.x.handle(ex.TimerFired(self.ctx.clock()))
+                    self.cancel()
+                    self.down.reset(sid)
+                    return
+                if isinstance(event, h2.events.DataReceived):
+                    await self.down.send_data(sid, event.data, end=event.stream_ended is not None)
+                    ended = event.stream_ended is not None
+                elif isinstance(event, h2.events.TrailersReceived):
+                    self.down.conn.send_headers(sid, list(event.headers), end_stream=True)
+                    self.down.flush()
+                    ended = True
+                elif isinstance(event, h2.events.StreamEnded):
+                    with contextlib.suppress(h2.exceptions.ProtocolError):
+                        self.down.conn.end_stream(sid)
+                        self.down.flush()
+                    ended = True
+                else:
+                    raise ConnectionError(f"upstream stream ended: {event}")
+            self.x.handle(ex.ResponseEnded(self.ctx.clock()))
+        except (ConnectionError, h2.exceptions.ProtocolError, KeyError) as exc:
+            self.x.handle(ex.UpstreamFailed(str(exc), True, self.ctx.clock()))
+            self.down.reset(sid)
+        finally:
+            if self.up is not None:
+                self.up.done(self.up_sid)
+                self.up = None
+            if self.target is not None:
+                self.ctx.upstreams.balancer.closed(self.target.key, now=self.ctx.clock())
+                self.target = None
+            if self.pump is not None and self.pump.done():
+                self.pump = None

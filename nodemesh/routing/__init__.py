@@ -1,0 +1,1 @@
+"""Mesh routing: Gateway API HTTPRoute / GRPCRoute attached to Services (GAMMA)."""
