@@ -11,7 +11,7 @@ from pathlib import Path
 
 import cp_objects as k
 import pytest
-from controlplane.sources.backoff import Backoff
+from nodemesh.backoff import Backoff
 from fake_apiserver import FakeApiServer
 from kubernetes import client
 

@@ -12,7 +12,7 @@ from fake_apiserver import FakeApiServer
 from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "routing"))
-from controlplane.sources.backoff import Backoff  # noqa: E402
+from nodemesh.backoff import Backoff  # noqa: E402
 from route_objects import grpc_route, http_route, split  # noqa: E402
 
 from controlplane.destination import DestinationHub, DestinationService  # noqa: E402

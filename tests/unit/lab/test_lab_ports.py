@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from nodemesh import ports
-from nodemesh.cli.lab import _mesh_manifest
+from nodemesh.cli.lab_mesh import mesh_manifest
 from nodemesh.cli.main import cli
 from nodemesh.lab.paths import LabPaths
 
@@ -27,9 +27,12 @@ def _ports_of(docs: list[dict[str, Any]]) -> dict[str, set[tuple[str, int]]]:
         for c in d["spec"]["template"]["spec"]["containers"]:
             found = out.setdefault(c["name"], set())
             found |= {("listen", p["containerPort"]) for p in c.get("ports", [])}
-            probe = c.get("readinessProbe", {}).get("httpGet")
-            if probe:
-                found.add(("probe", probe["port"]))
+            probe = c.get("readinessProbe", {})
+            if "httpGet" in probe:
+                found.add(("probe", probe["httpGet"]["port"]))
+            for word in probe.get("exec", {}).get("command", []):  # the agent's readycheck
+                if word.startswith("--port="):
+                    found.add(("probe", int(word.removeprefix("--port="))))
             for arg in c.get("args", []):
                 for flag in _ADDRESS_FLAGS:
                     if arg.startswith(flag):
@@ -38,7 +41,7 @@ def _ports_of(docs: list[dict[str, Any]]) -> dict[str, set[tuple[str, int]]]:
 
 
 def test_lab_and_rendered_manifests_use_the_same_ports() -> None:
-    lab = _ports_of([d for d in yaml.safe_load_all(_mesh_manifest(LabPaths("t1"))) if d])
+    lab = _ports_of([d for d in yaml.safe_load_all(mesh_manifest(LabPaths("t1"), anchor=b"anchor")) if d])
     res = CliRunner().invoke(cli, ["install"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     rendered = _ports_of([d for d in yaml.safe_load_all(res.stdout) if d])
