@@ -139,47 +139,65 @@ class DestinationHub:
                 delta.authz_policies_updated.extend(authz_codec.policy_to_pb(p) for p in updated)
                 delta.authz_policies_removed.extend(authz_codec.key_to_pb(k) for k in removed)
 
-    def _meshed_changed(self, key: PodKey, now: MeshedPod | None, shared: pb.Delta) -> None:
-        before = self.meshed.get(key)
-        if now == before:
-            return
-        if now is None:
-            del self.meshed[key]
-            shared.meshed_pods_removed.append(codec.pod_key_to_pb(key))
-        else:
-            self.meshed[key] = now
-            shared.meshed_pods_updated.append(codec.meshed_pod_to_pb(now))
-
     def publish(self, changes: list[Change], revision: int) -> None:
+        """One delta per node for a batch of changes (the feed hands over all it has at once).
+        Within a batch each object's last change wins: an agent applies a delta's updates before
+        its removals, so a pod removed and re-added in one batch must arrive as an update only."""
         if not changes:
             return
-        shared = pb.Delta()
-        # Kept current even with no subscriber: the next one's snapshot is made from it.
+        meshed: dict[PodKey, MeshedPod | None] = {}
         for c in changes:
+            # Kept current even with no subscriber: the next one's snapshot is made from it.
             if isinstance(c, PodUpdated):
-                self._meshed_changed(c.pod.key, MeshedPod.of(c.pod), shared)
+                meshed[c.pod.key] = MeshedPod.of(c.pod)
             elif isinstance(c, PodRemoved) and self.index.pods.get(c.key) is None:
-                self._meshed_changed(c.key, None, shared)
+                meshed[c.key] = None
+        shared = pb.Delta()
+        for key, now in meshed.items():
+            if now == self.meshed.get(key):
+                continue  # nothing the other agents use changed (readiness, labels)
+            if now is None:
+                del self.meshed[key]
+                shared.meshed_pods_removed.append(codec.pod_key_to_pb(key))
+            else:
+                self.meshed[key] = now
+                shared.meshed_pods_updated.append(codec.meshed_pod_to_pb(now))
         if not self.subscribers:
             return
-        by_node: dict[str, pb.Delta] = {}
+        services: dict[Any, Any] = {}
+        workloads: dict[Any, Any] = {}
+        pods: dict[str, dict[PodKey, Any]] = {}
         for c in changes:
             if isinstance(c, ServiceUpdated):
-                shared.services_updated.append(codec.service_to_pb(c.service))
+                services[c.service.key] = c.service
             elif isinstance(c, ServiceRemoved):
-                shared.services_removed.append(codec.service_key_to_pb(c.key))
+                services[c.key] = None
             elif isinstance(c, WorkloadUpdated):
-                shared.workloads_updated.append(codec.workload_to_pb(c.workload))
+                workloads[c.workload.ref] = c.workload
             elif isinstance(c, WorkloadRemoved):
-                shared.workloads_removed.append(codec.workload_ref_to_pb(c.ref))
+                workloads[c.ref] = None
             elif isinstance(c, PodUpdated):
-                by_node.setdefault(c.pod.node, pb.Delta()).pods_updated.append(
-                    codec.pod_to_pb(c.pod)
-                )
+                pods.setdefault(c.pod.node, {})[c.pod.key] = c.pod
             elif isinstance(c, PodRemoved):
-                by_node.setdefault(c.node, pb.Delta()).pods_removed.append(
-                    codec.pod_key_to_pb(c.key)
-                )
+                pods.setdefault(c.node, {})[c.key] = None
+        for skey, service in services.items():
+            if service is None:
+                shared.services_removed.append(codec.service_key_to_pb(skey))
+            else:
+                shared.services_updated.append(codec.service_to_pb(service))
+        for ref, workload in workloads.items():
+            if workload is None:
+                shared.workloads_removed.append(codec.workload_ref_to_pb(ref))
+            else:
+                shared.workloads_updated.append(codec.workload_to_pb(workload))
+        by_node: dict[str, pb.Delta] = {}
+        for node, held in pods.items():
+            delta = by_node[node] = pb.Delta()
+            for pkey, pod in held.items():
+                if pod is None:
+                    delta.pods_removed.append(codec.pod_key_to_pb(pkey))
+                else:
+                    delta.pods_updated.append(codec.pod_to_pb(pod))
         self._authz_deltas(changes, by_node)
         has_shared = shared.ByteSize() > 0
         common = pb.Update(revision=revision, delta=shared)
