@@ -46,6 +46,7 @@ from controlplane.identity.serving import (
     serving_identity,
 )
 from controlplane.index import ClusterIndex
+from controlplane.peers import Peer, ReportForwarder, find_peers, is_peer_token, peer_token
 from controlplane.public_api import PublicService
 from controlplane.sources.events import Source
 from controlplane.sources.kube import KubeSource, load_api_client
@@ -102,6 +103,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=MAX_STREAMS_PER_CALLER,
         help="how many tap streams one caller (user or ServiceAccount) may have open at once "
         f"(default {MAX_STREAMS_PER_CALLER}; the control plane allows {MAX_STREAMS} in all)",
+    )
+    p.add_argument(
+        "--pod-name",
+        default=os.environ.get("POD_NAME", ""),
+        help="this replica's pod (default: $POD_NAME): the other control-plane pods of the "
+        "namespace are its peers, which get its agents' telemetry and its taps",
     )
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
@@ -213,6 +220,28 @@ async def serve(args: argparse.Namespace) -> None:
     store = TelemetryStore()
     proof = node_proof(identity.authenticator) if identity else None
 
+    def peers() -> list[Peer]:
+        return find_peers(index, namespace=args.namespace, me=args.pod_name)
+
+    forwarder = None
+    token = None
+    if identity is not None:
+        token = peer_token(identity.authority.issuer.key)
+        forwarder = ReportForwarder(
+            peers=peers,
+            port=_port(args.agent_addr),
+            token=token,
+            credentials=grpc.ssl_channel_credentials(
+                root_certificates=identity.authority.anchors_pem().encode()
+            )
+            if args.agent_tls
+            else None,
+            server_name=serving_dns_names(
+                namespace=args.namespace, cluster_domain=args.cluster_domain
+            )[0],
+            namespace=args.namespace,
+        )
+
     # Let oversized telemetry reports reach the service, which refuses and counts them, rather
     # than being cut off by gRPC's own 4 MiB default where nobody sees why.
     agent_server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)])
@@ -224,6 +253,8 @@ async def serve(args: argparse.Namespace) -> None:
         store=store,
         is_known_node=lambda node: not index.synced or node in index.nodes,
         authenticator=identity.authenticator if identity else None,
+        is_peer=lambda t: is_peer_token(t, token),
+        forward=forwarder.forward if forwarder else None,
     ).add_to(agent_server)
     if identity is not None:
         IdentityService(authority=identity.authority, authenticator=identity.authenticator).add_to(
@@ -256,6 +287,8 @@ async def serve(args: argparse.Namespace) -> None:
             hub=hub,
             source_name=args.source,
             gate=Gate(review),
+            peers=peers,
+            peer_port=_port(args.public_addr),
         ),
         public_server,
     )
@@ -265,8 +298,14 @@ async def serve(args: argparse.Namespace) -> None:
     host, _, port = args.admin_addr.rpartition(":")
     await admin.start(host or "0.0.0.0", int(port))
 
-    feed = Feed(source, index, [hub.publish, broker.on_index_changes])
+    listeners = [hub.publish, broker.on_index_changes]
+    if forwarder is not None:
+        # Peers are known as soon as the index lists them: a report accepted before the first
+        # periodic pass would reach no peer.
+        listeners.append(lambda changes, _rev: forwarder.on_index_changes(changes))
+    feed = Feed(source, index, listeners)
     feed_task = tasks.spawn(feed.run(), name="feed")
+    forward_task = tasks.spawn(forwarder.run(), name="peers") if forwarder else None
     await agent_server.start()
     await public_server.start()
     log.info(
@@ -293,11 +332,15 @@ async def serve(args: argparse.Namespace) -> None:
         agent_server.stop(grace=args.drain_seconds),
         public_server.stop(grace=args.drain_seconds),
     )
-    await tasks.cancel_all([feed_task, stopper])
+    await tasks.cancel_all([t for t in (feed_task, stopper, forward_task) if t is not None])
     await admin.close()
     if api is not None:
         api.close()
     log.info("stopped")
+
+
+def _port(addr: str) -> int:
+    return int(addr.rpartition(":")[2])
 
 
 def main(argv: list[str] | None = None) -> None:

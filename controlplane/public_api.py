@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import grpc
 
@@ -13,6 +13,7 @@ from controlplane import resources
 from controlplane.access import REVIEW_CACHE_SECONDS, AccessRefused, Gate, refuse
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
+from controlplane.peers import Peer, caller_credentials, is_local_only, peer_tap
 from controlplane.tap import TapBroker, TapBusy, TapStream
 from controlplane.telemetry_port import BadQuery, GroupStats, Selector, TelemetryPort
 from nodemesh import tasks
@@ -98,7 +99,12 @@ class PublicService(pb_grpc.PublicServicer):
         hub: DestinationHub,
         source_name: str,
         gate: Gate,
+        peers: Callable[[], Iterable[Peer]] = tuple,
+        peer_port: int = 8085,
     ) -> None:
+        # Other replicas of the control plane (controlplane.peers): a tap reaches their agents.
+        self.peers = peers
+        self.peer_port = peer_port
         self.gate = gate
         self.index = index
         self.telemetry = telemetry
@@ -244,6 +250,14 @@ class PublicService(pb_grpc.PublicServicer):
         except TapBusy as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         watch: asyncio.Task[None] | None = None
+        fanout = None
+        if not is_local_only(context):
+            fanout = tasks.spawn(
+                peer_tap(
+                    self.peers, self.peer_port, request, caller_credentials(context), stream.queue
+                ),
+                name=f"tap {stream.id} via peers",
+            )
         try:
             # Says the tap has started (and at what rate, after sharing the budget) before any
             # event: the caller need not wait for traffic to know it was accepted.
@@ -269,6 +283,8 @@ class PublicService(pb_grpc.PublicServicer):
         finally:
             if watch is not None:
                 await tasks.cancel_all([watch])
+            if fanout is not None:
+                await tasks.cancel_all([fanout])
             self.broker.unsubscribe(stream)
 
     async def _recheck_tap(

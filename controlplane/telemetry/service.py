@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 METHOD = "/nodemesh.telemetry.v1.Telemetry/Report"
 MAX_RECEIVE_BYTES = 2 * MAX_REPORT_BYTES
+PEER = "\x00peer"  # `authenticated_node` of reports a peer replica forwarded (no node has it)
 
 _registered: dict[int, tuple[CollectorRegistry, Counter, list[Collector]]] = {}
 
@@ -86,11 +87,17 @@ class TelemetryService:
         is_known_node: Callable[[str], bool],
         authenticator: Authenticator | None,
         registry: CollectorRegistry = REGISTRY,
+        is_peer: Callable[[str], bool] = lambda token: False,
+        forward: Callable[[bytes], None] | None = None,
     ) -> None:
         self.store = store
         self.is_known_node = is_known_node
         self.authenticator = authenticator
         self.reports = _metrics(registry, store)
+        # Replicas: a report from one of our agents goes on to the peers (`forward`); one a
+        # peer forwarded (its token passes `is_peer`) is the agent's own word, checked there.
+        self.is_peer = is_peer
+        self.forward = forward
 
     def add_to(self, server: grpc.aio.Server) -> None:
         handler = grpc.stream_stream_rpc_method_handler(
@@ -107,12 +114,14 @@ class TelemetryService:
         )
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> str | None:
+        """The agent's node; PEER for a peer replica's forwarded reports; None without auth."""
         if self.authenticator is None:
             return None
         try:
-            agent = await self.authenticator.authenticate(
-                bearer_token(context.invocation_metadata())
-            )
+            token = bearer_token(context.invocation_metadata())
+            if self.is_peer(token):
+                return PEER
+            agent = await self.authenticator.authenticate(token)
         except AuthenticationFailed as e:
             self.reports.labels("refused", "unauthenticated").inc()
             log.warning("telemetry: refused a stream: %s", e)
@@ -131,7 +140,7 @@ class TelemetryService:
                 raise BadReport("garbled", f"not an AgentReport: {e}") from e
             sequence = report.sequence
             parsed = parse_report(report, encoded_size=len(raw))
-            if authenticated_node is not None and parsed.node != authenticated_node:
+            if authenticated_node not in (None, PEER) and parsed.node != authenticated_node:
                 raise BadReport(
                     "node_mismatch",
                     f"agent of {authenticated_node} reported as {parsed.node}",
@@ -144,6 +153,8 @@ class TelemetryService:
             return pb.ReportAck(sequence=sequence, accepted=False, reason=f"{e.reason}: {e}")
         self.store.ingest(parsed)
         self.reports.labels("accepted", "").inc()
+        if self.forward is not None and authenticated_node != PEER:
+            self.forward(raw)
         return pb.ReportAck(sequence=sequence, accepted=True)
 
     async def Report(  # noqa: N802 (gRPC method name)
