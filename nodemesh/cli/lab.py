@@ -110,6 +110,11 @@ def lab() -> None:
     help="An extra argument for every node agent, e.g. --agent-arg=--gone-pod-grace-seconds=10 "
     "(repeatable; see nodemesh-agent --help).",
 )  # fmt: skip
+@click.option(
+    "--ha", is_flag=True,
+    help="Run 3 control-plane replicas, as `nodemesh install --ha` does; any of them answers "
+    "stat and tap for the whole lab.",
+)  # fmt: skip
 def up(
     name: str,
     nodes: int,
@@ -122,6 +127,7 @@ def up(
     timeout: int,
     keep_on_failure: bool,
     agent_args: tuple[str, ...],
+    ha: bool,
 ) -> None:
     """Create a lab: underlay, NODES node namespaces, and its supervisor."""
     need_root()
@@ -155,7 +161,8 @@ def up(
             create_lab_access(paths.access)
         _start_supervisor(paths, timeout=timeout)
         if mesh:
-            _apply_text(paths, _mesh_manifest(paths, agent_args), source=str(MESH_MANIFEST))
+            manifest = _mesh_manifest(paths, agent_args, controlplane_replicas=3 if ha else 1)
+            _apply_text(paths, manifest, source=str(MESH_MANIFEST))
             _wait_ready(paths, timeout=timeout - (time.monotonic() - started))
         if demo:
             _apply_file(paths, DEMO_MANIFEST)
@@ -265,9 +272,11 @@ def _apply_text(paths: LabPaths, text: str, *, source: str) -> list[str]:
     return _call(paths, {"op": "apply", "docs": docs, "source": source})["results"]
 
 
-def _mesh_manifest(paths: LabPaths, agent_args: Sequence[str] = ()) -> str:
+def _mesh_manifest(
+    paths: LabPaths, agent_args: Sequence[str] = (), *, controlplane_replicas: int = 1
+) -> str:
     text = MESH_MANIFEST.read_text().replace("__LAB_ROOT__", str(paths.root))
-    if not agent_args:
+    if not agent_args and controlplane_replicas == 1:
         return text
     docs = list(yaml.safe_load_all(text))
     for doc in docs:
@@ -275,6 +284,9 @@ def _mesh_manifest(paths: LabPaths, agent_args: Sequence[str] = ()) -> str:
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 if container.get("command") == ["nodemesh-agent"]:
                     container["args"] = [*container.get("args", []), *agent_args]
+        if doc and doc.get("kind") == "Deployment":
+            if doc["metadata"]["name"] == "nodemesh-controlplane":
+                doc["spec"]["replicas"] = controlplane_replicas
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 

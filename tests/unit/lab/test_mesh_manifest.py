@@ -40,3 +40,15 @@ def test_agent_args_go_to_the_agent_container_only() -> None:
                 changed.append(cb["name"])
                 assert cb["args"] == [*ca["args"], "--gone-pod-grace-seconds=5"]
     assert changed == ["agent"]
+
+
+def test_ha_runs_three_control_plane_replicas_and_changes_nothing_else() -> None:
+    plain = workloads(_mesh_manifest(LabPaths("t1")))
+    ha = workloads(_mesh_manifest(LabPaths("t1"), controlplane_replicas=3))
+    replicas = {w["metadata"]["name"]: w["spec"].get("replicas") for w in ha}
+    assert replicas["nodemesh-controlplane"] == 3
+    for a, b in zip(plain, ha, strict=True):
+        if b["metadata"]["name"] != "nodemesh-controlplane":
+            assert a == b
+        else:
+            assert {**a["spec"], "replicas": 3} == b["spec"]
