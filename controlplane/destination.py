@@ -66,7 +66,7 @@ class DestinationHub:
         # What every agent was last told of each meshed pod, so a change that does not touch
         # those fields (readiness, labels) costs the other agents nothing.
         self.meshed: dict[PodKey, MeshedPod] = {}
-        self._meshed_parts: tuple[int, list[pb.MeshedPod], list[pb.Update]] | None = None
+        self._shared_parts: tuple[int, int, Any, list[pb.Update]] | None = None
         # The authorization policies each node's agents were last given (compiled for it).
         self.authz_sent: dict[str, dict[authz.PolicyKey, authz.Policy]] = {}
         for pod in index.pods.values():
@@ -88,28 +88,25 @@ class DestinationHub:
 
     def snapshot(self, node: str) -> list[pb.Update]:
         revision = self.index.revision
-        services = [codec.service_to_pb(s) for _, s in sorted(self.index.services.items())]
-        workloads = [codec.workload_to_pb(w) for _, w in sorted(self.index.workloads.items())]
         pods = [codec.pod_to_pb(p) for p in self.index.pods_on_node(node)]
         view = self._authz_view(node)
         self.authz_sent[node] = view
         policies = [authz_codec.policy_to_pb(p) for p in view.values()]
-        kinds = (
-            ("services", services),
-            ("workloads", workloads),
-            ("pods", pods),
-            ("authz_policies", policies),
-        )
-        # The meshed pods are the same for every agent: their parts are made once per revision
-        # and shared (a control plane restart meets every agent at once).
-        if self._meshed_parts is None or self._meshed_parts[0] != revision:
+        own = (("pods", pods), ("authz_policies", policies))  # this node's alone
+        # Services, workloads and meshed pods are the same for every agent: their parts are
+        # made once per revision and shared (a control plane restart meets every agent at
+        # once; 500 agents each holding its own copy of 1,000 Services took gigabytes).
+        if self._shared_parts is None or self._shared_parts[0] != revision:
+            services = [codec.service_to_pb(s) for _, s in sorted(self.index.services.items())]
+            workloads = [codec.workload_to_pb(w) for _, w in sorted(self.index.workloads.items())]
             meshed = [codec.meshed_pod_to_pb(m) for _, m in sorted(self.meshed.items())]
-            self._meshed_parts = (revision, meshed, _parts(revision, (("meshed_pods", meshed),)))
-        _, meshed, shared = self._meshed_parts
-        held = len(services) + len(workloads) + len(pods) + len(policies) + len(meshed)
-        if held <= SNAPSHOT_PART:
-            return _parts(revision, (*kinds, ("meshed_pods", meshed)))  # small: one message
-        return _parts(revision, kinds, last=False) + shared
+            kinds = (("services", services), ("workloads", workloads), ("meshed_pods", meshed))
+            size = len(services) + len(workloads) + len(meshed)
+            self._shared_parts = (revision, size, kinds, _parts(revision, kinds))
+        _, size, kinds, shared = self._shared_parts
+        if size + len(pods) + len(policies) <= SNAPSHOT_PART:
+            return _parts(revision, (*own, *kinds))  # small: one message
+        return _parts(revision, own, last=False) + shared
 
     def _authz_view(self, node: str) -> dict[authz.PolicyKey, authz.Policy]:
         return authz_views.node_view(
@@ -306,9 +303,11 @@ class DestinationService(pb_grpc.DestinationServicer):
         sub, snapshot = self.hub.subscribe(request.node, request.agent_version)
         sub.task = asyncio.current_task()
         try:
-            for part in snapshot:
+            # Let go of each part once sent: this generator lives as long as the stream.
+            snapshot.reverse()
+            while snapshot:
                 DESTINATION_UPDATES.labels("snapshot").inc()
-                yield part
+                yield snapshot.pop()
             while True:
                 item = await sub.queue.get()
                 if item is _OVERFLOWED:
