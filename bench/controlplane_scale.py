@@ -422,9 +422,17 @@ class Agent:
         spiffe = identity(spot.ns, spot.app)
         csr = certs.make_csr(spiffe, self.shared.key)
         stub = ipb_grpc.IdentityStub(self.channel)
-        await stub.Certify(
-            ipb.CertifyRequest(csr=csr, spiffe_id=spiffe), metadata=self.meta, timeout=120
-        )
+        for attempt in range(6):  # an agent retries with backoff; so does this one (counted)
+            try:
+                await stub.Certify(
+                    ipb.CertifyRequest(csr=csr, spiffe_id=spiffe), metadata=self.meta, timeout=120
+                )
+                return
+            except grpc.aio.AioRpcError as exc:
+                if attempt == 5:
+                    raise
+                self.shared.retries[f"certify {exc.code().name}"] += 1
+                await asyncio.sleep(0.5 * 2**attempt)
 
     async def subscribe(self, ready: asyncio.Event) -> None:
         stub = dpb_grpc.DestinationStub(self.channel)
@@ -485,6 +493,7 @@ class WorkerShared:
         self.reports_refused = 0
         self.refusals: collections.Counter[str] = collections.Counter()
         self.errors: list[str] = []
+        self.retries: collections.Counter[str] = collections.Counter()
 
 
 async def worker_main(job: WorkerJob, ready_count: Any, telemetry_on: Any, stop: Any) -> dict:
@@ -507,7 +516,7 @@ async def worker_main(job: WorkerJob, ready_count: Any, telemetry_on: Any, stop:
         with ready_count.get_lock():
             ready_count.value += 1
 
-    gate = asyncio.Semaphore(50)  # a control plane restart meets the agents at once, but in waves
+    gate = asyncio.Semaphore(20)  # a control plane restart meets the agents at once, but in waves
 
     async def gated(agent: Agent) -> None:
         async with gate:
@@ -536,6 +545,7 @@ async def worker_main(job: WorkerJob, ready_count: Any, telemetry_on: Any, stop:
         "reports_refused": shared.reports_refused,
         "refusals": dict(shared.refusals),
         "errors": shared.errors[:10],
+        "retries": dict(shared.retries),
         "cert_s": cert_times,
         "snapshot_s": snapshot_times,
         "cpu_s": usage.user + usage.system,
@@ -759,6 +769,9 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         "reports_refused": sum(r["reports_refused"] for r in collected),
         "refusals": {k: v for r in collected for k, v in r["refusals"].items()},
         "agent_errors": [e for r in collected for e in r["errors"]],
+        "agent_retries": dict(
+            sum((collections.Counter(r["retries"]) for r in collected), collections.Counter())
+        ),
         "stat": stats,
         "memory": {
             "rss_empty_bytes": rss_empty,
