@@ -12,7 +12,7 @@ from controlplane.destination import DestinationHub
 from controlplane.feed import Feed
 from controlplane.index import ClusterIndex, PodRemoved, PodUpdated
 from controlplane.sources.events import EventType, KindSynced, ObjectChanged, SourceEvent
-from nodeagent.table import DestinationTable
+from nodeagent.upstream.table import DestinationTable
 from nodemesh.api import destination_pb2 as pb
 from nodemesh.model import PodKey
 

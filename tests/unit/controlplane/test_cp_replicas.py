@@ -18,9 +18,9 @@ import cp_objects as k
 import grpc
 import pytest
 
-from nodeagent.observe import AgentSink
-from nodeagent.observe_events import Peer
-from nodeagent.tap_client import TapClient
+from nodeagent.observe.events import Peer
+from nodeagent.observe.sink import AgentSink
+from nodeagent.upstream.tap import TapClient
 from nodemesh import tasks
 from nodemesh.api import public_pb2 as ppb
 from nodemesh.api import public_pb2_grpc as ppb_grpc
