@@ -221,6 +221,9 @@ async def serve(args: argparse.Namespace) -> None:
     proof = node_proof(identity.authenticator) if identity else None
 
     def peers() -> list[Peer]:
+        # Without its own name a replica cannot tell itself from its peers: no peers then.
+        if not args.pod_name:
+            return []
         return find_peers(index, namespace=args.namespace, me=args.pod_name)
 
     forwarder = None

@@ -121,6 +121,9 @@ def deployment(values: InstallValues) -> Obj:
             f"--public-addr=0.0.0.0:{PUBLIC_PORT}",
             f"--admin-addr=0.0.0.0:{ADMIN_PORT}",
         ],
+        # Its own pod's name: the other control-plane pods are its peers (replicas share
+        # telemetry and taps), this one is not.
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
         "ports": [
             {"name": "public-api", "containerPort": PUBLIC_PORT},
             {"name": "agent-api", "containerPort": AGENT_PORT},
