@@ -168,10 +168,11 @@ def _window(
     buckets = math.ceil(window_s / BUCKET_SECONDS)
     now = store.clock()
     current = store.bucket_start(now)
-    first = current - buckets * BUCKET_SECONDS
+    # What the store dropped to stay within its memory bound is not covered.
+    first = max(current - buckets * BUCKET_SECONDS, min(store.kept_from, current))
     if include_current:
         return first, current + BUCKET_SECONDS, max(now - first, 1e-9)
-    return first, current, buckets * BUCKET_SECONDS
+    return first, current, max(current - first, 1e-9)
 
 
 def stat(
