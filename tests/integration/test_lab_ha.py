@@ -73,7 +73,7 @@ def emojivoto(bot_replicas: int, requests: int) -> str:
     return yaml.safe_dump_all(docs)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def lab() -> Iterator[LabPaths]:
     name = PREFIX + uuid.uuid4().hex[:6]
     try:
