@@ -90,6 +90,7 @@ class Plan:
     phase_seconds: float
     workers: int
     stat_calls: int
+    telemetry: bool = True  # off: no reports at all (to tell the churn's cost from ingest's)
 
     @property
     def pods(self) -> int:
@@ -685,7 +686,8 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         time.sleep(plan.phase_seconds)
         phases["idle"] = phase.end()
 
-        telemetry_on.set()
+        if plan.telemetry:
+            telemetry_on.set()
         time.sleep(2)  # every agent has sent once; the store has its series
         phase = Phase(cp)
         time.sleep(plan.phase_seconds)
@@ -909,6 +911,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phase-seconds", type=float, default=20.0)
     ap.add_argument("--workers", type=int, default=4, help="processes running simulated agents")
     ap.add_argument("--stat-calls", type=int, default=20, help="per kind (pod, deploy)")
+    ap.add_argument(
+        "--no-telemetry", action="store_true",
+        help="agents send no reports (the churn and Stat without ingest)",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     a = ap.parse_args(argv)
     for name in ("nodes", "pods_per_node", "pods_per_service", "workers", "stat_calls"):
@@ -921,7 +927,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(
         nodes=a.nodes, pods_per_node=a.pods_per_node, pods_per_service=a.pods_per_service,
         churn=a.churn, phase_seconds=a.phase_seconds, workers=min(a.workers, a.nodes),
-        stat_calls=a.stat_calls,
+        stat_calls=a.stat_calls, telemetry=not a.no_telemetry,
     )  # fmt: skip
     result = run(plan, a.out)
     print(markdown(result))
