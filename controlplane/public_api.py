@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 
@@ -15,7 +16,13 @@ from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
 from controlplane.peers import Peer, caller_credentials, is_local_only, peer_tap
 from controlplane.tap import TapBroker, TapBusy, TapStream
-from controlplane.telemetry_port import BadQuery, GroupStats, Selector, TelemetryPort
+from controlplane.telemetry_port import (
+    LIVE_AGENT_SECONDS,
+    BadQuery,
+    GroupStats,
+    Selector,
+    TelemetryPort,
+)
 from nodemesh import tasks
 from nodemesh.access import ResourceAttributes, stats_attributes, tap_attributes
 from nodemesh.api import public_pb2 as pb
@@ -332,6 +339,10 @@ class PublicService(pb_grpc.PublicServicer):
         await self.gate.admit(context, stats_attributes("nodes", namespace=""))
         agents = {a.node: a for a in self.telemetry.agents()}
         connected = {s.node: s.agent_version for s in self.hub.subscribers}
+        # With replicas, an agent streams from one of them; its reports, forwarded to every
+        # replica, say it is connected wherever the question is asked.
+        recent = (time.time() - LIVE_AGENT_SECONDS) * 1000
+        reporting = {a.node for a in agents.values() if a.last_report_unix_ms >= recent}
         names = sorted(set(self.index.nodes) | set(agents) | set(connected))
         out = []
         meshed = Enrolled(self.telemetry.enrolled_pods())
@@ -347,7 +358,7 @@ class PublicService(pb_grpc.PublicServicer):
                     ready=info.ready if info else False,
                     pods=len(pods),
                     meshed_pods=sum(map(meshed, pods)),
-                    agent_connected=name in connected,
+                    agent_connected=name in connected or name in reporting,
                     agent_version=connected.get(name) or (agent.version if agent else ""),
                     last_report_unix_ms=agent.last_report_unix_ms if agent else 0,
                     pods_enrolled=agent.pods_enrolled if agent else 0,

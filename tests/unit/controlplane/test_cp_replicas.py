@@ -144,6 +144,14 @@ async def web_requests(ip: str, port: int, admin: str) -> int:
     return sum(r.requests for r in answer.rows if r.resource.name == "web")
 
 
+async def connected_agents(ip: str, port: int, admin: str) -> set[str]:
+    async with grpc.aio.insecure_channel(f"{ip}:{port}") as channel:
+        answer = await ppb_grpc.PublicStub(channel).ListNodes(
+            ppb.ListNodesRequest(), metadata=(("authorization", f"Bearer {admin}"),), timeout=10
+        )
+    return {n.name for n in answer.nodes if n.agent_connected}
+
+
 async def eventually(check, want, timeout: float = 20.0):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while True:
@@ -171,6 +179,8 @@ async def test_either_replica_answers_for_the_whole_cluster_and_survives_the_oth
         for ip in (a, b):
             got = await eventually(lambda ip=ip: web_requests(ip, ports["public"], admin), 42)
             assert got == 42, (ip, reports_metrics(ip, ports["admin"]))
+            # `nodemesh check` asks one replica whether every agent is connected.
+            assert await connected_agents(ip, ports["public"], admin) == {"node1", "node2"}
 
         # A tap through replica a reaches node2's agent, connected to b, and its events return.
         async with grpc.aio.insecure_channel(f"{a}:{ports['public']}") as public:
