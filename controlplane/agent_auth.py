@@ -8,6 +8,8 @@ down) UNAVAILABLE, so agents retry; `hook(reason, message)` lets a service count
 Inside a call, `calling_agent()` is the agent that proved itself (None on a server without the
 interceptor, i.e. one running without the CA, where agents are not authenticated), and
 `check_agent(context, node)` refuses a caller that is another node's agent (PERMISSION_DENIED).
+`peers={service: is_peer}` also admits, to that service only, a token `is_peer` accepts: another
+control-plane replica (forwarding its agents' telemetry), seen inside the call as `PEER_REPLICA`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from controlplane.identity.authn import (
 )
 
 Refused = Callable[[str, str], None]  # (reason, message)
+
+# The caller a peer replica's call is admitted as: no node has this name.
+PEER_REPLICA = AgentNode(node="\x00peer", subject="control-plane replica")
 
 _CALLER: ContextVar[AgentNode | None] = ContextVar("nodemesh_agent_caller", default=None)
 
@@ -53,9 +58,11 @@ class AgentAuthInterceptor(grpc.aio.ServerInterceptor):
         *,
         refused: Mapping[str, Refused] | None = None,
         skip: Collection[str] = (),
+        peers: Mapping[str, Callable[[str], bool]] | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.refused = dict(refused or {})
+        self.peers = dict(peers or {})
         self.skip = frozenset(skip)
 
     async def intercept_service(
@@ -70,12 +77,15 @@ class AgentAuthInterceptor(grpc.aio.ServerInterceptor):
         if service in self.skip:
             return handler
         hook = self.refused.get(service)
+        is_peer = self.peers.get(service)
 
         async def admit(context: grpc.aio.ServicerContext) -> None:
             try:
-                agent = await self.authenticator.authenticate(
-                    bearer_token(context.invocation_metadata())
-                )
+                token = bearer_token(context.invocation_metadata())
+                if is_peer is not None and is_peer(token):
+                    agent = PEER_REPLICA
+                else:
+                    agent = await self.authenticator.authenticate(token)
             except AuthenticationFailed as e:
                 if hook:
                     hook("unauthenticated", str(e))

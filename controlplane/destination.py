@@ -70,7 +70,7 @@ class DestinationHub:
         # What every agent was last told of each meshed pod, so a change that does not touch
         # those fields (readiness, labels) costs the other agents nothing.
         self.meshed: dict[PodKey, MeshedPod] = {}
-        self._meshed_parts: tuple[int, list[pb.MeshedPod], list[pb.Update]] | None = None
+        self._shared_parts: tuple[int, int, Any, list[pb.Update]] | None = None
         # The authorization policies each node's agents were last given (compiled for it).
         self.authz_sent: dict[str, dict[authz.PolicyKey, authz.Policy]] = {}
         for pod in index.pods.values():
@@ -92,30 +92,31 @@ class DestinationHub:
 
     def snapshot(self, node: str) -> list[pb.Update]:
         revision = self.index.revision
-        services = [codec.service_to_pb(s) for _, s in sorted(self.index.services.items())]
-        workloads = [codec.workload_to_pb(w) for _, w in sorted(self.index.workloads.items())]
         pods = [codec.pod_to_pb(p) for p in self.index.pods_on_node(node)]
         view = self._authz_view(node)
         self.authz_sent[node] = view
         policies = [authz_codec.policy_to_pb(p) for p in view.values()]
-        routes = [route_codec.route_to_pb(r) for _, r in sorted(self.index.routes.items())]
-        kinds = (
-            ("services", services),
-            ("workloads", workloads),
-            ("pods", pods),
-            ("authz_policies", policies),
-            ("routes", routes),
-        )
-        # The meshed pods are the same for every agent: their parts are made once per revision
-        # and shared (a control plane restart meets every agent at once).
-        if self._meshed_parts is None or self._meshed_parts[0] != revision:
+        own = (("pods", pods), ("authz_policies", policies))  # this node's alone
+        # Services, workloads, routes and meshed pods are the same for every agent: their parts
+        # are made once per revision and shared (a control plane restart meets every agent at
+        # once; 500 agents each holding its own copy of 1,000 Services took gigabytes).
+        if self._shared_parts is None or self._shared_parts[0] != revision:
+            services = [codec.service_to_pb(s) for _, s in sorted(self.index.services.items())]
+            workloads = [codec.workload_to_pb(w) for _, w in sorted(self.index.workloads.items())]
+            routes = [route_codec.route_to_pb(r) for _, r in sorted(self.index.routes.items())]
             meshed = [codec.meshed_pod_to_pb(m) for _, m in sorted(self.meshed.items())]
-            self._meshed_parts = (revision, meshed, _parts(revision, (("meshed_pods", meshed),)))
-        _, meshed, shared = self._meshed_parts
-        held = len(services) + len(workloads) + len(pods) + len(policies) + len(meshed)
-        if held + len(routes) <= SNAPSHOT_PART:
-            return _parts(revision, (*kinds, ("meshed_pods", meshed)))  # small: one message
-        return _parts(revision, kinds, last=False) + shared
+            kinds = (
+                ("services", services),
+                ("workloads", workloads),
+                ("routes", routes),
+                ("meshed_pods", meshed),
+            )
+            size = len(services) + len(workloads) + len(routes) + len(meshed)
+            self._shared_parts = (revision, size, kinds, _parts(revision, kinds))
+        _, size, kinds, shared = self._shared_parts
+        if size + len(pods) + len(policies) <= SNAPSHOT_PART:
+            return _parts(revision, (*own, *kinds))  # small: one message
+        return _parts(revision, own, last=False) + shared
 
     def _authz_view(self, node: str) -> dict[authz.PolicyKey, authz.Policy]:
         return authz_views.node_view(
@@ -145,51 +146,75 @@ class DestinationHub:
                 delta.authz_policies_updated.extend(authz_codec.policy_to_pb(p) for p in updated)
                 delta.authz_policies_removed.extend(authz_codec.key_to_pb(k) for k in removed)
 
-    def _meshed_changed(self, key: PodKey, now: MeshedPod | None, shared: pb.Delta) -> None:
-        before = self.meshed.get(key)
-        if now == before:
-            return
-        if now is None:
-            del self.meshed[key]
-            shared.meshed_pods_removed.append(codec.pod_key_to_pb(key))
-        else:
-            self.meshed[key] = now
-            shared.meshed_pods_updated.append(codec.meshed_pod_to_pb(now))
-
     def publish(self, changes: list[Change], revision: int) -> None:
+        """One delta per node for a batch of changes (the feed hands over all it has at once).
+        Within a batch each object's last change wins: an agent applies a delta's updates before
+        its removals, so a pod removed and re-added in one batch must arrive as an update only."""
         if not changes:
             return
-        shared = pb.Delta()
-        # Kept current even with no subscriber: the next one's snapshot is made from it.
+        meshed: dict[PodKey, MeshedPod | None] = {}
         for c in changes:
+            # Kept current even with no subscriber: the next one's snapshot is made from it.
             if isinstance(c, PodUpdated):
-                self._meshed_changed(c.pod.key, MeshedPod.of(c.pod), shared)
+                meshed[c.pod.key] = MeshedPod.of(c.pod)
             elif isinstance(c, PodRemoved) and self.index.pods.get(c.key) is None:
-                self._meshed_changed(c.key, None, shared)
+                meshed[c.key] = None
+        shared = pb.Delta()
+        for key, now in meshed.items():
+            if now == self.meshed.get(key):
+                continue  # nothing the other agents use changed (readiness, labels)
+            if now is None:
+                del self.meshed[key]
+                shared.meshed_pods_removed.append(codec.pod_key_to_pb(key))
+            else:
+                self.meshed[key] = now
+                shared.meshed_pods_updated.append(codec.meshed_pod_to_pb(now))
         if not self.subscribers:
             return
-        by_node: dict[str, pb.Delta] = {}
+        services: dict[Any, Any] = {}
+        workloads: dict[Any, Any] = {}
+        routes: dict[Any, Any] = {}
+        pods: dict[str, dict[PodKey, Any]] = {}
         for c in changes:
             if isinstance(c, ServiceUpdated):
-                shared.services_updated.append(codec.service_to_pb(c.service))
+                services[c.service.key] = c.service
             elif isinstance(c, ServiceRemoved):
-                shared.services_removed.append(codec.service_key_to_pb(c.key))
+                services[c.key] = None
             elif isinstance(c, WorkloadUpdated):
-                shared.workloads_updated.append(codec.workload_to_pb(c.workload))
+                workloads[c.workload.ref] = c.workload
             elif isinstance(c, WorkloadRemoved):
-                shared.workloads_removed.append(codec.workload_ref_to_pb(c.ref))
+                workloads[c.ref] = None
             elif isinstance(c, RouteUpdated):
-                shared.routes_updated.append(route_codec.route_to_pb(c.route))
+                routes[c.route.key] = c.route
             elif isinstance(c, RouteRemoved):
-                shared.routes_removed.append(route_codec.route_key_to_pb(c.key))
+                routes[c.key] = None
             elif isinstance(c, PodUpdated):
-                by_node.setdefault(c.pod.node, pb.Delta()).pods_updated.append(
-                    codec.pod_to_pb(c.pod)
-                )
+                pods.setdefault(c.pod.node, {})[c.pod.key] = c.pod
             elif isinstance(c, PodRemoved):
-                by_node.setdefault(c.node, pb.Delta()).pods_removed.append(
-                    codec.pod_key_to_pb(c.key)
-                )
+                pods.setdefault(c.node, {})[c.key] = None
+        for skey, service in services.items():
+            if service is None:
+                shared.services_removed.append(codec.service_key_to_pb(skey))
+            else:
+                shared.services_updated.append(codec.service_to_pb(service))
+        for ref, workload in workloads.items():
+            if workload is None:
+                shared.workloads_removed.append(codec.workload_ref_to_pb(ref))
+            else:
+                shared.workloads_updated.append(codec.workload_to_pb(workload))
+        for rkey, compiled in routes.items():
+            if compiled is None:
+                shared.routes_removed.append(route_codec.route_key_to_pb(rkey))
+            else:
+                shared.routes_updated.append(route_codec.route_to_pb(compiled))
+        by_node: dict[str, pb.Delta] = {}
+        for node, held in pods.items():
+            delta = by_node[node] = pb.Delta()
+            for pkey, pod in held.items():
+                if pod is None:
+                    delta.pods_removed.append(codec.pod_key_to_pb(pkey))
+                else:
+                    delta.pods_updated.append(codec.pod_to_pb(pod))
         self._authz_deltas(changes, by_node)
         has_shared = shared.ByteSize() > 0
         common = pb.Update(revision=revision, delta=shared)
@@ -272,9 +297,11 @@ class DestinationService(pb_grpc.DestinationServicer):
         sub, snapshot = self.hub.subscribe(request.node, request.agent_version)
         sub.task = asyncio.current_task()
         try:
-            for part in snapshot:
+            # Let go of each part once sent: this generator lives as long as the stream.
+            snapshot.reverse()
+            while snapshot:
                 DESTINATION_UPDATES.labels("snapshot").inc()
-                yield part
+                yield snapshot.pop()
             while True:
                 item = await sub.queue.get()
                 if item is _OVERFLOWED:

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -23,7 +24,7 @@ from controlplane.access import (
 from controlplane.admin import AdminServer
 from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.destination import DestinationHub, DestinationService
-from controlplane.feed import Feed
+from controlplane.feed import Feed, Listener
 from controlplane.identity import (
     Authenticator,
     BootstrapTokenAuthenticator,
@@ -40,6 +41,7 @@ from controlplane.identity.serving import (
     serving_identity,
 )
 from controlplane.index import ClusterIndex
+from controlplane.peers import Peer, ReportForwarder, find_peers, is_peer_token, peer_token
 from controlplane.public_api import PublicService
 from controlplane.sources.events import Source
 from controlplane.sources.kube import KubeSource, load_api_client
@@ -97,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=MAX_STREAMS_PER_CALLER,
         help="how many tap streams one caller (user or ServiceAccount) may have open at once "
         f"(default {MAX_STREAMS_PER_CALLER}; the control plane allows {MAX_STREAMS} in all)",
+    )
+    p.add_argument(
+        "--pod-name",
+        default=os.environ.get("POD_NAME", ""),
+        help="this replica's pod (default: $POD_NAME): the other control-plane pods of the "
+        "namespace are its peers, which get its agents' telemetry and its taps",
     )
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
@@ -195,16 +203,50 @@ async def serve(args: argparse.Namespace) -> None:
     hub = DestinationHub(index)
     broker = TapBroker(index, max_streams_per_caller=args.tap_streams_per_caller)
     store = TelemetryStore()
+    def peers() -> list[Peer]:
+        # Without its own name a replica cannot tell itself from its peers: no peers then.
+        if not args.pod_name:
+            return []
+        return find_peers(index, namespace=args.namespace, me=args.pod_name)
+
+    forwarder = None
+    token = None
+    if identity is not None:
+        token = peer_token(identity.authority.issuer.key)
+        forwarder = ReportForwarder(
+            peers=peers,
+            port=_port(args.agent_addr),
+            token=token,
+            credentials=grpc.ssl_channel_credentials(
+                root_certificates=identity.authority.anchors_pem().encode()
+            )
+            if args.agent_tls
+            else None,
+            server_name=serving_dns_names(
+                namespace=args.namespace, cluster_domain=args.cluster_domain
+            )[0],
+            namespace=args.namespace,
+        )
+
     telemetry = TelemetryService(
-        store=store, is_known_node=lambda node: not index.synced or node in index.nodes
+        store=store,
+        is_known_node=lambda node: not index.synced or node in index.nodes,
+        forward=forwarder.forward if forwarder else None,
     )
     certify = None
-    # Every call on the agent port proves which node's agent makes it, once, here.
+    # Every call on the agent port proves which node's agent makes it, once, here (or, for
+    # telemetry forwarded between replicas, which peer replica: their token is `peer_token`).
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if identity is not None:
         certify = IdentityService(authority=identity.authority)
         refused = {TELEMETRY_SERVICE: telemetry.refused, IDENTITY_SERVICE: certify.refused}
-        interceptors.append(AgentAuthInterceptor(identity.authenticator, refused=refused))
+        interceptors.append(
+            AgentAuthInterceptor(
+                identity.authenticator,
+                refused=refused,
+                peers={TELEMETRY_SERVICE: partial(is_peer_token, expected=token)},
+            )
+        )
     # Let oversized telemetry reports reach the service, which refuses and counts them, rather
     # than being cut off by gRPC's own 4 MiB default where nobody sees why.
     agent_server = grpc.aio.server(
@@ -245,6 +287,8 @@ async def serve(args: argparse.Namespace) -> None:
             hub=hub,
             source_name=args.source,
             gate=Gate(review),
+            peers=peers,
+            peer_port=_port(args.public_addr),
         ),
         public_server,
     )
@@ -254,8 +298,14 @@ async def serve(args: argparse.Namespace) -> None:
     host, _, port = args.admin_addr.rpartition(":")
     await admin.start(host or "0.0.0.0", int(port))
 
-    feed = Feed(source, index, [hub.publish, broker.on_index_changes])
+    listeners: list[Listener] = [hub.publish, broker.on_index_changes]
+    if forwarder is not None:
+        # Peers are known as soon as the index lists them: a report accepted before the first
+        # periodic pass would reach no peer.
+        listeners.append(lambda changes, _rev: forwarder.on_index_changes(changes))
+    feed = Feed(source, index, listeners)
     feed_task = tasks.spawn(feed.run(), name="feed")
+    forward_task = tasks.spawn(forwarder.run(), name="peers") if forwarder else None
     await agent_server.start()
     await public_server.start()
     log.info(
@@ -282,11 +332,15 @@ async def serve(args: argparse.Namespace) -> None:
         agent_server.stop(grace=args.drain_seconds),
         public_server.stop(grace=args.drain_seconds),
     )
-    await tasks.cancel_all([feed_task, stopper])
+    await tasks.cancel_all([t for t in (feed_task, stopper, forward_task) if t is not None])
     await admin.close()
     if api is not None:
         api.close()
     log.info("stopped")
+
+
+def _port(addr: str) -> int:
+    return int(addr.rpartition(":")[2])
 
 
 def main(argv: list[str] | None = None) -> None:

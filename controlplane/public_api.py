@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -14,8 +15,15 @@ from controlplane import resources
 from controlplane.access import REVIEW_CACHE_SECONDS, AccessRefused, Gate, refuse
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
+from controlplane.peers import Peer, caller_credentials, is_local_only, peer_tap
 from controlplane.tap import TapBroker, TapBusy, TapStream
-from controlplane.telemetry_port import BadQuery, Selector, StatRow, TelemetryPort
+from controlplane.telemetry_port import (
+    LIVE_AGENT_SECONDS,
+    BadQuery,
+    Selector,
+    StatRow,
+    TelemetryPort,
+)
 from nodemesh import tasks
 from nodemesh.access import ResourceAttributes, stats_attributes, tap_attributes
 from nodemesh.api import public_pb2 as pb
@@ -99,7 +107,12 @@ class PublicService(pb_grpc.PublicServicer):
         hub: DestinationHub,
         source_name: str,
         gate: Gate,
+        peers: Callable[[], Iterable[Peer]] = tuple,
+        peer_port: int = 8085,
     ) -> None:
+        # Other replicas of the control plane (controlplane.peers): a tap reaches their agents.
+        self.peers = peers
+        self.peer_port = peer_port
         self.gate = gate
         self.index = index
         self.telemetry = telemetry
@@ -249,6 +262,14 @@ class PublicService(pb_grpc.PublicServicer):
         except TapBusy as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         watch: asyncio.Task[None] | None = None
+        fanout = None
+        if not is_local_only(context):
+            fanout = tasks.spawn(
+                peer_tap(
+                    self.peers, self.peer_port, request, caller_credentials(context), stream.queue
+                ),
+                name=f"tap {stream.id} via peers",
+            )
         try:
             # Says the tap has started (and at what rate, after sharing the budget) before any
             # event: the caller need not wait for traffic to know it was accepted.
@@ -275,6 +296,8 @@ class PublicService(pb_grpc.PublicServicer):
         finally:
             if watch is not None:
                 await tasks.cancel_all([watch])
+            if fanout is not None:
+                await tasks.cancel_all([fanout])
             self.broker.unsubscribe(stream)
 
     async def _recheck_tap(
@@ -326,6 +349,10 @@ class PublicService(pb_grpc.PublicServicer):
         await self.gate.admit(context, stats_attributes("nodes", namespace=""))
         agents = {a.node: a for a in self.telemetry.agents()}
         connected = {s.node: s.agent_version for s in self.hub.subscribers}
+        # With replicas, an agent streams from one of them; its reports, forwarded to every
+        # replica, say it is connected wherever the question is asked.
+        recent = (time.time() - LIVE_AGENT_SECONDS) * 1000
+        reporting = {a.node for a in agents.values() if a.last_report_unix_ms >= recent}
         names = sorted(set(self.index.nodes) | set(agents) | set(connected))
         out = []
         meshed = Enrolled(self.telemetry.enrolled_pods())
@@ -341,7 +368,7 @@ class PublicService(pb_grpc.PublicServicer):
                     ready=info.ready if info else False,
                     pods=len(pods),
                     meshed_pods=sum(map(meshed, pods)),
-                    agent_connected=name in connected,
+                    agent_connected=name in connected or name in reporting,
                     agent_version=connected.get(name) or (agent.version if agent else ""),
                     last_report_unix_ms=agent.last_report_unix_ms if agent else 0,
                     pods_enrolled=agent.pods_enrolled if agent else 0,
@@ -389,8 +416,8 @@ def _row(
     row.covered_seconds = covered
     if g.requests:
         row.success_rate = g.success / g.requests
-    for field, q in (("latency_p50_ms", 0.5), ("latency_p95_ms", 0.95), ("latency_p99_ms", 0.99)):
-        value = g.latency_ms(q)
+    fields = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
+    for field, value in zip(fields, g.latencies_ms(0.5, 0.95, 0.99), strict=True):
         if value is not None:
             setattr(row, field, value)
     row.tcp_open_connections = g.tcp_open_connections

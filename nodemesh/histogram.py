@@ -79,6 +79,26 @@ def quantile(counts: Mapping[int, int], q: float) -> float | None:
     raise AssertionError("unreachable: rank <= total")
 
 
+def quantiles(counts: Mapping[int, int], qs: Iterable[float]) -> list[float | None]:
+    """`quantile(counts, q)` for each q (in any order), in one pass over the sorted buckets."""
+    asked = list(qs)
+    total = sum(counts.values())
+    if total <= 0:
+        return [None] * len(asked)
+    ranks = sorted((nearest_rank(q, total), i) for i, q in enumerate(asked))
+    out: list[float | None] = [None] * len(asked)
+    seen = 0
+    at = 0
+    for index in sorted(counts):
+        seen += counts[index]
+        while at < len(ranks) and seen >= ranks[at][0]:
+            out[ranks[at][1]] = bucket_value(index)
+            at += 1
+        if at == len(ranks):
+            break
+    return out
+
+
 def merge_into(target: dict[int, int], counts: Mapping[int, int]) -> None:
     for index, n in counts.items():
         target[index] = target.get(index, 0) + n

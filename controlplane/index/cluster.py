@@ -88,6 +88,10 @@ class ClusterIndex:
     def pods_on_node(self, node: str) -> list[PodInfo]:
         return [self.pods[k] for k in sorted(self._pods_by_node.get(node, ()))]
 
+    def pods_in_namespace(self, namespace: str) -> list[PodInfo]:
+        keys = sorted(self._pods_by_ns.get(namespace, ()))
+        return [p for k in keys if (p := self.pods.get(k)) is not None]
+
     def pods_of_workload(self, ref: WorkloadRef) -> list[PodInfo]:
         return [self.pods[k] for k in sorted(self._pods_by_workload.get(ref, ()))]
 

@@ -40,7 +40,7 @@ from controlplane.telemetry.store import (
     TelemetryStore,
 )
 from nodemesh import kinds
-from nodemesh.histogram import quantile
+from nodemesh.histogram import quantile, quantiles
 
 _Cell = TypeVar("_Cell", RequestCell, TcpCell)
 UnknownResourceKind = kinds.UnknownKind
@@ -91,6 +91,10 @@ class StatRow:
     def latency_ms(self, q: float) -> float | None:
         us = quantile(self.latency, q)
         return None if us is None else us / 1000
+
+    def latencies_ms(self, *qs: float) -> list[float | None]:
+        """Several quantiles at once (one pass: 10,000 rows x 3 quantiles add up)."""
+        return [None if us is None else us / 1000 for us in quantiles(self.latency, qs)]
 
     @property
     def read_bytes_per_s(self) -> float:
@@ -155,10 +159,11 @@ def _window(
     buckets = math.ceil(window_s / BUCKET_SECONDS)
     now = store.clock()
     current = store.bucket_start(now)
-    first = current - buckets * BUCKET_SECONDS
+    # What the store dropped to stay within its memory bound is not covered.
+    first = max(current - buckets * BUCKET_SECONDS, min(store.kept_from, current))
     if include_current:
         return first, current + BUCKET_SECONDS, max(now - first, 1e-9)
-    return first, current, buckets * BUCKET_SECONDS
+    return first, current, max(current - first, 1e-9)
 
 
 def stat(

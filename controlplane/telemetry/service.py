@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controlplane.agent_auth import calling_agent
+from controlplane.agent_auth import PEER_REPLICA, calling_agent
 from controlplane.telemetry.report import MAX_REPORT_BYTES, BadReport, parse_report
 from controlplane.telemetry.store import TelemetryStore
 from nodemesh.api import telemetry_pb2 as pb
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 SERVICE = "nodemesh.telemetry.v1.Telemetry"
 METHOD = f"/{SERVICE}/Report"
 MAX_RECEIVE_BYTES = 2 * MAX_REPORT_BYTES
+PEER = PEER_REPLICA.node  # `authenticated_node` of reports a peer replica forwarded
 
 _registered: dict[int, tuple[CollectorRegistry, Counter, list[Collector]]] = {}
 
@@ -83,10 +84,15 @@ class TelemetryService:
         store: TelemetryStore,
         is_known_node: Callable[[str], bool],
         registry: CollectorRegistry = REGISTRY,
+        forward: Callable[[bytes], None] | None = None,
     ) -> None:
         self.store = store
         self.is_known_node = is_known_node
         self.reports = _metrics(registry, store)
+        # Replicas: a report from one of our agents goes on to the peers (`forward`); one a
+        # peer forwarded (the agent port's interceptor admitted it as PEER) is the agent's own
+        # word, checked there.
+        self.forward = forward
 
     def add_to(self, server: grpc.aio.Server) -> None:
         handler = grpc.stream_stream_rpc_method_handler(
@@ -114,7 +120,7 @@ class TelemetryService:
                 raise BadReport("garbled", f"not an AgentReport: {e}") from e
             sequence = report.sequence
             parsed = parse_report(report, encoded_size=len(raw))
-            if authenticated_node is not None and parsed.node != authenticated_node:
+            if authenticated_node not in (None, PEER) and parsed.node != authenticated_node:
                 raise BadReport(
                     "node_mismatch",
                     f"agent of {authenticated_node} reported as {parsed.node}",
@@ -127,6 +133,8 @@ class TelemetryService:
             return pb.ReportAck(sequence=sequence, accepted=False, reason=f"{e.reason}: {e}")
         self.store.ingest(parsed)
         self.reports.labels("accepted", "").inc()
+        if self.forward is not None and authenticated_node != PEER:
+            self.forward(raw)
         return pb.ReportAck(sequence=sequence, accepted=True)
 
     async def Report(  # noqa: N802 (gRPC method name)

@@ -3,11 +3,12 @@
 Interface: `TelemetryStore(clock=time.time, max_series=..., max_cells=...)`;
 `ingest(parsed_report)` adds one report (deltas) to the bucket of the store's current time;
 queries in controlplane.telemetry.query read `request_series`, `tcp_series` and `nodes`.
-Memory is bounded twice: at most `max_series` series and `max_cells` (series x bucket) cells;
-past either, the least recently updated series is dropped whole and counted in
-`stats.series_evicted`. Buckets older than the retention go on their own. Measured cost: about
-0.6 KB per series plus 0.5 KB per cell with 20 distinct latency buckets, so the defaults
-(20k series, 200k cells) hold at most about 110 MB.
+Memory is bounded twice: at most `max_cells` (series x bucket) cells, past which the oldest
+bucket of every series goes (`kept_from` says from when the store is whole), and at most
+`max_series` series, past which the least recently updated series is dropped whole; series
+dropped either way are counted in `stats.series_evicted`. Buckets older than the retention go
+on their own. Measured cost: about 0.6 KB per series plus 0.5 KB per cell with 20 distinct
+latency buckets, so the defaults (20k series, 200k cells) hold at most about 110 MB.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from controlplane.telemetry.report import ParsedReport, RequestKey, TcpCounts, TcpKey
 from nodemesh.histogram import merge_into
@@ -117,6 +118,8 @@ class TelemetryStore:
     nodes: dict[str, NodeState] = field(default_factory=dict)
     stats: StoreStats = field(default_factory=StoreStats)
     cells: int = 0
+    # Buckets before this were dropped to stay within max_cells (queries cover less then).
+    kept_from: int = 0
     _expired_through: int = -1
 
     @staticmethod
@@ -185,11 +188,32 @@ class TelemetryStore:
         state.reports += 1
 
     def _enforce_bounds(self) -> None:
+        # Too many cells: the oldest bucket goes, for every series, so every series keeps its
+        # recent past whole. (Dropping whole series instead, when every series reports every
+        # second, dropped series that came straight back: 176,631 evictions in a minute at
+        # 20,000 series, each taking its last minute with it.)
+        while self.cells > self.max_cells and self._trim_oldest_bucket():
+            pass
         while self.request_series or self.tcp_series:
             series = len(self.request_series) + len(self.tcp_series)
             if series <= self.max_series and self.cells <= self.max_cells:
                 return
             self._evict_oldest()
+
+    def _trim_oldest_bucket(self) -> bool:
+        """Drop the oldest complete bucket of every series; False if there is none to drop."""
+        current = self.bucket_start(self.clock())
+        tables: list[OrderedDict[Any, Any]] = [self.request_series, self.tcp_series]
+        oldest = min((c[0].start for t in tables for c in t.values() if c), default=current)
+        if oldest >= current:
+            return False
+        cut = oldest + BUCKET_SECONDS
+        series = len(self.request_series) + len(self.tcp_series)
+        self._expire_table(self.request_series, cut, current)
+        self._expire_table(self.tcp_series, cut, current)
+        self.stats.series_evicted += series - len(self.request_series) - len(self.tcp_series)
+        self.kept_from = max(self.kept_from, cut)
+        return True
 
     def _evict_oldest(self) -> None:
         # Compare the least recently updated series of both tables and drop the older one.

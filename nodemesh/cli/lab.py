@@ -111,6 +111,11 @@ def lab() -> None:
     help="An extra argument for every node agent, e.g. --agent-arg=--gone-pod-grace-seconds=10 "
     "(repeatable; see nodemesh-agent --help).",
 )  # fmt: skip
+@click.option(
+    "--ha", is_flag=True,
+    help="Run 3 control-plane replicas, as `nodemesh install --ha` does; any of them answers "
+    "stat and tap for the whole lab.",
+)  # fmt: skip
 def up(
     name: str,
     nodes: int,
@@ -123,6 +128,7 @@ def up(
     timeout: int,
     keep_on_failure: bool,
     agent_args: tuple[str, ...],
+    ha: bool,
 ) -> None:
     """Create a lab: underlay, NODES node namespaces, and its supervisor."""
     need_root()
@@ -160,7 +166,8 @@ def up(
             create_lab_access(paths.access)
         _start_supervisor(paths, timeout=timeout)
         if mesh:
-            _apply_text(paths, mesh_manifest(paths, agent_args), source="nodemesh lab mesh")
+            manifest = mesh_manifest(paths, agent_args, controlplane_replicas=3 if ha else 1)
+            _apply_text(paths, manifest, source="nodemesh lab mesh")
             _wait_ready(paths, timeout=timeout - (time.monotonic() - started))
         if demo:
             _apply_file(paths, DEMO_MANIFEST)

@@ -45,11 +45,15 @@ def mesh_objects(
     *,
     change_daemonset: Callable[[Obj], None] | None = None,
     anchor: bytes | None = None,
+    controlplane_replicas: int = 1,
 ) -> list[Obj]:
     """`change_daemonset` edits the rendered DaemonSet in place (tests: a fix taken out);
-    `anchor`: the trust anchor (default: the lab's)."""
+    `anchor`: the trust anchor (default: the lab's); `controlplane_replicas`: 3 for `--ha`."""
     lab_part = MESH_MANIFEST.read_text().replace("__LAB_ROOT__", str(paths.root))
     docs = [d for d in yaml.safe_load_all(lab_part) if d]
+    for doc in docs:
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "nodemesh-controlplane":
+            doc["spec"]["replicas"] = controlplane_replicas
     if anchor is None:
         anchor = (paths.identity / "ca.crt").read_bytes()
     rendered = agent_install.objects(LAB_VALUES)
@@ -68,6 +72,13 @@ def mesh_manifest(
     *,
     change_daemonset: Callable[[Obj], None] | None = None,
     anchor: bytes | None = None,
+    controlplane_replicas: int = 1,
 ) -> str:
-    objs = mesh_objects(paths, agent_args, change_daemonset=change_daemonset, anchor=anchor)
+    objs = mesh_objects(
+        paths,
+        agent_args,
+        change_daemonset=change_daemonset,
+        anchor=anchor,
+        controlplane_replicas=controlplane_replicas,
+    )
     return yaml.safe_dump_all(objs, sort_keys=False)

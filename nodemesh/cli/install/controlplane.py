@@ -133,6 +133,9 @@ def deployment(values: InstallValues) -> Obj:
             f"--public-addr=0.0.0.0:{ports.PUBLIC_API}",
             f"--admin-addr=0.0.0.0:{ports.CONTROLPLANE_ADMIN}",
         ],
+        # Its own pod's name: the other control-plane pods are its peers (replicas share
+        # telemetry and taps), this one is not.
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
         "ports": [
             {"name": "public-api", "containerPort": ports.PUBLIC_API},
             {"name": "agent-api", "containerPort": ports.AGENT_API},

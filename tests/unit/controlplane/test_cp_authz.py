@@ -11,7 +11,6 @@ from pathlib import Path
 
 import cp_objects as k
 import pytest
-from nodemesh.backoff import Backoff
 from fake_apiserver import FakeApiServer
 from kubernetes import client
 
@@ -23,6 +22,7 @@ from controlplane.sources.local import LocalSource
 from nodemesh import authz
 from nodemesh.api import destination_pb2 as pb
 from nodemesh.authz_codec import policy_from_pb
+from nodemesh.backoff import Backoff
 from nodemesh.tasks import spawn
 
 NS = "emojivoto"

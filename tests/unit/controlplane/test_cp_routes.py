@@ -12,7 +12,6 @@ from fake_apiserver import FakeApiServer
 from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "routing"))
-from nodemesh.backoff import Backoff  # noqa: E402
 from route_objects import grpc_route, http_route, split  # noqa: E402
 
 from controlplane.destination import DestinationHub, DestinationService  # noqa: E402
@@ -24,6 +23,7 @@ from controlplane.sources.local import LocalSource  # noqa: E402
 from nodemesh import tasks  # noqa: E402
 from nodemesh.api import destination_pb2 as pb  # noqa: E402
 from nodemesh.api import destination_pb2_grpc as pb_grpc  # noqa: E402
+from nodemesh.backoff import Backoff  # noqa: E402
 from nodemesh.routing import codec  # noqa: E402
 
 

@@ -96,6 +96,8 @@ def _env(container: dict[str, Any], node: str) -> dict[str, str]:
             env[item["name"]] = item["value"]
         elif item["valueFrom"].get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
             env[item["name"]] = node
+        elif item["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[item["name"]] = container["name"]  # the pod's name: this test runs one of each
         else:  # pragma: no cover - a new kind of env the test must learn
             raise AssertionError(f"unhandled env {item}")
     return env

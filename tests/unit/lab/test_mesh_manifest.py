@@ -19,8 +19,8 @@ from nodemesh.lab.volumes import volume_files
 ANCHOR = b"-----BEGIN CERTIFICATE-----\nlab\n-----END CERTIFICATE-----\n"
 
 
-def objects(agent_args: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    text = mesh_manifest(LabPaths("t1"), agent_args, anchor=ANCHOR)
+def objects(agent_args: tuple[str, ...] = (), replicas: int = 1) -> list[dict[str, Any]]:
+    text = mesh_manifest(LabPaths("t1"), agent_args, anchor=ANCHOR, controlplane_replicas=replicas)
     return [d for d in yaml.safe_load_all(text) if d]
 
 
@@ -100,3 +100,15 @@ def test_agent_args_go_to_the_agent_container_only() -> None:
                 changed.append(cb["name"])
                 assert cb["args"] == [*ca["args"], "--gone-pod-grace-seconds=5"]
     assert changed == ["agent"]
+
+
+def test_ha_runs_three_control_plane_replicas_and_changes_nothing_else() -> None:
+    plain = workloads(objects())
+    ha = workloads(objects(replicas=3))
+    replicas = {w["metadata"]["name"]: w["spec"].get("replicas") for w in ha}
+    assert replicas["nodemesh-controlplane"] == 3
+    for a, b in zip(plain, ha, strict=True):
+        if b["metadata"]["name"] != "nodemesh-controlplane":
+            assert a == b
+        else:
+            assert {**a["spec"], "replicas": 3} == b["spec"]

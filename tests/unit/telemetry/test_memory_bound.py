@@ -59,14 +59,15 @@ def test_cell_cap_bounds_memory() -> None:
         store = TelemetryStore(clock=clock, max_series=10_000, max_cells=2_000)
         _flood(store, clock, buckets=25, per_bucket=100, latencies=20)
         store.expire()
+        # The parser's cache of checked peers has a bound of its own (PEER_CACHE_SIZE).
+        from controlplane.telemetry import report
+        report._PEERS.clear()
         gc.collect()
         grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
         print(store.cells, store.stats.series_evicted, len(store.request_series), grown)
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     cells, evicted, series, grown = map(int, done.stdout.split())
     assert cells <= 2_000
@@ -74,3 +75,23 @@ def test_cell_cap_bounds_memory() -> None:
     # Measured: about 1.1 KB for a series with one cell of 20 latency buckets (the store
     # docstring's model); the bound leaves room for allocator and version differences.
     assert grown < 2_000 * 1_500, grown
+
+
+def test_at_the_cell_cap_a_steady_cluster_keeps_every_series_and_its_last_minute(clock) -> None:
+    """Every series reports each second (as agents do): at the cap the oldest bucket goes, for
+    all of them; no series is dropped whole (it would come straight back with no past)."""
+    store = TelemetryStore(clock=clock, max_series=1_000, max_cells=40 * 9)
+    for _ in range(30):  # 300 s of 40 series, 10 requests each per 10 s bucket
+        agent = ReportBuilder(node="node1")
+        for i in range(40):
+            agent.request([1000] * 10, src=peer("load", "client", f"c-{i}"),
+                          dst=peer("load", "server", f"s-{i}"))  # fmt: skip
+        agent.send(store)
+        clock.advance(10)
+    assert store.cells <= 40 * 9
+    assert len(store.request_series) == 40 and store.stats.series_evicted == 0
+    (row,) = stat(store, Resource("deploy", "load"), window_s=60)
+    assert row.requests == 40 * 10 * 6 and row.window_s == 60
+    # 15 minutes were asked, 9 buckets are held: the answer says what it covers.
+    (row,) = stat(store, Resource("deploy", "load"), window_s=900)
+    assert row.window_s == 90 and row.requests == 40 * 10 * 9
