@@ -18,7 +18,7 @@ import cp_objects as k
 import grpc
 import pytest
 
-from nodeagent.observe.events import Peer
+from nodeagent.observe.events import Peer, RequestStarted
 from nodeagent.observe.sink import AgentSink
 from nodeagent.upstream.tap import TapClient
 from nodemesh import tasks
@@ -103,8 +103,12 @@ def reports_metrics(ip: str, port: int) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("nodemesh_telemetry_reports")]
 
 
-def agent_channel(ip: str, port: int, issuer) -> grpc.aio.Channel:  # type: ignore[no-untyped-def]
+def agent_channel(ip: str, port: int, issuer, token: str | None = None) -> grpc.aio.Channel:  # type: ignore[no-untyped-def]
     creds = grpc.ssl_channel_credentials(root_certificates=issuer.anchor.certificate_pem())
+    if token is not None:  # as the agent's open_channel: the token on every call
+        creds = grpc.composite_channel_credentials(
+            creds, grpc.access_token_call_credentials(token)
+        )
     return grpc.aio.secure_channel(
         f"{ip}:{port}", creds, options=[("grpc.ssl_target_name_override", "localhost")]
     )
@@ -169,7 +173,8 @@ async def test_either_replica_answers_for_the_whole_cluster_and_survives_the_oth
     node1 = agent_channel(a, ports["agent"], issuer)  # node1's agent reached replica a
     node2 = agent_channel(b, ports["agent"], issuer)  # node2's agent reached replica b
     sink = AgentSink(node="node2")
-    tap_client = TapClient(channel=node2, taps=sink.taps, token=lambda: issuer.tokens["node2"])
+    node2_tap = agent_channel(b, ports["agent"], issuer, token=issuer.tokens["node2"])
+    tap_client = TapClient(channel=node2_tap, taps=sink.taps)
     tap_task = tasks.spawn(tap_client.run(), name="node2 tap client")
     tap_call = None
     try:
@@ -197,8 +202,13 @@ async def test_either_replica_answers_for_the_whole_cluster_and_survives_the_oth
             src = Peer("10.244.1.99", "emojivoto", "vote-bot-0", "Deployment", "vote-bot")
             dst = Peer("10.244.2.11", "emojivoto", "web-5d8f7-1", "Deployment", "web", "web")
             assert sink.tapping(src, dst)
-            sink.request_started(7, 1, "inbound", src, dst, "http1", True, "GET", "web",
-                                 "/vote", time.time())  # fmt: skip
+            sink.request_started(
+                RequestStarted(
+                    req_id=7, conn_id=1, direction="inbound", src=src, dst=dst,
+                    protocol="http1", tls=True, method="GET", authority="web", path="/vote",
+                    at=time.time(),
+                )
+            )  # fmt: skip
             event = await asyncio.wait_for(tap_call.read(), 20)
             assert event.node == "node2" and event.req.path == "/vote"
             tap_call.cancel()
@@ -221,3 +231,4 @@ async def test_either_replica_answers_for_the_whole_cluster_and_survives_the_oth
         await tasks.cancel_all([tap_task])
         await node1.close()
         await node2.close()
+        await node2_tap.close()
