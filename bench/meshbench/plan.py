@@ -22,7 +22,7 @@ class RunPlan:
     added_p99_limit_ms: float = 2.0
     grpc_rate: int = 500
     newconn_rate: int = 200
-    other_duration: float = 5.0  # gRPC and new-connection runs
+    other_duration: float = 8.0  # gRPC and new-connection runs, per path in all (`rounds` turns)
     bulk_seconds: float = 5.0
     idle_pods: int = 100
     loopback_rate: int = 1000  # the generator against a server in its own netns

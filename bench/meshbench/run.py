@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.meshbench import checks, haproxy, manifests, native, procstat, workloads
+from bench.meshbench import checks, haproxy, manifests, native, procstat, verdict, workloads
 from bench.meshbench.labctl import Lab
 from bench.meshbench.manifests import GRPC_PORT, HTTP_PORT, IPERF_PORT, NAMESPACES, PATHS
 from bench.meshbench.plan import RunPlan
@@ -106,40 +106,64 @@ class Bench:
     def http_interleaved(self, rate: float, *, duration: float, rounds: int) -> dict[str, Any]:
         """Every path at `rate` for `duration` seconds in all, taken as `rounds` turns of each
         path in a row, so a burst of outside load on this shared machine falls on all paths
-        alike rather than on one; the turns are merged into one histogram per path."""
+        alike rather than on one; the turns are merged into one histogram per path and also
+        kept one by one (`turns`) for the per-turn differences the verdicts use."""
         p = self.plan
+
+        def one(path: str, seconds: float) -> dict[str, Any]:
+            return workloads.http_raw(
+                self.paths[path].target, loadgen=self.bins["loadgen"], port=HTTP_PORT,
+                rate=rate, duration=seconds, warmup=p.warmup, conns=p.conns,
+            )  # fmt: skip
+
+        log.info("http keep-alive @%d rps, %d turns of %.1f s", rate, rounds, duration / rounds)
+        return self.interleaved(one, requests=rate * (p.warmup + duration / rounds),
+                                seconds=duration / rounds, rounds=rounds)  # fmt: skip
+
+    def interleaved(
+        self, one: Callable[[str, float], dict[str, Any]], *, requests: float, seconds: float,
+        rounds: int,
+    ) -> dict[str, Any]:  # fmt: skip
+        """`rounds` turns of direct, nodemesh and HAProxy in a row (`one(path, seconds)` returns
+        a raw run). A turn whose load generator lagged, or whose direct run caught a noise
+        burst, is run again (up to `rounds` extra turns in all) and marked in `turns`."""
         raws: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
+        turns: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
         cpu: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
         failed: dict[str, str] = {}
-        for _ in range(rounds):
+        valid = extra = 0
+        while valid < rounds and extra <= rounds:
+            bad = None
             for path in PATHS:
                 if path in failed:
                     continue
-                log.info("http keep-alive %s @%d rps, %.1f s", path, rate, duration / rounds)
-                res = self._with_cpu(
-                    path,
-                    lambda path=path: workloads.http_raw(
-                        self.paths[path].target, loadgen=self.bins["loadgen"], port=HTTP_PORT,
-                        rate=rate, duration=duration / rounds, warmup=p.warmup, conns=p.conns,
-                    ),
-                    requests=rate * (p.warmup + duration / rounds),
-                )  # fmt: skip
+                res = self._with_cpu(path, lambda path=path: one(path, seconds), requests=requests)
                 if "failed" in res:
                     failed[path] = res["failed"]
                     continue
                 if "proxy_cpu" in res:
                     cpu[path].append(res.pop("proxy_cpu"))
                 raws[path].append(res)
+                s = workloads.summarise(res)
+                turn = {"p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"],
+                        "lag_p99_ms": s["loadgen"]["lag_p99_ms"]}  # fmt: skip
+                turns[path].append(turn)
+                dmed = verdict.median_p99(turns["direct"])
+                bad = bad or verdict.invalid_reason({**turn, "path": path}, direct_median_p99=dmed)
+            if bad:
+                extra += 1
+                log.info("turn invalid (%s): %s", bad, "one more" if extra <= rounds else "no more")
+            else:
+                valid += 1
         out: dict[str, Any] = {}
         for path in PATHS:
             if path in failed:
                 out[path] = {"failed": failed[path]}
                 continue
             out[path] = workloads.summarise(workloads.merge_raw(raws[path]))
+            out[path]["turns"] = turns[path]
             if cpu[path]:
-                out[path]["proxy_cpu"] = _merge_cpu(
-                    cpu[path], requests=rate * (p.warmup * rounds + duration)
-                )
+                out[path]["proxy_cpu"] = _merge_cpu(cpu[path], requests=requests * len(cpu[path]))
         return out
 
     def http(
@@ -154,17 +178,6 @@ class Bench:
                 rate=rate, duration=duration, warmup=p.warmup, conns=p.conns, newconn=newconn,
             ),
             requests=requests,
-        )  # fmt: skip
-
-    def grpc(self, path: str) -> dict[str, Any]:
-        p = self.plan
-        return self._with_cpu(
-            path,
-            lambda: workloads.grpc_unary(
-                self.paths[path].target, script=self.grpc_script, port=GRPC_PORT,
-                rate=p.grpc_rate, duration=p.other_duration, warmup=p.warmup,
-            ),
-            requests=p.grpc_rate * (p.warmup + p.other_duration),
         )  # fmt: skip
 
     def bulk(self, path: str) -> dict[str, Any]:
@@ -213,10 +226,17 @@ class Bench:
             res = self.http(path, rate, duration=duration)
             failed = failed or res.get("failed") or base.get("failed")
             errors += res.get("errors") or 0
+            lagged = [
+                why for s in (base, res)
+                if (why := verdict.invalid_reason(
+                    {"lag_p99_ms": (s.get("loadgen") or {}).get("lag_p99_ms")},
+                    direct_median_p99=None))
+            ]  # fmt: skip
             value = _added(res, base, "p99_ms")
-            if value is not None:
+            if value is not None and not lagged:
                 added.append(value)
-        median = statistics.median(added) if added and not failed else None
+        # Fewer than two usable turns (the generator lagged) decide nothing: the step fails.
+        median = statistics.median(added) if len(added) >= 2 and not failed else None
         ok = errors == 0 and median is not None and median < p.added_p99_limit_ms
         return {"rate": rate, "added_p99_ms": median, "rounds_added_p99_ms": added,
                 "errors": errors, "failed": failed, "ok": ok}  # fmt: skip
@@ -325,14 +345,27 @@ def run(lab: Lab, plan: RunPlan, *, workdir: Path) -> dict[str, Any]:
     out["resources"]["rss_peak_under_load_bytes"] = dict(peak.peak)
     out["resources"]["rss_after_load_bytes"] = bench.rss()
 
-    for path in PATHS:
-        log.info("grpc unary %s @%d rps", path, plan.grpc_rate)
-        out["paths"][path]["grpc"] = bench.grpc(path)
-    for path in PATHS:
-        log.info("new connection per request %s @%d rps", path, plan.newconn_rate)
-        out["paths"][path]["newconn"] = bench.http(
-            path, plan.newconn_rate, duration=plan.other_duration, newconn=True
-        )
+    def grpc_turn(path: str, seconds: float) -> dict[str, Any]:
+        return workloads.grpc_raw(
+            bench.paths[path].target, script=bench.grpc_script, port=GRPC_PORT,
+            rate=plan.grpc_rate, duration=seconds, warmup=plan.warmup,
+        )  # fmt: skip
+
+    def newconn_turn(path: str, seconds: float) -> dict[str, Any]:
+        return workloads.http_raw(
+            bench.paths[path].target, loadgen=bins["loadgen"], port=HTTP_PORT,
+            rate=plan.newconn_rate, duration=seconds, warmup=plan.warmup, conns=plan.conns,
+            newconn=True,
+        )  # fmt: skip
+
+    for kind, one, rate in (("grpc", grpc_turn, plan.grpc_rate),
+                            ("newconn", newconn_turn, plan.newconn_rate)):  # fmt: skip
+        log.info("%s @%d rps, %d interleaved turns", kind, rate, plan.rounds)
+        seconds = plan.other_duration / plan.rounds
+        cells = bench.interleaved(one, requests=rate * (plan.warmup + seconds), seconds=seconds,
+                                  rounds=plan.rounds)  # fmt: skip
+        for path, cell in cells.items():
+            out["paths"][path][kind] = cell
     for path in PATHS:
         log.info("bulk stream %s", path)
         out["paths"][path]["bulk"] = bench.bulk(path)

@@ -124,13 +124,17 @@ def http(target: Target, **kwargs: Any) -> dict[str, Any]:
     return summarise(http_raw(target, **kwargs))
 
 
-def grpc_unary(
+def grpc_raw(
     target: Target, *, script: Path, port: int, rate: float, duration: float, warmup: float
 ) -> dict[str, Any]:
     argv = [sys.executable, str(script), "load", "--addr", target.addr, "--port", str(port),
             "--rate", str(rate), "--duration", str(duration), "--warmup", str(warmup)]  # fmt: skip
     out = _in_netns(target.netns, argv, timeout=warmup + duration + 60)
-    return summarise(_parse(out, "grpc client"))
+    return _parse(out, "grpc client")
+
+
+def grpc_unary(target: Target, **kwargs: Any) -> dict[str, Any]:
+    return summarise(grpc_raw(target, **kwargs))
 
 
 def bulk(target: Target, *, port: int, seconds: float) -> dict[str, Any]:

@@ -1,0 +1,94 @@
+"""The benchmark's verdicts: no target reads "met" from a noisy run or a negative difference.
+
+Synthetic results shaped like `make bench`'s JSON (the figures of the 2026-12-01 rerun that said
+"met" from a direct-path noise spike), fed to the same `report.targets` that writes the table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.meshbench import report
+
+
+def _cell(turns: list[tuple[float, float, float]]) -> dict[str, Any]:
+    """A merged cell whose headline figures are the worst turn (as a merged histogram's p99 is
+    dominated by its worst turn), with the turns kept as the run keeps them."""
+    kept = [{"p50_ms": p50, "p99_ms": p99, "lag_p99_ms": lag} for p50, p99, lag in turns]
+    return {
+        "rate": 1000, "p50_ms": max(t[0] for t in turns), "p99_ms": max(t[1] for t in turns),
+        "loadgen": {"lag_p99_ms": max(t[2] for t in turns), "cpu_s": 1.0}, "turns": kept,
+        "completed": 12000, "scheduled": 12000, "errors": 0,
+        "proxy_cpu": {"s_per_1000_requests": 0.2},
+    }  # fmt: skip
+
+
+def _res(direct: list, nodemesh: list, haproxy: list) -> dict[str, Any]:
+    paths = {
+        name: {"http": {"1000": _cell(turns)}}
+        for name, turns in (("direct", direct), ("nodemesh", nodemesh), ("haproxy", haproxy))
+    }
+    return {"paths": paths, "resources": {}}
+
+
+def _row(res: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(t for t in report.targets(res) if t["target"] == name)
+
+
+QUIET = (0.12, 0.45, 0.15)
+
+
+def test_noise_spike_on_direct_is_not_met() -> None:
+    # Direct's p99 spiked to 18 ms in one turn: the merged difference is -9.89 ms.
+    direct = [QUIET, (0.13, 18.0, 0.2), QUIET, QUIET]
+    mesh = [(0.6, 2.4, 0.15), (0.6, 8.11, 0.2), (0.6, 2.5, 0.15), (0.6, 2.45, 0.15)]
+    row = _row(_res(direct, mesh, [(0.3, 1.3, 0.15)] * 4), "added p99 at 1000 rps")
+    assert row["met"] is not True, row
+    # The spike's turn is left out and the others say what the mesh really adds (~2 ms): no.
+    assert row["met"] is False and 1.9 < row["value"] < 2.1, row
+    assert any("noise burst" in d for d in row["rounds"]["dropped"]), row
+
+
+def test_lagging_load_generator_makes_the_run_invalid() -> None:
+    # The generator itself was 2.4 ms late (p99) in every turn: nothing can be judged.
+    lagging = (0.12, 0.5, 2.4)
+    res = _res([lagging] * 4, [(0.3, 0.9, 2.4)] * 4, [(0.2, 0.7, 2.4)] * 4)
+    for name in ("added p50 at 1000 rps", "added p99 at 1000 rps"):
+        row = _row(res, name)
+        assert row["met"] is None, row
+        assert "invalid" in row["why"] and "load generator lag" in row["why"], row
+    assert "invalid (" in report.markdown(_with_report_fields(res))
+
+
+def test_negative_difference_is_not_met() -> None:
+    # Direct slower than the mesh in every turn: not a result, whatever its size.
+    res = _res([(0.5, 0.9, 0.1)] * 4, [(0.3, 0.6, 0.1)] * 4, [(0.3, 0.6, 0.1)] * 4)
+    row = _row(res, "added p50 at 1000 rps")
+    assert row["met"] is None and "negative" in row["why"], row
+
+
+def test_difference_smaller_than_its_spread_is_not_met() -> None:
+    # Added p99 swings between -0.4 and +3 ms turn to turn: larger than the 1 ms goal.
+    direct = [QUIET] * 4
+    mesh = [(0.2, 0.05, 0.1), (0.2, 3.45, 0.1), (0.2, 0.9, 0.1), (0.2, 1.0, 0.1)]
+    row = _row(_res(direct, mesh, [QUIET] * 4), "added p99 at 1000 rps")
+    assert row["met"] is None and "noise" in row["why"], row
+
+
+def test_clean_run_under_the_goal_is_met() -> None:
+    direct = [QUIET] * 4
+    mesh = [(0.3, 0.9, 0.15), (0.31, 0.95, 0.15), (0.29, 1.0, 0.15), (0.3, 0.92, 0.15)]
+    row = _row(_res(direct, mesh, [QUIET] * 4), "added p99 at 1000 rps")
+    assert row["met"] is True and row["why"] == "", row
+    assert abs(row["value"] - 0.485) < 0.01 and row["rounds"]["valid_rounds"] == 4, row
+
+
+def _with_report_fields(res: dict[str, Any]) -> dict[str, Any]:
+    res = dict(res)
+    res.update({
+        "date": "2026-12-02T00:00:00Z", "commit": "x", "plan": {"conns": 32},
+        "machine": {"nproc": 2, "cpu_model": "test", "kernel": "k", "loadavg_start": "0",
+                    "loadavg_end": "0"},
+    })  # fmt: skip
+    res["targets"] = report.targets(res)
+    return res
