@@ -158,10 +158,11 @@ def markdown(res: dict[str, Any]) -> str:
     for t in res["targets"]:
         value = _fmt(t["value"]) + (f" +-{_fmt(t['spread'])}" if t.get("spread") else "")
         met = "invalid" if t["met"] is None and t.get("why") else _fmt(t["met"])
+        why = (t.get("why") or "").removeprefix("invalid: ")
         lines.append(
             f"| {t['target']} | {t['goal']} | {value} {t['unit']} | "
             f"{_fmt(t['haproxy'])} | {_fmt(t['vs_direct'])} | {_fmt(t['vs_haproxy'])} | "
-            f"{met}{' (' + t['why'] + ')' if t.get('why') else ''} |"
+            f"{met}{' (' + why + ')' if why else ''} |"
         )
     lines += ["", "## Latency, ms from the scheduled send time", "",
               "| run | p50 | p90 | p99 | p99.9 | max | answered | errors |",
