@@ -132,6 +132,7 @@ class Bench:
         cpu: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
         failed: dict[str, str] = {}
         valid = extra = 0
+        good: list[bool] = []  # per turn: no path's run of it was marked invalid
         while valid < rounds and extra <= rounds:
             bad = None
             for path in PATHS:
@@ -150,6 +151,7 @@ class Bench:
                 turns[path].append(turn)
                 dmed = verdict.median_p99(turns["direct"])
                 bad = bad or verdict.invalid_reason({**turn, "path": path}, direct_median_p99=dmed)
+            good.append(not bad)
             if bad:
                 extra += 1
                 log.info("turn invalid (%s): %s", bad, "one more" if extra <= rounds else "no more")
@@ -160,7 +162,10 @@ class Bench:
             if path in failed:
                 out[path] = {"failed": failed[path]}
                 continue
-            out[path] = workloads.summarise(workloads.merge_raw(raws[path]))
+            # The headline histogram merges the valid turns (all of them if none was valid);
+            # every turn stays in `turns`, which the verdicts judge one by one.
+            kept = [r for r, ok in zip(raws[path], good, strict=False) if ok] or raws[path]
+            out[path] = workloads.summarise(workloads.merge_raw(kept))
             out[path]["turns"] = turns[path]
             if cpu[path]:
                 out[path]["proxy_cpu"] = _merge_cpu(cpu[path], requests=requests * len(cpu[path]))
