@@ -63,6 +63,31 @@ def rss_bytes(pids: Iterable[int]) -> int:
     return total
 
 
+def rss_by_process(pids: Iterable[int]) -> dict[str, int]:
+    """The tree's RSS per process, named by role: the socket keeper (the container's main
+    process when the agent runs with --keep-sockets) apart from the agent itself."""
+    out: dict[str, int] = {}
+    for pid in sorted(tree(pids)):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = b" ".join(argv).decode(errors="replace")
+        role = "keeper" if "handover.keeper" in words else "agent" if "agent" in words else "other"
+        out[f"{role}-{pid}"] = rss_bytes_one(pid)
+    return out
+
+
+def rss_bytes_one(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class PeakRss:
     """Samples the RSS of each group of PIDs on a thread until stopped; keeps the peak."""
 

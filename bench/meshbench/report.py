@@ -204,6 +204,9 @@ def markdown(res: dict[str, Any]) -> str:
                 f"{k} {v / MB:.1f}" for k, v in procs.items()))  # fmt: skip
     peak = r.get("rss_peak_under_load_bytes") or {}
     lines.append("- peak under load: " + ", ".join(f"{k} {v / MB:.1f}" for k, v in peak.items()))
+    for node, procs in (r.get("rss_with_idle_pods_by_process_bytes") or {}).items():
+        lines.append(f"- {node} with idle pods, by process (the figure above is their sum): "
+                     + ", ".join(f"{k} {v / MB:.1f}" for k, v in procs.items()))  # fmt: skip
     for key, label in (("rss_with_idle_pods_bytes", "with idle pods enrolled"),
                        ("rss_after_idle_pods_left_bytes", "after they left")):  # fmt: skip
         lines.append(f"- {label} ({_get(r, 'idle_pods', 'count')} on "

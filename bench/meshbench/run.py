@@ -383,6 +383,9 @@ def run(lab: Lab, plan: RunPlan, *, workdir: Path) -> dict[str, Any]:
     lab.apply(idle_text, timeout=300)
     time.sleep(2.0)  # let the agents finish their enrolment work
     out["resources"]["rss_with_idle_pods_bytes"] = bench.rss()["nodemesh"]
+    out["resources"]["rss_with_idle_pods_by_process_bytes"] = {
+        k: procstat.rss_by_process([pid]) for k, pid in bench.paths["nodemesh"].proxies.items()
+    }
     out["resources"]["idle_pods"] = {"count": plan.idle_pods, "node": CLIENT_NODE}
     lab.delete(idle_text, namespace=manifests.IDLE_NAMESPACE)
     out["resources"]["rss_after_idle_pods_left_bytes"] = bench.rss()["nodemesh"]
