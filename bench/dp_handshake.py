@@ -19,10 +19,12 @@ from pathlib import Path
 
 import uvloop
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit" / "dataplane"))
+_UNIT = Path(__file__).resolve().parents[1] / "tests" / "unit" / "agent"
+sys.path[:0] = [str(_UNIT), str(_UNIT / "proxy")]
 import dp_identities as cf  # noqa: E402
 import test_dp_tunnel as harness  # noqa: E402
 
+from controlplane.identity import CertificateAuthority  # noqa: E402
 from nodeagent.protocol import preamble as pre  # noqa: E402
 from nodeagent.proxy.routing import Target  # noqa: E402
 from nodeagent.proxy.tunnel import accept_tunnel, open_tunnel, reply  # noqa: E402
@@ -89,7 +91,7 @@ async def measure(n: int, resume: bool, anchor, authority) -> tuple[float, float
 
 async def main(n: int) -> None:
     anchor = certs.create_trust_anchor(trust_domain=cf.TD)
-    authority = cf.CertificateAuthority(
+    authority = CertificateAuthority(
         anchors=[anchor.certificate],
         issuer=certs.create_issuer(anchor, trust_domain=cf.TD),
         trust_domain=cf.TD,
