@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import grpc
 
@@ -14,6 +16,7 @@ from controlplane import resources
 from controlplane.access import AccessRefused, Gate, refuse
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
+from controlplane.prometheus_telemetry import PrometheusTelemetry, PrometheusUnavailable
 from controlplane.tap import TapBroker, TapBusy
 from controlplane.telemetry_port import BadQuery, GroupStats, Selector, TelemetryPort
 from nodemesh.access import ResourceAttributes, stats_attributes, tap_attributes
@@ -23,6 +26,7 @@ from nodemesh.api import tap_pb2
 from nodemesh.model import PodInfo
 from nodemesh.version import __version__
 
+T = TypeVar("T")
 DEFAULT_WINDOW = 60
 MIN_WINDOW, MAX_WINDOW = 10, 900
 DEFAULT_TAP_RPS, MAX_TAP_RPS = 100.0, 1000.0
@@ -62,6 +66,13 @@ def _plural(kind: str) -> str:
 def _tap_check(res: pb.Resource) -> ResourceAttributes:
     return tap_attributes(_plural(res.kind), namespace=res.namespace or "default", name=res.name)
 
+
+async def _answer(value: T | Awaitable[T]) -> T:
+    if inspect.isawaitable(value):
+        return await value  # type: ignore[no-any-return]
+    return value
+
+
 class Enrolled:
     """Which pods count as meshed: those a live agent says it enrolled (a namespace label
     alone proves nothing: the agent of the pod's node may be down or absent)."""
@@ -91,7 +102,7 @@ class PublicService(pb_grpc.PublicServicer):
         self,
         *,
         index: ClusterIndex,
-        telemetry: TelemetryPort,
+        telemetry: TelemetryPort | PrometheusTelemetry,
         broker: TapBroker,
         hub: DestinationHub,
         source_name: str,
@@ -122,15 +133,19 @@ class PublicService(pb_grpc.PublicServicer):
         groups = self._groups(kind, namespace)
         name = request.resource.name
         try:
-            found = self.telemetry.stat(
-                group_by=kind,
-                namespace=namespace,
-                source=source,
-                destination=destination,
-                window_s=window,
-            )
+            found = await _answer(
+                self.telemetry.stat(
+                    group_by=kind,
+                    namespace=namespace,
+                    source=source,
+                    destination=destination,
+                    window_s=window,
+                )
+            )  # the Prometheus port asks over HTTP
         except BadQuery as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except PrometheusUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         traffic = {(g.namespace, g.name): g for g in found}
         meshed = Enrolled(self.telemetry.enrolled_pods())
         rows = []
@@ -198,9 +213,13 @@ class PublicService(pb_grpc.PublicServicer):
             stats_attributes(kind + "s", namespace=namespace),
         )
         try:
-            edges = self.telemetry.edges(kind=kind, namespace=namespace, window_s=window)
+            edges = await _answer(
+                self.telemetry.edges(kind=kind, namespace=namespace, window_s=window)
+            )
         except BadQuery as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except PrometheusUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         return pb.EdgesResponse(
             edges=[
                 pb.Edge(
