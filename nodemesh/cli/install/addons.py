@@ -6,6 +6,9 @@ import json
 
 import yaml
 
+from nodemesh.cli.install.agent import ADMIN_PORT as AGENT_ADMIN_PORT
+from nodemesh.cli.install.controlplane import ADMIN_PORT as CONTROLPLANE_ADMIN_PORT
+from nodemesh.cli.install.controlplane import PROMETHEUS_PORT
 from nodemesh.cli.install.meta import (
     Obj,
     http_probe,
@@ -21,7 +24,6 @@ from nodemesh.cli.install.values import InstallValues
 
 DASHBOARD_PORT = 8084
 DASHBOARD_TOKEN_DIR = "/var/run/secrets/nodemesh.io/serviceaccount"
-PROMETHEUS_PORT = 9090
 PROMETHEUS_IMAGE = "prom/prometheus:v2.53.0"
 
 
@@ -128,7 +130,7 @@ def dashboard(values: InstallValues) -> list[Obj]:
 
 
 def _scrape_config(values: InstallValues) -> str:
-    def job(name: str, component: str, port: str) -> Obj:
+    def job(name: str, component: str, port: str, pod_label: str, port_number: int) -> Obj:
         return {
             "job_name": name,
             "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [values.namespace]}}],
@@ -143,16 +145,24 @@ def _scrape_config(values: InstallValues) -> str:
                     "regex": port,
                     "action": "keep",
                 },
+                {
+                    "source_labels": ["__meta_kubernetes_pod_container_port_number"],
+                    "regex": str(port_number),
+                    "action": "keep",
+                },
                 {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
-                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                # The agent labels its series with the meshed pods' pod/namespace (Linkerd's
+                # names); its own pod name must not take `pod`, or Prometheus would rename
+                # theirs to exported_pod.
+                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": pod_label},
             ],
         }
 
     config = {
         "global": {"scrape_interval": "10s", "evaluation_interval": "10s"},
         "scrape_configs": [
-            job("nodemesh-controlplane", "controlplane", "admin"),
-            job("nodemesh-agent", "agent", "admin"),
+            job("nodemesh-controlplane", "controlplane", "admin", "pod", CONTROLPLANE_ADMIN_PORT),
+            job("nodemesh-agent", "agent", "admin", "agent_pod", AGENT_ADMIN_PORT),
         ],
     }
     return yaml.safe_dump(config, sort_keys=False)

@@ -19,6 +19,7 @@ from nodemesh.cli.install.values import InstallValues
 
 IDENTITY_SECRET = "nodemesh-identity"
 PUBLIC_PORT, AGENT_PORT, ADMIN_PORT = 8085, 8086, 9996
+PROMETHEUS_PORT = 9090  # the bundled Prometheus (install --prometheus)
 # What the control plane's kubernetes source lists and watches (controlplane.sources.kube).
 WATCHED = [
     ("", ["namespaces", "nodes", "pods", "services"]),
@@ -104,6 +105,14 @@ def identity_secret(values: InstallValues, data: dict[str, bytes]) -> Obj:
     }
 
 
+def _prometheus_url(values: InstallValues) -> list[str]:
+    """With the bundled Prometheus, Stat and Edges come from it (whole cluster, any replica)."""
+    if not values.prometheus:
+        return []
+    host = f"nodemesh-prometheus.{values.namespace}.svc.{values.cluster_domain}"
+    return [f"--prometheus-url=http://{host}:{PROMETHEUS_PORT}"]
+
+
 def deployment(values: InstallValues) -> Obj:
     replicas = values.controller_replicas
     container: Obj = {
@@ -120,6 +129,7 @@ def deployment(values: InstallValues) -> Obj:
             f"--agent-addr=0.0.0.0:{AGENT_PORT}",
             f"--public-addr=0.0.0.0:{PUBLIC_PORT}",
             f"--admin-addr=0.0.0.0:{ADMIN_PORT}",
+            *_prometheus_url(values),
         ],
         "ports": [
             {"name": "public-api", "containerPort": PUBLIC_PORT},
