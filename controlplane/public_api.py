@@ -27,6 +27,7 @@ from nodemesh.model import PodInfo
 from nodemesh.version import __version__
 
 T = TypeVar("T")
+STATS_SOURCE = "nodemesh-stats-source"  # gRPC metadata key: "embedded" skips Prometheus
 DEFAULT_WINDOW = 60
 MIN_WINDOW, MAX_WINDOW = 10, 900
 DEFAULT_TAP_RPS, MAX_TAP_RPS = 100.0, 1000.0
@@ -134,7 +135,7 @@ class PublicService(pb_grpc.PublicServicer):
         name = request.resource.name
         try:
             found = await _answer(
-                self.telemetry.stat(
+                self._telemetry(context).stat(
                     group_by=kind,
                     namespace=namespace,
                     source=source,
@@ -157,6 +158,17 @@ class PublicService(pb_grpc.PublicServicer):
             pods = _running(groups.get(key, []))
             rows.append(_row(kind, key, pods, traffic.get(key), window, meshed))
         return pb.StatResponse(rows=rows, window_seconds=window)
+
+    def _telemetry(self, context: grpc.aio.ServicerContext) -> TelemetryPort | PrometheusTelemetry:
+        """With --prometheus-url, a caller may ask the embedded store instead (metadata
+        nodemesh-stats-source: embedded), to compare the two side by side."""
+        t = self.telemetry
+        if isinstance(t, PrometheusTelemetry) and any(
+            key == STATS_SOURCE and value == "embedded"
+            for key, value in context.invocation_metadata() or ()
+        ):
+            return t.reports
+        return t
 
     def _groups(self, kind: str, namespace: str) -> dict[Group, list[PodInfo]]:
         """Every resource of `kind` the index knows, with its pods (one pass over the pods)."""
@@ -214,7 +226,7 @@ class PublicService(pb_grpc.PublicServicer):
         )
         try:
             edges = await _answer(
-                self.telemetry.edges(kind=kind, namespace=namespace, window_s=window)
+                self._telemetry(context).edges(kind=kind, namespace=namespace, window_s=window)
             )
         except BadQuery as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

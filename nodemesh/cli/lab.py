@@ -16,6 +16,8 @@ from typing import Any, NoReturn
 import click
 import yaml
 
+from nodemesh.cli.install.agent import ADMIN_PORT as AGENT_ADMIN_PORT
+from nodemesh.cli.install.controlplane import PROMETHEUS_PORT as PROM_PORT
 from nodemesh.identity import create_issuer_files
 from nodemesh.lab.access import create_lab_access
 from nodemesh.lab.client import LabClient, LabRequestFailed, LabUnavailable
@@ -30,6 +32,9 @@ from nodemesh.lab.teardown import down as teardown
 REPO = Path(__file__).resolve().parents[2]
 DEMO_MANIFEST = REPO / "manifests" / "examples" / "emojivoto.yml"
 MESH_MANIFEST = REPO / "manifests" / "lab" / "nodemesh.yml"
+PROMETHEUS_MANIFEST = REPO / "manifests" / "lab" / "prometheus.yml"
+# Short, so a test sees a fixed run in Prometheus within seconds.
+LAB_SCRAPE_INTERVAL = "1s"
 NEEDED = {
     "ip": "iproute2",
     "nsenter": "util-linux",
@@ -103,6 +108,15 @@ def lab() -> None:
     "--dashboard-port", type=click.IntRange(0, 65535), default=8084, show_default=True,
     help="Local port for the dashboard (0: any free port).",
 )  # fmt: skip
+@click.option(
+    "--prometheus", is_flag=True,
+    help="Also run Debian's prometheus as a pod scraping the node agents, and answer stat and "
+    "edges from it (the control plane's --prometheus-url).",
+)  # fmt: skip
+@click.option(
+    "--prometheus-port", type=click.IntRange(0, 65535), default=9090, show_default=True,
+    help="Local port for Prometheus with --prometheus (0: any free port).",
+)  # fmt: skip
 @click.option("--timeout", type=click.IntRange(10, 3600), default=240, show_default=True)
 @click.option("--keep-on-failure", is_flag=True, help="Leave a lab that did not come up, to debug.")
 @click.option(
@@ -119,12 +133,21 @@ def up(
     demo_port: int,
     api_port: int,
     dashboard_port: int,
+    prometheus: bool,
+    prometheus_port: int,
     timeout: int,
     keep_on_failure: bool,
     agent_args: tuple[str, ...],
 ) -> None:
     """Create a lab: underlay, NODES node namespaces, and its supervisor."""
     need_root()
+    if prometheus and not mesh:
+        fail("--prometheus scrapes the node agents: it cannot go with --no-mesh")
+    if prometheus and not _have("/usr/bin/prometheus"):
+        fail(
+            "--prometheus: /usr/bin/prometheus missing (apt package prometheus); "
+            "run scripts/bootstrap"
+        )
     paths = lab_paths(name)
     if paths.root.exists():
         fail(
@@ -143,6 +166,10 @@ def up(
     if mesh:
         fwd.append(Forward("127.0.0.1", api_port, "nodemesh", "nodemesh-controlplane", 8085))
         fwd.append(Forward("127.0.0.1", dashboard_port, "nodemesh", "nodemesh-dashboard", 8084))
+    if prometheus:
+        fwd.append(
+            Forward("127.0.0.1", prometheus_port, "nodemesh", "nodemesh-prometheus", PROM_PORT)
+        )
     started = time.monotonic()
     paths.root.mkdir(parents=True, mode=0o700)
     LabConfig(name=name, nodes=nodes, mesh=mesh, forwards=fwd).save(paths.config)
@@ -154,8 +181,13 @@ def up(
             _write_agent_credentials(paths, issued.tokens)
             create_lab_access(paths.access)
         _start_supervisor(paths, timeout=timeout)
+        if prometheus:
+            _write_prometheus_config(paths, _call(paths, {"op": "status"})["status"]["nodes"])
         if mesh:
-            _apply_text(paths, _mesh_manifest(paths, agent_args), source=str(MESH_MANIFEST))
+            _apply_text(
+                paths, _mesh_manifest(paths, agent_args, prometheus=prometheus),
+                source=str(MESH_MANIFEST),
+            )  # fmt: skip
             _wait_ready(paths, timeout=timeout - (time.monotonic() - started))
         if demo:
             _apply_file(paths, DEMO_MANIFEST)
@@ -265,17 +297,47 @@ def _apply_text(paths: LabPaths, text: str, *, source: str) -> list[str]:
     return _call(paths, {"op": "apply", "docs": docs, "source": source})["results"]
 
 
-def _mesh_manifest(paths: LabPaths, agent_args: Sequence[str] = ()) -> str:
+def _mesh_manifest(
+    paths: LabPaths, agent_args: Sequence[str] = (), *, prometheus: bool = False
+) -> str:
     text = MESH_MANIFEST.read_text().replace("__LAB_ROOT__", str(paths.root))
-    if not agent_args:
+    if prometheus:
+        text += "---\n" + PROMETHEUS_MANIFEST.read_text().replace("__LAB_ROOT__", str(paths.root))
+    if not agent_args and not prometheus:
         return text
     docs = list(yaml.safe_load_all(text))
     for doc in docs:
-        if doc and doc.get("kind") == "DaemonSet":
-            for container in doc["spec"]["template"]["spec"]["containers"]:
-                if container.get("command") == ["nodemesh-agent"]:
-                    container["args"] = [*container.get("args", []), *agent_args]
+        if not doc or doc.get("kind") not in ("DaemonSet", "Deployment"):
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            if container.get("command") == ["nodemesh-agent"]:
+                container["args"] = [*container.get("args", []), *agent_args]
+            if prometheus and container.get("command") == ["nodemesh-controlplane"]:
+                url = f"http://nodemesh-prometheus.nodemesh.svc.cluster.local:{PROM_PORT}"
+                container["args"] = [*container.get("args", []), f"--prometheus-url={url}"]
     return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def _write_prometheus_config(paths: LabPaths, nodes: list[dict[str, Any]]) -> None:
+    """Prometheus' configuration and its file_sd targets: each node's agent (hostNetwork, so at
+    the node's IP) on its admin port, labelled with the node as kubernetes_sd would."""
+    d = paths.root / "prometheus"
+    d.mkdir(mode=0o755, exist_ok=True)
+    targets = [
+        {"targets": [f"{n['ip']}:{AGENT_ADMIN_PORT}"], "labels": {"node": n["name"]}}
+        for n in sorted(nodes, key=lambda n: n["name"])
+    ]
+    (d / "agents.json").write_text(json.dumps(targets, indent=2) + "\n")
+    config = {
+        "global": {"scrape_interval": LAB_SCRAPE_INTERVAL, "evaluation_interval": "10s"},
+        "scrape_configs": [
+            {
+                "job_name": "nodemesh-agent",
+                "file_sd_configs": [{"files": [str(d / "agents.json")], "refresh_interval": "5s"}],
+            }
+        ],
+    }
+    (d / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def _call(paths: LabPaths, request: dict[str, Any]) -> dict[str, Any]:
