@@ -157,6 +157,7 @@ def test_stat_from_prometheus_equals_the_embedded_store(lab: dict[str, Any]) -> 
             break
         assert time.monotonic() < deadline, (total, prom, embedded)
         time.sleep(1)
+    print(f"prometheus: {prom}\nembedded: {embedded}".replace("\n\n", "\n"))
     assert prom.success_rate == embedded.success_rate == pytest.approx(HEY_REQUESTS / total)
     for q in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
         p, e = getattr(prom, q), getattr(embedded, q)

@@ -301,3 +301,24 @@ def test_bucket_quantile_interpolates_as_histogram_quantile() -> None:
     assert bucket_quantile(0.5, {1.0: 0, 2.0: 10, inf: 10}) == 1.5
     assert bucket_quantile(0.99, {1.0: 5, 2.0: 5, inf: 10}) == 2.0
     assert bucket_quantile(0.5, {1.0: 0, inf: 0}) is None
+
+
+class _Context:
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+
+def test_a_caller_can_ask_the_embedded_store_to_compare() -> None:
+    from controlplane.public_api import STATS_SOURCE, PublicService
+
+    reports = StoreTelemetry(TelemetryStore())
+    prom = PrometheusTelemetry("http://127.0.0.1:9", reports)
+    service = PublicService.__new__(PublicService)
+    service.telemetry = prom
+    assert service._telemetry(_Context(((STATS_SOURCE, "embedded"),))) is reports  # type: ignore[arg-type]
+    assert service._telemetry(_Context(())) is prom  # type: ignore[arg-type]
+    service.telemetry = reports
+    assert service._telemetry(_Context(((STATS_SOURCE, "embedded"),))) is reports  # type: ignore[arg-type]
