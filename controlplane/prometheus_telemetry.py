@@ -139,10 +139,13 @@ class PrometheusTelemetry:
         read = await self.query(delta("tcp_read_bytes_total", m, w, by))
         write = await self.query(delta("tcp_write_bytes_total", m, w, by))
         current = await self.query(f"sum by ({','.join(by)}) (tcp_open_connections{m})")
-        denied: list[tuple[dict[str, str], float]] = []
+        denied_http: list[tuple[dict[str, str], float]] = []
+        denied_tcp: list[tuple[dict[str, str], float]] = []
         if destination is None and source is None and group_by != "service":
-            for family in ("inbound_http_authz_deny_total", "inbound_tcp_authz_deny_total"):
-                denied += await self.query(delta(family, m, w, by))
+            denied_http = await self.query(
+                delta("inbound_http_authz_deny_total", m, w, [*by, "protocol"])
+            )
+            denied_tcp = await self.query(delta("inbound_tcp_authz_deny_total", m, w, by))
 
         rows: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
         buckets: dict[tuple[str, str], dict[float, float]] = defaultdict(dict)
@@ -167,10 +170,17 @@ class PrometheusTelemetry:
             for labels, value in table:
                 if (k := key(labels)) is not None:
                     rows[k][name] += value
-        for labels, value in denied:
+        # As the embedded store counts them: a denied request is a request the server
+        # answered (403 a success by Linkerd's rules, gRPC PERMISSION_DENIED a failure).
+        for labels, value in denied_http:
             if (k := key(labels)) is not None:
                 rows[k]["denied"] += value
-                rows[k]["requests"] += 0  # a row even when all its traffic was denied
+                rows[k]["requests"] += value
+                if labels.get("protocol") != "grpc":
+                    rows[k]["successes"] += value
+        for labels, value in denied_tcp:
+            if (k := key(labels)) is not None:
+                rows[k]["denied"] += value
         out = []
         for k in sorted(rows):
             r = rows[k]

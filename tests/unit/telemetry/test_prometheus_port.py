@@ -24,7 +24,7 @@ from controlplane.prometheus_telemetry import (
 )
 from controlplane.telemetry import TelemetryStore, parse_report
 from controlplane.telemetry_port import Selector, StoreTelemetry
-from nodeagent.observe.events import Peer, RequestObserved, TcpClosed, TcpOpened
+from nodeagent.observe.events import AuthzDenied, Peer, RequestObserved, TcpClosed, TcpOpened
 from nodeagent.observe.stats.exposition import AggregateCollector
 from nodeagent.observe.stats.report import Load, take_reports
 from nodeagent.observe.stats.series import LATENCY_BOUNDS_MS, Aggregate
@@ -69,6 +69,17 @@ def traffic(agg: Aggregate) -> int:
         for direction in ("outbound", "inbound"):
             n += 1
             agg.request(_request(WEB, dst, direction, ms, status, n))
+    # What EMOJI's policy denied: HTTP/1 answered 403, gRPC PERMISSION_DENIED, a TCP refusal.
+    for i, (protocol, status, grpc_status) in enumerate(
+        [("http1", 403, None)] * 5 + [("grpc", 200, 7)] * 3 + [("tcp", 0, None)] * 2
+    ):
+        agg.denials.add(
+            AuthzDenied(
+                conn_id=100 + i, direction="inbound", src=WEB, dst=EMOJI[0], tls=True,
+                policy="emojivoto/emoji-only-voting", reason="not allowed", protocol=protocol,
+                at=time.time(), status=status, grpc_status=grpc_status,
+            )
+        )  # fmt: skip
     for conn in range(6):
         dst = EMOJI[conn % 2]
         agg.tcp_opened(TcpOpened(conn, "outbound", WEB, dst, "tcp", True, time.time()))
@@ -76,7 +87,7 @@ def traffic(agg: Aggregate) -> int:
             agg.tcp_closed(
                 TcpClosed(conn, "outbound", WEB, dst, "tcp", True, 100 * conn, 1000 * conn, 1.0)
             )
-    return 330
+    return 330 + 8  # the denied HTTP and gRPC requests count as requests, as in the store
 
 
 class _Metrics(BaseHTTPRequestHandler):
@@ -207,7 +218,11 @@ async def test_stat_from_prometheus_equals_the_embedded_store(
     assert embedded and set(from_prom) == set(embedded)
     for key, e in embedded.items():
         p = from_prom[key]
-        assert (p.requests, p.successes) == (e.requests, e.successes), key
+        assert (p.requests, p.successes, p.authz_denied) == (
+            e.requests,
+            e.successes,
+            e.authz_denied,
+        ), key
         assert (p.tcp_open_connections, p.tcp_read_bytes, p.tcp_write_bytes) == (
             e.tcp_open_connections,
             e.tcp_read_bytes,
