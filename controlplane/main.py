@@ -42,6 +42,7 @@ from controlplane.identity.serving import (
 )
 from controlplane.index import ClusterIndex
 from controlplane.peers import Peer, ReportForwarder, find_peers, is_peer_token, peer_token
+from controlplane.prometheus_telemetry import PrometheusTelemetry
 from controlplane.public_api import PublicService
 from controlplane.sources.events import Source
 from controlplane.sources.kube import KubeSource, load_api_client
@@ -107,6 +108,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "namespace are its peers, which get its agents' telemetry and its taps",
     )
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--prometheus-url",
+        help="answer Stat and Edges from this Prometheus (PromQL over the agents' /metrics) "
+        "instead of the embedded store, e.g. http://prometheus.nodemesh:9090",
+    )
     args = p.parse_args(argv)
     if args.source == "local" and not args.state_dir:
         p.error("--source local needs --state-dir")
@@ -117,6 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.ca_secret is None:
         args.ca_secret = f"{args.namespace}/{CA_SECRET_NAME}"
+    if args.prometheus_url is not None and not args.prometheus_url.startswith(
+        ("http://", "https://")
+    ):
+        p.error(f"--prometheus-url {args.prometheus_url!r}: expected an http:// or https:// URL")
     namespace, slash, name = args.ca_secret.partition("/")
     if not (namespace and slash and name):
         p.error(f"--ca-secret {args.ca_secret!r}: expected namespace/name")
@@ -282,7 +292,11 @@ async def serve(args: argparse.Namespace) -> None:
     public_pb2_grpc.add_PublicServicer_to_server(
         PublicService(
             index=index,
-            telemetry=StoreTelemetry(store),
+            telemetry=(
+                PrometheusTelemetry(args.prometheus_url, StoreTelemetry(store))
+                if args.prometheus_url
+                else StoreTelemetry(store)
+            ),
             broker=broker,
             hub=hub,
             source_name=args.source,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -16,6 +17,7 @@ from controlplane.access import REVIEW_CACHE_SECONDS, AccessRefused, Gate, refus
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
 from controlplane.peers import Peer, caller_credentials, is_local_only, peer_tap
+from controlplane.prometheus_telemetry import PrometheusTelemetry, PrometheusUnavailable
 from controlplane.tap import TapBroker, TapBusy, TapStream
 from controlplane.telemetry_port import (
     LIVE_AGENT_SECONDS,
@@ -32,6 +34,8 @@ from nodemesh.api import tap_pb2
 from nodemesh.model import PodInfo
 from nodemesh.version import __version__
 
+T = TypeVar("T")
+STATS_SOURCE = "nodemesh-stats-source"  # gRPC metadata key: "embedded" skips Prometheus
 DEFAULT_WINDOW = 60
 MIN_WINDOW, MAX_WINDOW = 10, 900
 DEFAULT_TAP_RPS, MAX_TAP_RPS = 100.0, 1000.0
@@ -73,6 +77,12 @@ def _tap_check(res: pb.Resource) -> ResourceAttributes:
     return tap_attributes(_plural(res.kind), namespace=res.namespace or "default", name=res.name)
 
 
+async def _answer(value: T | Awaitable[T]) -> T:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
 class Enrolled:
     """Which pods count as meshed: those a live agent says it enrolled (a namespace label
     alone proves nothing: the agent of the pod's node may be down or absent)."""
@@ -102,7 +112,7 @@ class PublicService(pb_grpc.PublicServicer):
         self,
         *,
         index: ClusterIndex,
-        telemetry: TelemetryPort,
+        telemetry: TelemetryPort | PrometheusTelemetry,
         broker: TapBroker,
         hub: DestinationHub,
         source_name: str,
@@ -140,15 +150,19 @@ class PublicService(pb_grpc.PublicServicer):
         groups = self._groups(kind, namespace)
         name = request.resource.name
         try:
-            found = self.telemetry.stat(
-                group_by=kind,
-                namespace=namespace,
-                source=source,
-                destination=destination,
-                window_s=window,
-            )
+            found = await _answer(
+                self._telemetry(context).stat(
+                    group_by=kind,
+                    namespace=namespace,
+                    source=source,
+                    destination=destination,
+                    window_s=window,
+                )
+            )  # the Prometheus port asks over HTTP
         except BadQuery as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except PrometheusUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         traffic = {(g.namespace, g.name): g for g in found}
         meshed = Enrolled(self.telemetry.enrolled_pods())
         rows = []
@@ -160,6 +174,17 @@ class PublicService(pb_grpc.PublicServicer):
             pods = _running(groups.get(key, []))
             rows.append(_row(kind, key, pods, traffic.get(key), window, meshed))
         return pb.StatResponse(rows=rows, window_seconds=window)
+
+    def _telemetry(self, context: grpc.aio.ServicerContext) -> TelemetryPort | PrometheusTelemetry:
+        """With --prometheus-url, a caller may ask the embedded store instead (metadata
+        nodemesh-stats-source: embedded), to compare the two side by side."""
+        t = self.telemetry
+        if isinstance(t, PrometheusTelemetry) and any(
+            key == STATS_SOURCE and value == "embedded"
+            for key, value in context.invocation_metadata() or ()
+        ):
+            return t.reports
+        return t
 
     def _groups(self, kind: str, namespace: str) -> dict[Group, list[PodInfo]]:
         """Every resource of `kind` the index knows, with its pods (one pass over the pods)."""
@@ -218,9 +243,13 @@ class PublicService(pb_grpc.PublicServicer):
             stats_attributes(kind + "s", namespace=namespace),
         )
         try:
-            edges = self.telemetry.edges(kind=kind, namespace=namespace, window_s=window)
+            edges = await _answer(
+                self._telemetry(context).edges(kind=kind, namespace=namespace, window_s=window)
+            )
         except BadQuery as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except PrometheusUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         return pb.EdgesResponse(
             edges=[
                 pb.Edge(

@@ -18,3 +18,4 @@ DASHBOARD = 8084
 PUBLIC_API = 8085  # CLI and dashboard
 AGENT_API = 8086  # agents: destinations, identities, telemetry, tap
 CONTROLPLANE_ADMIN = 9996  # /metrics, /ready, /live
+PROMETHEUS = 9090  # the bundled Prometheus (install --prometheus, lab up --prometheus)

@@ -75,6 +75,9 @@ class StatRow:
     read_bytes: int = 0
     write_bytes: int = 0
     authz_denied: int = 0  # requests and connections the destination's policy denied
+    # Quantiles computed where the histogram lives in other buckets (Prometheus' `le` buckets,
+    # --prometheus-url): answered instead of `latency`'s.
+    known_latency_ms: dict[float, float | None] | None = field(default=None, repr=False)
 
     @property
     def requests(self) -> int:
@@ -89,11 +92,15 @@ class StatRow:
         return self.requests / self.window_s
 
     def latency_ms(self, q: float) -> float | None:
+        if self.known_latency_ms is not None:
+            return self.known_latency_ms.get(q)
         us = quantile(self.latency, q)
         return None if us is None else us / 1000
 
     def latencies_ms(self, *qs: float) -> list[float | None]:
         """Several quantiles at once (one pass: 10,000 rows x 3 quantiles add up)."""
+        if self.known_latency_ms is not None:
+            return [self.known_latency_ms.get(q) for q in qs]
         return [None if us is None else us / 1000 for us in quantiles(self.latency, qs)]
 
     @property

@@ -31,6 +31,8 @@ from nodemesh.lab.teardown import down as teardown
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_MANIFEST = REPO / "manifests" / "examples" / "emojivoto.yml"
+# Short, so a test sees a fixed run in Prometheus within seconds.
+LAB_SCRAPE_INTERVAL = "1s"
 NEEDED = {
     "ip": "iproute2",
     "nsenter": "util-linux",
@@ -104,6 +106,15 @@ def lab() -> None:
     "--dashboard-port", type=click.IntRange(0, 65535), default=ports.DASHBOARD, show_default=True,
     help="Local port for the dashboard (0: any free port).",
 )  # fmt: skip
+@click.option(
+    "--prometheus", is_flag=True,
+    help="Also run Debian's prometheus as a pod scraping the node agents, and answer stat and "
+    "edges from it (the control plane's --prometheus-url).",
+)  # fmt: skip
+@click.option(
+    "--prometheus-port", type=click.IntRange(0, 65535), default=9090, show_default=True,
+    help="Local port for Prometheus with --prometheus (0: any free port).",
+)  # fmt: skip
 @click.option("--timeout", type=click.IntRange(10, 3600), default=240, show_default=True)
 @click.option("--keep-on-failure", is_flag=True, help="Leave a lab that did not come up, to debug.")
 @click.option(
@@ -125,6 +136,8 @@ def up(
     demo_port: int,
     api_port: int,
     dashboard_port: int,
+    prometheus: bool,
+    prometheus_port: int,
     timeout: int,
     keep_on_failure: bool,
     agent_args: tuple[str, ...],
@@ -132,6 +145,13 @@ def up(
 ) -> None:
     """Create a lab: underlay, NODES node namespaces, and its supervisor."""
     need_root()
+    if prometheus and not mesh:
+        fail("--prometheus scrapes the node agents: it cannot go with --no-mesh")
+    if prometheus and not _have("/usr/bin/prometheus"):
+        fail(
+            "--prometheus: /usr/bin/prometheus missing (apt package prometheus); "
+            "run scripts/bootstrap"
+        )
     paths = lab_paths(name)
     if paths.root.exists():
         fail(
@@ -154,6 +174,12 @@ def up(
         fwd.append(
             Forward("127.0.0.1", dashboard_port, "nodemesh", "nodemesh-dashboard", ports.DASHBOARD)
         )
+    if prometheus:
+        fwd.append(
+            Forward(
+                "127.0.0.1", prometheus_port, "nodemesh", "nodemesh-prometheus", ports.PROMETHEUS
+            )
+        )
     started = time.monotonic()
     paths.root.mkdir(parents=True, mode=0o700)
     LabConfig(name=name, nodes=nodes, mesh=mesh, forwards=fwd).save(paths.config)
@@ -165,8 +191,12 @@ def up(
             _write_agent_credentials(paths, issued.tokens)
             create_lab_access(paths.access)
         _start_supervisor(paths, timeout=timeout)
+        if prometheus:
+            _write_prometheus_config(paths, _call(paths, {"op": "status"})["status"]["nodes"])
         if mesh:
-            manifest = mesh_manifest(paths, agent_args, controlplane_replicas=3 if ha else 1)
+            manifest = mesh_manifest(
+                paths, agent_args, controlplane_replicas=3 if ha else 1, prometheus=prometheus
+            )
             _apply_text(paths, manifest, source="nodemesh lab mesh")
             _wait_ready(paths, timeout=timeout - (time.monotonic() - started))
         if demo:
@@ -275,6 +305,28 @@ def _apply_text(paths: LabPaths, text: str, *, source: str) -> list[str]:
     except ManifestError as e:
         fail(str(e))
     return _call(paths, {"op": "apply", "docs": docs, "source": source})["results"]
+
+
+def _write_prometheus_config(paths: LabPaths, nodes: list[dict[str, Any]]) -> None:
+    """Prometheus' configuration and its file_sd targets: each node's agent (hostNetwork, so at
+    the node's IP) on its admin port, labelled with the node as kubernetes_sd would."""
+    d = paths.root / "prometheus"
+    d.mkdir(mode=0o755, exist_ok=True)
+    targets = [
+        {"targets": [f"{n['ip']}:{ports.AGENT_ADMIN}"], "labels": {"node": n["name"]}}
+        for n in sorted(nodes, key=lambda n: n["name"])
+    ]
+    (d / "agents.json").write_text(json.dumps(targets, indent=2) + "\n")
+    config = {
+        "global": {"scrape_interval": LAB_SCRAPE_INTERVAL, "evaluation_interval": "10s"},
+        "scrape_configs": [
+            {
+                "job_name": "nodemesh-agent",
+                "file_sd_configs": [{"files": [str(d / "agents.json")], "refresh_interval": "5s"}],
+            }
+        ],
+    }
+    (d / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def _call(paths: LabPaths, request: dict[str, Any]) -> dict[str, Any]:

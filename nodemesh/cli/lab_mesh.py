@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from nodemesh import ports
 from nodemesh.cli.install import addons
 from nodemesh.cli.install import agent as agent_install
 from nodemesh.cli.install.values import InstallValues
@@ -27,6 +28,7 @@ from nodemesh.lab.paths import LabPaths
 
 REPO = Path(__file__).resolve().parents[2]
 MESH_MANIFEST = REPO / "manifests" / "lab" / "nodemesh.yml"
+PROMETHEUS_MANIFEST = REPO / "manifests" / "lab" / "prometheus.yml"
 LAB_VALUES = InstallValues(
     namespace="nodemesh", cluster_domain=CLUSTER_DOMAIN, trust_domain=DEFAULT_TRUST_DOMAIN
 )
@@ -46,14 +48,23 @@ def mesh_objects(
     change_daemonset: Callable[[Obj], None] | None = None,
     anchor: bytes | None = None,
     controlplane_replicas: int = 1,
+    prometheus: bool = False,
 ) -> list[Obj]:
     """`change_daemonset` edits the rendered DaemonSet in place (tests: a fix taken out);
-    `anchor`: the trust anchor (default: the lab's); `controlplane_replicas`: 3 for `--ha`."""
-    lab_part = MESH_MANIFEST.read_text().replace("__LAB_ROOT__", str(paths.root))
+    `anchor`: the trust anchor (default: the lab's); `controlplane_replicas`: 3 for `--ha`;
+    `prometheus`: Debian's Prometheus as a pod, and the control plane answering from it."""
+    lab_part = MESH_MANIFEST.read_text()
+    if prometheus:
+        lab_part += "---\n" + PROMETHEUS_MANIFEST.read_text()
+    lab_part = lab_part.replace("__LAB_ROOT__", str(paths.root))
     docs = [d for d in yaml.safe_load_all(lab_part) if d]
     for doc in docs:
         if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "nodemesh-controlplane":
             doc["spec"]["replicas"] = controlplane_replicas
+            if prometheus:
+                url = f"http://nodemesh-prometheus.nodemesh.svc.cluster.local:{ports.PROMETHEUS}"
+                for container in doc["spec"]["template"]["spec"]["containers"]:
+                    container["args"] = [*container.get("args", []), f"--prometheus-url={url}"]
     if anchor is None:
         anchor = (paths.identity / "ca.crt").read_bytes()
     rendered = agent_install.objects(LAB_VALUES)
@@ -73,6 +84,7 @@ def mesh_manifest(
     change_daemonset: Callable[[Obj], None] | None = None,
     anchor: bytes | None = None,
     controlplane_replicas: int = 1,
+    prometheus: bool = False,
 ) -> str:
     objs = mesh_objects(
         paths,
@@ -80,5 +92,6 @@ def mesh_manifest(
         change_daemonset=change_daemonset,
         anchor=anchor,
         controlplane_replicas=controlplane_replicas,
+        prometheus=prometheus,
     )
     return yaml.safe_dump_all(objs, sort_keys=False)

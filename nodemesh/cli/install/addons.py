@@ -21,7 +21,6 @@ from nodemesh.cli.install.meta import (
 from nodemesh.cli.install.values import InstallValues
 
 DASHBOARD_TOKEN_DIR = "/var/run/secrets/nodemesh.io/serviceaccount"
-PROMETHEUS_PORT = 9090
 PROMETHEUS_IMAGE = "prom/prometheus:v2.53.0"
 
 
@@ -128,7 +127,7 @@ def dashboard(values: InstallValues) -> list[Obj]:
 
 
 def _scrape_config(values: InstallValues) -> str:
-    def job(name: str, component: str, port: str) -> Obj:
+    def job(name: str, component: str, port: str, pod_label: str, port_number: int) -> Obj:
         return {
             "job_name": name,
             "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [values.namespace]}}],
@@ -143,16 +142,24 @@ def _scrape_config(values: InstallValues) -> str:
                     "regex": port,
                     "action": "keep",
                 },
+                {
+                    "source_labels": ["__meta_kubernetes_pod_container_port_number"],
+                    "regex": str(port_number),
+                    "action": "keep",
+                },
                 {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
-                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                # The agent labels its series with the meshed pods' pod/namespace (Linkerd's
+                # names); its own pod name must not take `pod`, or Prometheus would rename
+                # theirs to exported_pod.
+                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": pod_label},
             ],
         }
 
     config = {
         "global": {"scrape_interval": "10s", "evaluation_interval": "10s"},
         "scrape_configs": [
-            job("nodemesh-controlplane", "controlplane", "admin"),
-            job("nodemesh-agent", "agent", "admin"),
+            job("nodemesh-controlplane", "controlplane", "admin", "pod", ports.CONTROLPLANE_ADMIN),
+            job("nodemesh-agent", "agent", "admin", "agent_pod", ports.AGENT_ADMIN),
         ],
     }
     return yaml.safe_dump(config, sort_keys=False)
@@ -210,9 +217,9 @@ def prometheus(values: InstallValues) -> list[Obj]:
                                     "--storage.tsdb.path=/data",
                                     "--storage.tsdb.retention.time=6h",
                                 ],
-                                "ports": [{"name": "http", "containerPort": PROMETHEUS_PORT}],
+                                "ports": [{"name": "http", "containerPort": ports.PROMETHEUS}],
                                 "readinessProbe": http_probe(
-                                    "/-/ready", PROMETHEUS_PORT, period=10
+                                    "/-/ready", ports.PROMETHEUS, period=10
                                 ),
                                 "resources": {
                                     "requests": {"cpu": "100m", "memory": "256Mi"},
@@ -240,7 +247,9 @@ def prometheus(values: InstallValues) -> list[Obj]:
             "spec": {
                 "type": "ClusterIP",
                 "selector": selector("prometheus"),
-                "ports": [{"name": "http", "port": PROMETHEUS_PORT, "targetPort": PROMETHEUS_PORT}],
+                "ports": [
+                    {"name": "http", "port": ports.PROMETHEUS, "targetPort": ports.PROMETHEUS}
+                ],
             },
         },
     ]

@@ -116,6 +116,14 @@ def identity_secret(values: InstallValues, data: dict[str, bytes]) -> Obj:
     }
 
 
+def _prometheus_url(values: InstallValues) -> list[str]:
+    """With the bundled Prometheus, Stat and Edges come from it (whole cluster, any replica)."""
+    if not values.prometheus:
+        return []
+    host = f"nodemesh-prometheus.{values.namespace}.svc.{values.cluster_domain}"
+    return [f"--prometheus-url=http://{host}:{ports.PROMETHEUS}"]
+
+
 def deployment(values: InstallValues) -> Obj:
     replicas = values.controller_replicas
     container: Obj = {
@@ -132,6 +140,7 @@ def deployment(values: InstallValues) -> Obj:
             f"--agent-addr=0.0.0.0:{ports.AGENT_API}",
             f"--public-addr=0.0.0.0:{ports.PUBLIC_API}",
             f"--admin-addr=0.0.0.0:{ports.CONTROLPLANE_ADMIN}",
+            *_prometheus_url(values),
         ],
         # Its own pod's name: the other control-plane pods are its peers (replicas share
         # telemetry and taps), this one is not.
