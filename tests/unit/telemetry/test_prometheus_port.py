@@ -218,20 +218,18 @@ async def test_stat_from_prometheus_equals_the_embedded_store(
     assert embedded and set(from_prom) == set(embedded)
     for key, e in embedded.items():
         p = from_prom[key]
-        assert (p.requests, p.successes, p.authz_denied) == (
+        assert (p.requests, p.success, p.authz_denied) == (
             e.requests,
-            e.successes,
+            e.success,
             e.authz_denied,
         ), key
-        assert (p.tcp_open_connections, p.tcp_read_bytes, p.tcp_write_bytes) == (
+        assert (p.tcp_open_connections, p.read_bytes, p.write_bytes) == (
             e.tcp_open_connections,
-            e.tcp_read_bytes,
-            e.tcp_write_bytes,
+            e.read_bytes,
+            e.write_bytes,
         ), key
-        for q, pq, eq in (
-            ("p50", p.latency_p50_ms, e.latency_p50_ms),
-            ("p95", p.latency_p95_ms, e.latency_p95_ms),
-            ("p99", p.latency_p99_ms, e.latency_p99_ms),
+        for q, pq, eq in zip(
+            ("p50", "p95", "p99"), p.latencies_ms(0.5, 0.95, 0.99), e.latencies_ms(0.5, 0.95, 0.99)
         ):
             if e.requests == 0:
                 continue
