@@ -228,8 +228,9 @@ async def test_stat_from_prometheus_equals_the_embedded_store(
             e.read_bytes,
             e.write_bytes,
         ), key
+        quantiles = (0.5, 0.95, 0.99)
         for q, pq, eq in zip(
-            ("p50", "p95", "p99"), p.latencies_ms(0.5, 0.95, 0.99), e.latencies_ms(0.5, 0.95, 0.99)
+            quantiles, p.latencies_ms(*quantiles), e.latencies_ms(*quantiles), strict=True
         ):
             if e.requests == 0:
                 continue
