@@ -21,7 +21,6 @@ import pytest
 from test_lab_agent_handover import (
     APP,
     NGINX,
-    NODEMESH,
     RATE,
     Hey,
     Prober,
@@ -34,6 +33,7 @@ from test_lab_agent_handover import (
 )
 
 from nodemesh.lab.paths import LabPaths
+from tests.integration.labkit import NODEMESH
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
