@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI", b"TRAC")
 PEEK_TIMEOUT = 0.3  # the relay's own protocol detection waits as long
+# Without a route the L7 path is only for an HTTP/2 client (per-request balancing), which sends
+# its preface as soon as it has connected: waiting longer would hold the first connection of a
+# server-first protocol (before the agent remembers it as such) for the whole PEEK_TIMEOUT.
+NO_ROUTE_PEEK_TIMEOUT = 0.05
 
 
 @dataclass
@@ -111,7 +115,7 @@ async def try_take(relay: Relay, pod: PodListeners, route: Route) -> bool:
     ):
         return False  # the server speaks first: waiting for the client's bytes would stall it
     # Peek (without consuming) at what the app sends first.
-    await relay.wait_for_bytes(4, PEEK_TIMEOUT)
+    await relay.wait_for_bytes(4, PEEK_TIMEOUT if routed else NO_ROUTE_PEEK_TIMEOUT)
     head = bytes(relay.early[:4])
     if head == H2_PREFACE[:4]:
         await relay.wait_for_bytes(len(H2_PREFACE), PEEK_TIMEOUT)
