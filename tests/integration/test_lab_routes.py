@@ -240,9 +240,11 @@ def test_a_90_10_split_and_a_weight_change_without_a_failed_request(lab: Lab) ->
 
 
 def test_retries_hide_a_flaky_endpoint_and_the_budget_caps_a_dead_one(lab: Lab) -> None:
+    # The ">= 99 % success" is measured over REQUESTS: over 250 one retried request
+    # that still failed plus two client-side errors (a CI run at low load) read as 98.8 %.
+    got = hey(lab, "-n", str(REQUESTS), "-c", "4", f"http://flaky.{NS}.svc.cluster.local/")
+    assert got.get(200, 0) >= 0.99 * REQUESTS, str(got)
     n = max(200, REQUESTS // 4)
-    got = hey(lab, "-n", str(n), "-c", "4", f"http://flaky.{NS}.svc.cluster.local/")
-    assert got[200] >= 0.99 * n, str(got)
     before = lab.seen("dead")
     got = hey(lab, "-n", str(n), "-c", "4", f"http://dead.{NS}.svc.cluster.local/")
     # Every answer is the app's 503 (a CI run at load 15 once saw 2 of 250 requests end in a
