@@ -41,7 +41,14 @@ from types import ModuleType
 from typing import Any
 
 from nodeagent.rules.diff import RuleDiff, diff_plan
-from nodeagent.rules.model import TABLE, NatPlan, NatState, RuleSpec, is_owned_chain
+from nodeagent.rules.model import (
+    SYN_FLAGS,
+    TABLE,
+    NatPlan,
+    NatState,
+    RuleSpec,
+    is_owned_chain,
+)
 from nodeagent.rules.saved import parse_save
 from nodemesh.netns import CLONE_NEWNET, NetnsError, NetnsId, netns_path
 
@@ -145,8 +152,12 @@ def _to_iptc(iptc: Any, spec: RuleSpec, family: int = 4) -> Any:
         rule.create_match("mark").mark = spec.mark
     if spec.ctstate is not None:
         rule.create_match("conntrack").ctstate = spec.ctstate
-    if spec.dport is not None:
-        rule.create_match(spec.protocol).dport = str(spec.dport)
+    if spec.dport is not None or spec.syn:
+        proto = rule.create_match(spec.protocol)
+        if spec.dport is not None:
+            proto.dport = str(spec.dport)
+        if spec.syn:
+            proto.tcp_flags = list(SYN_FLAGS[1:])
     if spec.dports:
         rule.create_match("multiport").dports = ",".join(spec.dports)
     if spec.comment is not None:

@@ -54,6 +54,11 @@ class RuleSpec:
     mark: str | None = None
     ctstate: str | None = None
     dport: int | None = None
+    # Only a connection's first packet (SYN without ACK): a REDIRECT installed in a running pod
+    # must leave its established connections alone. Their packets are new to conntrack there
+    # (a netns tracks nothing before its first nat rule), and redirected mid-stream they would
+    # be reset by the agent's listener.
+    syn: bool = False
     dports: tuple[str, ...] = ()
     to_ports: int | None = None
     reject_with: str | None = None
@@ -68,12 +73,17 @@ class RuleSpec:
                 object.__setattr__(self, key, net.with_prefixlen)
         if (self.dport is not None or self.dports) and self.protocol not in ("tcp", "udp"):
             raise ValueError(f"a port match needs -p tcp or -p udp, not {self.protocol!r}")
+        if self.syn and self.protocol != "tcp":
+            raise ValueError(f"a SYN match needs -p tcp, not {self.protocol!r}")
         if self.comment is not None and any(c in self.comment for c in "\"'\\"):
             raise ValueError("comments with quotes or backslashes are not supported")
 
     @property
     def is_jump_to_owned(self) -> bool:
         return is_owned_chain(self.target)
+
+
+SYN_FLAGS = ("--tcp-flags", "FIN,SYN,RST,ACK", "SYN")  # `--syn`, as iptables-save prints it
 
 
 def _quote_comment(comment: str) -> str:
@@ -102,8 +112,12 @@ def render_rule(rule: RuleSpec) -> str:
         words += ["-m", "mark", "--mark", rule.mark]
     if rule.ctstate is not None:
         words += ["-m", "conntrack", "--ctstate", rule.ctstate]
+    if rule.dport is not None or rule.syn:
+        words += ["-m", rule.protocol or ""]
     if rule.dport is not None:
-        words += ["-m", rule.protocol or "", "--dport", str(rule.dport)]
+        words += ["--dport", str(rule.dport)]
+    if rule.syn:
+        words += [*SYN_FLAGS]
     if rule.dports:
         words += ["-m", "multiport", "--dports", ",".join(rule.dports)]
     if rule.comment is not None:

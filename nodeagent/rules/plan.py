@@ -188,6 +188,7 @@ def _output_rules(s: RedirectSettings) -> list[RuleSpec]:
                     dport=DNS_PORT,
                     target="REDIRECT",
                     to_ports=s.dns_port,
+                    syn=proto == "tcp",
                     comment="nodemesh dns",
                 )
             )
@@ -195,6 +196,7 @@ def _output_rules(s: RedirectSettings) -> list[RuleSpec]:
         RuleSpec(
             chain=c,
             protocol="tcp",
+            syn=True,
             target="REDIRECT",
             to_ports=s.outbound_port,
             comment="nodemesh outbound",
@@ -234,6 +236,7 @@ def _prerouting_rules(s: RedirectSettings) -> list[RuleSpec]:
         RuleSpec(
             chain=c,
             protocol="tcp",
+            syn=True,
             target="REDIRECT",
             to_ports=s.inbound_port,
             comment="nodemesh inbound",

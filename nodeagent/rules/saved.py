@@ -13,6 +13,7 @@ from typing import Any
 
 from nodeagent.rules.model import (
     BUILTIN_CHAINS,
+    SYN_FLAGS,
     TABLE,
     TABLE_BUILTINS,
     NatPlan,
@@ -142,6 +143,12 @@ def parse_words(chain: str, body: list[str]) -> RuleSpec:
 def _parse_known(chain: str, body: list[str]) -> RuleSpec:
     fields: dict[str, Any] = {}
     match: str | None = None
+    flags = len(SYN_FLAGS)
+    for i in range(len(body) - flags + 1):  # the one option with two values: `--syn`
+        if tuple(body[i : i + flags]) == SYN_FLAGS:
+            fields["syn"] = True
+            body = body[:i] + body[i + flags :]
+            break
     if len(body) % 2:
         raise _Unknown(body)
     for word, value in zip(body[::2], body[1::2], strict=True):

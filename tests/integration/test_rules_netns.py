@@ -132,6 +132,39 @@ class Listeners:
         s.settimeout(0.1)
         self._start(s, self._serve_udp, name)
 
+    def echo(self, netns: str, port: int) -> None:
+        """A server that keeps each connection open and sends back every line it gets."""
+        s = socket_in_netns(netns)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(16)
+        s.settimeout(0.1)
+        self._start(s, self._serve_echo, f"echo-{port}")
+
+    def _serve_echo(self, s: socket.socket, name: str) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = s.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(0.1)
+            self._socks.append(conn)
+            t = threading.Thread(target=self._echo_conn, args=(conn,), name=f"{name}-conn")
+            self._threads.append(t)
+            t.start()
+
+    def _echo_conn(self, conn: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                data = conn.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            conn.sendall(data)
+
     def _start(self, s: socket.socket, fn: object, name: str) -> None:
         self._socks.append(s)
         t = threading.Thread(target=fn, args=(s, name), name=f"listener-{name}")  # type: ignore[arg-type]
@@ -305,6 +338,50 @@ async def test_traffic_is_really_redirected(pair: Pair, listeners: Listeners) ->
         await worker.remove(pod)
     assert ask(pod, PEER_IP, 80).startswith("peer-80 ")
     assert ask(peer, POD_IP, 9000).startswith("pod-app ")
+
+
+def talk(conn: socket.socket, line: str) -> str:
+    conn.sendall(f"{line}\n".encode())
+    got = b""
+    while not got.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"closed after {got!r}")
+        got += chunk
+    return got.decode().strip()
+
+
+async def test_connections_open_before_the_rules_keep_going(
+    pair: Pair, listeners: Listeners
+) -> None:
+    """A running pod meshed in place (its namespace labelled) keeps the connections it had.
+
+    Its netns tracked nothing before the first nat rule, so each open connection's next packet
+    is new to conntrack there; a REDIRECT that matched it would send it, mid-stream, to the
+    agent's listener, which resets it (seen in the adoption path: web's gRPC connections to
+    its backends reset, 1-11 requests failed per run). Only new connections are redirected.
+    """
+    pod, peer = pair.pod, pair.peer
+    listeners.echo(peer, 80)  # something the pod calls
+    listeners.echo(pod, 8080)  # the pod's app, called from outside
+    listeners.tcp(pod, 4140, "agent-out")
+    outbound = socket_in_netns(pod)
+    inbound = socket_in_netns(peer)
+    try:
+        for conn, addr in ((outbound, (PEER_IP, 80)), (inbound, (POD_IP, 8080))):
+            conn.settimeout(3)
+            conn.connect(addr)
+            assert talk(conn, "before") == "before"
+        async with RuleWorker() as worker:
+            await worker.apply(pod, PLAN)
+            assert talk(outbound, "after, out") == "after, out"
+            assert talk(inbound, "after, in") == "after, in"
+            # A connection opened now is the agent's.
+            assert ask(pod, PEER_IP, 80) == f"agent-out {PEER_IP}:80 {POD_IP}"
+            await worker.remove(pod)
+    finally:
+        outbound.close()
+        inbound.close()
 
 
 def test_refuses_to_write_the_callers_own_netns(pair: Pair) -> None:
