@@ -9,8 +9,14 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests import leakcheck
+
+# Properties are checked for what they say, never against a clock: a loaded CI machine must not
+# fail one on Hypothesis' 200 ms per-example deadline (speed is measured in bench/).
+settings.register_profile("nodemesh", deadline=None)
+settings.load_profile("nodemesh")
 
 IS_ROOT = os.geteuid() == 0
 IN_CI = os.environ.get("CI") == "true"
