@@ -8,6 +8,7 @@ Routes: `/` (the page), `/api/list`, `/api/vote?choice=<shortcode>`, `/api/leade
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -111,11 +112,11 @@ class WebApp:
 
 
 def _backend_failed(service: str, exc: grpc.aio.AioRpcError) -> Reply:
-    # A failed backend call is a 500, as in the original; the body says which one and why.
-    return 500, {
-        "error": f"{service} service failed: {exc.details() or exc.code().name}",
-        "grpc_status": exc.code().name,
-    }
+    # A failed backend call is a 500, as in the original; the body says which one and why, and
+    # so does the log (where an operator looks when a rollout cost requests).
+    error = f"{service} service failed: {exc.details() or exc.code().name}"
+    logging.getLogger("emojivoto.web-svc").warning("500: %s (%s)", error, exc.code().name)
+    return 500, {"error": error, "grpc_status": exc.code().name}
 
 
 async def run() -> None:
