@@ -25,6 +25,12 @@ from nodeagent.proxy.failclosed import NO_TABLE
 from nodemesh import ports
 
 
+def error_text(exc: BaseException) -> str:
+    """An exception as an error line: its message, or its type when it has none (asyncio's
+    timeouts carry no message)."""
+    return str(exc) or type(exc).__name__
+
+
 @dataclass(frozen=True, slots=True)
 class Refuse:
     error: str  # the connection is closed without a reply
@@ -94,7 +100,7 @@ class TunnelAdmission:
 
     def tunnel_failed(self, exc: BaseException) -> Refuse:
         """The handshake or the preamble failed."""
-        return Refuse(f"tunnel: {exc or type(exc).__name__}")
+        return Refuse(f"tunnel: {error_text(exc)}")
 
     def preamble(self, header: pre.Preamble, *, client_id: str) -> Authorize | Answer:
         """The client (`client_id`: its identity, "" unauthenticated) sent `header`."""
@@ -122,9 +128,7 @@ class TunnelAdmission:
     def connect_failed(self, exc: BaseException) -> Answer:
         assert self.header is not None, "connect_failed() before preamble()"
         port = self.header.target_port
-        return self._answer(
-            pre.ReplyCode.CONNECT_FAILED, f"app port {port}: {exc or type(exc).__name__}"
-        )
+        return self._answer(pre.ReplyCode.CONNECT_FAILED, f"app port {port}: {error_text(exc)}")
 
     def _skip_detection(self) -> bool:
         return self.header is not None and bool(

@@ -173,7 +173,7 @@ async def handle_plain(relay: Relay, pod: PodListeners) -> None:
         try:
             await connect_app(relay, pod, client_ip=client_ip, port=port)
         except (OSError, TimeoutError) as exc:
-            error = f"app port {port}: {exc or type(exc).__name__}"
+            error = f"app port {port}: {admitting.error_text(exc)}"
             relay.stats.failures.inc()
     if error:
         report_failed(

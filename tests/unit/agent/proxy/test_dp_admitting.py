@@ -118,3 +118,14 @@ def test_skip_detection_and_opaque_ports_make_the_connection_opaque() -> None:
     )
     listed.authorized(gate=False)
     assert listed.connected().skip_detection is False  # detection is the tap's to skip
+
+
+def test_an_error_without_a_message_is_named_by_its_type() -> None:
+    # asyncio.wait_for's TimeoutError carries no message: the app's port timing out was
+    # reported as "app port 8080: " (in metrics, tap and the agent's log), saying nothing.
+    p = admission()
+    p.start(table_known=True)
+    assert p.tunnel_failed(TimeoutError()) == Refuse("tunnel: TimeoutError")
+    p.preamble(header(), client_id=CLIENT)
+    p.authorized(gate=False)
+    assert p.connect_failed(TimeoutError()).error == "app port 8080: TimeoutError"
