@@ -16,6 +16,8 @@ from enum import Enum
 # How long a connection is held for the first table (a restarting agent reaching the control
 # plane takes well under a second; a client's own connect timeout is usually longer than this).
 HOLD_FOR_TABLE = 5.0
+# What a connection refused that way is told (and the error its metrics and tap carry).
+NO_TABLE = "no destination table yet (control plane unreachable, nothing saved): refused"
 
 
 class Wait(Enum):

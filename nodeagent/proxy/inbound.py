@@ -20,7 +20,7 @@ from nodeagent.observe import peers
 from nodeagent.observe.events import Peer
 from nodeagent.protocol import detect
 from nodeagent.protocol import preamble as pre
-from nodeagent.proxy import authz_inbound
+from nodeagent.proxy import admitting, authz_inbound
 from nodeagent.proxy.authz_inbound import Inbound, RequestGate
 from nodeagent.proxy.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
 from nodeagent.proxy.l7relay import ConnectionTap, peer_port
@@ -173,7 +173,7 @@ async def handle_plain(relay: Relay, pod: PodListeners) -> None:
         try:
             await connect_app(relay, pod, client_ip=client_ip, port=port)
         except (OSError, TimeoutError) as exc:
-            error = f"app port {port}: {exc or type(exc).__name__}"
+            error = f"app port {port}: {admitting.error_text(exc)}"
             relay.stats.failures.inc()
     if error:
         report_failed(
@@ -197,28 +197,35 @@ async def handle_plain(relay: Relay, pod: PodListeners) -> None:
 
 
 async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
+    """The shell of `admitting.TunnelAdmission`: it decides, this does the I/O it asks for."""
     rt = pod.runtime
-    if not rt.table.synced and not await table_known(relay, pod):
-        relay.refuse(NO_TABLE)
+    known = rt.table.synced or await table_known(relay, pod)
+    info, dst = _this_pod(pod)  # after the wait: a table that just came knows this pod
+    plan = admitting.TunnelAdmission(
+        pod_ip=pod.pod.ip,
+        identity=info.identity if info is not None else "",
+        strict=info is not None and info.mesh.inbound_mode is InboundMode.STRICT,
+        opaque_ports=info.mesh.opaque_ports if info is not None else frozenset(),
+        tls=rt.certs is not None,
+    )
+    start = plan.start(table_known=known)
+    if isinstance(start, admitting.Refuse):
+        relay.refuse(start.error)
         return
-    info, dst = _this_pod(pod)
     client_ip = relay.downstream_socket.getpeername()[0]
-    identity = info.identity if info is not None else ""
-    tls = rt.certs is not None
     try:
-        if rt.certs is not None:
-            held = await rt.certs.wait(identity, CERT_WAIT) if identity else None
+        if isinstance(start, admitting.WaitCert):
+            assert rt.certs is not None
+            held = await rt.certs.wait(start.identity, CERT_WAIT)
             if held is None:
-                relay.refuse(f"no certificate for {identity or 'this pod'} yet")
+                relay.refuse(plan.no_certificate().error)
                 return
             client_id, header = await accept_tunnel(relay, held=held)
         else:
-            # No trust anchor configured (a test or bring-up setup): the plain preamble of
-            # an unauthenticated client, which strict mode refuses below.
             client_id, header = "", await read_preamble(relay)
     except (OSError, TimeoutError, ssl.SSLError, certs.PeerRejected, pre.PreambleError) as exc:
         log.debug("tunnel into %s/%s refused: %s", pod.pod.namespace, pod.pod.name, exc)
-        relay.refuse(f"tunnel: {exc or type(exc).__name__}")
+        relay.refuse(plan.tunnel_failed(exc).error)
         return
     src = peers.of_client(
         rt.routes,
@@ -228,50 +235,45 @@ async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
         pod=header.source_pod,
     )
     conn_id = next(rt.conn_ids)
-    code = pre.ReplyCode.ACCEPTED
-    error = ""
     gate = None
-    want_reply = bool(header.flags & pre.PreambleFlags.WANT_REPLY)
-    strict = info is not None and info.mesh.inbound_mode is InboundMode.STRICT
-    if header.target_port in ports.IN_POD or str(header.original_ip) != pod.pod.ip:
-        code, error = pre.ReplyCode.NO_SUCH_TARGET, f"no target {header.original_ip}"
-    elif strict and not client_id:
-        code, error = pre.ReplyCode.POLICY_DENIED, "strict inbound mode: client not authenticated"
-    else:
+    step = plan.preamble(header, client_id=client_id)
+    if isinstance(step, admitting.Authorize):
         conn = Inbound(
             pod=PodKey(pod.pod.namespace, pod.pod.name),
-            port=header.target_port,
+            port=step.port,
             identity=client_id,
             client_ip=client_ip,
             src=src,
             dst=dst,
-            tls=tls,
+            tls=plan.tls,
             conn_id=conn_id,
             src_port=peer_port(relay.downstream_socket),
         )
-        opaque = bool(header.flags & pre.PreambleFlags.SKIP_DETECTION) or (
-            info is not None and header.target_port in info.mesh.opaque_ports
-        )
-        go_on, gate = await _authorize(relay, pod, conn, opaque=opaque, replied=not want_reply)
+        go_on, gate = await _authorize(relay, pod, conn, opaque=step.opaque, replied=step.replied)
         if not go_on:
             return
-        if gate is not None:
-            want_reply = False  # answered ACCEPTED already
+        connect = plan.authorized(gate=gate is not None)
         try:
-            await connect_app(relay, pod, client_ip=client_ip, port=header.target_port)
+            await connect_app(relay, pod, client_ip=client_ip, port=connect.port)
         except (OSError, TimeoutError) as exc:
-            code = pre.ReplyCode.CONNECT_FAILED
-            error = f"app port {header.target_port}: {exc or type(exc).__name__}"
             relay.stats.failures.inc()
-    if want_reply:
-        reply(relay, code)
-    if code is not pre.ReplyCode.ACCEPTED:
+            step = plan.connect_failed(exc)
+        else:
+            step = plan.connected()
+    if step.reply:
+        reply(relay, step.code)
+    if not step.accepted:
         report_failed(
-            rt.sink, conn_id=conn_id, direction="inbound", src=src, dst=dst, tls=tls, error=error
+            rt.sink,
+            conn_id=conn_id,
+            direction="inbound",
+            src=src,
+            dst=dst,
+            tls=plan.tls,
+            error=step.error,
         )
-        relay.decline(error)
+        relay.decline(step.error)
         return
-    skip = bool(header.flags & pre.PreambleFlags.SKIP_DETECTION)
     tap = _tap(
         pod,
         info,
@@ -280,7 +282,7 @@ async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
         dst=dst,
         port=header.target_port,
         src_port=peer_port(relay.downstream_socket),
-        tls=tls,
-        skip_detection=skip,
+        tls=plan.tls,
+        skip_detection=step.skip_detection,
     )
     relay.start(tap, gate=gate)

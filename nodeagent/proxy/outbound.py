@@ -144,7 +144,7 @@ async def table_known(relay: Relay, pod: PodListeners) -> bool:
         await asyncio.sleep(0.05)  # rare (the first seconds of an agent): polling is fine
 
 
-NO_TABLE = "no destination table yet (control plane unreachable, nothing saved): refused"
+NO_TABLE = failclosed.NO_TABLE
 
 
 async def handle(relay: Relay, pod: PodListeners) -> None:

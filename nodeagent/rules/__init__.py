@@ -1,8 +1,10 @@
-"""nodemesh's netfilter rules for a pod netns (nat redirection, strict UDP, IPv6 closed):
-planned as data, then applied.
+"""nodemesh's netfilter rules for a pod netns (nat redirection, strict UDP, IPv6 closed, the
+transparent-return mangle rules): planned as data, then applied through one path.
 
-`plan`, `model`, `saved` and `diff` are sans-io; `apply` does the blocking netns and iptables
-work and `worker` runs it on one dedicated thread for the agent's event loop.
+`plan`, `model`, `saved`, `diff` and `restore` are sans-io: plan -> diff against the tables as
+one save per family shows them -> one restore transaction per family, as text. `apply` runs the
+save and restore tools in the pod's netns (`sync`, with a simulate mode) and `worker` runs that
+on one dedicated thread for the agent's event loop.
 """
 
 from nodeagent.rules.diff import RuleDiff, diff_plan

@@ -9,7 +9,6 @@ as data (after parsing) or as text.
 from __future__ import annotations
 
 import ipaddress
-import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -24,7 +23,10 @@ BUILTIN_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
 TABLE_BUILTINS = {
     "nat": BUILTIN_CHAINS,
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
 }
+# Targets whose options are kept as words (`target_args`) rather than as fields of their own.
+WORD_TARGETS = frozenset({"CONNMARK", "MARK"})
 FAMILIES = (4, 6)
 # The kernel limit is 29 characters plus NUL (XT_EXTENSION_MAXNAMELEN); keep a margin.
 MAX_CHAIN_NAME = 28
@@ -38,10 +40,12 @@ def is_owned_chain(name: str) -> bool:
 class RuleSpec:
     """One iptables rule, restricted to the matches and targets nodemesh plans.
 
-    Matches are rendered in a fixed order (mark, port, comment) and applied in the same order, so
-    iptables-save shows them the way `render_rule` does. `unparsed` holds whatever an observed rule
-    carries beyond these fields: when set it holds the observed rule's words (everything after
-    the chain name) and the other fields are left empty, so it never equals a planned rule.
+    Matches are rendered in a fixed order (mark, connmark, state, port, comment) and written in
+    the same order, so iptables-save shows them the way `render_rule` does. The options of a
+    CONNMARK or MARK target are kept as iptables-save prints them (`target_args`). `unparsed`
+    holds whatever an observed rule carries beyond these fields: when set it holds the observed
+    rule's words (everything after the chain name) and the other fields are left empty, so it
+    never equals a planned rule.
     """
 
     chain: str
@@ -52,6 +56,7 @@ class RuleSpec:
     in_interface: str | None = None
     out_interface: str | None = None
     mark: str | None = None
+    connmark: str | None = None
     ctstate: str | None = None
     dport: int | None = None
     # Only a connection's first packet (SYN without ACK): a REDIRECT installed in a running pod
@@ -62,6 +67,7 @@ class RuleSpec:
     dports: tuple[str, ...] = ()
     to_ports: int | None = None
     reject_with: str | None = None
+    target_args: tuple[str, ...] = ()
     comment: str | None = None
     unparsed: tuple[str, ...] = field(default=())
 
@@ -77,6 +83,8 @@ class RuleSpec:
             raise ValueError(f"a SYN match needs -p tcp, not {self.protocol!r}")
         if self.comment is not None and any(c in self.comment for c in "\"'\\"):
             raise ValueError("comments with quotes or backslashes are not supported")
+        if self.target_args and self.target not in WORD_TARGETS:
+            raise ValueError(f"target options are kept as words only for {sorted(WORD_TARGETS)}")
 
     @property
     def is_jump_to_owned(self) -> bool:
@@ -93,11 +101,20 @@ def _quote_comment(comment: str) -> str:
     return f'"{comment}"'
 
 
-def render_rule(rule: RuleSpec) -> str:
-    """The rule as an `-A CHAIN ...` line, in iptables-save's own word order."""
+def quote_word(word: str) -> str:
+    """A word as iptables-save prints it and iptables-restore reads it back: bare, or in double
+    quotes with `"` and `\\` escaped (restore knows no single quotes)."""
+    if word and not any(c.isspace() or c in "\"'\\" for c in word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_rule(rule: RuleSpec, command: str = "-A") -> str:
+    """The rule as an `-A CHAIN ...` line, in iptables-save's own word order (`command` "-D"
+    gives the line that deletes it inside an iptables-restore transaction)."""
     if rule.unparsed:
-        return shlex.join(["-A", rule.chain, *rule.unparsed])
-    words = ["-A", rule.chain]
+        return " ".join([command, rule.chain, *map(quote_word, rule.unparsed)])
+    words = [command, rule.chain]
     if rule.source is not None:
         words += ["-s", rule.source]
     if rule.destination is not None:
@@ -110,6 +127,8 @@ def render_rule(rule: RuleSpec) -> str:
         words += ["-p", rule.protocol]
     if rule.mark is not None:
         words += ["-m", "mark", "--mark", rule.mark]
+    if rule.connmark is not None:
+        words += ["-m", "connmark", "--mark", rule.connmark]
     if rule.ctstate is not None:
         words += ["-m", "conntrack", "--ctstate", rule.ctstate]
     if rule.dport is not None or rule.syn:
@@ -127,6 +146,7 @@ def render_rule(rule: RuleSpec) -> str:
         words += ["--to-ports", str(rule.to_ports)]
     if rule.reject_with is not None:
         words += ["--reject-with", rule.reject_with]
+    words += rule.target_args
     return " ".join(words)
 
 

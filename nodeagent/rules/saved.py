@@ -16,6 +16,7 @@ from nodeagent.rules.model import (
     SYN_FLAGS,
     TABLE,
     TABLE_BUILTINS,
+    WORD_TARGETS,
     NatPlan,
     NatState,
     PodPlan,
@@ -31,8 +32,8 @@ def render_restore(plan: NatPlan) -> str:
 
     libiptc lists built-in chains in hook order and user chains sorted by name, and prints the
     rules chain by chain in that order. Feeding this to `iptables-restore --noflush` is a first
-    install only: the jump lines append, so a second feed would duplicate them (apply.py is the
-    idempotent path).
+    install only: the jump lines append, so a second feed would duplicate them (`restore.py`
+    writes what a table lacks, idempotently).
     """
     lines = [f"*{plan.table}"]
     chains = sorted(plan.chains, key=lambda c: c.name)
@@ -70,25 +71,32 @@ def normalise_save(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def parse_save(text: str, *, table: str = TABLE) -> NatState:
-    """Parse `iptables-save` text (with or without -c counters); only `table` is read."""
-    chains: dict[str, list[RuleSpec]] = {}
-    current: str | None = None
+def parse_tables(text: str) -> dict[str, NatState]:
+    """Parse `iptables-save` text (with or without -c counters) of any number of tables."""
+    tables: dict[str, dict[str, list[RuleSpec]]] = {}
+    chains: dict[str, list[RuleSpec]] | None = None
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if line.startswith("*"):
-            current = line[1:]
-            continue
-        if current != table:
-            continue
-        if line.startswith(":"):
+            chains = tables.setdefault(line[1:], {})
+        elif chains is None:
+            continue  # before the first table: not iptables-save's own text
+        elif line.startswith(":"):
             chains.setdefault(line[1:].split()[0], [])
         elif line != "COMMIT":
             rule = parse_rule(_COUNTERS.sub("", line))
             chains.setdefault(rule.chain, []).append(rule)
-    return NatState({name: tuple(rules) for name, rules in chains.items()})
+    return {
+        table: NatState({name: tuple(rules) for name, rules in chains.items()})
+        for table, chains in tables.items()
+    }
+
+
+def parse_save(text: str, *, table: str = TABLE) -> NatState:
+    """One table of `iptables-save` text (empty when the text does not hold it)."""
+    return parse_tables(text).get(table, NatState({}))
 
 
 class _Unknown(ValueError):
@@ -103,15 +111,16 @@ _OPTIONS = {
     (None, "-o"): "out_interface",
     (None, "-p"): "protocol",
     ("mark", "--mark"): "mark",
+    ("connmark", "--mark"): "connmark",
     ("conntrack", "--ctstate"): "ctstate",
     ("tcp", "--dport"): "dport",
     ("udp", "--dport"): "dport",
     ("multiport", "--dports"): "dports",
     ("comment", "--comment"): "comment",
-    ("-j", "--to-ports"): "to_ports",
-    ("-j", "--reject-with"): "reject_with",
 }
-_MATCHES = {m for m, _ in _OPTIONS if m not in (None, "-j")}
+_MATCHES = {m for m, _ in _OPTIONS if m is not None}
+# A target's own option, each taking one value; other targets' options stay words.
+_TARGET_OPTIONS = {"--to-ports": "to_ports", "--reject-with": "reject_with"}
 
 
 def parse_rule(line: str) -> RuleSpec:
@@ -141,27 +150,33 @@ def parse_words(chain: str, body: list[str]) -> RuleSpec:
 
 
 def _parse_known(chain: str, body: list[str]) -> RuleSpec:
-    fields: dict[str, Any] = {}
+    if "-j" not in body[:-1]:
+        raise _Unknown("no target")
+    at = body.index("-j")
+    head, target, tail = body[:at], body[at + 1], body[at + 2 :]
+    fields: dict[str, Any] = {"target": target}
     match: str | None = None
     flags = len(SYN_FLAGS)
-    for i in range(len(body) - flags + 1):  # the one option with two values: `--syn`
-        if tuple(body[i : i + flags]) == SYN_FLAGS:
+    for i in range(len(head) - flags + 1):  # the one option with two values: `--syn`
+        if tuple(head[i : i + flags]) == SYN_FLAGS:
             fields["syn"] = True
-            body = body[:i] + body[i + flags :]
+            head = head[:i] + head[i + flags :]
             break
-    if len(body) % 2:
-        raise _Unknown(body)
-    for word, value in zip(body[::2], body[1::2], strict=True):
-        if word == "-m" and match != "-j" and value in _MATCHES:
+    if len(head) % 2:
+        raise _Unknown(head)
+    for word, value in zip(head[::2], head[1::2], strict=True):
+        if word == "-m" and value in _MATCHES:
             match = value
-        elif word == "-j" and "target" not in fields:
-            fields["target"], match = value, "-j"
         elif (key := _OPTIONS.get((match, word))) is not None and key not in fields:
             fields[key] = value
         else:
             raise _Unknown(word)
-    if "target" not in fields:
-        raise _Unknown("no target")
+    if len(tail) == 2 and tail[0] in _TARGET_OPTIONS:
+        fields[_TARGET_OPTIONS[tail[0]]] = tail[1]
+    elif tail and target in WORD_TARGETS:
+        fields["target_args"] = tuple(tail)
+    elif tail:
+        raise _Unknown(tail)
     for key in ("dport", "to_ports"):
         if key in fields:
             fields[key] = int(fields[key])

@@ -1,9 +1,10 @@
-"""Run a pod's rule work (nat, filter, ip6 filter, transparent return) for the agent's event
-loop on one dedicated thread.
+"""Run a pod's rule work (nat, filter, ip6 filter, the transparent-return mangle rules and
+route) for the agent's event loop on one dedicated thread.
 
-setns(2) and libiptc block and change the calling thread's namespace, so they never run on the
-loop thread. One thread does all of it, one job after another: a netns's rule work is serial,
-and python-iptables' process-wide Table cache is never used from two threads at once.
+Every table goes through one path (`apply.sync`): per address family one save, and when anything
+differs one `ip[6]tables-legacy-restore` transaction holding every table of that family (IPv4:
+nat, filter, mangle; IPv6: filter). The tools block, so they never run on the loop thread; one
+thread runs every job, one after another, so a netns's rule work is serial.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from types import TracebackType
 from typing import TypeVar
 
 from nodeagent.rules import transparent
-from nodeagent.rules.apply import apply_plan, inspect_rules, remove_rules
-from nodeagent.rules.diff import RuleDiff, diff_plan
+from nodeagent.rules.apply import inspect_rules, sync
+from nodeagent.rules.diff import RuleDiff
 from nodeagent.rules.model import TABLE, NatPlan, NatState, PodPlan
+from nodeagent.rules.restore import Transaction, empty_plan
 
 T = TypeVar("T")
 
 
 TRANSPARENT = transparent.TransparentPlan()
-# Every table a pod plan may write, so removal covers what any plan (of any version) wrote.
-TABLES = (("nat", 4), ("filter", 4), ("filter", 6))
+# Every table nodemesh may write, so removal covers what any plan (of any version) wrote.
+TABLES = (("nat", 4), ("filter", 4), ("mangle", 4), ("filter", 6))
 
 
 def _ipv6_enabled() -> bool:
@@ -37,11 +39,14 @@ def _ipv6_enabled() -> bool:
 
 
 def _tables(plan: PodPlan) -> list[NatPlan]:
-    return [p for p in plan.tables() if p.family == 4 or _ipv6_enabled()]
+    """The pod's tables and the transparent-return mangle table, IPv6 only where there is any."""
+    tables = [*plan.tables(), TRANSPARENT.mangle_plan()]
+    return [p for p in tables if p.family == 4 or _ipv6_enabled()]
 
 
-def _merge(diffs: list[tuple[str, RuleDiff]], other: list[str]) -> RuleDiff:
+def _merge(transactions: list[Transaction], other: list[str]) -> RuleDiff:
     """One diff for the whole pod; differences outside the nat table are named by table."""
+    diffs = [(plan.where, diff) for t in transactions for plan, diff in t.diffs]
     nat = next(d for where, d in diffs if where == TABLE)
     lines = []
     for where, d in diffs:
@@ -52,32 +57,31 @@ def _merge(diffs: list[tuple[str, RuleDiff]], other: list[str]) -> RuleDiff:
 
 
 def _apply_all(netns: str, plan: PodPlan) -> RuleDiff:
-    diffs = [(p.where, apply_plan(netns, p)) for p in _tables(plan)]
-    return _merge(diffs, transparent.apply(netns, TRANSPARENT))
+    transactions = sync(netns, _tables(plan))
+    return _merge(transactions, transparent.apply_routes(netns, TRANSPARENT))
 
 
 def _remove_all(netns: str) -> NatState:
-    removed = remove_rules(netns)
-    for table, family in TABLES[1:]:
-        if family == 4 or _ipv6_enabled():
-            remove_rules(netns, table=table, family=family)
-    transparent.remove(netns, TRANSPARENT)
-    return removed
+    plans = [empty_plan(t, f) for t, f in TABLES if f == 4 or _ipv6_enabled()]
+    transactions = sync(netns, plans)
+    transparent.remove_routes(netns, TRANSPARENT)
+    return transactions[0].observed.get(TABLE, NatState({})).owned()
 
 
 def _check_all(netns: str, plan: PodPlan) -> RuleDiff:
-    diffs = [
-        (p.where, diff_plan(p, inspect_rules(netns, table=p.table, family=p.family)))
-        for p in _tables(plan)
-    ]
-    return _merge(diffs, transparent.problems(netns, TRANSPARENT))
+    transactions = sync(netns, _tables(plan), simulate=True)
+    return _merge(transactions, transparent.route_problems(netns, TRANSPARENT))
+
+
+def _simulate(netns: str, plan: PodPlan) -> str:
+    return "".join(t.describe() for t in sync(netns, _tables(plan), simulate=True))
 
 
 class RuleWorker:
     """`await worker.apply(netns, plan)`, `remove(netns)`, `inspect(netns)`, `check(...)`.
 
-    A cancelled await does not stop a job already running on the thread: each job ends in one
-    commit (or none), so it either fully happens or not at all.
+    A cancelled await does not stop a job already running on the thread: each family's tables
+    change in one restore transaction (or none), so a table is never left half written.
     """
 
     def __init__(self) -> None:
@@ -109,6 +113,11 @@ class RuleWorker:
     async def check(self, netns: str, plan: PodPlan) -> RuleDiff:
         """Compare without changing anything (for CNI CHECK and the agent's start-up pass)."""
         return await self._run(_check_all, netns, plan)
+
+    async def simulate(self, netns: str, plan: PodPlan) -> str:
+        """What `apply` would write to `netns` now: each family's restore text, headed by its
+        command (or saying there is nothing to write). Writes nothing."""
+        return await self._run(_simulate, netns, plan)
 
     async def aclose(self) -> None:
         """Let queued jobs finish, then stop the thread."""

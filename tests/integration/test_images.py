@@ -20,7 +20,10 @@ from nodemesh.version import __version__
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = sorted(p.name.removesuffix(".Dockerfile") for p in (ROOT / "images").glob("*.Dockerfile"))
 # What the agent runs besides Python (nodeagent/rules, nodeagent/proxy/podnetns: rules in pod netns).
-AGENT_TOOLS = ("iptables-legacy-restore", "iptables-legacy-save", "iptables-legacy", "nsenter", "ip")
+AGENT_TOOLS = (
+    "iptables-legacy-restore", "iptables-legacy-save", "ip6tables-legacy-restore",
+    "ip6tables-legacy-save", "nsenter", "ip",
+)  # fmt: skip
 
 pytestmark = [
     pytest.mark.root,

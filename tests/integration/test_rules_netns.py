@@ -533,3 +533,54 @@ async def test_many_pods_of_both_modes_in_turn_keep_the_agent_alive(pair: Pair) 
         for netns in (pair.pod, pair.peer):
             await worker.remove(netns)
     assert "NODEMESH" not in table_text(pair.pod, "filter", 6)
+
+
+RESTORE = GOLDEN / "restore"
+
+
+def load_save(netns: str, path: Path) -> None:
+    """Load an iptables-save file (IPv4) into `netns` as it is."""
+    subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy-restore"],
+                   input=path.read_text(), text=True, check=True, timeout=20)  # fmt: skip
+
+
+async def test_simulate_shows_the_golden_transaction_and_apply_writes_exactly_it(
+    pair: Pair,
+) -> None:
+    # A damaged pod (a deleted rule, a doubled jump, a stale chain, an odd jump, a foreign
+    # chain): simulate writes nothing and shows the golden restore text; apply then leaves the
+    # planned nat table, the foreign rules and nothing else of nodemesh's.
+    load_save(pair.pod, RESTORE / "repair.save")
+    plan = build_pod_plan(
+        RedirectSettings.from_dict(json.loads((GOLDEN / "default.json").read_text()))
+    )
+    before = sh("ip", "netns", "exec", pair.pod, "iptables-legacy-save")
+    async with RuleWorker() as worker:
+        shown = await worker.simulate(pair.pod, plan)
+        assert shown == (RESTORE / "repair.txt").read_text()
+        assert sh("ip", "netns", "exec", pair.pod, "iptables-legacy-save").count("-A ") == (
+            before.count("-A ")
+        )
+        assert not (await worker.apply(pair.pod, plan)).in_sync
+        assert (await worker.simulate(pair.pod, plan)).count("nothing to write") == 2
+        await worker.remove(pair.pod)
+    assert rule_lines(pair.pod) == [
+        "-A OUTPUT -p tcp -m tcp --dport 7777 -j FOREIGN",
+        "-A FOREIGN -j RETURN",
+    ]
+
+
+def test_a_table_whose_block_fails_is_left_as_it_was(pair: Pair) -> None:
+    # What "no half-installed table" rests on: iptables-restore commits a table's block whole
+    # or not at all. Here the golden repair text meets a table that changed after it was
+    # planned (the odd jump it deletes is already gone): the restore fails, nat is untouched.
+    load_save(pair.pod, RESTORE / "repair.save")
+    sh("ip", "netns", "exec", pair.pod, "iptables-legacy", "-t", "nat", "-D", "PREROUTING", "2")
+    nat = nat_text(pair.pod)
+    v4 = (RESTORE / "repair.txt").read_text().split("# ip6tables")[0]
+    done = subprocess.run(
+        ["ip", "netns", "exec", pair.pod, "iptables-legacy-restore", "--noflush", "-w"],
+        input=v4, text=True, capture_output=True, timeout=20,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert normalise_save(nat_text(pair.pod)) == normalise_save(nat)
