@@ -23,6 +23,11 @@ IN_CI = os.environ.get("CI") == "true"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (--dist loadgroup, scripts/test) a module runs on one worker, so its
+    # module-scoped lab is made once; a module may name a group it shares instead.
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     if IS_ROOT:
         return
     for item in items:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.root, pytest.mark.lab]
+# Full-speed load generators: the two such modules share one worker, one after the other.
+pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.xdist_group("full-speed-load")]
 
 REPO = Path(__file__).resolve().parents[2]
 NODEMESH = str(Path(sys.executable).parent / "nodemesh")

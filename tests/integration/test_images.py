@@ -27,6 +27,7 @@ AGENT_TOOLS = (
 
 pytestmark = [
     pytest.mark.root,
+    pytest.mark.host_network,  # mmdebstrap fetches Debian packages
     pytest.mark.timeout(1500),  # the first test waits for every image to build
     pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah missing (scripts/bootstrap)"),
 ]

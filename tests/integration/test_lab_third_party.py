@@ -27,7 +27,8 @@ import yaml
 from nodemesh.lab.paths import LabPaths
 from tests.integration.labkit import NODEMESH, nm
 
-pytestmark = [pytest.mark.root, pytest.mark.lab]
+# Full-speed load generators: the two such modules share one worker, one after the other.
+pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.xdist_group("full-speed-load")]
 
 NS = "thirdparty"
 HEY_REQUESTS = 2000
