@@ -29,7 +29,7 @@ from nodeagent.observe.stats.series import LATENCY_BOUNDS_MS, Aggregate, Request
 
 Labels = tuple[tuple[str, str], ...]
 NO_TLS_REASON = {"inbound": "no_tls_from_remote", "outbound": "not_provided_by_service_discovery"}
-_LE = [str(b) for b in LATENCY_BOUNDS_MS] + ["+Inf"]
+LE = [str(b) for b in LATENCY_BOUNDS_MS] + ["+Inf"]
 
 
 def _workload(prefix: str, peer: Peer) -> list[tuple[str, str]]:
@@ -123,14 +123,15 @@ class AggregateCollector(Collector):
         )
         for key, buckets in latency.items():
             cumulative, running = [], 0
-            for le, n in zip(_LE, buckets, strict=True):
+            for le, n in zip(LE, buckets, strict=True):
                 running += n
                 cumulative.append((le, running))
-            _histogram_sample(hist, dict(key), cumulative, latency_sum[key])
+            histogram_sample(hist, dict(key), cumulative, latency_sum[key])
         yield hist
         if self.tcp:
             yield from self._tcp(list(agg.tcp.values()))
         yield from agg.denials.collect()
+        yield from agg.routes.collect()
         yield CounterMetricFamily(
             "nodemesh_agent_series_forgotten",
             "Metric series dropped because their pod left the cluster (after the grace)",
@@ -167,7 +168,7 @@ def _counter(name: str, doc: str, table: dict[Labels, int]) -> CounterMetricFami
     return family
 
 
-def _histogram_sample(
+def histogram_sample(
     family: HistogramMetricFamily,
     labels: dict[str, str],
     cumulative: list[tuple[str, int]],

@@ -29,6 +29,7 @@ from typing import Any
 
 from nodeagent.observe.events import Peer, RequestObserved, TcpClosed, TcpOpened
 from nodeagent.observe.stats.denials import Denials
+from nodeagent.observe.stats.routes import RouteStats
 from nodemesh.histogram import EXACT_BELOW, MAX_VALUE_US, SUB_BUCKET_BITS, SUB_BUCKETS
 
 # Linkerd's response_latency_ms buckets (upper bounds, ms); +Inf is the extra last slot.
@@ -112,6 +113,7 @@ class Aggregate:
         self._gone_since: dict[PodRef, float] = {}
         self.forgotten = 0  # series dropped because their pod went away
         self.denials = Denials()  # what the destination's policy refused (not proxied)
+        self.routes = RouteStats(bounds_us=_BOUNDS_US)  # the client's L7 path, by route
 
     # --- the hot path ---------------------------------------------------------------------
 
