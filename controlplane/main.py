@@ -213,7 +213,6 @@ async def serve(args: argparse.Namespace) -> None:
     hub = DestinationHub(index)
     broker = TapBroker(index, max_streams_per_caller=args.tap_streams_per_caller)
     store = TelemetryStore()
-
     def peers() -> list[Peer]:
         # Without its own name a replica cannot tell itself from its peers: no peers then.
         if not args.pod_name:

@@ -66,9 +66,8 @@ def _agent(values: InstallValues) -> Obj:
         # outlasted any initial delay). Ready only when the admin port is this container's own
         # (taken over) and answers /ready (nodeagent.readycheck).
         "readinessProbe": {
-            "exec": {
-                "command": ["python3", "-m", "nodeagent.readycheck", f"--port={ports.AGENT_ADMIN}"]
-            },
+            "exec": {"command": ["python3", "-m", "nodeagent.readycheck",
+                                 f"--port={ports.AGENT_ADMIN}"]},
             "initialDelaySeconds": 2,
             "periodSeconds": 5,
             "timeoutSeconds": 5,
