@@ -301,3 +301,45 @@ def test_the_l7_path_is_never_plaintext_on_the_wire(lab: Lab) -> None:
     wire = b"".join(cap.frames)
     assert len(wire) > 10_000  # the capture saw the traffic (in TLS)
     assert marker.encode() not in wire  # a header the L7 path re-sent upstream
+
+
+def test_routes_shows_each_rule_with_what_it_carried(lab: Lab) -> None:
+    """`nodemesh routes`: every request the client's L7 path answered is reported with its
+    route (namespace/name/rule, "default" when no rule took it) and shown per Service."""
+    n = 200
+    got = hey(lab, "-n", str(n), "-c", "4", f"http://flaky.{NS}.svc.cluster.local/")
+    assert got.get(200, 0) >= n - 2, str(got)
+    out = lab.exec(
+        "deploy/client", PY, APPS, "grpcclient", f"emoji.{NS}.svc.cluster.local:8080", "32"
+    )
+    assert sum(json.loads(out.strip().splitlines()[-1]).values()) == 32  # batches of 8
+
+    def routes(*args: str) -> dict:
+        return json.loads(nm("routes", *args, "-n", NS, "-t", "15m", "--lab", lab.name,
+                             "-o", "json"))  # fmt: skip
+
+    deadline = time.monotonic() + 30  # agents report every second
+    while True:
+        flaky = {r["route"]: r for r in routes("svc/flaky")["routes"]}
+        emoji = {r["route"]: r for r in routes("deploy/emoji")["routes"]}
+        rule = flaky.get(f"{NS}/flaky/0", {})
+        if rule.get("requests", 0) >= n and emoji.get("default", {}).get("requests", 0) >= 32:
+            break
+        assert time.monotonic() < deadline, (flaky, emoji)
+        time.sleep(1)
+    # Retries hide the flaky endpoint's 503s from the route's success rate, as from the client.
+    assert rule["kind"] == "HTTPRoute" and rule["success_rate"] >= 0.99, rule
+    assert rule["latency_ms"]["p99"] is not None and rule["service"] == f"{NS}/flaky"
+    # gRPC with no route: per-request balancing, counted as the Service's default route.
+    assert emoji["default"]["success_rate"] == 1.0 and emoji["default"]["kind"] == ""
+    # A Deployment behind two Services: both, with the split route attached to `web`.
+    web_v1 = routes("deploy/web-v1")
+    assert web_v1["services"] == [f"{NS}/web", f"{NS}/web-v1"]
+    assert {(a["route"], a["service"]) for a in web_v1["attached"]} == {
+        (f"{NS}/web-split", f"{NS}/web")
+    }
+    table = nm("routes", "deploy/emoji", "-n", NS, "--lab", lab.name)
+    assert "[DEFAULT]" in table and f"{NS}/emoji" in table, table
+    res = subprocess.run([NODEMESH, "routes", "deploy/nope", "-n", NS, "--lab", lab.name],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode != 0 and f"deployment {NS}/nope not found" in res.stderr, res
