@@ -322,6 +322,7 @@ async def _stream(
         retry_non_idempotent=True
         if grpc
         else bool(selected and selected.route.retry_non_idempotent),
+        grpc=grpc,
     )
     shell = _Shell(ctx, pool, down, req, x, headers, service, port, rule, grpc)
     try:
@@ -340,6 +341,14 @@ async def _stream(
             shell.grpc_status if grpc else None,
         )
     )
+
+
+def _grpc_status(headers: Any) -> int | None:
+    for name, value in headers:
+        if name == b"grpc-status":
+            with contextlib.suppress(ValueError):
+                return int(value)
+    return None
 
 
 def _answer(down: _Side, sid: int, status: int, reason: str, *, grpc: bool) -> None:
@@ -501,7 +510,10 @@ class _Shell:
                 balancer.observe(target.key, self.ctx.clock() - started, now=self.ctx.clock())
             self.head = event
             status = int(_pseudo(list(event.headers)).get(b":status", b"502"))
-            return ex.HeadReceived(status, self.ctx.clock())
+            grpc_status = None
+            if self.grpc and event.stream_ended is not None:  # trailers-only: a call's end
+                grpc_status = _grpc_status(event.headers)
+            return ex.HeadReceived(status, self.ctx.clock(), grpc_status)
         self.cancel()
         if (
             isinstance(event, h2.events.StreamReset)
@@ -533,10 +545,9 @@ class _Shell:
             return
 
     def _note_grpc_status(self, headers: Any) -> None:
-        for name, value in headers:
-            if name == b"grpc-status":
-                with contextlib.suppress(ValueError):
-                    self.grpc_status = int(value)
+        found = _grpc_status(headers)
+        if found is not None:
+            self.grpc_status = found
 
     async def _forward(self) -> None:
         assert self.head is not None and self.queue is not None
