@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -71,6 +71,21 @@ class RouteStats:
         c.pending[index] = c.pending.get(index, 0) + 1
         c.p_count += 1
         c.p_sum_us += us
+
+    def clients(self) -> set[tuple[str, str]]:
+        """(namespace, pod) of every client pod counted."""
+        return {(key[0].namespace, key[0].pod) for key in self.table if key[0].pod}
+
+    def forget(self, gone: Container[tuple[str, str]]) -> int:
+        """Drop the counts of client pods that left (once reported); returns how many went."""
+        doomed = [
+            key
+            for key, c in self.table.items()
+            if not c.p_count and (key[0].namespace, key[0].pod) in gone
+        ]
+        for key in doomed:
+            del self.table[key]
+        return len(doomed)
 
     def collect(self) -> Iterator[Metric]:
         from nodeagent.observe.stats.exposition import LE, histogram_sample, peer_labels

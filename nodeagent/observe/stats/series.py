@@ -266,6 +266,7 @@ class Aggregate:
                     named.add((s.src.namespace, s.src.pod))
                 if s.dst.pod:
                     named.add((s.dst.namespace, s.dst.pod))
+        named |= self.routes.clients()
         gone_since = {}
         for ref in named:
             if ref not in known:
@@ -275,7 +276,7 @@ class Aggregate:
         expired = {ref for ref, since in gone_since.items() if now - since >= grace}
         if not expired:
             return 0
-        dropped = 0
+        dropped = self.routes.forget(expired)
         for table in (self.requests, self.tcp):
             doomed = [
                 key

@@ -85,3 +85,15 @@ def test_grpc_outcomes_are_classified_by_grpc_status() -> None:
     ok = event_of(Outcome(WEB, "r", "grpc", 200, 0.01, grpc_status=0), VOTER)
     cut = event_of(Outcome(WEB, "r", "grpc", 200, 0.01), VOTER)  # no trailers: broken off
     assert (unavailable.success, ok.success, cut.success) == (False, True, False)
+
+
+def test_a_client_pod_that_left_is_forgotten_after_the_grace() -> None:
+    agg = Aggregate()
+    _feed(agg)
+    load = Load(0, 0, 0.0, 0)
+    take_reports(agg, node="n1", version="t", load=load, now_ms=0, interval_ms=1000)
+    assert agg.routes.table
+    known = {("emojivoto", "other")}  # vote-bot-1 is gone from the table
+    assert agg.forget_gone(known, now=100.0, grace=120.0) == 0  # within the grace
+    assert agg.forget_gone(known, now=221.0, grace=120.0) == 3
+    assert not agg.routes.table
