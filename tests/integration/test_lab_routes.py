@@ -338,6 +338,20 @@ def test_routes_shows_each_rule_with_what_it_carried(lab: Lab) -> None:
     assert {(a["route"], a["service"]) for a in web_v1["attached"]} == {
         (f"{NS}/web-split", f"{NS}/web")
     }
+    # The same label on the agent's /metrics, as Prometheus scrapes it.
+    metrics = subprocess.run(
+        ["ip", "netns", "exec", LabPaths(lab.name).node_netns("node1"), PY, "-c",
+         "import urllib.request as u;"
+         "print(u.urlopen('http://127.0.0.1:4191/metrics').read().decode())"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    flaky_total = sum(
+        float(value)
+        for labels, value in re.findall(r"^route_request_total\{([^}]*)\} (\S+)$", metrics, re.M)
+        if f'route="{NS}/flaky/0"' in labels and 'dst_service="flaky"' in labels
+    )
+    assert flaky_total >= n, metrics[-3000:]
+    assert re.search(r'^route_request_total\{[^}]*route="default"', metrics, re.M)
     table = nm("routes", "deploy/emoji", "-n", NS, "--lab", lab.name)
     assert "[DEFAULT]" in table and f"{NS}/emoji" in table, table
     res = subprocess.run([NODEMESH, "routes", "deploy/nope", "-n", NS, "--lab", lab.name],
