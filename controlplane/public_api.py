@@ -492,12 +492,7 @@ def _row(
     row.requests = g.requests
     row.rps = g.requests / covered
     row.covered_seconds = covered
-    if g.requests:
-        row.success_rate = g.success / g.requests
-    fields = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
-    for field, value in zip(fields, g.latencies_ms(0.5, 0.95, 0.99), strict=True):
-        if value is not None:
-            setattr(row, field, value)
+    routes_api.golden_into(row, g)
     row.tcp_open_connections = g.tcp_open_connections
     row.tcp_read_bytes = g.read_bytes
     row.tcp_write_bytes = g.write_bytes

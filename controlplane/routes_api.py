@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from controlplane import resources
 from controlplane.index import ClusterIndex
-from controlplane.telemetry_port import RouteRow
+from controlplane.telemetry_port import RouteRow, StatRow
 from nodemesh.api import public_pb2 as pb
 from nodemesh.model import ServiceKey
 from nodemesh.routing.model import DEFAULT_ROUTE
@@ -109,10 +109,15 @@ def route_row(r: RouteRow, *, kind: str, window: int) -> pb.RouteRow:
         rps=r.requests / covered,
         covered_seconds=covered,
     )
+    golden_into(row, r)
+    return row
+
+
+def golden_into(row: pb.StatRow | pb.RouteRow, r: StatRow) -> None:
+    """Success rate and latency quantiles of `r` into a reply row (left unset when unknown)."""
     if r.requests:
         row.success_rate = r.success / r.requests
     fields = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
     for field, value in zip(fields, r.latencies_ms(0.5, 0.95, 0.99), strict=True):
         if value is not None:
             setattr(row, field, value)
-    return row

@@ -19,7 +19,7 @@ from bisect import bisect_left
 from collections.abc import Container, Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from nodeagent.observe.events import Peer, RouteObserved
 from nodemesh.api import telemetry_pb2 as pb
@@ -88,7 +88,7 @@ class RouteStats:
         return len(doomed)
 
     def collect(self) -> Iterator[Metric]:
-        from nodeagent.observe.stats.exposition import LE, histogram_sample, peer_labels
+        from nodeagent.observe.stats.exposition import counter, latency_family, peer_labels
 
         requests: dict[tuple[tuple[str, str], ...], int] = {}
         responses: dict[tuple[tuple[str, str], ...], int] = {}
@@ -116,27 +116,15 @@ class RouteStats:
             for i, n in enumerate(c.buckets):
                 held[i] += n
             latency_sum[k] = latency_sum.get(k, 0.0) + c.sum_us / 1000
-        for name, doc, table in (
-            ("route_request", "Requests the L7 path answered, by mesh route rule", requests),
-            ("route_response", "Responses of the L7 path, by route and classification", responses),
-            ("route_retry", "Retries the L7 path sent (within the retry budget)", retries),
-        ):
-            family = CounterMetricFamily(name, doc)
-            for key, n in table.items():
-                family.add_sample(f"{name}_total", dict(key), n)
-            yield family
-        hist = HistogramMetricFamily(
+        yield counter("route_request", "Requests the L7 path answered, by route rule", requests)
+        yield counter("route_response", "Responses of the L7 path, by route rule", responses)
+        yield counter("route_retry", "Retries the L7 path sent (within the budget)", retries)
+        yield latency_family(
             "route_response_latency_ms",
             "Time from the request to the end of the response on the L7 path, milliseconds",
-            labels=None,
+            latency,
+            latency_sum,
         )
-        for key, buckets in latency.items():
-            cumulative, running = [], 0
-            for le, n in zip(LE, buckets, strict=True):
-                running += n
-                cumulative.append((le, running))
-            histogram_sample(hist, dict(key), cumulative, latency_sum[key])
-        yield hist
 
     def drain(self) -> list[pb.RequestSeries]:
         """The pending counts as report series with `route` set (and reset them)."""
