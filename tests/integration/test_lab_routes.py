@@ -126,7 +126,21 @@ APPS_YAML = (
     + service("dead", "app: dead")
     + service("slow", "app: slow")
     + service("emoji", "app: emoji", port=8080)
+    # The same pods behind a Service with a GRPCRoute retry (UNAVAILABLE), emoji keeps none.
+    + service("emoji-retry", "app: emoji", port=8080)
 )
+
+
+GRPC_RETRY = f"""---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: emoji-retry, namespace: {NS}}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: emoji-retry, port: 8080}}]
+  rules:
+  - backendRefs: [{{name: emoji-retry, port: 8080}}]
+    retry: {{attempts: 3}}
+"""
 
 
 class Lab:
@@ -175,6 +189,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 RETRY.format("dead"),
                 annotations="{nodemesh.io/retry-budget-min-per-second: '0'}",
             )
+            + GRPC_RETRY
             + route(
                 "slow",
                 "slow",
@@ -357,3 +372,21 @@ def test_routes_shows_each_rule_with_what_it_carried(lab: Lab) -> None:
     res = subprocess.run([NODEMESH, "routes", "deploy/nope", "-n", NS, "--lab", lab.name],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode != 0 and f"deployment {NS}/nope not found" in res.stderr, res
+
+
+def test_a_grpc_route_retry_hides_unavailable(lab: Lab) -> None:
+    """Every 5th call an emoji pod gets fails with UNAVAILABLE (trailers-only): through emoji
+    (no route) the client sees those failures; through emoji-retry (a GRPCRoute with `retry`,
+    codes defaulting to 503, which stands for UNAVAILABLE) it sees none."""
+    calls = 40
+
+    def flaky(service: str) -> Counter[str]:
+        out = lab.exec(
+            "deploy/client", PY, APPS, "grpcflaky", f"{service}.{NS}.svc.cluster.local:8080",
+            str(calls),
+        )  # fmt: skip
+        return Counter(json.loads(out.strip().splitlines()[-1]))
+
+    plain = flaky("emoji")
+    assert plain["UNAVAILABLE"] >= 3 and sum(plain.values()) == calls, plain
+    assert flaky("emoji-retry") == Counter({"ok": calls})
