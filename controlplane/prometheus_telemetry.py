@@ -21,6 +21,7 @@ from controlplane.telemetry_port import (
     AgentState,
     BadQuery,
     EdgeStats,
+    RouteRow,
     Selector,
     StatRow,
     StoreTelemetry,
@@ -298,6 +299,58 @@ class PrometheusTelemetry:
                 )
             )
         return result
+
+    # --- routes ----------------------------------------------------------------------------
+
+    async def routes(
+        self, *, services: list[tuple[str, str]], source: Selector | None, window_s: int
+    ) -> list[RouteRow]:
+        """The agents' route_response_total and route_response_latency_ms (the `route`
+        label) for each Service asked about, as the embedded store's route rows."""
+        if not MIN_WINDOW_S <= window_s <= MAX_WINDOW_S:
+            raise BadQuery(f"window must be between {MIN_WINDOW_S}s and {MAX_WINDOW_S}s")
+        by = ["dst_namespace", "dst_service", "route"]
+        counts: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+        buckets: dict[tuple[str, str, str], dict[float, float]] = defaultdict(dict)
+        for ns, name in services:
+            match = [("direction", "outbound"), ("dst_namespace", ns), ("dst_service", name)]
+            if source is not None:
+                match += _selected(source, prefix="")
+            m = _matchers(match)
+            for labels, value in await self.query(
+                delta("route_response_total", m, window_s, [*by, "classification"])
+            ):
+                k = (labels.get("dst_namespace", ""), labels.get("dst_service", ""),
+                     labels.get("route", ""))  # fmt: skip
+                counts[k][0] += value
+                if labels.get("classification") == "success":
+                    counts[k][1] += value
+            for labels, value in await self.query(
+                delta("route_response_latency_ms_bucket", m, window_s, [*by, "le"])
+            ):
+                k = (labels.get("dst_namespace", ""), labels.get("dst_service", ""),
+                     labels.get("route", ""))  # fmt: skip
+                le = float(labels["le"])
+                buckets[k][le] = buckets[k].get(le, 0.0) + value
+        out = []
+        for k in sorted(counts):
+            requests, successes = (round(v) for v in counts[k])
+            if not requests or not k[2]:
+                continue
+            qs = [bucket_quantile(q, buckets.get(k, {})) for q in QUANTILES]
+            out.append(
+                RouteRow(
+                    kind="service",
+                    namespace=k[0],
+                    name=k[1],
+                    window_s=float(window_s),
+                    success=successes,
+                    failure=requests - successes,
+                    known_latency_ms=dict(zip(QUANTILES, qs, strict=True)),
+                    route=k[2],
+                )
+            )
+        return out
 
     # --- from the reports ------------------------------------------------------------------
 

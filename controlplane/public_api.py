@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from controlplane import resources
+from controlplane import resources, routes_api
 from controlplane.access import REVIEW_CACHE_SECONDS, AccessRefused, Gate, refuse
 from controlplane.destination import DestinationHub
 from controlplane.index import ClusterIndex
@@ -347,6 +347,55 @@ class PublicService(pb_grpc.PublicServicer):
                 refused.set_result(exc)
                 return
 
+    async def Routes(  # noqa: N802
+        self, request: pb.RoutesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RoutesResponse:
+        res = request.resource
+        namespace = res.namespace or "default"
+        try:
+            kind = resources.canonical_kind(res.kind or "deploy")
+            window = window_of(request.window_seconds)
+            source = _selector(request.from_resource)
+            await self.gate.admit(context, stats_attributes(kind + "s", namespace=namespace))
+            services = routes_api.services_of(self.index, kind, namespace, res.name)
+        except resources.BadResource as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except routes_api.UnknownResource as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        attached, rules = routes_api.attached(self.index, services)
+        try:
+            found = await _answer(
+                self._telemetry(context).routes(
+                    services=[(s.namespace, s.name) for s in services],
+                    source=source,
+                    window_s=window,
+                )
+            )
+        except BadQuery as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except PrometheusUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        rows = {(r.namespace, r.name, r.route): r for r in found}
+        out = []
+        for key in sorted(set(rows) | set(rules)):
+            r = rows.get(key)
+            kind_of = rules.get(key, "")
+            if r is None:
+                out.append(
+                    pb.RouteRow(
+                        service_namespace=key[0], service=key[1], route=key[2], kind=kind_of
+                    )
+                )
+            else:
+                out.append(routes_api.route_row(r, kind=kind_of, window=window))
+        return pb.RoutesResponse(
+            rows=out,
+            attached=attached,
+            services=[f"{s.namespace}/{s.name}" for s in services],
+            window_seconds=window,
+            route_errors=routes_api.route_errors(self.index, services),
+        )
+
     async def ListWorkloads(  # noqa: N802
         self, request: pb.ListWorkloadsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListWorkloadsResponse:
@@ -443,12 +492,7 @@ def _row(
     row.requests = g.requests
     row.rps = g.requests / covered
     row.covered_seconds = covered
-    if g.requests:
-        row.success_rate = g.success / g.requests
-    fields = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
-    for field, value in zip(fields, g.latencies_ms(0.5, 0.95, 0.99), strict=True):
-        if value is not None:
-            setattr(row, field, value)
+    routes_api.golden_into(row, g)
     row.tcp_open_connections = g.tcp_open_connections
     row.tcp_read_bytes = g.read_bytes
     row.tcp_write_bytes = g.write_bytes

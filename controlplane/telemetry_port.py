@@ -11,10 +11,11 @@ from typing import Protocol
 
 from controlplane.telemetry import query
 from controlplane.telemetry.query import StatRow
+from controlplane.telemetry.routes import RouteRow, route_stats
 from controlplane.telemetry.store import TelemetryStore
 
-__all__ = ["AgentState", "BadQuery", "EdgeStats", "NoTelemetry", "Selector", "StatRow",
-           "StoreTelemetry", "TelemetryPort"]  # fmt: skip
+__all__ = ["AgentState", "BadQuery", "EdgeStats", "NoTelemetry", "RouteRow", "Selector",
+           "StatRow", "StoreTelemetry", "TelemetryPort"]  # fmt: skip
 
 
 class BadQuery(ValueError):
@@ -69,6 +70,13 @@ class TelemetryPort(Protocol):
 
     def edges(self, *, kind: str, namespace: str, window_s: int) -> list[EdgeStats]: ...
 
+    def routes(
+        self, *, services: list[tuple[str, str]], source: Selector | None, window_s: int
+    ) -> list[RouteRow]:
+        """Per (Service, route) rows of the requests to `services` (namespace, name) that the
+        clients' L7 path answered, only those from `source` when given."""
+        ...
+
     def agents(self) -> list[AgentState]: ...
 
     def enrolled_pods(self) -> set[tuple[str, str, str]]:
@@ -83,6 +91,9 @@ class NoTelemetry:
         return []
 
     def edges(self, **_: object) -> list[EdgeStats]:
+        return []
+
+    def routes(self, **_: object) -> list[RouteRow]:
         return []
 
     def agents(self) -> list[AgentState]:
@@ -123,6 +134,19 @@ class StoreTelemetry:
                 window_s=window_s,
                 # What the agents reported a second ago counts at once.
                 include_current=True,
+            )
+        except (query.InvalidQuery, query.UnknownResourceKind) as exc:
+            raise BadQuery(str(exc)) from exc
+
+    def routes(
+        self, *, services: list[tuple[str, str]], source: Selector | None, window_s: int
+    ) -> list[RouteRow]:
+        try:
+            return route_stats(
+                self.store,
+                services=set(services),
+                source=self._resource(source) if source else None,
+                window_s=window_s,
             )
         except (query.InvalidQuery, query.UnknownResourceKind) as exc:
             raise BadQuery(str(exc)) from exc

@@ -35,7 +35,11 @@ class Unreachable(RuntimeError):
 
 
 def _translate(exc: grpc.aio.AioRpcError) -> Exception:
-    if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+    if exc.code() in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.NOT_FOUND,
+    ):
         return Refused(exc.details() or "refused by the control plane")
     return Unreachable(f"control plane public API: {exc.code().name}: {exc.details()}")
 
@@ -110,6 +114,22 @@ class PublicClient:
         )
         answer = await self._unary(("edges", namespace, window), self.stub.Edges, req)
         return list(answer.get("edges", []))
+
+    async def routes(
+        self, kind: str, *, namespace: str, name: str, window: int = 60
+    ) -> dict[str, Any]:
+        """Per-route rows (64-bit counters as numbers) and the routes attached."""
+        req = pb.RoutesRequest(resource=resource(kind, namespace, name), window_seconds=window)
+        answer = await self._unary(("routes", kind, namespace, name, window), self.stub.Routes, req)
+        rows = []
+        for r in answer.get("rows", []):
+            row = {k: r.get(k, "") for k in ("service_namespace", "service", "route", "kind")}
+            row["requests"] = int(r.get("requests", 0))
+            row["rps"] = float(r.get("rps", 0.0))
+            for field in ("success_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
+                row[field] = r.get(field)
+            rows.append(row)
+        return {"rows": rows, "attached": list(answer.get("attached", []))}
 
     async def workloads(self) -> dict[str, Any]:
         return await self._unary(("workloads",), self.stub.ListWorkloads, pb.ListWorkloadsRequest())

@@ -84,6 +84,19 @@ class Series(BaseModel):
     latency_p99_ms: list[float | None]
 
 
+class RouteRow(BaseModel):
+    service_namespace: str  # the Service the clients called (the route's parent)
+    service: str
+    route: str  # namespace/name/rule, or "default" (no rule took the request)
+    kind: str  # HTTPRoute, GRPCRoute, or empty for "default"
+    requests: int
+    rps: float
+    success_rate: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+
+
 class Deployment(BaseModel):
     window: int
     namespace: str
@@ -99,6 +112,8 @@ class Deployment(BaseModel):
     inbound: list[EdgeRow]
     outbound: list[EdgeRow]
     history: Series
+    routes: list[RouteRow] = []  # of the Services whose endpoints are the Deployment's pods
+    routes_error: str = ""  # why there are no route rows, when the control plane said
 
 
 class TopologyNode(BaseModel):

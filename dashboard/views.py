@@ -12,7 +12,7 @@ from typing import Any
 
 from dashboard.checks import NotFound, Ref
 from dashboard.history import History
-from dashboard.publicapi import PublicClient
+from dashboard.publicapi import PublicClient, Refused, Unreachable
 
 MAX_EDGE_DESTINATIONS = 50  # per page: bounds the Stat queries one topology costs
 
@@ -164,10 +164,11 @@ async def deployment(
     client: PublicClient, history: History, *, namespace: str, name: str, window: int
 ) -> dict[str, Any]:
     wl = await workload(client, namespace, name)
-    rows, edges, pods = await asyncio.gather(
+    rows, edges, pods, routes = await asyncio.gather(
         client.stat("deploy", namespace=namespace, name=name, window=window),
         _edges(client, namespace=namespace, window=window),
         client.stat("pod", namespace=namespace, window=window),
+        _routes(client, namespace=namespace, name=name, window=window),
     )
     pattern = pod_pattern(name)
     me = (namespace, name)
@@ -186,7 +187,21 @@ async def deployment(
         "inbound": [e for e in edges if (e["dst_namespace"], e["dst"]) == me],
         "outbound": [e for e in edges if (e["src_namespace"], e["src"]) == me],
         "history": history.points(namespace, name),
+        "routes": routes["rows"],
+        "routes_error": routes["error"],
     }
+
+
+async def _routes(
+    client: PublicClient, *, namespace: str, name: str, window: int
+) -> dict[str, Any]:
+    """The route rows of the Services backed by the Deployment; the rest of the page stands
+    when they cannot be had (a control plane without Routes, the workload gone meanwhile)."""
+    try:
+        answer = await client.routes("deploy", namespace=namespace, name=name, window=window)
+    except (Refused, Unreachable) as exc:
+        return {"rows": [], "error": str(exc)}
+    return {"rows": answer["rows"], "error": ""}
 
 
 async def topology(client: PublicClient, *, namespace: str, window: int) -> dict[str, Any]:

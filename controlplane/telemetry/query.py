@@ -199,6 +199,8 @@ def stat(
         return rows[found]
 
     for key, cells in store.request_series.items():
+        if key.route:
+            continue  # the L7 path's view of requests the relay observed too (routes.py)
         found = _row_of(key, resource, from_, to)
         if found is None:
             continue
@@ -289,6 +291,8 @@ def edges(store: TelemetryStore, *, namespace: str = "", window_s: float = 60) -
         tally[slot] += amount
 
     for rkey, rcells in store.request_series.items():
+        if rkey.route:
+            continue  # counted among the relay's requests already
         count(rkey, sum(c.responses for c in _in_window(rcells, first, last)), 0)
     for tkey, tcells in store.tcp_series.items():
         count(tkey, sum(c.opened for c in _in_window(tcells, first, last)), 1)

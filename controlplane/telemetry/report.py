@@ -59,6 +59,9 @@ class RequestKey:
     success: bool
     tls: bool
     authz: str = ""  # the policy that denied these requests ("" when allowed)
+    # The mesh route rule of the client's L7 path (namespace/name/rule or "default"); series
+    # with a route are counted by `nodemesh routes` only (the relay observed them too).
+    route: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +160,18 @@ def _request(node: str, s: pb.RequestSeries) -> tuple[RequestKey, int, LatencyHi
         success=CLASSES[s.classification],
         tls=s.tls,
         authz=_name(s.authz_deny, "authz_deny"),
+        route=_route(s),
     )
     return key, s.responses, latency
+
+
+def _route(s: pb.RequestSeries) -> str:
+    if not s.route:
+        return ""
+    if s.direction != pb.OUTBOUND or not s.dst.service:
+        raise BadReport("garbled", f"route {s.route[:80]!r} on a series that names no Service")
+    # namespace/name/rule: each part at most a Kubernetes name.
+    return _name(s.route, "route", 3 * MAX_NAME + 2)
 
 
 def _tcp(node: str, s: pb.TcpSeries) -> tuple[TcpKey, TcpCounts]:

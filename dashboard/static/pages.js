@@ -113,6 +113,12 @@
         "no inbound traffic in the window");
       NM.fill($("outbound"), d.outbound, (e) => edgeRow(e, e.dst_namespace, e.dst, e.dst_identity),
         "no outbound traffic in the window");
+      NM.fill($("routes"), d.routes, (r) => NM.el("tr", { "data-route": r.route },
+        td(r.route === "default" ? "[DEFAULT]" : r.route, { "data-col": "route" }),
+        td(r.service_namespace + "/" + r.service),
+        td(NM.sr(r.success_rate), { "data-col": "success" }),
+        td(r.requests ? NM.num(r.rps) : NM.dash, { "data-col": "rps" }), ...latencyCells(r)),
+        d.routes_error || "no mesh routes or L7 traffic to this Deployment's Services");
       $("nodes-of").textContent = "Runs on " + (d.nodes.join(", ") || "no node yet") +
         (d.mesh_errors.length ? " · mesh annotation errors: " + d.mesh_errors.join("; ") : "");
       NM.fill($("pods"), d.pod_rows, (p) => NM.el("tr", { "data-pod": p.name }, td(p.name),

@@ -19,6 +19,7 @@ from nodeagent.observe.events import (
     Peer,
     RequestObserved,
     RequestStarted,
+    RouteObserved,
     TcpClosed,
     TcpOpened,
 )
@@ -60,3 +61,7 @@ class EventLog:
 
     def close(self) -> None:
         self.file.close()
+
+    def route(self, ev: RouteObserved) -> None:
+        self._write("route", ev)
+        self.inner.route(ev)

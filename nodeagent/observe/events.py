@@ -124,6 +124,22 @@ class AuthzDenied:
     dst_port: int = 0
 
 
+@dataclass(slots=True)
+class RouteObserved:
+    """One request the client's L7 path answered, with the mesh route rule that carried it."""
+
+    src: Peer  # the client pod
+    service_namespace: str  # the Service the client called: the routes' parent
+    service: str
+    route: str  # namespace/name/rule, or "default" when no route rule took the request
+    protocol: str  # "http1" | "http2" | "grpc"
+    status: int  # 0: no response (reset)
+    grpc_status: int | None
+    success: bool
+    latency_s: float
+    retries: int
+
+
 class ObservationSink(Protocol):
     def tcp_opened(self, ev: TcpOpened) -> None: ...
 
@@ -140,6 +156,8 @@ class ObservationSink(Protocol):
     def response_started(self, req_id: int, status: int | None, at: float) -> None: ...
 
     def authz_denied(self, ev: AuthzDenied) -> None: ...
+
+    def route(self, ev: RouteObserved) -> None: ...
 
 
 class NullSink:
@@ -164,4 +182,7 @@ class NullSink:
         pass
 
     def authz_denied(self, ev: AuthzDenied) -> None:
+        pass
+
+    def route(self, ev: RouteObserved) -> None:
         pass

@@ -18,6 +18,7 @@ from nodeagent.observe.events import (
     Peer,
     RequestObserved,
     RequestStarted,
+    RouteObserved,
     TcpClosed,
     TcpOpened,
 )
@@ -78,3 +79,6 @@ class AgentSink:
         self.aggregate.denials.add(ev)
         if ev.protocol != "tcp" and self.taps.subscriptions and self.taps.tapping(ev.src, ev.dst):
             self.taps.denied(next(self._denied_ids), ev)
+
+    def route(self, ev: RouteObserved) -> None:
+        self.aggregate.routes.add(ev)

@@ -219,3 +219,71 @@ class VersionResponse(_message.Message):
     trust_domain: str
     synced: bool
     def __init__(self, version: _Optional[str] = ..., source: _Optional[str] = ..., trust_domain: _Optional[str] = ..., synced: _Optional[bool] = ...) -> None: ...
+
+class RoutesRequest(_message.Message):
+    __slots__ = ("resource", "from_resource", "window_seconds")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    FROM_RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    resource: Resource
+    from_resource: Resource
+    window_seconds: int
+    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., from_resource: _Optional[_Union[Resource, _Mapping]] = ..., window_seconds: _Optional[int] = ...) -> None: ...
+
+class RouteRow(_message.Message):
+    __slots__ = ("service_namespace", "service", "route", "kind", "requests", "success_rate", "rps", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "covered_seconds")
+    SERVICE_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
+    RPS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    COVERED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    service_namespace: str
+    service: str
+    route: str
+    kind: str
+    requests: int
+    success_rate: float
+    rps: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    covered_seconds: float
+    def __init__(self, service_namespace: _Optional[str] = ..., service: _Optional[str] = ..., route: _Optional[str] = ..., kind: _Optional[str] = ..., requests: _Optional[int] = ..., success_rate: _Optional[float] = ..., rps: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., covered_seconds: _Optional[float] = ...) -> None: ...
+
+class AttachedRoute(_message.Message):
+    __slots__ = ("kind", "namespace", "name", "service_namespace", "service", "port", "rules")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    namespace: str
+    name: str
+    service_namespace: str
+    service: str
+    port: int
+    rules: int
+    def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., service_namespace: _Optional[str] = ..., service: _Optional[str] = ..., port: _Optional[int] = ..., rules: _Optional[int] = ...) -> None: ...
+
+class RoutesResponse(_message.Message):
+    __slots__ = ("rows", "attached", "services", "window_seconds", "route_errors")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    ATTACHED_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[RouteRow]
+    attached: _containers.RepeatedCompositeFieldContainer[AttachedRoute]
+    services: _containers.RepeatedScalarFieldContainer[str]
+    window_seconds: int
+    route_errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rows: _Optional[_Iterable[_Union[RouteRow, _Mapping]]] = ..., attached: _Optional[_Iterable[_Union[AttachedRoute, _Mapping]]] = ..., services: _Optional[_Iterable[str]] = ..., window_seconds: _Optional[int] = ..., route_errors: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -65,6 +65,11 @@ class PublicStub:
                 request_serializer=nodemesh_dot_api_dot_public__pb2.VersionRequest.SerializeToString,
                 response_deserializer=nodemesh_dot_api_dot_public__pb2.VersionResponse.FromString,
                 _registered_method=True)
+        self.Routes = channel.unary_unary(
+                '/nodemesh.public.v1.Public/Routes',
+                request_serializer=nodemesh_dot_api_dot_public__pb2.RoutesRequest.SerializeToString,
+                response_deserializer=nodemesh_dot_api_dot_public__pb2.RoutesResponse.FromString,
+                _registered_method=True)
 
 
 class PublicServicer:
@@ -107,6 +112,14 @@ class PublicServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Routes(self, request, context):
+        """Per-route golden metrics (HTTPRoute/GRPCRoute rules) of the traffic to a Service, or to
+        the Services backed by a workload's pods; NOT_FOUND for a workload the index does not know.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PublicServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +152,11 @@ def add_PublicServicer_to_server(servicer, server):
                     servicer.Version,
                     request_deserializer=nodemesh_dot_api_dot_public__pb2.VersionRequest.FromString,
                     response_serializer=nodemesh_dot_api_dot_public__pb2.VersionResponse.SerializeToString,
+            ),
+            'Routes': grpc.unary_unary_rpc_method_handler(
+                    servicer.Routes,
+                    request_deserializer=nodemesh_dot_api_dot_public__pb2.RoutesRequest.FromString,
+                    response_serializer=nodemesh_dot_api_dot_public__pb2.RoutesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -303,6 +321,33 @@ class Public:
             '/nodemesh.public.v1.Public/Version',
             nodemesh_dot_api_dot_public__pb2.VersionRequest.SerializeToString,
             nodemesh_dot_api_dot_public__pb2.VersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Routes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nodemesh.public.v1.Public/Routes',
+            nodemesh_dot_api_dot_public__pb2.RoutesRequest.SerializeToString,
+            nodemesh_dot_api_dot_public__pb2.RoutesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,35 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnodemesh/api/telemetry.proto\x12\x15nodemesh.telemetry.v1\"]\n\x04Peer\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x0b\n\x03pod\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x10\n\x08identity\x18\x05 \x01(\t\"<\n\tHistogram\x12\x0f\n\x07\x62uckets\x18\x01 \x03(\r\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x04\x12\x0e\n\x06sum_us\x18\x03 \x01(\x04\"\xb0\x03\n\rRequestSeries\x12\x33\n\tdirection\x18\x01 \x01(\x0e\x32 .nodemesh.telemetry.v1.Direction\x12(\n\x03src\x18\x02 \x01(\x0b\x32\x1b.nodemesh.telemetry.v1.Peer\x12(\n\x03\x64st\x18\x03 \x01(\x0b\x32\x1b.nodemesh.telemetry.v1.Peer\x12\x31\n\x08protocol\x18\x04 \x01(\x0e\x32\x1f.nodemesh.telemetry.v1.Protocol\x12\x13\n\x0bstatus_code\x18\x05 \x01(\r\x12\x18\n\x0bgrpc_status\x18\x06 \x01(\rH\x00\x88\x01\x01\x12=\n\x0e\x63lassification\x18\x07 \x01(\x0e\x32%.nodemesh.telemetry.v1.Classification\x12\x0b\n\x03tls\x18\x08 \x01(\x08\x12\x11\n\tresponses\x18\t \x01(\x04\x12\x31\n\x07latency\x18\n \x01(\x0b\x32 .nodemesh.telemetry.v1.Histogram\x12\x12\n\nauthz_deny\x18\x14 \x01(\tB\x0e\n\x0c_grpc_status\"\x9a\x02\n\tTcpSeries\x12\x33\n\tdirection\x18\x01 \x01(\x0e\x32 .nodemesh.telemetry.v1.Direction\x12(\n\x03src\x18\x02 \x01(\x0b\x32\x1b.nodemesh.telemetry.v1.Peer\x12(\n\x03\x64st\x18\x03 \x01(\x0b\x32\x1b.nodemesh.telemetry.v1.Peer\x12\x0b\n\x03tls\x18\x04 \x01(\x08\x12\x0e\n\x06opened\x18\x05 \x01(\x04\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x04\x12\x12\n\nread_bytes\x18\x07 \x01(\x04\x12\x13\n\x0bwrite_bytes\x18\x08 \x01(\x04\x12\x18\n\x10open_connections\x18\t \x01(\x04\x12\x14\n\x0c\x61uthz_denied\x18\x14 \x01(\x04\"\x9f\x01\n\tAgentLoad\x12\x15\n\rpods_enrolled\x18\x01 \x01(\r\x12\x18\n\x10open_connections\x18\x02 \x01(\r\x12\x13\n\x0b\x63pu_seconds\x18\x03 \x01(\x01\x12\x11\n\trss_bytes\x18\x04 \x01(\x04\x12\x39\n\renrolled_pods\x18\x05 \x03(\x0b\x32\".nodemesh.telemetry.v1.EnrolledPod\";\n\x0b\x45nrolledPod\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\"\x86\x02\n\x0b\x41gentReport\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x13\n\x0binterval_ms\x18\x05 \x01(\r\x12.\n\x04load\x18\x06 \x01(\x0b\x32 .nodemesh.telemetry.v1.AgentLoad\x12\x36\n\x08requests\x18\x07 \x03(\x0b\x32$.nodemesh.telemetry.v1.RequestSeries\x12-\n\x03tcp\x18\x08 \x03(\x0b\x32 .nodemesh.telemetry.v1.TcpSeries\"?\n\tReportAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t*A\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x0b\n\x07INBOUND\x10\x01\x12\x0c\n\x08OUTBOUND\x10\x02*V\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\t\n\x05HTTP1\x10\x01\x12\t\n\x05HTTP2\x10\x02\x12\x08\n\x04GRPC\x10\x03\x12\x07\n\x03TCP\x10\x04\x12\x07\n\x03TLS\x10\x05*J\n\x0e\x43lassification\x12\x1e\n\x1a\x43LASSIFICATION_UNSPECIFIED\x10\x00\x12\x0b\n\x07SUCCESS\x10\x01\x12\x0b\n\x07\x46\x41ILURE\x10\x02\x32_\n\tTelemetry\x12R\n\x06Report\x12\".nodemesh.telemetry.v1.AgentReport\x1a .nodemesh.telemetry.v1.ReportAck(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnodemesh/api/telemetry.proto\x12\x15nodemesh.telemetry.v1\"]\n\x04Peer\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x0b\n\x03pod\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x10\n\x08identity\x18\x05 \x01(\t\"<\n\tHistogram\x12\x0f\n\x07\x62uckets\x18\x01 \x03(\r\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x04\x12\x0e\n\x06sum_us\x18\x03 \x01(\x04\"\xbf\x03\n\rRequestSeries\x12\x33\n\tdirection\x18\x01 \x01(\x0e\x32 .nodemesh.telemetry.v1.Direction\x12(\n\x03src\x18\x02 \x01(\x0b\x32\x1b.nodemesh.telemetry.v1.Peer\x12(\n\x03\x64st\x18\x03 \x01(\x0b\x32\x1b.nodemesh.telemetry.v1.Peer\x12\x31\n\x08protocol\x18\x04 \x01(\x0e\x32\x1f.nodemesh.telemetry.v1.Protocol\x12\x13\n\x0bstatus_code\x18\x05 \x01(\r\x12\x18\n\x0bgrpc_status\x18\x06 \x01(\rH\x00\x88\x01\x01\x12=\n\x0e\x63lassification\x18\x07 \x01(\x0e\x32%.nodemesh.telemetry.v1.Classification\x12\x0b\n\x03tls\x18\x08 \x01(\x08\x12\x11\n\tresponses\x18\t \x01(\x04\x12\x31\n\x07latency\x18\n \x01(\x0b\x32 .nodemesh.telemetry.v1.Histogram\x12\x12\n\nauthz_deny\x18\x14 \x01(\t\x12\r\n\x05route\x18\x19 \x01(\tB\x0e\n\x0c_grpc_status\"\x9a\x02\n\tTcpSeries\x12\x33\n\tdirection\x18\x01 \x01(\x0e\x32 .nodemesh.telemetry.v1.Direction\x12(\n\x03src\x18\x02 \x01(\x0b\x32\x1b.nodemesh.telemetry.v1.Peer\x12(\n\x03\x64st\x18\x03 \x01(\x0b\x32\x1b.nodemesh.telemetry.v1.Peer\x12\x0b\n\x03tls\x18\x04 \x01(\x08\x12\x0e\n\x06opened\x18\x05 \x01(\x04\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x04\x12\x12\n\nread_bytes\x18\x07 \x01(\x04\x12\x13\n\x0bwrite_bytes\x18\x08 \x01(\x04\x12\x18\n\x10open_connections\x18\t \x01(\x04\x12\x14\n\x0c\x61uthz_denied\x18\x14 \x01(\x04\"\x9f\x01\n\tAgentLoad\x12\x15\n\rpods_enrolled\x18\x01 \x01(\r\x12\x18\n\x10open_connections\x18\x02 \x01(\r\x12\x13\n\x0b\x63pu_seconds\x18\x03 \x01(\x01\x12\x11\n\trss_bytes\x18\x04 \x01(\x04\x12\x39\n\renrolled_pods\x18\x05 \x03(\x0b\x32\".nodemesh.telemetry.v1.EnrolledPod\";\n\x0b\x45nrolledPod\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\"\x86\x02\n\x0b\x41gentReport\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x13\n\x0binterval_ms\x18\x05 \x01(\r\x12.\n\x04load\x18\x06 \x01(\x0b\x32 .nodemesh.telemetry.v1.AgentLoad\x12\x36\n\x08requests\x18\x07 \x03(\x0b\x32$.nodemesh.telemetry.v1.RequestSeries\x12-\n\x03tcp\x18\x08 \x03(\x0b\x32 .nodemesh.telemetry.v1.TcpSeries\"?\n\tReportAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t*A\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x0b\n\x07INBOUND\x10\x01\x12\x0c\n\x08OUTBOUND\x10\x02*V\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\t\n\x05HTTP1\x10\x01\x12\t\n\x05HTTP2\x10\x02\x12\x08\n\x04GRPC\x10\x03\x12\x07\n\x03TCP\x10\x04\x12\x07\n\x03TLS\x10\x05*J\n\x0e\x43lassification\x12\x1e\n\x1a\x43LASSIFICATION_UNSPECIFIED\x10\x00\x12\x0b\n\x07SUCCESS\x10\x01\x12\x0b\n\x07\x46\x41ILURE\x10\x02\x32_\n\tTelemetry\x12R\n\x06Report\x12\".nodemesh.telemetry.v1.AgentReport\x1a .nodemesh.telemetry.v1.ReportAck(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nodemesh.api.telemetry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIRECTION']._serialized_start=1485
-  _globals['_DIRECTION']._serialized_end=1550
-  _globals['_PROTOCOL']._serialized_start=1552
-  _globals['_PROTOCOL']._serialized_end=1638
-  _globals['_CLASSIFICATION']._serialized_start=1640
-  _globals['_CLASSIFICATION']._serialized_end=1714
+  _globals['_DIRECTION']._serialized_start=1500
+  _globals['_DIRECTION']._serialized_end=1565
+  _globals['_PROTOCOL']._serialized_start=1567
+  _globals['_PROTOCOL']._serialized_end=1653
+  _globals['_CLASSIFICATION']._serialized_start=1655
+  _globals['_CLASSIFICATION']._serialized_end=1729
   _globals['_PEER']._serialized_start=55
   _globals['_PEER']._serialized_end=148
   _globals['_HISTOGRAM']._serialized_start=150
   _globals['_HISTOGRAM']._serialized_end=210
   _globals['_REQUESTSERIES']._serialized_start=213
-  _globals['_REQUESTSERIES']._serialized_end=645
-  _globals['_TCPSERIES']._serialized_start=648
-  _globals['_TCPSERIES']._serialized_end=930
-  _globals['_AGENTLOAD']._serialized_start=933
-  _globals['_AGENTLOAD']._serialized_end=1092
-  _globals['_ENROLLEDPOD']._serialized_start=1094
-  _globals['_ENROLLEDPOD']._serialized_end=1153
-  _globals['_AGENTREPORT']._serialized_start=1156
-  _globals['_AGENTREPORT']._serialized_end=1418
-  _globals['_REPORTACK']._serialized_start=1420
-  _globals['_REPORTACK']._serialized_end=1483
-  _globals['_TELEMETRY']._serialized_start=1716
-  _globals['_TELEMETRY']._serialized_end=1811
+  _globals['_REQUESTSERIES']._serialized_end=660
+  _globals['_TCPSERIES']._serialized_start=663
+  _globals['_TCPSERIES']._serialized_end=945
+  _globals['_AGENTLOAD']._serialized_start=948
+  _globals['_AGENTLOAD']._serialized_end=1107
+  _globals['_ENROLLEDPOD']._serialized_start=1109
+  _globals['_ENROLLEDPOD']._serialized_end=1168
+  _globals['_AGENTREPORT']._serialized_start=1171
+  _globals['_AGENTREPORT']._serialized_end=1433
+  _globals['_REPORTACK']._serialized_start=1435
+  _globals['_REPORTACK']._serialized_end=1498
+  _globals['_TELEMETRY']._serialized_start=1731
+  _globals['_TELEMETRY']._serialized_end=1826
 # @@protoc_insertion_point(module_scope)

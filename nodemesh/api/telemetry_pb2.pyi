@@ -65,7 +65,7 @@ class Histogram(_message.Message):
     def __init__(self, buckets: _Optional[_Iterable[int]] = ..., counts: _Optional[_Iterable[int]] = ..., sum_us: _Optional[int] = ...) -> None: ...
 
 class RequestSeries(_message.Message):
-    __slots__ = ("direction", "src", "dst", "protocol", "status_code", "grpc_status", "classification", "tls", "responses", "latency", "authz_deny")
+    __slots__ = ("direction", "src", "dst", "protocol", "status_code", "grpc_status", "classification", "tls", "responses", "latency", "authz_deny", "route")
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     SRC_FIELD_NUMBER: _ClassVar[int]
     DST_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class RequestSeries(_message.Message):
     RESPONSES_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     AUTHZ_DENY_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     direction: Direction
     src: Peer
     dst: Peer
@@ -88,7 +89,8 @@ class RequestSeries(_message.Message):
     responses: int
     latency: Histogram
     authz_deny: str
-    def __init__(self, direction: _Optional[_Union[Direction, str]] = ..., src: _Optional[_Union[Peer, _Mapping]] = ..., dst: _Optional[_Union[Peer, _Mapping]] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., status_code: _Optional[int] = ..., grpc_status: _Optional[int] = ..., classification: _Optional[_Union[Classification, str]] = ..., tls: _Optional[bool] = ..., responses: _Optional[int] = ..., latency: _Optional[_Union[Histogram, _Mapping]] = ..., authz_deny: _Optional[str] = ...) -> None: ...
+    route: str
+    def __init__(self, direction: _Optional[_Union[Direction, str]] = ..., src: _Optional[_Union[Peer, _Mapping]] = ..., dst: _Optional[_Union[Peer, _Mapping]] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., status_code: _Optional[int] = ..., grpc_status: _Optional[int] = ..., classification: _Optional[_Union[Classification, str]] = ..., tls: _Optional[bool] = ..., responses: _Optional[int] = ..., latency: _Optional[_Union[Histogram, _Mapping]] = ..., authz_deny: _Optional[str] = ..., route: _Optional[str] = ...) -> None: ...
 
 class TcpSeries(_message.Message):
     __slots__ = ("direction", "src", "dst", "tls", "opened", "closed", "read_bytes", "write_bytes", "open_connections", "authz_denied")

@@ -13,6 +13,7 @@ from nodemesh.cli.install.command import install, uninstall
 from nodemesh.cli.lab import lab
 from nodemesh.cli.mesh import mesh
 from nodemesh.cli.migrate import migrate
+from nodemesh.cli.routes import routes
 from nodemesh.cli.stat import stat
 from nodemesh.cli.tap import tap
 from nodemesh.cli.top import top
@@ -29,6 +30,7 @@ def cli() -> None:
 
 for command in (install, uninstall, check, stat, top, tap, edges, dashboard, version, mesh, lab):
     cli.add_command(command)
+cli.add_command(routes)
 cli.add_command(migrate)
 
 

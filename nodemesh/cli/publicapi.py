@@ -49,7 +49,11 @@ class PublicApi:
         details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
         ep = self.endpoint
         at = ep.address if ep.where == ep.address else f"{ep.where} at {ep.address}"
-        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        if code in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.NOT_FOUND,
+        ):
             return ApiError(details)
         if code == grpc.StatusCode.UNAUTHENTICATED:
             hint = (
@@ -86,6 +90,9 @@ class PublicApi:
 
     def stat(self, request: pb.StatRequest) -> pb.StatResponse:
         return self._call("Stat", request)
+
+    def routes(self, request: pb.RoutesRequest) -> pb.RoutesResponse:
+        return self._call("Routes", request)
 
     def edges(self, request: pb.EdgesRequest) -> pb.EdgesResponse:
         return self._call("Edges", request)

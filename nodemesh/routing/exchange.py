@@ -10,6 +10,11 @@ Decisions it owns:
   get DEADLINE_EXCEEDED from the shell) and cancels the upstream; firing while the response
   streams cancels the upstream and ends the client's response.
 - timeouts.backendRequest: per attempt; a retryable failure when 504 is among the retry codes.
+- gRPC: a call's failure is :status 200 with a grpc-status; when that status comes in the
+  response head (trailers-only, what a server sends when it fails a call before any message)
+  the HTTP retry codes stand for their gRPC counterparts (GRPC_OF_HTTP: 503 -> UNAVAILABLE,
+  ...), so `retry` on a GRPCRoute (codes default to 503) retries UNAVAILABLE. A grpc-status
+  in trailers after a message was forwarded is the app's answer: never retried.
 - retries: only when the rule has `retry`, attempts remain, the request body was buffered whole
   and is at most `body_limit`, the method is idempotent (or the route allows others), and the
   budget grants one. A failed connection before any byte was sent is always safe to retry (on
@@ -27,6 +32,9 @@ from nodemesh.routing.budget import Budget
 from nodemesh.routing.model import Backend, RouteRule
 from nodemesh.routing.spec import IDEMPOTENT
 
+# The gRPC status a retry code stands for on a gRPC call (gRPC's own HTTP-to-status mapping
+# for 429/502/503/504; 500 as the agent answers it).
+GRPC_OF_HTTP = {429: 8, 500: 13, 502: 14, 503: 14, 504: 4}
 BODY_LIMIT = 64 * 1024  # bytes of request body kept for a retry
 CONNECT_ATTEMPTS = 3  # tries of a request whose connection failed (other endpoints)
 
@@ -90,6 +98,7 @@ Command = Send | Cancel | Forward | Answer | Close | Sleep
 class HeadReceived:
     status: int
     now: float
+    grpc_status: int | None = None  # when the head ends the response (trailers-only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +138,7 @@ class Exchange:
         now: float,
         retry_non_idempotent: bool = False,
         body_limit: int = BODY_LIMIT,
+        grpc: bool = False,
     ) -> None:
         """`backend_choice`: the backends for attempt 1, 2, ... (picked by weight by the
         shell); its last entry serves the attempts beyond it."""
@@ -145,6 +155,11 @@ class Exchange:
         retry = rule.retry if rule else None
         self.max_attempts = 1 + (retry.attempts if retry else 0)
         self.codes = frozenset(retry.codes) if retry else frozenset()
+        self.grpc_codes = (
+            frozenset(GRPC_OF_HTTP[c] for c in self.codes if c in GRPC_OF_HTTP)
+            if grpc
+            else frozenset()
+        )
         self.backoff = (retry.backoff_ms / 1000) if retry else 0.0
         self.replayable = body_buffered and body_size <= body_limit
         self.idempotent = method in IDEMPOTENT or retry_non_idempotent
@@ -187,7 +202,10 @@ class Exchange:
         return Send(backend, self.attempt, self.attempt_deadline)
 
     def _head(self, event: HeadReceived) -> list[Command]:
-        if event.status in self.codes and self._may_retry(event.now):
+        retryable = event.status in self.codes or (
+            event.grpc_status is not None and event.grpc_status in self.grpc_codes
+        )
+        if retryable and self._may_retry(event.now):
             return self._retry(event.now, cancel=True)
         self.state = State.STREAMING
         self.attempt_deadline = None

@@ -121,6 +121,9 @@ class RouteParent:
     port: int = 0  # 0: every port of the Service
 
 
+DEFAULT_ROUTE = "default"  # the `route` label of a request no route rule took
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     key: RouteKey
@@ -134,7 +137,8 @@ class Route:
     retry_non_idempotent: bool = False
 
     def rule_label(self, index: int) -> str:
-        """The `route` metric label of rule `index`: the route's name and the rule (its name if
-        it has one, else its position)."""
+        """The `route` metric label of rule `index`: namespace/name of the route and the rule
+        (its name if it has one, else its position). Routes are configuration, so the label's
+        values are bounded; requests no rule takes are labelled DEFAULT_ROUTE."""
         rule = self.rules[index]
-        return f"{self.key.name}/{rule.name or index}"
+        return f"{self.key.namespace}/{self.key.name}/{rule.name or index}"

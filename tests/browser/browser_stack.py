@@ -26,7 +26,7 @@ from nodemesh import tasks
 from nodemesh.api import public_pb2_grpc, tap_pb2
 from nodemesh.api import tap_pb2_grpc as tap_grpc
 from nodemesh.lab.access import ACCESS_FILE, create_lab_access, service_account_token_path
-from tests.unit.dashboard.dash_cluster import NS, Clock, Traffic, build_index
+from tests.unit.dashboard.dash_cluster import NS, Clock, Traffic, add_routes, build_index, routed
 
 
 class LocalStack:
@@ -91,6 +91,18 @@ class LocalStack:
             t.calls("web", "emoji", ok=120 * scale)
             t.calls("web", "voting", ok=60 * scale - voting_failures, failed=voting_failures,
                     latency_us=8000, node="node2")  # fmt: skip
+            self.clock.now += 10
+
+        self.run(step)
+
+    def route_step(self) -> None:
+        """web-svc and its HTTPRoute (two rules), and one bucket of vote-bot's requests on it:
+        rule 0 45 OK + 5 failed, 3 that no rule took, rule 1 none."""
+
+        async def step() -> None:
+            add_routes(self.index)
+            routed(self.store, route=f"{NS}/web-api/0", ok=45, failed=5)
+            routed(self.store, route="default", ok=3, sequence=1001)
             self.clock.now += 10
 
         self.run(step)

@@ -100,6 +100,20 @@ def test_deployment_page_draws_charts_and_edges(
     assert console_errors(browser) == []
 
 
+def test_deployment_page_has_route_rows(stack: LocalStack, browser: Any, artifacts: Path) -> None:
+    stack.route_step()
+    browser.get(f"{stack.url}/namespaces/emojivoto/deployments/web")
+    wait_js(browser, "document.querySelector('#routes tr[data-route]')", what="route rows")
+    rows = {r["Route"]: r for r in table(browser, "routes")}
+    assert set(rows) == {"emojivoto/web-api/0", "emojivoto/web-api/1", "[DEFAULT]"}
+    api = rows["emojivoto/web-api/0"]
+    assert api["Service"] == "emojivoto/web-svc" and api["Success"] == "90.00%"
+    assert api["P99"] not in ("-", "\u2013") and rows["[DEFAULT]"]["Success"] == "100.00%"
+    assert rows["emojivoto/web-api/1"]["RPS"] == "\u2013"  # NM.dash: no requests on that rule
+    browser.save_screenshot(str(artifacts / "deployment-web-routes.png"))
+    assert console_errors(browser) == []
+
+
 def test_topology_shows_web_calling_emoji_and_voting(
     stack: LocalStack, browser: Any, artifacts: Path
 ) -> None:

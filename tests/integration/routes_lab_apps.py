@@ -6,6 +6,8 @@ http PORT FAIL_EVERY   HTTP/1.1 server: GET / answers 200 with the pod's name, e
                        cancelled); GET /stats: {"seen", "failed", "cancelled"} (not counted).
 grpc PORT              gRPC server: /test.Who/Name answers the pod's name.
 grpcclient TARGET N    One gRPC channel, N calls, 8 in flight: prints {pod name: answers}.
+grpcflaky TARGET N     One gRPC channel, N calls of /test.Who/Flaky (every 5th call a pod gets
+                       fails with UNAVAILABLE), one at a time: prints {"ok" or status: calls}.
 """
 
 from __future__ import annotations
@@ -74,8 +76,23 @@ def grpc_server(port: int) -> None:
     def who(request: bytes, context: object) -> bytes:
         return NAME.encode()
 
+    lock = threading.Lock()
+    flaky_calls = [0]
+
+    def flaky(request: bytes, context: grpc.ServicerContext) -> bytes:
+        with lock:
+            flaky_calls[0] += 1
+            fail = flaky_calls[0] % 5 == 1
+        if fail:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "shedding load")
+        return NAME.encode()
+
     handler = grpc.method_handlers_generic_handler(
-        "test.Who", {"Name": grpc.unary_unary_rpc_method_handler(who)}
+        "test.Who",
+        {
+            "Name": grpc.unary_unary_rpc_method_handler(who),
+            "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
+        },
     )
     server = grpc.server(futures.ThreadPoolExecutor(8))
     server.add_generic_rpc_handlers((handler,))
@@ -94,6 +111,21 @@ def grpc_client(target: str, n: int) -> None:
             batch = [call.future(b"", timeout=20) for _ in range(8)]
             answers.update(f.result().decode() for f in batch)
     print(json.dumps(answers))
+
+
+def grpc_flaky(target: str, n: int) -> None:
+    import grpc
+
+    outcomes: Counter[str] = Counter()
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary("/test.Who/Flaky")
+        for _ in range(n):
+            try:
+                call(b"", timeout=20)
+                outcomes["ok"] += 1
+            except grpc.RpcError as exc:
+                outcomes[exc.code().name] += 1
+    print(json.dumps(outcomes))
 
 
 def http_loop(host: str, seconds: float, threads: int) -> None:
@@ -134,5 +166,7 @@ if __name__ == "__main__":
         http_loop(args[0], float(args[1]), int(args[2]))
     elif cmd == "grpcclient":
         grpc_client(args[0], int(args[1]))
+    elif cmd == "grpcflaky":
+        grpc_flaky(args[0], int(args[1]))
     else:
         raise SystemExit(f"unknown app {cmd!r}")

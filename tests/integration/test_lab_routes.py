@@ -126,7 +126,21 @@ APPS_YAML = (
     + service("dead", "app: dead")
     + service("slow", "app: slow")
     + service("emoji", "app: emoji", port=8080)
+    # The same pods behind a Service with a GRPCRoute retry (UNAVAILABLE), emoji keeps none.
+    + service("emoji-retry", "app: emoji", port=8080)
 )
+
+
+GRPC_RETRY = f"""---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: emoji-retry, namespace: {NS}}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: emoji-retry, port: 8080}}]
+  rules:
+  - backendRefs: [{{name: emoji-retry, port: 8080}}]
+    retry: {{attempts: 3}}
+"""
 
 
 class Lab:
@@ -175,6 +189,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 RETRY.format("dead"),
                 annotations="{nodemesh.io/retry-budget-min-per-second: '0'}",
             )
+            + GRPC_RETRY
             + route(
                 "slow",
                 "slow",
@@ -301,3 +316,77 @@ def test_the_l7_path_is_never_plaintext_on_the_wire(lab: Lab) -> None:
     wire = b"".join(cap.frames)
     assert len(wire) > 10_000  # the capture saw the traffic (in TLS)
     assert marker.encode() not in wire  # a header the L7 path re-sent upstream
+
+
+def test_routes_shows_each_rule_with_what_it_carried(lab: Lab) -> None:
+    """`nodemesh routes`: every request the client's L7 path answered is reported with its
+    route (namespace/name/rule, "default" when no rule took it) and shown per Service."""
+    n = 200
+    got = hey(lab, "-n", str(n), "-c", "4", f"http://flaky.{NS}.svc.cluster.local/")
+    assert got.get(200, 0) >= n - 2, str(got)
+    out = lab.exec(
+        "deploy/client", PY, APPS, "grpcclient", f"emoji.{NS}.svc.cluster.local:8080", "32"
+    )
+    assert sum(json.loads(out.strip().splitlines()[-1]).values()) == 32  # batches of 8
+
+    def routes(*args: str) -> dict:
+        return json.loads(nm("routes", *args, "-n", NS, "-t", "15m", "--lab", lab.name,
+                             "-o", "json"))  # fmt: skip
+
+    deadline = time.monotonic() + 30  # agents report every second
+    while True:
+        flaky = {r["route"]: r for r in routes("svc/flaky")["routes"]}
+        emoji = {r["route"]: r for r in routes("deploy/emoji")["routes"]}
+        rule = flaky.get(f"{NS}/flaky/0", {})
+        if rule.get("requests", 0) >= n and emoji.get("default", {}).get("requests", 0) >= 32:
+            break
+        assert time.monotonic() < deadline, (flaky, emoji)
+        time.sleep(1)
+    # Retries hide the flaky endpoint's 503s from the route's success rate, as from the client.
+    assert rule["kind"] == "HTTPRoute" and rule["success_rate"] >= 0.99, rule
+    assert rule["latency_ms"]["p99"] is not None and rule["service"] == f"{NS}/flaky"
+    # gRPC with no route: per-request balancing, counted as the Service's default route.
+    assert emoji["default"]["success_rate"] == 1.0 and emoji["default"]["kind"] == ""
+    # A Deployment behind two Services: both, with the split route attached to `web`.
+    web_v1 = routes("deploy/web-v1")
+    assert web_v1["services"] == [f"{NS}/web", f"{NS}/web-v1"]
+    assert {(a["route"], a["service"]) for a in web_v1["attached"]} == {
+        (f"{NS}/web-split", f"{NS}/web")
+    }
+    # The same label on the agent's /metrics, as Prometheus scrapes it.
+    metrics = subprocess.run(
+        ["ip", "netns", "exec", LabPaths(lab.name).node_netns("node1"), PY, "-c",
+         "import urllib.request as u;"
+         "print(u.urlopen('http://127.0.0.1:4191/metrics').read().decode())"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    flaky_total = sum(
+        float(value)
+        for labels, value in re.findall(r"^route_request_total\{([^}]*)\} (\S+)$", metrics, re.M)
+        if f'route="{NS}/flaky/0"' in labels and 'dst_service="flaky"' in labels
+    )
+    assert flaky_total >= n, metrics[-3000:]
+    assert re.search(r'^route_request_total\{[^}]*route="default"', metrics, re.M)
+    table = nm("routes", "deploy/emoji", "-n", NS, "--lab", lab.name)
+    assert "[DEFAULT]" in table and f"{NS}/emoji" in table, table
+    res = subprocess.run([NODEMESH, "routes", "deploy/nope", "-n", NS, "--lab", lab.name],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode != 0 and f"deployment {NS}/nope not found" in res.stderr, res
+
+
+def test_a_grpc_route_retry_hides_unavailable(lab: Lab) -> None:
+    """Every 5th call an emoji pod gets fails with UNAVAILABLE (trailers-only): through emoji
+    (no route) the client sees those failures; through emoji-retry (a GRPCRoute with `retry`,
+    codes defaulting to 503, which stands for UNAVAILABLE) it sees none."""
+    calls = 40
+
+    def flaky(service: str) -> Counter[str]:
+        out = lab.exec(
+            "deploy/client", PY, APPS, "grpcflaky", f"{service}.{NS}.svc.cluster.local:8080",
+            str(calls),
+        )  # fmt: skip
+        return Counter(json.loads(out.strip().splitlines()[-1]))
+
+    plain = flaky("emoji")
+    assert plain["UNAVAILABLE"] >= 3 and sum(plain.values()) == calls, plain
+    assert flaky("emoji-retry") == Counter({"ok": calls})

@@ -114,23 +114,18 @@ class AggregateCollector(Collector):
                 for i, n in enumerate(s.buckets):
                     held[i] += n
             latency_sum[key] = latency_sum.get(key, 0.0) + s.sum_us / 1000
-        yield _counter("request", "Requests the agent proxied", requests)
-        yield _counter("response", "Responses the agent proxied", responses)
-        hist = HistogramMetricFamily(
+        yield counter("request", "Requests the agent proxied", requests)
+        yield counter("response", "Responses the agent proxied", responses)
+        yield latency_family(
             "response_latency_ms",
             "Time to the response's first byte, in milliseconds",
-            labels=None,
+            latency,
+            latency_sum,
         )
-        for key, buckets in latency.items():
-            cumulative, running = [], 0
-            for le, n in zip(_LE, buckets, strict=True):
-                running += n
-                cumulative.append((le, running))
-            _histogram_sample(hist, dict(key), cumulative, latency_sum[key])
-        yield hist
         if self.tcp:
             yield from self._tcp(list(agg.tcp.values()))
         yield from agg.denials.collect()
+        yield from agg.routes.collect()
         yield CounterMetricFamily(
             "nodemesh_agent_series_forgotten",
             "Metric series dropped because their pod left the cluster (after the grace)",
@@ -150,17 +145,31 @@ class AggregateCollector(Collector):
             _add(read, labels, s.read_bytes)
             _add(write, labels, s.write_bytes)
             _add(current, labels, max(s.open, 0))
-        yield _counter("tcp_open", "TCP connections opened", opened)
-        yield _counter("tcp_close", "TCP connections closed", closed)
-        yield _counter("tcp_read_bytes", "Bytes read from the connection's client", read)
-        yield _counter("tcp_write_bytes", "Bytes written to the connection's client", write)
+        yield counter("tcp_open", "TCP connections opened", opened)
+        yield counter("tcp_close", "TCP connections closed", closed)
+        yield counter("tcp_read_bytes", "Bytes read from the connection's client", read)
+        yield counter("tcp_write_bytes", "Bytes written to the connection's client", write)
         gauge = GaugeMetricFamily("tcp_open_connections", "TCP connections open now")
         for key, n in current.items():
             gauge.add_sample("tcp_open_connections", dict(key), n)
         yield gauge
 
 
-def _counter(name: str, doc: str, table: dict[Labels, int]) -> CounterMetricFamily:
+def latency_family(
+    name: str, doc: str, latency: dict[Labels, list[int]], sums_ms: dict[Labels, float]
+) -> HistogramMetricFamily:
+    """A histogram family from per-label-set counts in Linkerd's buckets (LATENCY_BOUNDS_MS)."""
+    hist = HistogramMetricFamily(name, doc, labels=None)
+    for key, buckets in latency.items():
+        cumulative, running = [], 0
+        for le, n in zip(_LE, buckets, strict=True):
+            running += n
+            cumulative.append((le, running))
+        _histogram_sample(hist, dict(key), cumulative, sums_ms[key])
+    return hist
+
+
+def counter(name: str, doc: str, table: dict[Labels, int]) -> CounterMetricFamily:
     family = CounterMetricFamily(name, doc)
     for key, n in table.items():
         family.add_sample(f"{name}_total", dict(key), n)

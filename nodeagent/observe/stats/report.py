@@ -159,6 +159,7 @@ def take_reports(
     tcp = drain_tcp(agg)
     denied_requests, denied_tcp = agg.denials.drain()
     requests += denied_requests
+    requests += agg.routes.drain()
     tcp += denied_tcp
     agg.generation += 1
     series: list[tuple[str, Any]] = [("r", s) for s in requests] + [("t", s) for s in tcp]

@@ -29,6 +29,7 @@ from typing import Any
 
 from nodeagent.observe.events import Peer, RequestObserved, TcpClosed, TcpOpened
 from nodeagent.observe.stats.denials import Denials
+from nodeagent.observe.stats.routes import RouteStats
 from nodemesh.histogram import EXACT_BELOW, MAX_VALUE_US, SUB_BUCKET_BITS, SUB_BUCKETS
 
 # Linkerd's response_latency_ms buckets (upper bounds, ms); +Inf is the extra last slot.
@@ -112,6 +113,7 @@ class Aggregate:
         self._gone_since: dict[PodRef, float] = {}
         self.forgotten = 0  # series dropped because their pod went away
         self.denials = Denials()  # what the destination's policy refused (not proxied)
+        self.routes = RouteStats(bounds_us=_BOUNDS_US)  # the client's L7 path, by route
 
     # --- the hot path ---------------------------------------------------------------------
 
@@ -264,6 +266,7 @@ class Aggregate:
                     named.add((s.src.namespace, s.src.pod))
                 if s.dst.pod:
                     named.add((s.dst.namespace, s.dst.pod))
+        named |= self.routes.clients()
         gone_since = {}
         for ref in named:
             if ref not in known:
@@ -273,7 +276,7 @@ class Aggregate:
         expired = {ref for ref, since in gone_since.items() if now - since >= grace}
         if not expired:
             return 0
-        dropped = 0
+        dropped = self.routes.forget(expired)
         for table in (self.requests, self.tcp):
             doomed = [
                 key

@@ -83,7 +83,24 @@ class Upstreams:
         self.idle.clear()
 
 
-Observe = Callable[[str, int, float, int], None]  # route label, status, seconds, retries
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the L7 path did with one request: the per-route metrics' input."""
+
+    service: ServiceKey  # the Service the client called (the routes' parent)
+    route: str  # the rule's label (Route.rule_label), "" when no route rule took it
+    protocol: str  # "http1" | "http2" | "grpc"
+    status: int  # the HTTP status the client got; 0 for none (reset)
+    seconds: float
+    retries: int = 0
+    grpc_status: int | None = None
+
+
+Observe = Callable[[Outcome], None]
+
+
+def _ignore(outcome: Outcome) -> None:
+    pass
 
 
 @dataclass
@@ -92,7 +109,7 @@ class RouteContext:
 
     routes: RouteTable
     upstreams: Upstreams
-    observe: Observe = lambda label, status, seconds, retries: None
+    observe: Observe = _ignore
     rng: random.Random = field(default_factory=random.Random)
     budgets: dict[RouteKey, Budget] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
@@ -255,20 +272,21 @@ async def _one(
     )
     if selected is None:
         await _answer(conn, writer, 404, "no route rule matches")
-        ctx.observe("", 404, ctx.clock() - start, 0)
+        ctx.observe(Outcome(service, "", "http1", 404, ctx.clock() - start))
         return True
     rule = selected.rule
     if request.method == b"CONNECT" or any(n.lower() == b"upgrade" for n, _ in headers):
         # Only a connection's first request is looked at before the L7 path takes it.
         await _answer(conn, writer, 501, "Upgrade on a reused connection is not supported")
-        ctx.observe(selected.label, 501, ctx.clock() - start, 0)
+        ctx.observe(Outcome(service, selected.label, "http1", 501, ctx.clock() - start))
         return False
     if rule.redirect is not None:
         location = _location(rule, selected, path, query, _header_map(headers).get("host", ""))
         await _answer(
             conn, writer, rule.redirect.status_code, "redirect", [(b"location", location.encode())]
         )
-        ctx.observe(selected.label, rule.redirect.status_code, ctx.clock() - start, 0)
+        status = rule.redirect.status_code
+        ctx.observe(Outcome(service, selected.label, "http1", status, ctx.clock() - start))
         return True
     headers = _modify(headers, rule.request_headers)
     if rule.rewrite is not None:
@@ -294,7 +312,7 @@ async def _one(
     shell = _Shell(ctx, x, conn, writer, upstream_request, body, service, port, rule)
     shell.reader, shell.complete = reader, complete
     status = await shell.run()
-    ctx.observe(selected.label, status, ctx.clock() - start, x.retries)
+    ctx.observe(Outcome(service, selected.label, "http1", status, ctx.clock() - start, x.retries))
     return shell.client_reusable
 
 

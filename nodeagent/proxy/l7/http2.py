@@ -26,7 +26,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from nodeagent.proxy.l7.http1 import RouteContext, Streams, _choices
+from nodeagent.proxy.l7.http1 import Outcome, RouteContext, Streams, _choices
 from nodemesh.model import ServiceKey
 from nodemesh.routing import exchange as ex
 from nodemesh.routing.model import HeaderModifier, RouteRule
@@ -287,7 +287,16 @@ async def _stream(
         )
         if selected is None:
             _answer(down, req.sid, 404, "no route rule matches", grpc=grpc)
-            ctx.observe("", 404, ctx.clock() - start, 0)
+            ctx.observe(
+                Outcome(
+                    service,
+                    "",
+                    "grpc" if grpc else "http2",
+                    404,
+                    ctx.clock() - start,
+                    grpc_status=GRPC_STATUS[404] if grpc else None,
+                )
+            )
             requests.pop(req.sid, None)
             return
         rule = selected.rule
@@ -313,6 +322,7 @@ async def _stream(
         retry_non_idempotent=True
         if grpc
         else bool(selected and selected.route.retry_non_idempotent),
+        grpc=grpc,
     )
     shell = _Shell(ctx, pool, down, req, x, headers, service, port, rule, grpc)
     try:
@@ -320,7 +330,25 @@ async def _stream(
     finally:
         shell.cancel()
         requests.pop(req.sid, None)
-    ctx.observe(selected.label if selected else "", status, ctx.clock() - start, x.retries)
+    ctx.observe(
+        Outcome(
+            service,
+            selected.label if selected else "",
+            "grpc" if grpc else "http2",
+            status,
+            ctx.clock() - start,
+            x.retries,
+            shell.grpc_status if grpc else None,
+        )
+    )
+
+
+def _grpc_status(headers: Any) -> int | None:
+    for name, value in headers:
+        if name == b"grpc-status":
+            with contextlib.suppress(ValueError):
+                return int(value)
+    return None
 
 
 def _answer(down: _Side, sid: int, status: int, reason: str, *, grpc: bool) -> None:
@@ -376,6 +404,7 @@ class _Shell:
         self.head: Any = None
         self.tried: set[tuple[str, int]] = set()
         self.status = 0
+        self.grpc_status: int | None = None  # from the answer's trailers (gRPC)
         self.target: Any = None
 
     def _replayable(self) -> None:
@@ -409,6 +438,8 @@ class _Shell:
         elif isinstance(command, ex.Answer):
             self.cancel()
             self.status = command.status
+            if self.grpc:
+                self.grpc_status = GRPC_STATUS.get(command.status, 2)
             _answer(self.down, self.req.sid, command.status, command.reason, grpc=self.grpc)
             return True
         elif isinstance(command, ex.Forward):
@@ -479,7 +510,10 @@ class _Shell:
                 balancer.observe(target.key, self.ctx.clock() - started, now=self.ctx.clock())
             self.head = event
             status = int(_pseudo(list(event.headers)).get(b":status", b"502"))
-            return ex.HeadReceived(status, self.ctx.clock())
+            grpc_status = None
+            if self.grpc and event.stream_ended is not None:  # trailers-only: a call's end
+                grpc_status = _grpc_status(event.headers)
+            return ex.HeadReceived(status, self.ctx.clock(), grpc_status)
         self.cancel()
         if (
             isinstance(event, h2.events.StreamReset)
@@ -510,12 +544,18 @@ class _Shell:
         except (h2.exceptions.ProtocolError, ConnectionError, KeyError):
             return
 
+    def _note_grpc_status(self, headers: Any) -> None:
+        found = _grpc_status(headers)
+        if found is not None:
+            self.grpc_status = found
+
     async def _forward(self) -> None:
         assert self.head is not None and self.queue is not None
         head_headers = [(n, v) for n, v in self.head.headers if n.lower() not in _HOP]
         if self.rule is not None:
             head_headers = _modify(head_headers, self.rule.response_headers)
         self.status = int(_pseudo(head_headers).get(b":status", b"200"))
+        self._note_grpc_status(head_headers)
         ended = self.head.stream_ended is not None
         sid = self.req.sid
         try:
@@ -535,6 +575,7 @@ class _Shell:
                     await self.down.send_data(sid, event.data, end=event.stream_ended is not None)
                     ended = event.stream_ended is not None
                 elif isinstance(event, h2.events.TrailersReceived):
+                    self._note_grpc_status(event.headers)
                     self.down.conn.send_headers(sid, list(event.headers), end_stream=True)
                     self.down.flush()
                     ended = True

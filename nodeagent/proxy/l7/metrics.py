@@ -1,42 +1,48 @@
-"""Per-route request metrics of the L7 path (the `route` label: HTTPRoute name and rule)."""
+"""The L7 path's per-request outcomes as route events for the observation sink.
+
+Each outcome becomes a `RouteObserved` (the `route` label: namespace/name/rule of the mesh route
+rule, "default" when none took the request), counted by the agent's aggregate for /metrics
+(`route_request_total`, ...) and the telemetry reports (`nodemesh routes`).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections.abc import Callable
 
-from nodeagent.observe.metrics import REGISTRY
-
-_LABELS = ["direction", "namespace", "pod", "route", "status_code"]
-ROUTE_REQUESTS = Counter(
-    "route_request",
-    "Requests answered on the L7 path, by route (name/rule) and status",
-    _LABELS,
-    registry=REGISTRY,
-)
-ROUTE_RETRIES = Counter(
-    "route_retry",
-    "Retries sent on the L7 path (within the route's retry budget)",
-    ["direction", "namespace", "pod", "route"],
-    registry=REGISTRY,
-)
-ROUTE_LATENCY = Histogram(
-    "route_response_latency_ms",
-    "Time from the request to the end of the response on the L7 path, milliseconds",
-    ["direction", "namespace", "pod", "route"],
-    buckets=(1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 1000, 2000, 5000, 10000),
-    registry=REGISTRY,
-)
+from nodeagent.observe.events import Peer, RouteObserved
+from nodeagent.protocol.classify import classify
+from nodeagent.proxy.l7.http1 import Outcome
+from nodemesh.routing.model import DEFAULT_ROUTE
 
 
 class RouteMetrics:
     """The observe callback of one client pod's L7 path."""
 
-    def __init__(self, *, namespace: str, pod: str) -> None:
-        self.namespace, self.pod = namespace, pod
+    def __init__(self, *, src: Callable[[], Peer], emit: Callable[[RouteObserved], None]) -> None:
+        self.src, self.emit = src, emit
 
-    def observe(self, route: str, status: int, seconds: float, retries: int) -> None:
-        label = route or "default"
-        ROUTE_REQUESTS.labels("outbound", self.namespace, self.pod, label, str(status)).inc()
-        ROUTE_LATENCY.labels("outbound", self.namespace, self.pod, label).observe(seconds * 1000)
-        if retries:
-            ROUTE_RETRIES.labels("outbound", self.namespace, self.pod, label).inc(retries)
+    def observe(self, outcome: Outcome) -> None:
+        self.emit(event_of(outcome, self.src()))
+
+
+def event_of(outcome: Outcome, src: Peer) -> RouteObserved:
+    grpc = outcome.protocol == "grpc"
+    # A gRPC call that ended without a grpc-status (reset, cut off) failed, whatever its :status.
+    failed_stream = grpc and outcome.grpc_status is None
+    verdict = classify(
+        outcome.status or None,
+        grpc_status=outcome.grpc_status if grpc else None,
+        stream_failed=failed_stream,
+    )
+    return RouteObserved(
+        src=src,
+        service_namespace=outcome.service.namespace,
+        service=outcome.service.name,
+        route=outcome.route or DEFAULT_ROUTE,
+        protocol=outcome.protocol,
+        status=outcome.status,
+        grpc_status=outcome.grpc_status if grpc else None,
+        success=verdict.success,
+        latency_s=outcome.seconds,
+        retries=outcome.retries,
+    )

@@ -25,13 +25,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
+from nodeagent.observe import peers
+from nodeagent.observe.events import Peer
 from nodeagent.protocol.detect import KNOWN_OPAQUE_PORTS
 from nodeagent.proxy.l4proxy import Relay
 from nodeagent.proxy.l7 import http1, http2
 from nodeagent.proxy.l7.balancing import RequestBalancer
 from nodeagent.proxy.l7.metrics import RouteMetrics
 from nodeagent.proxy.routing import Route, Target
-from nodemesh.model import ServiceKey
+from nodemesh.model import PodKey, ServiceKey
 from nodemesh.netns import socket_in_netns
 
 if TYPE_CHECKING:
@@ -83,11 +85,18 @@ async def _connect(pod: PodListeners, target: Target) -> http1.Streams:
     return await asyncio.open_connection(sock=sock)
 
 
+def _client(pod: PodListeners) -> Peer:
+    """The client pod as the route metrics name it (the table may learn its workload later)."""
+    p = pod.pod
+    info = pod.runtime.table.pod(PodKey(p.namespace, p.name))
+    return peers.of_pod(info, ip=p.ip, namespace=p.namespace, name=p.name)
+
+
 def _state(pod: PodListeners) -> PodL7:
     rt = pod.runtime
     held = rt.l7.get(pod.pod.netns)
     if held is None:
-        metrics = RouteMetrics(namespace=pod.pod.namespace, pod=pod.pod.name)
+        metrics = RouteMetrics(src=partial(_client, pod), emit=rt.sink.route)
         ctx = http1.RouteContext(
             routes=rt.table.routes,
             upstreams=http1.Upstreams(

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeagent.observe.events import Peer, RequestObserved, RequestStarted, TcpClosed, TcpOpened
+from nodeagent.observe.events import (
+    Peer,
+    RequestObserved,
+    RequestStarted,
+    RouteObserved,
+    TcpClosed,
+    TcpOpened,
+)
 
 
 @dataclass
@@ -15,6 +22,7 @@ class RecordingSink:
     requests: list[RequestObserved] = field(default_factory=list)
     tap: bool = False
     tapped: list[tuple[str, Any]] = field(default_factory=list)
+    routed: list[RouteObserved] = field(default_factory=list)
 
     def tcp_opened(self, ev: TcpOpened) -> None:
         self.opened.append(ev)
@@ -33,3 +41,6 @@ class RecordingSink:
 
     def response_started(self, req_id: int, status: int | None, at: float) -> None:
         self.tapped.append(("response", (req_id, status)))
+
+    def route(self, ev: RouteObserved) -> None:
+        self.routed.append(ev)

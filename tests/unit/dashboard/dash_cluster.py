@@ -194,3 +194,69 @@ class Traffic:
                 )
             )  # fmt: skip
         self.store.ingest(parse_report(report, encoded_size=report.ByteSize()))
+
+
+def route_objects() -> list[dict[str, Any]]:
+    """web-svc (web's first pod, node1, 10.244.1.10) and an HTTPRoute with two rules on it."""
+    pod = "web-5d8f7-p0xyz"
+    return [
+        {
+            "kind": "Service",
+            "metadata": _meta("web-svc", NS),
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                     "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        },
+        {
+            "kind": "EndpointSlice",
+            "metadata": _meta("web-svc-x1", NS, labels={"kubernetes.io/service-name": "web-svc"}),
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.1.10"], "conditions": {"ready": True},
+                           "nodeName": "node1",
+                           "targetRef": {"kind": "Pod", "name": pod, "namespace": NS}}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        },
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": _meta("web-api", NS),
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "web-svc", "port": 80}],
+                "rules": [
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                     "backendRefs": [{"name": "web-svc", "port": 80}]},
+                    {"backendRefs": [{"name": "web-svc", "port": 80}]},
+                ],
+            },
+        },
+    ]  # fmt: skip
+
+
+def add_routes(index: ClusterIndex) -> None:
+    for obj in route_objects():
+        index.apply(ObjectChanged(EventType.ADDED, obj["kind"], obj))
+
+
+def routed(
+    store: TelemetryStore, *, route: str, ok: int, failed: int = 0, sequence: int = 1000
+) -> None:
+    """What vote-bot's agent reports for requests its L7 path sent to web-svc by `route`."""
+    report = tpb.AgentReport(node="node1", agent_version="0.1.0", sequence=sequence,
+                             interval_ms=1000, load=tpb.AgentLoad(pods_enrolled=3))  # fmt: skip
+    for count, success, status in ((ok, True, 200), (failed, False, 503)):
+        if not count:
+            continue
+        hist = LatencyHistogram()
+        for _ in range(count):
+            hist.record(4000)
+        buckets, counts = hist.to_sparse()
+        report.requests.append(
+            tpb.RequestSeries(
+                direction=tpb.OUTBOUND, src=peer("vote-bot"),
+                dst=tpb.Peer(namespace=NS, service="web-svc"), protocol=tpb.HTTP1,
+                status_code=status, classification=tpb.SUCCESS if success else tpb.FAILURE,
+                tls=True, responses=count, route=route,
+                latency=tpb.Histogram(buckets=buckets, counts=counts, sum_us=hist.sum_us),
+            )
+        )  # fmt: skip
+    store.ingest(parse_report(report, encoded_size=report.ByteSize()))

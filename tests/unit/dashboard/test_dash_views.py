@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from dash_cluster import NS
+from dash_cluster import NS, add_routes, routed
 
 SPIFFE = "spiffe://cluster.local/ns/emojivoto/sa/"
 
@@ -157,3 +157,22 @@ async def test_the_deployment_page_counts_policy_denials(cluster, dashboard) -> 
     assert d["stat"]["authz_denied"] == 7
     js = (await dashboard.http.get("/static/pages.js")).text
     assert "Denied by policy" in js and "authz_denied" in js
+
+
+async def test_the_deployment_page_has_route_rows(cluster, dashboard) -> None:
+    add_routes(cluster.index)
+    routed(cluster.store, route=f"{NS}/web-api/0", ok=45, failed=5)
+    routed(cluster.store, route="default", ok=3, sequence=1001)
+    d = (await dashboard.http.get(f"/api/namespaces/{NS}/deployments/web")).json()
+    rows = {r["route"]: r for r in d["routes"]}
+    assert set(rows) == {f"{NS}/web-api/0", f"{NS}/web-api/1", "default"}
+    api = rows[f"{NS}/web-api/0"]
+    assert (api["requests"], api["success_rate"], api["kind"]) == (50, 0.9, "HTTPRoute")
+    assert api["service"] == "web-svc" and api["latency_p99_ms"] is not None
+    assert rows[f"{NS}/web-api/1"]["requests"] == 0 and rows["default"]["requests"] == 3
+    assert d["routes_error"] == ""
+    # A Deployment no Service selects: no rows, and the page still answers.
+    emoji = (await dashboard.http.get(f"/api/namespaces/{NS}/deployments/emoji")).json()
+    assert emoji["routes"] == [] and emoji["stat"] is not None
+    page = (await dashboard.http.get(f"/namespaces/{NS}/deployments/web")).text
+    assert 'id="routes"' in page

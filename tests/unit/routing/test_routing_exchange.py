@@ -205,3 +205,28 @@ def test_the_budget_stops_retries_when_everything_fails() -> None:
     # Without the budget each request would have been tried 4 times (1500 retries).
     assert retries <= 0.2 * 500 + 1
     assert budget.refused > 0
+
+
+def test_grpc_unavailable_in_a_trailers_only_answer_is_retried() -> None:
+    """A gRPC server's error arrives as :status 200 with grpc-status in the (trailers-only)
+    head: UNAVAILABLE is what 503 is to HTTP, so a retry on 503 retries it."""
+    # gRPC calls are POSTs the L7 path may retry (retry_non_idempotent, as http2.py passes).
+    grpc = {"method": "POST", "grpc": True, "retry_non_idempotent": True}
+    x = exchange(rule(retry={"codes": [503], "attempts": 2}), **grpc)
+    Playbook.play(
+        x,
+        [
+            ("begin", [Send(V1, 1, None)]),
+            (HeadReceived(200, 0.1, grpc_status=14), [Cancel(), Send(V2, 2, None)]),
+            (HeadReceived(200, 0.2, grpc_status=0), [Forward()]),
+        ],
+    )
+    assert x.retries == 1
+    # Other statuses are the app's answer: forwarded.
+    other = exchange(rule(retry={"codes": [503], "attempts": 2}), **grpc)
+    other.begin()
+    assert other.handle(HeadReceived(200, 0.1, grpc_status=5)) == [Forward()]  # NOT_FOUND
+    # A grpc-status means nothing to a plain HTTP request.
+    plain = exchange(rule(retry={"codes": [503], "attempts": 2}))
+    plain.begin()
+    assert plain.handle(HeadReceived(200, 0.1, grpc_status=14)) == [Forward()]

@@ -74,7 +74,7 @@ def test_timeouts_retry_filters_and_budget_annotations() -> None:
     assert rule.rewrite is not None and rule.rewrite.path is not None
     assert route.budget.ratio == 0.1 and route.budget.min_per_second == 0
     assert route.retry_non_idempotent
-    assert route.rule_label(0) == "web/api"
+    assert route.rule_label(0) == "emojivoto/web/api"
     # What the agent receives is what the control plane compiled.
     assert codec.route_from_pb(codec.route_to_pb(route)) == route
 

@@ -78,7 +78,7 @@ def test_precedence_exact_then_regex_then_longest_prefix_then_method_headers_que
         assert sel is not None and sel.rule.name == rule, path
     assert _select(table, "/api/x", "POST").rule.name == "post"
     assert _select(table, "/api/x", **{"x-canary": "1"}).rule.name == "canary"
-    assert _select(table, "/api/x").label == "web/api"
+    assert _select(table, "/api/x").label == "emojivoto/web/api"
 
 
 def test_older_route_wins_a_tie_and_no_match_is_none() -> None:

@@ -24,7 +24,14 @@ from controlplane.prometheus_telemetry import (
 )
 from controlplane.telemetry import TelemetryStore, parse_report
 from controlplane.telemetry_port import Selector, StoreTelemetry
-from nodeagent.observe.events import AuthzDenied, Peer, RequestObserved, TcpClosed, TcpOpened
+from nodeagent.observe.events import (
+    AuthzDenied,
+    Peer,
+    RequestObserved,
+    RouteObserved,
+    TcpClosed,
+    TcpOpened,
+)
 from nodeagent.observe.stats.exposition import AggregateCollector
 from nodeagent.observe.stats.report import Load, take_reports
 from nodeagent.observe.stats.series import LATENCY_BOUNDS_MS, Aggregate
@@ -87,6 +94,17 @@ def traffic(agg: Aggregate) -> int:
             agg.tcp_closed(
                 TcpClosed(conn, "outbound", WEB, dst, "tcp", True, 100 * conn, 1000 * conn, 1.0)
             )
+    # web's L7 path: requests to emoji-svc by route rule (and some no rule took).
+    for i in range(120):
+        failed = i % 10 == 0
+        agg.routes.add(
+            RouteObserved(
+                src=WEB, service_namespace="emojivoto", service="emoji-svc",
+                route="emojivoto/emoji-api/0" if i % 4 else "default", protocol="http1",
+                status=503 if failed else 200, grpc_status=None, success=not failed,
+                latency_s=latencies[i % len(latencies)] / 1000, retries=i % 3,
+            )
+        )  # fmt: skip
     return 330 + 8  # the denied HTTP and gRPC requests count as requests, as in the store
 
 
@@ -237,6 +255,25 @@ async def test_stat_from_prometheus_equals_the_embedded_store(
             assert pq is not None and eq is not None
             # Same Linkerd bucket (the store's log-linear value may sit just past a bound).
             assert abs(_bucket(pq) - _bucket(eq)) <= 1, (key, q, pq, eq)
+
+
+@pytest.mark.parametrize("source", [None, Selector("deployment", "emojivoto", "web")])
+async def test_routes_from_prometheus_equal_the_embedded_store(world: dict, source) -> None:
+    prom = await _scraped(world)
+    world["report"]()
+    ask = dict(services=[("emojivoto", "emoji-svc")], source=source, window_s=300)
+    embedded = {r.route: r for r in world["store"].routes(**ask)}
+    from_prom = {r.route: r for r in await prom.routes(**ask)}
+    assert set(embedded) == {"emojivoto/emoji-api/0", "default"} == set(from_prom)
+    for route, e in embedded.items():
+        p = from_prom[route]
+        assert (p.namespace, p.name, p.requests, p.success) == (
+            e.namespace, e.name, e.requests, e.success,
+        ), route  # fmt: skip
+        for pq, eq in zip(p.latencies_ms(0.5, 0.99), e.latencies_ms(0.5, 0.99), strict=True):
+            assert pq is not None and eq is not None
+            assert abs(_bucket(pq) - _bucket(eq)) <= 1, (route, pq, eq)
+    assert embedded["emojivoto/emoji-api/0"].requests == 90
 
 
 async def test_edges_from_prometheus_equal_the_embedded_store(world: dict) -> None:

@@ -48,11 +48,20 @@ def _breakers():
     def node(r):
         r.node = ""
 
+    def route_without_service(r):
+        r.requests[0].route = "emojivoto/web-api/0"
+        r.requests[0].dst.service = ""
+
+    def long_route(r):
+        r.requests[0].direction = pb.OUTBOUND
+        r.requests[0].dst.service = "web"
+        r.requests[0].route = "r" * 1000
+
     def series(r):
         r.tcp.extend(pb.TcpSeries(direction=pb.INBOUND) for _ in range(10_001))
 
     return [direction, protocol, classification, grpc_status, long_name, nul, bucket, counts,
-            cpu, node, series]  # fmt: skip
+            cpu, node, route_without_service, long_route, series]  # fmt: skip
 
 
 @pytest.mark.parametrize("breaker", _breakers(), ids=lambda f: f.__name__)

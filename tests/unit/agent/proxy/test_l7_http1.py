@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from nodeagent.proxy.l7.balancing import RequestBalancer
-from nodeagent.proxy.l7.http1 import RouteContext, Upstreams, serve
+from nodeagent.proxy.l7.http1 import Outcome, RouteContext, Upstreams, serve
 from nodemesh.model import ServiceKey
 from nodemesh.routing.spec import compile_route
 from nodemesh.routing.table import RouteTable
@@ -120,7 +120,7 @@ class Proxy:
     def __init__(self, backends: dict[str, Backend]) -> None:
         self.backends = backends
         self.table = RouteTable()
-        self.observed: list[tuple[str, int, float, int]] = []
+        self.observed: list[Outcome] = []
         self.upstreams = Upstreams(
             targets=lambda svc, port: [Target("127.0.0.1", self.backends[svc.name].port)],
             connect=lambda t: asyncio.open_connection(t.ip, t.port),
@@ -129,7 +129,7 @@ class Proxy:
         self.ctx = RouteContext(
             routes=self.table,
             upstreams=self.upstreams,
-            observe=lambda *a: self.observed.append(a),
+            observe=self.observed.append,
         )
         self.loop = asyncio.new_event_loop()
         self.server: asyncio.Server | None = None
@@ -267,8 +267,8 @@ async def test_request_timeout_answers_504_and_the_backend_sees_the_cancellation
             break
         await asyncio.sleep(0.05)
     assert slow.cancelled == 1
-    label, status, _, _ = proxy.observed[-1]
-    assert (label, status) == ("web/0", 504)
+    last = proxy.observed[-1]
+    assert (last.route, last.status, last.protocol) == ("t/web/0", 504, "http1")
 
 
 async def test_no_matching_rule_is_404_and_redirects_and_header_filters_apply(lab) -> None:

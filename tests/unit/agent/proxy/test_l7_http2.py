@@ -32,12 +32,21 @@ class GrpcServer:
     def __init__(self, name: str) -> None:
         self.name = name
         self.calls = 0
+        self.flaky_calls = 0
         self.cancelled = threading.Event()
         self.lock = threading.Lock()
 
         def who(request: bytes, context: grpc.ServicerContext) -> bytes:
             with self.lock:
                 self.calls += 1
+            return name.encode()
+
+        def flaky(request: bytes, context: grpc.ServicerContext) -> bytes:
+            with self.lock:
+                self.flaky_calls += 1
+                fail = self.flaky_calls % 5 == 1  # every 5th call, the first included
+            if fail:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "shedding load")
             return name.encode()
 
         def slow(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -52,6 +61,7 @@ class GrpcServer:
             {
                 "Name": grpc.unary_unary_rpc_method_handler(who),
                 "Slow": grpc.unary_unary_rpc_method_handler(slow),
+                "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
             },
         )
         self.server = grpc.server(futures.ThreadPoolExecutor(4))
@@ -176,3 +186,38 @@ def test_route_timeout_is_deadline_exceeded_and_cancels_the_call(three) -> None:
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert took < 0.9
     assert any(s.cancelled.wait(3) for s in servers)
+
+
+def _flaky_calls(proxy: Proxy, n: int) -> Counter[str]:
+    outcomes: Counter[str] = Counter()
+    with grpc.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
+        call = channel.unary_unary("/test.Who/Flaky")
+        for _ in range(n):
+            try:
+                call(b"", timeout=10)
+                outcomes["ok"] += 1
+            except grpc.RpcError as exc:
+                outcomes[exc.code().name] += 1
+    return outcomes
+
+
+def test_a_grpc_route_retry_hides_unavailable(three) -> None:
+    proxy, servers = three
+    # No route: the servers' UNAVAILABLE reaches the client.
+    before = _flaky_calls(proxy, 30)
+    assert before["UNAVAILABLE"] >= 1, before
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GRPCRoute",
+        "metadata": {"name": "emoji", "namespace": "t"},
+        "spec": {
+            "parentRefs": [{"kind": "Service", "group": "", "name": "emoji", "port": 8080}],
+            "rules": [{"retry": {"attempts": 3}}],  # codes default to 503: gRPC UNAVAILABLE
+        },
+    }
+    proxy.loop.call_soon_threadsafe(proxy.table.replace, [compile_route(route)])
+    time.sleep(0.05)
+    served = sum(s.flaky_calls for s in servers)
+    after = _flaky_calls(proxy, 40)
+    assert after == Counter({"ok": 40}), after
+    assert sum(s.flaky_calls for s in servers) - served > 40  # the failures were retried
