@@ -107,6 +107,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="this replica's pod (default: $POD_NAME): the other control-plane pods of the "
         "namespace are its peers, which get its agents' telemetry and its taps",
     )
+    p.add_argument(
+        "--telemetry-max-series",
+        type=int,
+        default=TelemetryStore.max_series,
+        help="series the embedded stats store holds at most; past it the least recently "
+        "updated go (counted in nodemesh_telemetry_series_evicted_total)",
+    )
+    p.add_argument(
+        "--telemetry-max-cells",
+        type=int,
+        default=TelemetryStore.max_cells,
+        help="10 s cells (of series and of per-resource aggregates) the store holds at most, "
+        "about 0.5 KB each; past it the oldest bucket goes",
+    )
     p.add_argument("--log-level", default="INFO")
     p.add_argument(
         "--prometheus-url",
@@ -121,6 +135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"--tap-streams-per-caller {args.tap_streams_per_caller}: must be from 1 to "
             f"{MAX_STREAMS} (the control plane's limit on all tap streams)"
         )
+    for flag in ("telemetry_max_series", "telemetry_max_cells"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
     if args.ca_secret is None:
         args.ca_secret = f"{args.namespace}/{CA_SECRET_NAME}"
     if args.prometheus_url is not None and not args.prometheus_url.startswith(
@@ -212,7 +229,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     hub = DestinationHub(index)
     broker = TapBroker(index, max_streams_per_caller=args.tap_streams_per_caller)
-    store = TelemetryStore()
+    store = TelemetryStore(max_series=args.telemetry_max_series, max_cells=args.telemetry_max_cells)
     def peers() -> list[Peer]:
         # Without its own name a replica cannot tell itself from its peers: no peers then.
         if not args.pod_name:

@@ -2,13 +2,16 @@
 
 Interface: `TelemetryStore(clock=time.time, max_series=..., max_cells=...)`;
 `ingest(parsed_report)` adds one report (deltas) to the bucket of the store's current time;
-queries in controlplane.telemetry.query read `request_series`, `tcp_series` and `nodes`.
-Memory is bounded twice: at most `max_cells` (series x bucket) cells, past which the oldest
-bucket of every series goes (`kept_from` says from when the store is whole), and at most
-`max_series` series, past which the least recently updated series is dropped whole; series
-dropped either way are counted in `stats.series_evicted`. Buckets older than the retention go
-on their own. Measured cost: about 0.6 KB per series plus 0.5 KB per cell with 20 distinct
-latency buckets, so the defaults (20k series, 200k cells) hold at most about 110 MB.
+queries in controlplane.telemetry.query read `request_series`, `tcp_series`, `groups` (the same
+cells summed per resource as they are written: controlplane.telemetry.groups) and `nodes`.
+Memory is bounded twice: at most `max_cells` cells (series x bucket, plus resource x bucket of
+the aggregates: `held_cells`), past which the oldest bucket of every series goes (`kept_from`
+says from when the store is whole), and at most `max_series` series, past which the least
+recently updated series is dropped whole; series dropped either way are counted in
+`stats.series_evicted`. Buckets older than the retention go on their own. Measured cost: about
+0.6 KB per series plus 0.5 KB per cell with 20 distinct latency buckets (an aggregate cell
+costs as much), so the defaults (20k series, 400k cells) hold at most about 210 MB. At 10,000
+pods (20,000 series and 12,500 resources reporting every second) that keeps 12 buckets: 2 min.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from controlplane.telemetry.groups import Groups
 from controlplane.telemetry.report import ParsedReport, RequestKey, TcpCounts, TcpKey
 from nodemesh.histogram import merge_into
 
@@ -35,7 +39,7 @@ class RequestCell:
         self.responses = 0
         # A dict while the bucket runs; then a flat array of (index, count) pairs, which takes
         # less than half the memory: measured 1230 -> 520 bytes a cell with 20 buckets, keys
-        # included, so the default 200k cells stay near 100 MB.
+        # included, so 200k cells stay near 100 MB.
         self.latency: dict[int, int] | array[int] = {}
 
     def add_latency(self, counts: dict[int, int]) -> None:
@@ -111,11 +115,13 @@ C = TypeVar("C", RequestCell, TcpCell)
 class TelemetryStore:
     clock: Callable[[], float] = time.time
     max_series: int = 20_000
-    max_cells: int = 200_000
+    max_cells: int = 400_000
     max_nodes: int = 10_000
     request_series: OrderedDict[RequestKey, list[RequestCell]] = field(default_factory=OrderedDict)
     tcp_series: OrderedDict[TcpKey, list[TcpCell]] = field(default_factory=OrderedDict)
     nodes: dict[str, NodeState] = field(default_factory=dict)
+    # The same cells summed per resource as they are written (a plain Stat reads these).
+    groups: Groups = field(default_factory=Groups)
     stats: StoreStats = field(default_factory=StoreStats)
     cells: int = 0
     # Buckets before this were dropped to stay within max_cells (queries cover less then).
@@ -133,12 +139,27 @@ class TelemetryStore:
             self.expire(now)
         self.stats.reports += 1
         self._note_node(report, now)
+        groups = self.groups
         for key, responses, latency in report.requests:
+            held = self.cells
             cell = self._cell(self.request_series, key, start, RequestCell)
             cell.responses += responses
             cell.add_latency(latency.counts)
+            groups.add_request(
+                key, start, new_cell=self.cells != held, responses=responses,
+                latency=latency.counts,
+            )  # fmt: skip
         for tkey, counts in report.tcp:
+            cells = self.tcp_series.get(tkey)
+            previous = (cells[-1].start, cells[-1].open_connections) if cells else None
+            held = self.cells
             self._add_tcp(self._cell(self.tcp_series, tkey, start, TcpCell), counts)
+            groups.add_tcp(
+                tkey, start, new_cell=self.cells != held, previous=previous,
+                opened=counts.opened, closed=counts.closed, read_bytes=counts.read_bytes,
+                write_bytes=counts.write_bytes, authz_denied=counts.authz_denied,
+                open_connections=counts.open_connections,
+            )  # fmt: skip
         self._enforce_bounds()
 
     @staticmethod
@@ -187,16 +208,21 @@ class TelemetryStore:
         state.enrolled = frozenset((p.namespace, p.name, p.uid) for p in load.enrolled_pods)
         state.reports += 1
 
+    @property
+    def held_cells(self) -> int:
+        """Cells of series and of the per-resource aggregates: what `max_cells` bounds."""
+        return self.cells + self.groups.cells
+
     def _enforce_bounds(self) -> None:
         # Too many cells: the oldest bucket goes, for every series, so every series keeps its
         # recent past whole. (Dropping whole series instead, when every series reports every
         # second, dropped series that came straight back: 176,631 evictions in a minute at
         # 20,000 series, each taking its last minute with it.)
-        while self.cells > self.max_cells and self._trim_oldest_bucket():
+        while self.held_cells > self.max_cells and self._trim_oldest_bucket():
             pass
         while self.request_series or self.tcp_series:
             series = len(self.request_series) + len(self.tcp_series)
-            if series <= self.max_series and self.cells <= self.max_cells:
+            if series <= self.max_series and self.held_cells <= self.max_cells:
                 return
             self._evict_oldest()
 
@@ -211,6 +237,7 @@ class TelemetryStore:
         series = len(self.request_series) + len(self.tcp_series)
         self._expire_table(self.request_series, cut, current)
         self._expire_table(self.tcp_series, cut, current)
+        self.groups.expire(cut, current)
         self.stats.series_evicted += series - len(self.request_series) - len(self.tcp_series)
         self.kept_from = max(self.kept_from, cut)
         return True
@@ -222,8 +249,10 @@ class TelemetryStore:
         if tcp is None or (req is not None and req[1][-1].start <= tcp[1][-1].start):
             assert req is not None
             self.cells -= len(self.request_series.pop(req[0]))
+            self.groups.forget_requests(*req)
         else:
             self.cells -= len(self.tcp_series.pop(tcp[0]))
+            self.groups.forget_tcp(*tcp)
         self.stats.series_evicted += 1
 
     def expire(self, now: float | None = None) -> None:
@@ -232,6 +261,7 @@ class TelemetryStore:
         oldest = start - RETENTION_SECONDS
         self._expire_table(self.request_series, oldest, start)
         self._expire_table(self.tcp_series, oldest, start)
+        self.groups.expire(oldest, start)
         self._expired_through = start
 
     def _expire_table(self, table: OrderedDict[K, list[C]], oldest: int, current: int) -> None:
