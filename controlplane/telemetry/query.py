@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from controlplane.telemetry.groups import GroupCell
+from controlplane.telemetry.groups import GroupCell, GroupSeries
 from controlplane.telemetry.report import Peer, RequestKey, TcpKey
 from controlplane.telemetry.store import (
     BUCKET_SECONDS,
@@ -208,7 +208,7 @@ def _from_groups(
     """A plain Stat from the store's per-resource aggregates (controlplane.telemetry.groups):
     the same rows `_scan` finds, from a few cells per resource instead of every series."""
     table = store.groups.by_kind[resource.kind]
-    wanted: Iterable[tuple[tuple[str, str], list[GroupCell]]]
+    wanted: Iterable[tuple[tuple[str, str], GroupSeries]]
     if resource.name and (resource.namespace or resource.kind in ("namespace", "node")):
         key = ("" if resource.kind in ("namespace", "node") else resource.namespace, resource.name)
         wanted = [(key, table[key])] if key in table else []
@@ -222,19 +222,12 @@ def _from_groups(
         for cell in _in_window(cells, first, last):
             if r is None:
                 r = rows[found] = StatRow(resource.kind, found[0], found[1], seconds)
-            r.success += cell.success
-            r.failure += cell.failure
-            r.authz_denied += cell.authz_denied
-            cell.latency_into(r.latency)
-            r.tcp_opened += cell.opened
-            r.tcp_closed += cell.closed
-            r.read_bytes += cell.read_bytes
-            r.write_bytes += cell.write_bytes
+            cell.add_into(r)
         gauge = 0
         for cell in reversed(cells):
             if cell.start < fresh_from:
                 break
-            gauge += cell.gauge
+            gauge += cell.gauge()
         if gauge:
             if r is None:
                 r = rows[found] = StatRow(resource.kind, found[0], found[1], seconds)

@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from controlplane.telemetry.groups import Groups
+from controlplane.telemetry.groups import BUCKET_SECONDS as BUCKET_SECONDS
+from controlplane.telemetry.groups import Attached, Groups
 from controlplane.telemetry.report import ParsedReport, RequestKey, TcpCounts, TcpKey
 from nodemesh.histogram import merge_into
 
-BUCKET_SECONDS = 10
 RETENTION_SECONDS = 15 * 60
 
 
@@ -111,14 +111,27 @@ K = TypeVar("K")
 C = TypeVar("C", RequestCell, TcpCell)
 
 
+class Series(list[C]):
+    """A series' cells, oldest first (a list, not a deque: an empty deque costs 600 bytes,
+    and at most 91 cells make trimming the front cheap anyway), with the aggregates it feeds."""
+
+    __slots__ = ("groups",)
+
+    def __init__(self, groups: Attached) -> None:
+        super().__init__()
+        self.groups = groups
+
+
 @dataclass
 class TelemetryStore:
     clock: Callable[[], float] = time.time
     max_series: int = 20_000
     max_cells: int = 400_000
     max_nodes: int = 10_000
-    request_series: OrderedDict[RequestKey, list[RequestCell]] = field(default_factory=OrderedDict)
-    tcp_series: OrderedDict[TcpKey, list[TcpCell]] = field(default_factory=OrderedDict)
+    request_series: OrderedDict[RequestKey, Series[RequestCell]] = field(
+        default_factory=OrderedDict
+    )
+    tcp_series: OrderedDict[TcpKey, Series[TcpCell]] = field(default_factory=OrderedDict)
     nodes: dict[str, NodeState] = field(default_factory=dict)
     # The same cells summed per resource as they are written (a plain Stat reads these).
     groups: Groups = field(default_factory=Groups)
@@ -141,25 +154,24 @@ class TelemetryStore:
         self._note_node(report, now)
         groups = self.groups
         for key, responses, latency in report.requests:
-            held = self.cells
-            cell = self._cell(self.request_series, key, start, RequestCell)
+            series = self._series(self.request_series, key)
+            if series and series[-1].start == start:
+                cell = series[-1]
+            else:
+                cell = self._open(series, RequestCell(start))
+                groups.join_request(
+                    series.groups, cell, success=key.success, denied=bool(key.authz)
+                )
             cell.responses += responses
             cell.add_latency(latency.counts)
-            groups.add_request(
-                key, start, new_cell=self.cells != held, responses=responses,
-                latency=latency.counts,
-            )  # fmt: skip
         for tkey, counts in report.tcp:
-            cells = self.tcp_series.get(tkey)
-            previous = (cells[-1].start, cells[-1].open_connections) if cells else None
-            held = self.cells
-            self._add_tcp(self._cell(self.tcp_series, tkey, start, TcpCell), counts)
-            groups.add_tcp(
-                tkey, start, new_cell=self.cells != held, previous=previous,
-                opened=counts.opened, closed=counts.closed, read_bytes=counts.read_bytes,
-                write_bytes=counts.write_bytes, authz_denied=counts.authz_denied,
-                open_connections=counts.open_connections,
-            )  # fmt: skip
+            tseries = self._series(self.tcp_series, tkey)
+            if tseries and tseries[-1].start == start:
+                tcell = tseries[-1]
+            else:
+                tcell = self._open(tseries, TcpCell(start))
+                groups.join_tcp(tseries.groups, tseries, tcell)
+            self._add_tcp(tcell, counts)
         self._enforce_bounds()
 
     @staticmethod
@@ -171,22 +183,21 @@ class TelemetryStore:
         cell.open_connections = counts.open_connections
         cell.authz_denied += counts.authz_denied
 
-    def _cell(
-        self, table: OrderedDict[K, list[C]], key: K, start: int, make: Callable[[int], C]
-    ) -> C:
+    def _series(self, table: OrderedDict[K, Series[C]], key: K) -> Series[C]:
         cells = table.get(key)
         if cells is None:
-            # A list, not a deque: an empty deque costs 600 bytes, and at most 91 cells
-            # make trimming the front cheap anyway.
-            cells = table[key] = []
+            cells = table[key] = Series(self.groups.attach(key))  # type: ignore[arg-type]
         else:
             table.move_to_end(key)  # most recently updated last: eviction takes the front
-        if not cells or cells[-1].start != start:
-            if cells:
-                cells[-1].seal()
-            cells.append(make(start))
-            self.cells += 1
-        return cells[-1]
+        return cells
+
+    def _open(self, cells: Series[C], cell: C) -> C:
+        """Start the series' cell of the running bucket (its previous one is complete)."""
+        if cells:
+            cells[-1].seal()
+        cells.append(cell)
+        self.cells += 1
+        return cell
 
     def _note_node(self, report: ParsedReport, now: float) -> None:
         state = self.nodes.get(report.node)
@@ -249,10 +260,12 @@ class TelemetryStore:
         if tcp is None or (req is not None and req[1][-1].start <= tcp[1][-1].start):
             assert req is not None
             self.cells -= len(self.request_series.pop(req[0]))
-            self.groups.forget_requests(*req)
+            self.groups.forget(req[0], req[1].groups, list(req[1]))
+            self.groups.detach(req[1].groups)
         else:
             self.cells -= len(self.tcp_series.pop(tcp[0]))
-            self.groups.forget_tcp(*tcp)
+            self.groups.forget(tcp[0], tcp[1].groups, list(tcp[1]))
+            self.groups.detach(tcp[1].groups)
         self.stats.series_evicted += 1
 
     def expire(self, now: float | None = None) -> None:
@@ -264,7 +277,7 @@ class TelemetryStore:
         self.groups.expire(oldest, start)
         self._expired_through = start
 
-    def _expire_table(self, table: OrderedDict[K, list[C]], oldest: int, current: int) -> None:
+    def _expire_table(self, table: OrderedDict[K, Series[C]], oldest: int, current: int) -> None:
         for key in list(table):
             cells = table[key]
             if cells and cells[-1].start < current:
@@ -278,3 +291,4 @@ class TelemetryStore:
                 self.stats.cells_expired += stale
             if not cells:
                 del table[key]
+                self.groups.detach(cells.groups)
