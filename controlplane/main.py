@@ -24,6 +24,7 @@ from controlplane.access import (
 from controlplane.admin import AdminServer
 from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.destination import DestinationHub, DestinationService
+from controlplane.destination import add_to_server as add_destination
 from controlplane.feed import Feed, Listener
 from controlplane.identity import (
     Authenticator,
@@ -53,7 +54,7 @@ from controlplane.telemetry.service import MAX_RECEIVE_BYTES, TelemetryService
 from controlplane.telemetry.service import SERVICE as TELEMETRY_SERVICE
 from controlplane.telemetry_port import StoreTelemetry
 from nodemesh import ports, tasks
-from nodemesh.api import destination_pb2_grpc, public_pb2_grpc, tap_pb2_grpc
+from nodemesh.api import public_pb2_grpc, tap_pb2_grpc
 from nodemesh.model import PodKey
 from nodemesh.version import __version__
 
@@ -280,9 +281,7 @@ async def serve(args: argparse.Namespace) -> None:
         options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)],
         interceptors=interceptors,
     )
-    destination_pb2_grpc.add_DestinationServicer_to_server(
-        DestinationService(hub, wait_for_index=True), agent_server
-    )
+    add_destination(DestinationService(hub, wait_for_index=True), agent_server)
     tap_pb2_grpc.add_AgentTapServicer_to_server(AgentTapService(broker), agent_server)
     telemetry.add_to(agent_server)
     if certify is not None:
