@@ -24,6 +24,7 @@ from controlplane.access import (
 from controlplane.admin import AdminServer
 from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.destination import DestinationHub, DestinationService
+from controlplane.destination import add_to_server as add_destination
 from controlplane.feed import Feed, Listener
 from controlplane.identity import (
     Authenticator,
@@ -53,7 +54,7 @@ from controlplane.telemetry.service import MAX_RECEIVE_BYTES, TelemetryService
 from controlplane.telemetry.service import SERVICE as TELEMETRY_SERVICE
 from controlplane.telemetry_port import StoreTelemetry
 from nodemesh import ports, tasks
-from nodemesh.api import destination_pb2_grpc, public_pb2_grpc, tap_pb2_grpc
+from nodemesh.api import public_pb2_grpc, tap_pb2_grpc
 from nodemesh.model import PodKey
 from nodemesh.version import __version__
 
@@ -107,6 +108,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="this replica's pod (default: $POD_NAME): the other control-plane pods of the "
         "namespace are its peers, which get its agents' telemetry and its taps",
     )
+    p.add_argument(
+        "--telemetry-max-series",
+        type=int,
+        default=TelemetryStore.max_series,
+        help="series the embedded stats store holds at most; past it the least recently "
+        "updated go (counted in nodemesh_telemetry_series_evicted_total)",
+    )
+    p.add_argument(
+        "--telemetry-max-cells",
+        type=int,
+        default=TelemetryStore.max_cells,
+        help="10 s cells (of series and of per-resource aggregates) the store holds at most, "
+        "about 0.5 KB each; past it the oldest bucket goes",
+    )
     p.add_argument("--log-level", default="INFO")
     p.add_argument(
         "--prometheus-url",
@@ -121,6 +136,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"--tap-streams-per-caller {args.tap_streams_per_caller}: must be from 1 to "
             f"{MAX_STREAMS} (the control plane's limit on all tap streams)"
         )
+    for flag in ("telemetry_max_series", "telemetry_max_cells"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
     if args.ca_secret is None:
         args.ca_secret = f"{args.namespace}/{CA_SECRET_NAME}"
     if args.prometheus_url is not None and not args.prometheus_url.startswith(
@@ -212,7 +230,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     hub = DestinationHub(index)
     broker = TapBroker(index, max_streams_per_caller=args.tap_streams_per_caller)
-    store = TelemetryStore()
+    store = TelemetryStore(max_series=args.telemetry_max_series, max_cells=args.telemetry_max_cells)
     def peers() -> list[Peer]:
         # Without its own name a replica cannot tell itself from its peers: no peers then.
         if not args.pod_name:
@@ -263,9 +281,7 @@ async def serve(args: argparse.Namespace) -> None:
         options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)],
         interceptors=interceptors,
     )
-    destination_pb2_grpc.add_DestinationServicer_to_server(
-        DestinationService(hub, wait_for_index=True), agent_server
-    )
+    add_destination(DestinationService(hub, wait_for_index=True), agent_server)
     tap_pb2_grpc.add_AgentTapServicer_to_server(AgentTapService(broker), agent_server)
     telemetry.add_to(agent_server)
     if certify is not None:

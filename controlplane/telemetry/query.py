@@ -18,6 +18,8 @@ Interface:
   seconds the window really covers (`StatRow.window_s`), never by the requested ones.
   TCP_CONN is a gauge: the newest value each series reported, counted only while it is
   fresh (reported in the running or the previous bucket), whatever the window.
+  Without --from/--to the rows come from the store's per-resource aggregates (a few cells
+  per resource); with them, from a walk over every series.
 - `edges(store, namespace="", window_s=60)` -> list[Edge] between Deployments (pods without
   one stand for themselves), with identities seen and whether every connection had mTLS.
 - `nodes(store)` -> list[NodeState]: each agent's version, load and last report time.
@@ -26,10 +28,11 @@ Interface:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from controlplane.telemetry.groups import GroupCell, GroupSeries
 from controlplane.telemetry.report import Peer, RequestKey, TcpKey
 from controlplane.telemetry.store import (
     BUCKET_SECONDS,
@@ -42,7 +45,7 @@ from controlplane.telemetry.store import (
 from nodemesh import kinds
 from nodemesh.histogram import quantile, quantiles
 
-_Cell = TypeVar("_Cell", RequestCell, TcpCell)
+_Cell = TypeVar("_Cell", RequestCell, TcpCell, GroupCell)
 UnknownResourceKind = kinds.UnknownKind
 
 
@@ -191,6 +194,52 @@ def stat(
     first, last, seconds = _window(store, window_s, include_current)
     # Agents report every open series each second: an older gauge is of an agent gone quiet.
     fresh_from = store.bucket_start(store.clock()) - BUCKET_SECONDS
+    if from_ is None and to is None:
+        rows = _from_groups(store, resource, first, last, seconds, fresh_from)
+    else:
+        rows = _scan(store, resource, from_, to, first, last, seconds, fresh_from)
+    return sorted(rows.values(), key=lambda r: (r.namespace, r.name))
+
+
+def _from_groups(
+    store: TelemetryStore, resource: Resource, first: int, last: int, seconds: float,
+    fresh_from: int,
+) -> dict[tuple[str, str], StatRow]:  # fmt: skip
+    """A plain Stat from the store's per-resource aggregates (controlplane.telemetry.groups):
+    the same rows `_scan` finds, from a few cells per resource instead of every series."""
+    table = store.groups.by_kind[resource.kind]
+    wanted: Iterable[tuple[tuple[str, str], GroupSeries]]
+    if resource.name and (resource.namespace or resource.kind in ("namespace", "node")):
+        key = ("" if resource.kind in ("namespace", "node") else resource.namespace, resource.name)
+        wanted = [(key, table[key])] if key in table else []
+    else:
+        wanted = table.items()
+    rows: dict[tuple[str, str], StatRow] = {}
+    for found, cells in wanted:
+        if not _matches(resource, found):
+            continue
+        r: StatRow | None = None
+        for cell in _in_window(cells, first, last):
+            if r is None:
+                r = rows[found] = StatRow(resource.kind, found[0], found[1], seconds)
+            cell.add_into(r)
+        gauge = 0
+        for cell in reversed(cells):
+            if cell.start < fresh_from:
+                break
+            gauge += cell.gauge()
+        if gauge:
+            if r is None:
+                r = rows[found] = StatRow(resource.kind, found[0], found[1], seconds)
+            r.tcp_open_connections += gauge
+    return rows
+
+
+def _scan(
+    store: TelemetryStore, resource: Resource, from_: Resource | None, to: Resource | None,
+    first: int, last: int, seconds: float, fresh_from: int,
+) -> dict[tuple[str, str], StatRow]:  # fmt: skip
+    """Stat by walking every series (what --from/--to need: the groups hold one end only)."""
     rows: dict[tuple[str, str], StatRow] = {}
 
     def row(found: tuple[str, str]) -> StatRow:
@@ -227,7 +276,7 @@ def stat(
         newest = tcells[-1] if tcells else None
         if newest is not None and newest.start >= fresh_from and newest.open_connections:
             row(found).tcp_open_connections += newest.open_connections
-    return sorted(rows.values(), key=lambda r: (r.namespace, r.name))
+    return rows
 
 
 def _in_window(cells: list[_Cell], first: int, last: int) -> Iterator[_Cell]:

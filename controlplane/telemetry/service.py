@@ -8,7 +8,8 @@ the service (and is refused and counted) instead of only failing in the transpor
 deserialized here, not by grpc, so a garbled message is refused with an ack rather than ending the
 stream.
 Metrics: `nodemesh_telemetry_reports_total{result, reason}`, and from the store
-`nodemesh_telemetry_series`, `nodemesh_telemetry_cells`, `nodemesh_telemetry_series_evicted_total`.
+`nodemesh_telemetry_series`, `nodemesh_telemetry_cells`, `nodemesh_telemetry_aggregate_cells`,
+`nodemesh_telemetry_series_evicted_total`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class _StoreCollector(Collector):
         )
         yield GaugeMetricFamily(
             "nodemesh_telemetry_cells", "Series x 10 s bucket cells held", value=s.cells
+        )
+        yield GaugeMetricFamily(
+            "nodemesh_telemetry_aggregate_cells",
+            "Resource x 10 s bucket cells of the per-resource aggregates (Stat reads these)",
+            value=s.groups.cells,
         )
         yield CounterMetricFamily(
             "nodemesh_telemetry_series_evicted",

@@ -2,13 +2,16 @@
 
 Interface: `TelemetryStore(clock=time.time, max_series=..., max_cells=...)`;
 `ingest(parsed_report)` adds one report (deltas) to the bucket of the store's current time;
-queries in controlplane.telemetry.query read `request_series`, `tcp_series` and `nodes`.
-Memory is bounded twice: at most `max_cells` (series x bucket) cells, past which the oldest
-bucket of every series goes (`kept_from` says from when the store is whole), and at most
-`max_series` series, past which the least recently updated series is dropped whole; series
-dropped either way are counted in `stats.series_evicted`. Buckets older than the retention go
-on their own. Measured cost: about 0.6 KB per series plus 0.5 KB per cell with 20 distinct
-latency buckets, so the defaults (20k series, 200k cells) hold at most about 110 MB.
+queries in controlplane.telemetry.query read `request_series`, `tcp_series`, `groups` (the same
+cells summed per resource as they are written: controlplane.telemetry.groups) and `nodes`.
+Memory is bounded twice: at most `max_cells` cells (series x bucket, plus resource x bucket of
+the aggregates: `held_cells`), past which the oldest bucket of every series goes (`kept_from`
+says from when the store is whole), and at most `max_series` series, past which the least
+recently updated series is dropped whole; series dropped either way are counted in
+`stats.series_evicted`. Buckets older than the retention go on their own. Measured cost: about
+0.6 KB per series plus 0.5 KB per cell with 20 distinct latency buckets (an aggregate cell
+costs as much), so the defaults (20k series, 400k cells) hold at most about 210 MB. At 10,000
+pods (20,000 series and 12,500 resources reporting every second) that keeps 12 buckets: 2 min.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from controlplane.telemetry.groups import BUCKET_SECONDS as BUCKET_SECONDS
+from controlplane.telemetry.groups import Attached, Groups
 from controlplane.telemetry.report import ParsedReport, RequestKey, TcpCounts, TcpKey
 from nodemesh.histogram import merge_into
 
-BUCKET_SECONDS = 10
 RETENTION_SECONDS = 15 * 60
 
 
@@ -35,7 +39,7 @@ class RequestCell:
         self.responses = 0
         # A dict while the bucket runs; then a flat array of (index, count) pairs, which takes
         # less than half the memory: measured 1230 -> 520 bytes a cell with 20 buckets, keys
-        # included, so the default 200k cells stay near 100 MB.
+        # included, so 200k cells stay near 100 MB.
         self.latency: dict[int, int] | array[int] = {}
 
     def add_latency(self, counts: dict[int, int]) -> None:
@@ -107,15 +111,30 @@ K = TypeVar("K")
 C = TypeVar("C", RequestCell, TcpCell)
 
 
+class Series(list[C]):
+    """A series' cells, oldest first (a list, not a deque: an empty deque costs 600 bytes,
+    and at most 91 cells make trimming the front cheap anyway), with the aggregates it feeds."""
+
+    __slots__ = ("groups",)
+
+    def __init__(self, groups: Attached) -> None:
+        super().__init__()
+        self.groups = groups
+
+
 @dataclass
 class TelemetryStore:
     clock: Callable[[], float] = time.time
     max_series: int = 20_000
-    max_cells: int = 200_000
+    max_cells: int = 400_000
     max_nodes: int = 10_000
-    request_series: OrderedDict[RequestKey, list[RequestCell]] = field(default_factory=OrderedDict)
-    tcp_series: OrderedDict[TcpKey, list[TcpCell]] = field(default_factory=OrderedDict)
+    request_series: OrderedDict[RequestKey, Series[RequestCell]] = field(
+        default_factory=OrderedDict
+    )
+    tcp_series: OrderedDict[TcpKey, Series[TcpCell]] = field(default_factory=OrderedDict)
     nodes: dict[str, NodeState] = field(default_factory=dict)
+    # The same cells summed per resource as they are written (a plain Stat reads these).
+    groups: Groups = field(default_factory=Groups)
     stats: StoreStats = field(default_factory=StoreStats)
     cells: int = 0
     # Buckets before this were dropped to stay within max_cells (queries cover less then).
@@ -133,12 +152,26 @@ class TelemetryStore:
             self.expire(now)
         self.stats.reports += 1
         self._note_node(report, now)
+        groups = self.groups
         for key, responses, latency in report.requests:
-            cell = self._cell(self.request_series, key, start, RequestCell)
+            series = self._series(self.request_series, key)
+            if series and series[-1].start == start:
+                cell = series[-1]
+            else:
+                cell = self._open(series, RequestCell(start))
+                groups.join_request(
+                    series.groups, cell, success=key.success, denied=bool(key.authz)
+                )
             cell.responses += responses
             cell.add_latency(latency.counts)
         for tkey, counts in report.tcp:
-            self._add_tcp(self._cell(self.tcp_series, tkey, start, TcpCell), counts)
+            tseries = self._series(self.tcp_series, tkey)
+            if tseries and tseries[-1].start == start:
+                tcell = tseries[-1]
+            else:
+                tcell = self._open(tseries, TcpCell(start))
+                groups.join_tcp(tseries.groups, tseries, tcell)
+            self._add_tcp(tcell, counts)
         self._enforce_bounds()
 
     @staticmethod
@@ -150,22 +183,21 @@ class TelemetryStore:
         cell.open_connections = counts.open_connections
         cell.authz_denied += counts.authz_denied
 
-    def _cell(
-        self, table: OrderedDict[K, list[C]], key: K, start: int, make: Callable[[int], C]
-    ) -> C:
+    def _series(self, table: OrderedDict[K, Series[C]], key: K) -> Series[C]:
         cells = table.get(key)
         if cells is None:
-            # A list, not a deque: an empty deque costs 600 bytes, and at most 91 cells
-            # make trimming the front cheap anyway.
-            cells = table[key] = []
+            cells = table[key] = Series(self.groups.attach(key))  # type: ignore[arg-type]
         else:
             table.move_to_end(key)  # most recently updated last: eviction takes the front
-        if not cells or cells[-1].start != start:
-            if cells:
-                cells[-1].seal()
-            cells.append(make(start))
-            self.cells += 1
-        return cells[-1]
+        return cells
+
+    def _open(self, cells: Series[C], cell: C) -> C:
+        """Start the series' cell of the running bucket (its previous one is complete)."""
+        if cells:
+            cells[-1].seal()
+        cells.append(cell)
+        self.cells += 1
+        return cell
 
     def _note_node(self, report: ParsedReport, now: float) -> None:
         state = self.nodes.get(report.node)
@@ -187,16 +219,21 @@ class TelemetryStore:
         state.enrolled = frozenset((p.namespace, p.name, p.uid) for p in load.enrolled_pods)
         state.reports += 1
 
+    @property
+    def held_cells(self) -> int:
+        """Cells of series and of the per-resource aggregates: what `max_cells` bounds."""
+        return self.cells + self.groups.cells
+
     def _enforce_bounds(self) -> None:
         # Too many cells: the oldest bucket goes, for every series, so every series keeps its
         # recent past whole. (Dropping whole series instead, when every series reports every
         # second, dropped series that came straight back: 176,631 evictions in a minute at
         # 20,000 series, each taking its last minute with it.)
-        while self.cells > self.max_cells and self._trim_oldest_bucket():
+        while self.held_cells > self.max_cells and self._trim_oldest_bucket():
             pass
         while self.request_series or self.tcp_series:
             series = len(self.request_series) + len(self.tcp_series)
-            if series <= self.max_series and self.cells <= self.max_cells:
+            if series <= self.max_series and self.held_cells <= self.max_cells:
                 return
             self._evict_oldest()
 
@@ -211,6 +248,7 @@ class TelemetryStore:
         series = len(self.request_series) + len(self.tcp_series)
         self._expire_table(self.request_series, cut, current)
         self._expire_table(self.tcp_series, cut, current)
+        self.groups.expire(cut, current)
         self.stats.series_evicted += series - len(self.request_series) - len(self.tcp_series)
         self.kept_from = max(self.kept_from, cut)
         return True
@@ -222,8 +260,12 @@ class TelemetryStore:
         if tcp is None or (req is not None and req[1][-1].start <= tcp[1][-1].start):
             assert req is not None
             self.cells -= len(self.request_series.pop(req[0]))
+            self.groups.forget(req[0], req[1].groups, list(req[1]))
+            self.groups.detach(req[1].groups)
         else:
             self.cells -= len(self.tcp_series.pop(tcp[0]))
+            self.groups.forget(tcp[0], tcp[1].groups, list(tcp[1]))
+            self.groups.detach(tcp[1].groups)
         self.stats.series_evicted += 1
 
     def expire(self, now: float | None = None) -> None:
@@ -232,9 +274,10 @@ class TelemetryStore:
         oldest = start - RETENTION_SECONDS
         self._expire_table(self.request_series, oldest, start)
         self._expire_table(self.tcp_series, oldest, start)
+        self.groups.expire(oldest, start)
         self._expired_through = start
 
-    def _expire_table(self, table: OrderedDict[K, list[C]], oldest: int, current: int) -> None:
+    def _expire_table(self, table: OrderedDict[K, Series[C]], oldest: int, current: int) -> None:
         for key in list(table):
             cells = table[key]
             if cells and cells[-1].start < current:
@@ -248,3 +291,4 @@ class TelemetryStore:
                 self.stats.cells_expired += stale
             if not cells:
                 del table[key]
+                self.groups.detach(cells.groups)

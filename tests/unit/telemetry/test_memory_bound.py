@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from agent_reports import ReportBuilder, peer
 
 from controlplane.telemetry import Resource, TelemetryStore, stat
@@ -80,7 +81,10 @@ def test_cell_cap_bounds_memory() -> None:
 def test_at_the_cell_cap_a_steady_cluster_keeps_every_series_and_its_last_minute(clock) -> None:
     """Every series reports each second (as agents do): at the cap the oldest bucket goes, for
     all of them; no series is dropped whole (it would come straight back with no past)."""
-    store = TelemetryStore(clock=clock, max_series=1_000, max_cells=40 * 9)
+    # A bucket holds 40 series cells and 43 aggregate cells (the node, the deployment, the
+    # namespace and the 40 server pods): the cap bounds both.
+    cap = (40 + 43) * 9
+    store = TelemetryStore(clock=clock, max_series=1_000, max_cells=cap)
     for _ in range(30):  # 300 s of 40 series, 10 requests each per 10 s bucket
         agent = ReportBuilder(node="node1")
         for i in range(40):
@@ -88,10 +92,21 @@ def test_at_the_cell_cap_a_steady_cluster_keeps_every_series_and_its_last_minute
                           dst=peer("load", "server", f"s-{i}"))  # fmt: skip
         agent.send(store)
         clock.advance(10)
-    assert store.cells <= 40 * 9
+    assert store.cells == 40 * 9 and store.held_cells <= cap
     assert len(store.request_series) == 40 and store.stats.series_evicted == 0
     (row,) = stat(store, Resource("deploy", "load"), window_s=60)
     assert row.requests == 40 * 10 * 6 and row.window_s == 60
     # 15 minutes were asked, 9 buckets are held: the answer says what it covers.
     (row,) = stat(store, Resource("deploy", "load"), window_s=900)
     assert row.window_s == 90 and row.requests == 40 * 10 * 9
+
+
+def test_the_caps_are_flags_and_a_bad_one_is_named(capsys) -> None:
+    from controlplane.main import parse_args
+
+    args = parse_args(["--telemetry-max-series", "500", "--telemetry-max-cells", "9000"])
+    assert (args.telemetry_max_series, args.telemetry_max_cells) == (500, 9000)
+    assert parse_args([]).telemetry_max_cells == TelemetryStore.max_cells
+    with pytest.raises(SystemExit):
+        parse_args(["--telemetry-max-cells", "0"])
+    assert "--telemetry-max-cells 0: must be at least 1" in capsys.readouterr().err

@@ -1,0 +1,76 @@
+"""The telemetry store in process at the scale bench's size: ingest cost per report and Stat
+query time, without gRPC, the public API or other processes.
+
+    .venv/bin/python -m bench.stat_store [--nodes 500] [--pods-per-node 20] [--seconds 65]
+
+Fills a store (fake clock) with one report per simulated agent per second, shaped as
+bench/controlplane_scale.py's agents send them, then times more reports (best of 3 rounds)
+and `query.stat` for pods and deployments over 60 s (best and median of 5). Run it from an
+old checkout's directory to compare the two stores (bench/results/controlplane-scale.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from bench.controlplane_scale import Plan, PodSpot, build_report, layout
+from controlplane.telemetry import query
+from controlplane.telemetry.report import parse_report
+from controlplane.telemetry.store import TelemetryStore
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, default=500)
+    ap.add_argument("--pods-per-node", type=int, default=20)
+    ap.add_argument("--seconds", type=int, default=65, help="of reports before timing")
+    a = ap.parse_args(argv)
+    plan = Plan(
+        nodes=a.nodes, pods_per_node=a.pods_per_node, pods_per_service=10, churn=1,
+        phase_seconds=1, workers=1, stat_calls=1, telemetry=True,
+    )  # fmt: skip
+    spots = layout(plan)
+    first_of: dict[int, PodSpot] = {}
+    for s in spots:
+        first_of.setdefault(s.service, s)
+    peer_of = {s: first_of[(s + 1) % plan.services] for s in range(plan.services)}
+    by_node: dict[str, list[PodSpot]] = {}
+    for s in spots:
+        by_node.setdefault(s.node, []).append(s)
+    reports = []
+    for node, mine in by_node.items():
+        r = build_report(node, mine, peer_of)
+        reports.append(parse_report(r, encoded_size=r.ByteSize()))
+    now = [1_000_000.0]
+    store = TelemetryStore(clock=lambda: now[0])
+
+    def second() -> None:
+        for r in reports:
+            store.ingest(r)
+        now[0] += 1
+
+    for _ in range(a.seconds):
+        second()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(3):
+            second()
+        best = min(best, (time.perf_counter() - t) / (3 * len(reports)))
+    series = len(store.request_series) + len(store.tcp_series)
+    print(f"{len(reports)} reports/s, {series} series, {store.cells} cells")
+    print(f"ingest per report (store only, best of 3): {best * 1000:.3f} ms")
+    for kind in ("pod", "deployment"):
+        took = []
+        for _ in range(5):
+            t = time.perf_counter()
+            rows = query.stat(store, query.Resource(kind), window_s=60, include_current=True)
+            took.append(time.perf_counter() - t)
+        took.sort()
+        print(f"stat {kind} ({len(rows)} rows): best {took[0]:.3f} s, median {took[2]:.3f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
