@@ -202,10 +202,11 @@ class H2Pool:
     async def get(self, ctx: RouteContext, target: Any) -> _Upstream:
         lock = self.connecting.setdefault(target.key, asyncio.Lock())
         async with lock:
-            held = [c for c in self.conns.get(target.key, []) if c.usable]
+            # Connections going away stay listed (close() must reach them) but take no streams.
+            held = [c for c in self.conns.get(target.key, []) if not c.closed]
             self.conns[target.key] = held
             for c in held:
-                if c.capacity > 0:
+                if c.usable and c.capacity > 0:
                     return c
             streams = await ctx.upstreams.connect(target)
             self.opened += 1
