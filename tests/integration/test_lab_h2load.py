@@ -4,7 +4,8 @@ on both paths an HTTP/2 connection can take.
 - L4 (the relay): `one`, a Service with a single nginx endpoint and no route: the connection is
   relayed byte for byte through the mTLS tunnel.
 - L7 (per-request balancing): `two`, a Service with two nginx endpoints: each request stream goes
-  on a pooled upstream HTTP/2 connection (nodeagent/proxy/l7/http2.py).
+  on a pooled upstream HTTP/2 connection (nodeagent/proxy/l7/http2.py); `routed`, the same
+  endpoints behind an HTTPRoute (small requests only: the same upstream code as `two`).
 
 nginx keeps its HTTP/2 behaviour of retiring a connection with a GOAWAY after
 `keepalive_requests` (1000 by default, 300 here so that a CI-sized run meets several). h2load
@@ -98,11 +99,20 @@ apiVersion: v1
 kind: Service
 metadata: {{name: {name}, namespace: {NS}}}
 spec:
-  selector: {{app: {name}}}
+  selector: {{app: {app}}}
   ports: [{{name: h2, port: 8081, targetPort: 8081}}]
 """
-        for name in ("one", "two")
+        for name, app in (("one", "one"), ("two", "two"), ("routed", "two"))
     )
+    route = f"""---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: routed, namespace: {NS}}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: routed, port: 8081}}]
+  rules:
+  - backendRefs: [{{name: routed, port: 8081}}]
+"""
     return (
         f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}, labels: "
         "{nodemesh.io/mesh: enabled}}\n"
@@ -110,6 +120,7 @@ spec:
         + deploy("one", "node2", 1, nginx)
         + deploy("two", "node2", 2, nginx)
         + services
+        + route
     )
 
 
@@ -151,7 +162,9 @@ def counts(out: str) -> tuple[int, int, int, int]:
     return total, started, done, succeeded
 
 
-@pytest.mark.parametrize("service", ["one", "two"], ids=["L4-relay", "L7-per-request"])
+@pytest.mark.parametrize(
+    "service", ["one", "two", "routed"], ids=["L4-relay", "L7-per-request", "L7-HTTPRoute"]
+)
 def test_h2load_small_requests_all_complete(lab: tuple[LabPaths, Path], service: str) -> None:
     paths, _ = lab
     url = f"http://{service}:8081/"
