@@ -70,12 +70,22 @@ class Balancer:
         return load is not None and load.down_until > now
 
     def cost(self, key: Hashable, now: float, *, unmeasured: float | None = None) -> float:
-        """Latency estimate x (outstanding + 1); `unmeasured` stands in for a missing estimate."""
+        """Latency estimate x (outstanding + 1); `unmeasured` stands in for a missing estimate.
+
+        An estimate with no fresh sample decays toward `unmeasured` (what a new endpoint would
+        be guessed at), weighing e^(-idle/decay): an endpoint that was slow once is not shunned
+        for good (P2C would never pick it, so it would never be measured again), it is tried
+        again within a few decay periods, as Finagle's and Linkerd's peak-EWMA decay.
+        """
         load = self.loads.get(key)
         guess = self.default_rtt if unmeasured is None else unmeasured
         if load is None:
             return guess
-        rtt = guess if load.ewma is None else load.ewma
+        if load.ewma is None:
+            rtt = guess
+        else:
+            w = math.exp(-max(now - load.stamp, 0.0) / self.decay)
+            rtt = guess + (load.ewma - guess) * w
         return rtt * (load.outstanding + 1)
 
     def pick(

@@ -35,6 +35,10 @@ from nodemesh.routing.table import Selected, rewrite_path
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
+# How many times one request may be sent again on a fresh connection because the server retired
+# the last one (GOAWAY) before it saw the stream: many streams in flight on a server that serves
+# few per connection (nginx's keepalive_requests) can meet several GOAWAYs in a row.
+GOAWAY_RESENDS = 10
 GRPC_STATUS = {504: 4, 502: 14, 503: 14, 404: 12, 500: 13}  # DEADLINE_EXCEEDED, UNAVAILABLE ...
 Headers = list[tuple[bytes, bytes]]
 _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
@@ -78,17 +82,52 @@ class _Side:
             self.flush()
 
 
+class _ClientConnection(h2.connection.H2Connection):
+    """h2's connection, except that a GOAWAY does not end it at once.
+
+    h2 closes its state machine on GOAWAY, after which every frame raises ProtocolError; but the
+    server still answers the streams up to the GOAWAY's last stream id (RFC 9113 6.8), which
+    is how nginx retires a connection after `keepalive_requests` (1000 by default). Here the
+    GOAWAY only becomes a ConnectionTerminated event: the pool stops opening streams on the
+    connection, the streams the server will not serve are failed as refused (safe to send
+    again), and the others complete.
+    """
+
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
+        event = h2.events.ConnectionTerminated()
+        try:
+            event.error_code = h2.errors.ErrorCodes(frame.error_code)
+        except ValueError:
+            event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """A stream the server will not serve (past a GOAWAY's last stream id)."""
+
+    stream_id: int
+
+
 class _Upstream(_Side):
     """A pooled client connection to one endpoint; a reader task routes events by stream."""
 
     def __init__(self, target: Any, streams: Streams) -> None:
         cfg = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        super().__init__(h2.connection.H2Connection(cfg), streams)
+        super().__init__(_ClientConnection(cfg), streams)
         self.target = target
         self.queues: dict[int, asyncio.Queue[Any]] = {}
+        # The server sent GOAWAY: no new streams here; closed once the last one is done.
+        self.going_away = False
         self.conn.initiate_connection()
         self.flush()
         self.task = asyncio.ensure_future(self._read())
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and not self.going_away
 
     @property
     def capacity(self) -> int:
@@ -96,6 +135,8 @@ class _Upstream(_Side):
         return min(limit, 1000) - len(self.queues)
 
     def open(self, headers: Headers, *, end: bool) -> tuple[int, asyncio.Queue[Any]]:
+        if not self.usable:
+            raise h2.exceptions.ProtocolError("the upstream connection is going away")
         sid = self.conn.get_next_available_stream_id()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self.queues[sid] = queue
@@ -105,6 +146,8 @@ class _Upstream(_Side):
 
     def done(self, sid: int) -> None:
         self.queues.pop(sid, None)
+        if self.going_away and not self.queues:
+            self.writer.close()  # the server's last answer is in: nothing more will come
 
     async def _read(self) -> None:
         try:
@@ -129,7 +172,15 @@ class _Upstream(_Side):
             self.window.set()
             return
         if isinstance(event, h2.events.ConnectionTerminated):
-            self.closed = True
+            self.going_away = True
+            # Streams past the last id never reached the server's app: another connection may
+            # carry them (sent=False for the Exchange). The others are still being answered.
+            last = event.last_stream_id if event.last_stream_id is not None else 2**31
+            for stream_id, waiting in self.queues.items():
+                if stream_id > last:
+                    waiting.put_nowait(_Refused(stream_id))
+            if not self.queues:
+                self.writer.close()
             return
         sid = getattr(event, "stream_id", None)
         if isinstance(event, h2.events.DataReceived):
@@ -151,10 +202,11 @@ class H2Pool:
     async def get(self, ctx: RouteContext, target: Any) -> _Upstream:
         lock = self.connecting.setdefault(target.key, asyncio.Lock())
         async with lock:
+            # Connections going away stay listed (close() must reach them) but take no streams.
             held = [c for c in self.conns.get(target.key, []) if not c.closed]
             self.conns[target.key] = held
             for c in held:
-                if c.capacity > 0:
+                if c.usable and c.capacity > 0:
                     return c
             streams = await ctx.upstreams.connect(target)
             self.opened += 1
@@ -327,6 +379,11 @@ async def _stream(
     shell = _Shell(ctx, pool, down, req, x, headers, service, port, rule, grpc)
     try:
         status = await shell.run()
+    except Exception:
+        # A bug on one stream must fail that request, never leave the client waiting for it.
+        log.exception("L7 HTTP/2 stream %d to %s failed", req.sid, service)
+        down.reset(req.sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        status = 502
     finally:
         shell.cancel()
         requests.pop(req.sid, None)
@@ -422,12 +479,13 @@ class _Shell:
                 await asyncio.sleep(timeout or 0)
                 pending = self.x.handle(ex.TimerFired(self.ctx.clock()))
                 continue
-            done, _ = await asyncio.wait({self.task}, timeout=timeout)
+            task = self.task
+            done, _ = await asyncio.wait({task}, timeout=timeout)
             self._replayable()
             if not done:
                 pending = self.x.handle(ex.TimerFired(self.ctx.clock()))
             else:
-                task, self.task = self.task, None
+                self.task = None
                 pending = self.x.handle(task.result())
 
     async def _do(self, command: ex.Command) -> bool:
@@ -452,10 +510,20 @@ class _Shell:
         return False
 
     def cancel(self) -> None:
-        for t in (self.task, self.pump):
-            if t is not None:
-                t.cancel()
-        self.task = self.pump = None
+        """Stop the attempt in flight: its send task, body pump and upstream stream."""
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        self._release()
+
+    def _release(self) -> None:
+        """Let go of the upstream stream (reset) and its body pump, but not the send task,
+        which calls this on a failed attempt: cancelling itself there cleared `self.task` under
+        `run`, whose stream then died of an AttributeError with the client's stream unanswered
+        (h2load hung on any upstream GOAWAY or reset)."""
+        if self.pump is not None:
+            self.pump.cancel()
+            self.pump = None
         if self.up is not None:
             self.up.reset(self.up_sid)  # RST_STREAM CANCEL: the app sees the call cancelled
             self.up.done(self.up_sid)
@@ -477,16 +545,6 @@ class _Shell:
         if target is None:
             return ex.UpstreamFailed(f"{service} has no ready endpoint", False, self.ctx.clock())
         self.tried.add(target.key)
-        opened = self.pool.opened
-        try:
-            up = await self.pool.get(self.ctx, target)
-        except (OSError, TimeoutError) as exc:
-            balancer.failed(target.key, now=self.ctx.clock())
-            return ex.UpstreamFailed(f"{target.key}: {exc}", False, self.ctx.clock())
-        fresh = self.pool.opened != opened
-        started = self.ctx.clock()
-        balancer.opened(target.key, now=started)
-        self.target = target
         headers = [(n, v) for n, v in self.headers]
         if backend is not None:
             headers = [
@@ -495,33 +553,53 @@ class _Shell:
                 else (n, v)
                 for n, v in headers
             ]
-        try:
-            sid, queue = up.open(headers, end=self.req.ended and not self.req.chunks)
-        except h2.exceptions.ProtocolError as exc:
-            return ex.UpstreamFailed(str(exc), False, self.ctx.clock())
-        self.up, self.up_sid, self.queue = up, sid, queue
-        if not (self.req.ended and not self.req.chunks):
-            self.pump = asyncio.ensure_future(self._pump(up, sid))
-        event = await queue.get()
-        while isinstance(event, h2.events.InformationalResponseReceived):
+        end = self.req.ended and not self.req.chunks
+        for left in range(GOAWAY_RESENDS, -1, -1):
+            opened = self.pool.opened
+            try:
+                up = await self.pool.get(self.ctx, target)
+            except (OSError, TimeoutError) as exc:
+                balancer.failed(target.key, now=self.ctx.clock())
+                return ex.UpstreamFailed(f"{target.key}: {exc}", False, self.ctx.clock())
+            fresh = self.pool.opened != opened
+            started = self.ctx.clock()
+            try:
+                sid, queue = up.open(headers, end=end)
+            except h2.exceptions.ProtocolError as exc:
+                if not up.usable and left:
+                    continue  # it went away while we waited for it: take another
+                return ex.UpstreamFailed(str(exc), False, self.ctx.clock())
+            balancer.opened(target.key, now=started)
+            self.target = target
+            self.up, self.up_sid, self.queue = up, sid, queue
+            if not end:
+                self.pump = asyncio.ensure_future(self._pump(up, sid))
             event = await queue.get()
-        if isinstance(event, h2.events.ResponseReceived):
-            if not fresh:  # a new connection's first answer waited for its set-up too
-                balancer.observe(target.key, self.ctx.clock() - started, now=self.ctx.clock())
-            self.head = event
-            status = int(_pseudo(list(event.headers)).get(b":status", b"502"))
-            grpc_status = None
-            if self.grpc and event.stream_ended is not None:  # trailers-only: a call's end
-                grpc_status = _grpc_status(event.headers)
-            return ex.HeadReceived(status, self.ctx.clock(), grpc_status)
-        self.cancel()
-        if (
-            isinstance(event, h2.events.StreamReset)
-            and event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-        ):
-            # Refused before the app saw it: a redial is safe unless body bytes are gone.
-            return ex.UpstreamFailed("stream refused", self.req.freed, self.ctx.clock())
-        return ex.UpstreamFailed(f"{target.key}: {event}", True, self.ctx.clock())
+            while isinstance(event, h2.events.InformationalResponseReceived):
+                event = await queue.get()
+            if isinstance(event, h2.events.ResponseReceived):
+                if not fresh:  # a new connection's first answer waited for its set-up too
+                    balancer.observe(target.key, self.ctx.clock() - started, now=self.ctx.clock())
+                self.head = event
+                status = int(_pseudo(list(event.headers)).get(b":status", b"502"))
+                grpc_status = None
+                if self.grpc and event.stream_ended is not None:  # trailers-only: a call's end
+                    grpc_status = _grpc_status(event.headers)
+                return ex.HeadReceived(status, self.ctx.clock(), grpc_status)
+            self._release()
+            if isinstance(event, _Refused) and not self.req.freed and left:
+                # The server retired the connection (GOAWAY) before it saw this stream: the
+                # request never left, so it goes on a fresh connection to the same endpoint
+                # without costing an attempt, as HTTP/2 clients do (Go's net/http2).
+                continue
+            if isinstance(event, _Refused) or (
+                isinstance(event, h2.events.StreamReset)
+                and event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+            ):
+                # Refused before the app saw it: a redial is safe unless body bytes are gone.
+                return ex.UpstreamFailed("stream refused", self.req.freed, self.ctx.clock())
+            return ex.UpstreamFailed(f"{target.key}: {event}", True, self.ctx.clock())
+        raise AssertionError("unreachable: the last pass returns")
 
     async def _pump(self, up: _Upstream, sid: int) -> None:
         """The request body to the upstream stream, from its first byte, as it arrives."""

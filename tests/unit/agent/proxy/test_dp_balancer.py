@@ -116,3 +116,39 @@ def test_idle_loads_are_forgotten() -> None:
     bal.opened("busy", now=0.0)
     bal.prune(now=10_000.0)
     assert "gone" not in bal.loads and "busy" in bal.loads
+
+
+def test_an_endpoint_slow_once_is_tried_again_and_learnt_recovered() -> None:
+    """Connections arrive 10 a second and last 1 s. `a` answered slowly once (a 500 ms pause) at
+    the start and is fast (1 ms) ever after, like `b`. Its estimate must not shun it for good:
+    while it gets no traffic its estimate decays toward what a fresh endpoint would get, so it
+    is tried again, measured fast, and takes its share (Finagle's and Linkerd's peak-EWMA decay
+    the same way). Before, `a` never got another connection."""
+    bal = Balancer(rng=random.Random(7))
+    bal.observe("a", 0.500, now=0.0)
+    bal.observe("b", 0.001, now=0.0)
+    open_until: list[tuple[float, str]] = []
+    late: Counter[str] = Counter()
+    for step in range(1200):  # two minutes
+        now = step / 10
+        for end, key in [c for c in open_until if c[0] <= now]:
+            bal.closed(key, now=now)
+            open_until.remove((end, key))
+        chosen = bal.pick([A, B], now=now)
+        assert chosen is not None
+        bal.opened(chosen.key, now=now)
+        bal.observe(chosen.key, 0.001, now=now)
+        open_until.append((now + 1.0, chosen.key))
+        if now >= 90:
+            late[chosen.name] += 1
+    # In the last 30 s both are equally fast: `a` takes a real share again.
+    assert late["a"] >= 0.3 * sum(late.values()), late
+
+
+def test_a_busy_endpoint_keeps_its_estimate() -> None:
+    """The decay is for endpoints without fresh samples only: one measured a moment ago is
+    costed by what was measured."""
+    bal = Balancer(rng=random.Random(1))
+    bal.observe("a", 0.050, now=100.0)
+    bal.observe("b", 0.010, now=100.0)
+    assert bal.cost("a", 100.0, unmeasured=0.010) == 0.050

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shutil
+import socket
+import subprocess
 import threading
 import time
 from collections import Counter
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -221,3 +226,124 @@ def test_a_grpc_route_retry_hides_unavailable(three) -> None:
     after = _flaky_calls(proxy, 40)
     assert after == Counter({"ok": 40}), after
     assert sum(s.flaky_calls for s in servers) - served > 40  # the failures were retried
+
+
+class Nginx:
+    """A real nginx serving HTTP/2 (h2c) on loopback: `ok` at /, a 1 MiB file at /big, and
+    /upload, which reads the whole request body (proxied to a local answer) before answering.
+    `keepalive_requests` is how many requests a connection serves before nginx retires it with
+    a GOAWAY (1000 by default)."""
+
+    def __init__(self, work: Path, *, keepalive_requests: int) -> None:
+        for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi", "files"):
+            (work / d).mkdir(parents=True, exist_ok=True)
+        self.big = work / "files" / "big"
+        self.big.write_bytes(os.urandom(1 << 20))
+        with socket.socket() as s:  # a free port for nginx (it cannot report one it chose)
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        conf = work / "nginx.conf"
+        conf.write_text(
+            f"daemon off; master_process off; pid {work}/nginx.pid; error_log {work}/error.log;\n"
+            "events { worker_connections 1024; }\n"
+            f"http {{ access_log off; client_body_temp_path {work}/body; "
+            f"proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fastcgi; "
+            f"uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi; "
+            f"keepalive_requests {keepalive_requests};\n"
+            f"  server {{ listen 127.0.0.1:{self.port} http2;\n"
+            '    location / { return 200 "ok\\n"; }\n'
+            f"    location = /big {{ alias {self.big}; }}\n"
+            # nginx reads the whole body before it proxies the request on (to itself, over HTTP/1).
+            "    location /upload { client_max_body_size 0; "
+            f"proxy_pass http://unix:{work}/answer.sock:/; }}\n"
+            "  }\n"
+            f"  server {{ listen unix:{work}/answer.sock; "
+            'location / { return 200 "up\\n"; } }\n'
+            "}\n"
+        )
+        self.proc = subprocess.Popen(
+            [NGINX, "-c", str(conf), "-p", str(work)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    log = (work / "error.log").read_text() if (work / "error.log").exists() else ""
+                    raise RuntimeError(f"nginx did not start: {log}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)
+
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+H2LOAD = shutil.which("h2load")
+
+
+@pytest.fixture
+def nginx_pair(tmp_path: Path):
+    if not os.path.exists(NGINX) or H2LOAD is None:
+        pytest.skip(
+            "needs nginx and h2load (scripts/bootstrap installs nginx-light, nghttp2-client)"
+        )
+    servers = [Nginx(tmp_path / f"n{i}", keepalive_requests=50) for i in range(2)]
+    proxy = Proxy(servers)  # type: ignore[arg-type]
+    yield proxy, servers
+    proxy.stop()
+    for s in servers:
+        s.stop()
+
+
+def h2load(port: int, *args: str, path: str = "/", timeout: float = 60) -> str:
+    """h2load's own report; fails the test if h2load has not finished within `timeout`."""
+    assert H2LOAD is not None
+    try:
+        res = subprocess.run(
+            [H2LOAD, "-t", "1", *args, f"http://127.0.0.1:{port}{path}"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        pytest.fail(f"h2load {' '.join(args)} {path} stalled: not done in {timeout} s\n{out}")
+    return res.stdout
+
+
+def counts(out: str) -> tuple[int, ...]:
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", out)
+    assert m, out
+    return tuple(int(g) for g in m.groups())
+
+
+def test_h2load_completes_across_upstream_goaways(nginx_pair) -> None:
+    """nginx retires an HTTP/2 connection after `keepalive_requests` with a GOAWAY; the pooled
+    upstream connections meet many here (50 requests each). Every request must complete, in
+    order: the streams nginx still serves finish on the old connection, the ones it will not
+    serve go on a new one. Before the fix h2load hung for ever (a failed upstream stream killed
+    its request handler and the client's stream was never answered)."""
+    proxy, _ = nginx_pair
+    n = 2000
+    assert counts(h2load(proxy.port, "-n", str(n), "-c", "4", "-m", "10")) == (n, n, n, n)
+    assert counts(h2load(proxy.port, "-n", str(n), "-c", "2", "-m", "100")) == (n, n, n, n)
+    assert proxy.pool.opened > 2 * n // 50
+
+
+def test_h2load_large_bodies_both_ways_under_flow_control(nginx_pair) -> None:
+    """1 MiB answers and 1 MiB request bodies, many streams at once: more than every default
+    HTTP/2 window (64 KiB) in both directions."""
+    proxy, servers = nginx_pair
+    out = h2load(proxy.port, "-n", "60", "-c", "2", "-m", "10", path="/big")
+    assert counts(out) == (60, 60, 60, 60)
+    assert "60 2xx" in out and f"({60 << 20}) data" in out, out
+    body = str(servers[0].big)
+    out = h2load(proxy.port, "-n", "60", "-c", "2", "-m", "10", "-d", body, path="/upload")
+    assert counts(out) == (60, 60, 60, 60)
+    assert "60 2xx" in out, out
