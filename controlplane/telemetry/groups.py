@@ -169,7 +169,10 @@ class GroupCell:
 
 def groups_of(key: RequestKey | TcpKey) -> list[GroupKey]:
     """The resources a series counts towards in a plain Stat (the query's `_row_of` without
-    --from/--to, written out per kind)."""
+    --from/--to, written out per kind). None for a route series: the L7 path's view of
+    requests the relay counted too (the query's scan skips them likewise)."""
+    if getattr(key, "route", ""):
+        return []
     out: list[GroupKey] = [("node", "", key.node)]
     dst = key.dst
     if key.direction == "inbound":
