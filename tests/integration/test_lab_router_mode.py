@@ -1,0 +1,158 @@
+"""Router mode: an app that is not meshed sends through its node's agent as an HTTP proxy
+(HTTP_PROXY=<node>:4144), as teams with a central router mesh or Linkerd 1's per-node proxy do.
+
+Two-node lab: emojivoto meshed with web on node2 (no vote-bot: the test is web's only client),
+an unmeshed client pod on node1 running curl and hey with node1's agent as their proxy. What a
+user must see:
+
+- `curl -x` (absolute-form), `curl -p -x` (CONNECT) and `hey -x` get web's answers, every one;
+- node1's agent carries them to web over the mesh's mTLS tunnel: tcpdump on the underlay sees
+  node1 reach web's pod on the tunnel port 4143, never the marker in the requests' paths;
+- `edges` shows client -> web secured, with the client pod's own identity (its ServiceAccount)
+  and web's, and counts exactly the requests the clients made;
+- bad requests, unknown hosts, ports that are not the Service's and callers that are not pods of
+  the node get 400, 502, 403 and 403 from the router, each naming why.
+
+Run with NODEMESH_LEAKCHECK_ONLY=rtrmd on a shared machine. NODEMESH_ROUTER_REQUESTS sets hey's
+request count (default 300).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from nodemesh.lab.paths import LabPaths
+from tests.integration.labkit import lab_up, nm
+from tests.integration.test_lab_failclosed import Tcpdump
+from tests.integration.test_lab_meshed_ingress import emojivoto_web_on_node2, pod_of, settles
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+CLIENT_NS = "legacy"
+ROUTER = "172.18.0.1:4144"  # node1's agent (the lab's node1 address; a cluster: status.hostIP)
+TD = "spiffe://cluster.local"
+HEY_REQUESTS = int(os.environ.get("NODEMESH_ROUTER_REQUESTS", "300"))
+CURLS = 10
+URL = "http://web-svc.emojivoto/api/list"
+
+
+def client_docs() -> list[dict[str, Any]]:
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CLIENT_NS}},
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "legacy-app", "namespace": CLIENT_NS}},
+        {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "client", "namespace": CLIENT_NS},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "client"}},
+                     "template": {"metadata": {"labels": {"app": "client"}}, "spec": {
+                         "serviceAccountName": "legacy-app",
+                         "nodeSelector": {"kubernetes.io/hostname": "node1"},
+                         "containers": [{"name": "client", "image": "debian/curl",
+                                         "env": [{"name": "http_proxy",
+                                                  "value": f"http://{ROUTER}"}],
+                                         "command": ["sleep", "100000"]}]}}},
+        },
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabPaths, Path]]:
+    tmp = tmp_path_factory.mktemp("router")
+    with lab_up("rtrmd") as paths:
+        app = tmp / "apps.yml"
+        app.write_text(yaml.safe_dump_all([*emojivoto_web_on_node2(), *client_docs()]))
+        nm("lab", "apply", "--name", paths.name, "-f", str(app), "--wait", "--timeout", "180")
+        yield paths, tmp
+
+
+def in_client(paths: LabPaths, script: str, *args: str) -> str:
+    return nm("lab", "exec", "--name", paths.name, "-n", CLIENT_NS, "deploy/client", "--",
+              "sh", "-c", script, "sh", *args, timeout=300)  # fmt: skip
+
+
+def edges(paths: LabPaths) -> dict[tuple[str, str], dict[str, Any]]:
+    out = json.loads(nm("edges", "deploy", "-A", "--lab", paths.name, "-t", "10m", "-o", "json"))
+    return {(e["src"]["name"], e["dst"]["name"]): e for e in out["edges"]}
+
+
+def test_an_unmeshed_app_reaches_the_mesh_through_its_nodes_agent_over_mtls(
+    lab: tuple[LabPaths, Path],
+) -> None:
+    paths, tmp = lab
+    web_ip = pod_of(paths, "emojivoto", "web")["status"]["podIP"]
+    client_ip = pod_of(paths, CLIENT_NS, "client")["status"]["podIP"]
+    marker = "nmrouter" + uuid.uuid4().hex[:8]
+    capture = Tcpdump(paths.underlay_netns, tmp / "underlay.pcap")
+    try:
+        # Absolute-form through the http_proxy the pod was configured with, then CONNECT (-p).
+        script = ('for i in $(seq 1 "$2"); do '
+                  'curl -sS -o /dev/null -w "%{http_code}\\n" --max-time 20 "$1?m=$i"; '
+                  'curl -sS -o /dev/null -w "%{http_code}\\n" --max-time 20 -p -x "$3" "$1?m=$i"; '
+                  "done")  # fmt: skip
+        codes = in_client(paths, script, f"{URL}?{marker}", str(CURLS), f"http://{ROUTER}")
+        assert codes.split() == ["200"] * (2 * CURLS), codes
+        # hey with keep-alive connections through the proxy: every request of a connection
+        # after the first is rewritten to origin form too.
+        out = in_client(paths, 'hey -n "$1" -c 4 -t 20 -x "$2" "$3"',
+                        str(HEY_REQUESTS), f"http://{ROUTER}", f"{URL}?{marker}=hey")  # fmt: skip
+    finally:
+        capture.stop()
+    assert re.search(rf"\[200\]\s+{HEY_REQUESTS} responses", out), out
+    assert "Error distribution" not in out, out
+    assert capture.dropped == 0
+    # Never plaintext across nodes: node1's agent tunnels to web's pod (4143), never to 8080.
+    assert capture.count(marker) == 0
+    assert capture.packets(f"src host 172.18.0.1 and dst host {web_ip} and dst port 4143") > 0
+    assert capture.packets(f"dst host {web_ip} and dst port 8080") == 0
+    assert capture.packets(f"host {client_ip}") == 0  # the client stayed on node1
+
+    total = 2 * CURLS + HEY_REQUESTS
+    found = settles(lambda: edges(paths),
+                    lambda got: got.get(("client", "web"), {}).get("requests", 0) >= total)  # fmt: skip
+    edge = found[("client", "web")]
+    assert edge["requests"] == total, edge  # exactly what curl and hey counted
+    assert edge["secured"], edge
+    assert (edge["src"]["namespace"], edge["dst"]["namespace"]) == (CLIENT_NS, "emojivoto")
+    assert edge["client_id"] == f"{TD}/ns/{CLIENT_NS}/sa/legacy-app", edge
+    assert edge["server_id"] == f"{TD}/ns/emojivoto/sa/web", edge
+
+
+def test_the_router_answers_what_it_cannot_carry_and_names_why(
+    lab: tuple[LabPaths, Path],
+) -> None:
+    paths, _ = lab
+    script = ('curl -sS --max-time 20 -w " %{http_code}\\n" -x "$1" http://no-such-svc.emojivoto/; '
+              'curl -sS --max-time 20 -w " %{http_code}\\n" -x "$1" http://web-svc.emojivoto:8080/; '
+              'curl -sS --max-time 20 -w " %{http_code}\\n" -x "$1" '
+              "http://emoji-svc.emojivoto:4143/; "
+              'curl -sS --max-time 20 -w " %{http_code}\\n" --noproxy "*" "http://$1/"')  # fmt: skip
+    # Each answer is one line of text (ending in a newline), then curl's " <status>".
+    lines = in_client(paths, script, ROUTER).strip().splitlines()
+    got = list(zip(lines[::2], lines[1::2], strict=True))
+    assert len(got) == 4, lines
+    expected = [("502", "unknown host 'no-such-svc.emojivoto'"),
+                ("403", "port 8080 is not a TCP port of Service emojivoto/web-svc"),
+                ("403", "port 4143 is the mesh agent's own"),
+                ("400", "not a proxy request")]  # fmt: skip
+    for (text, status), (want_status, says) in zip(got, expected, strict=True):
+        assert status.strip() == want_status and says in text, (text, status)
+    # A caller that is not a pod of node1 (node2 itself, here) is refused: the router serves
+    # its own node's pods, as whom it tunnels.
+    res = subprocess.run(
+        ["ip", "netns", "exec", paths.node_netns("node2"), "curl", "-sS", "--max-time", "20",
+         "-w", " %{http_code}", "-x", f"http://{ROUTER}", URL],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.stdout.endswith("\n 403"), (res.stdout, res.stderr)
+    assert "caller 172.18.0.2 is not a pod of node node1" in res.stdout, res.stdout
