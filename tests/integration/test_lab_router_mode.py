@@ -9,7 +9,8 @@ user must see:
 - node1's agent carries them to web over the mesh's mTLS tunnel: tcpdump on the underlay sees
   node1 reach web's pod on the tunnel port 4143, never the marker in the requests' paths;
 - `edges` shows client -> web secured, with the client pod's own identity (its ServiceAccount)
-  and web's, and counts exactly the requests the clients made;
+  and web's, and `edges` and `stat` count exactly the requests the clients made;
+- `tap` of the client shows its router requests (origin-form path, authority, identities);
 - bad requests, unknown hosts, ports that are not the Service's and callers that are not pods of
   the node get 400, 502, 403 and 403 from the router, each naming why.
 
@@ -23,6 +24,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +34,7 @@ import pytest
 import yaml
 
 from nodemesh.lab.paths import LabPaths
-from tests.integration.labkit import lab_up, nm
+from tests.integration.labkit import NODEMESH, lab_up, nm
 from tests.integration.test_lab_failclosed import Tcpdump
 from tests.integration.test_lab_meshed_ingress import emojivoto_web_on_node2, pod_of, settles
 
@@ -118,6 +120,15 @@ def test_an_unmeshed_app_reaches_the_mesh_through_its_nodes_agent_over_mtls(
     assert capture.packets(f"host {client_ip}") == 0  # the client stayed on node1
 
     total = 2 * CURLS + HEY_REQUESTS
+
+    def web_stat() -> dict[str, Any]:
+        out = nm("stat", "deploy/web", "-n", "emojivoto", "--lab", paths.name, "-t", "10m",
+                 "-o", "json")  # fmt: skip
+        return json.loads(out)["rows"][0]  # type: ignore[no-any-return]
+
+    # web's only client is this one (no vote-bot): what web served is what curl and hey sent.
+    row = settles(web_stat, lambda row: row["requests"] >= total)
+    assert (row["requests"], row["success_rate"]) == (total, 1.0), row
     found = settles(lambda: edges(paths),
                     lambda got: got.get(("client", "web"), {}).get("requests", 0) >= total)  # fmt: skip
     edge = found[("client", "web")]
@@ -156,3 +167,37 @@ def test_the_router_answers_what_it_cannot_carry_and_names_why(
     )  # fmt: skip
     assert res.stdout.endswith("\n 403"), (res.stdout, res.stderr)
     assert "caller 172.18.0.2 is not a pod of node node1" in res.stdout, res.stdout
+
+
+def test_router_requests_are_tapped_like_captured_ones(
+    lab: tuple[LabPaths, Path],
+) -> None:
+    paths, _ = lab
+    marker = "nmtap" + uuid.uuid4().hex[:8]
+    with subprocess.Popen([NODEMESH, "tap", "deploy/client", "-n", CLIENT_NS, "--lab", paths.name,
+                           "--duration", "8", "-o", "json"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:  # fmt: skip
+        try:
+            time.sleep(2)  # the tap reaches node1's agent
+            script = ('for i in 1 2 3; do curl -sS -o /dev/null --max-time 20 "$1$i"; '
+                      'curl -sS -o /dev/null --max-time 20 -p -x "$2" "$1p$i"; done')  # fmt: skip
+            in_client(paths, script, f"{URL}?{marker}=", f"http://{ROUTER}")
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    events = [json.loads(line) for line in out.splitlines() if line.strip()]
+    reqs = {e["request_id"]: e for e in events if "req" in e and marker in e["req"]["path"]}
+    # Absolute-form and CONNECT alike: the origin-form path, the authority, the caller pod as
+    # the source with its own identity, web as the destination, mTLS.
+    assert sorted(e["req"]["path"].rsplit("=", 1)[1] for e in reqs.values()) == [
+        "1", "2", "3", "p1", "p2", "p3"], [e["req"] for e in reqs.values()]  # fmt: skip
+    for e in reqs.values():
+        assert e["req"]["path"].startswith("/api/list?"), e
+        assert e["req"]["authority"] == "web-svc.emojivoto", e
+        assert (e["src"]["workload"], e["src"]["namespace"]) == ("client", CLIENT_NS), e
+        assert e["src"]["identity"] == f"{TD}/ns/{CLIENT_NS}/sa/legacy-app", e
+        assert (e["dst"]["workload"], e["dst"]["service"]) == ("web", "web-svc"), e
+        assert e["tls"] is True and e["direction"] == "OUTBOUND", e
+    statuses = [e["rsp"]["status"] for e in events if "rsp" in e and e["request_id"] in reqs]
+    assert statuses == [200] * 6, statuses
