@@ -173,17 +173,13 @@ def _node_refs(container: dict[str, Any]) -> set[str]:
 
 
 def _node_addresses(by_key: dict[tuple[str, str, str], dict[str, Any]]) -> set[str]:
-    """The nodes' addresses as the cluster shows them (Node objects, pods' status.hostIP)."""
+    """The nodes' addresses, from the Node objects."""
     found: set[str] = set()
     for (kind, _, _), obj in by_key.items():
         if kind == "Node":
             for a in (obj.get("status") or {}).get("addresses") or []:
                 if a.get("type") in ("InternalIP", "ExternalIP") and a.get("address"):
                     found.add(a["address"])
-        elif kind == "Pod":
-            status = obj.get("status") or {}
-            if status.get("hostIP") and status.get("hostIP") != status.get("podIP"):
-                found.add(status["hostIP"])
     return found
 
 

@@ -201,3 +201,12 @@ def test_router_requests_are_tapped_like_captured_ones(
         assert e["tls"] is True and e["direction"] == "OUTBOUND", e
     statuses = [e["rsp"]["status"] for e in events if "rsp" in e and e["request_id"] in reqs]
     assert statuses == [200] * 6, statuses
+
+
+def test_migrate_status_lists_the_router_users(lab: tuple[LabPaths, Path]) -> None:
+    paths, _ = lab
+    out = json.loads(nm("migrate", "status", "--lab", paths.name, "-o", "json"))
+    uses = [(u["workload"], u["env"], u["router"]) for u in out["router_uses"]]
+    assert uses == [("deployment/client -n legacy", "http_proxy", "nodemesh:4144")], out
+    legacy = next(r for r in out["namespaces"] if r["namespace"] == CLIENT_NS)
+    assert legacy["stage"] == "router", legacy
