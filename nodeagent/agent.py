@@ -272,6 +272,8 @@ class Agent:
             entries.append((SocketEntry("cni", "cni"), self.cni.sock))
         if self.admin.sock is not None:
             entries.append((SocketEntry("admin", "admin"), self.admin.sock))
+        if self.router is not None and self.router.sock is not None:
+            entries.append((SocketEntry("router", "router"), self.router.sock))
         return entries
 
     async def _resume(self) -> None:
@@ -395,30 +397,36 @@ class Agent:
                 if predecessor is not None:
                     await predecessor.abort(f"successor failed to start: {exc!r}")
                 raise
+            router_sock = None
             if self.inherited is not None:
                 self.inherited.cni = None
+                router_sock, self.inherited.router = self.inherited.router, None
+                if self.router is None and router_sock is not None:
+                    router_sock.close()  # router mode turned off: the port closes with us
+                    router_sock = None
                 self.inherited.close()  # sockets of pods gone meanwhile
                 self.inherited = None
             if predecessor is not None:
                 await predecessor.confirm()
                 source = f"taken over from pid {predecessor.pid}"
+            if self.router is not None:
+                try:
+                    await self.router.start(router_sock)
+                except OSError:
+                    log.exception("router mode is off on this node")
             if self.socket_keeper is not None and self.cni.sock is not None and self.admin.sock:
-                self.socket_keeper.keep(
-                    [
-                        (SocketEntry("cni", "cni"), self.cni.sock),
-                        (SocketEntry("admin", "admin"), self.admin.sock),
-                    ]
-                )
+                node_socks = [
+                    (SocketEntry("cni", "cni"), self.cni.sock),
+                    (SocketEntry("admin", "admin"), self.admin.sock),
+                ]
+                if self.router is not None and self.router.sock is not None:
+                    node_socks.append((SocketEntry("router", "router"), self.router.sock))
+                self.socket_keeper.keep(node_socks)
             self.handover.start()
             self._tasks.append(tasks.spawn(self.handover.serve(), name="hand-over"))
             self._start_enrolment_tasks()
             self._tasks.append(tasks.spawn(self._forget_gone_pods(), name="gone pod series"))
             self._tasks.append(tasks.spawn(self._trim_after_bursts(), name="heap trim"))
-            if self.router is not None:
-                try:
-                    await self.router.start()
-                except OSError:
-                    log.exception("router mode is off on this node")
             self.started = True
             log.info(
                 "agent for node %s up: %d pod(s) %s, cni socket %s",

@@ -85,11 +85,20 @@ class Router:
             del self.callers[identity]
         return set(self.callers)
 
-    async def start(self) -> None:
+    async def start(self, inherited: socket.socket | None = None) -> None:
+        """Serve the router port: `inherited` is the previous agent's listening socket (hand-over,
+        socket keeper) with what queued in it, else a new one is bound."""
+        sock = inherited if inherited is not None else self._bind()
+        self.sock = sock
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self._accepted, sock=sock)
+        log.info("router mode: explicit proxy on %s:%d", self.host, self.port)
+
+    def _bind(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            # A new agent of the node binds beside the old one while it drains.
+            # A new agent that got no socket handed over binds beside the old one.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self.host, self.port))
             sock.listen(BACKLOG)
@@ -99,10 +108,7 @@ class Router:
             raise OSError(
                 exc.errno, f"router mode: cannot listen on {self.host}:{self.port}: {exc}"
             ) from exc
-        self.sock = sock
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(self._accepted, sock=sock)
-        log.info("router mode: explicit proxy on %s:%d", self.host, self.port)
+        return sock
 
     def close(self) -> None:
         if self.server is not None:

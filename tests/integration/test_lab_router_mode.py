@@ -210,3 +210,4 @@ def test_migrate_status_lists_the_router_users(lab: tuple[LabPaths, Path]) -> No
     assert uses == [("deployment/client -n legacy", "http_proxy", "nodemesh:4144")], out
     legacy = next(r for r in out["namespaces"] if r["namespace"] == CLIENT_NS)
     assert legacy["stage"] == "router", legacy
+
