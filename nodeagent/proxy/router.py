@@ -92,7 +92,12 @@ class Router:
         self.sock = sock
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(self._accepted, sock=sock)
-        log.info("router mode: explicit proxy on %s:%d", self.host, self.port)
+        log.info(
+            "router mode: explicit proxy on %s:%d (%s)",
+            self.host,
+            self.port,
+            "socket taken over" if inherited is not None else "socket bound",
+        )
 
     def _bind(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

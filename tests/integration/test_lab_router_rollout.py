@@ -84,3 +84,8 @@ def test_a_rollout_of_the_agents_fails_no_router_request(lab: LabPaths) -> None:
     assert set(codes) == {200} and codes[200] > 100, out
     logs = "".join(p.read_text() for p in Path(lab.root, "logs", "nodemesh").rglob("agent.log"))
     assert logs.count("taken over from pid") >= 2, logs[-3000:]
+    # Each new agent served the router port its predecessor held, queue and all (none bound a
+    # second socket beside it, which would reset what waited in the old one's queue).
+    assert logs.count("router mode: explicit proxy on 0.0.0.0:4144 (socket taken over)") >= 2, (
+        logs[-3000:]
+    )
