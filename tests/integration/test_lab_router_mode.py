@@ -41,6 +41,7 @@ from tests.integration.test_lab_meshed_ingress import emojivoto_web_on_node2, po
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 CLIENT_NS = "legacy"
+MESHED_NS = "moving"
 ROUTER = "172.18.0.1:4144"  # node1's agent (the lab's node1 address; a cluster: status.hostIP)
 TD = "spiffe://cluster.local"
 HEY_REQUESTS = int(os.environ.get("NODEMESH_ROUTER_REQUESTS", "300"))
@@ -63,6 +64,18 @@ def client_docs() -> list[dict[str, Any]]:
                          "containers": [{"name": "client", "image": "debian/curl",
                                          "env": [{"name": "http_proxy",
                                                   "value": f"http://{ROUTER}"}],
+                                         "command": ["sleep", "100000"]}]}}},
+        },
+        # A meshed app that still sends through the router: carried from its own address.
+        {"apiVersion": "v1", "kind": "Namespace",
+         "metadata": {"name": MESHED_NS, "labels": {"nodemesh.io/mesh": "enabled"}}},
+        {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "meshed-client", "namespace": MESHED_NS},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "meshed-client"}},
+                     "template": {"metadata": {"labels": {"app": "meshed-client"}}, "spec": {
+                         "nodeSelector": {"kubernetes.io/hostname": "node1"},
+                         "containers": [{"name": "client", "image": "debian/curl",
                                          "command": ["sleep", "100000"]}]}}},
         },
     ]  # fmt: skip
@@ -211,3 +224,28 @@ def test_migrate_status_lists_the_router_users(lab: tuple[LabPaths, Path]) -> No
     legacy = next(r for r in out["namespaces"] if r["namespace"] == CLIENT_NS)
     assert legacy["stage"] == "router", legacy
 
+
+
+def test_a_meshed_pod_sending_through_the_router_is_carried_from_its_own_address(
+    lab: tuple[LabPaths, Path],
+) -> None:
+    paths, tmp = lab
+    web_ip = pod_of(paths, "emojivoto", "web")["status"]["podIP"]
+    me = pod_of(paths, MESHED_NS, "meshed-client")
+    marker = "nmmeshed" + uuid.uuid4().hex[:8]
+    capture = Tcpdump(paths.underlay_netns, tmp / "meshed.pcap")
+    try:
+        codes = nm("lab", "exec", "--name", paths.name, "-n", MESHED_NS, "deploy/meshed-client",
+                   "--", "sh", "-c", 'for i in 1 2 3 4 5; do curl -sS -o /dev/null -w '
+                   '"%{http_code}\\n" --max-time 20 -x "$1" "$2$i"; done', "sh",
+                   f"http://{ROUTER}", f"{URL}?{marker}=", timeout=300)  # fmt: skip
+    finally:
+        capture.stop()
+    assert codes.split() == ["200"] * 5, codes
+    assert capture.dropped == 0 and capture.count(marker) == 0
+    src = me["status"]["podIP"]
+    assert capture.packets(f"src host {src} and dst host {web_ip} and dst port 4143") > 0
+    found = settles(lambda: edges(paths), lambda got: ("meshed-client", "web") in got)
+    edge = found[("meshed-client", "web")]
+    assert edge["secured"] and edge["requests"] == 5, edge
+    assert edge["client_id"] == f"{TD}/ns/{MESHED_NS}/sa/default", edge
