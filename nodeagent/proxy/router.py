@@ -174,7 +174,11 @@ class Router:
         req = await self._head(relay)
         if req is None:
             return
-        client_ip = relay.downstream_socket.getpeername()[0]
+        try:
+            client_ip = relay.downstream_socket.getpeername()[0]
+        except OSError:
+            relay.decline("client went away")
+            return
         if not rt.table.synced and not await outbound.table_known(relay, self):  # type: ignore[arg-type]
             self._answer(relay, 502, outbound.NO_TABLE)
             return
