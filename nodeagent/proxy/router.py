@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nodeagent.observe import peers
-from nodeagent.observe.metrics import PodTcpStats
+from nodeagent.observe.metrics import ROUTER_ANSWERS, PodTcpStats
 from nodeagent.pod import PodAddress
 from nodeagent.protocol import explicitproxy as xp
 from nodeagent.proxy import failclosed, outbound, routerdest
@@ -77,7 +77,6 @@ class Router:
         self.stats = PodTcpStats("outbound", "", "router")
         self.server: asyncio.Server | None = None
         self.sock: socket.socket | None = None
-        self.answered: dict[int, int] = {}  # status -> count, of the router's own answers
 
     def identities(self) -> set[str]:
         cutoff = time.monotonic() - IDENTITY_KEEP_S
@@ -142,7 +141,7 @@ class Router:
             self._answer(relay, 502, "internal error")
 
     def _answer(self, relay: Relay, status: int, reason: str) -> None:
-        self.answered[status] = self.answered.get(status, 0) + 1
+        ROUTER_ANSWERS.labels(str(status)).inc()
         log.debug("router: %d %s", status, reason)
         transport = relay.down.transport
         if transport is not None and not relay.down.lost:

@@ -180,6 +180,14 @@ def test_the_router_answers_what_it_cannot_carry_and_names_why(
     )  # fmt: skip
     assert res.stdout.endswith("\n 403"), (res.stdout, res.stderr)
     assert "caller 172.18.0.2 is not a pod of node node1" in res.stdout, res.stdout
+    # Every answer of the router itself is counted on node1's agent's /metrics, by status.
+    metrics = subprocess.run(
+        ["ip", "netns", "exec", paths.node_netns("node1"), "curl", "-sS", "--max-time", "20",
+         "http://127.0.0.1:4191/metrics"], capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    answered = dict(re.findall(r'^nodemesh_agent_router_answers_total\{status="(\d+)"\} (\S+)$',
+                               metrics, re.M))  # fmt: skip
+    assert answered == {"400": "1.0", "403": "3.0", "502": "1.0"}, answered
 
 
 def test_router_requests_are_tapped_like_captured_ones(
