@@ -95,6 +95,8 @@ def _absolute(target: bytes) -> tuple[str, str]:
 
 
 def _rewrite_headers(lines: list[bytes], host: bytes) -> list[bytes]:
+    """Proxy-only headers out; `Host` is the target's authority (RFC 9112 3.2.2: a proxy
+    ignores the Host it received with an absolute-form target), where the client put it."""
     out = []
     has_host = False
     for line in lines:
@@ -102,7 +104,10 @@ def _rewrite_headers(lines: list[bytes], host: bytes) -> list[bytes]:
         if name in _PROXY_ONLY:
             continue
         if name == b"host":
+            if has_host:
+                continue  # one Host only
             has_host = True
+            line = b"Host: " + host
         out.append(line)
     if not has_host:
         out.insert(0, b"Host: " + host)

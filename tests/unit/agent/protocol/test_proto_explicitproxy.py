@@ -24,6 +24,14 @@ def test_absolute_form_leaves_in_origin_form_without_proxy_headers() -> None:
     assert raw[req.consumed :] == b"leftover"
 
 
+def test_the_host_header_is_the_targets_authority() -> None:
+    req = parse_head(
+        b"GET http://api.shop:8080/x HTTP/1.1\r\nAccept: */*\r\nHost: elsewhere\r\n"
+        b"host: twice\r\n\r\n"
+    )
+    assert req.head == b"GET /x HTTP/1.1\r\nAccept: */*\r\nHost: api.shop:8080\r\n\r\n"
+
+
 def test_a_missing_host_header_is_added_and_the_default_port_is_80() -> None:
     req = parse_head(b"GET http://Web-Svc.EmojiVoto HTTP/1.0\r\n\r\n")
     assert (req.host, req.port) == ("web-svc.emojivoto", 80)
@@ -94,7 +102,7 @@ def test_later_requests_are_rewritten_and_bodies_pass_untouched() -> None:
     expected = (
         b"POST /vote HTTP/1.1\r\nHost: web\r\nContent-Length: %d\r\n\r\n" % len(body)
         + body
-        + b"GET /a HTTP/1.1\r\nHost: web\r\n\r\n"
+        + b"GET /a HTTP/1.1\r\nHost: web:80\r\n\r\n"
         + b"PUT /c HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"
         + b"5\r\nGET h\r\n0\r\nX-T: 1\r\n\r\n"
         + b"GET /d HTTP/1.1\r\nHost: web\r\n\r\n"
