@@ -55,7 +55,7 @@ from controlplane.telemetry.service import SERVICE as TELEMETRY_SERVICE
 from controlplane.telemetry_port import StoreTelemetry
 from nodemesh import ports, tasks
 from nodemesh.api import public_pb2_grpc, tap_pb2_grpc
-from nodemesh.model import PodKey
+from nodemesh.model import PodInfo, PodKey
 from nodemesh.version import __version__
 
 log = logging.getLogger("nodemesh.controlplane")
@@ -158,12 +158,22 @@ class Identity:
     serving: ServingCertificate  # re-issued at two-thirds of its life
 
 
+def certifiable(pod: PodInfo, *, mesh_namespace: str) -> bool:
+    """May the agent of the pod's node hold a certificate for its service account? Meshed pods,
+    and (router mode: the agent tunnels their router requests as them) unmeshed pods with their
+    own network, outside nodemesh's namespace. Never a hostNetwork pod (the agent's own) nor
+    the control plane's: they must not lend their service account's identity to the agent."""
+    if pod.host_network or pod.phase in ("Succeeded", "Failed"):
+        return False
+    return pod.mesh.meshed or pod.key.namespace != mesh_namespace
+
+
 def load_identity(args: argparse.Namespace, index: ClusterIndex, api: object) -> Identity:
     def pods_on_node(node: str) -> list[tuple[str, str]]:
-        # Only meshed pods: an unmeshed pod on the node (the control plane's, the agent's own
-        # hostNetwork pod) must not lend its service account's identity to the agent.
         return [
-            (p.key.namespace, p.service_account) for p in index.pods_on_node(node) if p.mesh.meshed
+            (p.key.namespace, p.service_account)
+            for p in index.pods_on_node(node)
+            if certifiable(p, mesh_namespace=args.namespace)
         ]
 
     def node_of_pod(namespace: str, name: str) -> str | None:

@@ -29,6 +29,7 @@ from nodeagent.proxy import l4proxy
 from nodeagent.proxy.dnsnames import DnsNames
 from nodeagent.proxy.listeners import PodListeners, ProxyRuntime
 from nodeagent.proxy.podnetns import find_netns_for
+from nodeagent.proxy.router import Router
 from nodeagent.rules.worker import RuleWorker
 from nodeagent.upstream.certstore import CertStore
 from nodeagent.upstream.destination import DestinationClient, open_channel, read_token
@@ -101,6 +102,19 @@ class Agent:
             released=self.trimmer.poke,
         )
         self.cni = CniServer(self.enroller, config.cni_socket)
+        self.router = (
+            Router(
+                self.runtime,
+                host=config.router_host,
+                port=config.router_port,
+                node=config.node,
+                cluster_domain=config.cluster_domain,
+                listeners_of=self._listeners_of,
+                identity_wanted=lambda: self.identity.kick() if self.identity else None,
+            )
+            if config.router_port
+            else None
+        )
         # Beside the CNI socket, on the host: for the plugin while we are away, and install-cni's
         # uninstall flag for us.
         self.meshed_record = MeshedRecord(config.cni_socket.parent, node=config.node)
@@ -130,6 +144,20 @@ class Agent:
         self._adopt_pending = False
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+
+    def _listeners_of(self, ip: str) -> PodListeners | None:
+        """The enrolled pod of this node with address `ip` (a router-mode caller)."""
+        for listeners in self.enroller.open_listeners.values():
+            if isinstance(listeners, PodListeners) and listeners.pod.ip == ip:
+                return listeners
+        return None
+
+    def _wanted_identities(self) -> set[str]:
+        """Certificates to hold: this node's meshed pods', and its router callers'."""
+        wanted = identities_on_node(self.table)
+        if self.router is not None:
+            wanted |= self.router.identities()
+        return wanted
 
     def _readiness(self) -> tuple[bool, str]:
         if self.successor_pid is not None:
@@ -244,6 +272,8 @@ class Agent:
             entries.append((SocketEntry("cni", "cni"), self.cni.sock))
         if self.admin.sock is not None:
             entries.append((SocketEntry("admin", "admin"), self.admin.sock))
+        if self.router is not None and self.router.sock is not None:
+            entries.append((SocketEntry("router", "router"), self.router.sock))
         return entries
 
     async def _resume(self) -> None:
@@ -257,6 +287,8 @@ class Agent:
         """The successor serves every socket now: stop accepting; what was accepted drains."""
         self.successor_pid = pid
         self.enroller.stop_listening()
+        if self.router is not None:
+            self.router.close()
         self.cni.release()
         self.admin.close()
         if self.socket_keeper is not None:
@@ -336,7 +368,7 @@ class Agent:
                 self.identity = IdentityClient(
                     channel=channel,
                     store=self.certs,
-                    wanted=lambda: identities_on_node(self.table),
+                    wanted=self._wanted_identities,
                 )
                 self._tasks.append(tasks.spawn(self.identity.run(), name="identity client"))
             else:
@@ -365,20 +397,31 @@ class Agent:
                 if predecessor is not None:
                     await predecessor.abort(f"successor failed to start: {exc!r}")
                 raise
+            router_sock = None
             if self.inherited is not None:
                 self.inherited.cni = None
+                router_sock, self.inherited.router = self.inherited.router, None
+                if self.router is None and router_sock is not None:
+                    router_sock.close()  # router mode turned off: the port closes with us
+                    router_sock = None
                 self.inherited.close()  # sockets of pods gone meanwhile
                 self.inherited = None
             if predecessor is not None:
                 await predecessor.confirm()
                 source = f"taken over from pid {predecessor.pid}"
+            if self.router is not None:
+                try:
+                    await self.router.start(router_sock)
+                except OSError:
+                    log.exception("router mode is off on this node")
             if self.socket_keeper is not None and self.cni.sock is not None and self.admin.sock:
-                self.socket_keeper.keep(
-                    [
-                        (SocketEntry("cni", "cni"), self.cni.sock),
-                        (SocketEntry("admin", "admin"), self.admin.sock),
-                    ]
-                )
+                node_socks = [
+                    (SocketEntry("cni", "cni"), self.cni.sock),
+                    (SocketEntry("admin", "admin"), self.admin.sock),
+                ]
+                if self.router is not None and self.router.sock is not None:
+                    node_socks.append((SocketEntry("router", "router"), self.router.sock))
+                self.socket_keeper.keep(node_socks)
             self.handover.start()
             self._tasks.append(tasks.spawn(self.handover.serve(), name="hand-over"))
             self._start_enrolment_tasks()
@@ -424,6 +467,8 @@ class Agent:
         self.runtime.keeper = None
         await self.cni.stop()
         self.enroller.stop_listening()
+        if self.router is not None:
+            self.router.close()
         await tasks.cancel_all([*self._tasks, *self._enrolment_tasks])
         self._tasks.clear()
         self._enrolment_tasks.clear()

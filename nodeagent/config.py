@@ -31,6 +31,9 @@ class AgentConfig:
     token_file: Path | None = None
     admin_host: str = "0.0.0.0"
     admin_port: int = ports.AGENT_ADMIN
+    # Router mode (nodeagent.proxy.router): the explicit proxy on the node; port 0 turns it off.
+    router_host: str = "0.0.0.0"
+    router_port: int = ports.ROUTER
     netns_dir: Path = Path("/run/netns")
     mark: int = DEFAULT_MARK
     # How long an ADD waits for the control plane to tell the agent about a new pod.
@@ -137,6 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
         "tokens.json (the entry for --node is used)",
     )
     p.add_argument("--admin-addr", default=DEFAULT_ADMIN, type=_host_port, help="/metrics, /ready")
+    p.add_argument(
+        "--router-addr",
+        default=f"0.0.0.0:{ports.ROUTER}",
+        type=_host_port,
+        help="router mode: where the node's explicit HTTP proxy (absolute-form requests and "
+        "CONNECT from this node's pods) listens",
+    )
+    p.add_argument(
+        "--no-router",
+        dest="router",
+        action="store_false",
+        help="no router mode: open no explicit proxy port on the node",
+    )
     p.add_argument("--netns-dir", default="/run/netns", help="where pod network namespaces live")
     p.add_argument("--mark", default=DEFAULT_MARK, type=_mark, help="SO_MARK of agent sockets")
     p.add_argument("--pod-wait-seconds", default=5.0, type=_positive)
@@ -243,6 +259,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     if ns.socket_park and not ns.socket_park.startswith("/"):
         parser.error(f"--socket-park {ns.socket_park}: must be an absolute path")
     host, port = ns.admin_addr
+    router_host, router_port = ns.router_addr
     return AgentConfig(
         node=ns.node,
         cni_socket=Path(ns.cni_socket),
@@ -254,6 +271,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         token_file=Path(ns.token_file) if ns.token_file else None,
         admin_host=host,
         admin_port=port,
+        router_host=router_host,
+        router_port=router_port if ns.router else 0,
         netns_dir=Path(ns.netns_dir),
         mark=ns.mark,
         pod_wait_seconds=ns.pod_wait_seconds,

@@ -12,6 +12,9 @@ IN_POD = frozenset({OUTBOUND, INBOUND, TUNNEL, DNS})
 
 # The agent on its node (hostNetwork): /metrics, /ready, /live.
 AGENT_ADMIN = 4191
+# The agent on its node (hostNetwork): router mode, an explicit HTTP proxy (absolute-form
+# requests and CONNECT) for apps configured with HTTP_PROXY=<node>:4144.
+ROUTER = 4144
 
 # The control plane's Service, and the dashboard's.
 DASHBOARD = 8084

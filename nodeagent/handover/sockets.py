@@ -126,7 +126,7 @@ def adopt_fd(entry: SocketEntry, fd: int) -> socket.socket:
         raise HandoverProtocolError(f"{entry.role} {entry.name}: not a socket ({exc})") from None
     listening = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
     want = _EXPECTED.get((entry.role, entry.name))
-    if want is None:  # admin: TCP, listening, either family
+    if want is None:  # admin, router: TCP, listening, either family
         ok = sock.family in (socket.AF_INET, socket.AF_INET6)
         ok = ok and sock.type == socket.SOCK_STREAM and listening
     else:
@@ -148,12 +148,15 @@ class Inherited:
     pods: dict[str, dict[str, socket.socket]] = field(default_factory=dict)
     cni: socket.socket | None = None
     admin: socket.socket | None = None
+    router: socket.socket | None = None
 
     def add(self, entry: SocketEntry, sock: socket.socket) -> None:
         if entry.role == "pod":
             self.pods.setdefault(entry.netns, {})[entry.name] = sock
         elif entry.role == "cni":
             self.cni = sock
+        elif entry.role == "router":
+            self.router = sock
         else:
             self.admin = sock
 
@@ -170,6 +173,7 @@ class Inherited:
             sum(len(s) for s in self.pods.values())
             + (self.cni is not None)
             + (self.admin is not None)
+            + (self.router is not None)
         )
 
     def close(self) -> None:
@@ -178,10 +182,10 @@ class Inherited:
             for s in socks.values():
                 s.close()
         self.pods.clear()
-        for kept in (self.cni, self.admin):
+        for kept in (self.cni, self.admin, self.router):
             if kept is not None:
                 kept.close()
-        self.cni = self.admin = None
+        self.cni = self.admin = self.router = None
 
 
 class Predecessor:

@@ -30,9 +30,10 @@ VERSION = 1
 MAX_FDS_PER_MESSAGE = 200
 MAX_MESSAGE_BYTES = 1 << 20
 
-# What a socket is for: the pod listeners by name, the CNI socket, the admin port.
+# What a socket is for: the pod listeners by name, the CNI socket, the admin port, the router
+# mode's port on the node.
 POD_SOCKETS = ("outbound", "inbound", "tunnel", "dns-tcp", "dns-udp")
-ROLES = ("pod", "cni", "admin")
+ROLES = ("pod", "cni", "admin", "router")
 
 
 class HandoverProtocolError(ValueError):

@@ -56,6 +56,12 @@ DNS_QUERIES = Counter(
     ["namespace", "pod", "protocol", "result"],
     registry=REGISTRY,
 )
+ROUTER_ANSWERS = Counter(
+    "nodemesh_agent_router_answers",
+    "Router mode requests the agent answered itself instead of carrying (400, 403, 502)",
+    ["status"],
+    registry=REGISTRY,
+)
 PODS_ENROLLED = Gauge(
     "nodemesh_agent_pods_enrolled", "Pods with rules and listeners in place", registry=REGISTRY
 )

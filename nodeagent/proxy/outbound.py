@@ -15,14 +15,15 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from nodeagent.observe import peers
 from nodeagent.observe.events import ObservationSink, Peer, TcpClosed, TcpOpened
 from nodeagent.protocol.preamble import PreambleError
 from nodeagent.proxy import dialing, failclosed
-from nodeagent.proxy.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
+from nodeagent.proxy.l4proxy import CONNECT_TIMEOUT, Gate, Relay, original_destination
 from nodeagent.proxy.l7 import takeover
 from nodeagent.proxy.l7relay import ConnectionTap, peer_port
 from nodeagent.proxy.podnetns import marked_socket
@@ -32,7 +33,21 @@ from nodemesh import ports
 from nodemesh.model import PodInfo, PodKey
 
 if TYPE_CHECKING:
-    from nodeagent.proxy.listeners import PodListeners
+    from nodeagent.pod import PodAddress
+    from nodeagent.proxy.listeners import PodListeners, ProxyRuntime
+    from nodemesh.netns import NetnsHandle
+
+
+class Caller(Protocol):
+    """Whose connection is dialled: a meshed pod's listeners, or a router-mode caller."""
+
+    @property
+    def pod(self) -> PodAddress: ...
+    @property
+    def runtime(self) -> ProxyRuntime: ...
+    @property
+    def netns(self) -> str | NetnsHandle: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +90,7 @@ def report_failed(
 
 async def _connect(
     relay: Relay,
-    pod: PodListeners,
+    pod: Caller,
     info: PodInfo | None,
     target: Target,
     route: Route,
@@ -173,9 +188,28 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
     route = rt.routes.resolve(ip, port)
     if await takeover.try_take(relay, pod, route):
         return
+    error = await connect_route(relay, pod, route, info=info, src=src)
+    if error is not None:
+        relay.refuse(error)
+
+
+async def connect_route(
+    relay: Relay,
+    pod: Caller,
+    route: Route,
+    *,
+    info: PodInfo | None,
+    src: Peer,
+    gate: Gate | None = None,
+    connected: Callable[[], None] | None = None,
+) -> str | None:
+    """Dial `route` for `pod` (balancing, retries, the tunnel to meshed endpoints) and start the
+    relay: None. When every attempt failed, the failure is counted and returned; the client is
+    left for the caller to answer. `connected` runs once the upstream is open, before relaying."""
+    rt = pod.runtime
     conn_id = next(rt.conn_ids)
     plan = dialing.DialPlan(
-        targets=route.targets if route.known else (Target(ip, port),),
+        targets=route.targets if route.known else (Target(route.ip, route.port),),
         known=route.known,
         balancer=rt.balancer,
         max_attempts=MAX_ATTEMPTS,
@@ -227,26 +261,29 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
             relay.drop_upstream()
             relay.abort()
             raise
-        _start(relay, pod, conn_id, src, route, target, tls, started)
-        return
+        if connected is not None:
+            connected()
+        _start(relay, pod, conn_id, src, route, target, tls, started, gate)
+        return None
     target, error = step.last, step.error
     relay.stats.failures.inc()
-    dst = peers.of_target(target, route.service) if target is not None else peers.peer(ip)
+    dst = peers.of_target(target, route.service) if target is not None else peers.peer(route.ip)
     report_failed(
         rt.sink, conn_id=conn_id, direction="outbound", src=src, dst=dst, tls=False, error=error
     )
-    relay.refuse(error)
+    return error
 
 
 def _start(
     relay: Relay,
-    pod: PodListeners,
+    pod: Caller,
     conn_id: int,
     src: Peer,
     route: Route,
     target: Target,
     tls: bool,
     started: float,
+    gate: Gate | None = None,
 ) -> None:
     rt = pod.runtime
     balancer, key = rt.balancer, target.key
@@ -270,4 +307,4 @@ def _start(
         detect_timeout=rt.detect_timeout,
         on_first_byte=lambda s: balancer.observe(key, s, now=time.monotonic()),
     )
-    relay.start(tap)
+    relay.start(tap, gate)

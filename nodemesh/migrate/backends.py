@@ -16,7 +16,8 @@ from nodemesh.lab.client import LabClient, LabRequestFailed, LabUnavailable
 from nodemesh.lab.paths import LabPaths
 from nodemesh.migrate.plan import Change
 
-KINDS = ("Namespace", "Deployment", "DaemonSet", "StatefulSet", "Service", "Ingress")
+# Nodes: their addresses tell apps sending through nodemesh's router mode (HTTP_PROXY=<node>:4144).
+KINDS = ("Namespace", "Deployment", "DaemonSet", "StatefulSet", "Service", "Ingress", "Node")
 ROLLED_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
 
 
@@ -152,6 +153,11 @@ class KubectlBackend:
         items: list[dict[str, Any]] = json.loads(out).get("items", [])
         try:  # Ingresses need networking.k8s.io/v1; a cluster without it has none
             items += json.loads(self._run("get", "ingresses", "-A", "-o", "json")).get("items", [])
+        except BackendError:
+            pass
+        try:  # only to recognise router mode by a node's address; RBAC may not allow it
+            nodes = json.loads(self._run("get", "nodes", "-o", "json")).get("items", [])
+            items += [n for n in nodes if n.get("kind", "Node") == "Node"]
         except BackendError:
             pass
         return items

@@ -12,6 +12,7 @@ from nodemesh.migrate.survey import (
     HOST_PORT,
     INBOUND_MODE,
     MESH_LABEL,
+    NODEMESH_ROUTER,
     ROUTER_ROUTES,
     SKIP_INBOUND,
     Survey,
@@ -293,6 +294,8 @@ def remove_router(survey: Survey, *, force: bool = False) -> Step:
         step.why = f"still sending through it: {', '.join(users)}; run leave-router first"
         return step
     for router in sorted(survey.routers.values(), key=lambda r: r.name):
+        if router.nodemesh:
+            continue  # the agents' own router mode: `install --no-router` turns it off
         for ref in router.workloads:
             obj = survey.objects[_key(ref)]
             step.changes.append(Change(ref.kind, ref.namespace, ref.name, clean(obj), None,
@@ -304,6 +307,10 @@ def remove_router(survey: Survey, *, force: bool = False) -> Step:
                 step.changes.append(Change("Service", ns, name, clean(svc), None,
                                            f"delete service/{name} -n {ns}"))  # fmt: skip
     step.why = "nothing sends through it any more" if not survey.uses else "forced"
+    if not step.changes and all(r.nodemesh for r in survey.routers.values()):
+        step.state = DONE
+        step.why = (f"only nodemesh's own router ({NODEMESH_ROUTER}, the node agents): nothing to "
+                    "remove; `nodemesh install --no-router` closes its port")  # fmt: skip
     return step
 
 

@@ -30,6 +30,11 @@ ROUTER_IMAGES = re.compile(r"(haproxy|nginx|envoy|linkerd|l5d|traefik)", re.I)
 PROXY_ENV = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "grpc_proxy")
 HOST_PORT = re.compile(r"^(?:[a-z]+://)?(?P<host>[A-Za-z0-9_$().-]+):(?P<port>\d{1,5})/?$")
 NODE_NAME_REF = "$(NODE_NAME)"
+# nodemesh's own router: every node agent's explicit proxy port (router mode, nodemesh.ports).
+NODEMESH_ROUTER_PORT = 4144
+NODEMESH_ROUTER = f"nodemesh:{NODEMESH_ROUTER_PORT}"
+# Downward-API fields that name the pod's node: $(VAR) of an env set from one is the node.
+NODE_FIELDS = frozenset({"spec.nodeName", "status.hostIP"})
 
 
 class SurveyError(ValueError):
@@ -64,6 +69,8 @@ class Router:
     workloads: tuple[WorkloadRef, ...]  # what serves it
     service: str | None  # "ns/name" of its Service, if any
     routes: dict[int, str]  # router port -> "host:port" it forwards to (ROUTER_ROUTES)
+    # nodemesh's own router mode (the agents' port 4144): already in the mesh, never removed.
+    nodemesh: bool = False
 
 
 @dataclass
@@ -153,6 +160,27 @@ def _env(container: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for e in container.get("env") or []:
         if isinstance(e.get("value"), str):
             yield e["name"], e["value"]
+
+
+def _node_refs(container: dict[str, Any]) -> set[str]:
+    """`$(VAR)` for each env VAR of the container set from the pod's node name or host IP."""
+    refs = {NODE_NAME_REF}
+    for e in container.get("env") or []:
+        field_ref = ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+        if field_ref in NODE_FIELDS:
+            refs.add(f"$({e['name']})")
+    return refs
+
+
+def _node_addresses(by_key: dict[tuple[str, str, str], dict[str, Any]]) -> set[str]:
+    """The nodes' addresses, from the Node objects."""
+    found: set[str] = set()
+    for (kind, _, _), obj in by_key.items():
+        if kind == "Node":
+            for a in (obj.get("status") or {}).get("addresses") or []:
+                if a.get("type") in ("InternalIP", "ExternalIP") and a.get("address"):
+                    found.add(a["address"])
+    return found
 
 
 def survey(objects: Iterable[dict[str, Any]]) -> Survey:
@@ -248,17 +276,25 @@ def survey(objects: Iterable[dict[str, Any]]) -> Survey:
             routers[key] = Router(name=key, workloads=behind, service=None, routes={})
         return routers[key]
 
+    node_addresses = _node_addresses(by_key)
     for ref, obj in sorted(workloads.items()):
         if ref.namespace not in namespaces:
             continue
         for c in containers(obj):
+            node_refs = _node_refs(c)
             for env, value in _env(c):
                 m = HOST_PORT.match(value.strip())
                 if not m:
                     continue
                 host, port = m["host"], int(m["port"])
                 router: Router | None
-                if env in PROXY_ENV and host == NODE_NAME_REF:
+                on_node = host in node_refs or host in node_addresses
+                if env in PROXY_ENV and on_node and port == NODEMESH_ROUTER_PORT:
+                    router = routers.setdefault(
+                        NODEMESH_ROUTER,
+                        Router(NODEMESH_ROUTER, (), service=None, routes={}, nodemesh=True),
+                    )
+                elif env in PROXY_ENV and host == NODE_NAME_REF:
                     router = per_node_router(port)
                 else:
                     router = router_for_service(host, ref.namespace)

@@ -58,9 +58,20 @@ def _agent(values: InstallValues) -> Obj:
             # agent's container restarts (nodeagent.handover.park).
             f"--socket-park={PARK_DIR}/park.sock",
             f"--uninstall-wait-seconds={UNINSTALL_WAIT}",
+            # Router mode: this node's pods may send through <node>:4144 (HTTP_PROXY).
+            f"--router-addr=0.0.0.0:{ports.ROUTER}" if values.router else "--no-router",
         ],
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
-        "ports": [{"name": "admin", "containerPort": ports.AGENT_ADMIN, "protocol": "TCP"}],
+        # hostNetwork: the container's ports are the node's (hostPort must equal containerPort).
+        "ports": [
+            {"name": "admin", "containerPort": ports.AGENT_ADMIN, "protocol": "TCP"},
+            *(
+                [{"name": "router", "containerPort": ports.ROUTER, "hostPort": ports.ROUTER,
+                  "protocol": "TCP"}]
+                if values.router
+                else []
+            ),
+        ],  # fmt: skip
         # hostNetwork: during a rollout both agents' pods would probe the one port 4191, and the
         # new pod's httpGet would get the old agent's 200 before the hand-over (a slow start-up
         # outlasted any initial delay). Ready only when the admin port is this container's own

@@ -93,6 +93,12 @@ _path = click.Path(path_type=Path, dir_okay=False)
     help="PEM issuer certificate, signed by a trust anchor.",
 )
 @click.option("--identity-issuer-key-file", type=_path, help="PEM issuer private key (ECDSA).")
+@click.option(
+    "--no-router",
+    "no_router",
+    is_flag=True,
+    help="No router mode: the agents open no explicit HTTP proxy port (4144) on the nodes.",
+)
 def install(
     namespace: str,
     ha: bool,
@@ -110,6 +116,7 @@ def install(
     identity_trust_anchors_file: Path | None,
     identity_issuer_certificate_file: Path | None,
     identity_issuer_key_file: Path | None,
+    no_router: bool,
 ) -> None:
     """Print the manifests of nodemesh for a cluster: pipe them to `kubectl apply -f -`.
 
@@ -131,6 +138,7 @@ def install(
                 cni_bin_dir=cni_bin_dir,
                 cluster_domain=cluster_domain,
                 trust_domain=trust_domain,
+                router=not no_router,
             )
         )
     except BadValue as e:

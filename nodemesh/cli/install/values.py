@@ -42,6 +42,8 @@ class InstallValues:
     cni_bin_dir: str = "/opt/cni/bin"
     cluster_domain: str = "cluster.local"
     trust_domain: str = "cluster.local"
+    # Router mode: the agent's explicit HTTP proxy on every node (port 4144).
+    router: bool = True
 
     def image(self, component: str) -> str:
         return f"{self.registry}/{component}:{self.version}"

@@ -153,6 +153,27 @@ def test_agent_runs_the_real_binaries_with_their_flags() -> None:
     assert dash.public_api == "nodemesh-controlplane.mesh.svc.k8s.local:8085"
 
 
+def test_router_port_is_the_nodes_and_no_router_turns_it_off() -> None:
+    """Router mode (docs/adoption.md): the agent serves the explicit proxy on the node's 4144,
+    declared as the container's (host) port; `--no-router` leaves both the flag and the port out."""
+    from nodeagent.config import parse_args as agent_args
+
+    for extra, expected in (((), 4144), (("--no-router",), 0)):
+        _, docs = render(*extra)
+        pod = _daemonset(docs)["spec"]["template"]["spec"]
+        agent = next(c for c in pod["containers"] if c["name"] == "agent")
+        cfg = agent_args([a.replace("$(NODE_NAME)", "n1") for a in agent["args"]])
+        assert (cfg.router_host, cfg.router_port) == ("0.0.0.0", expected)
+        declared = {p["name"]: p for p in agent["ports"]}
+        if expected:
+            assert pod["hostNetwork"] is True
+            assert declared["router"] == {
+                "name": "router", "containerPort": 4144, "hostPort": 4144, "protocol": "TCP"
+            }
+        else:
+            assert "router" not in declared
+
+
 def test_agent_rollout_overlaps_old_and_new_agents_on_each_node() -> None:
     """A rolling update starts the new agent beside the old one (which hands its sockets over
     through the host's run directory), and leaves the old one time to wait and drain."""

@@ -55,6 +55,13 @@ def controlplane(tmp_path: Path):  # type: ignore[no-untyped-def]
             host_network=True,
         )
     )  # fmt: skip
+    # Router mode: node1's agent tunnels an unmeshed pod's router requests as that pod, so it may
+    # hold that identity; not a hostNetwork pod's, nor a pod's of another node.
+    lab.put(k.namespace("legacy", meshed=False))
+    lab.put(k.pod("legacy", "app-0", node="node1", ip="10.244.1.9", sa="legacy-app"))
+    lab.put(k.pod("legacy", "far-0", node="node2", ip="10.244.2.9", sa="legacy-far"))
+    lab.put(k.pod("legacy", "hostnet-0", node="node1", ip="172.18.0.1", sa="legacy-host",
+                  host_network=True))  # fmt: skip
     issuer = create_issuer_files(tmp_path / "identity", nodes=["node1", "node2"])
     create_lab_access(tmp_path / "access")
     ports = {name: free_port() for name in ("agent", "public", "admin")}
@@ -142,7 +149,7 @@ async def test_serves_agents_over_tls_with_tokens_and_stops_on_sigterm(controlpl
     assert "stopped" in (proc.stdout.read() if proc.stdout else "")
 
 
-async def test_the_ca_issues_only_identities_of_meshed_pods_on_the_node(controlplane) -> None:
+async def test_the_ca_issues_identities_of_meshed_pods_and_router_callers_on_the_node(controlplane) -> None:
     _, ports, issuer, _ = controlplane
     creds = grpc.ssl_channel_credentials(root_certificates=issuer.anchor.certificate_pem())
     token = [("authorization", f"Bearer {issuer.tokens['node1']}")]
@@ -163,3 +170,7 @@ async def test_the_ca_issues_only_identities_of_meshed_pods_on_the_node(controlp
         for sa in ("nodemesh-controlplane", "nodemesh-agent"):
             identity = f"spiffe://cluster.local/ns/nodemesh/sa/{sa}"
             assert await certify(identity) == grpc.StatusCode.PERMISSION_DENIED, identity
+        legacy = "spiffe://cluster.local/ns/legacy/sa/"
+        assert await certify(legacy + "legacy-app") == grpc.StatusCode.OK  # a router caller
+        for sa in ("legacy-far", "legacy-host"):
+            assert await certify(legacy + sa) == grpc.StatusCode.PERMISSION_DENIED, sa

@@ -162,6 +162,43 @@ def test_linkerd1_per_node_http_proxy_is_dropped_not_rewritten() -> None:
     assert "drop http_proxy" in st.changes[0].summary
 
 
+def nodemesh_agents() -> dict[str, Any]:
+    agent = deployment("nodemesh", "nodemesh-agent", "ghcr.io/nodemesh/agent:0.1.0")
+    agent["kind"] = "DaemonSet"
+    agent["spec"]["template"]["spec"]["containers"][0]["ports"] = [
+        {"name": "router", "containerPort": 4144, "hostPort": 4144}]  # fmt: skip
+    return agent
+
+
+def test_apps_sending_through_nodemesh_router_mode_are_its_users_and_it_is_never_removed() -> None:
+    """Router mode (HTTP_PROXY=<node>:4144) as apps name their node: $(NODE_NAME), an env from
+    status.hostIP, or a node's address; the router is the agents', which remove-router keeps."""
+    by_name = deployment("shop", "cart", "shop/cart:1", env={"http_proxy": "$(NODE_NAME):4144"})
+    by_ip = deployment("shop", "pay", "shop/pay:1", env={"HTTP_PROXY": "http://$(HOST_IP):4144"})
+    by_ip["spec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}})  # fmt: skip
+    literal = deployment("legacy", "app", "legacy/app:1", env={"https_proxy": "10.0.0.7:4144"})
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.7"}]}}  # fmt: skip
+    other = deployment("legacy", "other", "legacy/o:1", env={"http_proxy": "10.0.0.8:4144"})
+    objects = [namespace("nodemesh"), namespace("shop"), namespace("legacy"), nodemesh_agents(),
+               node, by_name, by_ip, literal, other]  # fmt: skip
+    s = survey(objects)
+    assert list(s.routers) == ["nodemesh:4144"]
+    assert s.routers["nodemesh:4144"].nodemesh
+    assert sorted(str(u.workload) for u in s.uses) == [
+        "deployment/app -n legacy", "deployment/cart -n shop", "deployment/pay -n shop"]  # fmt: skip
+    assert s.namespaces["shop"].stage == "router"
+    # Leaving it is dropping the variable (once meshed, the calls are captured instead) ...
+    after = applied(objects, step(objects, "leave-router").changes)
+    assert "http_proxy" not in str(template(after, "shop", "cart")["spec"]["containers"][0])
+    # ... and nothing of nodemesh is ever deleted as "the router".
+    assert planning.remove_router(survey(after)).changes == []
+    assert planning.remove_router(survey(after)).state in (planning.DONE, planning.NOTHING)
+    forced = planning.remove_router(s, force=True)
+    assert forced.changes == [], [c.summary for c in forced.changes]
+
+
 def test_steps_that_cannot_be_applied_say_why() -> None:
     with pytest.raises(planning.PlanError, match="no step 'mesh-all'"):
         step(emojivoto(), "mesh-all")

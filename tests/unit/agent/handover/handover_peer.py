@@ -18,7 +18,7 @@ from nodeagent.handover.sockets import HandoverServer
 from nodeagent.handover.wire import SocketEntry
 
 
-async def main(path: Path, *, accept: bool) -> None:
+async def main(path: Path, *, accept: bool, role: str) -> None:
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(1024)
@@ -35,6 +35,8 @@ async def main(path: Path, *, accept: bool) -> None:
         server = await asyncio.start_server(answer, sock=lsock)
 
     async def freeze() -> list[tuple[SocketEntry, socket.socket]]:
+        if role == "router":  # the agent's router-mode port on the node
+            return [(SocketEntry("router", "router"), lsock)]
         return [(SocketEntry("pod", "outbound", "/test/netns"), lsock)]
 
     async def resume() -> None:
@@ -59,6 +61,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("path", type=Path)
     p.add_argument("--no-accept", action="store_true")
+    p.add_argument("--role", default="pod", choices=["pod", "router"])
     a = p.parse_args()
-    asyncio.run(main(a.path, accept=not a.no_accept))
+    asyncio.run(main(a.path, accept=not a.no_accept, role=a.role))
     sys.exit(0)

@@ -50,6 +50,16 @@ def _ask(port: int) -> bytes:
         return data
 
 
+def _read_all(waiting: list[socket.socket]) -> list[bytes]:
+    """The first answer on each connection, each then closed."""
+    out = []
+    for c in waiting:
+        c.settimeout(10)
+        out.append(c.recv(16))
+        c.close()
+    return out
+
+
 class Hammer(threading.Thread):
     """New connections back to back, each answer (or failure) recorded in order."""
 
@@ -125,15 +135,30 @@ async def test_connections_waiting_in_the_accept_queue_are_served_by_the_success
         await pred.confirm()
         await asyncio.wait_for(asyncio.to_thread(old.wait), 10)
 
-        def read_all() -> list[bytes]:
-            out = []
-            for c in waiting:
-                c.settimeout(10)
-                out.append(c.recv(16))
-                c.close()
-            return out
+        assert await asyncio.to_thread(_read_all, waiting) == [b"new"] * 20
+        server.close()
+    finally:
+        _stop(old)
 
-        assert await asyncio.to_thread(read_all) == [b"new"] * 20
+
+async def test_the_router_port_and_its_waiting_connections_go_to_the_successor(
+    tmp_path: Path,
+) -> None:
+    """Router mode's node port travels like a pod's listeners: a client that connected while the
+    agents switch is answered by the new one, never refused."""
+    path = tmp_path / "handover.sock"
+    old, port = _start_old(path, "--no-accept", "--role", "router")
+    try:
+        waiting = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(5)]
+        pred = await Predecessor.find(path)
+        assert pred is not None
+        inherited = await pred.take()
+        assert inherited.router is not None and inherited.count() == 1
+        server = await _serve_new(inherited.router)
+        await pred.confirm()
+        await asyncio.wait_for(asyncio.to_thread(old.wait), 10)
+
+        assert await asyncio.to_thread(_read_all, waiting) == [b"new"] * 5
         server.close()
     finally:
         _stop(old)

@@ -1,0 +1,245 @@
+"""Router mode: the agent as an explicit HTTP proxy on its node (port 4144, hostNetwork).
+
+For apps configured to send through a router (HTTP_PROXY / HTTPS_PROXY = <node>:4144, Linkerd 1's
+per-node proxy pattern) whether or not their pod is meshed: the app sends an absolute-form
+request or a CONNECT; the router finds who calls (the pod of this node with the connection's
+source address: the router serves its own node's pods only, any other caller gets 403), where
+to (nodeagent.proxy.routerdest: a Service or pod of the mesh, else 502) and then dials exactly as
+the caller's captured connection would (nodeagent.proxy.outbound.connect_route): balanced over
+the Service's endpoints, mTLS through the tunnel to a meshed endpoint with the caller pod's own
+identity, observed under the caller's name in metrics, `stat` and `tap`.
+
+A meshed caller's upstream is made in its own netns (as its captured connections are); an
+unmeshed caller's in the node's (the router cannot enter every pod on the node), so its tunnels
+leave from the node's address, still mTLS with the pod's certificate (issued to this agent for
+pods of its node that use the router). Unmeshed destinations are reached plainly, as a
+captured connection to them is. The first request's head decides the upstream for the whole
+connection; HTTP requests leave in origin form (nodeagent.protocol.explicitproxy.OriginForm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nodeagent.observe import peers
+from nodeagent.observe.metrics import ROUTER_ANSWERS, PodTcpStats
+from nodeagent.pod import PodAddress
+from nodeagent.protocol import explicitproxy as xp
+from nodeagent.proxy import failclosed, outbound, routerdest
+from nodeagent.proxy.l4proxy import Relay
+from nodeagent.proxy.listeners import BACKLOG, PodListeners, ProxyRuntime
+from nodemesh import tasks
+from nodemesh.model import PodKey
+
+log = logging.getLogger(__name__)
+
+HEAD_TIMEOUT = 10.0  # a client that connected and sends no whole request head
+# How long an unmeshed caller's identity is kept certified after its last router connection.
+IDENTITY_KEEP_S = 600.0
+NODE_NETNS = "/proc/self/ns/net"  # the agent's own: the node's (hostNetwork)
+
+
+@dataclass(frozen=True)
+class NodeCaller:
+    """An unmeshed pod calling through the router: dialled from the node's netns."""
+
+    pod: PodAddress
+    runtime: ProxyRuntime
+    netns: str = NODE_NETNS
+
+
+class Router:
+    def __init__(
+        self,
+        runtime: ProxyRuntime,
+        *,
+        host: str,
+        port: int,
+        node: str,
+        cluster_domain: str,
+        listeners_of: Callable[[str], PodListeners | None],
+        identity_wanted: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.runtime = runtime
+        self.host, self.port = host, port
+        self.node = node
+        self.cluster_domain = cluster_domain
+        # The enrolled (meshed) pod of this node with that IP, if any.
+        self.listeners_of = listeners_of
+        self.identity_wanted = identity_wanted
+        # Identities of unmeshed callers -> last use (monotonic): their certificates are asked for.
+        self.callers: dict[str, float] = {}
+        self.stats = PodTcpStats("outbound", "", "router")
+        self.server: asyncio.Server | None = None
+        self.sock: socket.socket | None = None
+
+    def identities(self) -> set[str]:
+        cutoff = time.monotonic() - IDENTITY_KEEP_S
+        for identity in [i for i, t in self.callers.items() if t < cutoff]:
+            del self.callers[identity]
+        return set(self.callers)
+
+    async def start(self, inherited: socket.socket | None = None) -> None:
+        """Serve the router port: `inherited` is the previous agent's listening socket (hand-over,
+        socket keeper) with what queued in it, else a new one is bound."""
+        sock = inherited if inherited is not None else self._bind()
+        self.sock = sock
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self._accepted, sock=sock)
+        log.info(
+            "router mode: explicit proxy on %s:%d (%s)",
+            self.host,
+            self.port,
+            "socket taken over" if inherited is not None else "socket bound",
+        )
+
+    def _bind(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # A new agent that got no socket handed over binds beside the old one.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise OSError(
+                exc.errno, f"router mode: cannot listen on {self.host}:{self.port}: {exc}"
+            ) from exc
+        return sock
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.sock = None
+
+    def _accepted(self) -> asyncio.Protocol:
+        rt = self.runtime
+
+        def start(relay: Relay) -> None:
+            tasks.spawn(self._serve(relay), name="router")
+
+        relay = Relay(self.stats, rt.relays, start)
+        rt.peak_relays = max(rt.peak_relays, len(rt.relays))
+        return relay.down
+
+    async def _serve(self, relay: Relay) -> None:
+        try:
+            await self._handle(relay)
+        except asyncio.CancelledError:
+            relay.abort()
+            raise
+        except Exception:
+            log.exception("router: serving a connection failed")
+            self._answer(relay, 502, "internal error")
+
+    def _answer(self, relay: Relay, status: int, reason: str) -> None:
+        ROUTER_ANSWERS.labels(str(status)).inc()
+        log.debug("router: %d %s", status, reason)
+        transport = relay.down.transport
+        if transport is not None and not relay.down.lost:
+            transport.write(xp.answer(status, reason))
+        relay.decline(f"{status} {reason}")
+
+    async def _head(self, relay: Relay) -> xp.ProxyRequest | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HEAD_TIMEOUT
+        while not xp.head_complete(relay.early):
+            if len(relay.early) > xp.MAX_HEAD:
+                self._answer(relay, 400, f"request head over {xp.MAX_HEAD} bytes")
+                return None
+            left = deadline - loop.time()
+            if left <= 0 or not await relay.wait_for_bytes(len(relay.early) + 1, left):
+                if relay.early:
+                    self._answer(relay, 400, "incomplete request head")
+                else:
+                    relay.decline("no request")
+                return None
+        try:
+            return xp.parse_head(relay.early)
+        except xp.ProxyRequestError as exc:
+            self._answer(relay, exc.status, exc.reason)
+            return None
+
+    async def _handle(self, relay: Relay) -> None:
+        rt = self.runtime
+        req = await self._head(relay)
+        if req is None:
+            return
+        try:
+            client_ip = relay.downstream_socket.getpeername()[0]
+        except OSError:
+            relay.decline("client went away")
+            return
+        if not rt.table.synced and not await outbound.table_known(relay, self):  # type: ignore[arg-type]
+            self._answer(relay, 502, outbound.NO_TABLE)
+            return
+        listeners = self.listeners_of(client_ip)
+        info = (
+            rt.table.pod(PodKey(listeners.pod.namespace, listeners.pod.name))
+            if listeners is not None
+            else rt.routes.local_pod_by_ip(client_ip)
+        )
+        if info is None:
+            self._answer(
+                relay,
+                403,
+                f"caller {client_ip} is not a pod of node {self.node}: "
+                "the router serves its own node's pods only",
+            )
+            return
+        caller: outbound.Caller = listeners or NodeCaller(
+            PodAddress(info.key.namespace, info.key.name, NODE_NETNS, info.ip), rt
+        )
+        try:
+            ip, port = routerdest.resolve(
+                rt.table,
+                rt.routes,
+                host=req.host,
+                port=req.port,
+                caller_namespace=info.key.namespace,
+                cluster_domain=self.cluster_domain,
+            )
+        except xp.ProxyRequestError as exc:
+            self._answer(relay, exc.status, exc.reason)
+            return
+        route = rt.routes.resolve(ip, port)
+        if (
+            listeners is None
+            and info.identity
+            and failclosed.upstream(
+                meshed=any(t.meshed for t in route.targets),
+                source_identity=info.identity,
+                mtls=rt.certs is not None,
+            )
+            is failclosed.Upstream.TUNNEL
+        ):
+            if info.identity not in self.callers:
+                self.callers[info.identity] = time.monotonic()
+                self.identity_wanted()
+            self.callers[info.identity] = time.monotonic()
+        relay.consume(req.consumed)
+        gate = None
+        connected = None
+        if req.connect:
+            transport = relay.down.transport
+
+            def connected() -> None:
+                if transport is not None and not relay.down.lost:
+                    transport.write(xp.CONNECTED)
+        else:
+            relay.early[:0] = req.head
+            gate = xp.OriginForm(host=req.host, port=req.port)
+        src = peers.of_pod(info, ip=info.ip, namespace=info.key.namespace, name=info.key.name)
+        error = await outbound.connect_route(
+            relay, caller, route, info=info, src=src, gate=gate, connected=connected
+        )
+        if error is not None:
+            self._answer(relay, 502, f"{req.host}:{req.port}: {error}")

@@ -1,0 +1,138 @@
+"""Router mode's server on loopback: an HTTP_PROXY client's requests (absolute-form, keep-alive,
+CONNECT) carried to a Service's endpoint as the calling pod, and the answers for what it cannot
+carry. Only the netns-bound socket factory is swapped for a plain socket; the caller pod is
+127.0.0.2 (clients bind it), anything else is not a pod of the node."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from dp_sinks import RecordingSink
+from dp_tables import endpoint, pod, service, table
+
+from nodeagent.proxy import outbound
+from nodeagent.proxy.listeners import ProxyRuntime
+from nodeagent.proxy.router import Router
+from nodemesh import tasks
+
+CALLER = "127.0.0.2"
+
+
+async def _origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An origin server: answers each request with the request line it received."""
+    while head := await reader.readuntil(b"\r\n\r\n"):
+        line = head.split(b"\r\n", 1)[0]
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(line), line))
+        await writer.drain()
+        if reader.at_eof():
+            break
+
+
+@pytest.fixture
+async def router(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[int, RecordingSink]]:
+    def plain_socket(netns: str, *, mark: int) -> socket.socket:
+        s = socket.socket()
+        s.setblocking(False)
+        return s
+
+    monkeypatch.setattr(outbound, "marked_socket", plain_socket)
+
+    async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await _origin(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(origin, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = RecordingSink()
+    executor = ThreadPoolExecutor(1)
+    runtime = ProxyRuntime(
+        mark=1,
+        executor=executor,
+        table=table(
+            [service("api", "10.96.0.10", 80, [endpoint("127.0.0.1", port, meshed=False)])],
+            [pod("web-1", CALLER)],
+        ),
+        sink=sink,
+    )
+    r = Router(
+        runtime,
+        host="127.0.0.1",
+        port=0,
+        node="node1",
+        cluster_domain="cluster.local",
+        listeners_of=lambda ip: None,
+    )
+    await r.start()
+    assert r.sock is not None
+    yield r.sock.getsockname()[1], sink
+    r.close()
+    server.close()
+    await asyncio.sleep(0.05)
+    assert not runtime.relays, "relays left open"
+    executor.shutdown()
+    await tasks.cancel_all([])
+
+
+async def _open(port: int, source: str = CALLER) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = next(
+        int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")
+    )
+    return head.split(b"\r\n", 1)[0], await asyncio.wait_for(reader.readexactly(length), 10)
+
+
+async def test_keep_alive_requests_reach_the_service_in_origin_form_as_the_caller(router) -> None:
+    port, sink = router
+    reader, writer = await _open(port)
+    for path in ("/a", "/b?x=1"):
+        writer.write(b"GET http://api.shop%s HTTP/1.1\r\nHost: api.shop\r\n\r\n" % path.encode())
+        status, body = await _response(reader)
+        assert (status, body) == (b"HTTP/1.1 200 OK", b"GET %s HTTP/1.1" % path.encode())
+    writer.close()
+    await asyncio.sleep(0.1)
+    assert [(e.src.pod, e.dst.service) for e in sink.opened] == [("web-1", "api")]
+
+
+async def test_connect_tunnels_the_bytes_after_a_200(router) -> None:
+    port, _ = router
+    reader, writer = await _open(port)
+    writer.write(b"CONNECT api.shop.svc.cluster.local:80 HTTP/1.1\r\n\r\nGET /raw HTTP/1.1\r\n\r\n")
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == (
+        b"HTTP/1.1 200 Connection established\r\n\r\n"
+    )
+    assert await _response(reader) == (b"HTTP/1.1 200 OK", b"GET /raw HTTP/1.1")
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "source", "status", "says"),
+    [
+        (b"GET /x HTTP/1.1\r\n\r\n", CALLER, b"400", b"not a proxy request"),
+        (b"GET http://nope.shop/ HTTP/1.1\r\n\r\n", CALLER, b"502", b"unknown host 'nope.shop'"),
+        (b"CONNECT api.shop:443 HTTP/1.1\r\n\r\n", CALLER, b"403", b"port 443 is not a TCP port"),
+        (b"GET http://api.shop/ HTTP/1.1\r\n\r\n", "127.0.0.1", b"403",
+         b"caller 127.0.0.1 is not a pod of node node1"),
+    ],
+)  # fmt: skip
+async def test_what_cannot_be_carried_gets_an_answer_naming_why(
+    router, request_bytes: bytes, source: str, status: bytes, says: bytes
+) -> None:
+    port, sink = router
+    reader, writer = await _open(port, source)
+    writer.write(request_bytes)
+    answer = await asyncio.wait_for(reader.read(), 10)  # the router closes after answering
+    assert answer.startswith(b"HTTP/1.1 " + status), answer
+    assert says in answer, answer
+    writer.close()
+    assert sink.opened == []  # nothing was carried
