@@ -89,7 +89,13 @@ def container_command(
             ]
     read_only = container.get("securityContext", {}).get("readOnlyRootFilesystem", False)
     if read_only:
-        steps += ["mount -o remount,ro /run", "mount -o remount,bind,ro /"]
+        # The image's whole tree is read-only, also where this machine has a separate mount
+        # (an isolated test worker's overlay on /etc and its /etc/netns).
+        image_mounts = (
+            "findmnt -rn -o TARGET | grep -E '^/(etc|usr|var|opt|srv|home|root)(/|$)' | sort -u"
+            " | while read -r m; do mount -o remount,bind,ro \"$m\"; done"
+        )
+        steps += ["mount -o remount,ro /run", "mount -o remount,bind,ro /", image_mounts]
     steps += binds + empty_dirs + restore
     steps.append(
         "exec setpriv --bounding-set " + _cap_list(container) + " -- "
