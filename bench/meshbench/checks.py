@@ -28,15 +28,46 @@ def redirected_connections(netns: str, *, port: int) -> int:
     return 0
 
 
+def _metrics(lab: Lab, node: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", lab.paths.node_netns(node), "python3", "-c", _METRICS],
+        capture_output=True, text=True, timeout=30,
+    ).stdout  # fmt: skip
+
+
 def agent_connections(lab: Lab, *, namespace: str) -> dict[str, float]:
     """node -> the agent's count of TCP connections it opened for pods of `namespace`, summed
     over its `tcp_open_total` series (both directions)."""
     found: dict[str, float] = {}
     for node in lab.agent_pids():
-        res = subprocess.run(
-            ["ip", "netns", "exec", lab.paths.node_netns(node), "python3", "-c", _METRICS],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+        text = _metrics(lab, node)
         pattern = rf'^tcp_open_total{{[^}}]*namespace="{re.escape(namespace)}"[^}}]*}} (\S+)$'
-        found[node] = sum(float(m.group(1)) for m in re.finditer(pattern, res.stdout, re.M))
+        found[node] = sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
     return found
+
+
+def _series(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    out = []
+    for m in re.finditer(rf"^{name}{{([^}}]*)}} (\S+)$", text, re.M):
+        out.append((dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))), float(m.group(2))))
+    return out
+
+
+def l7_requests(lab: Lab, *, namespace: str) -> dict[str, dict[str, float]]:
+    """What the agents counted of `namespace`'s requests: `route` -> requests the L7 path
+    answered by that route rule (`route_request_total`, the client's agent), and `server_pod`
+    -> requests each server pod received (`request_total`, inbound): the per-request spread."""
+    routes: dict[str, float] = {}
+    pods: dict[str, float] = {}
+    for node in lab.agent_pids():
+        text = _metrics(lab, node)
+        for labels, value in _series(text, "route_request_total"):
+            if namespace in (labels.get("namespace"), labels.get("dst_namespace")):
+                key = labels.get("route", "?")
+                routes[key] = routes.get(key, 0.0) + value
+        for labels, value in _series(text, "request_total"):
+            pod = labels.get("pod", "")
+            if (labels.get("direction") == "inbound" and labels.get("namespace") == namespace
+                    and pod.startswith("server-")):  # fmt: skip
+                pods[pod] = pods.get(pod, 0.0) + value
+    return {"route": routes, "server_pod": pods}

@@ -1,5 +1,9 @@
 """The HAProxy mTLS pair the mesh is compared with: certificates, both configs, the capture rules.
 
+The `haproxy-http` path is the same pair with haproxy-A in HTTP mode (`http_client_config`): it
+balances each request across the server pods (each with its own haproxy-B), with a server
+timeout and retries on 503 standing for the HTTPRoute's timeout and retry rule.
+
 haproxy-A runs in the client pod and receives the app's outbound TCP through iptables REDIRECT
 (one local port per app port, since a plain TCP frontend cannot recover the original port),
 opens mTLS to haproxy-B in the server pod, which hands the plaintext to the app on 127.0.0.1.
@@ -113,10 +117,11 @@ backend mtls_{app_port}
     return "".join(parts)
 
 
-def server_config(*, certs: dict[str, Path]) -> str:
+def server_config(*, certs: dict[str, Path], app_ports: tuple[int, ...] = tuple(PORTS)) -> str:
     """haproxy-B: terminate mTLS (client certificate required), plaintext to the app."""
     parts = [_GLOBAL]
-    for app_port, (_local, tls) in PORTS.items():
+    for app_port in app_ports:
+        tls = PORTS[app_port][1]
         parts.append(
             f"""
 frontend in_{app_port}
@@ -130,10 +135,53 @@ backend app_{app_port}
     return "".join(parts)
 
 
-def capture_script() -> str:
-    """Shell for the client pod's init container: outbound TCP to the app ports goes to
-    haproxy-A, except haproxy's own connections and loopback. Idempotent, as an init container
-    may run again."""
+def http_client_config(
+    *, certs: dict[str, Path], servers: list[str], timeout_s: float, retries: int,
+    retry_codes: tuple[int, ...],
+) -> str:  # fmt: skip
+    """haproxy-A in HTTP mode for the app's port 80: every request to the next server pod in
+    turn (`balance roundrobin`, per request on kept-alive connections, pooled mTLS connections
+    to each haproxy-B), `timeout server` for the route's request timeout, `retries` on
+    `retry_codes` (and failed connections) to another server, as the route's retry rule.
+    HAProxy has no retry budget: its retries are bounded by `retries` per request only."""
+    local, tls = PORTS[80]
+    tls_opts = f"ssl crt {certs['client']} ca-file {certs['ca']} verify required"
+    codes = " ".join(str(c) for c in retry_codes)
+    lines = "".join(
+        f"    server s{i} {addr}:{tls} {tls_opts} verifyhost {SERVER_NAME}\n"
+        for i, addr in enumerate(servers)
+    )
+    return f"""global
+    user {HAPROXY_USER}
+    group {HAPROXY_USER}
+    maxconn 4096
+    log stderr format short local0 warning
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 2m
+    timeout server {timeout_s:g}s
+    timeout http-keep-alive 2m
+
+frontend out_80
+    bind 0.0.0.0:{local}
+    default_backend l7_80
+
+backend l7_80
+    balance roundrobin
+    http-reuse always
+    retries {retries}
+    retry-on conn-failure empty-response {codes}
+    option redispatch 1
+{lines}"""
+
+
+def capture_script(ports: dict[int, tuple[int, int]] | None = None) -> str:
+    """Shell for the client pod's init container: outbound TCP to the app ports (`ports`, by
+    default all of PORTS) goes to haproxy-A, except haproxy's own connections and loopback.
+    Idempotent, as an init container may run again."""
+    ports = PORTS if ports is None else ports
     ipt = "iptables-legacy -w -t nat"
     lines = [
         "set -e",
@@ -141,7 +189,7 @@ def capture_script() -> str:
         f"{ipt} -A {CAPTURE_CHAIN} -m owner --uid-owner {HAPROXY_USER} -j RETURN",
         f"{ipt} -A {CAPTURE_CHAIN} -o lo -j RETURN",
     ]
-    for app_port, (local, _tls) in PORTS.items():
+    for app_port, (local, _tls) in ports.items():
         lines.append(
             f"{ipt} -A {CAPTURE_CHAIN} -p tcp --dport {app_port} -j REDIRECT --to-ports {local}"
         )

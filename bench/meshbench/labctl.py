@@ -75,6 +75,14 @@ class Lab:
                 return p  # type: ignore[no-any-return]
         raise LabError(f"no ready pod {prefix} in {namespace}")
 
+    def pods(self, namespace: str, prefix: str) -> list[dict[str, Any]]:
+        """The ready pods of Deployment `prefix` in `namespace`, by name."""
+        return sorted(
+            (p for p in self.status()["pods"]
+             if p["namespace"] == namespace and p["name"].startswith(prefix + "-") and p["ready"]),
+            key=lambda p: str(p["name"]),
+        )  # fmt: skip
+
     def pod_netns(self, pod: dict[str, Any]) -> str:
         return self.paths.pod_netns(pod["namespace"], pod["name"])
 
@@ -87,6 +95,17 @@ class Lab:
     def container_pids(self, *, namespace: str, pod_prefix: str, container: str) -> dict[str, int]:
         """node -> PID of the live `container` process of each pod `pod_prefix-*`, from the
         lab's ledger (the newest entry wins: a restarted container gets a new one)."""
+        return self._container_pids(namespace, pod_prefix, container, by_pod=False)
+
+    def container_pids_by_pod(
+        self, *, namespace: str, pod_prefix: str, container: str
+    ) -> dict[str, int]:
+        """pod name -> PID, as `container_pids` (for several such pods on one node)."""
+        return self._container_pids(namespace, pod_prefix, container, by_pod=True)
+
+    def _container_pids(
+        self, namespace: str, pod_prefix: str, container: str, *, by_pod: bool
+    ) -> dict[str, int]:
         nodes = {
             p["name"]: p["node"]
             for p in self.status()["pods"]
@@ -104,7 +123,7 @@ class Lab:
                     # The ledger holds the container's wrapper; the work is its child's.
                     inits = children(int(entry.data["pid"]))
                     if inits:
-                        found[node] = inits[0]
+                        found[pod if by_pod else node] = inits[0]
         return found
 
     def agent_pids(self) -> dict[str, int]:

@@ -103,6 +103,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         "haproxy": None, "vs_direct": None, "vs_haproxy": None,
         "met": None if worst is None else worst <= 5,
     })  # fmt: skip
+    rows += _l7_targets(paths, rate)
     bm = _get(paths, "nodemesh", "bulk", "gbit_s")
     bh = _get(paths, "haproxy", "bulk", "gbit_s")
     bd = _get(paths, "direct", "bulk", "gbit_s")
@@ -112,6 +113,72 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         "met": None if _ratio(bm, bh) is None else (_ratio(bm, bh) or 0) >= 0.5,
     })  # fmt: skip
     return rows
+
+
+L7_RATIO_LIMIT = 1.5
+
+
+def _l7_targets(paths: dict[str, Any], rate: str) -> list[dict[str, Any]]:
+    """The L7 path (nodemesh-l7) against HAProxy in HTTP mode doing the same (haproxy-http),
+    turn by turn at the target rate: its p50, p99 and CPU as ratios to HAProxy's. Empty for a
+    run from before the L7 paths."""
+    if "nodemesh-l7" not in paths or "haproxy-http" not in paths:
+        return []
+    d = _get(paths, "direct", "http", rate) or {}
+    m = _get(paths, "nodemesh-l7", "http", rate) or {}
+    h = _get(paths, "haproxy-http", "http", rate) or {}
+    rows: list[dict[str, Any]] = []
+    for q in ("p50", "p99"):
+        key = f"{q}_ms"
+        rv = verdict.ratio(_turns(m), _turns(h), _turns(d), key)
+        met, why = verdict.judge_ratio(rv, L7_RATIO_LIMIT)
+        rows.append({
+            "target": f"L7 route {q} at {rate} rps (nodemesh-l7 vs haproxy-http)",
+            "goal": f"<= {L7_RATIO_LIMIT}x HAProxy HTTP", "unit": "ms", "value": m.get(key),
+            "spread": None, "haproxy": h.get(key), "vs_direct": _ratio(m.get(key), d.get(key)),
+            "vs_haproxy": rv.median, "met": met, "why": why, "rounds": rv.to_dict(),
+        })  # fmt: skip
+    cpu_m = _get(m, "proxy_cpu", "s_per_1000_requests")
+    cpu_h = _get(h, "proxy_cpu", "s_per_1000_requests")
+    vs = _ratio(cpu_m, cpu_h)
+    rows.append({
+        "target": "L7 route CPU s per 1000 requests, both agents (vs haproxy-http: A + both B)",
+        "goal": f"<= {L7_RATIO_LIMIT}x HAProxy HTTP", "unit": "s", "value": cpu_m,
+        "haproxy": cpu_h, "vs_direct": None, "vs_haproxy": vs,
+        "met": None if vs is None else vs <= L7_RATIO_LIMIT,
+    })  # fmt: skip
+    return rows
+
+
+def _l7_section(res: dict[str, Any]) -> list[str]:
+    paths = res["paths"]
+    if "nodemesh-l7" not in paths:
+        return []
+    route = res.get("l7_route") or {}
+    lines = [
+        "", "## L7 path: nodemesh-l7 vs haproxy-http, side by side", "",
+        f"Both balance each request across {_fmt(route.get('endpoints'))} server pods over mTLS"
+        f" with a {_fmt(route.get('request_timeout_s'))} s request timeout and up to "
+        f"{_fmt(route.get('retry_attempts'))} retries on {route.get('retry_codes')}: nodemesh "
+        f"by an HTTPRoute (retries under the default budget), HAProxy by `mode http`, `balance "
+        "roundrobin`, `timeout server`, `retries` and `retry-on` (no budget). The same open-loop"
+        " rates as the other paths, in the same interleaved turns; RPS: answered per second.", "",
+        "| path | rate | RPS answered | p50 ms | p99 ms | errors | CPU s per 1000 req "
+        "| proxy vCPU |", "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for rate in paths["direct"].get("http", {}):
+        for path in ("direct", "nodemesh", "haproxy", "nodemesh-l7", "haproxy-http"):
+            s = _get(paths, path, "http", rate)
+            if not s or "failed" in s:
+                lines.append(f"| {path} | {rate} | {'failed' if s else '-'} | | | | | |")
+                continue
+            lines.append(
+                f"| {path} | {rate} | {_fmt(s.get('achieved_rps'))} | {_fmt(s.get('p50_ms'))} | "
+                f"{_fmt(s.get('p99_ms'))} | {s.get('errors')} | "
+                f"{_fmt(_get(s, 'proxy_cpu', 's_per_1000_requests'))} | "
+                f"{_fmt(_get(s, 'proxy_cpu', 'vcpu'))} |"
+            )
+    return lines
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -175,6 +242,8 @@ def markdown(res: dict[str, Any]) -> str:
     for kind, label in (("grpc", "gRPC unary"), ("newconn", "HTTP new connection each")):
         for path in paths:
             s = _get(paths, path, kind)
+            if s is None and path in ("nodemesh-l7", "haproxy-http"):
+                continue  # HTTP-only paths: no gRPC run
             lines.append(_lat_row(f"{path} {label} {_fmt(s and s.get('rate'))} rps", s))
     lp = res.get("loadgen_loopback")
     lines.append(_lat_row(f"load generator alone, loopback {_fmt(lp and lp.get('rate'))} rps", lp))
@@ -196,6 +265,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"{_fmt(_get(http, 'proxy_cpu', 'vcpu'))} | {_fmt(_get(paths, path, 'bulk', 'gbit_s'))}"
             f" | {rate_text} |"
         )
+    lines += _l7_section(res)
     r = res["resources"]
     lines += ["", "## Memory (RSS, MB)", ""]
     for key, label in (("rss_idle_bytes", "idle"), ("rss_after_load_bytes", "after load")):

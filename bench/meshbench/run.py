@@ -1,5 +1,9 @@
-"""One benchmark run on the lab: set up the three paths, run every workload on each side by side,
-read the proxies' CPU and memory, and return everything as one JSON-ready dict."""
+"""One benchmark run on the lab: set up the paths, run every workload on each side by side, read
+the proxies' CPU and memory, and return everything as one JSON-ready dict.
+
+The L4 paths (direct, nodemesh, haproxy) take every workload; the L7 paths (nodemesh-l7,
+haproxy-http: HTTP only) take the HTTP keep-alive rates and the new-connection run, in the
+same interleaved turns as the others."""
 
 from __future__ import annotations
 
@@ -13,7 +17,14 @@ from typing import Any
 
 from bench.meshbench import checks, haproxy, manifests, native, procstat, verdict, workloads
 from bench.meshbench.labctl import Lab
-from bench.meshbench.manifests import GRPC_PORT, HTTP_PORT, IPERF_PORT, NAMESPACES, PATHS
+from bench.meshbench.manifests import (
+    GRPC_PORT,
+    HTTP_PORT,
+    IPERF_PORT,
+    L4_PATHS,
+    NAMESPACES,
+    PATHS,
+)
 from bench.meshbench.plan import RunPlan
 from bench.meshbench.workloads import Target
 
@@ -50,6 +61,12 @@ class Bench:
         (hdir / "client.cfg").write_text(client_cfg)
         (hdir / "server.cfg").write_text(haproxy.server_config(certs=certs))
         (hdir / "capture.sh").write_text(haproxy.capture_script())
+        (hdir / "server-http.cfg").write_text(
+            haproxy.server_config(certs=certs, app_ports=(HTTP_PORT,))
+        )
+        (hdir / "capture-http.sh").write_text(
+            haproxy.capture_script({HTTP_PORT: haproxy.PORTS[HTTP_PORT]})
+        )
         bins = manifests.Binaries(http_server=self.bins["server"], grpc_script=self.grpc_script)
         objects: list[dict[str, Any]] = []
         for path in PATHS:
@@ -57,15 +74,37 @@ class Bench:
                 path, bins=bins, client_node=CLIENT_NODE, server_node=SERVER_NODE,
                 haproxy_dir=hdir, files=workdir,
             )  # fmt: skip
-        self.lab.apply(manifests.render(objects), timeout=180)
+        later = [o for o in objects if manifests.deferred(o)]
+        self.lab.apply(
+            manifests.render([o for o in objects if not manifests.deferred(o)]), timeout=240
+        )
+        # haproxy-http's haproxy-A balances over the server pods' own addresses.
+        http_servers = [p["ip"] for p in self.lab.pods(NAMESPACES["haproxy-http"], "server")]
+        if len(http_servers) != manifests.L7_REPLICAS:
+            raise RuntimeError(f"haproxy-http: {len(http_servers)} server pods ready, "
+                               f"expected {manifests.L7_REPLICAS}")  # fmt: skip
+        (hdir / "client-http.cfg").write_text(
+            haproxy.http_client_config(
+                certs=certs, servers=http_servers, timeout_s=manifests.ROUTE_TIMEOUT_S,
+                retries=manifests.ROUTE_RETRY_ATTEMPTS, retry_codes=manifests.ROUTE_RETRY_CODES,
+            )
+        )  # fmt: skip
+        self.lab.apply(manifests.render(later), timeout=120)
         agents = self.lab.agent_pids()
         for path in PATHS:
             ns = NAMESPACES[path]
             client = self.lab.pod(ns, "client")
             target = Target(self.lab.pod_netns(client), self.lab.service_ip(ns, manifests.SERVICE))
             proxies: dict[str, int] = {}
-            if path == "nodemesh":
+            if path in ("nodemesh", "nodemesh-l7"):
                 proxies = {f"agent-{node}": pid for node, pid in agents.items()}
+            elif path == "haproxy-http":
+                a = self.lab.container_pids(namespace=ns, pod_prefix="client",
+                                            container="haproxy-a")  # fmt: skip
+                bs = self.lab.container_pids_by_pod(namespace=ns, pod_prefix="server",
+                                                    container="haproxy-b")  # fmt: skip
+                proxies = {"haproxy-a": a[CLIENT_NODE]}
+                proxies.update({f"haproxy-b{i}": pid for i, pid in enumerate(bs.values())})
             elif path == "haproxy":
                 pids = self.lab.container_pids
                 a = pids(namespace=ns, pod_prefix="client", container="haproxy-a")
@@ -122,20 +161,20 @@ class Bench:
 
     def interleaved(
         self, one: Callable[[str, float], dict[str, Any]], *, requests: float, seconds: float,
-        rounds: int,
+        rounds: int, paths: tuple[str, ...] = PATHS,
     ) -> dict[str, Any]:  # fmt: skip
-        """`rounds` turns of direct, nodemesh and HAProxy in a row (`one(path, seconds)` returns
-        a raw run). A turn whose load generator lagged, or whose direct run caught a noise
-        burst, is run again (up to `rounds` extra turns in all) and marked in `turns`."""
-        raws: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
-        turns: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
-        cpu: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
+        """`rounds` turns of every path in `paths` (direct first) in a row (`one(path, seconds)`
+        returns a raw run). A turn whose load generator lagged, or whose direct run caught a
+        noise burst, is run again (up to `rounds` extra turns in all) and marked in `turns`."""
+        raws: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
+        turns: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
+        cpu: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
         failed: dict[str, str] = {}
         valid = extra = 0
         good: list[bool] = []  # per turn: no path's run of it was marked invalid
         while valid < rounds and extra <= rounds:
             bad = None
-            for path in PATHS:
+            for path in paths:
                 if path in failed:
                     continue
                 res = self._with_cpu(path, lambda path=path: one(path, seconds), requests=requests)
@@ -158,7 +197,7 @@ class Bench:
             else:
                 valid += 1
         out: dict[str, Any] = {}
-        for path in PATHS:
+        for path in paths:
             if path in failed:
                 out[path] = {"failed": failed[path]}
                 continue
@@ -204,17 +243,21 @@ class Bench:
             duration=self.plan.duration, warmup=self.plan.warmup, conns=self.plan.conns,
         )  # fmt: skip
 
+    def _own_proxies(self) -> dict[str, PathSetup]:
+        # nodemesh-l7 runs in the same agents as nodemesh: their memory is counted once.
+        return {p: s for p, s in self.paths.items() if s.proxies and p != "nodemesh-l7"}
+
     def rss(self) -> dict[str, dict[str, int]]:
         return {
             path: {k: procstat.rss_bytes([pid]) for k, pid in setup.proxies.items()}
-            for path, setup in self.paths.items()
-            if setup.proxies
+            for path, setup in self._own_proxies().items()
         }
 
     def peak_rss(self) -> procstat.PeakRss:
         return procstat.PeakRss(
-            {f"{path}/{k}": [pid] for path, s in self.paths.items() for k, pid in s.proxies.items()}
-        )
+            {f"{path}/{k}": [pid] for path, s in self._own_proxies().items()
+             for k, pid in s.proxies.items()}
+        )  # fmt: skip
 
     # --- the search -----------------------------------------------------------------------
 
@@ -308,9 +351,17 @@ def run(lab: Lab, plan: RunPlan, *, workdir: Path) -> dict[str, Any]:
     """Everything except the machine description: the caller adds that and writes the files."""
     bins = native.build(workdir / "bin")
     bench = Bench(lab, plan, bins, Path(__file__).resolve().parent / "grpc_echo.py")
-    log.info("deploying the three paths")
+    log.info("deploying the paths: %s", ", ".join(PATHS))
     bench.deploy(workdir)
     out: dict[str, Any] = {"plan": plan.to_dict(), "paths": {p: {} for p in PATHS}}
+    out["l7_route"] = {
+        "endpoints": manifests.L7_REPLICAS, "request_timeout_s": manifests.ROUTE_TIMEOUT_S,
+        "retry_attempts": manifests.ROUTE_RETRY_ATTEMPTS,
+        "retry_codes": list(manifests.ROUTE_RETRY_CODES),
+        "nodemesh": "HTTPRoute, retry budget: the default",
+        "haproxy_http": "mode http, balance roundrobin, timeout server = the request timeout, "
+                        "retries + retry-on the codes, option redispatch; no retry budget",
+    }  # fmt: skip
     direct_target = bench.paths["direct"].target
     mesh_server = lab.pod(NAMESPACES["nodemesh"], "server")
     out["nodemesh_tunnel_tls"] = workloads.speaks_tls(
@@ -325,6 +376,12 @@ def run(lab: Lab, plan: RunPlan, *, workdir: Path) -> dict[str, Any]:
         ),
         "nodemesh_agent_connections": checks.agent_connections(
             lab, namespace=NAMESPACES["nodemesh"]
+        ),
+        "haproxy_http_redirected_connections": checks.redirected_connections(
+            bench.paths["haproxy-http"].target.netns, port=HTTP_PORT
+        ),
+        "nodemesh_l7_agent_connections": checks.agent_connections(
+            lab, namespace=NAMESPACES["nodemesh-l7"]
         ),
     }
     time.sleep(1.0)
@@ -363,15 +420,19 @@ def run(lab: Lab, plan: RunPlan, *, workdir: Path) -> dict[str, Any]:
             newconn=True,
         )  # fmt: skip
 
-    for kind, one, rate in (("grpc", grpc_turn, plan.grpc_rate),
-                            ("newconn", newconn_turn, plan.newconn_rate)):  # fmt: skip
+    runs = (("grpc", grpc_turn, plan.grpc_rate, L4_PATHS),
+            ("newconn", newconn_turn, plan.newconn_rate, PATHS))  # fmt: skip
+    for kind, one, rate, kind_paths in runs:
         log.info("%s @%d rps, %d interleaved turns", kind, rate, plan.rounds)
         seconds = plan.other_duration / plan.rounds
         cells = bench.interleaved(one, requests=rate * (plan.warmup + seconds), seconds=seconds,
-                                  rounds=plan.rounds)  # fmt: skip
+                                  rounds=plan.rounds, paths=kind_paths)  # fmt: skip
         for path, cell in cells.items():
             out["paths"][path][kind] = cell
-    for path in PATHS:
+    out["path_checks"]["nodemesh_l7_requests"] = checks.l7_requests(
+        lab, namespace=NAMESPACES["nodemesh-l7"]
+    )
+    for path in L4_PATHS:
         log.info("bulk stream %s", path)
         out["paths"][path]["bulk"] = bench.bulk(path)
 

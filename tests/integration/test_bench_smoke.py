@@ -1,6 +1,6 @@
 """`make bench-smoke`: the benchmark harness runs end to end on its own lab in seconds and writes
-a results JSON with all three paths, sane latency figures, and evidence that the nodemesh and
-HAProxy paths really went through their proxies."""
+a results JSON with all paths (the L4 three, and the L7 route vs HAProxy in HTTP mode), sane
+latency figures, and evidence that the proxied paths really went through their proxies."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.xdist_group("full-s
 
 REPO = Path(__file__).resolve().parents[2]
 NODEMESH = str(Path(sys.executable).parent / "nodemesh")
-PATHS = ("direct", "nodemesh", "haproxy")
+PATHS = ("direct", "nodemesh", "haproxy", "nodemesh-l7", "haproxy-http")
 QUANTILES = ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")
 
 
@@ -61,5 +61,19 @@ def test_bench_smoke_writes_results_for_all_paths(tmp_path: Path) -> None:
     checks = data["path_checks"]
     assert checks["haproxy_redirected_connections"] > 0
     assert sum(checks["nodemesh_agent_connections"].values()) > 0
+    assert checks["haproxy_http_redirected_connections"] > 0
+    assert sum(checks["nodemesh_l7_agent_connections"].values()) > 0
+    # nodemesh-l7 took the L7 path (its route answered) and both server pods got requests.
+    l7 = checks["nodemesh_l7_requests"]
+    assert sum(n for route, n in l7["route"].items() if "bench-route" in route) > 0, l7
+    assert len(l7["server_pod"]) == 2 and min(l7["server_pod"].values()) > 0, l7
+    # The L7 paths answered every request of the smoke rates (retries and balancing working).
+    for path in ("nodemesh-l7", "haproxy-http"):
+        for rate in rates:
+            run = data["paths"][path]["http"][rate]
+            assert run["errors"] == 0 and run["completed"] == run["scheduled"], (path, rate, run)
+        assert data["paths"][path]["newconn"]["p50_ms"] > 0, path
+    assert any(t["target"].startswith("L7 route p99") for t in data["targets"])
+    assert "## L7 path: nodemesh-l7 vs haproxy-http" in (tmp_path / "latest.md").read_text()
     assert {t["target"].split(" at ")[0] for t in data["targets"]} >= {"added p50", "added p99"}
     assert data["resources"]["rss_with_idle_pods_bytes"]
