@@ -73,6 +73,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabPaths, 
         subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
 
 
+def _alive(pid: int) -> bool:
+    """Running (a zombie has exited: its sockets are closed)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def _restart_container(
     paths: LabPaths, netns: str, ip: str, *, node: str, sig: signal.Signals
 ) -> tuple[dict[str, Any], list[float], float]:
@@ -88,9 +97,15 @@ def _restart_container(
             time.sleep(0.1)
         keeper = agent_pid(paths, node, keeper=True)
         worker = agent_pid(paths, node)
-        hit = time.time()
         os.kill(keeper, sig)
-        deadline = hit + 90
+        # "After the kill" starts when the old agent is gone: a signal takes effect when the
+        # process next runs, and a connection it accepted a moment after os.kill returned
+        # dies with it (seen in CI: one probe begun 1.2 ms after the SIGKILL call failed).
+        deadline = time.time() + 90
+        while _alive(worker):
+            assert time.time() < deadline, f"{node}'s agent outlived the signal"
+            time.sleep(0.001)
+        hit = time.time()
         while True:
             try:
                 successor = agent_pid(paths, node)
