@@ -8,11 +8,13 @@ rule under the default budget: the L7 path). Results: bench/results/l7_paths.txt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 NODEMESH = str(Path(sys.executable).parent / "nodemesh")
@@ -24,21 +26,41 @@ def nm(*args: str) -> str:
     return subprocess.run([NODEMESH, *args], check=True, capture_output=True, text=True).stdout
 
 
-def manifests() -> str:
-    py = sys.executable
+@contextlib.contextmanager
+def one_node_lab(prefix: str, manifest: str) -> Iterator[str]:
+    """A one-node lab with `manifest` applied and ready; its name. Removed on the way out."""
+    lab = prefix + uuid.uuid4().hex[:6]
+    try:
+        nm("lab", "up", "--name", lab, "--nodes", "1", "--api-port", "0", "--dashboard-port", "0")
+        with tempfile.NamedTemporaryFile("w", suffix=".yml") as f:
+            f.write(manifest)
+            f.flush()
+            nm("lab", "apply", "--name", lab, "-f", f.name, "--wait", "--timeout", "180")
+        yield lab
+    finally:
+        subprocess.run([NODEMESH, "lab", "down", "--name", lab], capture_output=True)
+
+
+def client_manifest(ns: str) -> str:
+    """A meshed namespace with a `client` Deployment to run curl and hey from."""
     return f"""apiVersion: v1
 kind: Namespace
-metadata: {{name: {NS}, labels: {{nodemesh.io/mesh: enabled}}}}
+metadata: {{name: {ns}, labels: {{nodemesh.io/mesh: enabled}}}}
 ---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {{name: client, namespace: {NS}}}
+metadata: {{name: client, namespace: {ns}}}
 spec:
   selector: {{matchLabels: {{app: client}}}}
   template:
     metadata: {{labels: {{app: client}}}}
     spec: {{containers: [{{name: main, command: [sleep, '3600']}}]}}
----
+"""
+
+
+def manifests() -> str:
+    py = sys.executable
+    return client_manifest(NS) + f"""---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: server, namespace: {NS}}}
@@ -93,19 +115,11 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "l7_paths.txt"))
     args = ap.parse_args()
-    lab = "l7b" + uuid.uuid4().hex[:6]
-    try:
-        nm("lab", "up", "--name", lab, "--nodes", "1", "--api-port", "0", "--dashboard-port", "0")
-        with tempfile.NamedTemporaryFile("w", suffix=".yml") as f:
-            f.write(manifests())
-            f.flush()
-            nm("lab", "apply", "--name", lab, "-f", f.name, "--wait", "--timeout", "180")
+    with one_node_lab("l7b", manifests()) as lab:
         subprocess.run(["sleep", "2"], check=True)
         hey(lab, "plain", 200, args.concurrency)  # warm both paths
         hey(lab, "routed", 200, args.concurrency)
         rows = [hey(lab, svc, args.requests, args.concurrency) for svc in ("plain", "routed")]
-    finally:
-        subprocess.run([NODEMESH, "lab", "down", "--name", lab], capture_output=True)
     text = (f"# relay (plain) vs L7 path (routed), hey -n {args.requests} -c {args.concurrency}, "
             "one-node lab, HTTP/1.1 keep-alive\n" + "\n".join(rows) + "\n")  # fmt: skip
     Path(args.out).write_text(text)

@@ -11,37 +11,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import uuid
 from pathlib import Path
 
-NODEMESH = str(Path(sys.executable).parent / "nodemesh")
+from bench.l7_paths import client_manifest, nm, one_node_lab
+
 APPS = str(Path(__file__).resolve().parents[1] / "tests/integration/routes_lab_apps.py")
 NS = "rtmo"
 TIMEOUT_MS = 200
 
 
-def nm(*args: str) -> str:
-    return subprocess.run([NODEMESH, *args], check=True, capture_output=True, text=True).stdout
-
-
 def manifests() -> str:
     py = sys.executable
-    return f"""apiVersion: v1
-kind: Namespace
-metadata: {{name: {NS}, labels: {{nodemesh.io/mesh: enabled}}}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: client, namespace: {NS}}}
-spec:
-  selector: {{matchLabels: {{app: client}}}}
-  template:
-    metadata: {{labels: {{app: client}}}}
-    spec: {{containers: [{{name: main, command: [sleep, '3600']}}]}}
----
+    return client_manifest(NS) + f"""---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: slow, namespace: {NS}}}
@@ -76,21 +58,13 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=50)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "route_timeout.txt"))
     args = ap.parse_args()
-    lab = "rtmo" + uuid.uuid4().hex[:6]
     script = (
         'for i in $(seq "$1"); do curl -s -o /dev/null -w "%{http_code} %{time_total}\\n" '
         f'"http://slow.{NS}.svc.cluster.local/slow"; done'
     )
-    try:
-        nm("lab", "up", "--name", lab, "--nodes", "1", "--api-port", "0", "--dashboard-port", "0")
-        with tempfile.NamedTemporaryFile("w", suffix=".yml") as f:
-            f.write(manifests())
-            f.flush()
-            nm("lab", "apply", "--name", lab, "-f", f.name, "--wait", "--timeout", "180")
+    with one_node_lab("rtmo", manifests()) as lab:
         out = nm("lab", "exec", "--name", lab, "-n", NS, "deploy/client", "--",
                  "sh", "-c", script, "sh", str(args.requests))  # fmt: skip
-    finally:
-        subprocess.run([NODEMESH, "lab", "down", "--name", lab], capture_output=True)
     pairs = [line.split() for line in out.splitlines() if line.strip()]
     codes = {c: sum(1 for k, _ in pairs if k == c) for c in {k for k, _ in pairs}}
     ms = sorted(float(t) * 1000 for _, t in pairs)
