@@ -90,14 +90,7 @@ class GroupCell:
             row.read_bytes += self.read_bytes
             row.write_bytes += self.write_bytes
             return
-        for success, denied, cell in self.requests:
-            if success:
-                row.success += cell.responses
-            else:
-                row.failure += cell.responses
-            if denied:
-                row.authz_denied += cell.responses
-            cell.latency_into(row.latency)
+        _sum_requests(self.requests, row, row.latency)
         for _, c in self.conns or ():
             row.tcp_opened += c.opened
             row.tcp_closed += c.closed
@@ -114,14 +107,7 @@ class GroupCell:
         if self.requests is None:
             return
         latency: dict[int, int] = {}
-        for success, denied, cell in self.requests:
-            if success:
-                self.success += cell.responses
-            else:
-                self.failure += cell.responses
-            if denied:
-                self.authz_denied += cell.responses
-            cell.latency_into(latency)
+        _sum_requests(self.requests, self, latency)
         for index in sorted(latency):
             self.latency.append(index)
             self.latency.append(latency[index])
@@ -165,6 +151,21 @@ class GroupCell:
             self.read_bytes -= cell.read_bytes
             self.write_bytes -= cell.write_bytes
             self.authz_denied -= cell.authz_denied
+
+
+def _sum_requests(
+    requests: list[tuple[bool, bool, RequestCell]], into: Row | GroupCell, latency: dict[int, int]
+) -> None:
+    """Add the member request cells' counts to `into` and their latency to `latency` (a running
+    bucket read by a query, or a bucket being sealed)."""
+    for success, denied, cell in requests:
+        if success:
+            into.success += cell.responses
+        else:
+            into.failure += cell.responses
+        if denied:
+            into.authz_denied += cell.responses
+        cell.latency_into(latency)
 
 
 def groups_of(key: RequestKey | TcpKey) -> list[GroupKey]:
