@@ -56,6 +56,24 @@ def lab_up(prefix: str, *args: str, timeout: float = 300) -> Iterator[LabPaths]:
         subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
 
 
+def deployment(ns: str, name: str, pod_spec: str, *, node: str = "", replicas: int = 1) -> str:
+    """A Deployment as a YAML document (with its leading `---`) whose pods carry `app: NAME`;
+    `pod_spec` is the pod's spec body (containers, volumes) indented by six spaces; `node`
+    pins the pods to that lab node."""
+    pinned = f"      nodeSelector: {{kubernetes.io/hostname: {node}}}\n" if node else ""
+    return f"""---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+{pinned}{pod_spec}"""
+
+
 def pods(paths: LabPaths, ns: str) -> list[dict[str, Any]]:
     """The pods of namespace `ns`, as `lab status -o json` lists them."""
     st = json.loads(nm("lab", "status", "--name", paths.name, "-o", "json"))

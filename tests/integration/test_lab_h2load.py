@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from nodemesh.lab.paths import LabPaths
-from tests.integration.labkit import NODEMESH, lab_up, nm
+from tests.integration.labkit import NODEMESH, deployment, lab_up, nm
 
 pytestmark = [
     pytest.mark.root,
@@ -66,20 +66,6 @@ def nginx_conf(work: Path) -> str:
 
 
 def manifest(work: Path) -> str:
-    def deploy(name: str, node: str, replicas: int, container: str) -> str:
-        return f"""---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: {NS}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      nodeSelector: {{kubernetes.io/hostname: {node}}}
-{container}"""
-
     nginx = f"""      containers:
       - name: nginx
         command: [nginx, -c, {work}/nginx.conf]
@@ -116,9 +102,9 @@ spec:
     return (
         f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}, labels: "
         "{nodemesh.io/mesh: enabled}}\n"
-        + deploy("client", "node1", 1, client)
-        + deploy("one", "node2", 1, nginx)
-        + deploy("two", "node2", 2, nginx)
+        + deployment(NS, "client", client, node="node1")
+        + deployment(NS, "one", nginx, node="node2")
+        + deployment(NS, "two", nginx, node="node2", replicas=2)
         + services
         + route
     )
