@@ -15,6 +15,17 @@ leave from the node's address, still mTLS with the pod's certificate (issued to 
 pods of its node that use the router). Unmeshed destinations are reached plainly, as a
 captured connection to them is. The first request's head decides the upstream for the whole
 connection; HTTP requests leave in origin form (nodeagent.protocol.explicitproxy.OriginForm).
+A meshed caller's HTTP requests to a Service with mesh routes take the L7 path
+(nodeagent.proxy.l7.takeover) through that same gate, as its captured requests do; an unmeshed
+caller's cannot (the L7 path's upstreams are captured in the caller's own netns).
+
+An upstream that cannot be opened is dialled again for up to RETRY_WINDOW before the answer is
+502 (nothing of the request has left: a peer agent restarting, an endpoint replaced, a
+certificate on its way); the router's 5xx answers are logged at warning level, rate-limited.
+
+A router-compatible Service (nodemesh.io/router: "true", Service.router) is served here too:
+a meshed pod's connection captured to its VIP (serve_host_routed) is read like the router
+port's, and an origin-form request goes where its Host header names.
 """
 
 from __future__ import annotations
@@ -23,15 +34,17 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from nodeagent.observe import peers
 from nodeagent.observe.metrics import ROUTER_ANSWERS, PodTcpStats
 from nodeagent.pod import PodAddress
 from nodeagent.protocol import explicitproxy as xp
 from nodeagent.proxy import failclosed, outbound, routerdest
-from nodeagent.proxy.l4proxy import Relay
+from nodeagent.proxy.l4proxy import MAX_EARLY_BYTES, Relay
+from nodeagent.proxy.l7 import takeover
 from nodeagent.proxy.listeners import BACKLOG, PodListeners, ProxyRuntime
 from nodeagent.proxy.routing import Route
 from nodemesh import tasks
@@ -151,14 +164,7 @@ class Router:
         return relay.down
 
     async def _serve(self, relay: Relay) -> None:
-        try:
-            await self._handle(relay)
-        except asyncio.CancelledError:
-            relay.abort()
-            raise
-        except Exception:
-            log.exception("router: serving a connection failed")
-            ANSWERS.answer(relay, 502, "internal error")
+        await guarded(relay, self._handle(relay), "router")
 
     async def _handle(self, relay: Relay) -> None:
         rt = self.runtime
@@ -214,6 +220,38 @@ class Router:
                 self.callers[info.identity] = time.monotonic()
                 self.identity_wanted()
             self.callers[info.identity] = time.monotonic()
+
+
+class GatedRelay:
+    """The relay as the L7 path sees it (nodeagent.proxy.l7.takeover): what the client sends
+    reaches it through the router's gate (every request in origin form; the connection ends at
+    a request for another destination), the rest is the relay's."""
+
+    def __init__(self, relay: Relay, gate: xp.OriginForm) -> None:
+        self.relay, self.gate = relay, gate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.relay, name)
+
+    def hand_over(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        raw, writer = self.relay.hand_over()
+        gated = asyncio.StreamReader(limit=4 * MAX_EARLY_BYTES)
+
+        async def pump() -> None:
+            try:
+                while chunk := await raw.read(MAX_EARLY_BYTES):
+                    out, _, end = self.gate.client(chunk)
+                    if out:
+                        gated.feed_data(out)
+                    if end:
+                        break
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                gated.feed_eof()
+
+        tasks.spawn(pump(), name="router L7 gate")
+        return gated, writer
 
 
 class Answers:
@@ -311,6 +349,11 @@ async def route_request(
     else:
         relay.early[:0] = req.head
         gate = xp.OriginForm(host=req.host, port=req.port, host_routed=host_routed)
+        # A meshed caller's requests to a Service with mesh routes take the L7 path as its
+        # captured ones do (timeouts, retries, splits, filters), in origin form.
+        gated: Any = GatedRelay(relay, gate)  # a Relay to the L7 path
+        if isinstance(caller, PodListeners) and await takeover.try_take(gated, caller, route):
+            return
     src = peers.of_pod(info, ip=info.ip, namespace=info.key.namespace, name=info.key.name)
     loop = asyncio.get_running_loop()
     deadline, pause = loop.time() + RETRY_WINDOW, RETRY_PAUSE
@@ -342,7 +385,8 @@ async def route_request(
 async def serve_host_routed(relay: Relay, pod: PodListeners, *, cluster_domain: str) -> None:
     """A meshed pod's connection captured to a router Service's VIP: served as the router port
     serves it (absolute-form, CONNECT), and an origin-form request routed by its Host header."""
-    try:
+
+    async def serve() -> None:
         req = await read_head(relay, host_routed=True)
         if req is None:
             return
@@ -351,9 +395,17 @@ async def serve_host_routed(relay: Relay, pod: PodListeners, *, cluster_domain: 
             ANSWERS.answer(relay, 502, f"{pod.pod.namespace}/{pod.pod.name} is not in the table")
             return
         await route_request(relay, req, pod, info, cluster_domain=cluster_domain, host_routed=True)
+
+    await guarded(relay, serve(), "router Service")
+
+
+async def guarded(relay: Relay, serving: Coroutine[Any, Any, None], what: str) -> None:
+    """Run `serving` for the connection; a bug is logged and answered 502, not left hanging."""
+    try:
+        await serving
     except asyncio.CancelledError:
         relay.abort()
         raise
     except Exception:
-        log.exception("router Service: serving a connection failed")
+        log.exception("%s: serving a connection failed", what)
         ANSWERS.answer(relay, 502, "internal error")

@@ -120,6 +120,20 @@ def router_service_docs() -> list[dict[str, Any]]:
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": MESHED_NS},
          "spec": {"selector": {"app": "echo"}, "ports": [{"port": 8000}]}},
         deploy("old-app", "node1", "debian/curl", ["sleep", "100000"]),
+        # The same pods behind a Service with a mesh route: /moved/... redirected to /new/...
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "echo-routed", "namespace": MESHED_NS},
+         "spec": {"selector": {"app": "echo"}, "ports": [{"port": 8000}]}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+         "metadata": {"name": "moved", "namespace": MESHED_NS},
+         "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo-routed",
+                                  "port": 8000}],
+                  "rules": [
+                      {"matches": [{"path": {"type": "PathPrefix", "value": "/moved"}}],
+                       "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                           "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"},
+                           "statusCode": 302}}]},
+                      {"backendRefs": [{"name": "echo-routed", "port": 8000}]}]}},
     ]  # fmt: skip
 
 
@@ -345,3 +359,31 @@ def test_a_router_service_without_router_pods_routes_by_host_over_mtls(
     assert edge["secured"] and edge["requests"] == 10, edge
     assert edge["client_id"] == f"{TD}/ns/{MESHED_NS}/sa/default", edge
     assert edge["server_id"] == f"{TD}/ns/{MESHED_NS}/sa/default", edge
+
+
+def test_mesh_routes_apply_to_a_meshed_apps_requests_through_the_router(
+    lab: tuple[LabPaths, Path],
+) -> None:
+    """An HTTPRoute on the destination Service applies to what a meshed app sends through a
+    router Service (by Host or as a proxy) or through its node's router port, as it applies to
+    its captured requests: here a RequestRedirect answered by the app's own agent."""
+    paths, _ = lab
+    fmt = '"%{http_code} %{redirect_url}\\n"'
+    via_service = ("curl -sS -o /dev/null --max-time 20 -w " + fmt
+                   + ' -H "Host: echo-routed.moving" http://router.infra/moved/a; '
+                   "curl -sS -o /dev/null --max-time 20 -w " + fmt
+                   + " -x http://router.infra:4140 http://echo-routed.moving:8000/moved/b; "
+                   "curl -sS -o /dev/null --max-time 20 -w " + fmt
+                   + ' -H "Host: echo-routed.moving" http://router.infra/')  # fmt: skip
+    got = nm("lab", "exec", "--name", paths.name, "-n", MESHED_NS, "deploy/old-app", "--",
+             "sh", "-c", via_service, timeout=300).split("\n")  # fmt: skip
+    assert [line.strip() for line in got if line.strip()] == [
+        "302 http://echo-routed.moving/new/a",
+        "302 http://echo-routed.moving/new/b",
+        "200",  # the route's other rule: to echo
+    ], got
+    via_port = nm("lab", "exec", "--name", paths.name, "-n", MESHED_NS, "deploy/meshed-client",
+                  "--", "sh", "-c", "curl -sS -o /dev/null --max-time 20 -w " + fmt + ' -x "$1" '
+                  "http://echo-routed.moving:8000/moved/c", "sh", f"http://{ROUTER}",
+                  timeout=300)  # fmt: skip
+    assert via_port.strip() == "302 http://echo-routed.moving/new/c", via_port

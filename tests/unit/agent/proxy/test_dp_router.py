@@ -6,6 +6,7 @@ carry. Only the netns-bound socket factory is swapped for a plain socket; the ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,31 +37,26 @@ async def _origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
             break
 
 
-@pytest.fixture
-async def router(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[int, RecordingSink]]:
+@contextlib.asynccontextmanager
+async def _router_to(
+    monkeypatch: pytest.MonkeyPatch, up: int
+) -> AsyncIterator[tuple[int, RecordingSink, ProxyRuntime]]:
+    """A router (its port, the sink, the runtime) to Service shop/api (10.96.0.10:80) whose one
+    endpoint is 127.0.0.1:`up`; the caller pod web-1 is CALLER."""
+
     def plain_socket(netns: str, *, mark: int) -> socket.socket:
         s = socket.socket()
         s.setblocking(False)
         return s
 
     monkeypatch.setattr(outbound, "marked_socket", plain_socket)
-
-    async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await _origin(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        writer.close()
-
-    server = await asyncio.start_server(origin, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     sink = RecordingSink()
     executor = ThreadPoolExecutor(1)
     runtime = ProxyRuntime(
         mark=1,
         executor=executor,
         table=table(
-            [service("api", "10.96.0.10", 80, [endpoint("127.0.0.1", port, meshed=False)])],
+            [service("api", "10.96.0.10", 80, [endpoint("127.0.0.1", up, meshed=False)])],
             [pod("web-1", CALLER)],
         ),
         sink=sink,
@@ -75,13 +71,33 @@ async def router(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[int, Re
     )
     await r.start()
     assert r.sock is not None
-    yield r.sock.getsockname()[1], sink
-    r.close()
-    server.close()
-    await asyncio.sleep(0.05)
-    assert not runtime.relays, "relays left open"
-    executor.shutdown()
-    await tasks.cancel_all([])
+    try:
+        yield r.sock.getsockname()[1], sink, runtime
+    finally:
+        r.close()
+        await asyncio.sleep(0.05)
+        assert not runtime.relays, "relays left open"
+        executor.shutdown()
+        await tasks.cancel_all([])
+
+
+async def _origin_server(port: int = 0) -> asyncio.Server:
+    async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await _origin(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    return await asyncio.start_server(origin, "127.0.0.1", port)
+
+
+@pytest.fixture
+async def router(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[int, RecordingSink]]:
+    server = await _origin_server()
+    async with _router_to(monkeypatch, server.sockets[0].getsockname()[1]) as (port, sink, _):
+        yield port, sink
+        server.close()
 
 
 async def _open(
@@ -152,58 +168,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _origin_server(port: int) -> asyncio.Server:
-    async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await _origin(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        writer.close()
-
-    return await asyncio.start_server(origin, "127.0.0.1", port)
-
-
 @pytest.fixture
 async def to_port(
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[tuple[int, int, RecordingSink, ProxyRuntime]]:
-    """A router (its port) to Service shop/api (10.96.0.10:80) whose one endpoint's port (also
-    given) has nothing listening yet, the sink and the runtime."""
-
-    def plain_socket(netns: str, *, mark: int) -> socket.socket:
-        s = socket.socket()
-        s.setblocking(False)
-        return s
-
-    monkeypatch.setattr(outbound, "marked_socket", plain_socket)
+    """A router (its port) to Service shop/api whose one endpoint's port (also given) has
+    nothing listening yet, the sink and the runtime; a 2 s retry window."""
     monkeypatch.setattr(router_mod, "RETRY_WINDOW", 2.0)
     up = _free_port()
-    sink = RecordingSink()
-    executor = ThreadPoolExecutor(1)
-    runtime = ProxyRuntime(
-        mark=1,
-        executor=executor,
-        table=table(
-            [service("api", "10.96.0.10", 80, [endpoint("127.0.0.1", up, meshed=False)])],
-            [pod("web-1", CALLER)],
-        ),
-        sink=sink,
-    )
-    r = Router(
-        runtime,
-        host="127.0.0.1",
-        port=0,
-        node="node1",
-        cluster_domain="cluster.local",
-        listeners_of=lambda ip: None,
-    )
-    await r.start()
-    assert r.sock is not None
-    yield r.sock.getsockname()[1], up, sink, runtime
-    r.close()
-    await asyncio.sleep(0.05)
-    assert not runtime.relays, "relays left open"
-    executor.shutdown()
+    async with _router_to(monkeypatch, up) as (port, sink, runtime):
+        yield port, up, sink, runtime
 
 
 async def test_a_dial_that_fails_is_tried_again_until_the_endpoint_is_back(to_port) -> None:
