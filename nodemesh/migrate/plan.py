@@ -14,7 +14,9 @@ from nodemesh.migrate.survey import (
     MESH_LABEL,
     NODEMESH_ROUTER,
     ROUTER_ROUTES,
+    ROUTER_SERVICE,
     SKIP_INBOUND,
+    RouterUse,
     Survey,
     WorkloadRef,
     containers,
@@ -283,15 +285,23 @@ def strict(survey: Survey, now: str) -> Step:
     return step
 
 
-def remove_router(survey: Survey, *, force: bool = False) -> Step:
+def remove_router(survey: Survey, *, force: bool = False, keep_service: bool = False) -> Step:
+    """`keep_service`: the router's Service stays, annotated router-compatible (ROUTER_SERVICE):
+    the node agents route what meshed apps still send to it by Host or proxy target."""
     step = Step("remove-router", "remove the router", TODO)
     if not survey.routers:
         step.state, step.why = NOTHING if not survey.uses else DONE, "no router found"
         return step
-    if survey.uses and not force:
-        users = sorted({str(u.workload) for u in survey.uses})
+    uses = survey.uses
+    if keep_service:
+        uses = [u for u in uses if not _served_by_kept_service(survey, u)]
+    if uses and not force:
+        users = sorted({str(u.workload) for u in uses})
         step.state = BLOCKED
         step.why = f"still sending through it: {', '.join(users)}; run leave-router first"
+        if keep_service:
+            step.why += (" (a kept router Service carries the proxy and Host-routed requests "
+                         "of meshed apps only, not a port standing for a Service)")  # fmt: skip
         return step
     for router in sorted(survey.routers.values(), key=lambda r: r.name):
         if router.nodemesh:
@@ -303,10 +313,21 @@ def remove_router(survey: Survey, *, force: bool = False) -> Step:
         if router.service:
             ns, _, name = router.service.partition("/")
             svc = survey.get("Service", ns, name)
-            if svc is not None:
+            if svc is not None and keep_service:
+                kept = clean(svc)
+                kept.setdefault("metadata", {}).setdefault("annotations", {})[ROUTER_SERVICE] = (
+                    "true"
+                )
+                step.changes.append(Change("Service", ns, name, clean(svc), kept,
+                                           f"keep service/{name} -n {ns} as a router Service "
+                                           f"({ROUTER_SERVICE}=true): the node agents serve "
+                                           "it"))  # fmt: skip
+            elif svc is not None:
                 step.changes.append(Change("Service", ns, name, clean(svc), None,
                                            f"delete service/{name} -n {ns}"))  # fmt: skip
-    step.why = "nothing sends through it any more" if not survey.uses else "forced"
+    step.why = "nothing sends through it any more" if not uses else "forced"
+    if keep_service and len(uses) < len(survey.uses):
+        step.why += "; the apps still naming its Service keep working through the node agents"
     if not step.changes and all(r.nodemesh for r in survey.routers.values()):
         step.state = DONE
         step.why = (f"only nodemesh's own router ({NODEMESH_ROUTER}, the node agents): nothing to "
@@ -314,7 +335,23 @@ def remove_router(survey: Survey, *, force: bool = False) -> Step:
     return step
 
 
-def plan(survey: Survey, *, now: str, force: bool = False) -> list[Step]:
+def _served_by_kept_service(survey: Survey, use: RouterUse) -> bool:
+    """A use a router Service kept router-compatible carries: a proxy variable naming the
+    Service, from a meshed namespace (its connections are captured to the agent)."""
+    router = survey.routers.get(use.router)
+    ns = survey.namespaces.get(use.workload.namespace)
+    return (
+        use.proxy_env
+        and router is not None
+        and router.service is not None
+        and ns is not None
+        and ns.meshed
+    )
+
+
+def plan(
+    survey: Survey, *, now: str, force: bool = False, keep_service: bool = False
+) -> list[Step]:
     """Every step of the path in order, each with its state and its changes for this cluster."""
     return [
         mesh_ingress(survey, now),
@@ -322,7 +359,7 @@ def plan(survey: Survey, *, now: str, force: bool = False) -> list[Step]:
         leave_router(survey),
         edge(),
         strict(survey, now),
-        remove_router(survey, force=force),
+        remove_router(survey, force=force, keep_service=keep_service),
     ]
 
 
