@@ -8,8 +8,8 @@ import base64
 from typing import Any
 
 from ingress.state import Objects, Refusal, Upstream
-from tests.unit.ingress.certgen import CA, tls_secret
-from tests.unit.ingress.test_ingress_rules import ing, path, rule
+from tests.unit.edge.certgen import CA, tls_secret
+from tests.unit.edge.test_ingress_rules import ing, path, rule
 
 
 def service(

@@ -16,9 +16,9 @@ import pytest
 from ingress.proxy import Edge
 from ingress.state import Objects
 from ingress.tls import Terminator
-from tests.unit.ingress.certgen import CA, tls_secret
-from tests.unit.ingress.test_ingress_rules import ing, path, rule
-from tests.unit.ingress.test_ingress_state import service, slice_of
+from tests.unit.edge.certgen import CA, tls_secret
+from tests.unit.edge.test_ingress_rules import ing, path, rule
+from tests.unit.edge.test_ingress_state import service, slice_of
 
 
 async def backend(name: str) -> tuple[asyncio.Server, list[int]]:
