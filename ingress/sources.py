@@ -109,6 +109,7 @@ class KubeSource:
         self.objects = objects
         self.watch_timeout = watch_timeout
         self.synced: set[str] = set()
+        self.stopped = threading.Event()
 
     @property
     def ready(self) -> bool:
@@ -148,7 +149,11 @@ class KubeSource:
         ]
         for t in threads:
             t.start()
-        await asyncio.Event().wait()  # the threads are daemons: they end with the process
+        try:
+            await asyncio.Event().wait()
+        finally:
+            # A thread blocked in a watch ends when its stream does (at most watch_timeout).
+            self.stopped.set()
 
     def _follow(self, kind: str, on_loop: Callable[[Callable[[], None]], None]) -> None:
         from kubernetes import watch
@@ -157,7 +162,7 @@ class KubeSource:
         fn = self._list_function(kind)
         backoff = Backoff()
         version = ""
-        while True:
+        while not self.stopped.is_set():
             try:
                 if not version:
                     resp = fn(_preload_content=False)
@@ -174,6 +179,8 @@ class KubeSource:
                             raise Gone()
                         raise RuntimeError(obj.get("message", "watch error"))
                     version = obj["metadata"]["resourceVersion"]
+                    if self.stopped.is_set():
+                        return
                     if etype == "BOOKMARK":
                         continue
                     if etype == "DELETED":
@@ -191,12 +198,12 @@ class KubeSource:
                 delay = backoff.delay()
                 log.warning("%s: API error %s %s; again in %.1f s", kind, e.status, e.reason, delay)
                 version = ""
-                threading.Event().wait(delay)
+                self.stopped.wait(delay)
             except Exception as e:  # noqa: BLE001 - the watch must outlive any one failure
                 delay = backoff.delay()
                 log.warning("%s: watch failed (%s); again in %.1f s", kind, e, delay)
                 version = ""
-                threading.Event().wait(delay)
+                self.stopped.wait(delay)
 
 
 def load_api_client(kubeconfig: str | None = None) -> Any:
