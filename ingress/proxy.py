@@ -112,6 +112,10 @@ class Edge:
             self._log(request, host, where.status, start, where.reason)
             return where.status != 501
         headers = _forwarded(request.headers, client_ip=client_ip, scheme=scheme, host=host)
+        if (_header(request.headers, b"expect") or b"").lower() == b"100-continue":
+            # The body is read before the backend is asked: let the client send it now.
+            headers = [(n, v) for n, v in headers if n.lower() != b"expect"]
+            writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
         upstream_request = h11.Request(method=request.method, target=target, headers=headers)
         status, keep = await self._forward(conn, reader, writer, upstream_request, where)
         self._log(request, host, status, start, f"-> {where.name} ({match.rule if match else ''})")

@@ -170,8 +170,13 @@ class KubeSource:
                     items = body.get("items") or []
                     on_loop(partial(self._listed, kind, items))
                     version = body["metadata"]["resourceVersion"]
+                # A stream silent past the server's own timeout is dead (a half-open
+                # connection): the read timeout ends it and the watch starts again.
                 for event in watch.Watch().stream(
-                    fn, resource_version=version, timeout_seconds=self.watch_timeout
+                    fn,
+                    resource_version=version,
+                    timeout_seconds=self.watch_timeout,
+                    _request_timeout=(10, self.watch_timeout + 30),
                 ):
                     obj, etype = event["raw_object"], event["type"]
                     if etype == "ERROR":

@@ -17,7 +17,7 @@ see:
   never the marker;
 - an Ingress whose TLS Secret is missing is logged by name and its host stays served on HTTP.
 
-Run with NODEMESH_LEAKCHECK_ONLY=edg on a shared machine.
+Run with NODEMESH_LEAKCHECK_ONLY=edgi on a shared machine.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from nodemesh.lab.paths import LabPaths
-from tests.integration.labkit import lab_up, nm
+from tests.integration.labkit import lab_up, nm, run
 from tests.integration.test_lab_failclosed import Tcpdump
 from tests.integration.test_lab_meshed_ingress import pod_of
 from tests.unit.edge.certgen import CA
@@ -144,7 +144,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabPaths, Pa
     (work / "backend.py").write_text(BACKEND)
     ca = CA()
     (work / "ca.pem").write_bytes(ca.pem)
-    with lab_up("edg", "--ingress", "--ingress-http-port", "0", "--ingress-https-port", "0") as paths:
+    with lab_up("edgi", "--ingress", "--ingress-http-port", "0", "--ingress-https-port", "0") as paths:
         ingress_node = ingress_pod(paths)["spec"]["nodeName"]
         other = "node2" if ingress_node == "node1" else "node1"
         docs = app_docs(work, other, ca)
@@ -254,3 +254,34 @@ def test_a_missing_tls_secret_is_logged_by_name(lab: tuple[LabPaths, Path]) -> N
     logs = nm("lab", "logs", "--name", paths.name, "-n", INGRESS_NS, "deploy/nodemesh-ingress")
     assert ("Ingress shop/nosecret: spec.tls[0]: Secret shop/not-made not found; "
             "plain.example served over HTTP only") in logs, logs[-3000:]  # fmt: skip
+
+
+def test_migrate_edge_copies_another_controllers_ingress_for_nodemesh(
+    lab: tuple[LabPaths, Path],
+) -> None:
+    """`nodemesh migrate apply edge`: an Ingress of another class (here "nginx", with no nginx
+    running) gets a copy of class nodemesh, which nodemesh-ingress then serves."""
+    paths, work = lab
+    legacy = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+              "metadata": {"name": "legacy", "namespace": "shop"},
+              "spec": {"ingressClassName": "nginx",
+                       "rules": [{"host": "legacy.example",
+                                  "http": {"paths": [path("/", "web")]}}]}}  # fmt: skip
+    manifest = work / "legacy.yml"
+    manifest.write_text(yaml.safe_dump(legacy))
+    nm("lab", "apply", "--name", paths.name, "-f", str(manifest))
+    copy = {**legacy, "metadata": {"name": "legacy-nodemesh", "namespace": "shop"}}
+    try:
+        ask = ["-H", "Host: legacy.example", f"http://{VIP}/old"]
+        assert curl(paths, ask)[0][0] == "404"  # not nodemesh's class
+        plan = json.loads(nm("migrate", "plan", "--lab", paths.name, "-o", "json"))["steps"]
+        assert [s["state"] for s in plan if s["id"] == "edge"] == ["todo"], plan
+        nm("migrate", "apply", "edge", "--lab", paths.name, "--watch", "0")
+        assert (paths.objects / "Ingress" / "shop" / "legacy-nodemesh.yaml").exists()
+        got = settles(lambda: curl(paths, ask)[0], lambda r: r[0] == "200", within=30)
+        assert json.loads(got[1])["backend"] == "web"
+        plan = json.loads(nm("migrate", "plan", "--lab", paths.name, "-o", "json"))["steps"]
+        assert [s["state"] for s in plan if s["id"] == "edge"] == ["done"], plan
+    finally:
+        manifest.write_text(yaml.safe_dump_all([legacy, copy]))
+        run("lab", "delete", "--name", paths.name, "-f", str(manifest), check=False)

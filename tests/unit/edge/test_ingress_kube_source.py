@@ -34,7 +34,7 @@ def apiserver(monkeypatch: pytest.MonkeyPatch) -> Iterator[fake_apiserver.FakeAp
     server.stop()
 
 
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+async def until(check: Callable[[], bool], timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < end, "not reached in time"
@@ -68,6 +68,6 @@ async def test_lists_watches_and_relists(apiserver: fake_apiserver.FakeApiServer
             apiserver.drop_watches()
             apiserver.apply(slice_of("web"))
             await until(lambda: isinstance(objects.snapshot().route("shop.example", "/")[1],
-                                           Upstream), timeout=20)  # fmt: skip
+                                           Upstream))  # fmt: skip
         finally:
             await cancel_all([task])

@@ -170,3 +170,17 @@ async def test_tls_terminated_with_the_sni_certificate(edge: dict[str, Any]) -> 
     with pytest.raises(ssl.SSLCertVerificationError):
         await asyncio.open_connection("127.0.0.1", edge["https"], ssl=ctx,
                                       server_hostname="other.example")  # fmt: skip
+
+
+async def test_a_body_with_expect_100_continue_is_sent_without_waiting(edge: dict[str, Any]) -> None:
+    r, w = await asyncio.open_connection("127.0.0.1", edge["http"])
+    w.write(b"POST /api/upload HTTP/1.1\r\nhost: shop.example\r\ncontent-length: 5\r\n"
+            b"expect: 100-continue\r\n\r\n")  # fmt: skip
+    await w.drain()
+    first = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+    assert first.startswith(b"HTTP/1.1 100 ")
+    w.write(b"hello")
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    w.close()
+    await w.wait_closed()
