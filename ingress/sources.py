@@ -16,12 +16,13 @@ from typing import Any
 
 import yaml
 
-from ingress.state import CLUSTER_SCOPED, KINDS, Objects
+from ingress.state import CLUSTER_SCOPED, KINDS, OPTIONAL_KINDS, Objects
 from nodemesh.backoff import Backoff
 
 log = logging.getLogger(__name__)
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 Signature = tuple[int, int, int]
+CRD_RECHECK = 30.0
 
 
 class LabSource:
@@ -129,6 +130,15 @@ class KubeSource:
             "Service": core.list_service_for_all_namespaces,
             "Secret": core.list_secret_for_all_namespaces,
             "EndpointSlice": client.DiscoveryV1Api(self.api).list_endpoint_slice_for_all_namespaces,
+            **{
+                kind: partial(
+                    client.CustomObjectsApi(self.api).list_cluster_custom_object,
+                    "gateway.networking.k8s.io",
+                    "v1",
+                    plural,
+                )
+                for kind, plural in (("Gateway", "gateways"), ("HTTPRoute", "httproutes"))
+            },
         }
         return functions[kind]
 
@@ -199,6 +209,12 @@ class KubeSource:
             except ApiException as e:
                 if e.status == 410:
                     version = ""
+                    continue
+                if e.status == 404 and kind in OPTIONAL_KINDS:
+                    # The Gateway API CRDs are not installed: none of these; look again later.
+                    on_loop(partial(self._listed, kind, []))
+                    version = ""
+                    self.stopped.wait(CRD_RECHECK)
                     continue
                 delay = backoff.delay()
                 log.warning("%s: API error %s %s; again in %.1f s", kind, e.status, e.reason, delay)

@@ -10,13 +10,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingress import certs
+from ingress import certs, gateway
 from ingress.certs import CertPair
 from ingress.spec import BackendRef, BadIngress, IngressSpec, classes_served, is_served
 from ingress.spec import read_ingress as read
 from ingress.table import Match, RouteTable, normal_host
 
-KINDS = ("IngressClass", "Ingress", "Service", "EndpointSlice", "Secret")
+KINDS = ("IngressClass", "Ingress", "Service", "EndpointSlice", "Secret", "Gateway", "HTTPRoute")
+# Gateway API CRDs may not be installed: a cluster without them has none of these.
+OPTIONAL_KINDS = frozenset({"Gateway", "HTTPRoute"})
 CLUSTER_SCOPED = frozenset({"IngressClass"})
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 Obj = dict[str, Any]
@@ -95,12 +97,35 @@ class Objects:
                 specs.append(read(obj))
             except BadIngress as e:
                 snap.problems.append(f"{e}; this Ingress is not served")
+        specs += self._gateway_specs(snap)
         snap.ingresses = len(specs)
         snap.table = RouteTable(specs)
         for ref in snap.table.backends():
             snap.upstreams[ref] = self._resolve(ref)
         self._certs(specs, snap)
         return snap
+
+    def _gateway_specs(self, snap: Snapshot) -> list[IngressSpec]:
+        specs: list[IngressSpec] = []
+        served: dict[gateway.GatewayRef, tuple[str, ...]] = {}
+        for (ns, name), obj in sorted(self.kinds["Gateway"].items()):
+            if (obj.get("spec") or {}).get("gatewayClassName") != self.class_name:
+                continue
+            try:
+                specs.append(gateway.read_gateway(obj))
+            except gateway.BadRoute as e:
+                snap.problems.append(f"{e}; this Gateway is not served")
+                continue
+            served[gateway.GatewayRef(ns, name)] = gateway.listener_hosts(obj)
+        for obj in self.kinds["HTTPRoute"].values():
+            attached = [p for p in gateway.parents(obj) if p in served]
+            if not attached:
+                continue
+            try:
+                specs.append(gateway.read_route(obj, served[attached[0]]))
+            except gateway.BadRoute as e:
+                snap.problems.append(f"{e}; this HTTPRoute is not served")
+        return specs
 
     def _resolve(self, ref: BackendRef) -> Upstream | Refusal:
         svc = self.kinds["Service"].get((ref.namespace, ref.service))

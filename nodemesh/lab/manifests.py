@@ -37,6 +37,7 @@ STORED_KINDS = {
     # plane reads its kinds.
     "Ingress",
     "IngressClass",
+    "Gateway",
 }
 CLUSTER_SCOPED = {"Namespace", "Node", "ClusterRole", "ClusterRoleBinding", "IngressClass"}
 

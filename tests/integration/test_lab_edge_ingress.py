@@ -15,6 +15,7 @@ see:
   identity, and `stat` counts the backends' requests;
 - tcpdump on the underlay sees the ingress' node reach the backends on the tunnel port only and
   never the marker;
+- a Gateway of class nodemesh with an HTTPRoute attached is served the same way;
 - an Ingress whose TLS Secret is missing is logged by name and its host stays served on HTTP.
 
 Run with NODEMESH_LEAKCHECK_ONLY=edgi on a shared machine.
@@ -125,6 +126,17 @@ def app_docs(work: Path, node: str, ca: CA) -> list[dict[str, Any]]:
          "data": {"tls.crt": base64.b64encode(crt).decode(),
                   "tls.key": base64.b64encode(key).decode()}},
         ingress, nosecret,
+        # Gateway API at the edge: a Gateway of class nodemesh and an HTTPRoute attached to it.
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+         "metadata": {"name": "edge", "namespace": "shop"},
+         "spec": {"gatewayClassName": "nodemesh",
+                  "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+         "metadata": {"name": "gw", "namespace": "shop"},
+         "spec": {"parentRefs": [{"name": "edge"}], "hostnames": ["gw.example"],
+                  "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                             "backendRefs": [{"name": "api", "port": 80}]},
+                            {"backendRefs": [{"name": "web", "port": 80}]}]}},
         {"apiVersion": "apps/v1", "kind": "Deployment",
          "metadata": {"name": "client", "namespace": "outside"},
          "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "client"}},
@@ -198,21 +210,24 @@ def test_hosts_paths_tls_and_the_mesh(lab: tuple[LabPaths, Path]) -> None:
             ["-H", "Host: unknown.example", f"http://{VIP}/?{marker}"],
             [*https, f"https://shop.example/api/tls?{marker}"],
             ["-H", "Host: plain.example", f"http://{VIP}/?{marker}"],
+            ["-H", "Host: gw.example", f"http://{VIP}/api/gw?{marker}"],
+            ["-H", "Host: gw.example", f"http://{VIP}/home?{marker}"],
         )
     finally:
         capture.stop()
     codes = [c for c, _ in got]
-    assert codes == ["200", "200", "200", "200", "404", "503", "404", "200", "200"], got
+    assert codes == ["200", "200", "200", "200", "404", "503", "404", "200", "200", "200",
+                     "200"], got  # fmt: skip
     bodies = [json.loads(b) if c == "200" else b for c, b in got]
     assert [(b["backend"], b["path"].split("?")[0]) for b in bodies if isinstance(b, dict)] == [
         ("web", "/index"), ("api", "/api/items"), ("web", "/apiary"), ("api", "/v1/status"),
-        ("api", "/api/tls"), ("web", "/")]  # fmt: skip
+        ("api", "/api/tls"), ("web", "/"), ("api", "/api/gw"), ("web", "/home")]  # fmt: skip
     assert "no Ingress rule matches" in got[4][1] and "no Ingress rule matches" in got[6][1]
     assert "Service shop/empty has no ready endpoints" in got[5][1]
     # The client's own address and the scheme it used reach the app.
     assert {b["xff"] for b in bodies if isinstance(b, dict)} == {client_ip}
     assert [b["proto"] for b in bodies if isinstance(b, dict)] == [
-        "http", "http", "http", "http", "https", "http"]  # fmt: skip
+        "http", "http", "http", "http", "https", "http", "http", "http"]  # fmt: skip
 
     # The ingress' calls crossed the underlay as mTLS to the backends' tunnel port, never plain.
     assert capture.dropped == 0

@@ -30,6 +30,8 @@ WATCHED = [
     ("networking.k8s.io", ["ingresses", "ingressclasses"]),
     ("", ["services", "secrets"]),
     ("discovery.k8s.io", ["endpointslices"]),
+    # Gateway API at the edge (CRDs not installed by nodemesh; without them: none served).
+    ("gateway.networking.k8s.io", ["gateways", "httproutes"]),
 ]
 
 

@@ -65,7 +65,8 @@ def test_what_a_user_relies_on() -> None:
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}  # fmt: skip
     want = {("networking.k8s.io", "ingresses"), ("networking.k8s.io", "ingressclasses"),
-            ("", "services"), ("", "secrets"), ("discovery.k8s.io", "endpointslices")}  # fmt: skip
+            ("", "services"), ("", "secrets"), ("discovery.k8s.io", "endpointslices"),
+            ("gateway.networking.k8s.io", "gateways"), ("gateway.networking.k8s.io", "httproutes")}  # fmt: skip
     assert granted == {(g, r, v) for g, r in want for v in ("get", "list", "watch")}
     binding = by[("ClusterRoleBinding", "mesh-ingress")]
     assert binding["subjects"] == [
