@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -55,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--http-addr", type=_addr, default=("0.0.0.0", ports.INGRESS_HTTP))
     p.add_argument("--https-addr", type=_addr, default=("0.0.0.0", ports.INGRESS_HTTPS))
     p.add_argument("--admin-addr", type=_addr, default=("0.0.0.0", ports.INGRESS_ADMIN))
+    p.add_argument("--shutdown-grace-seconds", type=float, default=5.0,
+                   help="on SIGTERM: keep serving (not ready, closing each kept-alive "
+                   "connection after its answer) this long, while load balancers stop sending")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = p.parse_args(argv)
     if args.source == "lab" and args.state_dir is None:
@@ -98,7 +100,7 @@ async def _admin(ingress: Ingress, edge: Edge, source: Any, r: Any, w: Any) -> N
         line = await asyncio.wait_for(r.readline(), 5)
         path = line.split()[1].decode() if len(line.split()) > 1 else "/"
         if path == "/ready":
-            ok = ingress.ready and source.ready
+            ok = ingress.ready and source.ready and not edge.draining
             status, body = (200, "ready\n") if ok else (503, "not synced yet\n")
         elif path == "/live":
             status, body = 200, "live\n"
@@ -166,11 +168,15 @@ async def run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping: no new connections; %.0f s for the open ones", DRAIN_SECONDS)
+    edge.draining = True
+    log.info("stopping: not ready; serving %.0f s more", args.shutdown_grace_seconds)
+    await asyncio.sleep(args.shutdown_grace_seconds)
     for s in servers:
         s.close()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*(s.wait_closed() for s in servers)), DRAIN_SECONDS)
+    deadline = loop.time() + DRAIN_SECONDS
+    while edge.active and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    log.info("stopped (%d request(s) cut)", edge.active)
     edge.close()
     await cancel_all([follow])
 

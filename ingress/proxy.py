@@ -56,6 +56,9 @@ class Edge:
         self.connect = connect
         self.idle: dict[tuple[str, int], list[Streams]] = {}
         self.stats = Stats()
+        self.active = 0  # requests being answered
+        # Shutting down: answers say `connection: close` so clients go to another replica.
+        self.draining = False
 
     def close(self) -> None:
         for pool in self.idle.values():
@@ -75,8 +78,13 @@ class Edge:
                 request = await _next(conn, reader, HEADER_TIMEOUT)
                 if not isinstance(request, h11.Request):
                     return
-                keep = await self._one(conn, reader, writer, request, client_ip, scheme)
-                if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                self.active += 1
+                try:
+                    keep = await self._one(conn, reader, writer, request, client_ip, scheme)
+                finally:
+                    self.active -= 1
+                done = conn.our_state is h11.DONE and conn.their_state is h11.DONE
+                if self.draining or not keep or not done:
                     return
                 conn.start_next_cycle()
         except h11.RemoteProtocolError as e:
@@ -169,8 +177,11 @@ class Edge:
                 await _answer(conn, writer, 502, f"{up.name}: {e or type(e).__name__}")
                 return 502, True
             break
+        headers = _strip(head.headers)
+        if self.draining:
+            headers.append((b"connection", b"close"))
         writer.write(conn.send(h11.Response(
-            status_code=head.status_code, headers=_strip(head.headers), reason=head.reason
+            status_code=head.status_code, headers=headers, reason=head.reason
         )))  # fmt: skip
         try:
             while True:

@@ -184,3 +184,14 @@ async def test_a_body_with_expect_100_continue_is_sent_without_waiting(edge: dic
     assert head.startswith(b"HTTP/1.1 200 ")
     w.close()
     await w.wait_closed()
+
+
+async def test_draining_closes_each_connection_after_its_answer(edge: dict[str, Any]) -> None:
+    c = Client(*await asyncio.open_connection("127.0.0.1", edge["http"]))
+    assert (await c.get("shop.example", "/"))[0] == 200
+    edge["edge"].draining = True
+    status, _ = await c.get("shop.example", "/")
+    assert status == 200
+    assert await asyncio.wait_for(c.r.read(), 5) == b""  # the ingress closed the connection
+    c.w.close()
+    await c.w.wait_closed()
