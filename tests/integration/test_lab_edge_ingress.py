@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ import yaml
 from nodemesh.lab.paths import LabPaths
 from tests.integration.labkit import lab_up, nm, run
 from tests.integration.test_lab_failclosed import Tcpdump
-from tests.integration.test_lab_meshed_ingress import pod_of
+from tests.integration.test_lab_meshed_ingress import pod_of, settles
 from tests.unit.edge.certgen import CA
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -62,14 +61,6 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("0.0.0.0", 8000), H).serve_forever()
 """
-
-
-def settles(read: Callable[[], Any], ok: Callable[[Any], bool], *, within: float = 60) -> Any:
-    start = time.monotonic()
-    while not ok(got := read()):
-        assert time.monotonic() - start < within, f"still {got!r}"
-        time.sleep(1)
-    return got
 
 
 def backend(name: str, node: str, work: Path, replicas: int = 1) -> list[dict[str, Any]]:
