@@ -8,6 +8,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingress import spec as ingress_spec
 from nodemesh.migrate.survey import (
     HOST_PORT,
     INBOUND_MODE,
@@ -244,10 +245,62 @@ def leave_router(survey: Survey) -> Step:
     return step
 
 
-def edge() -> Step:
-    return Step("edge", "move Ingresses to nodemesh (ingressClassName: nodemesh)", NOT_BUILT,
-                "nodemesh does not serve Ingress or Gateway objects yet: keep the meshed "
-                "controller")  # fmt: skip
+EDGE_DEPLOYMENT = "nodemesh-ingress"  # rendered by `nodemesh install --ingress`
+EDGE_COPY_SUFFIX = "-nodemesh"
+
+
+def edge(survey: Survey) -> Step:
+    """Each Ingress of another controller gets a copy of class nodemesh, so nodemesh-ingress
+    serves its hosts too while the old controller still does: moving DNS (or the external load
+    balancer) to nodemesh-ingress' Service, and deleting the old Ingress, stay the user's."""
+    step = Step("edge", "serve each Ingress from nodemesh-ingress too (a copy of class nodemesh)",
+                TODO)  # fmt: skip
+    ingresses = sorted(k for k in survey.objects if k[0] == "Ingress")
+    if not ingresses:
+        step.state, step.why = NOTHING, "no Ingress found"
+        return step
+    if not any(k[0] == "Deployment" and k[2] == EDGE_DEPLOYMENT for k in survey.objects):
+        step.state = NOTHING
+        step.why = ("optional: nodemesh-ingress is not installed (`nodemesh install --ingress`); "
+                    "the meshed controller keeps serving the Ingresses")  # fmt: skip
+        return step
+    refused = []
+    for _, ns, name in ingresses:
+        obj = survey.objects[("Ingress", ns, name)]
+        if ingress_spec.class_of(obj) == ingress_spec.CLASS_NAME:
+            continue
+        copy_name = name + EDGE_COPY_SUFFIX
+        if ("Ingress", ns, copy_name) in survey.objects:
+            continue
+        after = clean(obj)
+        after["metadata"]["name"] = copy_name
+        annotations = after["metadata"].get("annotations") or {}
+        annotations.pop(ingress_spec.CLASS_ANNOTATION, None)
+        if "annotations" in after["metadata"] and not annotations:
+            after["metadata"].pop("annotations")
+        after.setdefault("spec", {})["ingressClassName"] = ingress_spec.CLASS_NAME
+        try:
+            ingress_spec.read_ingress(after)
+        except ingress_spec.BadIngress as e:
+            refused.append(f"ingress/{name} -n {ns} cannot be served by nodemesh-ingress: "
+                           + str(e).split(": ", 1)[1])  # fmt: skip
+            continue
+        step.changes.append(
+            Change("Ingress", ns, copy_name, None, after,
+                   f"ingress/{copy_name} -n {ns}: a copy of ingress/{name} for nodemesh-ingress "
+                   "(the old controller keeps serving ingress/" + name + ")")  # fmt: skip
+        )
+    if refused and not step.changes:
+        step.state, step.why = BLOCKED, "; ".join(refused)
+    elif not step.changes:
+        step.state = DONE
+        step.why = ("every Ingress is served by nodemesh-ingress too: point DNS at its Service, "
+                    "then delete the old Ingresses")  # fmt: skip
+    else:
+        step.why = "both controllers serve the hosts; then move DNS to nodemesh-ingress' Service"
+        if refused:
+            step.why += f" (left out: {'; '.join(refused)})"
+    return step
 
 
 def strict(survey: Survey, now: str) -> Step:
@@ -357,7 +410,7 @@ def plan(
         mesh_ingress(survey, now),
         mesh_namespaces(survey, now),
         leave_router(survey),
-        edge(),
+        edge(survey),
         strict(survey, now),
         remove_router(survey, force=force, keep_service=keep_service),
     ]
