@@ -170,7 +170,7 @@ class Prober(threading.Thread):
     def one(self) -> bool:
         s = socket_in_netns(f"/run/netns/{self.netns}", socket.AF_INET, socket.SOCK_STREAM)
         try:
-            s.settimeout(10)
+            s.settimeout(20)  # as hey's -t 20: a loaded machine restarts a container slowly
             s.connect((self.ip, 80))
             s.sendall(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
             data = b""

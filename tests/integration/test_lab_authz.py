@@ -271,7 +271,7 @@ def test_unauthenticated_refused_then_let_in_without_dropping_allowed_traffic(la
     took = time.monotonic() - changed
     runner.join(120)
     assert let_in, "the new policy did not take effect"
-    assert took < 10, f"the policy change took {took:.1f} s"
+    assert took < 15, f"the policy change took {took:.1f} s"
     out = result["out"]
     codes = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", out))
     assert set(codes) == {"200"} and int(codes["200"]) > 10, out

@@ -71,14 +71,25 @@ async def test_deployment_detail_has_edges_identities_pods_and_history(cluster, 
     assert len(h["rps"]) == len(h["success_rate"]) == len(h["latency_p99_ms"]) == len(h["t"])
 
 
+async def _history_until(dashboard, done) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    """The deployment page's history once `done(history)` holds (the sampler runs on its own
+    period: waiting for what it took, not a fixed sleep, which a loaded machine outran)."""
+    for _ in range(200):
+        h = (await dashboard.http.get(f"/api/namespaces/{NS}/deployments/emoji")).json()
+        if done(h["history"]):
+            return h["history"]  # type: ignore[no-any-return]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the history never got there: {h['history']}")
+
+
 async def test_history_shows_traffic_changing(cluster, dashboard) -> None:
+    await _history_until(dashboard, lambda h: len(h["t"]) >= 1)  # the quiet start
     cluster.traffic.calls("web", "emoji", ok=10)
     cluster.clock.now += 10
-    await asyncio.sleep(0.5)
+    await _history_until(dashboard, lambda h: h["rps"][-1] == pytest.approx(1.0))
     cluster.traffic.calls("web", "emoji", ok=300, failed=100)
     cluster.clock.now += 10
-    await asyncio.sleep(0.5)
-    h = (await dashboard.http.get(f"/api/namespaces/{NS}/deployments/emoji")).json()["history"]
+    h = await _history_until(dashboard, lambda h: h["rps"][-1] == pytest.approx(40.0))
     # Oldest first: the quiet start (no requests: no success rate), the trickle, the burst.
     assert h["rps"][0] == 0.0 and h["success_rate"][0] is None
     assert pytest.approx(1.0) in h["rps"] and 1.0 in h["success_rate"]
