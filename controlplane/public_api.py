@@ -153,6 +153,8 @@ class PublicService(pb_grpc.PublicServicer):
         await self.gate.admit(context, stats_attributes(kind + "s", namespace=namespace))
         groups = self._groups(kind, namespace)
         name = request.resource.name
+        # Both questions at once: the telemetry worker answers them one after the other.
+        enrolled = asyncio.ensure_future(_answer(self.telemetry.enrolled_pods()))
         try:
             found = await _answer(
                 self._telemetry(context).stat(
@@ -164,11 +166,13 @@ class PublicService(pb_grpc.PublicServicer):
                 )
             )  # the Prometheus port asks over HTTP
         except BadQuery as exc:
+            enrolled.cancel()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except PrometheusUnavailable as exc:
+            enrolled.cancel()
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         traffic = {(g.namespace, g.name): g for g in found}
-        meshed = Enrolled(await _answer(self.telemetry.enrolled_pods()))
+        meshed = Enrolled(await enrolled)
         rows = []
         for key in sorted(set(groups) | set(traffic)):
             if name and key[1] != name:

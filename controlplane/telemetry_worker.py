@@ -14,7 +14,9 @@ Interface:
 - `WorkerTelemetryService(worker, index=, forward=, registry=)`: the agents' Telemetry.Report
   (a TelemetryService whose reports go to the worker; same checks, acks and metrics).
 - `WorkerTelemetry(worker)`: the public API's TelemetryPort over the worker (coroutines).
-If the worker process dies, the next call starts a new one (its store starts empty) and logs it.
+Reports are handed over in batches (one batch in flight), so a question waits for one batch at
+most. If the worker process dies, the next call starts a new one (its store starts empty) and
+logs it.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from controlplane.telemetry_port import (
     StatRow,
     StoreTelemetry,
 )
+from nodemesh import tasks
 from nodemesh.api import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,10 @@ MODES = ("process", "thread", "inline")
 # The quantiles the public API shows (routes_api.golden_into): computed where the histogram is,
 # so an answer crosses to the loop as three numbers a row, not a histogram.
 QUANTILES = (0.5, 0.95, 0.99)
+# Reports go to the worker in batches of at most this many, one batch at a time: a question
+# (Stat) waits for one batch, not behind every agent's report of the second (500 of them,
+# 1-4 ms each, measured: Stat p99 6.3 s at 250 nodes with one call per report).
+REPORT_BATCH = 32
 T = TypeVar("T")
 
 # --- the worker's side (a child process, a thread, or the loop itself) -------------------------
@@ -90,10 +97,13 @@ def _set_known(nodes: frozenset[str] | None) -> int:
     return os.getpid()
 
 
-def _report(raw: bytes, node: str | None) -> tuple[bytes, str, StoreGauges]:
+def _reports(batch: list[tuple[bytes, str | None]]) -> tuple[list[tuple[bytes, str]], StoreGauges]:
     store = _the_store()
-    ack, reason = take(store, raw, authenticated_node=node, is_known_node=_is_known)
-    return ack.SerializeToString(), reason, store_gauges(store)
+    out = []
+    for raw, node in batch:
+        ack, reason = take(store, raw, authenticated_node=node, is_known_node=_is_known)
+        out.append((ack.SerializeToString(), reason))
+    return out, store_gauges(store)
 
 
 def _query(method: str, kwargs: dict[str, Any]) -> Any:
@@ -157,6 +167,9 @@ class TelemetryWorker:
         self.pid: int | None = None
         self.restarts = 0
         self.known: frozenset[str] | None = None
+        self._pending: list[tuple[bytes, str | None, asyncio.Future[tuple[pb.ReportAck, str]]]]
+        self._pending = []
+        self._flusher: asyncio.Task[None] | None = None
         self._pool = self._new_pool()
 
     def _new_pool(self) -> Executor:
@@ -196,8 +209,29 @@ class TelemetryWorker:
             await self.call(_set_known, nodes)
 
     async def report(self, raw: bytes, node: str | None) -> tuple[pb.ReportAck, str]:
-        ack, reason, self.gauges = await self.call(_report, raw, node)
-        return pb.ReportAck.FromString(ack), reason
+        """Check and store one serialized report; its ack and refusal reason ("" if taken)."""
+        answer: asyncio.Future[tuple[pb.ReportAck, str]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending.append((raw, node, answer))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = tasks.spawn(self._flush(), name="telemetry-reports")
+        return await answer
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[:REPORT_BATCH]
+            del self._pending[:REPORT_BATCH]
+            try:
+                answers, self.gauges = await self.call(_reports, [(r, n) for r, n, _ in batch])
+            except Exception as exc:  # noqa: BLE001 (each waiting stream gets it)
+                for *_, waiting in batch:
+                    if not waiting.done():
+                        waiting.set_exception(exc)
+                continue
+            for (*_, waiting), (ack, reason) in zip(batch, answers, strict=True):
+                if not waiting.done():  # its stream may have ended meanwhile
+                    waiting.set_result((pb.ReportAck.FromString(ack), reason))
 
     async def query(self, method: str, **kwargs: Any) -> Any:
         return await self.call(_query, method, kwargs)
