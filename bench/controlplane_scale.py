@@ -20,7 +20,10 @@ What runs:
   EndpointSlice. One tick = one pod change. A change counts as delivered to an agent when that
   agent's stream carried the pod in `meshed_pods_updated` (creation) or `meshed_pods_removed`.
 
-Phases, each `--phase-seconds` long, with the control plane's CPU measured from /proc:
+Phases, each `--phase-seconds` long, with the control plane's CPU measured from /proc (its
+process and its children, the telemetry worker; the main process alone as `main_cores`; RSS
+summed over them, VmHWM summed as an upper bound of the peak; `--telemetry-worker` picks where
+the control plane runs its store, for A/B):
   idle (agents subscribed, nothing happens), telemetry (reports every second), churn
   (telemetry + churn), stat (telemetry + public API Stat calls: deploy and pod, all namespaces).
 Memory per pod: RSS of the loaded control plane minus that of one started on an empty state

@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             took.append(time.perf_counter() - t)
         took.sort()
         print(f"stat {kind} ({len(rows)} rows): best {took[0]:.3f} s, median {took[2]:.3f} s")
+    took = []
+    for _ in range(5):
+        t = time.perf_counter()
+        found = query.edges(store, window_s=60)
+        took.append(time.perf_counter() - t)
+    took.sort()
+    print(f"edges ({len(found)} edges): best {took[0]:.3f} s, median {took[2]:.3f} s")
     # What the control plane's telemetry worker does for a public-API Stat: the query, the
     # quantiles per row, and the answer pickled to the main process (which unpickles it).
     telemetry_worker._store = store

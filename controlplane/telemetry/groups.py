@@ -13,6 +13,11 @@ of its series has a cell in that bucket, the store's trimming and expiry drop th
 and a series the store evicts is taken back out, so an answer from the groups equals one from a
 scan of the series (tests/unit/telemetry/test_stat_groups.py).
 
+Edges likewise reads `by_kind[EDGE]`: the series of one (direction, source and destination
+namespace, Deployment or else pod, identity, mTLS) summed per bucket (requests and connections
+only), with `owner(namespace, pod)`, the Deployment any held series names a pod with (an inbound
+series names its client pod without one).
+
 Interface: `Groups()`; the store `attach`es each new series once (the resources it feeds), calls
 `join_request` / `join_tcp` when a series opens a cell, `forget` for a series evicted whole,
 `detach` when it lets a series go, and `expire` at each new bucket; `cells` counts the group

@@ -18,10 +18,12 @@ Interface:
   seconds the window really covers (`StatRow.window_s`), never by the requested ones.
   TCP_CONN is a gauge: the newest value each series reported, counted only while it is
   fresh (reported in the running or the previous bucket), whatever the window.
-  Without --from/--to the rows come from the store's per-resource aggregates (a few cells
-  per resource); with them, from a walk over every series.
+  Without --from/--to the rows come from the store's per-resource aggregates (the complete
+  buckets' sums kept per kind and window until a bucket changes, plus the running bucket);
+  with them, from a walk over every series.
 - `edges(store, namespace="", window_s=60)` -> list[Edge] between Deployments (pods without
-  one stand for themselves), with identities seen and whether every connection had mTLS.
+  one stand for themselves), with identities seen and whether every connection had mTLS; from
+  the store's edge aggregates, not from every series.
 - `nodes(store)` -> list[NodeState]: each agent's version, load and last report time.
 """
 
