@@ -192,15 +192,18 @@ class TelemetryWorker:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
+        pool = self._pool
         try:
-            return await loop.run_in_executor(self._pool, fn, *args)
+            return await loop.run_in_executor(pool, fn, *args)
         except BrokenProcessPool:
-            # The worker died (killed, out of memory): a new one, with an empty store.
-            self.restarts += 1
-            log.error("telemetry worker (pid %s) died; starting a new one", self.pid)
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
-            self.pid = await loop.run_in_executor(self._pool, _set_known, self.known)
+            # The worker died (killed, out of memory): a new one, with an empty store (once,
+            # whichever of the calls it left waiting notices first).
+            if self._pool is pool:
+                self.restarts += 1
+                log.error("telemetry worker (pid %s) died; starting a new one", self.pid)
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+                self.pid = await loop.run_in_executor(self._pool, _set_known, self.known)
             return await loop.run_in_executor(self._pool, fn, *args)
 
     async def set_known(self, nodes: frozenset[str] | None) -> None:
