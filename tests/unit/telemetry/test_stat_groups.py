@@ -208,10 +208,10 @@ def test_the_gauge_counts_each_series_newest_value_once(clock: Clock) -> None:
 
 class _NoWalk(dict):  # type: ignore[type-arg]
     def items(self):  # type: ignore[no-untyped-def]
-        raise AssertionError("a plain Stat walked every series")
+        raise AssertionError("the query walked every series")
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        raise AssertionError("a plain Stat walked every series")
+        raise AssertionError("the query walked every series")
 
 
 def test_a_plain_stat_reads_no_series(store: TelemetryStore, clock: Clock) -> None:
@@ -251,3 +251,18 @@ def test_an_evicted_connection_series_takes_its_open_connections_along(clock: Cl
         assert all(r.tcp_open_connections == 0 for r in got)
     pods = stat(store, Resource("pod", "shop"), **kw)  # type: ignore[arg-type]
     assert [r.name for r in pods] == ["api-0", "api-1", "api-2"]
+
+
+def test_edges_read_no_series(store: TelemetryStore, clock: Clock) -> None:
+    """Edges walked every series (20,000 at 500 x 20, 0.16 s a call); it must read the edge
+    aggregates only, and answer as before."""
+    rng = random.Random(6)
+    for _ in range(10):
+        _report(rng, f"node{rng.randrange(1, 3)}").send(store)
+        clock.advance(1)
+    expected = {ns: _scanned_edges(store, namespace=ns) for ns in ("", *NAMESPACES)}
+    store.request_series = _NoWalk(store.request_series)  # type: ignore[assignment]
+    store.tcp_series = _NoWalk(store.tcp_series)  # type: ignore[assignment]
+    for ns, want in expected.items():
+        assert edges(store, namespace=ns) == want
+    assert expected[""]
