@@ -20,7 +20,10 @@ What runs:
   EndpointSlice. One tick = one pod change. A change counts as delivered to an agent when that
   agent's stream carried the pod in `meshed_pods_updated` (creation) or `meshed_pods_removed`.
 
-Phases, each `--phase-seconds` long, with the control plane's CPU measured from /proc:
+Phases, each `--phase-seconds` long, with the control plane's CPU measured from /proc (its
+process and its children, the telemetry worker; the main process alone as `main_cores`; RSS
+summed over them, VmHWM summed as an upper bound of the peak; `--telemetry-worker` picks where
+the control plane runs its store, for A/B):
   idle (agents subscribed, nothing happens), telemetry (reports every second), churn
   (telemetry + churn), stat (telemetry + public API Stat calls: deploy and pod, all namespaces).
 Memory per pod: RSS of the loaded control plane minus that of one started on an empty state
@@ -91,6 +94,7 @@ class Plan:
     workers: int
     stat_calls: int
     telemetry: bool = True  # off: no reports at all (to tell the churn's cost from ingest's)
+    telemetry_worker: str = "process"  # the control plane's --telemetry-worker
 
     @property
     def pods(self) -> int:
@@ -303,7 +307,9 @@ def http_get(url: str) -> tuple[int, str]:
 
 
 class ControlPlane:
-    def __init__(self, state_dir: Path, identity_dir: Path, access_dir: Path) -> None:
+    def __init__(
+        self, state_dir: Path, identity_dir: Path, access_dir: Path, worker: str = "process"
+    ) -> None:
         self.ports = {name: free_port() for name in ("agent", "public", "admin")}
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
@@ -314,7 +320,7 @@ class ControlPlane:
                 f"--agent-addr=127.0.0.1:{self.ports['agent']}",
                 f"--public-addr=127.0.0.1:{self.ports['public']}",
                 f"--admin-addr=127.0.0.1:{self.ports['admin']}",
-                "--drain-seconds=1", "--log-level=WARNING",
+                "--drain-seconds=1", "--log-level=WARNING", f"--telemetry-worker={worker}",
             ],
             cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -336,15 +342,40 @@ class ControlPlane:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")[-4000:]
 
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    def pids(self) -> list[int]:
+        """The control plane's process and its children (the telemetry worker)."""
+        out = [self.proc.pid]
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                out += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        return out
+
+    def cpu_s(self, pid: int | None = None) -> float:
+        """CPU seconds of the control plane's processes (of `pid` alone if given)."""
+        total = 0.0
+        for p in [pid] if pid else self.pids():
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return total
 
     def status(self, key: str) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        return 0
+        """`key` of /proc/PID/status (VmRSS, VmHWM) summed over the control plane's processes
+        (for VmHWM an upper bound: the two peaks need not coincide)."""
+        total = 0
+        for p in self.pids():
+            try:
+                lines = Path(f"/proc/{p}/status").read_text().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                if line.startswith(key + ":"):
+                    total += int(line.split()[1]) * 1024
+        return total
 
     def metric(self, name: str) -> float:
         _, text = http_get(f"http://127.0.0.1:{self.ports['admin']}/metrics")
@@ -579,14 +610,18 @@ def quantiles(values: list[float]) -> dict[str, float | None]:
 class Phase:
     def __init__(self, cp: ControlPlane) -> None:
         self.cp = cp
+        self.main0 = cp.cpu_s(cp.proc.pid)
         self.t0 = time.monotonic()
         self.cpu0 = cp.cpu_s()
 
     def end(self) -> dict[str, float]:
         seconds = time.monotonic() - self.t0
         cpu = self.cp.cpu_s() - self.cpu0
+        main = self.cp.cpu_s(self.cp.proc.pid) - self.main0
         return {"seconds": round(seconds, 2), "cpu_s": round(cpu, 3),
-                "cores": round(cpu / seconds, 3), "rss_bytes": self.cp.status("VmRSS")}  # fmt: skip
+                "cores": round(cpu / seconds, 3), "rss_bytes": self.cp.status("VmRSS"),
+                # the process serving the streams and the public API (not the worker)
+                "main_cores": round(main / seconds, 3)}  # fmt: skip
 
 
 def stat_calls(port: int, token: str, n: int, spacing: float) -> dict[str, Any]:
@@ -621,7 +656,7 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
 
     # The empty control plane's RSS, for memory per pod.
     (work / "empty" / "objects").mkdir(parents=True)
-    empty = ControlPlane(work / "empty", work / "identity", work / "access")
+    empty = ControlPlane(work / "empty", work / "identity", work / "access", plan.telemetry_worker)
     try:
         empty.wait_ready(60)
         time.sleep(1)
@@ -633,7 +668,7 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
     state = StateDir(work / "lab")
     write_cluster(state, plan, spots)
     write_s = time.monotonic() - t0
-    cp = ControlPlane(work / "lab", work / "identity", work / "access")
+    cp = ControlPlane(work / "lab", work / "identity", work / "access", plan.telemetry_worker)
     workers: list[mp.Process] = []
     result: dict[str, Any] = {"kind": "controlplane-scale", "plan": plan.__dict__}
     stop = mp.Event()
@@ -863,7 +898,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"{ph['telemetry']['cores']:.2f} (ingest {r['ingest_cores']:.2f}), with telemetry + churn "
         f"{ph['churn']['cores']:.2f}, with telemetry + Stat calls {ph['stat']['cores']:.2f}; "
         f"connecting all agents took {ph['connect']['all_subscribed_s']} s "
-        f"({ph['connect']['cores']:.2f} cores)",
+        f"({ph['connect']['cores']:.2f} cores); telemetry worker: "
+        f"{p.get('telemetry_worker', 'inline')}, the main process alone (streams, public API) "
+        f"with telemetry {ph['telemetry'].get('main_cores', 0):.2f}, with churn "
+        f"{ph['churn'].get('main_cores', 0):.2f}, with Stat {ph['stat'].get('main_cores', 0):.2f}",
         f"- RSS: empty {fmt(m['rss_empty_bytes'], 'bytes')}, loaded "
         f"{fmt(m['rss_loaded_bytes'], 'bytes')}, "
         f"agents subscribed {fmt(m['rss_subscribed_bytes'], 'bytes')}, with telemetry "
@@ -915,6 +953,10 @@ def main(argv: list[str] | None = None) -> int:
         "--no-telemetry", action="store_true",
         help="agents send no reports (the churn and Stat without ingest)",
     )
+    ap.add_argument(
+        "--telemetry-worker", choices=("process", "thread", "inline"), default="process",
+        help="the control plane's --telemetry-worker (where reports and the store are handled)",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     a = ap.parse_args(argv)
     for name in ("nodes", "pods_per_node", "pods_per_service", "workers", "stat_calls"):
@@ -928,6 +970,7 @@ def main(argv: list[str] | None = None) -> int:
         nodes=a.nodes, pods_per_node=a.pods_per_node, pods_per_service=a.pods_per_service,
         churn=a.churn, phase_seconds=a.phase_seconds, workers=min(a.workers, a.nodes),
         stat_calls=a.stat_calls, telemetry=not a.no_telemetry,
+        telemetry_worker=a.telemetry_worker,
     )  # fmt: skip
     result = run(plan, a.out)
     print(markdown(result))

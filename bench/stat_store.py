@@ -12,9 +12,11 @@ old checkout's directory to compare the two stores (bench/results/controlplane-s
 from __future__ import annotations
 
 import argparse
+import pickle
 import time
 
 from bench.controlplane_scale import Plan, PodSpot, build_report, layout
+from controlplane import telemetry_worker
 from controlplane.telemetry import query
 from controlplane.telemetry.report import parse_report
 from controlplane.telemetry.store import TelemetryStore
@@ -69,6 +71,36 @@ def main(argv: list[str] | None = None) -> int:
             took.append(time.perf_counter() - t)
         took.sort()
         print(f"stat {kind} ({len(rows)} rows): best {took[0]:.3f} s, median {took[2]:.3f} s")
+    took = []
+    for _ in range(5):
+        t = time.perf_counter()
+        found = query.edges(store, window_s=60)
+        took.append(time.perf_counter() - t)
+    took.sort()
+    print(f"edges ({len(found)} edges): best {took[0]:.3f} s, median {took[2]:.3f} s")
+    # What the control plane's telemetry worker does for a public-API Stat: the query, the
+    # quantiles per row, and the answer pickled to the main process (which unpickles it).
+    telemetry_worker._store = store
+    for kind in ("pod", "deployment"):
+        took, moved = [], []
+        for _ in range(5):
+            now[0] += 1  # a second later: no answer cached from the call before
+            second()
+            t = time.perf_counter()
+            rows = telemetry_worker._query(
+                "stat", {"group_by": kind, "namespace": "", "source": None,
+                         "destination": None, "window_s": 60},
+            )  # fmt: skip
+            t1 = time.perf_counter()
+            [telemetry_worker._unflat(t) for t in pickle.loads(pickle.dumps(rows))]
+            took.append(t1 - t)
+            moved.append(time.perf_counter() - t1)
+        took.sort()
+        moved.sort()
+        print(
+            f"worker stat {kind} ({len(rows)} rows): median {took[2]:.3f} s, "
+            f"pickled both ways median {moved[2]:.3f} s"
+        )
     return 0
 
 

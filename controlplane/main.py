@@ -50,9 +50,14 @@ from controlplane.sources.kube import KubeSource, load_api_client
 from controlplane.sources.local import LocalSource
 from controlplane.tap import MAX_STREAMS, MAX_STREAMS_PER_CALLER, AgentTapService, TapBroker
 from controlplane.telemetry import TelemetryStore
-from controlplane.telemetry.service import MAX_RECEIVE_BYTES, TelemetryService
+from controlplane.telemetry.service import MAX_RECEIVE_BYTES
 from controlplane.telemetry.service import SERVICE as TELEMETRY_SERVICE
-from controlplane.telemetry_port import StoreTelemetry
+from controlplane.telemetry_worker import (
+    MODES,
+    TelemetryWorker,
+    WorkerTelemetry,
+    WorkerTelemetryService,
+)
 from nodemesh import ports, tasks
 from nodemesh.api import public_pb2_grpc, tap_pb2_grpc
 from nodemesh.model import PodInfo, PodKey
@@ -121,6 +126,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=TelemetryStore.max_cells,
         help="10 s cells (of series and of per-resource aggregates) the store holds at most, "
         "about 0.5 KB each; past it the oldest bucket goes",
+    )
+    p.add_argument(
+        "--telemetry-worker",
+        choices=MODES,
+        default="process",
+        help="where the embedded stats store and the agents' reports are handled: a child "
+        "process (default: off the event loop that serves the agents' streams), a thread, or "
+        "inline on the event loop",
     )
     p.add_argument("--log-level", default="INFO")
     p.add_argument(
@@ -240,7 +253,14 @@ async def serve(args: argparse.Namespace) -> None:
 
     hub = DestinationHub(index)
     broker = TapBroker(index, max_streams_per_caller=args.tap_streams_per_caller)
-    store = TelemetryStore(max_series=args.telemetry_max_series, max_cells=args.telemetry_max_cells)
+    worker = TelemetryWorker(
+        args.telemetry_worker,
+        max_series=args.telemetry_max_series,
+        max_cells=args.telemetry_max_cells,
+        log_level=args.log_level,
+    )
+    log.info("telemetry store in a %s worker (pid %d)", worker.mode, await worker.start())
+
     def peers() -> list[Peer]:
         # Without its own name a replica cannot tell itself from its peers: no peers then.
         if not args.pod_name:
@@ -266,10 +286,8 @@ async def serve(args: argparse.Namespace) -> None:
             namespace=args.namespace,
         )
 
-    telemetry = TelemetryService(
-        store=store,
-        is_known_node=lambda node: not index.synced or node in index.nodes,
-        forward=forwarder.forward if forwarder else None,
+    telemetry = WorkerTelemetryService(
+        worker, index=index, forward=forwarder.forward if forwarder else None
     )
     certify = None
     # Every call on the agent port proves which node's agent makes it, once, here (or, for
@@ -319,9 +337,9 @@ async def serve(args: argparse.Namespace) -> None:
         PublicService(
             index=index,
             telemetry=(
-                PrometheusTelemetry(args.prometheus_url, StoreTelemetry(store))
+                PrometheusTelemetry(args.prometheus_url, WorkerTelemetry(worker))
                 if args.prometheus_url
-                else StoreTelemetry(store)
+                else WorkerTelemetry(worker)
             ),
             broker=broker,
             hub=hub,
@@ -339,6 +357,12 @@ async def serve(args: argparse.Namespace) -> None:
     await admin.start(host or "0.0.0.0", int(port))
 
     listeners: list[Listener] = [hub.publish, broker.on_index_changes]
+
+    # The worker checks that a report comes from a node the index knows.
+    def known_nodes_changed(_changes: object, _rev: int) -> None:
+        tasks.spawn(telemetry.on_index_changes(), name="telemetry-nodes")
+
+    listeners.append(known_nodes_changed)
     if forwarder is not None:
         # Peers are known as soon as the index lists them: a report accepted before the first
         # periodic pass would reach no peer.
@@ -374,6 +398,7 @@ async def serve(args: argparse.Namespace) -> None:
     )
     await tasks.cancel_all([t for t in (feed_task, stopper, forward_task) if t is not None])
     await admin.close()
+    worker.close()
     if api is not None:
         api.close()
     log.info("stopped")

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -26,6 +27,9 @@ from controlplane.telemetry_port import (
     StatRow,
     StoreTelemetry,
 )
+
+if TYPE_CHECKING:
+    from controlplane.telemetry_worker import WorkerTelemetry
 
 QUANTILES = (0.5, 0.95, 0.99)
 MIN_WINDOW_S, MAX_WINDOW_S = 10, 3600
@@ -84,7 +88,9 @@ def bucket_quantile(q: float, buckets: dict[float, float]) -> float | None:
 class PrometheusTelemetry:
     """The TelemetryPort over a Prometheus HTTP API; `stat` and `edges` are coroutines."""
 
-    def __init__(self, url: str, reports: StoreTelemetry, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, url: str, reports: StoreTelemetry | WorkerTelemetry, *, timeout_s: float = 10.0
+    ) -> None:
         self.url = url.rstrip("/")
         self.reports = reports
         self.timeout_s = timeout_s
@@ -354,10 +360,10 @@ class PrometheusTelemetry:
 
     # --- from the reports ------------------------------------------------------------------
 
-    def agents(self) -> list[AgentState]:
+    def agents(self) -> list[AgentState] | Awaitable[list[AgentState]]:
         return self.reports.agents()
 
-    def enrolled_pods(self) -> set[tuple[str, str, str]]:
+    def enrolled_pods(self) -> set[tuple[str, str, str]] | Awaitable[set[tuple[str, str, str]]]:
         return self.reports.enrolled_pods()
 
 

@@ -26,6 +26,7 @@ from controlplane.telemetry_port import (
     StatRow,
     TelemetryPort,
 )
+from controlplane.telemetry_worker import WorkerTelemetry
 from nodemesh import tasks
 from nodemesh.access import ResourceAttributes, stats_attributes, tap_attributes
 from nodemesh.api import public_pb2 as pb
@@ -83,6 +84,9 @@ async def _answer(value: T | Awaitable[T]) -> T:
     return value
 
 
+Telemetry = TelemetryPort | PrometheusTelemetry | WorkerTelemetry
+
+
 class Enrolled:
     """Which pods count as meshed: those a live agent says it enrolled (a namespace label
     alone proves nothing: the agent of the pod's node may be down or absent)."""
@@ -112,7 +116,7 @@ class PublicService(pb_grpc.PublicServicer):
         self,
         *,
         index: ClusterIndex,
-        telemetry: TelemetryPort | PrometheusTelemetry,
+        telemetry: Telemetry,
         broker: TapBroker,
         hub: DestinationHub,
         source_name: str,
@@ -149,6 +153,8 @@ class PublicService(pb_grpc.PublicServicer):
         await self.gate.admit(context, stats_attributes(kind + "s", namespace=namespace))
         groups = self._groups(kind, namespace)
         name = request.resource.name
+        # Both questions at once: the telemetry worker answers them one after the other.
+        enrolled = asyncio.ensure_future(_answer(self.telemetry.enrolled_pods()))
         try:
             found = await _answer(
                 self._telemetry(context).stat(
@@ -160,11 +166,13 @@ class PublicService(pb_grpc.PublicServicer):
                 )
             )  # the Prometheus port asks over HTTP
         except BadQuery as exc:
+            enrolled.cancel()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except PrometheusUnavailable as exc:
+            enrolled.cancel()
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         traffic = {(g.namespace, g.name): g for g in found}
-        meshed = Enrolled(self.telemetry.enrolled_pods())
+        meshed = Enrolled(await enrolled)
         rows = []
         for key in sorted(set(groups) | set(traffic)):
             if name and key[1] != name:
@@ -175,7 +183,7 @@ class PublicService(pb_grpc.PublicServicer):
             rows.append(_row(kind, key, pods, traffic.get(key), window, meshed))
         return pb.StatResponse(rows=rows, window_seconds=window)
 
-    def _telemetry(self, context: grpc.aio.ServicerContext) -> TelemetryPort | PrometheusTelemetry:
+    def _telemetry(self, context: grpc.aio.ServicerContext) -> Telemetry:
         """With --prometheus-url, a caller may ask the embedded store instead (metadata
         nodemesh-stats-source: embedded), to compare the two side by side."""
         t = self.telemetry
@@ -401,7 +409,7 @@ class PublicService(pb_grpc.PublicServicer):
     ) -> pb.ListWorkloadsResponse:
         await self.gate.admit(context, stats_attributes("workloads", namespace=request.namespace))
         out = []
-        meshed = Enrolled(self.telemetry.enrolled_pods())
+        meshed = Enrolled(await _answer(self.telemetry.enrolled_pods()))
         for ref, wl in sorted(self.index.workloads.items()):
             if request.namespace and ref.namespace != request.namespace:
                 continue
@@ -425,7 +433,7 @@ class PublicService(pb_grpc.PublicServicer):
         self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListNodesResponse:
         await self.gate.admit(context, stats_attributes("nodes", namespace=""))
-        agents = {a.node: a for a in self.telemetry.agents()}
+        agents = {a.node: a for a in await _answer(self.telemetry.agents())}
         connected = {s.node: s.agent_version for s in self.hub.subscribers}
         # With replicas, an agent streams from one of them; its reports, forwarded to every
         # replica, say it is connected wherever the question is asked.
@@ -433,7 +441,7 @@ class PublicService(pb_grpc.PublicServicer):
         reporting = {a.node for a in agents.values() if a.last_report_unix_ms >= recent}
         names = sorted(set(self.index.nodes) | set(agents) | set(connected))
         out = []
-        meshed = Enrolled(self.telemetry.enrolled_pods())
+        meshed = Enrolled(await _answer(self.telemetry.enrolled_pods()))
         for name in names:
             info = self.index.nodes.get(name)
             pods = _running(self.index.pods_on_node(name))

@@ -13,6 +13,11 @@ of its series has a cell in that bucket, the store's trimming and expiry drop th
 and a series the store evicts is taken back out, so an answer from the groups equals one from a
 scan of the series (tests/unit/telemetry/test_stat_groups.py).
 
+Edges likewise reads `by_kind[EDGE]`: the series of one (direction, source and destination
+namespace, Deployment or else pod, identity, mTLS) summed per bucket (requests and connections
+only), with `owner(namespace, pod)`, the Deployment any held series names a pod with (an inbound
+series names its client pod without one).
+
 Interface: `Groups()`; the store `attach`es each new series once (the resources it feeds), calls
 `join_request` / `join_tcp` when a series opens a cell, `forget` for a series evicted whole,
 `detach` when it lets a series go, and `expire` at each new bucket; `cells` counts the group
@@ -23,7 +28,7 @@ cells held; the query reads `by_kind[kind][(namespace, name)]`, a `GroupSeries` 
 from __future__ import annotations
 
 from array import array
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from controlplane.telemetry.report import RequestKey, TcpKey
 from nodemesh.kinds import KINDS
@@ -49,6 +54,7 @@ class Row(Protocol):
 class GroupCell:
     __slots__ = (
         "start",
+        "keep_latency",
         "members",
         "requests",
         "conns",
@@ -62,8 +68,9 @@ class GroupCell:
         "write_bytes",
     )
 
-    def __init__(self, start: int) -> None:
+    def __init__(self, start: int, *, keep_latency: bool = True) -> None:
         self.start = start
+        self.keep_latency = keep_latency  # an edge's cell counts requests, not their latency
         self.members = 0  # series cells of this bucket counted here
         # While the bucket runs: (success, denied, cell) of each member request series; None
         # once sealed (summed into the fields below).
@@ -102,12 +109,21 @@ class GroupCell:
         """Open connections of the member series whose newest cell is this one."""
         return sum(c.open_connections for series, c in self.conns or () if series[-1] is c)
 
+    def edge_counts(self) -> tuple[int, int]:
+        """Requests and connections opened in this bucket (what Edges counts)."""
+        if self.requests is None:
+            return self.success + self.failure, self.opened
+        return (
+            sum(c.responses for _, _, c in self.requests),
+            sum(c.opened for _, c in self.conns or ()),
+        )
+
     def seal(self) -> None:
         """Sum the members of a complete bucket into the cell (once)."""
         if self.requests is None:
             return
         latency: dict[int, int] = {}
-        _sum_requests(self.requests, self, latency)
+        _sum_requests(self.requests, self, latency if self.keep_latency else None)
         for index in sorted(latency):
             self.latency.append(index)
             self.latency.append(latency[index])
@@ -123,6 +139,14 @@ class GroupCell:
         self.members -= 1
         if self.requests is not None:
             self.requests = [m for m in self.requests if m[2] is not cell]
+            return
+        if not self.keep_latency:
+            if success:
+                self.success -= cell.responses
+            else:
+                self.failure -= cell.responses
+            if denied:
+                self.authz_denied -= cell.responses
             return
         if success:
             self.success -= cell.responses
@@ -154,7 +178,9 @@ class GroupCell:
 
 
 def _sum_requests(
-    requests: list[tuple[bool, bool, RequestCell]], into: Row | GroupCell, latency: dict[int, int]
+    requests: list[tuple[bool, bool, RequestCell]],
+    into: Row | GroupCell,
+    latency: dict[int, int] | None,
 ) -> None:
     """Add the member request cells' counts to `into` and their latency to `latency` (a running
     bucket read by a query, or a bucket being sealed)."""
@@ -165,7 +191,8 @@ def _sum_requests(
             into.failure += cell.responses
         if denied:
             into.authz_denied += cell.responses
-        cell.latency_into(latency)
+        if latency is not None:
+            cell.latency_into(latency)
 
 
 def groups_of(key: RequestKey | TcpKey) -> list[GroupKey]:
@@ -188,13 +215,33 @@ def groups_of(key: RequestKey | TcpKey) -> list[GroupKey]:
     return out
 
 
+# What Edges needs of a series, without the owner lookup it makes at query time: direction, then
+# for the source and the destination namespace, Deployment, pod (only when no Deployment),
+# identity; then whether the traffic had mTLS. Many series (status codes, protocols, nodes) share
+# one.
+EdgeKey = tuple[str, str, str, str, str, str, str, str, str, bool]
+EDGE = "edge"  # the aggregates' table of edges (not a resource kind)
+
+
+def edge_of(key: RequestKey | TcpKey) -> EdgeKey | None:
+    if getattr(key, "route", ""):
+        return None  # the L7 path's view of requests the relay counted too
+    s, d = key.src, key.dst
+    return (
+        key.direction,
+        s.namespace, s.deployment, "" if s.deployment else s.pod, s.identity,
+        d.namespace, d.deployment, "" if d.deployment else d.pod, d.identity,
+        key.tls,
+    )  # fmt: skip
+
+
 class GroupSeries(list[GroupCell]):
     """One resource's cells, oldest first; `refs` counts the store's series that feed it (it
     stays, empty or not, while any does, so a series can hold on to it)."""
 
     __slots__ = ("kind", "name", "refs")
 
-    def __init__(self, kind: str, name: tuple[str, str]) -> None:
+    def __init__(self, kind: str, name: tuple[Any, ...]) -> None:
         super().__init__()
         self.kind = kind
         self.name = name
@@ -214,23 +261,54 @@ Attached = tuple[GroupSeries, ...]
 
 class Groups:
     def __init__(self) -> None:
-        self.by_kind: dict[str, dict[tuple[str, str], GroupSeries]] = {k: {} for k in KINDS}
+        self.by_kind: dict[str, dict[Any, GroupSeries]] = {k: {} for k in (*KINDS, EDGE)}
+        # (namespace, pod) -> {Deployment: series naming the pod with it}: Edges names a client
+        # pod an inbound series saw without its Deployment by what any other series says.
+        self.owners: dict[tuple[str, str], dict[str, int]] = {}
         self.cells = 0
+        # Bumped whenever a complete bucket's cells change (sealed, taken out, dropped): the
+        # query keeps the complete buckets' sums per (kind, window) while it stays the same.
+        self.generation = 0
+        self.sealed_sums: dict[tuple[str, int, int], tuple[int, dict[tuple[str, str], object]]]
+        self.sealed_sums = {}
 
     def attach(self, key: RequestKey | TcpKey) -> Attached:
         """The resources a new series of the store feeds (looked up once, not per report)."""
+        wanted: list[tuple[str, tuple[Any, ...]]] = [
+            (kind, (namespace, name)) for kind, namespace, name in groups_of(key)
+        ]
+        edge = edge_of(key)
+        if edge is not None:
+            wanted.append((EDGE, edge))
         out = []
-        for kind, namespace, name in groups_of(key):
+        for kind, name in wanted:
             table = self.by_kind[kind]
-            found = table.get((namespace, name))
+            found = table.get(name)
             if found is None:
-                found = table[(namespace, name)] = GroupSeries(kind, (namespace, name))
+                found = table[name] = GroupSeries(kind, name)
             found.refs += 1
             out.append(found)
+        for p in (key.src, key.dst):
+            if p.pod and p.deployment:
+                named = self.owners.setdefault((p.namespace, p.pod), {})
+                named[p.deployment] = named.get(p.deployment, 0) + 1
         return tuple(out)
 
-    def detach(self, attached: Attached) -> None:
+    def owner(self, namespace: str, pod: str) -> str:
+        """The Deployment any series names `pod` with ("" if none does)."""
+        named = self.owners.get((namespace, pod))
+        return next(iter(named), "") if named else ""
+
+    def detach(self, key: RequestKey | TcpKey, attached: Attached) -> None:
         """A series the store no longer holds."""
+        for p in (key.src, key.dst):
+            if p.pod and p.deployment:
+                named = self.owners[(p.namespace, p.pod)]
+                named[p.deployment] -= 1
+                if not named[p.deployment]:
+                    del named[p.deployment]
+                    if not named:
+                        del self.owners[(p.namespace, p.pod)]
         for series in attached:
             series.refs -= 1
             if series.refs <= 0 and not series:
@@ -240,7 +318,7 @@ class Groups:
         if series and series[-1].start == start:
             cell = series[-1]
         else:
-            cell = GroupCell(start)
+            cell = GroupCell(start, keep_latency=series.kind != EDGE)
             series.append(cell)
             self.cells += 1
         cell.members += 1
@@ -266,6 +344,7 @@ class Groups:
 
     def forget(self, key: RequestKey | TcpKey, attached: Attached, cells: list[object]) -> None:
         """Take out every cell of a series the store dropped whole."""
+        self.generation += 1
         for series_cell in cells:
             for series in attached:
                 cell = series.at(series_cell.start)  # type: ignore[attr-defined]
@@ -283,6 +362,7 @@ class Groups:
         """At a new bucket: seal the complete cells, let go of the connection lists no gauge
         reads any more, drop every cell before `oldest` (the store dropped those buckets of
         every series)."""
+        self.generation += 1
         fresh_from = current - BUCKET_SECONDS
         for table in self.by_kind.values():
             for name in list(table):

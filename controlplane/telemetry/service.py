@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -38,33 +39,44 @@ PEER = PEER_REPLICA.node  # `authenticated_node` of reports a peer replica forwa
 _registered: dict[int, tuple[CollectorRegistry, Counter, list[Collector]]] = {}
 
 
+StoreGauges = tuple[int, int, int, int]  # series, cells, aggregate cells, series evicted
+
+
+def store_gauges(store: TelemetryStore) -> StoreGauges:
+    """What /metrics shows of the store (a worker process sends these back with each ack)."""
+    return (
+        len(store.request_series) + len(store.tcp_series),
+        store.cells,
+        store.groups.cells,
+        store.stats.series_evicted,
+    )
+
+
 class _StoreCollector(Collector):
-    def __init__(self, store: TelemetryStore) -> None:
-        self.store = store
+    def __init__(self, gauges: Callable[[], StoreGauges]) -> None:
+        self.gauges = gauges
 
     def collect(self) -> Iterator[Metric]:
-        s = self.store
+        series, cells, aggregate_cells, evicted = self.gauges()
         yield GaugeMetricFamily(
-            "nodemesh_telemetry_series",
-            "Series held by the telemetry store",
-            value=len(s.request_series) + len(s.tcp_series),
+            "nodemesh_telemetry_series", "Series held by the telemetry store", value=series
         )
         yield GaugeMetricFamily(
-            "nodemesh_telemetry_cells", "Series x 10 s bucket cells held", value=s.cells
+            "nodemesh_telemetry_cells", "Series x 10 s bucket cells held", value=cells
         )
         yield GaugeMetricFamily(
             "nodemesh_telemetry_aggregate_cells",
             "Resource x 10 s bucket cells of the per-resource aggregates (Stat reads these)",
-            value=s.groups.cells,
+            value=aggregate_cells,
         )
         yield CounterMetricFamily(
             "nodemesh_telemetry_series_evicted",
             "Series dropped (least recently updated first) to stay within the memory bound",
-            value=s.stats.series_evicted,
+            value=evicted,
         )
 
 
-def _metrics(registry: CollectorRegistry, store: TelemetryStore) -> Counter:
+def _metrics(registry: CollectorRegistry, gauges: Callable[[], StoreGauges]) -> Counter:
     held = _registered.get(id(registry))
     if held is None or held[0] is not registry:
         counter = Counter(
@@ -77,7 +89,7 @@ def _metrics(registry: CollectorRegistry, store: TelemetryStore) -> Counter:
     # One store collector per registry: a new service (a restart in tests) replaces the old.
     for old in held[2]:
         registry.unregister(old)
-    collector = _StoreCollector(store)
+    collector = _StoreCollector(gauges)
     registry.register(collector)
     held[2][:] = [collector]
     return held[1]
@@ -94,7 +106,7 @@ class TelemetryService:
     ) -> None:
         self.store = store
         self.is_known_node = is_known_node
-        self.reports = _metrics(registry, store)
+        self.reports = _metrics(registry, partial(store_gauges, store))
         # Replicas: a report from one of our agents goes on to the peers (`forward`); one a
         # peer forwarded (the agent port's interceptor admitted it as PEER) is the agent's own
         # word, checked there.
@@ -118,30 +130,22 @@ class TelemetryService:
 
     def handle(self, raw: bytes, *, authenticated_node: str | None) -> pb.ReportAck:
         """Take or refuse one serialized report; the answer says which and why."""
-        sequence = 0
-        try:
-            try:
-                report = pb.AgentReport.FromString(raw)
-            except DecodeError as e:
-                raise BadReport("garbled", f"not an AgentReport: {e}") from e
-            sequence = report.sequence
-            parsed = parse_report(report, encoded_size=len(raw))
-            if authenticated_node not in (None, PEER) and parsed.node != authenticated_node:
-                raise BadReport(
-                    "node_mismatch",
-                    f"agent of {authenticated_node} reported as {parsed.node}",
-                )
-            if not self.is_known_node(parsed.node):
-                raise BadReport("unknown_agent", f"no node named {parsed.node!r} in the cluster")
-        except BadReport as e:
-            self.reports.labels("refused", e.reason).inc()
-            log.warning("telemetry: refused report %d (%s): %s", sequence, e.reason, e)
-            return pb.ReportAck(sequence=sequence, accepted=False, reason=f"{e.reason}: {e}")
-        self.store.ingest(parsed)
+        ack, reason = take(
+            self.store, raw, authenticated_node=authenticated_node, is_known_node=self.is_known_node
+        )
+        self.settled(raw, ack, reason, authenticated_node=authenticated_node)
+        return ack
+
+    def settled(
+        self, raw: bytes, ack: pb.ReportAck, reason: str, *, authenticated_node: str | None
+    ) -> None:
+        """Count a report the store took or refused; forward a taken one of our agents."""
+        if not ack.accepted:
+            self.reports.labels("refused", reason).inc()
+            return
         self.reports.labels("accepted", "").inc()
         if self.forward is not None and authenticated_node != PEER:
             self.forward(raw)
-        return pb.ReportAck(sequence=sequence, accepted=True)
 
     async def Report(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -150,3 +154,35 @@ class TelemetryService:
         node = caller.node if caller else None
         async for raw in request_iterator:
             yield self.handle(raw, authenticated_node=node)
+
+
+def take(
+    store: TelemetryStore,
+    raw: bytes,
+    *,
+    authenticated_node: str | None,
+    is_known_node: Callable[[str], bool],
+) -> tuple[pb.ReportAck, str]:
+    """Check one serialized report and put it in the store, or refuse it: the ack, and the
+    refusal's reason ("" when taken). Runs where the store lives (controlplane.telemetry_worker
+    runs it in a worker process)."""
+    sequence = 0
+    try:
+        try:
+            report = pb.AgentReport.FromString(raw)
+        except DecodeError as e:
+            raise BadReport("garbled", f"not an AgentReport: {e}") from e
+        sequence = report.sequence
+        parsed = parse_report(report, encoded_size=len(raw))
+        if authenticated_node not in (None, PEER) and parsed.node != authenticated_node:
+            raise BadReport(
+                "node_mismatch",
+                f"agent of {authenticated_node} reported as {parsed.node}",
+            )
+        if not is_known_node(parsed.node):
+            raise BadReport("unknown_agent", f"no node named {parsed.node!r} in the cluster")
+    except BadReport as e:
+        log.warning("telemetry: refused report %d (%s): %s", sequence, e.reason, e)
+        return pb.ReportAck(sequence=sequence, accepted=False, reason=f"{e.reason}: {e}"), e.reason
+    store.ingest(parsed)
+    return pb.ReportAck(sequence=sequence, accepted=True), ""

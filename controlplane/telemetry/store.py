@@ -261,11 +261,11 @@ class TelemetryStore:
             assert req is not None
             self.cells -= len(self.request_series.pop(req[0]))
             self.groups.forget(req[0], req[1].groups, list(req[1]))
-            self.groups.detach(req[1].groups)
+            self.groups.detach(req[0], req[1].groups)
         else:
             self.cells -= len(self.tcp_series.pop(tcp[0]))
             self.groups.forget(tcp[0], tcp[1].groups, list(tcp[1]))
-            self.groups.detach(tcp[1].groups)
+            self.groups.detach(tcp[0], tcp[1].groups)
         self.stats.series_evicted += 1
 
     def expire(self, now: float | None = None) -> None:
@@ -291,4 +291,4 @@ class TelemetryStore:
                 self.stats.cells_expired += stale
             if not cells:
                 del table[key]
-                self.groups.detach(cells.groups)
+                self.groups.detach(key, cells.groups)  # type: ignore[arg-type]

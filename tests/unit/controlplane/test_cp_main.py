@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -174,3 +175,62 @@ async def test_the_ca_issues_identities_of_meshed_pods_and_router_callers_on_the
         assert await certify(legacy + "legacy-app") == grpc.StatusCode.OK  # a router caller
         for sa in ("legacy-far", "legacy-host"):
             assert await certify(legacy + sa) == grpc.StatusCode.PERMISSION_DENIED, sa
+
+
+def _telemetry_workers(pid: int) -> list[int]:
+    """The control plane's child processes started by multiprocessing (not its resource
+    tracker)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                out.append(int(child))
+    return out
+
+
+async def test_pod_changes_reach_agents_while_the_telemetry_store_is_busy(
+    controlplane, tmp_path: Path
+) -> None:
+    """Reports and Stat queries run in the control plane's telemetry worker, not on the loop
+    that serves the agents' destination streams: with that worker stopped (as busy as it can
+    be), a pod change still reaches the agent; Stat answers once it runs again."""
+    proc, ports, issuer, admin = controlplane
+    workers = _telemetry_workers(proc.pid)
+    assert len(workers) == 1, f"expected one telemetry worker process, found {workers}"
+    creds = grpc.ssl_channel_credentials(root_certificates=issuer.anchor.certificate_pem())
+    token = [("authorization", f"Bearer {issuer.tokens['node1']}")]
+    as_admin = [("authorization", f"Bearer {admin}")]
+    os.kill(workers[0], signal.SIGSTOP)
+    try:
+        async with (
+            grpc.aio.secure_channel(f"localhost:{ports['agent']}", creds) as agents,
+            grpc.aio.insecure_channel(f"127.0.0.1:{ports['public']}") as public,
+        ):
+            stat = asyncio.ensure_future(
+                ppb_grpc.PublicStub(public).Stat(
+                    ppb.StatRequest(resource=ppb.Resource(kind="pod"), all_namespaces=True),
+                    metadata=as_admin,
+                    timeout=60,
+                )
+            )
+            call = dpb_grpc.DestinationStub(agents).Subscribe(
+                dpb.SubscribeRequest(node="node1"), metadata=token
+            )
+            first = await asyncio.wait_for(call.read(), 15)
+            assert first.snapshot.last
+            k.LabDir(tmp_path / "lab").put(
+                k.pod("emojivoto", "late-0", node="node1", ip="10.244.1.77", sa="web")
+            )
+            deadline = time.monotonic() + 20
+            seen: list[str] = []
+            while "late-0" not in seen and time.monotonic() < deadline:
+                msg = await asyncio.wait_for(call.read(), deadline - time.monotonic())
+                seen += [p.key.name for p in msg.delta.meshed_pods_updated]
+            assert "late-0" in seen
+            assert not stat.done()  # the store's side is still stopped
+            os.kill(workers[0], signal.SIGCONT)
+            answer = await asyncio.wait_for(stat, 30)
+            assert "web-5d8f7-0" in [r.resource.name for r in answer.rows]
+            call.cancel()
+    finally:
+        os.kill(workers[0], signal.SIGCONT)
