@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
 IDLE_PER_ENDPOINT = 16
 HEADER_TIMEOUT = 60.0  # a client that opened a connection and sends no request head
+# Hop-by-hop headers (RFC 9110 7.6.1) describe one connection, not the request: the client's
+# connection to the agent is not the agent's pooled connection to the endpoint. Forwarding a
+# client's `Connection: close` made every upstream connection single-use, so a client opening a
+# connection per request cost a new mTLS tunnel per request (h11 frames the message itself
+# from content-length / transfer-encoding, which are kept).
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"})
 
 
 class HasKey(Protocol):
@@ -219,6 +225,15 @@ def _header_map(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     return out
 
 
+def hop_by_hop_dropped(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """`headers` without the hop-by-hop ones, including those a Connection header names."""
+    named = set(HOP_BY_HOP)
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(v.strip().lower() for v in value.split(b","))
+    return [(n, v) for n, v in headers if n.lower() not in named]
+
+
 def _modify(headers: list[tuple[bytes, bytes]], m: HeaderModifier) -> list[tuple[bytes, bytes]]:
     if not m:
         return headers
@@ -288,7 +303,7 @@ async def _one(
         status = rule.redirect.status_code
         ctx.observe(Outcome(service, selected.label, "http1", status, ctx.clock() - start))
         return True
-    headers = _modify(headers, rule.request_headers)
+    headers = _modify(hop_by_hop_dropped(headers), rule.request_headers)
     if rule.rewrite is not None:
         if rule.rewrite.path is not None:
             new = rewrite_path(
@@ -476,7 +491,7 @@ class _Shell:
         attempt, head = self.attempt, self.head
         assert attempt is not None and head is not None
         self.status = head.status_code
-        headers = _modify(list(head.headers), self.rule.response_headers)
+        headers = _modify(hop_by_hop_dropped(head.headers), self.rule.response_headers)
         self.writer.write(
             self.conn.send(h11.Response(status_code=head.status_code, headers=headers))
         )
