@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -198,6 +199,8 @@ class H2Pool:
     opened: int = 0
     # One connection attempt per endpoint at a time: requests arriving meanwhile share it.
     connecting: dict[tuple[str, int], asyncio.Lock] = field(default_factory=dict)
+    # How to reach an endpoint; None: the context's (ctx.upstreams.connect).
+    connect: Callable[[Any], Awaitable[Streams]] | None = None
 
     async def get(self, ctx: RouteContext, target: Any) -> _Upstream:
         lock = self.connecting.setdefault(target.key, asyncio.Lock())
@@ -208,7 +211,7 @@ class H2Pool:
             for c in held:
                 if c.usable and c.capacity > 0:
                     return c
-            streams = await ctx.upstreams.connect(target)
+            streams = await (self.connect or ctx.upstreams.connect)(target)
             self.opened += 1
             conn = _Upstream(target, streams)
             held.append(conn)
