@@ -43,6 +43,13 @@ GOAWAY_RESENDS = 10
 GRPC_STATUS = {504: 4, 502: 14, 503: 14, 404: 12, 500: 13}  # DEADLINE_EXCEEDED, UNAVAILABLE ...
 Headers = list[tuple[bytes, bytes]]
 _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+# Flow control is the backpressure: data is acknowledged (WINDOW_UPDATE) only once it has been
+# passed on, so a peer that does not read stops the other side within a stream window, and the
+# agent holds at most that much per stream (it acknowledged everything at once before: a client
+# not reading a 64 MiB answer left all 64 MiB in the agent). The connection windows are large so
+# that one stalled stream does not stop the others sharing its connection.
+STREAM_WINDOW = 256 * 1024
+CONNECTION_WINDOW = 16 * 1024 * 1024
 
 
 class _Side:
@@ -53,6 +60,20 @@ class _Side:
         self.reader, self.writer = streams
         self.window = asyncio.Event()
         self.closed = False
+
+    def open_windows(self) -> None:
+        """After initiate_connection: our stream and connection windows (see STREAM_WINDOW)."""
+        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
+        grow = CONNECTION_WINDOW - self.conn.inbound_flow_control_window
+        if grow > 0:
+            self.conn.increment_flow_control_window(grow)
+
+    def ack(self, size: int, sid: int) -> None:
+        """`size` flow-controlled bytes of stream `sid` were passed on: let the peer send more."""
+        if size and not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+                self.conn.acknowledge_received_data(size, sid)
+                self.flush()
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -123,6 +144,7 @@ class _Upstream(_Side):
         # The server sent GOAWAY: no new streams here; closed once the last one is done.
         self.going_away = False
         self.conn.initiate_connection()
+        self.open_windows()
         self.flush()
         self.task = asyncio.ensure_future(self._read())
 
@@ -146,7 +168,11 @@ class _Upstream(_Side):
         return sid, queue
 
     def done(self, sid: int) -> None:
-        self.queues.pop(sid, None)
+        queue = self.queues.pop(sid, None)
+        while queue is not None and not queue.empty():
+            left = queue.get_nowait()  # never passed on: give the connection window back
+            if isinstance(left, h2.events.DataReceived):
+                self.ack(left.flow_controlled_length, sid)
         if self.going_away and not self.queues:
             self.writer.close()  # the server's last answer is in: nothing more will come
 
@@ -184,11 +210,11 @@ class _Upstream(_Side):
                 self.writer.close()
             return
         sid = getattr(event, "stream_id", None)
-        if isinstance(event, h2.events.DataReceived):
-            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         queue = self.queues.get(sid) if sid else None
         if queue is not None:
-            queue.put_nowait(event)
+            queue.put_nowait(event)  # a DataReceived is acknowledged once the client took it
+        elif isinstance(event, h2.events.DataReceived):
+            self.ack(event.flow_controlled_length, event.stream_id)
 
 
 @dataclass
@@ -230,6 +256,8 @@ class _Request:
     sid: int
     headers: Headers
     chunks: list[bytes] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # each chunk's flow-controlled length
+    acked: int = 0  # chunks acknowledged to the client (sent upstream)
     size: int = 0
     ended: bool = False
     freed: bool = False  # body bytes were dropped after sending (past the retry buffer)
@@ -250,6 +278,7 @@ async def serve(
     cfg = h2.config.H2Configuration(client_side=False, header_encoding=None)
     down = _Side(h2.connection.H2Connection(cfg), (reader, writer))
     down.conn.initiate_connection()
+    down.open_windows()
     down.flush()
     requests: dict[int, _Request] = {}
     try:
@@ -266,14 +295,14 @@ async def serve(
                         _stream(ctx, pool, down, req, requests, service, port)
                     )
                 elif isinstance(event, h2.events.DataReceived):
-                    down.conn.acknowledge_received_data(
-                        event.flow_controlled_length, event.stream_id
-                    )
                     got = requests.get(event.stream_id)
-                    if got is not None:
+                    if got is not None:  # acknowledged once sent upstream (_Shell._pump)
                         got.chunks.append(event.data)
+                        got.sizes.append(event.flow_controlled_length)
                         got.size += len(event.data)
                         got.changed.set()
+                    else:
+                        down.ack(event.flow_controlled_length, event.stream_id)
                 elif isinstance(event, h2.events.StreamEnded):
                     got = requests.get(event.stream_id)
                     if got is not None:
@@ -390,6 +419,9 @@ async def _stream(
     finally:
         shell.cancel()
         requests.pop(req.sid, None)
+        # Body the upstream never got (answered early, reset): give the client its window back.
+        down.ack(sum(req.sizes[req.acked :]), req.sid)
+        req.acked = len(req.sizes)
     ctx.observe(
         Outcome(
             service,
@@ -611,6 +643,9 @@ class _Shell:
             while True:
                 while sent < len(self.req.chunks):
                     await up.send_data(sid, self.req.chunks[sent])
+                    if sent >= self.req.acked:  # a retry sends it again: acknowledged once
+                        self.down.ack(self.req.sizes[sent], self.req.sid)
+                        self.req.acked = sent + 1
                     if self.req.size > ex.BODY_LIMIT:
                         # Past the retry buffer nothing will be re-sent: keep no copy.
                         self.req.chunks[sent] = b""
@@ -655,6 +690,8 @@ class _Shell:
                 if isinstance(event, h2.events.DataReceived):
                     await self.down.send_data(sid, event.data, end=event.stream_ended is not None)
                     ended = event.stream_ended is not None
+                    if self.up is not None:  # the client took it: the server may send more
+                        self.up.ack(event.flow_controlled_length, self.up_sid)
                 elif isinstance(event, h2.events.TrailersReceived):
                     self._note_grpc_status(event.headers)
                     self.down.conn.send_headers(sid, list(event.headers), end_stream=True)
