@@ -289,3 +289,48 @@ def test_a_client_that_stops_reading_holds_the_answer_back(
     assert max(growth.values()) < RSS_GROWTH_LIMIT_MIB, (
         f"agent RSS grew by {growth} MiB while a client held a {BIG_MIB} MiB answer unread"
     )
+
+
+def test_tap_shows_the_requests_the_l7_path_answered(lab: tuple[LabPaths, Path]) -> None:
+    """`nodemesh tap deploy/client` while the client calls the routed Service: each request
+    shows once on the client's side, with its method, path, status, latency and route (the L7
+    path's requests were not tapped at all, and the relay's second pass saw them without a
+    route)."""
+    paths, _ = lab
+    tap = subprocess.Popen(
+        [NODEMESH, "tap", "deploy/client", "-n", NS, "--lab", paths.name, "--path", "/tapme",
+         "--duration", "40"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(5)  # the subscription reaches the agents
+        for i in range(5):
+            out = exec_in_client(paths, "curl", "-sS", "-m", "20", f"http://routed:8080/tapme/{i}")
+            assert out == "ok\n", out
+        deadline = time.monotonic() + 20
+        lines: list[str] = []
+        assert tap.stdout is not None
+        os.set_blocking(tap.stdout.fileno(), False)
+        while time.monotonic() < deadline and sum("end " in x[:4] for x in lines) < 5:
+            chunk = tap.stdout.readline()
+            if chunk:
+                lines.append(chunk.strip())
+            else:
+                time.sleep(0.2)
+    finally:
+        tap.send_signal(signal.SIGINT)
+        try:
+            tap.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            tap.kill()
+            tap.communicate()
+    shown = "\n".join(lines)
+    reqs = [x for x in lines if x.startswith("req ") and "proxy=out" in x]
+    assert len(reqs) == 5, shown
+    for i in range(5):
+        (req,) = [x for x in reqs if f":path=/tapme/{i} " in x + " "]
+        assert ":method=GET" in req and f"route={NS}/routed/0" in req, req
+    rsps = [x for x in lines if x.startswith("rsp ") and "proxy=out" in x]
+    assert len(rsps) == 5 and all(":status=200" in x and "latency=" in x for x in rsps), shown
+    ends = [x for x in lines if x.startswith("end ") and "proxy=out" in x]
+    assert len(ends) == 5 and all("duration=" in x for x in ends), shown

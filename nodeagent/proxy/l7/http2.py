@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from nodeagent.proxy.l7.http1 import Outcome, RouteContext, Streams, _choices
+from nodeagent.proxy.l7.http1 import Outcome, RequestHead, RouteContext, Streams, _choices
 from nodemesh.model import ServiceKey
 from nodemesh.routing import exchange as ex
 from nodemesh.routing.model import HeaderModifier, RouteRule
@@ -358,6 +359,8 @@ async def _stream(
     path, _, query = target.partition("?")
     plain = {n.decode("latin-1"): v.decode("latin-1") for n, v in req.headers}
     grpc = plain.get("content-type", "").startswith("application/grpc")
+    authority = pseudo.get(b":authority", b"").decode("latin-1")
+    head = RequestHead(method, authority, target, time.time())
     selected: Selected | None = None
     rule: RouteRule | None = None
     if ctx.routes.routed(service, port):
@@ -379,6 +382,7 @@ async def _stream(
                     404,
                     ctx.clock() - start,
                     grpc_status=GRPC_STATUS[404] if grpc else None,
+                    head=head,
                 )
             )
             requests.pop(req.sid, None)
@@ -431,6 +435,10 @@ async def _stream(
             ctx.clock() - start,
             x.retries,
             shell.grpc_status if grpc else None,
+            head=head,
+            endpoint=shell.last_target,
+            first_byte_s=None if shell.head_at is None else shell.head_at - start,
+            response_bytes=shell.response_bytes,
         )
     )
 
@@ -498,6 +506,9 @@ class _Shell:
         self.status = 0
         self.grpc_status: int | None = None  # from the answer's trailers (gRPC)
         self.target: Any = None
+        self.last_target: Any = None  # the endpoint tried last (kept after release)
+        self.head_at: float | None = None
+        self.response_bytes = 0
 
     def _replayable(self) -> None:
         self.x.replayable = self.req.ended and self.req.size <= ex.BODY_LIMIT
@@ -580,6 +591,7 @@ class _Shell:
         if target is None:
             return ex.UpstreamFailed(f"{service} has no ready endpoint", False, self.ctx.clock())
         self.tried.add(target.key)
+        self.last_target = target
         headers = [(n, v) for n, v in self.headers]
         if backend is not None:
             headers = [
@@ -615,7 +627,7 @@ class _Shell:
             if isinstance(event, h2.events.ResponseReceived):
                 if not fresh:  # a new connection's first answer waited for its set-up too
                     balancer.observe(target.key, self.ctx.clock() - started, now=self.ctx.clock())
-                self.head = event
+                self.head, self.head_at = event, self.ctx.clock()
                 status = int(_pseudo(list(event.headers)).get(b":status", b"502"))
                 grpc_status = None
                 if self.grpc and event.stream_ended is not None:  # trailers-only: a call's end
@@ -688,6 +700,7 @@ class _Shell:
                     self.down.reset(sid)
                     return
                 if isinstance(event, h2.events.DataReceived):
+                    self.response_bytes += len(event.data)
                     await self.down.send_data(sid, event.data, end=event.stream_ended is not None)
                     ended = event.stream_ended is not None
                     if self.up is not None:  # the client took it: the server may send more

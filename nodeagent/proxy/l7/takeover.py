@@ -77,11 +77,31 @@ def _client(pod: PodListeners) -> Peer:
     return peers.of_pod(info, ip=p.ip, namespace=p.namespace, name=p.name)
 
 
+def _answered_by(pod: PodListeners, outcome: http1.Outcome) -> Peer:
+    """The endpoint a request went to, or the Service when none was reached."""
+    service = pod.runtime.table.services.get(outcome.service)
+    if outcome.endpoint is not None:
+        return peers.of_target(outcome.endpoint, service)
+    ip = service.cluster_ips[0] if service is not None and service.cluster_ips else ""
+    key = outcome.service
+    return peers.peer(ip, namespace=key.namespace, service=key.name)
+
+
+def _tunnelled(pod: PodListeners, outcome: http1.Outcome) -> bool:
+    target = outcome.endpoint
+    return target is not None and target.meshed and pod.runtime.certs is not None
+
+
 def _state(pod: PodListeners, dialer: l7dial.Dial) -> PodL7:
     rt = pod.runtime
     held = rt.l7.get(pod.pod.netns)
     if held is None:
-        metrics = RouteMetrics(src=partial(_client, pod), emit=rt.sink.route)
+        metrics = RouteMetrics(
+            src=partial(_client, pod),
+            sink=rt.sink,
+            dst=partial(_answered_by, pod),
+            tls=partial(_tunnelled, pod),
+        )
         ctx = http1.RouteContext(
             routes=rt.table.routes,
             upstreams=http1.Upstreams(
