@@ -259,7 +259,7 @@ def test_a_client_that_stops_reading_holds_the_answer_back(
     paths, work = lab
     pids = {node: agent_pid(paths, node) for node in ("node1", "node2")}
     before = {node: rss_mib(pid) for node, pid in pids.items()}
-    hold = 25.0
+    hold = 16.0
     client = subprocess.Popen(
         [NODEMESH, "lab", "exec", "--name", paths.name, "-n", NS, "deploy/client", "--",
          sys.executable, str(work / "stalled.py"), kind, service, str(port), str(hold)],
@@ -270,7 +270,7 @@ def test_a_client_that_stops_reading_holds_the_answer_back(
         said = client.stdout.readline().strip()
         assert said == "sent", client.stderr.read() if client.stderr else said
         peak = dict(before)
-        deadline = time.monotonic() + hold - 5
+        deadline = time.monotonic() + hold - 6
         while time.monotonic() < deadline:
             for node, pid in pids.items():
                 peak[node] = max(peak[node], rss_mib(pid))
@@ -303,7 +303,7 @@ def test_tap_shows_the_requests_the_l7_path_answered(lab: tuple[LabPaths, Path])
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        time.sleep(5)  # the subscription reaches the agents
+        time.sleep(3)  # the subscription reaches the agents
         for i in range(5):
             out = exec_in_client(paths, "curl", "-sS", "-m", "20", f"http://routed:8080/tapme/{i}")
             assert out == "ok\n", out
