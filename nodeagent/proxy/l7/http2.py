@@ -51,6 +51,11 @@ _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
 # that one stalled stream does not stop the others sharing its connection.
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
+# A request body past the retry buffer is dropped once sent, but only once the server has shown
+# it took the stream (a WINDOW_UPDATE for it): a stream the server refuses with its GOAWAY never
+# reached the app and goes again on another connection, body and all. Until then the server's
+# initial window bounds what was sent; this bounds what is kept even if that window is huge.
+KEEP_UNCONFIRMED = 1024 * 1024
 
 
 class _Side:
@@ -142,6 +147,7 @@ class _Upstream(_Side):
         super().__init__(_ClientConnection(cfg), streams)
         self.target = target
         self.queues: dict[int, asyncio.Queue[Any]] = {}
+        self.confirmed: set[int] = set()  # streams the server sent a WINDOW_UPDATE for
         # The server sent GOAWAY: no new streams here; closed once the last one is done.
         self.going_away = False
         self.conn.initiate_connection()
@@ -170,6 +176,7 @@ class _Upstream(_Side):
 
     def done(self, sid: int) -> None:
         queue = self.queues.pop(sid, None)
+        self.confirmed.discard(sid)
         while queue is not None and not queue.empty():
             left = queue.get_nowait()  # never passed on: give the connection window back
             if isinstance(left, h2.events.DataReceived):
@@ -197,6 +204,8 @@ class _Upstream(_Side):
 
     def _dispatch(self, event: Any) -> None:
         if isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            if isinstance(event, h2.events.WindowUpdated) and event.stream_id in self.queues:
+                self.confirmed.add(event.stream_id)
             self.window.set()
             return
         if isinstance(event, h2.events.ConnectionTerminated):
@@ -262,6 +271,7 @@ class _Request:
     size: int = 0
     ended: bool = False
     freed: bool = False  # body bytes were dropped after sending (past the retry buffer)
+    kept: int = 0  # chunks before this one were dropped (freed)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -658,11 +668,16 @@ class _Shell:
                     if sent >= self.req.acked:  # a retry sends it again: acknowledged once
                         self.down.ack(self.req.sizes[sent], self.req.sid)
                         self.req.acked = sent + 1
-                    if self.req.size > ex.BODY_LIMIT:
-                        # Past the retry buffer nothing will be re-sent: keep no copy.
-                        self.req.chunks[sent] = b""
-                        self.req.freed = True
                     sent += 1
+                    req = self.req
+                    if req.size > ex.BODY_LIMIT and (
+                        sid in up.confirmed or sum(req.sizes[req.kept : sent]) > KEEP_UNCONFIRMED
+                    ):
+                        # Past the retry buffer nothing will be re-sent: keep no copy.
+                        for i in range(req.kept, sent):
+                            req.chunks[i] = b""
+                        req.kept = sent
+                        req.freed = True
                 if self.req.ended:
                     up.conn.end_stream(sid)
                     up.flush()
