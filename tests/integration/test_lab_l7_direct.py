@@ -259,7 +259,7 @@ def test_a_client_that_stops_reading_holds_the_answer_back(
     paths, work = lab
     pids = {node: agent_pid(paths, node) for node in ("node1", "node2")}
     before = {node: rss_mib(pid) for node, pid in pids.items()}
-    hold = 16.0
+    hold = 12.0
     client = subprocess.Popen(
         [NODEMESH, "lab", "exec", "--name", paths.name, "-n", NS, "deploy/client", "--",
          sys.executable, str(work / "stalled.py"), kind, service, str(port), str(hold)],
