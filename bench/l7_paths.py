@@ -3,16 +3,23 @@ Services, `plain` (no route: the relay) and `routed` (an HTTPRoute with a timeou
 rule under the default budget: the L7 path). Results: bench/results/l7_paths.txt.
 
     sudo .venv/bin/python -m bench.l7_paths [--requests 4000] [--concurrency 4]
+    sudo .venv/bin/python -m bench.l7_paths --rates [--seconds 10] [--rate 200] [--label after]
+
+`--rates`: fixed-rate runs instead (hey -q), keep-alive and a new connection per request, each
+path in turn for `--rounds` rounds (medians and spread), with the agent's CPU seconds per 1000
+requests and the load average around the run; appended to bench/results/l7_rates.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,12 +116,118 @@ def hey(lab: str, svc: str, n: int, c: int) -> str:
             f"p99 {float(p99[1]) * 1000:6.2f} ms  statuses {dict(codes)}")  # fmt: skip
 
 
+def agent_pid(lab: str) -> int:
+    from nodemesh.lab.paths import LabPaths
+
+    netns = LabPaths(lab).node_netns("node1")
+    pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
+                          check=True).stdout.split()  # fmt: skip
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(part.endswith(b"nodemesh-agent") for part in cmdline[:2]):
+            return int(pid)
+    raise RuntimeError(f"no nodemesh-agent in {netns}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def rate_run(lab: str, pid: int, svc: str, rate: int, seconds: float, newconn: bool) -> dict:
+    url = f"http://{svc}.{NS}.svc.cluster.local/"
+    conns = 4
+    args = ["hey", "-z", f"{seconds}s", "-c", str(conns), "-q", str(rate // conns)]
+    if newconn:
+        args.append("-disable-keepalive")
+    cpu0 = cpu_seconds(pid)
+    out = nm("lab", "exec", "--name", lab, "-n", NS, "deploy/client", "--", *args, url)
+    cpu = cpu_seconds(pid) - cpu0
+    done = sum(int(n) for n in re.findall(r"\[\d{3}\]\s+(\d+) responses", out))
+    ok = sum(int(n) for c, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out) if c == "200")
+    q = {k: re.search(rf"{k}%+ in ([\d.]+) secs", out) for k in ("50", "99")}
+    return {
+        "p50_ms": float(q["50"][1]) * 1000 if q["50"] else float("nan"),
+        "p99_ms": float(q["99"][1]) * 1000 if q["99"] else float("nan"),
+        "rps": done / seconds, "ok": ok, "done": done,
+        "cpu_per_1000": cpu / done * 1000 if done else float("nan"),
+    }  # fmt: skip
+
+
+def rates(args: argparse.Namespace) -> None:
+    import statistics
+
+    rows: dict[tuple[str, str], list[dict]] = {}
+    with one_node_lab("l7b", manifests()) as lab:
+        subprocess.run(["sleep", "2"], check=True)
+        pid = agent_pid(lab)
+        hey(lab, "plain", 200, 4)  # warm both paths
+        hey(lab, "routed", 200, 4)
+        load_before = loadavg()
+        for _ in range(args.rounds):
+            for kind in ("keep-alive", "new connection each"):
+                for svc in ("plain", "routed"):
+                    r = rate_run(lab, pid, svc, args.rate, args.seconds, kind != "keep-alive")
+                    rows.setdefault((kind, svc), []).append(r)
+        load_after = loadavg()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    lines = [
+        f"## {args.label}: {stamp}, commit {commit()}, {args.rate} rps, {args.rounds} rounds of "
+        f"{args.seconds:g} s per row, load average {load_before} -> {load_after}",
+        "",
+        "| load | path | p50 ms (spread) | p99 ms (spread) | achieved rps | 200s / done | "
+        "agent CPU s / 1000 req |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (kind, svc), rs in rows.items():
+        def med(key: str, rs: list[dict] = rs) -> str:
+            vals = [r[key] for r in rs]
+            return f"{statistics.median(vals):.3g} ({min(vals):.3g}-{max(vals):.3g})"
+
+        path = "relay (plain)" if svc == "plain" else "L7 (routed)"
+        ok = sum(r["ok"] for r in rs)
+        done = sum(r["done"] for r in rs)
+        rps = statistics.median(r["rps"] for r in rs)
+        cpu = statistics.median(r["cpu_per_1000"] for r in rs)
+        lines.append(f"| {kind} | {path} | {med('p50_ms')} | {med('p99_ms')} | {rps:.0f} | "
+                     f"{ok}/{done} | {cpu:.3f} |")  # fmt: skip
+    text = "\n".join(lines) + "\n\n"
+    with open(args.rates_out, "a") as f:
+        f.write(text)
+    print(text, end="")
+
+
+def commit() -> str:
+    res = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True)  # fmt: skip
+    here = str(Path(__file__).parent)
+    dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--", "../nodeagent"],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    return res.stdout.strip() + ("+changes" if dirty.strip() else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "l7_paths.txt"))
+    ap.add_argument("--rates", action="store_true", help="fixed-rate runs (see the docstring)")
+    ap.add_argument("--rate", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--label", default="run")
+    ap.add_argument("--rates-out", default=str(Path(__file__).parent / "results" / "l7_rates.md"))
     args = ap.parse_args()
+    if args.rates:
+        rates(args)
+        return
     with one_node_lab("l7b", manifests()) as lab:
         subprocess.run(["sleep", "2"], check=True)
         hey(lab, "plain", 200, args.concurrency)  # warm both paths

@@ -49,6 +49,7 @@ class Bench:
     bins: dict[str, Path]
     grpc_script: Path
     paths: dict[str, PathSetup] = field(default_factory=dict)
+    only: tuple[str, ...] = PATHS  # the paths deployed and measured (`direct` first)
 
     # --- setting up -----------------------------------------------------------------------
 
@@ -69,7 +70,7 @@ class Bench:
         )
         bins = manifests.Binaries(http_server=self.bins["server"], grpc_script=self.grpc_script)
         objects: list[dict[str, Any]] = []
-        for path in PATHS:
+        for path in self.only:
             objects += manifests.path_objects(
                 path, bins=bins, client_node=CLIENT_NODE, server_node=SERVER_NODE,
                 haproxy_dir=hdir, files=workdir,
@@ -79,8 +80,9 @@ class Bench:
             manifests.render([o for o in objects if not manifests.deferred(o)]), timeout=240
         )
         # haproxy-http's haproxy-A balances over the server pods' own addresses.
-        http_servers = [p["ip"] for p in self.lab.pods(NAMESPACES["haproxy-http"], "server")]
-        if len(http_servers) != manifests.L7_REPLICAS:
+        http_ns = NAMESPACES["haproxy-http"]
+        http_servers = [p["ip"] for p in self.lab.pods(http_ns, "server")] if later else []
+        if later and len(http_servers) != manifests.L7_REPLICAS:
             raise RuntimeError(f"haproxy-http: {len(http_servers)} server pods ready, "
                                f"expected {manifests.L7_REPLICAS}")  # fmt: skip
         (hdir / "client-http.cfg").write_text(
@@ -89,9 +91,10 @@ class Bench:
                 retries=manifests.ROUTE_RETRY_ATTEMPTS, retry_codes=manifests.ROUTE_RETRY_CODES,
             )
         )  # fmt: skip
-        self.lab.apply(manifests.render(later), timeout=120)
+        if later:
+            self.lab.apply(manifests.render(later), timeout=120)
         agents = self.lab.agent_pids()
-        for path in PATHS:
+        for path in self.only:
             ns = NAMESPACES[path]
             client = self.lab.pod(ns, "client")
             target = Target(self.lab.pod_netns(client), self.lab.service_ip(ns, manifests.SERVICE))
@@ -161,11 +164,12 @@ class Bench:
 
     def interleaved(
         self, one: Callable[[str, float], dict[str, Any]], *, requests: float, seconds: float,
-        rounds: int, paths: tuple[str, ...] = PATHS,
+        rounds: int, paths: tuple[str, ...] = (),
     ) -> dict[str, Any]:  # fmt: skip
         """`rounds` turns of every path in `paths` (direct first) in a row (`one(path, seconds)`
         returns a raw run). A turn whose load generator lagged, or whose direct run caught a
         noise burst, is run again (up to `rounds` extra turns in all) and marked in `turns`."""
+        paths = paths or self.only
         raws: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
         turns: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
         cpu: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
@@ -450,4 +454,42 @@ def run(lab: Lab, plan: RunPlan, *, workdir: Path) -> dict[str, Any]:
     out["resources"]["idle_pods"] = {"count": plan.idle_pods, "node": CLIENT_NODE}
     lab.delete(idle_text, namespace=manifests.IDLE_NAMESPACE)
     out["resources"]["rss_after_idle_pods_left_bytes"] = bench.rss()["nodemesh"]
+    return out
+
+
+L7_ONLY = ("direct", "nodemesh-l7", "haproxy-http")
+
+
+def run_l7(lab: Lab, plan: RunPlan, *, workdir: Path) -> dict[str, Any]:
+    """`make bench` restricted to the L7 paths (and direct, which judges each turn's noise):
+    the HTTP keep-alive rates and the new-connection run, as in `run`."""
+    bins = native.build(workdir / "bin")
+    bench = Bench(lab, plan, bins, Path(__file__).resolve().parent / "grpc_echo.py",
+                  only=L7_ONLY)  # fmt: skip
+    log.info("deploying the paths: %s", ", ".join(L7_ONLY))
+    bench.deploy(workdir)
+    out: dict[str, Any] = {"plan": plan.to_dict(), "paths": {p: {} for p in L7_ONLY}}
+    for path in L7_ONLY:
+        bench.http(path, plan.rates[0], duration=min(plan.duration, 2.0))
+    for rate in plan.rates:
+        runs = bench.http_interleaved(rate, duration=plan.duration, rounds=plan.rounds)
+        for path, summary in runs.items():
+            out["paths"][path].setdefault("http", {})[str(rate)] = summary
+
+    def newconn_turn(path: str, seconds: float) -> dict[str, Any]:
+        return workloads.http_raw(
+            bench.paths[path].target, loadgen=bins["loadgen"], port=HTTP_PORT,
+            rate=plan.newconn_rate, duration=seconds, warmup=plan.warmup, conns=plan.conns,
+            newconn=True,
+        )  # fmt: skip
+
+    log.info("newconn @%d rps, %d interleaved turns", plan.newconn_rate, plan.rounds)
+    seconds = plan.other_duration / plan.rounds
+    cells = bench.interleaved(newconn_turn, requests=plan.newconn_rate * (plan.warmup + seconds),
+                              seconds=seconds, rounds=plan.rounds)  # fmt: skip
+    for path, cell in cells.items():
+        out["paths"][path]["newconn"] = cell
+    out["path_checks"] = {
+        "nodemesh_l7_requests": checks.l7_requests(lab, namespace=NAMESPACES["nodemesh-l7"])
+    }
     return out

@@ -99,6 +99,7 @@ class RequestStarted:
     at: float  # time.time()
     src_port: int = 0
     dst_port: int = 0
+    route: str = ""  # the mesh route rule that carried it (the L7 path), "" when none
 
 
 @dataclass(slots=True)

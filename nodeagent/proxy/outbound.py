@@ -88,17 +88,19 @@ def report_failed(
     sink.tcp_closed(TcpClosed(conn_id, direction, src, dst, "tcp", tls, 0, 0, 0.0, error))
 
 
-async def _connect(
+async def dial_upstream(
     relay: Relay,
     pod: Caller,
     info: PodInfo | None,
     target: Target,
-    route: Route,
     *,
+    opaque: bool,
     timeout: float,
     handshake: float = HANDSHAKE_TIMEOUT,
 ) -> bool:
-    """Open the upstream to `target` (tunnel when meshed); True when it is mTLS."""
+    """Open the relay's upstream to `target` as `pod` (the mTLS tunnel when meshed, with the
+    pod's identity; never plaintext to a meshed pod); True when it is mTLS. The L7 path dials
+    its upstream connections with this too (nodeagent.proxy.l7.dial)."""
     rt = pod.runtime
     loop = asyncio.get_running_loop()
     identity = info.identity if info is not None else ""
@@ -133,7 +135,7 @@ async def _connect(
         target=target,
         source_namespace=pod.pod.namespace,
         source_pod=pod.pod.name,
-        opaque=route.opaque or target.opaque,
+        opaque=opaque or target.opaque,
         resume=rt.certs.resume,
         timeout=handshake,
     )
@@ -189,7 +191,7 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
     if route.service is not None and route.service.router and rt.host_routed is not None:
         await rt.host_routed(relay, pod)  # routed by what its requests name, not by the VIP
         return
-    if await takeover.try_take(relay, pod, route):
+    if await takeover.try_take(relay, pod, route, dial=dial_upstream):
         return
     error = await connect_route(relay, pod, route, info=info, src=src)
     if error is not None:
@@ -238,12 +240,12 @@ async def connect_route(
         target = step.target
         started = time.monotonic()
         try:
-            tls = await _connect(
+            tls = await dial_upstream(
                 relay,
                 pod,
                 info,
                 target,
-                route,
+                opaque=route.opaque,
                 timeout=step.timeout,
                 handshake=HANDSHAKE_TIMEOUT if step.more else LAST_HANDSHAKE_TIMEOUT,
             )

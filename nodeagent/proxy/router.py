@@ -352,7 +352,9 @@ async def route_request(
         # A meshed caller's requests to a Service with mesh routes take the L7 path as its
         # captured ones do (timeouts, retries, splits, filters), in origin form.
         gated: Any = GatedRelay(relay, gate)  # a Relay to the L7 path
-        if isinstance(caller, PodListeners) and await takeover.try_take(gated, caller, route):
+        if isinstance(caller, PodListeners) and await takeover.try_take(
+            gated, caller, route, dial=outbound.dial_upstream
+        ):
             return
     src = peers.of_pod(info, ip=info.ip, namespace=info.key.namespace, name=info.key.name)
     loop = asyncio.get_running_loop()

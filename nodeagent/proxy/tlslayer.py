@@ -68,6 +68,13 @@ class TlsTransport:
         raw = self._layer.raw
         return raw.get_extra_info(name, default) if raw is not None else default
 
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Hand the plaintext to another protocol (as asyncio's transports allow)."""
+        self._layer.app_protocol = protocol  # type: ignore[assignment]
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._layer.app_protocol
+
     def get_write_buffer_size(self) -> int:
         raw = self._layer.raw
         return raw.get_write_buffer_size() if raw is not None else 0

@@ -99,18 +99,20 @@ class TapPeer(_message.Message):
     def __init__(self, ip: _Optional[str] = ..., port: _Optional[int] = ..., namespace: _Optional[str] = ..., pod: _Optional[str] = ..., workload_kind: _Optional[str] = ..., workload: _Optional[str] = ..., service: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
 
 class RequestInit(_message.Message):
-    __slots__ = ("method", "scheme", "authority", "path", "protocol")
+    __slots__ = ("method", "scheme", "authority", "path", "protocol", "route")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     SCHEME_FIELD_NUMBER: _ClassVar[int]
     AUTHORITY_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     method: str
     scheme: str
     authority: str
     path: str
     protocol: str
-    def __init__(self, method: _Optional[str] = ..., scheme: _Optional[str] = ..., authority: _Optional[str] = ..., path: _Optional[str] = ..., protocol: _Optional[str] = ...) -> None: ...
+    route: str
+    def __init__(self, method: _Optional[str] = ..., scheme: _Optional[str] = ..., authority: _Optional[str] = ..., path: _Optional[str] = ..., protocol: _Optional[str] = ..., route: _Optional[str] = ...) -> None: ...
 
 class ResponseInit(_message.Message):
     __slots__ = ("status", "since_request_us")

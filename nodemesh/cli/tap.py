@@ -65,6 +65,8 @@ def line(ev: tap_pb2.TapEvent, *, wide: bool = False) -> str:
     if kind == "req":
         r = ev.req
         parts += [f":method={r.method}", f":authority={r.authority}", f":path={r.path}"]
+        if r.route:
+            parts.append(f"route={r.route}")
     elif kind == "rsp":
         parts += [f":status={ev.rsp.status}", f"latency={ev.rsp.since_request_us}us"]
     elif kind == "end":

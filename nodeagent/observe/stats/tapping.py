@@ -154,6 +154,7 @@ class Taps:
             authority=started.authority,
             path=started.path,
             protocol=PROTOCOL_NAMES.get(started.protocol, started.protocol),
+            route=started.route,
         )
         for sub_id in chosen:
             ev = self._event(sub_id, started.req_id, admitted, started.at)

@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
 IDLE_PER_ENDPOINT = 16
 HEADER_TIMEOUT = 60.0  # a client that opened a connection and sends no request head
+# Hop-by-hop headers (RFC 9110 7.6.1) describe one connection, not the request: the client's
+# connection to the agent is not the agent's pooled connection to the endpoint. Forwarding a
+# client's `Connection: close` made every upstream connection single-use, so a client opening a
+# connection per request cost a new mTLS tunnel per request (h11 frames the message itself
+# from content-length / transfer-encoding, which are kept).
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"})
 
 
 class HasKey(Protocol):
@@ -84,8 +90,18 @@ class Upstreams:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestHead:
+    """What the client asked, as tap and the request metrics show it."""
+
+    method: str
+    authority: str
+    path: str
+    started_at: float  # time.time()
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
-    """What the L7 path did with one request: the per-route metrics' input."""
+    """What the L7 path did with one request: the per-route and request metrics' input."""
 
     service: ServiceKey  # the Service the client called (the routes' parent)
     route: str  # the rule's label (Route.rule_label), "" when no route rule took it
@@ -94,6 +110,10 @@ class Outcome:
     seconds: float
     retries: int = 0
     grpc_status: int | None = None
+    head: RequestHead | None = None
+    endpoint: Any = None  # the Target that answered (or was tried last); None: nobody was
+    first_byte_s: float | None = None  # to the answer's head
+    response_bytes: int = 0
 
 
 Observe = Callable[[Outcome], None]
@@ -219,6 +239,15 @@ def _header_map(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     return out
 
 
+def hop_by_hop_dropped(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """`headers` without the hop-by-hop ones, including those a Connection header names."""
+    named = set(HOP_BY_HOP)
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(v.strip().lower() for v in value.split(b","))
+    return [(n, v) for n, v in headers if n.lower() not in named]
+
+
 def _modify(headers: list[tuple[bytes, bytes]], m: HeaderModifier) -> list[tuple[bytes, bytes]]:
     if not m:
         return headers
@@ -262,6 +291,8 @@ async def _one(
     path, _, query = target_bytes.partition("?")
     method = request.method.decode("latin-1")
     headers = list(request.headers)
+    host = next((v for n, v in headers if n.lower() == b"host"), b"").decode("latin-1")
+    head = RequestHead(method, host, target_bytes, time.time())
     selected = ctx.routes.select(
         service,
         port,
@@ -272,13 +303,13 @@ async def _one(
     )
     if selected is None:
         await _answer(conn, writer, 404, "no route rule matches")
-        ctx.observe(Outcome(service, "", "http1", 404, ctx.clock() - start))
+        ctx.observe(Outcome(service, "", "http1", 404, ctx.clock() - start, head=head))
         return True
     rule = selected.rule
     if request.method == b"CONNECT" or any(n.lower() == b"upgrade" for n, _ in headers):
         # Only a connection's first request is looked at before the L7 path takes it.
         await _answer(conn, writer, 501, "Upgrade on a reused connection is not supported")
-        ctx.observe(Outcome(service, selected.label, "http1", 501, ctx.clock() - start))
+        ctx.observe(Outcome(service, selected.label, "http1", 501, ctx.clock() - start, head=head))
         return False
     if rule.redirect is not None:
         location = _location(rule, selected, path, query, _header_map(headers).get("host", ""))
@@ -286,9 +317,11 @@ async def _one(
             conn, writer, rule.redirect.status_code, "redirect", [(b"location", location.encode())]
         )
         status = rule.redirect.status_code
-        ctx.observe(Outcome(service, selected.label, "http1", status, ctx.clock() - start))
+        ctx.observe(
+            Outcome(service, selected.label, "http1", status, ctx.clock() - start, head=head)
+        )
         return True
-    headers = _modify(headers, rule.request_headers)
+    headers = _modify(hop_by_hop_dropped(headers), rule.request_headers)
     if rule.rewrite is not None:
         if rule.rewrite.path is not None:
             new = rewrite_path(
@@ -312,7 +345,20 @@ async def _one(
     shell = _Shell(ctx, x, conn, writer, upstream_request, body, service, port, rule)
     shell.reader, shell.complete = reader, complete
     status = await shell.run()
-    ctx.observe(Outcome(service, selected.label, "http1", status, ctx.clock() - start, x.retries))
+    ctx.observe(
+        Outcome(
+            service,
+            selected.label,
+            "http1",
+            status,
+            ctx.clock() - start,
+            x.retries,
+            head=head,
+            endpoint=shell.target,
+            first_byte_s=None if shell.head_at is None else shell.head_at - start,
+            response_bytes=shell.response_bytes,
+        )
+    )
     return shell.client_reusable
 
 
@@ -369,6 +415,9 @@ class _Shell:
         self.status = 0
         self.client_reusable = True
         self.head: h11.Response | None = None
+        self.head_at: float | None = None  # ctx.clock() when the answer's head came
+        self.target: Any = None  # the endpoint tried last
+        self.response_bytes = 0
 
     async def run(self) -> int:
         pending = self.x.begin()
@@ -433,6 +482,7 @@ class _Shell:
         if target is None:
             return ex.UpstreamFailed(f"{service} has no ready endpoint", False, self.ctx.clock())
         self.tried.add(target.key)
+        self.target = target
         try:
             streams, reused = await self.ctx.upstreams.get(target)
         except (OSError, TimeoutError) as exc:
@@ -469,14 +519,14 @@ class _Shell:
                 f"{target.key}: {exc or type(exc).__name__}", sent, self.ctx.clock()
             )
         balancer.observe(target.key, self.ctx.clock() - started, now=self.ctx.clock())
-        self.head = head
+        self.head, self.head_at = head, self.ctx.clock()
         return ex.HeadReceived(head.status_code, self.ctx.clock())
 
     async def _forward(self) -> None:
         attempt, head = self.attempt, self.head
         assert attempt is not None and head is not None
         self.status = head.status_code
-        headers = _modify(list(head.headers), self.rule.response_headers)
+        headers = _modify(hop_by_hop_dropped(head.headers), self.rule.response_headers)
         self.writer.write(
             self.conn.send(h11.Response(status_code=head.status_code, headers=headers))
         )
@@ -494,6 +544,7 @@ class _Shell:
                     self.client_reusable = False
                     return
                 if isinstance(event, h11.Data):
+                    self.response_bytes += len(event.data)
                     self.writer.write(self.conn.send(h11.Data(data=event.data)))
                     await self.writer.drain()
                 elif isinstance(event, h11.EndOfMessage):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -26,7 +28,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from nodeagent.proxy.l7.http1 import Outcome, RouteContext, Streams, _choices
+from nodeagent.proxy.l7.http1 import Outcome, RequestHead, RouteContext, Streams, _choices
 from nodemesh.model import ServiceKey
 from nodemesh.routing import exchange as ex
 from nodemesh.routing.model import HeaderModifier, RouteRule
@@ -42,6 +44,18 @@ GOAWAY_RESENDS = 10
 GRPC_STATUS = {504: 4, 502: 14, 503: 14, 404: 12, 500: 13}  # DEADLINE_EXCEEDED, UNAVAILABLE ...
 Headers = list[tuple[bytes, bytes]]
 _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+# Flow control is the backpressure: data is acknowledged (WINDOW_UPDATE) only once it has been
+# passed on, so a peer that does not read stops the other side within a stream window, and the
+# agent holds at most that much per stream (it acknowledged everything at once before: a client
+# not reading a 64 MiB answer left all 64 MiB in the agent). The connection windows are large so
+# that one stalled stream does not stop the others sharing its connection.
+STREAM_WINDOW = 256 * 1024
+CONNECTION_WINDOW = 16 * 1024 * 1024
+# A request body past the retry buffer is dropped once sent, but only once the server has shown
+# it took the stream (a WINDOW_UPDATE for it): a stream the server refuses with its GOAWAY never
+# reached the app and goes again on another connection, body and all. Until then the server's
+# initial window bounds what was sent; this bounds what is kept even if that window is huge.
+KEEP_UNCONFIRMED = 1024 * 1024
 
 
 class _Side:
@@ -52,6 +66,20 @@ class _Side:
         self.reader, self.writer = streams
         self.window = asyncio.Event()
         self.closed = False
+
+    def open_windows(self) -> None:
+        """After initiate_connection: our stream and connection windows (see STREAM_WINDOW)."""
+        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
+        grow = CONNECTION_WINDOW - self.conn.inbound_flow_control_window
+        if grow > 0:
+            self.conn.increment_flow_control_window(grow)
+
+    def ack(self, size: int, sid: int) -> None:
+        """`size` flow-controlled bytes of stream `sid` were passed on: let the peer send more."""
+        if size and not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+                self.conn.acknowledge_received_data(size, sid)
+                self.flush()
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -119,9 +147,11 @@ class _Upstream(_Side):
         super().__init__(_ClientConnection(cfg), streams)
         self.target = target
         self.queues: dict[int, asyncio.Queue[Any]] = {}
+        self.confirmed: set[int] = set()  # streams the server sent a WINDOW_UPDATE for
         # The server sent GOAWAY: no new streams here; closed once the last one is done.
         self.going_away = False
         self.conn.initiate_connection()
+        self.open_windows()
         self.flush()
         self.task = asyncio.ensure_future(self._read())
 
@@ -145,7 +175,12 @@ class _Upstream(_Side):
         return sid, queue
 
     def done(self, sid: int) -> None:
-        self.queues.pop(sid, None)
+        queue = self.queues.pop(sid, None)
+        self.confirmed.discard(sid)
+        while queue is not None and not queue.empty():
+            left = queue.get_nowait()  # never passed on: give the connection window back
+            if isinstance(left, h2.events.DataReceived):
+                self.ack(left.flow_controlled_length, sid)
         if self.going_away and not self.queues:
             self.writer.close()  # the server's last answer is in: nothing more will come
 
@@ -169,6 +204,8 @@ class _Upstream(_Side):
 
     def _dispatch(self, event: Any) -> None:
         if isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            if isinstance(event, h2.events.WindowUpdated) and event.stream_id in self.queues:
+                self.confirmed.add(event.stream_id)
             self.window.set()
             return
         if isinstance(event, h2.events.ConnectionTerminated):
@@ -183,11 +220,11 @@ class _Upstream(_Side):
                 self.writer.close()
             return
         sid = getattr(event, "stream_id", None)
-        if isinstance(event, h2.events.DataReceived):
-            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         queue = self.queues.get(sid) if sid else None
         if queue is not None:
-            queue.put_nowait(event)
+            queue.put_nowait(event)  # a DataReceived is acknowledged once the client took it
+        elif isinstance(event, h2.events.DataReceived):
+            self.ack(event.flow_controlled_length, event.stream_id)
 
 
 @dataclass
@@ -198,6 +235,8 @@ class H2Pool:
     opened: int = 0
     # One connection attempt per endpoint at a time: requests arriving meanwhile share it.
     connecting: dict[tuple[str, int], asyncio.Lock] = field(default_factory=dict)
+    # How to reach an endpoint; None: the context's (ctx.upstreams.connect).
+    connect: Callable[[Any], Awaitable[Streams]] | None = None
 
     async def get(self, ctx: RouteContext, target: Any) -> _Upstream:
         lock = self.connecting.setdefault(target.key, asyncio.Lock())
@@ -208,7 +247,7 @@ class H2Pool:
             for c in held:
                 if c.usable and c.capacity > 0:
                     return c
-            streams = await ctx.upstreams.connect(target)
+            streams = await (self.connect or ctx.upstreams.connect)(target)
             self.opened += 1
             conn = _Upstream(target, streams)
             held.append(conn)
@@ -227,9 +266,12 @@ class _Request:
     sid: int
     headers: Headers
     chunks: list[bytes] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # each chunk's flow-controlled length
+    acked: int = 0  # chunks acknowledged to the client (sent upstream)
     size: int = 0
     ended: bool = False
     freed: bool = False  # body bytes were dropped after sending (past the retry buffer)
+    kept: int = 0  # chunks before this one were dropped (freed)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -247,6 +289,7 @@ async def serve(
     cfg = h2.config.H2Configuration(client_side=False, header_encoding=None)
     down = _Side(h2.connection.H2Connection(cfg), (reader, writer))
     down.conn.initiate_connection()
+    down.open_windows()
     down.flush()
     requests: dict[int, _Request] = {}
     try:
@@ -263,14 +306,14 @@ async def serve(
                         _stream(ctx, pool, down, req, requests, service, port)
                     )
                 elif isinstance(event, h2.events.DataReceived):
-                    down.conn.acknowledge_received_data(
-                        event.flow_controlled_length, event.stream_id
-                    )
                     got = requests.get(event.stream_id)
-                    if got is not None:
+                    if got is not None:  # acknowledged once sent upstream (_Shell._pump)
                         got.chunks.append(event.data)
+                        got.sizes.append(event.flow_controlled_length)
                         got.size += len(event.data)
                         got.changed.set()
+                    else:
+                        down.ack(event.flow_controlled_length, event.stream_id)
                 elif isinstance(event, h2.events.StreamEnded):
                     got = requests.get(event.stream_id)
                     if got is not None:
@@ -326,6 +369,8 @@ async def _stream(
     path, _, query = target.partition("?")
     plain = {n.decode("latin-1"): v.decode("latin-1") for n, v in req.headers}
     grpc = plain.get("content-type", "").startswith("application/grpc")
+    authority = pseudo.get(b":authority", b"").decode("latin-1")
+    head = RequestHead(method, authority, target, time.time())
     selected: Selected | None = None
     rule: RouteRule | None = None
     if ctx.routes.routed(service, port):
@@ -347,6 +392,7 @@ async def _stream(
                     404,
                     ctx.clock() - start,
                     grpc_status=GRPC_STATUS[404] if grpc else None,
+                    head=head,
                 )
             )
             requests.pop(req.sid, None)
@@ -387,6 +433,9 @@ async def _stream(
     finally:
         shell.cancel()
         requests.pop(req.sid, None)
+        # Body the upstream never got (answered early, reset): give the client its window back.
+        down.ack(sum(req.sizes[req.acked :]), req.sid)
+        req.acked = len(req.sizes)
     ctx.observe(
         Outcome(
             service,
@@ -396,6 +445,10 @@ async def _stream(
             ctx.clock() - start,
             x.retries,
             shell.grpc_status if grpc else None,
+            head=head,
+            endpoint=shell.last_target,
+            first_byte_s=None if shell.head_at is None else shell.head_at - start,
+            response_bytes=shell.response_bytes,
         )
     )
 
@@ -463,6 +516,9 @@ class _Shell:
         self.status = 0
         self.grpc_status: int | None = None  # from the answer's trailers (gRPC)
         self.target: Any = None
+        self.last_target: Any = None  # the endpoint tried last (kept after release)
+        self.head_at: float | None = None
+        self.response_bytes = 0
 
     def _replayable(self) -> None:
         self.x.replayable = self.req.ended and self.req.size <= ex.BODY_LIMIT
@@ -545,6 +601,7 @@ class _Shell:
         if target is None:
             return ex.UpstreamFailed(f"{service} has no ready endpoint", False, self.ctx.clock())
         self.tried.add(target.key)
+        self.last_target = target
         headers = [(n, v) for n, v in self.headers]
         if backend is not None:
             headers = [
@@ -580,7 +637,7 @@ class _Shell:
             if isinstance(event, h2.events.ResponseReceived):
                 if not fresh:  # a new connection's first answer waited for its set-up too
                     balancer.observe(target.key, self.ctx.clock() - started, now=self.ctx.clock())
-                self.head = event
+                self.head, self.head_at = event, self.ctx.clock()
                 status = int(_pseudo(list(event.headers)).get(b":status", b"502"))
                 grpc_status = None
                 if self.grpc and event.stream_ended is not None:  # trailers-only: a call's end
@@ -608,11 +665,19 @@ class _Shell:
             while True:
                 while sent < len(self.req.chunks):
                     await up.send_data(sid, self.req.chunks[sent])
-                    if self.req.size > ex.BODY_LIMIT:
-                        # Past the retry buffer nothing will be re-sent: keep no copy.
-                        self.req.chunks[sent] = b""
-                        self.req.freed = True
+                    if sent >= self.req.acked:  # a retry sends it again: acknowledged once
+                        self.down.ack(self.req.sizes[sent], self.req.sid)
+                        self.req.acked = sent + 1
                     sent += 1
+                    req = self.req
+                    if req.size > ex.BODY_LIMIT and (
+                        sid in up.confirmed or sum(req.sizes[req.kept : sent]) > KEEP_UNCONFIRMED
+                    ):
+                        # Past the retry buffer nothing will be re-sent: keep no copy.
+                        for i in range(req.kept, sent):
+                            req.chunks[i] = b""
+                        req.kept = sent
+                        req.freed = True
                 if self.req.ended:
                     up.conn.end_stream(sid)
                     up.flush()
@@ -650,8 +715,11 @@ class _Shell:
                     self.down.reset(sid)
                     return
                 if isinstance(event, h2.events.DataReceived):
+                    self.response_bytes += len(event.data)
                     await self.down.send_data(sid, event.data, end=event.stream_ended is not None)
                     ended = event.stream_ended is not None
+                    if self.up is not None:  # the client took it: the server may send more
+                        self.up.ack(event.flow_controlled_length, self.up_sid)
                 elif isinstance(event, h2.events.TrailersReceived):
                     self._note_grpc_status(event.headers)
                     self.down.conn.send_headers(sid, list(event.headers), end_stream=True)

@@ -1,28 +1,78 @@
-"""The L7 path's per-request outcomes as route events for the observation sink.
+"""The L7 path's per-request outcomes as observation events.
 
-Each outcome becomes a `RouteObserved` (the `route` label: namespace/name/rule of the mesh route
-rule, "default" when none took the request), counted by the agent's aggregate for /metrics
-(`route_request_total`, ...) and the telemetry reports (`nodemesh routes`).
+Each outcome becomes, once:
+- a `RouteObserved` (the `route` label: namespace/name/rule of the mesh route rule, "default"
+  when none took the request), counted by the agent's aggregate for /metrics
+  (`route_request_total`, ...) and the telemetry reports (`nodemesh routes`);
+- a `RequestObserved` of the client pod's outbound request to the endpoint that answered (the
+  request metrics behind `stat`, `edges`, `top`), which the relay's pass observed while the
+  L7 path dialled its upstream through the outbound listener;
+- while someone taps the pair, the request's tap events (req with the route, rsp, end), sent
+  when the request is over.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
-from nodeagent.observe.events import Peer, RouteObserved
+from nodeagent.observe.events import (
+    ObservationSink,
+    Peer,
+    RequestObserved,
+    RequestStarted,
+    RouteObserved,
+)
 from nodeagent.protocol.classify import classify
 from nodeagent.proxy.l7.http1 import Outcome
 from nodemesh.routing.model import DEFAULT_ROUTE
 
+# Request ids of the L7 path, apart from the relay's (which count from 1).
+_request_ids = itertools.count(1 << 61)
+
 
 class RouteMetrics:
-    """The observe callback of one client pod's L7 path."""
+    """The observe callback of one client pod's L7 path. `dst(outcome)` is the endpoint that
+    answered as a Peer, `tls(outcome)` whether it was reached over the mesh's mTLS."""
 
-    def __init__(self, *, src: Callable[[], Peer], emit: Callable[[RouteObserved], None]) -> None:
-        self.src, self.emit = src, emit
+    def __init__(
+        self,
+        *,
+        src: Callable[[], Peer],
+        sink: ObservationSink,
+        dst: Callable[[Outcome], Peer],
+        tls: Callable[[Outcome], bool],
+    ) -> None:
+        self.src, self.sink, self.dst, self.tls = src, sink, dst, tls
 
     def observe(self, outcome: Outcome) -> None:
-        self.emit(event_of(outcome, self.src()))
+        src = self.src()
+        route = event_of(outcome, src)
+        self.sink.route(route)
+        if outcome.head is None:
+            return
+        dst = self.dst(outcome)
+        request = request_of(outcome, route, src, dst, self.tls(outcome), next(_request_ids))
+        if self.sink.tapping(src, dst):
+            self.sink.request_started(
+                RequestStarted(
+                    req_id=request.req_id,
+                    conn_id=0,
+                    direction="outbound",
+                    src=src,
+                    dst=dst,
+                    protocol=request.protocol,
+                    tls=request.tls,
+                    method=request.method,
+                    authority=request.authority,
+                    path=request.path,
+                    at=request.started_at,
+                    route=route.route,
+                )
+            )
+            first = outcome.first_byte_s if outcome.first_byte_s is not None else outcome.seconds
+            self.sink.response_started(request.req_id, outcome.status, request.started_at + first)
+        self.sink.request(request)
 
 
 def event_of(outcome: Outcome, src: Peer) -> RouteObserved:
@@ -45,4 +95,32 @@ def event_of(outcome: Outcome, src: Peer) -> RouteObserved:
         success=verdict.success,
         latency_s=outcome.seconds,
         retries=outcome.retries,
+    )
+
+
+def request_of(
+    outcome: Outcome, route: RouteObserved, src: Peer, dst: Peer, tls: bool, req_id: int
+) -> RequestObserved:
+    head = outcome.head
+    assert head is not None
+    return RequestObserved(
+        req_id=req_id,
+        conn_id=0,
+        direction="outbound",
+        src=src,
+        dst=dst,
+        protocol=outcome.protocol,
+        tls=tls,
+        method=head.method,
+        authority=head.authority,
+        path=head.path,
+        status=outcome.status or None,
+        grpc_status=route.grpc_status,
+        classification="success" if route.success else "failure",
+        reset=outcome.status == 0,
+        latency_first_byte_s=outcome.first_byte_s,
+        latency_s=outcome.seconds,
+        request_bytes=0,
+        response_bytes=outcome.response_bytes,
+        started_at=head.started_at,
     )

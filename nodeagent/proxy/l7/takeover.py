@@ -9,17 +9,17 @@ Everything else stays on the relay: pod IPs, opaque ports, other protocols, HTTP
 route (a new connection per request already spreads; keep-alive clients are balanced per
 connection as before), TLS from the app.
 
-Upstream connections of the L7 path are made from the client pod's netns without the agent's
-mark, so the pod's own rules send them to its outbound listener, which tunnels each over mTLS
-to the chosen endpoint's agent exactly as an app connection to that pod IP would be: the L7 path
-adds no second way to reach a pod and is never plaintext where the relay would not be.
+Upstream connections of the L7 path are dialled straight to the chosen endpoint
+(nodeagent.proxy.l7.dial) with the outbound relay's own dial: the client pod's identity and mark,
+the mTLS tunnel to a meshed endpoint's agent, the fail-closed rules. The L7 path adds no second
+way to reach a pod and is never plaintext where the relay would not be. (Until 2026-12 they went
+through the pod's outbound listener a second time: a second accept, routing and observation of
+every request.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -29,12 +29,12 @@ from nodeagent.observe import peers
 from nodeagent.observe.events import Peer
 from nodeagent.protocol.detect import KNOWN_OPAQUE_PORTS
 from nodeagent.proxy.l4proxy import Relay
+from nodeagent.proxy.l7 import dial as l7dial
 from nodeagent.proxy.l7 import http1, http2
 from nodeagent.proxy.l7.balancing import RequestBalancer
 from nodeagent.proxy.l7.metrics import RouteMetrics
 from nodeagent.proxy.routing import Route, Target
 from nodemesh.model import PodKey, ServiceKey
-from nodemesh.netns import socket_in_netns
 
 if TYPE_CHECKING:
     from nodeagent.proxy.listeners import PodListeners
@@ -70,21 +70,6 @@ def _targets(pod: PodListeners, key: ServiceKey, port: int) -> list[Target]:
     return list(rt.routes.resolve(service.cluster_ips[0], port).targets)
 
 
-async def _connect(pod: PodListeners, target: Target) -> http1.Streams:
-    rt = pod.runtime
-    loop = asyncio.get_running_loop()
-    make = partial(socket_in_netns, pod.pod.netns, socket.AF_INET, socket.SOCK_STREAM)
-    sock = await loop.run_in_executor(rt.executor, make)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await asyncio.wait_for(loop.sock_connect(sock, (target.ip, target.port)), 10)
-    except BaseException:
-        sock.close()
-        raise
-    return await asyncio.open_connection(sock=sock)
-
-
 def _client(pod: PodListeners) -> Peer:
     """The client pod as the route metrics name it (the table may learn its workload later)."""
     p = pod.pod
@@ -92,26 +77,48 @@ def _client(pod: PodListeners) -> Peer:
     return peers.of_pod(info, ip=p.ip, namespace=p.namespace, name=p.name)
 
 
-def _state(pod: PodListeners) -> PodL7:
+def _answered_by(pod: PodListeners, outcome: http1.Outcome) -> Peer:
+    """The endpoint a request went to, or the Service when none was reached."""
+    service = pod.runtime.table.services.get(outcome.service)
+    if outcome.endpoint is not None:
+        return peers.of_target(outcome.endpoint, service)
+    ip = service.cluster_ips[0] if service is not None and service.cluster_ips else ""
+    key = outcome.service
+    return peers.peer(ip, namespace=key.namespace, service=key.name)
+
+
+def _tunnelled(pod: PodListeners, outcome: http1.Outcome) -> bool:
+    target = outcome.endpoint
+    return target is not None and target.meshed and pod.runtime.certs is not None
+
+
+def _state(pod: PodListeners, dialer: l7dial.Dial) -> PodL7:
     rt = pod.runtime
     held = rt.l7.get(pod.pod.netns)
     if held is None:
-        metrics = RouteMetrics(src=partial(_client, pod), emit=rt.sink.route)
+        metrics = RouteMetrics(
+            src=partial(_client, pod),
+            sink=rt.sink,
+            dst=partial(_answered_by, pod),
+            tls=partial(_tunnelled, pod),
+        )
         ctx = http1.RouteContext(
             routes=rt.table.routes,
             upstreams=http1.Upstreams(
                 targets=partial(_targets, pod),
-                connect=partial(_connect, pod),
+                connect=partial(l7dial.connect, pod, dialer, protocol="http1"),
                 balancer=RequestBalancer(),
             ),
             observe=metrics.observe,
         )
-        held = rt.l7[pod.pod.netns] = PodL7(ctx, http2.H2Pool())
+        h2 = http2.H2Pool(connect=partial(l7dial.connect, pod, dialer, protocol="http2"))
+        held = rt.l7[pod.pod.netns] = PodL7(ctx, h2)
     return held
 
 
-async def try_take(relay: Relay, pod: PodListeners, route: Route) -> bool:
-    """Serve the connection on the L7 path if the rule says so (True: it was, and is over)."""
+async def try_take(relay: Relay, pod: PodListeners, route: Route, *, dial: l7dial.Dial) -> bool:
+    """Serve the connection on the L7 path if the rule says so (True: it was, and is over).
+    `dial` opens upstream connections (outbound.dial_upstream)."""
     service = route.service
     if service is None or route.opaque or not route.targets:
         return False
@@ -143,7 +150,7 @@ async def try_take(relay: Relay, pod: PodListeners, route: Route) -> bool:
         kind = "http1"
     else:
         return False
-    state = _state(pod)
+    state = _state(pod, dial)
     started = time.monotonic()
     reader, writer = relay.hand_over()
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
-from nodeagent.observe.events import Peer
+from nodeagent.observe.events import NullSink, Peer
 from nodeagent.observe.stats.report import Load, take_reports
 from nodeagent.observe.stats.series import Aggregate
 from nodeagent.proxy.l7.http1 import Outcome
@@ -17,6 +17,7 @@ from nodemesh.model import ServiceKey
 
 WEB = ServiceKey("emojivoto", "web")
 VOTER = Peer("10.244.1.7", "emojivoto", "vote-bot-1", "Deployment", "vote-bot")
+WEB_POD = Peer("10.244.2.9", "emojivoto", "web-1", "Deployment", "web", "web")
 
 
 class _Wrap(Collector):
@@ -27,8 +28,15 @@ class _Wrap(Collector):
         return self.agg.routes.collect()
 
 
+class _RoutesOnly(NullSink):
+    def __init__(self, agg: Aggregate) -> None:
+        self.route = agg.routes.add  # type: ignore[method-assign]
+
+
 def _feed(agg: Aggregate) -> None:
-    metrics = RouteMetrics(src=lambda: VOTER, emit=agg.routes.add)
+    metrics = RouteMetrics(
+        src=lambda: VOTER, sink=_RoutesOnly(agg), dst=lambda o: WEB_POD, tls=lambda o: True
+    )
     for _ in range(3):
         metrics.observe(Outcome(WEB, "emojivoto/web-split/0", "http1", 200, 0.004, retries=1))
     metrics.observe(Outcome(WEB, "emojivoto/web-split/0", "http1", 503, 0.02))

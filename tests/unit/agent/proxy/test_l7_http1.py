@@ -326,3 +326,18 @@ async def test_a_body_larger_than_the_retry_buffer_is_streamed_whole(lab, tmp_pa
         "curl", "-s", "--data-binary", f"@{upload}", f"http://127.0.0.1:{proxy.port}/upload"
     )
     assert out == str(3 * 1024 * 1024)
+
+
+async def test_clients_closing_each_connection_still_share_pooled_upstream_connections(lab) -> None:
+    """hey with a new connection per request sends `Connection: close`: that is about the
+    client's connection only. Forwarded, it made every upstream connection single-use (a new
+    mTLS tunnel per request in the mesh); now the upstream ones are kept and reused."""
+    web = Backend("web")
+    proxy = lab(web=web)
+    proxy.set_route(route_obj([{"backendRefs": [{"name": "web"}]}]))
+    n = REQUESTS // 2
+    out = await run(
+        "hey", "-n", str(n), "-c", "4", "-disable-keepalive", f"http://127.0.0.1:{proxy.port}/"
+    )
+    assert hey_statuses(out) == Counter({200: n}), out
+    assert proxy.upstreams.opened <= 8, f"{proxy.upstreams.opened} upstream connections for {n}"

@@ -15,7 +15,6 @@ from dp_tables import endpoint, pod, service, table
 
 from nodeagent.pod import PodAddress
 from nodeagent.proxy import outbound
-from nodeagent.proxy.l7 import takeover
 from nodeagent.proxy.listeners import PodListeners, ProxyRuntime
 from nodemesh import tasks
 from nodemesh.routing.spec import compile_route
@@ -63,7 +62,6 @@ async def proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[dict[str, obje
         return s
 
     monkeypatch.setattr(outbound, "marked_socket", plain_socket)
-    monkeypatch.setattr(takeover, "socket_in_netns", plain_socket)
     servers = [await asyncio.start_server(_serve, "127.0.0.1", 0) for _ in range(2)]
     ports = [s.sockets[0].getsockname()[1] for s in servers]
     executor = ThreadPoolExecutor(1)
@@ -100,6 +98,11 @@ async def test_one_keep_alive_connection_is_balanced_per_request(proxy) -> None:
     writer.close()
     # The relay would have pinned the connection to one endpoint.
     assert answers == set(proxy["ports"])
+    # Dialled straight (outbound.dial_upstream), each endpoint's pooled connection observed
+    # once as the client pod's outbound TCP connection to it.
+    sink = proxy["runtime"].sink
+    ups = [e for e in sink.opened if e.direction == "outbound" and e.protocol == "http1"]
+    assert sorted(e.dst.ip for e in ups) == ["127.0.0.1", "127.0.0.1"], ups
 
 
 async def test_a_websocket_handshake_stays_on_the_relay(proxy) -> None:
