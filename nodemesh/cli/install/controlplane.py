@@ -152,9 +152,11 @@ def deployment(values: InstallValues) -> Obj:
         ],
         "readinessProbe": http_probe("/ready", ports.CONTROLPLANE_ADMIN, period=5),
         "livenessProbe": http_probe("/live", ports.CONTROLPLANE_ADMIN, period=10),
+        # The telemetry worker process is ~100 MiB of its own; at 500 nodes x 20 pods the two
+        # peaked at 451-573 MiB (bench/results/controlplane-scale.md): 512Mi would OOM-kill it.
         "resources": {
-            "requests": {"cpu": "100m", "memory": "128Mi"},
-            "limits": {"memory": "512Mi"},
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"memory": "1Gi"},
         },
         "securityContext": locked_down(),
     }
