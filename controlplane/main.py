@@ -46,7 +46,7 @@ from controlplane.peers import Peer, ReportForwarder, find_peers, is_peer_token,
 from controlplane.prometheus_telemetry import PrometheusTelemetry
 from controlplane.public_api import PublicService
 from controlplane.sources.events import Source
-from controlplane.sources.kube import KubeSource, load_api_client
+from controlplane.sources.kube import KubeSource
 from controlplane.sources.local import LocalSource
 from controlplane.tap import MAX_STREAMS, MAX_STREAMS_PER_CALLER, AgentTapService, TapBroker
 from controlplane.telemetry import TelemetryStore
@@ -60,6 +60,7 @@ from controlplane.telemetry_worker import (
 )
 from nodemesh import ports, tasks
 from nodemesh.api import public_pb2_grpc, tap_pb2_grpc
+from nodemesh.kubeclient import load_api_client
 from nodemesh.model import PodInfo, PodKey
 from nodemesh.version import __version__
 

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ingress.proxy import Edge
-from ingress.sources import KubeSource, LabSource, load_api_client
+from ingress.sources import KubeSource, LabSource
 from ingress.spec import CLASS_NAME
 from ingress.state import Objects, Snapshot
 from ingress.tls import Terminator
 from nodemesh import ports
+from nodemesh.kubeclient import load_api_client
 from nodemesh.tasks import cancel_all, spawn
 
 log = logging.getLogger("nodemesh.ingress")

@@ -225,15 +225,3 @@ class KubeSource:
                 log.warning("%s: watch failed (%s); again in %.1f s", kind, e, delay)
                 version = ""
                 self.stopped.wait(delay)
-
-
-def load_api_client(kubeconfig: str | None = None) -> Any:
-    """In-cluster service account if present, else the kubeconfig."""
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=cfg)
-    except config.ConfigException:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    return client.ApiClient(cfg)

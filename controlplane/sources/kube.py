@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 
 from controlplane.metrics import (
     SOURCE_EVENTS,
@@ -68,16 +68,6 @@ CRD_RECHECK = 30.0
 
 class Gone(Exception):
     """The resourceVersion we watch from is too old (410): only a relist helps."""
-
-
-def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster service account if present, else the kubeconfig (or $KUBECONFIG / ~/.kube)."""
-    cfg = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=cfg)
-    except config.ConfigException:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    return client.ApiClient(cfg)
 
 
 def list_function(api: client.ApiClient, kind: str) -> Callable[..., Any]:
