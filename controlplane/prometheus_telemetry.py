@@ -102,7 +102,7 @@ class PrometheusTelemetry:
                 resp = await client.post(f"{self.url}/api/v1/query", data={"query": promql})
         except httpx.HTTPError as exc:
             raise PrometheusUnavailable(
-                f"Prometheus at {self.url} is unreachable: {exc or type(exc).__name__}"
+                f"Prometheus at {self.url} is unreachable: {str(exc) or type(exc).__name__}"
             ) from exc
         try:
             body = resp.json()

@@ -174,7 +174,7 @@ class Edge:
                 # a new one, unless its body was already read from the client.
                 if reused and attempt == 0 and not body_sent:
                     continue
-                await _answer(conn, writer, 502, f"{up.name}: {e or type(e).__name__}")
+                await _answer(conn, writer, 502, f"{up.name}: {str(e) or type(e).__name__}")
                 return 502, True
             break
         headers = _strip(head.headers)

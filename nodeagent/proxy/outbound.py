@@ -254,7 +254,7 @@ async def connect_route(
             plan.failed(str(exc), now=time.monotonic(), denied=True)
             continue
         except RETRYABLE as exc:
-            error = f"{target.ip}:{target.port}: {exc or type(exc).__name__}"
+            error = f"{target.ip}:{target.port}: {str(exc) or type(exc).__name__}"
             log.debug("outbound %s/%s -> %s", pod.pod.namespace, pod.pod.name, error)
             relay.drop_upstream()
             plan.failed(

@@ -516,7 +516,7 @@ class _Shell:
                 attempt.sent and not (reused and attempt.conn.their_state is h11.SEND_RESPONSE)
             )
             return ex.UpstreamFailed(
-                f"{target.key}: {exc or type(exc).__name__}", sent, self.ctx.clock()
+                f"{target.key}: {str(exc) or type(exc).__name__}", sent, self.ctx.clock()
             )
         balancer.observe(target.key, self.ctx.clock() - started, now=self.ctx.clock())
         self.head, self.head_at = head, self.ctx.clock()

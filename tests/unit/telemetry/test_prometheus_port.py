@@ -347,6 +347,18 @@ async def test_an_unreachable_prometheus_is_named() -> None:
         )
 
 
+async def test_a_prometheus_that_never_answers_is_named_with_the_cause() -> None:
+    # Listening, never answering: httpx's read timeout has an empty message, which the error
+    # showed as "unreachable: " (an exception is always truthy, so `exc or name` never fell back).
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        prom = PrometheusTelemetry(url, StoreTelemetry(TelemetryStore()), timeout_s=0.5)
+        with pytest.raises(PrometheusUnavailable, match=r"is unreachable: \S"):
+            await prom.stat(
+                group_by="deployment", namespace="x", source=None, destination=None, window_s=60
+            )
+
+
 def test_bucket_quantile_interpolates_as_histogram_quantile() -> None:
     inf = float("inf")
     assert bucket_quantile(0.5, {1.0: 0, 2.0: 10, inf: 10}) == 1.5
