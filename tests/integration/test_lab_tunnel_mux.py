@@ -36,8 +36,10 @@ APPS = str(Path(__file__).resolve().parent / "dp_lab_apps.py")
 SERVER = "server.pm.svc.cluster.local"
 CONNECTIONS = int(os.environ.get("NODEMESH_MUX_CONNECTIONS", "50"))
 # ClientHellos allowed for CONNECTIONS new app connections: a shared connection per source pod
-# and destination pod, plus slack for one retired or redialled on a loaded machine.
-MAX_HANDSHAKES = 4
+# and destination pod, plus slack for one retired or redialled on a loaded machine. The capture
+# sees each frame twice (two interfaces of the underlay netns): today's code, one handshake per
+# connection, shows 2 x CONNECTIONS.
+MAX_HANDSHAKES = 2 * 4
 # A TLS record of type handshake (0x16) whose first message is a ClientHello (0x01), at the
 # start of a TCP payload to the tunnel port.
 CLIENT_HELLO = (
