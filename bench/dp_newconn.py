@@ -20,6 +20,7 @@ import argparse
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -89,6 +90,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--label", default="run")
     ap.add_argument("--out", default="")
+    ap.add_argument("--profile", default="", help="py-spy both agents in the last turn (dir)")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     out = Path(args.out or Path(__file__).parent / "results" / f"dp_newconn-{args.label}.txt")
@@ -116,6 +118,34 @@ def main() -> None:
         count = metrics_reader(lab)
         time.sleep(2)
         turn(targets["nodemesh"], bins, rate=20, seconds=2, agents=None)  # warm up
+        if args.profile:
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+            spies = [
+                subprocess.Popen(
+                    [
+                        str(Path(sys.executable).parent / "py-spy"),
+                        "record",
+                        "--subprocesses",
+                        "--format",
+                        "raw",
+                        "-r",
+                        "200",
+                        "-d",
+                        str(int(args.seconds)),
+                        "-o",
+                        f"{args.profile}/{node}.txt",
+                        "--pid",
+                        str(pid),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                for node, pid in lab.agent_pids().items()
+            ]
+            turn(targets["nodemesh"], bins, rate=rates[-1], seconds=args.seconds, agents=None)
+            for spy in spies:
+                spy.wait(timeout=120)
+            rates = []
         for rate in rates:
             res: dict[str, list[dict[str, Any]]] = {p: [] for p in PATHS}
             hs: list[float] = []

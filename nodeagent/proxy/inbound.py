@@ -27,7 +27,7 @@ from nodeagent.proxy.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
 from nodeagent.proxy.l7relay import ConnectionTap, peer_port
 from nodeagent.proxy.mux import MuxSession, MuxStream
 from nodeagent.proxy.outbound import CERT_WAIT, NO_TABLE, report_failed, table_known
-from nodeagent.proxy.podnetns import inbound_socket, marked_socket
+from nodeagent.proxy.podnetns import inbound_socket, marked_socket, transparent_socket
 from nodeagent.proxy.tunnel import accept_tls, read_preamble, reply
 from nodemesh import authz, certs, ports
 from nodemesh.model import InboundMode, PodInfo, PodKey
@@ -44,6 +44,15 @@ async def connect_app(relay: Relay, pod: PodListeners, *, client_ip: str, port: 
     loop = asyncio.get_running_loop()
     sock = None
     if rt.transparent:
+        sock = pod.stock("transparent", partial(transparent_socket, pod.netns)).take()
+        if sock is not None:
+            try:
+                sock.bind((client_ip, 0))
+            except OSError as exc:
+                log.debug("no transparent socket in %s: %s", pod.pod.netns, exc)
+                sock.close()
+                sock = None
+    if sock is None and rt.transparent:
         try:
             make = partial(inbound_socket, pod.netns, client_ip=client_ip)
             sock = await loop.run_in_executor(rt.executor, make)

@@ -30,6 +30,7 @@ from nodeagent.proxy.l4proxy import Relay
 from nodeagent.proxy.l7relay import DETECT_TIMEOUT
 from nodeagent.proxy.mux import MuxSession
 from nodeagent.proxy.routing import Routes
+from nodeagent.proxy.socketstock import SocketStock
 from nodeagent.proxy.tunnelpool import TunnelPool
 from nodeagent.upstream.certstore import CertStore
 from nodeagent.upstream.table import DestinationTable
@@ -165,6 +166,18 @@ class PodListeners:
         self._resolver: str | None = None
         # The pod's netns held open while it is enrolled: upstream sockets enter through it.
         self.held_netns: NetnsHandle | None = None
+        # Sockets made ahead in the pod's netns, by kind (nodeagent.proxy.socketstock).
+        self.stocks: dict[str, SocketStock] = {}
+
+    def stock(self, kind: str, make: Callable[[], socket.socket]) -> SocketStock:
+        """The pod's stock of `kind` sockets (made by `make` on the executor), begun on first
+        use; a closed pod's stock is closed and stays empty."""
+        found = self.stocks.get(kind)
+        if found is None:
+            found = self.stocks[kind] = SocketStock(make, executor=self.runtime.executor)
+            if not self.servers:
+                found.close()  # not serving (closed, or not open yet): make nothing ahead
+        return found
 
     @property
     def netns(self) -> str | NetnsHandle:
@@ -236,6 +249,8 @@ class PodListeners:
         if self.dns is not None:
             self.dns.close()
             self.dns = None
+        for stock in self.stocks.values():
+            stock.close()
         if self.held_netns is not None:
             # Connections still draining make their sockets by the path from now on.
             self.held_netns.close()
