@@ -251,6 +251,9 @@ class PodListeners:
             self.dns = None
         for stock in self.stocks.values():
             stock.close()
+        if self.runtime.tunnels is not None:
+            # Its shared tunnel connections (they hold its netns) end with their last stream.
+            self.runtime.tunnels.go_away(netns=self.pod.netns)
         if self.held_netns is not None:
             # Connections still draining make their sockets by the path from now on.
             self.held_netns.close()

@@ -128,10 +128,15 @@ class TunnelPool:
             return dialled
         raise TunnelRefused("the destination agent refused every stream (going away)")
 
-    def go_away(self) -> None:
-        """Close every connection once its streams are done (the agent is draining)."""
-        self.closed = True
+    def go_away(self, *, netns: str | None = None) -> None:
+        """Close every connection (of the source pod in `netns`: it left) once its streams are
+        done, and open no new stream on it (the agent is draining)."""
+        if netns is None:
+            self.closed = True
         for carrier in list(self.state.all()):
+            key = carrier.key  # see pool_key: the source pod's netns first
+            if netns is not None and not (isinstance(key, tuple) and key[0] == str(netns)):
+                continue
             carrier.going_away = True
             session: MuxSession = carrier.conn
             session.going_away = True

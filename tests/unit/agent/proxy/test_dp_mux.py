@@ -22,7 +22,7 @@ from nodeagent.proxy.l4proxy import Relay
 from nodeagent.proxy.mux import MuxSession, MuxStream
 from nodeagent.proxy.routing import Target
 from nodeagent.proxy.tunnel import TunnelDenied, accept_tls, open_tunnel, read_preamble, reply
-from nodeagent.proxy.tunnelpool import NoMux, TunnelPool
+from nodeagent.proxy.tunnelpool import NoMux, TunnelPool, pool_key
 from nodeagent.upstream.certstore import CertStore, Held
 from nodemesh import certs, tasks
 from nodemesh.identity import CaMaterial
@@ -214,7 +214,8 @@ async def mw(anchor: CaMaterial, authority: CertificateAuthority) -> AsyncIterat
 
         try:
             await w.pool.open(
-                relay, key="web->api", connect=connect, held=w.src, target=target,
+                relay, key=pool_key(netns="/run/netns/web-1", source_ip="127.0.0.1",
+                                    identity=WEB, target=target), connect=connect, held=w.src, target=target,
                 source_namespace="shop", source_pod="web-1", opaque=False, timeout=5,
             )  # fmt: skip
         except NoMux:
@@ -316,3 +317,17 @@ async def test_an_older_destination_agent_gets_one_tunnel_per_connection(mw: Mux
     assert mw.legacy_tunnels == 1 + 3
     assert mw.sessions == []
     assert mw.seen == [(WEB, mw.app_port)] * 3
+
+
+async def test_a_source_pod_that_left_has_its_connections_closed(mw: MuxWorld) -> None:
+    assert await _request(mw.src_port, b"one") == b"echo:one"
+    mw.pool.go_away(netns="/run/netns/other")  # another pod's: nothing changes
+    await asyncio.sleep(0.1)
+    assert not mw.sessions[0].closed
+    mw.pool.go_away(netns="/run/netns/web-1")  # its listeners closed: it holds the netns
+    for _ in range(50):
+        if mw.sessions[0].closed:
+            break
+        await asyncio.sleep(0.05)
+    assert mw.sessions[0].closed
+    assert list(mw.pool.state.all()) == []
