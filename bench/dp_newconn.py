@@ -11,7 +11,9 @@ rounds of p50/p99 (ms) with their spread (min-max), both agents' CPU per connect
 process trees' utime+stime over the nodemesh turns divided by completed connections) and the
 tunnel TLS handshakes both agents made per connection (`nodemesh_agent_tunnel_handshakes_total`
 on their /metrics, when the agent exports it). The machine's load average is written with the
-figures: on a shared 2-core machine the latencies are evidence, not benchmarks.
+figures: on a shared 2-core machine the latencies are evidence, not benchmarks. Then one
+iperf3 stream per path, twice (`--bulk-seconds`, 0 for none): bulk through one tunnel stream.
+`--profile DIR` instead runs one turn at the last rate with py-spy on both agents (raw stacks).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 from bench.meshbench import manifests, native, procstat, workloads
 from bench.meshbench.labctl import Lab
-from bench.meshbench.manifests import HTTP_PORT, NAMESPACES
+from bench.meshbench.manifests import HTTP_PORT, IPERF_PORT, NAMESPACES
 from bench.meshbench.workloads import Target
 
 GRPC_SCRIPT = Path(__file__).resolve().parent / "meshbench" / "grpc_echo.py"
@@ -90,6 +92,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--label", default="run")
     ap.add_argument("--out", default="")
+    ap.add_argument("--bulk-seconds", type=float, default=5.0, help="one iperf3 stream per path")
     ap.add_argument("--profile", default="", help="py-spy both agents in the last turn (dir)")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
@@ -175,6 +178,18 @@ def main() -> None:
                 line += f"  loadgen lag p99 max {lag:.2f} ms"
                 rows.append(line)
                 print(line, flush=True)
+        for path in PATHS if args.bulk_seconds > 0 else ():
+            got = [
+                workloads.bulk(targets[path], port=IPERF_PORT, seconds=args.bulk_seconds)
+                for _ in range(2)
+            ]
+            line = (
+                f"bulk    {path:9s} one iperf3 stream, {args.bulk_seconds:g} s: "
+                + ", ".join(f"{g['gbit_s']:.2f}" for g in got)
+                + " Gbit/s"
+            )
+            rows.append(line)
+            print(line, flush=True)
     finally:
         lab.down()
         subprocess.run(["rm", "-rf", str(work)], check=False)
