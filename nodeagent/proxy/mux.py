@@ -490,7 +490,7 @@ class MuxSession(asyncio.Protocol):
                 if window <= 0:
                     break
                 if sent == 0 and window >= len(data):
-                    h2c.send_data(stream.id, data)
+                    h2c.send_data(stream.id, bytes(data) if isinstance(data, bytearray) else data)
                     sent = len(data)
                     break
                 h2c.send_data(stream.id, bytes(data[sent : sent + window]))
