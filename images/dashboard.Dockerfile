@@ -10,6 +10,7 @@ COPY nodemesh ./nodemesh
 COPY nodeagent ./nodeagent
 COPY controlplane ./controlplane
 COPY dashboard ./dashboard
+COPY ingress ./ingress
 COPY cni-plugin ./cni-plugin
 COPY examples ./examples
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .

@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from nodeagent.admin import AdminServer
@@ -25,7 +26,7 @@ from nodeagent.observe import metrics
 from nodeagent.observe.eventlog import EventLog
 from nodeagent.observe.sink import AgentSink
 from nodeagent.observe.stats.exposition import AggregateCollector
-from nodeagent.proxy import l4proxy
+from nodeagent.proxy import l4proxy, router
 from nodeagent.proxy.dnsnames import DnsNames
 from nodeagent.proxy.listeners import PodListeners, ProxyRuntime
 from nodeagent.proxy.podnetns import find_netns_for
@@ -115,6 +116,9 @@ class Agent:
             )
             if config.router_port
             else None
+        )
+        self.runtime.host_routed = partial(
+            router.serve_host_routed, cluster_domain=config.cluster_domain
         )
         # Beside the CNI socket, on the host: for the plugin while we are away, and install-cni's
         # uninstall flag for us.

@@ -189,6 +189,7 @@ def service_to_pb(s: Service) -> pb.Service:
         ],
         endpoints=[_endpoint_to_pb(e) for e in s.endpoints],
         opaque_ports=ports_to_pb(s.opaque_ports),
+        router=s.router,
     )
 
 
@@ -202,4 +203,5 @@ def service_from_pb(s: pb.Service) -> Service:
         ),
         endpoints=tuple(_endpoint_from_pb(e) for e in s.endpoints),
         opaque_ports=ports_from_pb(list(s.opaque_ports)),
+        router=s.router,
     )

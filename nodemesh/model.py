@@ -220,6 +220,9 @@ class Service:
     ports: tuple[ServicePort, ...]
     endpoints: tuple[Endpoint, ...] = ()
     opaque_ports: PortSet = PortSet()
+    # A router-compatible Service (nodemesh.io/router: "true"): requests sent to it are routed
+    # by their Host (or proxy target) by the caller's node agent, with or without pods behind it.
+    router: bool = False
 
     @property
     def headless(self) -> bool:

@@ -22,3 +22,9 @@ PUBLIC_API = 8085  # CLI and dashboard
 AGENT_API = 8086  # agents: destinations, identities, telemetry, tap
 CONTROLPLANE_ADMIN = 9996  # /metrics, /ready, /live
 PROMETHEUS = 9090  # the bundled Prometheus (install --prometheus, lab up --prometheus)
+
+# nodemesh-ingress (install --ingress): its listeners in its pod (the Service maps 80 and 443 to
+# them; unprivileged ports, no capability needed) and its /ready, /live, /metrics.
+INGRESS_HTTP = 8080
+INGRESS_HTTPS = 8443
+INGRESS_ADMIN = 9994

@@ -206,5 +206,6 @@ def service(
         ports=ports,
         endpoints=tuple(endpoints[k] for k in sorted(endpoints)),
         opaque_ports=opaque,
+        router=s(d(m.get("annotations")).get(mesh.ROUTER)).strip().lower() == "true",
     )
     return result, pods, addresses

@@ -13,6 +13,8 @@ OPAQUE_PORTS = "nodemesh.io/opaque-ports"
 SKIP_INBOUND_PORTS = "nodemesh.io/skip-inbound-ports"
 SKIP_OUTBOUND_PORTS = "nodemesh.io/skip-outbound-ports"
 ALLOW_INBOUND_UDP_PORTS = "nodemesh.io/allow-inbound-udp-ports"
+# On a Service: "true" makes it router-compatible (nodemesh.model.Service.router).
+ROUTER = "nodemesh.io/router"
 
 
 def namespace_meshed(ns_labels: Mapping[str, Any]) -> bool:

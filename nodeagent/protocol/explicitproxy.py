@@ -8,6 +8,11 @@ request's head; `OriginForm` is the relay's gate that rewrites every later reque
 connection as it streams past, tracking message framing (Content-Length, chunked) so a body is
 never mistaken for a head. A later request for another authority ends the connection (the
 router joined it to one upstream): HTTP clients open a new one and send the request again.
+
+A router-compatible Service (`nodemesh.io/router: "true"`, Linkerd 1's linkerd-service pattern)
+is parsed `host_routed`: besides those two shapes, an origin-form request (`GET / HTTP/1.1` to
+the router's own address) names its destination in its `Host` header and goes upstream as it
+came; a later request of the connection naming another Host ends the connection the same way.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class ProxyRequest:
     consumed: int
     method: str = ""
     path: str = ""
+    # The port was written (host:port); when not, the Service's only port may stand in for 80.
+    port_given: bool = True
 
 
 def head_complete(data: bytes | bytearray) -> int:
@@ -114,8 +121,24 @@ def _rewrite_headers(lines: list[bytes], host: bytes) -> list[bytes]:
     return out
 
 
-def parse_head(data: bytes | bytearray) -> ProxyRequest:
-    """The first request of a connection to the router; `data` holds at least its whole head."""
+def host_header(lines: list[bytes]) -> str:
+    """The authority of the (first) Host header of a request head's header lines."""
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"host":
+            return value.strip().decode("latin-1")
+    raise ProxyRequestError(
+        400, "no Host header: a request to a router Service names its destination in Host"
+    )
+
+
+def _has_port(authority: str) -> bool:
+    return authority.rpartition(":")[2].isdigit() and ":" in authority
+
+
+def parse_head(data: bytes | bytearray, *, host_routed: bool = False) -> ProxyRequest:
+    """The first request of a connection to the router; `data` holds at least its whole head.
+    `host_routed`: an origin-form request is routed by its Host header (a router Service)."""
     size = head_complete(data)
     if not size:
         raise ProxyRequestError(400, "incomplete request head")
@@ -124,10 +147,21 @@ def parse_head(data: bytes | bytearray) -> ProxyRequest:
     if method == b"CONNECT":
         host, port = split_authority(target.decode("latin-1"), default_port=None)
         return ProxyRequest(True, host, port, b"", size, method="CONNECT")
+    if host_routed and target.startswith(b"/"):
+        authority = host_header(lines[1:])
+        host, port = split_authority(authority, default_port=80)
+        path = target.decode("latin-1")
+        return ProxyRequest(
+            False, host, port, bytes(data[:size]), size, method=method.decode(), path=path,
+            port_given=_has_port(authority),
+        )  # fmt: skip
     authority, path = _absolute(target)
     host, port = split_authority(authority, default_port=80)
     head = _compose(method, path.encode("latin-1"), version, lines[1:], authority)
-    return ProxyRequest(False, host, port, head, size, method=method.decode(), path=path)
+    return ProxyRequest(
+        False, host, port, head, size, method=method.decode(), path=path,
+        port_given=_has_port(authority),
+    )  # fmt: skip
 
 
 def _compose(
@@ -161,8 +195,9 @@ class OriginForm:
     through. Bodies are counted (or their chunks followed) so only request heads are rewritten.
     """
 
-    def __init__(self, *, host: str, port: int) -> None:
+    def __init__(self, *, host: str, port: int, host_routed: bool = False) -> None:
         self.authority = (host, port)
+        self.host_routed = host_routed
         self.buf = bytearray()
         self.state = "head"
         self.remaining = 0
@@ -241,6 +276,10 @@ class OriginForm:
         lines = head[:-4].split(b"\r\n")
         method, target, version = _request_line(lines[0])
         if target.startswith(b"/"):  # already origin form: pass it on
+            if self.host_routed:  # unless its Host names another destination
+                authority = host_header(lines[1:])
+                if split_authority(authority, default_port=80) != self.authority:
+                    return None
             return head
         if method == b"CONNECT":
             return None

@@ -278,7 +278,10 @@ class Relay:
             other = self.peer_of(half)
             if other is not None and other.transport is not None and not other.lost:
                 if exc is not None:
-                    other.transport.abort()
+                    # A reset is passed on as a reset: an abort sends a FIN (or nothing, when
+                    # ours went out already), and a peer that only closes when told to sits in
+                    # CLOSE-WAIT for good with our orphaned socket in FIN-WAIT-2.
+                    _reset(other.transport)
                 else:
                     other.transport.close()
         if self.down.lost and (self.up is None or self.up.lost or not self._connected):

@@ -86,6 +86,8 @@ class ProxyRuntime:
     draining: bool = False
     # The L7 path's per-pod state (nodeagent.proxy.l7.takeover.PodL7), by pod netns.
     l7: dict[str, Any] = field(default_factory=dict)
+    # Serves a connection captured to a router Service's VIP (nodeagent.proxy.router).
+    host_routed: Handler | None = None
     routes: Routes = field(init=False)
 
     def __post_init__(self) -> None:

@@ -216,6 +216,9 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
     info = rt.table.pod(PodKey(pod.pod.namespace, pod.pod.name))
     src = peers.of_pod(info, ip=pod.pod.ip, namespace=pod.pod.namespace, name=pod.pod.name)
     route = rt.routes.resolve(ip, port)
+    if route.service is not None and route.service.router and rt.host_routed is not None:
+        await rt.host_routed(relay, pod)  # routed by what its requests name, not by the VIP
+        return
     if await takeover.try_take(relay, pod, route):
         return
     error = await connect_route(relay, pod, route, info=info, src=src)
@@ -232,10 +235,12 @@ async def connect_route(
     src: Peer,
     gate: Gate | None = None,
     connected: Callable[[], None] | None = None,
+    report: bool = True,
 ) -> str | None:
     """Dial `route` for `pod` (balancing, retries, the tunnel to meshed endpoints) and start the
     relay: None. When every attempt failed, the failure is counted and returned; the client is
-    left for the caller to answer. `connected` runs once the upstream is open, before relaying."""
+    left for the caller to answer. `connected` runs once the upstream is open, before relaying.
+    `report=False`: a failure is returned uncounted (the caller may try again, and counts)."""
     rt = pod.runtime
     conn_id = next(rt.conn_ids)
     plan = dialing.DialPlan(
@@ -296,6 +301,8 @@ async def connect_route(
         _start(relay, pod, conn_id, src, route, target, tls, started, gate)
         return None
     target, error = step.last, step.error
+    if not report:
+        return error
     relay.stats.failures.inc()
     dst = peers.of_target(target, route.service) if target is not None else peers.peer(route.ip)
     report_failed(

@@ -5,6 +5,9 @@ it (`web-svc`, `web-svc.emojivoto`, `web-svc.emojivoto.svc`, `web-svc.emojivoto.
 domain>`), a Service VIP or a pod IP the mesh knows. The answer is the (VIP or pod IP, port) the
 outbound path would have seen as the original destination of a captured connection, so routing,
 balancing and the tunnel are the same from there on. Sans-io: the table in, a decision out.
+
+A name without a port (`http://echo.ns/`, `Host: echo.ns`) means port 80; a Service with no port
+80 and a single TCP port is reached on that one (a router named the Service, not its port).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def resolve(
     port: int,
     caller_namespace: str,
     cluster_domain: str,
+    port_given: bool = True,
 ) -> tuple[str, int]:
     """(ip, port) to route as a captured connection's original destination; ProxyRequestError
     502 for a host the mesh does not know, 403 for a port it may not be reached on."""
@@ -74,6 +78,9 @@ def resolve(
         )
     if service.headless:
         raise ProxyRequestError(502, f"Service {key} is headless: name one of its pods' IPs")
+    tcp = [p.port for p in service.ports if p.protocol.upper() == "TCP"]
+    if not port_given and service_port(service, port) is None and len(tcp) == 1:
+        port = tcp[0]
     if service_port(service, port) is None:
         raise ProxyRequestError(403, _not_a_port(key, port, service.ports))
     return service.cluster_ips[0], port

@@ -244,18 +244,20 @@ class ServicePort(_message.Message):
     def __init__(self, name: _Optional[str] = ..., port: _Optional[int] = ..., target_port_number: _Optional[int] = ..., target_port_name: _Optional[str] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("key", "cluster_ips", "ports", "endpoints", "opaque_ports")
+    __slots__ = ("key", "cluster_ips", "ports", "endpoints", "opaque_ports", "router")
     KEY_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_IPS_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     OPAQUE_PORTS_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_FIELD_NUMBER: _ClassVar[int]
     key: ServiceKey
     cluster_ips: _containers.RepeatedScalarFieldContainer[str]
     ports: _containers.RepeatedCompositeFieldContainer[ServicePort]
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
     opaque_ports: _containers.RepeatedCompositeFieldContainer[PortRange]
-    def __init__(self, key: _Optional[_Union[ServiceKey, _Mapping]] = ..., cluster_ips: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[ServicePort, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., opaque_ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ...) -> None: ...
+    router: bool
+    def __init__(self, key: _Optional[_Union[ServiceKey, _Mapping]] = ..., cluster_ips: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[ServicePort, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., opaque_ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ..., router: _Optional[bool] = ...) -> None: ...
 
 class AuthzPolicyKey(_message.Message):
     __slots__ = ("namespace", "name")

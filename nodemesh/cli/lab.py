@@ -17,7 +17,8 @@ import click
 import yaml
 
 from nodemesh import ports
-from nodemesh.cli.lab_mesh import mesh_manifest
+from nodemesh.cli.install import ingress as ingress_install
+from nodemesh.cli.lab_mesh import LAB_VALUES, mesh_manifest
 from nodemesh.identity import create_issuer_files
 from nodemesh.lab.access import create_lab_access
 from nodemesh.lab.client import LabClient, LabRequestFailed, LabUnavailable
@@ -115,6 +116,19 @@ def lab() -> None:
     "--prometheus-port", type=click.IntRange(0, 65535), default=9090, show_default=True,
     help="Local port for Prometheus with --prometheus (0: any free port).",
 )  # fmt: skip
+@click.option(
+    "--ingress", is_flag=True,
+    help="Also run nodemesh-ingress (as `nodemesh install --ingress` renders it), serving the "
+    "lab's Ingresses of class nodemesh.",
+)  # fmt: skip
+@click.option(
+    "--ingress-http-port", type=click.IntRange(0, 65535), default=8088, show_default=True,
+    help="Local port for nodemesh-ingress' HTTP listener with --ingress (0: any free port).",
+)  # fmt: skip
+@click.option(
+    "--ingress-https-port", type=click.IntRange(0, 65535), default=8443, show_default=True,
+    help="Local port for its HTTPS listener with --ingress (0: any free port).",
+)  # fmt: skip
 @click.option("--timeout", type=click.IntRange(10, 3600), default=240, show_default=True)
 @click.option("--keep-on-failure", is_flag=True, help="Leave a lab that did not come up, to debug.")
 @click.option(
@@ -138,6 +152,9 @@ def up(
     dashboard_port: int,
     prometheus: bool,
     prometheus_port: int,
+    ingress: bool,
+    ingress_http_port: int,
+    ingress_https_port: int,
     timeout: int,
     keep_on_failure: bool,
     agent_args: tuple[str, ...],
@@ -147,6 +164,8 @@ def up(
     need_root()
     if prometheus and not mesh:
         fail("--prometheus scrapes the node agents: it cannot go with --no-mesh")
+    if ingress and not mesh:
+        fail("--ingress is a meshed nodemesh-ingress: it cannot go with --no-mesh")
     if prometheus and not _have("/usr/bin/prometheus"):
         fail(
             "--prometheus: /usr/bin/prometheus missing (apt package prometheus); "
@@ -180,6 +199,10 @@ def up(
                 "127.0.0.1", prometheus_port, "nodemesh", "nodemesh-prometheus", ports.PROMETHEUS
             )
         )
+    if ingress:
+        ns = ingress_install.namespace_of(LAB_VALUES)
+        for local, port in ((ingress_http_port, 80), (ingress_https_port, 443)):
+            fwd.append(Forward("127.0.0.1", local, ns, ingress_install.NAME, port))
     started = time.monotonic()
     paths.root.mkdir(parents=True, mode=0o700)
     LabConfig(name=name, nodes=nodes, mesh=mesh, forwards=fwd).save(paths.config)
@@ -195,7 +218,11 @@ def up(
             _write_prometheus_config(paths, _call(paths, {"op": "status"})["status"]["nodes"])
         if mesh:
             manifest = mesh_manifest(
-                paths, agent_args, controlplane_replicas=3 if ha else 1, prometheus=prometheus
+                paths,
+                agent_args,
+                controlplane_replicas=3 if ha else 1,
+                prometheus=prometheus,
+                ingress=ingress,
             )
             _apply_text(paths, manifest, source="nodemesh lab mesh")
             _wait_ready(paths, timeout=timeout - (time.monotonic() - started))

@@ -21,6 +21,7 @@ import yaml
 from nodemesh import ports
 from nodemesh.cli.install import addons
 from nodemesh.cli.install import agent as agent_install
+from nodemesh.cli.install import ingress as ingress_install
 from nodemesh.cli.install.values import InstallValues
 from nodemesh.identity import DEFAULT_TRUST_DOMAIN
 from nodemesh.lab.network import CLUSTER_DOMAIN
@@ -49,10 +50,12 @@ def mesh_objects(
     anchor: bytes | None = None,
     controlplane_replicas: int = 1,
     prometheus: bool = False,
+    ingress: bool = False,
 ) -> list[Obj]:
     """`change_daemonset` edits the rendered DaemonSet in place (tests: a fix taken out);
     `anchor`: the trust anchor (default: the lab's); `controlplane_replicas`: 3 for `--ha`;
-    `prometheus`: Debian's Prometheus as a pod, and the control plane answering from it."""
+    `prometheus`: Debian's Prometheus as a pod, and the control plane answering from it;
+    `ingress`: nodemesh-ingress as `install --ingress` renders it (see `lab_ingress`)."""
     lab_part = MESH_MANIFEST.read_text()
     if prometheus:
         lab_part += "---\n" + PROMETHEUS_MANIFEST.read_text()
@@ -74,7 +77,34 @@ def mesh_objects(
             agent["args"] = [*agent["args"], *agent_args]
             if change_daemonset is not None:
                 change_daemonset(obj)
-    return [*docs, addons.config_map(LAB_VALUES, anchor), *rendered]
+    extra = lab_ingress(paths) if ingress else []
+    return [*docs, addons.config_map(LAB_VALUES, anchor), *rendered, *extra]
+
+
+def lab_ingress(paths: LabPaths) -> list[Obj]:
+    """nodemesh-ingress exactly as `install --ingress` renders it, but for what the lab lacks: it
+    reads the lab's object store (read-only) instead of the API server's lists and watches, and
+    its Service is a ClusterIP (the lab has no load balancer; `lab up` forwards local ports), and
+    it has no PodDisruptionBudget (nothing evicts pods in the lab)."""
+    objs = [o for o in ingress_install.objects(LAB_VALUES) if o["kind"] != "PodDisruptionBudget"]
+    objects_dir = str(paths.root / "objects")
+    for obj in objs:
+        if obj["kind"] == "Service":
+            obj["spec"]["type"] = "ClusterIP"
+            obj["spec"].pop("externalTrafficPolicy", None)
+        if obj["kind"] == "Deployment":
+            pod = obj["spec"]["template"]["spec"]
+            c = pod["containers"][0]
+            c["args"] = ["--source=lab" if a == "--source=kubernetes" else a for a in c["args"]] + [
+                f"--state-dir={objects_dir}"
+            ]
+            c["volumeMounts"].append(
+                {"name": "objects", "mountPath": objects_dir, "readOnly": True}
+            )
+            pod["volumes"].append(
+                {"name": "objects", "hostPath": {"path": objects_dir, "type": "DirectoryOrCreate"}}
+            )
+    return objs
 
 
 def mesh_manifest(
@@ -85,6 +115,7 @@ def mesh_manifest(
     anchor: bytes | None = None,
     controlplane_replicas: int = 1,
     prometheus: bool = False,
+    ingress: bool = False,
 ) -> str:
     objs = mesh_objects(
         paths,
@@ -93,5 +124,6 @@ def mesh_manifest(
         anchor=anchor,
         controlplane_replicas=controlplane_replicas,
         prometheus=prometheus,
+        ingress=ingress,
     )
     return yaml.safe_dump_all(objs, sort_keys=False)

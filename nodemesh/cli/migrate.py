@@ -166,6 +166,9 @@ def _sampler(target: TargetOptions) -> Iterator[runner.Sampler]:
 @click.option("--min-requests", type=click.IntRange(1), default=watch.DEFAULT_MIN_REQUESTS,
               show_default=True, help="Judge only workloads with this many requests.")
 @click.option("--force", is_flag=True, help="remove-router: even while apps still use it.")
+@click.option("--keep-service", is_flag=True,
+              help="remove-router: keep the router's Service, served by the node agents "
+                   "(nodemesh.io/router=true), for meshed apps that still name it.")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Print the changes; apply nothing.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 @_target_options
@@ -176,6 +179,7 @@ def apply(
     tolerance: float,
     min_requests: int,
     force: bool,
+    keep_service: bool,
     dry_run: bool,
     output: str,
     target: TargetOptions,
@@ -185,7 +189,7 @@ def apply(
     Exits 1 when the step was rolled back.
     """
     backend = _backend(target)
-    steps = planning.plan(_survey(backend), now=_now(), force=force)
+    steps = planning.plan(_survey(backend), now=_now(), force=force, keep_service=keep_service)
     try:
         chosen = planning.step_to_apply(steps, step)
     except planning.PlanError as e:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ingress import spec as ingress_spec
 from nodemesh import authz
 from nodemesh.lab import rollout
 from nodemesh.routing.spec import ROUTE_KINDS, RouteError, compile_route
@@ -32,8 +33,13 @@ STORED_KINDS = {
     "ClusterRoleBinding",
     "Role",
     "RoleBinding",
+    # Served by nodemesh-ingress (ingress/), which reads them from the store as the control
+    # plane reads its kinds.
+    "Ingress",
+    "IngressClass",
+    "Gateway",
 }
-CLUSTER_SCOPED = {"Namespace", "Node", "ClusterRole", "ClusterRoleBinding"}
+CLUSTER_SCOPED = {"Namespace", "Node", "ClusterRole", "ClusterRoleBinding", "IngressClass"}
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -318,6 +324,17 @@ def _check_route(obj: dict[str, Any], fail: Fail) -> None:
         raise fail(str(e)) from None
 
 
+def _check_ingress(obj: dict[str, Any], fail: Fail) -> None:
+    """Ingresses nodemesh serves are checked as nodemesh-ingress reads them; others (another
+    controller's class) are stored as they are, as an API server would."""
+    if ingress_spec.class_of(obj) != ingress_spec.CLASS_NAME:
+        return
+    try:
+        ingress_spec.read_ingress(obj)
+    except ingress_spec.BadIngress as e:
+        raise fail(str(e).split(": ", 1)[1]) from None
+
+
 def _need_dict(obj: dict[str, Any], key: str, fail: Fail) -> dict[str, Any]:
     value = obj.get(key)
     if not isinstance(value, dict):
@@ -333,6 +350,7 @@ _CHECKS: dict[str, Callable[[dict[str, Any], Fail], None]] = {
     authz.KIND: _check_inbound_policy,
     "HTTPRoute": _check_route,
     "GRPCRoute": _check_route,
+    "Ingress": _check_ingress,
 }
 
 

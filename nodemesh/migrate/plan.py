@@ -8,13 +8,16 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingress import spec as ingress_spec
 from nodemesh.migrate.survey import (
     HOST_PORT,
     INBOUND_MODE,
     MESH_LABEL,
     NODEMESH_ROUTER,
     ROUTER_ROUTES,
+    ROUTER_SERVICE,
     SKIP_INBOUND,
+    RouterUse,
     Survey,
     WorkloadRef,
     containers,
@@ -242,10 +245,62 @@ def leave_router(survey: Survey) -> Step:
     return step
 
 
-def edge() -> Step:
-    return Step("edge", "move Ingresses to nodemesh (ingressClassName: nodemesh)", NOT_BUILT,
-                "nodemesh does not serve Ingress or Gateway objects yet: keep the meshed "
-                "controller")  # fmt: skip
+EDGE_DEPLOYMENT = "nodemesh-ingress"  # rendered by `nodemesh install --ingress`
+EDGE_COPY_SUFFIX = "-nodemesh"
+
+
+def edge(survey: Survey) -> Step:
+    """Each Ingress of another controller gets a copy of class nodemesh, so nodemesh-ingress
+    serves its hosts too while the old controller still does: moving DNS (or the external load
+    balancer) to nodemesh-ingress' Service, and deleting the old Ingress, stay the user's."""
+    step = Step("edge", "serve each Ingress from nodemesh-ingress too (a copy of class nodemesh)",
+                TODO)  # fmt: skip
+    ingresses = sorted(k for k in survey.objects if k[0] == "Ingress")
+    if not ingresses:
+        step.state, step.why = NOTHING, "no Ingress found"
+        return step
+    if not any(k[0] == "Deployment" and k[2] == EDGE_DEPLOYMENT for k in survey.objects):
+        step.state = NOTHING
+        step.why = ("optional: nodemesh-ingress is not installed (`nodemesh install --ingress`); "
+                    "the meshed controller keeps serving the Ingresses")  # fmt: skip
+        return step
+    refused = []
+    for _, ns, name in ingresses:
+        obj = survey.objects[("Ingress", ns, name)]
+        if ingress_spec.class_of(obj) == ingress_spec.CLASS_NAME:
+            continue
+        copy_name = name + EDGE_COPY_SUFFIX
+        if ("Ingress", ns, copy_name) in survey.objects:
+            continue
+        after = clean(obj)
+        after["metadata"]["name"] = copy_name
+        annotations = after["metadata"].get("annotations") or {}
+        annotations.pop(ingress_spec.CLASS_ANNOTATION, None)
+        if "annotations" in after["metadata"] and not annotations:
+            after["metadata"].pop("annotations")
+        after.setdefault("spec", {})["ingressClassName"] = ingress_spec.CLASS_NAME
+        try:
+            ingress_spec.read_ingress(after)
+        except ingress_spec.BadIngress as e:
+            refused.append(f"ingress/{name} -n {ns} cannot be served by nodemesh-ingress: "
+                           + str(e).split(": ", 1)[1])  # fmt: skip
+            continue
+        step.changes.append(
+            Change("Ingress", ns, copy_name, None, after,
+                   f"ingress/{copy_name} -n {ns}: a copy of ingress/{name} for nodemesh-ingress "
+                   "(the old controller keeps serving ingress/" + name + ")")  # fmt: skip
+        )
+    if refused and not step.changes:
+        step.state, step.why = BLOCKED, "; ".join(refused)
+    elif not step.changes:
+        step.state = DONE
+        step.why = ("every Ingress is served by nodemesh-ingress too: point DNS at its Service, "
+                    "then delete the old Ingresses")  # fmt: skip
+    else:
+        step.why = "both controllers serve the hosts; then move DNS to nodemesh-ingress' Service"
+        if refused:
+            step.why += f" (left out: {'; '.join(refused)})"
+    return step
 
 
 def strict(survey: Survey, now: str) -> Step:
@@ -283,15 +338,23 @@ def strict(survey: Survey, now: str) -> Step:
     return step
 
 
-def remove_router(survey: Survey, *, force: bool = False) -> Step:
+def remove_router(survey: Survey, *, force: bool = False, keep_service: bool = False) -> Step:
+    """`keep_service`: the router's Service stays, annotated router-compatible (ROUTER_SERVICE):
+    the node agents route what meshed apps still send to it by Host or proxy target."""
     step = Step("remove-router", "remove the router", TODO)
     if not survey.routers:
         step.state, step.why = NOTHING if not survey.uses else DONE, "no router found"
         return step
-    if survey.uses and not force:
-        users = sorted({str(u.workload) for u in survey.uses})
+    uses = survey.uses
+    if keep_service:
+        uses = [u for u in uses if not _served_by_kept_service(survey, u)]
+    if uses and not force:
+        users = sorted({str(u.workload) for u in uses})
         step.state = BLOCKED
         step.why = f"still sending through it: {', '.join(users)}; run leave-router first"
+        if keep_service:
+            step.why += (" (a kept router Service carries the proxy and Host-routed requests "
+                         "of meshed apps only, not a port standing for a Service)")  # fmt: skip
         return step
     for router in sorted(survey.routers.values(), key=lambda r: r.name):
         if router.nodemesh:
@@ -303,10 +366,21 @@ def remove_router(survey: Survey, *, force: bool = False) -> Step:
         if router.service:
             ns, _, name = router.service.partition("/")
             svc = survey.get("Service", ns, name)
-            if svc is not None:
+            if svc is not None and keep_service:
+                kept = clean(svc)
+                kept.setdefault("metadata", {}).setdefault("annotations", {})[ROUTER_SERVICE] = (
+                    "true"
+                )
+                step.changes.append(Change("Service", ns, name, clean(svc), kept,
+                                           f"keep service/{name} -n {ns} as a router Service "
+                                           f"({ROUTER_SERVICE}=true): the node agents serve "
+                                           "it"))  # fmt: skip
+            elif svc is not None:
                 step.changes.append(Change("Service", ns, name, clean(svc), None,
                                            f"delete service/{name} -n {ns}"))  # fmt: skip
-    step.why = "nothing sends through it any more" if not survey.uses else "forced"
+    step.why = "nothing sends through it any more" if not uses else "forced"
+    if keep_service and len(uses) < len(survey.uses):
+        step.why += "; the apps still naming its Service keep working through the node agents"
     if not step.changes and all(r.nodemesh for r in survey.routers.values()):
         step.state = DONE
         step.why = (f"only nodemesh's own router ({NODEMESH_ROUTER}, the node agents): nothing to "
@@ -314,15 +388,31 @@ def remove_router(survey: Survey, *, force: bool = False) -> Step:
     return step
 
 
-def plan(survey: Survey, *, now: str, force: bool = False) -> list[Step]:
+def _served_by_kept_service(survey: Survey, use: RouterUse) -> bool:
+    """A use a router Service kept router-compatible carries: a proxy variable naming the
+    Service, from a meshed namespace (its connections are captured to the agent)."""
+    router = survey.routers.get(use.router)
+    ns = survey.namespaces.get(use.workload.namespace)
+    return (
+        use.proxy_env
+        and router is not None
+        and router.service is not None
+        and ns is not None
+        and ns.meshed
+    )
+
+
+def plan(
+    survey: Survey, *, now: str, force: bool = False, keep_service: bool = False
+) -> list[Step]:
     """Every step of the path in order, each with its state and its changes for this cluster."""
     return [
         mesh_ingress(survey, now),
         mesh_namespaces(survey, now),
         leave_router(survey),
-        edge(),
+        edge(survey),
         strict(survey, now),
-        remove_router(survey, force=force),
+        remove_router(survey, force=force, keep_service=keep_service),
     ]
 
 

@@ -12,6 +12,9 @@ MESH_LABEL = "nodemesh.io/mesh"
 INBOUND_MODE = "nodemesh.io/inbound-mode"
 SKIP_INBOUND = "nodemesh.io/skip-inbound-ports"
 ROUTER_ROUTES = "nodemesh.io/router-routes"
+# A router-compatible Service (the node agents route what is sent to it by Host or proxy
+# target; controlplane.index.mesh.ROUTER).
+ROUTER_SERVICE = "nodemesh.io/router"
 
 WORKLOAD_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
 # Namespaces the path never touches: the cluster's own and the mesh's.

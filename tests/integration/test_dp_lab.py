@@ -429,8 +429,17 @@ def test_scaling_and_a_killed_pod_under_load(own_lab: Lab) -> None:
     got = _result(proc)
     assert got["failed"] == 0, got
     assert int(got["ok"]) > 200, got  # type: ignore[arg-type]
-    fresh = _result(_load_workers(lab, 3, 8))
-    assert fresh["failed"] == 0 and len(fresh["pods"]) >= 3, fresh  # type: ignore[arg-type]
+    # Then fresh connections spread over the new pods too, once the client's agent has them
+    # (pod readiness reaches it through the control plane: seconds on a loaded machine; CI
+    # once saw two pods only in the first 3-second round).
+    rounds = []
+    while len(rounds) < 6:
+        fresh = _result(_load_workers(lab, 3, 8))
+        rounds.append(fresh)
+        assert fresh["failed"] == 0, rounds
+        if len(fresh["pods"]) >= 3:  # type: ignore[arg-type]
+            break
+    assert len(rounds[-1]["pods"]) >= 3, rounds  # type: ignore[arg-type]
 
     # Kill -9 one endpoint pod's app: only requests in flight on its connections may fail (at
     # most one per worker); new connections are retried on the other endpoints.

@@ -281,7 +281,7 @@ def test_the_path_from_ingress_and_router_to_meshed_strict_with_one_rollback(lab
     plan = json.loads(lab.migrate("plan", "-o", "json").stdout)["steps"]
     assert [(s["id"], s["state"]) for s in plan] == [
         ("mesh-ingress", "todo"), ("mesh-namespaces", "todo"), ("leave-router", "todo"),
-        ("edge", "not built"), ("strict", "blocked"), ("remove-router", "blocked")]  # fmt: skip
+        ("edge", "nothing to do"), ("strict", "blocked"), ("remove-router", "blocked")]  # fmt: skip
 
     timeline: list[str] = []
 

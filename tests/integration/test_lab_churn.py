@@ -265,8 +265,8 @@ def test_a_half_closed_request_nobody_answers_is_reaped(lab: tuple[LabPaths, Pat
     while True:
         # Every socket in both pods' namespaces: the apps' and their agents' (the relays', the
         # tunnel's); nothing else runs in them.
-        left = {*sockets(paths, "shell"), *sockets(paths, "silent")}
-        if not {"FIN-WAIT-2", "CLOSE-WAIT"} & left:
+        left = {pod: sockets(paths, pod) for pod in ("shell", "silent")}
+        if not {"FIN-WAIT-2", "CLOSE-WAIT"} & {*left["shell"], *left["silent"]}:
             break
         assert time.monotonic() < deadline, left
         time.sleep(1)

@@ -12,7 +12,10 @@ user must see:
   and web's, and `edges` and `stat` count exactly the requests the clients made;
 - `tap` of the client shows its router requests (origin-form path, authority, identities);
 - bad requests, unknown hosts, ports that are not the Service's and callers that are not pods of
-  the node get 400, 502, 403 and 403 from the router, each naming why.
+  the node get 400, 502, 403 and 403 from the router, each naming why;
+- a router-compatible Service (nodemesh.io/router: "true") whose router has no pods: a meshed
+  app's `curl -H 'Host: echo.moving' http://router.infra/` and `curl -x router.infra:4140` reach
+  echo over mTLS, counted under the app.
 
 Run with NODEMESH_LEAKCHECK_ONLY=rtrmd on a shared machine. NODEMESH_ROUTER_REQUESTS sets hey's
 request count (default 300).
@@ -78,6 +81,59 @@ def client_docs() -> list[dict[str, Any]]:
                          "containers": [{"name": "client", "image": "debian/curl",
                                          "command": ["sleep", "100000"]}]}}},
         },
+        *router_service_docs(),
+    ]  # fmt: skip
+
+
+def router_service_docs() -> list[dict[str, Any]]:
+    """A central router's Service left without its router pods (as `migrate`'s remove-router
+    step leaves it), annotated router-compatible; a meshed app on node1 still calling it, and
+    the Service it names in Host (echo, one port: 8000) on node2."""
+
+    def deploy(
+        name: str, node: str, image: str, command: list[str], **extra: Any
+    ) -> dict[str, Any]:
+        return {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": MESHED_NS},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                         "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                             "nodeSelector": {"kubernetes.io/hostname": node},
+                             "containers": [{"name": name, "image": image, "command": command,
+                                             **extra}]}}}}  # fmt: skip
+
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "infra"}},
+        # The router's Deployment, scaled to no pods (the lab wants a Service to select one).
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "router", "namespace": "infra"},
+         "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "router"}},
+                  "template": {"metadata": {"labels": {"app": "router"}}, "spec": {
+                      "containers": [{"name": "haproxy", "image": "haproxy",
+                                      "command": ["sleep", "100000"]}]}}}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "router", "namespace": "infra",
+                      "annotations": {"nodemesh.io/router": "true"}},
+         "spec": {"selector": {"app": "router"},  # no such pods any more
+                  "ports": [{"name": "http", "port": 80}, {"name": "proxy", "port": 4140}]}},
+        deploy("echo", "node2", "python", ["python3", "-m", "http.server", "8000"],
+               readinessProbe={"tcpSocket": {"port": 8000}, "periodSeconds": 1}),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": MESHED_NS},
+         "spec": {"selector": {"app": "echo"}, "ports": [{"port": 8000}]}},
+        deploy("old-app", "node1", "debian/curl", ["sleep", "100000"]),
+        # The same pods behind a Service with a mesh route: /moved/... redirected to /new/...
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "echo-routed", "namespace": MESHED_NS},
+         "spec": {"selector": {"app": "echo"}, "ports": [{"port": 8000}]}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+         "metadata": {"name": "moved", "namespace": MESHED_NS},
+         "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo-routed",
+                                  "port": 8000}],
+                  "rules": [
+                      {"matches": [{"path": {"type": "PathPrefix", "value": "/moved"}}],
+                       "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                           "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"},
+                           "statusCode": 302}}]},
+                      {"backendRefs": [{"name": "echo-routed", "port": 8000}]}]}},
     ]  # fmt: skip
 
 
@@ -233,7 +289,6 @@ def test_migrate_status_lists_the_router_users(lab: tuple[LabPaths, Path]) -> No
     assert legacy["stage"] == "router", legacy
 
 
-
 def test_a_meshed_pod_sending_through_the_router_is_carried_from_its_own_address(
     lab: tuple[LabPaths, Path],
 ) -> None:
@@ -261,3 +316,74 @@ def test_a_meshed_pod_sending_through_the_router_is_carried_from_its_own_address
     edge = found[("meshed-client", "web")]
     assert edge["secured"] and edge["requests"] == 5, edge
     assert edge["client_id"] == f"{TD}/ns/{MESHED_NS}/sa/default", edge
+
+
+def test_a_router_service_without_router_pods_routes_by_host_over_mtls(
+    lab: tuple[LabPaths, Path],
+) -> None:
+    """Linkerd 1's linkerd-service pattern after the router is gone: the app keeps sending to
+    router.infra, naming the real Service in Host (or through http_proxy=router.infra:4140);
+    its node's agent routes each request by what it names, as the app, over mTLS."""
+    paths, tmp = lab
+    echo_ip = pod_of(paths, MESHED_NS, "echo")["status"]["podIP"]
+    me = pod_of(paths, MESHED_NS, "old-app")["status"]["podIP"]
+    marker = "nmrtrsvc" + uuid.uuid4().hex[:8]
+    capture = Tcpdump(paths.underlay_netns, tmp / "router-service.pcap")
+    try:
+        script = ('for i in 1 2 3 4 5; do '
+                  'curl -sS -o /dev/null -w "%{http_code}\\n" --max-time 20 '
+                  '-H "Host: echo.moving" "http://router.infra/?$1=$i"; '
+                  'curl -sS -o /dev/null -w "%{http_code}\\n" --max-time 20 '
+                  '-x http://router.infra:4140 "http://echo.moving:8000/?$1=p$i"; done')  # fmt: skip
+        codes = nm("lab", "exec", "--name", paths.name, "-n", MESHED_NS, "deploy/old-app", "--",
+                   "sh", "-c", script, "sh", marker, timeout=300)  # fmt: skip
+    finally:
+        capture.stop()
+    assert codes.split() == ["200"] * 10, codes
+    assert capture.dropped == 0 and capture.count(marker) == 0  # never plaintext
+    assert capture.packets(f"src host {me} and dst host {echo_ip} and dst port 4143") > 0
+    assert capture.packets(f"dst host {echo_ip} and dst port 8000") == 0
+
+    def from_old_app() -> dict[str, Any]:
+        out = nm("stat", "deploy", "-n", MESHED_NS, "--from", "deploy/old-app", "--lab",
+                 paths.name, "-t", "10m", "-o", "json")  # fmt: skip
+        return {r["name"]: r for r in json.loads(out)["rows"]}
+
+    # Counted under the caller: old-app -> echo, every request, all successful, over mTLS.
+    rows = settles(from_old_app, lambda got: got.get("echo", {}).get("requests", 0) >= 10)
+    assert (rows["echo"]["requests"], rows["echo"]["success_rate"]) == (10, 1.0), rows
+    found = settles(
+        lambda: edges(paths), lambda got: got.get(("old-app", "echo"), {}).get("requests", 0) >= 10
+    )
+    edge = found[("old-app", "echo")]
+    assert edge["secured"] and edge["requests"] == 10, edge
+    assert edge["client_id"] == f"{TD}/ns/{MESHED_NS}/sa/default", edge
+    assert edge["server_id"] == f"{TD}/ns/{MESHED_NS}/sa/default", edge
+
+
+def test_mesh_routes_apply_to_a_meshed_apps_requests_through_the_router(
+    lab: tuple[LabPaths, Path],
+) -> None:
+    """An HTTPRoute on the destination Service applies to what a meshed app sends through a
+    router Service (by Host or as a proxy) or through its node's router port, as it applies to
+    its captured requests: here a RequestRedirect answered by the app's own agent."""
+    paths, _ = lab
+    fmt = '"%{http_code} %{redirect_url}\\n"'
+    via_service = ("curl -sS -o /dev/null --max-time 20 -w " + fmt
+                   + ' -H "Host: echo-routed.moving" http://router.infra/moved/a; '
+                   "curl -sS -o /dev/null --max-time 20 -w " + fmt
+                   + " -x http://router.infra:4140 http://echo-routed.moving:8000/moved/b; "
+                   "curl -sS -o /dev/null --max-time 20 -w " + fmt
+                   + ' -H "Host: echo-routed.moving" http://router.infra/')  # fmt: skip
+    got = nm("lab", "exec", "--name", paths.name, "-n", MESHED_NS, "deploy/old-app", "--",
+             "sh", "-c", via_service, timeout=300).split("\n")  # fmt: skip
+    assert [line.strip() for line in got if line.strip()] == [
+        "302 http://echo-routed.moving/new/a",
+        "302 http://echo-routed.moving/new/b",
+        "200",  # the route's other rule: to echo
+    ], got
+    via_port = nm("lab", "exec", "--name", paths.name, "-n", MESHED_NS, "deploy/meshed-client",
+                  "--", "sh", "-c", "curl -sS -o /dev/null --max-time 20 -w " + fmt + ' -x "$1" '
+                  "http://echo-routed.moving:8000/moved/c", "sh", f"http://{ROUTER}",
+                  timeout=300)  # fmt: skip
+    assert via_port.strip() == "302 http://echo-routed.moving/new/c", via_port

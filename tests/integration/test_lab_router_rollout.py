@@ -4,7 +4,15 @@ new one with the pods' listeners, so an app sending through it sees no refusal a
 Its own small lab (the rollout makes new agent pods, which a shared lab's leak check would
 count): a meshed HTTP server on node2, an unmeshed client on node1 running Debian's hey through
 node1's agent with a new connection per request (~40 a second), while `lab rollout restart`
-replaces both agents (DaemonSet maxSurge: 1). Run with NODEMESH_LEAKCHECK_ONLY=rtrro.
+replaces both agents (DaemonSet maxSurge: 1); then again with the control plane away. Every
+request must be answered by the app: no 502 from the router either (the agents log why they
+answered one, at warning level, and the failure message quotes those lines).
+
+The 502s seen in CI (4 of 368, each after 5 s) were the new agent asking the control plane again
+for the unmeshed caller's certificate, which its predecessor held and handed over but the new
+process dropped as not wanted (it did not know that pod used the router); with the control plane
+slow or away the requests waited CERT_WAIT and were answered 502. Run with
+NODEMESH_LEAKCHECK_ONLY=rtrro.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nodemesh.cli.lab_mesh import mesh_objects
 from nodemesh.lab.paths import LabPaths
 from tests.integration.labkit import lab_up, nm
 from tests.integration.test_lab_meshed_ingress import pod_of
@@ -61,7 +70,8 @@ def lab(tmp_path: Path) -> Iterator[LabPaths]:
         yield paths
 
 
-def test_a_rollout_of_the_agents_fails_no_router_request(lab: LabPaths) -> None:
+def rollout_under_hey(lab: LabPaths) -> str:
+    """Roll both agents while hey sends through node1's router; hey's summary."""
     netns = lab.pod_netns("legacy", pod_of(lab, "legacy", "client")["metadata"]["name"])
     hey = subprocess.Popen(
         ["ip", "netns", "exec", netns, "hey", "-disable-keepalive", "-c", "2", "-q", "20",
@@ -79,17 +89,41 @@ def test_a_rollout_of_the_agents_fails_no_router_request(lab: LabPaths) -> None:
         if hey.poll() is None:
             hey.kill()
             hey.communicate()
+    return out
+
+
+def agent_logs(lab: LabPaths) -> str:
+    return "".join(p.read_text() for p in Path(lab.root, "logs", "nodemesh").rglob("agent.log"))
+
+
+def assert_every_request_answered_by_the_app(out: str, logs: str, when: str) -> None:
     codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
-    assert "Error distribution" not in out, out  # no connection refused, reset or timed out
-    # Known gap (issue 16's note): in one CI run of two, 4 of 368 requests were answered 502
-    # by the router during the rollout (cause not found: not reproduced in isolated runs, all
-    # 200). Until it is found, a few 502s (at most 2 %) are tolerated here and nothing else.
-    assert set(codes) <= {200, 502} and codes.get(200, 0) > 100, out
-    assert codes.get(502, 0) <= sum(codes.values()) // 50, out
-    logs = "".join(p.read_text() for p in Path(lab.root, "logs", "nodemesh").rglob("agent.log"))
+    # Why the router answered an error (warning level, with destination and cause), if it did.
+    answered = "\n".join(line for line in logs.splitlines() if "router: answered" in line)
+    assert "Error distribution" not in out, (when, out, answered)  # no refusal, reset, time-out
+    # No 502 from a router whose port, table, certificates or peer agent are being handed over.
+    assert set(codes) == {200} and codes[200] > 100, (when, out, answered)
+
+
+def test_rollouts_of_the_agents_fail_no_router_request(lab: LabPaths, tmp_path: Path) -> None:
+    out = rollout_under_hey(lab)
+    logs = agent_logs(lab)
+    assert_every_request_answered_by_the_app(out, logs, "rollout")
     assert logs.count("taken over from pid") >= 2, logs[-3000:]
     # Each new agent served the router port its predecessor held, queue and all (none bound a
     # second socket beside it, which would reset what waited in the old one's queue).
-    assert logs.count("router mode: explicit proxy on 0.0.0.0:4144 (socket taken over)") >= 2, (
-        logs[-3000:]
-    )
+    taken = logs.count("router mode: explicit proxy on 0.0.0.0:4144 (socket taken over)")
+    assert taken >= 2, logs[-3000:]
+    # Again with the control plane away: the new agents serve from what their predecessors
+    # handed over, the unmeshed caller's certificate included (no CA to ask for a new one).
+    docs = mesh_objects(lab)
+    (cp,) = [
+        d for d in docs if d["kind"] == "Deployment" and "controlplane" in d["metadata"]["name"]
+    ]
+    cp["spec"]["replicas"] = 0
+    manifest = tmp_path / "cp.yml"
+    manifest.write_text(yaml.safe_dump(cp))
+    nm("lab", "apply", "--name", lab.name, "-f", str(manifest), "--wait", "--timeout", "120")
+    out = rollout_under_hey(lab)
+    logs = agent_logs(lab)
+    assert_every_request_answered_by_the_app(out, logs, "rollout with the control plane away")

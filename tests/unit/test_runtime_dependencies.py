@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ("nodeagent", "controlplane", "nodemesh", "dashboard")
+SHIPPED = ("nodeagent", "controlplane", "nodemesh", "dashboard", "ingress")
 FIRST_PARTY = {*SHIPPED, "nodemesh_cni"}
 
 

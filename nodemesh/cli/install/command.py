@@ -45,6 +45,13 @@ _path = click.Path(path_type=Path, dir_okay=False)
 @click.option("--prometheus", is_flag=True, help="Also install a Prometheus scraping nodemesh.")
 @click.option("--prometheus-replicas", type=int, default=1, show_default=True)
 @click.option(
+    "--ingress",
+    is_flag=True,
+    help="Also install nodemesh-ingress, serving Ingresses of class nodemesh (namespace "
+    "NAMESPACE-ingress, meshed; a LoadBalancer Service on ports 80 and 443).",
+)
+@click.option("--ingress-replicas", type=int, default=1, show_default=True)
+@click.option(
     "--registry",
     default=_defaults.registry,
     show_default=True,
@@ -106,6 +113,8 @@ def install(
     web_replicas: int | None,
     prometheus: bool,
     prometheus_replicas: int,
+    ingress: bool,
+    ingress_replicas: int,
     registry: str,
     version: str,
     image_pull_policy: str,
@@ -139,6 +148,8 @@ def install(
                 cluster_domain=cluster_domain,
                 trust_domain=trust_domain,
                 router=not no_router,
+                ingress=ingress,
+                ingress_replicas=ingress_replicas,
             )
         )
     except BadValue as e:
@@ -217,6 +228,7 @@ def uninstall(namespace: str, cni_conf_dir: str, cni_bin_dir: str) -> None:
             InstallValues(
                 namespace=namespace,
                 prometheus=True,
+                ingress=True,
                 cni_conf_dir=cni_conf_dir,
                 cni_bin_dir=cni_bin_dir,
             )
@@ -234,7 +246,11 @@ def uninstall(namespace: str, cni_conf_dir: str, cni_bin_dir: str) -> None:
     cluster = [
         o for o in everything if "namespace" not in o["metadata"] and o["kind"] != "Namespace"
     ]
-    ns = [o for o in everything if o["kind"] == "Namespace"]
+    # The install's own Namespace last (the ingress' goes before it).
+    ns = sorted(
+        (o for o in everything if o["kind"] == "Namespace"),
+        key=lambda o: o["metadata"]["name"] == values.namespace,
+    )
     refs: list[Obj] = [
         {
             "apiVersion": o["apiVersion"],

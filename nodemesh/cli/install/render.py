@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from nodemesh.cli.install import access, addons, agent, controlplane, crds
+from nodemesh.cli.install import access, addons, agent, controlplane, crds, ingress
 from nodemesh.cli.install.identity import IdentityFiles
 from nodemesh.cli.install.meta import Obj
 from nodemesh.cli.install.values import InstallValues
@@ -20,6 +20,8 @@ def objects(values: InstallValues, identity: IdentityFiles) -> list[Obj]:
     out += access.objects(values)
     if values.prometheus:
         out += addons.prometheus(values)
+    if values.ingress:
+        out += ingress.objects(values)
     return out
 
 

@@ -44,6 +44,9 @@ class InstallValues:
     trust_domain: str = "cluster.local"
     # Router mode: the agent's explicit HTTP proxy on every node (port 4144).
     router: bool = True
+    # nodemesh-ingress, the edge for Ingresses of class nodemesh (install --ingress).
+    ingress: bool = False
+    ingress_replicas: int = 1
 
     def image(self, component: str) -> str:
         return f"{self.registry}/{component}:{self.version}"
@@ -70,6 +73,7 @@ def checked(values: InstallValues) -> InstallValues:
         ("--controller-replicas", v.controller_replicas),
         ("--web-replicas", v.web_replicas),
         ("--prometheus-replicas", v.prometheus_replicas),
+        ("--ingress-replicas", v.ingress_replicas),
     ):
         if not 1 <= count <= 99:
             raise BadValue(f"{flag} {count} is not from 1 to 99")

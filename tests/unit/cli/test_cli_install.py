@@ -318,7 +318,8 @@ def test_uninstall_lists_what_to_delete() -> None:
     docs = [d for d in yaml.safe_load_all(res.stdout) if d]
     assert docs[-1] == {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mesh"}}
     assert {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"} == {
-        "mesh-controlplane", "mesh-agent", "mesh-prometheus", "mesh-tap", "mesh-stats"}  # fmt: skip
+        "mesh-controlplane", "mesh-agent", "mesh-prometheus", "mesh-tap", "mesh-stats",
+        "mesh-ingress"}  # fmt: skip
     # Prometheus is listed though a default install never made it: without --ignore-not-found
     # the documented pipe exits 1 on a cluster installed without --prometheus.
     _, installed = render("-n", "mesh")

@@ -231,3 +231,19 @@ def test_port_sets_contain_exactly_the_ports_listed(items: list[tuple[int, int]]
     for probe in expected | {1, 65535, 100, 8080}:
         assert (probe in ports) == (probe in expected)
     assert PortSet.parse(str(ports)) == ports
+
+
+def test_a_service_annotated_router_is_router_compatible_and_reaches_the_agents_so() -> None:
+    """nodemesh.io/router: "true" on a Service (a central router's, kept without its pods):
+    the agents serve it as a router (nodeagent.proxy.router); any other value is not one."""
+    from nodemesh import destination_codec as codec
+
+    router = k.service("infra", "router", ip="10.96.0.40")
+    router["metadata"]["annotations"] = {"nodemesh.io/router": "true"}
+    other = k.service("infra", "other", ip="10.96.0.41")
+    other["metadata"]["annotations"] = {"nodemesh.io/router": "yes please"}
+    index = loaded([router, other, k.service("infra", "plain", ip="10.96.0.42")])
+    got = {key.name: svc.router for key, svc in index.services.items()}
+    assert got == {"router": True, "other": False, "plain": False}
+    svc = index.services[ServiceKey("infra", "router")]
+    assert codec.service_from_pb(codec.service_to_pb(svc)) == svc

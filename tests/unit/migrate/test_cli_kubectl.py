@@ -68,7 +68,7 @@ def test_status_and_plan_read_the_cluster_through_kubectl(kubectl: Path) -> None
     res = runner.invoke(cli, ["migrate", "plan", "--context", "prod", "-o", "json"])
     assert res.exit_code == 0, res.output
     states = [(s["id"], s["state"]) for s in json.loads(res.output)["steps"]]
-    assert states[0] == ("mesh-ingress", "todo") and states[3] == ("edge", "not built")
+    assert states[0] == ("mesh-ingress", "todo") and states[3] == ("edge", "nothing to do")
 
 
 def test_apply_dry_run_changes_nothing_and_a_blocked_step_says_why(kubectl: Path) -> None:

@@ -51,7 +51,7 @@ def test_a_fresh_cluster_gets_the_path_in_order() -> None:
         "mesh-ingress": "todo",
         "mesh-namespaces": "todo",
         "leave-router": "todo",
-        "edge": "not built",
+        "edge": "nothing to do",  # optional: nodemesh-ingress is not installed
         "strict": "blocked",
         "remove-router": "blocked",
     }
@@ -132,6 +132,37 @@ def test_the_router_goes_only_once_nothing_uses_it_unless_forced() -> None:
         ("Deployment", "router", None), ("Service", "router", None)]  # fmt: skip
 
 
+def test_keep_service_leaves_the_routers_service_to_the_node_agents() -> None:
+    """`remove-router --keep-service`: meshed apps whose proxy variable names the router's
+    Service keep it (annotated nodemesh.io/router, served by their node agents); a port that
+    stands for one Service (EMOJISVC_HOST=router:8081) still needs leave-router first."""
+    objects = emojivoto()
+    proxied = deployment("shop", "cart", "shop/cart:1",
+                         env={"http_proxy": "http://router.emojivoto:8081"})  # fmt: skip
+    objects += [namespace("shop", **{"nodemesh.io/mesh": "enabled"}), proxied]
+    with pytest.raises(planning.PlanError, match=r"still sending through it: "
+                       r"deployment/web -n emojivoto; run leave-router first \(a kept"):  # fmt: skip
+        step(objects, "remove-router", keep_service=True)  # web's HOST:PORT uses block it
+    objects = applied(objects, step(objects, "mesh-namespaces").changes)
+    objects = applied(objects, step(objects, "leave-router").changes)
+    # leave-router rewrote web and dropped cart's proxy variable: put cart's back, as an app
+    # that names the router where the survey cannot see it would still do.
+    objects = [proxied if o["metadata"]["name"] == "cart" else o for o in objects]
+    assert states(objects)["remove-router"] == "blocked"  # deleting it would break cart
+    st = step(objects, "remove-router", keep_service=True)
+    assert [(c.kind, c.name, c.after is None) for c in st.changes] == [
+        ("Deployment", "router", True), ("Service", "router", False)]  # fmt: skip
+    kept = st.changes[1].after
+    assert kept is not None and kept["metadata"]["annotations"]["nodemesh.io/router"] == "true"
+    assert kept["spec"] == st.changes[1].before["spec"]  # type: ignore[index]
+    assert "keep working through the node agents" in st.why
+    after = applied(objects, st.changes)
+    assert states(after)["remove-router"] in ("done", "nothing to do")  # no router pods left
+    undone = applied(after, st.undo())
+    assert sorted(o["metadata"]["name"] for o in undone) == sorted(
+        o["metadata"]["name"] for o in objects)  # fmt: skip
+
+
 def test_leaving_a_router_without_known_routes_is_blocked_with_the_annotation_named() -> None:
     st = planning.plan(survey(emojivoto(routes=None)), now=NOW)[2]
     assert st.state == "blocked" and not st.changes
@@ -202,7 +233,7 @@ def test_apps_sending_through_nodemesh_router_mode_are_its_users_and_it_is_never
 def test_steps_that_cannot_be_applied_say_why() -> None:
     with pytest.raises(planning.PlanError, match="no step 'mesh-all'"):
         step(emojivoto(), "mesh-all")
-    with pytest.raises(planning.PlanError, match="step edge is not built"):
+    with pytest.raises(planning.PlanError, match="step edge is nothing to do: optional"):
         step(emojivoto(), "edge")
     objects = emojivoto()
     objects = applied(objects, step(objects, "mesh-ingress").changes)

@@ -136,3 +136,31 @@ def test_any_bytes_never_raise(data: bytes, cut: int) -> None:
         parse_head(data + b"\r\n\r\n")
     except ProxyRequestError as exc:
         assert exc.status == 400
+
+
+def test_a_router_service_routes_an_origin_form_request_by_its_host_header() -> None:
+    raw = b"GET /api?x=1 HTTP/1.1\r\nAccept: */*\r\nHOST: Echo.NS\r\n\r\nbody"
+    req = parse_head(raw, host_routed=True)
+    assert (req.connect, req.host, req.port, req.port_given) == (False, "echo.ns", 80, False)
+    assert req.head == raw[: req.consumed]  # it goes upstream as it came
+    assert (req.method, req.path) == ("GET", "/api?x=1")
+    with_port = parse_head(b"GET / HTTP/1.1\r\nHost: echo.ns:8080\r\n\r\n", host_routed=True)
+    assert (with_port.port, with_port.port_given) == (8080, True)
+    # The explicit-proxy shapes work there too (http_proxy=http://router.infra:4140).
+    assert parse_head(b"GET http://echo.ns/ HTTP/1.1\r\n\r\n", host_routed=True).host == "echo.ns"
+
+
+def test_a_router_service_request_without_host_is_a_400_naming_it() -> None:
+    with pytest.raises(ProxyRequestError) as err:
+        parse_head(b"GET / HTTP/1.0\r\n\r\n", host_routed=True)
+    assert err.value.status == 400
+    assert "no Host header" in err.value.reason
+
+
+def test_a_host_routed_connection_ends_at_a_request_for_another_host() -> None:
+    gate = OriginForm(host="echo.ns", port=80, host_routed=True)
+    first = b"GET /a HTTP/1.1\r\nHost: echo.ns\r\n\r\n"
+    assert gate.client(first) == (first, b"", False)
+    again = b"POST /b HTTP/1.1\r\nHost: echo.ns:80\r\nContent-Length: 3\r\n\r\nxyz"
+    assert gate.client(again) == (again, b"", False)
+    assert gate.client(b"GET / HTTP/1.1\r\nHost: other.ns\r\n\r\n") == (b"", b"", True)

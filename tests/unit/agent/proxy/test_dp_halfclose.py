@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import struct
 import subprocess
 
 import pytest
@@ -159,5 +160,41 @@ async def test_socat_half_closes_and_the_answer_still_comes_back(
         if proc is not None and proc.returncode is None:
             proc.kill()
             await proc.wait()
+        proxy.close()
+        app.close()
+
+
+async def test_a_client_reset_is_passed_on_as_a_reset_not_a_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that resets (as a client's agent resets its tunnel when it reaps a half-closed
+    connection) is passed on as a reset: a plain close of the server side sent a FIN the
+    server never answers, leaving the relay's socket orphaned in FIN-WAIT-2 and a server that
+    only closes when told to in CLOSE-WAIT for good (CI, stop 20: test_lab_churn)."""
+    monkeypatch.setattr(l4proxy, "HALF_CLOSED_TIMEOUT", 30.0, raising=False)
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read()  # to EOF (or a reset), then never a word and never a close
+
+    app = await asyncio.start_server(silent, "127.0.0.1", 0)
+    app_port = int(app.sockets[0].getsockname()[1])
+    proxy = Proxy(app_port)
+    port = await proxy.start()
+    client = socket.create_connection(("127.0.0.1", port))
+    try:
+        client.sendall(b"hello\n")
+        assert await _until(lambda: bool(held), 10), "the relay never reached the server"
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # a reset
+        assert await _until(lambda: not proxy.relays, 5)
+        assert await _until(lambda: not {"FIN-WAIT-2", "CLOSE-WAIT"} & {*_sockets(app_port)}, 5), (
+            _sockets(app_port)
+        )
+    finally:
+        client.close()
+        for w in held:
+            w.close()
         proxy.close()
         app.close()

@@ -65,3 +65,17 @@ def test_what_the_router_may_not_reach_is_answered_clearly(
         go(mesh, host, port, caller)
     assert err.value.status == status
     assert says in err.value.reason
+
+
+def test_a_name_without_port_reaches_a_services_only_port(mesh) -> None:
+    t = table([service("echo", "10.96.0.11", 8080, [endpoint("10.244.2.7", 8080)])], [])
+    routes = Routes(t)
+
+    def to(port: int, given: bool) -> tuple[str, int]:
+        return resolve(t, routes, host="echo.shop", port=port, caller_namespace="x",
+                       cluster_domain="k8s.local", port_given=given)  # fmt: skip
+
+    assert to(80, False) == ("10.96.0.11", 8080)  # `Host: echo.shop` names the Service
+    with pytest.raises(ProxyRequestError, match="port 80 is not a TCP port"):
+        to(80, True)  # `Host: echo.shop:80` names a port it does not have
+    assert go(mesh, "api.shop", 80) == ("10.96.0.10", 80)  # port 80 where there is one

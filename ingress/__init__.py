@@ -1,0 +1,1 @@
+"""nodemesh-ingress: serves Ingress objects of class `nodemesh` from a meshed Deployment."""
