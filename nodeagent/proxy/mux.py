@@ -565,6 +565,8 @@ class MuxSession(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            # What h2 has queued (the last stream's END_STREAM, often) goes out first.
+            self.send_out()
             self.transport.close()
 
     def _abort(self, exc: Exception) -> None:
