@@ -55,6 +55,24 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
 
+# A shared connection outlives its app connections: a peer node that vanished (no FIN, no RST)
+# must not leave it open for good. TCP keepalive ends it after about KEEPALIVE_IDLE +
+# KEEPALIVE_COUNT * KEEPALIVE_INTERVAL seconds of silence.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
+
+
+def keep_alive(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+    except (OSError, AttributeError):
+        pass  # not a TCP socket (tests over other transports): no keepalive
+
+
 class StreamRefused(ConnectionRefusedError):
     """The peer did not take the stream (GOAWAY, REFUSED_STREAM, a non-200 answer): nothing of
     it reached the app, it may be opened again on another connection."""
@@ -286,6 +304,7 @@ class MuxSession(asyncio.Protocol):
     def start(self, transport: Any, early: bytes = b"") -> None:
         """Take over `transport` (TLS app side, handshake done) and send our preface."""
         self.transport = transport
+        keep_alive(transport.get_extra_info("socket"))
         self.ssl_object = transport.get_extra_info("ssl_object")
         self.peername = transport.get_extra_info("peername")
         self.sockname = transport.get_extra_info("sockname")

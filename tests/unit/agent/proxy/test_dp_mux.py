@@ -251,6 +251,9 @@ async def test_sequential_connections_share_one_handshake_and_keep_half_close(
         assert await _request(mw.src_port, body) == b"echo:" + body  # the echo app reads to EOF
     assert mw.handshakes == 1
     assert mw.sessions[0].opened == 20
+    # A long-lived connection whose peer node vanishes is ended by TCP keepalive.
+    raw = mw.sessions[0].transport.get_extra_info("socket")
+    assert raw.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
     # Every stream was admitted as the source workload its connection proved.
     assert mw.seen == [(WEB, mw.app_port)] * 20
 
