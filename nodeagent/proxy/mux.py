@@ -296,6 +296,7 @@ class MuxSession(asyncio.Protocol):
         self.peername: Any = None
         self.sockname: Any = None
         self.ssl_object: Any = None
+        self._inbound: list[bytes] = []  # received, parsed on the next turn of the loop
         self.opened = 0  # streams ever opened (metrics, tests)
         self.last_read = 0.0
 
@@ -353,7 +354,20 @@ class MuxSession(asyncio.Protocol):
     # --- events from the TLS layer --------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.last_read = asyncio.get_running_loop().time()
+        # The TLS layer hands over one record (16 KiB at most) at a time: what one read of the
+        # socket brought is parsed in one go, on the next turn of the loop, rather than a
+        # fraction of a frame per call.
+        if not self._inbound:
+            loop = asyncio.get_running_loop()
+            self.last_read = loop.time()
+            loop.call_soon(self._receive)
+        self._inbound.append(data)
+
+    def _receive(self) -> None:
+        chunks, self._inbound = self._inbound, []
+        if self.closed or not chunks:
+            return
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -442,6 +456,8 @@ class MuxSession(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._inbound:
+            self._receive()  # what arrived before the end still reaches its streams
         self.closed = True
         err = StreamReset(f"tunnel connection lost: {exc or self.error or 'closed'}")
         for stream in list(self.streams.values()):
