@@ -133,6 +133,9 @@ class TunnelPool:
         done, and open no new stream on it (the agent is draining)."""
         if netns is None:
             self.closed = True
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                self._sweeper = None
         for carrier in list(self.state.all()):
             key = carrier.key  # see pool_key: the source pod's netns first
             if netns is not None and not (isinstance(key, tuple) and key[0] == str(netns)):
@@ -243,7 +246,7 @@ class TunnelPool:
         self.state.lost(carrier)
 
     def _arm_sweep(self) -> None:
-        if self._sweeper is None:
+        if self._sweeper is None and not self.closed:
             loop = asyncio.get_running_loop()
             self._sweeper = loop.call_later(SWEEP_EVERY, self._sweep)
 
