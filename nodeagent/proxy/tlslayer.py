@@ -58,6 +58,10 @@ class TlsTransport:
     def abort(self) -> None:
         self._layer.abort()
 
+    def set_protocol(self, protocol: asyncio.Protocol) -> None:
+        """Hand the plaintext to another protocol (a tunnel connection turned multiplexed)."""
+        self._layer.app_protocol = protocol
+
     def is_closing(self) -> bool:
         raw = self._layer.raw
         return raw is None or raw.is_closing()
