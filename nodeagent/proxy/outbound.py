@@ -143,7 +143,7 @@ async def dial_upstream(
                 target=target,
                 source_namespace=pod.pod.namespace,
                 source_pod=pod.pod.name,
-                opaque=route.opaque or target.opaque,
+                opaque=opaque or target.opaque,
                 timeout=handshake,
             )
         except tunnelpool.NoMux:
