@@ -78,3 +78,17 @@ def pods(paths: LabPaths, ns: str) -> list[dict[str, Any]]:
     """The pods of namespace `ns`, as `lab status -o json` lists them."""
     st = json.loads(nm("lab", "status", "--name", paths.name, "-o", "json"))
     return [p for p in st["pods"] if p["namespace"] == ns]
+
+
+def agent_pid(paths: LabPaths, node: str) -> int:
+    """The nodemesh-agent process in `node`'s network namespace."""
+    out = subprocess.run(["ip", "netns", "pids", paths.node_netns(node)], capture_output=True,
+                         text=True, check=True).stdout.split()  # fmt: skip
+    for pid in out:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(part.endswith(b"nodemesh-agent") for part in cmdline[:2]):
+            return int(pid)
+    raise AssertionError(f"no nodemesh-agent process in {paths.node_netns(node)}")

@@ -12,14 +12,13 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from nodemesh.lab.paths import LabPaths
-from tests.integration.labkit import DEMO, NODEMESH, lab_up, run
+from tests.integration.labkit import DEMO, NODEMESH, agent_pid, lab_up, run
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -34,19 +33,6 @@ def lab() -> Iterator[LabPaths]:
         pytest.skip("needs root: the lab creates network namespaces")
     with lab_up("cli", *DEMO) as paths:
         yield paths
-
-
-def agent_pid(paths: LabPaths, node: str) -> int:
-    out = subprocess.run(["ip", "netns", "pids", paths.node_netns(node)], capture_output=True,
-                         text=True, check=True).stdout.split()  # fmt: skip
-    for pid in out:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(part.endswith(b"nodemesh-agent") for part in cmdline[:2]):
-            return int(pid)
-    raise AssertionError(f"no nodemesh-agent process in {paths.node_netns(node)}")
 
 
 def check_until_ok(lab: str, timeout: float = 30.0) -> str:

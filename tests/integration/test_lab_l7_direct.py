@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from nodemesh.lab.paths import LabPaths
-from tests.integration.labkit import NODEMESH, deployment, lab_up, nm
+from tests.integration.labkit import NODEMESH, agent_pid, deployment, lab_up, nm
 
 pytestmark = [
     pytest.mark.root,
@@ -227,19 +227,6 @@ def test_a_connection_per_request_reuses_the_l7_paths_tunnels(
     l4_p50, codes = hey(paths, "http://plain:8080/", *rate)
     assert codes == {"200": n}, codes
     assert l7_p50 <= 10 * l4_p50 + 0.005, f"L7 p50 {l7_p50 * 1000:.1f} ms, L4 {l4_p50 * 1000:.1f}"
-
-
-def agent_pid(paths: LabPaths, node: str) -> int:
-    out = subprocess.run(["ip", "netns", "pids", paths.node_netns(node)], capture_output=True,
-                         text=True, check=True).stdout.split()  # fmt: skip
-    for pid in out:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(part.endswith(b"nodemesh-agent") for part in cmdline[:2]):
-            return int(pid)
-    raise AssertionError(f"no nodemesh-agent process in {paths.node_netns(node)}")
 
 
 def rss_mib(pid: int) -> float:
