@@ -81,6 +81,7 @@ class Agent:
             certs=self.certs,
             dns_names=self.dns_names,
             keeper=keeper,
+            multiplex=config.tunnel_mux,
         )
         self.identity: IdentityClient | None = None
         # The table and certificates, kept on the node so a restart needs no control plane.
@@ -291,6 +292,7 @@ class Agent:
         """The successor serves every socket now: stop accepting; what was accepted drains."""
         self.successor_pid = pid
         self.enroller.stop_listening()
+        self.runtime.go_away()
         if self.router is not None:
             self.router.close()
         self.cni.release()
@@ -471,6 +473,7 @@ class Agent:
         self.runtime.keeper = None
         await self.cni.stop()
         self.enroller.stop_listening()
+        self.runtime.go_away()
         if self.router is not None:
             self.router.close()
         await tasks.cancel_all([*self._tasks, *self._enrolment_tasks])

@@ -66,6 +66,7 @@ class AgentConfig:
     trust_anchors: Path | None = None
     # Offer TLS session tickets between agents (off only to measure what they save).
     tls_resumption: bool = True
+    tunnel_mux: bool = True
     # Run as a socket keeper that starts the agent as its child (nodeagent.handover.keeper).
     keep_sockets: bool = False
     # ... and mirror them to the socket park beside the container (nodeagent.handover.park).
@@ -221,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="full TLS handshakes between agents every time (to measure resumption)",
     )
     p.add_argument(
+        "--no-tunnel-mux",
+        dest="tunnel_mux",
+        action="store_false",
+        help="one tunnel connection (and TLS handshake) per app connection to a peer agent, "
+        "instead of streams of a few shared ones (the accepting side takes both either way)",
+    )
+    p.add_argument(
         "--keep-sockets",
         action="store_true",
         help="run the agent under a parent that keeps its listening sockets open and restarts "
@@ -288,6 +296,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         telemetry=ns.telemetry,
         trust_anchors=_anchors(ns),
         tls_resumption=ns.tls_resumption,
+        tunnel_mux=ns.tunnel_mux,
         keep_sockets=ns.keep_sockets,
         socket_park=Path(ns.socket_park) if ns.socket_park else None,
         record_events=Path(ns.record_events) if ns.record_events else None,

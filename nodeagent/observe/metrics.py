@@ -50,6 +50,25 @@ UPSTREAM_FAILURES = Counter(
     _POD,
     registry=REGISTRY,
 )
+TUNNEL_HANDSHAKES = Counter(
+    "nodemesh_agent_tunnel_handshakes",
+    "TLS handshakes of agent-to-agent tunnel connections, by side (client: this agent dialled)"
+    " and kind (full, resumed)",
+    ["side", "kind"],
+    registry=REGISTRY,
+)
+TUNNEL_STREAMS = Counter(
+    "nodemesh_agent_tunnel_streams",
+    "App connections carried as streams of a shared (multiplexed) tunnel connection, by side",
+    ["side"],
+    registry=REGISTRY,
+)
+TUNNEL_CONNECTIONS = Gauge(
+    "nodemesh_agent_tunnel_shared_connections",
+    "Shared (multiplexed) tunnel connections open now, by side",
+    ["side"],
+    registry=REGISTRY,
+)
 DNS_QUERIES = Counter(
     "nodemesh_agent_dns_queries",
     "DNS queries of a pod, by transport and result (answered here or forwarded)",

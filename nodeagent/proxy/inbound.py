@@ -18,15 +18,17 @@ from typing import TYPE_CHECKING
 
 from nodeagent.observe import peers
 from nodeagent.observe.events import Peer
+from nodeagent.observe.metrics import TUNNEL_CONNECTIONS, TUNNEL_STREAMS
 from nodeagent.protocol import detect
 from nodeagent.protocol import preamble as pre
 from nodeagent.proxy import admitting, authz_inbound
 from nodeagent.proxy.authz_inbound import Inbound, RequestGate
 from nodeagent.proxy.l4proxy import CONNECT_TIMEOUT, Relay, original_destination
 from nodeagent.proxy.l7relay import ConnectionTap, peer_port
+from nodeagent.proxy.mux import MuxSession, MuxStream
 from nodeagent.proxy.outbound import CERT_WAIT, NO_TABLE, report_failed, table_known
-from nodeagent.proxy.podnetns import inbound_socket, marked_socket
-from nodeagent.proxy.tunnel import accept_tunnel, read_preamble, reply
+from nodeagent.proxy.podnetns import inbound_socket, marked_socket, transparent_socket
+from nodeagent.proxy.tunnel import accept_tls, read_preamble, reply
 from nodemesh import authz, certs, ports
 from nodemesh.model import InboundMode, PodInfo, PodKey
 
@@ -42,6 +44,15 @@ async def connect_app(relay: Relay, pod: PodListeners, *, client_ip: str, port: 
     loop = asyncio.get_running_loop()
     sock = None
     if rt.transparent:
+        sock = pod.stock("transparent", partial(transparent_socket, pod.netns)).take()
+        if sock is not None:
+            try:
+                sock.bind((client_ip, 0))
+            except OSError as exc:
+                log.debug("no transparent socket in %s: %s", pod.pod.netns, exc)
+                sock.close()
+                sock = None
+    if sock is None and rt.transparent:
         try:
             make = partial(inbound_socket, pod.netns, client_ip=client_ip)
             sock = await loop.run_in_executor(rt.executor, make)
@@ -196,8 +207,40 @@ async def handle_plain(relay: Relay, pod: PodListeners) -> None:
     )
 
 
-async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
-    """The shell of `admitting.TunnelAdmission`: it decides, this does the I/O it asks for."""
+def _serve_mux(relay: Relay, pod: PodListeners, client_id: str) -> None:
+    """The tunnel connection carries many app connections (HTTP/2 CONNECT streams, each one
+    admitted as a tunnel connection of its own would be, as `client_id`)."""
+    rt = pod.runtime
+    transport, early = relay.detach_down()
+
+    def on_stream(stream: MuxStream, target: tuple[str, int]) -> None:
+        async def handler(r: Relay, p: PodListeners) -> None:
+            await handle_tunnel(r, p, carried=(client_id, target))
+
+        TUNNEL_STREAMS.labels("server").inc()
+        r = Relay(pod.inbound, rt.relays, lambda r: pod.serve(handler, r))
+        stream.protocol = r.down
+        r.down.connection_made(stream)  # type: ignore[arg-type]
+
+    def on_lost(session: MuxSession) -> None:
+        rt.mux_sessions.discard(session)
+        TUNNEL_CONNECTIONS.labels("server").dec()
+
+    session = MuxSession(client_side=False, on_stream=on_stream, on_lost=on_lost)
+    rt.mux_sessions.add(session)
+    TUNNEL_CONNECTIONS.labels("server").inc()
+    transport.set_protocol(session)
+    session.start(transport, early)
+    if rt.draining:
+        session.go_away()
+
+
+async def handle_tunnel(
+    relay: Relay, pod: PodListeners, *, carried: tuple[str, tuple[str, int]] | None = None
+) -> None:
+    """The shell of `admitting.TunnelAdmission`: it decides, this does the I/O it asks for.
+    `carried`: the relay is a stream of a shared tunnel connection whose client proved that
+    identity, opened for that target (IP, port)."""
     rt = pod.runtime
     known = rt.table.synced or await table_known(relay, pod)
     info, dst = _this_pod(pod)  # after the wait: a table that just came knows this pod
@@ -214,13 +257,21 @@ async def handle_tunnel(relay: Relay, pod: PodListeners) -> None:
         return
     client_ip = relay.downstream_socket.getpeername()[0]
     try:
-        if isinstance(start, admitting.WaitCert):
+        if carried is not None:
+            client_id, header = carried[0], await read_preamble(relay)
+            if (str(header.original_ip), header.target_port) != carried[1]:
+                raise pre.PreambleError(f"preamble names another target than {carried[1]}")
+        elif isinstance(start, admitting.WaitCert):
             assert rt.certs is not None
             held = await rt.certs.wait(start.identity, CERT_WAIT)
             if held is None:
                 relay.refuse(plan.no_certificate().error)
                 return
-            client_id, header = await accept_tunnel(relay, held=held)
+            client_id, muxed = await accept_tls(relay, held=held)
+            if muxed:
+                _serve_mux(relay, pod, client_id)
+                return
+            header = await read_preamble(relay)
         else:
             client_id, header = "", await read_preamble(relay)
     except (OSError, TimeoutError, ssl.SSLError, certs.PeerRejected, pre.PreambleError) as exc:

@@ -378,6 +378,25 @@ class Relay:
             raise ConnectionError("client went away")
         return up.transport
 
+    def new_upstream(self) -> asyncio.Protocol:
+        """A fresh upstream half for a transport made elsewhere (a stream of a shared tunnel
+        connection): its connection_made() attaches the transport."""
+        up = self.up = _Half(self)
+        self.up_early.clear()
+        return up
+
+    def detach_down(self) -> tuple[asyncio.Transport, bytes]:
+        """Give up the accepted connection to another protocol without closing it (a tunnel
+        connection that turned out to carry many app connections): its transport and the bytes
+        read so far. The relay is finished."""
+        transport = self.down.transport
+        assert transport is not None and self.up is None
+        early, self.early = bytes(self.early), bytearray()
+        self.down.transport = None
+        self.down.lost = True
+        self._finish()
+        return transport, early
+
     def drop_upstream(self) -> None:
         """Discard a failed upstream attempt without touching the client."""
         up, self.up = self.up, None

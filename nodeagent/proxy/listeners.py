@@ -28,7 +28,10 @@ from nodeagent.proxy.dnsforward import UdpDnsForwarder, serve_tcp, upstream_reso
 from nodeagent.proxy.dnsnames import DnsNames
 from nodeagent.proxy.l4proxy import Relay
 from nodeagent.proxy.l7relay import DETECT_TIMEOUT
+from nodeagent.proxy.mux import MuxSession
 from nodeagent.proxy.routing import Routes
+from nodeagent.proxy.socketstock import SocketStock
+from nodeagent.proxy.tunnelpool import TunnelPool
 from nodeagent.upstream.certstore import CertStore
 from nodeagent.upstream.table import DestinationTable
 from nodemesh import ports, tasks
@@ -74,6 +77,13 @@ class ProxyRuntime:
     # Tunnel handshakes made, "full" or "resumed".
     handshakes: Counter[str] = field(default_factory=Counter)
     keeper: SocketKeeper | None = None
+    # Carry app connections to peer agents as streams of a few shared mTLS connections
+    # (nodeagent.proxy.tunnelpool); False: one tunnel connection (and handshake) each.
+    multiplex: bool = True
+    tunnels: TunnelPool | None = None
+    # Shared tunnel connections this agent accepted (told to go away when it drains).
+    mux_sessions: set[MuxSession] = field(default_factory=set)
+    draining: bool = False
     # The L7 path's per-pod state (nodeagent.proxy.l7.takeover.PodL7), by pod netns.
     l7: dict[str, Any] = field(default_factory=dict)
     # Serves a connection captured to a router Service's VIP (nodeagent.proxy.router).
@@ -82,6 +92,23 @@ class ProxyRuntime:
 
     def __post_init__(self) -> None:
         self.routes = Routes(self.table)
+
+    def tunnel_pool(self) -> TunnelPool | None:
+        """The shared tunnel connections, made on first use (None: multiplexing is off)."""
+        if not self.multiplex or self.certs is None:
+            return None
+        if self.tunnels is None:
+            self.tunnels = TunnelPool(trust_anchors_pem=self.certs.trust_anchors_pem)
+        return self.tunnels
+
+    def go_away(self) -> None:
+        """The agent drains: shared tunnel connections take no new app connection (peers
+        open new ones, to this agent's successor) and close once their streams have ended."""
+        self.draining = True
+        if self.tunnels is not None:
+            self.tunnels.go_away()
+        for session in list(self.mux_sessions):
+            session.go_away()
 
 
 # Serves one accepted connection: route it, open its upstream, start (or refuse) the relay.
@@ -141,6 +168,18 @@ class PodListeners:
         self._resolver: str | None = None
         # The pod's netns held open while it is enrolled: upstream sockets enter through it.
         self.held_netns: NetnsHandle | None = None
+        # Sockets made ahead in the pod's netns, by kind (nodeagent.proxy.socketstock).
+        self.stocks: dict[str, SocketStock] = {}
+
+    def stock(self, kind: str, make: Callable[[], socket.socket]) -> SocketStock:
+        """The pod's stock of `kind` sockets (made by `make` on the executor), begun on first
+        use; a closed pod's stock is closed and stays empty."""
+        found = self.stocks.get(kind)
+        if found is None:
+            found = self.stocks[kind] = SocketStock(make, executor=self.runtime.executor)
+            if not self.servers:
+                found.close()  # not serving (closed, or not open yet): make nothing ahead
+        return found
 
     @property
     def netns(self) -> str | NetnsHandle:
@@ -212,6 +251,11 @@ class PodListeners:
         if self.dns is not None:
             self.dns.close()
             self.dns = None
+        for stock in self.stocks.values():
+            stock.close()
+        if self.runtime.tunnels is not None:
+            # Its shared tunnel connections (they hold its netns) end with their last stream.
+            self.runtime.tunnels.go_away(netns=self.pod.netns)
         if self.held_netns is not None:
             # Connections still draining make their sockets by the path from now on.
             self.held_netns.close()
@@ -236,6 +280,10 @@ class PodListeners:
             return relay.down
 
         return accepted
+
+    def serve(self, handler: Handler, relay: Relay) -> None:
+        """Serve `relay` (accepted elsewhere: a stream of a shared tunnel connection)."""
+        tasks.spawn(self._serve(handler, relay), name="relay")
 
     async def _serve(self, handler: Handler, relay: Relay) -> None:
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -21,8 +22,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from nodeagent.observe import peers
 from nodeagent.observe.events import ObservationSink, Peer, TcpClosed, TcpOpened
+from nodeagent.observe.metrics import TUNNEL_HANDSHAKES
 from nodeagent.protocol.preamble import PreambleError
-from nodeagent.proxy import dialing, failclosed
+from nodeagent.proxy import dialing, failclosed, tunnelpool
 from nodeagent.proxy.l4proxy import CONNECT_TIMEOUT, Gate, Relay, original_destination
 from nodeagent.proxy.l7 import takeover
 from nodeagent.proxy.l7relay import ConnectionTap, peer_port
@@ -117,13 +119,40 @@ async def dial_upstream(
         if held is None:
             raise TunnelDenied(f"no certificate for {identity} yet")
     make = partial(marked_socket, pod.netns, mark=rt.mark)
-    sock = await loop.run_in_executor(rt.executor, make)
     addr = (target.ip, ports.TUNNEL if tunnel else target.port)
-    try:
-        await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
-    except BaseException:
-        sock.close()
-        raise
+
+    async def connect() -> socket.socket:
+        sock = await loop.run_in_executor(rt.executor, make)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    pool = rt.tunnel_pool() if held is not None else None
+    if pool is not None and held is not None:
+        try:
+            dialled = await pool.open(
+                relay,
+                key=tunnelpool.pool_key(
+                    netns=pod.pod.netns, source_ip=pod.pod.ip, identity=identity, target=target
+                ),
+                connect=connect,
+                held=held,
+                target=target,
+                source_namespace=pod.pod.namespace,
+                source_pod=pod.pod.name,
+                opaque=opaque or target.opaque,
+                timeout=handshake,
+            )
+        except tunnelpool.NoMux:
+            relay.drop_upstream()  # an older destination agent: a tunnel of its own
+        else:
+            if dialled:
+                rt.handshakes["full"] += 1
+            return True
+    sock = await connect()
     if held is None:
         await relay.open_upstream(sock)
         return False
@@ -140,6 +169,7 @@ async def dial_upstream(
         timeout=handshake,
     )
     rt.handshakes["resumed" if resumed else "full"] += 1
+    TUNNEL_HANDSHAKES.labels("client", "resumed" if resumed else "full").inc()
     return True
 
 

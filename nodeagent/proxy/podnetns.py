@@ -47,6 +47,17 @@ def marked_socket(
 IP_TRANSPARENT = 19  # linux/in.h; the socket module does not name it
 
 
+def transparent_socket(netns: str | NetnsHandle) -> socket.socket:
+    """`inbound_socket` before its bind (made ahead: nodeagent.proxy.socketstock)."""
+    sock = marked_socket(netns, mark=TRANSPARENT_MARK)
+    try:
+        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def inbound_socket(netns: str | NetnsHandle, *, client_ip: str) -> socket.socket:
     """A non-blocking socket inside `netns` for connecting to the pod's app *as* `client_ip`.
 

@@ -69,7 +69,8 @@ class TlsTransport:
         return raw.get_extra_info(name, default) if raw is not None else default
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        """Hand the plaintext to another protocol (as asyncio's transports allow)."""
+        """Hand the plaintext to another protocol, as asyncio's transports allow (a tunnel
+        connection turned multiplexed; the L7 path's streams)."""
         self._layer.app_protocol = protocol  # type: ignore[assignment]
 
     def get_protocol(self) -> asyncio.BaseProtocol:

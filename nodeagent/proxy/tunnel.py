@@ -12,6 +12,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+from nodeagent.observe.metrics import TUNNEL_HANDSHAKES
+from nodeagent.protocol import mux
 from nodeagent.protocol import preamble as pre
 from nodeagent.protocol.detect import Protocol
 from nodeagent.proxy.l4proxy import Relay
@@ -60,10 +62,39 @@ async def open_tunnel(
     except certs.PeerRejected as exc:
         held.sessions.forget(name)
         raise TunnelRefused(str(exc)) from exc
+    try:
+        await exchange(
+            relay,
+            target=target,
+            source_namespace=source_namespace,
+            source_pod=source_pod,
+            opaque=opaque,
+        )
+    finally:
+        reused = bool(ssl_object.session_reused)
+        if resume and held.sessions.wants(name, resumed=reused):
+            # By now the server's tickets have been read along with the reply.
+            held.sessions.put(name, ssl_object.session)
+    return reused
+
+
+async def exchange(
+    relay: Relay,
+    *,
+    target: Target,
+    source_namespace: str,
+    source_pod: str,
+    opaque: bool = False,
+    timeout: float = REPLY_TIMEOUT,
+) -> None:
+    """Send the preamble on the relay's upstream (a tunnel connection of its own, or a stream of
+    a shared one) and wait for the destination agent's reply: TunnelRefused (TunnelDenied for
+    its policy) unless it accepted."""
+    assert relay.up is not None and relay.up.transport is not None
     flags = pre.PreambleFlags.WANT_REPLY
     if opaque:
         flags |= pre.PreambleFlags.SKIP_DETECTION
-    transport.write(
+    relay.up.transport.write(
         pre.encode_preamble(
             pre.Preamble(
                 target_port=target.port,
@@ -75,21 +106,16 @@ async def open_tunnel(
             )
         )
     )
-    if not await relay.wait_for_bytes(pre.REPLY_SIZE, REPLY_TIMEOUT, upstream=True):
+    if not await relay.wait_for_bytes(pre.REPLY_SIZE, timeout, upstream=True):
         raise TunnelRefused("the destination agent closed the tunnel without a reply")
     try:
         reply = pre.decode_reply(relay.consume(pre.REPLY_SIZE, upstream=True))
     except pre.PreambleError as exc:
         raise TunnelRefused(f"bad tunnel reply: {exc}") from exc
-    reused = bool(ssl_object.session_reused)
-    if resume and held.sessions.wants(name, resumed=reused):
-        # By now the server's tickets have been read along with the reply.
-        held.sessions.put(name, ssl_object.session)
     if reply.code == pre.ReplyCode.POLICY_DENIED:
         raise TunnelDenied(f"destination refused: {reply.reason}")
     if not reply.accepted:
         raise TunnelRefused(f"destination refused: {reply.reason}")
-    return reused
 
 
 async def read_preamble(relay: Relay, timeout: float = PREAMBLE_TIMEOUT) -> pre.Preamble:
@@ -104,13 +130,24 @@ async def read_preamble(relay: Relay, timeout: float = PREAMBLE_TIMEOUT) -> pre.
     return header
 
 
+async def accept_tls(
+    relay: Relay, *, held: Held, timeout: float = HANDSHAKE_TIMEOUT
+) -> tuple[str, bool]:
+    """Terminate TLS as `held`'s workload: the client's proven identity, and whether it agreed
+    on multiplexing (nodeagent.protocol.mux: streams follow, not one preamble)."""
+    await relay.start_tls_down(held.server, timeout=timeout)
+    assert relay.down.transport is not None
+    ssl_object = relay.down.transport.get_extra_info("ssl_object")
+    identity = certs.peer_identity(ssl_object)
+    TUNNEL_HANDSHAKES.labels("server", "resumed" if ssl_object.session_reused else "full").inc()
+    return identity, ssl_object.selected_alpn_protocol() == mux.ALPN
+
+
 async def accept_tunnel(
     relay: Relay, *, held: Held, timeout: float = HANDSHAKE_TIMEOUT
 ) -> tuple[str, pre.Preamble]:
     """Terminate TLS as `held`'s workload; returns the client's proven identity and preamble."""
-    await relay.start_tls_down(held.server, timeout=timeout)
-    assert relay.down.transport is not None
-    identity = certs.peer_identity(relay.down.transport.get_extra_info("ssl_object"))
+    identity, _ = await accept_tls(relay, held=held, timeout=timeout)
     return identity, await read_preamble(relay)
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from nodeagent.protocol import mux
 from nodemesh import certs
 from nodemesh.identity import InvalidSpiffeId, SpiffeId
 
@@ -167,6 +168,9 @@ class CertStore:
         server = certs.server_context(certified, trust_anchors_pem=self.trust_anchors_pem)
         # OP_NO_TICKET would only switch TLS 1.3 to stateful tickets: to issue none, say 0.
         server.num_tickets = SERVER_TICKETS if self.resume else 0
+        # Offered by clients that multiplex app connections over one tunnel connection; a
+        # client offering nothing gets the one-connection tunnel as before.
+        server.set_alpn_protocols([mux.ALPN])
         held = Held(
             certified=certified,
             server=server,

@@ -1,0 +1,58 @@
+"""Many app connections over one agent-to-agent mTLS connection: what goes on the wire (sans-io).
+
+A tunnel connection whose TLS handshake agreed on the ALPN protocol `ALPN` carries HTTP/2
+(RFC 9113), as Istio ambient's HBONE does: each app connection is one stream, opened by a
+CONNECT request whose :authority names the target pod IP and port, answered 200 at once by the
+destination agent; the stream's DATA then carries exactly what a one-connection tunnel carries
+after its handshake (the preamble, its reply, then the app's bytes), so admission is the same
+code either way. END_STREAM is the app's half-close, RST_STREAM its reset. A tunnel connection
+without that ALPN (an agent of an older version, either end) is today's one connection per
+tunnel, which both ends keep accepting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+ALPN = "nodemesh-mux/1"
+
+# HTTP/2 settings of both ends: streams open at once on one connection, how much one stream (and
+# the whole connection) may have in flight unread, and the largest frame accepted.
+MAX_STREAMS = 512
+STREAM_WINDOW = 1 << 20
+CONNECTION_WINDOW = 16 << 20
+MAX_FRAME = 1 << 16
+# A PING with this payload says "this agent is draining: open no new stream here" (an HTTP/2
+# GOAWAY would also end the streams still running, with the h2 library).
+DRAIN_PING = b"nm-drain"
+
+
+class MuxHeaderError(ValueError):
+    """A CONNECT request that does not name a target as `IP:port`."""
+
+
+def connect_headers(ip: str, port: int) -> list[tuple[bytes, bytes]]:
+    return [(b":method", b"CONNECT"), (b":authority", f"{ip}:{port}".encode())]
+
+
+def parse_connect(headers: list[tuple[bytes, bytes]]) -> tuple[str, int]:
+    """The target (IP, port) a stream's request names; MuxHeaderError when it is not a CONNECT
+    to an IPv4/IPv6 address and a port in 1-65535."""
+    fields = dict(headers)
+    method = fields.get(b":method", b"")
+    if method != b"CONNECT":
+        raise MuxHeaderError(f"tunnel stream: method {method.decode(errors='replace')!r}, "
+                             "expected CONNECT")  # fmt: skip
+    authority = fields.get(b":authority", b"").decode(errors="replace")
+    host, sep, port_text = authority.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        if not sep:
+            raise ValueError("no port")
+        ip = ipaddress.ip_address(host)
+        port = int(port_text)
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} out of range")
+    except ValueError as exc:
+        raise MuxHeaderError(f"tunnel stream: bad :authority {authority!r}: {exc}") from exc
+    return str(ip), port

@@ -1,0 +1,612 @@
+"""One multiplexed agent-to-agent mTLS connection (HTTP/2 CONNECT streams, nodeagent.protocol.mux).
+
+`MuxSession` is the application protocol on top of the TLS layer (nodeagent.proxy.tlslayer): it
+runs the h2 state machine and hands each stream to an asyncio protocol (a relay's half) through
+`MuxStream`, which looks like an asyncio transport to it. So a relay moves an app connection
+through a stream exactly as through a TCP or TLS connection of its own:
+- write() is DATA within the peer's flow-control window, the rest buffered (the writer is
+  paused above `HIGH_WATER`); write_eof() is END_STREAM once the buffer is out;
+- received DATA is acknowledged (window given back) only once the protocol took it: a paused
+  reader holds its sender, never the other streams;
+- END_STREAM from the peer is eof_received(); RST_STREAM (or the connection lost) is
+  connection_lost() with an error, and abort() (or a linger-0 close, as the relay resets a
+  client) sends RST_STREAM; close() half-closes and lets the stream go, resetting it only if
+  the peer keeps sending (as a closed TCP socket answers with a reset).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import hyperframe.frame
+
+from nodeagent.protocol import mux as wire
+
+log = logging.getLogger(__name__)
+
+
+def _short_data_repr(data: bytes | None) -> str:
+    """hyperframe's `_raw_data_repr`, same text, without hexlifying the whole payload first: h2
+    builds repr(frame) for its (no-op) trace log on every frame it receives, and for a 64 KiB
+    DATA frame that was a 128 KiB string (about 1/10 of a bulk stream's CPU on loopback)."""
+    if not data:
+        return "None"
+    r = binascii.hexlify(bytes(data[:11])).decode("ascii")
+    if len(r) > 20:
+        r = r[:20] + "..."
+    return "<hex:" + r + ">"
+
+
+hyperframe.frame._raw_data_repr = _short_data_repr
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+
+# A shared connection outlives its app connections: a peer node that vanished (no FIN, no RST)
+# must not leave it open for good. TCP keepalive ends it after about KEEPALIVE_IDLE +
+# KEEPALIVE_COUNT * KEEPALIVE_INTERVAL seconds of silence.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
+
+
+def keep_alive(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+    except (OSError, AttributeError):
+        pass  # not a TCP socket (tests over other transports): no keepalive
+
+
+class StreamRefused(ConnectionRefusedError):
+    """The peer did not take the stream (GOAWAY, REFUSED_STREAM, a non-200 answer): nothing of
+    it reached the app, it may be opened again on another connection."""
+
+
+class StreamReset(ConnectionResetError):
+    """The peer reset the stream (its app connection was reset), or the connection was lost."""
+
+
+class _StreamSocket:
+    """What `get_extra_info("socket")` gives for a stream: the carrier's addresses, and a
+    linger-0 option that turns the stream's close into a reset (the carrier is never touched)."""
+
+    def __init__(self, stream: MuxStream) -> None:
+        self._stream = stream
+
+    def getpeername(self) -> Any:
+        return self._stream.session.peername
+
+    def getsockname(self) -> Any:
+        return self._stream.session.sockname
+
+    def setsockopt(self, level: int, option: int, value: Any) -> None:
+        if level == socket.SOL_SOCKET and option == socket.SO_LINGER and isinstance(value, bytes):
+            on, linger = struct.unpack("ii", value)
+            self._stream.reset_on_close = bool(on) and linger == 0
+
+    def getsockopt(self, *args: Any) -> Any:
+        raise OSError("not a socket: a stream of a multiplexed tunnel connection")
+
+
+class MuxStream:
+    """One app connection's stream, as the asyncio transport its protocol writes to."""
+
+    def __init__(self, session: MuxSession, stream_id: int, protocol: asyncio.Protocol) -> None:
+        self.session, self.id, self.protocol = session, stream_id, protocol
+        self.out = bytearray()
+        self.eof_pending = False  # write_eof() asked; END_STREAM goes once `out` is empty
+        self.eof_sent = False
+        self.remote_ended = False
+        self.closing = False  # close()/abort() called: the protocol is gone
+        self.lost = False  # connection_lost() delivered
+        self.reset_on_close = False
+        self.paused = False
+        self.inbox: list[tuple[bytes, int]] = []  # (data, flow-controlled length) while paused
+        self.eof_queued = False
+        self.write_paused = False
+        self.answered = False  # the peer's response headers came (client side)
+        self.lost_with: Exception | None = None
+        self.extra: dict[str, Any] = {}
+
+    # --- the transport interface ----------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.eof_pending or self.closing or self.lost or not data:
+            return
+        if not self.out:
+            data = self.session.send_now(self, data)  # what the window takes, without a copy
+            if not data:
+                return
+        self.out += data
+        self.session.flush(self)
+
+    def write_eof(self) -> None:
+        if self.eof_pending or self.lost:
+            return
+        self.eof_pending = True
+        self.session.flush(self)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        if self.inbox or self.eof_queued:
+            asyncio.get_running_loop().call_soon(self._deliver)
+
+    def is_reading(self) -> bool:
+        return not self.paused
+
+    def is_closing(self) -> bool:
+        return self.closing or self.lost
+
+    def close(self) -> None:
+        if self.closing or self.lost:
+            return
+        if self.reset_on_close:
+            self.abort()
+            return
+        self.closing = True
+        self.write_eof()
+        self.session.release_inbox(self)
+        self.session.done_if_ended(self)
+        self._lose_soon(None)
+
+    def abort(self) -> None:
+        if self.lost and self.closing:
+            return
+        self.closing = True
+        self.out.clear()
+        self.session.reset(self, h2.errors.ErrorCodes.CANCEL)
+        self._lose_soon(None)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return _StreamSocket(self)
+        if name == "ssl_object":
+            return self.session.ssl_object
+        if name == "peername":
+            return self.session.peername
+        if name == "sockname":
+            return self.session.sockname
+        return self.extra.get(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.out)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol  # type: ignore[assignment]
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.protocol
+
+    # --- from the session -----------------------------------------------------------------
+
+    def received(self, data: bytes, flow: int) -> None:
+        if self.closing:
+            # Nobody reads any more: a closed socket would answer with a reset.
+            self.session.ack(self.id, flow)
+            self.session.reset(self, h2.errors.ErrorCodes.CANCEL)
+            return
+        if self.paused or self.inbox:
+            self.inbox.append((data, flow))
+            return
+        self.session.ack(self.id, flow)
+        self.protocol.data_received(data)
+
+    def ended(self) -> None:
+        self.remote_ended = True
+        if self.closing:
+            return
+        if self.paused or self.inbox:
+            self.eof_queued = True
+            return
+        self.protocol.eof_received()
+
+    def _deliver(self) -> None:
+        while self.inbox and not self.paused and not self.closing:
+            data, flow = self.inbox.pop(0)
+            self.session.ack(self.id, flow)
+            self.protocol.data_received(data)
+        if self.eof_queued and not self.inbox and not self.paused and not self.closing:
+            self.eof_queued = False
+            self.protocol.eof_received()
+        self.session.send_out()
+
+    def drained(self) -> None:
+        if self.write_paused and len(self.out) <= LOW_WATER:
+            self.write_paused = False
+            if not self.closing:
+                self.protocol.resume_writing()
+
+    def filled(self) -> None:
+        if not self.write_paused and len(self.out) > HIGH_WATER and not self.closing:
+            self.write_paused = True
+            self.protocol.pause_writing()
+
+    def gone(self, exc: Exception | None) -> None:
+        """Deliver connection_lost once (closed or aborted by the protocol, a reset, the
+        connection lost). The session keeps a closed stream until its END_STREAM is out."""
+        if self.lost:
+            return
+        self.lost = True
+        self.lost_with = exc
+        protocol, self.protocol = self.protocol, _GONE
+        protocol.connection_lost(exc)
+
+    def _lose_soon(self, exc: Exception | None) -> None:
+        asyncio.get_running_loop().call_soon(self.gone, exc)
+
+
+class _Gone(asyncio.Protocol):
+    pass
+
+
+_GONE = _Gone()
+
+
+class MuxSession(asyncio.Protocol):
+    """The h2 connection over one tunnel TLS connection; `transport` is the TLS layer's app side.
+
+    Client side: `open_stream()` per app connection. Server side: `on_stream(stream, target)`
+    for every CONNECT the peer opens (it attaches a protocol with `stream.protocol = ...`
+    and then calls `protocol.connection_made(stream)`)."""
+
+    def __init__(
+        self,
+        *,
+        client_side: bool,
+        on_stream: Callable[[MuxStream, tuple[str, int]], None] | None = None,
+        on_done: Callable[[MuxStream], None] | None = None,
+        on_lost: Callable[[MuxSession], None] | None = None,
+    ) -> None:
+        self.client_side = client_side
+        self.on_stream, self.on_done, self.on_lost = on_stream, on_done, on_lost
+        config = h2.config.H2Configuration(
+            client_side=client_side, header_encoding=None, validate_inbound_headers=True
+        )
+        self.h2 = h2.connection.H2Connection(config)
+        self.transport: Any = None
+        self.streams: dict[int, MuxStream] = {}
+        self.blocked: dict[int, MuxStream] = {}  # streams with bytes waiting for window
+        self.closed = False
+        self.going_away = False  # GOAWAY received (client) or sent (server)
+        self.error: Exception | None = None
+        self.peername: Any = None
+        self.sockname: Any = None
+        self.ssl_object: Any = None
+        self._inbound: list[bytes] = []  # received, parsed on the next turn of the loop
+        self.opened = 0  # streams ever opened (metrics, tests)
+        self.last_read = 0.0
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def start(self, transport: Any, early: bytes = b"") -> None:
+        """Take over `transport` (TLS app side, handshake done) and send our preface."""
+        self.transport = transport
+        keep_alive(transport.get_extra_info("socket"))
+        self.ssl_object = transport.get_extra_info("ssl_object")
+        self.peername = transport.get_extra_info("peername")
+        self.sockname = transport.get_extra_info("sockname")
+        self.h2.initiate_connection()
+        # Applied by h2 when the peer acknowledges them (until then both use the defaults).
+        self.h2.update_settings(
+            {
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: wire.MAX_STREAMS,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: wire.STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: wire.MAX_FRAME,
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            }
+        )
+        self.h2.increment_flow_control_window(wire.CONNECTION_WINDOW - 65535)
+        self.send_out()
+        if early:
+            self.data_received(early)
+        transport.resume_reading()
+
+    @property
+    def peer_max_streams(self) -> int:
+        return int(self.h2.remote_settings.max_concurrent_streams)
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and not self.going_away
+
+    # --- client side ----------------------------------------------------------------------
+
+    def open_stream(self, protocol: asyncio.Protocol, target: tuple[str, int]) -> MuxStream:
+        """A new stream to `target` (CONNECT sent); `protocol` gets connection_made at once."""
+        if not self.usable:
+            raise StreamRefused("the tunnel connection is going away")
+        sid = self.h2.get_next_available_stream_id()
+        stream = MuxStream(self, sid, protocol)
+        try:
+            self.h2.send_headers(sid, wire.connect_headers(*target))
+        except h2.exceptions.H2Error as exc:
+            raise StreamRefused(f"tunnel stream not opened: {exc}") from exc
+        self.streams[sid] = stream
+        self.opened += 1
+        protocol.connection_made(stream)  # type: ignore[arg-type]
+        self.send_out()
+        return stream
+
+    # --- events from the TLS layer --------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        # The TLS layer hands over one record (16 KiB at most) at a time: what one read of the
+        # socket brought is parsed in one go, on the next turn of the loop, rather than a
+        # fraction of a frame per call.
+        if not self._inbound:
+            loop = asyncio.get_running_loop()
+            self.last_read = loop.time()
+            loop.call_soon(self._receive)
+        self._inbound.append(data)
+
+    def _receive(self) -> None:
+        chunks, self._inbound = self._inbound, []
+        if self.closed or not chunks:
+            return
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            log.debug("tunnel connection: HTTP/2 protocol error: %s", exc)
+            self.error = exc
+            self.send_out()
+            self._abort(StreamReset(f"tunnel connection: {exc}"))
+            return
+        for event in events:
+            self._event(event)
+        self.send_out()
+
+    def _event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                self.ack(event.stream_id, event.flow_controlled_length)
+                return
+            stream.received(event.data, event.flow_controlled_length)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.ended()
+                self.done_if_ended(stream)
+        elif isinstance(event, h2.events.RequestReceived):
+            self._request(event)
+        elif isinstance(event, h2.events.ResponseReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                return
+            status = dict(event.headers or []).get(b":status", b"")
+            if status != b"200":
+                stream.closing = True
+                self.reset(stream, h2.errors.ErrorCodes.CANCEL)
+                stream.gone(StreamRefused(f"tunnel stream answered {status.decode()}"))
+            else:
+                stream.answered = True
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.out.clear()
+                self.release_inbox(stream)
+                self.forget(stream)
+                refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                kind = StreamRefused if refused else StreamReset
+                stream.gone(kind(f"tunnel stream reset by the peer ({event.error_code!r})"))
+        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            for stream in list(self.blocked.values()):
+                self.flush(stream, send=False)
+        elif isinstance(event, h2.events.PingReceived):
+            if event.ping_data == wire.DRAIN_PING:
+                self.going_away = True  # take no new stream here; this one ends when idle
+                if not self.streams:
+                    self.close()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            # A GOAWAY (h2 then sends and takes nothing more on this connection): what the
+            # peer never saw may go elsewhere, the rest is cut.
+            self.going_away = True
+            last = event.last_stream_id if event.last_stream_id is not None else 0
+            for sid, stream in list(self.streams.items()):
+                if sid > last:
+                    self.forget(stream)
+                    stream.gone(StreamRefused("the peer agent is going away (GOAWAY)"))
+            self._abort(StreamReset(f"tunnel connection ended: {event.error_code!r}"))
+
+    def _request(self, event: h2.events.RequestReceived) -> None:
+        sid: int = event.stream_id
+        if self.client_side or self.going_away or self.on_stream is None:
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        try:
+            target = wire.parse_connect(list(event.headers or []))
+        except wire.MuxHeaderError as exc:
+            log.debug("%s", exc)
+            self.h2.send_headers(sid, [(b":status", b"400")], end_stream=True)
+            return
+        stream = MuxStream(self, sid, _GONE)
+        self.streams[sid] = stream
+        self.opened += 1
+        self.h2.send_headers(sid, [(b":status", b"200")])
+        self.on_stream(stream, target)
+
+    def eof_received(self) -> bool:
+        # The peer closed its side (close_notify): the connection is over for every stream.
+        self.close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._inbound:
+            self._receive()  # what arrived before the end still reaches its streams
+        self.closed = True
+        err = StreamReset(f"tunnel connection lost: {exc or self.error or 'closed'}")
+        for stream in list(self.streams.values()):
+            stream.gone(err)
+            if self.on_done is not None:
+                self.on_done(stream)
+        self.streams.clear()
+        self.blocked.clear()
+        if self.on_lost is not None:
+            on_lost, self.on_lost = self.on_lost, None
+            on_lost(self)
+
+    def pause_writing(self) -> None:
+        for stream in list(self.streams.values()):
+            if not stream.closing:
+                stream.protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        for stream in list(self.streams.values()):
+            if not stream.closing and not stream.write_paused:
+                stream.protocol.resume_writing()
+
+    # --- used by streams ------------------------------------------------------------------
+
+    def flush(self, stream: MuxStream, *, send: bool = True) -> None:
+        """Send what the windows allow of `stream`'s buffer, then END_STREAM if asked."""
+        if self.closed or self.streams.get(stream.id) is not stream:
+            return
+        h2c = self.h2
+        try:
+            while stream.out:
+                window = min(h2c.local_flow_control_window(stream.id), h2c.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                chunk = bytes(stream.out[:window])
+                del stream.out[:window]
+                h2c.send_data(stream.id, chunk)
+            if stream.out:
+                self.blocked[stream.id] = stream
+                stream.filled()
+            else:
+                self.blocked.pop(stream.id, None)
+                if stream.eof_pending and not stream.eof_sent:
+                    stream.eof_sent = True
+                    h2c.end_stream(stream.id)
+                    self.done_if_ended(stream)
+            stream.drained()
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            stream.out.clear()
+            self.blocked.pop(stream.id, None)
+        if send:
+            self.send_out()
+
+    def send_now(
+        self, stream: MuxStream, data: bytes | bytearray | memoryview
+    ) -> bytes | bytearray | memoryview:
+        """Send as much of `data` as the windows allow at once; what is left over."""
+        if self.closed or self.streams.get(stream.id) is not stream:
+            return b""
+        h2c = self.h2
+        sent = 0
+        try:
+            while sent < len(data):
+                window = min(h2c.local_flow_control_window(stream.id), h2c.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                if sent == 0 and window >= len(data):
+                    h2c.send_data(stream.id, bytes(data) if isinstance(data, bytearray) else data)
+                    sent = len(data)
+                    break
+                h2c.send_data(stream.id, bytes(data[sent : sent + window]))
+                sent += window
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return b""
+        self.send_out()
+        return data[sent:] if sent < len(data) else b""
+
+    def ack(self, stream_id: int, flow: int) -> None:
+        if flow and not self.closed:
+            try:
+                self.h2.acknowledge_received_data(flow, stream_id)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+                pass
+
+    def release_inbox(self, stream: MuxStream) -> None:
+        """A closed stream's unread bytes: give their window back."""
+        for _, flow in stream.inbox:
+            self.ack(stream.id, flow)
+        stream.inbox.clear()
+
+    def reset(self, stream: MuxStream, code: h2.errors.ErrorCodes) -> None:
+        self.blocked.pop(stream.id, None)
+        self.release_inbox(stream)
+        if not self.closed and not (stream.eof_sent and stream.remote_ended):
+            try:
+                self.h2.reset_stream(stream.id, code)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+                pass
+            self.send_out()
+        self.forget(stream)
+
+    def forget(self, stream: MuxStream) -> None:
+        """The stream is over on the wire (reset, or END_STREAM both ways and closed)."""
+        if self.streams.get(stream.id) is stream:
+            del self.streams[stream.id]
+            self.blocked.pop(stream.id, None)
+            if self.on_done is not None:
+                self.on_done(stream)
+            if not self.streams and self.going_away:
+                self.close()
+
+    def done_if_ended(self, stream: MuxStream) -> None:
+        if stream.eof_sent and stream.remote_ended and stream.closing:
+            self.forget(stream)
+
+    def send_out(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    # --- ending ---------------------------------------------------------------------------
+
+    def go_away(self) -> None:
+        """Take no new stream (the agent drains) and close once the last one has ended. The
+        peer is told with a PING carrying DRAIN_PING, not a GOAWAY: h2 sends and takes nothing
+        more on a connection once a GOAWAY has crossed it, and the streams still running must
+        finish. A stream the peer opens meanwhile is refused (REFUSED_STREAM: it tries a new
+        connection)."""
+        if self.closed or self.going_away:
+            return
+        self.going_away = True
+        if not self.streams:
+            self.close()
+            return
+        try:
+            self.h2.ping(wire.DRAIN_PING)
+        except h2.exceptions.ProtocolError:
+            pass
+        self.send_out()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            # What h2 has queued (the last stream's END_STREAM, often) goes out first.
+            self.send_out()
+            self.transport.close()
+
+    def _abort(self, exc: Exception) -> None:
+        for stream in list(self.streams.values()):
+            self.forget(stream)
+            stream.gone(exc)
+        if self.transport is not None:
+            self.transport.abort()
