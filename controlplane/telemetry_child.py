@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 from controlplane.telemetry.ingest import StoreGauges, store_gauges, take
@@ -30,8 +32,19 @@ def init(max_series: int, max_cells: int, log_level: str, child: bool) -> None:
             level=log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s[telemetry worker]: %(message)s",
         )
+        threading.Thread(
+            target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True
+        ).start()
     _store = TelemetryStore(max_series=max_series, max_cells=max_cells)
     _known = None
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A control plane killed outright (SIGKILL, OOM) left its worker running for good: the
+    worker holds both ends of its call queue's pipe, so it never reads an end of file."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
 
 
 def the_store() -> TelemetryStore:

@@ -323,3 +323,21 @@ def test_the_telemetry_worker_loads_the_store_not_the_servers(controlplane) -> N
         if line.startswith("VmRSS:")
     )
     assert rss_kib < 48 * 1024, f"telemetry worker holds {rss_kib} KiB"
+
+
+def test_the_telemetry_worker_ends_with_a_killed_control_plane(controlplane) -> None:
+    """SIGKILL (or the OOM killer) gives the control plane no chance to stop its worker; the
+    worker stopped on its own instead of holding its memory for good."""
+    proc, _, _, _ = controlplane
+    worker = _the_telemetry_worker(proc.pid)
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break  # ended; its new parent reaps it
+        except OSError:
+            break
+        time.sleep(0.2)
+    assert time.monotonic() < deadline, f"telemetry worker {worker} still running"
