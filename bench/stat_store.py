@@ -16,7 +16,7 @@ import pickle
 import time
 
 from bench.controlplane_scale import Plan, PodSpot, build_report, layout
-from controlplane import telemetry_worker
+from controlplane import telemetry_child, telemetry_worker
 from controlplane.telemetry import query
 from controlplane.telemetry.report import parse_report
 from controlplane.telemetry.store import TelemetryStore
@@ -80,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"edges ({len(found)} edges): best {took[0]:.3f} s, median {took[2]:.3f} s")
     # What the control plane's telemetry worker does for a public-API Stat: the query, the
     # quantiles per row, and the answer pickled to the main process (which unpickles it).
-    telemetry_worker._store = store
+    telemetry_child._store = store
     for kind in ("pod", "deployment"):
         took, moved = [], []
         for _ in range(5):
             now[0] += 1  # a second later: no answer cached from the call before
             second()
             t = time.perf_counter()
-            rows = telemetry_worker._query(
+            rows = telemetry_child.query(
                 "stat", {"group_by": kind, "namespace": "", "source": None,
                          "destination": None, "window_s": 60},
             )  # fmt: skip

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from controlplane import authz as authz_views
 from controlplane.agent_auth import check_agent
@@ -276,14 +277,15 @@ def _parts(
 class SharedEncoding:
     """The stream's serializer: each Update once, however many streams send it. The hub hands
     one Update object to every agent a delta is the same for (and one per snapshot part shared
-    by all), so 500 streams cost one encoding instead of 500."""
+    by all), so 500 streams cost one encoding instead of 500. (The public API's Stat uses it
+    too: a kept answer is encoded once, however often it is asked for.)"""
 
     def __init__(self, size: int = 64) -> None:
         self.size = size
-        self._recent: OrderedDict[int, tuple[pb.Update, bytes]] = OrderedDict()
+        self._recent: OrderedDict[int, tuple[Message, bytes]] = OrderedDict()
         self.encoded = self.reused = 0
 
-    def __call__(self, update: pb.Update) -> bytes:
+    def __call__(self, update: Message) -> bytes:
         held = self._recent.get(id(update))
         if held is not None and held[0] is update:  # the object itself, not a reused id
             self.reused += 1

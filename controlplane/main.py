@@ -45,9 +45,11 @@ from controlplane.index import ClusterIndex
 from controlplane.peers import Peer, ReportForwarder, find_peers, is_peer_token, peer_token
 from controlplane.prometheus_telemetry import PrometheusTelemetry
 from controlplane.public_api import PublicService
+from controlplane.public_api import add_to_server as add_public
 from controlplane.sources.events import Source
 from controlplane.sources.kube import KubeSource
 from controlplane.sources.local import LocalSource
+from controlplane.stat_cache import StatCache
 from controlplane.tap import MAX_STREAMS, MAX_STREAMS_PER_CALLER, AgentTapService, TapBroker
 from controlplane.telemetry import TelemetryStore
 from controlplane.telemetry.service import MAX_RECEIVE_BYTES
@@ -59,7 +61,7 @@ from controlplane.telemetry_worker import (
     WorkerTelemetryService,
 )
 from nodemesh import ports, tasks
-from nodemesh.api import public_pb2_grpc, tap_pb2_grpc
+from nodemesh.api import public_pb2, tap_pb2_grpc
 from nodemesh.kubeclient import load_api_client
 from nodemesh.model import PodInfo, PodKey
 from nodemesh.version import __version__
@@ -334,7 +336,8 @@ async def serve(args: argparse.Namespace) -> None:
         review = NoAccessReview()
 
     public_server = grpc.aio.server()
-    public_pb2_grpc.add_PublicServicer_to_server(
+    stat_cache: StatCache[public_pb2.StatResponse] = StatCache()
+    add_public(
         PublicService(
             index=index,
             telemetry=(
@@ -348,6 +351,7 @@ async def serve(args: argparse.Namespace) -> None:
             gate=Gate(review),
             peers=peers,
             peer_port=_port(args.public_addr),
+            stat_cache=stat_cache,
         ),
         public_server,
     )
@@ -399,6 +403,7 @@ async def serve(args: argparse.Namespace) -> None:
     )
     await tasks.cancel_all([t for t in (feed_task, stopper, forward_task) if t is not None])
     await admin.close()
+    stat_cache.close()
     worker.close()
     if api is not None:
         api.close()

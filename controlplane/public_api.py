@@ -14,10 +14,11 @@ import grpc
 
 from controlplane import resources, routes_api
 from controlplane.access import REVIEW_CACHE_SECONDS, AccessRefused, Gate, refuse
-from controlplane.destination import DestinationHub
+from controlplane.destination import DestinationHub, SharedEncoding
 from controlplane.index import ClusterIndex
 from controlplane.peers import Peer, caller_credentials, is_local_only, peer_tap
 from controlplane.prometheus_telemetry import PrometheusTelemetry, PrometheusUnavailable
+from controlplane.stat_cache import StatCache
 from controlplane.tap import TapBroker, TapBusy, TapStream
 from controlplane.telemetry_port import (
     LIVE_AGENT_SECONDS,
@@ -44,6 +45,7 @@ DEFAULT_TAP_RPS, MAX_TAP_RPS = 100.0, 1000.0
 # so a revoked token or binding ends it within two of these.
 TAP_RECHECK_SECONDS = REVIEW_CACHE_SECONDS
 Group = tuple[str, str]  # (namespace, name); namespace empty for namespaces and nodes
+STAT_ROWS_PER_TURN = 1000
 
 
 def window_of(seconds: int) -> int:
@@ -123,7 +125,11 @@ class PublicService(pb_grpc.PublicServicer):
         gate: Gate,
         peers: Callable[[], Iterable[Peer]] = tuple,
         peer_port: int = 8085,
+        stat_cache: StatCache[pb.StatResponse] | None = None,
     ) -> None:
+        # Stat answers kept and refreshed while asked (controlplane.stat_cache: at most 2 s
+        # old); None: each call builds its answer.
+        self.stat_cache = stat_cache
         # Other replicas of the control plane (controlplane.peers): a tap reaches their agents.
         self.peers = peers
         self.peer_port = peer_port
@@ -151,13 +157,39 @@ class PublicService(pb_grpc.PublicServicer):
             else (request.resource.namespace or "default")
         )
         await self.gate.admit(context, stats_attributes(kind + "s", namespace=namespace))
-        groups = self._groups(kind, namespace)
+        telemetry = self._telemetry(context)
         name = request.resource.name
+
+        def build() -> Awaitable[pb.StatResponse]:
+            return self._stat(telemetry, kind, namespace, name, source, destination, window)
+
+        try:
+            if self.stat_cache is None:
+                return await build()
+            # The answer does not depend on who asks (the gate has let this caller in).
+            key = (id(telemetry), kind, namespace, name, source, destination, window)
+            return await self.stat_cache.get(key, build)
+        except BadQuery as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except PrometheusUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        raise AssertionError("context.abort raises")
+
+    async def _stat(
+        self,
+        telemetry: Telemetry,
+        kind: str,
+        namespace: str,
+        name: str,
+        source: Selector | None,
+        destination: Selector | None,
+        window: int,
+    ) -> pb.StatResponse:
         # Both questions at once: the telemetry worker answers them one after the other.
-        enrolled = asyncio.ensure_future(_answer(self.telemetry.enrolled_pods()))
+        enrolled = asyncio.ensure_future(_answer(telemetry.enrolled_pods()))
         try:
             found = await _answer(
-                self._telemetry(context).stat(
+                telemetry.stat(
                     group_by=kind,
                     namespace=namespace,
                     source=source,
@@ -165,14 +197,12 @@ class PublicService(pb_grpc.PublicServicer):
                     window_s=window,
                 )
             )  # the Prometheus port asks over HTTP
-        except BadQuery as exc:
+        except BaseException:
             enrolled.cancel()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except PrometheusUnavailable as exc:
-            enrolled.cancel()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        traffic = {(g.namespace, g.name): g for g in found}
+            raise
         meshed = Enrolled(await enrolled)
+        groups = self._groups(kind, namespace)
+        traffic = {(g.namespace, g.name): g for g in found}
         rows = []
         for key in sorted(set(groups) | set(traffic)):
             if name and key[1] != name:
@@ -181,6 +211,8 @@ class PublicService(pb_grpc.PublicServicer):
                 continue
             pods = _running(groups.get(key, []))
             rows.append(_row(kind, key, pods, traffic.get(key), window, meshed))
+            if len(rows) % STAT_ROWS_PER_TURN == 0:
+                await asyncio.sleep(0)  # 10,000 rows take ~0.1 s: let the agents' streams run
         return pb.StatResponse(rows=rows, window_seconds=window)
 
     def _telemetry(self, context: grpc.aio.ServicerContext) -> Telemetry:
@@ -475,6 +507,41 @@ class PublicService(pb_grpc.PublicServicer):
             trust_domain=self.index.trust_domain,
             synced=self.index.synced,
         )
+
+
+class _Registering:
+    """Takes the handlers pb_grpc.add_PublicServicer_to_server makes and registers them with
+    Stat's serializer replaced."""
+
+    def __init__(self, server: grpc.aio.Server, encoding: SharedEncoding) -> None:
+        self.server = server
+        self.encoding = encoding
+
+    def add_generic_rpc_handlers(self, _handlers: object) -> None:
+        pass  # registered below, from the same table
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        handlers = dict(handlers)
+        stat = handlers["Stat"]
+        handlers["Stat"] = grpc.unary_unary_rpc_method_handler(
+            stat.unary_unary,
+            request_deserializer=stat.request_deserializer,
+            response_serializer=self.encoding,
+        )
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, handlers),)
+        )
+        self.server.add_registered_method_handlers(service, handlers)
+
+
+def add_to_server(service: PublicService, server: grpc.aio.Server) -> SharedEncoding:
+    """Register `service` as pb_grpc.add_PublicServicer_to_server does, with Stat's answers
+    encoded once per kept answer (a cached answer of 10,000 rows is ~1 MB to encode)."""
+    encoding = SharedEncoding(size=8)
+    pb_grpc.add_PublicServicer_to_server(service, _Registering(server, encoding))
+    return encoding
 
 
 def _tap_ref(res: pb.Resource) -> tap_pb2.ResourceRef:

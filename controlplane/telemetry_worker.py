@@ -24,121 +24,57 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import os
-from collections.abc import AsyncIterator, Callable
+import sys
+import types
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import grpc
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from controlplane import telemetry_child as child
 from controlplane.agent_auth import calling_agent
 from controlplane.index import ClusterIndex
-from controlplane.telemetry.service import (
-    StoreGauges,
-    TelemetryService,
-    store_gauges,
-    take,
-)
-from controlplane.telemetry.store import TelemetryStore
-from controlplane.telemetry_port import (
-    AgentState,
-    EdgeStats,
-    RouteRow,
-    Selector,
-    StatRow,
-    StoreTelemetry,
-)
+from controlplane.telemetry.service import TelemetryService
+from controlplane.telemetry_port import AgentState, EdgeStats, RouteRow, Selector, StatRow
 from nodemesh import tasks
 from nodemesh.api import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 MODES = ("process", "thread", "inline")
-# The quantiles the public API shows (routes_api.golden_into): computed where the histogram is,
-# so an answer crosses to the loop as three numbers a row, not a histogram.
-QUANTILES = (0.5, 0.95, 0.99)
 # Reports go to the worker in batches of at most this many, one batch at a time: a question
 # (Stat) waits for one batch, not behind every agent's report of the second (500 of them,
 # 1-4 ms each, measured: Stat p99 6.3 s at 250 nodes with one call per report).
 REPORT_BATCH = 32
 T = TypeVar("T")
 
-# --- the worker's side (a child process, a thread, or the loop itself) -------------------------
-
-_store: TelemetryStore | None = None
-_known: frozenset[str] | None = None  # nodes the index knows; None: not synced, take any
+# --- the loop's side (the worker's: controlplane.telemetry_child) ---------------------------
 
 
-def _init(max_series: int, max_cells: int, log_level: str, child: bool) -> None:
-    global _store, _known
-    if child:
-        logging.basicConfig(
-            level=log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s[telemetry worker]: %(message)s",
-        )
-    _store = TelemetryStore(max_series=max_series, max_cells=max_cells)
-    _known = None
-
-
-def _the_store() -> TelemetryStore:
-    assert _store is not None, "telemetry worker not initialised"
-    return _store
-
-
-def _is_known(node: str) -> bool:
-    return _known is None or node in _known
-
-
-def _set_known(nodes: frozenset[str] | None) -> int:
-    global _known
-    _known = nodes
-    return os.getpid()
-
-
-def _reports(batch: list[tuple[bytes, str | None]]) -> tuple[list[tuple[bytes, str]], StoreGauges]:
-    store = _the_store()
-    out = []
-    for raw, node in batch:
-        ack, reason = take(store, raw, authenticated_node=node, is_known_node=_is_known)
-        out.append((ack.SerializeToString(), reason))
-    return out, store_gauges(store)
-
-
-def _query(method: str, kwargs: dict[str, Any]) -> Any:
-    answer = getattr(StoreTelemetry(_the_store()), method)(**kwargs)
-    if method == "stat":
-        # Plain tuples cross to the loop's process ~10x cheaper than 10,000 dataclasses.
-        return [_flat(r) for r in answer]
-    if method == "routes":
-        for row in answer:
-            row.known_latency_ms = dict(zip(QUANTILES, row.latencies_ms(*QUANTILES), strict=True))
-            row.latency = {}
-    return answer
-
-
-FlatRow = tuple[Any, ...]
-
-
-def _flat(r: StatRow) -> FlatRow:
-    return (
-        r.kind, r.namespace, r.name, r.window_s, r.success, r.failure, r.tcp_open_connections,
-        r.tcp_opened, r.tcp_closed, r.read_bytes, r.write_bytes, r.authz_denied,
-        *r.latencies_ms(*QUANTILES),
-    )  # fmt: skip
-
-
-def _unflat(t: FlatRow) -> StatRow:
+def _unflat(t: child.FlatRow) -> StatRow:
     (kind, namespace, name, window_s, success, failure, gauge, opened, closed, read, write,
      denied, *known) = t  # fmt: skip
     return StatRow(
         kind, namespace, name, window_s, success, failure, {}, gauge, opened, closed, read,
-        write, denied, known_latency_ms=dict(zip(QUANTILES, known, strict=True)),
+        write, denied, known_latency_ms=dict(zip(child.QUANTILES, known, strict=True)),
     )  # fmt: skip
 
 
-# --- the loop's side ----------------------------------------------------------------------------
+@contextmanager
+def _bare_main() -> Iterator[None]:
+    """A spawned child runs the parent's main module again before anything else (here
+    controlplane.main, which imports every server the control plane has: ~75 MiB of a child that
+    needs the store alone). While the child is started, the main module is an empty one."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 class _Inline(Executor):
@@ -163,7 +99,7 @@ class TelemetryWorker:
             raise ValueError(f"telemetry worker mode {mode!r}: expected one of {', '.join(MODES)}")
         self.mode = mode
         self._initargs = (max_series, max_cells, log_level)
-        self.gauges: StoreGauges = (0, 0, 0, 0)
+        self.gauges: child.StoreGauges = (0, 0, 0, 0)
         self.pid: int | None = None
         self.restarts = 0
         self.known: frozenset[str] | None = None
@@ -178,23 +114,26 @@ class TelemetryWorker:
             return ProcessPoolExecutor(
                 1,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init,
+                initializer=child.init,
                 initargs=(*self._initargs, True),
             )
-        _init(*self._initargs, False)
+        child.init(*self._initargs, False)
         if self.mode == "thread":
             return ThreadPoolExecutor(1, thread_name_prefix="telemetry")
         return _Inline()
 
     async def start(self) -> int:
-        self.pid = await self.call(_set_known, self.known)
+        self.pid = await self.call(child.set_known, self.known)
         return self.pid
 
+    def _submit(self, pool: Executor, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        with _bare_main():  # the submit that starts the child process spawns it
+            return asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
         pool = self._pool
         try:
-            return await loop.run_in_executor(pool, fn, *args)
+            return await self._submit(pool, fn, *args)
         except BrokenProcessPool:
             # The worker died (killed, out of memory): a new one, with an empty store (once,
             # whichever of the calls it left waiting notices first).
@@ -203,13 +142,13 @@ class TelemetryWorker:
                 log.error("telemetry worker (pid %s) died; starting a new one", self.pid)
                 pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._new_pool()
-                self.pid = await loop.run_in_executor(self._pool, _set_known, self.known)
-            return await loop.run_in_executor(self._pool, fn, *args)
+                self.pid = await self._submit(self._pool, child.set_known, self.known)
+            return await self._submit(self._pool, fn, *args)
 
     async def set_known(self, nodes: frozenset[str] | None) -> None:
         if nodes != self.known:
             self.known = nodes
-            await self.call(_set_known, nodes)
+            await self.call(child.set_known, nodes)
 
     async def report(self, raw: bytes, node: str | None) -> tuple[pb.ReportAck, str]:
         """Check and store one serialized report; its ack and refusal reason ("" if taken)."""
@@ -226,7 +165,7 @@ class TelemetryWorker:
             batch = self._pending[:REPORT_BATCH]
             del self._pending[:REPORT_BATCH]
             try:
-                answers, self.gauges = await self.call(_reports, [(r, n) for r, n, _ in batch])
+                answers, self.gauges = await self.call(child.reports, [(r, n) for r, n, _ in batch])
             except Exception as exc:  # noqa: BLE001 (each waiting stream gets it)
                 for *_, waiting in batch:
                     if not waiting.done():
@@ -237,7 +176,7 @@ class TelemetryWorker:
                     waiting.set_result((pb.ReportAck.FromString(ack), reason))
 
     async def query(self, method: str, **kwargs: Any) -> Any:
-        return await self.call(_query, method, kwargs)
+        return await self.call(child.query, method, kwargs)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -299,7 +238,7 @@ class WorkerTelemetry:
         destination: Selector | None,
         window_s: int,
     ) -> list[StatRow]:
-        rows: list[FlatRow] = await self.worker.query(
+        rows: list[child.FlatRow] = await self.worker.query(
             "stat",
             group_by=group_by,
             namespace=namespace,

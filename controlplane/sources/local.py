@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 FULL_SCAN_EVERY = 25  # polls; catches files rewritten in place, which leave the folder alone
+# A folder's listing stands while its mtime does, if made this long after that mtime: more than
+# a timestamp tick of Linux's local filesystems (tmpfs, ext4, xfs: 1-10 ms).
+SETTLE_NS = 100_000_000
 # (inode, mtime, size): the lab replaces files by rename, so a new version has a new inode.
 Signature = tuple[int, int, int]
 # Keyed by path strings: Path objects as keys (hashing, comparing, parsing) were most of a
@@ -55,7 +58,8 @@ class LocalSource:
         self.interval = interval
         self.rejected = 0
         self._files: dict[str, _Entry] = {}
-        self._folders: dict[Path, tuple[int, Listing]] = {}
+        # folder -> (its mtime, when it was listed, the listing)
+        self._folders: dict[Path, tuple[int, int, Listing]] = {}
         self._polls = 0
         self._missing_logged = False
 
@@ -76,26 +80,46 @@ class LocalSource:
             log.warning("state directory %s does not exist (yet); treating it as empty", self.root)
             self._missing_logged = True
         self._polls += 1
-        full = self._polls % FULL_SCAN_EVERY == 0
-        present: Listing = {}
+        turn = self._polls % FULL_SCAN_EVERY
+        events: list[ObjectChanged] = []
+        listed: set[Path] = set()
         for kind in KINDS:
             for folder in self._folders_of(kind):
-                present.update(self._files_in(folder, kind, full=full))
-        events: list[ObjectChanged] = []
-        for path, (kind, sig) in present.items():
+                # Each folder's files are all stat-ed every FULL_SCAN_EVERY polls, a share of
+                # the folders on each poll (all at once held the lock for 0.2-0.3 s at 14,000
+                # files, every 5 s).
+                full = len(listed) % FULL_SCAN_EVERY == turn
+                listed.add(folder)
+                cached = self._folders.get(folder)
+                before = cached[2] if cached is not None else {}
+                now = self._files_in(folder, kind, full=full)
+                if now is before:
+                    continue  # the folder's listing stands: so do its files (no compare)
+                self._compare(before, now, events)
+        for folder in [f for f in self._folders if f not in listed]:
+            self._compare(self._folders.pop(folder)[2], {}, events)  # a namespace's folder went
+        for e in events:
+            SOURCE_EVENTS.labels(self.name, e.kind, e.type.value).inc()
+        return events
+
+    def _compare(self, before: Listing, now: Listing, events: list[ObjectChanged]) -> None:
+        """The events of one folder whose listing was read again: files new or replaced since
+        `before`, and those gone from it. Only such folders are compared: with 14,000 files,
+        comparing every file on each poll (5 a second) held the interpreter lock ~15-20 ms a
+        poll with nothing changed, time the event loop serving the agents waited for."""
+        for path, (kind, sig) in now.items():
             entry = self._files.get(path)
             if entry is not None and entry.signature == sig:
                 continue
             event = self._read(path, kind, sig, entry)
             if event is not None:
                 events.append(event)
-        for path in [p for p in self._files if p not in present]:
-            gone = self._files.pop(path)
-            if gone.obj is not None:
+        for path in before:
+            if path in now:
+                continue
+            gone = self._files.pop(path, None)
+            if gone is not None and gone.obj is not None:
                 events.append(ObjectChanged(EventType.DELETED, _kind_of(self.root, path), gone.obj))
-        for e in events:
-            SOURCE_EVENTS.labels(self.name, e.kind, e.type.value).inc()
-        return events
 
     def _folders_of(self, kind: str) -> list[Path]:
         base = self.root / kind
@@ -107,18 +131,28 @@ class LocalSource:
         """Signatures of the YAML files in `folder`, re-read only when the folder changed.
 
         The lab writes by rename, which bumps the folder's mtime, so an unchanged folder holds
-        unchanged files. Timestamps are coarse (a clock tick), so a folder touched in the last
-        second is always re-read, and every folder is on each FULL_SCAN_EVERY-th poll."""
+        unchanged files. Timestamps are coarse (a clock tick: a later rename in the same tick
+        leaves the mtime as it was), so a listing stands only if it was made SETTLE_NS after the
+        mtime it saw; and every folder is read on each FULL_SCAN_EVERY-th poll (a filesystem
+        with coarser timestamps than SETTLE_NS shows a change by then at the latest). Until a
+        folder is listed SETTLE_NS after its last change, it is listed on every poll: with 1 s
+        there (as before), a folder of the scale bench's churn was listed on each poll for good,
+        500 files each time."""
         try:
             st = folder.stat()
         except FileNotFoundError:
             return {}
         cached = self._folders.get(folder)
-        settled = time.time_ns() - st.st_mtime_ns > 1_000_000_000
-        if cached is not None and cached[0] == st.st_mtime_ns and settled and not full:
-            return cached[1]
+        if (
+            cached is not None
+            and cached[0] == st.st_mtime_ns
+            and cached[1] - st.st_mtime_ns > SETTLE_NS
+            and not full
+        ):
+            return cached[2]
+        listed_at = time.time_ns()
         found: Listing = {}
-        before = cached[1] if cached is not None else {}
+        before = cached[2] if cached is not None else {}
         for f in _scandir(folder):
             if not f.name.endswith((".yaml", ".yml")) or f.name.startswith("."):
                 continue
@@ -137,7 +171,7 @@ class LocalSource:
                 continue  # replaced or removed between listing and stat
             if stat.S_ISREG(fst.st_mode):
                 found[path] = (kind, (fst.st_ino, fst.st_mtime_ns, fst.st_size))
-        self._folders[folder] = (st.st_mtime_ns, found)
+        self._folders[folder] = (st.st_mtime_ns, listed_at, found)
         return found
 
     def _read(

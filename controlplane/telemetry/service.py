@@ -19,13 +19,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 
 import grpc
-from google.protobuf.message import DecodeError
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controlplane.agent_auth import PEER_REPLICA, calling_agent
-from controlplane.telemetry.report import MAX_REPORT_BYTES, BadReport, parse_report
+from controlplane.telemetry.ingest import PEER, StoreGauges, store_gauges, take
+from controlplane.telemetry.report import MAX_REPORT_BYTES
 from controlplane.telemetry.store import TelemetryStore
 from nodemesh.api import telemetry_pb2 as pb
 
@@ -34,22 +34,9 @@ log = logging.getLogger(__name__)
 SERVICE = "nodemesh.telemetry.v1.Telemetry"
 METHOD = f"/{SERVICE}/Report"
 MAX_RECEIVE_BYTES = 2 * MAX_REPORT_BYTES
-PEER = PEER_REPLICA.node  # `authenticated_node` of reports a peer replica forwarded
+assert PEER == PEER_REPLICA.node  # noqa: S101 (the two modules name the same caller)
 
 _registered: dict[int, tuple[CollectorRegistry, Counter, list[Collector]]] = {}
-
-
-StoreGauges = tuple[int, int, int, int]  # series, cells, aggregate cells, series evicted
-
-
-def store_gauges(store: TelemetryStore) -> StoreGauges:
-    """What /metrics shows of the store (a worker process sends these back with each ack)."""
-    return (
-        len(store.request_series) + len(store.tcp_series),
-        store.cells,
-        store.groups.cells,
-        store.stats.series_evicted,
-    )
 
 
 class _StoreCollector(Collector):
@@ -154,35 +141,3 @@ class TelemetryService:
         node = caller.node if caller else None
         async for raw in request_iterator:
             yield self.handle(raw, authenticated_node=node)
-
-
-def take(
-    store: TelemetryStore,
-    raw: bytes,
-    *,
-    authenticated_node: str | None,
-    is_known_node: Callable[[str], bool],
-) -> tuple[pb.ReportAck, str]:
-    """Check one serialized report and put it in the store, or refuse it: the ack, and the
-    refusal's reason ("" when taken). Runs where the store lives (controlplane.telemetry_worker
-    runs it in a worker process)."""
-    sequence = 0
-    try:
-        try:
-            report = pb.AgentReport.FromString(raw)
-        except DecodeError as e:
-            raise BadReport("garbled", f"not an AgentReport: {e}") from e
-        sequence = report.sequence
-        parsed = parse_report(report, encoded_size=len(raw))
-        if authenticated_node not in (None, PEER) and parsed.node != authenticated_node:
-            raise BadReport(
-                "node_mismatch",
-                f"agent of {authenticated_node} reported as {parsed.node}",
-            )
-        if not is_known_node(parsed.node):
-            raise BadReport("unknown_agent", f"no node named {parsed.node!r} in the cluster")
-    except BadReport as e:
-        log.warning("telemetry: refused report %d (%s): %s", sequence, e.reason, e)
-        return pb.ReportAck(sequence=sequence, accepted=False, reason=f"{e.reason}: {e}"), e.reason
-    store.ingest(parsed)
-    return pb.ReportAck(sequence=sequence, accepted=True), ""

@@ -24,6 +24,8 @@ from nodemesh.api import identity_pb2 as ipb
 from nodemesh.api import identity_pb2_grpc as ipb_grpc
 from nodemesh.api import public_pb2 as ppb
 from nodemesh.api import public_pb2_grpc as ppb_grpc
+from nodemesh.api import telemetry_pb2 as tpb
+from nodemesh.histogram import bucket_index
 from nodemesh.identity import create_issuer_files
 from nodemesh.lab.access import ACCESS_FILE, ADMIN_TOKEN_FILE, create_lab_access
 
@@ -188,6 +190,16 @@ def _telemetry_workers(pid: int) -> list[int]:
     return out
 
 
+def _the_telemetry_worker(pid: int) -> int:
+    """The one telemetry worker (on a loaded machine the fixture may hand over a control plane
+    that is still starting)."""
+    deadline = time.monotonic() + 60
+    while not (workers := _telemetry_workers(pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(workers) == 1, f"expected one telemetry worker process, found {workers}"
+    return workers[0]
+
+
 async def test_pod_changes_reach_agents_while_the_telemetry_store_is_busy(
     controlplane, tmp_path: Path
 ) -> None:
@@ -234,3 +246,98 @@ async def test_pod_changes_reach_agents_while_the_telemetry_store_is_busy(
             call.cancel()
     finally:
         os.kill(workers[0], signal.SIGCONT)
+
+
+def _web_report(responses: int, sequence: int) -> bytes:
+    web = tpb.Peer(namespace="emojivoto", deployment="web", pod="web-5d8f7-0",
+                   identity="spiffe://cluster.local/ns/emojivoto/sa/web")  # fmt: skip
+    bot = tpb.Peer(namespace="emojivoto", deployment="vote-bot", pod="vote-bot-0")
+    r = tpb.AgentReport(node="node1", agent_version="test", sequence=sequence, interval_ms=1000)
+    r.requests.add(
+        direction=tpb.INBOUND, src=bot, dst=web, protocol=tpb.HTTP1, status_code=200,
+        classification=tpb.SUCCESS, tls=True, responses=responses,
+        latency=tpb.Histogram(buckets=[bucket_index(2000)], counts=[responses]),
+    )  # fmt: skip
+    return r.SerializeToString()
+
+
+async def test_a_polled_stat_answers_at_once_and_shows_new_traffic_within_seconds(
+    controlplane,
+) -> None:
+    """Stat answers are kept and rebuilt each second while someone asks: a caller polling Stat
+    gets the kept answer without waiting for the store (here: with the telemetry worker
+    stopped), and an answer is rebuilt within a second and never given 2 s after it was built,
+    so traffic reported 3 s before a call (a rebuild and the 2 s, with room for a slow build)
+    is in its answer."""
+    proc, ports, issuer, admin = controlplane
+    worker = _the_telemetry_worker(proc.pid)
+    creds = grpc.ssl_channel_credentials(root_certificates=issuer.anchor.certificate_pem())
+    as_admin = [("authorization", f"Bearer {admin}")]
+    request = ppb.StatRequest(resource=ppb.Resource(kind="pod", namespace="emojivoto"))
+
+    async with (
+        grpc.aio.secure_channel(f"localhost:{ports['agent']}", creds) as agents,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ports['public']}") as channel,
+    ):
+        reports = agents.stream_stream(
+            "/nodemesh.telemetry.v1.Telemetry/Report",
+            request_serializer=lambda b: b,
+            response_deserializer=tpb.ReportAck.FromString,
+        )(metadata=(("authorization", f"Bearer {issuer.tokens['node1']}"),))
+        public = ppb_grpc.PublicStub(channel)
+
+        async def web_requests() -> int:
+            answer = await public.Stat(request, metadata=as_admin, timeout=30)
+            return sum(r.requests for r in answer.rows if r.resource.name == "web-5d8f7-0")
+
+        async def report(responses: int, sequence: int) -> None:
+            await reports.write(_web_report(responses, sequence))
+            ack = await reports.read()
+            assert ack.accepted, ack.reason
+
+        await report(10, 1)
+        assert await web_requests() == 10
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            # Asked again at once: the kept answer, though the store cannot answer now.
+            assert await asyncio.wait_for(web_requests(), 1.0) == 10
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        await report(5, 2)
+        await asyncio.sleep(3)
+        assert await web_requests() == 15
+        await reports.done_writing()
+
+
+def test_the_telemetry_worker_loads_the_store_not_the_servers(controlplane) -> None:
+    """The worker process holds the stats store; spawning it used to run controlplane.main
+    again in it, with every gRPC server of the control plane (~90 MiB instead of ~20)."""
+    proc, _, _, _ = controlplane
+    worker = _the_telemetry_worker(proc.pid)
+    maps = Path(f"/proc/{worker}/maps").read_text()
+    assert "cygrpc" not in maps  # gRPC's native library
+    assert "cygrpc" in Path(f"/proc/{proc.pid}/maps").read_text()
+    rss_kib = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{worker}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    )
+    assert rss_kib < 48 * 1024, f"telemetry worker holds {rss_kib} KiB"
+
+
+def test_the_telemetry_worker_ends_with_a_killed_control_plane(controlplane) -> None:
+    """SIGKILL (or the OOM killer) gives the control plane no chance to stop its worker; the
+    worker stopped on its own instead of holding its memory for good."""
+    proc, _, _, _ = controlplane
+    worker = _the_telemetry_worker(proc.pid)
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break  # ended; its new parent reaps it
+        except OSError:
+            break
+        time.sleep(0.2)
+    assert time.monotonic() < deadline, f"telemetry worker {worker} still running"

@@ -1,0 +1,125 @@
+"""Stat answers kept and rebuilt in the background while someone asks for them.
+
+A Stat over 10,000 pods costs ~0.3-0.5 s of work (the store's query and three quantiles a row in
+the telemetry worker, then a protobuf row per resource joined with the index on the loop): a
+caller who waits for all of it, with the loop also serving 500 agents, waits ~1 s at the 99th
+percentile (bench/results/controlplane-scale.md). Here each distinct question (`key`) keeps its
+last answer, and the answer is rebuilt once a second, in the background, for as long as the
+question was asked within `keep_s`; a caller gets the held answer at once.
+
+Freshness, which the public API states (docs/cli.md): a build starts each `refresh_s` (1 s)
+while the question is asked, and a call gets the latest finished build, which holds the reports
+and index changes made before that build began: about a second old, plus the time one build
+takes (~0.3 s at 10,000 pods on an idle core; more on a busy one, where a caller who waited for
+a build of its own would wait as long). An answer finished more than `max_age_s` (2 s) ago is
+not given: the call waits for the build in flight (a store that stopped answering is not hidden
+for longer than that). A question nobody asked within `keep_s` (10 s) is forgotten, and its next
+call waits for its build, as without the cache. A build that fails (a bad query, Prometheus
+down) is the caller's error and is not kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from nodemesh import tasks
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class _Held(Generic[T]):
+    build: Callable[[], Awaitable[T]]
+    asked: float
+    started: float = 0.0  # when the held answer's build began
+    ready: float = 0.0  # when it finished
+    answer: T | None = None
+    building: asyncio.Future[T] | None = field(default=None, repr=False)
+    refresher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class StatCache(Generic[T]):
+    def __init__(
+        self,
+        *,
+        refresh_s: float = 1.0,
+        max_age_s: float = 2.0,
+        keep_s: float = 10.0,
+        max_keys: int = 32,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 < refresh_s <= max_age_s:
+            raise ValueError("refresh_s must be positive and at most max_age_s")
+        self.refresh_s = refresh_s
+        self.max_age_s = max_age_s
+        self.keep_s = keep_s
+        self.max_keys = max_keys
+        self.clock = clock
+        self._held: dict[Hashable, _Held[T]] = {}
+        self.builds = self.hits = 0
+
+    async def get(self, key: Hashable, build: Callable[[], Awaitable[T]]) -> T:
+        """The held answer to `key` if it was built at most max_age_s ago; else a new one from
+        `build` (shared with any build of it already running). Keeps it fresh while asked."""
+        now = self.clock()
+        held = self._held.get(key)
+        if held is None:
+            held = self._held[key] = _Held(build, asked=now)
+            self._forget_oldest()
+        held.asked = now
+        if held.answer is not None and now - held.ready <= self.max_age_s:
+            self.hits += 1
+            return held.answer
+        try:
+            return await asyncio.shield(self._build(key, held))
+        except BaseException:
+            if held.answer is None and self._held.get(key) is held:
+                self._drop(key)
+            raise
+
+    def _build(self, key: Hashable, held: _Held[T]) -> asyncio.Future[T]:
+        if held.building is None:
+            held.building = asyncio.ensure_future(self._run(key, held))
+        return held.building
+
+    async def _run(self, key: Hashable, held: _Held[T]) -> T:
+        started = self.clock()
+        self.builds += 1
+        try:
+            answer = await held.build()
+        finally:
+            held.building = None
+        held.started, held.ready, held.answer = started, self.clock(), answer
+        if held.refresher is None and self._held.get(key) is held:
+            held.refresher = tasks.spawn(self._refresh(key, held), name="stat-cache refresh")
+        return answer
+
+    async def _refresh(self, key: Hashable, held: _Held[T]) -> None:
+        while True:
+            await asyncio.sleep(max(0.0, held.started + self.refresh_s - self.clock()))
+            if self._held.get(key) is not held or self.clock() - held.asked > self.keep_s:
+                break
+            try:
+                await asyncio.shield(self._build(key, held))
+            except Exception:  # noqa: BLE001 (the next caller builds again and gets the error)
+                break
+        held.refresher = None
+        if self._held.get(key) is held:
+            self._drop(key)
+
+    def _drop(self, key: Hashable) -> None:
+        held = self._held.pop(key)
+        if held.refresher is not None and held.refresher is not asyncio.current_task():
+            held.refresher.cancel()
+
+    def _forget_oldest(self) -> None:
+        while len(self._held) > self.max_keys:
+            self._drop(min(self._held, key=lambda k: self._held[k].asked))
+
+    def close(self) -> None:
+        for key in list(self._held):
+            self._drop(key)

@@ -1,0 +1,94 @@
+"""The telemetry worker's side: the store, and the calls the control plane makes of it
+(controlplane.telemetry_worker runs these in a child process, a thread, or inline).
+
+A spawned child imports this module and what it needs (the store, the report checks, the
+queries), not the control plane's gRPC servers (bench/results/controlplane-scale.md, fourth
+round: the worker's own memory)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from controlplane.telemetry.ingest import StoreGauges, store_gauges, take
+from controlplane.telemetry.store import TelemetryStore
+from controlplane.telemetry_port import StatRow, StoreTelemetry
+
+# The quantiles the public API shows (routes_api.golden_into): computed where the histogram is,
+# so an answer crosses to the loop as three numbers a row, not a histogram.
+QUANTILES = (0.5, 0.95, 0.99)
+
+_store: TelemetryStore | None = None
+_known: frozenset[str] | None = None  # nodes the index knows; None: not synced, take any
+
+
+def init(max_series: int, max_cells: int, log_level: str, child: bool) -> None:
+    global _store, _known
+    if child:
+        logging.basicConfig(
+            level=log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s[telemetry worker]: %(message)s",
+        )
+        threading.Thread(
+            target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True
+        ).start()
+    _store = TelemetryStore(max_series=max_series, max_cells=max_cells)
+    _known = None
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A control plane killed outright (SIGKILL, OOM) left its worker running for good: the
+    worker holds both ends of its call queue's pipe, so it never reads an end of file."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
+
+
+def the_store() -> TelemetryStore:
+    assert _store is not None, "telemetry worker not initialised"
+    return _store
+
+
+def is_known(node: str) -> bool:
+    return _known is None or node in _known
+
+
+def set_known(nodes: frozenset[str] | None) -> int:
+    global _known
+    _known = nodes
+    return os.getpid()
+
+
+def reports(batch: list[tuple[bytes, str | None]]) -> tuple[list[tuple[bytes, str]], StoreGauges]:
+    store = the_store()
+    out = []
+    for raw, node in batch:
+        ack, reason = take(store, raw, authenticated_node=node, is_known_node=is_known)
+        out.append((ack.SerializeToString(), reason))
+    return out, store_gauges(store)
+
+
+def query(method: str, kwargs: dict[str, Any]) -> Any:
+    answer = getattr(StoreTelemetry(the_store()), method)(**kwargs)
+    if method == "stat":
+        # Plain tuples cross to the loop's process ~10x cheaper than 10,000 dataclasses.
+        return [flat(r) for r in answer]
+    if method == "routes":
+        for row in answer:
+            row.known_latency_ms = dict(zip(QUANTILES, row.latencies_ms(*QUANTILES), strict=True))
+            row.latency = {}
+    return answer
+
+
+FlatRow = tuple[Any, ...]
+
+
+def flat(r: StatRow) -> FlatRow:
+    return (
+        r.kind, r.namespace, r.name, r.window_s, r.success, r.failure, r.tcp_open_connections,
+        r.tcp_opened, r.tcp_closed, r.read_bytes, r.write_bytes, r.authz_denied,
+        *r.latencies_ms(*QUANTILES),
+    )  # fmt: skip
