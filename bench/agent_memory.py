@@ -293,7 +293,7 @@ def main() -> int:
         log.info("bringing up lab %s", lab.name)
         lab.up()
         measure(lab, res, pods=args.pods, churn=args.churn, workdir=workdir)
-    except Exception as exc:  # what was measured so far is still written
+    except (Exception, KeyboardInterrupt) as exc:  # what was measured so far is still written
         log.exception("run failed")
         res["failed"] = f"{type(exc).__name__}: {str(exc)[:2000]}"
     finally:
