@@ -140,6 +140,38 @@ class BurstWatch:
         return False
 
 
+# Free heap glibc may keep before the agent hands it back regardless of bursts: steady load
+# (keep-alive traffic, new connections' TLS objects) leaves the heap fragmented with free pages
+# between live blocks that no burst ever ends, and glibc only trims the top of its heap itself.
+FREE_TRIM_BYTES = 4 * 1024 * 1024
+
+
+def _resident_bytes() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class FreeWatch:
+    """Says when glibc keeps enough free heap to be worth a trim: more than `limit` bytes free,
+    and the process grown by more than `limit` since the last trim (glibc still counts the
+    pages a trim released as free, so the free figure alone would say so every time)."""
+
+    def __init__(self, limit: int = FREE_TRIM_BYTES) -> None:
+        self.limit = limit
+        self.resident_after_trim = 0
+
+    def due(self) -> bool:
+        info = mallinfo()
+        if info is None or info["free"] <= self.limit:
+            return False
+        return _resident_bytes() - self.resident_after_trim > self.limit
+
+    def trimmed(self) -> None:
+        self.resident_after_trim = _resident_bytes()
+
+
 def _proc_totals() -> dict[str, int]:
     out: dict[str, int] = {}
     try:

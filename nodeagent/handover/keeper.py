@@ -34,8 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nodeagent.handover import wire
+from nodeagent.handover.fds import HandoverError, Inherited, adopt_fd
 from nodeagent.handover.park import ParkLink
-from nodeagent.handover.sockets import HandoverError, Inherited, adopt_fd
 from nodeagent.handover.wire import HandoverProtocolError, Message, SocketEntry
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nodeagent.handover import wire
-from nodeagent.handover.sockets import HandoverError, bind_seqpacket
+from nodeagent.handover.fds import HandoverError, bind_seqpacket
 from nodeagent.handover.wire import HandoverProtocolError, Message, SocketEntry
 
 if TYPE_CHECKING:

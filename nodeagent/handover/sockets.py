@@ -18,11 +18,15 @@ import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodeagent.handover import wire
+from nodeagent.handover.fds import HandoverError, Inherited, adopt_fd, bind_seqpacket
 from nodeagent.handover.wire import Conversation, HandoverProtocolError, Message, SocketEntry
+
+# Defined in nodeagent.handover.fds (no event loop there, for the keeper); named here as before.
+__all__ = ["HandoverError", "HandoverServer", "Inherited", "Predecessor", "adopt_fd",
+           "bind_seqpacket"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +34,6 @@ HELLO_TIMEOUT = 5.0
 # Between TAKE and TAKEN the predecessor takes no CNI request; the successor only opens
 # listeners on sockets it already has and re-checks rules.
 SWITCH_TIMEOUT = 60.0
-
-
-class HandoverError(OSError):
-    """The hand-over could not happen; each side goes on alone."""
 
 
 def _peer_uid(sock: socket.socket) -> int:
@@ -105,87 +105,6 @@ async def refuse(sock: socket.socket, reason: str) -> None:
 
 
 # --- what the successor gets ---------------------------------------------------------------
-
-# (family, type, listening) each kind of socket must be.
-_EXPECTED = {
-    ("pod", "outbound"): (socket.AF_INET, socket.SOCK_STREAM, True),
-    ("pod", "inbound"): (socket.AF_INET, socket.SOCK_STREAM, True),
-    ("pod", "tunnel"): (socket.AF_INET, socket.SOCK_STREAM, True),
-    ("pod", "dns-tcp"): (socket.AF_INET, socket.SOCK_STREAM, True),
-    ("pod", "dns-udp"): (socket.AF_INET, socket.SOCK_DGRAM, False),
-    ("cni", "cni"): (socket.AF_UNIX, socket.SOCK_STREAM, True),
-}
-
-
-def adopt_fd(entry: SocketEntry, fd: int) -> socket.socket:
-    """Wrap a received fd, checking it is the kind of socket the entry says (else close it)."""
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError as exc:
-        os.close(fd)
-        raise HandoverProtocolError(f"{entry.role} {entry.name}: not a socket ({exc})") from None
-    listening = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
-    want = _EXPECTED.get((entry.role, entry.name))
-    if want is None:  # admin, router: TCP, listening, either family
-        ok = sock.family in (socket.AF_INET, socket.AF_INET6)
-        ok = ok and sock.type == socket.SOCK_STREAM and listening
-    else:
-        ok = (sock.family, sock.type, listening) == want
-    if not ok:
-        sock.close()
-        raise HandoverProtocolError(
-            f"{entry.role} {entry.name} {entry.netns}: got a {sock.family.name}/{sock.type.name}"
-            f"{' listening' if listening else ''} socket, not the one named"
-        )
-    sock.setblocking(False)
-    return sock
-
-
-@dataclass
-class Inherited:
-    """The sockets taken over from the predecessor, claimed one pod at a time."""
-
-    pods: dict[str, dict[str, socket.socket]] = field(default_factory=dict)
-    cni: socket.socket | None = None
-    admin: socket.socket | None = None
-    router: socket.socket | None = None
-
-    def add(self, entry: SocketEntry, sock: socket.socket) -> None:
-        if entry.role == "pod":
-            self.pods.setdefault(entry.netns, {})[entry.name] = sock
-        elif entry.role == "cni":
-            self.cni = sock
-        elif entry.role == "router":
-            self.router = sock
-        else:
-            self.admin = sock
-
-    def take_pod(self, netns: str) -> dict[str, socket.socket] | None:
-        socks = self.pods.pop(netns, None)
-        if socks is not None and set(socks) != set(wire.POD_SOCKETS):
-            for s in socks.values():
-                s.close()
-            return None
-        return socks
-
-    def count(self) -> int:
-        return (
-            sum(len(s) for s in self.pods.values())
-            + (self.cni is not None)
-            + (self.admin is not None)
-            + (self.router is not None)
-        )
-
-    def close(self) -> None:
-        """Close what nobody claimed (pods that left meanwhile); the others own theirs."""
-        for socks in self.pods.values():
-            for s in socks.values():
-                s.close()
-        self.pods.clear()
-        for kept in (self.cni, self.admin, self.router):
-            if kept is not None:
-                kept.close()
-        self.cni = self.admin = self.router = None
 
 
 class Predecessor:
@@ -261,25 +180,6 @@ class Predecessor:
 # --- the predecessor's side ----------------------------------------------------------------
 
 Freeze = Callable[[], Awaitable[list[tuple[SocketEntry, socket.socket]]]]
-
-
-def bind_seqpacket(path: Path) -> socket.socket:
-    """Listen on `path`, bound under a temporary name and renamed into place (0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(str(tmp))
-        os.chmod(tmp, 0o600)
-        sock.listen(4)
-        os.replace(tmp, path)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return sock
 
 
 class HandoverServer:

@@ -121,3 +121,25 @@ def test_burst_watch_says_once_when_a_burst_of_connections_is_over() -> None:
     assert not watch.ended(0) and not watch.ended(40)
     assert not watch.ended(200) and watch.ended(50)  # the next one
     assert watch.ended(3, peak_since=500)  # came and went between two looks
+
+
+def test_free_watch_asks_for_a_trim_when_steady_load_left_free_heap_behind() -> None:
+    if heap.mallinfo() is None:
+        return  # not glibc
+    watch = heap.FreeWatch(limit=4 * 1024 * 1024)
+    heap.trim()
+    watch.trimmed()
+    assert not watch.due()
+    # What steady traffic does: many mid-sized blocks, a few of them still live, so glibc's
+    # own top-of-heap trim gives nothing back and the process stays at its high-water mark.
+    blocks = [bytearray(4000) for _ in range(20000)]
+    live = blocks[::64]
+    del blocks
+    gc.collect()
+    assert watch.due()
+    resident = heap._resident_bytes()
+    heap.trim()
+    watch.trimmed()
+    assert heap._resident_bytes() < resident - 40 * 1024 * 1024  # given back
+    assert not watch.due()  # and not asked for again until the heap grows anew
+    del live
