@@ -2,7 +2,7 @@
 A/B on the same lab, with long-lived connections: bulk, chatty, h2 at full speed.
 
     sudo .venv/bin/python -m bench.dp_mux_ab [--lab NAME] [--rounds 3] [--label run]
-        [--out bench/results/dp_mux_ab-<label>.txt]
+        [--out bench/results/dp_mux_ab-<label>.txt] [--mux-variant NAME=FILE]
 
 A two-node lab with bench/thirdparty.py's pods (a client pod on node1; nginx h2c, redis and an
 iperf3 server on node2; a meshed and a plain namespace). Each round runs both agent modes,
@@ -12,7 +12,10 @@ redis-benchmark (SET and GET, 20 connections, one request at a time each), h2loa
 (8 connections x 10 streams); the plain namespace once per round for the ratios. Reported per
 figure: medians over the rounds (min-max) and both agents' CPU per operation (their process
 trees' utime+stime over the run divided by what it moved or answered). The load average is
-written with the figures (a shared 2-core machine).
+written with the figures (a shared 2-core machine). `--mux-variant old=/tmp/mux.py` adds a
+third mode, `old`: the agents run with that file as nodeagent/proxy/mux.py (put in place in
+this tree for the mode's turn, the agents restarted, the file restored at the end), so that a
+framing change and the code before it are measured on the same lab, interleaved.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -35,15 +37,19 @@ from bench.meshbench import procstat
 from bench.meshbench.labctl import Lab
 from nodemesh.cli.lab_mesh import mesh_manifest
 
-MODES = {"mux": [], "nomux": ["--no-tunnel-mux"]}
+MODES: dict[str, list[str]] = {"mux": [], "nomux": ["--no-tunnel-mux"]}
 IPERF_PORT = 5201
+MUX_PY = Path(__file__).resolve().parents[1] / "nodeagent" / "proxy" / "mux.py"
+# A variant's agents get an argument that changes nothing (its default), so that the DaemonSet
+# changes and they restart on the variant's code.
+VARIANT_ARG = "--log-level=info"
 
 
 def manifest(work: Path) -> str:
     docs = list(yaml.safe_load_all(tp.manifest(work)))
     for ns in tp.SPACES.values():
-        docs.append(tp._deployment(ns, "iperf", "node2",
-                                   ["iperf3", "--server", "--port", str(IPERF_PORT)], None))  # fmt: skip
+        iperf = ["iperf3", "--server", "--port", str(IPERF_PORT)]
+        docs.append(tp._deployment(ns, "iperf", "node2", iperf, None))
         docs.append({
             "apiVersion": "v1", "kind": "Service", "metadata": {"name": "iperf", "namespace": ns},
             "spec": {"selector": {"app": "iperf"},
@@ -52,11 +58,15 @@ def manifest(work: Path) -> str:
     return yaml.safe_dump_all(docs)
 
 
-def set_mode(lab: Lab, mode: str) -> None:
-    """Re-apply the agents' DaemonSet with this mode's arguments and wait for the new agents."""
+def set_mode(lab: Lab, mode: str, current: str | None, code: dict[str, bytes]) -> None:
+    """Re-apply the agents' DaemonSet with this mode's arguments (and code) and wait for the
+    new agents; nothing when they already run it."""
+    if mode == current:
+        return
+    MUX_PY.write_bytes(code.get(mode, code[""]))
     before = lab.agent_pids()
     lab.apply(mesh_manifest(lab.paths, MODES[mode]))
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
             now = lab.agent_pids()
@@ -130,12 +140,19 @@ def main() -> None:
     ap.add_argument("--bulk-seconds", type=float, default=5.0)
     ap.add_argument("--label", default="run")
     ap.add_argument("--out", default="")
+    ap.add_argument("--mux-variant", default="", help="NAME=FILE: a mode with that mux.py")
     args = ap.parse_args()
+    code = {"": MUX_PY.read_bytes()}
+    if args.mux_variant:
+        name, _, file = args.mux_variant.partition("=")
+        MODES[name] = [VARIANT_ARG]
+        code[name] = Path(file).read_bytes()
     out = Path(args.out or Path(__file__).parent / "results" / f"dp_mux_ab-{args.label}.txt")
     work = Path(tempfile.mkdtemp(prefix="muxab-"))
     work.chmod(0o755)
     lab = Lab(args.lab or "mux" + uuid.uuid4().hex[:5])
     res: dict[str, dict[str, list[float]]] = {m: {} for m in (*MODES, "plain")}
+    current: str | None = None
     loads: list[str] = []
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()  # fmt: skip
@@ -148,7 +165,8 @@ def main() -> None:
         for rnd in range(args.rounds):
             order = list(MODES) if rnd % 2 == 0 else list(reversed(MODES))
             for mode in order:
-                set_mode(lab, mode)
+                set_mode(lab, mode, current, code)
+                current = mode
                 agents = list(lab.agent_pids().values())
                 tp.redis_bench(lab.name, tp.SPACES["mesh"])  # warm: the connections are made
                 load = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -163,8 +181,9 @@ def main() -> None:
             print(f"round {rnd + 1} plain: {got}", flush=True)
             for k, v in got.items():
                 res["plain"].setdefault(k, []).append(v)
-        set_mode(lab, "mux")
+        set_mode(lab, "mux", current, code)
     finally:
+        MUX_PY.write_bytes(code[""])
         if args.lab:
             subprocess.run([tp.NODEMESH, "lab", "delete", "--name", lab.name, "-f", str(path)],
                            capture_output=True, timeout=300)  # fmt: skip
@@ -175,13 +194,15 @@ def main() -> None:
         f"# shared tunnel connections (mux) vs one per app connection (nomux), bench/dp_mux_ab.py, "
         f"{args.label}, commit {commit}",
         f"# {args.rounds} rounds, modes alternating; medians (min-max); plain = unmeshed pods",
-        f"# load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())} (2 cores, shared)",
+        f"# load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+        "(2 cores, shared)",
     ]
     keys = list(res["mux"])
-    rows.append(f"{'figure':32s} {'mux':>24s} {'nomux':>24s} {'plain':>24s}")
+    cols = [*MODES, "plain"]
+    rows.append(f"{'figure':32s} " + " ".join(f"{m:>24s}" for m in cols))
     for k in keys:
         cells = [spread(res[m][k]) if res[m].get(k) and not ("CPU" in k and m == "plain")
-                 else "" for m in ("mux", "nomux", "plain")]  # fmt: skip
+                 else "" for m in cols]  # fmt: skip
         rows.append(f"{k:32s} " + " ".join(f"{c:>24s}" for c in cells))
     for tool, plain_key in (("h2load", "h2load req/s"), ("redis SET", "redis-benchmark SET req/s"),
                             ("redis GET", "redis-benchmark GET req/s")):  # fmt: skip

@@ -1,4 +1,4 @@
-"""The multiplexed tunnel's framing alone, on loopback: CPU per MiB (bulk) and per exchange (chatty).
+"""The multiplexed tunnel's framing alone, on loopback: CPU per MiB and per exchange.
 
     .venv/bin/python -m bench.mux_framing [--mib 256] [--exchanges 20000] [--rounds 3]
 
@@ -100,6 +100,25 @@ class PingPong(asyncio.Protocol):
 async def _pair(mux: bool, client: asyncio.Protocol, server: asyncio.Protocol) -> list[Any]:
     """Connect `client` to `server` over loopback, through one stream of a MuxSession pair or
     directly; returns what to close."""
+    return await _pairs(mux, [(client, server)])
+
+
+async def _pairs(mux: bool, pairs: list[tuple[asyncio.Protocol, asyncio.Protocol]]) -> list[Any]:
+    """Connect each client to its server: streams of one MuxSession pair, or TCP connections."""
+    if not mux:
+        closers: list[Any] = []
+        for client, server in pairs:
+            closers += await _connect(False, client, server)
+        return closers
+    return await _connect(True, *pairs[0], more=pairs[1:])
+
+
+async def _connect(
+    mux: bool,
+    client: asyncio.Protocol,
+    server: asyncio.Protocol,
+    more: list[tuple[asyncio.Protocol, asyncio.Protocol]] = (),  # type: ignore[assignment]
+) -> list[Any]:
     loop = asyncio.get_running_loop()
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
@@ -117,9 +136,12 @@ async def _pair(mux: bool, client: asyncio.Protocol, server: asyncio.Protocol) -
         st, _ = await loop.create_connection(lambda: server, sock=ssock)
         return [ct, st]
 
+    servers = [server, *(s for _, s in more)]
+
     def on_stream(stream: MuxStream, target: tuple[str, int]) -> None:
-        stream.protocol = server  # type: ignore[assignment]
-        server.connection_made(stream)  # type: ignore[arg-type]
+        srv = servers.pop(0)
+        stream.protocol = srv
+        srv.connection_made(stream)  # type: ignore[arg-type]
 
     cs = MuxSession(client_side=True)
     ss = MuxSession(client_side=False, on_stream=on_stream)
@@ -128,7 +150,8 @@ async def _pair(mux: bool, client: asyncio.Protocol, server: asyncio.Protocol) -
     ss.start(st)
     cs.start(ct)
     await asyncio.sleep(0.05)  # settings exchanged
-    cs.open_stream(client, ("127.0.0.1", 1))
+    for c in [client, *(c for c, _ in more)]:
+        cs.open_stream(c, ("127.0.0.1", 1))
     await asyncio.sleep(0.05)
     return [ct, st]
 
@@ -158,6 +181,20 @@ async def chatty(mux: bool, n: int) -> float:
     return cpu / n * 1e6  # us per exchange
 
 
+async def chatty_many(mux: bool, n: int, conns: int = 20) -> float:
+    """`conns` app connections at once, `n` exchanges in all (redis-benchmark -c 20)."""
+    pps = [PingPong(n // conns) for _ in range(conns)]
+    closers = await _pairs(mux, [(pp, Echo()) for pp in pps])
+    t0 = time.process_time()
+    for pp in pps:
+        pp.go()
+    await asyncio.wait_for(asyncio.gather(*(pp.done for pp in pps)), 600)
+    cpu = time.process_time() - t0
+    for c in closers:
+        c.close()
+    return cpu / n * 1e6  # us per exchange
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=256)
@@ -171,6 +208,9 @@ def main() -> None:
             res.setdefault(f"bulk {name} ms/MiB", []).append(asyncio.run(bulk(mux, args.mib)))
             res.setdefault(f"chatty {name} us/exchange", []).append(
                 asyncio.run(chatty(mux, args.exchanges))
+            )
+            res.setdefault(f"chatty x20 {name} us/exchange", []).append(
+                asyncio.run(chatty_many(mux, args.exchanges))
             )
     load = " ".join(f"{x:.2f}" for x in __import__("os").getloadavg())
     print(f"# bench/mux_framing.py, {args.rounds} rounds, load average {load}")
