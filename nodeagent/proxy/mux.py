@@ -331,8 +331,16 @@ class MuxSession(asyncio.Protocol):
         self._inbound_size = 0  # bytes in _inbound
         self._need = 0  # bytes the next frame needs (parsing waits for them)
         self._rest = b""  # the start of a frame not yet complete
+        # A DATA frame whose payload is handed over as its records come (a big frame spans
+        # several TLS records): bytes still to come, its stream (None: dropped), flags, id.
+        self._body = 0
+        self._body_stream: MuxStream | None = None
+        self._body_flags = 0
+        self._body_sid = 0
         self._preface = not client_side  # the client's preface comes first (server side)
-        self._out: list[bytes] = []  # frames to send, in order, once per turn of the loop
+        self._out: list[
+            bytes | memoryview
+        ] = []  # frames to send, in order, once per turn of the loop
         self._writing = False  # a _write_out() is scheduled
         # Connection-level flow control (see MuxStream): start() raises what the peer may send.
         self.send_window = 65535
@@ -421,8 +429,9 @@ class MuxSession(asyncio.Protocol):
         self.send_out()
 
     def _frames(self, data: bytes) -> int:
-        """Act on the whole frames at the start of `data`; how many bytes they took. DATA and
-        WINDOW_UPDATE are ours, every other frame goes to h2 (runs of them at once), in order."""
+        """Act on the frames at the start of `data`; how many bytes they took. DATA and
+        WINDOW_UPDATE are ours, every other frame goes to h2 (runs of them at once), in order.
+        A DATA frame's payload goes to its stream as it comes, without waiting for the rest."""
         pos, end = 0, len(data)
         control = -1  # where the run of frames for h2 began
         if self._preface:
@@ -434,6 +443,16 @@ class MuxSession(asyncio.Protocol):
         need = 0
         unpack = _HEADER.unpack_from
         while True:
+            if self._body:
+                take = min(self._body, end - pos)
+                if not take:
+                    need = 1
+                    break
+                piece = data if take == end else data[pos : pos + take]
+                pos += take
+                self._body -= take
+                self._body_piece(piece)
+                continue
             if end - pos < 9:
                 need = 9
                 break
@@ -441,19 +460,28 @@ class MuxSession(asyncio.Protocol):
             length = (hi << 8) | lo
             if length > wire.MAX_FRAME:
                 self._fail(h2.errors.ErrorCodes.FRAME_SIZE_ERROR, f"a frame of {length} bytes")
-            if end - pos < 9 + length:
-                need = 9 + length
-                break
             sid &= 0x7FFFFFFF
-            if (kind == _DATA and sid) or (kind == _WINDOW_UPDATE and length == 4):
+            whole = end - pos >= 9 + length
+            if kind == _DATA and sid and (whole or not flags & _PADDED):
                 if control >= 0:
                     self._to_h2(data[control:pos])
                     control = -1
-                if kind == _DATA:
+                if whole:
                     self._data_frame(data, pos + 9, length, flags, sid)
+                    pos += 9 + length
                 else:
-                    increment = int.from_bytes(data[pos + 9 : pos + 13], "big") & 0x7FFFFFFF
-                    self._window_updated(sid, increment)
+                    self._begin_body(length, flags, sid)
+                    pos += 9
+                continue
+            if not whole:
+                need = 9 + length
+                break
+            if kind == _WINDOW_UPDATE and length == 4:
+                if control >= 0:
+                    self._to_h2(data[control:pos])
+                    control = -1
+                increment = int.from_bytes(data[pos + 9 : pos + 13], "big") & 0x7FFFFFFF
+                self._window_updated(sid, increment)
             elif control < 0:
                 control = pos
             pos += 9 + length
@@ -486,6 +514,39 @@ class MuxSession(asyncio.Protocol):
         self._write_out()
         self._abort(StreamReset(str(exc)))
         raise _Broken
+
+    def _begin_body(self, length: int, flags: int, sid: int) -> None:
+        """A DATA frame (not padded) whose payload is still coming: count it now, then hand
+        each part to the stream as it comes (_body_piece)."""
+        self.recv_window -= length
+        if self.recv_window < 0:
+            self._fail(h2.errors.ErrorCodes.FLOW_CONTROL_ERROR, "the peer overran the window")
+        self._body, self._body_flags, self._body_sid = length, flags, sid
+        stream = self.streams.get(sid)
+        self._body_stream = None
+        if stream is None or stream.remote_ended:
+            self.ack(sid, length)  # a stream that is over: see _data_frame
+            return
+        stream.recv_window -= length
+        if stream.recv_window < 0:
+            self.ack(sid, length)
+            stream.closing = True
+            self.reset(stream, h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
+            stream.gone(StreamReset("tunnel stream: the peer overran its window"))
+            return
+        self._body_stream = stream
+
+    def _body_piece(self, piece: bytes) -> None:
+        stream = self._body_stream
+        if stream is not None:
+            if self.streams.get(stream.id) is stream:
+                stream.received(piece, len(piece))
+            else:  # reset meanwhile: what is left counts for the connection only
+                self.ack(stream.id, len(piece))
+        if not self._body:
+            flags = self._body_flags & _END_STREAM
+            if flags or stream is None:
+                self._to_h2(_header(0, _DATA, flags, self._body_sid))
 
     def _data_frame(self, data: bytes, start: int, length: int, flags: int, sid: int) -> None:
         end = start + length
@@ -653,7 +714,7 @@ class MuxSession(asyncio.Protocol):
             room = min(stream.send_window, self.send_window, self.h2.max_outbound_frame_size)
             if room <= 0:
                 break
-            chunk = bytes(out[:room])
+            chunk = bytes(memoryview(out)[:room])
             del out[:room]
             self._data(stream, chunk)
         if out:
@@ -685,16 +746,17 @@ class MuxSession(asyncio.Protocol):
             self.send_out()
             return b""
         sent = 0
-        view = memoryview(data)
+        # Frames are slices of the caller's bytes (immutable: no copy); of anything else, a copy.
+        view = memoryview(data if type(data) is bytes else bytes(data))
         while sent < size and room > 0:
-            chunk = bytes(view[sent : sent + room])
+            chunk = view[sent : sent + room]
             self._data(stream, chunk)
             sent += len(chunk)
             room = min(stream.send_window, self.send_window, self.h2.max_outbound_frame_size)
         self.send_out()
         return data[sent:] if sent < size else b""
 
-    def _data(self, stream: MuxStream, chunk: bytes) -> None:
+    def _data(self, stream: MuxStream, chunk: bytes | memoryview) -> None:
         """Queue one DATA frame (after whatever h2 has queued: the order is the wire's)."""
         before = self.h2.data_to_send()
         if before:

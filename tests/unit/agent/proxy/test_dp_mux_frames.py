@@ -20,7 +20,11 @@ from nodeagent.proxy.mux import HIGH_WATER, MuxSession, MuxStream
 
 
 class Carrier:
-    """One end of the carrier: its writes reach `peer` (a session, or a callable)."""
+    """One end of the carrier: its writes reach `peer` (a session, or a callable) in pieces of
+    16 KiB at most, as the TLS layer hands over one record at a time (a 64 KiB DATA frame
+    arrives in five parts)."""
+
+    RECORD = 16 * 1024
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
@@ -28,9 +32,12 @@ class Carrier:
         self.closed = False
 
     def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
+        data = bytes(data)
+        self.writes.append(data)
         deliver = getattr(self.peer, "data_received", self.peer)
-        asyncio.get_running_loop().call_soon(deliver, bytes(data))
+        loop = asyncio.get_running_loop()
+        for i in range(0, len(data), self.RECORD):
+            loop.call_soon(deliver, data[i : i + self.RECORD])
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
