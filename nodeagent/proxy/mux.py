@@ -600,7 +600,9 @@ class MuxSession(asyncio.Protocol):
     def _event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.DataReceived):
             stream = self.streams.get(event.stream_id)
-            if stream is None:
+            if stream is None or not event.data:
+                # An END_STREAM often comes as an empty DATA frame: no data for the app (an
+                # empty read would say the server spoke first); padding is acked.
                 self.ack(event.stream_id, event.flow_controlled_length)
                 return
             stream.received(event.data, event.flow_controlled_length)

@@ -184,15 +184,32 @@ def _missing_outside(spec: dict) -> list[tuple[str, bool]]:
 
 def _top_mounts() -> list[str]:
     """Mount points of the mounts right under this namespace's root mount (/proc, /sys, /dev,
-    the /etc/hosts binds of `ip netns exec` ...), shallowest first."""
-    entries = []
+    the /etc/hosts binds of `ip netns exec` ...), in mount order."""
     with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = fields[4].encode().decode("unicode_escape")
-            entries.append((fields[0], fields[1], point))
+        return top_mounts(f.read())
+
+
+def top_mounts(mountinfo: str) -> list[str]:
+    """The visible mounts right under the root mount, in mount order. A mount that a later one
+    at the same place or above it covers is left out: it cannot be opened by its path (where
+    /run is no mount of its own, a test worker's tmpfs on /run covers the host's labs' mounts
+    under /run, which its copy of the host's mounts still lists)."""
+    entries = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = fields[4].encode().decode("unicode_escape")
+        entries.append((fields[0], fields[1], point))
     root = [mid for mid, _, point in entries if point == "/"][-1]
-    return [point for mid, parent, point in entries if parent == root and mid != root]
+    tops: list[str] = []
+    for mid, parent, point in entries:
+        if parent != root or mid == root:
+            continue
+        above = point.rstrip("/") + "/"
+        tops = [p for p in tops if p != point and not p.startswith(above)]
+        tops.append(point)
+    return tops
 
 
 def overlay_root(make: list[tuple[str, bool]]) -> None:

@@ -248,12 +248,17 @@ def test_a_half_closed_request_nobody_answers_is_reaped(lab: tuple[LabPaths, Pat
         try:
             # Stuck as in the field: socat in FIN-WAIT-2 towards its agent, which holds the
             # connection (and a tunnel) half-closed.
-            deadline = time.monotonic() + 30
+            started = time.monotonic()
+            deadline = started + 30
             while "FIN-WAIT-2" not in (client := sockets(paths, "shell", 9000)):
-                assert proc.poll() is None, proc.communicate()
+                if proc.poll() is not None:
+                    # On a loaded machine one look at the sockets can outlast the reaping: then
+                    # socat must have ended well, and not before the agent's timeout.
+                    took = time.monotonic() - started
+                    assert proc.returncode == 0 and took >= HALF_CLOSED, (took, proc.communicate())
+                    break
                 assert time.monotonic() < deadline, client
                 time.sleep(0.5)
-            assert "FIN-WAIT-2" in client
             # socat ends long before its own 120 s: the agent closed the connection.
             out, err = proc.communicate(timeout=HALF_CLOSED + 60)
             assert proc.returncode == 0 and out == b"", (out, err)

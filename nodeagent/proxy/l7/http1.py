@@ -153,8 +153,16 @@ class _Attempt:
         self.sent = False
 
     def abort(self) -> None:
-        # HTTP/1 has no way to cancel one request but closing its connection: the app sees it.
-        self.writer.transport.abort()
+        """HTTP/1 has no way to cancel one request but closing its connection: the app sees
+        its end of input (a FIN), as when a client gives up. A reset only when something is
+        still queued towards the app (it is not reading: nothing would be flushed). Over a
+        stream of a shared tunnel connection the close is END_STREAM (the app gets a FIN), an
+        abort RST_STREAM (the app gets a reset)."""
+        transport = self.writer.transport
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
 
 
 async def serve(

@@ -334,3 +334,76 @@ async def test_a_source_pod_that_left_has_its_connections_closed(mw: MuxWorld) -
         await asyncio.sleep(0.05)
     assert mw.sessions[0].closed
     assert list(mw.pool.state.all()) == []
+
+
+# --- a stream's end carries no data -------------------------------------------------------
+
+
+class _Wire:
+    """One direction of an in-memory connection: what a session writes, the other receives."""
+
+    def __init__(self) -> None:
+        self.peer: MuxSession | None = None
+
+    def write(self, data: bytes) -> None:
+        assert self.peer is not None
+        self.peer.data_received(bytes(data))
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class _App(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.eof = False
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True
+
+
+async def test_a_stream_ended_without_data_delivers_an_end_not_an_empty_read() -> None:
+    """END_STREAM travels as an empty DATA frame, which h2 reports as data received: handed on
+    as data_received(b""), the source agent's protocol detection took it for a server that
+    speaks first, and every later connection to that destination went unobserved (no request
+    metrics, no tap) after one silent client closed (test_lab_third_party found it)."""
+    served: list[_App] = []
+
+    def on_stream(stream: MuxStream, target: tuple[str, int]) -> None:
+        app = _App()
+        served.append(app)
+        stream.protocol = app
+        app.connection_made(stream)  # type: ignore[arg-type]
+
+    client = MuxSession(client_side=True)
+    server = MuxSession(client_side=False, on_stream=on_stream)
+    to_server, to_client = _Wire(), _Wire()
+    to_server.peer, to_client.peer = server, client
+    client.start(to_server)
+    server.start(to_client)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    mine = _App()
+    stream = client.open_stream(mine, ("10.244.2.7", 8080))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    (theirs,) = served
+    theirs_transport = server.streams[stream.id]
+    theirs_transport.write_eof()  # the app behind the destination closed without a word
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert mine.eof
+    assert mine.chunks == []
