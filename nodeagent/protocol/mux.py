@@ -19,8 +19,8 @@ ALPN = "nodemesh-mux/1"
 # HTTP/2 settings of both ends: streams open at once on one connection, how much one stream (and
 # the whole connection) may have in flight unread, and the largest frame accepted.
 MAX_STREAMS = 512
-STREAM_WINDOW = 1 << 20
-CONNECTION_WINDOW = 16 << 20
+STREAM_WINDOW = 4 << 20
+CONNECTION_WINDOW = 32 << 20
 MAX_FRAME = 1 << 16
 # A PING with this payload says "this agent is draining: open no new stream here" (an HTTP/2
 # GOAWAY would also end the streams still running, with the h2 library).

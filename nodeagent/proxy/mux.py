@@ -12,6 +12,13 @@ through a stream exactly as through a TCP or TLS connection of its own:
   connection_lost() with an error, and abort() (or a linger-0 close, as the relay resets a
   client) sends RST_STREAM; close() half-closes and lets the stream go, resetting it only if
   the peer keeps sending (as a closed TCP socket answers with a reset).
+
+The h2 library runs the connection's and the streams' state (HEADERS, SETTINGS, RST_STREAM,
+PING, GOAWAY), but DATA and WINDOW_UPDATE frames never go through it: this module reads and
+writes them itself and keeps both directions' flow-control windows (h2's per-frame work, a
+frame object, events, its own window books, was most of the CPU a stream added to a bulk or a
+chatty app connection). Frames go out once per turn of the event loop, the frames of every
+stream that wrote in that turn together (one TLS record for many small writes).
 """
 
 from __future__ import annotations
@@ -53,6 +60,25 @@ hyperframe.frame._raw_data_repr = _short_data_repr
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+
+# A frame's header: a 24-bit length (as 16 + 8 bits), type, flags, stream id (RFC 9113 4.1).
+_HEADER = struct.Struct(">HBBBL")
+_DATA, _WINDOW_UPDATE = 0x0, 0x8
+_END_STREAM, _PADDED = 0x1, 0x8
+_PREFACE_SIZE = 24  # the client's connection preface, "PRI * HTTP/2.0..."
+_MAX_WINDOW = 2**31 - 1
+
+
+def _header(length: int, kind: int, flags: int, stream_id: int) -> bytes:
+    return _HEADER.pack(length >> 8, length & 0xFF, kind, flags, stream_id)
+
+
+def _window_update(stream_id: int, increment: int) -> bytes:
+    return _header(4, _WINDOW_UPDATE, 0, stream_id) + increment.to_bytes(4, "big")
+
+
+class _Broken(Exception):
+    """The connection was ended while frames were being read (a protocol error)."""
 
 
 # A shared connection outlives its app connections: a peer node that vanished (no FIN, no RST)
@@ -123,6 +149,11 @@ class MuxStream:
         self.answered = False  # the peer's response headers came (client side)
         self.lost_with: Exception | None = None
         self.extra: dict[str, Any] = {}
+        # Flow control (RFC 9113 5.2), kept by the session: what we may still send, what the
+        # peer may still send, and what the protocol took but the peer was not yet given back.
+        self.send_window = session.h2.remote_settings.initial_window_size
+        self.recv_window = wire.STREAM_WINDOW
+        self.unacked = 0
 
     # --- the transport interface ----------------------------------------------------------
 
@@ -297,6 +328,24 @@ class MuxSession(asyncio.Protocol):
         self.sockname: Any = None
         self.ssl_object: Any = None
         self._inbound: list[bytes] = []  # received, parsed on the next turn of the loop
+        self._inbound_size = 0  # bytes in _inbound
+        self._need = 0  # bytes the next frame needs (parsing waits for them)
+        self._rest = b""  # the start of a frame not yet complete
+        # A DATA frame whose payload is handed over as its records come (a big frame spans
+        # several TLS records): bytes still to come, its stream (None: dropped), flags, id.
+        self._body = 0
+        self._body_stream: MuxStream | None = None
+        self._body_flags = 0
+        self._body_sid = 0
+        self._preface = not client_side  # the client's preface comes first (server side)
+        self._out: list[
+            bytes | memoryview
+        ] = []  # frames to send, in order, once per turn of the loop
+        self._writing = False  # a _write_out() is scheduled
+        # Connection-level flow control (see MuxStream): start() raises what the peer may send.
+        self.send_window = 65535
+        self.recv_window = wire.CONNECTION_WINDOW
+        self.unacked = 0
         self.opened = 0  # streams ever opened (metrics, tests)
         self.last_read = 0.0
 
@@ -354,31 +403,199 @@ class MuxSession(asyncio.Protocol):
     # --- events from the TLS layer --------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        # The TLS layer hands over one record (16 KiB at most) at a time: what one read of the
-        # socket brought is parsed in one go, on the next turn of the loop, rather than a
-        # fraction of a frame per call.
-        if not self._inbound:
-            loop = asyncio.get_running_loop()
-            self.last_read = loop.time()
-            loop.call_soon(self._receive)
+        # The TLS layer hands over one record (16 KiB at most) at a time: frames are parsed as
+        # soon as they are whole, a frame split over records once its last part came.
         self._inbound.append(data)
+        self._inbound_size += len(data)
+        self.last_read = asyncio.get_running_loop().time()
+        if self._inbound_size >= self._need:
+            self._receive()
 
     def _receive(self) -> None:
         chunks, self._inbound = self._inbound, []
+        self._inbound_size = 0
         if self.closed or not chunks:
             return
+        if self._rest:
+            chunks.insert(0, self._rest)
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            events = self.h2.receive_data(data)
+            used = self._frames(data)
+        except _Broken:
+            self._rest = b""
+            return
+        self._rest = data[used:] if used else data
+        self._inbound_size = len(data) - used
+        self.send_out()
+
+    def _frames(self, data: bytes) -> int:
+        """Act on the frames at the start of `data`; how many bytes they took. DATA and
+        WINDOW_UPDATE are ours, every other frame goes to h2 (runs of them at once), in order.
+        A DATA frame's payload goes to its stream as it comes, without waiting for the rest."""
+        pos, end = 0, len(data)
+        control = -1  # where the run of frames for h2 began
+        if self._preface:
+            if end < _PREFACE_SIZE:
+                self._need = _PREFACE_SIZE
+                return 0
+            self._preface = False
+            control, pos = 0, _PREFACE_SIZE
+        need = 0
+        unpack = _HEADER.unpack_from
+        while True:
+            if self._body:
+                take = min(self._body, end - pos)
+                if not take:
+                    need = 1
+                    break
+                piece = data if take == end else data[pos : pos + take]
+                pos += take
+                self._body -= take
+                self._body_piece(piece)
+                continue
+            if end - pos < 9:
+                need = 9
+                break
+            hi, lo, kind, flags, sid = unpack(data, pos)
+            length = (hi << 8) | lo
+            if length > wire.MAX_FRAME:
+                self._fail(h2.errors.ErrorCodes.FRAME_SIZE_ERROR, f"a frame of {length} bytes")
+            sid &= 0x7FFFFFFF
+            whole = end - pos >= 9 + length
+            if kind == _DATA and sid and (whole or not flags & _PADDED):
+                if control >= 0:
+                    self._to_h2(data[control:pos])
+                    control = -1
+                if whole:
+                    self._data_frame(data, pos + 9, length, flags, sid)
+                    pos += 9 + length
+                else:
+                    self._begin_body(length, flags, sid)
+                    pos += 9
+                continue
+            if not whole:
+                need = 9 + length
+                break
+            if kind == _WINDOW_UPDATE and length == 4:
+                if control >= 0:
+                    self._to_h2(data[control:pos])
+                    control = -1
+                increment = int.from_bytes(data[pos + 9 : pos + 13], "big") & 0x7FFFFFFF
+                self._window_updated(sid, increment)
+            elif control < 0:
+                control = pos
+            pos += 9 + length
+        if control >= 0:
+            self._to_h2(data[control:pos])
+        self._need = need
+        return pos
+
+    def _to_h2(self, frames: bytes) -> None:
+        try:
+            events = self.h2.receive_data(frames)
         except h2.exceptions.ProtocolError as exc:
             log.debug("tunnel connection: HTTP/2 protocol error: %s", exc)
             self.error = exc
-            self.send_out()
+            self._write_out()
             self._abort(StreamReset(f"tunnel connection: {exc}"))
-            return
+            raise _Broken from exc
         for event in events:
             self._event(event)
-        self.send_out()
+
+    def _fail(self, code: h2.errors.ErrorCodes, why: str) -> None:
+        """A connection error found here (not by h2): GOAWAY, and the connection is over."""
+        exc = h2.exceptions.ProtocolError(f"tunnel connection: {why}")
+        log.debug("%s", exc)
+        self.error = exc
+        try:
+            self.h2.close_connection(error_code=code)
+        except h2.exceptions.ProtocolError:
+            pass
+        self._write_out()
+        self._abort(StreamReset(str(exc)))
+        raise _Broken
+
+    def _begin_body(self, length: int, flags: int, sid: int) -> None:
+        """A DATA frame (not padded) whose payload is still coming: count it now, then hand
+        each part to the stream as it comes (_body_piece)."""
+        self.recv_window -= length
+        if self.recv_window < 0:
+            self._fail(h2.errors.ErrorCodes.FLOW_CONTROL_ERROR, "the peer overran the window")
+        self._body, self._body_flags, self._body_sid = length, flags, sid
+        stream = self.streams.get(sid)
+        self._body_stream = None
+        if stream is None or stream.remote_ended:
+            self.ack(sid, length)  # a stream that is over: see _data_frame
+            return
+        stream.recv_window -= length
+        if stream.recv_window < 0:
+            self.ack(sid, length)
+            stream.closing = True
+            self.reset(stream, h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
+            stream.gone(StreamReset("tunnel stream: the peer overran its window"))
+            return
+        self._body_stream = stream
+
+    def _body_piece(self, piece: bytes) -> None:
+        stream = self._body_stream
+        if stream is not None:
+            if self.streams.get(stream.id) is stream:
+                stream.received(piece, len(piece))
+            else:  # reset meanwhile: what is left counts for the connection only
+                self.ack(stream.id, len(piece))
+        if not self._body:
+            flags = self._body_flags & _END_STREAM
+            if flags or stream is None:
+                self._to_h2(_header(0, _DATA, flags, self._body_sid))
+
+    def _data_frame(self, data: bytes, start: int, length: int, flags: int, sid: int) -> None:
+        end = start + length
+        if flags & _PADDED:
+            pad = data[start] if length else 256
+            start += 1
+            end -= pad
+            if end < start:
+                self._fail(h2.errors.ErrorCodes.PROTOCOL_ERROR, "DATA padding beyond the frame")
+        self.recv_window -= length
+        if self.recv_window < 0:
+            self._fail(h2.errors.ErrorCodes.FLOW_CONTROL_ERROR, "the peer overran the window")
+        stream = self.streams.get(sid)
+        if stream is None or stream.remote_ended:
+            # A stream that is over (reset, or done here): its bytes only count for the
+            # connection, and h2 answers for the stream (a zero-length DATA says what came).
+            self.ack(sid, length)
+            self._to_h2(_header(0, _DATA, flags & _END_STREAM, sid))
+            return
+        if length:
+            stream.recv_window -= length
+            if stream.recv_window < 0:
+                self.ack(sid, length)
+                stream.closing = True
+                self.reset(stream, h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
+                stream.gone(StreamReset("tunnel stream: the peer overran its window"))
+                return
+            stream.received(data[start:end], length)
+        if flags & _END_STREAM:
+            self._to_h2(_header(0, _DATA, _END_STREAM, sid))
+
+    def _window_updated(self, sid: int, increment: int) -> None:
+        if sid == 0:
+            self.send_window += increment
+            if increment == 0 or self.send_window > _MAX_WINDOW:
+                self._fail(h2.errors.ErrorCodes.FLOW_CONTROL_ERROR, "a bad connection window")
+            for blocked in list(self.blocked.values()):
+                self.flush(blocked, send=False)
+            return
+        stream = self.streams.get(sid)
+        if stream is None:
+            return  # a stream that is over
+        stream.send_window += increment
+        if increment == 0 or stream.send_window > _MAX_WINDOW:
+            stream.closing = True
+            self.reset(stream, h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
+            stream.gone(StreamReset("tunnel stream: a bad window update"))
+        elif sid in self.blocked:
+            self.flush(stream, send=False)
 
     def _event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.DataReceived):
@@ -416,7 +633,12 @@ class MuxSession(asyncio.Protocol):
                 refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
                 kind = StreamRefused if refused else StreamReset
                 stream.gone(kind(f"tunnel stream reset by the peer ({event.error_code!r})"))
-        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            changed = event.changed_settings.get(h2.settings.SettingCodes.INITIAL_WINDOW_SIZE)
+            if changed is not None:
+                delta = changed.new_value - (changed.original_value or 65535)
+                for stream in self.streams.values():
+                    stream.send_window += delta
             for stream in list(self.blocked.values()):
                 self.flush(stream, send=False)
         elif isinstance(event, h2.events.PingReceived):
@@ -468,6 +690,7 @@ class MuxSession(asyncio.Protocol):
                 self.on_done(stream)
         self.streams.clear()
         self.blocked.clear()
+        self._out.clear()
         if self.on_lost is not None:
             on_lost, self.on_lost = self.on_lost, None
             on_lost(self)
@@ -488,28 +711,27 @@ class MuxSession(asyncio.Protocol):
         """Send what the windows allow of `stream`'s buffer, then END_STREAM if asked."""
         if self.closed or self.streams.get(stream.id) is not stream:
             return
-        h2c = self.h2
-        try:
-            while stream.out:
-                window = min(h2c.local_flow_control_window(stream.id), h2c.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                chunk = bytes(stream.out[:window])
-                del stream.out[:window]
-                h2c.send_data(stream.id, chunk)
-            if stream.out:
-                self.blocked[stream.id] = stream
-                stream.filled()
-            else:
-                self.blocked.pop(stream.id, None)
-                if stream.eof_pending and not stream.eof_sent:
-                    stream.eof_sent = True
-                    h2c.end_stream(stream.id)
-                    self.done_if_ended(stream)
-            stream.drained()
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
-            stream.out.clear()
+        out = stream.out
+        while out:
+            room = min(stream.send_window, self.send_window, self.h2.max_outbound_frame_size)
+            if room <= 0:
+                break
+            chunk = bytes(memoryview(out)[:room])
+            del out[:room]
+            self._data(stream, chunk)
+        if out:
+            self.blocked[stream.id] = stream
+            stream.filled()
+        else:
             self.blocked.pop(stream.id, None)
+            if stream.eof_pending and not stream.eof_sent:
+                stream.eof_sent = True
+                try:
+                    self.h2.end_stream(stream.id)
+                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+                    pass
+                self.done_if_ended(stream)
+        stream.drained()
         if send:
             self.send_out()
 
@@ -519,30 +741,58 @@ class MuxSession(asyncio.Protocol):
         """Send as much of `data` as the windows allow at once; what is left over."""
         if self.closed or self.streams.get(stream.id) is not stream:
             return b""
-        h2c = self.h2
-        sent = 0
-        try:
-            while sent < len(data):
-                window = min(h2c.local_flow_control_window(stream.id), h2c.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                if sent == 0 and window >= len(data):
-                    h2c.send_data(stream.id, bytes(data) if isinstance(data, bytearray) else data)
-                    sent = len(data)
-                    break
-                h2c.send_data(stream.id, bytes(data[sent : sent + window]))
-                sent += window
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+        size = len(data)
+        room = min(stream.send_window, self.send_window, self.h2.max_outbound_frame_size)
+        if room >= size:  # the usual case: one frame
+            self._data(stream, data if type(data) is bytes else bytes(data))
+            self.send_out()
             return b""
+        sent = 0
+        # Frames are slices of the caller's bytes (immutable: no copy); of anything else, a copy.
+        view = memoryview(data if type(data) is bytes else bytes(data))
+        while sent < size and room > 0:
+            chunk = view[sent : sent + room]
+            self._data(stream, chunk)
+            sent += len(chunk)
+            room = min(stream.send_window, self.send_window, self.h2.max_outbound_frame_size)
         self.send_out()
-        return data[sent:] if sent < len(data) else b""
+        return data[sent:] if sent < size else b""
+
+    def _data(self, stream: MuxStream, chunk: bytes | memoryview) -> None:
+        """Queue one DATA frame (after whatever h2 has queued: the order is the wire's)."""
+        before = self.h2.data_to_send()
+        if before:
+            self._out.append(before)
+        size = len(chunk)
+        stream.send_window -= size
+        self.send_window -= size
+        self._out.append(_header(size, _DATA, 0, stream.id))
+        self._out.append(chunk)
 
     def ack(self, stream_id: int, flow: int) -> None:
-        if flow and not self.closed:
-            try:
-                self.h2.acknowledge_received_data(flow, stream_id)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
-                pass
+        """`flow` bytes of the stream were taken: give them back to the peer, in increments
+        of half a window (few WINDOW_UPDATE frames, never one per DATA frame)."""
+        if not flow or self.closed:
+            return
+        self.unacked += flow
+        if self.unacked >= wire.CONNECTION_WINDOW // 2:
+            self._queue(_window_update(0, self.unacked))
+            self.recv_window += self.unacked
+            self.unacked = 0
+        stream = self.streams.get(stream_id)
+        if stream is not None and not stream.remote_ended:
+            stream.unacked += flow
+            if stream.unacked >= wire.STREAM_WINDOW // 2:
+                self._queue(_window_update(stream_id, stream.unacked))
+                stream.recv_window += stream.unacked
+                stream.unacked = 0
+
+    def _queue(self, frame: bytes) -> None:
+        before = self.h2.data_to_send()
+        if before:
+            self._out.append(before)
+        self._out.append(frame)
+        self.send_out()
 
     def release_inbox(self, stream: MuxStream) -> None:
         """A closed stream's unread bytes: give their window back."""
@@ -576,9 +826,24 @@ class MuxSession(asyncio.Protocol):
             self.forget(stream)
 
     def send_out(self) -> None:
+        """What is queued (ours and h2's) goes out at the end of this turn of the loop."""
         data = self.h2.data_to_send()
-        if data and self.transport is not None and not self.closed:
-            self.transport.write(data)
+        if data:
+            self._out.append(data)
+        if self._out and not self._writing and self.transport is not None and not self.closed:
+            self._writing = True
+            asyncio.get_running_loop().call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        self._writing = False
+        data = self.h2.data_to_send()
+        if data:
+            self._out.append(data)
+        if not self._out:
+            return
+        out, self._out = self._out, []
+        if self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     # --- ending ---------------------------------------------------------------------------
 
@@ -602,8 +867,8 @@ class MuxSession(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
-            # What h2 has queued (the last stream's END_STREAM, often) goes out first.
-            self.send_out()
+            # What is queued (the last stream's END_STREAM, often) goes out first.
+            self._write_out()
             self.transport.close()
 
     def _abort(self, exc: Exception) -> None:

@@ -1,0 +1,203 @@
+"""The shared tunnel connection's own DATA/WINDOW_UPDATE framing (nodeagent.proxy.mux): frames
+of many streams go out together, flow control holds a slow reader's sender and no one else, and
+a standard HTTP/2 peer (the h2 library, padding, END_STREAM on DATA) is understood.
+
+Two sessions over an in-memory carrier: what one writes, the other receives on the next turn of
+the loop, and every write() is counted (one TLS record and one send each, in the agent)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+
+from nodeagent.protocol import mux as wire
+from nodeagent.proxy.mux import HIGH_WATER, MuxSession, MuxStream
+
+
+class Carrier:
+    """One end of the carrier: its writes reach `peer` (a session, or a callable) in pieces of
+    16 KiB at most, as the TLS layer hands over one record at a time (a 64 KiB DATA frame
+    arrives in five parts)."""
+
+    RECORD = 16 * 1024
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.peer: Any = None
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        data = bytes(data)
+        self.writes.append(data)
+        deliver = getattr(self.peer, "data_received", self.peer)
+        loop = asyncio.get_running_loop()
+        for i in range(0, len(data), self.RECORD):
+            loop.call_soon(deliver, data[i : i + self.RECORD])
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+class App(asyncio.Protocol):
+    """An app connection's end of a stream: keeps what it got, can start paused."""
+
+    def __init__(self, *, paused: bool = False) -> None:
+        self.got = bytearray()
+        self.eof = False
+        self.start_paused = paused
+        self.write_paused = False
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        if self.start_paused:
+            transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.got += data
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+
+
+async def settle(turns: int = 20) -> None:
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+async def _pair(server_apps: list[App]) -> tuple[MuxSession, MuxSession, Carrier, Carrier]:
+    def on_stream(stream: MuxStream, target: tuple[str, int]) -> None:
+        app = server_apps.pop(0)
+        stream.protocol = app
+        app.connection_made(stream)
+
+    client = MuxSession(client_side=True)
+    server = MuxSession(client_side=False, on_stream=on_stream)
+    to_server, to_client = Carrier(), Carrier()
+    to_server.peer, to_client.peer = server, client
+    client.start(to_server)
+    server.start(to_client)
+    await settle()
+    return client, server, to_server, to_client
+
+
+async def test_small_writes_of_many_streams_in_one_turn_leave_in_one_write() -> None:
+    servers = [App() for _ in range(20)]
+    client, server, to_server, _ = await _pair(list(servers))
+    clients = [App() for _ in range(20)]
+    for app in clients:
+        client.open_stream(app, ("10.244.2.7", 6379))
+    await settle()
+    to_server.writes.clear()
+    for i, app in enumerate(clients):  # 20 app connections each had a request in this turn
+        app.transport.write(b"GET key%d\r\n" % i)
+    await settle()
+    assert len(to_server.writes) == 1  # one TLS record, one send (it was one per stream)
+    assert [bytes(s.got) for s in servers] == [b"GET key%d\r\n" % i for i in range(20)]
+
+
+def _pattern(n: int) -> bytes:
+    return hashlib.sha256(b"seed").digest() * (n // 32) + b"z" * (n % 32)
+
+
+async def test_a_paused_reader_holds_its_sender_and_no_other_stream() -> None:
+    slow, other = App(paused=True), App()
+    client, server, *_ = await _pair([slow, other])
+    slow_src, other_src = App(), App()
+    s1 = client.open_stream(slow_src, ("10.244.2.7", 80))
+    s2 = client.open_stream(other_src, ("10.244.2.7", 81))
+    await settle()
+    big = _pattern(3 * wire.STREAM_WINDOW + 12345)
+    s1.write(big)
+    await settle(60)
+    # The stream's window went out (and no more), the rest waits in its buffer: its writer is
+    # paused, as a TCP socket's would be with a reader that does not read.
+    assert slow_src.write_paused
+    assert len(big) - len(s1.out) <= wire.STREAM_WINDOW
+    assert len(s1.out) > HIGH_WATER
+    s2.write(b"meanwhile " * 10000)
+    s2.write_eof()
+    await settle(60)
+    assert bytes(other.got) == b"meanwhile " * 10000 and other.eof
+    slow.transport.resume_reading()
+    s1.write_eof()
+    for _ in range(400):
+        await asyncio.sleep(0)
+        if slow.eof:
+            break
+    assert bytes(slow.got) == big and slow.eof
+    assert not slow_src.write_paused
+    # Both ends agree on the connection's window: nothing was lost or counted twice.
+    assert client.send_window == server.recv_window
+
+
+async def test_a_standard_http2_peer_with_padding_and_end_stream_on_data() -> None:
+    app = App()
+    apps = [app]
+
+    def on_stream(stream: MuxStream, target: tuple[str, int]) -> None:
+        assert target == ("10.244.2.7", 8080)
+        a = apps.pop(0)
+        stream.protocol = a
+        a.connection_made(stream)
+
+    server = MuxSession(client_side=False, on_stream=on_stream)
+    peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    events: list[h2.events.Event] = []
+    to_server, to_peer = Carrier(), Carrier()
+    to_server.peer = server
+    to_peer.peer = lambda data: events.extend(peer.receive_data(data))
+    peer.initiate_connection()
+    server.start(to_peer)
+    to_server.write(peer.data_to_send())
+    await settle()
+    to_server.write(peer.data_to_send())  # its SETTINGS ACK
+    sid = peer.get_next_available_stream_id()
+    peer.send_headers(sid, wire.connect_headers("10.244.2.7", 8080))
+    peer.send_data(sid, b"padded ", pad_length=9)
+    peer.send_data(sid, b"and the last", end_stream=True)
+    to_server.write(peer.data_to_send())
+    await settle()
+    assert bytes(app.got) == b"padded and the last"
+    assert app.eof
+    app.transport.write(b"x" * 100_000)  # more than h2's default window: updates must come
+    app.transport.write_eof()
+    got = bytearray()
+    for _ in range(100):
+        await settle(2)
+        for ev in events:
+            if isinstance(ev, h2.events.DataReceived):
+                got += ev.data
+                peer.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        ended = any(isinstance(ev, h2.events.StreamEnded) for ev in events)
+        events.clear()
+        out = peer.data_to_send()
+        if out:
+            to_server.write(out)
+        if ended:
+            break
+    assert bytes(got) == b"x" * 100_000
