@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from nodemesh.cli.install import ingress as ingress_install
@@ -52,7 +53,10 @@ def test_only_with_the_flag_and_as_rendered() -> None:
     assert dep["spec"]["template"]["metadata"] == want_dep["spec"]["template"]["metadata"]
 
 
-def test_the_lab_can_build_the_container(tmp_path: Path) -> None:
+def test_the_lab_can_build_the_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hostPath is DirectoryOrCreate: made under a lab root of this test's own, not the
+    # machine's /run/nodemesh (it was left there after every run).
+    monkeypatch.setattr("nodemesh.lab.paths.RUN_ROOT", tmp_path / "run")
     dep = by_kind(objects(True), "Deployment", "nodemesh-ingress")
     pod = {"metadata": {"name": "nodemesh-ingress-x", "namespace": "nodemesh-ingress", "uid": "u"},
            "spec": {**dep["spec"]["template"]["spec"], "nodeName": "node1"}}  # fmt: skip
