@@ -201,3 +201,31 @@ async def test_a_standard_http2_peer_with_padding_and_end_stream_on_data() -> No
         if ended:
             break
     assert bytes(got) == b"x" * 100_000
+
+
+class _Reads(App):
+    """An app end that also keeps each read, empty ones included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.reads.append(data)
+        super().data_received(data)
+
+
+async def test_a_stream_ended_without_data_delivers_an_end_not_an_empty_read() -> None:
+    """END_STREAM travels as an empty DATA frame, which h2 reports as data received: handed on
+    as data_received(b""), the source agent's protocol detection took it for a server that
+    speaks first, and every later connection to that destination went unobserved (no request
+    metrics, no tap) after one silent client closed (test_lab_third_party found it)."""
+    theirs = App()
+    client, server, _, _ = await _pair([theirs])
+    mine = _Reads()
+    stream = client.open_stream(mine, ("10.244.2.7", 8080))
+    await settle()
+    server.streams[stream.id].write_eof()  # the app behind the destination closed, silent
+    await settle()
+    assert mine.eof
+    assert mine.reads == []
