@@ -8,13 +8,13 @@ import pytest
 from mesh_identities import EMOJI, PODS, TD, WEB
 
 from controlplane.identity import CertificateAuthority
-from nodemesh import certs
+from nodemesh import certs, keymaker
 
 
 def _certified(authority: CertificateAuthority, identity: str, node: str) -> certs.CertifiedKey:
-    key = certs.new_key()
-    issued = authority.certify(certs.make_csr(identity, key), identity, node=node)
-    return certs.CertifiedKey.from_pem(identity, key, issued.chain_pem())
+    key = keymaker.new_key()
+    issued = authority.certify(keymaker.make_csr(identity, key), identity, node=node)
+    return certs.CertifiedKey.from_pem(identity, keymaker.key_pem(key), issued.chain_pem())
 
 
 @pytest.fixture
@@ -136,9 +136,9 @@ def test_renewal_at_two_thirds(authority) -> None:
 
 
 def test_issued_chain_must_match_our_key(authority) -> None:
-    key = certs.new_key()
-    issued = authority.certify(certs.make_csr(WEB, key), WEB, node="node1")
+    key = keymaker.new_key()
+    issued = authority.certify(keymaker.make_csr(WEB, key), WEB, node="node1")
     with pytest.raises(certs.PeerRejected, match="public key"):
-        certs.CertifiedKey.from_pem(WEB, certs.new_key(), issued.chain_pem())
+        certs.CertifiedKey.from_pem(WEB, keymaker.key_pem(keymaker.new_key()), issued.chain_pem())
     with pytest.raises(certs.PeerRejected, match="not for"):
-        certs.CertifiedKey.from_pem(EMOJI, key, issued.chain_pem())
+        certs.CertifiedKey.from_pem(EMOJI, keymaker.key_pem(key), issued.chain_pem())
