@@ -9,8 +9,8 @@ a key and a CSR once per certificate (every ~16 h per identity), so the agent as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -34,25 +34,19 @@ async def make_keys(
     """A key + CSR for each identity, or the reason (str) the key maker refused it."""
     if not identities:
         return {}
+    request = json.dumps(identities).encode()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        # subprocess (vfork + exec) in a thread, not the event loop's subprocess support: uvloop
+        # forks, and gRPC's fork handlers then run in the child and can end it before its exec
+        # (seen in the lab: the child gone before its stdin was written).
+        proc = await asyncio.to_thread(
+            subprocess.run, command, input=request, capture_output=True, timeout=timeout
         )
-    except OSError as exc:
-        raise KeygenError(f"cannot run the key maker: {exc}") from exc
-    try:
-        request = json.dumps(identities).encode()
-        out, err = await asyncio.wait_for(proc.communicate(request), timeout)
-    except TimeoutError:
+    except subprocess.TimeoutExpired:
         raise KeygenError(f"the key maker took more than {timeout:.0f}s") from None
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise KeygenError(f"cannot run the key maker: {exc}") from exc
+    out, err = proc.stdout, proc.stderr
     if proc.returncode != 0:
         tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
         raise KeygenError(f"the key maker exited with {proc.returncode}: {tail[0]}")
