@@ -36,9 +36,9 @@ async def make_keys(
         return {}
     request = json.dumps(identities).encode()
     try:
-        # subprocess (vfork + exec) in a thread, not the event loop's subprocess support: uvloop
-        # forks, and gRPC's fork handlers then run in the child and can end it before its exec
-        # (seen in the lab: the child gone before its stdin was written).
+        # subprocess (vfork + exec) in a thread, not the event loop's subprocess support: with
+        # uvloop's (fork + exec) the lab's agent saw its child gone before its stdin was written
+        # (cause not found: not reproduced outside the lab's containers); this way works there.
         proc = await asyncio.to_thread(
             subprocess.run, command, input=request, capture_output=True, timeout=timeout
         )
