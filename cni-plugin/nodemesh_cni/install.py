@@ -15,6 +15,8 @@ kubelet's runtime uses. What the primary CNI wrote is kept in <conf dir>/.nodeme
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -25,7 +27,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from nodemesh_cni import conflist, owner
@@ -219,6 +221,25 @@ def _strip(path: Path) -> None:
         log.info("removed nodemesh-cni from %s", path)
 
 
+@contextlib.contextmanager
+def conf_dir_lock(conf_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the CNI conf dir itself (flock on the directory: no file is
+    left behind). Adding the entry (binary first) and removing it (entry first, then the
+    binary) each happen under it, so a watch beside an `uninstall` cannot check the binary,
+    lose it to the uninstall and then write the entry back without it. No lock when the
+    directory is not there (the caller reports that)."""
+    try:
+        fd = os.open(conf_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def uninstall_config(conf_dir: Path) -> None:
     """Undo install_config: the primary's own file back, no nodemesh entry anywhere, no state."""
     conf_dir = Path(conf_dir)
@@ -286,8 +307,9 @@ def leave_node(
     log.info("removing nodemesh from this node: %s", reason)
     run_dir = Path(agent_socket).parent
     flag = raise_uninstall_flag(run_dir, reason=reason) if _answers(agent_socket) else None
-    uninstall_config(conf_dir)
-    uninstall_binary(bin_dir=bin_dir)
+    with conf_dir_lock(conf_dir):
+        uninstall_config(conf_dir)
+        uninstall_binary(bin_dir=bin_dir)
     confirmed = False
     if flag is not None:
         deadline = time.monotonic() + agent_wait
@@ -382,9 +404,10 @@ def watch(
         result: InstallResult | None = None
         error: str | None = None
         try:
-            if ensure_binary is not None:
-                ensure_binary()
-            result = install_config(conf_dir, entry=entry)
+            with conf_dir_lock(conf_dir):
+                if ensure_binary is not None:
+                    ensure_binary()
+                result = install_config(conf_dir, entry=entry)
         except (InstallError, OSError) as exc:
             error = str(exc)
             if error != last_error:
@@ -519,10 +542,11 @@ def main(argv: list[str] | None = None) -> int:
         if owned_by is not None:
             _check_owner_access(owned_by, args.daemonset, again=args.owner_recheck)
         plugin = _plugin_bytes(args)
-        install_binary(plugin, bin_dir=args.bin_dir)  # binary first, entry second
-        if args.action == "install":
-            install_config(args.conf_dir, entry=entry)
-            return 0
+        with conf_dir_lock(args.conf_dir):
+            install_binary(plugin, bin_dir=args.bin_dir)  # binary first, entry second
+            if args.action == "install":
+                install_config(args.conf_dir, entry=entry)
+                return 0
         recheck = [time.monotonic() + args.owner_recheck]
 
         def go_on(_tick: WatchTick) -> bool:

@@ -17,6 +17,7 @@ from nodemesh_cni import conflist
 from nodemesh_cni.install import (
     InstallError,
     WatchTick,
+    conf_dir_lock,
     find_primary,
     install_binary,
     install_config,
@@ -423,7 +424,14 @@ def test_an_entry_never_exists_without_its_binary_whatever_runs_when(
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     path = place(conf_dir, "10-flannel.conflist")
-    common = ["--conf-dir", str(conf_dir), "--bin-dir", str(bin_dir), "--plugin", str(zipapp_plugin)]
+    common = [
+        "--conf-dir",
+        str(conf_dir),
+        "--bin-dir",
+        str(bin_dir),
+        "--plugin",
+        str(zipapp_plugin),
+    ]
     broken: list[str] = []
     stop = threading.Event()
 
@@ -457,3 +465,36 @@ def test_an_entry_never_exists_without_its_binary_whatever_runs_when(
         stop.set()
         sampler.join()
     assert not broken, f"{len(broken)} samples saw the entry without the binary"
+
+
+def test_install_waits_while_an_uninstall_holds_the_conf_dir(
+    conf_dir: Path, tmp_path: Path, zipapp_plugin: Path
+) -> None:
+    """Adding (binary, then entry) and removing (entry, then binary) each hold a lock on the
+    conf dir: a watch's poll that found the binary could otherwise write the entry back after
+    an uninstall beside it removed both (test_an_entry_never_exists_without_its_binary_whatever_runs_when
+    caught that in a CI run: 21 samples of an entry without its binary)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    path = place(conf_dir, "10-flannel.conflist")
+    common = [
+        "--conf-dir",
+        str(conf_dir),
+        "--bin-dir",
+        str(bin_dir),
+        "--plugin",
+        str(zipapp_plugin),
+    ]
+    done: list[int] = []
+    with conf_dir_lock(conf_dir):
+        installing = threading.Thread(
+            target=lambda: done.append(_cli("install", *common).returncode)
+        )
+        installing.start()
+        time.sleep(1.5)
+        assert not done and not (bin_dir / "nodemesh-cni").exists()
+        assert all(p["type"] != "nodemesh-cni" for p in plugins_of(path))
+    installing.join(timeout=60)
+    assert done == [0]
+    assert plugins_of(path)[-1]["type"] == "nodemesh-cni"
+    assert os.access(bin_dir / "nodemesh-cni", os.X_OK)
