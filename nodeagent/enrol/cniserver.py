@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from nodemesh_cni.protocol import (
 )
 
 from nodeagent.enrol.enrolment import AddRequest, Enroller, Outcome
+from nodeagent.handover.fds import bind_unix
 from nodeagent.observe.metrics import CNI_ADD_SECONDS, CNI_REQUESTS
 
 log = logging.getLogger(__name__)
@@ -32,21 +32,8 @@ READ_TIMEOUT = 10.0
 
 
 def bind_unix_socket(path: Path) -> socket.socket:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(str(tmp))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-        sock.listen(128)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return sock
+    """The CNI server's listener (see fds.bind_unix)."""
+    return bind_unix(path)
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:

@@ -103,16 +103,17 @@ class Inherited:
         self.cni = self.admin = self.router = None
 
 
-def bind_seqpacket(path: Path) -> socket.socket:
-    """Listen on `path`, bound under a temporary name and renamed into place (0600)."""
+def bind_unix(path: Path, *, kind: int = socket.SOCK_STREAM, backlog: int = 128) -> socket.socket:
+    """Listen on a unix socket at `path`: bound under a temporary name, made 0600 and only then
+    renamed into place, so nobody ever connects to a socket others could reach."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
     try:
         sock.bind(str(tmp))
         os.chmod(tmp, 0o600)
-        sock.listen(4)
+        sock.listen(backlog)
         os.replace(tmp, path)
         sock.setblocking(False)
     except BaseException:
@@ -120,3 +121,8 @@ def bind_seqpacket(path: Path) -> socket.socket:
         tmp.unlink(missing_ok=True)
         raise
     return sock
+
+
+def bind_seqpacket(path: Path) -> socket.socket:
+    """The handover's listener (see bind_unix)."""
+    return bind_unix(path, kind=socket.SOCK_SEQPACKET, backlog=4)
