@@ -23,6 +23,7 @@ from bench.meshbench.manifests import (
     IPERF_PORT,
     L4_PATHS,
     NAMESPACES,
+    OPAQUE_PORT,
     PATHS,
 )
 from bench.meshbench.plan import RunPlan
@@ -408,6 +409,32 @@ def run(lab: Lab, plan: RunPlan, *, workdir: Path) -> dict[str, Any]:
             runs = bench.http_interleaved(rate, duration=plan.duration, rounds=plan.rounds)
             for path, summary in runs.items():
                 out["paths"][path].setdefault("http", {})[str(rate)] = summary
+        # The same requests at the top rate relayed as plain TCP: nodemesh to its opaque port,
+        # HAProxy's TCP-mode pair (and direct) to the usual one, interleaved as above.
+        top = max(plan.rates)
+
+        def opaque_turn(path: str, seconds: float) -> dict[str, Any]:
+            return workloads.http_raw(
+                bench.paths[path].target, loadgen=bins["loadgen"], rate=top,
+                port=OPAQUE_PORT if path == "nodemesh" else HTTP_PORT,
+                duration=seconds, warmup=plan.warmup, conns=plan.conns,
+            )  # fmt: skip
+
+        log.info("opaque TCP @%d rps, %d interleaved turns", top, plan.rounds)
+        seconds = plan.duration / plan.rounds
+        mesh_ns = NAMESPACES["nodemesh"]
+        counted = checks.requests_counted(lab, namespace=mesh_ns)
+        opened = sum(checks.agent_connections(lab, namespace=mesh_ns).values())
+        cells = bench.interleaved(opaque_turn, requests=top * (plan.warmup + seconds),
+                                  seconds=seconds, rounds=plan.rounds, paths=L4_PATHS)  # fmt: skip
+        for path, cell in cells.items():
+            out["paths"][path]["opaque"] = cell
+        # Evidence that the opaque run went through the agents without being parsed.
+        out["path_checks"]["nodemesh_opaque"] = {
+            "connections_opened": sum(checks.agent_connections(lab, namespace=mesh_ns).values())
+            - opened,
+            "requests_counted": checks.requests_counted(lab, namespace=mesh_ns) - counted,
+        }
     out["resources"]["rss_peak_under_load_bytes"] = dict(peak.peak)
     out["resources"]["rss_after_load_bytes"] = bench.rss()
 
