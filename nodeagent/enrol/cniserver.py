@@ -23,8 +23,8 @@ from nodemesh_cni.protocol import (
 )
 
 from nodeagent.enrol.enrolment import AddRequest, Enroller, Outcome
-from nodeagent.handover.fds import bind_unix
 from nodeagent.observe.metrics import CNI_ADD_SECONDS, CNI_REQUESTS
+from nodemesh.unixsock import bind_unix
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ READ_TIMEOUT = 10.0
 
 
 def bind_unix_socket(path: Path) -> socket.socket:
-    """The CNI server's listener (see fds.bind_unix)."""
+    """The CNI server's listener (see nodemesh.unixsock.bind_unix)."""
     return bind_unix(path)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from nodeagent.handover import wire
 from nodeagent.handover.wire import HandoverProtocolError, SocketEntry
+from nodemesh.unixsock import bind_unix
 
 
 class HandoverError(OSError):
@@ -101,26 +102,6 @@ class Inherited:
             if kept is not None:
                 kept.close()
         self.cni = self.admin = self.router = None
-
-
-def bind_unix(path: Path, *, kind: int = socket.SOCK_STREAM, backlog: int = 128) -> socket.socket:
-    """Listen on a unix socket at `path`: bound under a temporary name, made 0600 and only then
-    renamed into place, so nobody ever connects to a socket others could reach."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(str(tmp))
-        os.chmod(tmp, 0o600)
-        sock.listen(backlog)
-        os.replace(tmp, path)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return sock
 
 
 def bind_seqpacket(path: Path) -> socket.socket:
