@@ -31,11 +31,6 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT = 10.0
 
 
-def bind_unix_socket(path: Path) -> socket.socket:
-    """The CNI server's listener (see nodemesh.unixsock.bind_unix)."""
-    return bind_unix(path)
-
-
 def _file_id(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
@@ -61,7 +56,7 @@ class CniServer:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Serve `sock` (taken over from the previous agent) or a socket bound at the path."""
-        self.sock = sock if sock is not None else bind_unix_socket(self.path)
+        self.sock = sock if sock is not None else bind_unix(self.path)
         self._file = _file_id(self.path)
         await self.resume()
 
