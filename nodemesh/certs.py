@@ -8,11 +8,13 @@ keys and CSRs are made by nodemesh.keymaker, in a child process for the agent):
 - `renewal_time(not_before, not_after)`: two-thirds into the lifetime.
 - `server_context(certified, trust_anchors_pem=...)` / `client_context(...)`: TLS 1.3 only,
   peer certificates required and chained to the trust anchors by OpenSSL during the handshake.
-- `peer_identity(ssl_object)`: the URI SAN of the (already verified) peer certificate;
+- `peer_identity(ssl_object)`: the URI SAN of the (already verified) peer certificate, as
+  OpenSSL parsed it;
   `check_peer(ssl_object, expected=...)` raises PeerRejected unless it is `expected`.
 
-Certificates are read with nodemesh.der (validity and URI SANs); whether the key matches the
-leaf is OpenSSL's own check when the chain and key are loaded into a context.
+Issued chains are read with nodemesh.der (validity and URI SANs); whether the key matches the
+leaf is OpenSSL's own check when the chain and key are loaded into a context. A peer's identity
+is what OpenSSL parsed of its verified certificate (`getpeercert()`).
 
 Loading a context never puts a key on a filesystem: Python's ssl can only load a certificate
 chain and key from a path, so they are written to an anonymous memfd (os.memfd_create) and
@@ -24,10 +26,10 @@ serve across its own restart: nodeagent.handover.servingstate.)
 from __future__ import annotations
 
 import datetime
-import functools
 import os
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 from nodemesh import der
 
@@ -123,24 +125,35 @@ def client_context(certified: CertifiedKey, *, trust_anchors_pem: bytes | str) -
 
 
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
-    """The SPIFFE ID of a peer whose chain OpenSSL verified during the handshake."""
+    """The SPIFFE ID of a peer whose chain OpenSSL verified during the handshake, as OpenSSL
+    itself parsed it (`getpeercert()`: the identity every policy decision rests on is not read
+    by our own DER reader)."""
     cert = ssl_object.getpeercert(binary_form=True)
     if not cert:
         raise PeerRejected("peer sent no certificate")
-    return _identity_of(cert)
-
-
-@functools.lru_cache(maxsize=512)
-def _identity_of(cert: bytes) -> str:
     # Every tunnel, both ends: the same few certificates again and again (a leaf lives 24 h),
-    # so parse each once. Only what OpenSSL already verified gets here; a failure is not cached.
-    try:
-        sans = der.leaf_facts(cert).uri_sans
-    except der.DerError as exc:
-        raise PeerRejected(f"peer certificate is unreadable: {exc}") from exc
+    # so each one's identity is looked up by its bytes. Only what OpenSSL verified gets here; a
+    # failure is not kept.
+    known = _IDENTITIES.get(cert)
+    if known is None:
+        known = _identity_of(ssl_object.getpeercert())
+        if len(_IDENTITIES) >= _IDENTITIES_KEPT:
+            _IDENTITIES.clear()
+        _IDENTITIES[cert] = known
+    return known
+
+
+_IDENTITIES: dict[bytes, str] = {}
+_IDENTITIES_KEPT = 512
+
+
+def _identity_of(parsed: dict[str, Any]) -> str:
+    if not parsed:  # getpeercert() is empty unless the chain was verified
+        raise PeerRejected("peer certificate was not verified")
+    sans = [value for kind, value in parsed.get("subjectAltName", ()) if kind == "URI"]
     if len(sans) != 1:
         raise PeerRejected(f"peer certificate carries {len(sans)} URI SANs, expected one")
-    return sans[0]
+    return str(sans[0])
 
 
 def check_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket, *, expected: str) -> None:
