@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime
 import os
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,7 +148,7 @@ _IDENTITIES: dict[bytes, str] = {}
 _IDENTITIES_KEPT = 512
 
 
-def _identity_of(parsed: dict[str, Any]) -> str:
+def _identity_of(parsed: Mapping[str, Any] | None) -> str:
     if not parsed:  # getpeercert() is empty unless the chain was verified
         raise PeerRejected("peer certificate was not verified")
     sans = [value for kind, value in parsed.get("subjectAltName", ()) if kind == "URI"]
