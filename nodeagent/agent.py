@@ -490,7 +490,9 @@ class Agent:
             self.keeper.save_if_changed()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.drain_seconds
-        while self.runtime.relays and loop.time() < deadline:
+        # Shared tunnel connections too: each closes once its peer has seen the drain notice
+        # (nodeagent.proxy.mux.go_away); exiting before would reset what it still had on its way.
+        while (self.runtime.relays or self.runtime.mux_sessions) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for relay in list(self.runtime.relays):
             relay.abort()

@@ -59,6 +59,9 @@ def _short_data_repr(data: bytes | None) -> str:
 hyperframe.frame._raw_data_repr = _short_data_repr
 
 HIGH_WATER = 256 * 1024
+# A draining agent closes an idle shared connection once the peer has acknowledged the drain
+# notice, or after this long without the acknowledgement.
+DRAIN_ACK_WAIT = 2.0
 LOW_WATER = 64 * 1024
 
 # A frame's header: a 24-bit length (as 16 + 8 bits), type, flags, stream id (RFC 9113 4.1).
@@ -323,6 +326,9 @@ class MuxSession(asyncio.Protocol):
         self.blocked: dict[int, MuxStream] = {}  # streams with bytes waiting for window
         self.closed = False
         self.going_away = False  # GOAWAY received (client) or sent (server)
+        # Server side: the peer acknowledged the drain notice, so every stream it opened before
+        # seeing it has arrived (and was refused): closing now cuts nothing in flight.
+        self.drain_acked = False
         self.error: Exception | None = None
         self.peername: Any = None
         self.sockname: Any = None
@@ -648,6 +654,9 @@ class MuxSession(asyncio.Protocol):
                 self.going_away = True  # take no new stream here; this one ends when idle
                 if not self.streams:
                     self.close()
+        elif isinstance(event, h2.events.PingAckReceived):
+            if event.ping_data == wire.DRAIN_PING and not self.client_side:
+                self._drain_seen()
         elif isinstance(event, h2.events.ConnectionTerminated):
             # A GOAWAY (h2 then sends and takes nothing more on this connection): what the
             # peer never saw may go elsewhere, the rest is cut.
@@ -820,7 +829,7 @@ class MuxSession(asyncio.Protocol):
             self.blocked.pop(stream.id, None)
             if self.on_done is not None:
                 self.on_done(stream)
-            if not self.streams and self.going_away:
+            if not self.streams and self.going_away and (self.client_side or self.drain_acked):
                 self.close()
 
     def done_if_ended(self, stream: MuxStream) -> None:
@@ -854,18 +863,25 @@ class MuxSession(asyncio.Protocol):
         peer is told with a PING carrying DRAIN_PING, not a GOAWAY: h2 sends and takes nothing
         more on a connection once a GOAWAY has crossed it, and the streams still running must
         finish. A stream the peer opens meanwhile is refused (REFUSED_STREAM: it tries a new
-        connection)."""
+        connection). Even an idle connection stays open until the peer has acknowledged the
+        notice (it then closes its end): a CONNECT already on its way would otherwise meet a
+        closed socket, and the app connection it carries would be reset."""
         if self.closed or self.going_away:
             return
         self.going_away = True
-        if not self.streams:
-            self.close()
-            return
         try:
             self.h2.ping(wire.DRAIN_PING)
         except h2.exceptions.ProtocolError:
-            pass
+            self.close()
+            return
         self.send_out()
+        asyncio.get_running_loop().call_later(DRAIN_ACK_WAIT, self._drain_seen)
+
+    def _drain_seen(self) -> None:
+        """The peer acknowledged the drain notice (or never will): close once idle."""
+        self.drain_acked = True
+        if not self.streams and not self.closed:
+            self.close()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:

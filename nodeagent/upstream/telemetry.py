@@ -139,7 +139,9 @@ class TelemetryClient:
                     for report in self.take():
                         await self._send(call, report)
                 await asyncio.wait({acks}, timeout=self.interval)
-            acks.result()  # raises the stream's error, if it ended with one
+            ended = acks.result()
+            if ended is not None:
+                raise ended  # to the reconnect loop, which logs it once
             log.warning("telemetry stream ended; reconnecting")
         finally:
             if not acks.done():
@@ -155,20 +157,29 @@ class TelemetryClient:
             TELEMETRY_REPORTS.labels("dropped").inc()
         await call.write(report)
 
-    async def _read_acks(self, call: grpc.aio.StreamStreamCall) -> None:
-        async for ack in call:
-            self._stream_acks += 1
-            self._unacked.pop(ack.sequence, None)
-            if ack.accepted:
-                self.accepted += 1
-                TELEMETRY_REPORTS.labels("accepted").inc()
-                self._set_connected(True)
-            else:
-                # A refused report is dropped whole by the control plane; sending it again
-                # would be refused again.
-                self.refused += 1
-                TELEMETRY_REPORTS.labels("refused").inc()
-                log.warning("telemetry report %d refused: %s", ack.sequence, ack.reason)
+    async def _read_acks(self, call: grpc.aio.StreamStreamCall) -> grpc.aio.AioRpcError | None:
+        """Read acknowledgements until the stream ends; its error is returned, not raised (a
+        raising task would be logged as failed, and a control plane restart is routine)."""
+        try:
+            async for ack in call:
+                self._ack(ack)
+        except grpc.aio.AioRpcError as exc:
+            return exc
+        return None
+
+    def _ack(self, ack: pb.ReportAck) -> None:
+        self._stream_acks += 1
+        self._unacked.pop(ack.sequence, None)
+        if ack.accepted:
+            self.accepted += 1
+            TELEMETRY_REPORTS.labels("accepted").inc()
+            self._set_connected(True)
+        else:
+            # A refused report is dropped whole by the control plane; sending it again
+            # would be refused again.
+            self.refused += 1
+            TELEMETRY_REPORTS.labels("refused").inc()
+            log.warning("telemetry report %d refused: %s", ack.sequence, ack.reason)
 
     def _set_connected(self, value: bool) -> None:
         self.connected = value

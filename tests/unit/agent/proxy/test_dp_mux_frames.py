@@ -16,7 +16,7 @@ import h2.connection
 import h2.events
 
 from nodeagent.protocol import mux as wire
-from nodeagent.proxy.mux import HIGH_WATER, MuxSession, MuxStream
+from nodeagent.proxy.mux import HIGH_WATER, MuxSession, MuxStream, StreamRefused
 
 
 class Carrier:
@@ -229,3 +229,40 @@ async def test_a_stream_ended_without_data_delivers_an_end_not_an_empty_read() -
     await settle()
     assert mine.eof
     assert mine.reads == []
+
+
+class Lost(App):
+    """A client app connection that records how its stream ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: list[Exception | None] = []
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.append(exc)
+
+
+async def test_a_stream_opened_as_the_peer_starts_draining_is_refused_not_cut() -> None:
+    """The destination agent drains (a rollout) while its peer opens a stream on the idle
+    connection, the CONNECT already on its way: the stream must come back refused (the pool
+    then opens it on a fresh connection to the successor), not die with the connection, which
+    the source agent would pass on to the app as a reset (hey's "connection reset by peer")."""
+    client, server, to_server, to_client = await _pair([])
+    deliver = to_server.peer
+
+    def after_close(data: bytes) -> None:  # a socket closed with bytes unread resets
+        if to_client.closed:
+            client.connection_lost(ConnectionResetError("reset by peer"))
+        else:
+            deliver.data_received(data)
+
+    to_server.peer = after_close
+    app = Lost()
+    client.open_stream(app, ("10.244.2.7", 80))  # its CONNECT crosses the drain notice
+    server.go_away()
+    await settle()
+    assert len(app.lost) == 1, app.lost
+    assert isinstance(app.lost[0], StreamRefused), app.lost[0]
+    assert client.going_away  # the source agent opens nothing more on it
+    await settle()
+    assert to_client.closed and to_server.closed  # and the connection ends, from both ends
