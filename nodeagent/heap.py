@@ -21,6 +21,8 @@ import gc
 import logging
 import os
 import signal
+import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -183,6 +185,42 @@ def _proc_totals() -> dict[str, int]:
     return out
 
 
+_PYMALLOC_LINES = {
+    "# arenas allocated current": "arenas",
+    "# bytes in allocated blocks": "in_use",
+    "# bytes in available blocks": "free_in_pools",
+}
+
+
+def pymalloc_stats() -> dict[str, int]:
+    """CPython's small-object allocator: its 1 MiB arenas now, the bytes of live objects in
+    them and the free blocks kept in partly used pools (an arena goes back to the system
+    only when all of it is free). sys._debugmallocstats is the only way to read them and
+    writes to fd 2, so that is pointed at a file for the call (a line another thread logs
+    meanwhile would land there too: a debugging aid)."""
+    debug = getattr(sys, "_debugmallocstats", None)
+    if debug is None:
+        return {}
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as out:
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            debug()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        name = _PYMALLOC_LINES.get(key.strip())
+        if name is not None:
+            found[name] = int(value.strip().replace(",", ""))
+    return found
+
+
 class MemoryReport:
     """What SIGUSR2 writes; `previous` keeps the last tracemalloc snapshot to diff against."""
 
@@ -202,6 +240,13 @@ class MemoryReport:
         heap = mallinfo()
         if heap is not None:
             lines.append("glibc heap: " + ", ".join(f"{k} {v >> 10} kB" for k, v in heap.items()))
+        small = pymalloc_stats()
+        if small:
+            lines.append(
+                f"pymalloc: {small.get('arenas', 0)} arenas of 1 MiB, live objects"
+                f" {small.get('in_use', 0) >> 10} kB, free in partly used pools"
+                f" {small.get('free_in_pools', 0) >> 10} kB"
+            )
         names = Counter(t.name.rstrip("0123456789_-") for t in threading.enumerate())
         lines.append(f"python threads: {dict(names)}")
         try:

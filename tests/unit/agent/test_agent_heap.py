@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -80,6 +81,8 @@ async def test_sigusr2_writes_a_report_then_allocation_sites(tmp_path: Path) -> 
         await asyncio.sleep(0.2)
         first = report.path.read_text()
         assert "Rss:" in first and "threads" in first and "tracemalloc started" in first
+        # Whether growth is live objects or free blocks pymalloc cannot give back.
+        assert re.search(r"pymalloc: \d+ arenas of 1 MiB, live objects \d+ kB", first)
         keep = [bytearray(1000) for _ in range(200)]  # noqa: F841 (growth the diff must show)
         os.kill(os.getpid(), signal.SIGUSR2)
         await asyncio.sleep(0.5)
