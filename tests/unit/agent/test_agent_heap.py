@@ -74,6 +74,23 @@ async def test_unenrolment_asks_for_a_trim(tmp_path: Path) -> None:
     assert released == [1] and open_ == {}
 
 
+async def test_sigusr1_writes_the_report_without_tracing(tmp_path: Path) -> None:
+    import tracemalloc
+
+    report = heap.install_report_signal(tmp_path)
+    loop = asyncio.get_running_loop()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await asyncio.sleep(0.2)
+        text = report.path.read_text()
+        assert re.search(r"pymalloc: \d+ arenas of 1 MiB, live objects \d+ kB", text)
+        assert "pod listeners alive: 0" in text and "tracemalloc" not in text
+        assert not tracemalloc.is_tracing()
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+        loop.remove_signal_handler(signal.SIGUSR2)
+
+
 async def test_sigusr2_writes_a_report_then_allocation_sites(tmp_path: Path) -> None:
     report = heap.install_report_signal(tmp_path)
     try:
@@ -91,6 +108,7 @@ async def test_sigusr2_writes_a_report_then_allocation_sites(tmp_path: Path) -> 
         assert "## growth since the previous report" in second
     finally:
         asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR2)
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
         import tracemalloc
 
         tracemalloc.stop()
