@@ -344,7 +344,7 @@ def markdown(res: dict[str, Any]) -> str:
         k = f"{keeper['rss']:.1f}/{keeper['pss']:.1f}" if keeper else "-"
         a = f"{agent['rss']:.1f}/{agent['pss']:.1f}" if agent else "-"
         parts = ph.get("agent_anon") or {}
-        anon = " / ".join(f"{parts[p]:.1f}" for p in ("heap", "other_anon")) or "-"
+        anon = f"{parts['heap']:.1f} / {parts['other_anon']:.1f}" if parts else "-"
         lines.append(
             f"| {name} | {s['rss_once']:.1f} | {s['rss']:.1f} | {s['pss']:.1f} | {s['uss']:.1f}"
             f" | {k} | {a} | {anon} | {ph['loadavg']} |"
