@@ -2,6 +2,7 @@
 after load, after churn, after the pods left.
 
     .venv/bin/python -m bench.agent_memory [--pods 100] [--churn 3] [--name LAB] [--out DIR]
+        [--reports DIR] [--skip-load]
 
 It brings up a 2-node lab (`nodemesh lab up`: the agent runs as the DaemonSet says, i.e.
 `nodemesh-agent --keep-sockets ...` with the manifest's env, so a socket keeper (PID 1 of the
@@ -24,7 +25,11 @@ peak while each load runs with the N pods enrolled (sampled every 0.2 s: HTTP/1 
 rates the agents keep up with on a loaded 2-core machine: at 1000 rps and load ~10 they fell
 seconds behind and the figure measured their backlog),
 5 s and 20 s after the load, after each churn cycle (the N pods' Deployment deleted, N new pods
-enrolled), after the pods left. Load averages are written with every phase.
+enrolled), after the pods left. Load averages are written with every phase. A phase with pods
+arriving or leaving is measured once the agent's state file holds exactly the pods the lab
+lists (and 5 s more): the lab lists a pod as gone before its CNI DEL has reached the agent,
+and without the wait a churn figure counted the previous cycle's pods too. --reports adds the
+agent's own memory report (SIGUSR1: glibc, pymalloc, object counts) after every phase.
 """
 
 from __future__ import annotations
