@@ -2,6 +2,7 @@
 after load, after churn, after the pods left.
 
     .venv/bin/python -m bench.agent_memory [--pods 100] [--churn 3] [--name LAB] [--out DIR]
+        [--reports DIR] [--skip-load]
 
 It brings up a 2-node lab (`nodemesh lab up`: the agent runs as the DaemonSet says, i.e.
 `nodemesh-agent --keep-sockets ...` with the manifest's env, so a socket keeper (PID 1 of the
@@ -24,7 +25,11 @@ peak while each load runs with the N pods enrolled (sampled every 0.2 s: HTTP/1 
 rates the agents keep up with on a loaded 2-core machine: at 1000 rps and load ~10 they fell
 seconds behind and the figure measured their backlog),
 5 s and 20 s after the load, after each churn cycle (the N pods' Deployment deleted, N new pods
-enrolled), after the pods left. Load averages are written with every phase.
+enrolled), after the pods left. Load averages are written with every phase. A phase with pods
+arriving or leaving is measured once the agent's state file holds exactly the pods the lab
+lists (and 5 s more): the lab lists a pod as gone before its CNI DEL has reached the agent,
+and without the wait a churn figure counted the previous cycle's pods too. --reports adds the
+agent's own memory report (SIGUSR1: glibc, pymalloc, object counts) after every phase.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -111,12 +117,35 @@ def resident_once(pids: list[int]) -> float:
     return round((anon + sum(files.values())) / KB, 2)
 
 
+def anon_parts(pid: int) -> dict[str, float]:
+    """Where a process's anonymous resident memory is, in MiB: glibc's main heap ([heap]) and
+    the other anonymous mappings (pymalloc's 1 MiB arenas, glibc's other arenas and mmapped
+    large blocks, thread stacks; the kernel merges adjacent ones, so their sizes cannot tell
+    them apart)."""
+    out = {"heap": 0.0, "other_anon": 0.0}
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return out
+    part: str | None = None
+    for line in text.splitlines():
+        head = line.split()
+        if "-" in head[0] and not head[0].endswith(":"):
+            path = head[5] if len(head) > 5 else ""
+            part = "heap" if path == "[heap]" else "other_anon" if not path else None
+        elif head[0] == "Rss:" and part is not None:
+            out[part] += int(head[1]) / KB
+    return {k: round(v, 2) for k, v in out.items()}
+
+
 def set_memory(root: int) -> dict[str, Any]:
     pids = sorted(procstat.tree([root]))
     procs = {f"{_role(p)}-{p}": process_memory(p) for p in pids}
     total = {k: round(sum(m[k] for m in procs.values()), 2) for k in ("rss", "pss", "uss")}
     total["rss_once"] = resident_once(pids)
-    return {"processes": procs, "set": total, "loadavg": _loadavg()}
+    agent = next((p for p in pids if _role(p) == "agent"), None)
+    parts = anon_parts(agent) if agent is not None else {}
+    return {"processes": procs, "set": total, "agent_anon": parts, "loadavg": _loadavg()}
 
 
 def _loadavg() -> str:
@@ -147,8 +176,74 @@ class Peak(threading.Thread):
         self.join(5)
 
 
-def measure(lab: Lab, out: dict[str, Any], *, pods: int, churn: int, workdir: Path) -> None:
-    """Fills `out` phase by phase (a failure part way leaves what was measured)."""
+def _agent_pid(root: int) -> int | None:
+    return next((p for p in sorted(procstat.tree([root])) if _role(p) == "agent"), None)
+
+
+def memory_report(root: int, dest: Path, name: str) -> dict[str, Any]:
+    """SIGUSR1 to the agent (nodeagent.heap.MemoryReport without tracemalloc: glibc's main
+    arena, pymalloc's arenas, object counts after a gc pass, the pods' listener sets alive),
+    the report copied from the container's /tmp to `dest/name`; returns its figures."""
+    pid = _agent_pid(root)
+    if pid is None:
+        return {}
+    tmp = Path(f"/proc/{pid}/root/tmp")
+    before = {p: p.stat().st_mtime for p in tmp.glob("nodemesh-agent-memory-*.txt")}
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        for path in tmp.glob("nodemesh-agent-memory-*.txt"):
+            if before.get(path) != path.stat().st_mtime:
+                time.sleep(0.5)  # written in one call, but let it finish
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest / name)
+                return report_figures((dest / name).read_text())
+        time.sleep(0.2)
+    log.warning("no memory report from pid %d", pid)
+    return {}
+
+
+def report_figures(text: str) -> dict[str, Any]:
+    """The figures of a memory report, in MiB (listeners: a count)."""
+    found: dict[str, Any] = {}
+    if m := re.search(r"glibc heap: in_use (\d+) kB, free (\d+) kB, mmapped (\d+) kB", text):
+        found |= {k: round(int(v) / KB, 2) for k, v in zip(
+            ("glibc_in_use", "glibc_free", "glibc_mmapped"), m.groups(), strict=True)}  # fmt: skip
+    if m := re.search(r"pymalloc: (\d+) arenas.*live objects (\d+) kB.*pools (\d+) kB", text):
+        arenas, live, free = (int(v) for v in m.groups())
+        found |= {"pymalloc_arenas": arenas, "pymalloc_live": round(live / KB, 2),
+                  "pymalloc_free": round(arenas - live / KB, 2)}  # fmt: skip
+    if m := re.search(r"pod listeners alive: (\d+)", text):
+        found["listeners"] = int(m.group(1))
+    return found
+
+
+def wait_enrolled(lab: Lab, count: int, timeout: float = 180.0) -> float:
+    """Wait until the agent's state file holds `count` pods of the idle namespace (the lab
+    lists a pod as gone before its CNI DEL has reached the agent: measured earlier, the agent
+    still had the last cycle's pods too). Returns the seconds waited."""
+    path = lab.paths.run_dir(CLIENT_NODE) / "agent-state.json"
+    t0 = time.monotonic()
+    while True:
+        try:
+            records = json.loads(path.read_text())["pods"]
+            now = sum(r["namespace"] == manifests.IDLE_NAMESPACE for r in records)
+        except (OSError, ValueError, KeyError):
+            now = -1
+        if now == count:
+            return round(time.monotonic() - t0, 1)
+        if time.monotonic() - t0 > timeout:
+            log.warning("the agent has %d idle pods, not %d, after %.0f s", now, count, timeout)
+            return -1.0
+        time.sleep(1.0)
+
+
+def measure(lab: Lab, out: dict[str, Any], *, pods: int, churn: int, workdir: Path,
+            reports: Path | None = None, load: bool = True) -> None:  # fmt: skip
+    """Fills `out` phase by phase (a failure part way leaves what was measured). With `reports`,
+    the agent's memory report (SIGUSR1: no tracemalloc) is taken after each phase is measured
+    and copied there, its figures added to the phase (its gc pass frees cyclic garbage the
+    next phase would otherwise have counted)."""
     bins = native.build(workdir / "bin")
     b = manifests.Binaries(
         http_server=bins["server"], grpc_script=REPO / "bench" / "meshbench" / "grpc_echo.py"
@@ -163,6 +258,18 @@ def measure(lab: Lab, out: dict[str, Any], *, pods: int, churn: int, workdir: Pa
     root = lab.agent_pids()[CLIENT_NODE]
     phases = out["phases"]
 
+    def phase(name: str, idle_pods: int | None = None) -> None:
+        waited = wait_enrolled(lab, idle_pods) if idle_pods is not None else None
+        if waited:
+            time.sleep(5.0)  # the agent trims its heap 2 s after the last pod left
+        phases[name] = set_memory(root)
+        if waited is not None:
+            phases[name]["waited_for_agent_s"] = waited
+        if reports is not None:
+            slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+            phases[name]["report"] = memory_report(root, reports, f"{len(phases):02d}-{slug}.txt")
+        log.info("%s: %s %s", name, phases[name]["set"], phases[name].get("report", ""))
+
     def http(rate: float, seconds: float, *, newconn: bool = False) -> dict[str, Any]:
         s = workloads.http(target, loadgen=bins["loadgen"], port=HTTP_PORT, rate=rate,
                            duration=seconds, warmup=1.0, conns=32, newconn=newconn)  # fmt: skip
@@ -172,18 +279,16 @@ def measure(lab: Lab, out: dict[str, Any], *, pods: int, churn: int, workdir: Pa
     # A short warm-up: the first requests' lazy imports and caches belong to "idle".
     out["warmup"] = http(200, 2.0)
     time.sleep(3.0)
-    phases["idle"] = set_memory(root)
-    log.info("idle: %s", phases["idle"]["set"])
+    phase("idle")
 
     idle_text = manifests.render(manifests.idle_objects(replicas=pods, node=CLIENT_NODE))
     lab.apply(idle_text, timeout=400)
     time.sleep(5.0)
-    phases[f"with {pods} idle pods"] = set_memory(root)
-    log.info("with pods: %s", phases[f"with {pods} idle pods"]["set"])
+    phase(f"with {pods} idle pods", pods)
 
     out["load"] = []
-    for name, rate, seconds, newconn in (("keep-alive 300 rps", 300, 20.0, False),
-                                         ("50 new connections/s", 50, 10.0, True)):  # fmt: skip
+    loads = (("keep-alive 300 rps", 300, 20.0, False), ("50 new connections/s", 50, 10.0, True))
+    for name, rate, seconds, newconn in loads if load else ():
         with Peak(root) as peak:
             out["load"].append(http(rate, seconds, newconn=newconn))
         phases[f"peak under load: {name}"] = {"set": peak.peak, "samples": peak.samples,
@@ -193,10 +298,7 @@ def measure(lab: Lab, out: dict[str, Any], *, pods: int, churn: int, workdir: Pa
     time.sleep(5.0)
     phases["5 s after load"] = set_memory(root)
     time.sleep(15.0)
-    phases["20 s after load"] = set_memory(root)
-    log.info(
-        "after load: %s, %s", phases["5 s after load"]["set"], phases["20 s after load"]["set"]
-    )
+    phase("20 s after load")
 
     # Churn replaces the Deployment's pods; the namespace stays (deleting it too left pods
     # Pending in the lab when the next apply came while it was still terminating).
@@ -208,13 +310,10 @@ def measure(lab: Lab, out: dict[str, Any], *, pods: int, churn: int, workdir: Pa
         lab.delete(pods_only, namespace=manifests.IDLE_NAMESPACE, timeout=400)
         lab.apply(pods_only, timeout=400)
         time.sleep(5.0)
-        phases[f"after churn {cycle} ({pods} left, {pods} new)"] = set_memory(root)
-        log.info(
-            "churn %d: %s", cycle, phases[f"after churn {cycle} ({pods} left, {pods} new)"]["set"]
-        )
+        phase(f"after churn {cycle} ({pods} left, {pods} new)", pods)
     lab.delete(idle_text, namespace=manifests.IDLE_NAMESPACE, timeout=400)
     time.sleep(5.0)
-    phases["after the pods left"] = set_memory(root)
+    phase("after the pods left", 0)
     out["agent_env"] = _env(root)
 
 
@@ -239,8 +338,8 @@ def markdown(res: dict[str, Any]) -> str:
         " = sum of Pss (shared pages split: the set's real share), USS = private pages only",
         "",
         "| phase | set RSS, shared once | set RSS sum | set PSS | set USS | keeper RSS/PSS"
-        " | agent RSS/PSS | load avg |",
-        "|---|---|---|---|---|---|---|---|",
+        " | agent RSS/PSS | agent [heap] / other anon | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, ph in res["phases"].items():
         procs = ph.get("processes", {})
@@ -249,10 +348,32 @@ def markdown(res: dict[str, Any]) -> str:
         s = ph["set"]
         k = f"{keeper['rss']:.1f}/{keeper['pss']:.1f}" if keeper else "-"
         a = f"{agent['rss']:.1f}/{agent['pss']:.1f}" if agent else "-"
+        parts = ph.get("agent_anon") or {}
+        anon = f"{parts['heap']:.1f} / {parts['other_anon']:.1f}" if parts else "-"
         lines.append(
             f"| {name} | {s['rss_once']:.1f} | {s['rss']:.1f} | {s['pss']:.1f} | {s['uss']:.1f}"
-            f" | {k} | {a} | {ph['loadavg']} |"
+            f" | {k} | {a} | {anon} | {ph['loadavg']} |"
         )
+    reported = {n: ph for n, ph in res["phases"].items() if ph.get("report")}
+    if reported:
+        lines += [
+            "",
+            "The agent's own report (SIGUSR1, after each phase was measured; MiB): glibc's main"
+            " arena (in use, free but kept), pymalloc (1 MiB arenas, live objects in them, the"
+            " rest of the arenas free), pod listener sets alive, seconds waited for the agent"
+            " to hold exactly the pods the lab lists",
+            "",
+            "| phase | glibc in use / free | pymalloc arenas / live / free | listeners | waited |",
+            "|---|---|---|---|---|",
+        ]
+        for name, ph in reported.items():
+            r = ph["report"]
+            lines.append(
+                f"| {name} | {r.get('glibc_in_use', '-')} / {r.get('glibc_free', '-')}"
+                f" | {r.get('pymalloc_arenas', '-')} / {r.get('pymalloc_live', '-')}"
+                f" / {r.get('pymalloc_free', '-')} | {r.get('listeners', '-')}"
+                f" | {ph.get('waited_for_agent_s', '-')} |"
+            )
     if "failed" in res:
         lines += ["", f"**The run failed part way**: {res['failed'][:500]}"]
     lines += ["", "Load: " + "; ".join(
@@ -273,6 +394,13 @@ def main() -> int:
     p.add_argument("--name", help="lab name (default: mem + random)")
     p.add_argument("--label", default="", help="a word for the results' file name (before/after)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "agent-memory")
+    p.add_argument(
+        "--reports",
+        type=Path,
+        help="copy the agent's memory reports (SIGUSR1: glibc, pymalloc, objects) here after"
+        " each phase; their figures go into the results",
+    )
+    p.add_argument("--skip-load", action="store_true", help="no load phases (churn only)")
     args = p.parse_args()
     # SIGTERM (a background job ignores SIGINT) takes the lab down too.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -292,7 +420,8 @@ def main() -> int:
     try:
         log.info("bringing up lab %s", lab.name)
         lab.up()
-        measure(lab, res, pods=args.pods, churn=args.churn, workdir=workdir)
+        measure(lab, res, pods=args.pods, churn=args.churn, workdir=workdir,
+                reports=args.reports, load=not args.skip_load)  # fmt: skip
     except (Exception, KeyboardInterrupt) as exc:  # what was measured so far is still written
         log.exception("run failed")
         res["failed"] = f"{type(exc).__name__}: {str(exc)[:2000]}"

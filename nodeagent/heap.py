@@ -7,9 +7,11 @@ at its high-water mark.
 
 SIGUSR2 (a debugging aid, cheap while unused) writes a report to
 `<dir>/nodemesh-agent-memory-<pid>.txt`: RSS and smaps totals, glibc's own accounting
-(in use vs free-but-kept), threads by name, the most numerous Python object types, and once
-tracing runs (the first signal starts tracemalloc, each later one reports) the top allocation
-sites and the growth since the previous report.
+(in use vs free-but-kept), pymalloc's arenas, threads by name, the most numerous Python object
+types (after a gc pass), the pods' listener sets alive, and once tracing runs (the first signal
+starts tracemalloc, each later one reports) the top allocation sites and the growth since the
+previous report. SIGUSR1 writes the same report without starting tracemalloc, whose own
+tables would otherwise be in the figures (bench/agent_memory.py --reports uses it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import gc
 import logging
 import os
 import signal
+import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -183,8 +187,62 @@ def _proc_totals() -> dict[str, int]:
     return out
 
 
+_PYMALLOC_LINES = {
+    "# arenas allocated current": "arenas",
+    "# bytes in allocated blocks": "in_use",
+    "# bytes in available blocks": "free_in_pools",
+}
+
+
+def pymalloc_stats() -> dict[str, int]:
+    """CPython's small-object allocator: its 1 MiB arenas now, the bytes of live objects in
+    them and the free blocks kept in partly used pools (an arena goes back to the system
+    only when all of it is free). sys._debugmallocstats is the only way to read them and
+    writes to fd 2, so that is pointed at a file for the call (a line another thread logs
+    meanwhile would land there too: a debugging aid)."""
+    debug = getattr(sys, "_debugmallocstats", None)
+    if debug is None:
+        return {}
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as out:
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            debug()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        name = _PYMALLOC_LINES.get(key.strip())
+        if name is not None:
+            found[name] = int(value.strip().replace(",", ""))
+    return found
+
+
+def _closed_listeners(objects: list[object]) -> str:
+    """Pods' listener sets alive, and those still alive after they were closed (nothing should
+    hold one once its pod is gone), with what refers to them."""
+    alive = [o for o in objects if type(o).__name__ == "PodListeners"]
+    closed = [o for o in alive if not getattr(o, "servers", True)]
+    holders = Counter(
+        type(r).__qualname__
+        for o in closed
+        for r in gc.get_referrers(o)
+        if r is not objects and r is not closed and r is not alive
+    )
+    return (
+        f"pod listeners alive: {len(alive)}, of them closed: {len(closed)}; held by:"
+        f" {dict(holders)}"
+    )
+
+
 class MemoryReport:
-    """What SIGUSR2 writes; `previous` keeps the last tracemalloc snapshot to diff against."""
+    """What SIGUSR2 (and, without tracing, SIGUSR1) writes; `previous` keeps the last
+    tracemalloc snapshot to diff against."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -194,7 +252,7 @@ class MemoryReport:
     def path(self) -> Path:
         return self.directory / f"nodemesh-agent-memory-{os.getpid()}.txt"
 
-    def write(self) -> Path:
+    def write(self, *, trace: bool = True) -> Path:
         lines = [f"# nodemesh agent memory, pid {os.getpid()}, {time.strftime('%FT%T%z')}"]
         totals = _proc_totals()
         for key in ("Rss", "Anonymous", "Private_Dirty", "Shared_Clean", "Swap"):
@@ -202,15 +260,31 @@ class MemoryReport:
         heap = mallinfo()
         if heap is not None:
             lines.append("glibc heap: " + ", ".join(f"{k} {v >> 10} kB" for k, v in heap.items()))
+        small = pymalloc_stats()
+        if tracemalloc.is_tracing():
+            lines.append("pymalloc: not readable while tracemalloc runs")
+        elif small:
+            lines.append(
+                f"pymalloc: {small.get('arenas', 0)} arenas of 1 MiB, live objects"
+                f" {small.get('in_use', 0) >> 10} kB, free in partly used pools"
+                f" {small.get('free_in_pools', 0) >> 10} kB"
+            )
         names = Counter(t.name.rstrip("0123456789_-") for t in threading.enumerate())
         lines.append(f"python threads: {dict(names)}")
         try:
             lines.append(f"os threads: {len(os.listdir('/proc/self/task'))}")
         except OSError:
             pass
-        kinds = Counter(type(o).__qualname__ for o in gc.get_objects())
+        # Garbage in cycles first: what is counted below is what something still holds.
+        lines.append(f"gc: {gc.collect()} unreachable objects freed before counting")
+        objects = gc.get_objects()
+        kinds = Counter(type(o).__qualname__ for o in objects)
         lines.append("objects: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common(25)))
-        if not tracemalloc.is_tracing():
+        lines.append(_closed_listeners(objects))
+        del objects
+        if not trace:
+            pass
+        elif not tracemalloc.is_tracing():
             tracemalloc.start(TRACE_FRAMES)
             # The baseline: the next report's growth is everything allocated and kept since.
             self.previous = tracemalloc.take_snapshot()
@@ -237,14 +311,17 @@ class MemoryReport:
 
 
 def install_report_signal(directory: Path) -> MemoryReport:
-    """SIGUSR2 writes a `MemoryReport` into `directory` (from the running loop)."""
+    """SIGUSR2 writes a `MemoryReport` into `directory` (from the running loop), SIGUSR1 the
+    same without tracemalloc."""
     report = MemoryReport(directory)
 
-    def on_signal() -> None:
+    def on_signal(trace: bool) -> None:
         try:
-            log.info("memory report written to %s", report.write())
+            log.info("memory report written to %s", report.write(trace=trace))
         except Exception:
             log.exception("memory report failed")
 
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, on_signal)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR2, on_signal, True)
+    loop.add_signal_handler(signal.SIGUSR1, on_signal, False)
     return report

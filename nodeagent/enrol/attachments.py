@@ -189,7 +189,7 @@ class Attachments:
         try:
             await self.rules.apply(rec.netns, build_plan(rec.settings))
         except BaseException:
-            listeners.close()
+            listeners.close(forget_metrics=True)  # not enrolled: no series stays behind
             try:
                 await self.rules.remove(rec.netns)
             except Exception as exc:

@@ -69,10 +69,11 @@ TUNNEL_CONNECTIONS = Gauge(
     ["side"],
     registry=REGISTRY,
 )
+_DNS_LABELS = ["namespace", "pod", "protocol", "result"]
 DNS_QUERIES = Counter(
     "nodemesh_agent_dns_queries",
     "DNS queries of a pod, by transport and result (answered here or forwarded)",
-    ["namespace", "pod", "protocol", "result"],
+    _DNS_LABELS,
     registry=REGISTRY,
 )
 ROUTER_ANSWERS = Counter(
@@ -192,8 +193,21 @@ class PodTcpStats:
         self.failures = UPSTREAM_FAILURES.labels(*labels)
 
 
+def _label_sets(metric: Counter, order: list[str], **wanted: str) -> set[tuple[str, ...]]:
+    """The label values (in `order`, the metric's label names) of `metric`'s children whose
+    labels include `wanted`: read from its samples, as prometheus-client's own
+    remove_by_labels is newer than the version we require."""
+    return {
+        tuple(sample.labels[n] for n in order)
+        for family in metric.collect()
+        for sample in family.samples
+        if all(sample.labels.get(k) == v for k, v in wanted.items())
+    }
+
+
 def forget_pod(namespace: str, pod: str) -> None:
-    """Drop a pod's label sets so a node with pod churn does not grow its metrics for ever."""
+    """Drop a pod's label sets: a deleted pod's series leave /metrics (a Prometheus scraping
+    the agent would otherwise keep a dead pod's series, and the agent grow with pod churn)."""
     for direction in ("inbound", "outbound"):
         for metric in (TCP_OPEN, TCP_CLOSE, TCP_READ, TCP_WRITE, TCP_OPEN_CONNECTIONS):
             try:
@@ -202,5 +216,11 @@ def forget_pod(namespace: str, pod: str) -> None:
                 pass
         try:
             UPSTREAM_FAILURES.remove(direction, namespace, pod)
+        except KeyError:
+            pass
+    # The DNS counters are by protocol and result too: every combination the pod used.
+    for labels in _label_sets(DNS_QUERIES, _DNS_LABELS, namespace=namespace, pod=pod):
+        try:
+            DNS_QUERIES.remove(*labels)
         except KeyError:
             pass

@@ -193,7 +193,11 @@ class PodListeners:
         if self.inherited is not None:
             socks, self.inherited = self.inherited, None
         else:
-            socks = await loop.run_in_executor(self.runtime.executor, _bind_all, self.netns)
+            try:
+                socks = await loop.run_in_executor(self.runtime.executor, _bind_all, self.netns)
+            except BaseException:
+                self.close(forget_metrics=True)  # see below
+                raise
         self.sockets = dict(socks)
         try:
             handlers: dict[str, tuple[Handler, PodTcpStats]] = {
@@ -228,7 +232,9 @@ class PodListeners:
         except BaseException:
             for sock in socks.values():
                 sock.close()
-            self.close()
+            # Its metric series too: an enrolment that failed here is not retried with this
+            # object, and a series left behind would stay on /metrics for the agent's life.
+            self.close(forget_metrics=True)
             raise
 
     def is_open(self) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -73,6 +74,23 @@ async def test_unenrolment_asks_for_a_trim(tmp_path: Path) -> None:
     assert released == [1] and open_ == {}
 
 
+async def test_sigusr1_writes_the_report_without_tracing(tmp_path: Path) -> None:
+    import tracemalloc
+
+    report = heap.install_report_signal(tmp_path)
+    loop = asyncio.get_running_loop()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await asyncio.sleep(0.2)
+        text = report.path.read_text()
+        assert re.search(r"pymalloc: \d+ arenas of 1 MiB, live objects \d+ kB", text)
+        assert "pod listeners alive: 0" in text and "tracemalloc" not in text
+        assert not tracemalloc.is_tracing()
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+        loop.remove_signal_handler(signal.SIGUSR2)
+
+
 async def test_sigusr2_writes_a_report_then_allocation_sites(tmp_path: Path) -> None:
     report = heap.install_report_signal(tmp_path)
     try:
@@ -80,6 +98,8 @@ async def test_sigusr2_writes_a_report_then_allocation_sites(tmp_path: Path) -> 
         await asyncio.sleep(0.2)
         first = report.path.read_text()
         assert "Rss:" in first and "threads" in first and "tracemalloc started" in first
+        # Whether growth is live objects or free blocks pymalloc cannot give back.
+        assert re.search(r"pymalloc: \d+ arenas of 1 MiB, live objects \d+ kB", first)
         keep = [bytearray(1000) for _ in range(200)]  # noqa: F841 (growth the diff must show)
         os.kill(os.getpid(), signal.SIGUSR2)
         await asyncio.sleep(0.5)
@@ -88,6 +108,7 @@ async def test_sigusr2_writes_a_report_then_allocation_sites(tmp_path: Path) -> 
         assert "## growth since the previous report" in second
     finally:
         asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR2)
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
         import tracemalloc
 
         tracemalloc.stop()

@@ -160,3 +160,23 @@ def test_the_rest_of_the_cluster_domain_is_answered_not_forwarded(names: DnsName
     for name in ("web-svc.emojivoto.cluster.local", "x.pod.cluster.local"):
         d = ask(names, name)
         assert d.reply is not None and d.result == "nxdomain", name
+
+
+def test_a_deleted_pods_dns_series_leave_metrics() -> None:
+    """A pod's DNS counters go from /metrics with the pod (PodListeners.close(forget_metrics=
+    True) on its CNI DEL calls forget_pod): a Prometheus scraping the agent would otherwise
+    keep a dead pod's series for as long as the agent runs, and every pod that ever ran on
+    the node would grow it."""
+    from prometheus_client import generate_latest
+
+    from nodeagent.observe.metrics import REGISTRY, forget_pod
+
+    for protocol, result in (("udp", "answered"), ("tcp", "no-upstream"), ("udp", "ok")):
+        DNS_QUERIES.labels("shop", "gone-pod", protocol, result).inc()
+    DNS_QUERIES.labels("shop", "staying-pod", "udp", "answered").inc()
+    assert b'pod="gone-pod"' in generate_latest(REGISTRY)
+    forget_pod("shop", "gone-pod")
+    text = generate_latest(REGISTRY).decode()
+    assert 'pod="gone-pod"' not in text
+    assert 'nodemesh_agent_dns_queries_total{namespace="shop",pod="staying-pod"' in text
+    forget_pod("shop", "staying-pod")
