@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -71,6 +70,7 @@ from nodemesh.api import telemetry_pb2 as tpb  # noqa: E402
 from nodemesh.histogram import bucket_index  # noqa: E402
 from nodemesh.identity import create_issuer_files  # noqa: E402
 from nodemesh.lab.access import ACCESS_FILE, ADMIN_TOKEN_FILE, create_lab_access  # noqa: E402
+from nodemesh.lab.store import encode  # noqa: E402
 
 TARGETS = {
     "change_to_all_agents_p99_s": 1.0,
@@ -202,7 +202,7 @@ class StateDir:
         path = self.path(obj)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.stem}.tmp"
-        tmp.write_text(yaml.dump(obj, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper)))
+        tmp.write_text(encode(obj))
         os.rename(tmp, path)
 
     def delete(self, obj: dict[str, Any]) -> None:
