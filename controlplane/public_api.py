@@ -45,7 +45,9 @@ DEFAULT_TAP_RPS, MAX_TAP_RPS = 100.0, 1000.0
 # so a revoked token or binding ends it within two of these.
 TAP_RECHECK_SECONDS = REVIEW_CACHE_SECONDS
 Group = tuple[str, str]  # (namespace, name); namespace empty for namespaces and nodes
-STAT_ROWS_PER_TURN = 1000
+# A Stat's rows are built holding the loop for at most about this long at a time.
+STAT_TURN_SECONDS = 0.05
+STAT_ROWS_PER_CHECK = 256
 
 
 def window_of(seconds: int) -> int:
@@ -206,6 +208,7 @@ class PublicService(pb_grpc.PublicServicer):
         answer = pb.StatResponse(window_seconds=window)
         add = answer.rows.add  # a row made in place: no copy of 10,000 messages at the end
         n = 0
+        turn = time.monotonic()
         for key in sorted(groups.keys() | traffic.keys()):
             if name and key[1] != name:
                 continue
@@ -216,8 +219,13 @@ class PublicService(pb_grpc.PublicServicer):
                 meshed_pods=sum(map(meshed, pods)), total_pods=len(pods),
                 **_traffic_fields(traffic.get(key), window))  # fmt: skip
             n += 1
-            if n % STAT_ROWS_PER_TURN == 0:
-                await asyncio.sleep(0)  # let the agents' streams run
+            if n % STAT_ROWS_PER_CHECK == 0 and time.monotonic() - turn > STAT_TURN_SECONDS:
+                # Let the agents' streams run. By time, not every 1,000 rows: on a loaded loop
+                # each turn given back waits behind every stream ready then (a kept answer,
+                # no build at all, took up to 5.9 s at 500 agents), and a cold Stat of 10,000
+                # rows gave back ten.
+                await asyncio.sleep(0)
+                turn = time.monotonic()
         return answer
 
     def _telemetry(self, context: grpc.aio.ServicerContext) -> Telemetry:
