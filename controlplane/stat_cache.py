@@ -9,14 +9,14 @@ question was asked within `keep_s`; a caller gets the held answer at once.
 
 Freshness, which the public API states (docs/cli.md): a build starts each `refresh_s` (1 s)
 while the question is asked (or, when a build takes longer than half of that, as long after it
-ended as it took: builds take at most half the time), and a call gets the latest finished build, which holds the reports
-and index changes made before that build began: about a second old, plus the time one build
-takes (~0.3 s at 10,000 pods on an idle core; more on a busy one, where a caller who waited for
-a build of its own would wait as long). An answer finished more than `max_age_s` (2 s) ago is
-not given: the call waits for the build in flight (a store that stopped answering is not hidden
-for longer than that). A question nobody asked within `keep_s` (10 s) is forgotten, and its next
-call waits for its build, as without the cache. A build that fails (a bad query, Prometheus
-down) is the caller's error and is not kept.
+ended as it took: builds take at most half the time), and a call gets the latest finished
+build, which holds the reports and index changes made before that build began: about a second
+old, plus the time one build takes (~0.3 s at 10,000 pods on an idle core; more on a busy one,
+where a caller who waited for a build of its own would wait as long). An answer finished more
+than `max_age_s` (2 s) ago is not given: the call waits for the build in flight (a store that
+stopped answering is not hidden for longer than that). A question nobody asked within `keep_s`
+(10 s) is forgotten, and its next call waits for its build, as without the cache. A build that
+fails (a bad query, Prometheus down) is the caller's error and is not kept.
 """
 
 from __future__ import annotations
