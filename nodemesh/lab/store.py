@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,19 @@ class Store:
         return [copy.deepcopy(o) for o in self._objects.values()]
 
 
+# Characters a YAML reader does not take raw as JSON leaves them (C1 controls, which include
+# NEL, a line break to YAML; line and paragraph separators; lone surrogates). JSON's \u escapes
+# of characters beyond the BMP (surrogate pairs) YAML refuses, so those are written raw.
+_NOT_YAML = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
+
+
 def encode(obj: dict[str, Any]) -> str:
-    """An object's file: JSON (a YAML document), or YAML for what JSON cannot hold."""
+    """An object's file: JSON (a YAML document), or YAML for what JSON cannot hold or what YAML
+    would read back otherwise."""
     try:
-        return json.dumps(obj, indent=1, allow_nan=False) + "\n"
+        text = json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
     except (TypeError, ValueError):
         return yaml.safe_dump(obj, sort_keys=False)
+    if _NOT_YAML.search(text):
+        return yaml.safe_dump(obj, sort_keys=False)
+    return text

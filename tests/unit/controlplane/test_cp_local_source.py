@@ -121,13 +121,19 @@ def test_the_lab_stores_json_which_the_source_reads_as_the_objects(tmp_path: Pat
     objs = [store.put(o) for o in k.web_app(replicas=2)]
     dated = k.namespace("dated")
     dated["metadata"]["annotations"] = {"note": "a\nb: {c}"}
+    objs[0]["metadata"]["annotations"] = {"emoji": "\U0001f600 vote", "accent": "\u00e9"}
+    objs[0] = store.put(objs[0])
+    odd = k.namespace("odd")
+    odd["metadata"]["annotations"] = {"nel": "x\x85y"}  # a line break to YAML, not to JSON
+    objs.append(store.put(odd))
     dated["metadata"]["creationTimestamp"] = datetime.datetime(2026, 12, 2, 16, 0)
     objs.append(store.put(dated))
     for path in (tmp_path / "objects").rglob("*.yaml"):
-        if path.stem != "dated":
+        if path.stem not in ("dated", "odd"):
             json.loads(path.read_text())
+        obj = yaml.safe_load(path.read_text())  # every file reads back as what was stored
+        assert obj == store.get(ref_of(obj))
     found = {e.key: e.obj for e in LocalSource(tmp_path).scan()}
     assert found == {
         (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in objs
     }
-    assert yaml.safe_load(store.path_of(ref_of(objs[0])).read_text()) == objs[0]
