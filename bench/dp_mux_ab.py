@@ -13,9 +13,10 @@ redis-benchmark (SET and GET, 20 connections, one request at a time each), h2loa
 figure: medians over the rounds (min-max) and both agents' CPU per operation (their process
 trees' utime+stime over the run divided by what it moved or answered). The load average is
 written with the figures (a shared 2-core machine). `--mux-variant old=/tmp/mux.py` adds a
-third mode, `old`: the agents run with that file as nodeagent/proxy/mux.py (put in place in
-this tree for the mode's turn, the agents restarted, the file restored at the end), so that a
-framing change and the code before it are measured on the same lab, interleaved.
+third mode, `old`: the agents run with that file as nodeagent/proxy/mux.py (or as the file
+`--variant-of` names) (put in place in this tree for the mode's turn, the agents restarted, the
+file restored at the end), so that a change and the code before it are measured on the same
+lab, interleaved.
 """
 
 from __future__ import annotations
@@ -166,9 +167,14 @@ def main() -> None:
     ap.add_argument("--label", default="run")
     ap.add_argument("--out", default="")
     ap.add_argument("--mux-variant", default="", help="NAME=FILE: a mode with that mux.py")
+    ap.add_argument("--variant-of", default="", help="the file a variant replaces (default: "
+                    "nodeagent/proxy/mux.py), e.g. nodeagent/proxy/tlslayer.py")
     ap.add_argument("--tools", default="iperf,redis", help="iperf, redis (redis and h2load)")
     args = ap.parse_args()
     tools = set(args.tools.split(","))
+    global MUX_PY
+    if args.variant_of:
+        MUX_PY = Path(args.variant_of).resolve()
     code = {"": MUX_PY.read_bytes()}
     if args.mux_variant:
         name, _, file = args.mux_variant.partition("=")

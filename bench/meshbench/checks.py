@@ -71,3 +71,14 @@ def l7_requests(lab: Lab, *, namespace: str) -> dict[str, dict[str, float]]:
                     and pod.startswith("server-")):  # fmt: skip
                 pods[pod] = pods.get(pod, 0.0) + value
     return {"route": routes, "server_pod": pods}
+
+
+def requests_counted(lab: Lab, *, namespace: str) -> float:
+    """Requests of `namespace`'s pods the agents counted (`request_total`, both directions):
+    an opaque run adds none (its connections count in `tcp_open_total` only)."""
+    total = 0.0
+    for node in lab.agent_pids():
+        for labels, value in _series(_metrics(lab, node), "request_total"):
+            if namespace in (labels.get("namespace"), labels.get("dst_namespace")):
+                total += value
+    return total

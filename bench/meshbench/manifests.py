@@ -39,6 +39,9 @@ ROUTE_RETRY_CODES = (503,)
 IDLE_NAMESPACE = "bench-idle"
 SERVICE = "bench-server"
 HTTP_PORT, GRPC_PORT, IPERF_PORT = 80, 50051, 5201
+# The nodemesh path's second HTTP server, on a port listed in `nodemesh.io/opaque-ports`: the
+# same requests relayed as plain TCP (over mTLS), against HAProxy's TCP-mode pair.
+OPAQUE_PORT = 8081
 MESH_LABEL = {"nodemesh.io/mesh": "enabled"}
 
 
@@ -51,10 +54,14 @@ class Binaries:
     python: str = sys.executable
 
 
-def _namespace(name: str, *, meshed: bool) -> dict[str, Any]:
+def _namespace(
+    name: str, *, meshed: bool, annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name}
     if meshed:
         meta["labels"] = dict(MESH_LABEL)
+    if annotations:
+        meta["annotations"] = dict(annotations)
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
 
 
@@ -147,6 +154,14 @@ def path_objects(
     client: list[dict[str, Any]] = [{"name": "idle", "command": ["sleep", "infinity"]}]
     init: list[dict[str, Any]] = []
     extra_ports: dict[str, int] = {}
+    annotations: dict[str, str] = {}
+    if path == "nodemesh":
+        servers.append(
+            {"name": "http-opaque", "command": [str(bins.http_server), str(OPAQUE_PORT), "1024"],
+             "readinessProbe": _tcp_ready(OPAQUE_PORT)}
+        )  # fmt: skip
+        extra_ports["http-opaque"] = OPAQUE_PORT
+        annotations["nodemesh.io/opaque-ports"] = str(OPAQUE_PORT)
     if path in ("haproxy", "haproxy-http"):
         assert haproxy_dir is not None
         suffix = "-http" if l7 else ""
@@ -175,7 +190,7 @@ def path_objects(
         for c in [*servers, *client, *init]:
             c["volumeMounts"] = [{"name": "files", "mountPath": str(files), "readOnly": True}]
     objects = [
-        _namespace(ns, meshed=path in ("nodemesh", "nodemesh-l7")),
+        _namespace(ns, meshed=path in ("nodemesh", "nodemesh-l7"), annotations=annotations),
         _service(ns, extra_ports=extra_ports, http_only=l7),
         _deployment("server", ns, node=server_node, containers=servers, volumes=volumes,
                     replicas=L7_REPLICAS if l7 else 1),

@@ -80,6 +80,18 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             "vs_haproxy": _ratio(cpu_m, cpu_h),
             "met": None if cpu_m is None else cpu_m <= limit,
         })  # fmt: skip
+    # Issue 17's CPU goals, as ratios to the HAProxy pair measured in the same turns.
+    opaque = [_get(paths, path, "opaque") or {} for path in ("nodemesh", "haproxy")]
+    for label, (cm_cell, ch_cell), limit in (("HTTP/1 keep-alive observed", (m, h), 1.3),
+                                             ("opaque TCP", opaque, 1.0)):  # fmt: skip
+        cm = _get(cm_cell, "proxy_cpu", "s_per_1000_requests")
+        ch = _get(ch_cell, "proxy_cpu", "s_per_1000_requests")
+        vs = _ratio(cm, ch)
+        rows.append({
+            "target": f"agent CPU per 1000 rps vs HAProxy, {label}",
+            "goal": f"<= {limit}x HAProxy", "unit": "vCPU", "value": cm, "haproxy": ch,
+            "vs_direct": None, "vs_haproxy": vs, "met": None if vs is None else vs <= limit,
+        })  # fmt: skip
     r = res["resources"]
     with_pods = r.get("rss_with_idle_pods_bytes") or {}
     rss_pods = max(with_pods.values()) / MB if with_pods else None

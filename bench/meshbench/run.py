@@ -23,6 +23,7 @@ from bench.meshbench.manifests import (
     IPERF_PORT,
     L4_PATHS,
     NAMESPACES,
+    OPAQUE_PORT,
     PATHS,
 )
 from bench.meshbench.plan import RunPlan
@@ -145,7 +146,10 @@ class Bench:
             }
         return result
 
-    def http_interleaved(self, rate: float, *, duration: float, rounds: int) -> dict[str, Any]:
+    def http_interleaved(
+        self, rate: float, *, duration: float, rounds: int, paths: tuple[str, ...] = (),
+        port_of: Callable[[str], int] = lambda _path: HTTP_PORT,
+    ) -> dict[str, Any]:  # fmt: skip
         """Every path at `rate` for `duration` seconds in all, taken as `rounds` turns of each
         path in a row, so a burst of outside load on this shared machine falls on all paths
         alike rather than on one; the turns are merged into one histogram per path and also
@@ -154,13 +158,13 @@ class Bench:
 
         def one(path: str, seconds: float) -> dict[str, Any]:
             return workloads.http_raw(
-                self.paths[path].target, loadgen=self.bins["loadgen"], port=HTTP_PORT,
+                self.paths[path].target, loadgen=self.bins["loadgen"], port=port_of(path),
                 rate=rate, duration=seconds, warmup=p.warmup, conns=p.conns,
             )  # fmt: skip
 
         log.info("http keep-alive @%d rps, %d turns of %.1f s", rate, rounds, duration / rounds)
         return self.interleaved(one, requests=rate * (p.warmup + duration / rounds),
-                                seconds=duration / rounds, rounds=rounds)  # fmt: skip
+                                seconds=duration / rounds, rounds=rounds, paths=paths)  # fmt: skip
 
     def interleaved(
         self, one: Callable[[str, float], dict[str, Any]], *, requests: float, seconds: float,
@@ -408,6 +412,25 @@ def run(lab: Lab, plan: RunPlan, *, workdir: Path) -> dict[str, Any]:
             runs = bench.http_interleaved(rate, duration=plan.duration, rounds=plan.rounds)
             for path, summary in runs.items():
                 out["paths"][path].setdefault("http", {})[str(rate)] = summary
+        # The same requests at the top rate relayed as plain TCP: nodemesh to its opaque port,
+        # HAProxy's TCP-mode pair (and direct) to the usual one, interleaved as above.
+        top = max(plan.rates)
+        log.info("opaque TCP @%d rps", top)
+        mesh_ns = NAMESPACES["nodemesh"]
+        counted = checks.requests_counted(lab, namespace=mesh_ns)
+        opened = sum(checks.agent_connections(lab, namespace=mesh_ns).values())
+        cells = bench.http_interleaved(
+            top, duration=plan.duration, rounds=plan.rounds, paths=L4_PATHS,
+            port_of=lambda path: OPAQUE_PORT if path == "nodemesh" else HTTP_PORT,
+        )  # fmt: skip
+        for path, cell in cells.items():
+            out["paths"][path]["opaque"] = cell
+        # Evidence that the opaque run went through the agents without being parsed.
+        out["path_checks"]["nodemesh_opaque"] = {
+            "connections_opened": sum(checks.agent_connections(lab, namespace=mesh_ns).values())
+            - opened,
+            "requests_counted": checks.requests_counted(lab, namespace=mesh_ns) - counted,
+        }
     out["resources"]["rss_peak_under_load_bytes"] = dict(peak.peak)
     out["resources"]["rss_after_load_bytes"] = bench.rss()
 

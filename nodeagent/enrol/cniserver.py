@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import time
 from pathlib import Path
@@ -25,28 +24,11 @@ from nodemesh_cni.protocol import (
 
 from nodeagent.enrol.enrolment import AddRequest, Enroller, Outcome
 from nodeagent.observe.metrics import CNI_ADD_SECONDS, CNI_REQUESTS
+from nodemesh.unixsock import bind_unix
 
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 10.0
-
-
-def bind_unix_socket(path: Path) -> socket.socket:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(str(tmp))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-        sock.listen(128)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return sock
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -74,7 +56,7 @@ class CniServer:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Serve `sock` (taken over from the previous agent) or a socket bound at the path."""
-        self.sock = sock if sock is not None else bind_unix_socket(self.path)
+        self.sock = sock if sock is not None else bind_unix(self.path)
         self._file = _file_id(self.path)
         await self.resume()
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from nodeagent.handover import wire
 from nodeagent.handover.wire import HandoverProtocolError, SocketEntry
+from nodemesh.unixsock import bind_unix
 
 
 class HandoverError(OSError):
@@ -104,19 +105,5 @@ class Inherited:
 
 
 def bind_seqpacket(path: Path) -> socket.socket:
-    """Listen on `path`, bound under a temporary name and renamed into place (0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(str(tmp))
-        os.chmod(tmp, 0o600)
-        sock.listen(4)
-        os.replace(tmp, path)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return sock
+    """The handover's listener (see bind_unix)."""
+    return bind_unix(path, kind=socket.SOCK_SEQPACKET, backlog=4)

@@ -527,12 +527,7 @@ class MuxSession(asyncio.Protocol):
         if stream is None or stream.remote_ended:
             self.ack(sid, length)  # a stream that is over: see _data_frame
             return
-        stream.recv_window -= length
-        if stream.recv_window < 0:
-            self.ack(sid, length)
-            stream.closing = True
-            self.reset(stream, h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
-            stream.gone(StreamReset("tunnel stream: the peer overran its window"))
+        if self._overran(stream, length):
             return
         self._body_stream = stream
 
@@ -567,16 +562,23 @@ class MuxSession(asyncio.Protocol):
             self._to_h2(_header(0, _DATA, flags & _END_STREAM, sid))
             return
         if length:
-            stream.recv_window -= length
-            if stream.recv_window < 0:
-                self.ack(sid, length)
-                stream.closing = True
-                self.reset(stream, h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
-                stream.gone(StreamReset("tunnel stream: the peer overran its window"))
+            if self._overran(stream, length):
                 return
             stream.received(data[start:end], length)
         if flags & _END_STREAM:
             self._to_h2(_header(0, _DATA, _END_STREAM, sid))
+
+    def _overran(self, stream: MuxStream, length: int) -> bool:
+        """Count `length` received bytes against the stream's window; a peer that overran it
+        gets the stream reset (the bytes still count for the connection, acknowledged here)."""
+        stream.recv_window -= length
+        if stream.recv_window >= 0:
+            return False
+        self.ack(stream.id, length)
+        stream.closing = True
+        self.reset(stream, h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
+        stream.gone(StreamReset("tunnel stream: the peer overran its window"))
+        return True
 
     def _window_updated(self, sid: int, increment: int) -> None:
         if sid == 0:

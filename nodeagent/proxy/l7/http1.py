@@ -142,6 +142,21 @@ class RouteContext:
         return held
 
 
+def pick_target(
+    ctx: RouteContext, backend: Backend | None, service: ServiceKey, port: int, tried: set[Any]
+) -> tuple[ServiceKey, int, Any]:
+    """Where a try goes: the backend's Service port (the route's own without a backend) and one
+    of its ready endpoints, one this request has not tried yet if there is one (None: no ready
+    endpoint at all)."""
+    if backend is not None:
+        service, port = backend.service, backend.port or port
+    targets = ctx.upstreams.targets(service, port)
+    now = ctx.clock()
+    balancer = ctx.upstreams.balancer
+    target = balancer.pick(targets, now=now, exclude=tried) or balancer.pick(targets, now=now)
+    return service, port, target
+
+
 class _Attempt:
     """One try of a request against one endpoint: its connection and parser."""
 
@@ -479,14 +494,8 @@ class _Shell:
 
     async def _send(self, command: ex.Send) -> ex.Event:
         backend = command.backend
-        service = backend.service if backend else self.service
-        port = (backend.port or self.port) if backend else self.port
-        targets = self.ctx.upstreams.targets(service, port)
+        service, port, target = pick_target(self.ctx, backend, self.service, self.port, self.tried)
         balancer = self.ctx.upstreams.balancer
-        now = self.ctx.clock()
-        target = balancer.pick(targets, now=now, exclude=self.tried) or balancer.pick(
-            targets, now=now
-        )
         if target is None:
             return ex.UpstreamFailed(f"{service} has no ready endpoint", False, self.ctx.clock())
         self.tried.add(target.key)

@@ -28,7 +28,14 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from nodeagent.proxy.l7.http1 import Outcome, RequestHead, RouteContext, Streams, _choices
+from nodeagent.proxy.l7.http1 import (
+    Outcome,
+    RequestHead,
+    RouteContext,
+    Streams,
+    _choices,
+    pick_target,
+)
 from nodemesh.model import ServiceKey
 from nodemesh.routing import exchange as ex
 from nodemesh.routing.model import HeaderModifier, RouteRule
@@ -590,14 +597,8 @@ class _Shell:
 
     async def _send(self, command: ex.Send) -> ex.Event:
         backend = command.backend
-        service = backend.service if backend else self.service
-        port = (backend.port or self.port) if backend else self.port
-        targets = self.ctx.upstreams.targets(service, port)
+        service, port, target = pick_target(self.ctx, backend, self.service, self.port, self.tried)
         balancer = self.ctx.upstreams.balancer
-        now = self.ctx.clock()
-        target = balancer.pick(targets, now=now, exclude=self.tried) or balancer.pick(
-            targets, now=now
-        )
         if target is None:
             return ex.UpstreamFailed(f"{service} has no ready endpoint", False, self.ctx.clock())
         self.tried.add(target.key)

@@ -92,3 +92,20 @@ def _with_report_fields(res: dict[str, Any]) -> dict[str, Any]:
     })  # fmt: skip
     res["targets"] = report.targets(res)
     return res
+
+
+def test_cpu_goals_are_ratios_to_haproxy_and_opaque_has_its_own_row() -> None:
+    # Issue 17: observed HTTP/1 <= 1.3x the HAProxy pair's CPU, opaque TCP <= 1.0x.
+    res = _res([QUIET] * 4, [QUIET] * 4, [QUIET] * 4)
+    res["paths"]["nodemesh"]["http"]["1000"]["proxy_cpu"] = {"s_per_1000_requests": 0.25}
+    res["paths"]["nodemesh"]["opaque"] = {"proxy_cpu": {"s_per_1000_requests": 0.19}}
+    res["paths"]["haproxy"]["opaque"] = {"proxy_cpu": {"s_per_1000_requests": 0.2}}
+    observed = _row(res, "agent CPU per 1000 rps vs HAProxy, HTTP/1 keep-alive observed")
+    assert observed["vs_haproxy"] == 1.25 and observed["met"] is True, observed
+    opaque = _row(res, "agent CPU per 1000 rps vs HAProxy, opaque TCP")
+    assert opaque["vs_haproxy"] == 0.95 and opaque["met"] is True, opaque
+    res["paths"]["nodemesh"]["opaque"]["proxy_cpu"]["s_per_1000_requests"] = 0.21
+    assert _row(res, "agent CPU per 1000 rps vs HAProxy, opaque TCP")["met"] is False
+    # A run without the opaque turns (an older JSON) cannot judge it.
+    del res["paths"]["nodemesh"]["opaque"]
+    assert _row(res, "agent CPU per 1000 rps vs HAProxy, opaque TCP")["met"] is None

@@ -336,6 +336,11 @@ def test_install_binary_copies_atomically_and_idempotently(
     assert list(bin_dir.iterdir()) == []
 
 
+def _dirs(conf_dir: Path, bin_dir: Path, plugin: Path) -> list[str]:
+    """install-cni's arguments for where the conf files, the binary and its source are."""
+    return ["--conf-dir", str(conf_dir), "--bin-dir", str(bin_dir), "--plugin", str(plugin)]
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "nodemesh_cni.install", *args],
@@ -424,14 +429,7 @@ def test_an_entry_never_exists_without_its_binary_whatever_runs_when(
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     path = place(conf_dir, "10-flannel.conflist")
-    common = [
-        "--conf-dir",
-        str(conf_dir),
-        "--bin-dir",
-        str(bin_dir),
-        "--plugin",
-        str(zipapp_plugin),
-    ]
+    common = _dirs(conf_dir, bin_dir, zipapp_plugin)
     broken: list[str] = []
     stop = threading.Event()
 
@@ -477,14 +475,7 @@ def test_install_waits_while_an_uninstall_holds_the_conf_dir(
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     path = place(conf_dir, "10-flannel.conflist")
-    common = [
-        "--conf-dir",
-        str(conf_dir),
-        "--bin-dir",
-        str(bin_dir),
-        "--plugin",
-        str(zipapp_plugin),
-    ]
+    common = _dirs(conf_dir, bin_dir, zipapp_plugin)
     done: list[int] = []
     with conf_dir_lock(conf_dir):
         installing = threading.Thread(
