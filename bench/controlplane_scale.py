@@ -789,6 +789,7 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         time.sleep(3)  # late deliveries of the last changes
         series_end = cp.metric("nodemesh_telemetry_series")
         evicted = cp.metric("nodemesh_telemetry_series_evicted_total")
+        merged = cp.metric("nodemesh_destination_deltas_merged_total")
         rss_peak = cp.status("VmHWM")
         stop.set()
         collected = [results_q.get(timeout=120) for _ in workers]
@@ -838,6 +839,8 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         "incomplete_examples": incomplete[:5],
         "agents": plan.nodes,
         "deltas_received": sum(r["deltas"] for r in collected),
+        # Deltas the control plane merged into a later one for a stream behind (not sent alone).
+        "deltas_merged": int(merged),
         "startup": {
             "objects_written_s": round(write_s, 2),
             "ready_s": round(ready_s, 2),
@@ -942,7 +945,9 @@ def markdown(r: dict[str, Any]) -> str:
         + (f"; Stat pod asked every {p['stat_during_churn']} s meanwhile"
            if p.get("stat_during_churn") else ""),
         f"- main process CPU per pod change (churn phase minus telemetry phase): "
-        f"{r.get('churn_main_cpu_ms_per_change')} ms",
+        f"{r.get('churn_main_cpu_ms_per_change')} ms; deltas received by the agents "
+        f"{r['deltas_received']}, merged into a later one for a stream behind "
+        f"{r.get('deltas_merged', 'n/a')}",
         f"- control-plane CPU: idle {ph['idle']['cores']:.2f} cores, with telemetry "
         f"{ph['telemetry']['cores']:.2f} (ingest {r['ingest_cores']:.2f}), with telemetry + churn "
         f"{ph['churn']['cores']:.2f}, with telemetry + Stat calls {ph['stat']['cores']:.2f}; "
