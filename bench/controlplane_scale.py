@@ -47,6 +47,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.request
@@ -55,7 +56,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -71,6 +71,7 @@ from nodemesh.api import telemetry_pb2 as tpb  # noqa: E402
 from nodemesh.histogram import bucket_index  # noqa: E402
 from nodemesh.identity import create_issuer_files  # noqa: E402
 from nodemesh.lab.access import ACCESS_FILE, ADMIN_TOKEN_FILE, create_lab_access  # noqa: E402
+from nodemesh.lab.store import encode  # noqa: E402
 
 TARGETS = {
     "change_to_all_agents_p99_s": 1.0,
@@ -95,6 +96,9 @@ class Plan:
     stat_calls: int
     telemetry: bool = True  # off: no reports at all (to tell the churn's cost from ingest's)
     telemetry_worker: str = "process"  # the control plane's --telemetry-worker
+    # Stat pod (all namespaces) asked every this many seconds during the churn phase (0: never),
+    # to tell whether kept Stat answers, rebuilt each second while asked, delay the deltas.
+    stat_during_churn: float = 0.0
 
     @property
     def pods(self) -> int:
@@ -202,7 +206,7 @@ class StateDir:
         path = self.path(obj)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.stem}.tmp"
-        tmp.write_text(yaml.dump(obj, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper)))
+        tmp.write_text(encode(obj))
         os.rename(tmp, path)
 
     def delete(self, obj: dict[str, Any]) -> None:
@@ -621,7 +625,8 @@ class Phase:
         return {"seconds": round(seconds, 2), "cpu_s": round(cpu, 3),
                 "cores": round(cpu / seconds, 3), "rss_bytes": self.cp.status("VmRSS"),
                 # the process serving the streams and the public API (not the worker)
-                "main_cores": round(main / seconds, 3)}  # fmt: skip
+                "main_cores": round(main / seconds, 3),
+                "load_average_end": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
 
 
 def stat_calls(port: int, token: str, n: int, spacing: float) -> dict[str, Any]:
@@ -653,6 +658,18 @@ def stat_calls(port: int, token: str, n: int, spacing: float) -> dict[str, Any]:
                 "requests": requests,
             }
     return out
+
+
+def poll_stat(port: int, token: str, every: float, done: threading.Event) -> None:
+    """Stat pod over all namespaces every `every` seconds until `done` (the answers unused)."""
+    meta = (("authorization", f"Bearer {token}"),)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = ppb_grpc.PublicStub(channel)
+        while not done.wait(every):
+            stub.Stat(
+                ppb.StatRequest(resource=ppb.Resource(kind="pod"), all_namespaces=True),
+                metadata=meta, timeout=60,
+            )  # fmt: skip
 
 
 def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
@@ -741,6 +758,15 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         rss_telemetry = cp.status("VmRSS")
 
         churn = Churn(state, plan, spots)
+        polling = threading.Event()
+        poller = None
+        if plan.stat_during_churn > 0:
+            poller = threading.Thread(
+                target=poll_stat,
+                args=(cp.ports["public"], admin_token, plan.stat_during_churn, polling),
+                daemon=True,
+            )
+            poller.start()
         phase = Phase(cp)
         started = time.monotonic()
         while (elapsed := time.monotonic() - started) < plan.phase_seconds:
@@ -749,6 +775,9 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
                 churn.tick()
             time.sleep(max(0.0, (churn.n / plan.churn) - (time.monotonic() - started)))
         phases["churn"] = phase.end()
+        polling.set()
+        if poller is not None:
+            poller.join(70)
         phases["churn"]["changes"] = churn.n
         phases["churn"]["changes_per_s"] = round(churn.n / phases["churn"]["seconds"], 1)
 
@@ -760,6 +789,7 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         time.sleep(3)  # late deliveries of the last changes
         series_end = cp.metric("nodemesh_telemetry_series")
         evicted = cp.metric("nodemesh_telemetry_series_evicted_total")
+        merged = cp.metric("nodemesh_destination_deltas_merged_total")
         rss_peak = cp.status("VmHWM")
         stop.set()
         collected = [results_q.get(timeout=120) for _ in workers]
@@ -794,6 +824,12 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         to_all.append(got[2] - written)
         to_first.append(got[1] - written)
     reports_ok = sum(r["reports_accepted"] for r in collected)
+    churn_p, tele_p = phases["churn"], phases["telemetry"]
+    # The main process's CPU per pod change (what the churn adds to telemetry alone): the
+    # figure a shared machine's load moves least.
+    main_ms_per_change = round(
+        1000 * (churn_p["main_cores"] - tele_p["main_cores"]) / churn_p["changes_per_s"], 2
+    )
     ingest_cores = phases["telemetry"]["cores"] - phases["idle"]["cores"]
     measured = {
         "change_to_all_agents_s": quantiles(to_all),
@@ -803,6 +839,8 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         "incomplete_examples": incomplete[:5],
         "agents": plan.nodes,
         "deltas_received": sum(r["deltas"] for r in collected),
+        # Deltas the control plane merged into a later one for a stream behind (not sent alone).
+        "deltas_merged": int(merged),
         "startup": {
             "objects_written_s": round(write_s, 2),
             "ready_s": round(ready_s, 2),
@@ -811,6 +849,7 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         },
         "phases": phases,
         "ingest_cores": round(ingest_cores, 3),
+        "churn_main_cpu_ms_per_change": main_ms_per_change,
         "reports_accepted": reports_ok,
         "reports_refused": sum(r["reports_refused"] for r in collected),
         "refusals": {k: v for r in collected for k, v in r["refusals"].items()},
@@ -902,7 +941,13 @@ def markdown(r: dict[str, Any]) -> str:
         f"- pod change -> all agents: p50 {fmt(ch['p50'], 's')}, p99 {fmt(ch['p99'], 's')}, max "
         f"{fmt(ch['max'], 's')} over {r['changes_written']} changes "
         f"({r['changes_incomplete']} not seen by every agent); to the first agent p50 "
-        f"{fmt(r['change_to_first_agent_s']['p50'], 's')} (includes the local source's 0.2 s poll)",
+        f"{fmt(r['change_to_first_agent_s']['p50'], 's')} (includes the local source's 0.2 s poll)"
+        + (f"; Stat pod asked every {p['stat_during_churn']} s meanwhile"
+           if p.get("stat_during_churn") else ""),
+        f"- main process CPU per pod change (churn phase minus telemetry phase): "
+        f"{r.get('churn_main_cpu_ms_per_change')} ms; deltas received by the agents "
+        f"{r['deltas_received']}, merged into a later one for a stream behind "
+        f"{r.get('deltas_merged', 'n/a')}",
         f"- control-plane CPU: idle {ph['idle']['cores']:.2f} cores, with telemetry "
         f"{ph['telemetry']['cores']:.2f} (ingest {r['ingest_cores']:.2f}), with telemetry + churn "
         f"{ph['churn']['cores']:.2f}, with telemetry + Stat calls {ph['stat']['cores']:.2f}; "
@@ -970,6 +1015,11 @@ def main(argv: list[str] | None = None) -> int:
         "--telemetry-worker", choices=("process", "thread", "inline"), default="process",
         help="the control plane's --telemetry-worker (where reports and the store are handled)",
     )
+    ap.add_argument(
+        "--stat-during-churn", type=float, default=0.0, metavar="SECONDS",
+        help="ask Stat pod (all namespaces) every SECONDS during the churn phase (A/B: does "
+        "the kept answers' rebuild delay the deltas?); 0: not",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     a = ap.parse_args(argv)
     for name in ("nodes", "pods_per_node", "pods_per_service", "workers", "stat_calls"):
@@ -983,7 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
         nodes=a.nodes, pods_per_node=a.pods_per_node, pods_per_service=a.pods_per_service,
         churn=a.churn, phase_seconds=a.phase_seconds, workers=min(a.workers, a.nodes),
         stat_calls=a.stat_calls, telemetry=not a.no_telemetry,
-        telemetry_worker=a.telemetry_worker,
+        telemetry_worker=a.telemetry_worker, stat_during_churn=a.stat_during_churn,
     )  # fmt: skip
     result = run(plan, a.out)
     print(markdown(result))

@@ -3,6 +3,11 @@
 Services and workloads go to every agent whole; full pod records only to the agent of their node;
 every meshed pod of the cluster goes to every agent as a `MeshedPod` (IP, identity, workload,
 mode, opaque ports: a few dozen bytes), so a pod IP that backs no Service is tunnelled too.
+
+A stream the loop reaches late (a loaded control plane with hundreds of agents) finds several
+deltas queued: it sends them merged into one (each object's latest update or removal), so a slow
+stream catches up with one message of the latest state rather than every step on the way. The
+merge is made once for every stream behind by the same deltas (`DestinationHub.take`).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +38,12 @@ from controlplane.index import (
     WorkloadRemoved,
     WorkloadUpdated,
 )
-from controlplane.metrics import DESTINATION_OVERFLOWS, DESTINATION_SUBSCRIBERS, DESTINATION_UPDATES
+from controlplane.metrics import (
+    DESTINATION_MERGED,
+    DESTINATION_OVERFLOWS,
+    DESTINATION_SUBSCRIBERS,
+    DESTINATION_UPDATES,
+)
 from nodemesh import authz, authz_codec
 from nodemesh import destination_codec as codec
 from nodemesh.api import destination_pb2 as pb
@@ -74,6 +84,13 @@ class DestinationHub:
         # those fields (readiness, labels) costs the other agents nothing.
         self.meshed: dict[PodKey, MeshedPod] = {}
         self._shared_parts: tuple[int, int, Any, list[pb.Update]] | None = None
+        # Deltas merged for streams that fell behind, by the queued updates they merge: the
+        # streams behind by the same deltas (every agent without pods in them) share one merge,
+        # and through it one encoding.
+        self._merged: OrderedDict[tuple[int, ...], tuple[tuple[pb.Update, ...], pb.Update]] = (
+            OrderedDict()
+        )
+        self.merged = 0
         # The authorization policies each node's agents were last given (compiled for it).
         self.authz_sent: dict[str, dict[authz.PolicyKey, authz.Policy]] = {}
         for pod in index.pods.values():
@@ -241,6 +258,32 @@ class DestinationHub:
             except asyncio.QueueFull:
                 self._overflow(sub)
 
+    def take(self, first: pb.Update | object, sub: Subscriber) -> pb.Update | object:
+        """What a stream sends next: `first` (just taken from its queue) and, when more updates
+        wait behind it, all of them merged into one delta. A stream the loop reached late
+        sends the latest state of each object once, not every step on the way to it."""
+        if first is _OVERFLOWED or sub.queue.empty():
+            return first
+        held = [first]
+        while not sub.queue.empty():
+            item = sub.queue.get_nowait()
+            if item is _OVERFLOWED:
+                return item
+            held.append(item)
+        updates = tuple(u for u in held if isinstance(u, pb.Update))
+        DESTINATION_MERGED.inc(len(updates) - 1)
+        ids = tuple(map(id, updates))
+        kept = self._merged.get(ids)
+        if kept is not None and all(a is b for a, b in zip(kept[0], updates, strict=True)):
+            self._merged.move_to_end(ids)
+            return kept[1]
+        update = merge_deltas(updates)
+        self.merged += 1
+        self._merged[ids] = (updates, update)
+        if len(self._merged) > MERGED_KEPT:
+            self._merged.popitem(last=False)
+        return update
+
     def _overflow(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
         DESTINATION_SUBSCRIBERS.set(len(self.subscribers))
@@ -255,6 +298,43 @@ class DestinationHub:
         # cancelling it ends the RPC and frees what it holds.
         if sub.task is not None:
             sub._kill = asyncio.get_running_loop().call_later(self.kill_after, sub.task.cancel)
+
+
+# Each repeated field of a Delta that updates objects, the field that removes them, and how an
+# updated object names its key (which is what the removal carries).
+_DELTA_KINDS = (
+    ("services_updated", "services_removed", "key"),
+    ("workloads_updated", "workloads_removed", "ref"),
+    ("pods_updated", "pods_removed", "key"),
+    ("meshed_pods_updated", "meshed_pods_removed", "key"),
+    ("authz_policies_updated", "authz_policies_removed", "key"),
+    ("routes_updated", "routes_removed", "key"),
+)
+MERGED_KEPT = 64
+
+
+def merge_deltas(updates: Sequence[pb.Update]) -> pb.Update:
+    """One delta with the effect of applying `updates` (deltas) in order: each object's last
+    update or removal, once. (Concatenating them would not do: an agent applies a delta's
+    updates before its removals, so a pod removed and then re-added would end up removed.)"""
+    merged = pb.Delta()
+    for updated_field, removed_field, key_field in _DELTA_KINDS:
+        last: dict[bytes, tuple[bool, Message]] = {}
+        for u in updates:
+            delta = u.delta
+            for obj in getattr(delta, updated_field):
+                key = getattr(obj, key_field).SerializeToString(deterministic=True)
+                last.pop(key, None)  # re-inserted last: the merged delta keeps change order
+                last[key] = (True, obj)
+            for removed in getattr(delta, removed_field):
+                key = removed.SerializeToString(deterministic=True)
+                last.pop(key, None)
+                last[key] = (False, removed)
+        if not last:
+            continue
+        getattr(merged, updated_field).extend(o for kept, o in last.values() if kept)
+        getattr(merged, removed_field).extend(o for kept, o in last.values() if not kept)
+    return pb.Update(revision=updates[-1].revision, delta=merged)
 
 
 def _parts(
@@ -345,7 +425,7 @@ class DestinationService(pb_grpc.DestinationServicer):
                 DESTINATION_UPDATES.labels("snapshot").inc()
                 yield snapshot.pop()
             while True:
-                item = await sub.queue.get()
+                item = self.hub.take(await sub.queue.get(), sub)
                 if item is _OVERFLOWED:
                     await context.abort(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -50,5 +50,9 @@ DESTINATION_OVERFLOWS = Counter(
 DESTINATION_UPDATES = Counter(
     "nodemesh_destination_updates_sent", "Snapshot and delta messages sent to agents", ["type"]
 )
+DESTINATION_MERGED = Counter(
+    "nodemesh_destination_deltas_merged",
+    "Deltas not sent on their own: merged with the ones queued after them for a stream behind",
+)
 TAP_SUBSCRIPTIONS = Gauge("nodemesh_tap_subscriptions", "Active tap subscriptions")
 TAP_EVENTS = Counter("nodemesh_tap_events", "Tap events from agents", ["outcome"])

@@ -8,14 +8,15 @@ last answer, and the answer is rebuilt once a second, in the background, for as 
 question was asked within `keep_s`; a caller gets the held answer at once.
 
 Freshness, which the public API states (docs/cli.md): a build starts each `refresh_s` (1 s)
-while the question is asked, and a call gets the latest finished build, which holds the reports
-and index changes made before that build began: about a second old, plus the time one build
-takes (~0.3 s at 10,000 pods on an idle core; more on a busy one, where a caller who waited for
-a build of its own would wait as long). An answer finished more than `max_age_s` (2 s) ago is
-not given: the call waits for the build in flight (a store that stopped answering is not hidden
-for longer than that). A question nobody asked within `keep_s` (10 s) is forgotten, and its next
-call waits for its build, as without the cache. A build that fails (a bad query, Prometheus
-down) is the caller's error and is not kept.
+while the question is asked (or, when a build takes longer than half of that, as long after it
+ended as it took: builds take at most half the time), and a call gets the latest finished
+build, which holds the reports and index changes made before that build began: about a second
+old, plus the time one build takes (~0.3 s at 10,000 pods on an idle core; more on a busy one,
+where a caller who waited for a build of its own would wait as long). An answer finished more
+than `max_age_s` (2 s) ago is not given: the call waits for the build in flight (a store that
+stopped answering is not hidden for longer than that). A question nobody asked within `keep_s`
+(10 s) is forgotten, and its next call waits for its build, as without the cache. A build that
+fails (a bad query, Prometheus down) is the caller's error and is not kept.
 """
 
 from __future__ import annotations
@@ -100,7 +101,19 @@ class StatCache(Generic[T]):
 
     async def _refresh(self, key: Hashable, held: _Held[T]) -> None:
         while True:
-            await asyncio.sleep(max(0.0, held.started + self.refresh_s - self.clock()))
+            # The next build begins refresh_s after the last began, and no sooner after it ended
+            # than it took: on a loaded machine a build of 10,000 rows takes most of a second,
+            # and builds back to back took the CPU the agents' streams needed (pod changes
+            # reached 150 agents in 2.1-5.7 s at the median with Stat asked each second, 0.4 s
+            # without: bench/results/controlplane-scale.md, fifth round).
+            took = held.ready - held.started
+            await asyncio.sleep(
+                max(
+                    0.0,
+                    held.started + self.refresh_s - self.clock(),
+                    held.ready + took - self.clock(),
+                )
+            )
             if self._held.get(key) is not held or self.clock() - held.asked > self.keep_s:
                 break
             try:

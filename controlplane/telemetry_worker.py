@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import sys
 import types
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -115,9 +116,9 @@ class TelemetryWorker:
                 1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=child.init,
-                initargs=(*self._initargs, True),
+                initargs=(*self._initargs, os.getpid()),
             )
-        child.init(*self._initargs, False)
+        child.init(*self._initargs, None)
         if self.mode == "thread":
             return ThreadPoolExecutor(1, thread_name_prefix="telemetry")
         return _Inline()

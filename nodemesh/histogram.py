@@ -58,6 +58,10 @@ def bucket_value(index: int) -> float:
     return (low + high) / 2
 
 
+def _bucket_values() -> list[float]:
+    return [bucket_value(i) for i in range(MAX_INDEX + 1)]
+
+
 def nearest_rank(q: float, n: int) -> int:
     """1-based rank of the q-quantile among n samples (the nearest-rank definition)."""
     if not 0.0 <= q <= 1.0:
@@ -80,22 +84,34 @@ def quantile(counts: Mapping[int, int], q: float) -> float | None:
 
 
 def quantiles(counts: Mapping[int, int], qs: Iterable[float]) -> list[float | None]:
-    """`quantile(counts, q)` for each q (in any order), in one pass over the sorted buckets."""
-    asked = list(qs)
+    """`quantile(counts, q)` for each q (in any order), in one pass over the sorted buckets.
+
+    Called once per row of a Stat (10,000 rows for `stat pod` at 10,000 pods): the ranks are
+    computed inline and a bucket's value read from a table."""
+    asked = qs if isinstance(qs, (list, tuple)) else list(qs)
     total = sum(counts.values())
-    if total <= 0:
+    if total <= 0 or not asked:
         return [None] * len(asked)
-    ranks = sorted((nearest_rank(q, total), i) for i, q in enumerate(asked))
+    ranks = []
+    for i, q in enumerate(asked):
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile {q} outside [0, 1]")
+        ranks.append((min(total, max(1, math.ceil(q * total))), i))  # nearest_rank, inline
+    ranks.sort()
     out: list[float | None] = [None] * len(asked)
     seen = 0
     at = 0
+    values = _VALUES
     for index in sorted(counts):
         seen += counts[index]
-        while at < len(ranks) and seen >= ranks[at][0]:
-            out[ranks[at][1]] = bucket_value(index)
+        if seen < ranks[at][0]:
+            continue
+        value = values[index] if 0 <= index <= MAX_INDEX else bucket_value(index)
+        while seen >= ranks[at][0]:
+            out[ranks[at][1]] = value
             at += 1
-        if at == len(ranks):
-            break
+            if at == len(ranks):
+                return out
     return out
 
 
@@ -150,3 +166,6 @@ class LatencyHistogram:
             h.total += n
         h.sum_us = sum_us
         return h
+
+
+_VALUES = _bucket_values()  # bucket_value(i) for every index (~2,240 floats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import stat
@@ -197,7 +198,7 @@ class LocalSource:
     def _load(self, path: Path, kind: str) -> Obj:
         try:
             text = path.read_text(encoding="utf-8")
-            obj = yaml.load(text, Loader=_Loader)
+            obj = _parse(text)
         except FileNotFoundError as exc:
             raise BadObject("removed while being read") from exc
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -210,6 +211,18 @@ class LocalSource:
             raise BadObject(f"metadata.namespace {meta['namespace']!r} does not match the folder")
         obj.setdefault("kind", kind)
         return obj
+
+
+def _parse(text: str) -> object:
+    """A file's object. The lab writes JSON (nodemesh.lab.store), which is YAML that json
+    parses ~50x faster (a 12-endpoint EndpointSlice: 0.03 ms against 1.2-2.3 ms); anything
+    else, including a flow mapping that is not JSON, is read as YAML."""
+    if text[:1] == "{":
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return yaml.load(text, Loader=_Loader)
 
 
 def _scandir(path: Path) -> list[os.DirEntry[str]]:

@@ -112,10 +112,13 @@ async def drive(
     interval = 1.0 / settings.rate
     start = next_at = loop.time()
     pending: set[asyncio.Task[None]] = set()
+    # Requests started here: a request counts itself as sent only once its task runs, and a
+    # loop behind schedule starts the next without yielding (VOTE_MAX_REQUESTS=6 sent 7).
+    started = 0
     while not stop.is_set():
         if settings.duration_s and loop.time() - start >= settings.duration_s:
             break
-        if settings.max_requests and stats.sent >= settings.max_requests:
+        if settings.max_requests and started >= settings.max_requests:
             break
         if len(pending) >= settings.max_in_flight:
             stats.skipped += 1
@@ -125,6 +128,7 @@ async def drive(
                 _one_request(client, stats, target=target, path=path, choice=choice),
                 name=f"vote-bot {path}",
             )
+            started += 1
             pending.add(task)
             task.add_done_callback(pending.discard)
         next_at += interval

@@ -341,3 +341,22 @@ def test_the_telemetry_worker_ends_with_a_killed_control_plane(controlplane) -> 
             break
         time.sleep(0.2)
     assert time.monotonic() < deadline, f"telemetry worker {worker} still running"
+
+
+def test_a_telemetry_worker_whose_control_plane_died_while_it_started_ends() -> None:
+    """A control plane killed while its worker was still starting (a loaded machine, a test's
+    timeout) left a worker that took pid 1 for its control plane and watched it for good."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    code = (
+        "from controlplane import telemetry_child as c\n"
+        f"c.init(100, 100, 'WARNING', {gone.pid})\n"
+        "import time; time.sleep(30)\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[3])
+    try:
+        assert worker.wait(10) == 0  # ended by itself
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
