@@ -1,8 +1,6 @@
 """Keep a certificate for every workload identity with a pod on this node, from Identity/Certify.
 
-For the identities the store says are due, have a child process make fresh keys and CSRs
-(nodeagent.upstream.keygen: one child per batch, so `cryptography` stays out of the agent),
-send each CSR over the agent's
+For each identity the store says is due, make a fresh key in memory, send a CSR over the agent's
 channel to the control plane (authenticated as the node with its bearer token, as the
 destination client does) and install the answer. Failures back off per identity; certificates
 already held keep serving until they expire, so a control plane that is away for a while costs
@@ -18,7 +16,6 @@ from collections.abc import Callable
 import grpc
 
 from nodeagent import podplan
-from nodeagent.upstream import keygen
 from nodeagent.upstream.certstore import CertStore
 from nodeagent.upstream.table import DestinationTable
 from nodemesh import certs
@@ -49,13 +46,11 @@ class IdentityClient:
         store: CertStore,
         wanted: Callable[[], set[str]],
         timeout: float = CERTIFY_TIMEOUT,
-        keymaker: tuple[str, ...] = keygen.KEYMAKER,
     ) -> None:
         self.stub = identity_pb2_grpc.IdentityStub(channel)
         self.store = store
         self.wanted = wanted
         self.timeout = timeout
-        self.keymaker = keymaker
         self.issued = 0
         self.failures = 0
 
@@ -66,22 +61,16 @@ class IdentityClient:
     async def run(self) -> None:
         limit = asyncio.Semaphore(PARALLEL)
 
-        async def one(identity: str, made: keygen.KeyAndCsr | str) -> None:
+        async def one(identity: str) -> None:
             async with limit:
-                await self.certify(identity, made)
+                await self.certify(identity)
 
         while True:
             self.store.kicked.clear()
             self.store.want(self.wanted())
             due = self.store.due(self.store.clock())
             if due:
-                try:
-                    made = await keygen.make_keys(due, command=self.keymaker)
-                except keygen.KeygenError as exc:
-                    for identity in due:
-                        self._failed(identity, str(exc))
-                else:
-                    await asyncio.gather(*(one(i, made[i]) for i in due))
+                await asyncio.gather(*(one(i) for i in due))
             wait = self.store.next_due(self.store.clock())
             wait = IDLE_WAKEUP if wait is None else min(max(wait, 0.01), IDLE_WAKEUP)
             try:
@@ -89,20 +78,15 @@ class IdentityClient:
             except TimeoutError:
                 pass
 
-    async def certify(self, identity: str, made: keygen.KeyAndCsr | str | None = None) -> bool:
-        """Ask for `identity` once (with `made`, or a key made now); install it or back off.
-
-        True when a certificate arrived."""
+    async def certify(self, identity: str) -> bool:
+        """Ask for `identity` once; install it or back off. True when a certificate arrived."""
         try:
-            if made is None:
-                made = (await keygen.make_keys([identity], command=self.keymaker))[identity]
-            if isinstance(made, str):
-                raise ValueError(made)
-            request = identity_pb2.CertifyRequest(csr=made.csr_pem, spiffe_id=identity)
-            reply = await self.stub.Certify(request, timeout=self.timeout)
-            certified = certs.CertifiedKey.from_pem(
-                identity, made.key_pem, reply.certificate_chain_pem
+            key = certs.new_key()
+            request = identity_pb2.CertifyRequest(
+                csr=certs.make_csr(identity, key), spiffe_id=identity
             )
+            reply = await self.stub.Certify(request, timeout=self.timeout)
+            certified = certs.CertifiedKey.from_pem(identity, key, reply.certificate_chain_pem)
         except grpc.aio.AioRpcError as exc:
             self._failed(identity, f"{exc.code().name}: {exc.details()}")
             return False
