@@ -434,12 +434,17 @@ def test_an_entry_never_exists_without_its_binary_whatever_runs_when(
     stop = threading.Event()
 
     def sample() -> None:
+        binary = bin_dir / "nodemesh-cni"
         while not stop.is_set():
+            # The binary is looked for before and after the entry is read: a sample that read
+            # the entry just before an uninstall removed it (entry, then binary) found the
+            # binary there before; an entry left without its binary lacks it both times.
+            before = os.access(binary, os.X_OK)
             try:
                 named = any(p["type"] == "nodemesh-cni" for p in plugins_of(path))
             except (ValueError, OSError):
                 continue  # between a write and its rename nothing is half-written, but be safe
-            if named and not os.access(bin_dir / "nodemesh-cni", os.X_OK):
+            if named and not before and not os.access(binary, os.X_OK):
                 broken.append("entry without binary")
             time.sleep(0.002)
 
