@@ -336,7 +336,7 @@ async def serve(args: argparse.Namespace) -> None:
         review = NoAccessReview()
 
     public_server = grpc.aio.server()
-    stat_cache: StatCache[public_pb2.StatResponse] = StatCache()
+    stat_cache: StatCache[public_pb2.StatResponse | bytes] = StatCache()
     add_public(
         PublicService(
             index=index,

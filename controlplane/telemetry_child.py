@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from controlplane import stat_answer as answers
 from controlplane.telemetry.ingest import StoreGauges, store_gauges, take
 from controlplane.telemetry.store import TelemetryStore
 from controlplane.telemetry_port import StatRow, StoreTelemetry
@@ -85,6 +86,18 @@ def query(method: str, kwargs: dict[str, Any]) -> Any:
             row.known_latency_ms = dict(zip(QUANTILES, row.latencies_ms(*QUANTILES), strict=True))
             row.latency = {}
     return answer
+
+
+def stat_answer(kwargs: dict[str, Any], name: str, groups: answers.Groups) -> bytes:
+    """A whole Stat answer, encoded (controlplane.stat_answer): the store's rows for `kwargs`
+    (StoreTelemetry.stat's) joined with the index's `groups`, rows of `name` only if given."""
+    port = StoreTelemetry(the_store())
+    traffic = port.stat(**kwargs)
+    answer = answers.build(
+        kind=kwargs["group_by"], namespace=kwargs["namespace"], name=name,
+        window=kwargs["window_s"], groups=groups, traffic=traffic, enrolled=port.enrolled_pods(),
+    )  # fmt: skip
+    return answer.SerializeToString()
 
 
 FlatRow = tuple[Any, ...]
