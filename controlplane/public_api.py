@@ -36,7 +36,7 @@ from nodemesh.version import __version__
 
 T = TypeVar("T")
 STATS_SOURCE = "nodemesh-stats-source"  # gRPC metadata key: "embedded" skips Prometheus
-DEFAULT_WINDOW = 60
+DEFAULT_WINDOW = stat_answer.DEFAULT_WINDOW
 MIN_WINDOW, MAX_WINDOW = 10, 900
 DEFAULT_TAP_RPS, MAX_TAP_RPS = 100.0, 1000.0
 # A tap stream re-checks its caller this often (as often as a review answer may be reused),

@@ -30,6 +30,9 @@ Group = tuple[str, str]  # (namespace, name); namespace empty for namespaces and
 PodRef = tuple[str, str, str]  # (namespace, name, uid) of a pod that counts (running)
 Groups = dict[Group, list[PodRef]]
 ROWS_PER_CHECK = 256
+DEFAULT_WINDOW = 60  # seconds, a Stat's window when the caller gives none
+# The kinds a plain Stat (no --from/--to) groups by (controlplane.telemetry.groups).
+PLAIN_KINDS = ("deployment", "pod", "namespace", "service", "node")
 QUANTILES = (0.5, 0.95, 0.99)
 _QUANTILE_FIELDS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
 _NO_TRAFFIC: dict[str, Any] = {}

@@ -103,3 +103,41 @@ async def test_the_workers_answer_is_the_one_the_loop_builds() -> None:
         assert raw == built.SerializeToString(), (kind, namespace, name)
         assert pb.StatResponse.FromString(raw).rows, (kind, namespace, name)
     worker.close()
+
+
+async def test_the_first_stat_of_a_bucket_reads_the_complete_buckets_sums(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A Stat's first call in a new bucket does not sum every resource's complete buckets: the
+    worker summed them when the bucket began (each resource's running bucket is all it adds)."""
+    from controlplane.telemetry.groups import GroupCell
+
+    plan, spots, raws = _cluster(10)  # 200 pods
+    worker = TelemetryWorker("inline", max_series=50_000, max_cells=500_000)
+    await worker.start()
+    store = telemetry_child.the_store()
+    now = [1_000_000.0]
+    store.clock = lambda: now[0]
+    for _ in range(7):  # 7 buckets of reports: 6 complete ones in the window, and the running one
+        await asyncio.gather(*(worker.report(r, None) for r in raws))
+        now[0] += 10
+    await asyncio.gather(*(worker.report(r, None) for r in raws))
+    api = _api(plan, spots, WorkerTelemetry(worker))
+    api.sends_encoded_stat = True
+    added = 0
+    add_into = GroupCell.add_into
+
+    def counted(self, row) -> None:  # type: ignore[no-untyped-def]
+        nonlocal added
+        added += 1
+        add_into(self, row)
+
+    monkeypatch.setattr(GroupCell, "add_into", counted)
+    for kind, rows in (("pod", plan.pods), ("deployment", plan.services)):
+        added = 0
+        answer = await api._stat(api.telemetry, kind, "", "", None, None, 60)
+        if isinstance(answer, bytes):
+            answer = pb.StatResponse.FromString(answer)
+        assert len(answer.rows) == rows
+        # One cell a resource (its running bucket), not seven (6 complete buckets summed, then
+        # the running one).
+        assert added == rows, (kind, added)
+    worker.close()
