@@ -221,16 +221,16 @@ class PublicService(pb_grpc.PublicServicer):
         return answer
 
     def _groups_of(self, kind: str, namespace: str) -> stat_answer.Groups:
-        """The index's side of a Stat (controlplane.stat_answer.groups_of), kept while the
-        index is unchanged (a pass over 10,000 pods, once per build otherwise)."""
+        """The index's side of a Stat (controlplane.stat_answer.groups_of), kept while no
+        object changed in the index (a pass over 10,000 pods, once per build otherwise)."""
         key = (kind, namespace)
         held = self._groups_held.get(key)
-        if held is not None and held[0] == self.index.revision:
+        if held is not None and held[0] == self.index.applied:
             return held[1]
         groups = stat_answer.groups_of(self.index, kind, namespace)
         if len(self._groups_held) >= 16:
             self._groups_held.pop(next(iter(self._groups_held)))
-        self._groups_held[key] = (self.index.revision, groups)
+        self._groups_held[key] = (self.index.applied, groups)
         return groups
 
     def _telemetry(self, context: grpc.aio.ServicerContext) -> Telemetry:

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from bench.controlplane_scale import Plan, PodSpot, build_report, layout
+from bench.controlplane_scale import Plan, PodSpot, build_report, layout, pod_obj
 from bench.stat_cold import index_of
 from controlplane import telemetry_child
 from controlplane.public_api import PublicService
@@ -140,4 +140,48 @@ async def test_the_first_stat_of_a_bucket_reads_the_complete_buckets_sums(monkey
         # One cell a resource (its running bucket), not seven (6 complete buckets summed, then
         # the running one).
         assert added == rows, (kind, added)
+    worker.close()
+
+
+async def test_a_resource_new_to_the_index_is_in_the_next_answer() -> None:
+    """The index's side of an answer is kept between builds only while no object changed: a
+    node that joins (no pods, no traffic yet) and a Deployment created with no pods are rows of
+    the next Stat of their kind, and a pod that finished is out of its Deployment's count."""
+    from controlplane.sources.events import EventType, ObjectChanged
+
+    plan, spots, raws = _cluster(10)
+    worker = TelemetryWorker("inline", max_series=50_000, max_cells=500_000)
+    await worker.start()
+    await asyncio.gather(*(worker.report(r, None) for r in raws))
+    api = _api(plan, spots, WorkerTelemetry(worker))
+    api.sends_encoded_stat = True
+
+    async def names(kind: str) -> set[str]:
+        raw = await api._stat(api.telemetry, kind, "", "", None, None, 60)
+        assert isinstance(raw, bytes)
+        return {r.resource.name for r in pb.StatResponse.FromString(raw).rows}
+
+    async def rows_of(kind: str, name: str) -> int:
+        raw = await api._stat(api.telemetry, kind, "", "", None, None, 60)
+        assert isinstance(raw, bytes)
+        rows = pb.StatResponse.FromString(raw).rows
+        return next(r.total_pods for r in rows if r.resource.name == name)
+
+    assert "node99" not in await names("node")
+    assert "fresh" not in await names("deployment")
+    new = [
+        {"kind": "Node", "metadata": {"name": "node99"}, "spec": {"podCIDR": ""}},
+        {"kind": "Deployment", "metadata": {"name": "fresh", "namespace": "ns0"}},
+    ]
+    for obj in new:
+        api.index.apply(ObjectChanged(EventType.ADDED, obj["kind"], obj))
+    assert "node99" in await names("node")
+    assert "fresh" in await names("deployment")
+    # A pod that finished no longer counts in its Deployment's pods.
+    spot = spots[0]
+    before = await rows_of("deployment", spot.app)
+    done = pod_obj(spot.ns, spot.app, spot.name, spot.node, spot.ip)
+    done["status"]["phase"] = "Succeeded"
+    api.index.apply(ObjectChanged(EventType.MODIFIED, "Pod", done))
+    assert (await rows_of("deployment", spot.app)) == before - 1
     worker.close()
