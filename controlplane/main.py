@@ -26,6 +26,7 @@ from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.destination import DestinationHub, DestinationService
 from controlplane.destination import add_to_server as add_destination
 from controlplane.feed import Feed, Listener
+from controlplane.gc_pauses import keep_full_collections_short
 from controlplane.identity import (
     Authenticator,
     BootstrapTokenAuthenticator,
@@ -336,7 +337,7 @@ async def serve(args: argparse.Namespace) -> None:
         review = NoAccessReview()
 
     public_server = grpc.aio.server()
-    stat_cache: StatCache[public_pb2.StatResponse] = StatCache()
+    stat_cache: StatCache[public_pb2.StatResponse | bytes] = StatCache()
     add_public(
         PublicService(
             index=index,
@@ -421,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     # urllib3 warns on each of its own quick retries; the source logs the failure that counts.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    keep_full_collections_short()
     try:
         import uvloop
     except ImportError:

@@ -6,13 +6,12 @@ import asyncio
 import inspect
 import math
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
 
-from controlplane import resources, routes_api
+from controlplane import resources, routes_api, stat_answer
 from controlplane.access import REVIEW_CACHE_SECONDS, AccessRefused, Gate, refuse
 from controlplane.destination import DestinationHub, SharedEncoding
 from controlplane.index import ClusterIndex
@@ -24,7 +23,6 @@ from controlplane.telemetry_port import (
     LIVE_AGENT_SECONDS,
     BadQuery,
     Selector,
-    StatRow,
     TelemetryPort,
 )
 from controlplane.telemetry_worker import WorkerTelemetry
@@ -38,16 +36,14 @@ from nodemesh.version import __version__
 
 T = TypeVar("T")
 STATS_SOURCE = "nodemesh-stats-source"  # gRPC metadata key: "embedded" skips Prometheus
-DEFAULT_WINDOW = 60
+DEFAULT_WINDOW = stat_answer.DEFAULT_WINDOW
 MIN_WINDOW, MAX_WINDOW = 10, 900
 DEFAULT_TAP_RPS, MAX_TAP_RPS = 100.0, 1000.0
 # A tap stream re-checks its caller this often (as often as a review answer may be reused),
 # so a revoked token or binding ends it within two of these.
 TAP_RECHECK_SECONDS = REVIEW_CACHE_SECONDS
-Group = tuple[str, str]  # (namespace, name); namespace empty for namespaces and nodes
 # A Stat's rows are built holding the loop for at most about this long at a time.
 STAT_TURN_SECONDS = 0.05
-STAT_ROWS_PER_CHECK = 256
 
 
 def window_of(seconds: int) -> int:
@@ -91,17 +87,9 @@ async def _answer(value: T | Awaitable[T]) -> T:
 Telemetry = TelemetryPort | PrometheusTelemetry | WorkerTelemetry
 
 
-class Enrolled:
-    """Which pods count as meshed: those a live agent says it enrolled (a namespace label
-    alone proves nothing: the agent of the pod's node may be down or absent)."""
-
-    def __init__(self, pods: set[tuple[str, str, str]]) -> None:
-        self._uids = {(ns, name): uid for ns, name, uid in pods}
-
-    def __call__(self, p: PodInfo) -> bool:
-        uid = self._uids.get((p.key.namespace, p.key.name))
-        # A pod recreated under the same name (a StatefulSet's) is another pod.
-        return uid is not None and (not uid or not p.uid or uid == p.uid)
+class Enrolled(stat_answer.Enrolled):
+    def pod(self, p: PodInfo) -> bool:
+        return self((p.key.namespace, p.key.name, p.uid))
 
 
 def _running(pods: Iterable[PodInfo]) -> list[PodInfo]:
@@ -127,11 +115,14 @@ class PublicService(pb_grpc.PublicServicer):
         gate: Gate,
         peers: Callable[[], Iterable[Peer]] = tuple,
         peer_port: int = 8085,
-        stat_cache: StatCache[pb.StatResponse] | None = None,
+        stat_cache: StatCache[pb.StatResponse | bytes] | None = None,
     ) -> None:
         # Stat answers kept and refreshed while asked (controlplane.stat_cache: at most 2 s
         # old); None: each call builds its answer.
         self.stat_cache = stat_cache
+        self._groups_held: dict[tuple[str, str], tuple[int, stat_answer.Groups]] = {}
+        # Set by add_to_server, whose Stat serializer sends an encoded answer as it is.
+        self.sends_encoded_stat = False
         # Other replicas of the control plane (controlplane.peers): a tap reaches their agents.
         self.peers = peers
         self.peer_port = peer_port
@@ -144,7 +135,8 @@ class PublicService(pb_grpc.PublicServicer):
 
     async def Stat(  # noqa: N802
         self, request: pb.StatRequest, context: grpc.aio.ServicerContext
-    ) -> pb.StatResponse:
+    ) -> pb.StatResponse | bytes:
+        """The answer, or it encoded (by the telemetry worker: `_Registering` sends it as is)."""
         try:
             kind = resources.canonical_kind(request.resource.kind)
             window = window_of(request.window_seconds)
@@ -162,7 +154,7 @@ class PublicService(pb_grpc.PublicServicer):
         telemetry = self._telemetry(context)
         name = request.resource.name
 
-        def build() -> Awaitable[pb.StatResponse]:
+        def build() -> Awaitable[pb.StatResponse | bytes]:
             return self._stat(telemetry, kind, namespace, name, source, destination, window)
 
         try:
@@ -186,8 +178,19 @@ class PublicService(pb_grpc.PublicServicer):
         source: Selector | None,
         destination: Selector | None,
         window: int,
-    ) -> pb.StatResponse:
-        # Both questions at once: the telemetry worker answers them one after the other.
+    ) -> pb.StatResponse | bytes:
+        """The answer (controlplane.stat_answer): encoded by the telemetry worker when the
+        store is there, else built here, on the loop, giving it back every STAT_TURN_SECONDS."""
+        groups = self._groups_of(kind, namespace)
+        if isinstance(telemetry, WorkerTelemetry):
+            raw = await telemetry.stat_answer(
+                group_by=kind, namespace=namespace, name=name, source=source,
+                destination=destination, window_s=window, groups=groups,
+            )  # fmt: skip
+            # Sent as is where registered by add_to_server; decoded (by protobuf's C code, a
+            # few milliseconds for 10,000 rows) for a server that encodes answers itself.
+            return raw if self.sends_encoded_stat else pb.StatResponse.FromString(raw)
+        # Both questions at once: a store answers them one after the other.
         enrolled = asyncio.ensure_future(_answer(telemetry.enrolled_pods()))
         try:
             found = await _answer(
@@ -202,24 +205,13 @@ class PublicService(pb_grpc.PublicServicer):
         except BaseException:
             enrolled.cancel()
             raise
-        meshed = Enrolled(await enrolled)
-        groups = self._groups(kind, namespace)
-        traffic = {(g.namespace, g.name): g for g in found}
         answer = pb.StatResponse(window_seconds=window)
-        add = answer.rows.add  # a row made in place: no copy of 10,000 messages at the end
-        n = 0
         turn = time.monotonic()
-        for key in sorted(groups.keys() | traffic.keys()):
-            if name and key[1] != name:
-                continue
-            if namespace and key[0] and key[0] != namespace:
-                continue
-            pods = _running(groups.get(key, ()))
-            add(resource={"kind": kind, "namespace": key[0], "name": key[1]},
-                meshed_pods=sum(map(meshed, pods)), total_pods=len(pods),
-                **_traffic_fields(traffic.get(key), window))  # fmt: skip
-            n += 1
-            if n % STAT_ROWS_PER_CHECK == 0 and time.monotonic() - turn > STAT_TURN_SECONDS:
+        for _ in stat_answer.rows_into(
+            answer, kind=kind, namespace=namespace, name=name, window=window, groups=groups,
+            traffic=found, enrolled=await enrolled,
+        ):  # fmt: skip
+            if time.monotonic() - turn > STAT_TURN_SECONDS:
                 # Let the agents' streams run. By time, not every 1,000 rows: on a loaded loop
                 # each turn given back waits behind every stream ready then (a kept answer,
                 # no build at all, took up to 5.9 s at 500 agents), and a cold Stat of 10,000
@@ -227,6 +219,19 @@ class PublicService(pb_grpc.PublicServicer):
                 await asyncio.sleep(0)
                 turn = time.monotonic()
         return answer
+
+    def _groups_of(self, kind: str, namespace: str) -> stat_answer.Groups:
+        """The index's side of a Stat (controlplane.stat_answer.groups_of), kept while no
+        object changed in the index (a pass over 10,000 pods, once per build otherwise)."""
+        key = (kind, namespace)
+        held = self._groups_held.get(key)
+        if held is not None and held[0] == self.index.applied:
+            return held[1]
+        groups = stat_answer.groups_of(self.index, kind, namespace)
+        if len(self._groups_held) >= 16:
+            self._groups_held.pop(next(iter(self._groups_held)))
+        self._groups_held[key] = (self.index.applied, groups)
+        return groups
 
     def _telemetry(self, context: grpc.aio.ServicerContext) -> Telemetry:
         """With --prometheus-url, a caller may ask the embedded store instead (metadata
@@ -238,46 +243,6 @@ class PublicService(pb_grpc.PublicServicer):
         ):
             return t.reports
         return t
-
-    def _groups(self, kind: str, namespace: str) -> dict[Group, list[PodInfo]]:
-        """Every resource of `kind` the index knows, with its pods (one pass over the pods)."""
-        groups: dict[Group, list[PodInfo]] = defaultdict(list)
-        idx = self.index
-        if kind == "namespace":
-            for ns in idx.namespaces():
-                groups[("", ns)]
-            for p in idx.pods.values():
-                groups[("", p.key.namespace)].append(p)
-            return groups
-        if kind == "node":
-            for node in idx.nodes:
-                groups[("", node)]
-            for p in idx.pods.values():
-                if p.node:
-                    groups[("", p.node)].append(p)
-            return groups
-        if kind == "service":
-            for key, svc in idx.services.items():
-                if namespace and key.namespace != namespace:
-                    continue
-                groups[(key.namespace, key.name)] = [
-                    idx.pods[e.pod]
-                    for e in svc.endpoints
-                    if e.pod is not None and e.pod in idx.pods
-                ]
-            return groups
-        for ref in idx.workloads:
-            if kind == "deployment" and ref.kind == "Deployment":
-                if not namespace or ref.namespace == namespace:
-                    groups[(ref.namespace, ref.name)]
-        for p in idx.pods.values():
-            if namespace and p.key.namespace != namespace:
-                continue
-            if kind == "pod":
-                groups[(p.key.namespace, p.key.name)].append(p)
-            elif p.workload.kind == "Deployment":
-                groups[(p.key.namespace, p.workload.name)].append(p)
-        return groups
 
     async def Edges(  # noqa: N802
         self, request: pb.EdgesRequest, context: grpc.aio.ServicerContext
@@ -467,7 +432,7 @@ class PublicService(pb_grpc.PublicServicer):
                     identities=list(wl.identities),
                     pods=len(pods),
                     ready_pods=sum(p.ready for p in pods),
-                    meshed_pods=sum(map(meshed, pods)),
+                    meshed_pods=sum(map(meshed.pod, pods)),
                     nodes=sorted({p.node for p in pods if p.node}),
                     mesh_errors=sorted({e for p in pods for e in p.mesh.errors}),
                 )
@@ -498,7 +463,7 @@ class PublicService(pb_grpc.PublicServicer):
                     pod_cidr=info.pod_cidr if info else "",
                     ready=info.ready if info else False,
                     pods=len(pods),
-                    meshed_pods=sum(map(meshed, pods)),
+                    meshed_pods=sum(map(meshed.pod, pods)),
                     agent_connected=name in connected or name in reporting,
                     agent_version=connected.get(name) or (agent.version if agent else ""),
                     last_report_unix_ms=agent.last_report_unix_ms if agent else 0,
@@ -541,49 +506,26 @@ class _Registering:
         handlers["Stat"] = grpc.unary_unary_rpc_method_handler(
             stat.unary_unary,
             request_deserializer=stat.request_deserializer,
-            response_serializer=self.encoding,
+            response_serializer=self._encode,
         )
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(service, handlers),)
         )
         self.server.add_registered_method_handlers(service, handlers)
 
+    def _encode(self, answer: pb.StatResponse | bytes) -> bytes:
+        # Encoded already by the telemetry worker (controlplane.stat_answer).
+        return answer if isinstance(answer, bytes) else self.encoding(answer)
+
 
 def add_to_server(service: PublicService, server: grpc.aio.Server) -> SharedEncoding:
     """Register `service` as pb_grpc.add_PublicServicer_to_server does, with Stat's answers
     encoded once per kept answer (a cached answer of 10,000 rows is ~1 MB to encode)."""
     encoding = SharedEncoding(size=8)
+    service.sends_encoded_stat = True
     pb_grpc.add_PublicServicer_to_server(service, _Registering(server, encoding))
     return encoding
 
 
 def _tap_ref(res: pb.Resource) -> tap_pb2.ResourceRef:
     return tap_pb2.ResourceRef(kind=res.kind, namespace=res.namespace or "default", name=res.name)
-
-
-_NO_TRAFFIC: dict[str, Any] = {}
-_QUANTILE_FIELDS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
-
-
-def _traffic_fields(g: StatRow | None, window: int) -> dict[str, Any]:
-    """A Stat row's traffic fields (routes_api.golden_into's, as keywords: one message built
-    with all its fields at once costs a third of setting them one by one, 10,000 rows a Stat)."""
-    if g is None:
-        return _NO_TRAFFIC
-    covered = g.window_s or window
-    requests = g.success + g.failure
-    out: dict[str, Any] = {
-        "requests": requests,
-        "rps": requests / covered,
-        "covered_seconds": covered,
-        "tcp_open_connections": g.tcp_open_connections,
-        "tcp_read_bytes": g.read_bytes,
-        "tcp_write_bytes": g.write_bytes,
-        "authz_denied": g.authz_denied,
-    }
-    if requests:
-        out["success_rate"] = g.success / requests
-    for field, value in zip(_QUANTILE_FIELDS, g.latencies_ms(0.5, 0.95, 0.99), strict=True):
-        if value is not None:
-            out[field] = value
-    return out

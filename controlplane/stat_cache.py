@@ -1,9 +1,9 @@
 """Stat answers kept and rebuilt in the background while someone asks for them.
 
-A Stat over 10,000 pods costs ~0.3-0.5 s of work (the store's query and three quantiles a row in
-the telemetry worker, then a protobuf row per resource joined with the index on the loop): a
-caller who waits for all of it, with the loop also serving 500 agents, waits ~1 s at the 99th
-percentile (bench/results/controlplane-scale.md). Here each distinct question (`key`) keeps its
+A Stat over 10,000 pods costs ~0.2-0.3 s of work (the store's query, three quantiles and a
+protobuf row a resource, all in the telemetry worker since the seventh round: controlplane.
+stat_answer): a caller who waits for all of it waits that long and more on a busy machine
+(bench/results/controlplane-scale.md). Here each distinct question (`key`) keeps its
 last answer, and the answer is rebuilt once a second, in the background, for as long as the
 question was asked within `keep_s`; a caller gets the held answer at once.
 

@@ -39,6 +39,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from controlplane import telemetry_child as child
 from controlplane.agent_auth import calling_agent
 from controlplane.index import ClusterIndex
+from controlplane.stat_answer import Groups as StatGroups
 from controlplane.telemetry.service import TelemetryService
 from controlplane.telemetry_port import AgentState, EdgeStats, RouteRow, Selector, StatRow
 from nodemesh import tasks
@@ -248,6 +249,25 @@ class WorkerTelemetry:
             window_s=window_s,
         )
         return [_unflat(t) for t in rows]
+
+    async def stat_answer(
+        self,
+        *,
+        group_by: str,
+        namespace: str,
+        name: str,
+        source: Selector | None,
+        destination: Selector | None,
+        window_s: int,
+        groups: StatGroups,
+    ) -> bytes:
+        """The whole Stat answer, built and encoded in the worker (controlplane.stat_answer)."""
+        kwargs = {
+            "group_by": group_by, "namespace": namespace, "source": source,
+            "destination": destination, "window_s": window_s,
+        }  # fmt: skip
+        raw: bytes = await self.worker.call(child.stat_answer, kwargs, name, groups)
+        return raw
 
     async def edges(self, *, kind: str, namespace: str, window_s: int) -> list[EdgeStats]:
         found: list[EdgeStats] = await self.worker.query(

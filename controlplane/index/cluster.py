@@ -47,6 +47,9 @@ class ClusterIndex:
     def __init__(self, *, trust_domain: str = "cluster.local") -> None:
         self.trust_domain = trust_domain
         self.revision = 0
+        # Objects applied, whether or not they changed what the agents are sent (`revision`):
+        # anything read from the index may have changed when this did.
+        self.applied = 0
         self.bad_objects = 0
         self._synced: set[str] = set()
         self._stale: dict[str, float] = {}  # kind -> Unix time since when it is not followed
@@ -123,6 +126,7 @@ class ClusterIndex:
             return []
         if event.kind not in self._raw:
             return []
+        self.applied += 1
         if event.kind == authz.KIND:
             changes = self._apply_policy(event)
             INDEX_OBJECTS.labels(event.kind).set(len(self.policies))

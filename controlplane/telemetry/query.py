@@ -246,6 +246,16 @@ def _from_groups(
     return rows
 
 
+def prepare_stat(store: TelemetryStore, of_kinds: Iterable[str], window_s: float) -> None:
+    """Sum the complete buckets a plain `stat(kind, window_s=window_s, include_current=True)`
+    reads now, for each of `of_kinds`, as its first call would (`_sealed_sums`): kept until a
+    bucket changes."""
+    first, last, _ = _window(store, window_s, include_current=True)
+    current = store.bucket_start(store.clock())
+    for kind in of_kinds:
+        _sealed_sums(store, kinds.canonical(kind), first, min(current, last))
+
+
 def _sealed_sums(
     store: TelemetryStore, kind: str, first: int, last: int
 ) -> dict[tuple[str, str], StatRow]:
