@@ -1,5 +1,5 @@
 # Benchmarks (root; a two-node lab is brought up and taken down by the run itself).
-#   make bench        the full run, about 12 minutes; results to bench/results/
+#   make bench        the full run, about 15 minutes; results to bench/results/
 #   make bench-smoke  seconds of tiny rates: checks the harness; results to $(SMOKE_OUT)
 
 PYTHON ?= .venv/bin/python

@@ -17,7 +17,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -52,6 +52,7 @@ from nodemesh.model import MeshedPod, PodKey
 from nodemesh.routing import codec as route_codec
 
 log = logging.getLogger(__name__)
+V = TypeVar("V")
 
 _OVERFLOWED = object()
 # Parts of a snapshot, so one message stays far below gRPC's default 4 MiB receive limit.
@@ -87,9 +88,7 @@ class DestinationHub:
         # Deltas merged for streams that fell behind, by the queued updates they merge: the
         # streams behind by the same deltas (every agent without pods in them) share one merge,
         # and through it one encoding.
-        self._merged: OrderedDict[tuple[int, ...], tuple[tuple[pb.Update, ...], pb.Update]] = (
-            OrderedDict()
-        )
+        self._merged: ByIdentity[pb.Update] = ByIdentity(MERGED_KEPT)
         self.merged = 0
         # The authorization policies each node's agents were last given (compiled for it).
         self.authz_sent: dict[str, dict[authz.PolicyKey, authz.Policy]] = {}
@@ -272,16 +271,12 @@ class DestinationHub:
             held.append(item)
         updates = tuple(u for u in held if isinstance(u, pb.Update))
         DESTINATION_MERGED.inc(len(updates) - 1)
-        ids = tuple(map(id, updates))
-        kept = self._merged.get(ids)
-        if kept is not None and all(a is b for a, b in zip(kept[0], updates, strict=True)):
-            self._merged.move_to_end(ids)
-            return kept[1]
+        kept = self._merged.get(updates)
+        if kept is not None:
+            return kept
         update = merge_deltas(updates)
         self.merged += 1
-        self._merged[ids] = (updates, update)
-        if len(self._merged) > MERGED_KEPT:
-            self._merged.popitem(last=False)
+        self._merged.put(updates, update)
         return update
 
     def _overflow(self, sub: Subscriber) -> None:
@@ -354,6 +349,29 @@ def _parts(
     return parts
 
 
+class ByIdentity(Generic[V]):
+    """A small LRU of values made from some objects, found by those objects' identity (not
+    equality: comparing protobuf messages costs what remaking the value would). It holds the
+    objects themselves, so an id it keys on is never reused by another object while kept."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._kept: OrderedDict[tuple[int, ...], tuple[tuple[object, ...], V]] = OrderedDict()
+
+    def get(self, objects: tuple[object, ...]) -> V | None:
+        ids = tuple(map(id, objects))
+        held = self._kept.get(ids)
+        if held is None or not all(a is b for a, b in zip(held[0], objects, strict=True)):
+            return None
+        self._kept.move_to_end(ids)
+        return held[1]
+
+    def put(self, objects: tuple[object, ...], value: V) -> None:
+        self._kept[tuple(map(id, objects))] = (objects, value)
+        if len(self._kept) > self.size:
+            self._kept.popitem(last=False)
+
+
 class SharedEncoding:
     """The stream's serializer: each Update once, however many streams send it. The hub hands
     one Update object to every agent a delta is the same for (and one per snapshot part shared
@@ -361,20 +379,17 @@ class SharedEncoding:
     too: a kept answer is encoded once, however often it is asked for.)"""
 
     def __init__(self, size: int = 64) -> None:
-        self.size = size
-        self._recent: OrderedDict[int, tuple[Message, bytes]] = OrderedDict()
+        self._recent: ByIdentity[bytes] = ByIdentity(size)
         self.encoded = self.reused = 0
 
     def __call__(self, update: Message) -> bytes:
-        held = self._recent.get(id(update))
-        if held is not None and held[0] is update:  # the object itself, not a reused id
+        raw = self._recent.get((update,))
+        if raw is not None:
             self.reused += 1
-            return held[1]
+            return raw
         raw = update.SerializeToString()
         self.encoded += 1
-        self._recent[id(update)] = (update, raw)
-        if len(self._recent) > self.size:
-            self._recent.popitem(last=False)
+        self._recent.put((update,), raw)
         return raw
 
 

@@ -22,6 +22,10 @@ class RunPlan:
     added_p99_limit_ms: float = 2.0
     grpc_rate: int = 500
     newconn_rate: int = 200
+    # The same search with a new connection per request, against its own limit (issue 17).
+    newconn_search_start: int = 100
+    newconn_search_max: int = 5000
+    newconn_added_p99_limit_ms: float = 5.0
     other_duration: float = 8.0  # gRPC and new-connection runs, per path in all (`rounds` turns)
     bulk_seconds: float = 5.0
     idle_pods: int = 100
@@ -47,6 +51,8 @@ SMOKE = RunPlan(
     search_rounds=2,
     grpc_rate=50,
     newconn_rate=20,
+    newconn_search_start=20,
+    newconn_search_max=80,
     other_duration=1.0,
     bulk_seconds=1.0,
     idle_pods=4,

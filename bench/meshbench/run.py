@@ -269,7 +269,7 @@ class Bench:
 
     # --- the search -----------------------------------------------------------------------
 
-    def _probe(self, path: str, rate: int) -> dict[str, Any]:
+    def _probe(self, path: str, rate: int, *, newconn: bool, limit_ms: float) -> dict[str, Any]:
         """One step of the search: direct and `path` in turns, the added p99 of each turn, and
         its median, so one burst of outside load cannot decide the step alone."""
         p = self.plan
@@ -278,8 +278,8 @@ class Bench:
         errors = 0
         failed = None
         for _ in range(p.search_rounds):
-            base = self.http("direct", rate, duration=duration)
-            res = self.http(path, rate, duration=duration)
+            base = self.http("direct", rate, duration=duration, newconn=newconn)
+            res = self.http(path, rate, duration=duration, newconn=newconn)
             failed = failed or res.get("failed") or base.get("failed")
             errors += res.get("errors") or 0
             lagged = [
@@ -293,23 +293,27 @@ class Bench:
                 added.append(value)
         # Fewer than two usable turns (the generator lagged) decide nothing: the step fails.
         median = statistics.median(added) if len(added) >= 2 and not failed else None
-        ok = errors == 0 and median is not None and median < p.added_p99_limit_ms
+        ok = errors == 0 and median is not None and median < limit_ms
         return {"rate": rate, "added_p99_ms": median, "rounds_added_p99_ms": added,
                 "errors": errors, "failed": failed, "ok": ok}  # fmt: skip
 
-    def search(self, path: str) -> dict[str, Any]:
+    def search(self, path: str, *, newconn: bool = False) -> dict[str, Any]:
         """Highest rate whose added p99 (over direct at the same rate) stays under the limit
-        with no errors: double until a rate fails, then bisect."""
+        with no errors: double until a rate fails, then bisect. `newconn`: a new connection
+        per request (the rate is then new connections per second), with its own limit."""
         p = self.plan
+        limit = p.newconn_added_p99_limit_ms if newconn else p.added_p99_limit_ms
+        top = p.newconn_search_max if newconn else p.search_max
         steps: list[dict[str, Any]] = []
         best: int | None = None
         worst: int | None = None
-        rate = p.search_start
+        rate = p.newconn_search_start if newconn else p.search_start
+        kind = "new connections" if newconn else "keep-alive"
         for _ in range(p.search_steps):
-            step = self._probe(path, rate)
+            step = self._probe(path, rate, newconn=newconn, limit_ms=limit)
             steps.append(step)
             ok = step["ok"]
-            log.info("search %s @%d rps: added p99 %s ms (median of %s), %s", path, rate,
+            log.info("search %s %s @%d/s: added p99 %s ms (median of %s), %s", kind, path, rate,
                      step["added_p99_ms"], step["rounds_added_p99_ms"],
                      "ok" if ok else "over")  # fmt: skip
             if ok:
@@ -323,14 +327,14 @@ class Bench:
             else:
                 nxt = (best + worst) // 2
             if (
-                nxt > p.search_max
+                nxt > top
                 or nxt in (best, worst)
                 or (best and worst and worst - best <= max(50, best // 10))
             ):
                 break
             rate = nxt
         return {"max_rate": best, "bounded_by": worst, "steps": steps,
-                "limit_added_p99_ms": p.added_p99_limit_ms}  # fmt: skip
+                "limit_added_p99_ms": limit}  # fmt: skip
 
 
 def _merge_cpu(parts: list[dict[str, Any]], *, requests: float) -> dict[str, Any]:
@@ -465,6 +469,8 @@ def run(lab: Lab, plan: RunPlan, *, workdir: Path) -> dict[str, Any]:
 
     for path in ("nodemesh", "haproxy"):
         out["paths"][path]["search"] = bench.search(path)
+    for path in ("nodemesh", "haproxy"):
+        out["paths"][path]["newconn_search"] = bench.search(path, newconn=True)
 
     log.info("agent memory with %d idle pods enrolled on %s", plan.idle_pods, CLIENT_NODE)
     idle_text = manifests.render(manifests.idle_objects(replicas=plan.idle_pods, node=CLIENT_NODE))

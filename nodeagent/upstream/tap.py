@@ -104,9 +104,16 @@ class TapClient:
             call.cancel()
 
     async def _send(self, call: grpc.aio.StreamStreamCall) -> None:
+        """Send queued events until the stream breaks. A write to a broken stream ends this task
+        quietly: the reading side sees the same end and reports it once (a control plane restart
+        is routine, not a failed task with a traceback)."""
         while True:
             event = await self.queue.get()
-            await call.write(pb.AgentTapMessage(event=event))
+            try:
+                await call.write(pb.AgentTapMessage(event=event))
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+                log.debug("tap stream broke while sending an event: %s", exc)
+                return
             self.sent += 1
             TAP_EVENTS.labels("sent").inc()
 

@@ -77,3 +77,9 @@ def test_bench_smoke_writes_results_for_all_paths(tmp_path: Path) -> None:
     assert "## L7 path: nodemesh-l7 vs haproxy-http" in (tmp_path / "latest.md").read_text()
     assert {t["target"].split(" at ")[0] for t in data["targets"]} >= {"added p50", "added p99"}
     assert data["resources"]["rss_with_idle_pods_bytes"]
+    # Both searches ran on both paths: keep-alive requests/s and new connections/s.
+    for path in ("nodemesh", "haproxy"):
+        for key in ("search", "newconn_search"):
+            assert data["paths"][path][key]["steps"], (path, key)
+    assert data["paths"]["nodemesh"]["newconn_search"]["limit_added_p99_ms"] == 5.0
+    assert any(t["target"].startswith("highest rate, new connections/s") for t in data["targets"])

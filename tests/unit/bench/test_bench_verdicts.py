@@ -109,3 +109,43 @@ def test_cpu_goals_are_ratios_to_haproxy_and_opaque_has_its_own_row() -> None:
     # A run without the opaque turns (an older JSON) cannot judge it.
     del res["paths"]["nodemesh"]["opaque"]
     assert _row(res, "agent CPU per 1000 rps vs HAProxy, opaque TCP")["met"] is None
+
+
+def _search(max_rate: int | None, bounded_by: int | None, limit: float) -> dict[str, Any]:
+    return {"max_rate": max_rate, "bounded_by": bounded_by, "steps": [],
+            "limit_added_p99_ms": limit}  # fmt: skip
+
+
+def test_highest_rates_are_ratios_to_haproxy_and_a_ceiling_never_reads_met() -> None:
+    # Issue 17: the highest keep-alive rate (added p99 < 2 ms) and the highest rate of new
+    # connections per second (added p99 < 5 ms), each >= 0.5x the HAProxy pair's.
+    res = _res([QUIET] * 4, [QUIET] * 4, [QUIET] * 4)
+    keep = "highest rate, keep-alive requests/s with added p99 < 2 ms"
+    new = "highest rate, new connections/s with added p99 < 5 ms"
+    # A run from before these searches has no such rows.
+    assert not [t for t in report.targets(res) if t["target"] in (keep, new)]
+    m, h = res["paths"]["nodemesh"], res["paths"]["haproxy"]
+    m["search"], h["search"] = _search(1250, 1375, 2.0), _search(7000, 7500, 2.0)
+    m["newconn_search"], h["newconn_search"] = _search(400, 800, 5.0), _search(700, 800, 5.0)
+    row = _row(res, keep)
+    assert (row["value"], row["haproxy"], row["vs_haproxy"], row["met"]) == (
+        1250,
+        7000,
+        0.179,
+        False,
+    )
+    row = _row(res, new)
+    assert (row["vs_haproxy"], row["met"]) == (0.571, True), row
+    # HAProxy never failed up to the plan's ceiling: its rate is a lower bound, the ratio an
+    # upper bound, so "met" cannot be read from it (a ratio under the goal is still "no").
+    h["newconn_search"] = _search(700, None, 5.0)
+    row = _row(res, new)
+    assert row["met"] is None and "ceiling" in row["why"], row
+    m["newconn_search"] = _search(200, 400, 5.0)
+    assert _row(res, new)["met"] is False
+    # nodemesh passed at no rate at all where HAProxy passed: not met; neither passed: invalid.
+    m["newconn_search"], h["newconn_search"] = _search(None, 10, 5.0), _search(700, 800, 5.0)
+    assert _row(res, new)["met"] is False
+    h["newconn_search"] = _search(None, 10, 5.0)
+    row = _row(res, new)
+    assert row["met"] is None and "no rate passed" in row["why"], row
