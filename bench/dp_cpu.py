@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -194,6 +195,46 @@ def profile(
             p.wait(timeout=seconds + 60)
 
 
+_RUN = re.compile(r"round (\d+) (\S+)\s+(\w+)\s+([\d.]+) us/req")
+
+
+def combine(files: list[Path]) -> list[str]:
+    """Several reports' valid runs as one table: per port, each variant's median (min-max) and
+    the difference to the first --variant's run of the same round (tree - other)."""
+    runs: dict[tuple[str, int, str], dict[str, float]] = {}
+    for f in files:
+        for line in f.read_text().splitlines():
+            m = _RUN.match(line)
+            if m and "INVALID" not in line:
+                runs.setdefault((str(f), int(m[1]), m[3]), {})[m[2]] = float(m[4])
+    names = sorted({n for v in runs.values() for n in v} - {"tree"})
+    out = [
+        "| port | variant | median (min-max) us | tree - variant, same round: median (min-max) "
+        "| rounds |",
+        "|---|---|---|---|---|",
+    ]
+    for port in PORTS:
+        for name in ["tree", *names]:
+            got = [v[name] for k, v in runs.items() if k[2] == port and name in v]
+            if not got:
+                continue
+            diff = [
+                v["tree"] - v[name]
+                for k, v in runs.items()
+                if k[2] == port and name in v and "tree" in v and name != "tree"
+            ]
+            spread = (
+                f"{statistics.median(diff):+.0f} ({min(diff):+.0f}..{max(diff):+.0f})"
+                if diff
+                else "-"
+            )
+            out.append(
+                f"| {port} | {name} | {statistics.median(got):.0f} ({min(got):.0f}-"
+                f"{max(got):.0f}) | {spread} | {len(got)} |"
+            )
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lab", help="a running lab to use (left up)")
@@ -203,7 +244,17 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=[], metavar="NAME=GITREF")
     p.add_argument("--out", type=Path, help="also write the report here")
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy recordings here")
+    p.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="REPORT",
+        help="only print the valid runs of these reports (--out files) as one table",
+    )
     args = p.parse_args()
+    if args.combine:
+        print("\n".join(combine(args.combine)))
+        return
     if os.geteuid() != 0:
         sys.exit("dp_cpu: run as root (it builds a lab)")
     variants: dict[str, Path | None] = {"tree": None}
