@@ -49,6 +49,18 @@ class Classification:
         return self.outcome is Outcome.SUCCESS
 
 
+def outcome_label(
+    status: int | None, *, grpc_status: int | None = None, stream_failed: bool = False
+) -> str:
+    """`classify(...).outcome.value` with Linkerd's default gRPC failure codes, without making
+    a Classification: the data plane labels every request it observes with it."""
+    if stream_failed or status is None:
+        return "failure"
+    if grpc_status is not None:
+        return "failure" if grpc_status in GRPC_LINKERD_FAILURES else "success"
+    return "failure" if 500 <= status <= 599 else "success"
+
+
 def classify(
     status: int | None,
     *,

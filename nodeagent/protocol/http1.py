@@ -374,7 +374,7 @@ class Http1Observer:
             raise Http1Error("observer is closed")
         self.out = []
         try:
-            feed(bytes(data))
+            feed(data if type(data) is bytes else bytes(data))
         except Http1Error as exc:
             self.failed = exc
             raise Http1Error(exc.reason, events=self.out) from None

@@ -219,8 +219,12 @@ class Relay:
             if reply:
                 self._write_down(reply)
         if data:
-            if self.tap is not None:
-                self._tap_call(self.tap.client, data)
+            tap = self.tap
+            if tap is not None:
+                try:
+                    tap.client(data)
+                except Exception:
+                    self._tap_failed()
             self.up.transport.write(data)
         if close:
             self._close_both()
@@ -240,8 +244,12 @@ class Relay:
                 self._close_both()
             return
         self.stats.write.inc(len(data))
-        if self.tap is not None:
-            self._tap_call(self.tap.server, data)
+        tap = self.tap
+        if tap is not None:
+            try:
+                tap.server(data)
+            except Exception:
+                self._tap_failed()
         assert self.down.transport is not None
         self.down.transport.write(data)
 
@@ -249,9 +257,12 @@ class Relay:
         try:
             fn(data)
         except Exception:
-            # Observation must never cost the connection: stop watching, keep relaying.
-            log.exception("connection tap failed; relaying the rest unobserved")
-            self.tap = None
+            self._tap_failed()
+
+    def _tap_failed(self) -> None:
+        # Observation must never cost the connection: stop watching, keep relaying.
+        log.exception("connection tap failed; relaying the rest unobserved")
+        self.tap = None
 
     def eof_from(self, half: _Half) -> None:
         self._wake()

@@ -35,7 +35,7 @@ from nodeagent.observe.metrics import (
 from nodeagent.protocol import detect
 from nodeagent.protocol import http1_events as h1
 from nodeagent.protocol import http2_events as h2
-from nodeagent.protocol.classify import classify
+from nodeagent.protocol.classify import outcome_label
 from nodeagent.protocol.errors import ProtocolError
 from nodeagent.protocol.http1 import Http1Observer
 from nodeagent.protocol.http2 import Http2Observer
@@ -381,7 +381,6 @@ class ConnectionTap:
         req = self.requests.pop(key, None)
         if req is None:
             return
-        verdict = classify(req.status, grpc_status=grpc_status, stream_failed=reset)
         self.sink.request(
             RequestObserved(
                 req_id=req.req_id,
@@ -396,7 +395,9 @@ class ConnectionTap:
                 path=req.path,
                 status=req.status,
                 grpc_status=grpc_status,
-                classification=verdict.outcome.value,
+                classification=outcome_label(
+                    req.status, grpc_status=grpc_status, stream_failed=reset
+                ),
                 reset=reset,
                 latency_first_byte_s=req.first_byte,
                 latency_s=time.monotonic() - req.started,

@@ -354,11 +354,15 @@ class MuxSession(asyncio.Protocol):
         self.unacked = 0
         self.opened = 0  # streams ever opened (metrics, tests)
         self.last_read = 0.0
+        # The loop, looked up once (start()): on CPython 3.11 every asyncio.get_running_loop()
+        # is a getpid() system call, and a chatty connection asked for it twice per exchange.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- set-up ---------------------------------------------------------------------------
 
     def start(self, transport: Any, early: bytes = b"") -> None:
         """Take over `transport` (TLS app side, handshake done) and send our preface."""
+        self.loop = asyncio.get_running_loop()
         self.transport = transport
         keep_alive(transport.get_extra_info("socket"))
         self.ssl_object = transport.get_extra_info("ssl_object")
@@ -413,7 +417,10 @@ class MuxSession(asyncio.Protocol):
         # soon as they are whole, a frame split over records once its last part came.
         self._inbound.append(data)
         self._inbound_size += len(data)
-        self.last_read = asyncio.get_running_loop().time()
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
+        self.last_read = loop.time()
         if self._inbound_size >= self._need:
             self._receive()
 
@@ -843,7 +850,10 @@ class MuxSession(asyncio.Protocol):
             self._out.append(data)
         if self._out and not self._writing and self.transport is not None and not self.closed:
             self._writing = True
-            asyncio.get_running_loop().call_soon(self._write_out)
+            loop = self.loop
+            if loop is None:
+                loop = self.loop = asyncio.get_running_loop()
+            loop.call_soon(self._write_out)
 
     def _write_out(self) -> None:
         self._writing = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodeagent.protocol.classify import GRPC_NONZERO_FAILS, Outcome, classify
+from nodeagent.protocol.classify import GRPC_NONZERO_FAILS, Outcome, classify, outcome_label
 
 
 @pytest.mark.parametrize(
@@ -52,3 +52,13 @@ def test_reset_and_missing_response_fail() -> None:
     assert not classify(200, stream_failed=True).success
     missing = classify(None)
     assert (missing.outcome, missing.basis) == (Outcome.FAILURE, "no-response")
+
+
+def test_the_data_planes_label_agrees_with_classify_everywhere() -> None:
+    """outcome_label (what every observed request is labelled with) is classify's outcome."""
+    for status in (None, 100, 101, 200, 204, 301, 404, 499, 500, 503, 599, 600):
+        for grpc_status in (None, *range(17)):
+            for failed in (False, True):
+                want = classify(status, grpc_status=grpc_status, stream_failed=failed)
+                got = outcome_label(status, grpc_status=grpc_status, stream_failed=failed)
+                assert got == want.outcome.value, (status, grpc_status, failed)

@@ -266,3 +266,36 @@ async def test_a_stream_opened_as_the_peer_starts_draining_is_refused_not_cut() 
     assert client.going_away  # the source agent opens nothing more on it
     await settle()
     assert to_client.closed and to_server.closed  # and the connection ends, from both ends
+
+
+async def test_request_and_answer_over_a_stream_look_up_no_loop(monkeypatch: Any) -> None:
+    """On CPython 3.11 each asyncio.get_running_loop() is a getpid() system call: the session
+    used to ask for the loop for every record it read and every write it queued (about one
+    extra syscall per request in each agent under keep-alive load). It keeps the loop now."""
+    import sys
+
+    import nodeagent.proxy.mux as mux_module
+
+    server_app = App()
+    client, server, *_ = await _pair([server_app])
+    app = App()
+    stream = client.open_stream(app, ("10.244.2.7", 80))
+    await settle()
+    lookups = 0
+    real = asyncio.get_running_loop
+
+    def counting() -> asyncio.AbstractEventLoop:
+        nonlocal lookups
+        if sys._getframe(1).f_code.co_filename == mux_module.__file__:
+            lookups += 1
+        return real()
+
+    monkeypatch.setattr(asyncio, "get_running_loop", counting)
+    for i in range(50):
+        stream.write(b"GET /%d HTTP/1.1\r\n\r\n" % i)
+        await settle(4)
+        server_app.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await settle(4)
+    monkeypatch.setattr(asyncio, "get_running_loop", real)
+    assert app.got.count(b"200 OK") == 50 and server_app.got.count(b"GET /") == 50
+    assert lookups == 0
