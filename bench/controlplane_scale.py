@@ -942,8 +942,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"{fmt(ch['max'], 's')} over {r['changes_written']} changes "
         f"({r['changes_incomplete']} not seen by every agent); to the first agent p50 "
         f"{fmt(r['change_to_first_agent_s']['p50'], 's')} (includes the local source's 0.2 s poll)"
-        + (f"; Stat pod asked every {p['stat_during_churn']} s meanwhile"
-           if p.get("stat_during_churn") else ""),
+        + (
+            f"; Stat pod asked every {p['stat_during_churn']} s meanwhile"
+            if p.get("stat_during_churn")
+            else ""
+        ),
         f"- main process CPU per pod change (churn phase minus telemetry phase): "
         f"{r.get('churn_main_cpu_ms_per_change')} ms; deltas received by the agents "
         f"{r['deltas_received']}, merged into a later one for a stream behind "
@@ -1008,11 +1011,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=4, help="processes running simulated agents")
     ap.add_argument("--stat-calls", type=int, default=20, help="per kind (pod, deploy)")
     ap.add_argument(
-        "--no-telemetry", action="store_true",
+        "--no-telemetry",
+        action="store_true",
         help="agents send no reports (the churn and Stat without ingest)",
     )
     ap.add_argument(
-        "--telemetry-worker", choices=("process", "thread", "inline"), default="process",
+        "--telemetry-worker",
+        choices=("process", "thread", "inline"),
+        default="process",
         help="the control plane's --telemetry-worker (where reports and the store are handled)",
     )
     ap.add_argument(

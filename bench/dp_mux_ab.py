@@ -167,8 +167,12 @@ def main() -> None:
     ap.add_argument("--label", default="run")
     ap.add_argument("--out", default="")
     ap.add_argument("--mux-variant", default="", help="NAME=FILE: a mode with that mux.py")
-    ap.add_argument("--variant-of", default="", help="the file a variant replaces (default: "
-                    "nodeagent/proxy/mux.py), e.g. nodeagent/proxy/tlslayer.py")
+    ap.add_argument(
+        "--variant-of",
+        default="",
+        help="the file a variant replaces (default: "
+        "nodeagent/proxy/mux.py), e.g. nodeagent/proxy/tlslayer.py",
+    )
     ap.add_argument("--tools", default="iperf,redis", help="iperf, redis (redis and h2load)")
     args = ap.parse_args()
     tools = set(args.tools.split(","))

@@ -67,7 +67,9 @@ spec:
 
 def manifests() -> str:
     py = sys.executable
-    return client_manifest(NS) + f"""---
+    return (
+        client_manifest(NS)
+        + f"""---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: server, namespace: {NS}}}
@@ -101,6 +103,7 @@ spec:
     timeouts: {{request: 5s}}
     retry: {{codes: [503], attempts: 2}}
 """
+    )
 
 
 def hey(lab: str, svc: str, n: int, c: int) -> str:
@@ -187,6 +190,7 @@ def rates(args: argparse.Namespace) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for (kind, svc), rs in rows.items():
+
         def med(key: str, rs: list[dict] = rs) -> str:
             vals = [r[key] for r in rs]
             return f"{statistics.median(vals):.3g} ({min(vals):.3g}-{max(vals):.3g})"

@@ -23,7 +23,9 @@ TIMEOUT_MS = 200
 
 def manifests() -> str:
     py = sys.executable
-    return client_manifest(NS) + f"""---
+    return (
+        client_manifest(NS)
+        + f"""---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: slow, namespace: {NS}}}
@@ -51,6 +53,7 @@ spec:
   - backendRefs: [{{name: slow, port: 80}}]
     timeouts: {{request: {TIMEOUT_MS}ms}}
 """
+    )
 
 
 def main() -> None:

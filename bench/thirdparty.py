@@ -213,8 +213,9 @@ def main() -> int:
     )  # fmt: skip
     res: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"],
-                                 capture_output=True, text=True).stdout.strip(),  # fmt: skip
+        "commit": subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),  # fmt: skip
         "machine": f"{os.cpu_count()} x {cpu}",
         "load_start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }

@@ -55,9 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--http-addr", type=_addr, default=("0.0.0.0", ports.INGRESS_HTTP))
     p.add_argument("--https-addr", type=_addr, default=("0.0.0.0", ports.INGRESS_HTTPS))
     p.add_argument("--admin-addr", type=_addr, default=("0.0.0.0", ports.INGRESS_ADMIN))
-    p.add_argument("--shutdown-grace-seconds", type=float, default=5.0,
-                   help="on SIGTERM: keep serving (not ready, closing each kept-alive "
-                   "connection after its answer) this long, while load balancers stop sending")
+    p.add_argument(
+        "--shutdown-grace-seconds",
+        type=float,
+        default=5.0,
+        help="on SIGTERM: keep serving (not ready, closing each kept-alive "
+        "connection after its answer) this long, while load balancers stop sending",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = p.parse_args(argv)
     if args.source == "lab" and args.state_dir is None:

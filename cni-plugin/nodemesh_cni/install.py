@@ -263,9 +263,7 @@ def _mentions_plugin(path: Path) -> bool:
         return False
 
 
-def install_binary(
-    source: Path | bytes, *, bin_dir: Path, name: str = BINARY_NAME
-) -> bool:
+def install_binary(source: Path | bytes, *, bin_dir: Path, name: str = BINARY_NAME) -> bool:
     """Copy the plugin executable into the CNI bin dir atomically; False when already identical."""
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     target = Path(bin_dir) / name

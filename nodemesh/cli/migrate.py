@@ -157,14 +157,35 @@ def _sampler(target: TargetOptions) -> Iterator[runner.Sampler]:
 
 @migrate.command()
 @click.argument("step", type=click.Choice(planning.STEP_IDS))
-@click.option("--watch", "watch_s", type=click.FloatRange(0, 3600), default=60.0,
-              show_default=True, help="Seconds to watch success rates once rolled out.")
-@click.option("--rollout-timeout", type=click.FloatRange(1, 3600), default=300.0,
-              show_default=True, help="Roll back when the step has not rolled out by then.")
-@click.option("--tolerance", type=click.FloatRange(0, 1), default=watch.DEFAULT_TOLERANCE,
-              show_default=True, help="A success-rate drop smaller than this is not a drop.")
-@click.option("--min-requests", type=click.IntRange(1), default=watch.DEFAULT_MIN_REQUESTS,
-              show_default=True, help="Judge only workloads with this many requests.")
+@click.option(
+    "--watch",
+    "watch_s",
+    type=click.FloatRange(0, 3600),
+    default=60.0,
+    show_default=True,
+    help="Seconds to watch success rates once rolled out.",
+)
+@click.option(
+    "--rollout-timeout",
+    type=click.FloatRange(1, 3600),
+    default=300.0,
+    show_default=True,
+    help="Roll back when the step has not rolled out by then.",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(0, 1),
+    default=watch.DEFAULT_TOLERANCE,
+    show_default=True,
+    help="A success-rate drop smaller than this is not a drop.",
+)
+@click.option(
+    "--min-requests",
+    type=click.IntRange(1),
+    default=watch.DEFAULT_MIN_REQUESTS,
+    show_default=True,
+    help="Judge only workloads with this many requests.",
+)
 @click.option("--force", is_flag=True, help="remove-router: even while apps still use it.")
 @click.option("--keep-service", is_flag=True,
               help="remove-router: keep the router's Service, served by the node agents "

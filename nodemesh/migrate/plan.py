@@ -160,8 +160,14 @@ def mesh_ingress(survey: Survey, now: str) -> Step:
             _template_annotations(after)[SKIP_INBOUND] = _ports_text(skip)
         listeners = f" (its listeners {_ports_text(ports)} skipped)" if ports else ""
         step.changes.append(
-            Change(ref.kind, ref.namespace, ref.name, clean(obj), after,
-                   f"restart {ref} into the mesh{listeners}")  # fmt: skip
+            Change(
+                ref.kind,
+                ref.namespace,
+                ref.name,
+                clean(obj),
+                after,
+                f"restart {ref} into the mesh{listeners}",
+            )  # fmt: skip
         )
     if not step.changes:
         step.state = DONE
@@ -186,8 +192,14 @@ def mesh_namespaces(survey: Survey, now: str) -> Step:
         for ref in state.to_restart:
             obj = survey.objects[_key(ref)]
             step.changes.append(
-                Change(ref.kind, ref.namespace, ref.name, clean(obj), _restarted(obj, now),
-                       f"restart {ref} into the mesh")  # fmt: skip
+                Change(
+                    ref.kind,
+                    ref.namespace,
+                    ref.name,
+                    clean(obj),
+                    _restarted(obj, now),
+                    f"restart {ref} into the mesh",
+                )  # fmt: skip
             )
     if not step.changes:
         step.state, step.why = DONE, "every namespace with workloads is meshed"
@@ -234,9 +246,15 @@ def leave_router(survey: Survey) -> Step:
                         e["value"] = dest
                 said.append(f"{use.env}={dest}")
         step.changes.append(
-            Change(ref.kind, ref.namespace, ref.name, clean(obj), after,
-                   f"{ref}: {', '.join(said)} (its calls go straight to the Services, "
-                   "captured by the mesh)")  # fmt: skip
+            Change(
+                ref.kind,
+                ref.namespace,
+                ref.name,
+                clean(obj),
+                after,
+                f"{ref}: {', '.join(said)} (its calls go straight to the Services, "
+                "captured by the mesh)",
+            )  # fmt: skip
         )
     if missing:
         step.state, step.why, step.changes = BLOCKED, "; ".join(missing), []
@@ -286,9 +304,15 @@ def edge(survey: Survey) -> Step:
                            + str(e).split(": ", 1)[1])  # fmt: skip
             continue
         step.changes.append(
-            Change("Ingress", ns, copy_name, None, after,
-                   f"ingress/{copy_name} -n {ns}: a copy of ingress/{name} for nodemesh-ingress "
-                   "(the old controller keeps serving ingress/" + name + ")")  # fmt: skip
+            Change(
+                "Ingress",
+                ns,
+                copy_name,
+                None,
+                after,
+                f"ingress/{copy_name} -n {ns}: a copy of ingress/{name} for nodemesh-ingress "
+                "(the old controller keeps serving ingress/" + name + ")",
+            )  # fmt: skip
         )
     if refused and not step.changes:
         step.state, step.why = BLOCKED, "; ".join(refused)
@@ -328,8 +352,14 @@ def strict(survey: Survey, now: str) -> Step:
         for ref in state.to_restart:
             obj = survey.objects[_key(ref)]
             step.changes.append(
-                Change(ref.kind, ref.namespace, ref.name, clean(obj), _restarted(obj, now),
-                       f"restart {ref} to take the strict mode")  # fmt: skip
+                Change(
+                    ref.kind,
+                    ref.namespace,
+                    ref.name,
+                    clean(obj),
+                    _restarted(obj, now),
+                    f"restart {ref} to take the strict mode",
+                )  # fmt: skip
             )
     if not step.changes:
         step.state, step.why = DONE, "every meshed namespace is strict"

@@ -235,8 +235,7 @@ def survey(objects: Iterable[dict[str, Any]]) -> Survey:
             sorted(
                 ref
                 for ref, w in workloads.items()
-                if ref.namespace == ns
-                and _selects(selector, template_meta(w).get("labels") or {})
+                if ref.namespace == ns and _selects(selector, template_meta(w).get("labels") or {})
             )
         )
 

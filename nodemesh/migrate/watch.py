@@ -40,14 +40,13 @@ def baseline(
 ) -> dict[str, Sample]:
     """The workloads whose rate before the step is known well enough to judge by."""
     return {
-        s.workload: s
-        for s in samples
-        if s.success_rate is not None and s.requests >= min_requests
+        s.workload: s for s in samples if s.success_rate is not None and s.requests >= min_requests
     }
 
 
-def levels(long: dict[str, Sample], recent: list[Sample], *,
-           min_requests: int = DEFAULT_MIN_REQUESTS) -> dict[str, Sample]:
+def levels(
+    long: dict[str, Sample], recent: list[Sample], *, min_requests: int = DEFAULT_MIN_REQUESTS
+) -> dict[str, Sample]:
     """Each workload's level before a step: the lower of its rate over the long window and
     over the recent one (the watch's own window). A workload still recovering from an earlier
     incident has a long-window rate its recent window beats, but that window still holds the
@@ -55,8 +54,13 @@ def levels(long: dict[str, Sample], recent: list[Sample], *,
     out = dict(long)
     for s in recent:
         was = out.get(s.workload)
-        if (was is not None and s.success_rate is not None and was.success_rate is not None
-                and s.requests >= min_requests and s.success_rate < was.success_rate):
+        if (
+            was is not None
+            and s.success_rate is not None
+            and was.success_rate is not None
+            and s.requests >= min_requests
+            and s.success_rate < was.success_rate
+        ):
             out[s.workload] = s
     return out
 

@@ -93,7 +93,7 @@ def container_command(
         # (an isolated test worker's overlay on /etc and its /etc/netns).
         image_mounts = (
             "findmnt -rn -o TARGET | grep -E '^/(etc|usr|var|opt|srv|home|root)(/|$)' | sort -u"
-            " | while read -r m; do mount -o remount,bind,ro \"$m\"; done"
+            ' | while read -r m; do mount -o remount,bind,ro "$m"; done'
         )
         steps += ["mount -o remount,ro /run", "mount -o remount,bind,ro /", image_mounts]
     steps += binds + empty_dirs + restore

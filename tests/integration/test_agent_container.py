@@ -28,9 +28,7 @@ KEEP = (Path(sys.prefix), Path(__file__).resolve().parents[2])
 def _agent_pod_spec() -> dict[str, Any]:
     result = CliRunner().invoke(cli, ["install", "-n", "mesh-system"])
     assert result.exit_code == 0, result.output
-    ds = next(
-        d for d in yaml.safe_load_all(result.output) if d and d["kind"] == "DaemonSet"
-    )
+    ds = next(d for d in yaml.safe_load_all(result.output) if d and d["kind"] == "DaemonSet")
     return ds["spec"]["template"]["spec"]  # type: ignore[no-any-return]
 
 

@@ -45,7 +45,9 @@ def test_bench_smoke_writes_results_for_all_paths(tmp_path: Path) -> None:
             # Requests that never came back are in the histogram too (at the latency they had
             # reached), so a proxied path under repair still yields ordered figures.
             # Merged from the valid turns (a turn rerun for noise is not counted twice).
-            expected = float(rate) * data["plan"]["duration"] / data["plan"]["rounds"] * run["rounds"]
+            expected = (
+                float(rate) * data["plan"]["duration"] / data["plan"]["rounds"] * run["rounds"]
+            )
             assert abs(run["scheduled"] - expected) <= run["rounds"], (path, rate, run["scheduled"])
             values = [run[q] for q in QUANTILES]
             assert values[0] > 0, (path, rate, values)

@@ -29,7 +29,9 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.host_network,  # mmdebstrap fetches Debian packages
     pytest.mark.timeout(1500),  # the first test waits for every image to build
-    pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah missing (scripts/bootstrap)"),
+    pytest.mark.skipif(
+        shutil.which("buildah") is None, reason="buildah missing (scripts/bootstrap)"
+    ),
 ]
 
 
@@ -113,7 +115,9 @@ def test_the_image_runs_its_own_entrypoint(store: Path, name: str) -> None:
     assert "usage" in usage.lower()
     if name == "agent":
         _run_in(store, image, ["python3", "-m", "nodemesh_cni.install", "--help"])
-        version = _run_in(store, image, ["/opt/nodemesh/nodemesh-cni"], env={"CNI_COMMAND": "VERSION"})
+        version = _run_in(
+            store, image, ["/opt/nodemesh/nodemesh-cni"], env={"CNI_COMMAND": "VERSION"}
+        )
         assert "1.1.0" in json.loads(version)["supportedVersions"]
         for tool in AGENT_TOOLS:
             _run_in(store, image, ["sh", "-c", f"command -v {tool}"])

@@ -337,8 +337,10 @@ def test_the_path_from_ingress_and_router_to_meshed_strict_with_one_rollback(lab
         assert (outcome["rc"], outcome["rolled_back"]) == (0, False), outcome
         failures[step_id] = outcome["bot_failures"]
         rows = lab.stat()
-        assert all(rows.get(w, {}).get("requests", 0) > 0
-                   for w in ("emojivoto/web", "emojivoto/emoji", "emojivoto/voting")), rows
+        assert all(
+            rows.get(w, {}).get("requests", 0) > 0
+            for w in ("emojivoto/web", "emojivoto/emoji", "emojivoto/voting")
+        ), rows
 
     status = json.loads(lab.migrate("status", "-o", "json").stdout)
     by_ns = {n["namespace"]: n for n in status["namespaces"]}

@@ -87,24 +87,35 @@ def path(p: str, svc: str, kind: str = "Prefix", port: Any = "http") -> dict[str
 def app_docs(work: Path, node: str, ca: CA) -> list[dict[str, Any]]:
     crt, key = ca.issue("shop.example")
     ingress = {
-        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
         "metadata": {"name": "shop", "namespace": "shop"},
         "spec": {
             "ingressClassName": "nodemesh",
             "tls": [{"hosts": ["shop.example"], "secretName": "shop-tls"}],
             "rules": [
-                {"host": "shop.example", "http": {"paths": [path("/", "web"), path("/api", "api")]}},
-                {"host": "api.example", "http": {"paths": [path("/v1/status", "api", "Exact", 80),
-                                                           path("/empty", "empty")]}},
+                {
+                    "host": "shop.example",
+                    "http": {"paths": [path("/", "web"), path("/api", "api")]},
+                },
+                {
+                    "host": "api.example",
+                    "http": {
+                        "paths": [path("/v1/status", "api", "Exact", 80), path("/empty", "empty")]
+                    },
+                },
             ],
         },
     }
     nosecret = {
-        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
         "metadata": {"name": "nosecret", "namespace": "shop"},
-        "spec": {"ingressClassName": "nodemesh",
-                 "tls": [{"hosts": ["plain.example"], "secretName": "not-made"}],
-                 "rules": [{"host": "plain.example", "http": {"paths": [path("/", "web")]}}]},
+        "spec": {
+            "ingressClassName": "nodemesh",
+            "tls": [{"hosts": ["plain.example"], "secretName": "not-made"}],
+            "rules": [{"host": "plain.example", "http": {"paths": [path("/", "web")]}}],
+        },
     }
     return [
         {"apiVersion": "v1", "kind": "Namespace",
@@ -147,11 +158,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabPaths, Pa
     (work / "backend.py").write_text(BACKEND)
     ca = CA()
     (work / "ca.pem").write_bytes(ca.pem)
-    with lab_up("edgi", "--ingress", "--ingress-http-port", "0", "--ingress-https-port", "0") as paths:
+    with lab_up(
+        "edgi", "--ingress", "--ingress-http-port", "0", "--ingress-https-port", "0"
+    ) as paths:
         ingress_node = ingress_pod(paths)["spec"]["nodeName"]
         other = "node2" if ingress_node == "node1" else "node1"
         docs = app_docs(work, other, ca)
-        docs[-1]["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"] = ingress_node
+        docs[-1]["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"] = (
+            ingress_node
+        )
         manifest = work / "app.yml"
         manifest.write_text(yaml.safe_dump_all(docs))
         nm("lab", "apply", "--name", paths.name, "-f", str(manifest), "--wait", "--timeout", "180")
@@ -159,7 +174,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabPaths, Pa
 
 
 def ingress_pod(paths: LabPaths) -> dict[str, Any]:
-    pods = [yaml.safe_load(p.read_text()) for p in (paths.objects / "Pod" / INGRESS_NS).glob("*.yaml")]
+    pods = [
+        yaml.safe_load(p.read_text()) for p in (paths.objects / "Pod" / INGRESS_NS).glob("*.yaml")
+    ]
     assert len(pods) == 1, pods
     return pods[0]  # type: ignore[no-any-return]
 
@@ -167,8 +184,10 @@ def ingress_pod(paths: LabPaths) -> dict[str, Any]:
 def curl(paths: LabPaths, *requests: list[str]) -> list[tuple[str, str]]:
     """Each request's (status, body) from one shell in the client pod; a request is curl's
     arguments; bodies are one line each."""
-    script = ('for r in "$@"; do out=$(eval "curl -sS --max-time 10 -w \' %{http_code}\' $r"); '
-              'printf "%s\\n" "$(printf "%s" "$out" | tr "\\n" " ")"; done')
+    script = (
+        'for r in "$@"; do out=$(eval "curl -sS --max-time 10 -w \' %{http_code}\' $r"); '
+        'printf "%s\\n" "$(printf "%s" "$out" | tr "\\n" " ")"; done'
+    )
     out = nm("lab", "exec", "--name", paths.name, "-n", "outside", "deploy/client", "--",
              "sh", "-c", script, "sh", *[" ".join(f"'{a}'" for a in r) for r in requests],
              timeout=300)  # fmt: skip
@@ -185,7 +204,9 @@ def test_hosts_paths_tls_and_the_mesh(lab: tuple[LabPaths, Path]) -> None:
     ingress_ip = ingress_pod(paths)["status"]["podIP"]
     backend_ips = {a: pod_of(paths, "shop", a)["status"]["podIP"] for a in ("web", "api")}
     marker = "edgmarker" + uuid.uuid4().hex[:8]
-    svc = yaml.safe_load((paths.objects / "Service" / INGRESS_NS / "nodemesh-ingress.yaml").read_text())
+    svc = yaml.safe_load(
+        (paths.objects / "Service" / INGRESS_NS / "nodemesh-ingress.yaml").read_text()
+    )
     https = ["--resolve", f"shop.example:443:{svc['spec']['clusterIP']}",
              "--cacert", str(work / "ca.pem")]  # fmt: skip
     capture = Tcpdump(paths.underlay_netns, work / "underlay.pcap")
@@ -240,7 +261,9 @@ def test_hosts_paths_tls_and_the_mesh(lab: tuple[LabPaths, Path]) -> None:
         assert edge["client_id"] == f"{TD}/ns/{INGRESS_NS}/sa/nodemesh-ingress", edge
         assert edge["server_id"] == f"{TD}/ns/shop/sa/default", edge
     # Each curl is a new client connection; the ingress kept its backend connections alive.
-    settles(edges, lambda g: all(g[("nodemesh-ingress", d)]["requests"] >= 3 for d in ("web", "api")))
+    settles(
+        edges, lambda g: all(g[("nodemesh-ingress", d)]["requests"] >= 3 for d in ("web", "api"))
+    )
     for dst in ("web", "api"):
         edge = edges()[("nodemesh-ingress", dst)]
         assert edge["tcp_connections"] < edge["requests"], edge

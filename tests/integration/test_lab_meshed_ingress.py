@@ -227,8 +227,12 @@ def test_meshed_ingress_reaches_backends_over_mtls_and_keeps_the_client_ip(
     try:
         # One shell in the client pod for every request (a `lab exec` each is slow on a busy
         # machine). Port 80 reaches the skipped listener; 81 the one the agent relays.
-        urls = [f"http://ingress-nginx-controller.{INGRESS_NS}:{port}/{how}/api/list?{marker}={i}"
-                for i in range(REQUESTS // 4) for port in (80, 81) for how in ("vip", "pod")]
+        urls = [
+            f"http://ingress-nginx-controller.{INGRESS_NS}:{port}/{how}/api/list?{marker}={i}"
+            for i in range(REQUESTS // 4)
+            for port in (80, 81)
+            for how in ("vip", "pod")
+        ]
         script = ('for u in "$@"; do curl -sS -o /dev/null -w "%{http_code}\\n" '
                   '--max-time 10 "$u"; done')  # fmt: skip
         codes = nm("lab", "exec", "--name", paths.name, "-n", CLIENT_NS, "deploy/client", "--",

@@ -108,9 +108,7 @@ def test_documented_uninstall_restores_every_node_and_meshed_pods_keep_serving(
 ) -> None:
     # What each node held before install-cni ran: the lab's own bridge conflist, no plugin.
     before = {
-        n: json.dumps(
-            bridge_conflist(NodeSpec(i), ipam_dir=NODE_IPAM_DIR), indent=2
-        ).encode()
+        n: json.dumps(bridge_conflist(NodeSpec(i), ipam_dir=NODE_IPAM_DIR), indent=2).encode()
         for i, n in enumerate(NODES, start=1)
     }
     apply(lab, tmp_path, ns="shop", meshed=True, replicas=4)

@@ -138,7 +138,9 @@ async def cp(tmp_path: Path) -> AsyncIterator[ControlPlane]:
         await plane.stop()
 
 
-def agent_channel(cp: ControlPlane, token: Callable[[], str | None] | None = None) -> grpc.aio.Channel:
+def agent_channel(
+    cp: ControlPlane, token: Callable[[], str | None] | None = None
+) -> grpc.aio.Channel:
     """The agent's channel, with node1's token (read per call) unless `token` says otherwise."""
     return open_channel(
         f"127.0.0.1:{cp.port}",

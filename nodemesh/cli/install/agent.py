@@ -66,8 +66,14 @@ def _agent(values: InstallValues) -> Obj:
         "ports": [
             {"name": "admin", "containerPort": ports.AGENT_ADMIN, "protocol": "TCP"},
             *(
-                [{"name": "router", "containerPort": ports.ROUTER, "hostPort": ports.ROUTER,
-                  "protocol": "TCP"}]
+                [
+                    {
+                        "name": "router",
+                        "containerPort": ports.ROUTER,
+                        "hostPort": ports.ROUTER,
+                        "protocol": "TCP",
+                    }
+                ]
                 if values.router
                 else []
             ),
@@ -77,8 +83,9 @@ def _agent(values: InstallValues) -> Obj:
         # outlasted any initial delay). Ready only when the admin port is this container's own
         # (taken over) and answers /ready (nodeagent.readycheck).
         "readinessProbe": {
-            "exec": {"command": ["python3", "-m", "nodeagent.readycheck",
-                                 f"--port={ports.AGENT_ADMIN}"]},
+            "exec": {
+                "command": ["python3", "-m", "nodeagent.readycheck", f"--port={ports.AGENT_ADMIN}"]
+            },
             "initialDelaySeconds": 2,
             "periodSeconds": 5,
             "timeoutSeconds": 5,

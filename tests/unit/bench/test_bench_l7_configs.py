@@ -40,7 +40,9 @@ def test_the_route_and_the_http_only_server_pods() -> None:
     assert rule["timeouts"]["request"] == f"{manifests.ROUTE_TIMEOUT_S:g}s"
     assert rule["retry"] == {"codes": list(manifests.ROUTE_RETRY_CODES),
                              "attempts": manifests.ROUTE_RETRY_ATTEMPTS}  # fmt: skip
-    server = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "server")
+    server = next(
+        o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "server"
+    )
     assert server["spec"]["replicas"] >= 2
     ns = next(o for o in objs if o["kind"] == "Namespace")
     assert ns["metadata"]["labels"] == manifests.MESH_LABEL

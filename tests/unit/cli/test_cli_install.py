@@ -168,7 +168,10 @@ def test_router_port_is_the_nodes_and_no_router_turns_it_off() -> None:
         if expected:
             assert pod["hostNetwork"] is True
             assert declared["router"] == {
-                "name": "router", "containerPort": 4144, "hostPort": 4144, "protocol": "TCP"
+                "name": "router",
+                "containerPort": 4144,
+                "hostPort": 4144,
+                "protocol": "TCP",
             }
         else:
             assert "router" not in declared

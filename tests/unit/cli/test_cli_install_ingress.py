@@ -49,7 +49,9 @@ def test_what_a_user_relies_on() -> None:
     assert svc["metadata"]["namespace"] == "mesh-ingress"
     assert svc["spec"]["type"] == "LoadBalancer"
     assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [
-        (80, "http"), (443, "https")]
+        (80, "http"),
+        (443, "https"),
+    ]
     dep = by[("Deployment", "nodemesh-ingress")]
     assert dep["spec"]["replicas"] == 2
     pod = dep["spec"]["template"]
@@ -58,7 +60,8 @@ def test_what_a_user_relies_on() -> None:
     assert "--source=kubernetes" in c["args"]
     named = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert pod["metadata"]["annotations"]["nodemesh.io/skip-inbound-ports"] == (
-        f"{named['http']},{named['https']}")
+        f"{named['http']},{named['https']}"
+    )
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     role = by[("ClusterRole", "mesh-ingress")]
@@ -70,7 +73,8 @@ def test_what_a_user_relies_on() -> None:
     assert granted == {(g, r, v) for g, r in want for v in ("get", "list", "watch")}
     binding = by[("ClusterRoleBinding", "mesh-ingress")]
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "nodemesh-ingress", "namespace": "mesh-ingress"}]
+        {"kind": "ServiceAccount", "name": "nodemesh-ingress", "namespace": "mesh-ingress"}
+    ]
 
 
 def test_bad_replicas_named() -> None:

@@ -107,7 +107,11 @@ AUTH = [("authorization", f"Bearer {VIEWER_TOKEN}")]
 
 def public_synced(ports: dict[str, int]) -> bool:
     with grpc.insecure_channel(f"127.0.0.1:{ports['public']}") as channel:
-        return bool(ppb_grpc.PublicStub(channel).Version(ppb.VersionRequest(), timeout=5, metadata=AUTH).synced)
+        return bool(
+            ppb_grpc.PublicStub(channel)
+            .Version(ppb.VersionRequest(), timeout=5, metadata=AUTH)
+            .synced
+        )
 
 
 def pods_of_web(ports: dict[str, int]) -> int:

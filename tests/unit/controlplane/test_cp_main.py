@@ -152,7 +152,9 @@ async def test_serves_agents_over_tls_with_tokens_and_stops_on_sigterm(controlpl
     assert "stopped" in (proc.stdout.read() if proc.stdout else "")
 
 
-async def test_the_ca_issues_identities_of_meshed_pods_and_router_callers_on_the_node(controlplane) -> None:
+async def test_the_ca_issues_identities_of_meshed_pods_and_router_callers_on_the_node(
+    controlplane,
+) -> None:
     _, ports, issuer, _ = controlplane
     creds = grpc.ssl_channel_credentials(root_certificates=issuer.anchor.certificate_pem())
     token = [("authorization", f"Bearer {issuer.tokens['node1']}")]

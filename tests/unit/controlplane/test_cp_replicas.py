@@ -106,9 +106,7 @@ def reports_metrics(ip: str, port: int) -> list[str]:
 def agent_channel(ip: str, port: int, issuer, token: str | None = None) -> grpc.aio.Channel:  # type: ignore[no-untyped-def]
     creds = grpc.ssl_channel_credentials(root_certificates=issuer.anchor.certificate_pem())
     if token is not None:  # as the agent's open_channel: the token on every call
-        creds = grpc.composite_channel_credentials(
-            creds, grpc.access_token_call_credentials(token)
-        )
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
     return grpc.aio.secure_channel(
         f"{ip}:{port}", creds, options=[("grpc.ssl_target_name_override", "localhost")]
     )

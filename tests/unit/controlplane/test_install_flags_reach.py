@@ -183,12 +183,18 @@ def test_the_agent_connects_to_a_control_plane_installed_with_other_names(
             pytest.skip(f"port {port} is taken on this machine (the rendered ports are fixed)")
     cp = _container(_one(docs, "Deployment", "nodemesh-controlplane"), "controlplane")
     cp_env = _env(cp, "node1")
-    cp_cmd = cp["command"] + _expand(cp["args"], cp_env) + [f"--kubeconfig={api.kubeconfig(tmp_path / 'kubeconfig', token='control-plane-token')}"]
+    cp_cmd = (
+        cp["command"]
+        + _expand(cp["args"], cp_env)
+        + [f"--kubeconfig={api.kubeconfig(tmp_path / 'kubeconfig', token='control-plane-token')}"]
+    )
     agent_cmd, agent_env = _agent_command(docs, tmp_path)
     logs = {n: (tmp_path / f"{n}.log").open("wb") for n in ("cp", "agent")}
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs.append(subprocess.Popen(cp_cmd, env=cp_env, stdout=logs["cp"], stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(cp_cmd, env=cp_env, stdout=logs["cp"], stderr=subprocess.STDOUT)
+        )
         _wait_ready("http://127.0.0.1:9996/ready", time.monotonic() + 60, procs)
         cert = _serving_certificate(8086)
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -197,7 +203,9 @@ def test_the_agent_connects_to_a_control_plane_installed_with_other_names(
             f"spiffe://{TRUST}/ns/{NAMESPACE}/sa/nodemesh-controlplane"
         ]
         procs.append(
-            subprocess.Popen(agent_cmd, env=agent_env, stdout=logs["agent"], stderr=subprocess.STDOUT)
+            subprocess.Popen(
+                agent_cmd, env=agent_env, stdout=logs["agent"], stderr=subprocess.STDOUT
+            )
         )
         body = _wait_ready("http://127.0.0.1:4191/ready", time.monotonic() + 60, procs)
         assert "ready" in body

@@ -52,7 +52,9 @@ def test_routes_attached_to_our_gateway_are_served() -> None:
     assert s.route("gw.example", "/api/x")[1] == Upstream("10.96.0.11", 80, "shop/api:80")
     assert s.route("gw.example", "/v1")[1] == Upstream("10.96.0.11", 80, "shop/api:80")
     assert s.route("gw.example", "/v1/x")[1] == Upstream("10.96.0.10", 80, "shop/web:80")
-    assert s.route("other.example", "/")[1] == Refusal(404, "no Ingress rule matches this host and path")
+    assert s.route("other.example", "/")[1] == Refusal(
+        404, "no Ingress rule matches this host and path"
+    )
 
 
 def test_other_classes_and_mesh_routes_are_not_ours() -> None:

@@ -58,7 +58,8 @@ async def test_lists_watches_and_relists(apiserver: fake_apiserver.FakeApiServer
             await until(lambda: src.ready)
             # Served through the IngressClass that names nodemesh's controller.
             assert objects.snapshot().route("shop.example", "/")[1] == Upstream(
-                "10.96.0.10", 80, "shop/web:80")
+                "10.96.0.10", 80, "shop/web:80"
+            )
             # A change arrives by the watch: the endpoints go, the backend is 503.
             apiserver.delete("EndpointSlice", "shop", "web-x")
             await until(lambda: isinstance(objects.snapshot().route("shop.example", "/")[1],

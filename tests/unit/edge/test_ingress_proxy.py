@@ -172,7 +172,9 @@ async def test_tls_terminated_with_the_sni_certificate(edge: dict[str, Any]) -> 
                                       server_hostname="other.example")  # fmt: skip
 
 
-async def test_a_body_with_expect_100_continue_is_sent_without_waiting(edge: dict[str, Any]) -> None:
+async def test_a_body_with_expect_100_continue_is_sent_without_waiting(
+    edge: dict[str, Any],
+) -> None:
     r, w = await asyncio.open_connection("127.0.0.1", edge["http"])
     w.write(b"POST /api/upload HTTP/1.1\r\nhost: shop.example\r\ncontent-length: 5\r\n"
             b"expect: 100-continue\r\n\r\n")  # fmt: skip

@@ -41,7 +41,9 @@ def _ports_of(docs: list[dict[str, Any]]) -> dict[str, set[tuple[str, int]]]:
 
 
 def test_lab_and_rendered_manifests_use_the_same_ports() -> None:
-    lab = _ports_of([d for d in yaml.safe_load_all(mesh_manifest(LabPaths("t1"), anchor=b"anchor")) if d])
+    lab = _ports_of(
+        [d for d in yaml.safe_load_all(mesh_manifest(LabPaths("t1"), anchor=b"anchor")) if d]
+    )
     res = CliRunner().invoke(cli, ["install"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     rendered = _ports_of([d for d in yaml.safe_load_all(res.stdout) if d])

@@ -28,7 +28,9 @@ def with_edge(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "spec": {"ingressClassName": "nginx", "rules": [{"host": "emoji.example", "http": {
                     "paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {
                         "name": "web-svc", "port": {"number": 80}}}}]}}]}})  # fmt: skip
-    dep = deployment("nodemesh-ingress", "nodemesh-ingress", image="ghcr.io/nodemesh/controlplane:0.1.0")
+    dep = deployment(
+        "nodemesh-ingress", "nodemesh-ingress", image="ghcr.io/nodemesh/controlplane:0.1.0"
+    )
     return [*out, dep]
 
 
@@ -47,12 +49,15 @@ def test_each_ingress_is_copied_for_nodemesh_and_undone_by_deleting_the_copy() -
     assert change.after is not None
     assert change.after["spec"]["ingressClassName"] == "nodemesh"
     assert change.after["metadata"]["annotations"] == {"team": "emoji"}  # old class key gone
-    assert change.after["spec"]["rules"] == next(
-        o for o in objects if o["kind"] == "Ingress")["spec"]["rules"]
+    assert (
+        change.after["spec"]["rules"]
+        == next(o for o in objects if o["kind"] == "Ingress")["spec"]["rules"]
+    )
     after = applied(objects, st.changes)
     # The original is untouched: the old controller keeps serving until DNS moves.
     assert [o for o in after if o["metadata"]["name"] == "web" and o["kind"] == "Ingress"] == [
-        o for o in objects if o["kind"] == "Ingress"]
+        o for o in objects if o["kind"] == "Ingress"
+    ]
     assert edge_step(after).state == planning.DONE
     assert applied(after, st.undo()) == objects
 
@@ -65,6 +70,8 @@ def test_an_ingress_nodemesh_cannot_serve_is_named() -> None:
                         "resource": {"apiGroup": "k8s.example.com", "kind": "Bucket", "name": "b"}}}})  # fmt: skip
     st = edge_step(objects)
     assert st.state == planning.BLOCKED and st.changes == []
-    assert st.why == ("ingress/bucket -n emojivoto cannot be served by nodemesh-ingress: "
-                      "spec.defaultBackend.resource: resource backends are not supported; "
-                      "name a Service")
+    assert st.why == (
+        "ingress/bucket -n emojivoto cannot be served by nodemesh-ingress: "
+        "spec.defaultBackend.resource: resource backends are not supported; "
+        "name a Service"
+    )

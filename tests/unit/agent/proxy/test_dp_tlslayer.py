@@ -70,9 +70,10 @@ async def test_a_burst_of_records_goes_up_in_few_calls_whole_and_in_order(
         await server.wait_closed()
         await asyncio.sleep(0)  # the transports' close callbacks
     got = b"".join(sink.calls)
-    assert len(got) == len(payload) and hashlib.sha256(got).digest() == hashlib.sha256(
-        payload
-    ).digest()
+    assert (
+        len(got) == len(payload)
+        and hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+    )
     sizes = [len(c) for c in sink.calls]
     assert max(sizes) <= BATCH + READ_CHUNK, max(sizes)
     # One record a call would be >= 256 calls of <= 16 KiB.
