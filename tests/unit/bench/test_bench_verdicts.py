@@ -149,3 +149,27 @@ def test_highest_rates_are_ratios_to_haproxy_and_a_ceiling_never_reads_met() -> 
     h["newconn_search"] = _search(None, 10, 5.0)
     row = _row(res, new)
     assert row["met"] is None and "no rate passed" in row["why"], row
+
+
+def test_a_cpu_figure_from_a_run_that_fell_behind_never_reads_met() -> None:
+    # A path behind its rate batches requests and costs less CPU each (bench/results/cpu17):
+    # its low CPU must not make a target met; a "no" from it stands.
+    res = _res([QUIET] * 4, [QUIET] * 4, [QUIET] * 4)
+    cell = res["paths"]["nodemesh"]["http"]["1000"]
+    cell["proxy_cpu"] = {"s_per_1000_requests": 0.22}
+    name = "agent CPU per 1000 rps vs HAProxy, HTTP/1 keep-alive observed"
+    assert _row(res, name)["met"] is True
+    assert _row(res, "agent CPU per 1000 rps, both agents")["met"] is True
+    cell["p50_ms"] = 6.5
+    for target in (name, "agent CPU per 1000 rps, both agents"):
+        row = _row(res, target)
+        assert row["met"] is None and "fell behind" in row["why"], row
+    cell["proxy_cpu"] = {"s_per_1000_requests": 0.5}
+    assert _row(res, name)["met"] is False
+    # HAProxy behind reads low: a "no" against it is no verdict, a "met" stands.
+    cell["p50_ms"] = 0.4
+    res["paths"]["haproxy"]["http"]["1000"]["p50_ms"] = 6.5
+    row = _row(res, name)
+    assert row["met"] is None and "HAProxy fell behind" in row["why"], row
+    cell["proxy_cpu"] = {"s_per_1000_requests": 0.2}
+    assert _row(res, name)["met"] is True
