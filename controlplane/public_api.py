@@ -209,7 +209,7 @@ class PublicService(pb_grpc.PublicServicer):
         turn = time.monotonic()
         for _ in stat_answer.rows_into(
             answer, kind=kind, namespace=namespace, name=name, window=window, groups=groups,
-            traffic=found, enrolled=await enrolled,
+            traffic=stat_answer.plain_of(found, window), enrolled=await enrolled,
         ):  # fmt: skip
             if time.monotonic() - turn > STAT_TURN_SECONDS:
                 # Let the agents' streams run. By time, not every 1,000 rows: on a loaded loop

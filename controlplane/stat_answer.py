@@ -11,20 +11,23 @@ its running pods a live agent enrolled. Built where the traffic is:
   its CPU per build, once a second while asked), and every other call waited behind them;
 - otherwise (Prometheus, a store in process) on the loop, giving it back every
   `turn_s` (`rows_into` yields every `ROWS_PER_CHECK` rows for the caller to check).
-Both run `rows_into`, so both give the same rows for the same inputs.
+Both run `rows_into`, so both give the same rows for the same inputs. The worker's plain Stat
+(no --from/--to) reads each resource's counts and quantiles in one pass over the store's
+aggregates (`query.plain_traffic`: a tuple a row, no StatRow nor histogram per row); the loop
+turns a port's StatRows into the same tuples (`plain_of`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from nodemesh.api import public_pb2 as pb
 
 if TYPE_CHECKING:
     from controlplane.index import ClusterIndex
-    from controlplane.telemetry.query import StatRow
+    from controlplane.telemetry.query import PlainTraffic, StatRow
 
 Group = tuple[str, str]  # (namespace, name); namespace empty for namespaces and nodes
 PodRef = tuple[str, str, str]  # (namespace, name, uid) of a pod that counts (running)
@@ -34,8 +37,6 @@ DEFAULT_WINDOW = 60  # seconds, a Stat's window when the caller gives none
 # The kinds a plain Stat (no --from/--to) groups by (controlplane.telemetry.groups).
 PLAIN_KINDS = ("deployment", "pod", "namespace", "service", "node")
 QUANTILES = (0.5, 0.95, 0.99)
-_QUANTILE_FIELDS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
-_NO_TRAFFIC: dict[str, Any] = {}
 
 
 def groups_of(index: ClusterIndex, kind: str, namespace: str) -> Groups:
@@ -97,10 +98,10 @@ class Enrolled:
     alone proves nothing: the agent of the pod's node may be down or absent)."""
 
     def __init__(self, pods: Iterable[PodRef]) -> None:
-        self._uids = {(ns, name): uid for ns, name, uid in pods}
+        self.uids = {(ns, name): uid for ns, name, uid in pods}
 
     def __call__(self, p: PodRef) -> bool:
-        uid = self._uids.get((p[0], p[1]))
+        uid = self.uids.get((p[0], p[1]))
         # A pod recreated under the same name (a StatefulSet's) is another pod.
         return uid is not None and (not uid or not p[2] or uid == p[2])
 
@@ -113,23 +114,43 @@ def rows_into(
     name: str,
     window: int,
     groups: Groups,
-    traffic: Iterable[StatRow],
+    traffic: Mapping[Group, PlainTraffic],
     enrolled: Iterable[PodRef],
 ) -> Iterator[None]:
-    """Add the answer's rows to `answer`, yielding every ROWS_PER_CHECK rows."""
-    meshed = Enrolled(enrolled)
-    found = {(g.namespace, g.name): g for g in traffic}
+    """Add the answer's rows to `answer`, yielding every ROWS_PER_CHECK rows. `traffic`: each
+    resource's counts as `controlplane.telemetry.query.plain_traffic` gives them (the worker's
+    store), or `plain_of` a port's StatRows (the loop's)."""
+    uids = Enrolled(enrolled).uids
     add = answer.rows.add  # a row made in place: no copy of 10,000 messages at the end
     n = 0
-    for key in sorted(groups.keys() | found.keys()):
+    for key in sorted(groups.keys() | traffic.keys()):
         if name and key[1] != name:
             continue
         if namespace and key[0] and key[0] != namespace:
             continue
         pods = groups.get(key, ())
-        add(resource={"kind": kind, "namespace": key[0], "name": key[1]},
-            meshed_pods=sum(map(meshed, pods)), total_pods=len(pods),
-            **traffic_fields(found.get(key), window))  # fmt: skip
+        meshed = 0
+        for ns, pod, uid in pods:  # Enrolled's test, inline (once a row)
+            held = uids.get((ns, pod))
+            # A pod recreated under the same name (a StatefulSet's) is another pod.
+            if held is not None and (not held or not uid or held == uid):
+                meshed += 1
+        t = traffic.get(key)
+        resource = {"kind": kind, "namespace": key[0], "name": key[1]}
+        if t is None:
+            add(resource=resource, meshed_pods=meshed, total_pods=len(pods))
+        else:
+            # All fields at once (a third of the cost of setting them one by one); an optional
+            # field given None stays absent, zeros of the others are not encoded: the bytes
+            # are those of a row given only the fields that have a value.
+            covered, success, failure, gauge, read, write, denied, p50, p95, p99 = t
+            requests = success + failure
+            add(resource=resource, meshed_pods=meshed, total_pods=len(pods),
+                requests=requests, rps=requests / covered, covered_seconds=covered,
+                success_rate=success / requests if requests else None,
+                latency_p50_ms=p50, latency_p95_ms=p95, latency_p99_ms=p99,
+                tcp_open_connections=gauge, tcp_read_bytes=read, tcp_write_bytes=write,
+                authz_denied=denied)  # fmt: skip
         n += 1
         if n % ROWS_PER_CHECK == 0:
             yield
@@ -142,7 +163,7 @@ def build(
     name: str,
     window: int,
     groups: Groups,
-    traffic: Iterable[StatRow],
+    traffic: Mapping[Group, PlainTraffic],
     enrolled: Iterable[PodRef],
 ) -> pb.StatResponse:
     """The whole answer at once (where nothing else waits for the thread: the worker)."""
@@ -155,25 +176,13 @@ def build(
     return answer
 
 
-def traffic_fields(g: StatRow | None, window: int) -> dict[str, Any]:
-    """A Stat row's traffic fields (routes_api.golden_into's, as keywords: one message built
-    with all its fields at once costs a third of setting them one by one, 10,000 rows a Stat)."""
-    if g is None:
-        return _NO_TRAFFIC
-    covered = g.window_s or window
-    requests = g.success + g.failure
-    out: dict[str, Any] = {
-        "requests": requests,
-        "rps": requests / covered,
-        "covered_seconds": covered,
-        "tcp_open_connections": g.tcp_open_connections,
-        "tcp_read_bytes": g.read_bytes,
-        "tcp_write_bytes": g.write_bytes,
-        "authz_denied": g.authz_denied,
-    }
-    if requests:
-        out["success_rate"] = g.success / requests
-    for field, value in zip(_QUANTILE_FIELDS, g.latencies_ms(*QUANTILES), strict=True):
-        if value is not None:
-            out[field] = value
-    return out
+def plain_of(rows: Iterable[StatRow], window: int) -> dict[Group, PlainTraffic]:
+    """A port's rows in `rows_into`'s form (query.PlainTraffic: the window the caller asked for
+    where a row covers none)."""
+    return {
+        (g.namespace, g.name): (
+            g.window_s or window, g.success, g.failure, g.tcp_open_connections, g.read_bytes,
+            g.write_bytes, g.authz_denied, *g.latencies_ms(*QUANTILES),
+        )
+        for g in rows
+    }  # fmt: skip

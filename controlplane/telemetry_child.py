@@ -112,7 +112,13 @@ def stat_answer(kwargs: dict[str, Any], name: str, groups: answers.Groups) -> by
     """A whole Stat answer, encoded (controlplane.stat_answer): the store's rows for `kwargs`
     (StoreTelemetry.stat's) joined with the index's `groups`, rows of `name` only if given."""
     port = StoreTelemetry(the_store())
-    traffic = port.stat(**kwargs)
+    if kwargs["source"] is None and kwargs["destination"] is None:
+        traffic = port.plain_traffic(
+            group_by=kwargs["group_by"], namespace=kwargs["namespace"],
+            window_s=kwargs["window_s"], quantiles=answers.QUANTILES,
+        )  # fmt: skip
+    else:
+        traffic = answers.plain_of(port.stat(**kwargs), kwargs["window_s"])
     answer = answers.build(
         kind=kwargs["group_by"], namespace=kwargs["namespace"], name=name,
         window=kwargs["window_s"], groups=groups, traffic=traffic, enrolled=port.enrolled_pods(),

@@ -138,6 +138,19 @@ class StoreTelemetry:
         except (query.InvalidQuery, query.UnknownResourceKind) as exc:
             raise BadQuery(str(exc)) from exc
 
+    def plain_traffic(
+        self, *, group_by: str, namespace: str, window_s: int, quantiles: tuple[float, ...]
+    ) -> dict[tuple[str, str], query.PlainTraffic]:
+        """`stat` without source or destination, as query.plain_traffic's tuples (the rows a
+        Stat answer built next to the store reads: controlplane.stat_answer)."""
+        try:
+            return query.plain_traffic(
+                self.store, self._resource(Selector(group_by, namespace)), window_s=window_s,
+                include_current=True, quantiles=quantiles,
+            )  # fmt: skip
+        except (query.InvalidQuery, query.UnknownResourceKind) as exc:
+            raise BadQuery(str(exc)) from exc
+
     def routes(
         self, *, services: list[tuple[str, str]], source: Selector | None, window_s: int
     ) -> list[RouteRow]:

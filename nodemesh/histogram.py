@@ -10,7 +10,8 @@ exact nearest-rank quantile of the recorded samples, i.e. of sorted(samples)[nea
 1]; exact below 128 us. Values above MAX_VALUE_US (about 12.7 days) are clamped to it.
 
 Interface: `bucket_index(us)`, `bucket_bounds(index)`, `bucket_value(index)`,
-`nearest_rank(q, n)`, `quantile(counts, q)` (pure, over any index -> count mapping),
+`nearest_rank(q, n)`, `quantile(counts, q)`, `quantiles(counts, qs)`, `quantiles_ms` (pure, over
+any index -> count mapping),
 `merge_into(target, counts)`, and `LatencyHistogram` (record, merge, quantile, to_sparse /
 from_sparse for the protobuf `Histogram` message's parallel arrays).
 """
@@ -18,7 +19,9 @@ from_sparse for the protobuf `Histogram` message's parallel arrays).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
+from itertools import accumulate
 
 SUB_BUCKET_BITS = 6
 SUB_BUCKETS = 1 << SUB_BUCKET_BITS  # 64 sub-buckets per octave
@@ -84,35 +87,51 @@ def quantile(counts: Mapping[int, int], q: float) -> float | None:
 
 
 def quantiles(counts: Mapping[int, int], qs: Iterable[float]) -> list[float | None]:
-    """`quantile(counts, q)` for each q (in any order), in one pass over the sorted buckets.
+    """`quantile(counts, q)` for each q (in any order), from the buckets' cumulative counts.
 
-    Called once per row of a Stat (10,000 rows for `stat pod` at 10,000 pods): the ranks are
-    computed inline and a bucket's value read from a table."""
+    Called once per row of a Stat (10,000 rows for `stat pod` at 10,000 pods): the buckets are
+    sorted and their counts accumulated by C code, and each rank found by bisection (the first
+    bucket whose cumulative count reaches it), with no Python step per bucket."""
     asked = qs if isinstance(qs, (list, tuple)) else list(qs)
     total = sum(counts.values())
     if total <= 0 or not asked:
         return [None] * len(asked)
-    ranks = []
-    for i, q in enumerate(asked):
+    keys = sorted(counts)
+    cumulative = list(accumulate(map(counts.__getitem__, keys)))
+    return [_at_rank(keys, cumulative, total, q) for q in asked]
+
+
+def _at_rank(keys: list[int], cumulative: list[int], total: int, q: float) -> float:
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile {q} outside [0, 1]")
+    index = keys[bisect_left(cumulative, min(total, max(1, math.ceil(q * total))))]
+    return _VALUES[index] if 0 <= index <= MAX_INDEX else bucket_value(index)
+
+
+def quantiles_ms(counts: Mapping[int, int], qs: tuple[float, ...]) -> tuple[float | None, ...]:
+    """`quantiles(counts, qs)` in milliseconds (each value / 1000), for a Stat's rows: as
+    `quantiles`, written out (no call per quantile; 30,000 of them for `stat pod`)."""
+    if not counts:
+        return _NONE_OF.get(len(qs)) or (None,) * len(qs)
+    for q in qs if qs not in _CHECKED else ():
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"quantile {q} outside [0, 1]")
-        ranks.append((min(total, max(1, math.ceil(q * total))), i))  # nearest_rank, inline
-    ranks.sort()
-    out: list[float | None] = [None] * len(asked)
-    seen = 0
-    at = 0
-    values = _VALUES
-    for index in sorted(counts):
-        seen += counts[index]
-        if seen < ranks[at][0]:
-            continue
-        value = values[index] if 0 <= index <= MAX_INDEX else bucket_value(index)
-        while seen >= ranks[at][0]:
-            out[ranks[at][1]] = value
-            at += 1
-            if at == len(ranks):
-                return out
-    return out
+    keys = sorted(counts)
+    cumulative = list(accumulate(map(counts.__getitem__, keys)))
+    total = cumulative[-1]
+    if total <= 0:
+        return (None,) * len(qs)
+    out = []
+    ceil, values = math.ceil, _VALUES_MS
+    for q in qs:
+        rank = ceil(q * total)  # nearest_rank, inline
+        index = keys[bisect_left(cumulative, total if rank > total else rank if rank > 1 else 1)]
+        out.append(values[index] if 0 <= index <= MAX_INDEX else bucket_value(index) / 1000)
+    return tuple(out)
+
+
+_CHECKED = {(0.5, 0.95, 0.99)}  # quantiles known to be in [0, 1]
+_NONE_OF = {n: (None,) * n for n in range(1, 5)}
 
 
 def merge_into(target: dict[int, int], counts: Mapping[int, int]) -> None:
@@ -169,3 +188,4 @@ class LatencyHistogram:
 
 
 _VALUES = _bucket_values()  # bucket_value(i) for every index (~2,240 floats)
+_VALUES_MS = [v / 1000 for v in _VALUES]

@@ -185,3 +185,112 @@ async def test_a_resource_new_to_the_index_is_in_the_next_answer() -> None:
     api.index.apply(ObjectChanged(EventType.MODIFIED, "Pod", done))
     assert (await rows_of("deployment", spot.app)) == before - 1
     worker.close()
+
+
+async def _buckets_of_reports(raws: list[bytes], running: int) -> TelemetryWorker:
+    """An inline worker's store with 7 buckets of every node's reports (6 complete ones in the
+    window, their sums prepared as the worker prepares them) and a running bucket in which only
+    the first `running` nodes reported, on a clock that then stands still."""
+    worker = TelemetryWorker("inline", max_series=50_000, max_cells=500_000)
+    await worker.start()
+    store = telemetry_child.the_store()
+    now = [1_000_000.0]
+    store.clock = lambda: now[0]
+    for _ in range(7):
+        await asyncio.gather(*(worker.report(r, None) for r in raws))
+        now[0] += 10
+    await asyncio.gather(*(worker.report(r, None) for r in raws[:running]))
+    now[0] += 3
+    return worker
+
+
+async def test_a_cold_stat_makes_no_row_object_per_resource(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The worker's first Stat of a bucket reads each resource's counts and quantiles in the
+    pass that writes its row: no StatRow (and no histogram of its own) per resource. Main made
+    one per resource with traffic (200 for Stat pod here), then read each again for the row."""
+    from controlplane.telemetry import query
+
+    plan, spots, raws = _cluster(10)  # 200 pods
+    worker = await _buckets_of_reports(raws, running=len(raws))
+    api = _api(plan, spots, WorkerTelemetry(worker))
+    api.sends_encoded_stat = True
+    made = 0
+
+    class Counted(query.StatRow):
+        def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            nonlocal made
+            made += 1
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(query, "StatRow", Counted)
+    for kind, rows in (("pod", plan.pods), ("deployment", plan.services)):
+        made = 0
+        raw = await api._stat(api.telemetry, kind, "", "", None, None, 60)
+        assert isinstance(raw, bytes)
+        answer = pb.StatResponse.FromString(raw)
+        assert len(answer.rows) == rows
+        assert all(r.requests > 0 and r.latency_p99_ms > 0 for r in answer.rows)
+        assert made == 0, (kind, made)
+    worker.close()
+
+
+def _as_main_encoded(store: object, kind: str, row: pb.StatRow) -> bytes:
+    """`row` as main's worker encoded it: the fields from the query's StatRow, each quantile
+    walked bucket by bucket (`quantile`), only the fields with a value given."""
+    from controlplane.telemetry import query
+    from nodemesh.histogram import quantile
+
+    found = {
+        (g.namespace, g.name): g
+        for g in query.stat(store, query.Resource(kind), window_s=60, include_current=True)  # type: ignore[arg-type]
+    }
+    g = found.get((row.resource.namespace, row.resource.name))
+    fields: dict[str, object] = {}
+    if g is not None:
+        requests = g.success + g.failure
+        fields = {
+            "requests": requests, "rps": requests / g.window_s, "covered_seconds": g.window_s,
+            "tcp_open_connections": g.tcp_open_connections, "tcp_read_bytes": g.read_bytes,
+            "tcp_write_bytes": g.write_bytes, "authz_denied": g.authz_denied,
+        }  # fmt: skip
+        if requests:
+            fields["success_rate"] = g.success / requests
+        for name, q in (
+            ("latency_p50_ms", 0.5),
+            ("latency_p95_ms", 0.95),
+            ("latency_p99_ms", 0.99),
+        ):
+            us = quantile(g.latency, q)
+            if us is not None:
+                fields[name] = us / 1000
+    expected = pb.StatRow(
+        resource=row.resource, meshed_pods=row.meshed_pods, total_pods=row.total_pods, **fields
+    )
+    return expected.SerializeToString()
+
+
+async def test_complete_and_running_buckets_give_the_answer_main_gave() -> None:
+    """Over complete buckets (summed when they were complete) and a running one that only some
+    agents reported in: the worker's answer equals the loop's, byte for byte, and each row
+    equals one encoded as main encoded it."""
+    plan, spots, raws = _cluster(10)
+    worker = await _buckets_of_reports(raws, running=4)
+    store = telemetry_child.the_store()
+    in_worker = _api(plan, spots, WorkerTelemetry(worker))
+    in_worker.sends_encoded_stat = True
+    on_loop = _api(plan, spots, StoreTelemetry(store))
+    asked = [
+        ("pod", "", ""), ("deployment", "", ""), ("namespace", "", ""), ("service", "", ""),
+        ("node", "", ""), ("pod", "ns0", ""), ("deployment", "ns0", "app7"),
+    ]  # fmt: skip
+    for kind, namespace, name in asked:
+        raw = await in_worker._stat(in_worker.telemetry, kind, namespace, name, None, None, 60)
+        assert isinstance(raw, bytes)
+        built = await on_loop._stat(on_loop.telemetry, kind, namespace, name, None, None, 60)
+        assert isinstance(built, pb.StatResponse)
+        assert raw == built.SerializeToString(), (kind, namespace, name)
+        rows = pb.StatResponse.FromString(raw).rows
+        assert rows, (kind, namespace, name)
+        for row in rows if kind != "pod" or namespace else rows[:400:7]:
+            assert row.SerializeToString() == _as_main_encoded(store, kind, row), row
+    worker.close()
