@@ -50,8 +50,11 @@ log = logging.getLogger(__name__)
 MODES = ("process", "thread", "inline")
 # Reports go to the worker in batches of at most this many, one batch at a time: a question
 # (Stat) waits for one batch, not behind every agent's report of the second (500 of them,
-# 1-4 ms each, measured: Stat p99 6.3 s at 250 nodes with one call per report).
-REPORT_BATCH = 32
+# 1-4 ms each, measured: Stat p99 6.3 s at 250 nodes with one call per report). 16, not 32: a
+# batch of 32 kept a cold Stat 36-45 ms (at 500 x 20, loaded); the control plane's process pays
+# ~0.05 ms a report per call handed over (bench/results/round8/), so 16 costs it about as much
+# per report as 32 did within that noise, and 8 twice as much.
+REPORT_BATCH = 16
 T = TypeVar("T")
 
 # --- the loop's side (the worker's: controlplane.telemetry_child) ---------------------------

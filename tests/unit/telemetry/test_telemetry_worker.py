@@ -3,6 +3,7 @@ public API's questions are answered there, with the same answers as the store in
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -100,3 +101,34 @@ async def test_a_killed_worker_process_is_replaced() -> None:
         assert worker.restarts == 1 and worker.pid not in (None, first)
     finally:
         worker.close()
+
+
+async def test_a_question_waits_behind_one_small_batch_of_reports(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With 100 agents' reports waiting, a Stat asked now is answered after the batch in flight
+    (at most 16 reports: main handed over 32 at a time, a cold Stat waiting behind them), not
+    after every report that was waiting."""
+    from controlplane import telemetry_child
+
+    handled = 0
+    reports = telemetry_child.reports
+
+    def counted(batch):  # type: ignore[no-untyped-def]
+        nonlocal handled
+        handled += len(batch)
+        return reports(batch)
+
+    monkeypatch.setattr(telemetry_child, "reports", counted)
+    w = TelemetryWorker("thread", max_series=20_000, max_cells=400_000)
+    await w.start()
+    try:
+        rng = random.Random(8)
+        raws = [_report(rng, f"node{i % 10}").report().SerializeToString() for i in range(100)]
+        waiting = [asyncio.ensure_future(w.report(raw, None)) for raw in raws]
+        for _ in range(3):
+            await asyncio.sleep(0)  # the reports queue up; the first batch goes to the worker
+        before = await w.call(lambda: handled)
+        assert 0 < before <= 16, before
+        await asyncio.gather(*waiting)
+        assert handled == 100
+    finally:
+        w.close()
