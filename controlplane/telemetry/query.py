@@ -21,6 +21,9 @@ Interface:
   Without --from/--to the rows come from the store's per-resource aggregates (the complete
   buckets' sums kept per kind and window until a bucket changes, plus the running bucket);
   with them, from a walk over every series.
+- `plain_traffic(store, resource, window_s=60, include_current=False, quantiles=...)`: what
+  a plain `stat` finds, as one `PlainTraffic` tuple per (namespace, name) with the quantiles
+  read (the telemetry worker's Stat answer: controlplane.stat_answer).
 - `edges(store, namespace="", window_s=60)` -> list[Edge] between Deployments (pods without
   one stand for themselves), with identities seen and whether every connection had mTLS; from
   the store's edge aggregates, not from every series.
