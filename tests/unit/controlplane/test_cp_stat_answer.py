@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from bench.controlplane_scale import Plan, PodSpot, build_report, layout, pod_obj
 from bench.stat_cold import index_of
@@ -78,6 +80,29 @@ async def test_the_loops_process_neither_builds_nor_encodes_the_rows() -> None:
         worker.close()
 
 
+ASKED = [
+    ("pod", "", ""), ("deployment", "", ""), ("namespace", "", ""), ("service", "", ""),
+    ("node", "", ""), ("pod", "ns0", ""), ("deployment", "ns0", "app7"),
+]  # fmt: skip
+
+
+async def _same_answers(
+    plan: Plan, spots: list[PodSpot], worker: TelemetryWorker, store: Any
+) -> AsyncIterator[tuple[str, str, Any]]:
+    """Each question of ASKED answered by the worker (encoded there) and built on the loop from
+    the same store: the bytes must be equal; yields (kind, namespace, the answer's rows)."""
+    in_worker = _api(plan, spots, WorkerTelemetry(worker))
+    in_worker.sends_encoded_stat = True
+    on_loop = _api(plan, spots, StoreTelemetry(store))
+    for kind, namespace, name in ASKED:
+        raw = await in_worker._stat(in_worker.telemetry, kind, namespace, name, None, None, 60)
+        assert isinstance(raw, bytes)
+        built = await on_loop._stat(on_loop.telemetry, kind, namespace, name, None, None, 60)
+        assert isinstance(built, pb.StatResponse)
+        assert raw == built.SerializeToString(), (kind, namespace, name)
+        yield kind, namespace, pb.StatResponse.FromString(raw).rows
+
+
 async def test_the_workers_answer_is_the_one_the_loop_builds() -> None:
     plan, spots, raws = _cluster(10)
     worker = TelemetryWorker("inline", max_series=50_000, max_cells=500_000)
@@ -88,20 +113,8 @@ async def test_the_workers_answer_is_the_one_the_loop_builds() -> None:
     store = telemetry_child.the_store()
     now = store.clock()
     store.clock = lambda: now
-    in_worker = _api(plan, spots, WorkerTelemetry(worker))
-    in_worker.sends_encoded_stat = True
-    on_loop = _api(plan, spots, StoreTelemetry(store))
-    asked = [
-        ("pod", "", ""), ("deployment", "", ""), ("namespace", "", ""), ("service", "", ""),
-        ("node", "", ""), ("pod", "ns0", ""), ("deployment", "ns0", "app7"),
-    ]  # fmt: skip
-    for kind, namespace, name in asked:
-        raw = await in_worker._stat(in_worker.telemetry, kind, namespace, name, None, None, 60)
-        assert isinstance(raw, bytes)
-        built = await on_loop._stat(on_loop.telemetry, kind, namespace, name, None, None, 60)
-        assert isinstance(built, pb.StatResponse)
-        assert raw == built.SerializeToString(), (kind, namespace, name)
-        assert pb.StatResponse.FromString(raw).rows, (kind, namespace, name)
+    async for kind, namespace, rows in _same_answers(plan, spots, worker, store):
+        assert rows, (kind, namespace)
     worker.close()
 
 
@@ -276,21 +289,8 @@ async def test_complete_and_running_buckets_give_the_answer_main_gave() -> None:
     plan, spots, raws = _cluster(10)
     worker = await _buckets_of_reports(raws, running=4)
     store = telemetry_child.the_store()
-    in_worker = _api(plan, spots, WorkerTelemetry(worker))
-    in_worker.sends_encoded_stat = True
-    on_loop = _api(plan, spots, StoreTelemetry(store))
-    asked = [
-        ("pod", "", ""), ("deployment", "", ""), ("namespace", "", ""), ("service", "", ""),
-        ("node", "", ""), ("pod", "ns0", ""), ("deployment", "ns0", "app7"),
-    ]  # fmt: skip
-    for kind, namespace, name in asked:
-        raw = await in_worker._stat(in_worker.telemetry, kind, namespace, name, None, None, 60)
-        assert isinstance(raw, bytes)
-        built = await on_loop._stat(on_loop.telemetry, kind, namespace, name, None, None, 60)
-        assert isinstance(built, pb.StatResponse)
-        assert raw == built.SerializeToString(), (kind, namespace, name)
-        rows = pb.StatResponse.FromString(raw).rows
-        assert rows, (kind, namespace, name)
+    async for kind, namespace, rows in _same_answers(plan, spots, worker, store):
+        assert rows, (kind, namespace)
         for row in rows if kind != "pod" or namespace else rows[:400:7]:
             assert row.SerializeToString() == _as_main_encoded(store, kind, row), row
     worker.close()
