@@ -80,6 +80,10 @@ def _window_update(stream_id: int, increment: int) -> bytes:
     return _header(4, _WINDOW_UPDATE, 0, stream_id) + increment.to_bytes(4, "big")
 
 
+# h2's answer to a send on a stream that is already over: closed, or closed and forgotten.
+_STREAM_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError)
+
+
 class _Broken(Exception):
     """The connection was ended while frames were being read (a protocol error)."""
 
@@ -512,8 +516,16 @@ class MuxSession(asyncio.Protocol):
             self._write_out()
             self._abort(StreamReset(f"tunnel connection: {exc}"))
             raise _Broken from exc
-        for event in events:
-            self._event(event)
+        try:
+            for event in events:
+                self._event(event)
+        except _Broken:
+            raise
+        except Exception:
+            # Never left half-read (the first bytes come before reading resumes): the peer gets
+            # a GOAWAY and opens a new connection for what comes next.
+            log.exception("tunnel connection: acting on the peer's frames failed; ending it")
+            self._fail(h2.errors.ErrorCodes.INTERNAL_ERROR, "an internal error")
 
     def _fail(self, code: h2.errors.ErrorCodes, why: str) -> None:
         """A connection error found here (not by h2): GOAWAY, and the connection is over."""
@@ -677,20 +689,31 @@ class MuxSession(asyncio.Protocol):
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         sid: int = event.stream_id
-        if self.client_side or self.going_away or self.on_stream is None:
-            self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
-            return
         try:
-            target = wire.parse_connect(list(event.headers or []))
-        except wire.MuxHeaderError as exc:
-            log.debug("%s", exc)
-            self.h2.send_headers(sid, [(b":status", b"400")], end_stream=True)
+            if self.client_side or self.going_away or self.on_stream is None:
+                self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                return
+            try:
+                target = wire.parse_connect(list(event.headers or []))
+            except wire.MuxHeaderError as exc:
+                log.debug("%s", exc)
+                self.h2.send_headers(sid, [(b":status", b"400")], end_stream=True)
+                return
+            self.h2.send_headers(sid, [(b":status", b"200")])
+        except _STREAM_GONE:
+            # The client reset the stream in the same read as its CONNECT (its app connection
+            # went away at once): nothing to answer or serve, and no one else is concerned.
             return
         stream = MuxStream(self, sid, _GONE)
         self.streams[sid] = stream
         self.opened += 1
-        self.h2.send_headers(sid, [(b":status", b"200")])
-        self.on_stream(stream, target)
+        try:
+            self.on_stream(stream, target)
+        except Exception:
+            # A bug in starting one stream costs that stream, not its neighbours.
+            log.exception("tunnel stream %d to %s:%d: starting it failed; reset", sid, *target)
+            stream.closing = True
+            self.reset(stream, h2.errors.ErrorCodes.INTERNAL_ERROR)
 
     def eof_received(self) -> bool:
         # The peer closed its side (close_notify): the connection is over for every stream.

@@ -13,7 +13,9 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import pytest
 
 from nodeagent.protocol import mux as wire
 from nodeagent.proxy.mux import HIGH_WATER, MuxSession, MuxStream, StreamRefused
@@ -299,3 +301,128 @@ async def test_request_and_answer_over_a_stream_look_up_no_loop(monkeypatch: Any
     monkeypatch.setattr(asyncio, "get_running_loop", real)
     assert app.got.count(b"200 OK") == 50 and server_app.got.count(b"GET /") == 50
     assert lookups == 0
+
+
+def _connect_then_reset(peer: h2.connection.H2Connection) -> bytes:
+    """A client's CONNECT for a stream it resets before any answer (its app connection went
+    away), and then a CONNECT that stays, each with its first bytes: all of it in one read."""
+    gone, kept = 1, 3
+    peer.send_headers(gone, wire.connect_headers("10.244.2.7", 8080))
+    peer.reset_stream(gone, h2.errors.ErrorCodes.CANCEL)
+    peer.send_headers(kept, wire.connect_headers("10.244.2.7", 8080))
+    peer.send_data(kept, b"still here")
+    return peer.data_to_send()
+
+
+@pytest.mark.parametrize("where", ["with the first bytes", "later"])
+async def test_a_stream_the_client_reset_before_its_answer_costs_only_that_stream(
+    where: str,
+) -> None:
+    """Seen in the lab under a rollout: a CONNECT and its RST_STREAM read together made the
+    server's answer raise (the stream was already closed), which ended the whole shared tunnel
+    connection; when it came with the connection's first bytes, the session was left unread
+    with every later stream of that peer hanging."""
+    apps: list[App] = []
+    targets: list[int] = []
+
+    def on_stream(stream: MuxStream, target: tuple[str, int]) -> None:
+        app = App()
+        apps.append(app)
+        targets.append(stream.id)
+        stream.protocol = app
+        app.connection_made(stream)
+
+    server = MuxSession(client_side=False, on_stream=on_stream)
+    peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    events: list[h2.events.Event] = []
+    to_server, to_peer = Carrier(), Carrier()
+    to_server.peer = server
+    to_peer.peer = lambda data: events.extend(peer.receive_data(data))
+    peer.initiate_connection()
+    if where == "with the first bytes":
+        server.start(to_peer, peer.data_to_send() + _connect_then_reset(peer))
+    else:
+        server.start(to_peer)
+        to_server.write(peer.data_to_send())
+        await settle()
+        server.data_received(_connect_then_reset(peer))
+    await settle()
+    assert not server.closed and not to_peer.closed
+    assert targets == [3] and bytes(apps[0].got) == b"still here"
+    to_server.write(peer.data_to_send())
+    await settle()
+    answers = {(ev.stream_id, dict(ev.headers)[b":status"]) for ev in events
+               if isinstance(ev, h2.events.ResponseReceived)}  # fmt: skip
+    assert answers == {(3, b"200")}
+    apps[0].transport.write(b"answer")
+    await settle()
+    assert any(isinstance(ev, h2.events.DataReceived) and ev.data == b"answer" for ev in events)
+
+
+class _Peer:
+    """A standard HTTP/2 client (the h2 library) facing a server session over carriers."""
+
+    def __init__(self, server: MuxSession) -> None:
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.events: list[h2.events.Event] = []
+        self.to_server, self.to_peer = Carrier(), Carrier()
+        self.to_server.peer = server
+        self.to_peer.peer = lambda data: self.events.extend(self.h2.receive_data(data))
+        self.h2.initiate_connection()
+
+    def answers(self) -> dict[int, bytes]:
+        return {ev.stream_id: dict(ev.headers)[b":status"] for ev in self.events
+                if isinstance(ev, h2.events.ResponseReceived)}  # fmt: skip
+
+    def resets(self) -> dict[int, int]:
+        return {ev.stream_id: ev.error_code for ev in self.events
+                if isinstance(ev, h2.events.StreamReset)}  # fmt: skip
+
+
+async def test_a_stream_that_fails_to_start_is_reset_and_its_neighbours_served() -> None:
+    started: list[int] = []
+
+    def on_stream(stream: MuxStream, target: tuple[str, int]) -> None:
+        if target[1] == 1:
+            raise RuntimeError("a bug in starting this stream")
+        started.append(stream.id)
+        app = App()
+        stream.protocol = app
+        app.connection_made(stream)
+
+    server = MuxSession(client_side=False, on_stream=on_stream)
+    peer = _Peer(server)
+    for sid, port in ((1, 8080), (3, 1), (5, 8080)):
+        peer.h2.send_headers(sid, wire.connect_headers("10.244.2.7", port))
+    server.start(peer.to_peer, peer.h2.data_to_send())
+    await settle()
+    assert started == [1, 5] and not server.closed
+    assert peer.answers() == {1: b"200", 3: b"200", 5: b"200"}
+    assert peer.resets() == {3: h2.errors.ErrorCodes.INTERNAL_ERROR}
+
+
+async def test_a_failure_acting_on_frames_ends_the_connection_with_a_goaway(
+    monkeypatch: Any,
+) -> None:
+    """Not left open and unread (as when it came with the connection's first bytes, before
+    reading resumed): the peer hears GOAWAY and takes its next streams elsewhere."""
+
+    def broken(self: MuxStream) -> None:
+        raise RuntimeError("a bug acting on END_STREAM")
+
+    monkeypatch.setattr(MuxStream, "ended", broken)
+
+    def on_stream(stream: MuxStream, target: tuple[str, int]) -> None:
+        app = App()
+        stream.protocol = app
+        app.connection_made(stream)
+
+    server = MuxSession(client_side=False, on_stream=on_stream)
+    peer = _Peer(server)
+    peer.h2.send_headers(1, wire.connect_headers("10.244.2.7", 8080), end_stream=True)
+    server.start(peer.to_peer, peer.h2.data_to_send())
+    await settle()
+    assert server.closed or peer.to_peer.closed
+    assert peer.to_peer.closed
+    ended = [ev for ev in peer.events if isinstance(ev, h2.events.ConnectionTerminated)]
+    assert [ev.error_code for ev in ended] == [h2.errors.ErrorCodes.INTERNAL_ERROR]
