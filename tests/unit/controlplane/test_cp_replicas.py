@@ -236,9 +236,4 @@ async def test_either_replica_answers_for_the_whole_cluster_and_survives_the_oth
         await node1.close()
         await node2.close()
         node2_tap.close()
-        # grpclib's close() starts Python's TLS shutdown, which waits for the server's side (up
-        # to 30 s; against this replica the socket was still open 2 s later): replica b goes
-        # first, so the socket closes on its EOF while this test's event loop still runs.
-        procs["cp-b"].terminate()
-        await asyncio.to_thread(procs["cp-b"].wait, 10)
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)  # the aborted socket is closed on the loop's next turn

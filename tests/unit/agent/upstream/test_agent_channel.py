@@ -293,3 +293,68 @@ async def test_tls_checks_the_servers_name(
 )  # fmt: skip
 def test_targets_as_grpc_writes_them(target: str, parsed: tuple[Any, ...]) -> None:
     assert parse_target(target) == parsed
+
+
+class SilentProxy:
+    """A TCP relay to the server that can go silent (relays nothing more, closes nothing), as
+    a control plane's node that dropped off the network looks from the agent."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.silent = False
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _relay(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writers += [down_w, up_w]
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while data := await r.read(65536):
+                if not self.silent:
+                    w.write(data)
+
+        await asyncio.gather(pipe(down_r, up_w), pipe(up_r, down_w), return_exceptions=True)
+
+    async def stop(self) -> None:
+        self.server.close()
+        for w in self.writers:
+            w.close()
+        await self.server.wait_closed()
+
+
+async def test_a_control_plane_gone_silent_is_noticed_by_keepalive_and_left(
+    serve: Serve,
+    authority: CertificateAuthority,
+    anchor: CaMaterial,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(channel_module, "KEEPALIVE_SECONDS", 0.3)
+    monkeypatch.setattr(channel_module, "KEEPALIVE_TIMEOUT_SECONDS", 0.3)
+    _, _, port = await serve(ServingCertificate(authority).credentials())
+    proxy = SilentProxy(port)
+    channel = open_channel(
+        f"127.0.0.1:{await proxy.start()}", insecure=False, ca_file=_ca_file(tmp_path, anchor)
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        with pytest.raises(CallFailed) as failed:
+            async with open_stream(channel, BIDI, pb.AgentReport, pb.ReportAck) as call:
+                await call.write(pb.AgentReport(sequence=1))
+                async for _ack in call:
+                    proxy.silent = True
+                    went_silent = loop.time()
+        noticed = loop.time() - went_silent
+        # The network is back: the next call is made on a new connection, and succeeds.
+        proxy.silent = False
+        ack = await unary(channel, UNARY, pb.AgentReport(sequence=9), pb.ReportAck, timeout=5)
+    finally:
+        channel.close()
+        await proxy.stop()
+    assert failed.value.code == "UNAVAILABLE"
+    assert noticed < 3.0  # pings every 0.3 s, 0.3 s for an answer (not TLS's 30 s close)
+    assert ack.sequence == 9
