@@ -56,9 +56,9 @@ def translated() -> Iterator[None]:
         raise CallFailed(exc.status.name, exc.message or "") from exc
     except StreamTerminatedError as exc:  # connection lost, stream reset, keepalive unanswered
         raise CallFailed(Status.UNAVAILABLE.name, str(exc)) from exc
-    except TimeoutError as exc:  # the call's deadline (grpclib raises asyncio.TimeoutError)
-        raise CallFailed(Status.DEADLINE_EXCEEDED.name, str(exc) or "deadline exceeded") from exc
-    except OSError as exc:  # connect refused, name unknown, TLS handshake or peer check failed
+    except OSError as exc:  # connect refused or timed out, name unknown, TLS handshake failed
+        if isinstance(exc, TimeoutError) and exc.errno is None:  # grpclib's: the deadline
+            raise CallFailed(Status.DEADLINE_EXCEEDED.name, str(exc)) from exc
         raise CallFailed(Status.UNAVAILABLE.name, f"{type(exc).__name__}: {exc}") from exc
 
 
