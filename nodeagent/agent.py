@@ -33,7 +33,8 @@ from nodeagent.proxy.podnetns import find_netns_for
 from nodeagent.proxy.router import Router
 from nodeagent.rules.worker import RuleWorker
 from nodeagent.upstream.certstore import CertStore
-from nodeagent.upstream.destination import DestinationClient, open_channel, read_token
+from nodeagent.upstream.channel import open_channel
+from nodeagent.upstream.destination import DestinationClient, read_token
 from nodeagent.upstream.identity import IdentityClient, identities_on_node
 from nodeagent.upstream.table import DestinationTable, TableChanged
 from nodeagent.upstream.tap import TapClient
@@ -448,7 +449,7 @@ class Agent:
             await stop.wait()
         finally:
             await self.shutdown()
-            await channel.close()
+            channel.close()
 
     async def shutdown(self) -> None:
         """Hand over to a successor if one comes (serving on meanwhile), else stop accepting;

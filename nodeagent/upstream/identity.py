@@ -13,19 +13,19 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import grpc
-
 from nodeagent import podplan
 from nodeagent.upstream.certstore import CertStore
+from nodeagent.upstream.channel import CallFailed, Channel, unary
 from nodeagent.upstream.table import DestinationTable
 from nodemesh import certs
-from nodemesh.api import identity_pb2, identity_pb2_grpc
+from nodemesh.api import identity_pb2
 
 log = logging.getLogger(__name__)
 
 CERTIFY_TIMEOUT = 10.0
 # Longest sleep between looks at the table, in case a kick was missed.
 IDLE_WAKEUP = 5.0
+CERTIFY = "/nodemesh.identity.v1.Identity/Certify"
 PARALLEL = 4
 
 
@@ -42,12 +42,12 @@ class IdentityClient:
     def __init__(
         self,
         *,
-        channel: grpc.aio.Channel,
+        channel: Channel,
         store: CertStore,
         wanted: Callable[[], set[str]],
         timeout: float = CERTIFY_TIMEOUT,
     ) -> None:
-        self.stub = identity_pb2_grpc.IdentityStub(channel)
+        self.channel = channel
         self.store = store
         self.wanted = wanted
         self.timeout = timeout
@@ -85,10 +85,16 @@ class IdentityClient:
             request = identity_pb2.CertifyRequest(
                 csr=certs.make_csr(identity, key), spiffe_id=identity
             )
-            reply = await self.stub.Certify(request, timeout=self.timeout)
+            reply = await unary(
+                self.channel,
+                CERTIFY,
+                request,
+                identity_pb2.CertifyResponse,
+                timeout=self.timeout,
+            )
             certified = certs.CertifiedKey.from_pem(identity, key, reply.certificate_chain_pem)
-        except grpc.aio.AioRpcError as exc:
-            self._failed(identity, f"{exc.code().name}: {exc.details()}")
+        except CallFailed as exc:
+            self._failed(identity, f"{exc.code}: {exc.details}")
             return False
         except (OSError, ValueError, certs.PeerRejected) as exc:
             self._failed(identity, str(exc))

@@ -8,8 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
-import grpc
-
+from nodeagent.upstream.channel import CallFailed
 from nodemesh.backoff import Backoff
 
 
@@ -36,9 +35,9 @@ async def keep_streaming(
     while True:
         try:
             await stream()
-        except grpc.aio.AioRpcError as exc:
+        except CallFailed as exc:
             level = logging.WARNING if progressed() else logging.DEBUG
-            log.log(level, "%s stream: %s %s", name, exc.code().name, exc.details())
+            log.log(level, "%s stream: %s %s", name, exc.code, exc.details)
         except (ValueError, OSError) as exc:
             log.error("%s stream: %s", name, exc)
         finally:

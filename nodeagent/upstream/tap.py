@@ -11,20 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import grpc
 from prometheus_client import Counter, Gauge
 
 from nodeagent.observe.metrics import REGISTRY
 from nodeagent.observe.stats.tapping import Taps
+from nodeagent.upstream.channel import CallFailed, Channel, StreamCall, open_stream
 from nodeagent.upstream.reconnecting import keep_streaming
 from nodemesh import tasks
 from nodemesh.api import tap_pb2 as pb
-from nodemesh.api import tap_pb2_grpc as pb_grpc
 from nodemesh.version import __version__
 
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 1000
+CONNECT = "/nodemesh.tap.v1.AgentTap/Connect"
 
 TAP_EVENTS = Counter(
     "nodemesh_agent_tap_events",
@@ -41,7 +41,7 @@ class TapClient:
     def __init__(
         self,
         *,
-        channel: grpc.aio.Channel,
+        channel: Channel,
         taps: Taps,
         queue_size: int = QUEUE_SIZE,
     ) -> None:
@@ -62,15 +62,15 @@ class TapClient:
             TAP_EVENTS.labels("dropped").inc()
 
     async def run(self) -> None:
-        stub = pb_grpc.AgentTapStub(self.channel)
-
         async def one_stream() -> None:
             self._commands = 0
-            call = stub.Connect()
-            hello = pb.AgentHello(node=self.taps.node, agent_version=__version__)
-            await call.write(pb.AgentTapMessage(hello=hello))
-            self.connected = True
-            await self._stream(call)
+            async with open_stream(
+                self.channel, CONNECT, pb.AgentTapMessage, pb.TapCommand
+            ) as call:
+                hello = pb.AgentHello(node=self.taps.node, agent_version=__version__)
+                await call.write(pb.AgentTapMessage(hello=hello))
+                self.connected = True
+                await self._stream(call)
             log.warning("tap stream ended; reconnecting")
 
         def after() -> None:
@@ -84,7 +84,7 @@ class TapClient:
             "tap", one_stream, progressed=lambda: self._commands > 0, after=after, log=log
         )
 
-    async def _stream(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _stream(self, call: StreamCall[pb.AgentTapMessage, pb.TapCommand]) -> None:
         sender = tasks.spawn(self._send(call), name="tap events")
         try:
             async for command in call:
@@ -101,9 +101,8 @@ class TapClient:
         finally:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
-            call.cancel()
 
-    async def _send(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _send(self, call: StreamCall[pb.AgentTapMessage, pb.TapCommand]) -> None:
         """Send queued events until the stream breaks. A write to a broken stream ends this task
         quietly: the reading side sees the same end and reports it once (a control plane restart
         is routine, not a failed task with a traceback)."""
@@ -111,7 +110,7 @@ class TapClient:
             event = await self.queue.get()
             try:
                 await call.write(pb.AgentTapMessage(event=event))
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            except CallFailed as exc:
                 log.debug("tap stream broke while sending an event: %s", exc)
                 return
             self.sent += 1

@@ -17,13 +17,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-import grpc
 from prometheus_client import Counter, Gauge
 
 from nodeagent.observe.metrics import REGISTRY
 from nodeagent.observe.stats import load as agent_load
 from nodeagent.observe.stats.report import Load, take_reports
 from nodeagent.observe.stats.series import Aggregate
+from nodeagent.upstream.channel import CallFailed, Channel, StreamCall, open_stream
 from nodeagent.upstream.reconnecting import keep_streaming
 from nodemesh import tasks
 from nodemesh.api import telemetry_pb2 as pb
@@ -52,7 +52,7 @@ class TelemetryClient:
     def __init__(
         self,
         *,
-        channel: grpc.aio.Channel,
+        channel: Channel,
         aggregate: Aggregate,
         node: str,
         pods_enrolled: Callable[[], int],
@@ -102,15 +102,11 @@ class TelemetryClient:
 
     async def run(self) -> None:
         """Forever: open the stream, report every interval, back off and reopen when it ends."""
-        call_factory = self.channel.stream_stream(
-            METHOD,
-            request_serializer=pb.AgentReport.SerializeToString,
-            response_deserializer=pb.ReportAck.FromString,
-        )
 
         async def one_stream() -> None:
             self._stream_acks = 0
-            await self._stream(call_factory())
+            async with open_stream(self.channel, METHOD, pb.AgentReport, pb.ReportAck) as call:
+                await self._stream(call)
 
         # A stream the control plane acknowledged reports on was up and working, not failing.
         await keep_streaming(
@@ -121,7 +117,7 @@ class TelemetryClient:
             log=log,
         )
 
-    async def _stream(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _stream(self, call: StreamCall[pb.AgentReport, pb.ReportAck]) -> None:
         """One stream's life, until it breaks."""
         acks = tasks.spawn(self._read_acks(call), name="telemetry acks")
         try:
@@ -146,9 +142,10 @@ class TelemetryClient:
         finally:
             if not acks.done():
                 acks.cancel()
-            call.cancel()
 
-    async def _send(self, call: grpc.aio.StreamStreamCall, report: pb.AgentReport) -> None:
+    async def _send(
+        self, call: StreamCall[pb.AgentReport, pb.ReportAck], report: pb.AgentReport
+    ) -> None:
         self.sequence += 1
         report.sequence = self.sequence
         self._unacked[self.sequence] = report
@@ -157,13 +154,13 @@ class TelemetryClient:
             TELEMETRY_REPORTS.labels("dropped").inc()
         await call.write(report)
 
-    async def _read_acks(self, call: grpc.aio.StreamStreamCall) -> grpc.aio.AioRpcError | None:
+    async def _read_acks(self, call: StreamCall[pb.AgentReport, pb.ReportAck]) -> CallFailed | None:
         """Read acknowledgements until the stream ends; its error is returned, not raised (a
         raising task would be logged as failed, and a control plane restart is routine)."""
         try:
             async for ack in call:
                 self._ack(ack)
-        except grpc.aio.AioRpcError as exc:
+        except CallFailed as exc:
             return exc
         return None
 

@@ -29,7 +29,8 @@ from controlplane.telemetry.service import MAX_RECEIVE_BYTES, TelemetryService
 from controlplane.telemetry_port import StoreTelemetry
 from nodeagent.observe.events import Peer, RequestObserved, RequestStarted
 from nodeagent.observe.sink import AgentSink
-from nodeagent.upstream.destination import open_channel, read_token
+from nodeagent.upstream.channel import Channel, open_channel
+from nodeagent.upstream.destination import read_token
 from nodeagent.upstream.tap import TapClient
 from nodeagent.upstream.telemetry import TelemetryClient
 from nodemesh import tasks
@@ -138,9 +139,7 @@ async def cp(tmp_path: Path) -> AsyncIterator[ControlPlane]:
         await plane.stop()
 
 
-def agent_channel(
-    cp: ControlPlane, token: Callable[[], str | None] | None = None
-) -> grpc.aio.Channel:
+def agent_channel(cp: ControlPlane, token: Callable[[], str | None] | None = None) -> Channel:
     """The agent's channel, with node1's token (read per call) unless `token` says otherwise."""
     return open_channel(
         f"127.0.0.1:{cp.port}",
@@ -238,7 +237,7 @@ async def test_reports_reach_the_store_exactly_across_a_control_plane_restart(cp
         assert agent.cpu_seconds > 0 and agent.rss_bytes > 10 << 20 and agent.version
     finally:
         await tasks.cancel_all([task])
-        await channel.close()
+        channel.close()
 
 
 async def test_a_wrong_token_is_refused_and_nothing_is_lost(cp, tmp_path: Path) -> None:
@@ -262,7 +261,7 @@ async def test_a_wrong_token_is_refused_and_nothing_is_lost(cp, tmp_path: Path) 
         await wait_for(lambda: (r := web_to_emoji(cp.store)) is not None and r.requests == 40)
     finally:
         await tasks.cancel_all([task])
-        await channel.close()
+        channel.close()
 
 
 class Reader:
@@ -357,4 +356,4 @@ async def test_a_public_tap_reaches_the_agent_and_its_events_flow_back(cp) -> No
             await tasks.cancel_all([tap.task])
         await tasks.cancel_all([task])
         await public_channel.close()
-        await channel.close()
+        channel.close()

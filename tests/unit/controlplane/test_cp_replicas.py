@@ -20,13 +20,14 @@ import pytest
 
 from nodeagent.observe.events import Peer, RequestStarted
 from nodeagent.observe.sink import AgentSink
+from nodeagent.upstream.channel import open_channel
 from nodeagent.upstream.tap import TapClient
 from nodemesh import tasks
 from nodemesh.api import public_pb2 as ppb
 from nodemesh.api import public_pb2_grpc as ppb_grpc
 from nodemesh.api import telemetry_pb2 as tpb
 from nodemesh.histogram import bucket_index
-from nodemesh.identity import create_issuer_files
+from nodemesh.identity import CA_FILE, create_issuer_files
 from nodemesh.lab.access import ACCESS_FILE, ADMIN_TOKEN_FILE, create_lab_access
 
 pytestmark = pytest.mark.timeout(120)
@@ -103,10 +104,9 @@ def reports_metrics(ip: str, port: int) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("nodemesh_telemetry_reports")]
 
 
-def agent_channel(ip: str, port: int, issuer, token: str | None = None) -> grpc.aio.Channel:  # type: ignore[no-untyped-def]
+def agent_channel(ip: str, port: int, issuer) -> grpc.aio.Channel:  # type: ignore[no-untyped-def]
+    """A grpcio channel to a replica's agent port (send_reports puts the token on its call)."""
     creds = grpc.ssl_channel_credentials(root_certificates=issuer.anchor.certificate_pem())
-    if token is not None:  # as the agent's open_channel: the token on every call
-        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
     return grpc.aio.secure_channel(
         f"{ip}:{port}", creds, options=[("grpc.ssl_target_name_override", "localhost")]
     )
@@ -171,7 +171,13 @@ async def test_either_replica_answers_for_the_whole_cluster_and_survives_the_oth
     node1 = agent_channel(a, ports["agent"], issuer)  # node1's agent reached replica a
     node2 = agent_channel(b, ports["agent"], issuer)  # node2's agent reached replica b
     sink = AgentSink(node="node2")
-    node2_tap = agent_channel(b, ports["agent"], issuer, token=issuer.tokens["node2"])
+    node2_tap = open_channel(  # node2's agent's own channel (grpclib), as the agent opens it
+        f"{b}:{ports['agent']}",
+        insecure=False,
+        ca_file=issuer.directory / CA_FILE,
+        token=lambda: issuer.tokens["node2"],
+        server_name="localhost",
+    )
     tap_client = TapClient(channel=node2_tap, taps=sink.taps)
     tap_task = tasks.spawn(tap_client.run(), name="node2 tap client")
     tap_call = None
@@ -229,4 +235,5 @@ async def test_either_replica_answers_for_the_whole_cluster_and_survives_the_oth
         await tasks.cancel_all([tap_task])
         await node1.close()
         await node2.close()
-        await node2_tap.close()
+        node2_tap.close()
+        await asyncio.sleep(0.1)  # the aborted socket is closed on the loop's next turn

@@ -15,7 +15,7 @@ from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.identity import BootstrapTokenAuthenticator, CertificateAuthority
 from controlplane.identity.service import IdentityService
 from nodeagent.upstream.certstore import CertStore
-from nodeagent.upstream.destination import open_channel
+from nodeagent.upstream.channel import Channel, open_channel
 from nodeagent.upstream.identity import IdentityClient
 from nodemesh import certs, tasks
 from nodemesh.identity import CaMaterial
@@ -36,13 +36,13 @@ async def _serve(authority: CertificateAuthority) -> tuple[grpc.aio.Server, int]
 @pytest.fixture
 async def channel_to(
     authority: CertificateAuthority,
-) -> AsyncIterator[Callable[..., grpc.aio.Channel]]:
+) -> AsyncIterator[Callable[..., Channel]]:
     servers: list[grpc.aio.Server] = []
-    channels: list[grpc.aio.Channel] = []
+    channels: list[Channel] = []
 
     async def make(
         lifetime: datetime.timedelta = datetime.timedelta(hours=24), token: str = TOKEN
-    ) -> grpc.aio.Channel:
+    ) -> Channel:
         ca = CertificateAuthority(
             anchors=authority.anchors,
             issuer=authority.issuer,
@@ -57,7 +57,7 @@ async def channel_to(
 
     yield make  # type: ignore[misc]
     for ch in channels:
-        await ch.close()
+        ch.close()
     for s in servers:
         await s.stop(None)
 
