@@ -69,6 +69,10 @@ def _field(tag: bytes) -> list[bytes]:
 
 
 _MESHED_OF, _TOTAL_OF, _REQUESTS_OF = _field(_MESHED), _field(_TOTAL), _field(_REQUESTS)
+_ROW_OF = [_ROW + v for v in _VARINTS]  # a row's tag and its length
+_FEW = 64
+# meshed_pods and total_pods together, both below _FEW: _PODS[meshed][total].
+_PODS = [[_MESHED_OF[m] + _TOTAL_OF[t] for t in range(_FEW)] for m in range(_FEW)]
 
 
 def _uint(tag: bytes, table: list[bytes] | None, n: int) -> bytes:
@@ -124,30 +128,32 @@ def row(
 ) -> bytes:
     """One `rows` entry of a StatResponse (tag and length included): `resource` from
     `ResourceFields`, `traffic` a query.PlainTraffic with three quantiles, or None."""
-    head = resource + _uint(_MESHED, _MESHED_OF, meshed) + _uint(_TOTAL, _TOTAL_OF, total)
+    if meshed < _FEW and total < _FEW:
+        head = resource + _PODS[meshed][total]
+    else:
+        head = resource + _uint(_MESHED, _MESHED_OF, meshed) + _uint(_TOTAL, _TOTAL_OF, total)
     if traffic is None:
         body = head
     else:
         covered, success, failure, gauge, read, write, denied, p50, p95, p99 = traffic
         requests = success + failure
         rps = requests / covered
-        head += _uint(_REQUESTS, _REQUESTS_OF, requests)
         if (
-            requests
+            0 < requests < _SMALL
             and p99 is not None
             and p95 is not None
             and p50 is not None
-            and not (gauge or read or write)
+            and not (gauge or read or write or denied)
             and rps
             and covered
         ):
-            # The common row: every double written, no TCP counts.
-            body = head + _DOUBLES(
+            # The common row: requests, every double, no TCP counts nor denials.
+            body = head + _REQUESTS_OF[requests] + _DOUBLES(
                 0x29, success / requests, 0x31, rps, 0x39, p50, 0x41, p95, 0x49, p99,
                 0x69, covered,
             )  # fmt: skip
         else:
-            parts = [head]
+            parts = [head, _uint(_REQUESTS, _REQUESTS_OF, requests)]
             if requests:
                 parts.append(_SUCCESS_RATE + _double(success / requests))
             if not _is_zero(rps):
@@ -160,10 +166,11 @@ def row(
             parts.append(_uint(_WRITE, None, write))
             if not _is_zero(covered):
                 parts.append(_COVERED + _double(covered))
+            if denied:
+                parts.append(_DENIED + varint(denied))
             body = b"".join(parts)
-        if denied:
-            body += _DENIED + varint(denied)
-    return _ROW + varint(len(body)) + body
+    size = len(body)
+    return (_ROW_OF[size] if size < _SMALL else _ROW + varint(size)) + body
 
 
 def window_field(window: int) -> bytes:
