@@ -161,6 +161,11 @@ class _Order:
 
     def sorted_with(self, *tables: KeySet[Group]) -> list[Group]:
         """Every key held and every key of `tables`, sorted (held ones gone included)."""
+        self.add(*tables)
+        return self.keys
+
+    def add(self, *tables: KeySet[Group]) -> set[Group]:
+        """Sort in the keys of `tables` not held yet; returns them."""
         held = self.held
         new: set[Group] = set()
         for table in tables:
@@ -174,7 +179,7 @@ class _Order:
                 keys = sorted(chain(self.keys, new))
             self.keys = keys
             held |= new
-        return self.keys
+        return new
 
     def forget(self, gone: list[Group]) -> None:
         if gone:
@@ -195,11 +200,14 @@ def _order_of(kind: str, namespace: str) -> _Order:
     return found
 
 
-def seed_order(kind: str, keys: Iterable[Group]) -> None:
-    """Where the first answer of `kind` over all namespaces starts from (the store's resources
-    when a bucket begins, in the telemetry worker), if no answer of it was made yet."""
-    if (kind, "") not in _orders:
-        _orders[(kind, "")] = _Order(keys)
+def prepare(kind: str, resources: KeySet[Group]) -> None:
+    """In the telemetry worker, when a bucket begins: the store's `resources` of `kind` sorted
+    into the order its next answer over all namespaces starts from, and their `resource` fields
+    written, so that the first answer does neither (~25 ms of a cold Stat pod at 10,000 pods;
+    once they are held, a bucket's new resources only: ~1 ms)."""
+    fields = _resource_fields.of(kind)
+    for key in _order_of(kind, "").add(resources):
+        fields[key]
 
 
 def rows_into(

@@ -95,9 +95,7 @@ def _prepare(store: TelemetryStore) -> None:
         prepare_stat(store, answers.PLAIN_KINDS, answers.DEFAULT_WINDOW)
         _prepared = store.groups.generation
         for kind in answers.PLAIN_KINDS:
-            # Where the first answer of a kind over all namespaces starts its sorting from
-            # (the next ones start from the answer before).
-            answers.seed_order(kind, store.groups.by_kind[kind])
+            answers.prepare(kind, store.groups.by_kind[kind].keys())
 
 
 def query(method: str, kwargs: dict[str, Any]) -> Any:
