@@ -19,6 +19,7 @@ turns a port's StatRows into the same tuples (`plain_of`).
 
 from __future__ import annotations
 
+import threading
 from bisect import insort
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -158,6 +159,8 @@ class _Order:
     def __init__(self, keys: Iterable[Group]) -> None:
         self.keys = sorted(keys)
         self.held = set(self.keys)
+        # A thread worker's answers and the loop's (a Prometheus port's) may share one.
+        self.lock = threading.Lock()
 
     def sorted_with(self, *tables: KeySet[Group]) -> list[Group]:
         """Every key held and every key of `tables`, sorted (held ones gone included)."""
@@ -166,26 +169,28 @@ class _Order:
 
     def add(self, *tables: KeySet[Group]) -> set[Group]:
         """Sort in the keys of `tables` not held yet; returns them."""
-        held = self.held
-        new: set[Group] = set()
-        for table in tables:
-            new |= table - held
-        if new:
-            if len(new) <= 64:
-                keys = self.keys.copy()  # the list handed out stays as it was
-                for k in new:
-                    insort(keys, k)
-            else:
-                keys = sorted(chain(self.keys, new))
-            self.keys = keys
-            held |= new
-        return new
+        with self.lock:
+            held = self.held
+            new: set[Group] = set()
+            for table in tables:
+                new |= table - held
+            if new:
+                if len(new) <= 64:
+                    keys = self.keys.copy()  # the list handed out stays as it was
+                    for k in new:
+                        insort(keys, k)
+                else:
+                    keys = sorted(chain(self.keys, new))
+                self.keys = keys
+                held |= new
+            return new
 
     def forget(self, gone: list[Group]) -> None:
         if gone:
             dropped = set(gone)
-            self.keys = [k for k in self.keys if k not in dropped]
-            self.held -= dropped
+            with self.lock:
+                self.keys = [k for k in self.keys if k not in dropped]
+                self.held -= dropped
 
 
 _orders: dict[tuple[str, str], _Order] = {}
