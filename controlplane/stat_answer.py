@@ -11,10 +11,14 @@ its running pods a live agent enrolled. Built where the traffic is:
   its CPU per build, once a second while asked), and every other call waited behind them;
 - otherwise (Prometheus, a store in process) on the loop, giving it back every
   `turn_s` (`rows_into` yields every `ROWS_PER_CHECK` rows for the caller to check).
-Both run `rows_into`, so both give the same rows for the same inputs. The worker's plain Stat
-(no --from/--to) reads each resource's counts and quantiles in one pass over the store's
+Both take their rows from `_rows`, so both give the same rows for the same inputs; the worker
+writes the bytes itself (`encode`, controlplane.stat_wire: the bytes protobuf writes for
+`build`'s answer), the loop makes protobuf rows (`rows_into`). The worker's plain Stat (no
+--from/--to) reads each resource's counts and quantiles in one pass over the store's
 aggregates (`query.plain_traffic`: a tuple a row, no StatRow nor histogram per row); the loop
-turns a port's StatRows into the same tuples (`plain_of`).
+turns a port's StatRows into the same tuples (`plain_of`). When a bucket begins the worker
+sorts the store's resources into the order the next answer starts from and writes their
+`resource` fields (`prepare`), as it sums the complete buckets then (query.prepare_stat).
 """
 
 from __future__ import annotations
