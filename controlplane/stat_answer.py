@@ -215,8 +215,15 @@ def prepare(kind: str, resources: KeySet[Group]) -> None:
     written, so that the first answer does neither (~25 ms of a cold Stat pod at 10,000 pods;
     once they are held, a bucket's new resources only: ~1 ms)."""
     fields = _resource_fields.of(kind)
-    for key in _order_of(kind, "").add(resources):
+    order = _order_of(kind, "")
+    for key in order.add(resources):
         fields[key]
+    # Resources the store let go leave with the next answer; with no answer asked for a while,
+    # here, once they are a quarter of those held (the index's own, if any, come back with the
+    # next answer).
+    stale = order.held - resources
+    if len(stale) > len(order.held) // 4:
+        order.forget(list(stale))
 
 
 def rows_into(

@@ -462,3 +462,17 @@ async def test_a_cold_stat_writes_no_resource_field_the_worker_prepared(monkeypa
     assert len(rows) == plan.pods and rows == sorted(rows)
     assert written == 0
     worker.close()
+
+
+def test_the_prepared_order_does_not_grow_while_no_stat_is_asked() -> None:
+    """Pods come and go (new names) and nobody asks Stat: what the worker holds for the next
+    answer's order stays near the store's resources, not every name ever seen."""
+    from controlplane import stat_answer
+
+    for bucket in range(40):
+        pods = {("ns0", f"web-{bucket * 100 + i}") for i in range(1_000)}
+        stat_answer.prepare("pod", pods)
+    held = stat_answer._order_of("pod", "")
+    assert len(held.held) <= 1_400, len(held.held)
+    assert held.keys == sorted(held.held)
+    stat_answer._orders.clear()
