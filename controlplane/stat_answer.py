@@ -165,10 +165,12 @@ class _Order:
         self.held = set(self.keys)
         # A thread worker's answers and the loop's (a Prometheus port's) may share one.
         self.lock = threading.Lock()
+        self.answered = False  # an answer started from it since `prepare` last looked
 
     def sorted_with(self, *tables: KeySet[Group]) -> list[Group]:
         """Every key held and every key of `tables`, sorted (held ones gone included)."""
         self.add(*tables)
+        self.answered = True
         return self.keys
 
     def add(self, *tables: KeySet[Group]) -> set[Group]:
@@ -218,12 +220,15 @@ def prepare(kind: str, resources: KeySet[Group]) -> None:
     order = _order_of(kind, "")
     for key in order.add(resources):
         fields[key]
-    # Resources the store let go leave with the next answer; with no answer asked for a while,
-    # here, once they are a quarter of those held (the index's own, if any, come back with the
-    # next answer).
-    stale = order.held - resources
-    if len(stale) > len(order.held) // 4:
-        order.forget(list(stale))
+    # Resources gone from both the index and the store leave with the next answer (`_rows`).
+    # With no answer since the last bucket, the store's are dropped here once they are a
+    # quarter of those held (else pod churn grows the order without bound); the index's own
+    # resources with no traffic go too, and come back with the next answer.
+    if not order.answered:
+        stale = order.held - resources
+        if len(stale) > len(order.held) // 4:
+            order.forget(list(stale))
+    order.answered = False
 
 
 def rows_into(
