@@ -94,6 +94,8 @@ def _prepare(store: TelemetryStore) -> None:
     if store.groups.generation != _prepared:
         prepare_stat(store, answers.PLAIN_KINDS, answers.DEFAULT_WINDOW)
         _prepared = store.groups.generation
+        for kind in answers.PLAIN_KINDS:
+            answers.prepare(kind, store.groups.by_kind[kind].keys())
 
 
 def query(method: str, kwargs: dict[str, Any]) -> Any:
@@ -119,11 +121,10 @@ def stat_answer(kwargs: dict[str, Any], name: str, groups: answers.Groups) -> by
         )  # fmt: skip
     else:
         traffic = answers.plain_of(port.stat(**kwargs), kwargs["window_s"])
-    answer = answers.build(
+    return answers.encode(
         kind=kwargs["group_by"], namespace=kwargs["namespace"], name=name,
         window=kwargs["window_s"], groups=groups, traffic=traffic, enrolled=port.enrolled_pods(),
     )  # fmt: skip
-    return answer.SerializeToString()
 
 
 FlatRow = tuple[Any, ...]

@@ -113,7 +113,9 @@ def quantiles_ms(counts: Mapping[int, int], qs: tuple[float, ...]) -> tuple[floa
     `quantiles`, written out (no call per quantile; 30,000 of them for `stat pod`)."""
     if not counts:
         return _NONE_OF.get(len(qs)) or (None,) * len(qs)
-    for q in qs if qs not in _CHECKED else ():
+    if qs in _CHECKED:
+        return _three_ms(counts, qs)
+    for q in qs:
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"quantile {q} outside [0, 1]")
     keys = sorted(counts)
@@ -130,7 +132,39 @@ def quantiles_ms(counts: Mapping[int, int], qs: tuple[float, ...]) -> tuple[floa
     return tuple(out)
 
 
-_CHECKED = {(0.5, 0.95, 0.99)}  # quantiles known to be in [0, 1]
+def _three_ms(counts: Mapping[int, int], qs: tuple[float, ...]) -> tuple[float | None, ...]:
+    """`quantiles_ms` of three quantiles in [0, 1], ascending (`_CHECKED`): one walk over the
+    sorted buckets that stops at the third rank (Stat's rows have a few buckets each: sorting
+    them and walking them costs less than accumulating them and bisecting three times; half
+    the time of a cold Stat pod's quantiles)."""
+    total = sum(counts.values())
+    if total <= 0:
+        return (None, None, None)
+    keys = sorted(counts)
+    if keys[0] < 0 or keys[-1] > MAX_INDEX:
+        return tuple(None if v is None else v / 1000 for v in quantiles(counts, qs))
+    q1, q2, q3 = qs
+    ceil, values = math.ceil, _VALUES_MS
+    # nearest_rank: ceil(q * total) is at most total for q <= 1, and at least 1.
+    r1, r2, r3 = ceil(q1 * total) or 1, ceil(q2 * total) or 1, ceil(q3 * total) or 1
+    walk = iter(keys)
+    seen = 0
+    for index in walk:
+        seen += counts[index]
+        if seen >= r1:
+            break
+    first = values[index]
+    while seen < r2:
+        index = next(walk)
+        seen += counts[index]
+    second = values[index]
+    while seen < r3:
+        index = next(walk)
+        seen += counts[index]
+    return (first, second, values[index])
+
+
+_CHECKED = {(0.5, 0.95, 0.99)}  # three quantiles known to be in [0, 1], ascending
 _NONE_OF = {n: (None,) * n for n in range(1, 5)}
 
 

@@ -284,40 +284,71 @@ def plain_traffic(
     fresh_from = current - BUCKET_SECONDS
     sealed = _sealed_sums(store, resource.kind, first, min(current, last))
     running_from = max(first, current)
-    acc = _Sum()
+    picky = bool(resource.namespace or resource.name)
+    acc = _Sum()  # the running bucket's cells already summed (none while it runs)
     out: dict[tuple[str, str], PlainTraffic] = {}
+    # The running bucket's members are summed here, inline (GroupCell.add_into's running
+    # branch, GroupCell.gauge): four calls a row over 10,000 rows took ~10 ms of a cold Stat.
     for found, cells in _wanted(store, resource):
-        if not _matches(resource, found):
+        if picky and not _matches(resource, found):
             continue
         base = sealed.get(found)
         if base is None:
-            acc.success = acc.failure = acc.authz_denied = acc.tcp_opened = acc.tcp_closed = 0
-            acc.read_bytes = acc.write_bytes = 0
+            success = failure = denied = read = write = 0
             latency: dict[int, int] = {}
         else:
-            acc.success, acc.failure = base.success, base.failure
-            acc.authz_denied = base.authz_denied
-            acc.tcp_opened, acc.tcp_closed = base.tcp_opened, base.tcp_closed
-            acc.read_bytes, acc.write_bytes = base.read_bytes, base.write_bytes
+            success, failure, denied = base.success, base.failure, base.authz_denied
+            read, write = base.read_bytes, base.write_bytes
             latency = base.latency.copy()
-        acc.latency = latency
         seen = base is not None
-        for cell in reversed(cells):  # the running bucket (_in_window's walk)
-            if cell.start < running_from:
-                break
-            if cell.start < last:
-                cell.add_into(acc)
-                seen = True
         gauge = 0
-        for cell in reversed(cells):
-            if cell.start < fresh_from:
+        for cell in reversed(cells):  # newest first: the running bucket, then the fresh one
+            start = cell.start
+            if start < fresh_from:
                 break
-            gauge += cell.gauge()
+            conns = cell.conns
+            if conns:
+                for series, c in conns:
+                    if series[-1] is c:
+                        gauge += c.open_connections
+            if start < running_from or start >= last:
+                continue
+            seen = True
+            requests = cell.requests
+            if requests is None:  # complete already (the store has not begun a new bucket)
+                acc.success = acc.failure = acc.authz_denied = acc.read_bytes = 0
+                acc.write_bytes = acc.tcp_opened = acc.tcp_closed = 0
+                acc.latency = latency
+                cell.add_into(acc)
+                success += acc.success
+                failure += acc.failure
+                denied += acc.authz_denied
+                read += acc.read_bytes
+                write += acc.write_bytes
+                continue
+            for ok, refused, member in requests:
+                n = member.responses
+                if ok:
+                    success += n
+                else:
+                    failure += n
+                if refused:
+                    denied += n
+                held = member.latency
+                if type(held) is dict:
+                    for index, count in held.items():
+                        latency[index] = latency.get(index, 0) + count
+                else:
+                    member.latency_into(latency)
+            for _, c in conns or ():
+                read += c.read_bytes
+                write += c.write_bytes
+                denied += c.authz_denied
         if not seen and not gauge:
             continue
         out[found] = (
-            seconds, acc.success, acc.failure, gauge, acc.read_bytes, acc.write_bytes,
-            acc.authz_denied, *quantiles_ms(latency, quantiles),
+            seconds, success, failure, gauge, read, write, denied,
+            *quantiles_ms(latency, quantiles),
         )  # fmt: skip
     return out
 

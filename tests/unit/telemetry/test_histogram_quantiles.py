@@ -36,3 +36,21 @@ def test_a_quantile_outside_0_1_is_refused() -> None:
             quantiles({7: 1}, (q,))
         with pytest.raises(ValueError):
             quantiles_ms({7: 1}, (0.5, q))
+
+
+def test_stats_three_quantiles_equal_quantile() -> None:
+    """Stat's quantiles (0.5, 0.95, 0.99: one walk that stops at the third rank) over
+    histograms of one bucket to many, one sample to millions, the top bucket included."""
+    rng = random.Random(9)
+    qs = (0.5, 0.95, 0.99)
+    for _ in range(2000):
+        counts: dict[int, int] = {}
+        for _ in range(rng.choice([1, 1, 2, 3, 5, 20, 60])):
+            index = bucket_index(rng.expovariate(1 / rng.choice([50, 5000, 500_000])))
+            counts[index] = counts.get(index, 0) + rng.choice([1, 1, 2, 7, 100, 10**6])
+        if rng.random() < 0.05:
+            counts[bucket_index(MAX_VALUE_US)] = rng.randrange(1, 3)
+        expected = tuple(None if (us := quantile(counts, q)) is None else us / 1000 for q in qs)
+        assert quantiles_ms(counts, qs) == expected, counts
+    assert quantiles_ms({}, qs) == (None, None, None)
+    assert quantiles_ms({5: 0}, qs) == (None, None, None)
