@@ -166,8 +166,9 @@ def _handshake_with_leaf(tmp_path, sans: list[str]) -> ssl.SSLObject:
             b = b.add_extension(ext, critical=False)
         return b.sign(signer, hashes.SHA256())
 
-    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
-        ec.SECP256R1()
+    ca_key, leaf_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
     )
     ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test")])
     ca = build(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
@@ -176,8 +177,9 @@ def _handshake_with_leaf(tmp_path, sans: list[str]) -> ssl.SSLObject:
     pem = serialization.Encoding.PEM
     (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(pem) + ca.public_bytes(pem))
     (tmp_path / "key.pem").write_bytes(
-        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption())  # fmt: skip
+        leaf_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )  # fmt: skip
     )
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "key.pem")

@@ -158,3 +158,26 @@ async def test_a_key_maker_that_fails_backs_off_and_the_next_one_serves(channel_
         await _until(lambda: WEB in store.held and API in store.held)
     finally:
         await tasks.cancel_all([task])
+
+
+async def test_a_refused_identity_is_asked_again_with_the_key_already_made(
+    channel_to, anchor, tmp_path
+) -> None:
+    """A new pod's first Certify is often refused (the control plane has not seen the pod on
+    this node yet); each retry must not wait for another key-maker child (seconds on a busy
+    node): the key made for the refused attempt is used again."""
+    runs = tmp_path / "runs"
+    counting = (sys.executable, "-c",
+                f"import runpy, sys; open({str(runs)!r}, 'a').write('x');"
+                "sys.exit(runpy.run_module('nodemesh.keymaker', run_name='keymaker')['main']())")  # fmt: skip
+    store = CertStore(trust_anchors_pem=anchor.certificate_pem())
+    client = IdentityClient(
+        channel=await channel_to(), store=store, wanted=lambda: {OTHER}, keymaker=counting
+    )
+    task = tasks.spawn(client.run(), name="identity client")
+    try:
+        await _until(lambda: client.failures >= 3)
+    finally:
+        await tasks.cancel_all([task])
+    assert runs.read_text() == "x", f"{len(runs.read_text())} key-maker runs for one identity"
+    assert OTHER in client.spare
