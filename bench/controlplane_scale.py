@@ -60,7 +60,7 @@ import grpc
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nodemesh import certs, tasks  # noqa: E402
+from nodemesh import keymaker, tasks  # noqa: E402
 from nodemesh.api import destination_pb2 as dpb  # noqa: E402
 from nodemesh.api import destination_pb2_grpc as dpb_grpc  # noqa: E402
 from nodemesh.api import identity_pb2 as ipb  # noqa: E402
@@ -456,7 +456,7 @@ class Agent:
     async def certify(self) -> None:
         spot = self.job.pods[self.node][0]
         spiffe = identity(spot.ns, spot.app)
-        csr = certs.make_csr(spiffe, self.shared.key)
+        csr = keymaker.make_csr(spiffe, self.shared.key)
         stub = ipb_grpc.IdentityStub(self.channel)
         for attempt in range(6):  # an agent retries with backoff; so does this one (counted)
             try:
@@ -522,7 +522,7 @@ class Agent:
 class WorkerShared:
     def __init__(self, telemetry_on: Any) -> None:
         self.telemetry_on = telemetry_on
-        self.key = certs.new_key()
+        self.key = keymaker.new_key()
         self.seen: dict[str, list[float]] = collections.defaultdict(list)
         self.deltas = 0
         self.reports_accepted = 0

@@ -44,6 +44,8 @@ from nodemesh import tasks
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 10.0
+# How long a meshed pod's CNI ADD waits for its workload certificate (the plugin waits 30 s).
+ADD_CERT_WAIT = 3.0
 BURST_CHECK_INTERVAL = 5.0
 
 
@@ -103,6 +105,7 @@ class Agent:
             mark=config.mark,
             pod_wait=config.pod_wait_seconds,
             released=self.trimmer.poke,
+            identity_ready=self._certificate_for,
         )
         self.cni = CniServer(self.enroller, config.cni_socket)
         self.router = (
@@ -157,6 +160,12 @@ class Agent:
             if isinstance(listeners, PodListeners) and listeners.pod.ip == ip:
                 return listeners
         return None
+
+    async def _certificate_for(self, identity: str) -> bool:
+        """Whether `identity`'s certificate is held, waiting up to ADD_CERT_WAIT for it."""
+        if self.certs is None:
+            return True  # no mTLS (no trust anchor): nothing to wait for
+        return await self.certs.wait(identity, ADD_CERT_WAIT) is not None
 
     def _wanted_identities(self) -> set[str]:
         """Certificates to hold: this node's meshed pods', and its router callers'."""

@@ -1,16 +1,20 @@
-"""Agent-side certificate handling: keys, CSRs, in-memory TLS 1.3 mTLS contexts, peer checks.
+"""Agent-side certificate handling: in-memory TLS 1.3 mTLS contexts, issued chains, peer checks.
 
-Interface (no gRPC here; the agent's identity client calls these around Identity.Certify):
-- `new_key()`, `make_csr(identity, key) -> PEM bytes` (empty subject, the SPIFFE ID as only SAN).
-- `CertifiedKey.from_pem(identity, key, chain_pem)`: key + chain, with `not_after`, `renew_at`.
+Interface (no gRPC and no `cryptography` here: this module is loaded into the agent process;
+keys and CSRs are made by nodemesh.keymaker, in a child process for the agent):
+- `CertifiedKey.from_pem(identity, key_pem, chain_pem)`: a PKCS8 PEM key + the chain the CA
+  issued for it (leaf first), with `not_before`, `not_after`, `renew_at`; raises PeerRejected
+  unless the leaf names exactly `identity` and holds the key's public half.
 - `renewal_time(not_before, not_after)`: two-thirds into the lifetime.
 - `server_context(certified, trust_anchors_pem=...)` / `client_context(...)`: TLS 1.3 only,
   peer certificates required and chained to the trust anchors by OpenSSL during the handshake.
-- `peer_identity(ssl_object)`: the URI SAN of the (already verified) peer certificate;
+- `peer_identity(ssl_object)`: the URI SAN of the (already verified) peer certificate, as
+  OpenSSL parsed it;
   `check_peer(ssl_object, expected=...)` raises PeerRejected unless it is `expected`.
-- `verify_peer_certificate(leaf, intermediates=..., trust_anchors=..., expected=...)`: a full
-  chain + SAN verification with `cryptography`, for certificates that did not come through a
-  handshake (and as a second opinion in tests).
+
+Issued chains are read with nodemesh.der (validity and URI SANs); whether the key matches the
+leaf is OpenSSL's own check when the chain and key are loaded into a context. A peer's identity
+is what OpenSSL parsed of its verified certificate (`getpeercert()`).
 
 Loading a context never puts a key on a filesystem: Python's ssl can only load a certificate
 chain and key from a path, so they are written to an anonymous memfd (os.memfd_create) and
@@ -22,41 +26,19 @@ serve across its own restart: nodeagent.handover.servingstate.)
 from __future__ import annotations
 
 import datetime
-import functools
 import os
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509 import verification
-
-from nodemesh.identity import SpiffeId
+from nodemesh import der
 
 RENEW_FRACTION = 2 / 3
 
 
 class PeerRejected(Exception):
     """The peer's certificate does not prove the identity we expected."""
-
-
-def new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def make_csr(identity: str | SpiffeId, key: ec.EllipticCurvePrivateKey) -> bytes:
-    """A PEM CSR for `identity`: empty subject (the identity is the URI SAN), signed by `key`."""
-    uri = str(SpiffeId.parse(str(identity)))
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM)
 
 
 def renewal_time(not_before: datetime.datetime, not_after: datetime.datetime) -> datetime.datetime:
@@ -66,55 +48,47 @@ def renewal_time(not_before: datetime.datetime, not_after: datetime.datetime) ->
 
 @dataclass(frozen=True)
 class CertifiedKey:
-    """A workload's private key and the certificate chain (leaf first) the CA issued for it."""
+    """A workload's private key (PKCS8 PEM) and the chain (PEM, leaf first) issued for it."""
 
     identity: str
-    key: ec.EllipticCurvePrivateKey
-    chain: tuple[x509.Certificate, ...]
+    key_pem: bytes
+    chain: bytes
+    not_before: datetime.datetime
+    not_after: datetime.datetime
 
     @classmethod
-    def from_pem(
-        cls, identity: str, key: ec.EllipticCurvePrivateKey, chain_pem: bytes | str
-    ) -> CertifiedKey:
-        data = chain_pem.encode() if isinstance(chain_pem, str) else chain_pem
-        chain = tuple(x509.load_pem_x509_certificates(data))
-        if uri_sans(chain[0]) != [identity]:
+    def from_pem(cls, identity: str, key_pem: bytes | str, chain_pem: bytes | str) -> CertifiedKey:
+        key = key_pem.encode() if isinstance(key_pem, str) else bytes(key_pem)
+        data = chain_pem.encode() if isinstance(chain_pem, str) else bytes(chain_pem)
+        if b"PRIVATE KEY-----" not in key:
+            raise ValueError("the key is not a PEM private key")
+        try:
+            ders = der.pem_blocks(data, "CERTIFICATE")
+            if not ders:
+                raise PeerRejected("no certificate in the issued chain")
+            facts = der.leaf_facts(ders[0])
+        except der.DerError as exc:
+            raise PeerRejected(f"issued certificate is unreadable: {exc}") from exc
+        if list(facts.uri_sans) != [identity]:
             raise PeerRejected(f"issued certificate is not for {identity}")
-        if chain[0].public_key() != key.public_key():
-            raise PeerRejected("issued certificate does not hold our public key")
-        return cls(identity, key, chain)
-
-    @property
-    def not_before(self) -> datetime.datetime:
-        return self.chain[0].not_valid_before_utc
-
-    @property
-    def not_after(self) -> datetime.datetime:
-        return self.chain[0].not_valid_after_utc
+        certified = cls(identity, key, data, facts.not_before, facts.not_after)
+        try:
+            _load_chain_from_memory(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), certified)
+        except ssl.SSLError as exc:
+            # OpenSSL checks that the key is the leaf's ("key values mismatch").
+            raise PeerRejected(f"issued certificate does not hold our public key: {exc}") from exc
+        return certified
 
     @property
     def renew_at(self) -> datetime.datetime:
         return renewal_time(self.not_before, self.not_after)
 
     def chain_pem(self) -> bytes:
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
-
-
-def uri_sans(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return san.get_values_for_type(x509.UniformResourceIdentifier)
+        return self.chain
 
 
 def _load_chain_from_memory(ctx: ssl.SSLContext, certified: CertifiedKey) -> None:
-    key_pem = certified.key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    data = memoryview(certified.chain_pem() + key_pem)
+    data = memoryview(certified.chain + b"\n" + certified.key_pem)
     fd = os.memfd_create("nodemesh-cert", os.MFD_CLOEXEC)
     try:
         while data:
@@ -152,21 +126,35 @@ def client_context(certified: CertifiedKey, *, trust_anchors_pem: bytes | str) -
 
 
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
-    """The SPIFFE ID of a peer whose chain OpenSSL verified during the handshake."""
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
+    """The SPIFFE ID of a peer whose chain OpenSSL verified during the handshake, as OpenSSL
+    itself parsed it (`getpeercert()`: the identity every policy decision rests on is not read
+    by our own DER reader)."""
+    cert = ssl_object.getpeercert(binary_form=True)
+    if not cert:
         raise PeerRejected("peer sent no certificate")
-    return _identity_of(der)
-
-
-@functools.lru_cache(maxsize=512)
-def _identity_of(der: bytes) -> str:
     # Every tunnel, both ends: the same few certificates again and again (a leaf lives 24 h),
-    # so parse each once. Only what OpenSSL already verified gets here; a failure is not cached.
-    sans = uri_sans(x509.load_der_x509_certificate(der))
+    # so each one's identity is looked up by its bytes. Only what OpenSSL verified gets here; a
+    # failure is not kept.
+    known = _IDENTITIES.get(cert)
+    if known is None:
+        known = _identity_of(ssl_object.getpeercert())
+        if len(_IDENTITIES) >= _IDENTITIES_KEPT:
+            _IDENTITIES.clear()
+        _IDENTITIES[cert] = known
+    return known
+
+
+_IDENTITIES: dict[bytes, str] = {}
+_IDENTITIES_KEPT = 512
+
+
+def _identity_of(parsed: Mapping[str, Any] | None) -> str:
+    if not parsed:  # getpeercert() is empty unless the chain was verified
+        raise PeerRejected("peer certificate was not verified")
+    sans = [value for kind, value in parsed.get("subjectAltName", ()) if kind == "URI"]
     if len(sans) != 1:
         raise PeerRejected(f"peer certificate carries {len(sans)} URI SANs, expected one")
-    return sans[0]
+    return str(sans[0])
 
 
 def check_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket, *, expected: str) -> None:
@@ -174,32 +162,3 @@ def check_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket, *, expected: str) -> N
     actual = peer_identity(ssl_object)
     if actual != expected:
         raise PeerRejected(f"peer is {actual}, expected {expected}")
-
-
-def load_trust_anchors(pem: bytes | str) -> list[x509.Certificate]:
-    return x509.load_pem_x509_certificates(pem.encode() if isinstance(pem, str) else pem)
-
-
-def verify_peer_certificate(
-    leaf: x509.Certificate,
-    *,
-    intermediates: list[x509.Certificate],
-    trust_anchors: list[x509.Certificate],
-    expected: str,
-    now: datetime.datetime | None = None,
-) -> None:
-    """Raise PeerRejected unless `leaf` chains to `trust_anchors` with one URI SAN, `expected`."""
-    verifier = (
-        verification.PolicyBuilder()
-        .store(verification.Store(trust_anchors))
-        .time(now or datetime.datetime.now(datetime.UTC))
-        .max_chain_depth(2)
-        .build_client_verifier()
-    )
-    try:
-        verifier.verify(leaf, intermediates)
-    except verification.VerificationError as e:
-        raise PeerRejected(f"certificate does not chain to the trust anchor: {e}") from e
-    sans = uri_sans(leaf)
-    if sans != [expected]:
-        raise PeerRejected(f"certificate is for {sans}, expected {expected}")

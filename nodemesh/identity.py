@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +26,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from nodemesh.spiffe import TRUST_DOMAIN_PATTERN
+from nodemesh.spiffe import InvalidSpiffeId as InvalidSpiffeId
+from nodemesh.spiffe import SpiffeId as SpiffeId
+from nodemesh.spiffe import spiffe_id as spiffe_id
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 CA_LIFETIME = datetime.timedelta(days=365)
@@ -38,50 +42,6 @@ CA_FILE = "ca.crt"
 ISSUER_CERT_FILE = "issuer.crt"
 ISSUER_KEY_FILE = "issuer.key"
 TOKENS_FILE = "tokens.json"
-
-# Trust domain per the SPIFFE spec: lowercase letters, digits, dots, dashes and underscores.
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
-# Kubernetes names: a namespace is a DNS-1123 label, a service account a DNS-1123 subdomain.
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
-class InvalidSpiffeId(ValueError):
-    """A string that is not a nodemesh SPIFFE ID (spiffe://<td>/ns/<ns>/sa/<sa>)."""
-
-
-@dataclass(frozen=True, order=True)
-class SpiffeId:
-    trust_domain: str
-    namespace: str
-    service_account: str
-
-    def __post_init__(self) -> None:
-        if not _TRUST_DOMAIN.match(self.trust_domain):
-            raise InvalidSpiffeId(f"invalid trust domain {self.trust_domain!r}")
-        if not _DNS_LABEL.match(self.namespace):
-            raise InvalidSpiffeId(f"invalid namespace {self.namespace!r}")
-        if len(self.service_account) > 253 or not _DNS_SUBDOMAIN.match(self.service_account):
-            raise InvalidSpiffeId(f"invalid service account {self.service_account!r}")
-
-    def __str__(self) -> str:
-        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
-
-    @classmethod
-    def parse(cls, uri: str) -> SpiffeId:
-        """Parse `uri`; raise InvalidSpiffeId unless it is exactly spiffe://<td>/ns/<ns>/sa/<sa>."""
-        if not isinstance(uri, str) or not uri.startswith("spiffe://"):
-            raise InvalidSpiffeId(f"not a spiffe:// URI: {uri!r}")
-        rest = uri[len("spiffe://") :]
-        parts = rest.split("/")
-        if len(parts) != 5 or parts[1] != "ns" or parts[3] != "sa":
-            raise InvalidSpiffeId(f"expected spiffe://<trust-domain>/ns/<ns>/sa/<sa>, got {uri!r}")
-        return cls(parts[0], parts[2], parts[4])
-
-
-def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
-    """The SPIFFE ID string of a service account; raises InvalidSpiffeId for bad names."""
-    return str(SpiffeId(trust_domain, namespace, service_account))
 
 
 @dataclass(frozen=True)
@@ -226,7 +186,7 @@ def create_issuer_files(
     nodes: Iterable[str],
 ) -> IssuerFiles:
     """Create a fresh anchor, issuer and per-node bootstrap tokens; write them to `directory`."""
-    if not _TRUST_DOMAIN.match(trust_domain):
+    if not TRUST_DOMAIN_PATTERN.match(trust_domain):
         raise InvalidSpiffeId(f"invalid trust domain {trust_domain!r}")
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True, mode=0o700)

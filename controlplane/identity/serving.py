@@ -19,7 +19,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 
 from controlplane.identity.authority import CertificateAuthority, Issued
-from nodemesh.certs import new_key
+from nodemesh.keymaker import new_key
 
 SERVICE_NAME = "nodemesh-controlplane"  # its Service and its ServiceAccount
 DEFAULT_IPS = ("127.0.0.1",)

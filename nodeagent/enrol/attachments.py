@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -105,8 +105,11 @@ class Attachments:
         mark: int,
         pod_wait: float = 5.0,
         released: Callable[[], None] = lambda: None,
+        identity_ready: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.table = table
+        # Waits (bounded) for a meshed pod's workload certificate before its ADD is answered.
+        self.identity_ready = identity_ready
         self.rules = rules
         self.make_listeners = listeners
         self.store = store

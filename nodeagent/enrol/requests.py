@@ -121,6 +121,16 @@ class PluginRequests(Attachments):
             return Outcome("error", f"enrolment failed: {exc}")
         self._move(cid, Event.INSTALLED)
         log.info("enrolled %s/%s (%s)", rec.namespace, rec.name, rec.netns)
+        # The pod's containers start once this is answered: with its certificate already held,
+        # its first inbound connections and calls are not held waiting for one (as a sidecar
+        # proxy's readiness waits for its identity). Bounded: a control plane that is away
+        # delays pod starts by that much, no more.
+        if self.identity_ready is not None and info.identity:
+            if not await self.identity_ready(info.identity):
+                log.warning(
+                    "enrolled %s/%s before its certificate for %s came; its first connections "
+                    "wait for it", rec.namespace, rec.name, info.identity,
+                )  # fmt: skip
         return Outcome("ok", "enrolled", meshed=True)
 
     async def _undo(self, rec: PodRecord) -> None:

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf.message import DecodeError
 
 from nodeagent.upstream.certstore import CertStore
@@ -67,11 +65,7 @@ def encode(
         {
             "identity": c.identity,
             "chain_pem": c.chain_pem().decode(),
-            "key_pem": c.key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ).decode(),
+            "key_pem": c.key_pem.decode(),
         }
         for c in sorted(certificates, key=lambda c: c.identity)
     ]
@@ -121,12 +115,9 @@ def decode(data: bytes, *, node: str, now: float) -> Saved:
             raise ServingStateError(f"certificates[{i}] is not an object")
         identity = _field(entry, "identity", str)
         try:
-            key = serialization.load_pem_private_key(
-                _field(entry, "key_pem", str).encode(), password=None
+            held = certs.CertifiedKey.from_pem(
+                identity, _field(entry, "key_pem", str), _field(entry, "chain_pem", str)
             )
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise ValueError("not an EC key")
-            held = certs.CertifiedKey.from_pem(identity, key, _field(entry, "chain_pem", str))
         except (ValueError, TypeError, certs.PeerRejected) as exc:
             raise ServingStateError(f"certificates[{i}] ({identity}): {exc}") from exc
         if held.not_after.timestamp() <= now:

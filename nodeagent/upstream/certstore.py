@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from nodeagent.protocol import mux
 from nodemesh import certs
-from nodemesh.identity import InvalidSpiffeId, SpiffeId
+from nodemesh.spiffe import InvalidSpiffeId, SpiffeId
 
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0

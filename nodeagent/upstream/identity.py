@@ -1,6 +1,8 @@
 """Keep a certificate for every workload identity with a pod on this node, from Identity/Certify.
 
-For each identity the store says is due, make a fresh key in memory, send a CSR over the agent's
+For the identities the store says are due, have a child process make fresh keys and CSRs
+(nodeagent.upstream.keygen: one child per batch, so `cryptography` stays out of the agent),
+send each CSR over the agent's
 channel to the control plane (authenticated as the node with its bearer token, as the
 destination client does) and install the answer. Failures back off per identity; certificates
 already held keep serving until they expire, so a control plane that is away for a while costs
@@ -14,6 +16,7 @@ import logging
 from collections.abc import Callable
 
 from nodeagent import podplan
+from nodeagent.upstream import keygen
 from nodeagent.upstream.certstore import CertStore
 from nodeagent.upstream.channel import CallFailed, Channel, unary
 from nodeagent.upstream.table import DestinationTable
@@ -46,11 +49,17 @@ class IdentityClient:
         store: CertStore,
         wanted: Callable[[], set[str]],
         timeout: float = CERTIFY_TIMEOUT,
+        keymaker: tuple[str, ...] = keygen.KEYMAKER,
     ) -> None:
         self.channel = channel
         self.store = store
         self.wanted = wanted
         self.timeout = timeout
+        self.keymaker = keymaker
+        # A key made for an attempt that got no certificate (refused: the control plane has not
+        # seen the pod yet; or away) serves the next attempt too: a new pod's retries cost no
+        # key-maker run each (a child process: ~0.2 s of CPU, seconds on a busy node).
+        self.spare: dict[str, keygen.KeyAndCsr] = {}
         self.issued = 0
         self.failures = 0
 
@@ -61,16 +70,28 @@ class IdentityClient:
     async def run(self) -> None:
         limit = asyncio.Semaphore(PARALLEL)
 
-        async def one(identity: str) -> None:
+        async def one(identity: str, made: keygen.KeyAndCsr | str) -> None:
             async with limit:
-                await self.certify(identity)
+                await self.certify(identity, made)
 
         while True:
             self.store.kicked.clear()
             self.store.want(self.wanted())
+            for gone in self.spare.keys() - self.store.wanted:
+                del self.spare[gone]
             due = self.store.due(self.store.clock())
             if due:
-                await asyncio.gather(*(one(i) for i in due))
+                made: dict[str, keygen.KeyAndCsr | str] = {
+                    i: self.spare.pop(i) for i in due if i in self.spare
+                }
+                fresh = [i for i in due if i not in made]
+                if fresh:
+                    try:
+                        made |= await keygen.make_keys(fresh, command=self.keymaker)
+                    except keygen.KeygenError as exc:
+                        for identity in fresh:
+                            self._failed(identity, str(exc))
+                await asyncio.gather(*(one(i, m) for i, m in made.items()))
             wait = self.store.next_due(self.store.clock())
             wait = IDLE_WAKEUP if wait is None else min(max(wait, 0.01), IDLE_WAKEUP)
             try:
@@ -78,13 +99,16 @@ class IdentityClient:
             except TimeoutError:
                 pass
 
-    async def certify(self, identity: str) -> bool:
-        """Ask for `identity` once; install it or back off. True when a certificate arrived."""
+    async def certify(self, identity: str, made: keygen.KeyAndCsr | str | None = None) -> bool:
+        """Ask for `identity` once (with `made`, or a key made now); install it or back off.
+
+        True when a certificate arrived."""
         try:
-            key = certs.new_key()
-            request = identity_pb2.CertifyRequest(
-                csr=certs.make_csr(identity, key), spiffe_id=identity
-            )
+            if made is None:
+                made = (await keygen.make_keys([identity], command=self.keymaker))[identity]
+            if isinstance(made, str):
+                raise ValueError(made)
+            request = identity_pb2.CertifyRequest(csr=made.csr_pem, spiffe_id=identity)
             reply = await unary(
                 self.channel,
                 CERTIFY,
@@ -92,8 +116,12 @@ class IdentityClient:
                 identity_pb2.CertifyResponse,
                 timeout=self.timeout,
             )
-            certified = certs.CertifiedKey.from_pem(identity, key, reply.certificate_chain_pem)
+            certified = certs.CertifiedKey.from_pem(
+                identity, made.key_pem, reply.certificate_chain_pem
+            )
         except CallFailed as exc:
+            if isinstance(made, keygen.KeyAndCsr):
+                self.spare[identity] = made  # never certified: good for the next attempt
             self._failed(identity, f"{exc.code}: {exc.details}")
             return False
         except (OSError, ValueError, certs.PeerRejected) as exc:

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.identity import CertificateAuthority, load_ca_from_directory
-from nodemesh import certs
+from nodemesh import certs, keymaker
 from nodemesh.identity import create_issuer, create_trust_anchor
 from nodemesh.lab.paths import LabPaths
 from nodemesh.netns import socket_in_netns
@@ -274,8 +274,10 @@ def _foreign_cert(tmp: Path) -> tuple[str, str]:
 
 def _write_cert(tmp: Path, ca: CertificateAuthority, tag: str) -> tuple[str, str]:
     ident = "spiffe://cluster.local/ns/dpplain/sa/default"
-    key = certs.new_key()
-    held = certs.CertifiedKey.from_pem(ident, key, ca.issue(ident, key.public_key()).chain_pem())
+    key = keymaker.new_key()
+    held = certs.CertifiedKey.from_pem(
+        ident, keymaker.key_pem(key), ca.issue(ident, key.public_key()).chain_pem()
+    )
     cert_file, key_file = tmp / f"{tag}.crt", tmp / f"{tag}.key"
     cert_file.write_bytes(held.chain_pem())
     from cryptography.hazmat.primitives import serialization

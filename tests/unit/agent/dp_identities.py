@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 
 from controlplane.identity import CertificateAuthority
-from nodemesh import certs
+from nodemesh import certs, keymaker
 
 TD = "cluster.local"
 WEB = f"spiffe://{TD}/ns/shop/sa/web"
@@ -20,7 +20,7 @@ def issue(
     *,
     lifetime: datetime.timedelta | None = None,
 ) -> certs.CertifiedKey:
-    key = certs.new_key()
+    key = keymaker.new_key()
     if lifetime is not None:
         authority = CertificateAuthority(
             anchors=authority.anchors,
@@ -30,4 +30,4 @@ def issue(
             lifetime=lifetime,
         )
     issued = authority.issue(identity, key.public_key())
-    return certs.CertifiedKey.from_pem(identity, key, issued.chain_pem())
+    return certs.CertifiedKey.from_pem(identity, keymaker.key_pem(key), issued.chain_pem())

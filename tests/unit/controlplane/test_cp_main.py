@@ -17,7 +17,7 @@ import cp_objects as k
 import grpc
 import pytest
 
-from nodemesh import certs
+from nodemesh import keymaker
 from nodemesh.api import destination_pb2 as dpb
 from nodemesh.api import destination_pb2_grpc as dpb_grpc
 from nodemesh.api import identity_pb2 as ipb
@@ -163,7 +163,7 @@ async def test_the_ca_issues_identities_of_meshed_pods_and_router_callers_on_the
 
         async def certify(identity: str) -> grpc.StatusCode:
             request = ipb.CertifyRequest(
-                csr=certs.make_csr(identity, certs.new_key()), spiffe_id=identity
+                csr=keymaker.make_csr(identity, keymaker.new_key()), spiffe_id=identity
             )
             try:
                 await stub.Certify(request, metadata=token, timeout=10)

@@ -11,7 +11,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from mesh_identities import EMOJI, TD, WEB
 
 from controlplane.identity import CertificateAuthority, Refused
-from nodemesh import certs
+from nodemesh import keymaker
 
 
 def _csr(
@@ -22,7 +22,7 @@ def _csr(
     subject=(),
     encoding=serialization.Encoding.PEM,
 ) -> bytes:
-    key = key or certs.new_key()
+    key = key or keymaker.new_key()
     builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(list(subject)))
     if sans:
         names = [
@@ -42,8 +42,8 @@ def _refusal(authority: CertificateAuthority, csr: bytes, *, ask=WEB, node="node
 
 
 def test_issues_a_leaf_that_verifies_against_the_anchor(authority, anchor, foreign_anchor) -> None:
-    key = certs.new_key()
-    issued = authority.certify(certs.make_csr(WEB, key), WEB, node="node1")
+    key = keymaker.new_key()
+    issued = authority.certify(keymaker.make_csr(WEB, key), WEB, node="node1")
     leaf, issuer_cert = issued.chain
 
     issuer_cert.verify_directly_issued_by(anchor.certificate)

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.identity import BootstrapTokenAuthenticator
 from controlplane.identity.service import SERVICE, IdentityService
-from nodemesh import certs
+from nodemesh import certs, keymaker
 from nodemesh.api import identity_pb2, identity_pb2_grpc
 
 TOKENS = {"node1": "token-of-node1-" + "a" * 20, "node2": "token-of-node2-" + "b" * 20}
@@ -50,15 +50,15 @@ def _count(registry: CollectorRegistry, result: str, reason: str) -> float:
 
 
 async def test_issues_to_the_node_running_the_workload(stub, registry, anchor) -> None:
-    key = certs.new_key()
+    key = keymaker.new_key()
     reply = await stub.Certify(
-        identity_pb2.CertifyRequest(csr=certs.make_csr(WEB, key), spiffe_id=WEB),
+        identity_pb2.CertifyRequest(csr=keymaker.make_csr(WEB, key), spiffe_id=WEB),
         metadata=_auth(TOKENS["node1"]),
     )
-    held = certs.CertifiedKey.from_pem(WEB, key, reply.certificate_chain_pem)
-    certs.verify_peer_certificate(
-        held.chain[0],
-        intermediates=list(held.chain[1:]),
+    held = certs.CertifiedKey.from_pem(WEB, keymaker.key_pem(key), reply.certificate_chain_pem)
+    keymaker.verify_peer_certificate(
+        keymaker.load_chain(held.chain_pem())[0],
+        intermediates=keymaker.load_chain(held.chain_pem())[1:],
         trust_anchors=[anchor.certificate],
         expected=WEB,
     )
@@ -71,7 +71,7 @@ async def test_refuses_another_nodes_workload(stub, registry) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Certify(
             identity_pb2.CertifyRequest(
-                csr=certs.make_csr(EMOJI, certs.new_key()), spiffe_id=EMOJI
+                csr=keymaker.make_csr(EMOJI, keymaker.new_key()), spiffe_id=EMOJI
             ),
             metadata=_auth(TOKENS["node1"]),
         )
@@ -92,7 +92,9 @@ async def test_refuses_another_nodes_workload(stub, registry) -> None:
 async def test_refuses_bad_or_missing_tokens(stub, registry, metadata) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Certify(
-            identity_pb2.CertifyRequest(csr=certs.make_csr(WEB, certs.new_key()), spiffe_id=WEB),
+            identity_pb2.CertifyRequest(
+                csr=keymaker.make_csr(WEB, keymaker.new_key()), spiffe_id=WEB
+            ),
             metadata=metadata,
         )
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -111,10 +113,10 @@ async def test_refuses_garbled_csr(stub, registry) -> None:
 
 
 def test_issued_leaf_is_refused_by_a_foreign_anchor(authority, foreign_anchor) -> None:
-    key = certs.new_key()
-    issued = authority.certify(certs.make_csr(WEB, key), WEB, node="node1")
+    key = keymaker.new_key()
+    issued = authority.certify(keymaker.make_csr(WEB, key), WEB, node="node1")
     with pytest.raises(certs.PeerRejected):
-        certs.verify_peer_certificate(
+        keymaker.verify_peer_certificate(
             issued.chain[0],
             intermediates=list(issued.chain[1:]),
             trust_anchors=[foreign_anchor.certificate],

@@ -8,13 +8,13 @@ import pytest
 from mesh_identities import EMOJI, PODS, TD, WEB
 
 from controlplane.identity import CertificateAuthority
-from nodemesh import certs
+from nodemesh import certs, keymaker
 
 
 def _certified(authority: CertificateAuthority, identity: str, node: str) -> certs.CertifiedKey:
-    key = certs.new_key()
-    issued = authority.certify(certs.make_csr(identity, key), identity, node=node)
-    return certs.CertifiedKey.from_pem(identity, key, issued.chain_pem())
+    key = keymaker.new_key()
+    issued = authority.certify(keymaker.make_csr(identity, key), identity, node=node)
+    return certs.CertifiedKey.from_pem(identity, keymaker.key_pem(key), issued.chain_pem())
 
 
 @pytest.fixture
@@ -136,9 +136,74 @@ def test_renewal_at_two_thirds(authority) -> None:
 
 
 def test_issued_chain_must_match_our_key(authority) -> None:
-    key = certs.new_key()
-    issued = authority.certify(certs.make_csr(WEB, key), WEB, node="node1")
+    key = keymaker.new_key()
+    issued = authority.certify(keymaker.make_csr(WEB, key), WEB, node="node1")
     with pytest.raises(certs.PeerRejected, match="public key"):
-        certs.CertifiedKey.from_pem(WEB, certs.new_key(), issued.chain_pem())
+        certs.CertifiedKey.from_pem(WEB, keymaker.key_pem(keymaker.new_key()), issued.chain_pem())
     with pytest.raises(certs.PeerRejected, match="not for"):
-        certs.CertifiedKey.from_pem(EMOJI, key, issued.chain_pem())
+        certs.CertifiedKey.from_pem(EMOJI, keymaker.key_pem(key), issued.chain_pem())
+
+
+def _handshake_with_leaf(tmp_path, sans: list[str]) -> ssl.SSLObject:
+    """A client's SSLObject after a handshake (memory BIOs) with a server presenting a leaf
+    with `sans` (URI SANs) issued by a CA the client trusts."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def build(subject, issuer, public, signer, *, ca, ext=None):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+             .public_key(public).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=1))
+             .not_valid_after(now + datetime.timedelta(hours=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))  # fmt: skip
+        if ext is not None:
+            b = b.add_extension(ext, critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key, leaf_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test")])
+    ca = build(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
+    san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in sans])
+    leaf = build(x509.Name([]), ca_name, leaf_key.public_key(), ca_key, ca=False, ext=san)
+    pem = serialization.Encoding.PEM
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(pem) + ca.public_bytes(pem))
+    (tmp_path / "key.pem").write_bytes(
+        leaf_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )  # fmt: skip
+    )
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "key.pem")
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname = False
+    client_ctx.load_verify_locations(cadata=ca.public_bytes(pem).decode())
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    client = client_ctx.wrap_bio(bios[0], bios[1])
+    server = server_ctx.wrap_bio(bios[2], bios[3], server_side=True)
+    for _ in range(10):
+        for obj, out, peer_in in ((client, bios[1], bios[2]), (server, bios[3], bios[0])):
+            try:
+                obj.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            peer_in.write(out.read())
+    client.do_handshake()
+    return client
+
+
+def test_a_verified_peer_with_two_uri_sans_proves_no_identity(tmp_path) -> None:
+    # The identity is what OpenSSL parsed of the verified certificate (getpeercert()).
+    ok = _handshake_with_leaf(tmp_path, [f"spiffe://{TD}/ns/a/sa/b"])
+    assert certs.peer_identity(ok) == f"spiffe://{TD}/ns/a/sa/b"
+    two = _handshake_with_leaf(tmp_path, [f"spiffe://{TD}/ns/a/sa/b", f"spiffe://{TD}/ns/c/sa/d"])
+    with pytest.raises(certs.PeerRejected, match="2 URI SANs"):
+        certs.peer_identity(two)

@@ -11,7 +11,7 @@ from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.identity import BootstrapTokenAuthenticator
 from controlplane.identity.service import IdentityService
 from controlplane.identity.serving import DEFAULT_DNS_NAMES, ServingCertificate
-from nodemesh import certs
+from nodemesh import keymaker
 from nodemesh.api import identity_pb2, identity_pb2_grpc
 
 TOKEN = "node1-bootstrap-" + "q" * 24
@@ -29,7 +29,7 @@ async def _certify_over_tls(authority, anchors_pem: bytes) -> identity_pb2.Certi
         async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options) as channel:
             return await identity_pb2_grpc.IdentityStub(channel).Certify(
                 identity_pb2.CertifyRequest(
-                    csr=certs.make_csr(WEB, certs.new_key()), spiffe_id=WEB
+                    csr=keymaker.make_csr(WEB, keymaker.new_key()), spiffe_id=WEB
                 ),
                 metadata=(("authorization", f"Bearer {TOKEN}"),),
                 timeout=5,

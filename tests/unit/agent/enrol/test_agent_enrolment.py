@@ -302,3 +302,37 @@ def test_state_records_survive_a_round_trip(tmp_path: Path) -> None:
     store.path.write_text('{"version": 99}')
     with pytest.raises(StateFileError):
         store.load()
+
+
+WEB_ID = "spiffe://cluster.local/ns/shop/sa/web"
+
+
+async def test_add_is_answered_once_the_pods_certificate_is_held(h: Harness) -> None:
+    """The pod's containers start when ADD is answered: its certificate first, so its first
+    connections are not held waiting for one; without it after the wait, ADD still succeeds."""
+    asked: list[str] = []
+    arrived = asyncio.Event()
+
+    async def ready(identity: str) -> bool:
+        asked.append(identity)
+        await arrived.wait()
+        return identity == WEB_ID
+
+    h.enroller.identity_ready = ready
+    web, plain = pod_pb("web"), pod_pb("plain", meshed=False, ip="10.0.0.3")
+    web.identity = WEB_ID
+    h.feed(snapshot(web, plain))
+    add = asyncio.ensure_future(h.enroller.add(h.request("web")))
+    await asyncio.sleep(0.05)
+    assert not add.done() and asked == [WEB_ID]
+    assert h.rules.installed  # the rules are in before the wait
+    arrived.set()
+    assert ((await add).status, (await add).meshed) == ("ok", True)
+    assert (await h.enroller.add(h.request("plain"))).status == "ok"
+    assert asked == [WEB_ID]  # a pod outside the mesh waits for nothing
+
+    other = pod_pb("api", ip="10.0.0.4")
+    other.identity = "spiffe://cluster.local/ns/shop/sa/api"  # never certified
+    h.feed(delta(other))
+    out = await asyncio.wait_for(h.enroller.add(h.request("api")), 5)
+    assert (out.status, out.meshed) == ("ok", True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import sys
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -14,10 +15,11 @@ from prometheus_client import CollectorRegistry
 from controlplane.agent_auth import AgentAuthInterceptor
 from controlplane.identity import BootstrapTokenAuthenticator, CertificateAuthority
 from controlplane.identity.service import IdentityService
+from nodeagent.upstream import keygen
 from nodeagent.upstream.certstore import CertStore
 from nodeagent.upstream.channel import Channel, open_channel
 from nodeagent.upstream.identity import IdentityClient
-from nodemesh import certs, tasks
+from nodemesh import keymaker, tasks
 from nodemesh.identity import CaMaterial
 
 TOKEN = "token-of-node1-" + "x" * 24
@@ -80,9 +82,9 @@ async def test_certificates_for_the_nodes_identities_are_fetched_and_valid(
     finally:
         await tasks.cancel_all([task])
     held = store.held[WEB]
-    certs.verify_peer_certificate(
-        held.certified.chain[0],
-        intermediates=list(held.certified.chain[1:]),
+    keymaker.verify_peer_certificate(
+        keymaker.load_chain(held.certified.chain_pem())[0],
+        intermediates=keymaker.load_chain(held.certified.chain_pem())[1:],
         trust_anchors=[anchor.certificate],
         expected=WEB,
     )
@@ -109,8 +111,11 @@ async def test_renewed_before_expiry_with_a_new_key(channel_to, anchor: CaMateri
     finally:
         await tasks.cancel_all([task])
     second = store.held[WEB]
-    assert second.certified.key.public_key() != first.certified.key.public_key()
-    assert second.certified.chain[0].serial_number != first.certified.chain[0].serial_number
+    assert second.certified.key_pem != first.certified.key_pem
+    second_leaf = keymaker.load_chain(second.certified.chain_pem())[0]
+    first_leaf = keymaker.load_chain(first.certified.chain_pem())[0]
+    assert second_leaf.public_key() != first_leaf.public_key()
+    assert second_leaf.serial_number != first_leaf.serial_number
 
 
 async def test_refusals_back_off_and_do_not_stop_the_others(channel_to, anchor) -> None:
@@ -134,3 +139,45 @@ async def test_a_bad_token_gets_nothing(channel_to, anchor) -> None:
     )
     assert not await client.certify(WEB)
     assert store.held == {} and client.failures == 1
+
+
+async def test_a_key_maker_that_fails_backs_off_and_the_next_one_serves(channel_to, anchor) -> None:
+    # Keys are made by a child process; one that dies costs a backoff, not the agent.
+    store = CertStore(trust_anchors_pem=anchor.certificate_pem())
+    client = IdentityClient(
+        channel=await channel_to(),
+        store=store,
+        wanted=lambda: {WEB, API},
+        keymaker=(sys.executable, "-c", "import sys; sys.exit('no keys today')"),
+    )
+    task = tasks.spawn(client.run(), name="identity client")
+    try:
+        await _until(lambda: client.failures >= 2)
+        assert store.held == {}
+        client.keymaker = keygen.KEYMAKER
+        await _until(lambda: WEB in store.held and API in store.held)
+    finally:
+        await tasks.cancel_all([task])
+
+
+async def test_a_refused_identity_is_asked_again_with_the_key_already_made(
+    channel_to, anchor, tmp_path
+) -> None:
+    """A new pod's first Certify is often refused (the control plane has not seen the pod on
+    this node yet); each retry must not wait for another key-maker child (seconds on a busy
+    node): the key made for the refused attempt is used again."""
+    runs = tmp_path / "runs"
+    counting = (sys.executable, "-c",
+                f"import runpy, sys; open({str(runs)!r}, 'a').write('x');"
+                "sys.exit(runpy.run_module('nodemesh.keymaker', run_name='keymaker')['main']())")  # fmt: skip
+    store = CertStore(trust_anchors_pem=anchor.certificate_pem())
+    client = IdentityClient(
+        channel=await channel_to(), store=store, wanted=lambda: {OTHER}, keymaker=counting
+    )
+    task = tasks.spawn(client.run(), name="identity client")
+    try:
+        await _until(lambda: client.failures >= 3)
+    finally:
+        await tasks.cancel_all([task])
+    assert runs.read_text() == "x", f"{len(runs.read_text())} key-maker runs for one identity"
+    assert OTHER in client.spare
