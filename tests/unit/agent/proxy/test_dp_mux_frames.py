@@ -303,6 +303,26 @@ async def test_request_and_answer_over_a_stream_look_up_no_loop(monkeypatch: Any
     assert lookups == 0
 
 
+class _Peer:
+    """A standard HTTP/2 client (the h2 library) facing a server session over carriers."""
+
+    def __init__(self, server: MuxSession) -> None:
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.events: list[h2.events.Event] = []
+        self.to_server, self.to_peer = Carrier(), Carrier()
+        self.to_server.peer = server
+        self.to_peer.peer = lambda data: self.events.extend(self.h2.receive_data(data))
+        self.h2.initiate_connection()
+
+    def answers(self) -> dict[int, bytes]:
+        return {ev.stream_id: dict(ev.headers)[b":status"] for ev in self.events
+                if isinstance(ev, h2.events.ResponseReceived)}  # fmt: skip
+
+    def resets(self) -> dict[int, int]:
+        return {ev.stream_id: ev.error_code for ev in self.events
+                if isinstance(ev, h2.events.StreamReset)}  # fmt: skip
+
+
 def _connect_then_reset(peer: h2.connection.H2Connection) -> bytes:
     """A client's CONNECT for a stream it resets before any answer (its app connection went
     away), and then a CONNECT that stays, each with its first bytes: all of it in one read."""
@@ -333,50 +353,24 @@ async def test_a_stream_the_client_reset_before_its_answer_costs_only_that_strea
         app.connection_made(stream)
 
     server = MuxSession(client_side=False, on_stream=on_stream)
-    peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    events: list[h2.events.Event] = []
-    to_server, to_peer = Carrier(), Carrier()
-    to_server.peer = server
-    to_peer.peer = lambda data: events.extend(peer.receive_data(data))
-    peer.initiate_connection()
+    peer = _Peer(server)
     if where == "with the first bytes":
-        server.start(to_peer, peer.data_to_send() + _connect_then_reset(peer))
+        server.start(peer.to_peer, peer.h2.data_to_send() + _connect_then_reset(peer.h2))
     else:
-        server.start(to_peer)
-        to_server.write(peer.data_to_send())
+        server.start(peer.to_peer)
+        peer.to_server.write(peer.h2.data_to_send())
         await settle()
-        server.data_received(_connect_then_reset(peer))
+        server.data_received(_connect_then_reset(peer.h2))
     await settle()
-    assert not server.closed and not to_peer.closed
+    assert not server.closed and not peer.to_peer.closed
     assert targets == [3] and bytes(apps[0].got) == b"still here"
-    to_server.write(peer.data_to_send())
+    peer.to_server.write(peer.h2.data_to_send())
     await settle()
-    answers = {(ev.stream_id, dict(ev.headers)[b":status"]) for ev in events
-               if isinstance(ev, h2.events.ResponseReceived)}  # fmt: skip
-    assert answers == {(3, b"200")}
+    assert peer.answers() == {3: b"200"}
     apps[0].transport.write(b"answer")
     await settle()
-    assert any(isinstance(ev, h2.events.DataReceived) and ev.data == b"answer" for ev in events)
-
-
-class _Peer:
-    """A standard HTTP/2 client (the h2 library) facing a server session over carriers."""
-
-    def __init__(self, server: MuxSession) -> None:
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        self.events: list[h2.events.Event] = []
-        self.to_server, self.to_peer = Carrier(), Carrier()
-        self.to_server.peer = server
-        self.to_peer.peer = lambda data: self.events.extend(self.h2.receive_data(data))
-        self.h2.initiate_connection()
-
-    def answers(self) -> dict[int, bytes]:
-        return {ev.stream_id: dict(ev.headers)[b":status"] for ev in self.events
-                if isinstance(ev, h2.events.ResponseReceived)}  # fmt: skip
-
-    def resets(self) -> dict[int, int]:
-        return {ev.stream_id: ev.error_code for ev in self.events
-                if isinstance(ev, h2.events.StreamReset)}  # fmt: skip
+    got = [ev.data for ev in peer.events if isinstance(ev, h2.events.DataReceived)]
+    assert b"".join(got) == b"answer"
 
 
 async def test_a_stream_that_fails_to_start_is_reset_and_its_neighbours_served() -> None:
