@@ -44,8 +44,7 @@ from nodemesh import tasks
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 10.0
-# How long a meshed pod's CNI ADD (the plugin waits 30 s), or the meshing of a running pod,
-# waits for the pod's workload certificate.
+# How long a meshed pod's CNI ADD waits for its workload certificate (the plugin waits 30 s).
 ADD_CERT_WAIT = 3.0
 BURST_CHECK_INTERVAL = 5.0
 

@@ -108,8 +108,7 @@ class Attachments:
         identity_ready: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.table = table
-        # Waits (bounded) for a pod's workload certificate: before its ADD is answered, before a
-        # running pod's rules go in.
+        # Waits (bounded) for a meshed pod's workload certificate before its ADD is answered.
         self.identity_ready = identity_ready
         self.rules = rules
         self.make_listeners = listeners
