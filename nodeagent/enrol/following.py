@@ -43,10 +43,6 @@ class TableFollowing(Attachments):
             want = podplan.wants_mesh(info)
             phase = self.phases.get(cid)
             if want and phase is Phase.PASSIVE:
-                # As for a new pod's ADD: its certificate first, so the connections the rules
-                # start to redirect are not held waiting for one (bounded by identity_ready).
-                if self.identity_ready is not None and info.identity:
-                    await self.identity_ready(info.identity)
                 await self._mesh_running(cid, rec, info)
             elif not want and phase is Phase.ENROLLED:
                 self._move(cid, Event.UNMESH)

@@ -336,29 +336,3 @@ async def test_add_is_answered_once_the_pods_certificate_is_held(h: Harness) -> 
     h.feed(delta(other))
     out = await asyncio.wait_for(h.enroller.add(h.request("api")), 5)
     assert (out.status, out.meshed) == ("ok", True)
-
-
-async def test_a_running_pod_is_meshed_once_its_certificate_is_held(h: Harness) -> None:
-    """A namespace meshed with pods running: the rules that start redirecting their
-    connections go in once the pod's certificate is there (or the bounded wait is over)."""
-    asked: list[str] = []
-    arrived = asyncio.Event()
-
-    async def ready(identity: str) -> bool:
-        asked.append(identity)
-        await arrived.wait()
-        return True
-
-    h.feed(snapshot(pod_pb("web", meshed=False)))
-    req = h.request("web")
-    assert (await h.enroller.add(req)).meshed is False
-    h.enroller.identity_ready = ready
-    web = pod_pb("web")
-    web.identity = WEB_ID
-    h.feed(delta(web))
-    meshing = asyncio.ensure_future(h.enroller.reconcile("ctr-web"))
-    await asyncio.sleep(0.05)
-    assert not meshing.done() and asked == [WEB_ID] and h.rules.installed == {}
-    arrived.set()
-    await meshing
-    assert req.netns in h.rules.installed and h.open[req.netns].is_open()
