@@ -208,10 +208,13 @@ async def test_a_resource_new_to_the_index_is_in_the_next_answer() -> None:
     worker.close()
 
 
-async def _buckets_of_reports(raws: list[bytes], running: int) -> TelemetryWorker:
+async def _buckets_of_reports(
+    raws: list[bytes], running: int, running_raws: list[bytes] | None = None
+) -> TelemetryWorker:
     """An inline worker's store with 7 buckets of every node's reports (6 complete ones in the
     window, their sums prepared as the worker prepares them) and a running bucket in which only
-    the first `running` nodes reported, on a clock that then stands still."""
+    the first `running` nodes reported (their `running_raws` if given), on a clock that then
+    stands still."""
     worker = TelemetryWorker("inline", max_series=50_000, max_cells=500_000)
     await worker.start()
     store = telemetry_child.the_store()
@@ -220,7 +223,7 @@ async def _buckets_of_reports(raws: list[bytes], running: int) -> TelemetryWorke
     for _ in range(7):
         await asyncio.gather(*(worker.report(r, None) for r in raws))
         now[0] += 10
-    await asyncio.gather(*(worker.report(r, None) for r in raws[:running]))
+    await asyncio.gather(*(worker.report(r, None) for r in (running_raws or raws)[:running]))
     now[0] += 3
     return worker
 
@@ -341,18 +344,10 @@ async def test_failures_denials_and_connections_give_the_answer_main_gave() -> N
     row is the one main encoded (counts and quantiles from the query's StatRow)."""
     plan, spots, raws = _cluster(10)
     full = _with_failures_and_connections(raws, plain_from=len(raws))
-    worker = TelemetryWorker("inline", max_series=50_000, max_cells=500_000)
-    await worker.start()
-    store = telemetry_child.the_store()
-    now = [1_000_000.0]
-    store.clock = lambda: now[0]
-    for _ in range(7):
-        await asyncio.gather(*(worker.report(r, None) for r in full))
-        now[0] += 10
     # The running bucket: 7 agents of 10 report, 2 of them their plain traffic only.
     running = _with_failures_and_connections(raws, plain_from=5)
-    await asyncio.gather(*(worker.report(r, None) for r in running[:7]))
-    now[0] += 3
+    worker = await _buckets_of_reports(full, 7, running)
+    store = telemetry_child.the_store()
     seen = {"failures": 0, "gauge": 0, "bytes": 0, "denied": 0}
     async for kind, namespace, rows in _same_answers(plan, spots, worker, store):
         assert rows, (kind, namespace)
