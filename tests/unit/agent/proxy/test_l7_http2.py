@@ -333,7 +333,9 @@ def test_h2load_completes_across_upstream_goaways(nginx_pair) -> None:
     n = 2000
     assert counts(h2load(proxy.port, "-n", str(n), "-c", "4", "-m", "10")) == (n, n, n, n)
     assert counts(h2load(proxy.port, "-n", str(n), "-c", "2", "-m", "100")) == (n, n, n, n)
-    assert proxy.pool.opened > 2 * n // 50
+    # nginx serves at most 50 requests per connection: 2n requests need at least 2n/50
+    # upstream connections (exactly that many when no stream was refused and retried).
+    assert proxy.pool.opened >= 2 * n // 50
 
 
 def test_h2load_large_bodies_both_ways_under_flow_control(nginx_pair) -> None:
