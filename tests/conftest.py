@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 from hypothesis import settings
 
 from tests import leakcheck
+from tests.outcome import FAILED
 
 # Properties are checked for what they say, never against a clock: a loaded CI machine must not
 # fail one on Hypothesis' 200 ms per-example deadline (speed is measured in bench/).
@@ -36,6 +37,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.xfail(reason="CI must run as root", strict=True))
             else:
                 item.add_marker(pytest.mark.skip(reason="needs root (network namespaces)"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Marks a test whose set-up or body failed, for fixtures that show more on failure (a lab's
+    logs: `labkit.show_lab_logs`)."""
+    report = yield
+    if report.failed and report.when in ("setup", "call"):
+        item.stash[FAILED] = True
+    return report
 
 
 def _root_ruleset() -> str:

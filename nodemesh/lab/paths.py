@@ -68,6 +68,13 @@ class LabPaths:
     def logs(self, namespace: str, pod: str) -> Path:
         return self.root / "logs" / namespace / pod
 
+    @property
+    def gone_logs(self) -> Path:
+        """Where a deleted pod's logs go (`<namespace>/<pod>/`), the latest GONE_LOGS_KEPT
+        pods', until the lab is taken down: what a rollout's replaced pods said is what a
+        failed step is read by."""
+        return self.root / "logs-gone"
+
     def node_dir(self, node: str) -> Path:
         return self.root / "nodes" / node
 

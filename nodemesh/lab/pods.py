@@ -429,7 +429,7 @@ class PodRunner:
             await cancel_all([self._task, *self._children])
         await asyncio.gather(*(self._terminate(p) for p in self.procs.values()))
         await self._remove_sandbox()
-        shutil.rmtree(self.lab.paths.logs(self.namespace, self.name), ignore_errors=True)
+        _keep_gone_logs(self.lab.paths, self.namespace, self.name)
         shutil.rmtree(self._volume_dir, ignore_errors=True)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
@@ -462,3 +462,27 @@ def _prestop_sleep(container: dict[str, Any]) -> float:
     prestop = (container.get("lifecycle") or {}).get("preStop") or {}
     seconds = (prestop.get("sleep") or {}).get("seconds", 0)
     return float(seconds) if isinstance(seconds, int | float) and seconds > 0 else 0.0
+
+
+GONE_LOGS_KEPT = 100
+
+
+def _keep_gone_logs(paths: LabPaths, namespace: str, pod: str) -> None:
+    """Moves a deleted pod's logs under `paths.gone_logs`, dropping the oldest beyond
+    GONE_LOGS_KEPT pods (pod names are unique: a Deployment's next pod has a new one)."""
+    src = paths.logs(namespace, pod)
+    if not src.is_dir():
+        return
+    dest = paths.gone_logs / namespace / pod
+    try:
+        # Never made again under a lab directory `lab down` has removed meanwhile.
+        paths.gone_logs.mkdir(exist_ok=True)
+        dest.parent.mkdir(exist_ok=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        src.rename(dest)
+        kept = sorted(paths.gone_logs.glob("*/*"), key=lambda p: p.stat().st_mtime)
+        for old in kept[:-GONE_LOGS_KEPT]:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        log.warning("keeping the logs of %s/%s failed: %s", namespace, pod, exc)
+        shutil.rmtree(src, ignore_errors=True)

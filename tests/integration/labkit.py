@@ -4,6 +4,9 @@ for a fixture and always taken down, and the lab's pods as `lab status` lists th
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -12,7 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from nodemesh.lab.paths import LabPaths
+from tests.outcome import FAILED
 
 NODEMESH = str(Path(sys.executable).parent / "nodemesh")
 DEMO = ("--demo", "--demo-port", "0")  # `lab up` args: emojivoto, forwarded to no fixed port
@@ -54,6 +60,56 @@ def lab_up(prefix: str, *args: str, timeout: float = 300) -> Iterator[LabPaths]:
         yield LabPaths(name)
     finally:
         subprocess.run([NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300)
+
+
+# What a lab log line looks like when it is worth reading after a failure: our components' log
+# levels, Python tracebacks, and access-log style 5xx answers.
+_WORTH_READING = re.compile(r"\b(ERROR|CRITICAL|WARNING|Traceback)\b|\s5\d\d[\s:]")
+
+
+_KEPT = {".log", ".yaml", ".json", ".jsonl", ".txt", ".conf"}
+_SECRET = {"identity", "access", "apiserver", "volumes"}  # keys and tokens stay in the lab
+
+
+def show_lab_logs(request: pytest.FixtureRequest, paths: LabPaths, *more: Path) -> None:
+    """If the test failed, prints the lab's log lines worth reading (pytest shows them under
+    the failed test's "Captured stdout teardown"), per file, bounded; with
+    NODEMESH_KEEP_FAILED_LABS=DIR also copies the lab's directory and `more` under DIR. Call
+    it before the lab is taken down."""
+    if not request.node.stash.get(FAILED, False) or not paths.root.is_dir():
+        return
+    keep = os.environ.get("NODEMESH_KEEP_FAILED_LABS")
+    if keep:
+        # Regular files only: the lab's directory also holds network namespaces' mount points
+        # and sockets, which cannot be copied.
+        dest = Path(keep) / paths.name
+        for i, top in enumerate((paths.root, *more)):
+            for f in top.rglob("*"):
+                if (f.suffix in _KEPT and not _SECRET.intersection(f.relative_to(top).parts)
+                        and f.is_file() and not f.is_symlink()):  # fmt: skip
+                    to = dest / str(i) / f.relative_to(top)
+                    to.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        shutil.copyfile(f, to)
+                    except OSError as exc:
+                        print(f"not kept: {f}: {exc}")
+        print(f"lab {paths.name}: its logs and objects kept in {dest}/0, {len(more)} more after")
+    printed = 0
+    for log in sorted(paths.root.rglob("*.log")):
+        try:
+            lines = [ln for ln in log.read_text(errors="replace").splitlines()
+                     if _WORTH_READING.search(ln)]  # fmt: skip
+        except OSError:
+            continue
+        if not lines:
+            continue
+        print(f"--- {log.relative_to(paths.root)}: {len(lines)} lines worth reading, the last:")
+        for ln in lines[-12:]:
+            print("   ", ln[:400])
+        printed += 1
+        if printed >= 25:
+            print("--- (more logs not shown)")
+            break
 
 
 def deployment(ns: str, name: str, pod_spec: str, *, node: str = "", replicas: int = 1) -> str:

@@ -33,6 +33,7 @@ import pytest
 import yaml
 
 from nodemesh.lab.paths import LabPaths
+from tests.integration.labkit import show_lab_logs
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -238,7 +239,7 @@ def failed_not_doughnut(stats: dict[str, Any]) -> int:
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
+def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
     """One lab for the one test: the leak check counts the pods the steps replace."""
     tmp = tmp_path
     name = "adptp" + uuid.uuid4().hex[:6]
@@ -251,6 +252,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         nm("lab", "apply", "--name", name, "-f", str(path), "--wait", "--timeout", "180")
         yield Lab(LabPaths(name), work)
     finally:
+        show_lab_logs(request, LabPaths(name), tmp / "work")
         for _ in range(2):  # a second pass for pods the supervisor was still starting
             subprocess.run(
                 [NODEMESH, "lab", "down", "--name", name], capture_output=True, timeout=300
