@@ -356,9 +356,14 @@ class PodRunner:
 
     def _append_log(self, container: str, line: str) -> None:
         logdir = self.lab.paths.logs(self.namespace, self.name)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        with open(logdir / f"{container}.log", "a", encoding="utf-8") as f:
-            f.write(f"{stamp} {line}\n")
+        now = time.time()
+        ms = int(now * 1000 % 1000)
+        stamp = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(now))}.{ms:03d}"
+        try:
+            with open(logdir / f"{container}.log", "a", encoding="utf-8") as f:
+                f.write(f"{stamp} {line}\n")
+        except OSError:
+            pass  # the log is a record, not a reason to fail starting or stopping a container
 
     async def _probe_loop(self, container: dict[str, Any], probe: dict[str, Any]) -> None:
         await asyncio.sleep(float(probe.get("initialDelaySeconds", 0)))
@@ -423,16 +428,19 @@ class PodRunner:
         # pod's removal from its Services reaches every client, within the grace period.
         pause = max((_prestop_sleep(c) for c in self.pod["spec"]["containers"]), default=0.0)
         grace = float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
-        if pause > 0 and any(p.returncode is None for p in self.procs.values()):
+        running = [name for name, p in self.procs.items() if p.returncode is None]
+        if pause > 0 and running:
+            for name in running:
+                self._append_log(name, f"--- pod deleted: preStop sleep {pause:g} s")
             await asyncio.sleep(min(pause, grace, GRACE_SECONDS))
         if self._task:
             await cancel_all([self._task, *self._children])
-        await asyncio.gather(*(self._terminate(p) for p in self.procs.values()))
+        await asyncio.gather(*(self._terminate(name, p) for name, p in self.procs.items()))
         await self._remove_sandbox()
         _keep_gone_logs(self.lab.paths, self.namespace, self.name)
         shutil.rmtree(self._volume_dir, ignore_errors=True)
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+    async def _terminate(self, name: str, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM to the entrypoint (through its wrapper), SIGKILL after the grace period; done
         when the entrypoint itself is gone, not only its wrapper."""
         if proc.returncode is not None:
@@ -440,6 +448,10 @@ class PodRunner:
         grace = min(float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)), GRACE_SECONDS)
         inits = [(pid, process_start_time(pid)) for pid in children(proc.pid)]
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            if sig == signal.SIGTERM:
+                self._append_log(name, f"--- SIGTERM (grace {grace:g} s)")
+            else:
+                self._append_log(name, "--- SIGKILL: still running after the grace period")
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
@@ -451,6 +463,7 @@ class PodRunner:
                 break
             except TimeoutError:
                 continue
+        self._append_log(name, f"--- exited ({proc.returncode})")
         for _ in range(250):
             if not any(same_process(pid, start) for pid, start in inits):
                 return
