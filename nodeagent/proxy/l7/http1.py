@@ -565,17 +565,16 @@ class _Shell:
         balancer.opened(target.key, now=started)
         framing, up = self.framing, attempt.writer
         try:
-            if self.body:
-                up.write(self.request + framing.data(self.body))
-            else:
-                up.write(self.request)
-            attempt.sent = True
             if not self.complete:
+                up.write(self.request + framing.data(self.body))
+                attempt.sent = True
                 self.complete = self.streamed = True  # the rest can be read once, so only here
                 assert self.down is not None
                 await _stream_rest(self.down, framing, up)
-            if framing.chunked:
                 up.write(framing.end())
+            else:  # one write: head, body, end
+                up.write(self.request + framing.data(self.body) + framing.end())
+                attempt.sent = True
             await up.drain()
             head = await attempt.next(3600)
             if type(head) is not h1.ResponseHead:
@@ -617,9 +616,16 @@ class _Shell:
             return
         if not keep:
             self.client_reusable = False
-        writer.write(out)
+        # What is at hand goes out in one write: a head and a body that came in one read are
+        # one send to the client, not two (each send costs a trip through the kernel's stack).
+        out_parts = [out]
+        queued = attempt.parser.events
         try:
             while True:
+                if not queued:
+                    writer.write(b"".join(out_parts))
+                    out_parts.clear()
+                    await writer.drain()
                 at = self.x.next_timer()
                 timeout = 3600.0 if at is None else min(3600.0, max(0.0, at - self.ctx.clock()))
                 try:
@@ -631,18 +637,18 @@ class _Shell:
                     return
                 if type(event) is bytes:
                     self.response_bytes += len(event)
-                    writer.write(framing.data(event))
-                    await writer.drain()
+                    out_parts.append(framing.data(event))
                 elif event is h1.END:
-                    end = framing.end()
-                    if end:
-                        writer.write(end)
+                    out_parts.append(framing.end())
+                    writer.write(b"".join(out_parts))
                     await writer.drain()
                     self.x.handle(ex.ResponseEnded(self.ctx.clock()))
                     break
                 else:
                     raise ConnectionError("the upstream ended the response early")
         except (OSError, h1.Http1Error, asyncio.IncompleteReadError, ConnectionError) as exc:
+            if out_parts:  # the head (and body) before the failure, as the client would have had
+                writer.write(b"".join(out_parts))
             self.x.handle(ex.UpstreamFailed(str(exc), True, self.ctx.clock()))
             self._cancel()
             self.client_reusable = False
