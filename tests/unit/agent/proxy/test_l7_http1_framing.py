@@ -253,3 +253,22 @@ async def test_curl_keeps_one_connection_for_a_series_of_requests(mesh) -> None:
     out = await run("curl", "-s", "-w", "%{num_connects}\\n", *[url] * 10)
     assert out.split() == ["aaaaa", "1"] + ["aaaaa", "0"] * 9, out
     assert proxy.upstreams.opened == 1
+
+
+def test_an_upgrade_is_refused_501_and_closed_an_unrouted_one_is_a_404_and_kept(mesh) -> None:
+    """The L7 path never switches protocols (a connection's first request that asks to is
+    left on the relay before the L7 path takes it): a later one is refused 501 and the
+    connection closed. An Upgrade or a CONNECT that no rule matches is a plain 404, and the
+    connection goes on as HTTP (the switch was declined)."""
+    proxy, nginx = mesh
+    (nginx.root / "files" / "a.txt").write_bytes(b"aaaaa\n")
+    get = b"GET /files/a.txt HTTP/1.1\r\nHost: web\r\n"
+    upgrade = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+    out = exchange(proxy.port, get + b"\r\n" + get + upgrade + b"\r\n")
+    first, _, second = out.partition(b"aaaaa\n")
+    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 501"), out
+    for ask in (b"GET /elsewhere HTTP/1.1\r\nHost: web\r\n" + upgrade + b"\r\n",
+                b"CONNECT web:443 HTTP/1.1\r\nHost: web:443\r\n\r\n"):  # fmt: skip
+        out = exchange(proxy.port, ask + get + b"Connection: close\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 404") and out.endswith(b"aaaaa\n"), out
+        assert out.count(b"HTTP/1.1 200") == 1, out
