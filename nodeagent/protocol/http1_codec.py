@@ -74,6 +74,13 @@ def _connection_close(headers: Headers) -> bool:
     return False
 
 
+def _only_chunked(value: bytes) -> None:
+    """Bodies are passed on re-chunked: another transfer coding (gzip, ...) would reach the
+    other side without its label. h11 refused them too; nothing sends them in practice."""
+    if value.strip().lower() != b"chunked":
+        raise Http1Error(f"Transfer-Encoding {value!r}: only chunked is supported")
+
+
 class _Reader:
     events: deque[Any]
     failed: Http1Error | None
@@ -155,7 +162,8 @@ class RequestReader(_Reader):
         if self._size > MAX_HEADER_BYTES:
             raise Http1Error(f"request head over {MAX_HEADER_BYTES} bytes")
         if len(name) == 17 and name.lower() == b"transfer-encoding":
-            self._chunked = True  # llhttp refuses a request whose last coding is not chunked
+            _only_chunked(value)
+            self._chunked = True
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -289,6 +297,8 @@ class ResponseReader(_Reader):
         self._size += len(name) + len(value) + 4
         if self._size > MAX_HEADER_BYTES:
             raise Http1Error(f"response head over {MAX_HEADER_BYTES} bytes")
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            _only_chunked(value)
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:

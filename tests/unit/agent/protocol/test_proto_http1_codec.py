@@ -194,6 +194,7 @@ def test_answer_framing_and_reuse(wire: bytes, eof: bool, body: bytes, reusable:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",  # never asked for
         b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
     ],
 )
 def test_a_broken_answer_is_an_error(wire: bytes) -> None:
@@ -221,4 +222,11 @@ def test_an_oversized_request_head_is_an_error_not_a_growing_buffer() -> None:
     for _ in range(5):
         reader.feed(b"a" * 40_000)
     with pytest.raises(Http1Error):
+        reader.next_event()
+
+
+def test_a_request_with_a_transfer_coding_other_than_chunked_is_an_error() -> None:
+    reader = RequestReader()
+    reader.feed(b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+    with pytest.raises(Http1Error, match="only chunked"):
         reader.next_event()
