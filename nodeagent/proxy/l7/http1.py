@@ -1,7 +1,9 @@
 """The agent's L7 path for HTTP/1.1: terminate the app's connection, route each request, send it
 over pooled upstream connections, answer timeouts and failures itself.
 
-h11 parses both sides (sans-io); the request's decisions (attempts, retries, timeouts, budget)
+llhttp parses both sides and heads are written with the framing rules of RFC 9112
+(`nodeagent.protocol.http1_codec`, sans-io; h11 did both in pure Python before, at 3x the CPU
+of the relay path per request); the request's decisions (attempts, retries, timeouts, budget)
 are `nodemesh.routing.exchange.Exchange`'s; this module only moves bytes and keeps the time.
 Upstream connections come from `Upstreams.connect(target)` (the agent's: made from the client
 pod so they go through its mTLS tunnel) and are kept per endpoint while they stay reusable.
@@ -10,6 +12,7 @@ pod so they go through its mTLS tunnel) and are kept per endpoint while they sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -18,8 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
-import h11
-
+from nodeagent.protocol import http1_codec as h1
 from nodemesh.model import ServiceKey
 from nodemesh.routing import exchange as ex
 from nodemesh.routing.budget import Budget
@@ -34,7 +36,7 @@ HEADER_TIMEOUT = 60.0  # a client that opened a connection and sends no request 
 # Hop-by-hop headers (RFC 9110 7.6.1) describe one connection, not the request: the client's
 # connection to the agent is not the agent's pooled connection to the endpoint. Forwarding a
 # client's `Connection: close` made every upstream connection single-use, so a client opening a
-# connection per request cost a new mTLS tunnel per request (h11 frames the message itself
+# connection per request cost a new mTLS tunnel per request (the codec frames the message itself
 # from content-length / transfer-encoding, which are kept).
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"})
 
@@ -160,12 +162,23 @@ def pick_target(
 class _Attempt:
     """One try of a request against one endpoint: its connection and parser."""
 
-    def __init__(self, target: Any, streams: Streams, reused: bool) -> None:
+    def __init__(self, target: Any, streams: Streams, reused: bool, method: bytes) -> None:
         self.target = target
         self.reader, self.writer = streams
         self.reused = reused
-        self.conn = h11.Connection(h11.CLIENT)
+        self.parser = h1.ResponseReader(method)
         self.sent = False
+
+    async def next(self, timeout: float) -> h1.ResponseEvent:
+        """The answer's next event; raises Http1Error (the upstream closing early included)."""
+        parser = self.parser
+        event = parser.next_event()
+        while event is None:
+            async with asyncio.timeout(timeout):
+                data = await self.reader.read(READ_CHUNK)
+            parser.feed(data)
+            event = parser.next_event()
+        return event
 
     def abort(self) -> None:
         """HTTP/1 has no way to cancel one request but closing its connection: the app sees
@@ -188,69 +201,89 @@ async def serve(
     service: ServiceKey,
     port: int,
 ) -> None:
-    """Serve one client connection (HTTP/1.1 keep-alive) to `service`:`port`."""
-    conn = h11.Connection(h11.SERVER)
+    """Serve one client connection (HTTP/1.1 keep-alive, pipelined requests answered in
+    order) to `service`:`port`. A malformed request is answered 400 and the connection closed."""
+    down = _Down(reader)
     try:
         while True:
-            request = await _next_event(conn, reader, HEADER_TIMEOUT)
-            if not isinstance(request, h11.Request):
+            try:
+                request = await down.next(HEADER_TIMEOUT)
+                if request is None:
+                    return  # the client closed between requests
+                assert isinstance(request, h1.RequestHead)
+                body, complete = await _read_body(down)
+            except h1.Http1Error as exc:
+                await _refuse(writer, str(exc))
                 return
-            body, complete = await _read_body(conn, reader)
-            keep = await _one(ctx, conn, reader, writer, request, body, complete, service, port)
-            if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            keep = await _one(ctx, down, writer, request, body, complete, service, port)
+            if not keep or not request.keep_alive or down.in_body:
                 return
-            conn.start_next_cycle()
-    except (h11.RemoteProtocolError, ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+    except (h1.Http1Error, ConnectionError, TimeoutError, asyncio.IncompleteReadError):
         return
     finally:
         writer.close()
 
 
-async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeout: float) -> Any:
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
-            conn.receive_data(data)
-            continue
-        if event is h11.PAUSED:
-            return None
+class _Down:
+    """The client connection's requests, read as they are needed."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.parser = h1.RequestReader()
+        self.in_body = False  # a request head was taken and its END not yet
+
+    async def next(self, timeout: float) -> h1.RequestEvent | None:
+        """The next event; None: the client closed between requests."""
+        parser = self.parser
+        event = parser.next_event()
+        while event is None:
+            async with asyncio.timeout(timeout):
+                data = await self.reader.read(READ_CHUNK)
+            parser.feed(data)
+            event = parser.next_event()
+            if event is None and not data:
+                return None
+        if event is h1.END:
+            self.in_body = False
+        elif type(event) is h1.RequestHead:
+            self.in_body = True
         return event
 
 
-async def _read_body(conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+async def _refuse(writer: asyncio.StreamWriter, reason: str) -> None:
+    """Answer input the parser refused: 400, then the connection closes (the caller's)."""
+    with contextlib.suppress(ConnectionError):
+        await _answer(writer, _Client(b"GET", True, False), 400, f"bad request: {reason}")
+
+
+async def _read_body(down: _Down) -> tuple[bytes, bool]:
     """The request body up to the retry buffer; True when that is all of it (replayable). A
     longer body is streamed to the upstream by the attempt (`_stream_rest`), never retried."""
     parts: list[bytes] = []
     size = 0
     while size <= ex.BODY_LIMIT:
-        event = await _next_event(conn, reader, HEADER_TIMEOUT)
-        if isinstance(event, h11.Data):
-            parts.append(bytes(event.data))
-            size += len(event.data)
-        elif isinstance(event, h11.EndOfMessage):
+        event = await down.next(HEADER_TIMEOUT)
+        if type(event) is bytes:
+            parts.append(event)
+            size += len(event)
+        elif event is h1.END:
             return b"".join(parts), True
         else:
-            raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+            raise h1.Http1Error("the client closed in the middle of a request")
     return b"".join(parts), False
 
 
-async def _stream_rest(
-    down: h11.Connection,
-    reader: asyncio.StreamReader,
-    up: h11.Connection,
-    writer: asyncio.StreamWriter,
-) -> None:
+async def _stream_rest(down: _Down, body: h1.BodyWriter, writer: asyncio.StreamWriter) -> None:
     """The rest of a request body larger than the buffer, from the client to the upstream."""
     while True:
-        event = await _next_event(down, reader, HEADER_TIMEOUT)
-        if isinstance(event, h11.Data):
-            writer.write(up.send(h11.Data(data=event.data)))
+        event = await down.next(HEADER_TIMEOUT)
+        if type(event) is bytes:
+            writer.write(body.data(event))
             await writer.drain()
-        elif isinstance(event, h11.EndOfMessage):
+        elif event is h1.END:
             return
         else:
-            raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+            raise h1.Http1Error("the client closed in the middle of a request")
 
 
 def _header_map(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -281,28 +314,47 @@ def _modify(headers: list[tuple[bytes, bytes]], m: HeaderModifier) -> list[tuple
     return kept
 
 
+@dataclass(frozen=True, slots=True)
+class _Client:
+    """What answering a request needs to know of it."""
+
+    method: bytes
+    http11: bool
+    keep_alive: bool
+
+
 async def _answer(
-    conn: h11.Connection, writer: asyncio.StreamWriter, status: int, text: str, extra=()
-) -> None:
+    writer: asyncio.StreamWriter, client: _Client, status: int, text: str, extra=()
+) -> bool:
+    """Answer the client ourselves; False when its connection must close after this."""
     body = (text + "\n").encode()
     headers = [
         (b"content-type", b"text/plain"),
         (b"content-length", str(len(body)).encode()),
-        (b"l5d-proxy-error", text.encode()),
+        (
+            b"l5d-proxy-error",
+            text.encode("latin-1", "replace").replace(b"\r", b" ").replace(b"\n", b" "),
+        ),
         *extra,
     ]
-    writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
-    writer.write(conn.send(h11.Data(data=body)))
-    writer.write(conn.send(h11.EndOfMessage()))
+    head, framing, keep = h1.response_head(
+        status,
+        b"",
+        headers,
+        method=client.method,
+        peer_http11=client.http11,
+        keep_alive=client.keep_alive,
+    )
+    writer.write(head + framing.data(body) + framing.end())
     await writer.drain()
+    return keep
 
 
 async def _one(
     ctx: RouteContext,
-    conn: h11.Connection,
-    reader: asyncio.StreamReader,
+    down: _Down,
     writer: asyncio.StreamWriter,
-    request: h11.Request,
+    request: h1.RequestHead,
     body: bytes,
     complete: bool,
     service: ServiceKey,
@@ -313,7 +365,8 @@ async def _one(
     target_bytes = request.target.decode("latin-1")
     path, _, query = target_bytes.partition("?")
     method = request.method.decode("latin-1")
-    headers = list(request.headers)
+    headers = request.headers
+    client = _Client(request.method, request.http11, request.keep_alive)
     host = next((v for n, v in headers if n.lower() == b"host"), b"").decode("latin-1")
     head = RequestHead(method, host, target_bytes, time.time())
     selected = ctx.routes.select(
@@ -325,25 +378,23 @@ async def _one(
         query=dict(parse_qsl(query, keep_blank_values=True)),
     )
     if selected is None:
-        await _answer(conn, writer, 404, "no route rule matches")
+        keep = await _answer(writer, client, 404, "no route rule matches")
         ctx.observe(Outcome(service, "", "http1", 404, ctx.clock() - start, head=head))
-        return True
+        return keep
     rule = selected.rule
-    if request.method == b"CONNECT" or any(n.lower() == b"upgrade" for n, _ in headers):
+    if request.upgrade or any(n.lower() == b"upgrade" for n, _ in headers):
         # Only a connection's first request is looked at before the L7 path takes it.
-        await _answer(conn, writer, 501, "Upgrade on a reused connection is not supported")
+        await _answer(writer, client, 501, "Upgrade on a reused connection is not supported")
         ctx.observe(Outcome(service, selected.label, "http1", 501, ctx.clock() - start, head=head))
         return False
     if rule.redirect is not None:
         location = _location(rule, selected, path, query, _header_map(headers).get("host", ""))
-        await _answer(
-            conn, writer, rule.redirect.status_code, "redirect", [(b"location", location.encode())]
-        )
         status = rule.redirect.status_code
+        keep = await _answer(writer, client, status, "redirect", [(b"location", location.encode())])
         ctx.observe(
             Outcome(service, selected.label, "http1", status, ctx.clock() - start, head=head)
         )
-        return True
+        return keep
     headers = _modify(hop_by_hop_dropped(headers), rule.request_headers)
     if rule.rewrite is not None:
         if rule.rewrite.path is not None:
@@ -354,7 +405,14 @@ async def _one(
         if rule.rewrite.hostname:
             headers = [(n, v) for n, v in headers if n.lower() != b"host"]
             headers.append((b"host", rule.rewrite.hostname.encode()))
-    upstream_request = h11.Request(method=request.method, target=target_bytes, headers=headers)
+    try:
+        upstream_head, framing = h1.request_head(
+            request.method, target_bytes.encode("latin-1"), headers, chunked=request.chunked
+        )
+    except h1.Http1Error as exc:  # a rewrite or a header value from the route that cannot go out
+        await _answer(writer, client, 500, f"the route made an unwritable request: {exc}")
+        ctx.observe(Outcome(service, selected.label, "http1", 500, ctx.clock() - start, head=head))
+        return False
     x = ex.Exchange(
         rule=rule,
         backend_choice=_choices(rule, ctx.rng),
@@ -365,8 +423,8 @@ async def _one(
         now=start,
         retry_non_idempotent=selected.route.retry_non_idempotent,
     )
-    shell = _Shell(ctx, x, conn, writer, upstream_request, body, service, port, rule)
-    shell.reader, shell.complete = reader, complete
+    shell = _Shell(ctx, x, client, writer, upstream_head, framing, body, service, port, rule)
+    shell.down, shell.complete = down, complete
     status = await shell.run()
     ctx.observe(
         Outcome(
@@ -413,31 +471,27 @@ class _Shell:
         self,
         ctx: RouteContext,
         x: ex.Exchange,
-        conn: h11.Connection,
+        client: _Client,
         writer: asyncio.StreamWriter,
-        request: h11.Request,
+        request: bytes,
+        framing: h1.BodyWriter,
         body: bytes,
         service: ServiceKey,
         port: int,
         rule: RouteRule,
     ) -> None:
-        self.ctx, self.x, self.conn, self.writer = ctx, x, conn, writer
-        self.request, self.body, self.service, self.port, self.rule = (
-            request,
-            body,
-            service,
-            port,
-            rule,
-        )
+        self.ctx, self.x, self.client, self.writer = ctx, x, client, writer
+        self.request, self.framing, self.body = request, framing, body
+        self.service, self.port, self.rule = service, port, rule
         self.attempt: _Attempt | None = None
-        self.reader: asyncio.StreamReader | None = None
+        self.down: _Down | None = None
         self.complete = True  # the whole request body is in self.body
         self.streamed = False  # a longer body went (once) to an attempt
         self.task: asyncio.Task[ex.Event] | None = None
         self.tried: set[tuple[str, int]] = set()
         self.status = 0
         self.client_reusable = True
-        self.head: h11.Response | None = None
+        self.head: h1.ResponseHead | None = None
         self.head_at: float | None = None  # ctx.clock() when the answer's head came
         self.target: Any = None  # the endpoint tried last
         self.response_bytes = 0
@@ -473,7 +527,8 @@ class _Shell:
         elif isinstance(command, ex.Answer):
             self._cancel()
             self.status = command.status
-            await _answer(self.conn, self.writer, command.status, command.reason)
+            if not await _answer(self.writer, self.client, command.status, command.reason):
+                self.client_reusable = False
             return True
         elif isinstance(command, ex.Forward):
             await self._forward()
@@ -505,81 +560,102 @@ class _Shell:
         except (OSError, TimeoutError) as exc:
             balancer.failed(target.key, now=self.ctx.clock())
             return ex.UpstreamFailed(f"{target.key}: {exc}", False, self.ctx.clock())
-        attempt = self.attempt = _Attempt(target, streams, reused)
+        attempt = self.attempt = _Attempt(target, streams, reused, self.client.method)
         started = self.ctx.clock()
         balancer.opened(target.key, now=started)
+        framing, up = self.framing, attempt.writer
         try:
-            attempt.writer.write(attempt.conn.send(self.request))
-            attempt.sent = True
-            if self.body:
-                attempt.writer.write(attempt.conn.send(h11.Data(data=self.body)))
             if not self.complete:
+                up.write(self.request + framing.data(self.body))
+                attempt.sent = True
                 self.complete = self.streamed = True  # the rest can be read once, so only here
-                assert self.reader is not None
-                await _stream_rest(self.conn, self.reader, attempt.conn, attempt.writer)
-            attempt.writer.write(attempt.conn.send(h11.EndOfMessage()))
-            await attempt.writer.drain()
-            head = await _next_event(attempt.conn, attempt.reader, 3600)
-            while isinstance(head, h11.InformationalResponse):
-                head = await _next_event(attempt.conn, attempt.reader, 3600)
-            if not isinstance(head, h11.Response):
+                assert self.down is not None
+                await _stream_rest(self.down, framing, up)
+                up.write(framing.end())
+            else:  # one write: head, body, end
+                up.write(self.request + framing.data(self.body) + framing.end())
+                attempt.sent = True
+            await up.drain()
+            head = await attempt.next(3600)
+            if type(head) is not h1.ResponseHead:
                 raise ConnectionError("the upstream closed before answering")
-        except (OSError, h11.ProtocolError, asyncio.IncompleteReadError, ConnectionError) as exc:
+        except (OSError, h1.Http1Error, asyncio.IncompleteReadError, ConnectionError) as exc:
             balancer.closed(target.key, now=self.ctx.clock())
             attempt.abort()
             self.attempt = None
             # A reused connection the server had closed meanwhile did not see the request.
-            sent = self.streamed or (
-                attempt.sent and not (reused and attempt.conn.their_state is h11.SEND_RESPONSE)
-            )
+            sent = self.streamed or (attempt.sent and not (reused and attempt.parser.head is None))
             return ex.UpstreamFailed(
                 f"{target.key}: {str(exc) or type(exc).__name__}", sent, self.ctx.clock()
             )
         balancer.observe(target.key, self.ctx.clock() - started, now=self.ctx.clock())
         self.head, self.head_at = head, self.ctx.clock()
-        return ex.HeadReceived(head.status_code, self.ctx.clock())
+        return ex.HeadReceived(head.status, self.ctx.clock())
 
     async def _forward(self) -> None:
         attempt, head = self.attempt, self.head
         assert attempt is not None and head is not None
-        self.status = head.status_code
+        self.status = head.status
         headers = _modify(hop_by_hop_dropped(head.headers), self.rule.response_headers)
-        self.writer.write(
-            self.conn.send(h11.Response(status_code=head.status_code, headers=headers))
-        )
+        client, writer = self.client, self.writer
+        try:
+            out, framing, keep = h1.response_head(
+                head.status,
+                head.reason,
+                headers,
+                method=client.method,
+                peer_http11=client.http11,
+                keep_alive=client.keep_alive,
+            )
+        except h1.Http1Error:
+            # A route's header value that cannot be written: the answer cannot go out as is.
+            self.x.handle(ex.UpstreamFailed("unwritable response head", True, self.ctx.clock()))
+            self._cancel()
+            self.client_reusable = False
+            self.ctx.upstreams.balancer.closed(attempt.target.key, now=self.ctx.clock())
+            return
+        if not keep:
+            self.client_reusable = False
+        # What is at hand goes out in one write: a head and a body that came in one read are
+        # one send to the client, not two (each send costs a trip through the kernel's stack).
+        out_parts = [out]
+        queued = attempt.parser.events
         try:
             while True:
+                if not queued:
+                    writer.write(b"".join(out_parts))
+                    out_parts.clear()
+                    await writer.drain()
                 at = self.x.next_timer()
-                timeout = None if at is None else max(0.0, at - self.ctx.clock())
+                timeout = 3600.0 if at is None else min(3600.0, max(0.0, at - self.ctx.clock()))
                 try:
-                    event = await asyncio.wait_for(
-                        _next_event(attempt.conn, attempt.reader, 3600), timeout
-                    )
+                    event = await attempt.next(timeout)
                 except TimeoutError:
                     self.x.handle(ex.TimerFired(self.ctx.clock()))
                     self._cancel()
                     self.client_reusable = False
                     return
-                if isinstance(event, h11.Data):
-                    self.response_bytes += len(event.data)
-                    self.writer.write(self.conn.send(h11.Data(data=event.data)))
-                    await self.writer.drain()
-                elif isinstance(event, h11.EndOfMessage):
-                    self.writer.write(self.conn.send(h11.EndOfMessage()))
-                    await self.writer.drain()
+                if type(event) is bytes:
+                    self.response_bytes += len(event)
+                    out_parts.append(framing.data(event))
+                elif event is h1.END:
+                    out_parts.append(framing.end())
+                    writer.write(b"".join(out_parts))
+                    await writer.drain()
                     self.x.handle(ex.ResponseEnded(self.ctx.clock()))
                     break
                 else:
                     raise ConnectionError("the upstream ended the response early")
-        except (OSError, h11.ProtocolError, asyncio.IncompleteReadError, ConnectionError) as exc:
+        except (OSError, h1.Http1Error, asyncio.IncompleteReadError, ConnectionError) as exc:
+            if out_parts:  # the head (and body) before the failure, as the client would have had
+                writer.write(b"".join(out_parts))
             self.x.handle(ex.UpstreamFailed(str(exc), True, self.ctx.clock()))
             self._cancel()
             self.client_reusable = False
             return
         finally:
             self.ctx.upstreams.balancer.closed(attempt.target.key, now=self.ctx.clock())
-        if attempt.conn.our_state is h11.DONE and attempt.conn.their_state is h11.DONE:
-            attempt.conn.start_next_cycle()
+        if attempt.parser.reusable:
             self.ctx.upstreams.put(attempt.target, (attempt.reader, attempt.writer))
         else:
             attempt.abort()
