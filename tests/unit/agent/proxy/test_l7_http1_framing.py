@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import os
 import random
-import shutil
 import socket
 import subprocess
 import time
@@ -16,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.agent.proxy import nginxkit
 from tests.unit.agent.proxy.test_l7_http1 import Proxy, route_obj, run
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NGINX = nginxkit.NGINX
 LATER = "Fri, 01 Jan 2100 00:00:00 GMT"  # after any file's mtime: nginx answers 304
 
 
@@ -28,46 +28,25 @@ class Nginx:
     as the bytes it decodes to)."""
 
     def __init__(self, work: Path) -> None:
-        for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi", "root/files", "root/dav"):
+        for d in ("root/files", "root/dav"):
             (work / d).mkdir(parents=True, exist_ok=True)
         self.root = work / "root"
-        with socket.socket() as s:  # a free port for nginx (it cannot report one it chose)
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        conf = work / "nginx.conf"
-        conf.write_text(
-            f"daemon off; master_process off; pid {work}/nginx.pid; error_log {work}/error.log;\n"
-            "events { worker_connections 256; }\n"
-            f"http {{ access_log off; client_body_temp_path {work}/body; "
-            f"proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fastcgi; "
-            f"uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;\n"
-            "  default_type text/plain; gzip on; gzip_min_length 0; gzip_types text/plain;\n"
+        self.port = nginxkit.free_port()
+        self.work = work
+        self.proc = nginxkit.start(
+            nginxkit.prelude(work, worker_connections=256)
+            + "  default_type text/plain; gzip on; gzip_min_length 0; gzip_types text/plain;\n"
             "  if_modified_since before;\n"
             f"  server {{ listen 127.0.0.1:{self.port}; root {self.root};\n"
             "    location /dav/ { dav_methods PUT; client_max_body_size 0; }\n"
             "  }\n"
-            "}\n"
+            "}\n",
+            work,
+            self.port,
         )
-        self.work = work
-        self.proc = subprocess.Popen(
-            [NGINX, "-c", str(conf), "-p", str(work)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 1).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"nginx did not start: {self.log()}") from None
-                time.sleep(0.05)
 
     def log(self) -> str:
-        path = self.work / "error.log"
-        return path.read_text() if path.exists() else ""
+        return nginxkit.error_log(self.work)
 
     def stop(self) -> None:
         self.proc.kill()

@@ -8,7 +8,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -26,6 +25,7 @@ from nodeagent.proxy.l7.http2 import H2Pool, serve
 from nodemesh.model import ServiceKey
 from nodemesh.routing.spec import compile_route
 from nodemesh.routing.table import RouteTable
+from tests.unit.agent.proxy import nginxkit
 
 EMOJI = ServiceKey("t", "emoji")
 CALLS = int(os.environ.get("NODEMESH_L7_TEST_REQUESTS", "300"))
@@ -235,21 +235,13 @@ class Nginx:
     a GOAWAY (1000 by default)."""
 
     def __init__(self, work: Path, *, keepalive_requests: int) -> None:
-        for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi", "files"):
-            (work / d).mkdir(parents=True, exist_ok=True)
+        (work / "files").mkdir(parents=True, exist_ok=True)
         self.big = work / "files" / "big"
         self.big.write_bytes(os.urandom(1 << 20))
-        with socket.socket() as s:  # a free port for nginx (it cannot report one it chose)
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        conf = work / "nginx.conf"
-        conf.write_text(
-            f"daemon off; master_process off; pid {work}/nginx.pid; error_log {work}/error.log;\n"
-            "events { worker_connections 1024; }\n"
-            f"http {{ access_log off; client_body_temp_path {work}/body; "
-            f"proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fastcgi; "
-            f"uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi; "
-            f"keepalive_requests {keepalive_requests};\n"
+        self.port = nginxkit.free_port()
+        self.proc = nginxkit.start(
+            nginxkit.prelude(work, worker_connections=1024)
+            + f"  keepalive_requests {keepalive_requests};\n"
             f"  server {{ listen 127.0.0.1:{self.port} http2;\n"
             '    location / { return 200 "ok\\n"; }\n'
             f"    location = /big {{ alias {self.big}; }}\n"
@@ -259,31 +251,17 @@ class Nginx:
             "  }\n"
             f"  server {{ listen unix:{work}/answer.sock; "
             'location / { return 200 "up\\n"; } }\n'
-            "}\n"
+            "}\n",
+            work,
+            self.port,
         )
-        self.proc = subprocess.Popen(
-            [NGINX, "-c", str(conf), "-p", str(work)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 1).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    log = (work / "error.log").read_text() if (work / "error.log").exists() else ""
-                    raise RuntimeError(f"nginx did not start: {log}") from None
-                time.sleep(0.05)
 
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait(5)
 
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NGINX = nginxkit.NGINX
 H2LOAD = shutil.which("h2load")
 
 
