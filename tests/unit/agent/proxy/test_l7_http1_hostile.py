@@ -1,0 +1,125 @@
+"""The L7 HTTP/1 path against a hostile client: raw sockets send what curl would not, and the
+upstream is a small server parsing with h11 (a third-party parser) that records every request
+it reads, so a request the agent let through twice, or cut in two, shows."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import h11
+import pytest
+
+from tests.unit.agent.proxy.test_l7_http1 import Proxy, route_obj
+
+ROUTE = route_obj(
+    [
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+            "backendRefs": [{"name": "web"}],
+        }
+    ]
+)
+
+
+class Recorder:
+    """An HTTP/1.1 upstream on loopback: h11 reads each request; the answer's body names it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[bytes, bytes, bytes]] = []  # method, target, body
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.threads: list[threading.Thread] = []
+        self.accepting = threading.Thread(target=self._accept, daemon=True)
+        self.accepting.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        h = h11.Connection(h11.SERVER)
+        request: h11.Request | None = None
+        body = bytearray()
+        with conn:
+            while True:
+                event = h.next_event()
+                if event is h11.NEED_DATA:
+                    data = conn.recv(65536)
+                    h.receive_data(data)
+                    if not data:
+                        return
+                elif isinstance(event, h11.Request):
+                    request, body = event, bytearray()
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    assert request is not None
+                    self.seen.append((request.method, request.target, bytes(body)))
+                    answer = b"%s %s %d" % (request.method, request.target, len(body))
+                    conn.sendall(
+                        h.send(
+                            h11.Response(
+                                status_code=200, headers=[("content-length", str(len(answer)))]
+                            )
+                        )
+                        + h.send(h11.Data(data=answer))
+                        + h.send(h11.EndOfMessage())
+                    )
+                    if h.our_state is not h11.DONE:
+                        return
+                    h.start_next_cycle()
+                else:
+                    return
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def mesh():
+    upstream = Recorder()
+    proxy = Proxy({"web": upstream})  # type: ignore[dict-item]
+    proxy.set_route(ROUTE)
+    yield proxy, upstream
+    proxy.stop()
+    upstream.stop()
+
+
+def send(port: int, data: bytes, *, wait: float = 1.0) -> bytes:
+    """Send `data` at once; what the agent answered until it closed or `wait` s passed."""
+    with socket.create_connection(("127.0.0.1", port), 10) as s:
+        s.sendall(data)
+        s.settimeout(wait)
+        out = bytearray()
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+
+
+SMUGGLED = b"GET /private HTTP/1.1\r\nHost: web\r\n\r\n"
+
+
+def test_a_connection_header_naming_content_length_does_not_unframe_the_body(mesh) -> None:
+    """`Connection: content-length` names the framing header as hop-by-hop. The body must
+    still reach the upstream as this request's body: with the header dropped, the upstream
+    read a bodiless POST and then the body as a second request, to a path no route allows."""
+    proxy, upstream = mesh
+    head = b"POST /api/x HTTP/1.1\r\nHost: web\r\nConnection: content-length\r\n"
+    out = send(proxy.port, head + b"Content-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED)
+    assert out.startswith(b"HTTP/1.1 200"), out
+    assert upstream.seen == [(b"POST", b"/api/x", SMUGGLED)], upstream.seen
