@@ -39,6 +39,10 @@ HEADER_TIMEOUT = 60.0  # a client that opened a connection and sends no request 
 # connection per request cost a new mTLS tunnel per request (the codec frames the message itself
 # from content-length / transfer-encoding, which are kept).
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"})
+# A Connection header naming a framing header (`Connection: content-length`) must not drop it:
+# the body is passed on as it came, and without its length the upstream would read a bodiless
+# request and then the body as a request of its own, one no route rule allowed (smuggling).
+FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 
 class HasKey(Protocol):
@@ -301,6 +305,7 @@ def hop_by_hop_dropped(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[byt
     for name, value in headers:
         if name.lower() == b"connection":
             named.update(v.strip().lower() for v in value.split(b","))
+    named -= FRAMING
     return [(n, v) for n, v in headers if n.lower() not in named]
 
 
