@@ -123,3 +123,22 @@ def test_a_connection_header_naming_content_length_does_not_unframe_the_body(mes
     out = send(proxy.port, head + b"Content-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED)
     assert out.startswith(b"HTTP/1.1 200"), out
     assert upstream.seen == [(b"POST", b"/api/x", SMUGGLED)], upstream.seen
+
+
+@pytest.mark.parametrize(
+    "ask",
+    [
+        b"POST /elsewhere HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n",
+        b"CONNECT web:443 HTTP/1.1\r\nHost: web:443\r\n",
+    ],
+    ids=["upgrade", "connect"],
+)
+def test_the_body_of_a_declined_upgrade_is_never_read_as_a_request(mesh, ask) -> None:
+    """An Upgrade or CONNECT no rule matches is answered 404 and the switch declined; a body
+    it declared is its own, not a next request. Before, the parser stopped at the head and
+    the body went upstream as a request the client never sent (and got a second answer)."""
+    proxy, upstream = mesh
+    inner = b"GET /api/smuggled HTTP/1.1\r\nHost: web\r\n\r\n"
+    out = send(proxy.port, ask + b"Content-Length: %d\r\n\r\n" % len(inner) + inner)
+    assert out.startswith(b"HTTP/1.1 404") and out.count(b"HTTP/1.1 ") == 1, out
+    assert upstream.seen == [], upstream.seen
