@@ -109,6 +109,7 @@ class RequestReader(_Reader):
         self._size = 0
         self._fed = 0  # bytes fed while a head was open
         self._chunked = False
+        self._upgrade_body = False  # an Upgrade or CONNECT head that declared a body
 
     def next_event(self) -> RequestEvent | None:
         event: RequestEvent | None = super().next_event()
@@ -130,6 +131,11 @@ class RequestReader(_Reader):
             if self.in_message:
                 self.in_message = False
                 self.events.append(END)
+            if self._upgrade_body:
+                # httptools ends the message at an upgrade's head: a body it declared would
+                # be read as the next requests (smuggled); the head's answer closes instead.
+                self.failed = Http1Error("a body after an Upgrade or CONNECT head")
+                return
             self._parser = httptools.HttpRequestParser(self)
             self.feed(data[int(exc.args[0]) :])
             return
@@ -174,15 +180,22 @@ class RequestReader(_Reader):
             raise Http1Error("an HTTP/1.1 request without a Host header")
         method = parser.get_method()
         self._in_head = False
+        upgrade = method == b"CONNECT" or parser.should_upgrade()
+        self._upgrade_body = upgrade and (
+            self._chunked
+            or any(
+                len(n) == 14 and n.lower() == b"content-length" and v != b"0" for n, v in headers
+            )
+        )
         self.events.append(
             RequestHead(
                 method,
                 self._url,
                 headers,
                 http11,
-                http11 and not _connection_close(headers),
+                http11 and not _connection_close(headers) and not self._upgrade_body,
                 self._chunked,
-                method == b"CONNECT" or parser.should_upgrade(),
+                upgrade,
             )
         )
 
