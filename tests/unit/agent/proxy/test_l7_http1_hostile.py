@@ -142,3 +142,25 @@ def test_the_body_of_a_declined_upgrade_is_never_read_as_a_request(mesh, ask) ->
     out = send(proxy.port, ask + b"Content-Length: %d\r\n\r\n" % len(inner) + inner)
     assert out.startswith(b"HTTP/1.1 404") and out.count(b"HTTP/1.1 ") == 1, out
     assert upstream.seen == [], upstream.seen
+
+
+def test_a_trailer_that_never_ends_is_refused_not_buffered(mesh) -> None:
+    """After a chunked body's last chunk, a trailer field 4 MB long (no CRLF): it is refused
+    400 and the connection closed. Before, httptools kept adding to it (every byte copied again
+    on each read: CPU as well as memory without a bound) and the client got no answer."""
+    proxy, upstream = mesh
+    head = b"POST /api/x HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", proxy.port), 10) as s:
+        s.sendall(head + b"2\r\nhi\r\n0\r\nX-Trailer: ")
+        try:
+            for _ in range(64):
+                s.sendall(b"a" * 65536)
+        except OSError:
+            pass  # the agent closed while we were still sending
+        s.settimeout(5)
+        try:
+            out = s.recv(65536)  # a hang (TimeoutError) is the failure
+        except ConnectionResetError:
+            out = b"reset"  # closed with our bytes unread: the 400 may be lost
+    assert out.startswith(b"HTTP/1.1 400") or out == b"reset", out
+    assert upstream.seen == [], upstream.seen
