@@ -123,6 +123,7 @@ class RequestReader(_Reader):
             if self.in_message:
                 self.failed = Http1Error("the client closed in the middle of a request")
             return
+        queued = len(self.events)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -148,6 +149,16 @@ class RequestReader(_Reader):
             self._fed += len(data)
             if self._fed > 2 * MAX_HEADER_BYTES:
                 self.failed = Http1Error(f"request head over {MAX_HEADER_BYTES} bytes")
+        elif self.in_message and len(self.events) == queued:
+            # Bytes that give no body: chunk extensions or trailers, which httptools holds
+            # (a trailer field whole, copied again on each read): bounded like a head.
+            self._fed += len(data)
+            if self._fed > 2 * MAX_HEADER_BYTES:
+                self.failed = Http1Error(
+                    f"chunk extensions or trailers over {MAX_HEADER_BYTES} bytes"
+                )
+        else:
+            self._fed = 0
 
     # llhttp callbacks
     def on_message_begin(self) -> None:
@@ -250,14 +261,18 @@ class ResponseReader(_Reader):
                 self.failed = Http1Error("the upstream ended the response early")
             return
         try:
+            queued = len(self.events)
             if self._head_only:
                 self._feed_heads(data)
             else:
                 self._run(data)
-                if self.head is None:
+                if self.head is None or (not self.done and len(self.events) == queued):
+                    # A head, or bytes that give no body (chunk extensions, trailers)
                     self._fed += len(data)
                     if self._fed > 2 * MAX_HEADER_BYTES:
-                        raise Http1Error(f"response head over {MAX_HEADER_BYTES} bytes")
+                        raise Http1Error(f"response head or trailers over {MAX_HEADER_BYTES} bytes")
+                else:
+                    self._fed = 0
         except Http1Error as exc:
             self.failed = exc
 
