@@ -31,6 +31,7 @@ class Recorder:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.threads: list[threading.Thread] = []
+        self.late_head_body = False
         self.accepting = threading.Thread(target=self._accept, daemon=True)
         self.accepting.start()
 
@@ -64,6 +65,15 @@ class Recorder:
                     assert request is not None
                     self.seen.append((request.method, request.target, bytes(body)))
                     answer = b"%s %s %d" % (request.method, request.target, len(body))
+                    if request.method == b"HEAD" and self.late_head_body:
+                        # A server that writes GET's body for a HEAD too, in a later send
+                        # (a handler sending its head then its body, both for HEAD)
+                        head = h11.Response(status_code=200, headers=[("content-length", "5")])
+                        conn.sendall(h.send(head) + h.send(h11.EndOfMessage()))
+                        time.sleep(0.2)
+                        conn.sendall(b"hello")
+                        h.start_next_cycle()
+                        continue
                     conn.sendall(
                         h.send(
                             h11.Response(
@@ -164,3 +174,19 @@ def test_a_trailer_that_never_ends_is_refused_not_buffered(mesh) -> None:
             out = b"reset"  # closed with our bytes unread: the 400 may be lost
     assert out.startswith(b"HTTP/1.1 400") or out == b"reset", out
     assert upstream.seen == [], upstream.seen
+
+
+def test_bytes_an_idle_upstream_connection_got_late_never_answer_the_next_request(mesh) -> None:
+    """The upstream sends a body after its HEAD answer, in a later packet (the answer was
+    complete: the agent pooled the connection). The next request must get its own answer.
+    Before, the pooled connection was reused with those bytes waiting: they were read as the
+    start of the next answer, which failed, and the request was sent again elsewhere as if the
+    upstream had never seen it (it had: two GETs for one)."""
+    proxy, upstream = mesh
+    upstream.late_head_body = True
+    out = send(proxy.port, b"HEAD /api/a HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"\r\n\r\n"), out
+    time.sleep(0.5)  # the late bytes are in
+    out = send(proxy.port, b"GET /api/b HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"GET /api/b 0"), out
+    assert upstream.seen == [(b"HEAD", b"/api/a", b""), (b"GET", b"/api/b", b"")], upstream.seen
