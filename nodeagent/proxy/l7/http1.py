@@ -61,6 +61,13 @@ class Picker(Protocol):
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
+def _unread(reader: asyncio.StreamReader) -> bool:
+    """Bytes came on an idle connection, after a complete answer (a body sent for a HEAD or
+    a 204, late): reused, they would be read as the next request's answer. (StreamReader's
+    buffer has no public name; nginx closes a kept connection that gets bytes the same way.)"""
+    return bool(getattr(reader, "_buffer", b""))
+
+
 @dataclass
 class Upstreams:
     """Where requests go: endpoints of a Service port, connections to an endpoint (pooled)."""
@@ -75,7 +82,7 @@ class Upstreams:
         pool = self.idle.get(target.key)
         while pool:
             reader, writer = pool.pop()
-            if not writer.is_closing() and not reader.at_eof():
+            if not writer.is_closing() and not reader.at_eof() and not _unread(reader):
                 return (reader, writer), True
             writer.close()
         self.opened += 1
