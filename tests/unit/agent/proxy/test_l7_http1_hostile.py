@@ -4,6 +4,7 @@ it reads, so a request the agent let through twice, or cut in two, shows."""
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -11,6 +12,7 @@ import time
 import h11
 import pytest
 
+from nodeagent.proxy.l7 import http1
 from tests.unit.agent.proxy.test_l7_http1 import Proxy, route_obj
 
 ROUTE = route_obj(
@@ -190,3 +192,24 @@ def test_bytes_an_idle_upstream_connection_got_late_never_answer_the_next_reques
     out = send(proxy.port, b"GET /api/b HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"GET /api/b 0"), out
     assert upstream.seen == [(b"HEAD", b"/api/a", b""), (b"GET", b"/api/b", b"")], upstream.seen
+
+
+def test_a_head_sent_a_byte_at_a_time_is_cut_at_the_header_timeout(mesh, monkeypatch) -> None:
+    """Slowloris: a request head that grows by a byte every 0.1 s never ends. The header
+    timeout (0.5 s here) bounds the whole head: the agent closes the connection. Before, it
+    bounded each read, so any client sending a byte a minute held a connection forever."""
+    proxy, upstream = mesh
+    monkeypatch.setattr(http1, "HEADER_TIMEOUT", 0.5)
+    with socket.create_connection(("127.0.0.1", proxy.port), 10) as s:
+        s.sendall(b"GET /api/x HTTP/1.1\r\nHost: web\r\n")
+        start = time.monotonic()
+        closed_after = None
+        while closed_after is None and time.monotonic() - start < 4:
+            try:
+                s.sendall(b"X")
+                if select.select([s], [], [], 0.1)[0] and not s.recv(65536):
+                    closed_after = time.monotonic() - start
+            except OSError:
+                closed_after = time.monotonic() - start
+    assert closed_after is not None and closed_after < 2, closed_after
+    assert upstream.seen == []
