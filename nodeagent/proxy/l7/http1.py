@@ -244,16 +244,18 @@ class _Down:
         self.in_body = False  # a request head was taken and its END not yet
 
     async def next(self, timeout: float) -> h1.RequestEvent | None:
-        """The next event; None: the client closed between requests."""
+        """The next event; None: the client closed between requests. `timeout` bounds the
+        whole wait, not each read: a head sent a byte at a time is one event (slowloris)."""
         parser = self.parser
         event = parser.next_event()
-        while event is None:
+        if event is None:
             async with asyncio.timeout(timeout):
-                data = await self.reader.read(READ_CHUNK)
-            parser.feed(data)
-            event = parser.next_event()
-            if event is None and not data:
-                return None
+                while event is None:
+                    data = await self.reader.read(READ_CHUNK)
+                    parser.feed(data)
+                    event = parser.next_event()
+                    if event is None and not data:
+                        return None
         if event is h1.END:
             self.in_body = False
         elif type(event) is h1.RequestHead:
