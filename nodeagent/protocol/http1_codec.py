@@ -187,8 +187,11 @@ class RequestReader(_Reader):
         parser = self._parser
         http11 = parser.get_http_version() == "1.1"
         headers = self._headers
-        if http11 and not any(len(n) == 4 and n.lower() == b"host" for n, _ in headers):
+        hosts = sum(len(n) == 4 and n.lower() == b"host" for n, _ in headers)
+        if http11 and not hosts:
             raise Http1Error("an HTTP/1.1 request without a Host header")
+        if hosts > 1:  # RFC 9112 3.2: routes read the first, a server may read the last
+            raise Http1Error("a request with more than one Host header")
         method = parser.get_method()
         self._in_head = False
         upgrade = method == b"CONNECT" or parser.should_upgrade()
