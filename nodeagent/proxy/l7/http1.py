@@ -222,6 +222,9 @@ async def serve(
                 if request is None:
                     return  # the client closed between requests
                 assert isinstance(request, h1.RequestHead)
+                if down.in_body and not down.parser.events and _expects_continue(request):
+                    # The body is read before the request goes upstream: the 100 is ours.
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 body, complete = await _read_body(down)
             except h1.Http1Error as exc:
                 await _refuse(writer, str(exc))
@@ -233,6 +236,13 @@ async def serve(
         return
     finally:
         writer.close()
+
+
+def _expects_continue(request: h1.RequestHead) -> bool:
+    """The client waits for a 100 (Continue) before it sends the body (RFC 9110 10.1.1)."""
+    return request.http11 and any(
+        n.lower() == b"expect" and v.strip().lower() == b"100-continue" for n, v in request.headers
+    )
 
 
 class _Down:
