@@ -115,6 +115,12 @@ def _bad(mutate) -> str:
     return str(info.value)
 
 
+def _modifies(side: str, how: str, name: str) -> dict:
+    key = f"{side}HeaderModifier"
+    item = name if how == "remove" else {"name": name, "value": "1"}
+    return {"type": key[0].upper() + key[1:], key: {how: [item]}}
+
+
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
@@ -165,6 +171,26 @@ def _bad(mutate) -> str:
         (
             lambda o: o["spec"]["parentRefs"][0].update(port=70000),
             "spec.parentRefs[0].port: 70000 is not a port number",
+        ),
+        # Framing headers: a body written with another length than the head's would be read
+        # by the other side as (part of) a next message: request smuggling, a client desync.
+        (
+            lambda o: o["spec"]["rules"][0].update(
+                filters=[_modifies("response", "set", "Content-Length")]
+            ),
+            "spec.rules[0].filters[0].responseHeaderModifier.set[0].name: 'Content-Length' frames",
+        ),
+        (
+            lambda o: o["spec"]["rules"][0].update(
+                filters=[_modifies("request", "add", "transfer-encoding")]
+            ),
+            "spec.rules[0].filters[0].requestHeaderModifier.add[0].name: 'transfer-encoding' frames",
+        ),
+        (
+            lambda o: o["spec"]["rules"][0].update(
+                filters=[_modifies("request", "remove", "content-length")]
+            ),
+            "spec.rules[0].filters[0].requestHeaderModifier.remove[0]: 'content-length' frames",
         ),
     ],
 )
