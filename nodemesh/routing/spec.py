@@ -295,6 +295,13 @@ def _backend(b: object, field: str, ns: str) -> Backend:
     return Backend(ServiceKey(bns, name), port, weight)
 
 
+def _not_framing(name: str, field: str) -> None:
+    """The L7 path passes bodies on as they came: a head whose length said otherwise would
+    have the other side read the rest as a next message (smuggling, a client desync)."""
+    if name.lower() in ("content-length", "transfer-encoding"):
+        raise RouteError(field, f"{name!r} frames the message body: the mesh keeps it as it came")
+
+
 def _modifier(body: dict[str, Any], field: str) -> HeaderModifier:
     def pairs(key: str) -> tuple[tuple[str, str], ...]:
         out = []
@@ -304,6 +311,7 @@ def _modifier(body: dict[str, Any], field: str) -> HeaderModifier:
             name = _str(h.get("name"), f"{hf}.name")
             if not _HEADER_NAME.match(name):
                 raise RouteError(f"{hf}.name", f"{name!r} is not a valid header name")
+            _not_framing(name, f"{hf}.name")
             out.append((name.lower(), _str(h.get("value"), f"{hf}.value")))
         return tuple(out)
 
@@ -311,6 +319,8 @@ def _modifier(body: dict[str, Any], field: str) -> HeaderModifier:
         _str(n, f"{field}.remove[{i}]").lower()
         for i, n in enumerate(_list(body.get("remove"), f"{field}.remove"))
     )
+    for i, n in enumerate(remove):
+        _not_framing(n, f"{field}.remove[{i}]")
     return HeaderModifier(set=pairs("set"), add=pairs("add"), remove=remove)
 
 
