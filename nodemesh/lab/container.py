@@ -6,6 +6,7 @@ capabilities plus `add` minus `drop`; runAsUser/runAsGroup; a read-only root on 
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -317,6 +318,11 @@ def container_spec(
     where = (
         f"{pod['metadata']['namespace']}/{pod['metadata']['name']} container {container['name']}"
     )
+    stop = (container.get("lifecycle") or {}).get("stopSignal")
+    if stop is not None and not (isinstance(stop, str) and stop in signal.Signals.__members__):
+        raise ContainerConfigError(
+            f"{where}: lifecycle.stopSignal {stop!r} is not a signal name (such as SIGTERM)"
+        )
     security = container.get("securityContext") or {}
     uid = int(_security(pod, container, "runAsUser") or 0)
     gid = int(_security(pod, container, "runAsGroup") or 0)

@@ -447,9 +447,11 @@ class PodRunner:
             return
         grace = min(float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)), GRACE_SECONDS)
         inits = [(pid, process_start_time(pid)) for pid in children(proc.pid)]
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            if sig == signal.SIGTERM:
-                self._append_log(name, f"--- SIGTERM (grace {grace:g} s)")
+        container = next(c for c in self.pod["spec"]["containers"] if c["name"] == name)
+        stop = stop_signal(container)
+        for sig, wait in ((stop, grace), (signal.SIGKILL, 5.0)):
+            if sig != signal.SIGKILL:
+                self._append_log(name, f"--- {sig.name} (grace {grace:g} s)")
             else:
                 self._append_log(name, "--- SIGKILL: still running after the grace period")
             try:
@@ -468,6 +470,24 @@ class PodRunner:
             if not any(same_process(pid, start) for pid, start in inits):
                 return
             await asyncio.sleep(0.02)
+
+
+# The stop signal of the images the lab stands in for, as their Dockerfiles' STOPSIGNAL set it
+# (a container runtime sends it instead of SIGTERM): haproxy's image soft-stops on SIGUSR1 (as
+# PID 1 it has no SIGTERM handler, so SIGTERM would do nothing until SIGKILL), nginx's quits
+# gracefully on SIGQUIT.
+IMAGE_STOP_SIGNALS = {"haproxy": signal.SIGUSR1, "nginx": signal.SIGQUIT}
+
+
+def stop_signal(container: dict[str, Any]) -> signal.Signals:
+    """The signal that asks `container` to stop: its `lifecycle.stopSignal` (Kubernetes 1.33+),
+    else its image's STOPSIGNAL where the lab knows the image, else SIGTERM."""
+    named = (container.get("lifecycle") or {}).get("stopSignal")
+    if isinstance(named, str) and named in signal.Signals.__members__:  # else refused at start
+        return signal.Signals[named]
+    image = str(container.get("image", ""))
+    repository = image.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
+    return IMAGE_STOP_SIGNALS.get(repository, signal.SIGTERM)
 
 
 def _prestop_sleep(container: dict[str, Any]) -> float:
