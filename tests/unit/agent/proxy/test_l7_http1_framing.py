@@ -155,21 +155,30 @@ def test_an_http10_client_gets_a_chunked_answer_unframed_then_the_close(mesh, tm
     assert gzip.decompress(got.read_bytes()) == page
 
 
+def read_until_closed(s: socket.socket, within: float) -> tuple[bytes, bool]:
+    """What `s` receives until its peer closes it or `within` s pass; and whether it closed."""
+    s.settimeout(within)
+    out = bytearray()
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            return bytes(out), True
+        out += chunk
+    return bytes(out), False
+
+
 def exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
     """Send `data` at once, read until the agent closes the connection (fails on a hang)."""
     with socket.create_connection(("127.0.0.1", port), timeout) as s:
         s.sendall(data)
-        out = bytearray()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                return bytes(out)
-            out += chunk
-    pytest.fail(f"the connection was still open after {timeout} s: {bytes(out)!r}")
+        out, closed = read_until_closed(s, timeout)
+    if not closed:
+        pytest.fail(f"the connection was still open after {timeout} s: {out!r}")
+    return out
 
 
 def test_pipelined_requests_are_answered_in_order(mesh) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from nodeagent.proxy.l7 import http1
 from tests.unit.agent.proxy.test_l7_http1 import Proxy, route_obj
+from tests.unit.agent.proxy.test_l7_http1_framing import read_until_closed
 
 ROUTE = route_obj(
     [
@@ -113,18 +114,7 @@ def send(port: int, data: bytes, *, wait: float = 1.0) -> bytes:
     """Send `data` at once; what the agent answered until it closed or `wait` s passed."""
     with socket.create_connection(("127.0.0.1", port), 10) as s:
         s.sendall(data)
-        s.settimeout(wait)
-        out = bytearray()
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        return bytes(out)
+        return read_until_closed(s, wait)[0]
 
 
 SMUGGLED = b"GET /private HTTP/1.1\r\nHost: web\r\n\r\n"
