@@ -223,6 +223,7 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
         return
     if await takeover.try_take(relay, pod, route, dial=dial_upstream):
         return
+    relay.send_ahead = True  # no gate on this path: the first bytes may go with the preamble
     error = await connect_route(relay, pod, route, info=info, src=src)
     if error is not None:
         relay.refuse(error)

@@ -94,18 +94,20 @@ async def exchange(
     flags = pre.PreambleFlags.WANT_REPLY
     if opaque:
         flags |= pre.PreambleFlags.SKIP_DETECTION
-    relay.up.transport.write(
-        pre.encode_preamble(
-            pre.Preamble(
-                target_port=target.port,
-                original_ip=ipaddress.ip_address(target.ip),
-                protocol=Protocol.OPAQUE if opaque else None,
-                source_namespace=source_namespace,
-                source_pod=source_pod,
-                flags=flags,
-            )
+    preamble = pre.encode_preamble(
+        pre.Preamble(
+            target_port=target.port,
+            original_ip=ipaddress.ip_address(target.ip),
+            protocol=Protocol.OPAQUE if opaque else None,
+            source_namespace=source_namespace,
+            source_pod=source_pod,
+            flags=flags,
         )
     )
+    # The client's first bytes go with it (one write, one frame) rather than a round trip later:
+    # the destination agent holds them until it has admitted the connection and reached the
+    # app, and drops them if it refuses; another endpoint tried next gets them again.
+    relay.up.transport.write(preamble + relay.take_ahead())
     if not await relay.wait_for_bytes(pre.REPLY_SIZE, timeout, upstream=True):
         raise TunnelRefused("the destination agent closed the tunnel without a reply")
     try:
