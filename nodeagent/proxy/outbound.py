@@ -145,6 +145,7 @@ async def dial_upstream(
                 source_pod=pod.pod.name,
                 opaque=opaque or target.opaque,
                 timeout=handshake,
+                answer_within=timeout,
             )
         except tunnelpool.NoMux:
             relay.drop_upstream()  # an older destination agent: a tunnel of its own

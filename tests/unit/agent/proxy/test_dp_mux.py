@@ -17,11 +17,12 @@ from test_dp_tunnel import RESET, STATS, Agent, _echo, _plain_socket, _request
 from controlplane.identity import CertificateAuthority
 from nodeagent.protocol import mux as wire
 from nodeagent.protocol import preamble as pre
-from nodeagent.proxy import pooling
+from nodeagent.proxy import pooling, tunnelpool
 from nodeagent.proxy.l4proxy import SEND_AHEAD_MAX, Relay
 from nodeagent.proxy.mux import MuxSession, MuxStream
 from nodeagent.proxy.routing import Target
 from nodeagent.proxy.tunnel import (
+    PeerSilent,
     TunnelDenied,
     TunnelRefused,
     accept_tls,
@@ -159,6 +160,7 @@ class MuxWorld:
     early_at_admit: list[bytes] = field(default_factory=list)
     hold: asyncio.Event | None = None  # the source starts once the test sets it
     refused_first: int = 0  # a port the source tries first (nothing listens: CONNECT_FAILED)
+    admit_delay: float = 0.0  # the destination admits this much later (a slow app connect)
 
 
 @pytest.fixture
@@ -178,6 +180,8 @@ async def mw(anchor: CaMaterial, authority: CertificateAuthority) -> AsyncIterat
     async def admit(relay: Relay, client_id: str, header: pre.Preamble) -> None:
         w.seen.append((client_id, header.target_port))
         w.early_at_admit.append(bytes(relay.early))
+        if w.admit_delay:
+            await asyncio.sleep(w.admit_delay)
         if header.target_port == w.deny_port:
             reply(relay, pre.ReplyCode.POLICY_DENIED)
             relay.decline("denied")
@@ -264,6 +268,7 @@ async def mw(anchor: CaMaterial, authority: CertificateAuthority) -> AsyncIterat
     deny_listener_port = await deny_agent.start()
     w.deny_listener_port = deny_listener_port  # type: ignore[attr-defined]
     w.src_agent = deny_agent  # type: ignore[attr-defined]  (its errors: the denied ones)
+    w.source_agent = src_agent  # type: ignore[attr-defined]
     yield w
     w.pool.go_away()
     for session in w.sessions:
@@ -422,3 +427,33 @@ async def test_a_large_first_write_goes_partly_ahead_and_arrives_whole(mw: MuxWo
     payload = bytes(range(256)) * 400  # 100 KiB: more than goes ahead
     assert await _request_held(mw, payload) == b"echo:" + payload
     assert mw.early_at_admit[0] == payload[:SEND_AHEAD_MAX]
+
+
+# --- a destination that went silent ---------------------------------------------------------
+
+
+async def test_a_peer_gone_silent_fails_a_new_stream_in_seconds_and_is_not_used_again(
+    mw: MuxWorld,
+) -> None:
+    """A node gone without a word (no FIN, no RST): a new app connection riding the pooled
+    connection to it gives up after PEER_SILENT_AFTER, as a TCP connect would, so the relay
+    tries another endpoint, instead of waiting STREAM_REPLY_TIMEOUT (10 s) for a reply."""
+    assert await _request(mw.src_port, b"before") == b"echo:before"
+    mw.sessions[0].transport.pause_reading()  # the destination reads nothing more
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await _request(mw.src_port, b"lost") == RESET
+    assert loop.time() - started < tunnelpool.PEER_SILENT_AFTER + 2
+    assert isinstance(mw.source_agent.errors[-1], PeerSilent)  # type: ignore[attr-defined]
+    # The next app connection dials a new tunnel connection (the silent one takes no stream).
+    assert await _request(mw.src_port, b"after") == b"echo:after"
+    assert mw.handshakes == 2
+
+
+async def test_a_slow_reply_from_a_live_peer_is_waited_for(mw: MuxWorld) -> None:
+    """The destination agent answers the stream at once and replies once the app is connected:
+    a slow app connect (longer than PEER_SILENT_AFTER) is not mistaken for a silent peer."""
+    assert await _request(mw.src_port, b"warm") == b"echo:warm"
+    mw.admit_delay = tunnelpool.PEER_SILENT_AFTER + 0.5
+    assert await _request(mw.src_port, b"slow") == b"echo:slow"
+    assert mw.handshakes == 1
