@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,6 +20,11 @@ class RunPlan:
     search_steps: int = 7
     search_duration: float = 4.5  # per step and path, in all
     search_rounds: int = 3  # turns of direct and the path per step; the median decides
+    # A turn's p99 needs samples: each turn lasts long enough for this many requests (so at low
+    # rates the p99 is not just the slowest of a few dozen), up to search_max_turn seconds, and
+    # the search goes no lower than the rate where that cap still gives them all.
+    search_min_samples: int = 300
+    search_max_turn: float = 10.0
     added_p99_limit_ms: float = 2.0
     grpc_rate: int = 500
     newconn_rate: int = 200
@@ -33,6 +39,16 @@ class RunPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def search_turn_seconds(self, rate: float) -> float:
+        """How long one turn of a search step at `rate` lasts."""
+        spread = self.search_duration / self.search_rounds
+        return min(max(spread, self.search_min_samples / rate), max(spread, self.search_max_turn))
+
+    @property
+    def search_lowest_rate(self) -> int:
+        """The lowest rate a search tries: below it a turn holds too few requests for a p99."""
+        return max(10, math.ceil(self.search_min_samples / self.search_max_turn))
 
 
 FULL = RunPlan()
@@ -49,6 +65,7 @@ SMOKE = RunPlan(
     search_steps=2,
     search_duration=1.0,
     search_rounds=2,
+    search_min_samples=0,
     grpc_rate=50,
     newconn_rate=20,
     newconn_search_start=20,

@@ -273,7 +273,7 @@ class Bench:
         """One step of the search: direct and `path` in turns, the added p99 of each turn, and
         its median, so one burst of outside load cannot decide the step alone."""
         p = self.plan
-        duration = p.search_duration / p.search_rounds
+        duration = p.search_turn_seconds(rate)
         added: list[float] = []
         errors = 0
         failed = None
@@ -295,7 +295,7 @@ class Bench:
         median = statistics.median(added) if len(added) >= 2 and not failed else None
         ok = errors == 0 and median is not None and median < limit_ms
         return {"rate": rate, "added_p99_ms": median, "rounds_added_p99_ms": added,
-                "errors": errors, "failed": failed, "ok": ok}  # fmt: skip
+                "errors": errors, "failed": failed, "ok": ok, "turn_s": duration}  # fmt: skip
 
     def search(self, path: str, *, newconn: bool = False) -> dict[str, Any]:
         """Highest rate whose added p99 (over direct at the same rate) stays under the limit
@@ -323,7 +323,7 @@ class Bench:
             if worst is None:
                 nxt = rate * 2
             elif best is None:
-                nxt = max(rate // 2, 10)
+                nxt = max(rate // 2, p.search_lowest_rate)
             else:
                 nxt = (best + worst) // 2
             if (

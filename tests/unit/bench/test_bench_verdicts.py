@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.meshbench import report
+from bench.meshbench.plan import SMOKE, RunPlan
 
 
 def _cell(turns: list[tuple[float, float, float]]) -> dict[str, Any]:
@@ -173,3 +174,18 @@ def test_a_cpu_figure_from_a_run_that_fell_behind_never_reads_met() -> None:
     assert row["met"] is None and "HAProxy fell behind" in row["why"], row
     cell["proxy_cpu"] = {"s_per_1000_requests": 0.2}
     assert _row(res, name)["met"] is True
+
+
+def test_a_search_step_holds_enough_requests_for_its_p99() -> None:
+    """The 2026-12-03 run's new-connection search read "fails at 10/s" from turns of 1.5 s: 15
+    requests each, whose "p99" was their slowest. A turn now lasts long enough for 300 requests
+    (up to 10 s), and the search goes no lower than 30/s, where 10 s still hold 300."""
+    plan = RunPlan()
+    assert plan.search_turn_seconds(1000) == 1.5  # the keep-alive search: unchanged
+    assert plan.search_turn_seconds(100) == 3.0
+    assert plan.search_turn_seconds(30) == 10.0
+    assert plan.search_turn_seconds(10) == 10.0  # capped ...
+    assert plan.search_lowest_rate == 30  # ... so the search stops above it
+    for rate in (plan.search_lowest_rate, 50, 100, 200, 1000):
+        assert rate * plan.search_turn_seconds(rate) >= plan.search_min_samples
+    assert SMOKE.search_turn_seconds(20) == 0.5  # the smoke run measures nothing: stays short
