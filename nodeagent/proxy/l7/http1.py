@@ -809,14 +809,14 @@ class _Shell:
                 if type(event) is bytes:
                     self.response_bytes += len(event)
                     out_parts.append(framing.data(event))
-                elif type(event) is h1.Trailers:
-                    trailers = event.headers
                 elif event is h1.END:
                     out_parts.append(framing.end(trailers))
                     writer.write(b"".join(out_parts))
                     await writer.drain()
                     self.x.handle(ex.ResponseEnded(self.ctx.clock()))
                     break
+                elif type(event) is h1.Trailers:
+                    trailers = event.headers
                 else:
                     raise ConnectionError("the upstream ended the response early")
         except (OSError, h1.Http1Error, asyncio.IncompleteReadError, ConnectionError) as exc:
