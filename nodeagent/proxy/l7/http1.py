@@ -247,9 +247,9 @@ async def serve(
                 linger = True
                 await _refuse(writer, 400, f"bad request: {exc}")
                 return
-            except ClientTooSlow as exc:
+            except ClientFailed as exc:
                 linger = True
-                await _refuse(writer, 408, str(exc))
+                await _refuse(writer, exc.status, str(exc))
                 return
             keep = await _one(ctx, down, writer, request, body, complete, service, port)
             if not keep or not request.keep_alive or down.in_body:
@@ -295,8 +295,16 @@ def _expects_continue(request: h1.RequestHead) -> bool:
     )
 
 
-class ClientTooSlow(Exception):
-    """The client's request body came too slowly (BODY_TIMEOUT, BODY_MIN_RATE): answered 408."""
+class ClientFailed(Exception):
+    """The client's request body could not be read whole: answered `status` by the agent."""
+
+    status = 400
+
+
+class ClientTooSlow(ClientFailed):
+    """The client's request body came too slowly (BODY_TIMEOUT, BODY_MIN_RATE)."""
+
+    status = 408
 
 
 class _Down:
@@ -429,6 +437,8 @@ async def _send_watching(
             # Writing to the upstream failed: it may have answered and closed. Its answer, or
             # its close, is what the reader sees next.
             return await answer, False
+        if isinstance(failure, h1.Http1Error):  # the client's body, not the upstream, failed
+            raise ClientFailed(f"bad request: {failure}") from failure
         raise failure
     finally:
         for task in (sending, answer):
@@ -656,13 +666,13 @@ class _Shell:
                     return self.status
             try:
                 pending = await self._wait()
-            except ClientTooSlow as exc:  # streaming its body: the upstream attempt is closed
+            except ClientFailed as exc:  # streaming its body: the upstream attempt is closed
                 self._cancel()
-                self.status = 408
+                self.status = exc.status
                 self.client_reusable = False
-                await _answer(
-                    self.writer, dataclasses.replace(self.client, keep_alive=False), 408, str(exc)
-                )
+                client = dataclasses.replace(self.client, keep_alive=False)
+                with contextlib.suppress(ConnectionError):
+                    await _answer(self.writer, client, exc.status, str(exc))
                 return self.status
 
     async def _wait(self) -> list[ex.Command]:
@@ -741,7 +751,7 @@ class _Shell:
                 head = await attempt.next(3600)
             if type(head) is not h1.ResponseHead:
                 raise ConnectionError("the upstream closed before answering")
-        except ClientTooSlow:
+        except ClientFailed:
             balancer.closed(target.key, now=self.ctx.clock())
             attempt.abort()
             self.attempt = None

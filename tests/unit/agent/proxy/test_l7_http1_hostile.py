@@ -410,3 +410,16 @@ def test_a_head_answer_with_bare_lf_lines_ends_at_its_head() -> None:
     finally:
         proxy.stop()
         upstream.stop()
+
+
+def test_a_malformed_chunk_in_a_streamed_body_is_the_clients_400_not_a_502(mesh) -> None:
+    """A chunked body over the retry buffer (streamed as it comes) with a chunk size that is no
+    number after 100 KB: the client gets 400 and the upstream a request cut short, never a
+    whole one. Before, the agent answered 502 (`upstream failed`: counted against the app)."""
+    proxy, upstream = mesh
+    chunk = b"c" * 100_000
+    out = send(proxy.port, b"POST /api/c HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"%x\r\n%s\r\nzz\r\nmore\r\n" % (len(chunk), chunk), wait=5)  # fmt: skip
+    assert out.startswith(b"HTTP/1.1 400") and b"connection: close" in out.lower(), out
+    assert upstream.seen == [] or upstream.seen[0][0] == b"!", upstream.seen
+    assert proxy.observed[-1].status == 400
