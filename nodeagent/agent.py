@@ -28,6 +28,7 @@ from nodeagent.observe.sink import AgentSink
 from nodeagent.observe.stats.exposition import AggregateCollector
 from nodeagent.proxy import l4proxy, router
 from nodeagent.proxy.dnsnames import DnsNames
+from nodeagent.proxy.l7 import http1
 from nodeagent.proxy.listeners import PodListeners, ProxyRuntime
 from nodeagent.proxy.podnetns import find_netns_for
 from nodeagent.proxy.router import Router
@@ -62,6 +63,8 @@ class Agent:
             self.sink.aggregate, tcp=not metrics.LEGACY_TCP_COUNTERS
         )
         l4proxy.HALF_CLOSED_TIMEOUT = config.half_closed_timeout_seconds
+        http1.BODY_TIMEOUT = config.request_body_timeout_seconds
+        http1.BODY_MIN_RATE = config.request_body_min_rate
         self.dns_names = DnsNames(self.table, cluster_domain=config.cluster_domain)
         # Upstream sockets are made in pod namespaces on these threads; a few suffice, each
         # switch takes microseconds.

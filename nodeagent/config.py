@@ -57,6 +57,10 @@ class AgentConfig:
     gone_pod_grace_seconds: float = 120.0
     # A relay half-closed one way and then idle both ways this long is closed (l4proxy).
     half_closed_timeout_seconds: float = 60.0
+    # L7 path (HTTP/1): a request body may take this long waiting on the client, plus a second
+    # per request_body_min_rate bytes it sent; slower is answered 408 (l7.http1.BODY_TIMEOUT).
+    request_body_timeout_seconds: float = 60.0
+    request_body_min_rate: int = 1024
     # Names under svc.<cluster_domain> are answered from the destination table.
     cluster_domain: str = "cluster.local"
     # Report statistics to the control plane and take tap subscriptions from it.
@@ -104,6 +108,16 @@ def _host_port(text: str) -> tuple[str, int]:
 
 def _positive(text: str) -> float:
     value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
     return value
@@ -196,6 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         help="close a relayed connection that one side half-closed once nothing moved either "
         "way for this long",
+    )
+    p.add_argument(
+        "--request-body-timeout-seconds",
+        default=60.0,
+        type=_positive,
+        help="L7 path (HTTP/1): answer 408 to a request whose body the client took longer than "
+        "this to send, plus a second per --request-body-min-rate bytes it sent",
+    )
+    p.add_argument(
+        "--request-body-min-rate",
+        default=1024,
+        type=_positive_int,
+        help="L7 path (HTTP/1): bytes a second a request body earns the client more time with",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
@@ -292,6 +319,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         log_level=ns.log_level,
         gone_pod_grace_seconds=ns.gone_pod_grace_seconds,
         half_closed_timeout_seconds=ns.half_closed_timeout_seconds,
+        request_body_timeout_seconds=ns.request_body_timeout_seconds,
+        request_body_min_rate=ns.request_body_min_rate,
         cluster_domain=ns.cluster_domain,
         telemetry=ns.telemetry,
         trust_anchors=_anchors(ns),

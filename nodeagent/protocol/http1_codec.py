@@ -8,7 +8,8 @@ body for HEAD/204/304, 1xx answers skipped, HTTP/1.0 peers get no chunked encodi
 connection, `Connection: close` honoured both ways.
 
 Events are plain values, in order: a `RequestHead`/`ResponseHead`, then body pieces as `bytes`,
-then `END`; `next_event()` gives None when it needs more bytes. Malformed input makes it raise
+then `Trailers` when a chunked body had trailer fields, then `END`; `next_event()` gives None
+when it needs more bytes. Malformed input makes it raise
 `Http1Error`, once the events parsed before it were taken (a good pipelined request before a
 bad one is still answered).
 """
@@ -16,6 +17,7 @@ bad one is still answered).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Final
@@ -62,8 +64,30 @@ class ResponseHead:
     keep_alive: bool  # HTTP/1.1 without `Connection: close` (the body's framing aside)
 
 
-RequestEvent = RequestHead | bytes | _End
-ResponseEvent = ResponseHead | bytes | _End
+@dataclass(slots=True)
+class Trailers:
+    """The trailer fields after a chunked body's last chunk (RFC 9112 7.1.2), as they came."""
+
+    headers: Headers
+
+
+RequestEvent = RequestHead | bytes | Trailers | _End
+ResponseEvent = ResponseHead | bytes | Trailers | _End
+# Fields a trailer may not carry (RFC 9110 6.5.1: framing, routing, connection-specific): a
+# recipient that merges trailers into the head would take them as the message's own.
+NOT_IN_TRAILERS = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"trailer",
+        b"host",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"upgrade",
+    }
+)
 
 
 def _connection_close(headers: Headers) -> bool:
@@ -110,6 +134,7 @@ class RequestReader(_Reader):
         self._fed = 0  # bytes fed while a head was open
         self._chunked = False
         self._upgrade_body = False  # an Upgrade or CONNECT head that declared a body
+        self._trailers: Headers = []
 
     def next_event(self) -> RequestEvent | None:
         event: RequestEvent | None = super().next_event()
@@ -167,17 +192,19 @@ class RequestReader(_Reader):
         self._headers = []
         self._size = self._fed = 0
         self._chunked = False
+        self._trailers = []
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return  # a trailer field: not passed on (h11's path dropped them too)
         self._size += len(name) + len(value) + 4
         if self._size > MAX_HEADER_BYTES:
-            raise Http1Error(f"request head over {MAX_HEADER_BYTES} bytes")
+            raise Http1Error(f"request head and trailers over {MAX_HEADER_BYTES} bytes")
+        if not self._in_head:
+            self._trailers.append((name, value))
+            return
         if len(name) == 17 and name.lower() == b"transfer-encoding":
             _only_chunked(value)
             self._chunked = True
@@ -218,6 +245,9 @@ class RequestReader(_Reader):
 
     def on_message_complete(self) -> None:
         self.in_message = False
+        if self._trailers:
+            self.events.append(Trailers(self._trailers))
+            self._trailers = []
         self.events.append(END)
 
 
@@ -236,6 +266,7 @@ class ResponseReader(_Reader):
         self._parser = httptools.HttpResponseParser(self)
         self._reason = b""
         self._headers: Headers = []
+        self._trailers: Headers = []
         self._size = 0
         self._fed = 0
 
@@ -296,13 +327,13 @@ class ResponseReader(_Reader):
         after it: the final head's framing headers describe a body that is not sent."""
         self._block += data
         while not self.done:
-            end = self._block.find(b"\r\n\r\n")
+            end = _head_end(self._block)
             if end < 0:
                 if len(self._block) > MAX_HEADER_BYTES:
                     raise Http1Error(f"response head over {MAX_HEADER_BYTES} bytes")
                 return
-            block = self._block[: end + 4]
-            del self._block[: end + 4]
+            block = self._block[:end]
+            del self._block[:end]
             self._run(block)
             if self.head is not None:
                 self.done = True
@@ -323,11 +354,12 @@ class ResponseReader(_Reader):
         self._size += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.head is not None:
-            return  # a trailer field: not passed on (h11's path dropped them too)
         self._size += len(name) + len(value) + 4
         if self._size > MAX_HEADER_BYTES:
-            raise Http1Error(f"response head over {MAX_HEADER_BYTES} bytes")
+            raise Http1Error(f"response head and trailers over {MAX_HEADER_BYTES} bytes")
+        if self.head is not None:
+            self._trailers.append((name, value))
+            return
         if len(name) == 17 and name.lower() == b"transfer-encoding":
             _only_chunked(value)
         self._headers.append((name, value))
@@ -356,7 +388,21 @@ class ResponseReader(_Reader):
         if self.head is None or self.done:
             return  # the end of a 1xx answer (or a HEAD head fed alone)
         self.done = True
+        if self._trailers:
+            self.events.append(Trailers(self._trailers))
         self.events.append(END)
+
+
+def _head_end(block: bytearray) -> int:
+    """Where the head in `block` ends (-1: not yet): its empty line, whether the lines end in
+    CRLF or a bare LF. The head goes to llhttp whole either way, which refuses a bare LF as it
+    does in any answer: a HEAD's answer ends there too instead of waiting for a CRLF that an
+    upstream writing bare LFs never sends."""
+    crlf = block.find(b"\n\r\n")  # also the end of b"\r\n\r\n"
+    lf = block.find(b"\n\n")
+    if lf >= 0 and (crlf < 0 or lf < crlf):
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else -1
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -410,8 +456,15 @@ class BodyWriter:
             return b"%x\r\n%s\r\n" % (len(data), data)
         return data
 
-    def end(self) -> bytes:
-        return b"0\r\n\r\n" if self.chunked and not self.empty else b""
+    def end(self, trailers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+        """The body's end; `trailers` go with it when it is chunked (else there is no place
+        for them: Content-Length or HTTP/1.0), without the fields a trailer may not carry."""
+        if not self.chunked or self.empty:
+            return b""
+        if not trailers:
+            return b"0\r\n\r\n"
+        kept = [(n, v) for n, v in trailers if n.lower() not in NOT_IN_TRAILERS]
+        return _lines(b"0\r\n", kept)
 
 
 def request_head(

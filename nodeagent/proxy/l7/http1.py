@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -33,6 +34,19 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
 IDLE_PER_ENDPOINT = 16
 HEADER_TIMEOUT = 60.0  # a client that opened a connection and sends no request head
+# A request body may take BODY_TIMEOUT seconds of waiting on the client, plus one second per
+# BODY_MIN_RATE bytes it sent: a body trickled a byte every few seconds (each read within the
+# per-read timeout) is answered 408 instead of holding a connection and an upstream forever,
+# while an upload at any sane rate is never cut. The agent's --request-body-timeout-seconds and
+# --request-body-min-rate set them.
+BODY_TIMEOUT = 60.0
+BODY_MIN_RATE = 1024  # bytes per second
+# Closing a connection whose client may still be sending (after our 400, 408, or an answer
+# that came before its whole body): the kernel would answer its unread bytes with a reset,
+# which can destroy the answer before the client read it. So the agent shuts down writing and
+# reads and drops what still comes for up to this long and this much, then closes.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 16 * 1024 * 1024
 # Hop-by-hop headers (RFC 9110 7.6.1) describe one connection, not the request: the client's
 # connection to the agent is not the agent's pooled connection to the endpoint. Forwarding a
 # client's `Connection: close` made every upstream connection single-use, so a client opening a
@@ -179,6 +193,7 @@ class _Attempt:
         self.reused = reused
         self.parser = h1.ResponseReader(method)
         self.sent = False
+        self.early = False  # the answer came before the whole request went out
 
     async def next(self, timeout: float) -> h1.ResponseEvent:
         """The answer's next event; raises Http1Error (the upstream closing early included)."""
@@ -213,8 +228,10 @@ async def serve(
     port: int,
 ) -> None:
     """Serve one client connection (HTTP/1.1 keep-alive, pipelined requests answered in
-    order) to `service`:`port`. A malformed request is answered 400 and the connection closed."""
+    order) to `service`:`port`. A malformed request is answered 400, a body that comes too
+    slowly 408, and the connection closed (lingering: `_linger_close`)."""
     down = _Down(reader)
+    linger = False
     try:
         while True:
             try:
@@ -227,13 +244,46 @@ async def serve(
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 body, complete = await _read_body(down)
             except h1.Http1Error as exc:
-                await _refuse(writer, str(exc))
+                linger = True
+                await _refuse(writer, 400, f"bad request: {exc}")
+                return
+            except ClientFailed as exc:
+                linger = True
+                await _refuse(writer, exc.status, str(exc))
                 return
             keep = await _one(ctx, down, writer, request, body, complete, service, port)
             if not keep or not request.keep_alive or down.in_body:
+                # Input not read yet (the rest of a body, pipelined requests) would make the
+                # close a reset.
+                linger = down.in_body or bool(down.parser.events) or _unread(reader)
                 return
     except (h1.Http1Error, ConnectionError, TimeoutError, asyncio.IncompleteReadError):
         return
+    finally:
+        if linger:
+            await _linger_close(reader, writer)
+        else:
+            writer.close()
+
+
+async def _linger_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Close a connection whose client may still be sending, so that what we wrote last reaches
+    it: a FIN after our answer, then its bytes read and dropped (LINGER_SECONDS, LINGER_BYTES)
+    until it closes too. Closed with bytes unread, the kernel resets the connection, and a
+    client still sending loses the answer waiting in its receive buffer (nginx's lingering_close
+    and Apache's lingering close do the same)."""
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()  # sent once what is buffered went out
+        dropped = 0
+        async with asyncio.timeout(LINGER_SECONDS):
+            while dropped < LINGER_BYTES:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    break
+                dropped += len(data)
+    except (OSError, TimeoutError):
+        pass
     finally:
         writer.close()
 
@@ -245,6 +295,18 @@ def _expects_continue(request: h1.RequestHead) -> bool:
     )
 
 
+class ClientFailed(Exception):
+    """The client's request body could not be read whole: answered `status` by the agent."""
+
+    status = 400
+
+
+class ClientTooSlow(ClientFailed):
+    """The client's request body came too slowly (BODY_TIMEOUT, BODY_MIN_RATE)."""
+
+    status = 408
+
+
 class _Down:
     """The client connection's requests, read as they are needed."""
 
@@ -252,13 +314,20 @@ class _Down:
         self.reader = reader
         self.parser = h1.RequestReader()
         self.in_body = False  # a request head was taken and its END not yet
+        self.trailers: h1.Headers = []  # the current request's (taken with its END)
+        self.waited = 0.0  # seconds spent waiting for the current request's body
+        self.got = 0  # bytes read while waiting for it
 
     async def next(self, timeout: float) -> h1.RequestEvent | None:
-        """The next event; None: the client closed between requests. `timeout` bounds the
-        whole wait, not each read: a head sent a byte at a time is one event (slowloris)."""
+        """The next event (trailers are kept in `trailers`, not returned); None: the client
+        closed between requests. `timeout` bounds the whole wait, not each read: a head sent a
+        byte at a time is one event (slowloris); waits within a body count towards its budget
+        (BODY_TIMEOUT, BODY_MIN_RATE), whatever the read they were for."""
         parser = self.parser
         event = parser.next_event()
         if event is None:
+            if self.in_body:
+                return await self._body_event(timeout)
             async with asyncio.timeout(timeout):
                 while event is None:
                     data = await self.reader.read(READ_CHUNK)
@@ -266,17 +335,51 @@ class _Down:
                     event = parser.next_event()
                     if event is None and not data:
                         return None
-        if event is h1.END:
-            self.in_body = False
-        elif type(event) is h1.RequestHead:
-            self.in_body = True
+        if type(event) is not bytes:
+            if event is h1.END:
+                self.in_body = False
+            elif type(event) is h1.RequestHead:
+                self.in_body = True
+                self.trailers, self.waited, self.got = [], 0.0, 0
+            elif type(event) is h1.Trailers:
+                self.trailers = event.headers
+                return await self.next(timeout)
+        return event
+
+    async def _body_event(self, timeout: float) -> h1.RequestEvent | None:
+        parser = self.parser
+        loop = asyncio.get_running_loop()
+        budget = BODY_TIMEOUT + self.got / BODY_MIN_RATE - self.waited
+        start = loop.time()
+        event = None
+        try:
+            async with asyncio.timeout(min(timeout, budget)):
+                while event is None:
+                    data = await self.reader.read(READ_CHUNK)
+                    self.got += len(data)
+                    parser.feed(data)
+                    event = parser.next_event()
+                    if event is None and not data:
+                        return None
+        except TimeoutError:
+            waited = loop.time() - start + self.waited
+            raise ClientTooSlow(
+                f"request body too slow: {self.got} bytes in {waited:.1f} s"
+            ) from None
+        finally:
+            self.waited += loop.time() - start
+        self.in_body = event is not h1.END
+        if type(event) is h1.Trailers:
+            self.trailers = event.headers
+            return await self.next(timeout)
         return event
 
 
-async def _refuse(writer: asyncio.StreamWriter, reason: str) -> None:
-    """Answer input the parser refused: 400, then the connection closes (the caller's)."""
+async def _refuse(writer: asyncio.StreamWriter, status: int, reason: str) -> None:
+    """Answer input the parser refused (400) or a body too slow (408), then the connection
+    closes (the caller's)."""
     with contextlib.suppress(ConnectionError):
-        await _answer(writer, _Client(b"GET", True, False), 400, f"bad request: {reason}")
+        await _answer(writer, _Client(b"GET", True, False), status, reason)
 
 
 async def _read_body(down: _Down) -> tuple[bytes, bool]:
@@ -297,16 +400,50 @@ async def _read_body(down: _Down) -> tuple[bytes, bool]:
 
 
 async def _stream_rest(down: _Down, body: h1.BodyWriter, writer: asyncio.StreamWriter) -> None:
-    """The rest of a request body larger than the buffer, from the client to the upstream."""
+    """The rest of a request body larger than the buffer, from the client to the upstream, and
+    its end (with the client's trailers)."""
     while True:
         event = await down.next(HEADER_TIMEOUT)
         if type(event) is bytes:
             writer.write(body.data(event))
             await writer.drain()
         elif event is h1.END:
+            writer.write(body.end(down.trailers))
             return
         else:
             raise h1.Http1Error("the client closed in the middle of a request")
+
+
+async def _send_watching(
+    down: _Down, body: h1.BodyWriter, attempt: _Attempt
+) -> tuple[h1.ResponseEvent, bool]:
+    """Stream the rest of a request body to the upstream while reading its answer; the answer's
+    first event and whether the whole body went out. An upstream may answer before it read the
+    body (413 as soon as it saw the length, 401 from an auth check) and then stop reading or
+    close: that answer is the client's, not a 502, and the rest of the body is not sent."""
+    sending = asyncio.ensure_future(_stream_rest(down, body, attempt.writer))
+    answer = asyncio.ensure_future(attempt.next(3600))
+    try:
+        await asyncio.wait((sending, answer), return_when=asyncio.FIRST_COMPLETED)
+        if answer.done():
+            # The answer first (or as the body ended): early unless the body had all gone.
+            if not sending.done() or sending.cancelled() or sending.exception() is not None:
+                return answer.result(), False
+            return answer.result(), True
+        failure = sending.exception()
+        if failure is None:
+            return await answer, True
+        if isinstance(failure, OSError):
+            # Writing to the upstream failed: it may have answered and closed. Its answer, or
+            # its close, is what the reader sees next.
+            return await answer, False
+        if isinstance(failure, h1.Http1Error):  # the client's body, not the upstream, failed
+            raise ClientFailed(f"bad request: {failure}") from failure
+        raise failure
+    finally:
+        for task in (sending, answer):
+            if not task.done():
+                task.cancel()
 
 
 def _header_map(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -527,7 +664,16 @@ class _Shell:
                 done = await self._do(command)
                 if done:
                     return self.status
-            pending = await self._wait()
+            try:
+                pending = await self._wait()
+            except ClientFailed as exc:  # streaming its body: the upstream attempt is closed
+                self._cancel()
+                self.status = exc.status
+                self.client_reusable = False
+                client = dataclasses.replace(self.client, keep_alive=False)
+                with contextlib.suppress(ConnectionError):
+                    await _answer(self.writer, client, exc.status, str(exc))
+                return self.status
 
     async def _wait(self) -> list[ex.Command]:
         at = self.x.next_timer()
@@ -587,22 +733,29 @@ class _Shell:
         attempt = self.attempt = _Attempt(target, streams, reused, self.client.method)
         started = self.ctx.clock()
         balancer.opened(target.key, now=started)
-        framing, up = self.framing, attempt.writer
+        framing, up, down = self.framing, attempt.writer, self.down
+        assert down is not None
         try:
             if not self.complete:
                 up.write(self.request + framing.data(self.body))
                 attempt.sent = True
                 self.complete = self.streamed = True  # the rest can be read once, so only here
-                assert self.down is not None
-                await _stream_rest(self.down, framing, up)
-                up.write(framing.end())
-            else:  # one write: head, body, end
-                up.write(self.request + framing.data(self.body) + framing.end())
+                head, whole = await _send_watching(down, framing, attempt)
+                attempt.early = not whole
+            else:
+                # One write: head, body, end. Not drained before the answer is read: one that
+                # comes while the body is still going out (the upstream stopped reading) is
+                # taken, and the connection not reused (_forward).
+                up.write(self.request + framing.data(self.body) + framing.end(down.trailers))
                 attempt.sent = True
-            await up.drain()
-            head = await attempt.next(3600)
+                head = await attempt.next(3600)
             if type(head) is not h1.ResponseHead:
                 raise ConnectionError("the upstream closed before answering")
+        except ClientFailed:
+            balancer.closed(target.key, now=self.ctx.clock())
+            attempt.abort()
+            self.attempt = None
+            raise
         except (OSError, h1.Http1Error, asyncio.IncompleteReadError, ConnectionError) as exc:
             balancer.closed(target.key, now=self.ctx.clock())
             attempt.abort()
@@ -622,6 +775,9 @@ class _Shell:
         self.status = head.status
         headers = _modify(hop_by_hop_dropped(head.headers), self.rule.response_headers)
         client, writer = self.client, self.writer
+        if attempt.early:
+            # The rest of the client's body was not read: the connection ends with this answer.
+            client = dataclasses.replace(client, keep_alive=False)
         try:
             out, framing, keep = h1.response_head(
                 head.status,
@@ -643,6 +799,7 @@ class _Shell:
         # What is at hand goes out in one write: a head and a body that came in one read are
         # one send to the client, not two (each send costs a trip through the kernel's stack).
         out_parts = [out]
+        trailers: h1.Headers = []
         queued = attempt.parser.events
         try:
             while True:
@@ -663,11 +820,13 @@ class _Shell:
                     self.response_bytes += len(event)
                     out_parts.append(framing.data(event))
                 elif event is h1.END:
-                    out_parts.append(framing.end())
+                    out_parts.append(framing.end(trailers))
                     writer.write(b"".join(out_parts))
                     await writer.drain()
                     self.x.handle(ex.ResponseEnded(self.ctx.clock()))
                     break
+                elif type(event) is h1.Trailers:
+                    trailers = event.headers
                 else:
                     raise ConnectionError("the upstream ended the response early")
         except (OSError, h1.Http1Error, asyncio.IncompleteReadError, ConnectionError) as exc:
@@ -679,7 +838,13 @@ class _Shell:
             return
         finally:
             self.ctx.upstreams.balancer.closed(attempt.target.key, now=self.ctx.clock())
-        if attempt.parser.reusable:
+        # Reused only when the whole request went out before the answer (else the upstream
+        # may read the rest of it, or whatever comes next, as the next request).
+        if (
+            attempt.parser.reusable
+            and not attempt.early
+            and not attempt.writer.transport.get_write_buffer_size()
+        ):
             self.ctx.upstreams.put(attempt.target, (attempt.reader, attempt.writer))
         else:
             attempt.abort()

@@ -107,3 +107,14 @@ def test_half_closed_timeout_and_gone_pod_grace_are_configurable() -> None:
         ["--node", "n1", "--half-closed-timeout-seconds", "5", "--gone-pod-grace-seconds", "30"]
     )
     assert (cfg.half_closed_timeout_seconds, cfg.gone_pod_grace_seconds) == (5.0, 30.0)
+
+
+def test_the_l7_request_body_limits_are_configurable() -> None:
+    from nodeagent.config import parse_args
+
+    default = parse_args(["--node", "n1"])
+    assert (default.request_body_timeout_seconds, default.request_body_min_rate) == (60.0, 1024)
+    cfg = parse_args(
+        ["--node", "n1", "--request-body-timeout-seconds", "5", "--request-body-min-rate", "100"]
+    )
+    assert (cfg.request_body_timeout_seconds, cfg.request_body_min_rate) == (5.0, 100)

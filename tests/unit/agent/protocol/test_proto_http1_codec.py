@@ -16,6 +16,7 @@ from nodeagent.protocol.http1_codec import (
     RequestReader,
     ResponseHead,
     ResponseReader,
+    Trailers,
     request_head,
     response_head,
 )
@@ -230,3 +231,67 @@ def test_a_request_with_a_transfer_coding_other_than_chunked_is_an_error() -> No
     reader.feed(b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
     with pytest.raises(Http1Error, match="only chunked"):
         reader.next_event()
+
+
+@given(cuts=st.lists(st.integers(min_value=0), max_size=6), body=bodies)
+def test_trailers_are_read_and_written_again_both_ways(cuts: list[int], body: bytes) -> None:
+    """A chunked request and a chunked answer with trailer fields, as h11 writes them, split
+    anywhere: the codec gives them as a `Trailers` event before END, and writes them after the
+    last chunk where h11 reads them (less the fields a trailer may not carry)."""
+    trailers = [(b"x-sum", b"42"), (b"host", b"elsewhere"), (b"x-b", b"2")]
+    kept = [(b"x-sum", b"42"), (b"x-b", b"2")]
+    client = h11.Connection(h11.CLIENT)
+    wire = client.send(h11.Request(method="POST", target="/", headers=[
+        (b"host", b"web"), (b"transfer-encoding", b"chunked")]))  # fmt: skip
+    wire += client.send(h11.Data(data=body)) if body else b""
+    wire += client.send(h11.EndOfMessage(headers=trailers))
+    reader = RequestReader()
+    events: list[object] = []
+    for piece in split(wire, cuts):
+        reader.feed(piece)
+        while (event := reader.next_event()) is not None:
+            events.append(event)
+    assert isinstance(events[-2], Trailers) and events[-1] is END
+    assert sorted((n.lower(), v) for n, v in events[-2].headers) == sorted(trailers)
+    head, writer = request_head(b"POST", b"/", [(b"host", b"web")], chunked=True)
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(head + writer.data(body) + writer.end(events[-2].headers))
+    while not isinstance(event := server.next_event(), h11.EndOfMessage):
+        assert event is not h11.NEED_DATA
+    assert sorted(event.headers) == sorted(kept)
+
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(wire)
+    while not isinstance(server.next_event(), h11.EndOfMessage):
+        pass
+    answer = server.send(h11.Response(status_code=200, headers=[(b"x-a", b"1")]))  # chunked
+    answer += server.send(h11.Data(data=body)) if body else b""
+    answer += server.send(h11.EndOfMessage(headers=trailers))
+    reader_r, got = read_answer(b"POST", split(answer, cuts))
+    assert isinstance(got[-2], Trailers) and got[-1] is END and reader_r.reusable
+    out, writer2, _ = response_head(
+        200, b"", [(b"transfer-encoding", b"chunked")], method=b"POST", peer_http11=True,
+        keep_alive=True,
+    )  # fmt: skip
+    client.receive_data(out + writer2.data(body) + writer2.end(got[-2].headers))
+    while not isinstance(event := client.next_event(), h11.EndOfMessage):
+        assert event is not h11.NEED_DATA
+    assert sorted(event.headers) == sorted(kept)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"HTTP/1.1 200 OK\nContent-Length: 5\n\n", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\n"],
+    ids=["lf", "crlf-then-lf"],
+)
+def test_a_head_answer_ending_in_bare_lf_ends_there(head: bytes) -> None:
+    """The parser refuses bare LFs in an answer: the answer to a HEAD is refused at its empty
+    line too, however it was split, instead of waiting for a CRLF CRLF that never comes."""
+    for cut in range(1, len(head)):
+        reader = ResponseReader(b"HEAD")
+        reader.feed(head[:cut])
+        reader.feed(head[cut:])
+        with pytest.raises(Http1Error):
+            reader.next_event()
+        with pytest.raises(Http1Error):
+            read_answer(b"GET", [head + b"hello"])

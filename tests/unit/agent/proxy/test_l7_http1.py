@@ -163,6 +163,11 @@ class Proxy:
             assert self.server is not None
             self.server.close()
             self.upstreams.close()
+            # Connections still being served (one lingering after a 400) end with the loop.
+            tasks = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(end(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -24,8 +24,10 @@ LATER = "Fri, 01 Jan 2100 00:00:00 GMT"  # after any file's mtime: nginx answers
 
 class Nginx:
     """nginx over HTTP/1.1 on loopback: static files under /files (ETag, Last-Modified, gzip,
-    which makes its answers chunked) and WebDAV PUT under /dav (a chunked upload is stored
-    as the bytes it decodes to)."""
+    which makes its answers chunked; under /files/t/ with a trailer field), WebDAV PUT under
+    /dav (a chunked upload is stored as the bytes it decodes to), and /small, which takes
+    bodies up to 1 KiB: a longer one is answered 413 from its head, and after a second of
+    reading and dropping the rest (lingering_time; 30 s by default) nginx closes."""
 
     def __init__(self, work: Path) -> None:
         for d in ("root/files", "root/dav"):
@@ -39,6 +41,8 @@ class Nginx:
             "  if_modified_since before;\n"
             f"  server {{ listen 127.0.0.1:{self.port}; root {self.root};\n"
             "    location /dav/ { dav_methods PUT; client_max_body_size 0; }\n"
+            '    location /files/t/ { add_trailer x-checksum "sum-of-$uri"; }\n'
+            '    location /small/ { client_max_body_size 1k; lingering_time 1s; return 200 "ok"; }\n'
             "  }\n"
             "}\n",
             work,
@@ -71,6 +75,7 @@ ROUTE = route_obj(
             "matches": [
                 {"path": {"type": "PathPrefix", "value": "/files"}},
                 {"path": {"type": "PathPrefix", "value": "/dav"}},
+                {"path": {"type": "PathPrefix", "value": "/small"}},
             ],
             "backendRefs": [{"name": "web"}],
             "retry": {"codes": [503], "attempts": 1},
@@ -260,3 +265,45 @@ def test_an_upgrade_is_refused_501_and_closed_an_unrouted_one_is_a_404_and_kept(
         out = exchange(proxy.port, ask + get + b"Connection: close\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 404") and out.endswith(b"aaaaa\n"), out
         assert out.count(b"HTTP/1.1 200") == 1, out
+
+
+def test_an_answer_before_the_whole_body_goes_to_the_client_at_once(mesh, tmp_path) -> None:
+    """curl uploads 4 MB at 1 MB/s to a location taking 1 KiB: nginx answers 413 from the head,
+    drops what follows for a second, then closes. Through the agent curl gets the 413 as it
+    does from nginx directly, at once, and stops sending. Before, the agent sent on until
+    nginx closed, then answered 502 (any upload longer than nginx's default 30 s did)."""
+    proxy, nginx = mesh
+    upload = tmp_path / "big"
+    upload.write_bytes(b"x" * 4_000_000)
+    out = {}
+    for name, port in (("direct", nginx.port), ("mesh", proxy.port)):
+        start = time.monotonic()
+        code = curl("-o", "/dev/null", "-w", "%{http_code}", "-H", "Expect:", "--limit-rate", "1M",
+                    "--data-binary", f"@{upload}", f"http://127.0.0.1:{port}/small/up")  # fmt: skip
+        out[name] = (code, time.monotonic() - start < 2)
+    assert out == {"direct": ("413", True), "mesh": ("413", True)}, out
+    assert proxy.upstreams.idle.get(("127.0.0.1", nginx.port), []) == []  # not reused
+    assert proxy.observed[-1].status == 413
+
+
+def test_chunked_trailers_pass_through_to_the_client(mesh) -> None:
+    """nginx ends a chunked (gzip) answer with a trailer field: curl gets it through the agent
+    as it does directly. Before, the agent dropped trailers."""
+    proxy, nginx = mesh
+    (nginx.root / "files" / "t").mkdir()
+    (nginx.root / "files" / "t" / "a.txt").write_bytes(text(5000, seed=3))
+    heads = [
+        curl(
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-H",
+            "Accept-Encoding: gzip",
+            f"http://127.0.0.1:{port}/files/t/a.txt",
+        )  # fmt: skip
+        for port in (nginx.port, proxy.port)
+    ]
+    for head in heads:  # curl writes the trailer after the head's empty line
+        assert "transfer-encoding: chunked" in head.lower(), head
+        assert head.endswith("\n\nx-checksum: sum-of-/files/t/a.txt\n"), head

@@ -31,6 +31,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.seen: list[tuple[bytes, bytes, bytes]] = []  # method, target, body
+        self.trailers: list[list[tuple[bytes, bytes]]] = []  # each request's
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.threads: list[threading.Thread] = []
@@ -71,6 +72,7 @@ class Recorder:
                 elif isinstance(event, h11.EndOfMessage):
                     assert request is not None
                     self.seen.append((request.method, request.target, bytes(body)))
+                    self.trailers.append(list(event.headers))
                     answer = b"%s %s %d" % (request.method, request.target, len(body))
                     if request.method == b"HEAD" and self.late_head_body:
                         # A server that writes GET's body for a HEAD too, in a later send
@@ -239,3 +241,185 @@ def test_a_client_expecting_100_continue_gets_it_before_it_sends_the_body(mesh) 
         answer = s.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"PUT /api/up 1000"), answer
     assert upstream.seen == [(b"PUT", b"/api/up", body)]
+
+
+def test_a_bad_request_followed_by_more_bytes_still_gets_its_400(mesh) -> None:
+    """A malformed request and 1 MB after it in one send: the client reads the 400. Before,
+    the agent closed with the client's bytes unread, the kernel answered with a reset, and
+    the 400 was lost (every time, on loopback); now it shuts down writing and reads and drops
+    what still comes for a bounded time before it closes (a lingering close)."""
+    proxy, upstream = mesh
+    results = []
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", proxy.port), 10) as s:
+            s.sendall(b"GET /api/x HTTP/1.1 extra\r\nHost: web\r\n\r\n" + b"x" * 1_000_000)
+            try:
+                out, closed = read_until_closed(s, 5)
+            except ConnectionResetError:
+                out, closed = b"reset", True
+            results.append((out.split(b"\r\n")[0], closed, out.endswith(b"\r\n\r\n")))
+    assert results == [(b"HTTP/1.1 400 Bad Request", True, False)] * 5, results
+    assert upstream.seen == []
+
+
+@pytest.mark.parametrize("size", [100, 200_000], ids=["buffered", "streamed"])
+def test_request_trailers_reach_the_upstream(mesh, size) -> None:
+    """A chunked request with a trailer field (a body held for a retry, and one streamed):
+    the upstream (h11) reads the body and the trailer. Before, trailers were dropped; fields
+    a trailer may not carry (RFC 9110 6.5.1) still are."""
+    proxy, upstream = mesh
+    body = b"b" * size
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[: size // 2], body[size // 2 :]))
+    request = (
+        b"POST /api/t HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n" + chunks + b"0\r\nX-Sum: 42\r\nHost: elsewhere\r\n\r\n"
+    )
+    out = send(proxy.port, request, wait=5)
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"POST /api/t %d" % size), out
+    assert upstream.seen == [(b"POST", b"/api/t", body)]
+    assert upstream.trailers == [[(b"x-sum", b"42")]], upstream.trailers
+
+
+@pytest.mark.parametrize("sent", [10, 100_000], ids=["buffered", "streamed"])
+def test_a_body_trickled_a_byte_at_a_time_is_answered_408(mesh, monkeypatch, sent) -> None:
+    """A POST whose body comes a byte every 0.1 s after `sent` bytes at once (each read well
+    within the per-read timeout): with 0.5 s allowed (plus a second per MB sent) it is
+    answered 408 and the connection closed, the upstream's (if it had the start of the
+    body) too. Before, only each read was bounded: it held a connection and an upstream
+    slot for as long as the client kept trickling."""
+    proxy, upstream = mesh
+    monkeypatch.setattr(http1, "BODY_TIMEOUT", 0.5, raising=False)
+    monkeypatch.setattr(http1, "BODY_MIN_RATE", 1_000_000, raising=False)
+    head = b"POST /api/slow HTTP/1.1\r\nHost: web\r\nContent-Length: 1000000\r\n\r\n"
+    allowed = 0.5 + sent / 1_000_000
+    with socket.create_connection(("127.0.0.1", proxy.port), 10) as s:
+        s.sendall(head + b"x" * sent)
+        start = time.monotonic()
+        out = b""
+        while time.monotonic() - start < allowed + 3:
+            try:
+                s.sendall(b"x")
+            except OSError:
+                pass  # the agent closed its side, and then the connection
+            if select.select([s], [], [], 0.1)[0]:
+                out, _ = read_until_closed(s, 2)
+                break
+        took = time.monotonic() - start
+    assert out.startswith(b"HTTP/1.1 408") and b"connection: close" in out.lower(), out
+    assert allowed - 0.3 < took < allowed + 1.5, (took, allowed)
+    assert upstream.seen == [] or upstream.seen[0][0] == b"!", upstream.seen  # never whole
+
+
+class EarlyAnswer:
+    """An upstream that answers each request 401 (keep-alive) from its head alone and never
+    reads the body, as an auth check in front of an upload handler may."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nnope")
+            self.open.append(conn)  # open and unread until the test ends
+
+    def stop(self) -> None:
+        self.sock.close()
+        for conn in self.open:
+            conn.close()
+
+
+def test_an_answer_from_an_upstream_that_never_reads_the_body_reaches_the_client() -> None:
+    """A 2 MB POST to an upstream that answers 401 from the head and reads nothing more: the
+    client gets the 401, with `Connection: close` (the rest of its body was not read), and
+    the upstream connection is not reused. Before, the agent waited for the upstream to take
+    the body (it never did) and the client got nothing."""
+    upstream = EarlyAnswer()
+    proxy = Proxy({"web": upstream})  # type: ignore[dict-item]
+    proxy.set_route(ROUTE)
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), 10) as s:
+            s.sendall(b"POST /api/up HTTP/1.1\r\nHost: web\r\nContent-Length: 2000000\r\n\r\n")
+            s.setblocking(False)
+            sent, start = 0, time.monotonic()
+            while time.monotonic() - start < 5 and not select.select([s], [], [], 0)[0]:
+                try:
+                    sent += s.send(b"x" * 65536)
+                except BlockingIOError:
+                    select.select([s], [s], [], 0.05)
+            s.setblocking(True)
+            out, closed = read_until_closed(s, 5)
+        assert out.startswith(b"HTTP/1.1 401") and out.endswith(b"\r\n\r\nnope"), out
+        assert b"connection: close" in out.lower() and closed, out
+        assert proxy.upstreams.idle.get(("127.0.0.1", upstream.port), []) == []
+    finally:
+        proxy.stop()
+        upstream.stop()
+
+
+class BareLF:
+    """An upstream whose heads end their lines with a bare LF (no CR)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\nContent-Length: 5\n\n")  # a HEAD's answer
+            self.open.append(conn)
+
+    def stop(self) -> None:
+        self.sock.close()
+        for conn in self.open:
+            conn.close()
+
+
+def test_a_head_answer_with_bare_lf_lines_ends_at_its_head() -> None:
+    """HEAD to an upstream writing bare LFs: the agent's parser refuses those in any answer
+    (502 for a GET), and the HEAD's answer ends at its empty line the same way, at once.
+    Before, the agent looked only for CRLF CRLF and waited for the rest of a head that had
+    ended (an hour without a route timeout)."""
+    upstream = BareLF()
+    proxy = Proxy({"web": upstream})  # type: ignore[dict-item]
+    proxy.set_route(ROUTE)
+    try:
+        start = time.monotonic()
+        out = send(
+            proxy.port, b"HEAD /api/x HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n", wait=5
+        )
+        assert out.startswith(b"HTTP/1.1 502") and time.monotonic() - start < 2, out
+    finally:
+        proxy.stop()
+        upstream.stop()
+
+
+def test_a_malformed_chunk_in_a_streamed_body_is_the_clients_400_not_a_502(mesh) -> None:
+    """A chunked body over the retry buffer (streamed as it comes) with a chunk size that is no
+    number after 100 KB: the client gets 400 and the upstream a request cut short, never a
+    whole one. Before, the agent answered 502 (`upstream failed`: counted against the app)."""
+    proxy, upstream = mesh
+    chunk = b"c" * 100_000
+    out = send(proxy.port, b"POST /api/c HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"%x\r\n%s\r\nzz\r\nmore\r\n" % (len(chunk), chunk), wait=5)  # fmt: skip
+    assert out.startswith(b"HTTP/1.1 400") and b"connection: close" in out.lower(), out
+    assert upstream.seen == [] or upstream.seen[0][0] == b"!", upstream.seen
+    assert proxy.observed[-1].status == 400
