@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from nodeagent.protocol import detect
 from nodeagent.protocol.http2 import Http2Observer
 from nodeagent.protocol.http2_goaway import FrameCursor, goaway_frame
 from nodeagent.proxy.l4proxy import Relay
-from nodeagent.proxy.l7relay import ConnectionTap
+from nodeagent.proxy.l7relay import ConnectionTap, Scheduler
 from nodeagent.proxy.routing import Route, Routes, Target
 from nodemesh.model import ServiceKey
 from nodemesh.routing.table import RouteTable
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 # Why a connection is drained: its endpoint left, or the Service grew (or got a route).
 LEFT = "endpoint left"
 GREW = "per-request balancing"
+# How often a drained connection is looked at until its streams are done (then it is closed).
+CLOSE_CHECK_S = 1.0
 
 
 @dataclass(slots=True)
@@ -66,7 +69,7 @@ class GoawayGate:
         return data[:at] + self.frame + data[at:], False
 
 
-def send_goaway(relay: Relay, tap: ConnectionTap) -> bool:
+def send_goaway(relay: Relay, tap: ConnectionTap, *, call_later: Scheduler) -> bool:
     """Tell an HTTP/2 client on `relay` to go away (graceful: its streams go on); False when the
     connection is not (or no longer) observed as HTTP/2, or another gate stands on it."""
     observer = tap.observer
@@ -82,7 +85,44 @@ def send_goaway(relay: Relay, tap: ConnectionTap) -> bool:
         relay.write_to_client(frame)
     else:
         relay.gate = GoawayGate(relay, cursor, frame)
+    _CloseWhenDone(relay, observer, call_later)
     return True
+
+
+class _CloseWhenDone:
+    """Closes a drained connection once its streams are done. Well-behaved clients close it
+    themselves; one that keeps it open idle would hold the old pod's connection (and a server
+    that drains its connections before exiting) until the server ends it. A stream the client
+    sent before it read the GOAWAY may still be on its way, so the connection is closed only
+    when no stream is open and none was opened for a whole period (far longer than a round
+    trip in a cluster) after the GOAWAY went out. One timer per drained connection."""
+
+    __slots__ = ("relay", "observer", "call_later", "seen", "timer")
+
+    def __init__(self, relay: Relay, observer: Http2Observer, call_later: Scheduler) -> None:
+        self.relay = relay
+        self.observer = observer
+        self.call_later = call_later
+        self.seen = -1  # the last client stream at the previous check; none yet
+        self.timer: Any = call_later(CLOSE_CHECK_S, self.check)
+        relay.on_finish(self.cancel)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def check(self) -> None:
+        self.timer = None
+        obs = self.observer
+        if obs.failed is not None or obs.closed or self.relay.down.lost:
+            return  # not followed any more, or over
+        out = self.relay.gate is None  # the GOAWAY has been written
+        if out and not obs.streams and obs.last_client_stream == self.seen:
+            self.relay.close()
+            return
+        self.seen = obs.last_client_stream if out else -1
+        self.timer = self.call_later(CLOSE_CHECK_S, self.check)
 
 
 def why_move(pinned_to: tuple[str, int], route: Route, *, routed: bool) -> str:
@@ -117,7 +157,12 @@ class PinnedRelays:
                 del self.by_service[key]
 
     def services_changed(
-        self, keys: Iterable[ServiceKey], *, routes: Routes, route_table: RouteTable
+        self,
+        keys: Iterable[ServiceKey],
+        *,
+        routes: Routes,
+        route_table: RouteTable,
+        call_later: Scheduler,
     ) -> int:
         """Look again at the connections of the Services a table update touched; how many
         were told to go away."""
@@ -137,7 +182,7 @@ class PinnedRelays:
                 if pinned.tap.protocol is None:
                     continue  # not decided yet: looked at again on the next update
                 del held[relay]  # once: a connection is told to go away at most once
-                if send_goaway(relay, pinned.tap):
+                if send_goaway(relay, pinned.tap, call_later=call_later):
                     told += 1
                     log.debug(
                         "HTTP/2 connection to %s:%d (%s:%d) told to go away: %s",

@@ -542,6 +542,10 @@ class Relay:
         self.down.lost = True
         self._finish()
 
+    def close(self) -> None:
+        """Close both sides gracefully (what is buffered still goes, then a FIN each way)."""
+        self._close_both()
+
     def _close_both(self) -> None:
         for half in (self.down, self.up):
             if half is not None and half.transport is not None and not half.lost:

@@ -100,7 +100,14 @@ class ProxyRuntime:
     def services_changed(self, keys: Iterable[ServiceKey]) -> int:
         """A table update touched these Services: HTTP/2 connections relayed to an endpoint
         that left, or to a Service that now balances per request, are told to go away."""
-        return self.pinned.services_changed(keys, routes=self.routes, route_table=self.table.routes)
+        if not self.pinned.by_service:
+            return 0
+        return self.pinned.services_changed(
+            keys,
+            routes=self.routes,
+            route_table=self.table.routes,
+            call_later=asyncio.get_running_loop().call_later,
+        )
 
     def tunnel_pool(self) -> TunnelPool | None:
         """The shared tunnel connections, made on first use (None: multiplexing is off)."""
