@@ -4,9 +4,10 @@ on loopback with the agent's real relay, tap, routes and table, and real peers.
 - grpcio: one channel, 200 ms calls back to back, through a relay pinned to server `a` (a
   separate process that ignores SIGTERM). The table replaces `a` by `b`; then `a` is SIGKILLed
   (no GOAWAY of its own). No call fails, and the calls after the kill are all answered by `b`.
-- h2 (python-hyper) as a client that never closes a connection by itself: the GOAWAY reaches it
-  while its stream is in flight, the stream still gets its whole answer, and the agent closes the
-  connection once nothing is in flight.
+- A raw HTTP/2 client that never closes a connection by itself, its call in flight when the
+  Service changes: when the Service grew the GOAWAY waits for the first quiet moment (after the
+  answer); when the endpoint left and that wait is over it goes at once, before the answer,
+  which still comes whole. Either way the agent then closes the connection.
 - A connection whose Service did not change in a way that matters is left alone.
 """
 
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import h2.config
@@ -247,7 +248,20 @@ class RawClient:
         return True
 
 
-async def test_a_client_that_stays_gets_goaway_its_answer_and_then_the_close(
+async def _raw_call(agent: Agent, change: Callable[[], int]) -> RawClient:
+    """A raw client's call (200 ms) with `change` made while it is in flight; the client once
+    its stream has ended."""
+    client = RawClient(*await asyncio.open_connection("127.0.0.1", await agent.start()))
+    await client.request()
+    assert await client.read_until(SETTINGS)  # the server's: the call is in flight
+    assert change() == 1
+    assert await client.read_until(HEADERS, END_STREAM)  # the trailers
+    body = b"".join(f[3] for f in client.frames if f[0] == DATA and f[2] == 1)
+    assert body.endswith(b"a")  # the answer of the pod it was pinned to, whole
+    return client
+
+
+async def test_goaway_waits_for_the_call_in_flight_when_the_service_grows(
     servers: dict[str, tuple[subprocess.Popen[bytes], int]],
     agent_for: list[Agent],
     monkeypatch: pytest.MonkeyPatch,
@@ -256,20 +270,36 @@ async def test_a_client_that_stays_gets_goaway_its_answer_and_then_the_close(
     (_, port_a), (_, port_b) = servers["a"], servers["b"]
     agent = Agent(table([service("api", VIP, PORT, [endpoint("127.0.0.1", port_a)])]))
     agent_for.append(agent)
-    client = RawClient(*await asyncio.open_connection("127.0.0.1", await agent.start()))
+    both = (("127.0.0.1", port_a), ("127.0.0.1", port_b))
+    client = await _raw_call(agent, lambda: agent.endpoints(*both))
     try:
-        await client.request()
-        assert await client.read_until(SETTINGS)  # the server's: the call is in flight
-        # The Service grows while the call is in flight (its answer takes 200 ms).
-        assert agent.endpoints(("127.0.0.1", port_a), ("127.0.0.1", port_b)) == 1
-        assert await client.read_until(HEADERS, END_STREAM)  # the trailers
+        # Nothing was urgent: the GOAWAY came in the first quiet moment, after the answer.
+        assert await client.read_until(GOAWAY, timeout=5)
+        kinds = [f[0] for f in client.frames]
+        assert kinds[-1] == GOAWAY and kinds[-2] == HEADERS, kinds
+        assert client.frames[-1][3] == struct.pack(">LL", (1 << 31) - 1, 0)
+        # Nothing in flight any more: the agent closes the connection.
+        assert await asyncio.wait_for(client.reader.read(), 5) == b""
+    finally:
+        client.writer.close()
+
+
+async def test_goaway_goes_before_the_answer_once_the_quiet_moment_is_overdue(
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]],
+    agent_for: list[Agent],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(h2drain, "CLOSE_CHECK_S", 0.2)
+    monkeypatch.setattr(h2drain, "LEFT_IDLE_WAIT_S", 0.0)
+    (_, port_a), (_, port_b) = servers["a"], servers["b"]
+    agent = Agent(table([service("api", VIP, PORT, [endpoint("127.0.0.1", port_a)])]))
+    agent_for.append(agent)
+    client = await _raw_call(agent, lambda: agent.endpoints(("127.0.0.1", port_b)))
+    try:
         kinds = [f[0] for f in client.frames]
         goaways = [f[3] for f in client.frames if f[0] == GOAWAY]
         assert goaways == [struct.pack(">LL", (1 << 31) - 1, 0)]
         assert kinds.index(GOAWAY) < kinds.index(DATA), kinds  # before the answer, which came
-        body = b"".join(f[3] for f in client.frames if f[0] == DATA and f[2] == 1)
-        assert body.endswith(b"a")  # the answer of the pod it was pinned to, whole
-        # Nothing in flight any more: the agent closes the connection.
         assert await asyncio.wait_for(client.reader.read(), 5) == b""
     finally:
         client.writer.close()
