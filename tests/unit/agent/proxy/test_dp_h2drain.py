@@ -124,6 +124,18 @@ class Agent:
             call_later=asyncio.get_running_loop().call_later,
         )
 
+    async def in_flight(self) -> None:
+        """Until a relayed connection has a stream in flight, as its tap sees it."""
+
+        def streams() -> int:
+            held = [p for by_relay in self.pinned.by_service.values() for p in by_relay.values()]
+            return sum(len(getattr(p.tap.observer, "streams", ())) for p in held)
+
+        deadline = time.monotonic() + 10
+        while not streams():
+            assert time.monotonic() < deadline, "no stream in flight"
+            await asyncio.sleep(0.01)  # the tap's state, polled: it has no event to wait on
+
     def close(self) -> None:
         assert self.server is not None
         self.server.close()
@@ -335,3 +347,27 @@ async def test_a_connection_whose_endpoint_stays_alone_is_left_alone(
     finally:
         results = await calls.end()
     assert set(results) == {"a"} and len(agent.dialled) == 1, (results, agent.dialled)
+
+
+async def test_httpx_loses_no_request_in_flight_when_its_endpoint_is_replaced(
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]], agent_for: list[Agent]
+) -> None:
+    """httpx's HTTP/2 (httpcore on python-hyper's h2) fails every request in flight at any
+    GOAWAY, graceful or not (RemoteProtocolError: ConnectionTerminated, as it did when the GOAWAY
+    went at once): the GOAWAY waits for the quiet moment after the answer."""
+    httpx = pytest.importorskip("httpx")
+    (_, port_a), (_, port_b) = servers["a"], servers["b"]
+    agent = Agent(table([service("api", VIP, PORT, [endpoint("127.0.0.1", port_a)])]))
+    agent_for.append(agent)
+    url = f"http://127.0.0.1:{await agent.start()}/test.Who/Slow"
+    headers = {"content-type": "application/grpc", "te": "trailers"}
+    grpc_call = {"content": b"\x00" * 5, "headers": headers}
+    async with httpx.AsyncClient(http1=False, http2=True) as client:
+        first = await client.post(url, **grpc_call)
+        in_flight = asyncio.ensure_future(client.post(url, **grpc_call))
+        await agent.in_flight()  # its answer takes 200 ms
+        assert agent.endpoints(("127.0.0.1", port_b)) == 1
+        answered = await in_flight
+        after = await client.post(url, **grpc_call)
+    assert [r.content[-1:] for r in (first, answered, after)] == [b"a", b"a", b"b"]
+    assert agent.dialled == [("127.0.0.1", port_a), ("127.0.0.1", port_b)]
