@@ -198,8 +198,8 @@ class PinnedRelays:
 
     def watch(self, relay: Relay, route: Route, target: Target, tap: ConnectionTap) -> None:
         service = route.service
-        if service is None or route.opaque or target.opaque:
-            return
+        if service is None or tap.protocol is detect.Protocol.OPAQUE:
+            return  # opaque by declaration (the tap skipped detection): never HTTP/2 to it
         held = self.by_service.setdefault(service.key, {})
         held[relay] = _Pinned(route.ip, route.port, target.key, tap)
         relay.on_finish(lambda: self._forget(service.key, relay))
