@@ -371,3 +371,21 @@ async def test_httpx_loses_no_request_in_flight_when_its_endpoint_is_replaced(
         after = await client.post(url, **grpc_call)
     assert [r.content[-1:] for r in (first, answered, after)] == [b"a", b"a", b"b"]
     assert agent.dialled == [("127.0.0.1", port_a), ("127.0.0.1", port_b)]
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "routed", "why"),
+    [
+        ([("10.0.0.1", 80)], False, ""),  # still its only endpoint
+        ([("10.0.0.2", 80)], False, h2drain.LEFT),  # replaced (a rollout)
+        ([], False, h2drain.LEFT),  # gone, none left
+        ([("10.0.0.1", 80), ("10.0.0.2", 80)], False, h2drain.GREW),  # scaled up
+        ([("10.0.0.1", 80)], True, h2drain.GREW),  # a route attached since
+    ],
+)
+def test_why_a_pinned_connection_moves(
+    endpoints: list[tuple[str, int]], routed: bool, why: str
+) -> None:
+    t = table([service("api", VIP, PORT, [endpoint(ip, port) for ip, port in endpoints])])
+    route = Routes(t).resolve(VIP, PORT)
+    assert h2drain.why_move(("10.0.0.1", 80), route, routed=routed) == why
