@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from nodeagent.observe.metrics import H2_GOAWAYS
 from nodeagent.protocol import detect
 from nodeagent.protocol.http2 import Http2Observer
 from nodeagent.protocol.http2_goaway import FrameCursor, goaway_frame
@@ -244,6 +245,7 @@ class PinnedRelays:
                 idle_wait = LEFT_IDLE_WAIT_S if why == LEFT else GREW_IDLE_WAIT_S
                 if send_goaway(relay, pinned.tap, call_later=call_later, idle_wait=idle_wait):
                     told += 1
+                    H2_GOAWAYS.labels("endpoint_left" if why == LEFT else "balancing").inc()
                     log.debug(
                         "HTTP/2 connection to %s:%d (%s:%d) told to go away: %s",
                         pinned.vip,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -151,6 +152,16 @@ def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LabPaths]:
         show_lab_logs(request, paths)
 
 
+def goaways(lab: LabPaths) -> dict[str, float]:
+    """node1's agent's count of relayed HTTP/2 connections it told to go away, by reason."""
+    metrics = subprocess.run(
+        ["ip", "netns", "exec", lab.node_netns("node1"), "curl", "-sS", "--max-time", "20",
+         "http://127.0.0.1:4191/metrics"], capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    found = re.findall(r'^nodemesh_agent_h2_goaways_total\{reason="(\w+)"\} (\S+)$', metrics, re.M)
+    return {reason: float(n) for reason, n in found}
+
+
 def _who(calls: list[dict[str, Any]]) -> Counter[str]:
     return Counter(c["who"] if c["ok"] else f"FAILED {c['code']}: {c['details']}" for c in calls)
 
@@ -183,6 +194,9 @@ def test_rollout_of_the_only_endpoint_fails_no_call(lab: LabPaths, tmp_path: Pat
     assert not failed, f"{len(failed)} of {len(calls)} calls failed: {_who(calls)}"
     after = calls[killed_at:]
     assert _who(after) == Counter({new: len(after)}), _who(after)
+    # The one connection was told once: when the new pod joined it (the rollout's surge), or
+    # when the old pod left, whichever update came first.
+    assert sum(goaways(lab).values()) == 1, goaways(lab)
 
 
 def test_scale_up_spreads_a_channel_over_both_pods(lab: LabPaths, tmp_path: Path) -> None:
@@ -203,3 +217,4 @@ def test_scale_up_spreads_a_channel_over_both_pods(lab: LabPaths, tmp_path: Path
     assert not failed, f"{len(failed)} of {len(calls)} calls failed: {_who(calls)}"
     late = _who(calls[-20:])
     assert late[first] > 0 and late[second] > 0, f"the last 20 calls: {late}"
+    assert goaways(lab) == {"balancing": 1.0}, goaways(lab)
