@@ -53,7 +53,9 @@ class PreambleFlags(IntFlag):
     NONE = 0
     # The source already decided the protocol (e.g. an opaque port): do not detect again.
     SKIP_DETECTION = 0x1
-    # The source waits for the reply before sending application bytes.
+    # The source waits for the reply before it relays the application's bytes. It may send the
+    # first of them (up to 16 KiB) right after the preamble: the destination holds them until
+    # it accepts (and drops them when it refuses), so they never reach an app it refused.
     WANT_REPLY = 0x2
 
 

@@ -34,6 +34,9 @@ SO_ORIGINAL_DST = 80
 CONNECT_TIMEOUT = 10.0
 # Bytes kept from one side before the relay starts (preamble, reply, an eager client).
 MAX_EARLY_BYTES = 64 * 1024
+# How much of a client's first bytes may go to a tunnel upstream with the preamble, before the
+# destination agent's reply (`Relay.send_ahead`): a request's head and a small body.
+SEND_AHEAD_MAX = 16 * 1024
 # Seconds a half-closed relay may stay idle both ways before both sides are closed; the agent
 # sets it from its config. It is looked up when a relay half-closes.
 HALF_CLOSED_TIMEOUT = 60.0
@@ -136,6 +139,8 @@ class Relay:
         "_idle_timer",
         "_active",
         "_buffered",
+        "send_ahead",
+        "_ahead",
     )
 
     def __init__(
@@ -162,6 +167,11 @@ class Relay:
         self._idle_timer: asyncio.TimerHandle | None = None
         self._active = False
         self._buffered = 0
+        # The handler allows the client's first bytes to travel with a tunnel preamble, before
+        # the destination's reply (no gate rewrites them); `_ahead`: how many of the client's
+        # bytes, from the start of `early`, the current upstream already got that way.
+        self.send_ahead = False
+        self._ahead = 0
         registry.add(self)
         stats.open.inc()
         stats.current.inc()
@@ -225,7 +235,12 @@ class Relay:
                     tap.client(data)
                 except Exception:
                     self._tap_failed()
-            self.up.transport.write(data)
+            if self._ahead:
+                sent = min(self._ahead, len(data))  # the upstream has these already
+                self._ahead -= sent
+                data = data[sent:]
+            if data:
+                self.up.transport.write(data)
         if close:
             self._close_both()
 
@@ -331,6 +346,20 @@ class Relay:
             if not self._connected:
                 half.pause()
 
+    def take_ahead(self, limit: int = SEND_AHEAD_MAX) -> bytes:
+        """The client's first bytes, to go to the upstream with a tunnel preamble before the
+        destination answers; b"" unless the handler allowed it. They stay the client's: the
+        relay still observes them when it starts, and writes the upstream only what follows.
+        Bytes not read yet are peeked, so they stay queued in the client's socket."""
+        if not self.send_ahead or self._connected:
+            return b""
+        data = bytes(self.early[:limit])
+        transport = self.down.transport
+        if len(data) < limit and transport is not None and not self.down.eof:
+            data += _peek(transport, limit - len(data))
+        self._ahead = len(data)
+        return data
+
     def consume(self, count: int, *, upstream: bool = False) -> bytes:
         buf = self.up_early if upstream else self.early
         taken = bytes(buf[:count])
@@ -375,6 +404,7 @@ class Relay:
         loop = asyncio.get_running_loop()
         up = self.up = _Half(self)
         self.up_early.clear()
+        self._ahead = 0
         if context is None:
             await loop.create_connection(lambda: up, sock=sock)
         else:
@@ -399,6 +429,7 @@ class Relay:
         connection): its connection_made() attaches the transport."""
         up = self.up = _Half(self)
         self.up_early.clear()
+        self._ahead = 0
         return up
 
     def detach_down(self) -> tuple[asyncio.Transport, bytes]:
@@ -417,12 +448,15 @@ class Relay:
         """Discard a failed upstream attempt without touching the client."""
         up, self.up = self.up, None
         self.up_early.clear()
+        self._ahead = 0
         if up is not None and up.transport is not None and not up.lost:
             up.transport.abort()
 
     def start(self, tap: Tap | None = None, gate: Gate | None = None) -> None:
         """Join the two sides: flush what each side sent meanwhile, then relay."""
         assert self.up is not None and self.up.transport is not None
+        # Bytes sent ahead passed no gate: a handler that gates a connection never allows it.
+        assert gate is None or not self._ahead, "bytes went ahead of a gate"
         self.tap = tap
         self.gate = gate
         self._connected = True
@@ -580,6 +614,20 @@ class Relay:
         for half in (self.down, self.up):
             if half is not None:
                 half.relay = _FINISHED  # type: ignore[assignment]
+
+
+def _peek(transport: asyncio.BaseTransport, limit: int) -> bytes:
+    """Up to `limit` bytes waiting in a connected socket, left there to be read as usual."""
+    raw = transport.get_extra_info("socket")
+    if raw is None:
+        return b""
+    sock = socket.socket(fileno=raw.fileno())
+    try:
+        return sock.recv(limit, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:  # nothing yet (EAGAIN), or the client is gone: the relay finds out as usual
+        return b""
+    finally:
+        sock.detach()
 
 
 def _reset(transport: asyncio.Transport) -> None:

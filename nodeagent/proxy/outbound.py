@@ -145,6 +145,7 @@ async def dial_upstream(
                 source_pod=pod.pod.name,
                 opaque=opaque or target.opaque,
                 timeout=handshake,
+                answer_within=timeout,
             )
         except tunnelpool.NoMux:
             relay.drop_upstream()  # an older destination agent: a tunnel of its own
@@ -223,6 +224,7 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
         return
     if await takeover.try_take(relay, pod, route, dial=dial_upstream):
         return
+    relay.send_ahead = True  # no gate on this path: the first bytes may go with the preamble
     error = await connect_route(relay, pod, route, info=info, src=src)
     if error is not None:
         relay.refuse(error)

@@ -9,8 +9,10 @@ requiring a client certificate that chains to the trust anchor, then read the pr
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
+from collections.abc import Callable
 
 from nodeagent.observe.metrics import TUNNEL_HANDSHAKES
 from nodeagent.protocol import mux
@@ -32,6 +34,11 @@ class TunnelRefused(ConnectionError):
 
 class TunnelDenied(TunnelRefused):
     """The destination's policy refused the source: another endpoint would say the same."""
+
+
+class PeerSilent(TunnelRefused):
+    """Nothing at all came from the destination agent in time (a node gone without a word):
+    another endpoint may answer."""
 
 
 async def open_tunnel(
@@ -86,27 +93,42 @@ async def exchange(
     source_pod: str,
     opaque: bool = False,
     timeout: float = REPLY_TIMEOUT,
+    silent: tuple[float, Callable[[], bool]] | None = None,
 ) -> None:
     """Send the preamble on the relay's upstream (a tunnel connection of its own, or a stream of
     a shared one) and wait for the destination agent's reply: TunnelRefused (TunnelDenied for
-    its policy) unless it accepted."""
+    its policy) unless it accepted. `silent` = (seconds, heard): PeerSilent when no reply came
+    in that long and `heard()` says nothing else came from the destination agent either (an
+    agent that is alive answers a stream at once, before its reply)."""
     assert relay.up is not None and relay.up.transport is not None
     flags = pre.PreambleFlags.WANT_REPLY
     if opaque:
         flags |= pre.PreambleFlags.SKIP_DETECTION
-    relay.up.transport.write(
-        pre.encode_preamble(
-            pre.Preamble(
-                target_port=target.port,
-                original_ip=ipaddress.ip_address(target.ip),
-                protocol=Protocol.OPAQUE if opaque else None,
-                source_namespace=source_namespace,
-                source_pod=source_pod,
-                flags=flags,
-            )
+    preamble = pre.encode_preamble(
+        pre.Preamble(
+            target_port=target.port,
+            original_ip=ipaddress.ip_address(target.ip),
+            protocol=Protocol.OPAQUE if opaque else None,
+            source_namespace=source_namespace,
+            source_pod=source_pod,
+            flags=flags,
         )
     )
-    if not await relay.wait_for_bytes(pre.REPLY_SIZE, timeout, upstream=True):
+    # The client's first bytes go with it (one write, one frame) rather than a round trip later:
+    # the destination agent holds them until it has admitted the connection and reached the
+    # app, and drops them if it refuses; another endpoint tried next gets them again.
+    relay.up.transport.write(preamble + relay.take_ahead())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    got = False
+    if silent is not None and silent[0] < timeout:
+        got = await relay.wait_for_bytes(pre.REPLY_SIZE, silent[0], upstream=True)
+        up = relay.up
+        if not got and up is not None and not (up.eof or up.lost) and not silent[1]():
+            raise PeerSilent(f"the destination agent sent nothing in {silent[0]:g} s")
+    if not got and not await relay.wait_for_bytes(
+        pre.REPLY_SIZE, max(deadline - loop.time(), 0.0), upstream=True
+    ):
         raise TunnelRefused("the destination agent closed the tunnel without a reply")
     try:
         reply = pre.decode_reply(relay.consume(pre.REPLY_SIZE, upstream=True))

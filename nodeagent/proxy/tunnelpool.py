@@ -16,6 +16,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Hashable
+from functools import partial
 from typing import Any
 
 from nodeagent.observe.metrics import TUNNEL_CONNECTIONS, TUNNEL_HANDSHAKES, TUNNEL_STREAMS
@@ -25,7 +26,7 @@ from nodeagent.proxy.l4proxy import Relay
 from nodeagent.proxy.mux import MuxSession, MuxStream, StreamRefused
 from nodeagent.proxy.routing import Target
 from nodeagent.proxy.tlslayer import TlsLayer
-from nodeagent.proxy.tunnel import TunnelRefused, exchange
+from nodeagent.proxy.tunnel import PeerSilent, TunnelRefused, exchange
 from nodeagent.upstream.certstore import Held, server_name
 from nodemesh import certs
 
@@ -35,6 +36,11 @@ SWEEP_EVERY = 5.0
 # A stream whose first answer does not come in this long marks its connection broken (a peer
 # node gone silent): later app connections dial afresh instead of waiting on it.
 STREAM_REPLY_TIMEOUT = 10.0
+# A live destination agent answers a new stream's CONNECT as soon as it reads it. A stream that
+# heard nothing at all from the peer in this long (at least; `answer_within` may say longer)
+# gives up, as a TCP connect to a node that is gone would, so the app connection tries another
+# endpoint in seconds, not STREAM_REPLY_TIMEOUT; the connection takes no new stream.
+PEER_SILENT_AFTER = 2.0
 # Stream opens tried again on a fresh connection when the old one refused them (GOAWAY race).
 REOPEN_ATTEMPTS = 2
 
@@ -66,10 +72,13 @@ class TunnelPool:
         source_pod: str,
         opaque: bool,
         timeout: float,
+        answer_within: float = 0.0,
     ) -> bool:
         """Make a stream of a shared connection `relay`'s upstream and get it accepted; True
         when a new connection (and handshake) was needed for it. `connect` gives a socket
-        connected to the destination agent's tunnel port from the source's netns."""
+        connected to the destination agent's tunnel port from the source's netns.
+        `answer_within`: how long the caller would wait for a TCP connect to the destination
+        (the peer must be heard from within that, and PEER_SILENT_AFTER at least)."""
         loop = asyncio.get_running_loop()
         if self.state.is_legacy(target.ip, now=loop.time()):
             raise NoMux(target.ip)
@@ -102,6 +111,7 @@ class TunnelPool:
             if relay.down.lost:
                 relay.drop_upstream()
                 raise ConnectionError("client went away")
+            opened_at = loop.time()
             try:
                 await exchange(
                     relay,
@@ -110,7 +120,17 @@ class TunnelPool:
                     source_pod=source_pod,
                     opaque=opaque,
                     timeout=STREAM_REPLY_TIMEOUT,
+                    silent=(
+                        max(answer_within, PEER_SILENT_AFTER),
+                        partial(_heard_since, session, opened_at),
+                    ),
                 )
+            except PeerSilent:
+                # Its other streams go on (a busy peer may still answer them); new app
+                # connections dial afresh, and a connection that is truly gone ends by TCP
+                # keepalive or once its streams are done.
+                carrier.broken = True
+                raise
             except TunnelRefused:
                 if isinstance(stream.lost_with, StreamRefused) and attempt < REOPEN_ATTEMPTS:
                     relay.drop_upstream()
@@ -258,6 +278,10 @@ class TunnelPool:
             session.close()
         if any(True for _ in self.state.all()):
             self._arm_sweep()
+
+
+def _heard_since(session: MuxSession, since: float) -> bool:
+    return session.last_read >= since
 
 
 def pool_key(*, netns: Any, source_ip: str, identity: str, target: Target) -> Hashable:

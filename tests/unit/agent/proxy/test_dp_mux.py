@@ -17,11 +17,19 @@ from test_dp_tunnel import RESET, STATS, Agent, _echo, _plain_socket, _request
 from controlplane.identity import CertificateAuthority
 from nodeagent.protocol import mux as wire
 from nodeagent.protocol import preamble as pre
-from nodeagent.proxy import pooling
-from nodeagent.proxy.l4proxy import Relay
+from nodeagent.proxy import pooling, tunnelpool
+from nodeagent.proxy.l4proxy import SEND_AHEAD_MAX, Relay
 from nodeagent.proxy.mux import MuxSession, MuxStream
 from nodeagent.proxy.routing import Target
-from nodeagent.proxy.tunnel import TunnelDenied, accept_tls, open_tunnel, read_preamble, reply
+from nodeagent.proxy.tunnel import (
+    PeerSilent,
+    TunnelDenied,
+    TunnelRefused,
+    accept_tls,
+    open_tunnel,
+    read_preamble,
+    reply,
+)
 from nodeagent.proxy.tunnelpool import NoMux, TunnelPool, pool_key
 from nodeagent.upstream.certstore import CertStore, Held
 from nodemesh import certs, tasks
@@ -146,6 +154,13 @@ class MuxWorld:
     sessions: list[MuxSession] = field(default_factory=list)
     handshakes: int = 0
     legacy_tunnels: int = 0
+    # Sending ahead (the outbound handler's choice): the source lets the client's first bytes
+    # go with the preamble; what the destination held of them when it read each preamble.
+    send_ahead: bool = False
+    early_at_admit: list[bytes] = field(default_factory=list)
+    hold: asyncio.Event | None = None  # the source starts once the test sets it
+    refused_first: int = 0  # a port the source tries first (nothing listens: CONNECT_FAILED)
+    admit_delay: float = 0.0  # the destination admits this much later (a slow app connect)
 
 
 @pytest.fixture
@@ -164,12 +179,21 @@ async def mw(anchor: CaMaterial, authority: CertificateAuthority) -> AsyncIterat
 
     async def admit(relay: Relay, client_id: str, header: pre.Preamble) -> None:
         w.seen.append((client_id, header.target_port))
+        w.early_at_admit.append(bytes(relay.early))
+        if w.admit_delay:
+            await asyncio.sleep(w.admit_delay)
         if header.target_port == w.deny_port:
             reply(relay, pre.ReplyCode.POLICY_DENIED)
             relay.decline("denied")
             return
         sock = _plain_socket()
-        await loop.sock_connect(sock, ("127.0.0.1", header.target_port))
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", header.target_port))
+        except OSError:
+            sock.close()
+            reply(relay, pre.ReplyCode.CONNECT_FAILED)
+            relay.decline("app refused")
+            return
         await relay.open_upstream(sock)
         reply(relay, pre.ReplyCode.ACCEPTED)
         relay.start()
@@ -206,18 +230,30 @@ async def mw(anchor: CaMaterial, authority: CertificateAuthority) -> AsyncIterat
         port = relay.downstream_socket.getsockname()[1]
         app_port = w.deny_port if port == deny_listener_port else w.app_port
         target = Target("127.0.0.1", app_port, meshed=True, identity=API)
+        if w.send_ahead:
+            relay.send_ahead = True
+        if w.hold is not None:
+            await w.hold.wait()
 
         async def connect() -> socket.socket:
             sock = _plain_socket()
             await loop.sock_connect(sock, ("127.0.0.1", w.dst_port))
             return sock
 
-        try:
+        async def open_to(target: Target) -> None:
             await w.pool.open(
                 relay, key=pool_key(netns="/run/netns/web-1", source_ip="127.0.0.1",
                                     identity=WEB, target=target), connect=connect, held=w.src, target=target,
                 source_namespace="shop", source_pod="web-1", opaque=False, timeout=5,
             )  # fmt: skip
+
+        try:
+            if w.refused_first:
+                try:  # as connect_route tries the next endpoint
+                    await open_to(Target("127.0.0.1", w.refused_first, meshed=True, identity=API))
+                except TunnelRefused:
+                    relay.drop_upstream()
+            await open_to(target)
         except NoMux:
             relay.drop_upstream()
             await open_tunnel(relay, await connect(), held=w.src, target=target,
@@ -232,6 +268,7 @@ async def mw(anchor: CaMaterial, authority: CertificateAuthority) -> AsyncIterat
     deny_listener_port = await deny_agent.start()
     w.deny_listener_port = deny_listener_port  # type: ignore[attr-defined]
     w.src_agent = deny_agent  # type: ignore[attr-defined]  (its errors: the denied ones)
+    w.source_agent = src_agent  # type: ignore[attr-defined]
     yield w
     w.pool.go_away()
     for session in w.sessions:
@@ -334,3 +371,89 @@ async def test_a_source_pod_that_left_has_its_connections_closed(mw: MuxWorld) -
         await asyncio.sleep(0.05)
     assert mw.sessions[0].closed
     assert list(mw.pool.state.all()) == []
+
+
+# --- the client's first bytes go with the preamble ------------------------------------------
+
+
+async def _request_held(mw: MuxWorld, payload: bytes) -> bytes:
+    """`_request`, with the source agent starting only once the payload is in its socket."""
+    mw.hold = asyncio.Event()
+    reader, writer = await asyncio.open_connection("127.0.0.1", mw.src_port)
+    try:
+        writer.write(payload)
+        await writer.drain()  # on loopback: queued at the agent's socket when this returns
+        writer.write_eof()
+        mw.hold.set()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_the_first_bytes_travel_with_the_preamble_not_a_round_trip_later(
+    mw: MuxWorld,
+) -> None:
+    """A new connection's request reaches the destination agent with the preamble (one
+    frame), so it goes to the app as soon as the app is connected instead of after the reply
+    came back to the source agent and the source sent it: one agent-to-agent round trip less
+    per new connection."""
+    mw.send_ahead = True
+    request = b"GET /ahead HTTP/1.1\r\nHost: api\r\n\r\n"
+    assert await _request_held(mw, request) == b"echo:" + request  # once, not twice
+    assert mw.early_at_admit == [request]
+    # Without it (a relay whose bytes pass a gate first), nothing comes before the reply.
+    mw.send_ahead = False
+    assert await _request_held(mw, b"gated") == b"echo:gated"
+    assert mw.early_at_admit[1] == b""
+
+
+async def test_bytes_sent_ahead_to_a_refusing_endpoint_reach_the_next_one_once(
+    mw: MuxWorld,
+) -> None:
+    mw.send_ahead = True
+    closed = _plain_socket()
+    closed.bind(("127.0.0.1", 0))  # a port nothing listens on
+    mw.refused_first = closed.getsockname()[1]
+    try:
+        assert await _request_held(mw, b"retried") == b"echo:retried"
+    finally:
+        closed.close()
+    assert mw.early_at_admit == [b"retried", b"retried"]  # the refused one dropped its copy
+    assert [port for _, port in mw.seen] == [mw.refused_first, mw.app_port]
+
+
+async def test_a_large_first_write_goes_partly_ahead_and_arrives_whole(mw: MuxWorld) -> None:
+    mw.send_ahead = True
+    payload = bytes(range(256)) * 400  # 100 KiB: more than goes ahead
+    assert await _request_held(mw, payload) == b"echo:" + payload
+    assert mw.early_at_admit[0] == payload[:SEND_AHEAD_MAX]
+
+
+# --- a destination that went silent ---------------------------------------------------------
+
+
+async def test_a_peer_gone_silent_fails_a_new_stream_in_seconds_and_is_not_used_again(
+    mw: MuxWorld,
+) -> None:
+    """A node gone without a word (no FIN, no RST): a new app connection riding the pooled
+    connection to it gives up after PEER_SILENT_AFTER, as a TCP connect would, so the relay
+    tries another endpoint, instead of waiting STREAM_REPLY_TIMEOUT (10 s) for a reply."""
+    assert await _request(mw.src_port, b"before") == b"echo:before"
+    mw.sessions[0].transport.pause_reading()  # the destination reads nothing more
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await _request(mw.src_port, b"lost") == RESET
+    assert loop.time() - started < tunnelpool.PEER_SILENT_AFTER + 2
+    assert isinstance(mw.source_agent.errors[-1], PeerSilent)  # type: ignore[attr-defined]
+    # The next app connection dials a new tunnel connection (the silent one takes no stream).
+    assert await _request(mw.src_port, b"after") == b"echo:after"
+    assert mw.handshakes == 2
+
+
+async def test_a_slow_reply_from_a_live_peer_is_waited_for(mw: MuxWorld) -> None:
+    """The destination agent answers the stream at once and replies once the app is connected:
+    a slow app connect (longer than PEER_SILENT_AFTER) is not mistaken for a silent peer."""
+    assert await _request(mw.src_port, b"warm") == b"echo:warm"
+    mw.admit_delay = tunnelpool.PEER_SILENT_AFTER + 0.5
+    assert await _request(mw.src_port, b"slow") == b"echo:slow"
+    assert mw.handshakes == 1
