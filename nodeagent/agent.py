@@ -196,6 +196,8 @@ class Agent:
         self._dirty |= self.enroller.table_changed(change)
         if change.snapshot or change.pods or change.services:
             self.meshed_record.update(self.table)
+        if change.services:
+            self.runtime.services_changed(change.services)
         if change.snapshot:
             self._adopt_pending = True
         self._work.set()

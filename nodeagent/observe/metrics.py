@@ -82,6 +82,13 @@ ROUTER_ANSWERS = Counter(
     ["status"],
     registry=REGISTRY,
 )
+H2_GOAWAYS = Counter(
+    "nodemesh_agent_h2_goaways",
+    "Relayed HTTP/2 connections to a Service told to go away (graceful GOAWAY), by why: its "
+    "endpoint left, or the Service now balances per request",
+    ["reason"],
+    registry=REGISTRY,
+)
 PODS_ENROLLED = Gauge(
     "nodemesh_agent_pods_enrolled", "Pods with rules and listeners in place", registry=REGISTRY
 )

@@ -249,6 +249,11 @@ class Relay:
         if self.down.transport is not None and not self.down.lost:
             self.down.transport.write(data)
 
+    def write_to_client(self, data: bytes) -> None:
+        """Bytes of the agent's own to the client, between two of the server's chunks (an
+        HTTP/2 GOAWAY: nodeagent.proxy.h2drain)."""
+        self._write_down(data)
+
     def _to_client(self, data: bytes) -> None:
         if self.gate is not None:
             if self.tap is not None:
@@ -570,6 +575,10 @@ class Relay:
     def handed_over_done(self) -> None:
         self.down.lost = True
         self._finish()
+
+    def close(self) -> None:
+        """Close both sides gracefully (what is buffered still goes, then a FIN each way)."""
+        self._close_both()
 
     def _close_both(self) -> None:
         for half in (self.down, self.up):

@@ -12,7 +12,7 @@ import itertools
 import logging
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,6 +26,7 @@ from nodeagent.proxy import inbound, outbound
 from nodeagent.proxy.balancer import Balancer
 from nodeagent.proxy.dnsforward import UdpDnsForwarder, serve_tcp, upstream_resolver
 from nodeagent.proxy.dnsnames import DnsNames
+from nodeagent.proxy.h2drain import PinnedRelays
 from nodeagent.proxy.l4proxy import Relay
 from nodeagent.proxy.l7relay import DETECT_TIMEOUT
 from nodeagent.proxy.mux import MuxSession
@@ -35,6 +36,7 @@ from nodeagent.proxy.tunnelpool import TunnelPool
 from nodeagent.upstream.certstore import CertStore
 from nodeagent.upstream.table import DestinationTable
 from nodemesh import ports, tasks
+from nodemesh.model import ServiceKey
 from nodemesh.netns import NetnsHandle, socket_in_netns
 
 log = logging.getLogger(__name__)
@@ -89,9 +91,23 @@ class ProxyRuntime:
     # Serves a connection captured to a router Service's VIP (nodeagent.proxy.router).
     host_routed: Handler | None = None
     routes: Routes = field(init=False)
+    # Relayed connections to Service VIPs, looked at again when their Service changes.
+    pinned: PinnedRelays = field(default_factory=PinnedRelays)
 
     def __post_init__(self) -> None:
         self.routes = Routes(self.table)
+
+    def services_changed(self, keys: Iterable[ServiceKey]) -> int:
+        """A table update touched these Services: HTTP/2 connections relayed to an endpoint
+        that left, or to a Service that now balances per request, are told to go away."""
+        if not self.pinned.by_service:
+            return 0
+        return self.pinned.services_changed(
+            keys,
+            routes=self.routes,
+            route_table=self.table.routes,
+            call_later=asyncio.get_running_loop().call_later,
+        )
 
     def tunnel_pool(self) -> TunnelPool | None:
         """The shared tunnel connections, made on first use (None: multiplexing is off)."""

@@ -348,4 +348,6 @@ def _start(
         detect_timeout=rt.detect_timeout,
         on_first_byte=lambda s: balancer.observe(key, s, now=time.monotonic()),
     )
+    if route.service is not None:
+        rt.pinned.watch(relay, route, target, tap)
     relay.start(tap, gate)

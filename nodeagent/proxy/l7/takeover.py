@@ -7,7 +7,9 @@ The rule (DESIGN "Traffic policy"): a connection to a Service VIP takes the L7 p
   (per-request balancing: one gRPC channel must not pin one pod).
 Everything else stays on the relay: pod IPs, opaque ports, other protocols, HTTP/1 without a
 route (a new connection per request already spreads; keep-alive clients are balanced per
-connection as before), TLS from the app.
+connection as before), TLS from the app. An HTTP/2 connection left on the relay is told to go
+away (graceful GOAWAY) when its endpoint leaves or its Service grows (nodeagent.proxy.h2drain):
+the client's next connection comes back here and is balanced afresh.
 
 Upstream connections of the L7 path are dialled straight to the chosen endpoint
 (nodeagent.proxy.l7.dial) with the outbound relay's own dial: the client pod's identity and mark,
