@@ -315,7 +315,12 @@ class EarlyAnswer:
     reads the body, as an auth check in front of an upload handler may."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock = socket.socket()
+        # A small receive window (set before listening, so accepted sockets get it): the body
+        # the agent sends on fills the kernel's buffers long before it is all out.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
         self.port = self.sock.getsockname()[1]
         self.open: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -339,21 +344,26 @@ class EarlyAnswer:
 
 
 def test_an_answer_from_an_upstream_that_never_reads_the_body_reaches_the_client() -> None:
-    """A 2 MB POST to an upstream that answers 401 from the head and reads nothing more: the
+    """A 32 MB POST to an upstream that answers 401 from the head and reads nothing more: the
     client gets the 401, with `Connection: close` (the rest of its body was not read), and
     the upstream connection is not reused. Before, the agent waited for the upstream to take
-    the body (it never did) and the client got nothing."""
+    the body (it never did) and the client got nothing. (32 MB: more than the kernel's
+    buffers on the way can take, so the body cannot all go out before the answer comes, and
+    the client never sends beyond its Content-Length, which would be a next request.)"""
+    size = 32_000_000
     upstream = EarlyAnswer()
     proxy = Proxy({"web": upstream})  # type: ignore[dict-item]
     proxy.set_route(ROUTE)
     try:
         with socket.create_connection(("127.0.0.1", proxy.port), 10) as s:
-            s.sendall(b"POST /api/up HTTP/1.1\r\nHost: web\r\nContent-Length: 2000000\r\n\r\n")
+            s.sendall(b"POST /api/up HTTP/1.1\r\nHost: web\r\nContent-Length: %d\r\n\r\n" % size)
             s.setblocking(False)
             sent, start = 0, time.monotonic()
             while time.monotonic() - start < 5 and not select.select([s], [], [], 0)[0]:
                 try:
-                    sent += s.send(b"x" * 65536)
+                    sent += s.send(b"x" * min(65536, size - sent))
+                    if sent == size:
+                        break
                 except BlockingIOError:
                     select.select([s], [s], [], 0.05)
             s.setblocking(True)
