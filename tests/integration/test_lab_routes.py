@@ -285,6 +285,11 @@ def test_a_request_timeout_answers_504_and_cancels_the_backend(lab: Lab) -> None
 
 
 def test_one_grpc_channel_spreads_over_three_pods(lab: Lab) -> None:
+    """One channel (one HTTP/2 connection) is balanced per call: every pod gets a fair share,
+    where a pinned connection would give one pod all. Not an even third each: the choice is
+    latency-aware (power of two choices over a peak EWMA), so a pod that answers faster (on the
+    client's node, no tunnel) takes more, the more so on a loaded machine (127/148/221 of 496
+    once with two lab modules running beside it)."""
     calls = max(240, REQUESTS // 4)
     out = lab.exec(
         "deploy/client", PY, APPS, "grpcclient", f"emoji.{NS}.svc.cluster.local:8080", str(calls)
@@ -293,7 +298,7 @@ def test_one_grpc_channel_spreads_over_three_pods(lab: Lab) -> None:
     assert len(answers) == 3, answers
     total = sum(answers.values())
     for count in answers.values():
-        assert abs(count / total - 1 / 3) <= 0.10, answers
+        assert 0.15 <= count / total <= 0.55, answers
 
 
 def test_the_l7_path_is_never_plaintext_on_the_wire(lab: Lab) -> None:
