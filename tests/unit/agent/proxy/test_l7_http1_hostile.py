@@ -310,15 +310,16 @@ def test_a_body_trickled_a_byte_at_a_time_is_answered_408(mesh, monkeypatch, sen
     assert upstream.seen == [] or upstream.seen[0][0] == b"!", upstream.seen  # never whole
 
 
-class EarlyAnswer:
-    """An upstream that answers each request 401 (keep-alive) from its head alone and never
-    reads the body, as an auth check in front of an upload handler may."""
+class HeadAnswerer:
+    """An upstream that answers each request's head with `answer` (keep-alive) and reads
+    nothing more; its connections stay open and unread until stop(). `rcvbuf`: a receive
+    buffer set before listening, so accepted sockets get that small a window."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bytes, *, rcvbuf: int = 0) -> None:
+        self.answer = answer
         self.sock = socket.socket()
-        # A small receive window (set before listening, so accepted sockets get it): the body
-        # the agent sends on fills the kernel's buffers long before it is all out.
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen()
         self.port = self.sock.getsockname()[1]
@@ -334,13 +335,22 @@ class EarlyAnswer:
             data = b""
             while b"\r\n\r\n" not in data:
                 data += conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nnope")
-            self.open.append(conn)  # open and unread until the test ends
+            conn.sendall(self.answer)
+            self.open.append(conn)
 
     def stop(self) -> None:
         self.sock.close()
         for conn in self.open:
             conn.close()
+
+
+def early_answer() -> HeadAnswerer:
+    """401 from the head alone, the body never read, as an auth check in front of an upload
+    handler may; a 64 KiB window, so the body the agent sends on fills the kernel's buffers
+    long before it is all out."""
+    return HeadAnswerer(
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nnope", rcvbuf=64 * 1024
+    )
 
 
 def test_an_answer_from_an_upstream_that_never_reads_the_body_reaches_the_client() -> None:
@@ -351,7 +361,7 @@ def test_an_answer_from_an_upstream_that_never_reads_the_body_reaches_the_client
     buffers on the way can take, so the body cannot all go out before the answer comes, and
     the client never sends beyond its Content-Length, which would be a next request.)"""
     size = 32_000_000
-    upstream = EarlyAnswer()
+    upstream = early_answer()
     proxy = Proxy({"web": upstream})  # type: ignore[dict-item]
     proxy.set_route(ROUTE)
     try:
@@ -376,31 +386,9 @@ def test_an_answer_from_an_upstream_that_never_reads_the_body_reaches_the_client
         upstream.stop()
 
 
-class BareLF:
-    """An upstream whose heads end their lines with a bare LF (no CR)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.open: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\nContent-Length: 5\n\n")  # a HEAD's answer
-            self.open.append(conn)
-
-    def stop(self) -> None:
-        self.sock.close()
-        for conn in self.open:
-            conn.close()
+def bare_lf() -> HeadAnswerer:
+    """Heads whose lines end with a bare LF (no CR): a HEAD's answer."""
+    return HeadAnswerer(b"HTTP/1.1 200 OK\nContent-Length: 5\n\n")
 
 
 def test_a_head_answer_with_bare_lf_lines_ends_at_its_head() -> None:
@@ -408,7 +396,7 @@ def test_a_head_answer_with_bare_lf_lines_ends_at_its_head() -> None:
     (502 for a GET), and the HEAD's answer ends at its empty line the same way, at once.
     Before, the agent looked only for CRLF CRLF and waited for the rest of a head that had
     ended (an hour without a route timeout)."""
-    upstream = BareLF()
+    upstream = bare_lf()
     proxy = Proxy({"web": upstream})  # type: ignore[dict-item]
     proxy.set_route(ROUTE)
     try:
