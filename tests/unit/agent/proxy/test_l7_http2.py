@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,3 +328,68 @@ def test_h2load_large_bodies_both_ways_under_flow_control(nginx_pair) -> None:
     out = h2load(proxy.port, "-n", "60", "-c", "2", "-m", "10", "-d", body, path="/upload")
     assert counts(out) == (60, 60, 60, 60)
     assert "60 2xx" in out, out
+
+
+class EarlyAnswerServer:
+    """A grpcio server that answers before the request has all come: a client-streaming call
+    aborted after the third message, and a unary call whose 8 MiB request exceeds the server's
+    1 MiB limit (RESOURCE_EXHAUSTED while the client is still sending)."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+        def upload(messages: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+            for _ in messages:
+                self.seen += 1
+                if self.seen >= 3:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "three are enough")
+            return b"all"
+
+        handler = grpc.method_handlers_generic_handler(
+            "test.Up",
+            {
+                "Upload": grpc.stream_unary_rpc_method_handler(upload),
+                "Small": grpc.unary_unary_rpc_method_handler(lambda request, context: b"ok"),
+            },
+        )
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(4), options=[("grpc.max_receive_message_length", 1 << 20)]
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+
+@pytest.fixture
+def early():
+    server = EarlyAnswerServer()
+    proxy = Proxy([server])  # it reads only .port of each server
+    yield proxy, server
+    proxy.stop()
+    server.server.stop(None)
+
+
+def _paced(n: int, delay: float) -> Iterator[bytes]:
+    for _ in range(n):
+        time.sleep(delay)
+        yield b"x" * 1000
+
+
+def test_an_answer_before_the_whole_request_reaches_the_grpc_client(early) -> None:
+    """The L7 HTTP/1 path once turned such answers into 502s; through the HTTP/2 path the
+    client gets the server's own status at once, as without the proxy, and its channel goes on.
+    (A guard: this passed when it was written.)"""
+    proxy, _ = early
+    with grpc.insecure_channel(
+        f"127.0.0.1:{proxy.port}", options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as channel:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as aborted:
+            channel.stream_unary("/test.Up/Upload")(_paced(200, 0.02), timeout=10)
+        assert aborted.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert aborted.value.details() == "three are enough"
+        assert time.monotonic() - started < 2  # not after the client's 4 s of messages
+        with pytest.raises(grpc.RpcError) as too_big:
+            channel.unary_unary("/test.Up/Small")(b"y" * (8 << 20), timeout=10)
+        assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert channel.unary_unary("/test.Up/Small")(b"z", timeout=5) == b"ok"
