@@ -60,6 +60,9 @@ def export(name: str, ref: str) -> Path:
     where = VARIANTS_DIR / name
     shutil.rmtree(where, ignore_errors=True)
     where.mkdir(parents=True)
+    if ref.startswith("dir:"):  # a prepared tree (e.g. with compiled modules): its nodeagent/
+        shutil.copytree(Path(ref[4:]) / "nodeagent", where / "nodeagent")
+        return where
     archive = subprocess.run(
         ["git", "-C", str(REPO), "archive", ref, "nodeagent"], check=True, capture_output=True
     ).stdout
@@ -241,7 +244,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=1000)
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--variant", action="append", default=[], metavar="NAME=GITREF")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=GITREF|dir:PATH")
     p.add_argument("--out", type=Path, help="also write the report here")
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy recordings here")
     p.add_argument(
