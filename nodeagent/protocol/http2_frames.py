@@ -10,9 +10,10 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-import hpack
+from hpack import HPACKError
 
 from nodeagent.protocol.errors import ProtocolError
+from nodeagent.protocol.http2_hpack import Decoder
 
 if TYPE_CHECKING:
     from nodeagent.protocol.http2 import Http2Observer
@@ -33,7 +34,6 @@ LARGEST_MAX_FRAME_SIZE = (1 << 24) - 1
 # Control frames and header blocks are buffered whole; DATA never is.
 MAX_BUFFERED_FRAME = 1 << 20
 MAX_HEADER_BLOCK = 1 << 20
-MAX_HEADER_LIST = 1 << 18
 _FRAME_HEADER = struct.Struct(">HBBBL")
 
 
@@ -50,7 +50,7 @@ class FrameReader:
         self.name = "client" if from_client else "server"
         self.preface_left = len(PREFACE) if from_client else 0
         self.buf = bytearray()
-        self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
+        self.decoder = Decoder()  # only the fields the observer reads (http2_hpack.WANTED)
         # Set by the *other* peer's SETTINGS: the largest frame this peer may send.
         self.max_frame_size = DEFAULT_MAX_FRAME_SIZE
         self.block: bytearray | None = None
@@ -204,12 +204,9 @@ class FrameReader:
         block, self.block = self.block, None
         assert block is not None
         try:
-            headers = self.decoder.decode(bytes(block), raw=True)
-        except hpack.HPACKError as exc:
+            fields = self.decoder.decode(bytes(block))
+        except HPACKError as exc:
             raise self.fail(f"HPACK: {exc}") from exc
-        fields: dict[bytes, bytes] = {}
-        for name, value in headers:
-            fields.setdefault(name, value)
         obs = self.observer
         if self.block_promised:
             obs.request_headers(self.block_promised, fields, pushed=True)
