@@ -43,7 +43,14 @@ from controlplane.identity.serving import (
     serving_identity,
 )
 from controlplane.index import ClusterIndex
-from controlplane.peers import Peer, ReportForwarder, find_peers, is_peer_token, peer_token
+from controlplane.peers import (
+    Peer,
+    PeersLeft,
+    ReportForwarder,
+    find_peers,
+    is_peer_token,
+    peer_token,
+)
 from controlplane.prometheus_telemetry import PrometheusTelemetry
 from controlplane.public_api import PublicService
 from controlplane.public_api import add_to_server as add_public
@@ -71,10 +78,11 @@ log = logging.getLogger("nodemesh.controlplane")
 
 CA_SECRET_NAME = "nodemesh-identity"
 AGENT_SERVICE_ACCOUNT = "nodemesh-agent"
-# Stat pod and deployment over every namespace kept built ahead this long after start: the first
-# look after an install, upgrade or a replica replaced finds an answer (controlplane.public_api.
-# build_ahead). About 0.1 of a core while it lasts at 10,000 pods (a build each ~1.5 s), nothing
-# after (bench/results/controlplane-scale.md, tenth round).
+# Stat pod and deployment over every namespace kept built ahead this long after start and after a
+# peer replica goes: the first look after an install, an upgrade or a failover finds an answer
+# (controlplane.public_api.build_ahead). Cost while it lasts: about 0.1 of a core at 10,000 pods
+# (a build of each every ~1.5 s), nothing after (bench/results/controlplane-scale.md, tenth
+# round).
 STAT_BUILD_AHEAD_SECONDS = 300.0
 
 
@@ -148,7 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--stat-build-ahead-seconds",
         type=float,
         default=STAT_BUILD_AHEAD_SECONDS,
-        help="for this long after start, keep Stat pod and Stat deployment over every namespace "
+        help="for this long after start (and after a peer replica goes), keep Stat pod and "
+        "Stat deployment over every namespace "
         "(default window) built ahead, as if asked, so the first such call finds an answer "
         "(0: off; bench/results/controlplane-scale.md, tenth round, has the cost)",
     )
@@ -384,6 +393,10 @@ async def serve(args: argparse.Namespace) -> None:
         # Peers are known as soon as the index lists them: a report accepted before the first
         # periodic pass would reach no peer.
         listeners.append(lambda changes, _rev: forwarder.on_index_changes(changes))
+    # A replica gone: the callers it served come here, to answers nobody asked of this one.
+    listeners.append(
+        PeersLeft(peers, then=lambda: public.build_ahead(args.stat_build_ahead_seconds))
+    )
     feed = Feed(source, index, listeners)
     feed_task = tasks.spawn(feed.run(), name="feed")
     forward_task = tasks.spawn(forwarder.run(), name="peers") if forwarder else None

@@ -199,3 +199,38 @@ async def test_a_failed_build_ahead_is_not_kept() -> None:
     await asyncio.sleep(0.05)
     assert "pods" not in cache._held and store.builds == 1
     cache.close()
+
+
+def test_a_replica_gone_builds_ahead_on_the_others() -> None:
+    """With replicas (--ha), the callers of a replica that goes reach the others, which were
+    never asked their questions: a peer leaving the index (or changing IP) builds ahead there,
+    as a start does; a peer coming does not."""
+    import cp_objects as k
+
+    from controlplane.index import ClusterIndex
+    from controlplane.peers import PEER_LABEL, PeersLeft, find_peers
+
+    index = ClusterIndex()
+    label = {PEER_LABEL[0]: PEER_LABEL[1]}
+
+    def replica(name: str, ip: str) -> dict[str, Any]:
+        return k.pod("nodemesh", name, node="node1", ip=ip, labels=label)
+
+    calls: list[int] = []
+    watch = PeersLeft(
+        lambda: find_peers(index, namespace="nodemesh", me="cp-a"), then=lambda: calls.append(1)
+    )
+
+    def apply(kind: EventType, obj: dict[str, Any]) -> None:
+        watch(index.apply(ObjectChanged(kind, "Pod", obj)), 0)
+
+    for name, ip in (("cp-a", "10.0.0.1"), ("cp-b", "10.0.0.2"), ("cp-c", "10.0.0.3")):
+        apply(EventType.ADDED, replica(name, ip))
+    assert calls == []
+    apply(EventType.DELETED, replica("cp-b", "10.0.0.2"))
+    assert calls == [1]
+    apply(EventType.MODIFIED, replica("cp-c", "10.0.0.9"))  # restarted elsewhere
+    assert calls == [1, 1]
+    apply(EventType.ADDED, replica("cp-b", "10.0.0.4"))
+    apply(EventType.DELETED, replica("cp-a", "10.0.0.1"))  # itself: not a peer
+    assert calls == [1, 1]
