@@ -23,7 +23,7 @@ from controlplane.access import (
 )
 from controlplane.admin import AdminServer
 from controlplane.agent_auth import AgentAuthInterceptor
-from controlplane.destination import DestinationHub, DestinationService
+from controlplane.destination import INDEX_POLL, DestinationHub, DestinationService
 from controlplane.destination import add_to_server as add_destination
 from controlplane.feed import Feed, Listener
 from controlplane.gc_pauses import keep_full_collections_short
@@ -402,7 +402,9 @@ async def serve(args: argparse.Namespace) -> None:
     forward_task = tasks.spawn(forwarder.run(), name="peers") if forwarder else None
     await agent_server.start()
     await public_server.start()
-    public.build_ahead(args.stat_build_ahead_seconds)
+    ahead_task = tasks.spawn(
+        _build_ahead_once_synced(index, public, args.stat_build_ahead_seconds), name="stat ahead"
+    )
     log.info(
         "control plane %s: source %s, agent API %s (%s), public API %s, admin %s",
         __version__,
@@ -427,13 +429,26 @@ async def serve(args: argparse.Namespace) -> None:
         agent_server.stop(grace=args.drain_seconds),
         public_server.stop(grace=args.drain_seconds),
     )
-    await tasks.cancel_all([t for t in (feed_task, stopper, forward_task) if t is not None])
+    await tasks.cancel_all(
+        [t for t in (feed_task, stopper, forward_task, ahead_task) if t is not None]
+    )
     await admin.close()
     stat_cache.close()
     worker.close()
     if api is not None:
         api.close()
     log.info("stopped")
+
+
+async def _build_ahead_once_synced(
+    index: ClusterIndex, public: PublicService, seconds: float
+) -> None:
+    """Stat answers built ahead from the moment the index holds the cluster: built before, an
+    answer would show an empty cluster to a first call made just after the control plane said
+    it was ready (the kept answer's 2 s)."""
+    while not index.synced:
+        await asyncio.sleep(INDEX_POLL)  # only in a control plane's first moments
+    public.build_ahead(seconds)
 
 
 def _port(addr: str) -> int:
