@@ -80,7 +80,7 @@ CA_SECRET_NAME = "nodemesh-identity"
 AGENT_SERVICE_ACCOUNT = "nodemesh-agent"
 # Stat pod and deployment over every namespace kept built ahead this long after start and after a
 # peer replica goes: the first look after an install, an upgrade or a failover finds an answer
-# (controlplane.public_api.build_ahead). Cost while it lasts: about 0.1 of a core at 10,000 pods
+# (controlplane.public_api.build_ahead). Cost while it lasts: ~0.12 of a core at 10,000 pods
 # (a build of each every ~1.5 s), nothing after (bench/results/controlplane-scale.md, tenth
 # round).
 STAT_BUILD_AHEAD_SECONDS = 300.0
