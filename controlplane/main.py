@@ -23,7 +23,7 @@ from controlplane.access import (
 )
 from controlplane.admin import AdminServer
 from controlplane.agent_auth import AgentAuthInterceptor
-from controlplane.destination import DestinationHub, DestinationService
+from controlplane.destination import INDEX_POLL, DestinationHub, DestinationService
 from controlplane.destination import add_to_server as add_destination
 from controlplane.feed import Feed, Listener
 from controlplane.gc_pauses import keep_full_collections_short
@@ -43,7 +43,14 @@ from controlplane.identity.serving import (
     serving_identity,
 )
 from controlplane.index import ClusterIndex
-from controlplane.peers import Peer, ReportForwarder, find_peers, is_peer_token, peer_token
+from controlplane.peers import (
+    Peer,
+    PeersLeft,
+    ReportForwarder,
+    find_peers,
+    is_peer_token,
+    peer_token,
+)
 from controlplane.prometheus_telemetry import PrometheusTelemetry
 from controlplane.public_api import PublicService
 from controlplane.public_api import add_to_server as add_public
@@ -71,6 +78,12 @@ log = logging.getLogger("nodemesh.controlplane")
 
 CA_SECRET_NAME = "nodemesh-identity"
 AGENT_SERVICE_ACCOUNT = "nodemesh-agent"
+# Stat pod and deployment over every namespace kept built ahead this long after start and after a
+# peer replica goes: the first look after an install, an upgrade or a failover finds an answer
+# (controlplane.public_api.build_ahead). Cost while it lasts: ~0.12 of a core at 10,000 pods
+# (a build of each every ~1.5 s), nothing after (bench/results/controlplane-scale.md, tenth
+# round).
+STAT_BUILD_AHEAD_SECONDS = 300.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -138,6 +151,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where the embedded stats store and the agents' reports are handled: a child "
         "process (default: off the event loop that serves the agents' streams), a thread, or "
         "inline on the event loop",
+    )
+    p.add_argument(
+        "--stat-build-ahead-seconds",
+        type=float,
+        default=STAT_BUILD_AHEAD_SECONDS,
+        help="for this long after start (and after a peer replica goes), keep Stat pod and "
+        "Stat deployment over every namespace "
+        "(default window) built ahead, as if asked, so the first such call finds an answer "
+        "(0: off; bench/results/controlplane-scale.md, tenth round, has the cost)",
     )
     p.add_argument("--log-level", default="INFO")
     p.add_argument(
@@ -338,24 +360,22 @@ async def serve(args: argparse.Namespace) -> None:
 
     public_server = grpc.aio.server()
     stat_cache: StatCache[public_pb2.StatResponse | bytes] = StatCache()
-    add_public(
-        PublicService(
-            index=index,
-            telemetry=(
-                PrometheusTelemetry(args.prometheus_url, WorkerTelemetry(worker))
-                if args.prometheus_url
-                else WorkerTelemetry(worker)
-            ),
-            broker=broker,
-            hub=hub,
-            source_name=args.source,
-            gate=Gate(review),
-            peers=peers,
-            peer_port=_port(args.public_addr),
-            stat_cache=stat_cache,
+    public = PublicService(
+        index=index,
+        telemetry=(
+            PrometheusTelemetry(args.prometheus_url, WorkerTelemetry(worker))
+            if args.prometheus_url
+            else WorkerTelemetry(worker)
         ),
-        public_server,
+        broker=broker,
+        hub=hub,
+        source_name=args.source,
+        gate=Gate(review),
+        peers=peers,
+        peer_port=_port(args.public_addr),
+        stat_cache=stat_cache,
     )
+    add_public(public, public_server)
     public_server.add_insecure_port(args.public_addr)
 
     admin = AdminServer(ready=lambda: readiness(index))
@@ -373,11 +393,18 @@ async def serve(args: argparse.Namespace) -> None:
         # Peers are known as soon as the index lists them: a report accepted before the first
         # periodic pass would reach no peer.
         listeners.append(lambda changes, _rev: forwarder.on_index_changes(changes))
+    # A replica gone: the callers it served come here, to answers nobody asked of this one.
+    listeners.append(
+        PeersLeft(peers, then=lambda: public.build_ahead(args.stat_build_ahead_seconds))
+    )
     feed = Feed(source, index, listeners)
     feed_task = tasks.spawn(feed.run(), name="feed")
     forward_task = tasks.spawn(forwarder.run(), name="peers") if forwarder else None
     await agent_server.start()
     await public_server.start()
+    ahead_task = tasks.spawn(
+        _build_ahead_once_synced(index, public, args.stat_build_ahead_seconds), name="stat ahead"
+    )
     log.info(
         "control plane %s: source %s, agent API %s (%s), public API %s, admin %s",
         __version__,
@@ -402,13 +429,26 @@ async def serve(args: argparse.Namespace) -> None:
         agent_server.stop(grace=args.drain_seconds),
         public_server.stop(grace=args.drain_seconds),
     )
-    await tasks.cancel_all([t for t in (feed_task, stopper, forward_task) if t is not None])
+    await tasks.cancel_all(
+        [t for t in (feed_task, stopper, forward_task, ahead_task) if t is not None]
+    )
     await admin.close()
     stat_cache.close()
     worker.close()
     if api is not None:
         api.close()
     log.info("stopped")
+
+
+async def _build_ahead_once_synced(
+    index: ClusterIndex, public: PublicService, seconds: float
+) -> None:
+    """Stat answers built ahead from the moment the index holds the cluster: built before, an
+    answer would show an empty cluster to a first call made just after the control plane said
+    it was ready (the kept answer's 2 s)."""
+    while not index.synced:
+        await asyncio.sleep(INDEX_POLL)  # only in a control plane's first moments
+    public.build_ahead(seconds)
 
 
 def _port(addr: str) -> int:

@@ -85,6 +85,23 @@ def find_peers(index: ClusterIndex, *, namespace: str, me: str) -> list[Peer]:
     return sorted(out)
 
 
+@dataclass
+class PeersLeft:
+    """An index listener that calls `then()` when a peer replica goes (killed, evicted, moved to
+    another IP): its callers now reach this replica, whose kept Stat answers were never asked
+    (the control plane builds the common ones ahead then, as after its own start)."""
+
+    peers: Callable[[], Iterable[Peer]]
+    then: Callable[[], None]
+    known: frozenset[Peer] = frozenset()
+
+    def __call__(self, _changes: object, _revision: int) -> None:
+        now = frozenset(self.peers())
+        if self.known - now:
+            self.then()
+        self.known = now
+
+
 @dataclass(eq=False)
 class _Link:
     peer: Peer

@@ -42,6 +42,10 @@ DEFAULT_TAP_RPS, MAX_TAP_RPS = 100.0, 1000.0
 # A tap stream re-checks its caller this often (as often as a review answer may be reused),
 # so a revoked token or binding ends it within two of these.
 TAP_RECHECK_SECONDS = REVIEW_CACHE_SECONDS
+# The Stats built ahead after a start (PublicService.build_ahead), every namespace, the default
+# window: what `nodemesh stat pod -A` and `stat deploy -A` ask, and the scale bench's first
+# calls. (The dashboard samples deployments over 10 s every few seconds: kept while it runs.)
+BUILT_AHEAD = ("pod", "deployment")
 # A Stat's rows are built holding the loop for at most about this long at a time.
 STAT_TURN_SECONDS = 0.05
 
@@ -95,6 +99,20 @@ class Enrolled(stat_answer.Enrolled):
 def _running(pods: Iterable[PodInfo]) -> list[PodInfo]:
     """The pods that count: neither being deleted nor finished."""
     return [p for p in pods if not p.terminating and p.phase not in ("Succeeded", "Failed")]
+
+
+def _stat_key(
+    telemetry: Telemetry,
+    kind: str,
+    namespace: str,
+    name: str,
+    source: Selector | None,
+    destination: Selector | None,
+    window: int,
+) -> tuple[object, ...]:
+    """A kept Stat answer's key. The answer does not depend on who asks (the gate has let the
+    caller in)."""
+    return (id(telemetry), kind, namespace, name, source, destination, window)
 
 
 def _selector(res: pb.Resource) -> Selector | None:
@@ -160,14 +178,28 @@ class PublicService(pb_grpc.PublicServicer):
         try:
             if self.stat_cache is None:
                 return await build()
-            # The answer does not depend on who asks (the gate has let this caller in).
-            key = (id(telemetry), kind, namespace, name, source, destination, window)
+            key = _stat_key(telemetry, kind, namespace, name, source, destination, window)
             return await self.stat_cache.get(key, build)
         except BadQuery as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except PrometheusUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         raise AssertionError("context.abort raises")
+
+    def build_ahead(self, seconds: float) -> None:
+        """Keep the answers to the questions asked first (BUILT_AHEAD) for `seconds` as if
+        asked, so that their first call finds one (controlplane.stat_cache.warm). Only over the
+        embedded store: Prometheus would be queried for answers nobody may ask."""
+        telemetry = self.telemetry
+        if self.stat_cache is None or not isinstance(telemetry, WorkerTelemetry) or seconds <= 0:
+            return
+        for kind in BUILT_AHEAD:
+
+            def build(kind: str = kind) -> Awaitable[pb.StatResponse | bytes]:
+                return self._stat(telemetry, kind, "", "", None, None, DEFAULT_WINDOW)
+
+            key = _stat_key(telemetry, kind, "", "", None, None, DEFAULT_WINDOW)
+            self.stat_cache.warm(key, build, seconds)
 
     async def _stat(
         self,

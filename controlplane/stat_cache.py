@@ -17,11 +17,21 @@ than `max_age_s` (2 s) ago is not given: the call waits for the build in flight 
 stopped answering is not hidden for longer than that). A question nobody asked within `keep_s`
 (10 s) is forgotten, and its next call waits for its build, as without the cache. A build that
 fails (a bad query, Prometheus down) is the caller's error and is not kept.
+
+Built ahead (`warm`): a question nobody asked yet can be kept for a while as if asked, so the
+first call finds an answer (the control plane does this for Stat pod and Stat deployment over
+all namespaces for a few minutes after it starts: controlplane.public_api.build_ahead). Such an
+answer follows the same freshness rules (at most max_age_s old, else the call waits for the
+build in flight), and is rebuilt only as often as that needs: each build begins so that it ends
+before the last answer is max_age_s old (about every 1.5 s at 10,000 pods rather than each
+second), never sooner than a refresh of an asked question would. A caller's first call ends the
+warm period: from then on the question is kept while asked, as any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -41,6 +51,7 @@ class _Held(Generic[T]):
     answer: T | None = None
     building: asyncio.Future[T] | None = field(default=None, repr=False)
     refresher: asyncio.Task[None] | None = field(default=None, repr=False)
+    warm_until: float = 0.0  # built ahead (not asked) until then
 
 
 class StatCache(Generic[T]):
@@ -72,6 +83,7 @@ class StatCache(Generic[T]):
             held = self._held[key] = _Held(build, asked=now)
             self._forget_oldest()
         held.asked = now
+        held.warm_until = 0.0  # asked: kept while asked from now on, as any question
         if held.answer is not None and now - held.ready <= self.max_age_s:
             self.hits += 1
             return held.answer
@@ -81,6 +93,27 @@ class StatCache(Generic[T]):
             if held.answer is None and self._held.get(key) is held:
                 self._drop(key)
             raise
+
+    def warm(self, key: Hashable, build: Callable[[], Awaitable[T]], seconds: float) -> None:
+        """Build `key` now and keep an answer to it at most max_age_s old for `seconds`, or
+        until a caller asks it (then as any question asked). A failed build ends it."""
+        now = self.clock()
+        held = self._held.get(key)
+        if held is None:
+            held = self._held[key] = _Held(build, asked=-math.inf)
+            self._forget_oldest()
+        if now - held.asked <= self.keep_s:
+            return  # asked: kept anyway
+        held.warm_until = max(held.warm_until, now + seconds)
+        if held.refresher is None and held.building is None:
+            tasks.spawn(self._first_warm(key, held), name="stat-cache build ahead")
+
+    async def _first_warm(self, key: Hashable, held: _Held[T]) -> None:
+        try:
+            await asyncio.shield(self._build(key, held))
+        except Exception:  # noqa: BLE001 (nobody waits for it: a caller builds again)
+            if held.answer is None and self._held.get(key) is held:
+                self._drop(key)
 
     def _build(self, key: Hashable, held: _Held[T]) -> asyncio.Future[T]:
         if held.building is None:
@@ -107,14 +140,17 @@ class StatCache(Generic[T]):
             # reached 150 agents in 2.1-5.7 s at the median with Stat asked each second, 0.4 s
             # without: bench/results/controlplane-scale.md, fifth round).
             took = held.ready - held.started
-            await asyncio.sleep(
-                max(
-                    0.0,
-                    held.started + self.refresh_s - self.clock(),
-                    held.ready + took - self.clock(),
-                )
-            )
-            if self._held.get(key) is not held or self.clock() - held.asked > self.keep_s:
+            now = self.clock()
+            wait = max(0.0, held.started + self.refresh_s - now, held.ready + took - now)
+            if now - held.asked > self.keep_s:
+                # Built ahead, not asked: begin so as to end (taking twice as long as the last
+                # build, a tenth of max_age_s to spare) before the held answer is too old.
+                wait = max(wait, held.ready + 0.9 * self.max_age_s - 2 * took - now)
+            await asyncio.sleep(wait)
+            now = self.clock()
+            if self._held.get(key) is not held or (
+                now - held.asked > self.keep_s and now >= held.warm_until
+            ):
                 break
             try:
                 await asyncio.shield(self._build(key, held))

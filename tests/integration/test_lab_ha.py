@@ -47,6 +47,11 @@ with grpc.insecure_channel(ip + ":8085") as ch:
                 window_seconds=600), metadata=meta, timeout=20).rows[0]
             rows[name] = [r.requests, round(r.success_rate, 6)]
         print(json.dumps(rows))
+    elif op == "statall":  # what `stat deploy -A` asks: built ahead after a start
+        r = stub.Stat(pb.StatRequest(resource=pb.Resource(kind="deploy"), all_namespaces=True),
+                      metadata=meta, timeout=20)
+        print(json.dumps({x.resource.name: x.requests for x in r.rows
+                          if x.resource.namespace == "emojivoto"}))
     else:
         req = pb.TapRequest(resource=pb.Resource(kind="deploy", namespace="emojivoto", name="web"),
                             max_rps=100)
@@ -99,8 +104,8 @@ def probe(paths: LabPaths, *args: str) -> list[str]:
             *args[:2], token]  # fmt: skip
 
 
-def stat(paths: LabPaths, ip: str) -> dict[str, list[Any]]:
-    res = subprocess.run(probe(paths, "stat", ip), capture_output=True, text=True, timeout=60,
+def stat(paths: LabPaths, ip: str, op: str = "stat") -> dict[str, Any]:
+    res = subprocess.run(probe(paths, op, ip), capture_output=True, text=True, timeout=60,
                          cwd=REPO)  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     return json.loads(res.stdout)  # type: ignore[no-any-return]
@@ -170,6 +175,12 @@ def test_every_replica_answers_with_the_truth_and_a_killed_one_takes_nothing_awa
     for pod, rows in seen.items():
         assert {k: v[0] for k, v in rows.items()} == want, (pod, seen)
     assert len({json.dumps(rows, sort_keys=True) for rows in seen.values()}) == 1, seen
+    # Stat deploy over every namespace, the default window (60 s: the run ended ~12 s ago):
+    # the answer each replica builds ahead after its start (controlplane.public_api
+    # .build_ahead) is the whole cluster's too.
+    inbound = {pod: stat(lab, ip, "statall") for pod, ip in cps.items()}
+    for pod, rows in inbound.items():
+        assert {k: rows.get(k) for k in want} == want, (pod, inbound)
 
     # A second run; a tap through one replica; another replica is killed midway.
     (tapped, tap_ip), (killed, _), (third, third_ip) = sorted(cps.items())
