@@ -12,7 +12,8 @@ This walk does only what the table and the wanted fields need:
   by its length (so its Huffman code is not checked: the endpoints do that);
 - a block made only of one-byte indexed fields (a repeated request's or answer's block once
   its fields are in the table) gives the same fields as the last time the same bytes came,
-  until the table changes: those are remembered.
+  until the table changes: those are remembered (64 short blocks at most, so a peer cannot
+  make the memory grow).
 The static table and the Huffman code are the `hpack` package's. Errors are
 `hpack.HPACKDecodingError` (and its subclasses), as from `hpack.Decoder`, for the same
 reasons: index 0 or past the table, a table size update over the allowed size or after a
@@ -40,7 +41,8 @@ _STATIC_LENGTH = len(_STATIC)
 DEFAULT_TABLE_SIZE = HeaderTable.DEFAULT_SIZE
 _ENTRY_OVERHEAD = 32  # RFC 7541 section 4.1
 _MAX_CONTINUATION = 5  # integer octets after the prefix, as hpack.Decoder allows
-_MEMO_LIMIT = 64
+_MEMO_LIMIT = 64  # blocks remembered per direction
+_MEMO_BLOCK = 128  # bytes, at most, of a block remembered (typical ones: 5-30)
 
 
 def _integer(data: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
@@ -88,7 +90,7 @@ class Decoder:
     def decode(self, data: bytes) -> dict[bytes, bytes]:
         """The wanted fields of one whole header block (name -> value, the first of each).
         The returned dict may be shared with an earlier block's: do not change it."""
-        if data and min(data) > 0x80 and max(data) < 0xFF:
+        if len(data) <= _MEMO_BLOCK and data and min(data) > 0x80 and max(data) < 0xFF:
             fields = self._memo.get(data)
             if fields is not None:
                 self._check_size()

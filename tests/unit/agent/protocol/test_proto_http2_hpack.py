@@ -158,3 +158,17 @@ def test_a_table_over_the_allowed_size_is_refused_at_the_next_block() -> None:
     ours.max_allowed_table_size = 100  # the other side's SETTINGS lowered it; no update came
     with pytest.raises(hpack.InvalidTableSizeError):
         ours.decode(b"\x82")
+
+
+def test_remembered_blocks_stay_few_and_short() -> None:
+    """A peer sending many distinct long blocks of indexed fields (a header block may have up to
+    1 MiB) must not grow what is remembered: 64 blocks of 128 bytes at most."""
+    ours, ref = Decoder(), hpack.Decoder(max_header_list_size=1 << 30)
+    for n in range(100):
+        for block in (
+            bytes([0x82 + n % 60]) * (1 + n % 100),
+            b"\x82" * 1_000 + bytes([0x83 + n % 50]),
+        ):
+            assert ours.decode(block) == wanted(ref.decode(block, raw=True))
+    assert len(ours._memo) <= 64
+    assert all(len(block) <= 128 for block in ours._memo)
