@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodeagent.handover import wire
@@ -57,14 +56,15 @@ def adopt_fd(entry: SocketEntry, fd: int) -> socket.socket:
     return sock
 
 
-@dataclass
 class Inherited:
-    """The sockets taken over from the predecessor, claimed one pod at a time."""
+    """The sockets taken over from the predecessor, claimed one pod at a time. (A plain class:
+    the keeper imports this module and would pay ~1.1 MB for `dataclasses`.)"""
 
-    pods: dict[str, dict[str, socket.socket]] = field(default_factory=dict)
-    cni: socket.socket | None = None
-    admin: socket.socket | None = None
-    router: socket.socket | None = None
+    def __init__(self) -> None:
+        self.pods: dict[str, dict[str, socket.socket]] = {}
+        self.cni: socket.socket | None = None
+        self.admin: socket.socket | None = None
+        self.router: socket.socket | None = None
 
     def add(self, entry: SocketEntry, sock: socket.socket) -> None:
         if entry.role == "pod":

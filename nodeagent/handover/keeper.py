@@ -21,8 +21,6 @@ there before it starts the first agent: a restart of the whole container refuses
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import logging
 import os
 import select
 import signal
@@ -36,9 +34,12 @@ from pathlib import Path
 from nodeagent.handover import wire
 from nodeagent.handover.fds import HandoverError, Inherited, adopt_fd
 from nodeagent.handover.park import ParkLink
+from nodeagent.handover.slimlog import Log
 from nodeagent.handover.wire import HandoverProtocolError, Message, SocketEntry
 
-log = logging.getLogger(__name__)
+# The keeper imports no logging, dataclasses, typing, ctypes or argparse: it runs beside every
+# agent, and they cost it ~3 MB of RSS (issue 17; tests/unit/agent/test_agent_idle_imports.py).
+log = Log(__name__)
 
 ENV = "NODEMESH_KEEPER_FD"
 # An agent that keeps dying is restarted ever more slowly, up to this long apart.
@@ -180,11 +181,6 @@ def run(argv: Sequence[str], *, agent: Sequence[str] = AGENT, park: Path | None 
 def main(argv: Sequence[str]) -> int:
     """`python -m nodeagent.handover.keeper AGENT ARGS...`: AGENT is the nodemesh-agent script (or
     nodeagent.main for the module), run with this Python and ARGS."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     if not argv:
         print("usage: python -m nodeagent.handover.keeper AGENT [ARGS...]", file=sys.stderr)
         return 2
@@ -214,7 +210,10 @@ class KeeperLink:
         if value is None:
             return None
         fd, _, keeper_pid = value.partition(":")
-        # The keeper's death must not leave this agent running unsupervised.
+        # The keeper's death must not leave this agent running unsupervised. (ctypes imported
+        # here: this runs in the agent, which has it loaded; the keeper does not need it.)
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if keeper_pid and os.getppid() != int(keeper_pid):

@@ -15,9 +15,7 @@ one and gets its sockets from the old agent (nodeagent.handover.sockets).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import logging
 import os
 import select
 import signal
@@ -27,16 +25,19 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from nodeagent.handover import wire
 from nodeagent.handover.fds import HandoverError, bind_seqpacket
+from nodeagent.handover.slimlog import Log
 from nodeagent.handover.wire import HandoverProtocolError, Message, SocketEntry
 
+# Not `from typing import TYPE_CHECKING`: the keeper imports this module (for ParkLink) and
+# would load `typing` for it; type checkers read any constant of this name the same way.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from nodeagent.handover.keeper import Keeper
 
-log = logging.getLogger(__name__)
+log = Log(__name__)
 
 # How often a keeper without a park tries again to reach it (the park's container may start
 # after the agent's, or be restarted).
@@ -236,6 +237,10 @@ class ParkLink:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Imported here: the keeper imports this module for ParkLink and needs neither.
+    import argparse
+    import logging
+
     p = argparse.ArgumentParser(
         prog="python -m nodeagent.handover.park",
         description="hold the node agent's listening sockets while its container restarts",

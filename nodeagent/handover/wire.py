@@ -21,8 +21,12 @@ with the protocol's magic and version in each, so a foreign or stale peer is tol
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+
+# Not `from typing import ...`: the socket keeper imports this module and would load `typing`
+# (~0.4 MB) for names only annotations use; type checkers read this constant as typing's.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAGIC = "nodemesh-handover"
 VERSION = 1
@@ -40,13 +44,36 @@ class HandoverProtocolError(ValueError):
     """A hand-over message that is malformed, foreign or out of turn."""
 
 
-@dataclass(frozen=True)
 class SocketEntry:
-    """One passed file descriptor: which socket it is (the fd travels beside it)."""
+    """One passed file descriptor: which socket it is (the fd travels beside it). Immutable.
 
+    SocketEntry and Message are plain classes, not dataclasses: the socket keeper imports this
+    module, and `dataclasses` (with inspect, ast, dis and tokenize it pulls in) cost the keeper
+    ~1.1 MB of RSS (issue 17)."""
+
+    __slots__ = ("role", "name", "netns")
     role: str
     name: str
-    netns: str = ""
+    netns: str
+
+    def __init__(self, role: str, name: str, netns: str = "") -> None:
+        object.__setattr__(self, "role", role)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "netns", netns)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"SocketEntry is immutable: cannot set {name}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SocketEntry):
+            return NotImplemented
+        return (self.role, self.name, self.netns) == (other.role, other.name, other.netns)
+
+    def __hash__(self) -> int:
+        return hash((self.role, self.name, self.netns))
+
+    def __repr__(self) -> str:
+        return f"SocketEntry(role={self.role!r}, name={self.name!r}, netns={self.netns!r})"
 
     def to_json(self) -> dict[str, str]:
         return {"role": self.role, "name": self.name, "netns": self.netns}
@@ -70,16 +97,52 @@ class SocketEntry:
         return cls(role, name, netns)
 
 
-@dataclass(frozen=True)
 class Message:
+    """One hand-over message (immutable). `netns` (DROP): the pod netns whose sockets to let go
+    of; "" for all."""
+
+    __slots__ = ("type", "pid", "pods", "reason", "last", "entries", "netns")
+    _FIELDS = __slots__
     type: str
-    pid: int = 0
-    pods: int = 0
-    reason: str = ""
-    last: bool = True
-    entries: tuple[SocketEntry, ...] = field(default_factory=tuple)
-    # DROP: the pod netns whose sockets to let go of; "" for all.
-    netns: str = ""
+    pid: int
+    pods: int
+    reason: str
+    last: bool
+    entries: tuple[SocketEntry, ...]
+    netns: str
+
+    def __init__(
+        self,
+        type: str,
+        pid: int = 0,
+        pods: int = 0,
+        reason: str = "",
+        last: bool = True,
+        entries: tuple[SocketEntry, ...] = (),
+        netns: str = "",
+    ) -> None:
+        for name, value in zip(
+            self._FIELDS, (type, pid, pods, reason, last, entries, netns), strict=True
+        ):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Message is immutable: cannot set {name}")
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={v!r}" for n, v in zip(self._FIELDS, self._values(), strict=True))
+        return f"Message({inner})"
 
     @property
     def fds_expected(self) -> int:
