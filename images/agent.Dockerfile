@@ -25,7 +25,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends iptables iproute2 util-linux \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
-RUN pip install --no-index --find-links=/wheels nodemesh && rm -rf /wheels
+RUN pip install --no-index --find-links=/wheels nodemesh && rm -rf /wheels \
+ && python3 -OO -m compileall -q -j 0 "$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')" \
+    "$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+# The DaemonSet runs the agent with PYTHONOPTIMIZE=2 (docstrings dropped: less memory) on a
+# read-only root: its .opt-2.pyc files must be in the image, or each start compiles every module.
 COPY --from=build /out/nodemesh-cni /opt/nodemesh/nodemesh-cni
 RUN nodemesh-agent --help >/dev/null && python3 -m nodemesh_cni.install --help >/dev/null \
     && python3 -m nodeagent.handover.park --help >/dev/null
