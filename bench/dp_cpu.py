@@ -14,9 +14,10 @@ IDLE_SECONDS before each variant's runs) is printed too; the figures are not net
 
 Variants: the agents run this checkout's code (`tree`) and, for each `--variant NAME=GITREF`,
 that revision's `nodeagent/` (exported under .bench-variants/ in this checkout and put first on
-the agents' PYTHONPATH through their DaemonSet: the agents restart for every switch). Every
-round runs each variant once, in alternating order, and in each variant the observed and the
-opaque port one after the other. Reported: each run's figures with the load average, then per
+the agents' PYTHONPATH through their DaemonSet: the agents restart for every switch);
+`NAME=dir:PATH` takes PATH/nodeagent as it is (e.g. a tree with compiled modules). Every round
+runs each variant once, in alternating order, and in each variant the observed and the opaque
+port one after the other. Reported: each run's figures with the load average, then per
 variant and port the median over the rounds (min-max). `--profile DIR`: after the rounds, one
 py-spy recording per variant and port of both agents (raw folded stacks, not timed runs).
 """
