@@ -413,6 +413,27 @@ class WorkerJob:
     anchor_pem: bytes
 
 
+def peers(plan: Plan, spots: list[PodSpot]) -> dict[int, PodSpot]:
+    """Each Service's traffic peer: the first pod of the next Service."""
+    first: dict[int, PodSpot] = {}
+    for spot in spots:
+        first.setdefault(spot.service, spot)
+    return {s: first[(s + 1) % plan.services] for s in range(plan.services)}
+
+
+def pods_by_node(spots: list[PodSpot]) -> dict[str, list[PodSpot]]:
+    by_node: dict[str, list[PodSpot]] = collections.defaultdict(list)
+    for spot in spots:
+        by_node[spot.node].append(spot)
+    return by_node
+
+
+def node_reports(plan: Plan, spots: list[PodSpot]) -> list[tpb.AgentReport]:
+    """One report of each node's agent, as the simulated agents send them."""
+    peer_of = peers(plan, spots)
+    return [build_report(n, mine, peer_of) for n, mine in pods_by_node(spots).items()]
+
+
 def build_report(node: str, spots: list[PodSpot], peer_of: dict[int, PodSpot]) -> tpb.AgentReport:
     latency = tpb.Histogram(
         buckets=[bucket_index(900), bucket_index(2100), bucket_index(7400)],
@@ -703,13 +724,8 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         ready_s = cp.wait_ready(600)
         time.sleep(1)
         rss_loaded = cp.status("VmRSS")
-        by_node: dict[str, list[PodSpot]] = collections.defaultdict(list)
-        for spot in spots:
-            by_node[spot.node].append(spot)
-        first_of = {}
-        for spot in spots:
-            first_of.setdefault(spot.service, spot)
-        peer_of = {s: first_of[(s + 1) % plan.services] for s in range(plan.services)}
+        by_node = pods_by_node(spots)
+        peer_of = peers(plan, spots)
         ctx = mp.get_context("spawn")
         ready_count = ctx.Value("i", 0)
         telemetry_on = ctx.Event()

@@ -23,7 +23,7 @@ import os
 import time
 from pathlib import Path
 
-from bench.controlplane_scale import Plan, PodSpot, build_report, layout
+from bench.controlplane_scale import Plan, PodSpot, layout, node_reports
 from bench.stat_cold import index_of
 from controlplane import telemetry_child
 from controlplane.gc_pauses import keep_full_collections_short
@@ -52,18 +52,7 @@ def cluster(nodes: int, pods_per_node: int) -> tuple[Plan, list[PodSpot], list[b
         phase_seconds=1, workers=1, stat_calls=1,
     )  # fmt: skip
     spots = layout(plan)
-    first: dict[int, PodSpot] = {}
-    for spot in spots:
-        first.setdefault(spot.service, spot)
-    peer_of = {s: first[(s + 1) % plan.services] for s in range(plan.services)}
-    by_node: dict[str, list[PodSpot]] = {}
-    for spot in spots:
-        by_node.setdefault(spot.node, []).append(spot)
-    return (
-        plan,
-        spots,
-        [build_report(n, m, peer_of).SerializeToString() for n, m in by_node.items()],
-    )
+    return plan, spots, [r.SerializeToString() for r in node_reports(plan, spots)]
 
 
 async def run(nodes: int, pods_per_node: int, seconds: float, rounds: int, fill_s: float) -> None:

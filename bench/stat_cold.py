@@ -27,9 +27,9 @@ from bench.controlplane_scale import (
     Plan,
     PodSpot,
     app_of,
-    build_report,
     endpoint,
     layout,
+    node_reports,
     pod_obj,
     slice_obj,
 )
@@ -76,14 +76,7 @@ def index_of(plan: Plan, spots: list[PodSpot]) -> ClusterIndex:
 
 async def measure(plan: Plan, rounds: int, seconds: int) -> None:
     spots = layout(plan)
-    first_of: dict[int, PodSpot] = {}
-    for spot in spots:
-        first_of.setdefault(spot.service, spot)
-    peer_of = {s: first_of[(s + 1) % plan.services] for s in range(plan.services)}
-    by_node: dict[str, list[PodSpot]] = {}
-    for spot in spots:
-        by_node.setdefault(spot.node, []).append(spot)
-    raws = [build_report(n, mine, peer_of).SerializeToString() for n, mine in by_node.items()]
+    raws = [r.SerializeToString() for r in node_reports(plan, spots)]
     idx = index_of(plan, spots)
     worker = telemetry_worker.TelemetryWorker("inline", max_series=500_000, max_cells=5_000_000)
     await worker.start()

@@ -15,7 +15,7 @@ import argparse
 import pickle
 import time
 
-from bench.controlplane_scale import Plan, PodSpot, build_report, layout
+from bench.controlplane_scale import Plan, layout, node_reports
 from controlplane import telemetry_child, telemetry_worker
 from controlplane.telemetry import query
 from controlplane.telemetry.report import parse_report
@@ -33,17 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         phase_seconds=1, workers=1, stat_calls=1, telemetry=True,
     )  # fmt: skip
     spots = layout(plan)
-    first_of: dict[int, PodSpot] = {}
-    for s in spots:
-        first_of.setdefault(s.service, s)
-    peer_of = {s: first_of[(s + 1) % plan.services] for s in range(plan.services)}
-    by_node: dict[str, list[PodSpot]] = {}
-    for s in spots:
-        by_node.setdefault(s.node, []).append(s)
-    reports = []
-    for node, mine in by_node.items():
-        r = build_report(node, mine, peer_of)
-        reports.append(parse_report(r, encoded_size=r.ByteSize()))
+    reports = [parse_report(r, encoded_size=r.ByteSize()) for r in node_reports(plan, spots)]
     now = [1_000_000.0]
     store = TelemetryStore(clock=lambda: now[0])
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from bench.controlplane_scale import Plan, PodSpot, build_report, layout, pod_obj
+from bench.controlplane_scale import Plan, PodSpot, layout, node_reports, pod_obj
 from bench.stat_cold import index_of
 from controlplane import telemetry_child
 from controlplane.public_api import PublicService
@@ -31,15 +31,7 @@ def _cluster(nodes: int) -> tuple[Plan, list[PodSpot], list[bytes]]:
         workers=1, stat_calls=1,
     )  # fmt: skip
     spots = layout(plan)
-    first: dict[int, PodSpot] = {}
-    for spot in spots:
-        first.setdefault(spot.service, spot)
-    peer_of = {s: first[(s + 1) % plan.services] for s in range(plan.services)}
-    by_node: dict[str, list[PodSpot]] = {}
-    for spot in spots:
-        by_node.setdefault(spot.node, []).append(spot)
-    raws = [build_report(n, mine, peer_of).SerializeToString() for n, mine in by_node.items()]
-    return plan, spots, raws
+    return plan, spots, [r.SerializeToString() for r in node_reports(plan, spots)]
 
 
 def _api(plan: Plan, spots: list[PodSpot], telemetry: object) -> PublicService:

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from bench.controlplane_scale import build_report, pod_obj
+from bench.controlplane_scale import build_report, peers, pod_obj
 from controlplane import telemetry_child
 from controlplane.public_api import DEFAULT_WINDOW, PublicService
 from controlplane.sources.events import EventType, ObjectChanged
@@ -111,12 +111,9 @@ async def test_the_first_stat_after_a_start_is_the_answer_built_ahead_and_a_fres
         api.index.apply(ObjectChanged(EventType.ADDED, "Pod", new))
         renamed = moved.__class__(**{**moved.__dict__, "name": "churn-0", "ip": "10.99.0.2"})
         mine = [s for s in spots if s.node == moved.node and s is not gone] + [renamed]
-        first: dict[int, Any] = {}
-        for s in spots:
-            first.setdefault(s.service, s)
-        peer_of = {s: first[(s + 1) % plan.services] for s in range(plan.services)}
         now[0] += 1
-        await worker.report(build_report(moved.node, mine, peer_of).SerializeToString(), None)
+        report = build_report(moved.node, mine, peers(plan, spots))
+        await worker.report(report.SerializeToString(), None)
         assert "churn-0" in {p.key.name for p in api.index.pods_in_namespace(moved.ns)}
         # Asked by nobody, so kept built ahead: the next build holds the churn.
         t1 = cache.clock()
