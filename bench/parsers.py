@@ -6,6 +6,8 @@ Workloads, each fed the way the relay would (one feed per message per direction)
   http1-keepalive  POST with a 1 KiB body, 200 with a 1 KiB body, on one keep-alive connection
   http1-bulk       one 16 MiB response body in 64 KiB reads
   h2-grpc-unary    unary gRPC calls with 1 KiB messages (frames made by the h2 package)
+  h2-nginx-get     h2load's GETs and nginx's answers (3-byte bodies; server, date, content-type
+                   and content-length as literals outside the table, the date new every 1000)
   h2-bulk          one stream of 16 MiB of DATA in 64 KiB reads
 MB/s counts the bytes of both directions; best of --repeat runs.
 """
@@ -19,6 +21,7 @@ from typing import Any
 
 import h2.config
 import h2.connection
+from hpack import NeverIndexedHeaderTuple
 
 from nodeagent.protocol.http1 import Http1Observer
 from nodeagent.protocol.http2 import Http2Observer
@@ -93,6 +96,41 @@ def h2_grpc_unary(n: int) -> tuple[Transcript, int]:
     return p.wire, n
 
 
+def h2_nginx_get(n: int) -> tuple[Transcript, int]:
+    p = _Peers()
+    request = [
+        (":method", "GET"),
+        (":path", "/"),
+        (":scheme", "http"),
+        (":authority", "nginx.tpbench-mesh.svc.cluster.local:8081"),
+        ("user-agent", "h2load nghttp2/1.52.0"),
+    ]
+    for i in range(n):
+        sid = 2 * i + 1
+        p.client.send_headers(sid, request, end_stream=True)
+        p.flush()
+        date = f"Fri, 04 Dec 2026 01:{i // 60_000 % 60:02d}:{i // 1000 % 60:02d} GMT"
+        answer = [
+            (":status", "200"),
+            *(
+                NeverIndexedHeaderTuple(k, v)
+                for k, v in (
+                    ("server", "nginx/1.22.1"),
+                    ("date", date),
+                    ("content-type", "text/plain"),
+                    ("content-length", "3"),
+                )
+            ),
+        ]
+        p.server.send_headers(sid, answer)
+        p.server.send_data(sid, b"ok\n", end_stream=True)
+        p.server.acknowledge_received_data(3, sid)
+        p.flush()
+        p.client.acknowledge_received_data(3, sid)
+        p.flush()
+    return p.wire, n
+
+
 def h2_bulk(_: int) -> tuple[Transcript, int]:
     p = _Peers()
     p.client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
@@ -136,6 +174,7 @@ def main() -> None:
         ("http1-keepalive", http1_keepalive, Http1Observer),
         ("http1-bulk", http1_bulk, Http1Observer),
         ("h2-grpc-unary", h2_grpc_unary, Http2Observer),
+        ("h2-nginx-get", h2_nginx_get, Http2Observer),
         ("h2-bulk", h2_bulk, Http2Observer),
     ]
     print(f"{'workload':<16} {'MB/s':>9} {'exchanges/s':>12} {'us/exchange':>12} {'bytes':>12}")

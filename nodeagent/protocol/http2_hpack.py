@@ -10,10 +10,11 @@ This walk does only what the table and the wanted fields need:
 - a literal that enters the table is decoded (Huffman included), as the table holds it;
 - a literal that does not enter the table is decoded only if its name is wanted, else skipped
   by its length (so its Huffman code is not checked: the endpoints do that);
-- a block made only of one-byte indexed fields (a repeated request's or answer's block once
-  its fields are in the table) gives the same fields as the last time the same bytes came,
-  until the table changes: those are remembered (64 short blocks at most, so a peer cannot
-  make the memory grow).
+- a short block that left the table as it was (one-byte indexed fields: a repeated request's
+  or answer's block once its fields are in the table; or literals that stay out of it, as
+  nginx sends every answer's `server`, `date` and `content-type`) gives the same fields as the
+  last time the same bytes came, until the table changes: those are remembered (64 blocks of
+  at most 128 bytes, so a peer cannot make the memory grow).
 The static table and the Huffman code are the `hpack` package's. Errors are
 `hpack.HPACKDecodingError` (and its subclasses), as from `hpack.Decoder`, for the same
 reasons: index 0 or past the table, a table size update over the allowed size or after a
@@ -68,7 +69,7 @@ def _integer(data: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
 class Decoder:
     """One direction's header blocks, in order (the dynamic table is the connection's)."""
 
-    __slots__ = ("_table", "_size", "_max_size", "max_allowed_table_size", "_memo")
+    __slots__ = ("_table", "_size", "_max_size", "max_allowed_table_size", "_memo", "_changes")
 
     def __init__(self) -> None:
         self._table: deque[tuple[bytes, bytes]] = deque()  # newest first: index 62 is [0]
@@ -77,6 +78,7 @@ class Decoder:
         # The largest table the peer may use: SETTINGS_HEADER_TABLE_SIZE of the other side.
         self.max_allowed_table_size = DEFAULT_TABLE_SIZE
         self._memo: dict[bytes, dict[bytes, bytes]] = {}
+        self._changes = 0  # table changes so far: a block that made none may be remembered
 
     @property
     def header_table_size(self) -> int:
@@ -90,17 +92,18 @@ class Decoder:
     def decode(self, data: bytes) -> dict[bytes, bytes]:
         """The wanted fields of one whole header block (name -> value, the first of each).
         The returned dict may be shared with an earlier block's: do not change it."""
-        if len(data) <= _MEMO_BLOCK and data and min(data) > 0x80 and max(data) < 0xFF:
+        short = len(data) <= _MEMO_BLOCK
+        if short:
             fields = self._memo.get(data)
             if fields is not None:
                 self._check_size()
                 return fields
-            fields = self._indexed_only(data)
-            if len(self._memo) >= _MEMO_LIMIT:
-                self._memo.clear()
-            self._memo[data] = fields
-            self._check_size()
-            return fields
+            if data and min(data) > 0x80 and max(data) < 0xFF:
+                fields = self._indexed_only(data)
+                self._check_size()
+                self._remember(data, fields)
+                return fields
+        changes = self._changes
         fields = {}
         pos, end = 0, len(data)
         any_field = False
@@ -142,7 +145,15 @@ class Decoder:
                     pos = self._skip(data, pos)
                 any_field = True
         self._check_size()
+        if short and self._changes == changes:
+            self._remember(data, fields)
         return fields
+
+    def _remember(self, data: bytes, fields: dict[bytes, bytes]) -> None:
+        memo = self._memo
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[data] = fields
 
     def _indexed_only(self, data: bytes) -> dict[bytes, bytes]:
         fields: dict[bytes, bytes] = {}
@@ -187,6 +198,7 @@ class Decoder:
 
     def _add(self, name: bytes, value: bytes) -> None:
         self._memo.clear()
+        self._changes += 1
         size = len(name) + len(value) + _ENTRY_OVERHEAD
         if size > self._max_size:
             self._table.clear()
@@ -198,6 +210,7 @@ class Decoder:
 
     def _resize(self, size: int) -> None:
         self._memo.clear()
+        self._changes += 1
         self._max_size = size
         self._evict()
 

@@ -68,6 +68,7 @@ def both(wire: list[bytes]) -> list[tuple[str, object, object]]:
     ref, ours = hpack.Decoder(max_header_list_size=1 << 30), Decoder()
     seen: list[tuple[str, object, object]] = []
     for data in wire:
+        before = (list(ref.header_table.dynamic_entries), ref.header_table_size)
         try:
             expected = wanted(ref.decode(data, raw=True))
         except hpack.HPACKDecodingError as exc:
@@ -80,6 +81,9 @@ def both(wire: list[bytes]) -> list[tuple[str, object, object]]:
         seen.append(("ok", expected, ours.decode(data)))
         assert ours.entries == list(ref.header_table.dynamic_entries)
         assert ours.header_table_size == ref.header_table_size
+        if (ours.entries, ours.header_table_size) == before:
+            # A block that left the table as it was may come again (a remembered answer).
+            assert ours.decode(data) == expected
     return seen
 
 
@@ -131,6 +135,26 @@ def test_a_repeated_indexed_block_follows_the_table() -> None:
     assert ours.decode(b"\xbf") == {b":path": b"/one"}
 
 
+def test_a_repeated_block_of_literals_outside_the_table_follows_the_table() -> None:
+    """nginx's answers: indexed fields and literals that stay out of the table (server, date,
+    content-type), the same bytes for every answer within a second: the remembered fields
+    while the table stays, the new entry's value once it changed."""
+    ours = Decoder()
+    encoder = hpack.Encoder()
+    ours.decode(encoder.encode([(b"content-type", b"text/plain")]))  # enters the table at 62
+    answer = b"\x88\xbe" + encoder.encode(
+        [NeverIndexedHeaderTuple(b"server", b"nginx"), NeverIndexedHeaderTuple(b"date", b"x")]
+    )
+    first = ours.decode(answer)
+    assert first == {b":status": b"200", b"content-type": b"text/plain"}
+    assert ours.decode(answer) is first  # remembered, not walked again
+    ours.decode(encoder.encode([(b"content-type", b"application/json")]))  # now at 62
+    assert ours.decode(answer) == {b":status": b"200", b"content-type": b"application/json"}
+    grown = encoder.encode([(b"content-type", b"text/html")])  # enters the table: not kept
+    ours.decode(grown)
+    assert grown not in ours._memo and ours.entries[0] == (b"content-type", b"text/html")
+
+
 @pytest.mark.parametrize(
     ("data", "why"),
     [
@@ -161,13 +185,16 @@ def test_a_table_over_the_allowed_size_is_refused_at_the_next_block() -> None:
 
 
 def test_remembered_blocks_stay_few_and_short() -> None:
-    """A peer sending many distinct long blocks of indexed fields (a header block may have up to
-    1 MiB) must not grow what is remembered: 64 blocks of 128 bytes at most."""
+    """A peer sending many distinct long blocks of indexed fields or of literals outside the
+    table (a header block may have up to 1 MiB) must not grow what is remembered: 64 blocks of
+    128 bytes at most."""
     ours, ref = Decoder(), hpack.Decoder(max_header_list_size=1 << 30)
     for n in range(100):
+        literal = hpack.Encoder().encode([NeverIndexedHeaderTuple(b"x-n", b"v" * (n * 2))])
         for block in (
             bytes([0x82 + n % 60]) * (1 + n % 100),
             b"\x82" * 1_000 + bytes([0x83 + n % 50]),
+            b"\x82" + literal,
         ):
             assert ours.decode(block) == wanted(ref.decode(block, raw=True))
     assert len(ours._memo) <= 64
