@@ -173,7 +173,8 @@ def _search_targets(paths: dict[str, Any]) -> list[dict[str, Any]]:
     requests with added p99 under its limit, and new connections per second with added p99
     under theirs. No verdict when neither path passed any rate, or when HAProxy's search stopped
     at the plan's ceiling without failing (its rate is then a lower bound) and nodemesh reached
-    half of it."""
+    half of it, or when a search stopped at a step the machine's noise left undecided and the
+    bounds that leaves do not settle the ratio."""
     rows: list[dict[str, Any]] = []
     for key, label in (("search", "highest rate, keep-alive requests/s"),
                        ("newconn_search", "highest rate, new connections/s")):  # fmt: skip
@@ -186,7 +187,23 @@ def _search_targets(paths: dict[str, Any]) -> list[dict[str, Any]]:
         vs = _ratio(vm, vh)
         met: bool | None
         why = None
-        if vm is None and vh is None:
+        um, uh = m.get("undecided_at"), h.get("undecided_at")
+        if um is not None or uh is not None:
+            # A search stopped at a step the machine's noise left undecided: its rate is only a
+            # lower bound (or unknown). A verdict stands only where the bounds settle it.
+            if um is None and vh is not None and (vm is None or (vs or 0) < SEARCH_RATIO_GOAL):
+                met = False  # HAProxy's real rate is at least vh: the ratio only falls
+            elif uh is None and vm is not None and (vh is None or _settled_above(vs, h)):
+                met = True  # nodemesh's real rate is at least vm: the ratio only rises
+            else:
+                undecided = [f"{name}'s step at {_fmt(at)}/s" for name, at in
+                             (("nodemesh", um), ("HAProxy", uh)) if at is not None]  # fmt: skip
+                why = (
+                    f"invalid: noise: {' and '.join(undecided)} undecided (fewer than 2 turns "
+                    "whose direct run's load generator kept up)"
+                )
+                met = None
+        elif vm is None and vh is None:
             met, why = None, "invalid: no rate passed on either path"
         elif vm is None:
             met = False  # HAProxy passed at a rate where nodemesh passed at none
@@ -206,6 +223,11 @@ def _search_targets(paths: dict[str, Any]) -> list[dict[str, Any]]:
             "haproxy": vh, "vs_direct": None, "vs_haproxy": vs, "met": met, "why": why,
         })  # fmt: skip
     return rows
+
+
+def _settled_above(ratio: float | None, haproxy: dict[str, Any]) -> bool:
+    """At or over the goal against a HAProxy rate bounded by a failure (not the plan's ceiling)."""
+    return ratio is not None and ratio >= SEARCH_RATIO_GOAL and bool(haproxy.get("bounded_by"))
 
 
 def _l7_targets(paths: dict[str, Any], rate: str) -> list[dict[str, Any]]:
@@ -289,7 +311,10 @@ def _search_text(search: dict[str, Any] | None) -> str:
     if not search:
         return "-"
     rate, bound = search.get("max_rate"), search.get("bounded_by")
-    return f"{_fmt(rate)} (fails at {_fmt(bound)})" if bound else f">= {_fmt(rate)}"
+    text = f"{_fmt(rate)} (fails at {_fmt(bound)})" if bound else f">= {_fmt(rate)}"
+    if search.get("undecided_at") is not None:
+        text += f", undecided at {_fmt(search['undecided_at'])} (noise)"
+    return text
 
 
 def _lat_row(name: str, s: dict[str, Any] | None) -> str:

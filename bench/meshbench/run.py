@@ -274,7 +274,7 @@ class Bench:
         its median, so one burst of outside load cannot decide the step alone."""
         p = self.plan
         duration = p.search_turn_seconds(rate)
-        added: list[float] = []
+        turns: list[tuple[dict[str, Any], dict[str, Any]]] = []
         errors = 0
         failed = None
         for _ in range(p.search_rounds):
@@ -282,20 +282,9 @@ class Bench:
             res = self.http(path, rate, duration=duration, newconn=newconn)
             failed = failed or res.get("failed") or base.get("failed")
             errors += res.get("errors") or 0
-            lagged = [
-                why for s in (base, res)
-                if (why := verdict.invalid_reason(
-                    {"lag_p99_ms": (s.get("loadgen") or {}).get("lag_p99_ms")},
-                    direct_median_p99=None))
-            ]  # fmt: skip
-            value = _added(res, base, "p99_ms")
-            if value is not None and not lagged:
-                added.append(value)
-        # Fewer than two usable turns (the generator lagged) decide nothing: the step fails.
-        median = statistics.median(added) if len(added) >= 2 and not failed else None
-        ok = errors == 0 and median is not None and median < limit_ms
-        return {"rate": rate, "added_p99_ms": median, "rounds_added_p99_ms": added,
-                "errors": errors, "failed": failed, "ok": ok, "turn_s": duration}  # fmt: skip
+            turns.append((base, res))
+        return {"rate": rate, **judge_step(turns, limit_ms=limit_ms, errors=errors,
+                                           failed=failed), "turn_s": duration}  # fmt: skip
 
     def search(self, path: str, *, newconn: bool = False) -> dict[str, Any]:
         """Highest rate whose added p99 (over direct at the same rate) stays under the limit
@@ -309,13 +298,19 @@ class Bench:
         worst: int | None = None
         rate = p.newconn_search_start if newconn else p.search_start
         kind = "new connections" if newconn else "keep-alive"
+        undecided: int | None = None
         for _ in range(p.search_steps):
             step = self._probe(path, rate, newconn=newconn, limit_ms=limit)
             steps.append(step)
             ok = step["ok"]
             log.info("search %s %s @%d/s: added p99 %s ms (median of %s), %s", kind, path, rate,
                      step["added_p99_ms"], step["rounds_added_p99_ms"],
-                     "ok" if ok else "over")  # fmt: skip
+                     "undecided" if step["undecided"] else "ok" if ok else "over")  # fmt: skip
+            if step["undecided"]:
+                # The machine, not the path, kept this step from being judged: going on
+                # (as if it failed) would report the noise's rate as the path's.
+                undecided = rate
+                break
             if ok:
                 best = rate
             else:
@@ -333,8 +328,47 @@ class Bench:
             ):
                 break
             rate = nxt
-        return {"max_rate": best, "bounded_by": worst, "steps": steps,
-                "limit_added_p99_ms": limit}  # fmt: skip
+        return {"max_rate": best, "bounded_by": worst, "undecided_at": undecided,
+                "steps": steps, "limit_added_p99_ms": limit}  # fmt: skip
+
+
+def judge_step(
+    turns: list[tuple[dict[str, Any], dict[str, Any]]],
+    *,
+    limit_ms: float,
+    errors: int = 0,
+    failed: Any = None,
+) -> dict[str, Any]:
+    """A search step's verdict from its (direct, path) turns. A turn whose direct run's load
+    generator lagged is noise: left out. A turn where only the path's lagged counts as over the
+    limit: at these rates the path's own load starving the generator is what the search looks
+    for. Fewer than two turns left: the step is undecided (neither ok nor over)."""
+    added: list[float] = []
+    overloaded = noisy = 0
+    for base, res in turns:
+        lag = {
+            name: verdict.invalid_reason(
+                {"lag_p99_ms": (s.get("loadgen") or {}).get("lag_p99_ms")},
+                direct_median_p99=None,
+            )
+            for name, s in (("direct", base), ("path", res))
+        }
+        if lag["direct"]:
+            noisy += 1
+        elif lag["path"]:
+            overloaded += 1
+        elif (value := _added(res, base, "p99_ms")) is not None:
+            added.append(value)
+    judged = len(added) + overloaded
+    undecided = judged < 2 and not errors and not failed
+    ranked = sorted(added) + [float("inf")] * overloaded
+    median = statistics.median(ranked) if judged >= 2 else None
+    ok = not errors and not failed and median is not None and median < limit_ms
+    return {
+        "added_p99_ms": median if median is not None and median != float("inf") else None,
+        "rounds_added_p99_ms": added, "overloaded_turns": overloaded, "noisy_turns": noisy,
+        "undecided": undecided, "errors": errors, "failed": failed, "ok": ok,
+    }  # fmt: skip
 
 
 def _merge_cpu(parts: list[dict[str, Any]], *, requests: float) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.meshbench import report
+from bench.meshbench import report, run
 from bench.meshbench.plan import SMOKE, RunPlan
 
 
@@ -189,3 +189,79 @@ def test_a_search_step_holds_enough_requests_for_its_p99() -> None:
     for rate in (plan.search_lowest_rate, 50, 100, 200, 1000):
         assert rate * plan.search_turn_seconds(rate) >= plan.search_min_samples
     assert SMOKE.search_turn_seconds(20) == 0.5  # the smoke run measures nothing: stays short
+
+
+def _turn(p99: float, lag: float) -> dict[str, Any]:
+    return {"p99_ms": p99, "errors": 0, "loadgen": {"lag_p99_ms": lag}}
+
+
+def test_a_search_step_the_machine_left_unjudged_is_undecided_not_over() -> None:
+    """The 2026-12-04 run on a quiet machine: the load generator lagged in direct turns at
+    250/s, the step counted as "over", and the search read "fails at 30/s" for nodemesh (and
+    62/s for HAProxy): the machine's rate, not the paths'."""
+    judge = run.judge_step
+    noisy = [(_turn(1.0, 2.1), _turn(2.0, 0.3))] * 2 + [(_turn(1.0, 0.2), _turn(2.0, 0.2))]
+    step = judge(noisy, limit_ms=2.0)
+    assert step["undecided"] and not step["ok"] and step["noisy_turns"] == 2, step
+    # Only the path's generator lagged: at search rates that is the path's own load: over.
+    starved = [(_turn(1.0, 0.2), _turn(1.5, 3.0))] * 3
+    step = judge(starved, limit_ms=2.0)
+    assert not step["undecided"] and not step["ok"] and step["overloaded_turns"] == 3, step
+    mixed = [(_turn(1.0, 0.2), _turn(1.5, 0.2))] * 2 + [(_turn(1.0, 5.0), _turn(9.0, 0.2))]
+    step = judge(mixed, limit_ms=2.0)
+    assert step["ok"] and step["added_p99_ms"] == 0.5 and step["noisy_turns"] == 1, step
+    # Errors decide a step whatever the noise.
+    assert not judge(noisy, limit_ms=2.0, errors=3)["undecided"]
+
+
+def test_the_search_stops_at_an_undecided_step() -> None:
+    class Stub:
+        plan = RunPlan()
+        _probe = run.Bench._probe
+
+        def http(self, path: str, rate: int, **_: Any) -> dict[str, Any]:
+            if path == "direct":  # the machine: quiet from 300/s up, lagging below
+                return _turn(1.0, 0.2 if rate >= 300 else 2.5)
+            return _turn(1.5 if rate < 1000 else 9.0, 0.2)
+
+    res = run.Bench.search(Stub(), "nodemesh")  # type: ignore[arg-type]
+    rates = [(s["rate"], s["ok"], s["undecided"]) for s in res["steps"]]
+    assert rates == [(1000, False, False), (500, True, False), (750, True, False),
+                     (875, True, False), (937, True, False)], rates  # fmt: skip
+    assert res["undecided_at"] is None and res["max_rate"] == 937
+    res = run.Bench.search(Stub(), "nodemesh", newconn=True)  # type: ignore[arg-type]
+    assert [(s["rate"], s["undecided"]) for s in res["steps"]] == [
+        (100, True)], res["steps"]  # fmt: skip
+    assert res["undecided_at"] == 100 and res["max_rate"] is None and res["bounded_by"] is None
+
+
+def _searches(m: dict[str, Any], h: dict[str, Any]) -> dict[str, Any]:
+    return {"nodemesh": {"search": m}, "haproxy": {"search": h}}
+
+
+def test_an_undecided_search_gives_a_verdict_only_where_its_bounds_settle_it() -> None:
+    name = "highest rate, keep-alive requests/s with added p99 < 2 ms"
+
+    def row(m: dict[str, Any], h: dict[str, Any]) -> dict[str, Any]:
+        rows = report._search_targets(_searches(m, h))
+        return next(r for r in rows if r["target"] == name)
+
+    base = {"limit_added_p99_ms": 2.0}
+    # The run above: nothing passed on nodemesh before the noise stopped it.
+    got = row({**base, "max_rate": None, "bounded_by": 500, "undecided_at": 250},
+              {**base, "max_rate": 62, "bounded_by": 93, "undecided_at": None})  # fmt: skip
+    assert got["met"] is None and "noise" in got["why"] and "250/s" in got["why"], got
+    # nodemesh's rate is a lower bound already over half of HAProxy's: met stands.
+    got = row({**base, "max_rate": 2000, "bounded_by": None, "undecided_at": 2500},
+              {**base, "max_rate": 3250, "bounded_by": 3500, "undecided_at": None})  # fmt: skip
+    assert got["met"] is True, got
+    # HAProxy's rate is a lower bound already over twice nodemesh's: "no" stands.
+    got = row({**base, "max_rate": 750, "bounded_by": 812, "undecided_at": None},
+              {**base, "max_rate": 3000, "bounded_by": None, "undecided_at": 3500})  # fmt: skip
+    assert got["met"] is False, got
+    # HAProxy undecided below where nodemesh passed: nothing settles it.
+    got = row({**base, "max_rate": 750, "bounded_by": 812, "undecided_at": None},
+              {**base, "max_rate": 1000, "bounded_by": None, "undecided_at": 2000})  # fmt: skip
+    assert got["met"] is None, got
+    text = report._search_text({"max_rate": None, "bounded_by": 500, "undecided_at": 250})
+    assert "undecided at 250" in text, text
