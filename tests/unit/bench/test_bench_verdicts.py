@@ -230,9 +230,25 @@ def test_the_search_stops_at_an_undecided_step() -> None:
                      (875, True, False), (937, True, False)], rates  # fmt: skip
     assert res["undecided_at"] is None and res["max_rate"] == 937
     res = run.Bench.search(Stub(), "nodemesh", newconn=True)  # type: ignore[arg-type]
-    assert [(s["rate"], s["undecided"]) for s in res["steps"]] == [
-        (100, True)], res["steps"]  # fmt: skip
+    assert [(s["rate"], s["undecided"], s["turns"]) for s in res["steps"]] == [
+        (100, True, 6)], res["steps"]  # fmt: skip
     assert res["undecided_at"] == 100 and res["max_rate"] is None and res["bounded_by"] is None
+
+
+def test_an_undecided_step_gets_its_rounds_once_more() -> None:
+    class Stub:
+        plan = RunPlan()
+        calls = 0
+
+        def http(self, path: str, rate: int, **_: Any) -> dict[str, Any]:
+            if path != "direct":
+                return _turn(1.5, 0.2)
+            self.calls += 1  # the machine: the first three direct turns lag, then it is quiet
+            return _turn(1.0, 2.5 if self.calls <= 3 else 0.2)
+
+    step = run.Bench._probe(Stub(), "nodemesh", 500, newconn=False, limit_ms=2.0)  # type: ignore[arg-type]
+    assert not step["undecided"] and step["ok"] and step["turns"] == 6, step
+    assert step["noisy_turns"] == 3 and step["rounds_added_p99_ms"] == [0.5] * 3, step
 
 
 def _searches(m: dict[str, Any], h: dict[str, Any]) -> dict[str, Any]:
