@@ -311,7 +311,10 @@ def _search_text(search: dict[str, Any] | None) -> str:
     if not search:
         return "-"
     rate, bound = search.get("max_rate"), search.get("bounded_by")
-    text = f"{_fmt(rate)} (fails at {_fmt(bound)})" if bound else f">= {_fmt(rate)}"
+    if bound:
+        text = f"{_fmt(rate)} (fails at {_fmt(bound)})"
+    else:
+        text = f">= {_fmt(rate)}" if rate is not None else "-"
     if search.get("undecided_at") is not None:
         text += f", undecided at {_fmt(search['undecided_at'])} (noise)"
     return text

@@ -281,3 +281,5 @@ def test_an_undecided_search_gives_a_verdict_only_where_its_bounds_settle_it() -
     assert got["met"] is None, got
     text = report._search_text({"max_rate": None, "bounded_by": 500, "undecided_at": 250})
     assert "undecided at 250" in text, text
+    text = report._search_text({"max_rate": None, "bounded_by": None, "undecided_at": 100})
+    assert text == "-, undecided at 100 (noise)", text
