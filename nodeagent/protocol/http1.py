@@ -13,6 +13,7 @@ re-read as a new request and usually ends in ProtocolError (the caller falls bac
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,48 @@ __all__ = [
 MAX_HEADER_BYTES = 64 * 1024
 # Bytes a client may send after an upgrade request before the server has answered it.
 MAX_UPGRADE_BUFFER = 64 * 1024
+
+# The short way (see _RequestSide.take_simple): whole messages of the commonest shape are read
+# with two regular expressions instead of llhttp and a Python call per callback. The grammar
+# is a strict part of what llhttp accepts (checked byte by byte in the tests); anything else
+# (chunked, upgrades, HEAD/CONNECT, 1xx/204/304, close-delimited, a message cut across reads,
+# bytes llhttp might refuse) is left to llhttp, which always sees whole messages only.
+SHORT_WAY = True
+_FIELD = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[ \t]*[\x20-\x7e\t]*\r\n"
+_SIMPLE_REQUEST = re.compile(
+    rb"(GET|POST|PUT|DELETE|PATCH|OPTIONS) (/[!-~]*) HTTP/1\.1\r\n((?:" + _FIELD + rb")*)\r\n"
+)
+_SIMPLE_RESPONSE = re.compile(
+    rb"HTTP/1\.1 ([2-5]\d\d) [\t\x20-\x7e]*\r\n((?:" + _FIELD + rb")*)\r\n"
+)
+_FIELDS = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x20-\x7e\t]*)\r\n")
+_NOT_SIMPLE = -1
+
+
+def _body_length(fields: bytes, want_host: bool) -> tuple[int, bytes | None]:
+    """(Content-Length or 0, the last Host when `want_host`) of a simple message's header
+    fields; (_NOT_SIMPLE, None) when one of them needs llhttp: framing other than one
+    Content-Length, an upgrade, a connection that closes."""
+    length, host = _NOT_SIMPLE, None
+    for name, value in _FIELDS.findall(fields):
+        size = len(name)
+        if size == 4:
+            if want_host and name.lower() == b"host":
+                host = value
+        elif size == 14:
+            if name.lower() == b"content-length":
+                if length != _NOT_SIMPLE or not value.isdigit() or len(value) > 15:
+                    return _NOT_SIMPLE, None
+                length = int(value)
+        elif size in (7, 10, 17):
+            lname = name.lower()
+            if lname in (b"upgrade", b"transfer-encoding"):
+                return _NOT_SIMPLE, None
+            if lname == b"connection" and value.lower() != b"keep-alive":
+                return _NOT_SIMPLE, None
+    if length == _NOT_SIMPLE:
+        return (0 if want_host else _NOT_SIMPLE), host
+    return length, host
 
 
 class Http1Error(ProtocolError):
@@ -99,6 +142,9 @@ class _Side:
         self.state = State.IDLE
         self.header_bytes = 0
         self.body_bytes = 0
+        # llhttp refuses any byte after a message that closes the connection
+        # (`Connection: close`, HTTP/1.0): from then on the short way leaves it to say so.
+        self.short = SHORT_WAY
 
     def step(self, trigger: Trigger) -> None:
         new = self.transitions.get((self.state, trigger))
@@ -186,6 +232,8 @@ class _RequestSide(_Side):
         self.step(Trigger.COMPLETE)
         assert self.exchange is not None
         self.observer.out.append(RequestEnded(self.exchange.seq, self.body_bytes))
+        if not self.parser.should_keep_alive():
+            self.short = False
 
     def feed(self, data: bytes) -> None:
         if self.state is State.TUNNEL:
@@ -193,10 +241,39 @@ class _RequestSide(_Side):
         if self.state is State.UPGRADE_PENDING:
             self.hold(data)
             return
+        if self.state is State.IDLE and self.short:
+            taken = self.take_simple(data)
+            if taken:
+                if taken == len(data):
+                    return
+                data = data[taken:]
         offset = self.run(self.parser, data)
         if offset is not None:
             self.step(Trigger.UPGRADE_REQUESTED)
             self.hold(data[offset:])
+
+    def take_simple(self, data: bytes) -> int:
+        """Report the whole simple requests at the start of `data` as llhttp would (the
+        parser, between messages, never sees them); how many bytes they took."""
+        obs, pos, end = self.observer, 0, len(data)
+        while pos < end:
+            m = _SIMPLE_REQUEST.match(data, pos)
+            if m is None or m.end() - pos > MAX_HEADER_BYTES:
+                break
+            length, host = _body_length(m.group(3), True)
+            if length == _NOT_SIMPLE or m.end() + length > end:
+                break
+            method = m.group(1).decode("ascii")
+            obs.seq += 1
+            authority = (host or b"").decode("latin-1")
+            self.exchange = _Exchange(obs.seq, method, authority, False)
+            obs.pending.append(self.exchange)
+            obs.out.append(
+                RequestStarted(obs.seq, method, authority, m.group(2).decode("latin-1"), "1.1")
+            )
+            obs.out.append(RequestEnded(obs.seq, length))
+            pos = m.end() + length
+        return pos
 
     def hold(self, data: bytes) -> None:
         self.held += data
@@ -289,6 +366,8 @@ class _ResponseSide(_Side):
         self.step(Trigger.COMPLETE)
         if state is State.BODY:
             self.finish()
+        if not self.parser.should_keep_alive():
+            self.short = False
 
     def finish(self) -> None:
         ex = self.observer.pending.popleft()
@@ -301,13 +380,39 @@ class _ResponseSide(_Side):
     def feed(self, data: bytes) -> None:
         pending = self.observer.pending
         while data and self.state is not State.TUNNEL:
-            if self.state is State.IDLE and pending and pending[0].headers_only:
+            if self.state is State.IDLE and self.short and (taken := self.take_simple(data)):
+                data = data[taken:]
+            elif self.state is State.IDLE and pending and pending[0].headers_only:
                 data = self.feed_header_block(data)
             elif any(ex.headers_only for ex in islice(pending, 1, None)):
                 data = self.feed_until_response_ends(data)
             else:
                 self.run(self.parser, data)
                 data = b""
+
+    def take_simple(self, data: bytes) -> int:
+        """Report the whole simple responses at the start of `data` as llhttp would; how many
+        bytes they took (0: the first needs llhttp, or is not all here)."""
+        obs, pos, end = self.observer, 0, len(data)
+        pending = obs.pending
+        while pos < end and pending:
+            ex = pending[0]
+            if ex.upgrade or ex.headers_only:
+                break
+            m = _SIMPLE_RESPONSE.match(data, pos)
+            if m is None or m.end() - pos > MAX_HEADER_BYTES:
+                break
+            status = int(m.group(1))
+            length, _ = _body_length(m.group(2), False)
+            if length == _NOT_SIMPLE or status in (204, 304) or m.end() + length > end:
+                break
+            pending.popleft()
+            ex.response_started = True
+            self.exchange = ex
+            obs.out.append(ResponseStarted(ex.seq, status))
+            obs.out.append(ResponseEnded(ex.seq, length))
+            pos = m.end() + length
+        return pos
 
     def feed_header_block(self, data: bytes) -> bytes:
         self.block += data
