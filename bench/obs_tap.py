@@ -5,8 +5,9 @@
 Feeds bench/parsers.py's keep-alive exchange (POST with a 1 KiB body, 200 with a 1 KiB body)
 through a ConnectionTap wired to the agent's real AgentSink, as the relay does for every chunk,
 and prints microseconds per exchange: the observer alone, and the whole tap (detection already
-settled, events, classification, aggregation). Inside a busy agent the same code runs several
-times slower than this (see the note of issue 8); nothing is asserted: it is a measurement.
+settled, events, classification, aggregation). Inside an agent at 1000 rps the same work costs
+3.5-4x what this shows (bench/results/observe-cost/README.md); nothing is asserted: it is a
+measurement.
 """
 
 from __future__ import annotations
