@@ -10,8 +10,8 @@ from prometheus_client.registry import Collector
 from nodeagent.observe.events import NullSink, Peer
 from nodeagent.observe.stats.report import Load, take_reports
 from nodeagent.observe.stats.series import Aggregate
-from nodeagent.proxy.l7.http1 import Outcome
-from nodeagent.proxy.l7.metrics import RouteMetrics, event_of
+from nodeagent.proxy.l7.http1 import Outcome, RequestHead
+from nodeagent.proxy.l7.metrics import RouteMetrics, event_of, request_of
 from nodemesh.api import telemetry_pb2 as pb
 from nodemesh.model import ServiceKey
 
@@ -105,3 +105,31 @@ def test_a_client_pod_that_left_is_forgotten_after_the_grace() -> None:
     assert agg.forget_gone(known, now=100.0, grace=120.0) == 0  # within the grace
     assert agg.forget_gone(known, now=221.0, grace=120.0) == 3
     assert not agg.routes.table
+
+
+def test_the_route_and_request_events_have_every_field_in_its_place() -> None:
+    """event_of and request_of build their events positionally (it is cheaper): by name."""
+    head = RequestHead("POST", "web:8080", "/api/vote?x=1", 1700000000.5)
+    outcome = Outcome(
+        WEB, "emojivoto/web-split/1", "grpc", 200, 0.25, retries=2, grpc_status=14,
+        head=head, first_byte_s=0.125, response_bytes=77,
+    )  # fmt: skip
+    route = event_of(outcome, VOTER)
+    assert (route.src, route.service_namespace, route.service) == (VOTER, "emojivoto", "web")
+    assert (route.route, route.protocol, route.status) == ("emojivoto/web-split/1", "grpc", 200)
+    assert (route.grpc_status, route.success, route.latency_s, route.retries) == (
+        14, False, 0.25, 2,
+    )  # fmt: skip
+    req = request_of(outcome, route, VOTER, WEB_POD, True, 99)
+    assert (req.req_id, req.conn_id, req.direction) == (99, 0, "outbound")
+    assert (req.src, req.dst, req.protocol, req.tls) == (VOTER, WEB_POD, "grpc", True)
+    assert (req.method, req.authority, req.path) == ("POST", "web:8080", "/api/vote?x=1")
+    assert (req.status, req.grpc_status, req.classification, req.reset) == (
+        200, 14, "failure", False,
+    )  # fmt: skip
+    assert (req.latency_first_byte_s, req.latency_s) == (0.125, 0.25)
+    assert (req.request_bytes, req.response_bytes, req.started_at) == (0, 77, 1700000000.5)
+    reset = request_of(
+        Outcome(WEB, "", "http1", 0, 0.5, head=head), route, VOTER, WEB_POD, False, 1
+    )
+    assert (reset.status, reset.reset, reset.latency_first_byte_s) == (None, True, None)

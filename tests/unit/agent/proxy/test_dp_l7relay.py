@@ -84,6 +84,27 @@ def test_http1_keepalive_requests_each_become_an_event() -> None:
     assert closed.write_bytes == len(s1) + len(s2)
 
 
+def test_every_field_of_the_request_event_is_in_its_place() -> None:
+    """The tap builds RequestObserved positionally (it is cheaper): each field by name."""
+    sink = RecordingSink()
+    t = tap(sink, conn_id=41, tls=False)
+    before = time.time()
+    t.client(b"PUT /p?q=1 HTTP/1.1\r\nHost: api:8080\r\nContent-Length: 4\r\n\r\nabcd")
+    time.sleep(0.02)
+    t.server(b"HTTP/1.1 201 Created\r\nContent-Length: 6\r\n\r\n")
+    time.sleep(0.02)
+    t.server(b"123456")
+    (r,) = sink.requests
+    assert r.conn_id == 41 and r.req_id != r.conn_id and isinstance(r.req_id, int)
+    assert (r.direction, r.src, r.dst, r.protocol, r.tls) == ("outbound", SRC, DST, "http1", False)
+    assert (r.method, r.authority, r.path) == ("PUT", "api:8080", "/p?q=1")
+    assert (r.status, r.grpc_status, r.classification, r.reset) == (201, None, "success", False)
+    assert (r.request_bytes, r.response_bytes) == (4, 6)
+    assert r.latency_first_byte_s is not None and 0.02 <= r.latency_first_byte_s < 1
+    assert r.latency_s >= r.latency_first_byte_s + 0.02
+    assert before <= r.started_at <= before + 1
+
+
 def test_a_server_banner_settles_the_connection_at_once_and_is_remembered() -> None:
     sink, memory = RecordingSink(), ServerFirstMemory()
     timers = Timers()
