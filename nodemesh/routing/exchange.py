@@ -47,9 +47,11 @@ class State(Enum):
 
 
 # -- commands (imperative) -------------------------------------------------------------------
+# Commands and events are made for every request: plain slotted dataclasses, not frozen ones
+# (a frozen one's __init__ pays an object.__setattr__ per field). Nobody changes them.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     """Send the request to `backend` (the shell picks the endpoint); attempt counts from 1."""
 
@@ -68,7 +70,7 @@ class Forward:
     """Pass the upstream's response (head and body) to the client."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """Answer the client ourselves."""
 
@@ -76,14 +78,14 @@ class Answer:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Close:
     """End the client's response early (its head was already sent)."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sleep:
     until: float
 
@@ -94,26 +96,26 @@ Command = Send | Cancel | Forward | Answer | Close | Sleep
 # -- events (past tense; each carries the shell's clock) --------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HeadReceived:
     status: int
     now: float
     grpc_status: int | None = None  # when the head ends the response (trailers-only)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpstreamFailed:
     error: str
     sent: bool  # whether any request byte may have reached the app
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TimerFired:
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseEnded:
     now: float
 

@@ -116,7 +116,7 @@ class Upstreams:
         self.idle.clear()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: not frozen, that costs a setattr per field
 class RequestHead:
     """What the client asked, as tap and the request metrics show it."""
 
@@ -126,7 +126,7 @@ class RequestHead:
     started_at: float  # time.time()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: not frozen, that costs a setattr per field
 class Outcome:
     """What the L7 path did with one request: the per-route and request metrics' input."""
 
