@@ -62,14 +62,15 @@ MAX_UPGRADE_BUFFER = 64 * 1024
 # (chunked, upgrades, HEAD/CONNECT, 1xx/204/304, close-delimited, a message cut across reads,
 # bytes llhttp might refuse) is left to llhttp, which always sees whole messages only.
 SHORT_WAY = True
-_FIELD = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[ \t]*[\x20-\x7e\t]*\r\n"
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"  # a field name's bytes (RFC 9110 token)
+_FIELD = _TCHAR + rb"+:[ \t]*[\x20-\x7e\t]*\r\n"
 _SIMPLE_REQUEST = re.compile(
     rb"(GET|POST|PUT|DELETE|PATCH|OPTIONS) (/[!-~]*) HTTP/1\.1\r\n((?:" + _FIELD + rb")*)\r\n"
 )
 _SIMPLE_RESPONSE = re.compile(
     rb"HTTP/1\.1 ([2-5]\d\d) [\t\x20-\x7e]*\r\n((?:" + _FIELD + rb")*)\r\n"
 )
-_FIELDS = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x20-\x7e\t]*)\r\n")
+_FIELDS = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*([\x20-\x7e\t]*)\r\n")
 _NOT_SIMPLE = -1
 
 
@@ -242,11 +243,9 @@ class _RequestSide(_Side):
             self.hold(data)
             return
         if self.state is State.IDLE and self.short:
-            taken = self.take_simple(data)
-            if taken:
-                if taken == len(data):
-                    return
-                data = data[taken:]
+            data = data[self.take_simple(data) :]
+            if not data:
+                return
         offset = self.run(self.parser, data)
         if offset is not None:
             self.step(Trigger.UPGRADE_REQUESTED)
