@@ -96,12 +96,18 @@ def _rank(route: Route, rule_index: int, match_index: int, m: RouteMatch) -> tup
     )
 
 
+MERGED_MAX = 4096
+
+
 class RouteTable:
     """Routes by the Service (and port) they attach to; `select` finds the rule for a request."""
 
     def __init__(self) -> None:
         self.routes: dict[RouteKey, Route] = {}
         self._by_parent: dict[tuple[ServiceKey, int], list[tuple[Route, int, RouteMatch]]] = {}
+        # Per Service port asked for: its own entries and the port-less ones, in rank order
+        # (made on the first request, not for every one; emptied by every change).
+        self._merged: dict[tuple[ServiceKey, int], list[tuple[Route, int, RouteMatch]]] = {}
 
     def replace(self, routes: list[Route]) -> None:
         self.routes = {r.key: r for r in routes}
@@ -130,6 +136,20 @@ class RouteTable:
             k: [(r, ri, m) for _, r, ri, m in sorted(v, key=lambda e: e[0])]
             for k, v in ranked.items()
         }
+        self._merged = {}
+
+    def _entries(self, service: ServiceKey, port: int) -> list[tuple[Route, int, RouteMatch]]:
+        key = (service, port)
+        entries = self._merged.get(key)
+        if entries is None:
+            entries = self._by_parent.get(key, [])
+            if (service, 0) in self._by_parent:
+                entries = entries + self._by_parent[(service, 0)]
+                entries.sort(key=lambda e: _rank(e[0], e[1], 0, e[2]))
+            if len(self._merged) >= MERGED_MAX:  # ports nobody routes, asked for at random
+                self._merged.clear()
+            self._merged[key] = entries
+        return entries
 
     def routed(self, service: ServiceKey, port: int) -> bool:
         """Whether any route attaches to this Service port (the L7 path is then required)."""
@@ -146,11 +166,7 @@ class RouteTable:
         query: Mapping[str, str],
     ) -> Selected | None:
         """The winning rule, or None when routes attach here but none matches (answer 404)."""
-        entries = self._by_parent.get((service, port), [])
-        if (service, 0) in self._by_parent:
-            entries = entries + self._by_parent[(service, 0)]
-            entries.sort(key=lambda e: _rank(e[0], e[1], 0, e[2]))
-        for route, ri, m in entries:
+        for route, ri, m in self._entries(service, port):
             if request_matches(m, method=method, path=path, headers=headers, query=query):
                 return Selected(route, ri, m)
         return None

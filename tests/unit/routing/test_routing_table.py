@@ -98,7 +98,9 @@ def test_older_route_wins_a_tie_and_no_match_is_none() -> None:
     assert _select(table, "/y") is None
     assert table.routed(WEB, 80) and not table.routed(WEB, 81)
     table.remove(compile_route(older).key)
+    assert _select(table, "/x").route.key.name == "a-newer"  # not what was chosen before
     table.remove(compile_route(newer).key)
+    assert _select(table, "/x") is None
     assert not table.routed(WEB, 80)
 
 
