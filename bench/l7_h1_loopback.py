@@ -7,6 +7,10 @@ keep-alive requests at a fixed rate. The figure is this process's user+system CP
 run. Appended to bench/results/l7_h1_loopback.md.
 
     .venv/bin/python -m bench.l7_h1_loopback [--rate 1000] [--seconds 10] [--rounds 3] [--label x]
+        [--loop uvloop|asyncio]
+
+The loop is uvloop's, as in the agent, unless --loop asyncio (figures before 2026-12-04 were
+taken on asyncio's own loop, which reads ~10-20% higher).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--label", default="run")
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "l7_h1_loopback.md"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +90,12 @@ def main() -> None:
                 balancer=RequestBalancer(),
             ),
         )
-        loop = asyncio.new_event_loop()
+        if args.loop == "uvloop":  # as the agent runs (nodeagent/main.py)
+            import uvloop
+
+            loop = uvloop.new_event_loop()
+        else:
+            loop = asyncio.new_event_loop()
         ready = threading.Event()
         listen: list[int] = []
 
