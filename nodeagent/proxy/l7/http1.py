@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -194,6 +194,7 @@ class _Attempt:
         self.parser = h1.ResponseReader(method)
         self.sent = False
         self.early = False  # the answer came before the whole request went out
+        self.counted = False  # the balancer counts it outstanding (opened, not yet closed)
 
     async def next(self, timeout: float) -> h1.ResponseEvent:
         """The answer's next event; raises Http1Error (the upstream closing early included)."""
@@ -455,14 +456,52 @@ def _header_map(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     return out
 
 
-def hop_by_hop_dropped(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """`headers` without the hop-by-hop ones, including those a Connection header names."""
-    named = set(HOP_BY_HOP)
-    for name, value in headers:
-        if name.lower() == b"connection":
-            named.update(v.strip().lower() for v in value.split(b","))
-    named -= FRAMING
-    return [(n, v) for n, v in headers if n.lower() not in named]
+class _HeaderMap(Mapping[str, str]):
+    """A request's headers by lower-case name (repeated ones joined by commas), made only
+    when a route rule looks at a header: most never do."""
+
+    __slots__ = ("headers", "_map")
+
+    def __init__(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+        self._map: dict[str, str] | None = None
+
+    def _made(self) -> dict[str, str]:
+        if self._map is None:
+            self._map = _header_map(self.headers)
+        return self._map
+
+    def __getitem__(self, key: str) -> str:
+        return self._made()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._made().get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._made())
+
+    def __len__(self) -> int:
+        return len(self._made())
+
+
+_DROPPED = HOP_BY_HOP - FRAMING
+
+
+def hop_by_hop_dropped(
+    headers: Sequence[tuple[bytes, bytes]], names: Sequence[bytes] | None = None
+) -> list[tuple[bytes, bytes]]:
+    """`headers` without the hop-by-hop ones, including those a Connection header names.
+    `names`: the headers' names in lower case, when the caller has them."""
+    if names is None:
+        names = [n.lower() for n, _ in headers]
+    dropped: Collection[bytes] = _DROPPED
+    if b"connection" in names:
+        named = set(HOP_BY_HOP)
+        for (_, value), name in zip(headers, names, strict=True):
+            if name == b"connection":
+                named.update(v.strip().lower() for v in value.split(b","))
+        dropped = named - FRAMING
+    return [h for h, name in zip(headers, names, strict=True) if name not in dropped]
 
 
 def _modify(headers: list[tuple[bytes, bytes]], m: HeaderModifier) -> list[tuple[bytes, bytes]]:
@@ -527,23 +566,24 @@ async def _one(
     path, _, query = target_bytes.partition("?")
     method = request.method.decode("latin-1")
     headers = request.headers
+    names = [n.lower() for n, _ in headers]  # once, for every look below
     client = _Client(request.method, request.http11, request.keep_alive)
-    host = next((v for n, v in headers if n.lower() == b"host"), b"").decode("latin-1")
+    host = headers[names.index(b"host")][1].decode("latin-1") if b"host" in names else ""
     head = RequestHead(method, host, target_bytes, time.time())
     selected = ctx.routes.select(
         service,
         port,
         method=method,
         path=path,
-        headers=_header_map(headers),
-        query=dict(parse_qsl(query, keep_blank_values=True)),
+        headers=_HeaderMap(headers),
+        query=dict(parse_qsl(query, keep_blank_values=True)) if query else {},
     )
     if selected is None:
         keep = await _answer(writer, client, 404, "no route rule matches")
         ctx.observe(Outcome(service, "", "http1", 404, ctx.clock() - start, head=head))
         return keep
     rule = selected.rule
-    if request.upgrade or any(n.lower() == b"upgrade" for n, _ in headers):
+    if request.upgrade or b"upgrade" in names:
         # Only a connection's first request is looked at before the L7 path takes it.
         await _answer(writer, client, 501, "Upgrade on a reused connection is not supported")
         ctx.observe(Outcome(service, selected.label, "http1", 501, ctx.clock() - start, head=head))
@@ -556,7 +596,7 @@ async def _one(
             Outcome(service, selected.label, "http1", status, ctx.clock() - start, head=head)
         )
         return keep
-    headers = _modify(hop_by_hop_dropped(headers), rule.request_headers)
+    headers = _modify(hop_by_hop_dropped(headers, names), rule.request_headers)
     if rule.rewrite is not None:
         if rule.rewrite.path is not None:
             new = rewrite_path(
@@ -626,7 +666,14 @@ def _location(rule: RouteRule, selected: Selected, path: str, query: str, host: 
 
 
 class _Shell:
-    """Carries out one Exchange's commands with real connections and timers."""
+    """Carries out one Exchange's commands with real connections and timers.
+
+    An attempt runs in the request's own task, under one timeout set to the exchange's next
+    timer: no task of its own, no asyncio.wait (they cost more than the rest of the shell's
+    work per request). When the timer fires first, the attempt is interrupted where it waits
+    (connecting, sending or reading the answer's head) and the exchange decides: at that time
+    every timer of state SENDING ends the attempt (Cancel), so nothing is lost by not letting
+    it run on."""
 
     def __init__(
         self,
@@ -648,7 +695,7 @@ class _Shell:
         self.down: _Down | None = None
         self.complete = True  # the whole request body is in self.body
         self.streamed = False  # a longer body went (once) to an attempt
-        self.task: asyncio.Task[ex.Event] | None = None
+        self.sending: ex.Send | None = None  # the attempt to make at the next wait
         self.tried: set[tuple[str, int]] = set()
         self.status = 0
         self.client_reusable = True
@@ -677,19 +724,29 @@ class _Shell:
 
     async def _wait(self) -> list[ex.Command]:
         at = self.x.next_timer()
-        timeout = None if at is None else max(0.0, at - self.ctx.clock())
-        if self.task is None:
-            await asyncio.sleep(timeout or 0)
-            return self.x.handle(ex.TimerFired(self.ctx.clock()))
-        done, _ = await asyncio.wait({self.task}, timeout=timeout)
-        if not done:
-            return self.x.handle(ex.TimerFired(self.ctx.clock()))
-        task, self.task = self.task, None
-        return self.x.handle(task.result())
+        command, self.sending = self.sending, None
+        if command is None:  # backing off before the next attempt
+            await asyncio.sleep(0 if at is None else max(0.0, at - self.ctx.clock()))
+            return self.x.handle(ex.TimerFired(self._fired(at)))
+        if at is None:
+            return self.x.handle(await self._send(command))
+        try:
+            async with asyncio.timeout(max(0.0, at - self.ctx.clock())):
+                event = await self._send(command)
+        except TimeoutError:  # ours: _send turns every other failure into UpstreamFailed
+            return self.x.handle(ex.TimerFired(self._fired(at)))
+        return self.x.handle(event)
+
+    def _fired(self, at: float | None) -> float:
+        """The time a timer for `at` fired: never before `at` (uvloop's timers have
+        millisecond resolution and may fire a little early by this clock), so the exchange
+        always acts on it."""
+        now = self.ctx.clock()
+        return now if at is None or now >= at else at
 
     async def _do(self, command: ex.Command) -> bool:
         if isinstance(command, ex.Send):
-            self.task = asyncio.ensure_future(self._send(command))
+            self.sending = command
         elif isinstance(command, ex.Cancel):
             self._cancel()
         elif isinstance(command, ex.Sleep):
@@ -710,12 +767,17 @@ class _Shell:
         return False
 
     def _cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            self.task = None
+        self.sending = None
         if self.attempt is not None:
+            self._uncount(self.attempt)
             self.attempt.abort()
             self.attempt = None
+
+    def _uncount(self, attempt: _Attempt) -> None:
+        """The attempt is over for the balancer (once, whichever way it ended)."""
+        if attempt.counted:
+            attempt.counted = False
+            self.ctx.upstreams.balancer.closed(attempt.target.key, now=self.ctx.clock())
 
     async def _send(self, command: ex.Send) -> ex.Event:
         backend = command.backend
@@ -733,6 +795,7 @@ class _Shell:
         attempt = self.attempt = _Attempt(target, streams, reused, self.client.method)
         started = self.ctx.clock()
         balancer.opened(target.key, now=started)
+        attempt.counted = True
         framing, up, down = self.framing, attempt.writer, self.down
         assert down is not None
         try:
@@ -752,12 +815,12 @@ class _Shell:
             if type(head) is not h1.ResponseHead:
                 raise ConnectionError("the upstream closed before answering")
         except ClientFailed:
-            balancer.closed(target.key, now=self.ctx.clock())
+            self._uncount(attempt)
             attempt.abort()
             self.attempt = None
             raise
         except (OSError, h1.Http1Error, asyncio.IncompleteReadError, ConnectionError) as exc:
-            balancer.closed(target.key, now=self.ctx.clock())
+            self._uncount(attempt)
             attempt.abort()
             self.attempt = None
             # A reused connection the server had closed meanwhile did not see the request.
@@ -792,7 +855,6 @@ class _Shell:
             self.x.handle(ex.UpstreamFailed("unwritable response head", True, self.ctx.clock()))
             self._cancel()
             self.client_reusable = False
-            self.ctx.upstreams.balancer.closed(attempt.target.key, now=self.ctx.clock())
             return
         if not keep:
             self.client_reusable = False
@@ -837,7 +899,7 @@ class _Shell:
             self.client_reusable = False
             return
         finally:
-            self.ctx.upstreams.balancer.closed(attempt.target.key, now=self.ctx.clock())
+            self._uncount(attempt)
         # Reused only when the whole request went out before the answer (else the upstream
         # may read the rest of it, or whatever comes next, as the next request).
         if (

@@ -31,10 +31,13 @@ REQUESTS = int(os.environ.get("NODEMESH_L7_TEST_REQUESTS", "400"))
 class Backend:
     """A real HTTP/1.1 server on loopback that counts what it sees."""
 
-    def __init__(self, name: str, *, fail_ratio: float = 0.0, delay: float = 0.0) -> None:
+    def __init__(
+        self, name: str, *, fail_ratio: float = 0.0, delay: float = 0.0, delays: tuple = ()
+    ) -> None:
         self.name = name
         self.fail_ratio = fail_ratio
         self.delay = delay
+        self.delays = list(delays)  # the first requests' delays, in order (then `delay`)
         self.seen = 0
         self.failed = 0
         self.cancelled = 0
@@ -66,9 +69,10 @@ class Backend:
                     outer.connections.add(self.client_address)
                     fail = outer.rng.random() < outer.fail_ratio
                     outer.failed += fail
-                if outer.delay:
+                    delay = outer.delays.pop(0) if outer.delays else outer.delay
+                if delay:
                     # Wait, watching for the client giving up (its connection closing).
-                    r, _, _ = select.select([self.connection], [], [], outer.delay)
+                    r, _, _ = select.select([self.connection], [], [], delay)
                     if r and not self.connection.recv(1, socket.MSG_PEEK):
                         with outer.lock:
                             outer.cancelled += 1
@@ -276,6 +280,55 @@ async def test_request_timeout_answers_504_and_the_backend_sees_the_cancellation
     assert slow.cancelled == 1
     last = proxy.observed[-1]
     assert (last.route, last.status, last.protocol) == ("t/web/0", 504, "http1")
+    # The abandoned attempt no longer counts as outstanding for the balancer: an endpoint
+    # that let requests time out would otherwise look busier for good, and be shunned.
+    load = proxy.upstreams.balancer.loads[("127.0.0.1", slow.port)]
+    assert load.outstanding == 0
+
+
+async def test_a_backend_request_timeout_retries_on_a_new_attempt(lab) -> None:
+    """timeouts.backendRequest ends the first attempt (the backend sees its connection close)
+    and, 504 being a retry code, a second attempt answers the client."""
+    web = Backend("web", delays=(2.0,))
+    proxy = lab(web=web)
+    proxy.set_route(
+        route_obj(
+            [
+                {
+                    "backendRefs": [{"name": "web"}],
+                    "timeouts": {"request": "5s", "backendRequest": "200ms"},
+                    "retry": {"codes": [504], "attempts": 1},
+                }
+            ]
+        )
+    )
+    out = await run(
+        "curl", "-s", "-w", " %{http_code} %{time_total}", f"http://127.0.0.1:{proxy.port}/"
+    )  # fmt: skip
+    body, code, seconds = out.split()
+    assert (body, code) == ("web", "200"), out
+    assert float(seconds) < 1.5, out  # not the first attempt's 2 s
+    for _ in range(40):
+        if web.cancelled:
+            break
+        await asyncio.sleep(0.05)
+    assert (web.seen, web.cancelled) == (2, 1)
+    last = proxy.observed[-1]
+    assert (last.status, last.retries) == (200, 1)
+    assert proxy.upstreams.balancer.loads[("127.0.0.1", web.port)].outstanding == 0
+
+
+async def test_a_header_match_picks_its_rule_and_others_take_the_default(lab) -> None:
+    proxy = lab(web=Backend("web"), canary=Backend("canary"))
+    canary = {
+        "matches": [{"headers": [{"name": "X-Canary", "value": "1"}]}],
+        "backendRefs": [{"name": "canary"}],
+    }
+    proxy.set_route(route_obj([canary, {"backendRefs": [{"name": "web"}]}]))
+    url = f"http://127.0.0.1:{proxy.port}/"
+    assert (await run("curl", "-s", url)).strip() == "web"
+    assert (await run("curl", "-s", "-H", "x-canary: 1", url)).strip() == "canary"
+    assert (await run("curl", "-s", "-H", "X-CANARY: 2", url)).strip() == "web"
 
 
 async def test_no_matching_rule_is_404_and_redirects_and_header_filters_apply(lab) -> None:
