@@ -93,7 +93,7 @@ def main() -> None:
         if args.loop == "uvloop":  # as the agent runs (nodeagent/main.py)
             import uvloop
 
-            loop = uvloop.new_event_loop()
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         else:
             loop = asyncio.new_event_loop()
         ready = threading.Event()
