@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from nodeagent.protocol import http1_codec as h1
+from nodeagent.proxy.l7.deadline import Deadlines
 from nodemesh.model import ServiceKey
 from nodemesh.routing import exchange as ex
 from nodemesh.routing.budget import Budget
@@ -196,13 +197,29 @@ class _Attempt:
         self.early = False  # the answer came before the whole request went out
         self.counted = False  # the balancer counts it outstanding (opened, not yet closed)
 
-    async def next(self, timeout: float) -> h1.ResponseEvent:
-        """The answer's next event; raises Http1Error (the upstream closing early included)."""
+    async def next(
+        self, timeout: float | None, deadlines: Deadlines | None = None
+    ) -> h1.ResponseEvent:
+        """The answer's next event; raises Http1Error (the upstream closing early included).
+        `timeout` bounds each read (None: a caller's timeout bounds them), on `deadlines`
+        when the caller is their task."""
         parser = self.parser
         event = parser.next_event()
         while event is None:
-            async with asyncio.timeout(timeout):
+            if timeout is None:
                 data = await self.reader.read(READ_CHUNK)
+            elif deadlines is not None:
+                deadlines.start(timeout)
+                try:
+                    data = await self.reader.read(READ_CHUNK)
+                except asyncio.CancelledError:
+                    deadlines.check()
+                    raise
+                finally:
+                    deadlines.stop()
+            else:
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(READ_CHUNK)
             parser.feed(data)
             event = parser.next_event()
         return event
@@ -231,7 +248,8 @@ async def serve(
     """Serve one client connection (HTTP/1.1 keep-alive, pipelined requests answered in
     order) to `service`:`port`. A malformed request is answered 400, a body that comes too
     slowly 408, and the connection closed (lingering: `_linger_close`)."""
-    down = _Down(reader)
+    deadlines = Deadlines()
+    down = _Down(reader, deadlines)
     linger = False
     try:
         while True:
@@ -261,6 +279,7 @@ async def serve(
     except (h1.Http1Error, ConnectionError, TimeoutError, asyncio.IncompleteReadError):
         return
     finally:
+        deadlines.close()
         if linger:
             await _linger_close(reader, writer)
         else:
@@ -311,8 +330,9 @@ class ClientTooSlow(ClientFailed):
 class _Down:
     """The client connection's requests, read as they are needed."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    def __init__(self, reader: asyncio.StreamReader, deadlines: Deadlines) -> None:
         self.reader = reader
+        self.deadlines = deadlines  # the connection's task's: waits for a request head
         self.parser = h1.RequestReader()
         self.in_body = False  # a request head was taken and its END not yet
         self.trailers: h1.Headers = []  # the current request's (taken with its END)
@@ -329,13 +349,22 @@ class _Down:
         if event is None:
             if self.in_body:
                 return await self._body_event(timeout)
-            async with asyncio.timeout(timeout):
+            # Only the connection's own task waits for a head (a body streamed by a task of
+            # its own, _stream_rest, is read by _body_event).
+            deadlines = self.deadlines
+            deadlines.start(timeout)
+            try:
                 while event is None:
                     data = await self.reader.read(READ_CHUNK)
                     parser.feed(data)
                     event = parser.next_event()
                     if event is None and not data:
                         return None
+            except asyncio.CancelledError:
+                deadlines.check()
+                raise
+            finally:
+                deadlines.stop()
         if type(event) is not bytes:
             if event is h1.END:
                 self.in_body = False
@@ -729,10 +758,10 @@ class _Shell:
             await asyncio.sleep(0 if at is None else max(0.0, at - self.ctx.clock()))
             return self.x.handle(ex.TimerFired(self._fired(at)))
         if at is None:
-            return self.x.handle(await self._send(command))
+            return self.x.handle(await self._send(command, bounded=False))
         try:
             async with asyncio.timeout(max(0.0, at - self.ctx.clock())):
-                event = await self._send(command)
+                event = await self._send(command, bounded=True)
         except TimeoutError:  # ours: _send turns every other failure into UpstreamFailed
             return self.x.handle(ex.TimerFired(self._fired(at)))
         return self.x.handle(event)
@@ -779,7 +808,9 @@ class _Shell:
             attempt.counted = False
             self.ctx.upstreams.balancer.closed(attempt.target.key, now=self.ctx.clock())
 
-    async def _send(self, command: ex.Send) -> ex.Event:
+    async def _send(self, command: ex.Send, *, bounded: bool) -> ex.Event:
+        """One attempt, until the answer's head. `bounded`: the caller's timeout covers it
+        (else each read of the answer waits an hour at most)."""
         backend = command.backend
         service, port, target = pick_target(self.ctx, backend, self.service, self.port, self.tried)
         balancer = self.ctx.upstreams.balancer
@@ -811,7 +842,7 @@ class _Shell:
                 # taken, and the connection not reused (_forward).
                 up.write(self.request + framing.data(self.body) + framing.end(down.trailers))
                 attempt.sent = True
-                head = await attempt.next(3600)
+                head = await attempt.next(None if bounded else 3600, down.deadlines)
             if type(head) is not h1.ResponseHead:
                 raise ConnectionError("the upstream closed before answering")
         except ClientFailed:
@@ -863,6 +894,8 @@ class _Shell:
         out_parts = [out]
         trailers: h1.Headers = []
         queued = attempt.parser.events
+        assert self.down is not None
+        deadlines = self.down.deadlines
         try:
             while True:
                 if not queued:
@@ -872,9 +905,9 @@ class _Shell:
                 at = self.x.next_timer()
                 timeout = 3600.0 if at is None else min(3600.0, max(0.0, at - self.ctx.clock()))
                 try:
-                    event = await attempt.next(timeout)
+                    event = await attempt.next(timeout, deadlines)
                 except TimeoutError:
-                    self.x.handle(ex.TimerFired(self.ctx.clock()))
+                    self.x.handle(ex.TimerFired(self._fired(at)))
                     self._cancel()
                     self.client_reusable = False
                     return
