@@ -698,8 +698,8 @@ class _Shell:
     """Carries out one Exchange's commands with real connections and timers.
 
     An attempt runs in the request's own task, under one timeout set to the exchange's next
-    timer: no task of its own, no asyncio.wait (they cost more than the rest of the shell's
-    work per request). When the timer fires first, the attempt is interrupted where it waits
+    timer (on the connection's Deadlines): no task of its own, no asyncio.wait (they cost more
+    than the rest of the shell's work per request). When the timer fires first, the attempt is interrupted where it waits
     (connecting, sending or reading the answer's head) and the exchange decides: at that time
     every timer of state SENDING ends the attempt (Cancel), so nothing is lost by not letting
     it run on."""
@@ -759,11 +759,19 @@ class _Shell:
             return self.x.handle(ex.TimerFired(self._fired(at)))
         if at is None:
             return self.x.handle(await self._send(command, bounded=False))
+        assert self.down is not None
+        deadlines = self.down.deadlines  # the connection's task's, which runs this
+        deadlines.start(max(0.0, at - self.ctx.clock()))
         try:
-            async with asyncio.timeout(max(0.0, at - self.ctx.clock())):
-                event = await self._send(command, bounded=True)
-        except TimeoutError:  # ours: _send turns every other failure into UpstreamFailed
-            return self.x.handle(ex.TimerFired(self._fired(at)))
+            event = await self._send(command, bounded=True)
+        except asyncio.CancelledError:
+            try:
+                deadlines.check()
+            except TimeoutError:
+                return self.x.handle(ex.TimerFired(self._fired(at)))
+            raise
+        finally:
+            deadlines.stop()
         return self.x.handle(event)
 
     def _fired(self, at: float | None) -> float:
