@@ -514,6 +514,7 @@ class _HeaderMap(Mapping[str, str]):
 
 
 _DROPPED = HOP_BY_HOP - FRAMING
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})  # names nothing else to drop
 
 
 def hop_by_hop_dropped(
@@ -525,11 +526,16 @@ def hop_by_hop_dropped(
         names = [n.lower() for n, _ in headers]
     dropped: Collection[bytes] = _DROPPED
     if b"connection" in names:
-        named = set(HOP_BY_HOP)
-        for (_, value), name in zip(headers, names, strict=True):
-            if name == b"connection":
-                named.update(v.strip().lower() for v in value.split(b","))
-        dropped = named - FRAMING
+        listed = [
+            value.lower()
+            for (_, value), name in zip(headers, names, strict=True)
+            if name == b"connection" and value.lower() not in _PLAIN_CONNECTION
+        ]
+        if listed:  # it names other headers (not only what nginx and most servers send)
+            named = set(HOP_BY_HOP)
+            for value in listed:
+                named.update(v.strip() for v in value.split(b","))
+            dropped = named - FRAMING
     return [h for h, name in zip(headers, names, strict=True) if name not in dropped]
 
 
@@ -698,11 +704,11 @@ class _Shell:
     """Carries out one Exchange's commands with real connections and timers.
 
     An attempt runs in the request's own task, under one timeout set to the exchange's next
-    timer (on the connection's Deadlines): no task of its own, no asyncio.wait (they cost more
-    than the rest of the shell's work per request). When the timer fires first, the attempt is interrupted where it waits
-    (connecting, sending or reading the answer's head) and the exchange decides: at that time
-    every timer of state SENDING ends the attempt (Cancel), so nothing is lost by not letting
-    it run on."""
+    timer (on the connection's Deadlines): no task of its own, no asyncio.wait (they cost
+    more than the rest of the shell's work per request). When the timer fires first, the
+    attempt is interrupted where it waits (connecting, sending or reading the answer's head)
+    and the exchange decides: at that time every timer of state SENDING ends the attempt
+    (Cancel), so nothing is lost by not letting it run on."""
 
     def __init__(
         self,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from nodeagent.proxy.l7.http1 import hop_by_hop_dropped
 from tests.unit.agent.proxy import nginxkit
 from tests.unit.agent.proxy.test_l7_http1 import Proxy, route_obj, run
 
@@ -307,3 +308,32 @@ def test_chunked_trailers_pass_through_to_the_client(mesh) -> None:
     for head in heads:  # curl writes the trailer after the head's empty line
         assert "transfer-encoding: chunked" in head.lower(), head
         assert head.endswith("\n\nx-checksum: sum-of-/files/t/a.txt\n"), head
+
+
+def test_hop_by_hop_headers_and_those_connection_names_are_dropped() -> None:
+    plain = [
+        (b"Host", b"web"),
+        (b"Connection", b"keep-alive"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"Content-Length", b"3"),
+        (b"X-Secret", b"1"),
+    ]
+    assert hop_by_hop_dropped(plain) == [
+        (b"Host", b"web"),
+        (b"Content-Length", b"3"),
+        (b"X-Secret", b"1"),
+    ]
+    named = [
+        (b"Host", b"web"),
+        (b"Connection", b"Keep-Alive, X-Secret"),
+        (b"x-secret", b"1"),
+        (b"TE", b"trailers"),
+        (b"connection", b"close"),
+        (b"Transfer-Encoding", b"chunked"),  # framing: never dropped, even when named
+        (b"X-Kept", b"2"),
+    ]
+    named.append((b"CONNECTION", b"transfer-encoding, x-other"))
+    named.append((b"X-Other", b"3"))
+    want = [(b"Host", b"web"), (b"Transfer-Encoding", b"chunked"), (b"X-Kept", b"2")]
+    assert hop_by_hop_dropped(named) == want
+    assert hop_by_hop_dropped(named, [n.lower() for n, _ in named]) == want
