@@ -192,6 +192,9 @@ def test_route_timeout_is_deadline_exceeded_and_cancels_the_call(three) -> None:
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert took < 3  # the code above already says the 200 ms timeout answered, not the app
     assert any(s.cancelled.wait(3) for s in servers)
+    # The abandoned call no longer counts as outstanding for the balancer.
+    loads = proxy.ctx.upstreams.balancer.loads
+    assert loads and all(load.outstanding == 0 for load in loads.values()), loads
 
 
 def _flaky_calls(proxy: Proxy, n: int) -> Counter[str]:
