@@ -63,18 +63,22 @@ async def test_the_loops_process_neither_builds_nor_encodes_the_rows() -> None:
         gc.collect()
         gc.freeze()
         here, there = time.process_time(), _cpu_s(pid)
+        answers = []
         for _ in range(6):
-            answer = await api._stat(api.telemetry, "pod", "", "", None, None, 60)
-            raw = answer if isinstance(answer, bytes) else answer.SerializeToString()
+            answers.append(await api._stat(api.telemetry, "pod", "", "", None, None, 60))
         here, there = time.process_time() - here, _cpu_s(pid) - there
         gc.unfreeze()
-        rows = pb.StatResponse.FromString(raw).rows
+        # The answer reaches the loop encoded: it neither builds the rows nor encodes them.
+        assert all(isinstance(a, bytes) for a in answers), [type(a) for a in answers]
+        rows = pb.StatResponse.FromString(answers[-1]).rows
         assert len(rows) == plan.pods
         assert all(r.requests > 0 and r.total_pods == 1 and r.latency_p99_ms > 0 for r in rows)
-        # Built on the loop, the rows cost the loop's process more than the store's query cost
-        # the worker (unpacking them, the rows, the encoding: 0.25 against 0.15 CPU-s, 1.7x);
-        # built in the worker, 0.014 against 0.22 (0.07x).
-        assert here < 0.25 * there, f"control plane {here:.3f} CPU-s, its worker {there:.3f}"
+        # And what it costs the loop's process shows it. Built on the loop, the rows cost the
+        # loop's process more than the store's query costs the worker (unpacking them, the
+        # rows, the encoding: 0.25 against 0.15 CPU-s, 1.7x); built in the worker, 0.014
+        # against 0.22 (0.07x), and up to 0.26x on a busy machine (0.032 against 0.120 in a
+        # CI run): the bound sits between the two, clear of both.
+        assert here < 0.6 * there, f"control plane {here:.3f} CPU-s, its worker {there:.3f}"
     finally:
         worker.close()
 
