@@ -917,7 +917,9 @@ class _Shell:
                     out_parts.clear()
                     await writer.drain()
                 at = self.x.next_timer()
-                timeout = 3600.0 if at is None else min(3600.0, max(0.0, at - self.ctx.clock()))
+                if at is not None and at - self.ctx.clock() > 3600.0:
+                    at = None  # the hour's guard comes first: not the exchange's timer
+                timeout = 3600.0 if at is None else max(0.0, at - self.ctx.clock())
                 try:
                     event = await attempt.next(timeout, deadlines)
                 except TimeoutError:
