@@ -34,12 +34,9 @@ from typing import Any
 
 import uvloop
 
-from bench.l7_h1_loopback import WEB, Target, nginx
+from bench.l7_h1_loopback import WEB, nginx, routed
 from bench.l7_paths import loadavg
-from nodeagent.proxy.l7.balancing import RequestBalancer
-from nodeagent.proxy.l7.http1 import RouteContext, Upstreams, serve
-from nodemesh.routing.spec import compile_route
-from nodemesh.routing.table import RouteTable
+from nodeagent.proxy.l7.http1 import serve
 
 
 class _Half(asyncio.Protocol):
@@ -101,22 +98,7 @@ def streams_relay(port: int) -> Callable[..., Any]:
 
 
 def l7_path(port: int) -> Callable[..., Any]:
-    table = RouteTable()
-    table.replace([compile_route({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-        "metadata": {"name": "web", "namespace": "t"},
-        "spec": {"parentRefs": [{"kind": "Service", "group": "", "name": "web"}],
-                 "rules": [{"backendRefs": [{"name": "web"}], "timeouts": {"request": "5s"},
-                            "retry": {"codes": [503], "attempts": 2}}]},
-    })])  # fmt: skip
-    ctx = RouteContext(
-        routes=table,
-        upstreams=Upstreams(
-            targets=lambda svc, p: [Target(port)],
-            connect=lambda t: asyncio.open_connection(t.ip, t.port),
-            balancer=RequestBalancer(),
-        ),
-    )
+    ctx = routed(port)
     return lambda r, w: serve(ctx, r, w, service=WEB, port=80)
 
 

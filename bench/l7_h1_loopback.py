@@ -63,6 +63,27 @@ def nginx(work: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def routed(port: int) -> RouteContext:
+    """The L7 path's context for Service t/web with one route (a request timeout and a retry
+    rule, as bench.l7_paths' `routed`) to the nginx on loopback `port`."""
+    table = RouteTable()
+    table.replace([compile_route({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "web", "namespace": "t"},
+        "spec": {"parentRefs": [{"kind": "Service", "group": "", "name": "web"}],
+                 "rules": [{"backendRefs": [{"name": "web"}], "timeouts": {"request": "5s"},
+                            "retry": {"codes": [503], "attempts": 2}}]},
+    })])  # fmt: skip
+    return RouteContext(
+        routes=table,
+        upstreams=Upstreams(
+            targets=lambda svc, p: [Target(port)],
+            connect=lambda t: asyncio.open_connection(t.ip, t.port),
+            balancer=RequestBalancer(),
+        ),
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=int, default=1000)
@@ -74,22 +95,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         proc, port = nginx(Path(tmp))
-        table = RouteTable()
-        table.replace([compile_route({
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": {"name": "web", "namespace": "t"},
-            "spec": {"parentRefs": [{"kind": "Service", "group": "", "name": "web"}],
-                     "rules": [{"backendRefs": [{"name": "web"}], "timeouts": {"request": "5s"},
-                                "retry": {"codes": [503], "attempts": 2}}]},
-        })])  # fmt: skip
-        ctx = RouteContext(
-            routes=table,
-            upstreams=Upstreams(
-                targets=lambda svc, p: [Target(port)],
-                connect=lambda t: asyncio.open_connection(t.ip, t.port),
-                balancer=RequestBalancer(),
-            ),
-        )
+        ctx = routed(port)
         if args.loop == "uvloop":  # as the agent runs (nodeagent/main.py)
             import uvloop
 
