@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
 import statistics
 import subprocess
 import tempfile
@@ -34,7 +32,7 @@ from typing import Any
 
 import uvloop
 
-from bench.l7_h1_loopback import WEB, nginx, routed
+from bench.l7_h1_loopback import WEB, nginx, routed, run_hey
 from bench.l7_paths import loadavg
 from nodeagent.proxy.l7.http1 import serve
 
@@ -112,17 +110,6 @@ def start(loop: asyncio.AbstractEventLoop, kind: str, port: int) -> int:
         return int(server.sockets[0].getsockname()[1])
 
     return asyncio.run_coroutine_threadsafe(listen(), loop).result(10)
-
-
-def run_hey(url: str, *, seconds: float, rate: int) -> tuple[int, float, float]:
-    t0 = os.times()
-    out = subprocess.run(
-        ["hey", "-z", f"{seconds}s", "-c", "4", "-q", str(rate // 4), url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    t1 = os.times()
-    done = sum(int(n) for n in re.findall(r"\[200\]\s+(\d+) responses", out))
-    return done, (t1.user - t0.user) / done * 1e6, (t1.system - t0.system) / done * 1e6
 
 
 def main() -> None:

@@ -63,6 +63,19 @@ def nginx(work: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def run_hey(url: str, *, seconds: float, rate: int) -> tuple[int, float, float]:
+    """hey at `rate` over 4 keep-alive connections for `seconds`: (answers 200, this process's
+    user and system CPU per answer in microseconds)."""
+    t0 = os.times()
+    out = subprocess.run(
+        ["hey", "-z", f"{seconds}s", "-c", "4", "-q", str(rate // 4), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    t1 = os.times()
+    done = sum(int(n) for n in re.findall(r"\[200\]\s+(\d+) responses", out))
+    return done, (t1.user - t0.user) / done * 1e6, (t1.system - t0.system) / done * 1e6
+
+
 def routed(port: int) -> RouteContext:
     """The L7 path's context for Service t/web with one route (a request timeout and a retry
     rule, as bench.l7_paths' `routed`) to the nginx on loopback `port`."""
@@ -125,15 +138,8 @@ def main() -> None:
             before = loadavg()
             per_1000 = []
             for _ in range(args.rounds):
-                t0 = os.times()
-                out = subprocess.run(
-                    ["hey", "-z", f"{args.seconds}s", "-c", "4", "-q", str(args.rate // 4), url],
-                    capture_output=True, text=True, check=True,
-                ).stdout  # fmt: skip
-                t1 = os.times()
-                done = sum(int(n) for n in re.findall(r"\[200\]\s+(\d+) responses", out))
-                cpu = (t1.user - t0.user) + (t1.system - t0.system)
-                per_1000.append(cpu / done * 1000)
+                _, user, system = run_hey(url, seconds=args.seconds, rate=args.rate)
+                per_1000.append((user + system) / 1000)
             after = loadavg()
         finally:
             proc.kill()
