@@ -624,7 +624,7 @@ async def _one(
         ctx.observe(Outcome(service, selected.label, "http1", 501, ctx.clock() - start, head=head))
         return False
     if rule.redirect is not None:
-        location = _location(rule, selected, path, query, _header_map(headers).get("host", ""))
+        location = _location(rule, selected, path, query, host)
         status = rule.redirect.status_code
         keep = await _answer(writer, client, status, "redirect", [(b"location", location.encode())])
         ctx.observe(
