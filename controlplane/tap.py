@@ -1,4 +1,6 @@
-"""Tap broker: sends taps to the agents hosting matching pods and routes their events back."""
+"""Tap broker: sends taps to the agents that may see matching pods' requests (every agent,
+since a meshed client's agent observes the inbound side too; only the pods' own agents for a
+tap `to` something) and routes their events back."""
 
 from __future__ import annotations
 
@@ -156,10 +158,18 @@ class TapBroker:
                 by_node.setdefault(p.node, []).append(
                     pb.PodRef(namespace=p.key.namespace, name=p.key.name)
                 )
+        share = req.max_rps / max(1, len(by_node))
+        if by_node and not to_addresses:
+            # Observe once: a meshed client's agent reports the requests it relays for the
+            # destination pod's agent too, so inbound requests to these pods are seen on
+            # whichever node their clients are. Every agent gets every pod (its own pods'
+            # outbound requests, and any agent's inbound ones to them). A tap with `to` takes
+            # outbound requests only: just the pods' own agents.
+            everything = [ref for refs in by_node.values() for ref in refs]
+            by_node = {node: everything for node in self.agents}
         for node in [n for n in stream.sent if n not in by_node]:
             del stream.sent[node]
             self._send(node, pb.TapCommand(stop=stream.id))
-        share = req.max_rps / max(1, len(by_node))
         for node, refs in by_node.items():
             if node not in self.agents:
                 continue

@@ -88,6 +88,7 @@ class Agent:
             dns_names=self.dns_names,
             keeper=keeper,
             multiplex=config.tunnel_mux,
+            observe_once=config.observe_once,
         )
         self.identity: IdentityClient | None = None
         # The table and certificates, kept on the node so a restart needs no control plane.

@@ -71,6 +71,9 @@ class AgentConfig:
     # Offer TLS session tickets between agents (off only to measure what they save).
     tls_resumption: bool = True
     tunnel_mux: bool = True
+    # Observe each request once when both ends are meshed: the client's agent reports it for
+    # the server's agent too, which then relays without parsing (off: both agents parse).
+    observe_once: bool = True
     # Run as a socket keeper that starts the agent as its child (nodeagent.handover.keeper).
     keep_sockets: bool = False
     # ... and mirror them to the socket park beside the container (nodeagent.handover.park).
@@ -256,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of streams of a few shared ones (the accepting side takes both either way)",
     )
     p.add_argument(
+        "--no-observe-once",
+        dest="observe_once",
+        action="store_false",
+        help="both agents parse every meshed connection's HTTP, instead of the client's agent "
+        "reporting each request for both ends (an agent always takes this offer from a peer)",
+    )
+    p.add_argument(
         "--keep-sockets",
         action="store_true",
         help="run the agent under a parent that keeps its listening sockets open and restarts "
@@ -326,6 +336,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         trust_anchors=_anchors(ns),
         tls_resumption=ns.tls_resumption,
         tunnel_mux=ns.tunnel_mux,
+        observe_once=ns.observe_once,
         keep_sockets=ns.keep_sockets,
         socket_park=Path(ns.socket_park) if ns.socket_park else None,
         record_events=Path(ns.record_events) if ns.record_events else None,

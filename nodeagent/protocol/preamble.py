@@ -18,8 +18,9 @@ Wire format, version 1, integers big-endian::
                    a version 1 reader keeps them but does not interpret them
 
 The source's identity is never taken from here: it is the TLS client certificate.
-The destination answers with an 8-byte reply (magic b"NMTR", version, code, 2 reserved
-bytes) so the source can fail fast instead of relaying into a refused tunnel.
+The destination answers with an 8-byte reply (magic b"NMTR", version, code, 2 bytes of
+ReplyFlags, which a version 1 reader that knows none of them ignores) so the source can fail
+fast instead of relaying into a refused tunnel.
 """
 
 from __future__ import annotations
@@ -57,6 +58,18 @@ class PreambleFlags(IntFlag):
     # first of them (up to 16 KiB) right after the preamble: the destination holds them until
     # it accepts (and drops them when it refuses), so they never reach an app it refused.
     WANT_REPLY = 0x2
+    # The source observes this connection's HTTP requests and can report them for the
+    # destination too (observe once): the destination may relay without parsing, and says so
+    # in its reply (ReplyFlags.OBSERVED_AT_SOURCE). Without that answer the source reports its
+    # own side only, so an agent that does not know this bit never makes a request count twice.
+    SOURCE_OBSERVES = 0x4
+
+
+class ReplyFlags(IntFlag):
+    NONE = 0
+    # The destination does not parse this connection's HTTP: the source reports its requests
+    # as the destination's inbound ones too.
+    OBSERVED_AT_SOURCE = 0x1
 
 
 class ReplyCode(IntEnum):
@@ -109,6 +122,7 @@ class Preamble:
 @dataclass(frozen=True, slots=True)
 class Reply:
     code: int
+    flags: ReplyFlags = ReplyFlags.NONE
 
     @property
     def accepted(self) -> bool:
@@ -221,10 +235,12 @@ def decode_preamble(data: bytes) -> tuple[Preamble, int]:
     return preamble, size
 
 
-def encode_reply(code: ReplyCode | int) -> bytes:
+def encode_reply(code: ReplyCode | int, flags: ReplyFlags | int = ReplyFlags.NONE) -> bytes:
     if not 0 <= int(code) < 256:
         raise PreambleError(f"reply code {code} out of range")
-    return REPLY_MAGIC + bytes([VERSION, int(code), 0, 0])
+    if not 0 <= int(flags) < 1 << 16:
+        raise PreambleError(f"reply flags {flags} out of range")
+    return REPLY_MAGIC + bytes([VERSION, int(code)]) + int(flags).to_bytes(2, "big")
 
 
 def decode_reply(data: bytes) -> Reply:
@@ -236,4 +252,4 @@ def decode_reply(data: bytes) -> Reply:
         raise BadMagic("not a nodemesh tunnel reply")
     if data[4] != VERSION:
         raise UnsupportedVersion(data[4])
-    return Reply(data[5])
+    return Reply(data[5], ReplyFlags(int.from_bytes(data[6:8], "big")))

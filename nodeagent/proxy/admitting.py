@@ -64,6 +64,15 @@ class Answer:
     error: str = ""  # empty when accepted
     reply: bool = False  # send `code` to the client first
     skip_detection: bool = False
+    # Observe once: the source reports this connection's requests for us too (we said so in
+    # the reply), so the relay detects the protocol but parses nothing.
+    observed_at_source: bool = False
+
+    @property
+    def reply_flags(self) -> pre.ReplyFlags:
+        if self.observed_at_source:
+            return pre.ReplyFlags.OBSERVED_AT_SOURCE
+        return pre.ReplyFlags.NONE
 
     @property
     def accepted(self) -> bool:
@@ -84,6 +93,7 @@ class TunnelAdmission:
         self.opaque_ports, self.tls = opaque_ports, tls
         self.header: pre.Preamble | None = None
         self.want_reply = False
+        self.source_observes = False
 
     def start(self, *, table_known: bool) -> Refuse | WaitCert | ReadPreamble:
         if not table_known:
@@ -113,13 +123,17 @@ class TunnelAdmission:
                 pre.ReplyCode.POLICY_DENIED, "strict inbound mode: client not authenticated"
             )
         opaque = self._skip_detection() or header.target_port in self.opaque_ports
+        # Only a source that hears our reply can know to report our side.
+        offered = bool(header.flags & pre.PreambleFlags.SOURCE_OBSERVES)
+        self.source_observes = self.want_reply and not opaque and offered
         return Authorize(header.target_port, opaque, replied=not self.want_reply)
 
     def authorized(self, *, gate: bool) -> Connect:
         """The policy let it through (`gate`: per request, and it answered ACCEPTED itself)."""
         assert self.header is not None, "authorized() before preamble()"
         if gate:
-            self.want_reply = False
+            # The gate answered ACCEPTED without flags and parses every request: ours to see.
+            self.want_reply = self.source_observes = False
         return Connect(self.header.target_port)
 
     def connected(self) -> Answer:
@@ -136,4 +150,10 @@ class TunnelAdmission:
         )
 
     def _answer(self, code: pre.ReplyCode, error: str) -> Answer:
-        return Answer(code, error, reply=self.want_reply, skip_detection=self._skip_detection())
+        return Answer(
+            code,
+            error,
+            reply=self.want_reply,
+            skip_detection=self._skip_detection(),
+            observed_at_source=self.source_observes and code is pre.ReplyCode.ACCEPTED,
+        )

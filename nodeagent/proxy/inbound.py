@@ -80,6 +80,7 @@ def _tap(
     src_port: int,
     tls: bool,
     skip_detection: bool = False,
+    parse: bool = True,
 ) -> ConnectionTap:
     rt = pod.runtime
     return ConnectionTap(
@@ -94,6 +95,7 @@ def _tap(
         dst_port=port,
         opaque_ports=info.mesh.opaque_ports if info is not None else frozenset(),
         skip_detection=skip_detection,
+        parse=parse,
         memory=rt.server_first,
         call_later=asyncio.get_running_loop().call_later,
         detect_timeout=rt.detect_timeout,
@@ -312,7 +314,7 @@ async def handle_tunnel(
         else:
             step = plan.connected()
     if step.reply:
-        reply(relay, step.code)
+        reply(relay, step.code, step.reply_flags)
     if not step.accepted:
         report_failed(
             rt.sink,
@@ -335,5 +337,6 @@ async def handle_tunnel(
         src_port=peer_port(relay.downstream_socket),
         tls=plan.tls,
         skip_detection=step.skip_detection,
+        parse=not step.observed_at_source,
     )
     relay.start(tap, gate=gate)

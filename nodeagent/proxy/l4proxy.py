@@ -141,6 +141,7 @@ class Relay:
         "_buffered",
         "send_ahead",
         "_ahead",
+        "observes_for_peer",
     )
 
     def __init__(
@@ -172,6 +173,9 @@ class Relay:
         # bytes, from the start of `early`, the current upstream already got that way.
         self.send_ahead = False
         self._ahead = 0
+        # The destination agent left this connection's request observation to us (observe
+        # once, nodeagent.proxy.tunnel.exchange): its tap reports them for both ends.
+        self.observes_for_peer = False
         registry.add(self)
         stats.open.inc()
         stats.current.inc()
@@ -449,6 +453,7 @@ class Relay:
         up, self.up = self.up, None
         self.up_early.clear()
         self._ahead = 0
+        self.observes_for_peer = False
         if up is not None and up.transport is not None and not up.lost:
             up.transport.abort()
 

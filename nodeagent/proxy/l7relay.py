@@ -82,6 +82,10 @@ class _Request:
     first_byte: float | None = None
     status: int | None = None
     request_bytes: int = 0
+    # Observe once: the id of the same request reported as the destination's inbound one
+    # (0: not reported for it), and whether a tap wanted that one.
+    peer_req_id: int = 0
+    peer_tapped: bool = False
 
 
 class ConnectionTap:
@@ -103,7 +107,13 @@ class ConnectionTap:
         call_later: Scheduler | None = None,
         detect_timeout: float = DETECT_TIMEOUT,
         on_first_byte: Callable[[float], None] | None = None,
+        parse: bool = True,
+        for_peer: Peer | None = None,
     ) -> None:
+        """`parse=False`: detect the protocol (for the connection's metrics) but parse no
+        request; the source agent reports them for us (observe once). `for_peer`: we are that
+        source: every request observed is also reported as `for_peer`'s inbound one (`for_peer`
+        names the destination pod as its own agent does: no Service)."""
         self.sink = sink
         self.conn_id = conn_id
         self.direction = direction
@@ -130,6 +140,8 @@ class ConnectionTap:
         self.requests: dict[int, _Request] = {}
         self._timer: Any = None
         self._announced = False
+        self.parse = parse
+        self.for_peer = for_peer
         if skip_detection:
             self._settle(
                 detect.Decision(
@@ -192,6 +204,8 @@ class ConnectionTap:
         _count_protocol(self.direction, _TCP_PROTOCOL[decision.protocol], decision.cause)
         prefix, self.prefix = bytes(self.prefix), bytearray()
         self._announce(_TCP_PROTOCOL[decision.protocol])
+        if not self.parse:
+            return
         if decision.protocol is detect.Protocol.HTTP1:
             self.observer = Http1Observer()
         elif decision.protocol is detect.Protocol.HTTP2:
@@ -346,23 +360,32 @@ class ConnectionTap:
         req = _Request(next(_request_ids), protocol, method, authority, path, now, wall, tapped)
         self.requests[key] = req
         if tapped:
-            self.sink.request_started(
-                RequestStarted(
-                    req_id=req.req_id,
-                    conn_id=self.conn_id,
-                    direction=self.direction,
-                    src=self.src,
-                    dst=self.dst,
-                    protocol=protocol,
-                    tls=self.tls,
-                    method=method,
-                    authority=authority,
-                    path=path,
-                    at=wall,
-                    src_port=self.src_port,
-                    dst_port=self.dst_port,
-                )
+            self._tap_started(req.req_id, self.direction, self.dst, req)
+        peer = self.for_peer
+        if peer is not None:
+            req.peer_req_id = next(_request_ids)
+            if self.sink.tapping(self.src, peer):
+                req.peer_tapped = True
+                self._tap_started(req.peer_req_id, "inbound", peer, req)
+
+    def _tap_started(self, req_id: int, direction: str, dst: Peer, req: _Request) -> None:
+        self.sink.request_started(
+            RequestStarted(
+                req_id=req_id,
+                conn_id=self.conn_id,
+                direction=direction,
+                src=self.src,
+                dst=dst,
+                protocol=req.protocol,
+                tls=self.tls,
+                method=req.method,
+                authority=req.authority,
+                path=req.path,
+                at=req.started_at,
+                src_port=self.src_port,
+                dst_port=self.dst_port,
             )
+        )
 
     def _first_byte(self, key: int, status: int) -> None:
         req = self.requests.get(key)
@@ -374,6 +397,8 @@ class ConnectionTap:
             self.on_first_byte(req.first_byte)
         if req.tapped:
             self.sink.response_started(req.req_id, status, time.time())
+        if req.peer_tapped:
+            self.sink.response_started(req.peer_req_id, status, time.time())
 
     def _ended(
         self, key: int, *, reset: bool, response_bytes: int, grpc_status: int | None = None
@@ -383,6 +408,8 @@ class ConnectionTap:
             return
         # Positional, in the field order: keywords cost a dataclass __init__ three times as
         # much, and this runs for every request (test_dp_l7relay.py checks each field).
+        outcome = outcome_label(req.status, grpc_status=grpc_status, stream_failed=reset)
+        latency = time.monotonic() - req.started
         self.sink.request(
             RequestObserved(
                 req.req_id,  # req_id
@@ -397,15 +424,41 @@ class ConnectionTap:
                 req.path,  # path
                 req.status,  # status
                 grpc_status,  # grpc_status
-                outcome_label(req.status, grpc_status=grpc_status, stream_failed=reset),
+                outcome,  # classification
                 reset,  # reset
                 req.first_byte,  # latency_first_byte_s
-                time.monotonic() - req.started,  # latency_s
+                latency,  # latency_s
                 req.request_bytes,  # request_bytes
                 response_bytes,  # response_bytes
                 req.started_at,  # started_at
             )
         )
+        if req.peer_req_id:
+            # The same request as the destination's agent would have reported it (observe
+            # once): its inbound side, timed from here (the tunnel's round trip included).
+            self.sink.request(
+                RequestObserved(
+                    req.peer_req_id,
+                    self.conn_id,
+                    "inbound",
+                    self.src,
+                    self.for_peer,  # type: ignore[arg-type]  # set whenever peer_req_id is
+                    req.protocol,
+                    self.tls,
+                    req.method,
+                    req.authority,
+                    req.path,
+                    req.status,
+                    grpc_status,
+                    outcome,
+                    reset,
+                    req.first_byte,
+                    latency,
+                    req.request_bytes,
+                    response_bytes,
+                    req.started_at,
+                )
+            )
 
 
 MAX_SERVER_PREFIX = 16 * 1024

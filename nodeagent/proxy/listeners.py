@@ -82,6 +82,9 @@ class ProxyRuntime:
     # Carry app connections to peer agents as streams of a few shared mTLS connections
     # (nodeagent.proxy.tunnelpool); False: one tunnel connection (and handshake) each.
     multiplex: bool = True
+    # Offer peer agents to observe relayed connections' requests for them (observe once,
+    # nodeagent.proxy.tunnel.exchange); an agent takes the offer from its peers either way.
+    observe_once: bool = True
     tunnels: TunnelPool | None = None
     # Shared tunnel connections this agent accepted (told to go away when it drains).
     mux_sessions: set[MuxSession] = field(default_factory=set)

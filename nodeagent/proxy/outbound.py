@@ -99,10 +99,13 @@ async def dial_upstream(
     opaque: bool,
     timeout: float,
     handshake: float = HANDSHAKE_TIMEOUT,
+    observe: bool = False,
 ) -> bool:
     """Open the relay's upstream to `target` as `pod` (the mTLS tunnel when meshed, with the
     pod's identity; never plaintext to a meshed pod); True when it is mTLS. The L7 path dials
-    its upstream connections with this too (nodeagent.proxy.l7.dial)."""
+    its upstream connections with this too (nodeagent.proxy.l7.dial). `observe`: the relay's
+    tap will observe the requests; offer the destination agent to report them for it too
+    (`relay.observes_for_peer` says whether it took the offer)."""
     rt = pod.runtime
     loop = asyncio.get_running_loop()
     identity = info.identity if info is not None else ""
@@ -146,6 +149,7 @@ async def dial_upstream(
                 opaque=opaque or target.opaque,
                 timeout=handshake,
                 answer_within=timeout,
+                observe=observe,
             )
         except tunnelpool.NoMux:
             relay.drop_upstream()  # an older destination agent: a tunnel of its own
@@ -166,6 +170,7 @@ async def dial_upstream(
         source_namespace=pod.pod.namespace,
         source_pod=pod.pod.name,
         opaque=opaque or target.opaque,
+        observe=observe,
         resume=rt.certs.resume,
         timeout=handshake,
     )
@@ -280,6 +285,7 @@ async def connect_route(
                 opaque=route.opaque,
                 timeout=step.timeout,
                 handshake=HANDSHAKE_TIMEOUT if step.more else LAST_HANDSHAKE_TIMEOUT,
+                observe=rt.observe_once,
             )
         except TunnelDenied as exc:
             relay.drop_upstream()
@@ -347,6 +353,7 @@ def _start(
         call_later=asyncio.get_running_loop().call_later,
         detect_timeout=rt.detect_timeout,
         on_first_byte=lambda s: balancer.observe(key, s, now=time.monotonic()),
+        for_peer=peers.of_target(target, None) if relay.observes_for_peer else None,
     )
     if route.service is not None:
         rt.pinned.watch(relay, route, target, tap)

@@ -50,10 +50,12 @@ async def open_tunnel(
     source_namespace: str,
     source_pod: str,
     opaque: bool = False,
+    observe: bool = False,
     resume: bool = True,
     timeout: float = HANDSHAKE_TIMEOUT,
 ) -> bool:
-    """Make `sock` the relay's TLS upstream to `target`'s agent; True when TLS resumed."""
+    """Make `sock` the relay's TLS upstream to `target`'s agent; True when TLS resumed.
+    `observe`: see `exchange`."""
     name = server_name(target.identity)
     session = held.sessions.get(name) if resume else None
     transport = await relay.open_upstream(
@@ -76,6 +78,7 @@ async def open_tunnel(
             source_namespace=source_namespace,
             source_pod=source_pod,
             opaque=opaque,
+            observe=observe,
         )
     finally:
         reused = bool(ssl_object.session_reused)
@@ -92,18 +95,25 @@ async def exchange(
     source_namespace: str,
     source_pod: str,
     opaque: bool = False,
+    observe: bool = False,
     timeout: float = REPLY_TIMEOUT,
     silent: tuple[float, Callable[[], bool]] | None = None,
-) -> None:
+) -> bool:
     """Send the preamble on the relay's upstream (a tunnel connection of its own, or a stream of
     a shared one) and wait for the destination agent's reply: TunnelRefused (TunnelDenied for
     its policy) unless it accepted. `silent` = (seconds, heard): PeerSilent when no reply came
     in that long and `heard()` says nothing else came from the destination agent either (an
-    agent that is alive answers a stream at once, before its reply)."""
+    agent that is alive answers a stream at once, before its reply).
+
+    `observe`: this agent will observe the connection's HTTP requests and can report them for
+    the destination too (observe once); True, also left in `relay.observes_for_peer`, when the
+    destination agreed to leave them to us (it then parses none of them)."""
     assert relay.up is not None and relay.up.transport is not None
     flags = pre.PreambleFlags.WANT_REPLY
     if opaque:
         flags |= pre.PreambleFlags.SKIP_DETECTION
+    elif observe:
+        flags |= pre.PreambleFlags.SOURCE_OBSERVES
     preamble = pre.encode_preamble(
         pre.Preamble(
             target_port=target.port,
@@ -138,6 +148,10 @@ async def exchange(
         raise TunnelDenied(f"destination refused: {reply.reason}")
     if not reply.accepted:
         raise TunnelRefused(f"destination refused: {reply.reason}")
+    relay.observes_for_peer = (
+        observe and not opaque and bool(reply.flags & pre.ReplyFlags.OBSERVED_AT_SOURCE)
+    )
+    return relay.observes_for_peer
 
 
 async def read_preamble(relay: Relay, timeout: float = PREAMBLE_TIMEOUT) -> pre.Preamble:
@@ -173,6 +187,6 @@ async def accept_tunnel(
     return identity, await read_preamble(relay)
 
 
-def reply(relay: Relay, code: pre.ReplyCode) -> None:
+def reply(relay: Relay, code: pre.ReplyCode, flags: pre.ReplyFlags = pre.ReplyFlags.NONE) -> None:
     if relay.down.transport is not None and not relay.down.lost:
-        relay.down.transport.write(pre.encode_reply(code))
+        relay.down.transport.write(pre.encode_reply(code, flags))

@@ -73,10 +73,12 @@ class TunnelPool:
         opaque: bool,
         timeout: float,
         answer_within: float = 0.0,
+        observe: bool = False,
     ) -> bool:
         """Make a stream of a shared connection `relay`'s upstream and get it accepted; True
         when a new connection (and handshake) was needed for it. `connect` gives a socket
         connected to the destination agent's tunnel port from the source's netns.
+        `observe`: offer to observe for the destination (tunnel.exchange).
         `answer_within`: how long the caller would wait for a TCP connect to the destination
         (the peer must be heard from within that, and PEER_SILENT_AFTER at least)."""
         loop = asyncio.get_running_loop()
@@ -119,6 +121,7 @@ class TunnelPool:
                     source_namespace=source_namespace,
                     source_pod=source_pod,
                     opaque=opaque,
+                    observe=observe,
                     timeout=STREAM_REPLY_TIMEOUT,
                     silent=(
                         max(answer_within, PEER_SILENT_AFTER),

@@ -202,13 +202,15 @@ def h2load_count(out: str) -> int:
     return int(m[3])
 
 
-def agent_metric(lab: LabPaths, node: str, name: str) -> float:
+def agent_metric(lab: LabPaths, node: str, name: str, *where: str) -> float:
+    """The sum of an agent's series of `name` (those whose labels hold each of `where`)."""
     text = subprocess.run(
         ["ip", "netns", "exec", lab.node_netns(node), "python3", "-c",
          "import urllib.request as u; print(u.urlopen('http://127.0.0.1:4191/metrics').read().decode())"],
         capture_output=True, text=True, check=True, timeout=30,
     ).stdout  # fmt: skip
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    found = re.findall(rf"^{name}(?:{{([^}}]*)}})? (\S+)$", text, re.M)
+    return sum(float(v) for labels, v in found if all(w in labels for w in where))
 
 
 SILENT = (
@@ -245,10 +247,17 @@ def test_stat_equals_what_third_party_clients_counted(lab: LabPaths) -> None:
     def requests(*extra: str) -> Callable[[], int]:
         return lambda: int(stat(lab, "deploy/nginx", "-t", "5m", *extra)["requests"])
 
-    # The server's agent (inbound) and the client's agent (outbound) each count every request.
+    # Both ends count every request: nginx's inbound, the client's outbound.
     fresh = settles_at(requests(), hey)
     settles_at(requests("--from", "deploy/client"), hey)
     print(f"hey: {hey} requests; stat equal {fresh:.1f} s after hey ended")
+    # Observed once: the client's agent (node1) parsed them and reported nginx's inbound side
+    # too, labelled as nginx's own agent would; nginx's agent (node2) parsed none of them.
+    inbound = 'direction="inbound"'
+    nginx = ('deployment="nginx"', 'client_id="spiffe://')
+    assert agent_metric(lab, "node1", "request_total", inbound, *nginx) == hey
+    assert agent_metric(lab, "node1", "request_total", 'direction="outbound"') == hey
+    assert agent_metric(lab, "node2", "request_total", inbound) == 0
 
     h2 = h2load_count(in_client(lab, "h2load", "-n", str(H2LOAD_REQUESTS), "-c", "4", "-m", "10",
                                 "http://nginx:8081/"))  # fmt: skip

@@ -132,7 +132,10 @@ def event(sub: str, rid: int, kind: str) -> tpb.AgentTapMessage:
     return tpb.AgentTapMessage(event=ev)
 
 
-async def test_tap_goes_only_to_agents_hosting_the_pods_and_is_rate_limited(stack) -> None:
+async def test_tap_goes_to_every_agent_and_is_rate_limited(stack) -> None:
+    """Every agent may see the pods' requests (a meshed client's agent reports the inbound side
+    too: observe once), so every agent is told every pod; the rate is shared by the nodes that
+    host them."""
     broker, _, agent_stub, public = stack
     agents = {n: await connect_agent(agent_stub, n) for n in ("node1", "node2", "node3")}
     while len(broker.agents) < 3:
@@ -148,12 +151,10 @@ async def test_tap_goes_only_to_agents_hosting_the_pods_and_is_rate_limited(stac
         )
     )
     starts = {}
-    for node in ("node1", "node2"):
+    for node in ("node1", "node2", "node3"):
         starts[node] = (await agents[node].get()).start
-    assert [p.name for p in starts["node1"].pods] == ["web-5d8f7-0"]
-    assert [p.name for p in starts["node2"].pods] == ["web-5d8f7-1"]
-    assert starts["node1"].max_rps == pytest.approx(2.5)
-    assert await agents["node3"].nothing(0.2)
+        assert [p.name for p in starts[node].pods] == ["web-5d8f7-0", "web-5d8f7-1"]
+        assert starts[node].max_rps == pytest.approx(2.5)
     sub_id = starts["node1"].id
 
     await agents["node2"].call.write(event(sub_id, 1, "req"))
@@ -178,9 +179,29 @@ async def test_tap_goes_only_to_agents_hosting_the_pods_and_is_rate_limited(stac
     assert {e.request_id for e in got} == set(reqs)
 
     tap.call.cancel()
-    for node in ("node1", "node2"):
+    for node in ("node1", "node2", "node3"):
         assert (await agents[node].get()).stop == sub_id
     assert broker.streams == {}
+    for agent in agents.values():
+        await agent.call.done_writing()
+    await tasks.cancel_all([a.task for a in agents.values()] + [tap.task])
+
+
+async def test_a_tap_to_something_goes_only_to_the_agents_of_its_pods(stack) -> None:
+    """`tap deploy/web --to deploy/web` takes the pods' outbound requests: only their own
+    agents see those."""
+    broker, _, agent_stub, public = stack
+    agents = {n: await connect_agent(agent_stub, n) for n in ("node1", "node2", "node3")}
+    while len(broker.agents) < 3:
+        await asyncio.sleep(0.01)
+    web = ppb.Resource(kind="deploy", namespace="emojivoto", name="web")
+    tap = Reader(public.Tap(ppb.TapRequest(resource=web, to_resource=web, max_rps=5)))
+    for node, pod in (("node1", "web-5d8f7-0"), ("node2", "web-5d8f7-1")):
+        start = (await agents[node].get()).start
+        assert [p.name for p in start.pods] == [pod]
+        assert len(start.to_addresses) == 2
+    assert await agents["node3"].nothing(0.2)
+    tap.call.cancel()
     for agent in agents.values():
         await agent.call.done_writing()
     await tasks.cancel_all([a.task for a in agents.values()] + [tap.task])

@@ -17,6 +17,7 @@ from nodeagent.protocol.preamble import (
     PreambleFlags,
     PreambleTruncated,
     ReplyCode,
+    ReplyFlags,
     UnsupportedVersion,
     decode_preamble,
     decode_reply,
@@ -137,3 +138,15 @@ def test_reply_round_trip_and_errors() -> None:
         decode_reply(b"HTTP/1.1 400")
     with pytest.raises(UnsupportedVersion):
         decode_reply(b"NMTR\x09\x00\x00\x00")
+
+
+def test_reply_flags_round_trip_and_a_reply_without_them_has_none() -> None:
+    flagged = encode_reply(ReplyCode.ACCEPTED, ReplyFlags.OBSERVED_AT_SOURCE)
+    assert flagged == b"NMTR\x01\x00\x00\x01"
+    assert decode_reply(flagged).flags == ReplyFlags.OBSERVED_AT_SOURCE
+    # What an agent that knows no reply flags sends (the bytes were reserved, zero).
+    assert decode_reply(b"NMTR\x01\x00\x00\x00").flags == ReplyFlags.NONE
+    # Bits a later version may add are carried, not refused.
+    assert int(decode_reply(b"NMTR\x01\x00\x80\x01").flags) == 0x8001
+    with pytest.raises(PreambleError, match="reply flags 65536 out of range"):
+        encode_reply(ReplyCode.ACCEPTED, 1 << 16)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from nodeagent.protocol import preamble as pre
 from nodeagent.proxy.admitting import (
     Answer,
@@ -129,3 +131,47 @@ def test_an_error_without_a_message_is_named_by_its_type() -> None:
     p.preamble(header(), client_id=CLIENT)
     p.authorized(gate=False)
     assert p.connect_failed(TimeoutError()).error == "app port 8080: TimeoutError"
+
+
+OBSERVES = F.WANT_REPLY | F.SOURCE_OBSERVES
+
+
+def test_observe_once_is_taken_when_the_source_offers_it_and_nothing_here_must_parse() -> None:
+    p = admission()
+    p.start(table_known=True)
+    p.preamble(header(flags=OBSERVES), client_id=CLIENT)
+    p.authorized(gate=False)
+    answer = p.connected()
+    assert answer == Answer(pre.ReplyCode.ACCEPTED, reply=True, observed_at_source=True)
+    assert answer.reply_flags == pre.ReplyFlags.OBSERVED_AT_SOURCE
+
+
+@pytest.mark.parametrize(
+    ("flags", "port", "gate"),
+    [
+        (F.WANT_REPLY, 8080, False),  # not offered (an agent that does not know it, or opaque)
+        (F.SOURCE_OBSERVES, 8080, False),  # offered, but the source would not hear the answer
+        (OBSERVES | F.SKIP_DETECTION, 8080, False),  # opaque: nothing to observe
+        (OBSERVES, 5432, False),  # an opaque port of this pod
+        (OBSERVES, 8080, True),  # a per-request authorization gate parses every request here
+    ],
+)
+def test_observe_once_is_declined_when_the_source_cannot_or_this_agent_must_parse(
+    flags: pre.PreambleFlags, port: int, gate: bool
+) -> None:
+    p = admission(opaque_ports=frozenset({5432}))
+    p.start(table_known=True)
+    p.preamble(header(port=port, flags=flags), client_id=CLIENT)
+    p.authorized(gate=gate)
+    answer = p.connected()
+    assert answer.accepted and not answer.observed_at_source
+    assert answer.reply_flags == pre.ReplyFlags.NONE
+
+
+def test_a_refused_connection_never_takes_observe_once() -> None:
+    p = admission()
+    p.start(table_known=True)
+    p.preamble(header(flags=OBSERVES), client_id=CLIENT)
+    p.authorized(gate=False)
+    answer = p.connect_failed(ConnectionRefusedError(111, "Connection refused"))
+    assert not answer.accepted and not answer.observed_at_source

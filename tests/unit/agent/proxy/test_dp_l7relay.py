@@ -12,7 +12,7 @@ import h2.connection
 import pytest
 from dp_sinks import RecordingSink
 
-from nodeagent.observe.events import Peer
+from nodeagent.observe.events import Peer, RequestStarted
 from nodeagent.protocol.detect import ServerFirstMemory
 from nodeagent.proxy.l7relay import ConnectionTap
 
@@ -384,3 +384,65 @@ def test_tapped_requests_carry_both_ports() -> None:
     for e in events:
         assert (e.src.ip, e.src.port, e.dst.ip, e.dst.port) == ("10.0.0.1", 41234, "10.0.0.2", 8080)
         assert (e.src.workload, e.dst.workload) == ("web", "api")
+
+
+# Observe once: the destination pod as its own agent names it (no Service).
+PEER = Peer("10.0.0.2", "shop", "api-1", "Deployment", "api")
+
+
+def test_a_tap_that_parses_nothing_still_detects_and_counts_the_connection() -> None:
+    sink = RecordingSink()
+    t = tap(sink, direction="inbound", parse=False)
+    t.client(b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n")
+    t.server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    t.closed("")
+    assert sink.requests == [] and t.observer is None
+    assert [o.protocol for o in sink.opened] == ["http1"]
+    (closed,) = sink.closed
+    assert (closed.protocol, closed.read_bytes, closed.write_bytes) == ("http1", 30, 40)
+
+
+def test_the_source_reports_each_request_for_the_destination_too() -> None:
+    sink = RecordingSink()
+    t = tap(sink, for_peer=PEER)
+    t.client(b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n")
+    time.sleep(0.01)
+    t.server(b"HTTP/1.1 503 No\r\nContent-Length: 2\r\n\r\nno")
+    t.client(b"POST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+    t.server(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok")  # closed mid-answer
+    t.closed("reset")
+    out_a, in_a, out_b, in_b = sink.requests
+    for mine, theirs in ((out_a, in_a), (out_b, in_b)):
+        assert (mine.direction, mine.dst) == ("outbound", DST)
+        assert (theirs.direction, theirs.dst, theirs.src) == ("inbound", PEER, SRC)
+        assert theirs.req_id != mine.req_id
+        same = ("conn_id", "protocol", "tls", "method", "authority", "path", "status",
+                "grpc_status", "classification", "reset", "latency_first_byte_s", "latency_s",
+                "request_bytes", "response_bytes", "started_at")  # fmt: skip
+        assert [getattr(theirs, f) for f in same] == [getattr(mine, f) for f in same]
+    assert (in_a.status, in_a.classification, in_a.response_bytes) == (503, "failure", 2)
+    assert in_a.latency_first_byte_s is not None and in_a.latency_first_byte_s >= 0.01
+    assert (in_b.method, in_b.request_bytes, in_b.reset) == ("POST", 3, True)
+    assert len({r.req_id for r in sink.requests}) == 4
+
+
+class _DestinationTapped(RecordingSink):
+    """Someone taps the destination pod only: its inbound requests, not the source's."""
+
+    def tapping(self, src: Peer, dst: Peer) -> bool:
+        return dst is PEER
+
+    def request_started(self, ev: RequestStarted) -> None:
+        self.tapped.append(("request", (ev.req_id, ev.direction, ev.dst)))
+
+
+def test_a_tap_on_the_destination_gets_the_requests_the_source_reports_for_it() -> None:
+    sink = _DestinationTapped()
+    t = tap(sink, for_peer=PEER)
+    t.client(b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n")
+    t.server(b"HTTP/1.1 204 No Content\r\n\r\n")
+    outbound, inbound = sink.requests
+    assert sink.tapped == [
+        ("request", (inbound.req_id, "inbound", PEER)),
+        ("response", (inbound.req_id, 204)),
+    ]

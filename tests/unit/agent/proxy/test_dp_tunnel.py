@@ -80,6 +80,11 @@ class World:
     deny: bool = False
     seen_clients: list[str] = field(default_factory=list)
     resumed: list[bool] = field(default_factory=list)
+    # Observe once: what the source offers, what the destination answers, what came of it.
+    observe: bool = False
+    reply_flags: pre.ReplyFlags = pre.ReplyFlags.NONE
+    offered: list[bool] = field(default_factory=list)
+    observed: list[bool] = field(default_factory=list)
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -103,6 +108,7 @@ async def world(anchor: CaMaterial, authority: CertificateAuthority) -> AsyncIte
     async def destination(relay: Relay) -> None:
         client_id, header = await accept_tunnel(relay, held=w.dst)
         w.seen_clients.append(client_id)
+        w.offered.append(bool(header.flags & pre.PreambleFlags.SOURCE_OBSERVES))
         if w.deny:
             reply(relay, pre.ReplyCode.POLICY_DENIED)
             relay.decline("denied")
@@ -110,7 +116,7 @@ async def world(anchor: CaMaterial, authority: CertificateAuthority) -> AsyncIte
         sock = _plain_socket()
         await loop.sock_connect(sock, ("127.0.0.1", header.target_port))
         await relay.open_upstream(sock)
-        reply(relay, pre.ReplyCode.ACCEPTED)
+        reply(relay, pre.ReplyCode.ACCEPTED, w.reply_flags)
         relay.start()
 
     async def source(relay: Relay) -> None:
@@ -125,8 +131,10 @@ async def world(anchor: CaMaterial, authority: CertificateAuthority) -> AsyncIte
             source_namespace="shop",
             source_pod="web-1",
             resume=store.resume,
+            observe=w.observe,
         )
         w.resumed.append(resumed)
+        w.observed.append(relay.observes_for_peer)
         relay.start()
 
     w.dst_agent = Agent(destination)  # type: ignore[attr-defined]
@@ -336,3 +344,26 @@ async def test_a_slow_answer_to_a_half_closed_request_still_arrives(
         )
     finally:
         app.close()
+
+
+@pytest.mark.parametrize(
+    ("observe", "answer", "offered", "observed"),
+    [
+        (True, pre.ReplyFlags.OBSERVED_AT_SOURCE, True, True),
+        # A destination agent that knows nothing of it answers with zero flags: each side
+        # reports its own requests, none counted twice.
+        (True, pre.ReplyFlags.NONE, True, False),
+        # A destination claiming it without the offer is not believed.
+        (False, pre.ReplyFlags.OBSERVED_AT_SOURCE, False, False),
+    ],
+)
+async def test_observe_once_holds_only_when_offered_and_taken(
+    world: World,
+    observe: bool,
+    answer: pre.ReplyFlags,
+    offered: bool,
+    observed: bool,
+) -> None:
+    world.observe, world.reply_flags = observe, answer
+    assert await _request(world.src_port, b"ping") == b"echo:ping"  # type: ignore[attr-defined]
+    assert (world.offered, world.observed) == ([offered], [observed])
