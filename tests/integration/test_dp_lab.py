@@ -248,7 +248,8 @@ def test_mesh_traffic_is_mtls_on_the_underlay_and_observed_on_both_sides(lab: La
     assert tunnel, "no tunnel traffic crossed the underlay"
     assert any(p[:3] == b"\x17\x03\x03" for p in tunnel)  # TLS application data records
     assert all(marker.encode() not in p for _, _, p in segments)
-    # Five requests observed leaving the client (node1) and arriving at echo (node2), as mTLS.
+    # Five requests observed leaving the client (node1) and arriving at echo (node2), as mTLS:
+    # both sides reported by the client's agent (observed once); echo's agent parsed none.
     after1, after2 = lab.metrics("node1"), lab.metrics("node2")
     out = dict(direction="outbound", namespace="dp", dst_service="echo-svc", tls="true")
     inn = dict(direction="inbound", namespace="dp", deployment="echo", tls="true")
@@ -257,9 +258,10 @@ def test_mesh_traffic_is_mtls_on_the_underlay_and_observed_on_both_sides(lab: La
         == 5
     )
     assert (
-        metric_sum(after2, "request_total", **inn) - metric_sum(before2, "request_total", **inn)
+        metric_sum(after1, "request_total", **inn) - metric_sum(before1, "request_total", **inn)
         == 5
     )
+    assert metric_sum(after2, "request_total", **inn) == metric_sum(before2, "request_total", **inn)
     assert 'client_id="spiffe://cluster.local/ns/dp/sa/default"' in after2
 
 
@@ -353,12 +355,15 @@ def test_a_grpc_server_stream_passes_through_both_agents(lab: Lab) -> None:
     assert seen == 1  # the client's agent saw one gRPC call that ended OK, over mTLS
 
 
-def test_the_server_agent_observes_the_grpc_call(lab: Lab) -> None:
+def test_the_grpc_calls_inbound_side_is_reported_once_by_the_clients_agent(lab: Lab) -> None:
     (streamer,) = lab.pods("dp", "streamer")
     metrics_pod = dict(direction="inbound", pod=streamer["name"])
-    _, seen = _grpc_stream(lab, "node2", **metrics_pod)
-    lines = [ln for ln in lab.metrics("node2").splitlines() if streamer["name"] in ln]
+    before2 = metric_sum(lab.metrics("node2"), "response_total", **metrics_pod)
+    _, seen = _grpc_stream(lab, "node1", **metrics_pod)
+    lines = [ln for ln in lab.metrics("node1").splitlines() if streamer["name"] in ln]
     assert seen == 1, [ln for ln in lines if "_total{" in ln]
+    # The streamer's own agent relayed it without parsing (observe once).
+    assert metric_sum(lab.metrics("node2"), "response_total", **metrics_pod) == before2
 
 
 def test_a_slow_reader_gets_every_byte_without_stalling_other_requests(lab: Lab) -> None:

@@ -160,25 +160,29 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 def test_new_connections_share_a_few_tls_handshakes_and_stay_encrypted(lab: Lab) -> None:
     marker = "pm-mux-" + secrets.token_hex(8)
-    before = lab.metrics("node2")
+    before, before1 = lab.metrics("node2"), lab.metrics("node1")
     dump = Tcpdump(lab.paths.underlay_netns, lab.tmp / "mux.pcap")
     try:
         codes = lab.curl_each("allowed", [f"/{marker}/{i}" for i in range(CONNECTIONS)])
     finally:
         dump.stop()
-    after = lab.metrics("node2")
+    after, after1 = lab.metrics("node2"), lab.metrics("node1")
     assert codes == ["200"] * CONNECTIONS, codes
     assert dump.dropped == 0
     assert dump.count(marker) == 0, "the marker crossed the underlay in plaintext"
     assert dump.packets("tcp port 8080") == 0, "app traffic outside the tunnel"
     hellos = dump.packets(CLIENT_HELLO)
     assert 0 < hellos <= MAX_HANDSHAKES, f"{hellos} TLS handshakes for {CONNECTIONS} connections"
-    # The destination agent saw each of them as an mTLS request of the source workload.
+    # Each of them reached the destination as an mTLS request of the source workload: reported
+    # for the server by the source's agent, which observed it (observe once, on streams too).
     inbound = dict(direction="inbound", namespace="pm", deployment="server", tls="true")
-    seen = metric_sum(after, "request_total", **inbound) - metric_sum(
-        before, "request_total", **inbound
+    seen = metric_sum(after1, "request_total", **inbound) - metric_sum(
+        before1, "request_total", **inbound
     )
     assert seen == CONNECTIONS, seen
+    assert metric_sum(after, "request_total", **inbound) == metric_sum(
+        before, "request_total", **inbound
+    )
     streams = metric_sum(after, "nodemesh_agent_tunnel_streams_total", side="server")
     assert streams - metric_sum(before, "nodemesh_agent_tunnel_streams_total", side="server") >= (
         CONNECTIONS
@@ -188,15 +192,20 @@ def test_new_connections_share_a_few_tls_handshakes_and_stay_encrypted(lab: Lab)
 def test_each_stream_is_authorized_as_its_own_source(lab: Lab) -> None:
     """Two workloads of one node to one pod: the denied one gets 403 on every new connection,
     the allowed one 200, interleaved, over the same agents' shared connections."""
-    before = lab.metrics("node2")
+    before = lab.metrics("node1")
     got = []
     for i in range(5):
         got += lab.curl_each("denied", [f"/d{i}"]) + lab.curl_each("allowed", [f"/a{i}"])
     assert got == ["403", "200"] * 5, got
-    after = lab.metrics("node2")
-    # The 200s reached the app as requests of an mTLS client (the 403s never reached it).
+    after = lab.metrics("node1")
+    # The 200s reached the app as requests of an mTLS client (the 403s never reached it); the
+    # source's agent reports them for the server (observe once).
     inbound = dict(direction="inbound", namespace="pm", deployment="server", tls="true")
     ok = metric_sum(after, "response_total", status_code="200", **inbound) - metric_sum(
         before, "response_total", status_code="200", **inbound
     )
     assert ok == 5, ok
+    denied = dict(inbound, status_code="403")
+    assert metric_sum(after, "response_total", **denied) == metric_sum(
+        before, "response_total", **denied
+    )
