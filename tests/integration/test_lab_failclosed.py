@@ -266,12 +266,13 @@ def test_a_pod_that_backs_no_service_is_reached_over_mtls(lab: Lab, capture: Tcp
     assert capture.count(marker) == 0, "the marker crossed the underlay in plaintext"
     assert capture.packets(f"tcp port 4143 and host {lone['ip']}") > 0, "no tunnel to the pod IP"
     assert capture.packets(f"tcp port 8080 and host {lone['ip']}") == 0
+    # lone's agent took each of them in as an mTLS connection (one per curl).
     inbound = dict(direction="inbound", namespace="fc", deployment="lone")
     after = lab.metrics("node2")
-    tls = metric_sum(after, "request_total", tls="true", **inbound) - metric_sum(
-        before, "request_total", tls="true", **inbound
+    tls = metric_sum(after, "tcp_open_total", tls="true", **inbound) - metric_sum(
+        before, "tcp_open_total", tls="true", **inbound
     )
-    assert tls == 10, [ln for ln in after.splitlines() if "lone" in ln and "request_total" in ln]
+    assert tls == 10, [ln for ln in after.splitlines() if "lone" in ln and "tcp_open" in ln]
 
 
 def _hey(lab: Lab, url: str, seconds: int) -> subprocess.Popen[str]:
@@ -330,12 +331,14 @@ def test_agent_killed_while_the_control_plane_is_away_never_sends_plaintext(
     # Served over mTLS from the saved table and certificates: far more than the few requests
     # that met no agent while it restarted, none of them plaintext at echo's agent.
     assert ok > OUTAGE * 20 * 0.7, report
+    # echo's agent took each request's connection in (hey opens one per request): as mTLS,
+    # never plain ("no_identity": what a plaintext connection is labelled).
     inbound = dict(direction="inbound", namespace="fc", deployment="echo")
-    tls = metric_sum(during, "request_total", tls="true", **inbound) - metric_sum(
-        before, "request_total", tls="true", **inbound
+    tls = metric_sum(during, "tcp_open_total", tls="true", **inbound) - metric_sum(
+        before, "tcp_open_total", tls="true", **inbound
     )
-    plain = metric_sum(during, "request_total", tls="false", **inbound) - metric_sum(
-        before, "request_total", tls="false", **inbound
+    plain = metric_sum(during, "tcp_open_total", tls="no_identity", **inbound) - metric_sum(
+        before, "tcp_open_total", tls="no_identity", **inbound
     )
     assert plain == 0 and tls >= ok, (tls, plain, report)
 
