@@ -285,7 +285,10 @@ async def connect_route(
                 opaque=route.opaque,
                 timeout=step.timeout,
                 handshake=HANDSHAKE_TIMEOUT if step.more else LAST_HANDSHAKE_TIMEOUT,
-                observe=rt.observe_once,
+                # Offered only when our tap will parse: not to a destination it remembers as
+                # speaking first (relayed opaque here, while its agent might have parsed it).
+                observe=rt.observe_once
+                and not rt.server_first.seen(route.ip, route.port, now=time.monotonic()),
             )
         except TunnelDenied as exc:
             relay.drop_upstream()
