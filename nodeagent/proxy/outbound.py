@@ -235,6 +235,17 @@ async def handle(relay: Relay, pod: PodListeners) -> None:
         relay.refuse(error)
 
 
+def offers_observation(rt: ProxyRuntime, route: Route, *, now: float) -> bool:
+    """Offer the destination's agent to observe the connection's requests for it (observe
+    once): only when this agent's tap will parse them, so not on an opaque route nor to a
+    destination the agent remembers as speaking first (its tap relays those opaque)."""
+    return (
+        rt.observe_once
+        and not route.opaque
+        and not rt.server_first.seen(route.ip, route.port, now=now)
+    )
+
+
 async def connect_route(
     relay: Relay,
     pod: Caller,
@@ -285,10 +296,7 @@ async def connect_route(
                 opaque=route.opaque,
                 timeout=step.timeout,
                 handshake=HANDSHAKE_TIMEOUT if step.more else LAST_HANDSHAKE_TIMEOUT,
-                # Offered only when our tap will parse: not to a destination it remembers as
-                # speaking first (relayed opaque here, while its agent might have parsed it).
-                observe=rt.observe_once
-                and not rt.server_first.seen(route.ip, route.port, now=time.monotonic()),
+                observe=offers_observation(rt, route, now=started),
             )
         except TunnelDenied as exc:
             relay.drop_upstream()

@@ -8,6 +8,8 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from dp_clients import ask as _ask
@@ -15,6 +17,7 @@ from dp_sinks import RecordingSink
 from dp_tables import endpoint, pod, service, table
 
 from nodeagent.pod import PodAddress
+from nodeagent.protocol.detect import ServerFirstMemory
 from nodeagent.proxy import outbound
 from nodeagent.proxy.listeners import PodListeners, ProxyRuntime
 from nodemesh import tasks
@@ -110,3 +113,22 @@ async def test_a_service_with_no_ready_endpoint_resets_at_once(proxy) -> None:
     assert await _ask(proxy["port"], b"q") == b"<reset>"
     sink: RecordingSink = proxy["sink"]  # type: ignore[assignment]
     assert sink.closed[0].error == "shop/api has no ready endpoint"
+
+
+def test_observation_is_offered_only_where_this_agent_parses() -> None:
+    """Observe once: the offer says "my tap reports the requests for you", so it is made only
+    where the tap will parse them."""
+    memory = ServerFirstMemory(ttl=600.0)
+    rt = cast(Any, SimpleNamespace(observe_once=True, server_first=memory))
+    web = cast(Any, SimpleNamespace(opaque=False, ip="10.96.0.20", port=80))
+    assert outbound.offers_observation(rt, web, now=100.0)
+    off = cast(Any, SimpleNamespace(observe_once=False, server_first=memory))
+    assert not outbound.offers_observation(off, web, now=100.0)
+    opaque = cast(Any, SimpleNamespace(opaque=True, ip="10.96.0.20", port=80))
+    assert not outbound.offers_observation(rt, opaque, now=100.0)
+    # A destination remembered as speaking first is relayed opaque by our tap.
+    memory.remember("10.96.0.20", 80, now=100.0)
+    assert not outbound.offers_observation(rt, web, now=101.0)
+    other_port = cast(Any, SimpleNamespace(opaque=False, ip="10.96.0.20", port=81))
+    assert outbound.offers_observation(rt, other_port, now=101.0)
+    assert outbound.offers_observation(rt, web, now=701.0)  # forgotten: parsed again
