@@ -408,56 +408,33 @@ class ConnectionTap:
             return
         # Positional, in the field order: keywords cost a dataclass __init__ three times as
         # much, and this runs for every request (test_dp_l7relay.py checks each field).
-        outcome = outcome_label(req.status, grpc_status=grpc_status, stream_failed=reset)
-        latency = time.monotonic() - req.started
-        self.sink.request(
-            RequestObserved(
-                req.req_id,  # req_id
-                self.conn_id,  # conn_id
-                self.direction,  # direction
-                self.src,  # src
-                self.dst,  # dst
-                req.protocol,  # protocol
-                self.tls,  # tls
-                req.method,  # method
-                req.authority,  # authority
-                req.path,  # path
-                req.status,  # status
-                grpc_status,  # grpc_status
-                outcome,  # classification
-                reset,  # reset
-                req.first_byte,  # latency_first_byte_s
-                latency,  # latency_s
-                req.request_bytes,  # request_bytes
-                response_bytes,  # response_bytes
-                req.started_at,  # started_at
-            )
+        exchange = (
+            req.protocol,  # protocol
+            self.tls,  # tls
+            req.method,  # method
+            req.authority,  # authority
+            req.path,  # path
+            req.status,  # status
+            grpc_status,  # grpc_status
+            outcome_label(req.status, grpc_status=grpc_status, stream_failed=reset),
+            reset,  # reset
+            req.first_byte,  # latency_first_byte_s
+            time.monotonic() - req.started,  # latency_s
+            req.request_bytes,  # request_bytes
+            response_bytes,  # response_bytes
+            req.started_at,  # started_at
         )
-        if req.peer_req_id:
+        sink = self.sink
+        # req_id, conn_id, direction, src, dst, then the exchange.
+        sink.request(
+            RequestObserved(req.req_id, self.conn_id, self.direction, self.src, self.dst, *exchange)
+        )
+        peer = self.for_peer
+        if req.peer_req_id and peer is not None:
             # The same request as the destination's agent would have reported it (observe
             # once): its inbound side, timed from here (the tunnel's round trip included).
-            self.sink.request(
-                RequestObserved(
-                    req.peer_req_id,
-                    self.conn_id,
-                    "inbound",
-                    self.src,
-                    self.for_peer,  # type: ignore[arg-type]  # set whenever peer_req_id is
-                    req.protocol,
-                    self.tls,
-                    req.method,
-                    req.authority,
-                    req.path,
-                    req.status,
-                    grpc_status,
-                    outcome,
-                    reset,
-                    req.first_byte,
-                    latency,
-                    req.request_bytes,
-                    response_bytes,
-                    req.started_at,
-                )
+            sink.request(
+                RequestObserved(req.peer_req_id, self.conn_id, "inbound", self.src, peer, *exchange)
             )
 
 
