@@ -430,7 +430,7 @@ class ConnectionTap:
             RequestObserved(req.req_id, self.conn_id, self.direction, self.src, self.dst, *exchange)
         )
         peer = self.for_peer
-        if req.peer_req_id and peer is not None:
+        if peer is not None:  # then every request has its peer_req_id (_started)
             # The same request as the destination's agent would have reported it (observe
             # once): its inbound side, timed from here (the tunnel's round trip included).
             sink.request(

@@ -98,7 +98,7 @@ async def exchange(
     observe: bool = False,
     timeout: float = REPLY_TIMEOUT,
     silent: tuple[float, Callable[[], bool]] | None = None,
-) -> bool:
+) -> None:
     """Send the preamble on the relay's upstream (a tunnel connection of its own, or a stream of
     a shared one) and wait for the destination agent's reply: TunnelRefused (TunnelDenied for
     its policy) unless it accepted. `silent` = (seconds, heard): PeerSilent when no reply came
@@ -106,8 +106,8 @@ async def exchange(
     agent that is alive answers a stream at once, before its reply).
 
     `observe`: this agent will observe the connection's HTTP requests and can report them for
-    the destination too (observe once); True, also left in `relay.observes_for_peer`, when the
-    destination agreed to leave them to us (it then parses none of them)."""
+    the destination too (observe once); `relay.observes_for_peer` says whether the destination
+    agreed to leave them to us (it then parses none of them)."""
     assert relay.up is not None and relay.up.transport is not None
     flags = pre.PreambleFlags.WANT_REPLY
     if opaque:
@@ -151,7 +151,6 @@ async def exchange(
     relay.observes_for_peer = (
         observe and not opaque and bool(reply.flags & pre.ReplyFlags.OBSERVED_AT_SOURCE)
     )
-    return relay.observes_for_peer
 
 
 async def read_preamble(relay: Relay, timeout: float = PREAMBLE_TIMEOUT) -> pre.Preamble:
