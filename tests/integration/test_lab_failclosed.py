@@ -299,7 +299,24 @@ def _wait_for_new_agent(lab: Lab, node: str, old: int) -> None:
         if lab.agent_pid(node) not in (None, old):
             return
         time.sleep(0.2)
-    raise AssertionError(f"the lab did not restart {node}'s agent")
+    raise AssertionError(f"the lab did not restart {node}'s agent\n{_agent_story(lab, node, old)}")
+
+
+def _agent_story(lab: Lab, node: str, old: int) -> str:
+    """What to read when an agent did not come back (seen once in CI, not since): the
+    processes left in the node's network namespace with their state and what they wait in,
+    whether the killed one is still there, and the tail of the agent pods' logs."""
+    lines = [f"killed pid {old}: {'still in /proc' if Path(f'/proc/{old}').exists() else 'gone'}"]
+    pids = subprocess.run(["ip", "netns", "pids", lab.paths.node_netns(node)],
+                          capture_output=True, text=True, check=False).stdout.split()  # fmt: skip
+    if pids:
+        ps = subprocess.run(["ps", "-o", "pid,ppid,stat,wchan:24,etimes,args", "-p", ",".join(pids)],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+        lines.append(ps.stdout[-4000:])
+    for log in sorted(lab.paths.root.glob("logs/*/nodemesh-agent*/*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        lines += [f"--- {log.relative_to(lab.paths.root)}", *tail]
+    return "\n".join(lines)
 
 
 def test_agent_killed_while_the_control_plane_is_away_never_sends_plaintext(
