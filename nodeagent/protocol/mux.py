@@ -35,6 +35,38 @@ def connect_headers(ip: str, port: int) -> list[tuple[bytes, bytes]]:
     return [(b":method", b"CONNECT"), (b":authority", f"{ip}:{port}".encode())]
 
 
+def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
+    """An HPACK integer (RFC 7541 5.1) in a prefix of `prefix_bits` bits after `first`."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = bytearray([first | limit])
+    value -= limit
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _literal(name_index: int, value: bytes) -> bytes:
+    """A header field literal without indexing, its name from the static table (RFC 7541
+    6.2.2): no entry in the decoder's dynamic table, so the block needs no encoder state."""
+    return _hpack_int(name_index, 4, 0x00) + _hpack_int(len(value), 7, 0x00) + value
+
+
+# Static table indexes (RFC 7541 appendix A).
+_AUTHORITY, _METHOD = 1, 2
+# ":status 200" and ":status 400" are whole entries of the static table: one byte each.
+STATUS_200, STATUS_400 = b"\x88", b"\x8d"
+
+
+def encode_connect(ip: str, port: int) -> bytes:
+    """The header block of the CONNECT that opens a stream to (ip, port), HPACK-encoded."""
+    authority = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return _literal(_METHOD, b"CONNECT") + _literal(_AUTHORITY, authority.encode())
+
+
 def parse_connect(headers: list[tuple[bytes, bytes]]) -> tuple[str, int]:
     """The target (IP, port) a stream's request names; MuxHeaderError when it is not a CONNECT
     to an IPv4/IPv6 address and a port in 1-65535."""

@@ -13,12 +13,16 @@ through a stream exactly as through a TCP or TLS connection of its own:
   client) sends RST_STREAM; close() half-closes and lets the stream go, resetting it only if
   the peer keeps sending (as a closed TCP socket answers with a reset).
 
-The h2 library runs the connection's and the streams' state (HEADERS, SETTINGS, RST_STREAM,
-PING, GOAWAY), but DATA and WINDOW_UPDATE frames never go through it: this module reads and
-writes them itself and keeps both directions' flow-control windows (h2's per-frame work, a
-frame object, events, its own window books, was most of the CPU a stream added to a bulk or a
-chatty app connection). Frames go out once per turn of the event loop, the frames of every
-stream that wrote in that turn together (one TLS record for many small writes).
+The h2 library runs only the connection's own frames (the preface, SETTINGS, PING, GOAWAY).
+Every frame of a stream is this module's: DATA and WINDOW_UPDATE with both directions'
+flow-control windows (h2's per-frame work, a frame object, events, its own window books, was
+most of the CPU a stream added to a bulk or a chatty app connection), and HEADERS, RST_STREAM
+and END_STREAM with the streams' states (h2's state machine, header validation and HPACK
+encoder were a fifth of an agent's CPU for a new app connection). A CONNECT is encoded as
+literals that touch no HPACK table, the answers are single static-table bytes; what the peer
+sends is decoded with hpack's decoder, whatever its encoder did. Frames go out once per turn of
+the event loop, the frames of every stream that wrote in that turn together (one TLS record for
+many small writes).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 import hyperframe.frame
 
 from nodeagent.protocol import mux as wire
@@ -66,8 +71,13 @@ LOW_WATER = 64 * 1024
 
 # A frame's header: a 24-bit length (as 16 + 8 bits), type, flags, stream id (RFC 9113 4.1).
 _HEADER = struct.Struct(">HBBBL")
-_DATA, _WINDOW_UPDATE = 0x0, 0x8
-_END_STREAM, _PADDED = 0x1, 0x8
+_DATA, _HEADERS, _PRIORITY, _RST_STREAM, _WINDOW_UPDATE = 0x0, 0x1, 0x2, 0x3, 0x8
+_GOAWAY = 0x7
+# Frames of a stream other than DATA and WINDOW_UPDATE (PUSH_PROMISE and CONTINUATION among
+# them: neither ever comes from a peer agent, and both end the connection).
+_STREAM_FRAMES = frozenset((_HEADERS, _PRIORITY, _RST_STREAM, 0x5, 0x9))
+_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
+_REFUSED_STREAM = 0x7
 _PREFACE_SIZE = 24  # the client's connection preface, "PRI * HTTP/2.0..."
 _MAX_WINDOW = 2**31 - 1
 
@@ -80,10 +90,42 @@ def _window_update(stream_id: int, increment: int) -> bytes:
     return _header(4, _WINDOW_UPDATE, 0, stream_id) + increment.to_bytes(4, "big")
 
 
+def _headers(stream_id: int, block: bytes, *, end_stream: bool = False) -> bytes:
+    flags = _END_HEADERS | (_END_STREAM if end_stream else 0)
+    return _header(len(block), _HEADERS, flags, stream_id) + block
+
+
+def _rst(stream_id: int, code: int) -> bytes:
+    return _header(4, _RST_STREAM, 0, stream_id) + int(code).to_bytes(4, "big")
+
+
+def _goaway(last_stream_id: int, code: int) -> bytes:
+    return (
+        _header(8, _GOAWAY, 0, 0) + last_stream_id.to_bytes(4, "big") + int(code).to_bytes(4, "big")
+    )
+
+
+def _code_name(code: int) -> str:
+    try:
+        return h2.errors.ErrorCodes(code).name
+    except ValueError:
+        return f"error code {code}"
+
+
+def _reset_ahead(data: bytes, pos: int, end: int, sid: int) -> bool:
+    """Whether the whole frames of data[pos:end] include a RST_STREAM of stream `sid` (a client
+    whose app connection went away at once resets the stream in the same read as its CONNECT:
+    nothing is to be answered or started for it)."""
+    unpack = _HEADER.unpack_from
+    while end - pos >= 9:
+        hi, lo, kind, _, frame_sid = unpack(data, pos)
+        if kind == _RST_STREAM and frame_sid & 0x7FFFFFFF == sid:
+            return True
+        pos += 9 + ((hi << 8) | lo)
+    return False
+
+
 # h2's answer to a send on a stream that is already over: closed, or closed and forgotten.
-_STREAM_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError)
-
-
 class _Broken(Exception):
     """The connection was ended while frames were being read (a protocol error)."""
 
@@ -325,6 +367,9 @@ class MuxSession(asyncio.Protocol):
             client_side=client_side, header_encoding=None, validate_inbound_headers=True
         )
         self.h2 = h2.connection.H2Connection(config)
+        self.decoder = hpack.Decoder()  # the peer's header blocks (HEADERS are ours, not h2's)
+        self._next_sid = 1  # client side: the next stream's id
+        self._last_inbound = 0  # server side: the highest stream id the peer opened
         self.transport: Any = None
         self.streams: dict[int, MuxStream] = {}
         self.blocked: dict[int, MuxStream] = {}  # streams with bytes waiting for window
@@ -402,12 +447,16 @@ class MuxSession(asyncio.Protocol):
         """A new stream to `target` (CONNECT sent); `protocol` gets connection_made at once."""
         if not self.usable:
             raise StreamRefused("the tunnel connection is going away")
-        sid = self.h2.get_next_available_stream_id()
+        sid = self._next_sid
+        if sid > _MAX_WINDOW:  # stream ids are 31 bits: this connection has opened its last
+            self.going_away = True
+            raise StreamRefused("tunnel stream not opened: the connection has no stream id left")
+        if len(self.streams) >= self.peer_max_streams:
+            raise StreamRefused(f"tunnel stream not opened: {len(self.streams)} streams open, "
+                                "the peer's limit")  # fmt: skip
+        self._next_sid = sid + 2
         stream = MuxStream(self, sid, protocol)
-        try:
-            self.h2.send_headers(sid, wire.connect_headers(*target))
-        except h2.exceptions.H2Error as exc:
-            raise StreamRefused(f"tunnel stream not opened: {exc}") from exc
+        self._append(_headers(sid, wire.encode_connect(*target)))
         self.streams[sid] = stream
         self.opened += 1
         protocol.connection_made(stream)  # type: ignore[arg-type]
@@ -499,6 +548,17 @@ class MuxSession(asyncio.Protocol):
                     control = -1
                 increment = int.from_bytes(data[pos + 9 : pos + 13], "big") & 0x7FFFFFFF
                 self._window_updated(sid, increment)
+            elif kind in _STREAM_FRAMES and sid:
+                if control >= 0:
+                    self._to_h2(data[control:pos])
+                    control = -1
+                try:
+                    self._stream_frame(data, pos, end, kind, flags, sid, length)
+                except _Broken:
+                    raise
+                except Exception:
+                    log.exception("tunnel connection: acting on a stream's frame failed; ending it")
+                    self._fail(h2.errors.ErrorCodes.INTERNAL_ERROR, "an internal error")
             elif control < 0:
                 control = pos
             pos += 9 + length
@@ -513,6 +573,11 @@ class MuxSession(asyncio.Protocol):
         except h2.exceptions.ProtocolError as exc:
             log.debug("tunnel connection: HTTP/2 protocol error: %s", exc)
             self.error = exc
+            # h2's own GOAWAY would name stream 0 as the last one processed (it never sees a
+            # stream): ours names the last the peer opened, so it retries only the later ones.
+            self.h2.data_to_send()
+            code = getattr(exc, "error_code", None) or h2.errors.ErrorCodes.PROTOCOL_ERROR
+            self._out.append(_goaway(self._last_inbound, code))
             self._write_out()
             self._abort(StreamReset(f"tunnel connection: {exc}"))
             raise _Broken from exc
@@ -532,10 +597,7 @@ class MuxSession(asyncio.Protocol):
         exc = h2.exceptions.ProtocolError(f"tunnel connection: {why}")
         log.debug("%s", exc)
         self.error = exc
-        try:
-            self.h2.close_connection(error_code=code)
-        except h2.exceptions.ProtocolError:
-            pass
+        self._append(_goaway(self._last_inbound, code))
         self._write_out()
         self._abort(StreamReset(str(exc)))
         raise _Broken
@@ -563,10 +625,8 @@ class MuxSession(asyncio.Protocol):
                 stream.received(piece, len(piece))
             else:  # reset meanwhile: what is left counts for the connection only
                 self.ack(stream.id, len(piece))
-        if not self._body:
-            flags = self._body_flags & _END_STREAM
-            if flags or stream is None:
-                self._to_h2(_header(0, _DATA, flags, self._body_sid))
+        if not self._body and stream is not None and self._body_flags & _END_STREAM:
+            self._remote_end(stream)
 
     def _data_frame(self, data: bytes, start: int, length: int, flags: int, sid: int) -> None:
         end = start + length
@@ -581,17 +641,16 @@ class MuxSession(asyncio.Protocol):
             self._fail(h2.errors.ErrorCodes.FLOW_CONTROL_ERROR, "the peer overran the window")
         stream = self.streams.get(sid)
         if stream is None or stream.remote_ended:
-            # A stream that is over (reset, or done here): its bytes only count for the
-            # connection, and h2 answers for the stream (a zero-length DATA says what came).
+            # A stream that is over (reset, or ended by the peer): its bytes only count for
+            # the connection.
             self.ack(sid, length)
-            self._to_h2(_header(0, _DATA, flags & _END_STREAM, sid))
             return
         if length:
             if self._overran(stream, length):
                 return
             stream.received(data[start:end], length)
         if flags & _END_STREAM:
-            self._to_h2(_header(0, _DATA, _END_STREAM, sid))
+            self._remote_end(stream)
 
     def _overran(self, stream: MuxStream, length: int) -> bool:
         """Count `length` received bytes against the stream's window; a peer that overran it
@@ -624,43 +683,124 @@ class MuxSession(asyncio.Protocol):
         elif sid in self.blocked:
             self.flush(stream, send=False)
 
-    def _event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            stream = self.streams.get(event.stream_id)
-            if stream is None or not event.data:
-                # An END_STREAM often comes as an empty DATA frame: no data for the app (an
-                # empty read would say the server spoke first); padding is acked.
-                self.ack(event.stream_id, event.flow_controlled_length)
+    def _stream_frame(
+        self, data: bytes, pos: int, end: int, kind: int, flags: int, sid: int, length: int
+    ) -> None:
+        """A HEADERS, RST_STREAM or PRIORITY frame (whole, at `pos`); anything else of a stream
+        here (PUSH_PROMISE, CONTINUATION) ends the connection."""
+        start, stop = pos + 9, pos + 9 + length
+        if kind == _RST_STREAM:
+            if length != 4:
+                self._fail(h2.errors.ErrorCodes.FRAME_SIZE_ERROR, f"a RST_STREAM of {length} bytes")
+            self._peer_reset(sid, int.from_bytes(data[start:stop], "big"))
+            return
+        if kind == _PRIORITY:
+            return  # advice, which a tunnel does not take
+        if kind != _HEADERS:
+            self._fail(h2.errors.ErrorCodes.PROTOCOL_ERROR, f"a frame of type {kind} on a stream")
+        if not flags & _END_HEADERS:
+            # A peer agent's header block is a few dozen bytes: never split.
+            self._fail(h2.errors.ErrorCodes.PROTOCOL_ERROR,
+                       "a header block continued in CONTINUATION frames")  # fmt: skip
+        if flags & _PADDED:
+            start += 1
+            stop -= data[pos + 9] if length else 256
+        if flags & _PRIORITY_FLAG:
+            start += 5
+        if stop < start:
+            self._fail(h2.errors.ErrorCodes.PROTOCOL_ERROR, "HEADERS padding beyond the frame")
+        try:
+            headers: Any = self.decoder.decode(data[start:stop], raw=True)
+        except hpack.HPACKError as exc:
+            self._fail(h2.errors.ErrorCodes.COMPRESSION_ERROR, f"a header block: {exc}")
+        end_stream = bool(flags & _END_STREAM)
+        if self.client_side:
+            self._response(sid, headers, end_stream)
+        else:
+            self._request(sid, headers, end_stream, ahead=(data, stop, end))
+
+    def _request(
+        self,
+        sid: int,
+        headers: list[tuple[bytes, bytes]],
+        end_stream: bool,
+        ahead: tuple[bytes, int, int],
+    ) -> None:
+        """The peer's HEADERS on the server side: a new stream's CONNECT, answered here."""
+        if sid <= self._last_inbound or not sid % 2:
+            stream = self.streams.get(sid)
+            if sid % 2 and stream is not None:
+                if end_stream:  # trailers, which no agent sends: only their END_STREAM counts
+                    self._remote_end(stream)
                 return
-            stream.received(event.data, event.flow_controlled_length)
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.ended()
-                self.done_if_ended(stream)
-        elif isinstance(event, h2.events.RequestReceived):
-            self._request(event)
-        elif isinstance(event, h2.events.ResponseReceived):
-            stream = self.streams.get(event.stream_id)
-            if stream is None:
-                return
-            status = dict(event.headers or []).get(b":status", b"")
+            if sid % 2:
+                return  # a stream already over (reset here): nothing to answer
+            self._fail(h2.errors.ErrorCodes.PROTOCOL_ERROR, f"HEADERS opening stream {sid}")
+        self._last_inbound = sid
+        if _reset_ahead(*ahead, sid):
+            return  # reset in the same read: nothing to answer, start or serve
+        if self.going_away or self.on_stream is None or len(self.streams) >= wire.MAX_STREAMS:
+            self._append(_rst(sid, _REFUSED_STREAM))
+            return
+        try:
+            target = wire.parse_connect(headers)
+        except wire.MuxHeaderError as exc:
+            log.debug("%s", exc)
+            self._append(_headers(sid, wire.STATUS_400, end_stream=True))
+            return
+        self._append(_headers(sid, wire.STATUS_200))
+        stream = MuxStream(self, sid, _GONE)
+        self.streams[sid] = stream
+        self.opened += 1
+        try:
+            self.on_stream(stream, target)
+        except Exception:
+            # A bug in starting one stream costs that stream, not its neighbours.
+            log.exception("tunnel stream %d to %s:%d: starting it failed; reset", sid, *target)
+            stream.closing = True
+            self.reset(stream, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            return
+        if end_stream:
+            self._remote_end(stream)
+
+    def _response(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        """The peer's HEADERS on the client side: the answer to a stream's CONNECT."""
+        stream = self.streams.get(sid)
+        if stream is None:
+            if not sid % 2:
+                self._fail(h2.errors.ErrorCodes.PROTOCOL_ERROR, f"HEADERS opening stream {sid}")
+            return  # a stream reset here meanwhile
+        if not stream.answered:
+            status = dict(headers).get(b":status", b"")
             if status != b"200":
                 stream.closing = True
                 self.reset(stream, h2.errors.ErrorCodes.CANCEL)
                 stream.gone(StreamRefused(f"tunnel stream answered {status.decode()}"))
-            else:
-                stream.answered = True
-        elif isinstance(event, h2.events.StreamReset):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.out.clear()
-                self.release_inbox(stream)
-                self.forget(stream)
-                refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-                kind = StreamRefused if refused else StreamReset
-                stream.gone(kind(f"tunnel stream reset by the peer ({event.error_code!r})"))
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
+                return
+            stream.answered = True
+        if end_stream:
+            self._remote_end(stream)
+
+    def _peer_reset(self, sid: int, code: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is None:
+            return  # over already (or never started: reset in the read of its CONNECT)
+        stream.out.clear()
+        self.release_inbox(stream)
+        self.forget(stream)
+        kind = StreamRefused if code == _REFUSED_STREAM else StreamReset
+        stream.gone(kind(f"tunnel stream reset by the peer ({_code_name(code)})"))
+
+    def _remote_end(self, stream: MuxStream) -> None:
+        """The peer's END_STREAM (on DATA or HEADERS): the app's half-close."""
+        if self.streams.get(stream.id) is not stream or stream.remote_ended:
+            return
+        stream.ended()
+        self.done_if_ended(stream)
+
+    def _event(self, event: h2.events.Event) -> None:
+        """What h2 makes of the connection's own frames (no stream's frame reaches it)."""
+        if isinstance(event, h2.events.RemoteSettingsChanged):
             changed = event.changed_settings.get(h2.settings.SettingCodes.INITIAL_WINDOW_SIZE)
             if changed is not None:
                 delta = changed.new_value - (changed.original_value or 65535)
@@ -686,34 +826,6 @@ class MuxSession(asyncio.Protocol):
                     self.forget(stream)
                     stream.gone(StreamRefused("the peer agent is going away (GOAWAY)"))
             self._abort(StreamReset(f"tunnel connection ended: {event.error_code!r}"))
-
-    def _request(self, event: h2.events.RequestReceived) -> None:
-        sid: int = event.stream_id
-        try:
-            if self.client_side or self.going_away or self.on_stream is None:
-                self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
-                return
-            try:
-                target = wire.parse_connect(list(event.headers or []))
-            except wire.MuxHeaderError as exc:
-                log.debug("%s", exc)
-                self.h2.send_headers(sid, [(b":status", b"400")], end_stream=True)
-                return
-            self.h2.send_headers(sid, [(b":status", b"200")])
-        except _STREAM_GONE:
-            # The client reset the stream in the same read as its CONNECT (its app connection
-            # went away at once): nothing to answer or serve, and no one else is concerned.
-            return
-        stream = MuxStream(self, sid, _GONE)
-        self.streams[sid] = stream
-        self.opened += 1
-        try:
-            self.on_stream(stream, target)
-        except Exception:
-            # A bug in starting one stream costs that stream, not its neighbours.
-            log.exception("tunnel stream %d to %s:%d: starting it failed; reset", sid, *target)
-            stream.closing = True
-            self.reset(stream, h2.errors.ErrorCodes.INTERNAL_ERROR)
 
     def eof_received(self) -> bool:
         # The peer closed its side (close_notify): the connection is over for every stream.
@@ -767,10 +879,7 @@ class MuxSession(asyncio.Protocol):
             self.blocked.pop(stream.id, None)
             if stream.eof_pending and not stream.eof_sent:
                 stream.eof_sent = True
-                try:
-                    self.h2.end_stream(stream.id)
-                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
-                    pass
+                self._append(_header(0, _DATA, _END_STREAM, stream.id))
                 self.done_if_ended(stream)
         stream.drained()
         if send:
@@ -828,11 +937,15 @@ class MuxSession(asyncio.Protocol):
                 stream.recv_window += stream.unacked
                 stream.unacked = 0
 
-    def _queue(self, frame: bytes) -> None:
+    def _append(self, frame: bytes) -> None:
+        """Queue a frame of ours after whatever h2 has queued (the order is the wire's)."""
         before = self.h2.data_to_send()
         if before:
             self._out.append(before)
         self._out.append(frame)
+
+    def _queue(self, frame: bytes) -> None:
+        self._append(frame)
         self.send_out()
 
     def release_inbox(self, stream: MuxStream) -> None:
@@ -845,11 +958,7 @@ class MuxSession(asyncio.Protocol):
         self.blocked.pop(stream.id, None)
         self.release_inbox(stream)
         if not self.closed and not (stream.eof_sent and stream.remote_ended):
-            try:
-                self.h2.reset_stream(stream.id, code)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
-                pass
-            self.send_out()
+            self._queue(_rst(stream.id, code))
         self.forget(stream)
 
     def forget(self, stream: MuxStream) -> None:

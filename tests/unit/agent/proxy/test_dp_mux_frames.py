@@ -420,3 +420,108 @@ async def test_a_failure_acting_on_frames_ends_the_connection_with_a_goaway(
     assert peer.to_peer.closed
     ended = [ev for ev in peer.events if isinstance(ev, h2.events.ConnectionTerminated)]
     assert [ev.error_code for ev in ended] == [h2.errors.ErrorCodes.INTERNAL_ERROR]
+
+
+class _Server:
+    """A standard HTTP/2 server (the h2 library) facing a client session over carriers."""
+
+    def __init__(self, client: MuxSession) -> None:
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        self.events: list[h2.events.Event] = []
+        self.to_client, self.to_server = Carrier(), Carrier()
+        self.to_client.peer = client
+        self.to_server.peer = lambda data: self.events.extend(self.h2.receive_data(data))
+        self.h2.initiate_connection()
+
+    def send(self) -> None:
+        out = self.h2.data_to_send()
+        if out:
+            self.to_client.write(out)
+
+
+async def test_our_stream_frames_are_what_a_standard_http2_server_understands() -> None:
+    """The client side writes its own HEADERS (a CONNECT of HPACK literals), END_STREAM and
+    RST_STREAM frames and reads the server's, h2 only keeping SETTINGS and PING: a standard
+    server (the h2 library) must see a CONNECT to the target, the bytes and the half-close in
+    order, and its answers (HEADERS, DATA, END_STREAM, RST_STREAM) must
+    reach the app as data, end and a reset."""
+    client = MuxSession(client_side=True)
+    server = _Server(client)
+    client.start(server.to_server)
+    server.send()
+    await settle()
+    mine, other = App(), Lost()
+    stream = client.open_stream(mine, ("fd00::7", 8080))
+    second = client.open_stream(other, ("10.244.2.7", 9090))
+    stream.write(b"hello")
+    stream.write_eof()
+    await settle()
+    requests = {ev.stream_id: dict(ev.headers) for ev in server.events
+                if isinstance(ev, h2.events.RequestReceived)}  # fmt: skip
+    assert requests == {
+        stream.id: {b":method": b"CONNECT", b":authority": b"[fd00::7]:8080"},
+        second.id: {b":method": b"CONNECT", b":authority": b"10.244.2.7:9090"},
+    }
+    assert wire.parse_connect(list(requests[stream.id].items())) == ("fd00::7", 8080)
+    got = b"".join(ev.data for ev in server.events if isinstance(ev, h2.events.DataReceived))
+    assert got == b"hello"
+    assert [ev.stream_id for ev in server.events if isinstance(ev, h2.events.StreamEnded)] == [1]
+    server.h2.send_headers(stream.id, [(b":status", b"200")])
+    server.h2.send_data(stream.id, b"world", end_stream=True)
+    server.h2.send_headers(second.id, [(b":status", b"200")])
+    server.h2.reset_stream(second.id, h2.errors.ErrorCodes.CANCEL)
+    server.send()
+    await settle()
+    assert bytes(mine.got) == b"world" and mine.eof and stream.answered
+    stream.close()
+    await settle()
+    assert stream.id not in client.streams  # over both ways, and closed here
+    assert len(other.lost) == 1 and "CANCEL" in str(other.lost[0])
+    assert not client.closed and not server.to_server.closed
+
+
+async def test_a_header_block_split_over_continuation_ends_the_connection_naming_the_last_stream() -> (
+    None
+):
+    """A peer agent never splits a header block (a CONNECT is a few dozen bytes); one that does
+    is not understood: GOAWAY (PROTOCOL_ERROR), naming the last stream it opened so that it
+    retries only what came after."""
+    server = MuxSession(client_side=False, on_stream=lambda stream, target: None)
+    peer = _Peer(server)
+    peer.h2.send_headers(1, wire.connect_headers("10.244.2.7", 8080))
+    opening = peer.h2.data_to_send()
+    block = wire.encode_connect("10.244.2.7", 8080)
+    split = (
+        (len(block) - 3).to_bytes(3, "big") + b"\x01\x00" + (3).to_bytes(4, "big") + block[:-3]
+        + (3).to_bytes(3, "big") + b"\x09\x04" + (3).to_bytes(4, "big") + block[-3:]
+    )  # fmt: skip
+    server.start(peer.to_peer, opening + split)
+    await settle()
+    assert peer.to_peer.closed
+    ended = [ev for ev in peer.events if isinstance(ev, h2.events.ConnectionTerminated)]
+    assert [(ev.error_code, ev.last_stream_id) for ev in ended] == [
+        (h2.errors.ErrorCodes.PROTOCOL_ERROR, 1)
+    ]
+
+
+async def test_streams_beyond_the_limit_are_refused_and_the_others_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(wire, "MAX_STREAMS", 2)
+    started: list[int] = []
+
+    def on_stream(stream: MuxStream, target: tuple[str, int]) -> None:
+        started.append(stream.id)
+        app = App()
+        stream.protocol = app
+        app.connection_made(stream)
+
+    server = MuxSession(client_side=False, on_stream=on_stream)
+    peer = _Peer(server)
+    for sid in (1, 3, 5):  # sent before the server's SETTINGS reach the peer; with priority
+        peer.h2.send_headers(sid, wire.connect_headers("10.244.2.7", 8080), priority_weight=99)
+    server.start(peer.to_peer, peer.h2.data_to_send())
+    await settle()
+    assert started == [1, 3] and not server.closed
+    assert peer.answers() == {1: b"200", 3: b"200"}
+    assert peer.resets() == {5: h2.errors.ErrorCodes.REFUSED_STREAM}
