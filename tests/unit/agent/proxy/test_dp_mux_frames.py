@@ -304,15 +304,22 @@ async def test_request_and_answer_over_a_stream_look_up_no_loop(monkeypatch: Any
 
 
 class _Peer:
-    """A standard HTTP/2 client (the h2 library) facing a server session over carriers."""
+    """A standard HTTP/2 end (the h2 library) facing a session over carriers: a client facing
+    a server session, or (client_side=False) a server facing a client session."""
 
-    def __init__(self, server: MuxSession) -> None:
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    def __init__(self, session: MuxSession, *, client_side: bool = True) -> None:
+        config = h2.config.H2Configuration(client_side=client_side)
+        self.h2 = h2.connection.H2Connection(config)
         self.events: list[h2.events.Event] = []
-        self.to_server, self.to_peer = Carrier(), Carrier()
-        self.to_server.peer = server
+        self.to_session, self.to_peer = Carrier(), Carrier()
+        self.to_session.peer = session
         self.to_peer.peer = lambda data: self.events.extend(self.h2.receive_data(data))
         self.h2.initiate_connection()
+
+    def send(self) -> None:
+        out = self.h2.data_to_send()
+        if out:
+            self.to_session.write(out)
 
     def answers(self) -> dict[int, bytes]:
         return {ev.stream_id: dict(ev.headers)[b":status"] for ev in self.events
@@ -358,13 +365,13 @@ async def test_a_stream_the_client_reset_before_its_answer_costs_only_that_strea
         server.start(peer.to_peer, peer.h2.data_to_send() + _connect_then_reset(peer.h2))
     else:
         server.start(peer.to_peer)
-        peer.to_server.write(peer.h2.data_to_send())
+        peer.send()
         await settle()
         server.data_received(_connect_then_reset(peer.h2))
     await settle()
     assert not server.closed and not peer.to_peer.closed
     assert targets == [3] and bytes(apps[0].got) == b"still here"
-    peer.to_server.write(peer.h2.data_to_send())
+    peer.send()
     await settle()
     assert peer.answers() == {3: b"200"}
     apps[0].transport.write(b"answer")
@@ -422,23 +429,6 @@ async def test_a_failure_acting_on_frames_ends_the_connection_with_a_goaway(
     assert [ev.error_code for ev in ended] == [h2.errors.ErrorCodes.INTERNAL_ERROR]
 
 
-class _Server:
-    """A standard HTTP/2 server (the h2 library) facing a client session over carriers."""
-
-    def __init__(self, client: MuxSession) -> None:
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-        self.events: list[h2.events.Event] = []
-        self.to_client, self.to_server = Carrier(), Carrier()
-        self.to_client.peer = client
-        self.to_server.peer = lambda data: self.events.extend(self.h2.receive_data(data))
-        self.h2.initiate_connection()
-
-    def send(self) -> None:
-        out = self.h2.data_to_send()
-        if out:
-            self.to_client.write(out)
-
-
 async def test_our_stream_frames_are_what_a_standard_http2_server_understands() -> None:
     """The client side writes its own HEADERS (a CONNECT of HPACK literals), END_STREAM and
     RST_STREAM frames and reads the server's, h2 only keeping SETTINGS and PING: a standard
@@ -446,8 +436,8 @@ async def test_our_stream_frames_are_what_a_standard_http2_server_understands() 
     order, and its answers (HEADERS, DATA, END_STREAM, RST_STREAM) must
     reach the app as data, end and a reset."""
     client = MuxSession(client_side=True)
-    server = _Server(client)
-    client.start(server.to_server)
+    server = _Peer(client, client_side=False)
+    client.start(server.to_peer)
     server.send()
     await settle()
     mine, other = App(), Lost()
@@ -477,7 +467,7 @@ async def test_our_stream_frames_are_what_a_standard_http2_server_understands() 
     await settle()
     assert stream.id not in client.streams  # over both ways, and closed here
     assert len(other.lost) == 1 and "CANCEL" in str(other.lost[0])
-    assert not client.closed and not server.to_server.closed
+    assert not client.closed and not server.to_peer.closed
 
 
 async def test_a_header_block_split_over_continuation_ends_the_connection_naming_the_last_stream() -> (
