@@ -496,7 +496,8 @@ class MuxSession(asyncio.Protocol):
 
     def _frames(self, data: bytes) -> int:
         """Act on the frames at the start of `data`; how many bytes they took. DATA and
-        WINDOW_UPDATE are ours, every other frame goes to h2 (runs of them at once), in order.
+        WINDOW_UPDATE are ours, and so is every frame of a stream (HEADERS, RST_STREAM); the
+        connection's own frames go to h2 (runs of them at once), in order.
         A DATA frame's payload goes to its stream as it comes, without waiting for the rest."""
         pos, end = 0, len(data)
         control = -1  # where the run of frames for h2 began
