@@ -273,8 +273,8 @@ async def test_request_timeout_answers_504_and_the_backend_sees_the_cancellation
     # The 504 says the timeout answered (the backend would have said 200 after 1 s); the bound
     # only catches a timeout that waits for the backend regardless, on a loaded machine too.
     assert float(seconds) < 3 and took < 5
-    for _ in range(40):
-        if slow.cancelled:
+    for _ in range(40):  # the outcome can be reported after curl is done
+        if slow.cancelled and proxy.observed:
             break
         await asyncio.sleep(0.05)
     assert slow.cancelled == 1
@@ -308,8 +308,8 @@ async def test_a_backend_request_timeout_retries_on_a_new_attempt(lab) -> None:
     body, code, seconds = out.split()
     assert (body, code) == ("web", "200"), out
     assert float(seconds) < 1.5, out  # not the first attempt's 2 s
-    for _ in range(40):
-        if web.cancelled:
+    for _ in range(40):  # curl can be done before the outcome is reported (CI, once)
+        if web.cancelled and proxy.observed:
             break
         await asyncio.sleep(0.05)
     assert (web.seen, web.cancelled) == (2, 1)
