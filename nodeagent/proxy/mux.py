@@ -718,7 +718,7 @@ class MuxSession(asyncio.Protocol):
         if self.client_side:
             self._response(sid, headers, end_stream)
         else:
-            self._request(sid, headers, end_stream, ahead=(data, stop, end))
+            self._request(sid, headers, end_stream, ahead=(data, pos + 9 + length, end))
 
     def _request(
         self,

@@ -515,3 +515,33 @@ async def test_streams_beyond_the_limit_are_refused_and_the_others_served(
     assert started == [1, 3] and not server.closed
     assert peer.answers() == {1: b"200", 3: b"200"}
     assert peer.resets() == {5: h2.errors.ErrorCodes.REFUSED_STREAM}
+
+
+async def test_a_padded_connect_and_the_frames_after_it_are_read_in_place() -> None:
+    """HEADERS with padding and priority (a standard client may send them): the block between,
+    and the next frame read after the padding, not inside it."""
+    apps: list[App] = []
+
+    def on_stream(stream: MuxStream, target: tuple[str, int]) -> None:
+        assert target == ("10.244.2.7", 8080)
+        app = App()
+        apps.append(app)
+        stream.protocol = app
+        app.connection_made(stream)
+
+    server = MuxSession(client_side=False, on_stream=on_stream)
+    peer = _Peer(server)
+    opening = peer.h2.data_to_send()
+    block = wire.encode_connect("10.244.2.7", 8080)
+    # Padding that looks like a RST_STREAM of stream 1: read as a frame, it would drop the stream.
+    padding = (4).to_bytes(3, "big") + b"\x03\x00" + (1).to_bytes(4, "big") + b"\x00\x00\x00\x08"
+    payload = bytes([len(padding)]) + b"\x00\x00\x00\x00\x10" + block + padding
+    headers = len(payload).to_bytes(3, "big") + b"\x01\x2c" + (1).to_bytes(4, "big") + payload
+    data = (5).to_bytes(3, "big") + b"\x00\x00" + (1).to_bytes(4, "big") + b"hello"
+    server.start(peer.to_peer, opening + headers + data)
+    await settle()
+    assert not server.closed and len(apps) == 1 and bytes(apps[0].got) == b"hello"
+    # Answered 200 (HEADERS, END_HEADERS, stream 1, ":status 200" as one static-table byte;
+    # read off the wire: the h2 end did not open this stream itself, so it would refuse it).
+    answer = (1).to_bytes(3, "big") + b"\x01\x04" + (1).to_bytes(4, "big") + wire.STATUS_200
+    assert answer in b"".join(peer.to_peer.writes)
