@@ -31,8 +31,13 @@ class MuxHeaderError(ValueError):
     """A CONNECT request that does not name a target as `IP:port`."""
 
 
+def _authority(ip: str, port: int) -> bytes:
+    return (f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}").encode()
+
+
 def connect_headers(ip: str, port: int) -> list[tuple[bytes, bytes]]:
-    return [(b":method", b"CONNECT"), (b":authority", f"{ip}:{port}".encode())]
+    """The CONNECT's header fields (encode_connect is what an agent sends of them)."""
+    return [(b":method", b"CONNECT"), (b":authority", _authority(ip, port))]
 
 
 def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
@@ -63,8 +68,7 @@ STATUS_200, STATUS_400 = b"\x88", b"\x8d"
 
 def encode_connect(ip: str, port: int) -> bytes:
     """The header block of the CONNECT that opens a stream to (ip, port), HPACK-encoded."""
-    authority = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-    return _literal(_METHOD, b"CONNECT") + _literal(_AUTHORITY, authority.encode())
+    return _literal(_METHOD, b"CONNECT") + _literal(_AUTHORITY, _authority(ip, port))
 
 
 def parse_connect(headers: list[tuple[bytes, bytes]]) -> tuple[str, int]:

@@ -10,6 +10,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import hpack
 import pytest
 from dp_identities import API, WEB, issue
 from test_dp_tunnel import RESET, STATS, Agent, _echo, _plain_socket, _request
@@ -41,6 +42,9 @@ from nodemesh.identity import CaMaterial
 def test_connect_headers_round_trip() -> None:
     assert wire.parse_connect(wire.connect_headers("10.244.2.7", 8080)) == ("10.244.2.7", 8080)
     assert wire.parse_connect(wire.connect_headers("fd00::7", 443)) == ("fd00::7", 443)
+    for ip in ("10.244.2.7", "fd00::7"):  # what an agent sends decodes to those fields
+        block = wire.encode_connect(ip, 443)
+        assert hpack.Decoder().decode(block, raw=True) == wire.connect_headers(ip, 443)
 
 
 @pytest.mark.parametrize(

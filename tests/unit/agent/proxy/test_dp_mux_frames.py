@@ -86,6 +86,12 @@ class App(asyncio.Protocol):
         self.write_paused = False
 
 
+def _attach(stream: MuxStream, app: App) -> None:
+    """Serve `stream` with `app`, as an agent's handler does with its relay."""
+    stream.protocol = app
+    app.connection_made(stream)
+
+
 async def settle(turns: int = 20) -> None:
     for _ in range(turns):
         await asyncio.sleep(0)
@@ -94,8 +100,7 @@ async def settle(turns: int = 20) -> None:
 async def _pair(server_apps: list[App]) -> tuple[MuxSession, MuxSession, Carrier, Carrier]:
     def on_stream(stream: MuxStream, target: tuple[str, int]) -> None:
         app = server_apps.pop(0)
-        stream.protocol = app
-        app.connection_made(stream)
+        _attach(stream, app)
 
     client = MuxSession(client_side=True)
     server = MuxSession(client_side=False, on_stream=on_stream)
@@ -164,8 +169,7 @@ async def test_a_standard_http2_peer_with_padding_and_end_stream_on_data() -> No
     def on_stream(stream: MuxStream, target: tuple[str, int]) -> None:
         assert target == ("10.244.2.7", 8080)
         a = apps.pop(0)
-        stream.protocol = a
-        a.connection_made(stream)
+        _attach(stream, a)
 
     server = MuxSession(client_side=False, on_stream=on_stream)
     peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
@@ -356,8 +360,7 @@ async def test_a_stream_the_client_reset_before_its_answer_costs_only_that_strea
         app = App()
         apps.append(app)
         targets.append(stream.id)
-        stream.protocol = app
-        app.connection_made(stream)
+        _attach(stream, app)
 
     server = MuxSession(client_side=False, on_stream=on_stream)
     peer = _Peer(server)
@@ -388,8 +391,7 @@ async def test_a_stream_that_fails_to_start_is_reset_and_its_neighbours_served()
             raise RuntimeError("a bug in starting this stream")
         started.append(stream.id)
         app = App()
-        stream.protocol = app
-        app.connection_made(stream)
+        _attach(stream, app)
 
     server = MuxSession(client_side=False, on_stream=on_stream)
     peer = _Peer(server)
@@ -415,8 +417,7 @@ async def test_a_failure_acting_on_frames_ends_the_connection_with_a_goaway(
 
     def on_stream(stream: MuxStream, target: tuple[str, int]) -> None:
         app = App()
-        stream.protocol = app
-        app.connection_made(stream)
+        _attach(stream, app)
 
     server = MuxSession(client_side=False, on_stream=on_stream)
     peer = _Peer(server)
@@ -503,8 +504,7 @@ async def test_streams_beyond_the_limit_are_refused_and_the_others_served(
     def on_stream(stream: MuxStream, target: tuple[str, int]) -> None:
         started.append(stream.id)
         app = App()
-        stream.protocol = app
-        app.connection_made(stream)
+        _attach(stream, app)
 
     server = MuxSession(client_side=False, on_stream=on_stream)
     peer = _Peer(server)
@@ -526,8 +526,7 @@ async def test_a_padded_connect_and_the_frames_after_it_are_read_in_place() -> N
         assert target == ("10.244.2.7", 8080)
         app = App()
         apps.append(app)
-        stream.protocol = app
-        app.connection_made(stream)
+        _attach(stream, app)
 
     server = MuxSession(client_side=False, on_stream=on_stream)
     peer = _Peer(server)
